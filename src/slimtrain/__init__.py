@@ -1,0 +1,22 @@
+"""slimtrain: learn layer widths and computational cost in the same training run.
+
+Core API::
+
+    model = slimtrain.make_dynamic(model, sample, kappa_min=0.125)
+    loss = slimtrain.TradeoffLoss(model, alpha=0.5)(task_loss)
+    small = slimtrain.export(model)
+"""
+from .cost import Cost, layer_costs, model_cost
+from .dcl import DynamicWidth, WidthError
+from .export import export
+from .frontend import MelFrontend
+from .graph import GraphError, dynamic_widths, get_graph, make_dynamic
+from .loss import LossConfigError, TradeoffLoss
+from .modules import DynamicOutput, DynamicRecurrent, MaskedLayerNorm, TransformerBlock
+
+__version__ = "0.1.0"
+__all__ = [
+    "Cost", "DynamicOutput", "DynamicRecurrent", "DynamicWidth", "GraphError", "LossConfigError",
+    "MaskedLayerNorm", "MelFrontend", "TradeoffLoss", "TransformerBlock", "WidthError", "dynamic_widths",
+    "export", "get_graph", "layer_costs", "make_dynamic", "model_cost",
+]

@@ -1,0 +1,204 @@
+"""Differentiable complexity model: MACs and parameters as functions of the widths.
+
+Every layer's cost is a polynomial in the effective width of its input
+(``K_in``, the DCL before it, times any flatten factor) and of its output
+(``K_out``), with fixed sizes where a side is not dynamic:
+
+* Linear: ``positions * K_in * K_out`` MACs, ``K_in*K_out + K_out`` params;
+* Conv1d/2d: ``B * out_positions * K_out * K_in/groups * prod(kernel)`` MACs
+  (depthwise: ``K_in/groups = 1``), ``K_out*K_in/groups*prod(kernel) + K_out`` params;
+* GRU/LSTM: per step, layer and direction ``gates * (in*H + H*H)`` MACs with
+  gates = 3/4; params ``gates*(H*in + H*H + 2H)``;
+* BatchNorm/LayerNorm: ``2K`` params, no MACs; mel front-end: ``frames *
+  n_freqs * K`` MACs; attention products ``Tq*Tk*(d_k + d_v)`` per head.
+
+MACs count multiply-accumulates of matrix products and convolutions, the same
+operations :class:`torch.utils.flop_counter.FlopCounterMode` counts
+(``FLOPs = 2 * MACs``); activations, norms and the STFT are not counted.
+All totals are per item of the sample batch.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+from torch import Tensor, nn
+
+from .graph import LayerSpec, WidthGraph, get_graph
+from .modules import DynamicRecurrent
+
+__all__ = ["Cost", "model_cost", "layer_costs"]
+
+
+@dataclass
+class Cost:
+    """MACs, FLOPs (= 2 MACs) and parameters per input item, as tensors."""
+
+    macs: Tensor
+    params: Tensor
+    seconds: Optional[float] = None
+
+    @property
+    def flops(self) -> Tensor:
+        return 2.0 * self.macs
+
+    @property
+    def flops_per_second(self) -> Tensor:
+        """FLOPs per second of input audio (needs ``seconds`` of the sample item)."""
+        if not self.seconds:
+            raise ValueError("flops_per_second needs the sample's duration: model_cost(..., seconds=...)")
+        return self.flops / self.seconds
+
+    def metric(self, name: str) -> Tensor:
+        if name in ("macs", "flops", "params"):
+            return getattr(self, name)
+        raise ValueError(f"unknown cost metric {name!r}; use 'macs', 'flops' or 'params'")
+
+
+def _rnn_module(model: nn.Module, name: str) -> nn.Module:
+    m = model.get_submodule(name)
+    return m.rnn if isinstance(m, DynamicRecurrent) else m
+
+
+def _unwrap(model: nn.Module, name: str) -> nn.Module:
+    m = model.get_submodule(name)
+    return m
+
+
+def _layer_cost(model: nn.Module, s: LayerSpec, k_in: Tensor, k_out: Tensor, batch: int) -> tuple[Tensor, Tensor]:
+    """(MACs over the whole sample batch, params) of one layer for widths ``k_in``/``k_out``."""
+    m = _unwrap(model, s.name)
+    zero = torch.zeros((), dtype=k_in.dtype, device=k_in.device)
+    if s.kind == "linear":
+        positions = math.prod(s.out_shape[:-1])
+        macs = positions * k_in * k_out
+        params = k_in * k_out + (k_out if m.bias is not None else zero)
+        return macs, params
+    if s.kind == "conv":
+        kernel = math.prod(m.kernel_size)
+        positions = s.out_shape[0] * math.prod(s.out_shape[2:])
+        per_group_in = k_in / m.groups if m.groups == 1 or s.in_root is None else torch.ones_like(k_in)
+        macs = positions * k_out * per_group_in * kernel
+        params = k_out * per_group_in * kernel + (k_out if m.bias is not None else zero)
+        return macs, params
+    if s.kind == "rnn":
+        r = _rnn_module(model, s.name)
+        gates = 3 if isinstance(r, nn.GRU) else 4
+        dirs = 2 if r.bidirectional else 1
+        bf = r.batch_first
+        b, t = (s.in_shape[0], s.in_shape[1]) if bf else (s.in_shape[1], s.in_shape[0])
+        h = k_out
+        macs = zero
+        params = zero
+        for layer in range(r.num_layers):
+            inp = k_in if layer == 0 else h * dirs
+            macs = macs + dirs * b * t * gates * (inp * h + h * h)
+            params = params + dirs * gates * (h * inp + h * h + (2 * h if r.bias else 0))
+        return macs, params
+    if s.kind == "bn":
+        return zero, (2 * k_out if m.affine else zero)
+    if s.kind == "ln":
+        n_aff = (1 if m.weight is not None else 0) + (1 if m.bias is not None else 0)
+        return zero, n_aff * k_out
+    if s.kind == "mel":
+        inner = m.module if hasattr(m, "module") else m
+        frames = s.out_shape[-1]
+        return s.out_shape[0] * frames * inner.n_freqs * k_out, zero
+    return zero, zero
+
+
+def _widths(model: nn.Module, g: WidthGraph, hard: bool) -> dict[int, Tensor]:
+    out = {}
+    for r, d in g.dcl_modules(model).items():
+        out[r] = torch.tensor(float(d.hard_width)) if hard else d.width
+    return out
+
+
+def _sides(model: nn.Module, s: LayerSpec, widths: dict[int, Optional[Tensor]]) -> tuple[Tensor, Tensor]:
+    m = model.get_submodule(s.name)
+    if s.kind == "rnn":
+        r = _rnn_module(model, s.name)
+        fixed_in, fixed_out = r.input_size, r.hidden_size
+    elif s.kind == "linear":
+        fixed_in, fixed_out = m.in_features, m.out_features
+    elif s.kind == "conv":
+        fixed_in, fixed_out = m.in_channels, m.out_channels
+    elif s.kind == "bn":
+        fixed_in = fixed_out = m.num_features
+    elif s.kind == "ln":
+        fixed_in = fixed_out = m.normalized_shape[-1]
+    elif s.kind == "mel":
+        inner = m.module if hasattr(m, "module") else m
+        fixed_in, fixed_out = inner.n_freqs, inner.n_mels
+    else:
+        fixed_in = fixed_out = 0
+    kin = widths.get(s.in_root) if s.in_root is not None else None
+    k_in = torch.tensor(float(fixed_in)) if kin is None else kin * (s.in_outer * s.in_inner)
+    kout = widths.get(s.out_root) if s.out_root is not None else None
+    k_out = torch.tensor(float(fixed_out)) if kout is None else kout
+    if s.kind in ("bn", "ln"):
+        k_out = k_in
+    return k_in, k_out
+
+
+def layer_costs(model: nn.Module, *, hard: bool = False, full: bool = False) -> list[tuple[str, str, Tensor, Tensor]]:
+    """Per-layer ``(name, kind, MACs per item, params)`` from the stored width graph."""
+    g = get_graph(model)
+    widths: dict[int, Optional[Tensor]] = {} if full else dict(_widths(model, g, hard))
+    rows = []
+    for s in g.layers:
+        k_in, k_out = _sides(model, s, widths)
+        macs, params = _layer_cost(model, s, k_in, k_out, g.batch)
+        rows.append((s.name, s.kind, macs / g.batch, params))
+    return rows
+
+
+def model_cost(model: nn.Module, sample=None, *, hard: Optional[bool] = None, full: bool = False,
+               seconds: Optional[float] = None) -> Cost:
+    """Total MACs/FLOPs and parameters of a dynamic model, per input item.
+
+    Args:
+        model: a model prepared by :func:`slimtrain.make_dynamic` (if ``sample``
+            is given and the model is not dynamic yet, it is traced read-only
+            with every width fixed).
+        hard: use the exported widths ``ceil(K)`` (default: in eval mode);
+            otherwise the continuous widths, differentiable in ``K``.
+        full: every dynamic width at its full size (the normaliser).
+        seconds: duration of one sample item, for :attr:`Cost.flops_per_second`.
+    """
+    if model.__dict__.get("_slimtrain_graph") is None:
+        if sample is None:
+            raise ValueError("model_cost needs a model prepared by make_dynamic, or a sample to trace")
+        from .graph import _build
+        from .trace import _tensors, trace_channels
+
+        tr = trace_channels(model, sample)
+        g = _build(model, tr, int(_tensors(sample)[0].shape[0]))
+        model.__dict__["_slimtrain_graph"] = g
+        try:
+            return model_cost(model, hard=hard, full=True, seconds=seconds)
+        finally:
+            del model.__dict__["_slimtrain_graph"]
+    g = get_graph(model)
+    if hard is None:
+        hard = not model.training
+    rows = layer_costs(model, hard=hard, full=full)
+    dev = next((p.device for p in model.parameters()), torch.device("cpu"))
+    macs = sum((r[2] for r in rows), torch.zeros(())) + g.fixed_macs / g.batch
+    params = sum((r[3] for r in rows), torch.zeros(()))
+    counted = {id(p) for p in _counted_params(model, g)}
+    other = sum(p.numel() for p in model.parameters() if id(p) not in counted)
+    return Cost(macs.to(dev), (params + other).to(dev), seconds)
+
+
+def _counted_params(model: nn.Module, g: WidthGraph):
+    from .dcl import DynamicWidth
+
+    for s in g.layers:
+        if s.kind in ("linear", "conv", "rnn", "bn", "ln"):
+            yield from model.get_submodule(s.name).parameters()
+    for m in model.modules():
+        if isinstance(m, DynamicWidth):
+            yield from m.parameters(recurse=False)

@@ -1,0 +1,205 @@
+"""Dynamic complexity layer (DCL): a learnable, continuous effective width K.
+
+For a feature tensor with ``N`` channels along ``dim`` and a width ``K`` in
+``[N_min, N_max]`` the layer keeps information on the first ``K`` channels
+(0-based channel index ``i``):
+
+* ``w_i = clamp(K - i, 0, 1)`` is the share of channel ``i`` that is kept:
+  1 for ``i < floor(K)``, ``frac(K)`` for ``i = floor(K)``, 0 above;
+* ``lambda_i = sin^2(pi/2 * w_i)`` is the signal share of the blended channel;
+* the output is ``sqrt(lambda_i) * x_i + sqrt(1 - lambda_i) * sigma_i * nu``
+  on the blended channel ``i = floor(K)`` (``nu ~ N(0, 1)`` fresh each call,
+  ``sigma_i`` that channel's standard deviation over all other axes,
+  detached), ``x_i`` below it and ``0`` above it.
+
+The information kept (``sum_i lambda_i``-like) grows with ``K`` and the noise
+free part ``E[y] = sqrt(lambda_i) x_i`` is continuous in ``K`` across integers.
+In eval mode no noise is added and the layer is exactly the hard mask that
+keeps ``hard_width = ceil(K)`` channels, which is what :func:`slimtrain.export`
+cuts to.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["DynamicWidth", "inward_clamp", "WidthError"]
+
+#: Widths closer than this to an integer are rounded to it before ``ceil``
+#: (guards against ``5.0000001`` exporting 6 channels).
+_ROUND_TOL = 1e-4
+
+
+class WidthError(ValueError):
+    """Raised for invalid width bounds or tensors that do not fit a DCL."""
+
+
+class _InwardClamp(torch.autograd.Function):
+    """Clamp whose gradient passes inside the range, and outside it only when a
+    descent step would move the value back inside (so it cannot stick to a
+    bound, nor drift far beyond one)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, lo: float, hi: float) -> Tensor:  # type: ignore[override]
+        ctx.save_for_backward(x)
+        ctx.lo, ctx.hi = lo, hi
+        return x.clamp(lo, hi)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # type: ignore[override]
+        (x,) = ctx.saved_tensors
+        blocked = ((x < ctx.lo) & (grad > 0)) | ((x > ctx.hi) & (grad < 0))
+        return torch.where(blocked, torch.zeros_like(grad), grad), None, None
+
+
+def inward_clamp(x: Tensor, lo: float, hi: float) -> Tensor:
+    """``x.clamp(lo, hi)`` with the gradient rule of :class:`_InwardClamp`."""
+    return _InwardClamp.apply(x, lo, hi)
+
+
+def _resolve_bounds(
+    n: int,
+    kappa_min: Optional[float],
+    kappa_max: Optional[float],
+    min_channels: Optional[int],
+    max_channels: Optional[int],
+) -> tuple[float, float]:
+    if not isinstance(n, int) or n < 1:
+        raise WidthError(f"num_channels must be a positive integer, got {n!r}")
+    if kappa_min is not None and min_channels is not None:
+        raise WidthError("give either kappa_min or min_channels, not both")
+    if kappa_max is not None and max_channels is not None:
+        raise WidthError("give either kappa_max or max_channels, not both")
+    for name, v in (("kappa_min", kappa_min), ("kappa_max", kappa_max)):
+        if v is not None and not (0.0 < v <= 1.0 and math.isfinite(v)):
+            raise WidthError(f"{name} must be in (0, 1], got {v!r}")
+    lo = float(min_channels) if min_channels is not None else (kappa_min if kappa_min is not None else 1.0 / n) * n
+    hi = float(max_channels) if max_channels is not None else (kappa_max if kappa_max is not None else 1.0) * n
+    if lo < 1:
+        raise WidthError(f"the minimum width must be at least 1 channel, got {lo:g} (num_channels={n})")
+    if hi > n:
+        raise WidthError(f"the maximum width {hi:g} exceeds num_channels={n}")
+    if lo > hi:
+        raise WidthError(f"minimum width {lo:g} is larger than maximum width {hi:g} (num_channels={n})")
+    return lo, hi
+
+
+class DynamicWidth(nn.Module):
+    """Make the number of channels of a feature tensor a learnable scalar ``K``.
+
+    Args:
+        num_channels: ``N``, the size of the channel axis.
+        dim: the channel axis (``-1`` for Linear/GRU outputs, ``1`` for conv).
+        kappa_min / kappa_max: bounds on the relative width ``K / N``.
+        min_channels / max_channels: absolute bounds on ``K`` (alternative).
+        init: initial ``K`` (default: the maximum width).
+
+    ``K`` is ``N * clamp(theta, K_min/N, K_max/N)`` where ``theta`` is an
+    unconstrained parameter in relative units (so one learning rate suits
+    layers of any size) and the clamp lets gradients back inside the range.
+    """
+
+    def __init__(
+        self,
+        num_channels: int,
+        dim: int = -1,
+        *,
+        kappa_min: Optional[float] = None,
+        kappa_max: Optional[float] = None,
+        min_channels: Optional[int] = None,
+        max_channels: Optional[int] = None,
+        init: Optional[float] = None,
+    ) -> None:
+        super().__init__()
+        lo, hi = _resolve_bounds(num_channels, kappa_min, kappa_max, min_channels, max_channels)
+        self.num_channels = num_channels
+        self.dim = dim
+        self.min_width = lo
+        self.max_width = hi
+        k0 = hi if init is None else float(init)
+        if not lo <= k0 <= hi:
+            raise WidthError(f"init width {k0:g} outside [{lo:g}, {hi:g}]")
+        self.theta = nn.Parameter(torch.tensor(k0 / num_channels, dtype=torch.float32))
+        self.register_buffer("_index", torch.arange(num_channels, dtype=torch.float32), persistent=False)
+        self.frozen = False
+
+    # -- width -----------------------------------------------------------------
+    @property
+    def width(self) -> Tensor:
+        """The continuous width ``K`` (a differentiable 0-d tensor)."""
+        n = self.num_channels
+        return n * inward_clamp(self.theta, self.min_width / n, self.max_width / n)
+
+    @property
+    def hard_width(self) -> int:
+        """Channels kept in eval mode and at export: ``ceil(K)`` (near-integers round)."""
+        k = float(self.width.detach())
+        r = round(k)
+        k = r if abs(k - r) < _ROUND_TOL else math.ceil(k)
+        return int(min(max(k, math.ceil(self.min_width - _ROUND_TOL)), self.num_channels))
+
+    @torch.no_grad()
+    def set_width(self, k: float) -> None:
+        """Set ``K`` (clamped to the bounds)."""
+        k = min(max(float(k), self.min_width), self.max_width)
+        self.theta.fill_(k / self.num_channels)
+
+    def keep_share(self, width: Optional[Tensor] = None) -> Tensor:
+        """``w_i = clamp(K - i, 0, 1)`` for every channel (differentiable in K)."""
+        k = self.width if width is None else width
+        return (k - self._index.to(k.device)).clamp(0.0, 1.0)
+
+    def soft_mask(self) -> Tensor:
+        """``sqrt(lambda_i)``: the signal weight of every channel (training)."""
+        return torch.sin(0.5 * math.pi * self.keep_share())
+
+    def hard_mask(self) -> Tensor:
+        """1 on the first ``hard_width`` channels, 0 elsewhere (eval)."""
+        return (self._index < self.hard_width).to(self.theta.dtype)
+
+    def mask(self) -> Tensor:
+        """The per-channel weight used by the current mode."""
+        return self.soft_mask() if self.training and not self.frozen else self.hard_mask()
+
+    # -- forward ---------------------------------------------------------------
+    def _axis(self, x: Tensor) -> int:
+        if x.dim() == 0:
+            raise WidthError("DynamicWidth got a 0-d tensor; it needs a channel axis")
+        d = self.dim if self.dim >= 0 else x.dim() + self.dim
+        if not 0 <= d < x.dim():
+            raise WidthError(f"channel axis dim={self.dim} does not exist for an input of shape {tuple(x.shape)}")
+        if x.shape[d] != self.num_channels:
+            raise WidthError(
+                f"DynamicWidth expects {self.num_channels} channels on axis {self.dim}, "
+                f"got shape {tuple(x.shape)}"
+            )
+        return d
+
+    def forward(self, x: Tensor) -> Tensor:
+        d = self._axis(x)
+        shape = [1] * x.dim()
+        shape[d] = self.num_channels
+        if not self.training or self.frozen:
+            return x * self.hard_mask().to(x.dtype).view(shape)
+        k = self.width
+        share = self.keep_share(k)
+        y = x * torch.sin(0.5 * math.pi * share).to(x.dtype).view(shape)
+        i = int(torch.floor(k.detach()).item())
+        if i >= self.num_channels:  # full width: nothing is blended
+            return y
+        xi = x.select(d, i)
+        sigma = xi.detach().float().std(unbiased=False).to(x.dtype) if xi.numel() > 1 else xi.detach().abs()
+        noise_w = torch.cos(0.5 * math.pi * share[i]).to(x.dtype)
+        noise = noise_w * sigma * torch.randn_like(xi)
+        onehot = torch.zeros(shape, dtype=x.dtype, device=x.device)
+        onehot.view(-1)[i] = 1.0
+        return y + onehot * noise.unsqueeze(d)
+
+    def extra_repr(self) -> str:
+        return (
+            f"num_channels={self.num_channels}, dim={self.dim}, "
+            f"width={float(self.width.detach()):.2f} in [{self.min_width:g}, {self.max_width:g}]"
+        )

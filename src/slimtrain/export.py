@@ -1,0 +1,158 @@
+"""Cut every layer to its learned width and return a plain dense model.
+
+Each layer keeps the first ``ceil(K)`` channels of every dynamic width on
+both sides (rows of the producer, columns of the consumer, with flatten
+factors expanded; BatchNorm statistics, LayerNorm affine, the three/four
+gate blocks of GRU/LSTM weights and the mel filterbank rows alike). The
+DCL wrappers are removed, so the result holds only ``torch.nn`` layers (and
+:class:`~slimtrain.modules.TransformerBlock` / :class:`~slimtrain.frontend.MelFrontend`,
+which are plain torch code) and equals the DCL model in eval mode.
+"""
+from __future__ import annotations
+
+import copy
+from typing import Optional
+
+import torch
+from torch import Tensor, nn
+
+from .dcl import DynamicWidth
+from .graph import _ATTR, LayerSpec, _set, get_graph
+from .modules import DynamicOutput, DynamicRecurrent, MaskedLayerNorm
+
+__all__ = ["export", "kept_index"]
+
+
+def kept_index(size: int, width: int, outer: int = 1, inner: int = 1) -> Tensor:
+    """Indices kept along an axis of ``outer * size * inner`` elements when ``width`` of ``size`` channels stay."""
+    o = torch.arange(outer)[:, None, None] * size * inner
+    c = torch.arange(width)[None, :, None] * inner
+    i = torch.arange(inner)[None, None, :]
+    return (o + c + i).reshape(-1)
+
+
+def _rows(t: Tensor, idx: Optional[Tensor]) -> Tensor:
+    return t if idx is None else t.index_select(0, idx)
+
+
+def _cols(t: Tensor, idx: Optional[Tensor]) -> Tensor:
+    return t if idx is None else t.index_select(1, idx)
+
+
+def _gate_rows(hidden: int, width: int, gates: int) -> Tensor:
+    return torch.cat([g * hidden + torch.arange(width) for g in range(gates)])
+
+
+@torch.no_grad()
+def _cut(model: nn.Module, s: LayerSpec, widths: dict[int, int]) -> None:
+    m = model.get_submodule(s.name)
+    w_in = widths.get(s.in_root) if s.in_root is not None else None
+    w_out = widths.get(s.out_root) if s.out_root is not None else None
+    in_idx = kept_index(s.in_size, w_in, s.in_outer, s.in_inner) if w_in is not None else None
+    out_idx = torch.arange(w_out) if w_out is not None else None
+    if s.kind == "linear":
+        new = nn.Linear(len(in_idx) if in_idx is not None else m.in_features,
+                        w_out if w_out is not None else m.out_features, bias=m.bias is not None)
+        new.weight.copy_(_cols(_rows(m.weight, out_idx), in_idx))
+        if m.bias is not None:
+            new.bias.copy_(_rows(m.bias, out_idx))
+    elif s.kind == "conv":
+        depthwise = m.groups > 1 and w_in is not None
+        c_in = len(in_idx) if in_idx is not None else m.in_channels
+        c_out = w_out if w_out is not None else m.out_channels
+        groups = c_in if depthwise else m.groups
+        new = type(m)(c_in, c_out, m.kernel_size, m.stride, m.padding, m.dilation, groups,
+                      m.bias is not None, m.padding_mode)
+        wt = _rows(m.weight, out_idx)
+        new.weight.copy_(wt if depthwise else _cols(wt, in_idx))
+        if m.bias is not None:
+            new.bias.copy_(_rows(m.bias, out_idx))
+    elif s.kind == "bn":
+        if in_idx is None:
+            return
+        new = type(m)(len(in_idx), m.eps, m.momentum, m.affine, m.track_running_stats)
+        for k in ("weight", "bias", "running_mean", "running_var"):
+            src = getattr(m, k)
+            if src is not None:
+                getattr(new, k).copy_(src[in_idx])
+        if m.num_batches_tracked is not None:
+            new.num_batches_tracked.copy_(m.num_batches_tracked)
+    elif s.kind == "ln":
+        n = len(in_idx) if in_idx is not None else m.normalized_shape[-1]
+        new = nn.LayerNorm(n, eps=m.eps, elementwise_affine=m.weight is not None, bias=m.bias is not None)
+        if m.weight is not None:
+            new.weight.copy_(_rows(m.weight, in_idx))
+        if m.bias is not None:
+            new.bias.copy_(_rows(m.bias, in_idx))
+    elif s.kind == "rnn":
+        r = m.rnn if isinstance(m, DynamicRecurrent) else m
+        new = _cut_rnn(r, in_idx, w_out)
+    elif s.kind == "mel":
+        if out_idx is None:
+            return
+        new = copy.deepcopy(m)
+        new.fbank = m.fbank[out_idx].clone()
+    else:
+        return
+    _set(model, s.name, new)
+
+
+def _cut_rnn(r: nn.Module, in_idx: Optional[Tensor], w: Optional[int]) -> nn.Module:
+    gates = 3 if isinstance(r, nn.GRU) else 4
+    h_full = r.hidden_size
+    h = w if w is not None else h_full
+    dirs = 2 if r.bidirectional else 1
+    in0 = len(in_idx) if in_idx is not None else r.input_size
+    new = type(r)(in0, h, r.num_layers, r.bias, r.batch_first, r.dropout, r.bidirectional)
+    rows = _gate_rows(h_full, h, gates)
+    hid_cols = torch.arange(h)
+    layer_in = kept_index(h_full, h, dirs, 1)
+    for name, p in r.named_parameters():
+        q = p.index_select(0, rows)
+        if name.startswith("weight_hh"):
+            q = q.index_select(1, hid_cols)
+        elif name.startswith("weight_ih"):
+            if name.startswith("weight_ih_l0"):
+                q = _cols(q, in_idx)
+            else:
+                q = q.index_select(1, layer_in)
+        getattr(new, name).data.copy_(q)
+    return new
+
+
+def export(model: nn.Module) -> nn.Module:
+    """A dense copy of ``model`` with every dynamic width cut to ``ceil(K)``, in eval mode.
+
+    The input model is not changed. The copy has no DCL modules and no noise;
+    ``export(model)(x) == model.eval()(x)`` up to float rounding.
+    """
+    g = get_graph(model)
+    out = copy.deepcopy(model)
+    out.__dict__.pop(_ATTR, None)
+    out.eval()
+    widths = {r: d.hard_width for r, d in g.dcl_modules(out).items()}
+    for s in g.layers:
+        _cut(out, s, widths)
+    _strip(out)
+    return out.eval()
+
+
+def _strip(model: nn.Module) -> None:
+    for name, m in list(model.named_modules()):
+        if not name:
+            continue
+        try:
+            model.get_submodule(name)
+        except AttributeError:  # parent replaced already
+            continue
+        if isinstance(m, DynamicOutput):
+            _set(model, name, m.module)
+        elif isinstance(m, DynamicRecurrent):
+            _set(model, name, m.rnn)
+        elif isinstance(m, DynamicWidth):
+            _set(model, name, nn.Identity())
+        elif isinstance(m, MaskedLayerNorm):
+            new = nn.LayerNorm(m.normalized_shape, eps=m.eps, elementwise_affine=m.weight is not None,
+                               bias=m.bias is not None)
+            new.load_state_dict(m.state_dict())
+            _set(model, name, new)

@@ -1,0 +1,349 @@
+"""Attach dynamic widths to a model and keep the resulting width graph.
+
+:func:`make_dynamic` traces a sample forward pass (:mod:`slimtrain.trace`),
+wraps the chosen layers' outputs with :class:`~slimtrain.dcl.DynamicWidth`
+(after a BatchNorm that reads the raw output, so the DCL zeroes what the next
+layer sees), ties widths joined by residual adds (one shared DCL, applied on
+every branch), binds LayerNorms over a dynamic width to it, and stores a
+:class:`WidthGraph` on the model that the cost model and export read.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Optional, Union
+
+from torch import nn
+
+from .dcl import DynamicWidth
+from .modules import DynamicOutput, DynamicRecurrent, MaskedLayerNorm, TransformerBlock
+from .trace import GraphError, Tag, Trace, _tensors, trace_channels
+
+__all__ = ["make_dynamic", "WidthGraph", "LayerSpec", "get_graph", "dynamic_widths", "GraphError"]
+
+_ATTR = "_slimtrain_graph"
+
+
+@dataclass
+class LayerSpec:
+    """A layer of the traced model with the widths on each side."""
+
+    name: str
+    kind: str
+    in_root: Optional[int]  # dynamic group feeding the layer (None: fixed)
+    in_size: int  # channels of that group (N)
+    in_outer: int
+    in_inner: int
+    out_root: Optional[int]  # dynamic group the layer produces (None: fixed)
+    out_size: int
+    in_shape: tuple[int, ...]
+    out_shape: tuple[int, ...]
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class WidthGraph:
+    """Which dynamic width (by DCL module name) feeds and leaves every layer."""
+
+    dcls: dict[int, str]  # group root -> name of its DynamicWidth module
+    layers: list[LayerSpec]
+    fixed_macs: float  # MACs of operations between layers (attention products), per sample
+    batch: int
+
+    def dcl_modules(self, model: nn.Module) -> dict[int, DynamicWidth]:
+        return {r: model.get_submodule(n) for r, n in self.dcls.items()}  # type: ignore[misc]
+
+
+def get_graph(model: nn.Module) -> WidthGraph:
+    """The :class:`WidthGraph` stored by :func:`make_dynamic` (clear error if absent)."""
+    g = model.__dict__.get(_ATTR)
+    if g is None:
+        raise GraphError("this model has no dynamic widths: call slimtrain.make_dynamic(model, sample) first")
+    return g
+
+
+def dynamic_widths(model: nn.Module, hard: bool = False) -> dict[str, float]:
+    """Current width ``K`` of every dynamic group, keyed by the DCL's module name."""
+    g = get_graph(model)
+    out = {}
+    for r, name in g.dcls.items():
+        d: DynamicWidth = model.get_submodule(name)  # type: ignore[assignment]
+        out[name] = float(d.hard_width) if hard else float(d.width)
+    return out
+
+
+def _set(model: nn.Module, name: str, new: nn.Module) -> None:
+    if not name:
+        raise GraphError("the whole model cannot be wrapped; make_dynamic needs submodules")
+    parent, _, attr = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, attr, new)
+
+
+def _convert_transformers(model: nn.Module) -> None:
+    for name, m in list(model.named_modules()):
+        if isinstance(m, nn.TransformerEncoderLayer):
+            _set(model, name, TransformerBlock.from_torch(m))
+        elif isinstance(m, nn.TransformerEncoder):
+            raise GraphError(
+                f"'{name}' is an nn.TransformerEncoder: use an nn.ModuleList of layers (or "
+                "slimtrain.TransformerBlock) so each layer can be converted"
+            )
+
+
+def _dcl_dim(kind: str) -> int:
+    return -1 if kind in ("linear", "rnn") else 1
+
+
+def _new_dcl(size: int, kind: str, bounds: dict[str, Any]) -> DynamicWidth:
+    b = dict(bounds)
+    if b.get("min_channels") is not None:
+        b["min_channels"] = min(int(b["min_channels"]), size)
+    return DynamicWidth(size, dim=_dcl_dim(kind), **b)
+
+
+def _wrap(model: nn.Module, tr: Trace, producer: str, kind: str, dcl: DynamicWidth) -> None:
+    if kind == "rnn":
+        _set(model, producer, DynamicRecurrent(model.get_submodule(producer), dcl))
+        return
+    at = tr.bn_after.get(producer, producer)
+    mod = model.get_submodule(at)
+    if isinstance(mod, DynamicOutput):
+        raise GraphError(f"'{at}' already has a dynamic width")
+    if at != producer:
+        dcl.dim = 1
+    _set(model, at, DynamicOutput(mod, dcl))
+
+
+def _select(model: nn.Module, tr: Trace, layers: Optional[Iterable[Union[str, type]]], exclude: Iterable[str]) -> list[tuple[str, str, int]]:
+    unsafe = _unsafe_roots(tr)
+    producers = [(u.name, u.kind, u.out_group) for u in tr.uses if u.out_group is not None]
+    names = {p for p, _, _ in producers}
+    excl = set(exclude)
+    chosen: list[tuple[str, str, int]] = []
+    if layers is None:
+        for p, k, g in producers:
+            if p in excl or tr.root(g) in unsafe:
+                continue
+            chosen.append((p, k, tr.groups[g].size))
+        return chosen
+    wanted = list(layers)
+    for w in wanted:
+        if isinstance(w, str):
+            if w not in names:
+                raise GraphError(
+                    f"'{w}' is not a supported layer of this model that ran in the sample pass "
+                    f"(supported layers seen: {sorted(names)})"
+                )
+            chosen.extend((p, k, tr.groups[g].size) for p, k, g in producers if p == w)
+        elif isinstance(w, type):
+            chosen.extend((p, k, tr.groups[g].size) for p, k, g in producers
+                          if p not in excl and isinstance(model.get_submodule(p), w))
+        else:
+            raise GraphError(f"layers must hold module names or types, got {w!r}")
+    return [c for c in chosen if c[0] not in excl]
+
+
+def _unsafe_roots(tr: Trace) -> set[int]:
+    """Groups that cannot shrink: model outputs, residuals with the input, unknown ops or layers."""
+    bad = {tr.root(t.group) for t in tr.output_tags if t is not None}
+    bad |= {tr.root(g) for g, _ in tr.loose_ties}
+    bad |= {tr.root(g) for g, _ in tr.opaque}
+    for u in tr.uses:
+        t = u.in_tag
+        if t is None:
+            continue
+        nd = len(u.in_shape)
+        want = {"linear": nd - 1, "rnn": nd - 1, "ln": nd - 1, "conv": 1, "bn": 1}.get(u.kind, -1)
+        reshaped = (t.outer, t.inner) != (1, 1) and u.kind in ("bn", "conv", "ln")
+        if u.kind == "unknown" or t.dim is None or t.dim != want or reshaped:
+            bad.add(tr.root(t.group))
+    return bad
+
+
+def make_dynamic(
+    model: nn.Module,
+    sample: Any,
+    layers: Optional[Iterable[Union[str, type]]] = None,
+    *,
+    kappa_min: Optional[float] = None,
+    min_channels: Optional[int] = None,
+    exclude: Iterable[str] = (),
+) -> nn.Module:
+    """Give the chosen layers of ``model`` a learnable output width, in place.
+
+    Args:
+        model: any ``nn.Module`` built from Linear, Conv1d/2d, GRU, LSTM,
+            BatchNorm, LayerNorm, ``nn.TransformerEncoderLayer`` (converted to
+            :class:`~slimtrain.modules.TransformerBlock`), :class:`~slimtrain.frontend.MelFrontend`
+            and functional glue (activations, pooling, reshapes, residual adds).
+        sample: an input batch (a tensor, or a tuple of positional inputs).
+        layers: module names or types whose output width becomes dynamic;
+            default: every supported layer whose output is not the model output.
+        kappa_min: lower bound on the relative width K/N (the paper sweeps
+            0.5, 0.25, 0.125, 0.0625); or ``min_channels`` as an absolute bound.
+        exclude: module names to leave at full width.
+
+    Returns the same model. Widths joined by residual adds share one DCL.
+    """
+    if kappa_min is not None and min_channels is not None:
+        raise GraphError("give either kappa_min or min_channels, not both")
+    if model.__dict__.get(_ATTR) is not None:
+        raise GraphError("make_dynamic was already applied to this model")
+    bounds = {"kappa_min": kappa_min, "min_channels": min_channels}
+    _convert_transformers(model)
+    tr = trace_channels(model, sample)
+    chosen = _select(model, tr, layers, exclude)
+    if not chosen:
+        raise GraphError("no layer to make dynamic: the model has no supported hidden layer (or all were excluded)")
+    for producer, kind, size in chosen:
+        _wrap(model, tr, producer, kind, _new_dcl(size, kind, bounds))
+    for _ in range(10):
+        tr = trace_channels(model, sample)
+        if not _tie(model, tr):
+            break
+    else:  # pragma: no cover - the loop adds at least one wrapper per round
+        raise GraphError("could not settle the residual ties of this model")
+    first = _tensors(sample)
+    if not first or first[0].dim() == 0:
+        raise GraphError("sample must be a batch tensor (or a tuple of inputs whose first is one)")
+    graph = _build(model, tr, int(first[0].shape[0]))
+    model.__dict__[_ATTR] = graph
+    return model
+
+
+def _tie(model: nn.Module, tr: Trace) -> bool:
+    """Share one DCL per tied group, mask every producer of a dynamic group. True if changed."""
+    canon: dict[int, str] = {}
+    masked: dict[int, set[Optional[str]]] = {}
+    changed = False
+    for dname, g, producer in tr.dcl_claims:
+        r = tr.root(g)
+        masked.setdefault(r, set()).add(producer)
+        if r not in canon:
+            canon[r] = dname
+            continue
+        keep: DynamicWidth = model.get_submodule(canon[r])  # type: ignore[assignment]
+        mine = model.get_submodule(dname)
+        if mine is keep:
+            continue
+        parent, _, attr = dname.rpartition(".")
+        holder = model.get_submodule(parent)
+        if not isinstance(holder, (DynamicOutput, DynamicRecurrent)):
+            raise GraphError(
+                f"the DynamicWidth modules '{canon[r]}' and '{dname}' sit on widths joined by a "
+                "residual connection; use one module for both"
+            )
+        d = mine.dim  # type: ignore[union-attr]
+        shared = keep
+        if d != keep.dim:  # the same width seen on another axis: share parameters via a view
+            raise GraphError(f"'{canon[r]}' and '{dname}' tie widths on different axes")
+        holder.dcl = shared
+        changed = True
+    kinds = {u.name: u.kind for u in tr.uses}
+    for gid, grp in tr.groups.items():
+        r = tr.root(gid)
+        if r not in canon:
+            continue
+        for p in grp.producers:
+            if p not in masked.get(r, set()):
+                _wrap(model, tr, p, kinds[p], model.get_submodule(canon[r]))  # type: ignore[arg-type]
+                masked[r].add(p)
+                changed = True
+    for u in tr.uses:
+        if u.kind == "ln" and u.in_tag is not None and u.in_tag.dim is not None and tr.root(u.in_tag.group) in canon:
+            ln = model.get_submodule(u.name)
+            dcl = model.get_submodule(canon[tr.root(u.in_tag.group)])
+            if not isinstance(ln, MaskedLayerNorm):
+                if len(ln.normalized_shape) != 1:
+                    raise GraphError(f"LayerNorm '{u.name}' normalises over several axes; only the last axis can be dynamic")
+                new = MaskedLayerNorm(ln.normalized_shape[0], eps=ln.eps, elementwise_affine=ln.elementwise_affine,
+                                      bias=ln.bias is not None)
+                new.load_state_dict(ln.state_dict())
+                _set(model, u.name, new)
+                ln = new
+                changed = True
+            ln.bind(dcl)  # type: ignore[operator, union-attr]
+    return changed
+
+
+def _build(model: nn.Module, tr: Trace, batch: int) -> WidthGraph:
+    dcls: dict[int, str] = {}
+    for dname, g, _ in tr.dcl_claims:
+        dcls.setdefault(tr.root(g), dname)
+    dyn = set(dcls)
+
+    def prod_names(root: int) -> str:
+        ps = [p for gid, grp in tr.groups.items() if tr.root(gid) == root for p in grp.producers]
+        return ", ".join(f"'{p}'" for p in ps) or "?"
+
+    for g, where in tr.loose_ties:
+        if tr.root(g) in dyn:
+            raise GraphError(
+                f"the dynamic width of {prod_names(tr.root(g))} is joined by {where} (e.g. the model input "
+                "in a residual); that sum cannot shrink. Exclude those layers or give the shortcut a layer."
+            )
+    for g, op in tr.opaque:
+        if tr.root(g) in dyn:
+            raise GraphError(
+                f"operation '{op}' on the dynamic width of {prod_names(tr.root(g))} is not supported "
+                "(supported: elementwise activations, dropout, pooling, reshape/flatten, transpose, residual add)"
+            )
+    for t in tr.output_tags:
+        if t is not None and tr.root(t.group) in dyn:
+            raise GraphError(
+                f"the output width of {prod_names(tr.root(t.group))} is the model's output; it cannot be dynamic "
+                "(exclude that layer)"
+            )
+    layers: list[LayerSpec] = []
+    for u in tr.uses:
+        tag: Optional[Tag] = u.in_tag
+        in_root = tr.root(tag.group) if tag is not None and tr.root(tag.group) in dyn else None
+        if in_root is not None:
+            assert tag is not None
+            src = prod_names(in_root)
+            if u.kind == "unknown":
+                raise GraphError(
+                    f"unsupported layer '{u.name}' ({u.extra.get('type')}) reads the dynamic width of {src}; "
+                    "supported: Linear, Conv1d, Conv2d, GRU, LSTM, BatchNorm1d/2d, LayerNorm, TransformerBlock"
+                )
+            if tag.dim is None:
+                raise GraphError(
+                    f"operation '{tag.op}' between {src} and layer '{u.name}' is not supported on a dynamic "
+                    "width (supported: elementwise activations, dropout, pooling, reshape/flatten, transpose, "
+                    "residual add)"
+                )
+            nd = len(u.in_shape)
+            want = {"linear": nd - 1, "rnn": nd - 1, "ln": nd - 1, "conv": 1, "bn": 1, "dcl": tag.dim}.get(u.kind)
+            if want is not None and tag.dim != want:
+                raise GraphError(
+                    f"layer '{u.name}' reads the dynamic width of {src} on axis {tag.dim}, but its channel axis is {want}"
+                )
+            if u.kind in ("bn", "conv", "ln") and (tag.outer, tag.inner) != (1, 1):
+                raise GraphError(f"layer '{u.name}' reads a reshaped dynamic width of {src}; only Linear layers can")
+            if u.kind in ("linear", "conv", "rnn") and not tag.masked:
+                raise GraphError(
+                    f"layer '{u.name}' reads the width of {src} after a BatchNorm that follows its dynamic width; "
+                    "put the BatchNorm right after the layer (layer -> BatchNorm -> activation) so cut channels stay zero"
+                )
+        out_root = tr.root(u.out_group) if u.out_group is not None and tr.root(u.out_group) in dyn else None
+        if u.kind in ("bn", "ln") and in_root is not None:
+            out_root = in_root
+        mod = model.get_submodule(u.name)
+        extra = dict(u.extra)
+        if u.kind == "conv":
+            c = mod
+            if c.groups != 1 and (in_root is not None or out_root is not None):
+                if not (c.groups == c.in_channels == c.out_channels and in_root == out_root):
+                    raise GraphError(
+                        f"grouped conv '{u.name}' (groups={c.groups}) can only be dynamic as a depthwise conv "
+                        "whose input and output share one width"
+                    )
+        if u.kind == "rnn" and isinstance(mod, DynamicRecurrent) and out_root is None:
+            out_root = tr.root(u.out_group) if u.out_group is not None else None
+        in_size = tr.groups[tag.group].size if tag is not None and in_root is not None else 0
+        if u.kind not in ("dcl", "unknown"):
+            layers.append(LayerSpec(u.name, u.kind, in_root, in_size, tag.outer if in_root is not None else 1,
+                                    tag.inner if in_root is not None else 1, out_root,
+                                    tr.groups[u.out_group].size if u.out_group is not None else 0,
+                                    u.in_shape, u.out_shape, extra))
+    return WidthGraph(dcls, layers, tr.fixed_macs, batch)

@@ -1,0 +1,96 @@
+"""The trade-off objective: task loss plus a differentiable complexity term.
+
+* weighted: ``task + alpha * cost / cost_full`` (``cost_full`` = every width
+  at full size, so ``alpha`` means the same for any model);
+* budget: ``task + mu * relu(cost / budget - 1)`` -- a hinge that is zero
+  below the budget and grows linearly (in units of the budget) above it.
+  ``mu`` defaults to 1; with ``lagrangian=True`` it is a multiplier that grows
+  by ``lr_mu * violation`` each call and never drops below zero (a
+  dual-ascent augmented Lagrangian: ``mu * v + rho/2 * v^2``).
+
+Both can be combined. During ``warmup_steps`` calls every DCL is frozen at
+full width and the cost term is zero.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+from torch import Tensor, nn
+
+from .cost import Cost, model_cost
+from .dcl import DynamicWidth
+from .graph import get_graph
+
+__all__ = ["TradeoffLoss", "LossConfigError"]
+
+
+class LossConfigError(ValueError):
+    """Invalid trade-off settings (negative alpha, non-positive budget...)."""
+
+
+class TradeoffLoss(nn.Module):
+    """``loss = task + complexity`` for a model prepared by :func:`slimtrain.make_dynamic`.
+
+    Args:
+        model: the dynamic model.
+        alpha: weight of the normalised cost (``>= 0``).
+        budget: target cost in the unit of ``metric`` (``> 0``), e.g. ``2e6`` FLOPs.
+        metric: ``"flops"``, ``"macs"`` or ``"params"``.
+        mu, lagrangian, lr_mu, rho: the budget penalty (see module docs).
+        warmup_steps: calls during which widths stay at full size.
+    """
+
+    def __init__(self, model: nn.Module, alpha: float = 0.0, budget: Optional[float] = None, *,
+                 metric: str = "flops", mu: float = 1.0, lagrangian: bool = False, lr_mu: float = 0.05,
+                 rho: float = 1.0, warmup_steps: int = 0) -> None:
+        super().__init__()
+        for name, v in (("alpha", alpha), ("mu", mu), ("lr_mu", lr_mu), ("rho", rho)):
+            if not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+                raise LossConfigError(f"{name} must be a finite number >= 0, got {v!r}")
+        if budget is not None and (not isinstance(budget, (int, float)) or not math.isfinite(budget) or budget <= 0):
+            raise LossConfigError(f"budget must be a positive number, got {budget!r}")
+        if metric not in ("flops", "macs", "params"):
+            raise LossConfigError(f"metric must be 'flops', 'macs' or 'params', got {metric!r}")
+        if warmup_steps < 0:
+            raise LossConfigError(f"warmup_steps must be >= 0, got {warmup_steps}")
+        get_graph(model)
+        self.model = [model]  # not a submodule: no double registration of its parameters
+        self.alpha, self.budget, self.metric = float(alpha), budget, metric
+        self.lagrangian, self.lr_mu, self.rho = lagrangian, lr_mu, rho
+        self.register_buffer("mu", torch.tensor(float(mu)))
+        self.warmup_steps = warmup_steps
+        self.steps = 0
+        with torch.no_grad():
+            self.full = float(model_cost(model, full=True).metric(metric))
+        self.last: dict[str, float] = {}
+
+    def _dcls(self) -> list[DynamicWidth]:
+        return [m for m in self.model[0].modules() if isinstance(m, DynamicWidth)]
+
+    def cost(self) -> Cost:
+        return model_cost(self.model[0], hard=False)
+
+    def forward(self, task_loss: Tensor) -> Tensor:
+        warm = self.steps < self.warmup_steps
+        for d in self._dcls():
+            d.frozen = warm
+            if warm:
+                d.set_width(d.max_width)
+        self.steps += 1
+        c = self.cost().metric(self.metric)
+        rel = c / self.full
+        penalty = torch.zeros((), device=task_loss.device)
+        if not warm:
+            if self.alpha:
+                penalty = penalty + self.alpha * rel
+            if self.budget is not None:
+                v = torch.relu(c / self.budget - 1.0)
+                penalty = penalty + self.mu * v + (0.5 * self.rho * v * v if self.lagrangian else 0.0)
+                if self.lagrangian and self.training:
+                    with torch.no_grad():
+                        self.mu.add_(self.lr_mu * v.detach()).clamp_(min=0.0)
+        self.last = {"task": float(task_loss.detach()), "cost": float(c.detach()), "cost_rel": float(rel.detach()),
+                     "penalty": float(penalty.detach())}
+        return task_loss + penalty.to(task_loss.dtype)

@@ -1,0 +1,202 @@
+"""Wrappers that put a :class:`~slimtrain.dcl.DynamicWidth` on a layer's output.
+
+* :class:`DynamicOutput` applies a DCL after any module (Linear, conv, BatchNorm...).
+* :class:`DynamicRecurrent` makes the hidden size of a GRU/LSTM dynamic: the
+  recurrent weights that read hidden channel ``c`` are scaled by the channel's
+  signal weight, so in eval mode channels above ``ceil(K)`` never reach the
+  recurrence or the output: exactly a GRU/LSTM with ``ceil(K)`` hidden units.
+  Noise is injected on the output sequence (not inside the recurrence).
+* :class:`MaskedLayerNorm` normalises only over the channels a DCL keeps.
+* :class:`TransformerBlock` is an attention block with plain ``nn.Linear``
+  parts, equivalent to ``nn.TransformerEncoderLayer``, whose model width and
+  feed-forward width can be made dynamic.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.func import functional_call
+
+from .dcl import DynamicWidth
+
+__all__ = ["DynamicOutput", "DynamicRecurrent", "MaskedLayerNorm", "TransformerBlock"]
+
+
+class DynamicOutput(nn.Module):
+    """``dcl(module(x))``: the wrapped module's output channels get a learnable width."""
+
+    def __init__(self, module: nn.Module, dcl: DynamicWidth) -> None:
+        super().__init__()
+        self.module = module
+        self.dcl = dcl
+
+    def forward(self, *args, **kwargs):
+        return self.dcl(self.module(*args, **kwargs))
+
+
+class DynamicRecurrent(nn.Module):
+    """A GRU/LSTM whose hidden size is the width of ``dcl``."""
+
+    def __init__(self, rnn: nn.Module, dcl: DynamicWidth) -> None:
+        super().__init__()
+        if not isinstance(rnn, (nn.GRU, nn.LSTM)):
+            raise TypeError(f"DynamicRecurrent wraps nn.GRU or nn.LSTM, got {type(rnn).__name__}")
+        if getattr(rnn, "proj_size", 0):
+            raise TypeError("LSTM with proj_size > 0 is not supported for a dynamic hidden size")
+        if dcl.num_channels != rnn.hidden_size:
+            raise ValueError(f"DCL has {dcl.num_channels} channels but hidden_size is {rnn.hidden_size}")
+        self.rnn = rnn
+        self.dcl = dcl
+
+    def _masked_params(self, mask: Tensor) -> dict[str, Tensor]:
+        params = dict(self.rnn.named_parameters())
+        dirs = 2 if self.rnn.bidirectional else 1
+        for name, p in list(params.items()):
+            if name.startswith("weight_hh"):
+                params[name] = p * mask.to(p.dtype)
+            elif name.startswith("weight_ih") and not name.startswith("weight_ih_l0"):
+                params[name] = p * mask.repeat(dirs).to(p.dtype)
+        return params
+
+    def forward(self, x: Tensor, hx=None):
+        dcl = self.dcl
+        mask = dcl.mask()
+        out, h = functional_call(self.rnn, self._masked_params(mask), (x,) if hx is None else (x, hx))
+        dirs = 2 if self.rnn.bidirectional else 1
+        if dirs == 1:
+            out = dcl(out)
+        else:
+            n = self.rnn.hidden_size
+            out = torch.cat([dcl(out[..., :n]), dcl(out[..., n:])], dim=-1)
+        m = mask.to(out.dtype)
+        h = tuple(t * m for t in h) if isinstance(h, tuple) else h * m
+        return out, h
+
+
+class MaskedLayerNorm(nn.LayerNorm):
+    """LayerNorm over the last axis whose statistics use only the kept channels.
+
+    With ``width_source`` unset it is an ordinary LayerNorm. Bound to a DCL
+    (done by :func:`slimtrain.make_dynamic`), channel ``i`` counts with weight
+    ``clamp(K - i, 0, 1)`` (hard width in eval), and channels outside the
+    width are zero on output, so eval mode equals a LayerNorm of ``ceil(K)``.
+    """
+
+    def bind(self, dcl: Optional[DynamicWidth]) -> None:
+        object.__setattr__(self, "_width_source", dcl)
+
+    def forward(self, x: Tensor) -> Tensor:
+        dcl: Optional[DynamicWidth] = getattr(self, "_width_source", None)
+        if dcl is None:
+            return super().forward(x)
+        if dcl.training and not dcl.frozen:
+            w = dcl.keep_share()
+        else:
+            w = dcl.hard_mask()
+        w = w.to(x.dtype)
+        total = w.sum()
+        mean = (x * w).sum(-1, keepdim=True) / total
+        var = (((x - mean) ** 2) * w).sum(-1, keepdim=True) / total
+        y = (x - mean) / torch.sqrt(var + self.eps)
+        if self.weight is not None:
+            y = y * self.weight
+        if self.bias is not None:
+            y = y + self.bias
+        return y * dcl.mask().to(x.dtype)
+
+
+class TransformerBlock(nn.Module):
+    """Self-attention + feed-forward block built from plain ``nn.Linear`` layers.
+
+    Same maths as ``nn.TransformerEncoderLayer`` (batch-first, ReLU or GELU,
+    ``norm_first`` selectable; dropout is off in eval). The attention inner
+    width stays ``d_model`` so the number of heads is unaffected by a dynamic
+    model width; see :meth:`from_torch` to convert a PyTorch layer exactly.
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        nhead: int,
+        dim_feedforward: int = 2048,
+        dropout: float = 0.1,
+        activation: str = "relu",
+        norm_first: bool = False,
+        layer_norm_eps: float = 1e-5,
+        attn_dim: Optional[int] = None,
+        causal: bool = False,
+    ) -> None:
+        super().__init__()
+        attn_dim = attn_dim or d_model
+        if attn_dim % nhead:
+            raise ValueError(f"attention width {attn_dim} is not divisible by nhead={nhead}")
+        if activation not in ("relu", "gelu"):
+            raise ValueError(f"activation must be 'relu' or 'gelu', got {activation!r}")
+        self.nhead, self.attn_dim, self.d_model = nhead, attn_dim, d_model
+        self.q = nn.Linear(d_model, attn_dim)
+        self.k = nn.Linear(d_model, attn_dim)
+        self.v = nn.Linear(d_model, attn_dim)
+        self.out = nn.Linear(attn_dim, d_model)
+        self.ff1 = nn.Linear(d_model, dim_feedforward)
+        self.ff2 = nn.Linear(dim_feedforward, d_model)
+        self.norm1 = MaskedLayerNorm(d_model, eps=layer_norm_eps)
+        self.norm2 = MaskedLayerNorm(d_model, eps=layer_norm_eps)
+        self.dropout = nn.Dropout(dropout)
+        self.activation = activation
+        self.norm_first = norm_first
+        self.causal = causal
+
+    @classmethod
+    def from_torch(cls, layer: nn.TransformerEncoderLayer) -> "TransformerBlock":
+        """An exact copy of a batch-first ``nn.TransformerEncoderLayer``."""
+        if not layer.self_attn.batch_first:
+            raise ValueError("only batch_first=True TransformerEncoderLayer can be converted")
+        act = layer.activation
+        name = "gelu" if act is F.gelu or isinstance(act, nn.GELU) else "relu" if act is F.relu or isinstance(act, nn.ReLU) else None
+        if name is None:
+            raise ValueError(f"unsupported activation {act!r} in TransformerEncoderLayer")
+        d = layer.self_attn.embed_dim
+        blk = cls(d, layer.self_attn.num_heads, layer.linear1.out_features, layer.dropout.p, name,
+                  layer.norm_first, layer.norm1.eps)
+        w, b = layer.self_attn.in_proj_weight, layer.self_attn.in_proj_bias
+        with torch.no_grad():
+            for i, lin in enumerate((blk.q, blk.k, blk.v)):
+                lin.weight.copy_(w[i * d:(i + 1) * d])
+                lin.bias.copy_(b[i * d:(i + 1) * d])
+            blk.out.load_state_dict(layer.self_attn.out_proj.state_dict())
+            blk.ff1.load_state_dict(layer.linear1.state_dict())
+            blk.ff2.load_state_dict(layer.linear2.state_dict())
+            blk.norm1.load_state_dict(layer.norm1.state_dict())
+            blk.norm2.load_state_dict(layer.norm2.state_dict())
+        return blk
+
+    def _attn(self, x: Tensor) -> Tensor:
+        b, t, _ = x.shape
+        h = self.nhead
+        q = self.q(x).view(b, t, h, -1).transpose(1, 2)
+        k = self.k(x).view(b, t, h, -1).transpose(1, 2)
+        v = self.v(x).view(b, t, h, -1).transpose(1, 2)
+        # explicit products (not F.scaled_dot_product_attention) so every FLOP counter sees them
+        scores = torch.matmul(q, k.transpose(-2, -1)) / math.sqrt(q.shape[-1])
+        if self.causal:
+            future = torch.ones(t, t, dtype=torch.bool, device=x.device).triu(1)
+            scores = scores.masked_fill(future, float("-inf"))
+        a = torch.matmul(torch.softmax(scores, dim=-1), v)
+        return self.dropout(self.out(a.transpose(1, 2).reshape(b, t, -1)))
+
+    def _ff(self, x: Tensor) -> Tensor:
+        act = F.gelu if self.activation == "gelu" else F.relu
+        return self.dropout(self.ff2(self.dropout(act(self.ff1(x)))))
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.dim() != 3:
+            raise ValueError(f"TransformerBlock expects (batch, time, d_model), got shape {tuple(x.shape)}")
+        if self.norm_first:
+            x = x + self._attn(self.norm1(x))
+            return x + self._ff(self.norm2(x))
+        x = self.norm1(x + self._attn(x))
+        return self.norm2(x + self._ff(x))

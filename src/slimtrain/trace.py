@@ -1,0 +1,425 @@
+"""Channel-flow tracing: which width (group) feeds which layer, from one forward pass.
+
+A *group* is a space of channels produced by a layer (the output features of a
+Linear, the output channels of a conv, the hidden size of a GRU...). Groups
+joined by an elementwise add/sub/mul of two tensors are tied (a residual
+connection forces its branches to share a width). Every tensor carries a tag
+``(group, dim, outer, inner)``: its axis ``dim`` holds ``outer * N * inner``
+elements and channel ``c`` of the group occupies the indices
+``o * N * inner + c * inner + i``. That covers flatten/reshape in either order.
+
+The tracer runs a sample forward with module hooks on known layers and a
+:class:`torch.overrides.TorchFunctionMode` for the functional operations
+between them. Operations it does not understand make the tag *opaque*; an
+opaque dynamic group reaching a layer is an error that names the operation.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+import torch
+from torch import Tensor, nn
+from torch.overrides import TorchFunctionMode
+
+__all__ = ["Tag", "Group", "LayerUse", "Trace", "trace_channels", "GraphError", "LEAF_TYPES"]
+
+
+class GraphError(ValueError):
+    """The model's channel flow cannot be made dynamic (names the layers involved)."""
+
+
+@dataclass(frozen=True)
+class Tag:
+    group: int
+    dim: Optional[int]  # None: opaque (an unknown op touched the channels)
+    outer: int = 1
+    inner: int = 1
+    producer: Optional[str] = None  # set while the tensor comes straight from one layer
+    op: Optional[str] = None  # the op that made it opaque
+    masked: bool = False  # a DCL zeroed the channels outside the width (and no BatchNorm since)
+
+
+@dataclass
+class Group:
+    gid: int
+    size: int
+    producers: list[str] = field(default_factory=list)
+
+
+@dataclass
+class LayerUse:
+    """One call of a known layer in the sample forward pass."""
+
+    name: str
+    kind: str
+    in_tag: Optional[Tag]
+    out_group: Optional[int]
+    in_shape: tuple[int, ...]
+    out_shape: tuple[int, ...]
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Trace:
+    groups: dict[int, Group]
+    uses: list[LayerUse]
+    ties: list[tuple[int, int, str]]  # (group a, group b, where)
+    loose_ties: list[tuple[int, str]]  # group tied to a tensor with no producer
+    dcl_claims: list[tuple[str, int, Optional[str]]]  # (dcl name, group, producer it masked)
+    bn_after: dict[str, str]  # producer name -> BatchNorm consuming its raw output
+    output_tags: list[Optional[Tag]]
+    fixed_macs: float = 0.0
+    opaque: list[tuple[int, str]] = field(default_factory=list)  # (group, op) that lost track
+    parent: dict[int, int] = field(default_factory=dict)
+
+    def root(self, g: int) -> int:
+        while self.parent.get(g, g) != g:
+            g = self.parent[g]
+        return g
+
+
+def _kind(m: nn.Module) -> Optional[str]:
+    from .modules import DynamicRecurrent, MaskedLayerNorm
+    from .dcl import DynamicWidth
+    from .frontend import MelFrontend
+
+    if isinstance(m, DynamicWidth):
+        return "dcl"
+    if isinstance(m, DynamicRecurrent):
+        return "rnn"
+    if isinstance(m, MaskedLayerNorm):
+        return "ln"
+    if isinstance(m, MelFrontend):
+        return "mel"
+    if isinstance(m, nn.Linear):
+        return "linear"
+    if isinstance(m, (nn.Conv1d, nn.Conv2d)):
+        return "conv"
+    if isinstance(m, (nn.GRU, nn.LSTM)):
+        return "rnn"
+    if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
+        return "bn"
+    if isinstance(m, nn.LayerNorm):
+        return "ln"
+    return None
+
+
+LEAF_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.GRU, nn.LSTM, nn.BatchNorm1d, nn.BatchNorm2d, nn.LayerNorm)
+
+# Ops that act on every element alone and keep zeros at zero.
+_ZERO_KEEPING = {
+    "relu", "relu_", "gelu", "silu", "tanh", "leaky_relu", "leaky_relu_", "elu", "hardtanh", "relu6",
+    "hardswish", "mish", "dropout", "dropout1d", "dropout2d", "neg", "__neg__", "abs", "clone",
+    "contiguous", "float", "double", "half", "to", "type_as", "detach", "softsign", "tanhshrink",
+}
+# Ops that keep the tensor's layout along the channel axis (pooling, padding, along other axes).
+_PER_CHANNEL = {
+    "max_pool1d", "max_pool2d", "avg_pool1d", "avg_pool2d", "adaptive_avg_pool1d", "adaptive_avg_pool2d",
+    "adaptive_max_pool1d", "adaptive_max_pool2d", "_max_pool1d", "_max_pool2d", "max_pool1d_with_indices",
+    "max_pool2d_with_indices", "pad", "interpolate", "upsample",
+}
+_VIEW_LIKE = {"view", "reshape", "flatten", "unflatten", "squeeze", "unsqueeze", "view_as", "reshape_as"}
+_PERMUTE = {"transpose", "swapaxes", "permute", "movedim", "t", "moveaxis"}
+_REDUCE = {"mean", "sum", "amax", "amin", "max", "min"}
+_JOIN = {"add", "__add__", "__radd__", "__iadd__", "add_", "sub", "__sub__", "__rsub__", "__isub__", "sub_"}
+_SCALE = {"mul", "__mul__", "__rmul__", "__imul__", "mul_", "div", "__truediv__", "__itruediv__", "div_"}
+
+
+def _tensors(obj: Any) -> list[Tensor]:
+    out: list[Tensor] = []
+    if isinstance(obj, Tensor):
+        out.append(obj)
+    elif isinstance(obj, (list, tuple)):
+        for o in obj:
+            out.extend(_tensors(o))
+    elif isinstance(obj, dict):
+        for o in obj.values():
+            out.extend(_tensors(o))
+    return out
+
+
+def _map_view(tag: Tag, old: tuple[int, ...], new: tuple[int, ...], n: int) -> Tag:
+    """Where the channel digit of ``tag`` lands after a reshape from ``old`` to ``new``."""
+    d = tag.dim
+    assert d is not None
+    before = math.prod(old[:d]) * tag.outer  # blocks before the channel digit
+    after = tag.inner * math.prod(old[d + 1:])  # elements after it
+    for j in range(len(new)):
+        s_j = math.prod(new[j + 1:])
+        if s_j and after % s_j == 0 and (s_j * new[j]) % (after * n) == 0:
+            if math.prod(new[:j]) and before % math.prod(new[:j]) == 0:
+                inner = after // s_j
+                outer = (s_j * new[j]) // (after * n)
+                return Tag(tag.group, j, outer, inner, tag.producer, masked=tag.masked)
+    return Tag(tag.group, None, op="reshape")
+
+
+def _between_macs(name: str, args, kwargs, out) -> float:
+    """MACs of products computed outside layers (attention), as FlopCounterMode counts them."""
+    if name == "scaled_dot_product_attention":
+        q, k, v = args[:3]
+        return float(math.prod(q.shape[:-1]) * k.shape[-2] * (q.shape[-1] + v.shape[-1]))
+    if name in ("matmul", "bmm", "mm", "__matmul__") and isinstance(out, Tensor) and len(args) >= 2:
+        a = args[0]
+        return float(out.numel() * a.shape[-1]) if isinstance(a, Tensor) and a.dim() >= 1 else 0.0
+    return 0.0
+
+
+class _Tracer(TorchFunctionMode):
+    def __init__(self, sizes: dict[int, int]) -> None:
+        super().__init__()
+        self.tags: dict[int, Tag] = {}
+        self.keep: list[Tensor] = []
+        self.depth = 0
+        self.sizes = sizes
+        self.ties: list[tuple[int, int, str]] = []
+        self.loose: list[tuple[int, str]] = []
+        self.opaque: list[tuple[int, str]] = []
+        self.fixed_macs = 0.0
+
+    def tag(self, t: Any) -> Optional[Tag]:
+        return self.tags.get(id(t)) if isinstance(t, Tensor) else None
+
+    def set(self, t: Tensor, tag: Optional[Tag]) -> None:
+        if tag is not None and isinstance(t, Tensor):
+            self.tags[id(t)] = tag
+            self.keep.append(t)
+
+    def __torch_function__(self, func: Callable, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        if self.depth > 0:
+            return out
+        self.fixed_macs += _between_macs(getattr(func, "__name__", ""), args, kwargs, out)
+        ins = [(t, self.tag(t)) for t in _tensors(args) + _tensors(kwargs)]
+        tagged = [(t, g) for t, g in ins if g is not None]
+        if not tagged or not _tensors(out):
+            return out
+        name = getattr(func, "__name__", str(func))
+        try:
+            tag = self._rule(name, func, args, kwargs, out, ins, tagged)
+        except Exception:  # a rule that cannot decide makes the channels opaque
+            tag = Tag(tagged[0][1].group, None, op=name)
+        if tag.dim is None:  # every dynamic width that went through this op is now unknown
+            self.opaque.extend((g.group, tag.op or name) for _, g in tagged if g.dim is not None)
+        for o in _tensors(out)[:1]:
+            self.set(o, tag)
+        return out
+
+    def _rule(self, name, func, args, kwargs, out, ins, tagged) -> Tag:
+        x, tag = tagged[0]
+        opaque = Tag(tag.group, None, op=name)
+        if tag.dim is None:
+            return tag
+        if not isinstance(out, Tensor):
+            if name in _PER_CHANNEL and isinstance(out, tuple):
+                out = out[0]
+            else:
+                return opaque
+        n = self.sizes[tag.group]
+        if name in _ZERO_KEEPING:
+            return tag if out.shape == x.shape else opaque
+        if name in _PER_CHANNEL:
+            same = out.dim() == x.dim() and out.shape[tag.dim] == x.shape[tag.dim]
+            return tag if same and tag.outer == tag.inner == 1 else opaque
+        if name in _VIEW_LIKE:
+            return _map_view(tag, tuple(x.shape), tuple(out.shape), n)
+        if name in _PERMUTE:
+            return self._permute(name, args, kwargs, x, tag)
+        if name in _REDUCE:
+            dims = kwargs.get("dim", args[1] if len(args) > 1 else None)
+            if dims is None or isinstance(out, tuple):
+                return opaque
+            dims = [dims] if isinstance(dims, int) else list(dims)
+            dims = [d % x.dim() for d in dims]
+            if tag.dim in dims:
+                return opaque
+            keep = kwargs.get("keepdim", args[2] if len(args) > 2 else False)
+            return Tag(tag.group, tag.dim if keep else tag.dim - sum(d < tag.dim for d in dims), tag.outer, tag.inner, masked=tag.masked)
+        if name == "__getitem__":
+            return self._getitem(args[1], x, tag)
+        if name in _JOIN or name in _SCALE:
+            others = [a for a in args[:2] if a is not x]
+            other = others[0] if others else kwargs.get("other")
+            if not isinstance(other, Tensor) or other.dim() == 0:
+                # scaling keeps zeros; adding a constant does not
+                return tag if name in _SCALE else opaque
+            otag = self.tag(other)
+            if out.shape != x.shape:
+                return opaque
+            if otag is None:
+                if name in _SCALE:
+                    return Tag(tag.group, tag.dim, tag.outer, tag.inner, masked=tag.masked)
+                self.loose.append((tag.group, f"'{name}' with a tensor that no layer produced"))
+                return Tag(tag.group, tag.dim, tag.outer, tag.inner)
+            if otag.dim is None or other.shape != x.shape or (otag.dim, otag.outer, otag.inner) != (tag.dim, tag.outer, tag.inner):
+                return opaque
+            self.ties.append((tag.group, otag.group, f"'{name}' of outputs of {tag.producer or '?'} and {otag.producer or '?'}"))
+            both = tag.masked and otag.masked if name in _JOIN else tag.masked or otag.masked
+            return Tag(tag.group, tag.dim, tag.outer, tag.inner, masked=both)
+        return opaque
+
+    def _permute(self, name, args, kwargs, x, tag) -> Tag:
+        nd = x.dim()
+        if name == "t":
+            perm = list(range(nd))[::-1]
+        elif name == "permute":
+            p = args[1:] if len(args) > 2 or (len(args) == 2 and isinstance(args[1], int)) else args[1]
+            perm = [int(v) % nd for v in p]
+        else:
+            a, b = (int(args[1]) % nd, int(args[2]) % nd)
+            if name in ("movedim", "moveaxis"):
+                perm = [i for i in range(nd) if i != a]
+                perm.insert(b, a)
+            else:
+                perm = list(range(nd))
+                perm[a], perm[b] = perm[b], perm[a]
+        return Tag(tag.group, perm.index(tag.dim), tag.outer, tag.inner, tag.producer, masked=tag.masked)
+
+    def _getitem(self, idx, x, tag) -> Tag:
+        idx = idx if isinstance(idx, tuple) else (idx,)
+        if any(isinstance(i, Tensor) or isinstance(i, list) for i in idx):
+            return Tag(tag.group, None, op="indexing")
+        n_real = sum(1 for i in idx if i is not None and i is not Ellipsis)
+        expanded: list[Any] = []
+        for i in idx:
+            if i is Ellipsis:
+                expanded.extend([slice(None)] * (x.dim() - n_real))
+            else:
+                expanded.append(i)
+        expanded.extend([slice(None)] * (x.dim() - sum(1 for i in expanded if i is not None)))
+        src = new = 0
+        for i in expanded:
+            if i is None:
+                new += 1
+                continue
+            if src == tag.dim:
+                if isinstance(i, slice) and i == slice(None):
+                    return Tag(tag.group, new, tag.outer, tag.inner, tag.producer, masked=tag.masked)
+                return Tag(tag.group, None, op="indexing the channel axis")
+            if not isinstance(i, int):
+                new += 1
+            src += 1
+        return Tag(tag.group, None, op="indexing")
+
+
+def trace_channels(model: nn.Module, sample: Any) -> Trace:
+    """Run ``model(sample)`` once and record the channel flow between its layers."""
+    groups: dict[int, Group] = {}
+    uses: list[LayerUse] = []
+    claims: list[tuple[str, int, Optional[str]]] = []
+    bn_after: dict[str, str] = {}
+    sizes: dict[int, int] = {}
+    tracer = _Tracer(sizes)
+    handles = []
+    names = {m: n for n, m in model.named_modules()}
+
+    def new_group(size: int, producer: str) -> int:
+        gid = len(groups)
+        groups[gid] = Group(gid, size, [producer])
+        sizes[gid] = size
+        return gid
+
+    stack: list[tuple[nn.Module, Optional[Tag], tuple, Optional[Tensor]]] = []
+
+    def pre(mod, args):
+        x = args[0] if args else None
+        tag = tracer.tag(x)
+        shape = tuple(x.shape) if isinstance(x, Tensor) else ()
+        stack.append((mod, tag, shape, x))
+        tracer.depth += 1
+
+    def post(mod, args, out):
+        tracer.depth -= 1
+        mod_, tag, shape, x = stack.pop()
+        name = names.get(mod, type(mod).__name__)
+        kind = _kind(mod)
+        first = out[0] if isinstance(out, tuple) else out
+        oshape = tuple(first.shape) if isinstance(first, Tensor) else ()
+        if kind is None:  # a module with parameters we do not know
+            uses.append(LayerUse(name, "unknown", tag, None, shape, oshape, {"type": type(mod).__name__}))
+            return
+        if kind == "dcl":
+            if tag is not None and tag.dim is not None:
+                claims.append((name, tag.group, tag.producer))
+                tracer.set(out, Tag(tag.group, tag.dim, tag.outer, tag.inner, tag.producer, masked=True))
+            else:
+                uses.append(LayerUse(name, "dcl", tag, None, shape, oshape))
+            return
+        if kind in ("bn", "ln"):
+            uses.append(LayerUse(name, kind, tag, None, shape, oshape))
+            if tag is not None:
+                if kind == "bn" and tag.producer is not None:
+                    bn_after.setdefault(tag.producer, name)
+                bound = getattr(mod, "_width_source", None) is not None
+                tracer.set(out, Tag(tag.group, tag.dim, tag.outer, tag.inner, tag.producer,
+                                    masked=bound if kind == "ln" else False))
+            return
+        inner_mod = mod.rnn if kind == "rnn" and hasattr(mod, "rnn") else mod
+        if kind == "linear":
+            size, dim = inner_mod.out_features, first.dim() - 1
+        elif kind == "conv":
+            size, dim = inner_mod.out_channels, 1
+        elif kind == "mel":
+            size, dim = inner_mod.n_mels, 1
+        else:  # rnn
+            size, dim = inner_mod.hidden_size, first.dim() - 1
+        gid = new_group(size, name)
+        outer = 2 if kind == "rnn" and inner_mod.bidirectional else 1
+        extra: dict[str, Any] = {}
+        if kind == "rnn":
+            extra["batch_first"] = inner_mod.batch_first
+        uses.append(LayerUse(name, kind, tag, gid, shape, oshape, extra))
+        wrapped = hasattr(mod, "dcl") and kind in ("rnn",)
+        if wrapped:
+            claims.append((name + ".dcl", gid, name))
+        tracer.set(first, Tag(gid, dim, outer, 1, name, masked=wrapped))
+        if kind == "rnn" and isinstance(out, tuple):
+            for h in _tensors(out[1]):
+                tracer.set(h, Tag(gid, h.dim() - 1, 1, 1, name, masked=wrapped))
+
+    leaf_mods = []
+    for n, m in model.named_modules():
+        k = _kind(m)
+        own_params = any(True for _ in m.parameters(recurse=False))
+        if k is not None or (own_params and not _has_known_ancestor(model, n)):
+            leaf_mods.append(m)
+    # do not descend into known composite leaves (a DynamicRecurrent holds an RNN)
+    skip = set()
+    for m in leaf_mods:
+        if _kind(m) == "rnn" and hasattr(m, "rnn"):
+            skip.update((m.rnn, m.dcl))
+        if _kind(m) == "mel":
+            skip.update(c for c in m.modules() if c is not m)
+    for m in leaf_mods:
+        if m in skip:
+            continue
+        handles.append(m.register_forward_pre_hook(pre))
+        handles.append(m.register_forward_hook(post))
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), tracer, torch.backends.mkldnn.flags(enabled=False):
+            out = model(*sample) if isinstance(sample, tuple) else model(sample)
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    tr = Trace(groups, uses, tracer.ties, tracer.loose, claims, bn_after, [tracer.tag(o) for o in _tensors(out)],
+               tracer.fixed_macs, tracer.opaque)
+    for a, b, _ in tr.ties:
+        ra, rb = tr.root(a), tr.root(b)
+        if ra != rb:
+            tr.parent[max(ra, rb)] = min(ra, rb)
+    return tr
+
+
+def _has_known_ancestor(model: nn.Module, name: str) -> bool:
+    parts = name.split(".")
+    for i in range(1, len(parts)):
+        anc = model.get_submodule(".".join(parts[:i]))
+        if _kind(anc) in ("rnn", "mel"):
+            return True
+    return False
