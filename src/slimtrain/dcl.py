@@ -165,21 +165,27 @@ class DynamicWidth(nn.Module):
         return self.soft_mask() if self.training and not self.frozen else self.hard_mask()
 
     # -- forward ---------------------------------------------------------------
-    def _axis(self, x: Tensor) -> int:
+    def _axis(self, x: Tensor, dim: Optional[int] = None) -> int:
+        dim = self.dim if dim is None else dim
         if x.dim() == 0:
             raise WidthError("DynamicWidth got a 0-d tensor; it needs a channel axis")
-        d = self.dim if self.dim >= 0 else x.dim() + self.dim
+        d = dim if dim >= 0 else x.dim() + dim
         if not 0 <= d < x.dim():
-            raise WidthError(f"channel axis dim={self.dim} does not exist for an input of shape {tuple(x.shape)}")
+            raise WidthError(f"channel axis dim={dim} does not exist for an input of shape {tuple(x.shape)}")
         if x.shape[d] != self.num_channels:
             raise WidthError(
-                f"DynamicWidth expects {self.num_channels} channels on axis {self.dim}, "
+                f"DynamicWidth expects {self.num_channels} channels on axis {dim}, "
                 f"got shape {tuple(x.shape)}"
             )
         return d
 
-    def forward(self, x: Tensor) -> Tensor:
-        d = self._axis(x)
+    def forward(self, x: Tensor, dim: Optional[int] = None) -> Tensor:
+        """Apply the width to ``x`` along ``dim`` (default: the module's ``dim``).
+
+        One DCL can serve several tensors that carry the same channels on
+        different axes (a residual stream seen as ``(B, C, T)`` and ``(B, T, C)``).
+        """
+        d = self._axis(x, dim)
         shape = [1] * x.dim()
         shape[d] = self.num_channels
         if not self.training or self.frozen:

@@ -109,9 +109,7 @@ def _wrap(model: nn.Module, tr: Trace, producer: str, kind: str, dcl: DynamicWid
     mod = model.get_submodule(at)
     if isinstance(mod, DynamicOutput):
         raise GraphError(f"'{at}' already has a dynamic width")
-    if at != producer:
-        dcl.dim = 1
-    _set(model, at, DynamicOutput(mod, dcl))
+    _set(model, at, DynamicOutput(mod, dcl, dim=1 if at != producer else _dcl_dim(kind)))
 
 
 def _select(model: nn.Module, tr: Trace, layers: Optional[Iterable[Union[str, type]]], exclude: Iterable[str]) -> list[tuple[str, str, int]]:
@@ -233,11 +231,7 @@ def _tie(model: nn.Module, tr: Trace) -> bool:
                 f"the DynamicWidth modules '{canon[r]}' and '{dname}' sit on widths joined by a "
                 "residual connection; use one module for both"
             )
-        d = mine.dim  # type: ignore[union-attr]
-        shared = keep
-        if d != keep.dim:  # the same width seen on another axis: share parameters via a view
-            raise GraphError(f"'{canon[r]}' and '{dname}' tie widths on different axes")
-        holder.dcl = shared
+        holder.dcl = keep  # the wrapper keeps its own axis; only the width is shared
         changed = True
     kinds = {u.name: u.kind for u in tr.uses}
     for gid, grp in tr.groups.items():

@@ -29,13 +29,14 @@ __all__ = ["DynamicOutput", "DynamicRecurrent", "MaskedLayerNorm", "TransformerB
 class DynamicOutput(nn.Module):
     """``dcl(module(x))``: the wrapped module's output channels get a learnable width."""
 
-    def __init__(self, module: nn.Module, dcl: DynamicWidth) -> None:
+    def __init__(self, module: nn.Module, dcl: DynamicWidth, dim: Optional[int] = None) -> None:
         super().__init__()
         self.module = module
         self.dcl = dcl
+        self.dim = dcl.dim if dim is None else dim
 
     def forward(self, *args, **kwargs):
-        return self.dcl(self.module(*args, **kwargs))
+        return self.dcl(self.module(*args, **kwargs), dim=self.dim)
 
 
 class DynamicRecurrent(nn.Module):
@@ -68,10 +69,10 @@ class DynamicRecurrent(nn.Module):
         out, h = functional_call(self.rnn, self._masked_params(mask), (x,) if hx is None else (x, hx))
         dirs = 2 if self.rnn.bidirectional else 1
         if dirs == 1:
-            out = dcl(out)
+            out = dcl(out, dim=-1)
         else:
             n = self.rnn.hidden_size
-            out = torch.cat([dcl(out[..., :n]), dcl(out[..., n:])], dim=-1)
+            out = torch.cat([dcl(out[..., :n], dim=-1), dcl(out[..., n:], dim=-1)], dim=-1)
         m = mask.to(out.dtype)
         h = tuple(t * m for t in h) if isinstance(h, tuple) else h * m
         return out, h
