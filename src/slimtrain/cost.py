@@ -26,7 +26,7 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-from .graph import LayerSpec, WidthGraph, get_graph
+from .graph import GraphError, LayerSpec, WidthGraph, get_graph
 from .modules import DynamicRecurrent
 
 __all__ = ["Cost", "model_cost", "layer_costs"]
@@ -170,17 +170,19 @@ def model_cost(model: nn.Module, sample=None, *, hard: Optional[bool] = None, fu
     """
     if model.__dict__.get("_slimtrain_graph") is None:
         if sample is None:
-            raise ValueError("model_cost needs a model prepared by make_dynamic, or a sample to trace")
-        from .graph import _build
+            raise GraphError("model_cost needs a model prepared by make_dynamic, or a sample to trace")
+        import copy
+
+        from .graph import _build, _convert_transformers
         from .trace import _tensors, trace_channels
 
-        tr = trace_channels(model, sample)
-        g = _build(model, tr, int(_tensors(sample)[0].shape[0]))
-        model.__dict__["_slimtrain_graph"] = g
-        try:
-            return model_cost(model, hard=hard, full=True, seconds=seconds)
-        finally:
-            del model.__dict__["_slimtrain_graph"]
+        # trace a copy with nn.TransformerEncoderLayer converted to the equivalent TransformerBlock
+        # (as make_dynamic does): the tracer cannot see inside nn.MultiheadAttention
+        probe = copy.deepcopy(model)
+        _convert_transformers(probe)
+        tr = trace_channels(probe, sample)
+        probe.__dict__["_slimtrain_graph"] = _build(probe, tr, int(_tensors(sample)[0].shape[0]))
+        return model_cost(probe, hard=hard, full=True, seconds=seconds)
     g = get_graph(model)
     if hard is None:
         hard = not model.training

@@ -76,8 +76,10 @@ def _resolve_bounds(
     for name, v in (("kappa_min", kappa_min), ("kappa_max", kappa_max)):
         if v is not None and not (0.0 < v <= 1.0 and math.isfinite(v)):
             raise WidthError(f"{name} must be in (0, 1], got {v!r}")
-    lo = float(min_channels) if min_channels is not None else (kappa_min if kappa_min is not None else 1.0 / n) * n
+    lo = float(min_channels) if min_channels is not None else (kappa_min * n if kappa_min is not None else 1.0)
     hi = float(max_channels) if max_channels is not None else (kappa_max if kappa_max is not None else 1.0) * n
+    # kappa * n can miss an integer by float rounding (0.07 * 100 = 7.000000000000001)
+    lo, hi = (float(round(v)) if abs(v - round(v)) < 1e-9 else v for v in (lo, hi))
     if lo < 1:
         raise WidthError(f"the minimum width must be at least 1 channel, got {lo:g} (num_channels={n})")
     if hi > n:
@@ -197,7 +199,9 @@ class DynamicWidth(nn.Module):
         if i >= self.num_channels:  # full width: nothing is blended
             return y
         xi = x.select(d, i)
-        sigma = xi.detach().float().std(unbiased=False).to(x.dtype) if xi.numel() > 1 else xi.detach().abs()
+        # statistics in at least float32 (half inputs), in float64 for float64 inputs
+        stat = xi.detach().to(torch.promote_types(xi.dtype, torch.float32))
+        sigma = stat.std(unbiased=False).to(x.dtype) if xi.numel() > 1 else xi.detach().abs()
         noise_w = torch.cos(0.5 * math.pi * share[i]).to(x.dtype)
         noise = noise_w * sigma * torch.randn_like(xi)
         onehot = torch.zeros(shape, dtype=x.dtype, device=x.device)

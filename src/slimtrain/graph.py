@@ -68,7 +68,7 @@ def dynamic_widths(model: nn.Module, hard: bool = False) -> dict[str, float]:
     out = {}
     for r, name in g.dcls.items():
         d: DynamicWidth = model.get_submodule(name)  # type: ignore[assignment]
-        out[name] = float(d.hard_width) if hard else float(d.width)
+        out[name] = float(d.hard_width) if hard else float(d.width.detach())
     return out
 
 
@@ -113,10 +113,12 @@ def _wrap(model: nn.Module, tr: Trace, producer: str, kind: str, dcl: DynamicWid
 
 
 def _select(model: nn.Module, tr: Trace, layers: Optional[Iterable[Union[str, type]]], exclude: Iterable[str]) -> list[tuple[str, str, int]]:
-    unsafe = _unsafe_roots(tr)
+    unsafe = _unsafe_roots(model, tr)
     producers = [(u.name, u.kind, u.out_group) for u in tr.uses if u.out_group is not None]
     names = {p for p, _, _ in producers}
     excl = set(exclude)
+    # widths joined by a residual are one width: excluding one layer keeps all of them full
+    excl |= {p for p, _, g in producers if tr.root(g) in {tr.root(g2) for p2, _, g2 in producers if p2 in excl}}
     chosen: list[tuple[str, str, int]] = []
     if layers is None:
         for p, k, g in producers:
@@ -141,11 +143,12 @@ def _select(model: nn.Module, tr: Trace, layers: Optional[Iterable[Union[str, ty
     return [c for c in chosen if c[0] not in excl]
 
 
-def _unsafe_roots(tr: Trace) -> set[int]:
+def _unsafe_roots(model: nn.Module, tr: Trace) -> set[int]:
     """Groups that cannot shrink: model outputs, residuals with the input, unknown ops or layers."""
     bad = {tr.root(t.group) for t in tr.output_tags if t is not None}
     bad |= {tr.root(g) for g, _ in tr.loose_ties}
     bad |= {tr.root(g) for g, _ in tr.opaque}
+    kinds = {u.name: u.kind for u in tr.uses}
     for u in tr.uses:
         t = u.in_tag
         if t is None:
@@ -155,6 +158,13 @@ def _unsafe_roots(tr: Trace) -> set[int]:
         reshaped = (t.outer, t.inner) != (1, 1) and u.kind in ("bn", "conv", "ln")
         if u.kind == "unknown" or t.dim is None or t.dim != want or reshaped:
             bad.add(tr.root(t.group))
+        if u.kind == "bn" and (t.producer is None or tr.bn_after.get(t.producer) != u.name
+                               or kinds.get(t.producer) == "rnn"):
+            bad.add(tr.root(t.group))  # no DCL can follow this BatchNorm: what it feeds would not be zeroed
+        m = model.get_submodule(u.name) if u.kind == "conv" else None
+        if isinstance(m, (nn.Conv1d, nn.Conv2d)) and m.groups != 1 and u.out_group is not None:
+            if tr.root(t.group) != tr.root(u.out_group):  # see the grouped-conv rule in _build
+                bad |= {tr.root(t.group), tr.root(u.out_group)}
     return bad
 
 
@@ -188,6 +198,21 @@ def make_dynamic(
     if model.__dict__.get(_ATTR) is not None:
         raise GraphError("make_dynamic was already applied to this model")
     bounds = {"kappa_min": kappa_min, "min_channels": min_channels}
+    # undo every replacement if anything below raises, so a corrected call can follow
+    children = [(m, dict(m._modules)) for m in model.modules()]
+    bound = [(m, getattr(m, "_width_source", None)) for m in model.modules() if isinstance(m, MaskedLayerNorm)]
+    try:
+        return _make_dynamic(model, sample, layers, exclude, bounds)
+    except BaseException:
+        for m, mods in children:
+            m._modules.clear()
+            m._modules.update(mods)
+        for m, src in bound:
+            m.bind(src)
+        raise
+
+
+def _make_dynamic(model: nn.Module, sample: Any, layers, exclude, bounds: dict[str, Any]) -> nn.Module:
     _convert_transformers(model)
     tr = trace_channels(model, sample)
     chosen = _select(model, tr, layers, exclude)
@@ -266,8 +291,14 @@ def _build(model: nn.Module, tr: Trace, batch: int) -> WidthGraph:
         dcls.setdefault(tr.root(g), dname)
     dyn = set(dcls)
 
+    def shown(name: str) -> str:  # the user's module path, not the wrapper's inner one
+        parent, _, attr = name.rpartition(".")
+        if attr == "module" and isinstance(model.get_submodule(parent), DynamicOutput):
+            return parent
+        return name
+
     def prod_names(root: int) -> str:
-        ps = [p for gid, grp in tr.groups.items() if tr.root(gid) == root for p in grp.producers]
+        ps = [shown(p) for gid, grp in tr.groups.items() if tr.root(gid) == root for p in grp.producers]
         return ", ".join(f"'{p}'" for p in ps) or "?"
 
     for g, where in tr.loose_ties:
@@ -297,12 +328,12 @@ def _build(model: nn.Module, tr: Trace, batch: int) -> WidthGraph:
             src = prod_names(in_root)
             if u.kind == "unknown":
                 raise GraphError(
-                    f"unsupported layer '{u.name}' ({u.extra.get('type')}) reads the dynamic width of {src}; "
+                    f"unsupported layer '{shown(u.name)}' ({u.extra.get('type')}) reads the dynamic width of {src}; "
                     "supported: Linear, Conv1d, Conv2d, GRU, LSTM, BatchNorm1d/2d, LayerNorm, TransformerBlock"
                 )
             if tag.dim is None:
                 raise GraphError(
-                    f"operation '{tag.op}' between {src} and layer '{u.name}' is not supported on a dynamic "
+                    f"operation '{tag.op}' between {src} and layer '{shown(u.name)}' is not supported on a dynamic "
                     "width (supported: elementwise activations, dropout, pooling, reshape/flatten, transpose, "
                     "residual add)"
                 )
@@ -310,13 +341,13 @@ def _build(model: nn.Module, tr: Trace, batch: int) -> WidthGraph:
             want = {"linear": nd - 1, "rnn": nd - 1, "ln": nd - 1, "conv": 1, "bn": 1, "dcl": tag.dim}.get(u.kind)
             if want is not None and tag.dim != want:
                 raise GraphError(
-                    f"layer '{u.name}' reads the dynamic width of {src} on axis {tag.dim}, but its channel axis is {want}"
+                    f"layer '{shown(u.name)}' reads the dynamic width of {src} on axis {tag.dim}, but its channel axis is {want}"
                 )
             if u.kind in ("bn", "conv", "ln") and (tag.outer, tag.inner) != (1, 1):
-                raise GraphError(f"layer '{u.name}' reads a reshaped dynamic width of {src}; only Linear layers can")
+                raise GraphError(f"layer '{shown(u.name)}' reads a reshaped dynamic width of {src}; only Linear layers can")
             if u.kind in ("linear", "conv", "rnn") and not tag.masked:
                 raise GraphError(
-                    f"layer '{u.name}' reads the width of {src} after a BatchNorm that follows its dynamic width; "
+                    f"layer '{shown(u.name)}' reads the width of {src} after a BatchNorm that follows its dynamic width; "
                     "put the BatchNorm right after the layer (layer -> BatchNorm -> activation) so cut channels stay zero"
                 )
         out_root = tr.root(u.out_group) if u.out_group is not None and tr.root(u.out_group) in dyn else None
@@ -329,7 +360,7 @@ def _build(model: nn.Module, tr: Trace, batch: int) -> WidthGraph:
             if c.groups != 1 and (in_root is not None or out_root is not None):
                 if not (c.groups == c.in_channels == c.out_channels and in_root == out_root):
                     raise GraphError(
-                        f"grouped conv '{u.name}' (groups={c.groups}) can only be dynamic as a depthwise conv "
+                        f"grouped conv '{shown(u.name)}' (groups={c.groups}) can only be dynamic as a depthwise conv "
                         "whose input and output share one width"
                     )
         if u.kind == "rnn" and isinstance(mod, DynamicRecurrent) and out_root is None:

@@ -62,6 +62,10 @@ class TradeoffLoss(nn.Module):
         self.register_buffer("mu", torch.tensor(float(mu)))
         self.warmup_steps = warmup_steps
         self.steps = 0
+        if warmup_steps:  # frozen before the first forward, so no graph holds theta when it is reset
+            for d in self._dcls():
+                d.frozen = True
+                d.set_width(d.max_width)
         with torch.no_grad():
             self.full = float(model_cost(model, full=True).metric(metric))
         self.last: dict[str, float] = {}
@@ -87,7 +91,8 @@ class TradeoffLoss(nn.Module):
                 penalty = penalty + self.alpha * rel
             if self.budget is not None:
                 v = torch.relu(c / self.budget - 1.0)
-                penalty = penalty + self.mu * v + (0.5 * self.rho * v * v if self.lagrangian else 0.0)
+                # a copy: the in-place update of self.mu below must not touch what backward needs
+                penalty = penalty + self.mu.clone() * v + (0.5 * self.rho * v * v if self.lagrangian else 0.0)
                 if self.lagrangian and self.training:
                     with torch.no_grad():
                         self.mu.add_(self.lr_mu * v.detach()).clamp_(min=0.0)
