@@ -1,0 +1,397 @@
+"""The ``slimtrain`` command.
+
+* ``slimtrain synthetic`` -- the synthetic case study (one run, or ``--sweep``);
+* ``slimtrain export CKPT OUT_DIR`` -- cut a checkpoint's model to its learned
+  widths and write a state dict, a TorchScript file and a summary.
+
+Bad values give one line ``slimtrain: error: ...`` on stderr and exit code 2.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import textwrap
+import time
+import warnings
+from pathlib import Path
+from typing import Optional, Sequence
+
+__all__ = ["main", "build_parser"]
+
+# torch.backends.mkldnn.flags() (used when slimtrain traces a model) warns on every CPU build
+warnings.filterwarnings("ignore", message="TF32 acceleration")
+
+
+class _Parser(argparse.ArgumentParser):
+    """One-line errors: ``slimtrain: error: <message> (see '<prog> --help')``, exit code 2."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"slimtrain: error: {_one_line(message)} (see '{self.prog} --help')\n")
+
+
+def _one_line(msg: object) -> str:
+    return " ".join(str(msg).split())
+
+
+# -- value checks (argparse types) ------------------------------------------------------------------
+def _number(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(v):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return v
+
+
+def _alpha(text: str) -> float:
+    v = _number(text)
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"alpha must be >= 0, got {text}")
+    return v
+
+
+def _alpha_list(text: str) -> list[float]:
+    parts = [p for p in text.replace(" ", "").split(",") if p]
+    if not parts:
+        raise argparse.ArgumentTypeError(f"expected a comma-separated list of alphas such as 0,0.1,1, got {text!r}")
+    return [_alpha(p) for p in parts]
+
+
+def _width_list(text: str) -> list[int]:
+    if text.strip().lower() in ("", "none"):
+        return []
+    out = []
+    for p in text.replace(" ", "").split(","):
+        if p:
+            out.append(_positive_int(p, "baseline widths"))
+    return out
+
+
+def _positive_int(text: str, what: str = "value") -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"{what} must be >= 1, got {text}")
+    return v
+
+
+def _epochs(text: str) -> int:
+    return _positive_int(text, "epochs")
+
+
+def _hidden(text: str) -> int:
+    return _positive_int(text, "hidden")
+
+
+def _workers(text: str) -> int:
+    return _positive_int(text, "workers")
+
+
+def _kappa(text: str) -> float:
+    v = _number(text)
+    if not 0 < v <= 1:
+        raise argparse.ArgumentTypeError(f"kappa-min must be in (0, 1], got {text}")
+    return v
+
+
+def _lr(text: str) -> float:
+    v = _number(text)
+    if v <= 0:
+        raise argparse.ArgumentTypeError(f"learning rate must be > 0, got {text}")
+    return v
+
+
+def _tolerance(text: str) -> float:
+    v = _number(text)
+    if v <= 0:
+        raise argparse.ArgumentTypeError(f"tolerance must be > 0, got {text}")
+    return v
+
+
+def _paragraphs(*paras: str) -> str:
+    """Wrap each paragraph to 90 columns; lines starting with two spaces stay as written."""
+    out = []
+    for para in paras:
+        lines = para.split("\n")
+        if all(line.startswith("  ") for line in lines[1:]) and len(lines) > 1:
+            out.append("\n".join([textwrap.fill(lines[0], 90)] + lines[1:]))
+        else:
+            out.append(textwrap.fill(para, 90))
+    return "\n\n".join(out)
+
+
+def _seed(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer seed, got {text!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"seed must be >= 0, got {text}")
+    return v
+
+
+# -- parser -----------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+    from .tasks.synthetic import (DEFAULT_ALPHAS, DEFAULT_BASELINE_WIDTHS, QUICK_ALPHAS, QUICK_BASELINE_WIDTHS,
+                                  SyntheticConfig)
+
+    D, Q = SyntheticConfig(), SyntheticConfig.quick()
+
+    def csv_list(v) -> str:
+        return ",".join(f"{x:g}" for x in v)
+
+    p = _Parser(
+        prog="slimtrain",
+        description="Learn layer widths and computational cost in one training run (dynamic complexity "
+                    "layers), then export a smaller dense model.",
+        epilog="Run 'slimtrain COMMAND --help' for the options of a command.",
+    )
+    p.add_argument("--version", action="version", version=f"slimtrain {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    s = sub.add_parser(
+        "synthetic",
+        help="the synthetic case study: learn the hidden width of a regression MLP whose needed width is known",
+        description=_paragraphs(
+            f"Synthetic case study. Targets come from a fixed random teacher MLP {D.in_dim} -> {D.h_true} tanh "
+            f"units -> {D.out_dim} (plus a little noise), so {D.h_true} hidden units are needed and enough. A "
+            f"student with an oversized hidden layer ({D.hidden}) gets a learnable width K and is trained on "
+            "MSE + alpha * FLOPs(K) / FLOPs(full).",
+            "Without --sweep: one run at --alpha; writes OUT/model.ckpt (for 'slimtrain export'), "
+            "OUT/widths.csv (width, cost and validation error per epoch) and OUT/result.json.",
+            "With --sweep: one run per alpha in --alphas plus plain fixed-width MLPs trained from scratch "
+            "with the same budget; writes OUT/sweep.csv, OUT/sweep.png (test error vs FLOPs, learned width "
+            "vs alpha), OUT/config.json and, in OUT/runs/, each run's width record and checkpoint. The test "
+            "error is reported as NMSE = MSE / target variance.",
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    s.add_argument("--alpha", type=_alpha, default=2.0, metavar="A",
+                   help="weight of the cost term (FLOPs relative to the full model) for a single run; "
+                        "0 = no pressure on the width; must be >= 0 (default: 2.0)")
+    s.add_argument("--sweep", action="store_true",
+                   help="run the sweep over --alphas and the fixed-width baselines instead of a single run")
+    s.add_argument("--alphas", type=_alpha_list, default=None, metavar="A1,A2,...",
+                   help="comma-separated alphas for --sweep, each >= 0 "
+                        f"(default: {csv_list(DEFAULT_ALPHAS)}; with --quick: {csv_list(QUICK_ALPHAS)})")
+    s.add_argument("--baselines", type=_width_list, default=None, metavar="W1,W2,...",
+                   help="comma-separated hidden widths of the fixed-width baselines for --sweep, or 'none' "
+                        f"(default: {csv_list(DEFAULT_BASELINE_WIDTHS)}; with --quick: {csv_list(QUICK_BASELINE_WIDTHS)})")
+    s.add_argument("--out", type=Path, default=Path("runs/synthetic"), metavar="DIR",
+                   help="output folder, created if needed (default: runs/synthetic)")
+    s.add_argument("--epochs", type=_epochs, default=None, metavar="N",
+                   help=f"training epochs per run, >= 1 (default: {D.epochs}; with --quick: {Q.epochs})")
+    s.add_argument("--hidden", type=_hidden, default=None, metavar="N",
+                   help=f"hidden width of the student before training (default: {D.hidden}; with --quick: {Q.hidden})")
+    s.add_argument("--kappa-min", type=_kappa, default=None, metavar="F",
+                   help="smallest relative width K/hidden a run may reach, in (0, 1]; K never goes below "
+                        "kappa-min * hidden, which must be >= 1 (default: 1/hidden, so the width can go down to 1)")
+    s.add_argument("--lr", type=_lr, default=None, metavar="LR",
+                   help="Adam learning rate of the weights, cosine-decayed over training "
+                        f"(default: {D.lr:g}; with --quick: {Q.lr:g})")
+    s.add_argument("--width-lr", type=_lr, default=None, metavar="LR",
+                   help=f"Adam learning rate of the widths, in units of K/hidden, cosine-decayed like --lr "
+                        f"(default: {D.width_lr:g})")
+    s.add_argument("--seed", type=_seed, default=0, metavar="S",
+                   help="seed of the teacher, the data and the initialisation; the same seed gives the same "
+                        "results (default: 0)")
+    s.add_argument("--quick", action="store_true",
+                   help=f"tiny settings for smoke tests: {Q.n_train} training examples, hidden {Q.hidden}, "
+                        f"{Q.epochs} epochs, batch {Q.batch_size}, {len(QUICK_ALPHAS)} alphas and "
+                        f"{len(QUICK_BASELINE_WIDTHS)} baselines (seconds instead of minutes; rougher results)")
+    s.add_argument("--workers", type=_workers, default=None, metavar="N",
+                   help="parallel processes for --sweep, one torch thread each; results do not depend on it "
+                        "(default: the number of CPU cores, at most 2; 1 with --quick)")
+    s.add_argument("--tensorboard", action="store_true",
+                   help="also log widths, cost and validation error to TensorBoard event files in "
+                        "OUT/tensorboard (needs the tensorboard package)")
+    s.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    s.set_defaults(func=_cmd_synthetic)
+
+    e = sub.add_parser(
+        "export",
+        help="cut a checkpoint's model to its learned widths; write state dict, TorchScript and summary",
+        description=_paragraphs(
+            "Load a checkpoint written by slimtrain (e.g. OUT/model.ckpt of 'slimtrain synthetic'), rebuild "
+            "its dynamic model, cut every layer to its learned width ceil(K) and write to OUT_DIR:\n"
+            "  model_state.pt  state dict of the exported (small, dense) model\n"
+            "  model.pt        TorchScript of the exported model (torch.jit.load; slimtrain not needed)\n"
+            "  summary.json    widths, MACs, FLOPs and parameters per example, the recorded metric, the check",
+            "The TorchScript output is checked against the dynamic model in eval mode on a random input of "
+            "the recorded sample shape; exit code 1 if they differ.",
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    e.add_argument("checkpoint", type=Path, metavar="CKPT", help="checkpoint file written by slimtrain")
+    e.add_argument("out_dir", type=Path, metavar="OUT_DIR", help="folder for the three files (created if needed)")
+    e.add_argument("--seed", type=_seed, default=0, metavar="S",
+                   help="seed of the random input used to check the TorchScript model (default: 0)")
+    e.add_argument("--atol", type=_tolerance, default=1e-5, metavar="TOL",
+                   help="largest absolute difference allowed between TorchScript and dynamic model, relative "
+                        "to the output scale max(1, max|y|) (default: 1e-5)")
+    e.set_defaults(func=_cmd_export)
+    return p
+
+
+# -- commands ---------------------------------------------------------------------------------------
+def _synthetic_config(args):
+    from .tasks.synthetic import SyntheticConfig
+
+    over = {"seed": args.seed}
+    if args.epochs is not None:
+        over["epochs"] = args.epochs
+    if args.hidden is not None:
+        over["hidden"] = args.hidden
+    if args.lr is not None:
+        over["lr"] = args.lr
+    if args.width_lr is not None:
+        over["width_lr"] = args.width_lr
+    cfg = SyntheticConfig.quick(**over) if args.quick else SyntheticConfig(**over)
+    cfg.kappa_min = args.kappa_min if args.kappa_min is not None else 1.0 / cfg.hidden
+    if cfg.warmup_epochs >= cfg.epochs:
+        cfg.warmup_epochs = cfg.epochs - 1
+    return cfg.validate()
+
+
+def _cmd_synthetic(args) -> int:
+    from .tasks import synthetic as syn
+
+    cfg = _synthetic_config(args)
+    out: Path = args.out
+    progress = not args.no_progress
+    if not args.sweep:
+        if args.alphas is not None or args.baselines is not None:
+            raise ValueError("--alphas and --baselines only apply with --sweep")
+        out.mkdir(parents=True, exist_ok=True)
+        t0 = time.perf_counter()
+        row = syn.train_run(cfg, args.alpha, record_csv=out / "widths.csv",
+                            tensorboard_dir=(out / "tensorboard") if args.tensorboard else None,
+                            checkpoint=out / "model.ckpt", progress=progress)
+        (out / "result.json").write_text(json.dumps({"config": cfg.as_dict(), "result": row}, indent=2) + "\n")
+        print(f"alpha={args.alpha:g}: hidden width {cfg.hidden} -> {row['width']} (K={row['width_continuous']:.3f}; "
+              f"teacher uses {cfg.h_true})")
+        print(f"  exported cost per example: {row['flops']:.0f} FLOPs ({row['macs']:.0f} MACs), {row['params']} params")
+        print(f"  test NMSE {row['test_nmse']:.4f} (MSE {row['test_mse']:.5f}; noise floor {cfg.noise_floor:.4f})")
+        print(f"  wrote {out / 'model.ckpt'}, {out / 'widths.csv'}, {out / 'result.json'} "
+              f"in {time.perf_counter() - t0:.1f}s")
+        print(f"  next: slimtrain export {out / 'model.ckpt'} {out / 'export'}")
+        return 0
+    alphas = args.alphas if args.alphas is not None else list(syn.QUICK_ALPHAS if args.quick else syn.DEFAULT_ALPHAS)
+    widths = args.baselines if args.baselines is not None else list(
+        syn.QUICK_BASELINE_WIDTHS if args.quick else syn.DEFAULT_BASELINE_WIDTHS)
+    workers = args.workers if args.workers is not None else (1 if args.quick else max(1, min(2, os.cpu_count() or 1)))
+    t0 = time.perf_counter()
+    rows = syn.run_sweep(cfg, alphas, widths, out, workers=workers, progress=progress, tensorboard=args.tensorboard)
+    print(syn.format_table(rows))
+    print(f"sweep of {len(rows)} runs took {time.perf_counter() - t0:.0f}s; wrote {out / 'sweep.csv'} and "
+          f"{out / 'sweep.png'}")
+    return 0
+
+
+def _cmd_export(args) -> int:
+    import torch
+
+    from .checkpoint import load_checkpoint, load_dynamic_model
+    from .cost import model_cost
+    from .export import export
+    from .graph import dynamic_widths
+
+    ckpt = load_checkpoint(args.checkpoint)
+    model = load_dynamic_model(ckpt).eval()
+    small = export(model).eval()
+    shape = ckpt["recipe"]["sample_shape"]
+    x = torch.randn(*shape, generator=torch.Generator().manual_seed(args.seed))
+    out: Path = args.out_dir
+    out.mkdir(parents=True, exist_ok=True)
+    with torch.no_grad():
+        y_ref = model(x)
+        with warnings.catch_warnings():  # torch.jit.trace is deprecated in recent torch; TorchScript still loads
+            warnings.simplefilter("ignore")
+            traced = torch.jit.trace(small, x)
+            ts_path = out / "model.pt"
+            tmp = out / ".model.pt.tmp"
+            torch.jit.save(traced, str(tmp))
+            os.replace(tmp, ts_path)
+            y_ts = torch.jit.load(str(ts_path))(x)
+    if not (isinstance(y_ref, torch.Tensor) and isinstance(y_ts, torch.Tensor)):
+        raise ValueError("slimtrain export handles models with a single tensor output")
+    diff = float((y_ref - y_ts).abs().max())
+    scale = max(1.0, float(y_ref.abs().max()))
+    ok = diff <= args.atol * scale
+    torch.save(small.state_dict(), out / "model_state.pt")
+    cost = model_cost(model, hard=True)
+    n_exported = sum(p.numel() for p in small.parameters())
+    summary = {
+        "checkpoint": str(args.checkpoint),
+        "task": ckpt["recipe"]["task"],
+        "widths": {k: int(v) for k, v in dynamic_widths(model, hard=True).items()},
+        "widths_continuous": dynamic_widths(model, hard=False),
+        "macs": float(cost.macs),
+        "flops": float(cost.flops),
+        "params": int(round(float(cost.params))),
+        "params_exported_model": n_exported,
+        "metric": ckpt["extra"].get("metric"),
+        "sample_shape": list(shape),
+        "check": {"input": f"randn{tuple(shape)} seed {args.seed}", "max_abs_diff": diff, "passed": ok},
+        "architecture": str(small),
+        "files": ["model_state.pt", "model.pt", "summary.json"],
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    w = ", ".join(f"{k}: {v}" for k, v in summary["widths"].items())
+    print(f"exported {args.checkpoint} -> {out}: widths {w}; {summary['flops']:.0f} FLOPs "
+          f"({summary['macs']:.0f} MACs), {summary['params']} params per example")
+    if n_exported != summary["params"]:
+        print(f"slimtrain: warning: the exported model has {n_exported} parameters, the cost model says "
+              f"{summary['params']}", file=sys.stderr)
+    if not ok:
+        print(f"slimtrain: error: TorchScript output differs from the dynamic model in eval mode by {diff:.3g} "
+              f"(allowed {args.atol * scale:.3g})", file=sys.stderr)
+        return 1
+    print(f"check passed: TorchScript output equals the dynamic model in eval mode (max |diff| {diff:.2g}) "
+          f"on {summary['check']['input']}")
+    return 0
+
+
+# -- entry point ------------------------------------------------------------------------------------
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run the ``slimtrain`` command; returns the exit code (0 ok, 1 failure, 2 bad input)."""
+    from .checkpoint import CheckpointError
+    from .dcl import WidthError
+    from .graph import GraphError
+    from .loss import LossConfigError
+    from .training import TrainingError
+
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # --help, --version and argument errors (already printed)
+        return int(e.code) if isinstance(e.code, int) else (0 if e.code is None else 2)
+    try:
+        return int(args.func(args))
+    except (WidthError, GraphError, LossConfigError, CheckpointError, ValueError) as e:
+        print(f"slimtrain: error: {_one_line(e)}", file=sys.stderr)
+        return 2
+    except TrainingError as e:
+        print(f"slimtrain: error: training failed: {_one_line(e)}", file=sys.stderr)
+        return 1
+    except ImportError as e:
+        print(f"slimtrain: error: {_one_line(e)}", file=sys.stderr)
+        return 1
+    except OSError as e:
+        where = f" ({e.filename})" if getattr(e, "filename", None) else ""
+        print(f"slimtrain: error: {e.strerror or _one_line(e)}{where}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("slimtrain: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,566 @@
+"""Synthetic case study: a regression problem whose needed width is known.
+
+The paper's first example. A fixed random *teacher* network
+
+    x (in_dim=16) -> Linear -> tanh (h_true=8 units) -> Linear -> y (out_dim=4)
+
+generates the targets ``y = teacher(x) + noise`` for ``x ~ N(0, I)``. A
+*student* MLP of the same shape but a deliberately oversized hidden width
+(64) is made dynamic with :func:`slimtrain.make_dynamic` (one DCL on the hidden
+layer) and trained with the weighted trade-off loss
+``MSE + alpha * FLOPs(K) / FLOPs(64)``. Exactly ``h_true`` hidden units are
+enough to reach the noise floor and fewer are not, so the learned width can be
+checked against a known answer: for ``alpha = 0`` it stays at full size, as
+``alpha`` grows it shrinks towards ``h_true`` with no loss of accuracy, and only
+a large ``alpha`` pushes it below ``h_true``, where the test error rises.
+
+Why one hidden layer: the student then has the teacher's structure, so the
+"right" width is exactly ``h_true`` and the learned width can be read directly
+against it. With two hidden layers the needed width of each layer is no longer
+defined by the teacher (the second layer can trade width with the first), and
+the picture gets muddier without showing anything more about the method.
+
+Teacher details (so that every one of its ``h_true`` units matters): the input
+weights are scaled so each pre-activation has standard deviation
+``teacher_gain`` (2.5: tanh well inside its non-linear range, so no unit is
+close to linear and no two units can be merged), and every unit's output
+weight vector has the same norm. The teacher's outputs are scaled to unit
+variance (on average over the outputs), so the target noise standard deviation ``noise_std`` fixes the
+noise floor of the normalised test error: ``NMSE >= noise_std^2 / (1 + noise_std^2)``.
+
+Everything is generated from ``seed`` on the CPU; nothing is downloaded.
+"""
+from __future__ import annotations
+
+import contextlib
+import csv
+import dataclasses
+import json
+import math
+import multiprocessing as mp
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Iterator, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from .. import training
+from ..checkpoint import make_recipe, register_task, save_checkpoint
+from ..cost import model_cost
+from ..export import export
+from ..graph import dynamic_widths, make_dynamic
+from ..loss import TradeoffLoss
+from ..record import WidthRecorder
+
+__all__ = [
+    "SyntheticConfig", "SyntheticData", "DEFAULT_ALPHAS", "DEFAULT_BASELINE_WIDTHS", "QUICK_ALPHAS",
+    "QUICK_BASELINE_WIDTHS", "make_teacher", "make_data", "build_student", "build_dynamic_student",
+    "train_run", "run_sweep", "write_sweep_csv", "plot_sweep", "format_table", "SWEEP_COLUMNS", "TASK",
+]
+
+TASK = "synthetic"
+
+#: the default sweep: alpha = 0 (no pressure), a range that moves the width from
+#: full size down to h_true, and large values that push it below h_true.
+DEFAULT_ALPHAS: tuple[float, ...] = (0.0, 0.1, 0.3, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0)
+DEFAULT_BASELINE_WIDTHS: tuple[int, ...] = (1, 2, 3, 4, 6, 7, 8, 10, 12, 16, 32, 64)
+QUICK_ALPHAS: tuple[float, ...] = (0.0, 1.0, 8.0)
+QUICK_BASELINE_WIDTHS: tuple[int, ...] = (2, 8, 32)
+
+SWEEP_COLUMNS = [
+    "method", "alpha", "width", "width_continuous", "macs", "flops", "params", "params_exported",
+    "flops_exported", "test_mse", "test_nmse", "val_nmse", "seconds",
+]
+
+
+@dataclass
+class SyntheticConfig:
+    """Every setting of the synthetic case study (problem, student, training)."""
+
+    # problem
+    in_dim: int = 16
+    h_true: int = 8
+    out_dim: int = 4
+    teacher_gain: float = 2.5
+    noise_std: float = 0.05
+    n_train: int = 8192
+    n_val: int = 2048
+    n_test: int = 8192
+    # student
+    hidden: int = 64
+    kappa_min: float = 1.0 / 64
+    # training
+    epochs: int = 80
+    batch_size: int = 128
+    lr: float = 3e-3
+    width_lr: float = 0.1
+    lr_final: float = 0.05  # cosine decay of both learning rates to this fraction
+    warmup_epochs: int = 2  # widths frozen at full size while the student first fits
+    seed: int = 0
+
+    @classmethod
+    def quick(cls, **overrides) -> "SyntheticConfig":
+        """Tiny settings for tests and smoke runs (a few seconds per run)."""
+        base = dict(n_train=2048, n_val=512, n_test=2048, hidden=32, kappa_min=1.0 / 32, epochs=12,
+                    warmup_epochs=1, batch_size=32, lr=1e-2)
+        base.update(overrides)
+        return cls(**base)
+
+    def validate(self) -> "SyntheticConfig":
+        """Raise ``ValueError`` with a clear message for an impossible setting."""
+        for name in ("in_dim", "h_true", "out_dim", "n_train", "n_val", "n_test", "hidden", "epochs", "batch_size"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name.replace('_', '-')} must be an integer >= 1, got {v!r}")
+        if not (isinstance(self.kappa_min, (int, float)) and 0.0 < self.kappa_min <= 1.0):
+            raise ValueError(f"kappa-min must be in (0, 1], got {self.kappa_min!r}")
+        if self.kappa_min * self.hidden < 1 - 1e-9:
+            raise ValueError(
+                f"kappa-min={self.kappa_min:g} with hidden={self.hidden} allows fewer than 1 unit; "
+                f"use kappa-min >= 1/{self.hidden}"
+            )
+        for name in ("lr", "width_lr", "teacher_gain"):
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
+                raise ValueError(f"{name.replace('_', '-')} must be a positive number, got {v!r}")
+        if not (math.isfinite(self.noise_std) and self.noise_std >= 0):
+            raise ValueError(f"noise-std must be >= 0, got {self.noise_std!r}")
+        if not 0 < self.lr_final <= 1:
+            raise ValueError(f"lr-final must be in (0, 1], got {self.lr_final!r}")
+        if not 0 <= self.warmup_epochs < self.epochs:
+            raise ValueError(f"warmup-epochs must be in [0, epochs), got {self.warmup_epochs} with epochs={self.epochs}")
+        if self.batch_size > self.n_train:
+            raise ValueError(f"batch-size {self.batch_size} is larger than the training set ({self.n_train})")
+        return self
+
+    @property
+    def noise_floor(self) -> float:
+        """The NMSE of the teacher itself on noisy targets (no model can do better on average)."""
+        return self.noise_std**2 / (1.0 + self.noise_std**2)
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+# -- problem -------------------------------------------------------------------------------------
+def make_teacher(cfg: SyntheticConfig) -> nn.Sequential:
+    """The fixed random teacher ``Linear(in, h_true) -> tanh -> Linear(h_true, out)`` for ``cfg.seed``.
+
+    Its outputs have unit variance on average over the output dimensions for ``x ~ N(0, I)``
+    (estimated on a large draw; one common scale, so every hidden unit stays equally strong).
+    """
+    g = torch.Generator().manual_seed(10_007 * cfg.seed + 1)
+    t = nn.Sequential(nn.Linear(cfg.in_dim, cfg.h_true), nn.Tanh(), nn.Linear(cfg.h_true, cfg.out_dim, bias=False))
+    with torch.no_grad():
+        t[0].weight.copy_(torch.randn(cfg.h_true, cfg.in_dim, generator=g) * cfg.teacher_gain / math.sqrt(cfg.in_dim))
+        t[0].bias.copy_(torch.randn(cfg.h_true, generator=g) * 0.5)
+        w2 = torch.randn(cfg.out_dim, cfg.h_true, generator=g)
+        t[2].weight.copy_(w2 / w2.norm(dim=0, keepdim=True))  # every hidden unit equally strong
+        probe = t(torch.randn(65536, cfg.in_dim, generator=g))
+        t[2].weight.div_(probe.var(dim=0).mean().sqrt().clamp_min(1e-8))  # one scale: units stay equal
+    for p in t.parameters():
+        p.requires_grad_(False)
+    return t.eval()
+
+
+@dataclass
+class SyntheticData:
+    """The train/val/test splits and the target variance used to normalise the error."""
+
+    x_train: Tensor
+    y_train: Tensor
+    x_val: Tensor
+    y_val: Tensor
+    x_test: Tensor
+    y_test: Tensor
+
+    def nmse(self, mse: float, split: str = "test") -> float:
+        """MSE divided by the split's target variance (mean over output dimensions)."""
+        y = getattr(self, f"y_{split}")
+        return float(mse) / float(y.var(dim=0).mean())
+
+
+def make_data(cfg: SyntheticConfig) -> SyntheticData:
+    """Deterministic splits for ``cfg.seed``: ``x ~ N(0, I)``, ``y = teacher(x) + noise_std * N(0, I)``."""
+    teacher = make_teacher(cfg)
+    g = torch.Generator().manual_seed(10_007 * cfg.seed + 2)
+    out = []
+    with torch.no_grad():
+        for n in (cfg.n_train, cfg.n_val, cfg.n_test):
+            x = torch.randn(n, cfg.in_dim, generator=g)
+            y = teacher(x) + cfg.noise_std * torch.randn(n, cfg.out_dim, generator=g)
+            out += [x, y]
+    return SyntheticData(*out)
+
+
+# -- models --------------------------------------------------------------------------------------
+def build_student(in_dim: int, hidden: int, out_dim: int) -> nn.Sequential:
+    """The plain student MLP ``Linear(in, hidden) -> tanh -> Linear(hidden, out)``."""
+    return nn.Sequential(nn.Linear(in_dim, hidden), nn.Tanh(), nn.Linear(hidden, out_dim))
+
+
+def _recipe(cfg: SyntheticConfig) -> dict:
+    return make_recipe(TASK, {"in_dim": cfg.in_dim, "hidden": cfg.hidden, "out_dim": cfg.out_dim},
+                       (cfg.batch_size, cfg.in_dim), {"kappa_min": cfg.kappa_min})
+
+
+def build_dynamic_student(recipe: dict) -> nn.Sequential:
+    """Builder registered for the ``"synthetic"`` task: the student with its DCL attached."""
+    kw = recipe["kwargs"]
+    model = build_student(int(kw["in_dim"]), int(kw["hidden"]), int(kw["out_dim"]))
+    sample = torch.randn(*recipe["sample_shape"], generator=torch.Generator().manual_seed(0))
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="TF32 acceleration")  # from the tracer, on CPU builds
+        return make_dynamic(model, sample, **recipe.get("dynamic", {}))
+
+
+register_task(TASK, build_dynamic_student)
+
+
+# -- training ------------------------------------------------------------------------------------
+class _NoCost:
+    """Stands in for :class:`~slimtrain.loss.TradeoffLoss` when a plain model is trained."""
+
+    last: dict = {}
+
+    def __call__(self, task_loss: Tensor) -> Tensor:
+        return task_loss
+
+
+@contextlib.contextmanager
+def _threads(n: int) -> Iterator[None]:
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+def _batches(cfg: SyntheticConfig, data: SyntheticData, optimizer: torch.optim.Optimizer):
+    """``batches(epoch)`` for :func:`slimtrain.training.fit`: a seeded shuffle per epoch and a
+    per-step cosine decay of every learning rate (to ``lr_final`` of its start value)."""
+    steps = cfg.n_train // cfg.batch_size
+    total = steps * cfg.epochs
+    base = [grp["lr"] for grp in optimizer.param_groups]
+
+    def batches(epoch: int):
+        perm = torch.randperm(cfg.n_train, generator=torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch))
+        for i in range(steps):
+            t = (epoch * steps + i) / max(total - 1, 1)
+            scale = cfg.lr_final + (1 - cfg.lr_final) * 0.5 * (1 + math.cos(math.pi * t))
+            for grp, lr in zip(optimizer.param_groups, base):
+                grp["lr"] = lr * scale
+            idx = perm[i * cfg.batch_size:(i + 1) * cfg.batch_size]
+            yield data.x_train[idx], data.y_train[idx]
+
+    return batches
+
+
+def _count_flops(model: nn.Module, x: Tensor) -> float:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with torch.no_grad(), torch.backends.mkldnn.flags(enabled=False), FlopCounterMode(display=False) as fc:
+            model(x)
+    return fc.get_total_flops() / x.shape[0]
+
+
+def train_run(
+    cfg: SyntheticConfig,
+    alpha: Optional[float] = 0.0,
+    *,
+    width: Optional[int] = None,
+    data: Optional[SyntheticData] = None,
+    record_csv: Optional[str | Path] = None,
+    tensorboard_dir: Optional[str | Path] = None,
+    checkpoint: Optional[str | Path] = None,
+    progress: bool = True,
+    threads: Optional[int] = 1,
+) -> dict:
+    """Train one student and return its results (one row of the sweep table).
+
+    ``width=None``: the dynamic student of ``cfg.hidden`` units trained with the
+    trade-off loss at ``alpha`` (method ``"learned"``). ``width=n``: a plain MLP
+    of ``n`` hidden units trained on the task loss alone with the same budget
+    (method ``"fixed"``). ``checkpoint`` (learned runs only) saves a checkpoint
+    that :func:`slimtrain.checkpoint.load_dynamic_model` and ``slimtrain export`` read.
+    ``threads`` fixes torch's thread count for the run (1: repeatable results).
+    """
+    cfg.validate()
+    learned = width is None
+    if learned and (alpha is None or not math.isfinite(alpha) or alpha < 0):
+        raise ValueError(f"alpha must be a finite number >= 0, got {alpha!r}")
+    if not learned and (not isinstance(width, int) or width < 1):
+        raise ValueError(f"a fixed width must be an integer >= 1, got {width!r}")
+    if checkpoint is not None and not learned:
+        raise ValueError("checkpoints are written for learned-width runs only")
+    data = data if data is not None else make_data(cfg)
+    ctx = _threads(threads) if threads else contextlib.nullcontext()
+    t0 = time.perf_counter()
+    with ctx:
+        training.seed_everything(cfg.seed)
+        steps = cfg.n_train // cfg.batch_size
+        if learned:
+            model = build_student(cfg.in_dim, cfg.hidden, cfg.out_dim)
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message="TF32 acceleration")
+                make_dynamic(model, data.x_train[:cfg.batch_size], kappa_min=cfg.kappa_min)
+            objective = TradeoffLoss(model, alpha=float(alpha), metric="flops", warmup_steps=cfg.warmup_epochs * steps)
+            optimizer = training.make_optimizer(model, cfg.lr, cfg.width_lr)
+            desc = f"alpha={alpha:g}"
+        else:
+            model = build_student(cfg.in_dim, width, cfg.out_dim)
+            objective = _NoCost()
+            optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+            desc = f"width={width}"
+        recorder = None
+        if learned and (record_csv is not None or tensorboard_dir is not None):
+            recorder = WidthRecorder(record_csv, tensorboard_dir)
+
+        def evaluate(m: nn.Module) -> float:
+            with torch.no_grad():
+                return data.nmse(F.mse_loss(m(data.x_val), data.y_val), "val")
+
+        try:
+            training.fit(model, _batches(cfg, data, optimizer), F.mse_loss, objective, optimizer, cfg.epochs,  # type: ignore[arg-type]
+                         evaluate=evaluate, recorder=recorder, progress=progress, desc=desc)
+        finally:
+            if recorder is not None:
+                recorder.close()
+        model.eval()
+        with torch.no_grad():
+            test_mse = float(F.mse_loss(model(data.x_test), data.y_test))
+            val_nmse = evaluate(model)
+        if learned:
+            cost = model_cost(model, hard=True)
+            small = export(model)
+            k_hard = int(next(iter(dynamic_widths(model, hard=True).values())))
+            k_soft = float(next(iter(dynamic_widths(model, hard=False).values())))
+        else:
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message="TF32 acceleration")
+                cost = model_cost(model, data.x_test[:cfg.batch_size])
+            small = model
+            k_hard, k_soft = width, float(width)
+        row = {
+            "method": "learned" if learned else "fixed",
+            "alpha": float(alpha) if learned else math.nan,
+            "width": k_hard,
+            "width_continuous": round(k_soft, 4),
+            "macs": float(cost.macs),
+            "flops": float(cost.flops),
+            "params": int(round(float(cost.params))),
+            "params_exported": sum(p.numel() for p in small.parameters()),
+            "flops_exported": _count_flops(small, data.x_test[:256]),
+            "test_mse": test_mse,
+            "test_nmse": data.nmse(test_mse, "test"),
+            "val_nmse": val_nmse,
+            "seconds": round(time.perf_counter() - t0, 2),
+        }
+        if checkpoint is not None:
+            save_checkpoint(checkpoint, model, _recipe(cfg), extra={
+                "config": cfg.as_dict(), "alpha": float(alpha),  # type: ignore[arg-type]
+                "metric": {"name": "test_nmse", "value": row["test_nmse"]},
+                "result": {k: v for k, v in row.items() if k != "method"},
+            })
+    return row
+
+
+# -- sweep ---------------------------------------------------------------------------------------
+def _sweep_job(job: tuple) -> dict:
+    cfg, kind, value, records, tensorboard = job
+    name = f"alpha={value:g}" if kind == "learned" else f"width={value}"
+    kw: dict = {"progress": False}
+    if kind == "learned":
+        kw["record_csv"] = Path(records) / f"widths_{name}.csv" if records else None
+        kw["tensorboard_dir"] = Path(tensorboard) / name if tensorboard else None
+        kw["checkpoint"] = Path(records) / f"model_{name}.ckpt" if records else None
+        return train_run(cfg, value, **kw)
+    return train_run(cfg, None, width=value, **kw)
+
+
+def run_sweep(
+    cfg: SyntheticConfig,
+    alphas: Sequence[float] = DEFAULT_ALPHAS,
+    baseline_widths: Sequence[int] = DEFAULT_BASELINE_WIDTHS,
+    out_dir: Optional[str | Path] = None,
+    *,
+    workers: int = 1,
+    progress: bool = True,
+    tensorboard: bool = False,
+) -> list[dict]:
+    """Learned-width runs at every ``alpha`` and fixed-width baselines, all with ``cfg``'s budget.
+
+    With ``out_dir``: writes ``sweep.csv``, ``sweep.png``, ``config.json`` and, in
+    ``out_dir/runs/``, each learned run's width record and checkpoint. ``workers > 1``
+    trains runs in parallel processes (one torch thread each); results do not
+    depend on ``workers``.
+    """
+    cfg.validate()
+    alphas = [float(a) for a in alphas]
+    if any(not math.isfinite(a) or a < 0 for a in alphas):
+        raise ValueError(f"alphas must be finite numbers >= 0, got {alphas}")
+    widths = [int(w) for w in baseline_widths]
+    if any(w < 1 for w in widths):
+        raise ValueError(f"baseline widths must be >= 1, got {widths}")
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+    out = Path(out_dir) if out_dir is not None else None
+    records = str(out / "runs") if out is not None else None
+    tb = str(out / "tensorboard") if (out is not None and tensorboard) else None
+    jobs = [(cfg, "learned", a, records, tb) for a in alphas] + [(cfg, "fixed", w, records, tb) for w in widths]
+    # longest first so the parallel workers finish together
+    order = sorted(range(len(jobs)), key=lambda i: 0 if jobs[i][1] == "learned" else 1)
+    rows: list[Optional[dict]] = [None] * len(jobs)
+    bar = tqdm(total=len(jobs), desc="synthetic sweep", unit="run", disable=not progress)
+    try:
+        if workers == 1 or len(jobs) == 1:
+            for i in order:
+                rows[i] = _sweep_job(jobs[i])
+                bar.set_postfix_str(_row_note(rows[i]))
+                bar.update()
+        else:
+            # spawn: fresh interpreters (forking a process that already ran torch is not safe)
+            pool = mp.get_context("spawn").Pool(min(workers, len(jobs)))
+            try:
+                it = pool.imap(_sweep_job, [jobs[i] for i in order])
+                for i, row in zip(order, it):
+                    rows[i] = row
+                    bar.set_postfix_str(_row_note(row))
+                    bar.update()
+                pool.close()
+            except BaseException:
+                pool.terminate()
+                raise
+            finally:
+                pool.join()
+    finally:
+        bar.close()
+    result = [r for r in rows if r is not None]
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        write_sweep_csv(result, out / "sweep.csv")
+        plot_sweep(result, out / "sweep.png", cfg)
+        (out / "config.json").write_text(json.dumps(
+            {"config": cfg.as_dict(), "alphas": alphas, "baseline_widths": widths}, indent=2) + "\n")
+    return result
+
+
+def _row_note(row: dict) -> str:
+    head = f"alpha={row['alpha']:g}" if row["method"] == "learned" else "fixed"
+    return f"{head} width={row['width']} nmse={row['test_nmse']:.4f}"
+
+
+def write_sweep_csv(rows: Iterable[dict], path: str | Path) -> Path:
+    """Write the sweep table (columns :data:`SWEEP_COLUMNS`) atomically."""
+    import os
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=SWEEP_COLUMNS, extrasaction="ignore")
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: ("" if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()})
+    os.replace(tmp, path)
+    return path
+
+
+def format_table(rows: Iterable[dict]) -> str:
+    """The sweep as a Markdown table (learned runs by alpha, then the fixed widths)."""
+    rows = list(rows)
+    lines = ["| method | alpha | width (K) | FLOPs | params | test NMSE |", "| --- | ---: | ---: | ---: | ---: | ---: |"]
+    for r in sorted(rows, key=lambda r: (r["method"] != "learned", r["alpha"] if r["method"] == "learned" else r["width"])):
+        alpha = f"{r['alpha']:g}" if r["method"] == "learned" else "-"
+        k = f"{r['width']} ({r['width_continuous']:.2f})" if r["method"] == "learned" else f"{r['width']}"
+        lines.append(f"| {r['method']} | {alpha} | {k} | {r['flops']:.0f} | {r['params']} | {r['test_nmse']:.4f} |")
+    return "\n".join(lines)
+
+
+def plot_sweep(rows: Sequence[dict], path: str | Path, cfg: Optional[SyntheticConfig] = None) -> Path:
+    """``sweep.png``: test NMSE against FLOPs (learned and fixed widths), and learned width against alpha."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    cfg = cfg or SyntheticConfig()
+    learned = sorted((r for r in rows if r["method"] == "learned"), key=lambda r: r["alpha"])
+    fixed = sorted((r for r in rows if r["method"] == "fixed"), key=lambda r: r["width"])
+    fig = Figure(figsize=(12, 4.8), dpi=110)
+    FigureCanvasAgg(fig)
+    ax, ax2 = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1.35, 1]})
+
+    # panel 1: error vs cost
+    if fixed:
+        ax.plot([r["flops"] for r in fixed], [r["test_nmse"] for r in fixed], "o-", color="0.45", ms=6, lw=1.2,
+                label="fixed width, trained from scratch", zorder=2)
+        for r in fixed:
+            ax.annotate(f"{r['width']}", (r["flops"], r["test_nmse"]), textcoords="offset points", xytext=(-4, -12),
+                        fontsize=8, color="0.35", ha="center")
+    if learned:
+        ax.plot([r["flops"] for r in learned], [r["test_nmse"] for r in learned], "*", color="tab:red", ms=13,
+                mec="darkred", label=f"learned width (DCL, start {cfg.hidden}), one run per alpha", zorder=3)
+        # one label per cluster of runs that landed (nearly) on the same point: "α=1, 2"
+        groups: list[list[dict]] = []
+        for r in learned:
+            for grp in groups:
+                g0 = grp[0]
+                if (abs(math.log(g0["flops"] / r["flops"])) < 0.25
+                        and abs(math.log(max(g0["test_nmse"], 1e-12) / max(r["test_nmse"], 1e-12))) < 0.25):
+                    grp.append(r)
+                    break
+            else:
+                groups.append([r])
+        for grp in groups:
+            x = max(r["flops"] for r in grp)
+            y = max(r["test_nmse"] for r in grp)
+            ax.annotate("α=" + ", ".join(f"{r['alpha']:g}" for r in grp), (x, y), textcoords="offset points",
+                        xytext=(7, 5), fontsize=8, color="darkred")
+    teacher_flops = 2 * (cfg.in_dim * cfg.h_true + cfg.h_true * cfg.out_dim)
+    ax.axvline(teacher_flops, color="tab:blue", ls="--", lw=1, label=f"teacher size (h_true={cfg.h_true})")
+    ax.axhline(cfg.noise_floor, color="tab:green", ls=":", lw=1.2, label="noise floor")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    xs = [r["flops"] for r in rows if r["flops"] > 0]
+    if xs:  # room for the labels right of the largest models
+        ax.set_xlim(min(xs) / 1.4, max(xs) * 1.9)
+    ax.set_xlabel("FLOPs per example (exported model)")
+    ax.set_ylabel("test NMSE (MSE / target variance)")
+    ax.set_title("accuracy vs cost")
+    ax.grid(True, which="both", alpha=0.25)
+    ax.legend(fontsize=8, loc="upper right")
+
+    # panel 2: learned width vs alpha
+    if learned:
+        nonzero = [r["alpha"] for r in learned if r["alpha"] > 0]
+        ax2.plot([r["alpha"] for r in learned], [r["width"] for r in learned], "*-", color="tab:red", ms=11,
+                 mec="darkred", label="learned width ceil(K) (exported)")
+        ax2.plot([r["alpha"] for r in learned], [r["width_continuous"] for r in learned], ".", color="k", ms=5,
+                 label="continuous K at the end")
+        if nonzero:
+            ax2.set_xscale("symlog", linthresh=min(nonzero), linscale=0.6)
+    ax2.axhline(cfg.h_true, color="tab:blue", ls="--", lw=1.2, label=f"needed width h_true={cfg.h_true}")
+    ax2.axhline(cfg.hidden, color="0.5", ls=":", lw=1, label=f"full width {cfg.hidden}")
+    ax2.set_yscale("log", base=2)
+    ax2.set_ylim(0.8, cfg.hidden * 1.3)
+    ticks = [t for t in (1, 2, 4, 8, 16, 32, 64, 128, 256) if t <= cfg.hidden * 1.3]
+    ax2.set_yticks(ticks, [str(t) for t in ticks])
+    ax2.set_xlabel("alpha (weight of FLOPs / full FLOPs)")
+    ax2.set_ylabel("hidden width")
+    ax2.set_title("learned width vs alpha")
+    ax2.grid(True, which="both", alpha=0.25)
+    ax2.legend(fontsize=8, loc="upper right")
+    fig.suptitle(f"Synthetic teacher {cfg.in_dim}-{cfg.h_true}-{cfg.out_dim} (tanh), student {cfg.in_dim}-"
+                 f"{cfg.hidden}-{cfg.out_dim}; {cfg.epochs} epochs, seed {cfg.seed}", fontsize=10)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    return path
