@@ -237,7 +237,32 @@ def build_parser() -> argparse.ArgumentParser:
                    help="largest absolute difference allowed between TorchScript and dynamic model, relative "
                         "to the output scale max(1, max|y|) (default: 1e-5)")
     e.set_defaults(func=_cmd_export)
+
+    # the speech case studies register their own commands ('slimtrain vad', 'slimtrain data vad', ...)
+    data = sub.add_parser("data", help="build the offline data sets of the speech case studies",
+                          description="Build a case study's data set deterministically from a seed into a cache "
+                                      "folder with a manifest (nothing is downloaded).")
+    data_sub = data.add_subparsers(dest="dataset", metavar="DATASET", required=True)
+    for register in _task_command_registrars():
+        register(sub, data_sub)
     return p
+
+
+#: modules with a ``register(commands, data_commands)`` function adding their subcommands
+TASK_COMMAND_MODULES = ("slimtrain.tasks.vad.cli", "slimtrain.tasks.spoof.cli")
+
+
+def _task_command_registrars():
+    import importlib
+
+    for name in TASK_COMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as e:
+            if e.name is not None and name.startswith(e.name):
+                continue  # that task is not part of this installation
+            raise
+        yield module.register
 
 
 # -- commands ---------------------------------------------------------------------------------------
