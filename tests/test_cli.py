@@ -122,12 +122,12 @@ def test_single_run_writes_checkpoint_record_and_result(quick_run):
     assert float(rows[-1]["K[0.dcl]"]) == pytest.approx(res["result"]["width_continuous"], abs=1e-3)
 
 
-def test_export_writes_three_files_and_torchscript_runs_without_slimtrain(capsys, quick_run, tmp_path):
+def test_export_writes_four_files_and_torchscript_runs_without_slimtrain(capsys, quick_run, tmp_path):
     out = tmp_path / "export"
     code, stdout, err = _run(capsys, "export", str(quick_run / "model.ckpt"), str(out))
     assert code == 0, err
     assert "check passed" in stdout
-    assert sorted(p.name for p in out.iterdir()) == ["model.pt", "model_state.pt", "summary.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["model.onnx", "model.pt", "model_state.pt", "summary.json"]
     summary = json.loads((out / "summary.json").read_text())
     result = json.loads((quick_run / "result.json").read_text())["result"]
     assert summary["widths"] == {"0.dcl": result["width"]}

@@ -212,30 +212,41 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--tensorboard", action="store_true",
                    help="also log widths, cost and validation error to TensorBoard event files in "
                         "OUT/tensorboard (needs the tensorboard package)")
+    s.add_argument("--resume", action="store_true",
+                   help="single run only: continue a killed run from OUT/model.ckpt (written after every epoch) "
+                        "with the same settings; it ends with the same result as an uninterrupted run. "
+                        "Without a checkpoint in OUT the run starts from scratch")
     s.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     s.set_defaults(func=_cmd_synthetic)
 
     e = sub.add_parser(
         "export",
-        help="cut a checkpoint's model to its learned widths; write state dict, TorchScript and summary",
+        help="cut a checkpoint's model to its learned widths; write state dict, TorchScript, ONNX and summary",
         description=_paragraphs(
             "Load a checkpoint written by slimtrain (e.g. OUT/model.ckpt of 'slimtrain synthetic'), rebuild "
             "its dynamic model, cut every layer to its learned width ceil(K) and write to OUT_DIR:\n"
             "  model_state.pt  state dict of the exported (small, dense) model\n"
             "  model.pt        TorchScript of the exported model (torch.jit.load; slimtrain not needed)\n"
-            "  summary.json    widths, MACs, FLOPs and parameters per example, the recorded metric, the check",
+            "  model.onnx      ONNX of the exported model, dynamic batch axis where the exporter allows "
+            "(onnxruntime; slimtrain not needed)\n"
+            "  summary.json    widths, MACs, FLOPs and parameters per example, the recorded metric, the checks, "
+            "the recipe (slimtrain.export.load_exported(OUT_DIR) rebuilds the model from model_state.pt)",
             "The TorchScript output is checked against the dynamic model in eval mode on a random input of "
-            "the recorded sample shape; exit code 1 if they differ.",
+            "the recorded sample shape, and the ONNX file (run with onnxruntime) against the exported model; "
+            "exit code 1 if either differs.",
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     e.add_argument("checkpoint", type=Path, metavar="CKPT", help="checkpoint file written by slimtrain")
-    e.add_argument("out_dir", type=Path, metavar="OUT_DIR", help="folder for the three files (created if needed)")
+    e.add_argument("out_dir", type=Path, metavar="OUT_DIR", help="folder for the four files (created if needed)")
     e.add_argument("--seed", type=_seed, default=0, metavar="S",
                    help="seed of the random input used to check the TorchScript model (default: 0)")
     e.add_argument("--atol", type=_tolerance, default=1e-5, metavar="TOL",
-                   help="largest absolute difference allowed between TorchScript and dynamic model, relative "
-                        "to the output scale max(1, max|y|) (default: 1e-5)")
+                   help="largest absolute difference allowed between TorchScript/ONNX and dynamic model, "
+                        "relative to the output scale max(1, max|y|) (default: 1e-5)")
+    e.add_argument("--no-onnx", action="store_true",
+                   help="do not write model.onnx (the ONNX export of recurrent models over long samples takes "
+                        "a while: the exporter unrolls GRU/LSTM layers over the recorded sample length)")
     e.set_defaults(func=_cmd_export)
 
     # the speech case studies register their own commands ('slimtrain vad', 'slimtrain data vad', ...)
@@ -296,9 +307,12 @@ def _cmd_synthetic(args) -> int:
             raise ValueError("--alphas and --baselines only apply with --sweep")
         out.mkdir(parents=True, exist_ok=True)
         t0 = time.perf_counter()
+        resume = bool(getattr(args, "resume", False))
+        if resume and (out / "model.ckpt").exists():
+            print(f"resuming from {out / 'model.ckpt'}")
         row = syn.train_run(cfg, args.alpha, record_csv=out / "widths.csv",
                             tensorboard_dir=(out / "tensorboard") if args.tensorboard else None,
-                            checkpoint=out / "model.ckpt", progress=progress)
+                            checkpoint=out / "model.ckpt", progress=progress, resume=resume)
         (out / "result.json").write_text(json.dumps({"config": cfg.as_dict(), "result": row}, indent=2) + "\n")
         print(f"alpha={args.alpha:g}: hidden width {cfg.hidden} -> {row['width']} (K={row['width_continuous']:.3f}; "
               f"teacher uses {cfg.h_true})")
@@ -308,6 +322,8 @@ def _cmd_synthetic(args) -> int:
               f"in {time.perf_counter() - t0:.1f}s")
         print(f"  next: slimtrain export {out / 'model.ckpt'} {out / 'export'}")
         return 0
+    if getattr(args, "resume", False):
+        raise ValueError("--resume applies to a single run, not to --sweep")
     alphas = args.alphas if args.alphas is not None else list(syn.QUICK_ALPHAS if args.quick else syn.DEFAULT_ALPHAS)
     widths = args.baselines if args.baselines is not None else list(
         syn.QUICK_BASELINE_WIDTHS if args.quick else syn.DEFAULT_BASELINE_WIDTHS)
@@ -350,7 +366,18 @@ def _cmd_export(args) -> int:
     diff = float((y_ref - y_ts).abs().max())
     scale = max(1.0, float(y_ref.abs().max()))
     ok = diff <= args.atol * scale
-    torch.save(small.state_dict(), out / "model_state.pt")
+    from .export import ExportError, export_onnx
+
+    tmp_state = out / ".model_state.pt.tmp"
+    torch.save(small.state_dict(), tmp_state)
+    os.replace(tmp_state, out / "model_state.pt")
+    onnx_info: dict = {"skipped": "--no-onnx"}
+    onnx_ok = True
+    if not getattr(args, "no_onnx", False):
+        try:
+            onnx_info = export_onnx(small, x, out / "model.onnx", atol=args.atol)
+        except (ExportError, ImportError) as e:
+            onnx_info, onnx_ok = {"error": str(e)}, False
     cost = model_cost(model, hard=True)
     n_exported = sum(p.numel() for p in small.parameters())
     summary = {
@@ -365,8 +392,11 @@ def _cmd_export(args) -> int:
         "metric": ckpt["extra"].get("metric"),
         "sample_shape": list(shape),
         "check": {"input": f"randn{tuple(shape)} seed {args.seed}", "max_abs_diff": diff, "passed": ok},
+        "onnx": onnx_info,
+        "recipe": ckpt["recipe"],
         "architecture": str(small),
-        "files": ["model_state.pt", "model.pt", "summary.json"],
+        "files": ["model_state.pt", "model.pt", "model.onnx", "summary.json"] if "exporter" in onnx_info
+        else ["model_state.pt", "model.pt", "summary.json"],
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     w = ", ".join(f"{k}: {v}" for k, v in summary["widths"].items())
@@ -375,12 +405,18 @@ def _cmd_export(args) -> int:
     if n_exported != summary["params"]:
         print(f"slimtrain: warning: the exported model has {n_exported} parameters, the cost model says "
               f"{summary['params']}", file=sys.stderr)
+    if not onnx_ok:
+        print(f"slimtrain: error: {onnx_info['error']}", file=sys.stderr)
+        return 1
     if not ok:
         print(f"slimtrain: error: TorchScript output differs from the dynamic model in eval mode by {diff:.3g} "
               f"(allowed {args.atol * scale:.3g})", file=sys.stderr)
         return 1
     print(f"check passed: TorchScript output equals the dynamic model in eval mode (max |diff| {diff:.2g}) "
           f"on {summary['check']['input']}")
+    if "exporter" in onnx_info:
+        print(f"check passed: ONNX ({onnx_info['exporter']} exporter, onnxruntime) equals the exported model "
+              f"(max |diff| {onnx_info['max_abs_diff']:.2g})")
     return 0
 
 

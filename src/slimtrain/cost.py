@@ -23,6 +23,7 @@ import math
 from dataclasses import dataclass
 from typing import Optional
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -70,7 +71,7 @@ def _unwrap(model: nn.Module, name: str) -> nn.Module:
 def _layer_cost(model: nn.Module, s: LayerSpec, k_in: Tensor, k_out: Tensor, batch: int) -> tuple[Tensor, Tensor]:
     """(MACs over the whole sample batch, params) of one layer for widths ``k_in``/``k_out``."""
     m = _unwrap(model, s.name)
-    zero = torch.zeros((), dtype=k_in.dtype, device=k_in.device)
+    zero = k_in * 0
     if s.kind == "linear":
         positions = math.prod(s.out_shape[:-1])
         macs = positions * k_in * k_out
@@ -79,7 +80,7 @@ def _layer_cost(model: nn.Module, s: LayerSpec, k_in: Tensor, k_out: Tensor, bat
     if s.kind == "conv":
         kernel = math.prod(m.kernel_size)
         positions = s.out_shape[0] * math.prod(s.out_shape[2:])
-        per_group_in = k_in / m.groups if m.groups == 1 or s.in_root is None else torch.ones_like(k_in)
+        per_group_in = k_in / m.groups if m.groups == 1 or s.in_root is None else zero + 1
         macs = positions * k_out * per_group_in * kernel
         params = k_out * per_group_in * kernel + (k_out if m.bias is not None else zero)
         return macs, params
@@ -109,6 +110,157 @@ def _layer_cost(model: nn.Module, s: LayerSpec, k_in: Tensor, k_out: Tensor, bat
     return zero, zero
 
 
+class _Poly:
+    """A polynomial in the dynamic widths: ``{(root, root, ...): coefficient}``.
+
+    :func:`_layer_cost` is written with ``+``, ``*`` and ``/`` only, so running it
+    on ``_Poly`` widths yields each layer's cost as exact polynomial coefficients,
+    which :class:`_CompiledCost` evaluates with a few tensor operations per step.
+    """
+
+    __slots__ = ("terms",)
+
+    def __init__(self, terms: Optional[dict[tuple[int, ...], float]] = None) -> None:
+        self.terms = {k: v for k, v in (terms or {}).items() if v != 0}
+
+    @staticmethod
+    def of(value) -> "_Poly":
+        if isinstance(value, _Poly):
+            return value
+        return _Poly({(): float(value)})
+
+    def __add__(self, other) -> "_Poly":
+        out = dict(self.terms)
+        for k, v in _Poly.of(other).terms.items():
+            out[k] = out.get(k, 0.0) + v
+        return _Poly(out)
+
+    __radd__ = __add__
+
+    def __mul__(self, other) -> "_Poly":
+        o = _Poly.of(other)
+        out: dict[tuple[int, ...], float] = {}
+        for ka, va in self.terms.items():
+            for kb, vb in o.terms.items():
+                k = tuple(sorted(ka + kb))
+                out[k] = out.get(k, 0.0) + va * vb
+        return _Poly(out)
+
+    __rmul__ = __mul__
+
+    def __truediv__(self, other: float) -> "_Poly":
+        return _Poly({k: v / float(other) for k, v in self.terms.items()})
+
+
+class _CompiledCost:
+    """Total MACs and params of a graph as polynomials in the group widths.
+
+    Built once per model (cached on its :class:`WidthGraph`); evaluating it is
+    a gather, a product and a sum, instead of a Python walk over the layers.
+    """
+
+    def __init__(self, model: nn.Module, g: WidthGraph) -> None:
+        self.roots = list(g.dcls)
+        var = {r: _Poly({(r,): 1.0}) for r in self.roots}
+        macs, params = _Poly(), _Poly()
+        for s in g.layers:
+            k_in, k_out = _sides(model, s, var, lambda v: _Poly.of(v))
+            lm, lp = _layer_cost(model, s, k_in, k_out, g.batch)
+            macs = macs + _Poly.of(lm) / g.batch
+            params = params + _Poly.of(lp)
+        macs = macs + g.fixed_macs / g.batch
+        counted = {id(p) for p in _counted_params(model, g)}
+        params = params + float(sum(p.numel() for p in model.parameters() if id(p) not in counted))
+        pos = {r: i + 1 for i, r in enumerate(self.roots)}  # slot 0 of the width vector is the constant 1
+        self.macs = self._pack(macs, pos)
+        self.params = self._pack(params, pos)
+        # the same polynomials as Python lists: (coefficient, [slot of each width factor])
+        self.py_terms = [[(float(v), [pos[r] - 1 for r in k]) for k, v in q.terms.items()] for q in (macs, params)]
+
+    @staticmethod
+    def _pack(p: _Poly, pos: dict[int, int]) -> tuple[Tensor, Tensor]:
+        terms = list(p.terms.items()) or [((), 0.0)]
+        deg = max(1, max(len(k) for k, _ in terms))
+        idx = torch.zeros(len(terms), deg, dtype=torch.long)
+        for t, (k, _) in enumerate(terms):
+            for j, r in enumerate(k):
+                idx[t, j] = pos[r]
+        # float64 coefficients: sums of large integer products stay exact
+        return idx, torch.tensor([v for _, v in terms], dtype=torch.float64)
+
+    def soft_cost(self, dcls: list) -> tuple[Tensor, Tensor]:
+        """(MACs, params) at the continuous widths, differentiable in every ``theta``, as one autograd node."""
+        if not dcls:
+            return self(torch.zeros(0))
+        return _PolyCostFunction.apply(self, dcls, *[d.theta for d in dcls])
+
+    def __call__(self, widths) -> tuple[Tensor, Tensor]:
+        one = torch.ones(1, dtype=torch.float64)
+        if isinstance(widths, Tensor):
+            w = torch.cat([one, widths.to(torch.float64).reshape(-1)])
+        else:
+            w = torch.cat([one] + [x.to(torch.float64).reshape(1) for x in widths])
+        out = []
+        for idx, coef in (self.macs, self.params):
+            out.append((w[idx].prod(-1) * coef).sum().to(torch.float32))
+        return out[0], out[1]
+
+
+class _PolyCostFunction(torch.autograd.Function):
+    """Cost polynomials of the widths ``K_r = N_r clamp(theta_r, lo_r, hi_r)`` and their exact
+    gradients, evaluated with Python floats (a handful of terms) in a single autograd node.
+    The gradient of each ``theta`` follows the inward-clamp rule of :class:`~slimtrain.dcl.DynamicWidth`."""
+
+    @staticmethod
+    def forward(ctx, comp: "_CompiledCost", dcls: list, *thetas: Tensor):  # type: ignore[override]
+        t = [float(th.detach()) for th in thetas]
+        # K as DynamicWidth.width computes it: the clamp in float32, then times N
+        k = [float(np.float32(min(max(ti, d.min_width / d.num_channels), d.max_width / d.num_channels))
+                   * np.float32(d.num_channels)) for ti, d in zip(t, dcls)]
+        out, grads = [], []
+        for terms in comp.py_terms:
+            total = 0.0
+            g = [0.0] * len(k)
+            for coef, idx in terms:
+                prod = coef
+                for j in idx:
+                    prod *= k[j]
+                total += prod
+                for a, j in enumerate(idx):  # d/dK_j of coef * prod(K)
+                    rest = coef
+                    for b, jj in enumerate(idx):
+                        if b != a:
+                            rest *= k[jj]
+                    g[j] += rest
+            out.append(total)
+            grads.append(g)
+        ctx.grads, ctx.t, ctx.dcls = grads, t, dcls
+        dev = thetas[0].device
+        return torch.tensor(out[0], dtype=torch.float32, device=dev), torch.tensor(out[1], dtype=torch.float32, device=dev)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g_macs: Tensor, g_params: Tensor):  # type: ignore[override]
+        gm = float(g_macs) if g_macs is not None else 0.0
+        gp = float(g_params) if g_params is not None else 0.0
+        res = []
+        for j, (t, d) in enumerate(zip(ctx.t, ctx.dcls)):
+            n = d.num_channels
+            v = n * (gm * ctx.grads[0][j] + gp * ctx.grads[1][j])
+            if (t < d.min_width / n and v > 0) or (t > d.max_width / n and v < 0):
+                v = 0.0
+            res.append(torch.tensor(v, dtype=d.theta.dtype, device=d.theta.device))
+        return (None, None, *res)
+
+
+def _compiled(model: nn.Module, g: WidthGraph) -> _CompiledCost:
+    c = g.__dict__.get("_compiled_cost")
+    if c is None:
+        c = _CompiledCost(model, g)
+        g.__dict__["_compiled_cost"] = c
+    return c
+
+
 def _widths(model: nn.Module, g: WidthGraph, hard: bool) -> dict[int, Tensor]:
     out = {}
     for r, d in g.dcl_modules(model).items():
@@ -116,7 +268,7 @@ def _widths(model: nn.Module, g: WidthGraph, hard: bool) -> dict[int, Tensor]:
     return out
 
 
-def _sides(model: nn.Module, s: LayerSpec, widths: dict[int, Optional[Tensor]]) -> tuple[Tensor, Tensor]:
+def _sides(model: nn.Module, s: LayerSpec, widths: dict, const=lambda v: torch.tensor(float(v))):
     m = model.get_submodule(s.name)
     if s.kind == "rnn":
         r = _rnn_module(model, s.name)
@@ -135,9 +287,9 @@ def _sides(model: nn.Module, s: LayerSpec, widths: dict[int, Optional[Tensor]]) 
     else:
         fixed_in = fixed_out = 0
     kin = widths.get(s.in_root) if s.in_root is not None else None
-    k_in = torch.tensor(float(fixed_in)) if kin is None else kin * (s.in_outer * s.in_inner)
+    k_in = const(fixed_in) if kin is None else kin * (s.in_outer * s.in_inner)
     kout = widths.get(s.out_root) if s.out_root is not None else None
-    k_out = torch.tensor(float(fixed_out)) if kout is None else kout
+    k_out = const(fixed_out) if kout is None else kout
     if s.kind in ("bn", "ln"):
         k_out = k_in
     return k_in, k_out
@@ -186,13 +338,19 @@ def model_cost(model: nn.Module, sample=None, *, hard: Optional[bool] = None, fu
     g = get_graph(model)
     if hard is None:
         hard = not model.training
-    rows = layer_costs(model, hard=hard, full=full)
+    comp = _compiled(model, g)
+    mods = g.dcl_modules(model)
+    if full:
+        widths = torch.tensor([float(mods[r].num_channels) for r in comp.roots])
+    elif hard:
+        widths = torch.tensor([float(mods[r].hard_width) for r in comp.roots])
+    else:
+        macs, params = comp.soft_cost([mods[r] for r in comp.roots])
+        dev = next((p.device for p in model.parameters()), torch.device("cpu"))
+        return Cost(macs.to(dev), params.to(dev), seconds)
+    macs, params = comp(widths)
     dev = next((p.device for p in model.parameters()), torch.device("cpu"))
-    macs = sum((r[2] for r in rows), torch.zeros(())) + g.fixed_macs / g.batch
-    params = sum((r[3] for r in rows), torch.zeros(()))
-    counted = {id(p) for p in _counted_params(model, g)}
-    other = sum(p.numel() for p in model.parameters() if id(p) not in counted)
-    return Cost(macs.to(dev), (params + other).to(dev), seconds)
+    return Cost(macs.to(dev), params.to(dev), seconds)
 
 
 def _counted_params(model: nn.Module, g: WidthGraph):

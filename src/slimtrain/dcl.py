@@ -43,7 +43,7 @@ class _InwardClamp(torch.autograd.Function):
     bound, nor drift far beyond one)."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, lo: float, hi: float) -> Tensor:  # type: ignore[override]
+    def forward(ctx, x: Tensor, lo, hi) -> Tensor:  # type: ignore[override]
         ctx.save_for_backward(x)
         ctx.lo, ctx.hi = lo, hi
         return x.clamp(lo, hi)
@@ -55,9 +55,72 @@ class _InwardClamp(torch.autograd.Function):
         return torch.where(blocked, torch.zeros_like(grad), grad), None, None
 
 
-def inward_clamp(x: Tensor, lo: float, hi: float) -> Tensor:
-    """``x.clamp(lo, hi)`` with the gradient rule of :class:`_InwardClamp`."""
+def inward_clamp(x: Tensor, lo, hi) -> Tensor:
+    """``x.clamp(lo, hi)`` with the gradient rule of :class:`_InwardClamp` (bounds: floats or tensors like ``x``)."""
     return _InwardClamp.apply(x, lo, hi)
+
+
+class _BlendFunction(torch.autograd.Function):
+    """The training-mode DCL in one autograd node: width, mask, noise blend and both gradients.
+
+    ``K = N * clamp(theta, K_min/N, K_max/N)``; forward ``y = x * sin(pi/2 w)`` plus
+    ``cos(pi/2 w_i) sigma_i nu`` on channel ``i = floor(K)``, with ``w = clamp(K - index, 0, 1)``.
+    Backward: ``dL/dx = g * sin(pi/2 w)``; ``dL/dK`` from the channels where the mask's
+    slope is not zero (``K - 1 <= c <= K``, the clamp passing the gradient on its closed
+    range as ``torch.clamp`` does) and from the noise channel; ``dL/dtheta = N dL/dK``
+    with the rule of :class:`_InwardClamp`. Same values and gradients as composing
+    those steps from torch operations, but one autograd node, scalar maths in Python
+    and only the one or two edge channels of ``x`` saved, so a DCL costs little per step.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, theta: Tensor, index: Tensor, d: int, lo: float, hi: float) -> Tensor:  # type: ignore[override]
+        n = index.numel()
+        t = float(theta.detach())
+        k = float(theta.detach().clamp(lo, hi) * n)  # in theta's precision, as DynamicWidth.width
+        half_pi = 0.5 * math.pi
+        m = torch.sin((k - index).clamp_(0.0, 1.0).mul_(half_pi))
+        shape = [1] * x.dim()
+        shape[d] = n
+        y = x * m.to(x.dtype).view(shape)
+        i = int(math.floor(k))
+        noise = None
+        if i < n:  # otherwise full width: nothing is blended
+            xi = x.select(d, i)
+            # statistics in at least float32 (half inputs), in float64 for float64 inputs
+            stat = xi.detach().to(torch.promote_types(xi.dtype, torch.float32))
+            sigma = stat.std(unbiased=False).to(x.dtype) if xi.numel() > 1 else xi.detach().abs()
+            noise = sigma * torch.randn_like(xi)
+            y.select(d, i).add_(noise, alpha=math.cos(half_pi * min(max(k - i, 0.0), 1.0)))
+        channels = list(range(max(0, math.ceil(k - 1)), min(n - 1, math.floor(k)) + 1))
+        edge = [x.detach().select(d, c).clone() for c in channels] if ctx.needs_input_grad[1] else []
+        ctx.save_for_backward(m, noise if noise is not None else torch.empty(0), *edge)
+        ctx.d, ctx.i, ctx.k, ctx.n, ctx.t, ctx.lo, ctx.hi, ctx.channels = d, i, k, n, t, lo, hi, channels
+        return y
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g: Tensor):  # type: ignore[override]
+        m, noise, *edge = ctx.saved_tensors
+        d, k = ctx.d, ctx.k
+        shape = [1] * g.dim()
+        shape[d] = m.numel()
+        grad_x = g * m.to(g.dtype).view(shape) if ctx.needs_input_grad[0] else None
+        grad_t = None
+        if ctx.needs_input_grad[1]:
+            half_pi = 0.5 * math.pi
+            terms = []
+            for c, xc in zip(ctx.channels, edge):
+                terms.append((g.select(d, c) * xc).sum() * math.cos(half_pi * min(max(k - c, 0.0), 1.0)))
+            if noise.numel():
+                i = ctx.i
+                terms.append((g.select(d, i) * noise).sum() * -math.sin(half_pi * min(max(k - i, 0.0), 1.0)))
+            grad_k = (sum(terms) * half_pi).to(m.dtype) if terms else torch.zeros((), dtype=m.dtype, device=m.device)
+            grad_t = (grad_k * ctx.n).reshape(())
+            gt = float(grad_t)
+            if (ctx.t < ctx.lo and gt > 0) or (ctx.t > ctx.hi and gt < 0):  # inward clamp rule
+                grad_t = torch.zeros_like(grad_t)
+        return grad_x, grad_t, None, None, None, None
 
 
 def _resolve_bounds(
@@ -192,21 +255,8 @@ class DynamicWidth(nn.Module):
         shape[d] = self.num_channels
         if not self.training or self.frozen:
             return x * self.hard_mask().to(x.dtype).view(shape)
-        k = self.width
-        share = self.keep_share(k)
-        y = x * torch.sin(0.5 * math.pi * share).to(x.dtype).view(shape)
-        i = int(torch.floor(k.detach()).item())
-        if i >= self.num_channels:  # full width: nothing is blended
-            return y
-        xi = x.select(d, i)
-        # statistics in at least float32 (half inputs), in float64 for float64 inputs
-        stat = xi.detach().to(torch.promote_types(xi.dtype, torch.float32))
-        sigma = stat.std(unbiased=False).to(x.dtype) if xi.numel() > 1 else xi.detach().abs()
-        noise_w = torch.cos(0.5 * math.pi * share[i]).to(x.dtype)
-        noise = noise_w * sigma * torch.randn_like(xi)
-        onehot = torch.zeros(shape, dtype=x.dtype, device=x.device)
-        onehot.view(-1)[i] = 1.0
-        return y + onehot * noise.unsqueeze(d)
+        n = self.num_channels
+        return _BlendFunction.apply(x, self.theta, self._index.to(x.device), d, self.min_width / n, self.max_width / n)
 
     def extra_repr(self) -> str:
         return (

@@ -10,7 +10,9 @@ which are plain torch code) and equals the DCL model in eval mode.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
+import io
 from typing import Optional
 
 import torch
@@ -20,7 +22,7 @@ from .dcl import DynamicWidth
 from .graph import _ATTR, LayerSpec, _set, get_graph
 from .modules import DynamicOutput, DynamicRecurrent, MaskedLayerNorm
 
-__all__ = ["export", "kept_index"]
+__all__ = ["export", "kept_index", "export_onnx", "load_exported", "ExportError"]
 
 
 def kept_index(size: int, width: int, outer: int = 1, inner: int = 1) -> Tensor:
@@ -156,3 +158,123 @@ def _strip(model: nn.Module) -> None:
                                bias=m.bias is not None)
             new.load_state_dict(m.state_dict())
             _set(model, name, new)
+
+
+class ExportError(RuntimeError):
+    """A deployment artefact could not be written or does not reproduce the model."""
+
+
+def export_onnx(model: nn.Module, sample: Tensor, path, *, atol: float = 1e-5, opset: int = 18) -> dict:
+    """Write ``model`` (a plain/exported module) to ONNX at ``path`` and check it with onnxruntime.
+
+    Tries ``torch.onnx.export(dynamo=True)`` first and the TorchScript-based
+    exporter if that fails; the batch axis is dynamic where the exporter allows,
+    the other axes keep the sample's sizes (the dynamo exporter unrolls GRU/LSTM
+    layers over the sample's length, which makes long samples slow to export).
+    The file is written to a temporary name and renamed when it passed the check
+    (``|onnx - torch| <= atol * max(1, max|y|)`` on ``sample``). Returns a dict
+    with the exporter used, the largest difference and whether the batch is dynamic.
+    """
+    from pathlib import Path
+
+    path = Path(path)
+    model = model.eval()
+    with torch.no_grad():
+        ref = model(sample)
+    if not isinstance(ref, Tensor):
+        raise ExportError("ONNX export handles models with a single tensor output")
+    scale = max(1.0, float(ref.abs().max()))
+    tmp = path.with_name(f".{path.name}.tmp")
+    errors = []
+    attempts = [("dynamo", True), ("torchscript", True), ("torchscript", False)]
+
+    import logging
+
+    quiet = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "torch._export", "torch.fx")]
+    levels = [lg.level for lg in quiet]
+    for lg in quiet:  # the exporters log a warning per missing optional package (torchvision...)
+        lg.setLevel(logging.ERROR)
+    try:
+        return _try_exports(model, sample, path, tmp, ref, scale, atol, opset, attempts, errors)
+    finally:
+        for lg, lv in zip(quiet, levels):
+            lg.setLevel(lv)
+
+
+def _try_exports(model, sample, path, tmp, ref, scale, atol, opset, attempts, errors) -> dict:
+    import os
+    import warnings
+
+    for exporter, dynamic in attempts:
+        try:
+            with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+                warnings.simplefilter("ignore")
+                if exporter == "dynamo":
+                    shapes = ({0: torch.export.Dim("batch", min=1, max=4096)},) if dynamic else None
+                    prog = torch.onnx.export(model, (sample,), dynamo=True, dynamic_shapes=shapes,
+                                             input_names=["input"], output_names=["output"], opset_version=opset,
+                                             verbose=False)
+                    prog.save(str(tmp))
+                else:
+                    torch.onnx.export(model, (sample,), str(tmp), dynamo=False, input_names=["input"],
+                                      output_names=["output"], opset_version=min(opset, 17),
+                                      dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}} if dynamic else None)
+            diff = _onnx_diff(tmp, sample, ref)
+        except Exception as e:  # noqa: BLE001 - exporters raise many kinds; try the next one
+            errors.append(f"{exporter}{' (dynamic batch)' if dynamic else ''}: {type(e).__name__}: "
+                          f"{str(e).strip().splitlines()[0][:200] if str(e).strip() else ''}")
+            continue
+        if diff <= atol * scale:
+            os.replace(tmp, path)
+            for extra in tmp.parent.glob(tmp.name + ".data"):
+                os.replace(extra, path.with_name(path.name + ".data"))
+            return {"exporter": exporter, "dynamic_batch": dynamic, "max_abs_diff": diff, "opset": opset}
+        errors.append(f"{exporter}: onnxruntime output differs by {diff:.3g}")
+    try:
+        tmp.unlink()
+    except FileNotFoundError:
+        pass
+    raise ExportError("ONNX export failed: " + "; ".join(errors))
+
+
+def _onnx_diff(path, sample: Tensor, ref: Tensor) -> float:
+    import numpy as np
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 1
+    sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    name = sess.get_inputs()[0].name
+    y = sess.run(None, {name: sample.detach().cpu().numpy()})[0]
+    return float(np.abs(y - ref.detach().cpu().numpy()).max())
+
+
+def load_exported(out_dir) -> nn.Module:
+    """Rebuild the exported model written by ``slimtrain export`` from ``OUT_DIR/model_state.pt``.
+
+    Reads the recipe and widths stored in ``OUT_DIR/summary.json``, builds the
+    dynamic model with the registered task builder, cuts it to those widths and
+    loads the saved state dict (strictly). The result is in eval mode.
+    """
+    import json
+    from pathlib import Path
+
+    from .checkpoint import CheckpointError, build_from_recipe
+
+    out = Path(out_dir)
+    try:
+        summary = json.loads((out / "summary.json").read_text())
+        recipe, widths = summary["recipe"], summary["widths"]
+    except (OSError, ValueError, KeyError) as e:
+        raise CheckpointError(f"'{out / 'summary.json'}' is missing or has no recipe/widths: {e}") from None
+    model = build_from_recipe(recipe, str(out))
+    for name, k in widths.items():
+        model.get_submodule(name).set_width(float(k))
+    small = export(model.eval())
+    state = torch.load(out / "model_state.pt", map_location="cpu", weights_only=True)
+    try:
+        small.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise CheckpointError(f"'{out / 'model_state.pt'}' does not fit the model of its summary: "
+                              f"{' '.join(str(e).split())[:300]}") from None
+    return small.eval()

@@ -71,7 +71,19 @@ class TradeoffLoss(nn.Module):
         self.last: dict[str, float] = {}
 
     def _dcls(self) -> list[DynamicWidth]:
-        return [m for m in self.model[0].modules() if isinstance(m, DynamicWidth)]
+        cached = self.__dict__.get("_dcl_cache")
+        if cached is None:  # the model's structure is fixed once make_dynamic ran
+            cached = [m for m in self.model[0].modules() if isinstance(m, DynamicWidth)]
+            self.__dict__["_dcl_cache"] = cached
+        return cached
+
+    def set_steps(self, steps: int) -> None:
+        """Set the call counter (e.g. when resuming) and freeze or free the widths to match it,
+        so the model's next forward runs exactly as it would have in an uninterrupted run."""
+        self.steps = int(steps)
+        warm = self.steps < self.warmup_steps
+        for d in self._dcls():
+            d.frozen = warm
 
     def cost(self) -> Cost:
         return model_cost(self.model[0], hard=False)
@@ -79,7 +91,8 @@ class TradeoffLoss(nn.Module):
     def forward(self, task_loss: Tensor) -> Tensor:
         warm = self.steps < self.warmup_steps
         for d in self._dcls():
-            d.frozen = warm
+            if d.frozen != warm:
+                d.frozen = warm
             if warm:
                 d.set_width(d.max_width)
         self.steps += 1

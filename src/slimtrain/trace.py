@@ -400,9 +400,24 @@ def trace_channels(model: nn.Module, sample: Any) -> Trace:
         handles.append(m.register_forward_hook(post))
     was_training = model.training
     model.eval()
+    first = _tensors(sample)
+    if first and first[0].dim() < 2:
+        raise GraphError(
+            f"the sample has shape {tuple(first[0].shape)}: it must be a batch (batch axis first, then the "
+            "input's own axes), e.g. sample.unsqueeze(0) for a single item"
+        )
     try:
         with torch.no_grad(), tracer, torch.backends.mkldnn.flags(enabled=False):
             out = model(*sample) if isinstance(sample, tuple) else model(sample)
+    except GraphError:
+        raise
+    except (RuntimeError, ValueError, TypeError, IndexError) as e:
+        where = f" in layer '{names.get(stack[-1][0], type(stack[-1][0]).__name__)}' " \
+                f"({type(stack[-1][0]).__name__})" if stack else ""
+        shapes = ", ".join(str(tuple(t.shape)) for t in first) or type(sample).__name__
+        msg = " ".join(str(e).split())[:300]
+        raise GraphError(f"the sample batch of shape {shapes} does not fit the model: the forward pass failed"
+                         f"{where}: {msg}") from None
     finally:
         for h in handles:
             h.remove()

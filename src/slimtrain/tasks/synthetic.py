@@ -50,7 +50,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from .. import training
-from ..checkpoint import make_recipe, register_task, save_checkpoint
+from ..checkpoint import load_checkpoint, make_recipe, register_task, save_checkpoint
 from ..cost import model_cost
 from ..export import export
 from ..graph import dynamic_widths, make_dynamic
@@ -283,6 +283,7 @@ def train_run(
     checkpoint: Optional[str | Path] = None,
     progress: bool = True,
     threads: Optional[int] = 1,
+    resume: bool = False,
 ) -> dict:
     """Train one student and return its results (one row of the sweep table).
 
@@ -292,6 +293,8 @@ def train_run(
     (method ``"fixed"``). ``checkpoint`` (learned runs only) saves a checkpoint
     that :func:`slimtrain.checkpoint.load_dynamic_model` and ``slimtrain export`` read.
     ``threads`` fixes torch's thread count for the run (1: repeatable results).
+    The checkpoint is also written after every epoch; ``resume=True`` continues
+    a killed run from it (same final result as an uninterrupted run).
     """
     cfg.validate()
     learned = width is None
@@ -301,6 +304,10 @@ def train_run(
         raise ValueError(f"a fixed width must be an integer >= 1, got {width!r}")
     if checkpoint is not None and not learned:
         raise ValueError("checkpoints are written for learned-width runs only")
+    if resume and checkpoint is None:
+        raise ValueError("resume needs the checkpoint of the run to continue")
+    if resume and checkpoint is not None and Path(checkpoint).exists():
+        _check_resumable(Path(checkpoint), cfg, alpha)
     data = data if data is not None else make_data(cfg)
     ctx = _threads(threads) if threads else contextlib.nullcontext()
     t0 = time.perf_counter()
@@ -317,7 +324,7 @@ def train_run(
             desc = f"alpha={alpha:g}"
         else:
             model = build_student(cfg.in_dim, width, cfg.out_dim)
-            objective = _NoCost()
+            objective = None
             optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
             desc = f"width={width}"
         recorder = None
@@ -329,8 +336,11 @@ def train_run(
                 return data.nmse(F.mse_loss(m(data.x_val), data.y_val), "val")
 
         try:
-            training.fit(model, _batches(cfg, data, optimizer), F.mse_loss, objective, optimizer, cfg.epochs,  # type: ignore[arg-type]
-                         evaluate=evaluate, recorder=recorder, progress=progress, desc=desc)
+            training.fit(model, _batches(cfg, data, optimizer), F.mse_loss, objective, optimizer, cfg.epochs,
+                         evaluate=evaluate, recorder=recorder, progress=progress, desc=desc,
+                         checkpoint=checkpoint, recipe=_recipe(cfg) if learned else None,
+                         extra={"config": cfg.as_dict(), "alpha": float(alpha) if learned else None},
+                         resume=resume)
         finally:
             if recorder is not None:
                 recorder.close()
@@ -365,12 +375,27 @@ def train_run(
             "seconds": round(time.perf_counter() - t0, 2),
         }
         if checkpoint is not None:
+            # keep the training state fit() wrote, so --resume of a finished run just reports it
+            state = load_checkpoint(checkpoint)["extra"].get("training")
             save_checkpoint(checkpoint, model, _recipe(cfg), extra={
+                "training": state,
                 "config": cfg.as_dict(), "alpha": float(alpha),  # type: ignore[arg-type]
                 "metric": {"name": "test_nmse", "value": row["test_nmse"]},
                 "result": {k: v for k, v in row.items() if k != "method"},
             })
     return row
+
+
+def _check_resumable(path: Path, cfg: SyntheticConfig, alpha: Optional[float]) -> None:
+    """Refuse to resume from a checkpoint of a run with other settings (clear message)."""
+    extra = load_checkpoint(path)["extra"]
+    saved = extra.get("config")
+    if saved is not None and saved != cfg.as_dict():
+        diff = sorted(k for k in set(saved) | set(cfg.as_dict()) if saved.get(k) != cfg.as_dict().get(k))
+        raise ValueError(f"cannot resume from '{path}': it was trained with other settings ({', '.join(diff)}); "
+                         "use the same options or another --out folder")
+    if extra.get("alpha") is not None and alpha is not None and float(extra["alpha"]) != float(alpha):
+        raise ValueError(f"cannot resume from '{path}': it was trained with alpha={extra['alpha']:g}, not {alpha:g}")
 
 
 # -- sweep ---------------------------------------------------------------------------------------
