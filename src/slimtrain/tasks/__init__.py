@@ -5,7 +5,11 @@ Importing this package registers each task's model builder with
 can rebuild their checkpoints.
 
 * :mod:`slimtrain.tasks.synthetic` -- a regression problem whose needed width is known.
+* :mod:`slimtrain.tasks.vad` -- voice activity detection on Asterisk prompts mixed with noise.
+* :mod:`slimtrain.tasks.baselines` -- torch-pruning and hard-concrete gate baselines.
 """
 from . import synthetic  # noqa: F401  (registers the "synthetic" builder)
+from . import vad  # noqa: F401  (registers the "vad" builder)
 
-__all__ = ["synthetic"]
+
+__all__ = ["synthetic", "vad"]

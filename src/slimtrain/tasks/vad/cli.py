@@ -1,0 +1,232 @@
+"""Commands of the VAD case study: ``slimtrain data vad``, ``slimtrain vad`` and ``slimtrain vad predict``."""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from ...cli import _alpha, _alpha_list, _epochs, _kappa, _number, _paragraphs, _seed, _workers
+
+__all__ = ["register"]
+
+DEFAULT_DATA = Path("runs/vad/data")
+DEFAULT_OUT = Path("runs/vad")
+
+
+def _positive(text: str) -> float:
+    v = _number(text)
+    if v <= 0:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text}")
+    return v
+
+
+def _nonneg(text: str) -> float:
+    v = _number(text)
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text}")
+    return v
+
+
+def _family(text: str) -> str:
+    from .models import FAMILIES
+
+    if text not in FAMILIES:
+        raise argparse.ArgumentTypeError(f"family must be one of {', '.join(FAMILIES)}, got {text!r}")
+    return text
+
+
+def _kappa_list(text: str) -> list[float]:
+    parts = [p for p in text.replace(" ", "").split(",") if p]
+    if not parts:
+        raise argparse.ArgumentTypeError(f"expected a comma-separated list such as 0.5,0.25, got {text!r}")
+    return [_kappa(p) for p in parts]
+
+
+def _budget_list(text: str) -> list[float]:
+    parts = [p for p in text.replace(" ", "").split(",") if p]
+    if not parts:
+        raise argparse.ArgumentTypeError(f"expected a comma-separated list of FLOP/s budgets, got {text!r}")
+    return [_positive(p) for p in parts]
+
+
+def register(commands, data_commands) -> None:
+    """Add ``slimtrain data vad`` and ``slimtrain vad`` (with ``predict``) to the CLI."""
+    from .data import VadDataConfig
+
+    D, Q = VadDataConfig(), VadDataConfig.quick()
+    d = data_commands.add_parser(
+        "vad", help="build the VAD mixtures (Asterisk speech + music/noise) into a cache folder",
+        description=_paragraphs(
+            "Build the VAD data set deterministically from --seed: Asterisk prompt speech (train: English + "
+            "Spanish voices, validation: French, test: Italian, so the test speaker is never heard in "
+            f"training) in {D.clip_seconds:g} s clips with random gaps, mixed with music on hold or synthetic "
+            f"noise (white, pink, brown, modulated, clicks, near silence) at SNRs {D.snr_db[0]:g} to "
+            f"{D.snr_db[1]:g} dB, labelled per 10 ms frame from the clean speech (threshold "
+            f"{D.label_threshold_db:g} dB below the clip's loudest frame, hangover {D.hangover_frames} frames).",
+            "Writes OUT/train.npz, OUT/val.npz, OUT/test.npz and OUT/manifest.json (settings, sources of every "
+            "clip, skipped files, SNR range). An existing set with the same settings is reused.",
+        ), formatter_class=argparse.RawDescriptionHelpFormatter)
+    d.add_argument("--out", type=Path, default=DEFAULT_DATA, metavar="DIR",
+                   help=f"cache folder, created if needed (default: {DEFAULT_DATA})")
+    d.add_argument("--quick", action="store_true",
+                   help=f"tiny set for tests: {Q.train_minutes:g}/{Q.val_minutes:g}/{Q.test_minutes:g} minutes "
+                        f"train/val/test from {Q.max_files_per_language} files per language")
+    d.add_argument("--seed", type=_seed, default=0, metavar="S", help="seed of every random choice (default: 0)")
+    d.add_argument("--train-minutes", type=_positive, default=None, metavar="M",
+                   help=f"minutes of training audio (default: {D.train_minutes:g}; quick: {Q.train_minutes:g})")
+    d.add_argument("--force", action="store_true", help="rebuild even if the cache matches")
+    d.add_argument("--no-progress", action="store_true", help="no progress bar")
+    d.set_defaults(func=_cmd_data)
+
+    v = commands.add_parser(
+        "vad", help="the VAD case study: train a CRNN/Transformer VAD with learned widths, or --sweep",
+        description=_paragraphs(
+            "Voice activity detection with dynamic widths on the mel bands, every conv channel dimension, the "
+            "GRU hidden size (CRNN) and the transformer model / feed-forward widths. Loss = frame BCE + "
+            "alpha * FLOPs(K)/FLOPs(full) (or a FLOP/s --budget hinge). Metrics on the held-out Italian "
+            "speaker: frame EER (pooled and per SNR band), ROC-AUC and F1 at the validation EER threshold; "
+            "cost = FLOPs per second of audio and parameters of the exported model.",
+            "Without --sweep: one run; writes OUT/vad_FAMILY.pt (for 'slimtrain export' and 'slimtrain vad "
+            "predict') and OUT/result.json.",
+            "With --sweep: DCL runs over --kappa-min values (paper: 0.5,0.25,0.125,0.0625), fixed-width "
+            "models, torch-pruning and hard-concrete gate baselines, WebRTC VAD modes 0-3 and Silero VAD; "
+            "writes OUT/sweep.csv, OUT/vad_pooled.csv, OUT/vad_by_snr.csv (the paper's table columns) and "
+            "OUT/pareto.png.",
+            "Subcommand: 'slimtrain vad predict MODEL WAV' prints speech segments.",
+        ), formatter_class=argparse.RawDescriptionHelpFormatter)
+    v.add_argument("--sweep", action="store_true", help="run the whole comparison instead of one model")
+    v.add_argument("--quick", action="store_true",
+                   help="CI-sized: tiny data, 3 epochs, one kappa-min, fewer baselines (well under a minute)")
+    v.add_argument("--family", type=_family, default=None, metavar="F",
+                   help="crnn or transformer (single run default: crnn; --sweep default: both)")
+    v.add_argument("--kappa-min", type=_kappa_list, default=None, metavar="K[,K...]",
+                   help="lower bound(s) on every relative width K/N, in (0, 1]; single run: the first "
+                        "(default 0.125); --sweep default: 0.5,0.25,0.125,0.0625 (quick: 0.25)")
+    v.add_argument("--alpha", type=_alpha, default=1.0, metavar="A",
+                   help="weight of the relative FLOPs term, >= 0 (default: 1.0)")
+    v.add_argument("--alphas", type=_alpha_list, default=None, metavar="A1,A2",
+                   help="--sweep only: extra DCL runs at the smallest kappa-min with these alphas "
+                        "(default: 0.25,4; quick: none)")
+    v.add_argument("--budget", type=_budget_list, default=None, metavar="B[,B...]",
+                   help="FLOPs per second of audio: single run uses a hinge budget (alpha then defaults to 0); "
+                        "--sweep adds one DCL budget run per value at the smallest kappa-min (default: 1.5e6; "
+                        "quick: none)")
+    v.add_argument("--epochs", type=_epochs, default=None, metavar="N", help="training epochs per run (default 12; quick 3)")
+    v.add_argument("--out", type=Path, default=DEFAULT_OUT, metavar="DIR", help=f"output folder (default: {DEFAULT_OUT})")
+    v.add_argument("--data", type=Path, default=None, metavar="DIR",
+                   help="VAD data cache (built if missing; default: OUT/data, quick: OUT/data-quick)")
+    v.add_argument("--seed", type=_seed, default=0, metavar="S", help="training seed (default: 0)")
+    v.add_argument("--workers", type=_workers, default=1, metavar="N",
+                   help="--sweep: processes, one torch thread each (default: 1)")
+    v.add_argument("--no-anchors", action="store_true", help="--sweep: skip WebRTC VAD and Silero VAD")
+    v.add_argument("--resume", action="store_true",
+                   help="--sweep: reuse the runs already finished in OUT/rows (same settings and data) and run "
+                        "only the missing or failed ones")
+    v.add_argument("--no-progress", action="store_true", help="no progress bars")
+    v.set_defaults(func=_cmd_vad)
+    vsub = v.add_subparsers(dest="vad_command", metavar="predict")
+    pr = vsub.add_parser(
+        "predict", help="print speech segments (start end, seconds) of a WAV file",
+        description=_paragraphs(
+            "Print one 'start end' line (seconds) per speech segment of WAV. MODEL is a VAD checkpoint "
+            "('slimtrain vad' writes OUT/vad_FAMILY.pt; cut to its learned widths here) or the model.pt "
+            "TorchScript written by 'slimtrain export'. Any mono/stereo WAV (stereo is averaged); rates other "
+            "than 8 kHz are resampled with a polyphase Kaiser-window FIR (scipy.signal.resample_poly).",
+        ))
+    pr.add_argument("model", type=Path, metavar="MODEL", help="checkpoint (.pt) or TorchScript model")
+    pr.add_argument("wav", type=Path, metavar="WAV", help="audio file")
+    pr.add_argument("--threshold", type=_number, default=None, metavar="T",
+                   help="logit threshold (default: the validation EER threshold stored in the checkpoint, else 0)")
+    pr.add_argument("--min-speech", type=_nonneg, default=0.1, metavar="S",
+                   help="drop segments shorter than S seconds (default: 0.1)")
+    pr.add_argument("--min-gap", type=_nonneg, default=0.1, metavar="S",
+                   help="merge segments separated by less than S seconds (default: 0.1)")
+    pr.set_defaults(func=_cmd_predict)
+
+
+def _cmd_data(args) -> int:
+    from .data import VadDataConfig, build_vad_data, load_vad_data
+
+    cfg = VadDataConfig.quick(seed=args.seed) if args.quick else VadDataConfig(seed=args.seed)
+    if args.train_minutes is not None:
+        cfg.train_minutes = args.train_minutes
+    t0 = time.perf_counter()
+    m = build_vad_data(cfg, args.out, force=args.force, progress=not args.no_progress)
+    _, manifest = load_vad_data(args.out)
+    for split, info in manifest["splits"].items():
+        skipped = f", skipped {len(info['skipped_files'])} files" if info["skipped_files"] else ""
+        print(f"{split:5s}: {info['clips']} clips, {info['seconds'] / 60:.1f} min, speakers {','.join(info['speakers'])}, "
+              f"speech {100 * info['speech_fraction']:.0f}% of frames, SNR {info['snr_db']['min']:.1f} to "
+              f"{info['snr_db']['max']:.1f} dB{skipped}")
+    print(f"wrote {m} ({time.perf_counter() - t0:.1f}s)")
+    return 0
+
+
+def _cmd_vad(args) -> int:
+    if getattr(args, "vad_command", None) == "predict":
+        return _cmd_predict(args)
+    from .data import VadDataConfig, build_vad_data, load_vad_data
+    from .sweep import VadSweepConfig, format_table, run_sweep
+    from .train import VadRunConfig, train_vad
+
+    out: Path = args.out
+    progress = not args.no_progress
+    data_dir = args.data or (out / ("data-quick" if args.quick else "data"))
+    if args.sweep:
+        cfg = VadSweepConfig.quick() if args.quick else VadSweepConfig()
+        if args.family:
+            cfg.families = (args.family,)
+        if args.kappa_min:
+            cfg.kappas = tuple(args.kappa_min)
+            cfg.prune_kappas = tuple(k for k in cfg.prune_kappas if k in cfg.kappas) or (cfg.kappas[0],)
+            cfg.gate_intervals = tuple((k, min(1.0, 2 * k)) for k in cfg.kappas if k < 1)
+        cfg.alpha = args.alpha
+        if args.alphas is not None:
+            cfg.alphas = tuple(args.alphas)
+        if args.budget is not None:
+            cfg.budgets = tuple(args.budget)
+        cfg.epochs = args.epochs or cfg.epochs
+        cfg.seed, cfg.workers, cfg.anchors = args.seed, args.workers, not args.no_anchors
+        t0 = time.perf_counter()
+        rows = run_sweep(cfg, out, cache=data_dir, progress=progress, resume=args.resume)
+        print(format_table(rows))
+        print(f"sweep of {len(rows)} rows took {time.perf_counter() - t0:.0f}s; wrote {out / 'sweep.csv'}, "
+              f"{out / 'vad_pooled.csv'}, {out / 'vad_by_snr.csv'}, {out / 'pareto.png'}")
+        return 0
+    if args.alphas:
+        raise ValueError("--alphas only applies with --sweep")
+    dcfg = VadDataConfig.quick() if args.quick else VadDataConfig()
+    build_vad_data(dcfg, data_dir, progress=progress)
+    data, _ = load_vad_data(data_dir)
+    budget = args.budget[0] if args.budget else None
+    family = args.family or "crnn"
+    run = VadRunConfig(family=family, kappa_min=(args.kappa_min or [0.125])[0],
+                       alpha=0.0 if budget is not None and args.alpha == 1.0 else args.alpha, budget=budget,
+                       epochs=args.epochs or (3 if args.quick else 12), seed=args.seed)
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt = out / f"vad_{family}.pt"
+    _, row = train_vad(run, data, checkpoint=ckpt, progress=progress)
+    (out / "result.json").write_text(json.dumps({"config": run.__dict__, "result": row}, indent=2, default=str) + "\n")
+    print(f"{family} kappa_min={run.kappa_min:g} alpha={run.alpha:g}"
+          + (f" budget={budget:g} FLOP/s" if budget else "") + f": mel bands 80 -> {row['mel_bands']}, widths {row['widths']}")
+    print(f"  exported: {row['mflops_per_s']:.3f} MFLOP/s, {row['params']} params")
+    print(f"  held-out (Italian) frame EER {100 * row['eer']:.2f}%, AUC {row['auc']:.4f}, F1 {row['f1']:.4f}; "
+          + ", ".join(f"{k[4:]}: {100 * row[k]:.1f}%" for k in row if k.startswith("eer ")))
+    print(f"  wrote {ckpt} and {out / 'result.json'}; next: slimtrain vad predict {ckpt} FILE.wav")
+    return 0
+
+
+def _cmd_predict(args) -> int:
+    from .predict import load_vad_for_inference, predict_segments
+
+    model, stored = load_vad_for_inference(args.model)
+    thr = args.threshold if args.threshold is not None else (stored if stored is not None else 0.0)
+    segs, duration = predict_segments(model, args.wav, thr, args.min_speech, args.min_gap)
+    for a, b in segs:
+        print(f"{a:.2f}\t{b:.2f}")
+    speech = sum(b - a for a, b in segs)
+    import sys
+
+    print(f"{len(segs)} speech segments, {speech:.2f} s of {duration:.2f} s (threshold {thr:.3g})", file=sys.stderr)
+    return 0

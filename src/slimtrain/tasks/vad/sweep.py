@@ -1,0 +1,382 @@
+"""``slimtrain vad --sweep``: DCL models over kappa_min (and alpha / budget), the baselines on the same
+data and metric, and the shipped VADs; writes CSVs (ours and the paper's table shape) and a Pareto PNG.
+
+Rows (``method``):
+
+* ``DCL`` -- dynamic widths trained with the trade-off loss, one run per kappa_min (the paper's
+  sweep 0.5, 0.25, 0.125, 0.0625) at ``alpha``, plus any extra ``alphas`` / ``budgets``;
+* ``fixed`` -- the same family trained from scratch with every width (and the mel bands) scaled;
+* ``prune`` -- structured magnitude pruning (torch-pruning) of a full model trained for the same
+  epochs, pruned to the MACs of a DCL point and fine-tuned for the same number of epochs;
+* ``gates`` -- hard-concrete (L0) channel gates with a complexity-budget interval (the paper's SG);
+* ``anchor`` -- WebRTC VAD modes 0-3 and Silero VAD (no training; FLOPs not counted).
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import math
+import multiprocessing as mp
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional, Sequence
+
+from .data import VadDataConfig, VadSplit, build_vad_data, load_vad_data
+from .train import SNR_BANDS, VadRunConfig, evaluate_scores, train_vad
+
+__all__ = ["VadSweepConfig", "run_sweep", "write_sweep_csv", "write_paper_csvs", "plot_pareto", "format_table",
+           "pareto_notes"]
+
+PAPER_NAMES = {"crnn": ("(a) CRNNVAD", "CRNNVAD", "DCRNNVAD", "SCRNNVAD"),
+               "transformer": ("(b) TrVAD", "TrVAD", "DTrVAD", "STrVAD")}
+
+
+@dataclass
+class VadSweepConfig:
+    """What ``slimtrain vad --sweep`` runs (``quick()`` is the CI-sized version)."""
+
+    families: tuple[str, ...] = ("crnn", "transformer")
+    kappas: tuple[float, ...] = (0.5, 0.25, 0.125, 0.0625)
+    alpha: float = 1.0
+    alphas: tuple[float, ...] = (0.25, 4.0)  # extra DCL runs at kappa_min = min(kappas)
+    budgets: tuple[float, ...] = (1.5e6,)  # extra DCL budget runs (FLOPs per second of audio)
+    fixed_scales: tuple[float, ...] = (1.0, 0.5, 0.25, 0.125)
+    prune_kappas: tuple[float, ...] = (0.5, 0.125)  # prune to the MACs of these DCL points
+    gate_intervals: tuple[tuple[float, float], ...] = ((0.5, 1.0), (0.25, 0.5), (0.125, 0.25), (0.0625, 0.125))
+    epochs: int = 12
+    seed: int = 0
+    workers: int = 1
+    anchors: bool = True
+    webrtc_modes: tuple[int, ...] = (0, 1, 2, 3)
+    data: VadDataConfig = field(default_factory=VadDataConfig)
+
+    @classmethod
+    def quick(cls, **overrides) -> "VadSweepConfig":
+        base = dict(kappas=(0.25,), fixed_scales=(1.0, 0.25), prune_kappas=(), gate_intervals=((0.25, 0.5),),
+                    epochs=3, webrtc_modes=(2,), alphas=(), budgets=(), data=VadDataConfig.quick())
+        base.update(overrides)
+        return cls(**base)
+
+
+# -- jobs ---------------------------------------------------------------------------------------
+_DATA: dict = {}
+
+
+def _load(cache: str) -> dict[str, VadSplit]:
+    if cache not in _DATA:
+        _DATA[cache] = load_vad_data(cache)[0]
+    return _DATA[cache]
+
+
+def _job(job: dict) -> dict:
+    """Run one sweep job in this process (one thread). Errors become a row with ``status``."""
+    import torch
+
+    warnings.filterwarnings("ignore", message="TF32 acceleration")
+    torch.set_num_threads(1)
+    data = _load(job["cache"])
+    kind = job["kind"]
+    t0 = time.time()
+    try:
+        if kind in ("DCL", "fixed"):
+            cfg = VadRunConfig(**job["run"])
+            ckpt = job.get("checkpoint")
+            _, row = train_vad(cfg, data, checkpoint=ckpt)
+            if ckpt:
+                row["checkpoint"] = ckpt
+        elif kind == "prune":
+            row = _prune_row(job, data)
+        elif kind == "gates":
+            row = _gate_row(job, data)
+        else:
+            raise ValueError(f"unknown job kind {kind!r}")
+        row.setdefault("status", "ok")
+    except Exception as e:  # noqa: BLE001 - one failed baseline must not lose the sweep
+        row = {"family": job["run"]["family"], "method": kind, "status": f"failed: {type(e).__name__}: {e}"}
+    row["label"] = job["label"]
+    row["wall_seconds"] = round(time.time() - t0, 1)
+    return row
+
+
+def _prune_row(job: dict, data: dict[str, VadSplit]) -> dict:
+    """Structured magnitude pruning of a trained full model to ``target_mflops``, fine-tuned."""
+    from .baselines_glue import prune_baseline
+
+    return prune_baseline(job, data)
+
+
+def _gate_row(job: dict, data: dict[str, VadSplit]) -> dict:
+    """Hard-concrete channel gates with a budget interval (relative FLOPs)."""
+    from .baselines_glue import gate_baseline
+
+    return gate_baseline(job, data)
+
+
+def _label(family: str, method: str, **kw) -> str:
+    _, base, dyn, gate = PAPER_NAMES[family]
+    if method == "DCL":
+        extra = f" a={kw['alpha']}" if kw.get("alpha") is not None and kw.get("extra") == "alpha" else ""
+        extra += f" B={kw['budget'] / 1e6:g}M" if kw.get("budget") is not None else ""
+        return f"{dyn} {kw['kappa_min']:g}{extra}"
+    if method == "fixed":
+        return f"{base} x{kw['scale']:g}" if kw["scale"] != 1 else f"{base} (baseline)"
+    if method == "prune":
+        return f"P{base} @{dyn} {kw['kappa']:g}"
+    if method == "gates":
+        lo, hi = kw["interval"]
+        return f"{gate} [{lo:g}, {hi:g})"
+    raise ValueError(method)
+
+
+def _row_file(out: Path, job: dict) -> Path:
+    key = hashlib.sha256(json.dumps(job, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    return out / "rows" / f"{job['kind']}-{key}.json"
+
+
+def _run_jobs(jobs: list[dict], workers: int, progress: bool, desc: str, out: Path, resume: bool = False) -> list[dict]:
+    """Run ``jobs`` (in order); each finished row is saved in ``out/rows``. With ``resume`` a job whose
+    saved row (same settings, status ok, and its checkpoint present) exists is not run again."""
+    from tqdm.auto import tqdm
+
+    done: dict[int, dict] = {}
+    if resume:
+        for i, job in enumerate(jobs):
+            f = _row_file(out, job)
+            if f.is_file():
+                try:
+                    row = json.loads(f.read_text())
+                except (OSError, json.JSONDecodeError):
+                    continue
+                if row.get("status") == "ok" and (not job.get("checkpoint") or Path(job["checkpoint"]).is_file()):
+                    done[i] = row
+    todo = [j for i, j in enumerate(jobs) if i not in done]
+
+    def save(job: dict, row: dict) -> dict:
+        f = _row_file(out, job)
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_text(json.dumps(row, default=str))
+        return row
+
+    new: list[dict] = []
+    if workers <= 1 or len(todo) <= 1:
+        for job in tqdm(todo, desc=desc, disable=not progress or not todo):
+            new.append(save(job, _job(job)))
+    else:
+        with mp.get_context("spawn").Pool(min(workers, len(todo))) as pool:
+            for job, row in zip(todo, tqdm(pool.imap(_job, todo), total=len(todo), desc=desc, disable=not progress)):
+                new.append(save(job, row))
+    it = iter(new)
+    return [done[i] if i in done else next(it) for i in range(len(jobs))]
+
+
+def _anchor_rows(cfg: VadSweepConfig, data: dict[str, VadSplit]) -> list[dict]:
+    from .anchors import AnchorError, silero_params, silero_scores, webrtc_scores
+
+    rows = []
+    val, test = data["val"], data["test"]
+    for mode in cfg.webrtc_modes:
+        t0 = time.time()
+        try:
+            m = evaluate_scores((val.labels, webrtc_scores(val.audio, mode)), (test.labels, webrtc_scores(test.audio, mode)),
+                                test.snr_db)
+            rows.append({"family": "anchor", "method": "anchor", "label": f"WebRTC VAD mode {mode}", "status": "ok",
+                         "mflops_per_s": math.nan, "params": math.nan, "mel_bands": None, **m,
+                         "wall_seconds": round(time.time() - t0, 1)})
+        except AnchorError as e:
+            rows.append({"family": "anchor", "method": "anchor", "label": f"WebRTC VAD mode {mode}", "status": f"failed: {e}"})
+    t0 = time.time()
+    try:
+        m = evaluate_scores((val.labels, silero_scores(val.audio)), (test.labels, silero_scores(test.audio)), test.snr_db)
+        rows.append({"family": "anchor", "method": "anchor", "label": "Silero VAD (8 kHz)", "status": "ok",
+                     "mflops_per_s": math.nan, "params": silero_params(), "mel_bands": None, **m,
+                     "wall_seconds": round(time.time() - t0, 1)})
+    except AnchorError as e:
+        rows.append({"family": "anchor", "method": "anchor", "label": "Silero VAD (8 kHz)", "status": f"failed: {e}"})
+    return rows
+
+
+def run_sweep(cfg: VadSweepConfig, out: str | Path, *, cache: Optional[str | Path] = None, progress: bool = True,
+              resume: bool = False) -> list[dict]:
+    """Build/reuse the data, run every job, write ``sweep.csv``, ``vad_pooled.csv``, ``vad_by_snr.csv``
+    and ``pareto.png`` into ``out``; returns the rows. ``resume`` reuses finished runs saved in
+    ``out/rows`` (same settings and data)."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    cache = str(cache if cache is not None else out / "data")
+    build_vad_data(cfg.data, cache, progress=progress)
+    common = {"epochs": cfg.epochs, "seed": cfg.seed}
+    jobs: list[dict] = []
+    for fam in cfg.families:
+        for k in cfg.kappas:
+            jobs.append({"kind": "DCL", "label": _label(fam, "DCL", kappa_min=k),
+                         "run": {"family": fam, "kappa_min": k, "alpha": cfg.alpha, **common},
+                         "checkpoint": str(out / "checkpoints" / f"{fam}_dcl_k{k:g}.pt")})
+        k_low = min(cfg.kappas) if cfg.kappas else 0.125
+        for a in cfg.alphas:
+            jobs.append({"kind": "DCL", "label": _label(fam, "DCL", kappa_min=k_low, alpha=a, extra="alpha"),
+                         "run": {"family": fam, "kappa_min": k_low, "alpha": a, **common},
+                         "checkpoint": str(out / "checkpoints" / f"{fam}_dcl_k{k_low:g}_a{a:g}.pt")})
+        for b in cfg.budgets:
+            jobs.append({"kind": "DCL", "label": _label(fam, "DCL", kappa_min=k_low, budget=b),
+                         "run": {"family": fam, "kappa_min": k_low, "alpha": 0.0, "budget": b, **common},
+                         "checkpoint": str(out / "checkpoints" / f"{fam}_dcl_k{k_low:g}_b{b:g}.pt")})
+        for s in cfg.fixed_scales:
+            from .models import scaled_widths
+
+            jobs.append({"kind": "fixed", "label": _label(fam, "fixed", scale=s),
+                         "run": {"family": fam, "kappa_min": None, "n_mels": max(1, int(round(80 * s))),
+                                 "widths": scaled_widths(fam, s), **common},
+                         "checkpoint": str(out / "checkpoints" / f"{fam}_fixed_x{s:g}.pt")})
+        for interval in cfg.gate_intervals:
+            jobs.append({"kind": "gates", "label": _label(fam, "gates", interval=interval), "interval": list(interval),
+                         "run": {"family": fam, **common}})
+    for j in jobs:
+        j["cache"] = cache
+    fingerprint = json.loads((Path(cache) / "manifest.json").read_text())["fingerprint"]
+    for j in jobs:
+        j["data_fingerprint"] = fingerprint
+    rows = _run_jobs(jobs, cfg.workers, progress, "vad sweep", out, resume)
+    # pruning targets the MACs the DCL runs reached
+    prune_jobs = []
+    for fam in cfg.families:
+        for k in cfg.prune_kappas:
+            match = [r for r in rows if r.get("family") == fam and r.get("method") == "DCL" and r.get("status") == "ok"
+                     and r.get("kappa_min") == k and r.get("budget") is None and r.get("alpha") == cfg.alpha]
+            if not match:
+                continue
+            prune_jobs.append({"kind": "prune", "label": _label(fam, "prune", kappa=k), "cache": cache,
+                               "target_mflops": match[0]["mflops_per_s"], "mel_bands": match[0]["mel_bands"],
+                               "run": {"family": fam, **common},
+                               "full_checkpoint": str(out / "checkpoints" / f"{fam}_fixed_x1.pt")})
+    for j in prune_jobs:
+        j["data_fingerprint"] = fingerprint
+    rows += _run_jobs(prune_jobs, cfg.workers, progress, "vad pruning", out, resume)
+    if cfg.anchors:
+        rows += _anchor_rows(cfg, _load(cache))
+    pareto_notes(rows)
+    write_sweep_csv(rows, out / "sweep.csv")
+    write_paper_csvs(rows, out)
+    try:
+        plot_pareto(rows, out / "pareto.png")
+    except Exception as e:  # noqa: BLE001 - a plotting problem must not lose the numbers
+        warnings.warn(f"could not draw {out / 'pareto.png'}: {e}")
+    return rows
+
+
+# -- outputs ------------------------------------------------------------------------------------
+COLUMNS = ["family", "method", "label", "status", "kappa_min", "alpha", "budget", "mel_bands", "mflops_per_s", "params",
+           "auc", "f1", "eer", *[f"eer {b}" for b, _, _ in SNR_BANDS], "threshold", "widths", "on_front",
+           "dominated_by", "train_seconds", "wall_seconds", "checkpoint"]
+
+
+def _fmt(v) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, float):
+        return "" if math.isnan(v) else f"{v:.6g}"
+    return str(v)
+
+
+def write_sweep_csv(rows: Sequence[dict], path: str | Path) -> Path:
+    """All rows, one per model, every metric (EER as a fraction)."""
+    path = Path(path)
+    with path.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(COLUMNS)
+        for r in rows:
+            w.writerow([_fmt(r.get(c)) for c in COLUMNS])
+    return path
+
+
+def write_paper_csvs(rows: Sequence[dict], out: str | Path) -> tuple[Path, Path]:
+    """``vad_pooled.csv`` / ``vad_by_snr.csv`` with the columns of the paper's tables
+    (/work/shared/paper-figures): EER in percent, MFLOP/s."""
+    out = Path(out)
+    pooled, by_snr = out / "vad_pooled.csv", out / "vad_by_snr.csv"
+    ok = [r for r in rows if r.get("status") == "ok"]
+    with pooled.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["subplot", "model", "min_kappa", "mel_bands", "params", "mflops", "eer_percent"])
+        for r in ok:
+            sub = PAPER_NAMES[r["family"]][0] if r["family"] in PAPER_NAMES else "anchors"
+            w.writerow([sub, r["label"], _fmt(r.get("kappa_min")) or "-", _fmt(r.get("mel_bands")) or "-",
+                        _fmt(r.get("params")), _fmt(r.get("mflops_per_s")), f"{100 * r['eer']:.2f}"])
+    with by_snr.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["model", "snr_range", "eer_percent"])
+        for r in ok:
+            for b, _, _ in SNR_BANDS:
+                v = r.get(f"eer {b}")
+                w.writerow([r["label"], b, "" if v is None or math.isnan(v) else f"{100 * v:.2f}"])
+    return pooled, by_snr
+
+
+def pareto_notes(rows: list[dict], metric: str = "auc") -> None:
+    """Mark each trained row ``on_front`` (no other trained model of its family has <= FLOPs and a
+    higher ``metric``) and name, for DCL rows, the baselines that dominate them."""
+    trained = [r for r in rows if r.get("status") == "ok" and r.get("method") in ("DCL", "fixed", "prune", "gates")]
+    for r in trained:
+        same = [o for o in trained if o is not r and o["family"] == r["family"]]
+        better = [o for o in same if o["mflops_per_s"] <= r["mflops_per_s"] * 1.0001 and o[metric] > r[metric]]
+        r["on_front"] = not better
+        r["dominated_by"] = "; ".join(o["label"] for o in better if o["method"] != r["method"]) or None
+
+
+def format_table(rows: Sequence[dict]) -> str:
+    """The closing-note Pareto table (Markdown): method, MFLOP/s, params, AUC, F1, EER, on the front."""
+    lines = ["| model | method | mel bands | MFLOP/s | params | AUC | F1 | EER % | on AUC front |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
+    for r in rows:
+        if r.get("status") != "ok":
+            lines.append(f"| {r.get('label')} | {r.get('method')} | | | | | | | {r.get('status')} |")
+            continue
+        mf = r.get("mflops_per_s")
+        front = {True: "yes", False: "no", None: "-"}[r.get("on_front")]
+        if r.get("dominated_by"):
+            front += f" (below {r['dominated_by']})"
+        params = r.get("params")
+        lines.append(
+            f"| {r['label']} | {r['method']} | {_fmt(r.get('mel_bands')) or '-'} | "
+            f"{'-' if mf is None or (isinstance(mf, float) and math.isnan(mf)) else f'{mf:.2f}'} | "
+            f"{'-' if params is None or (isinstance(params, float) and math.isnan(params)) else int(params)} | "
+            f"{r['auc']:.4f} | {r['f1']:.4f} | {100 * r['eer']:.2f} | {front} |")
+    return "\n".join(lines)
+
+
+def plot_pareto(rows: Sequence[dict], path: str | Path) -> Path:
+    """AUC and F1 vs MFLOP/s (log x), one colour per family, one marker per method; anchors as lines."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ok = [r for r in rows if r.get("status") == "ok"]
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5))
+    colors = {"crnn": "tab:blue", "transformer": "tab:orange"}
+    markers = {"DCL": ("o", "-"), "fixed": ("s", "--"), "prune": ("^", ":"), "gates": ("D", "-.")}
+    anchor_styles = ["tab:gray", "tab:brown", "tab:pink", "tab:olive", "tab:green"]
+    for ax, metric in zip(axes, ("auc", "f1")):
+        for fam, color in colors.items():
+            for method, (mk, ls) in markers.items():
+                pts = sorted((r["mflops_per_s"], r[metric]) for r in ok if r["family"] == fam and r["method"] == method)
+                if pts:
+                    xs, ys = zip(*pts)
+                    ax.plot(xs, ys, marker=mk, linestyle=ls, color=color, label=f"{fam} {method}")
+        for i, r in enumerate(r for r in ok if r["method"] == "anchor"):
+            ax.axhline(r[metric], color=anchor_styles[i % len(anchor_styles)], linewidth=0.9, linestyle=(0, (4, 2)),
+                       label=f"{r['label']} (FLOPs not counted)")
+        ax.set_xscale("log")
+        ax.set_xlabel("MFLOP per second of audio (exported model, log scale)")
+        ax.set_ylabel(f"frame {metric.upper()} on the held-out speaker (Italian)")
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0].set_title("VAD: frame ROC-AUC vs complexity")
+    axes[1].set_title("VAD: frame F1 (validation threshold) vs complexity")
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=4, fontsize=8)
+    fig.tight_layout(rect=(0, 0.17, 1, 1))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)

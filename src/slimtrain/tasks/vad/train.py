@@ -1,0 +1,256 @@
+"""Training and evaluation of one VAD model (DCL with the trade-off loss, or fixed width).
+
+* Loss: per-frame binary cross-entropy on the speech logits (+ the complexity term for DCL runs).
+* Optimiser: Adam, lr 3e-3 for weights, ``width_lr`` for the widths; batches of whole clips.
+* Evaluation: frame scores on the validation split choose the threshold (EER point); on the test
+  split (held-out speaker) we report frame EER pooled and per SNR band, ROC-AUC and F1 at that
+  threshold. Cost: FLOPs per second of audio and parameters of the *exported* (cut) model.
+"""
+from __future__ import annotations
+
+import math
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from ... import export, make_dynamic, model_cost
+from ...checkpoint import make_recipe, register_task, save_checkpoint
+from ...graph import dynamic_widths
+from ...loss import TradeoffLoss
+from ...training import TrainingError, make_optimizer, seed_everything
+from ..metrics import eer, eer_threshold, f1_at, roc_auc
+from .data import VadSplit
+from .models import FAMILIES, build_vad_model
+
+__all__ = ["VadRunConfig", "SNR_BANDS", "train_vad", "train_loop", "frame_scores", "evaluate_scores",
+           "evaluate_model", "exported_cost", "build_dynamic_vad", "TASK"]
+
+TASK = "vad"
+SNR_BANDS = (("< 5 dB", -math.inf, 5.0), ("5-15 dB", 5.0, 15.0), ("15-25 dB", 15.0, 25.0), (">= 25 dB", 25.0, math.inf))
+SAMPLE_SECONDS = 4.0
+SAMPLE_SHAPE = (2, 32000)  # the make_dynamic trace batch: 2 clips of 4 s (cost per item = per 4 s clip)
+
+
+@dataclass
+class VadRunConfig:
+    """One training run. ``kappa_min=None`` trains a fixed-width model (``widths`` / ``n_mels``)."""
+
+    family: str = "crnn"
+    kappa_min: Optional[float] = 0.125
+    alpha: float = 0.5
+    budget: Optional[float] = None  # FLOPs per second of audio
+    epochs: int = 6
+    batch_size: int = 16
+    lr: float = 3e-3
+    width_lr: float = 0.05
+    warmup_epochs: int = 1
+    seed: int = 0
+    n_mels: int = 80
+    widths: dict = field(default_factory=dict)
+
+    def validate(self) -> "VadRunConfig":
+        if self.family not in FAMILIES:
+            raise ValueError(f"unknown VAD family {self.family!r}; choose from {FAMILIES}")
+        if self.kappa_min is not None and not 0 < self.kappa_min <= 1:
+            raise ValueError(f"kappa_min must be in (0, 1], got {self.kappa_min}")
+        if self.alpha < 0 or (self.budget is not None and self.budget <= 0):
+            raise ValueError(f"alpha must be >= 0 and budget > 0 (got alpha={self.alpha}, budget={self.budget})")
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ValueError(f"epochs and batch_size must be >= 1 (got {self.epochs}, {self.batch_size})")
+        return self
+
+    @property
+    def dynamic(self) -> bool:
+        return self.kappa_min is not None
+
+
+@contextmanager
+def _threads(n: Optional[int]) -> Iterator[None]:
+    old = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+# -- model building and checkpoints ---------------------------------------------------------------
+def _recipe(cfg: VadRunConfig) -> dict:
+    return make_recipe(TASK, {"family": cfg.family, "n_mels": cfg.n_mels, **cfg.widths}, SAMPLE_SHAPE,
+                       {"kappa_min": cfg.kappa_min} if cfg.dynamic else {"plain": True})
+
+
+def build_dynamic_vad(recipe: dict) -> nn.Module:
+    """Checkpoint builder: the VAD model of ``recipe``, made dynamic as when it was trained."""
+    kw = dict(recipe["kwargs"])
+    model = build_vad_model(kw.pop("family"), kw.pop("n_mels", 80), **kw)
+    dyn = recipe.get("dynamic", {})
+    if not dyn.get("plain"):
+        torch.manual_seed(0)
+        make_dynamic(model, torch.randn(*recipe["sample_shape"]) * 0.1, kappa_min=dyn.get("kappa_min"))
+    return model
+
+
+register_task(TASK, build_dynamic_vad)
+
+
+# -- scoring ----------------------------------------------------------------------------------------
+@torch.no_grad()
+def frame_scores(model: nn.Module, audio: np.ndarray, batch_size: int = 32) -> np.ndarray:
+    """Per-frame speech logits (clips, frames) of ``model`` in eval mode."""
+    was = model.training
+    model.eval()
+    out = []
+    for i in range(0, len(audio), batch_size):
+        out.append(model(torch.from_numpy(np.ascontiguousarray(audio[i:i + batch_size]))).float().numpy())
+    model.train(was)
+    return np.concatenate(out)
+
+
+def evaluate_scores(val: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np.ndarray],
+                    test_snr: np.ndarray) -> dict:
+    """Metrics from frame scores: threshold = EER point on validation; on test EER (pooled, per SNR
+    band), AUC and F1 at that threshold. ``val``/``test`` are ``(labels, scores)`` of shape (clips, frames)."""
+    thr = eer_threshold(val[0].ravel(), val[1].ravel())
+    y, s = test[0], test[1]
+    res = {
+        "threshold": float(thr),
+        "eer": eer(y.ravel(), s.ravel()),
+        "auc": roc_auc(y.ravel(), s.ravel()),
+        "f1": f1_at(y.ravel(), s.ravel(), thr),
+    }
+    for band, lo, hi in SNR_BANDS:
+        sel = (test_snr >= lo) & (test_snr < hi)
+        yy = y[sel].ravel()
+        res[f"eer {band}"] = eer(yy, s[sel].ravel()) if sel.any() and 0 < yy.mean() < 1 else math.nan
+    return res
+
+
+def evaluate_model(model: nn.Module, val: VadSplit, test: VadSplit) -> dict:
+    """:func:`evaluate_scores` of ``model`` on the two splits."""
+    return evaluate_scores((val.labels, frame_scores(model, val.audio)), (test.labels, frame_scores(model, test.audio)),
+                           test.snr_db)
+
+
+def exported_cost(model: nn.Module, seconds: float = 4.0, sample_rate: int = 8000) -> tuple[float, float]:
+    """(FLOPs per second of audio, parameters) of a plain model, counted on a ``seconds`` clip."""
+    x = torch.zeros(1, int(seconds * sample_rate))
+    c = model_cost(model, x, seconds=seconds)
+    return float(c.flops_per_second), float(c.params)
+
+
+# -- training ---------------------------------------------------------------------------------------
+def train_loop(model: nn.Module, train: VadSplit, epochs: int, optimizer: torch.optim.Optimizer, *,
+               batch_size: int = 16, seed: int = 0, penalty: Optional[Callable[[Tensor], Tensor]] = None,
+               progress: bool = False, desc: str = "vad") -> list[float]:
+    """Plain epochs of frame-BCE training; ``penalty(task_loss) -> total loss`` adds a complexity term.
+
+    Returns the mean training loss per epoch. Raises :class:`TrainingError` on a non-finite loss.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    audio = torch.from_numpy(train.audio)
+    labels = torch.from_numpy(train.labels.astype(np.float32))
+    n = len(audio)
+    pos = float(labels.mean())
+    pos_weight = torch.tensor((1 - pos) / max(pos, 1e-3))  # balance the classes
+    losses = []
+    bar = tqdm(range(epochs), desc=desc, disable=not progress, leave=False)
+    for epoch in bar:
+        model.train()
+        perm = torch.randperm(n, generator=gen)
+        total, k = 0.0, 0
+        for i in range(0, n, batch_size):
+            idx = perm[i:i + batch_size]
+            logits = model(audio[idx])
+            task = F.binary_cross_entropy_with_logits(logits, labels[idx], pos_weight=pos_weight)
+            loss = penalty(task) if penalty is not None else task
+            if not torch.isfinite(loss):
+                raise TrainingError(f"loss became {float(loss)} at epoch {epoch}; lower the learning rate")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total += float(task.detach())
+            k += 1
+        losses.append(total / max(k, 1))
+        bar.set_postfix(loss=f"{losses[-1]:.4f}")
+    return losses
+
+
+def train_vad(cfg: VadRunConfig, data: dict[str, VadSplit], *, checkpoint: Optional[str | Path] = None,
+              progress: bool = False, threads: Optional[int] = None) -> tuple[nn.Module, dict]:
+    """Train one model; returns ``(exported plain model, result row)``.
+
+    The row holds the settings, learned widths, FLOPs/s and params of the exported model and the
+    test metrics (see :func:`evaluate_scores`).
+    """
+    cfg.validate()
+    with _threads(threads):
+        t0 = time.time()
+        seed_everything(cfg.seed)
+        model = build_vad_model(cfg.family, cfg.n_mels, **cfg.widths)
+        objective = None
+        if cfg.dynamic:
+            torch.manual_seed(0)
+            make_dynamic(model, torch.randn(*SAMPLE_SHAPE) * 0.1, kappa_min=cfg.kappa_min)
+            seed_everything(cfg.seed)
+            steps_per_epoch = math.ceil(len(data["train"].audio) / cfg.batch_size)
+            objective = TradeoffLoss(model, alpha=cfg.alpha,
+                                     budget=None if cfg.budget is None else cfg.budget * SAMPLE_SECONDS,
+                                     metric="flops", warmup_steps=cfg.warmup_epochs * steps_per_epoch)
+        optimizer = make_optimizer(model, lr=cfg.lr, width_lr=cfg.width_lr)
+        losses = train_loop(model, data["train"], cfg.epochs, optimizer, batch_size=cfg.batch_size, seed=cfg.seed,
+                            penalty=objective, progress=progress, desc=f"{cfg.family} k={cfg.kappa_min}")
+        model.eval()
+        widths = {k: round(v, 3) for k, v in dynamic_widths(model).items()} if cfg.dynamic else {}
+        plain = export(model) if cfg.dynamic else model
+        plain.eval()
+        flops_s, params = exported_cost(plain)
+        metrics = evaluate_model(plain, data["val"], data["test"])
+        row = {
+            "family": cfg.family,
+            "method": "DCL" if cfg.dynamic else "fixed",
+            "kappa_min": cfg.kappa_min if cfg.dynamic else None,
+            "alpha": cfg.alpha if cfg.dynamic else None,
+            "budget": cfg.budget if cfg.dynamic else None,
+            "mel_bands": _mel_bands(plain),
+            "widths": widths or _plain_widths(plain),
+            "mflops_per_s": flops_s / 1e6,
+            "params": int(params),
+            **metrics,
+            "train_loss": losses[-1],
+            "epochs": cfg.epochs,
+            "seed": cfg.seed,
+            "train_seconds": round(time.time() - t0, 1),
+        }
+        if checkpoint is not None:
+            save_checkpoint(checkpoint, model, _recipe(cfg), extra={"metrics": _plain(row), "config": asdict(cfg)})
+        return plain, row
+
+
+def _plain(row: dict) -> dict:
+    return {k: (v if isinstance(v, (int, float, str, type(None))) else str(v)) for k, v in row.items()}
+
+
+def _mel_bands(model: nn.Module) -> int:
+    return int(model.frontend.n_mels)
+
+
+def _plain_widths(model: nn.Module) -> dict:
+    out = {}
+    for name, m in model.named_modules():
+        if isinstance(m, nn.Conv1d):
+            out[name] = m.out_channels
+        elif isinstance(m, nn.GRU):
+            out[name] = m.hidden_size
+        elif isinstance(m, nn.Linear) and m.out_features > 1:
+            out[name] = m.out_features
+    return out

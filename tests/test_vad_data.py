@@ -1,0 +1,172 @@
+"""VAD data pipeline: label alignment, achieved SNR, speaker split, bad files, determinism."""
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from slimtrain import MelFrontend
+from slimtrain.tasks.audio import ASTERISK_VOICES, write_audio
+from slimtrain.tasks.vad.data import (NOISE_TYPES, DataError, VadDataConfig, build_clips, build_vad_data,
+                                      frame_labels, load_vad_data, make_noise, measure_snr, mix_at_snr)
+
+SR, HOP = 8000, 80
+
+
+@settings(max_examples=40, deadline=None)
+@given(start=st.integers(0, 15000), length=st.integers(200, 8000), onset=st.integers(0, 3), hang=st.integers(0, 10))
+def test_labels_mark_exactly_the_frames_that_overlap_speech_plus_onset_and_hangover(start, length, onset, hang):
+    n = 24000
+    x = np.zeros(n)
+    end = min(n, start + length)
+    x[start:end] = 0.1 * np.sign(np.sin(np.arange(end - start) * 0.3) + 1e-9)  # constant power burst
+    lab = frame_labels(x, HOP, threshold_db=35.0, onset_frames=onset, hangover_frames=hang)
+    assert len(lab) == MelFrontend(n_mels=8).frames(n) == n // HOP + 1
+    # frame t covers samples [80t - 40, 80t + 40); its level is within 35 dB of the peak iff it
+    # overlaps the burst by more than ~0.03% of the window, i.e. by at least one sample
+    covers = np.array([(t * HOP - HOP // 2 < end) and (t * HOP + HOP // 2 > start) for t in range(len(lab))])
+    first, last = np.flatnonzero(covers)[[0, -1]]
+    expect = np.zeros(len(lab), dtype=np.uint8)
+    expect[max(0, first - onset):min(len(lab), last + hang + 1)] = 1
+    np.testing.assert_array_equal(lab, expect)
+
+
+def test_labels_of_silence_are_all_zero():
+    assert frame_labels(np.zeros(4000)).sum() == 0
+
+
+@settings(max_examples=30, deadline=None)
+@given(snr=st.floats(-10, 40), seed=st.integers(0, 10_000), kind=st.sampled_from([k for k in NOISE_TYPES if k != "music"]))
+def test_mix_at_snr_achieves_the_requested_snr(snr, seed, kind):
+    rng = np.random.default_rng(seed)
+    speech = np.zeros(16000)
+    speech[3000:11000] = rng.standard_normal(8000) * 0.05
+    noise = make_noise(kind, 16000, rng)
+    assert abs(np.mean(noise.astype(np.float64) ** 2) - 1.0) < 1e-3  # unit power
+    scaled = mix_at_snr(speech, noise, snr)
+    assert measure_snr(speech, scaled) == pytest.approx(snr, abs=1e-3)
+
+
+def test_measure_snr_is_active_speech_power_over_noise_power():
+    speech = np.zeros(16000)
+    speech[4000:12000] = 0.1  # power 0.01 over the active part only
+    noise = np.full(16000, 0.01)  # power 1e-4
+    # the active part is the frames above threshold: exactly the burst (edge frames are partly inside,
+    # their samples outside the burst are zero and lower the mean slightly)
+    assert measure_snr(speech, noise) == pytest.approx(20.0, abs=0.1)
+
+
+def _tiny_corpus(root: Path, n_files: int = 4, corrupt: bool = False) -> Path:
+    rng = np.random.default_rng(0)
+    for lang, (voice, _) in ASTERISK_VOICES.items():
+        for i in range(n_files):
+            x = np.zeros(SR)
+            x[2000:6000] = 0.2 * np.sin(2 * np.pi * (150 + 30 * i) * np.arange(4000) / SR) * rng.uniform(0.5, 1, 4000)
+            write_audio(root / "sounds" / voice / f"p{i}.wav", x, SR)
+    if corrupt:
+        (root / "sounds" / ASTERISK_VOICES["en"][0] / "broken.wav").write_bytes(b"RIFF0000WAVEjunk")
+    write_audio(root / "moh" / "tune.wav", 0.1 * np.sin(2 * np.pi * 440 * np.arange(3 * SR) / SR), SR)
+    return root
+
+
+def _tiny_cfg(root: Path, **kw) -> VadDataConfig:
+    return VadDataConfig(corpus_root=str(root), train_minutes=0.2, val_minutes=0.1, test_minutes=0.1, clip_seconds=2.0,
+                         **kw)
+
+
+def test_corrupt_file_is_skipped_with_one_warning_naming_it(tmp_path):
+    root = _tiny_corpus(tmp_path / "corpus", corrupt=True)
+    with pytest.warns(UserWarning, match=r"skipped 1 of 9 train speech files.*broken\.wav"):
+        build_vad_data(_tiny_cfg(root), tmp_path / "cache")
+    _, manifest = load_vad_data(tmp_path / "cache")
+    assert len(manifest["splits"]["train"]["skipped_files"]) == 1
+    assert "broken.wav" in manifest["splits"]["train"]["skipped_files"][0]
+    assert manifest["splits"]["train"]["speech_files"] == 8  # 4 en (1 broken skipped) + 4 es
+
+
+def test_missing_voice_folder_is_a_clear_error(tmp_path):
+    root = _tiny_corpus(tmp_path / "corpus")
+    import shutil
+
+    shutil.rmtree(root / "sounds" / ASTERISK_VOICES["it"][0])
+    with pytest.raises(Exception, match=r"no Asterisk it prompts found in .*it_IT_m_Carlo"):
+        build_vad_data(_tiny_cfg(root), tmp_path / "cache")
+
+
+def test_build_is_deterministic_and_cached(tmp_path):
+    root = _tiny_corpus(tmp_path / "corpus")
+    cfg = _tiny_cfg(root, seed=3)
+    m1 = build_vad_data(cfg, tmp_path / "a")
+    m2 = build_vad_data(cfg, tmp_path / "b")
+    assert json.loads(m1.read_text())["fingerprint"] == json.loads(m2.read_text())["fingerprint"]
+    a, _ = load_vad_data(tmp_path / "a")
+    b, _ = load_vad_data(tmp_path / "b")
+    for split in a:
+        np.testing.assert_array_equal(a[split].audio, b[split].audio)
+        np.testing.assert_array_equal(a[split].labels, b[split].labels)
+    mtime = (tmp_path / "a" / "train.npz").stat().st_mtime_ns
+    build_vad_data(cfg, tmp_path / "a")  # same config: reused, not rewritten
+    assert (tmp_path / "a" / "train.npz").stat().st_mtime_ns == mtime
+    c = _tiny_cfg(root, seed=4)
+    build_vad_data(c, tmp_path / "a")
+    assert not np.array_equal(load_vad_data(tmp_path / "a")[0]["train"].audio, a["train"].audio)
+
+
+def test_clips_mix_components_at_the_drawn_snr_and_label_the_clean_speech(tmp_path):
+    cfg = VadDataConfig(clip_seconds=2.0)
+    rng = np.random.default_rng(1)
+    utts = []
+    for i in range(12):
+        u = np.zeros(6000, np.float32)
+        u[1000:5000] = rng.standard_normal(4000) * 0.1
+        utts.append((f"v/u{i}", u))
+    music = [np.sin(2 * np.pi * 300 * np.arange(SR * 3) / SR).astype(np.float32)]
+    split = build_clips(utts, music, cfg, rng, minutes=0.5, keep_components=True)
+    assert split.audio.shape == (15, 16000) and split.labels.shape == (15, 201)
+    for i in range(len(split.audio)):
+        s, n = split.speech[i], split.noise_audio[i]
+        np.testing.assert_allclose(split.audio[i], s + n, atol=1e-6)
+        achieved = measure_snr(s, n)
+        assert achieved == pytest.approx(split.target_snr_db[i], abs=0.05)  # measured on what was mixed
+        assert achieved == pytest.approx(split.snr_db[i], abs=0.05)
+        if split.noise[i] != "silence":
+            assert cfg.snr_db[0] - 0.05 <= achieved <= cfg.snr_db[1] + 0.05
+        np.testing.assert_array_equal(split.labels[i], frame_labels(s, HOP, cfg.label_threshold_db, cfg.onset_frames,
+                                                                    cfg.hangover_frames))
+        assert np.max(np.abs(split.audio[i])) <= 0.99 + 1e-6
+
+
+def test_config_rejects_test_speaker_in_training():
+    with pytest.raises(DataError, match="test languages"):
+        VadDataConfig(train_languages=("en", "it")).validate()
+    with pytest.raises(DataError, match="unknown language 'de'"):
+        VadDataConfig(val_languages=("de",)).validate()
+
+
+@pytest.fixture(scope="session")
+def quick_vad_data(tmp_path_factory):
+    """The real (Asterisk) quick set, shared by the VAD tests."""
+    cache = tmp_path_factory.mktemp("vad_quick")
+    build_vad_data(VadDataConfig.quick(), cache)
+    return cache
+
+
+def test_no_test_speaker_leaks_into_training(quick_vad_data):
+    data, manifest = load_vad_data(quick_vad_data)
+    voices = {lang: v for lang, (v, _) in ASTERISK_VOICES.items()}
+    train = {s for clip in manifest["splits"]["train"]["clip_sources"] for s in clip}
+    val = {s for clip in manifest["splits"]["val"]["clip_sources"] for s in clip}
+    test = {s for clip in manifest["splits"]["test"]["clip_sources"] for s in clip}
+    assert train and val and test
+    assert {s.split("/")[0] for s in train} <= {voices["en"], voices["es"]}
+    assert {s.split("/")[0] for s in val} == {voices["fr"]}
+    assert {s.split("/")[0] for s in test} == {voices["it"]}
+    assert not (set(manifest["splits"]["train"]["music_files"]) & set(manifest["splits"]["test"]["music_files"]))
+    for split in data.values():
+        assert 0.2 < split.labels.mean() < 0.9  # both classes well represented
