@@ -6,10 +6,11 @@ can rebuild their checkpoints.
 
 * :mod:`slimtrain.tasks.synthetic` -- a regression problem whose needed width is known.
 * :mod:`slimtrain.tasks.vad` -- voice activity detection on Asterisk prompts mixed with noise.
+* :mod:`slimtrain.tasks.spoof` -- bona fide vs synthetic speech with unseen attacks.
 * :mod:`slimtrain.tasks.baselines` -- torch-pruning and hard-concrete gate baselines.
 """
 from . import synthetic  # noqa: F401  (registers the "synthetic" builder)
 from . import vad  # noqa: F401  (registers the "vad" builder)
+from . import spoof  # noqa: F401  (registers the "spoof" builder)
 
-
-__all__ = ["synthetic", "vad"]
+__all__ = ["synthetic", "vad", "spoof"]

@@ -1,0 +1,326 @@
+"""Spoofing attack generators: seven families, all offline (Debian programs, PyPI packages, torch).
+
+=====  ===================================  ===============================================================
+id     family                               generator
+=====  ===================================  ===============================================================
+A1     formant synthesis                    ``espeak-ng``: en/es/fr/it voices and variants (+f1..+m7),
+                                            random rate (130-190 wpm) and pitch (25-75)
+A2     diphone/cluster-unit (flite)         ``flite`` voices kal, kal16, awb, rms, slt (English)
+A3     Festival diphone concatenation       ``festival`` voices kal_diphone, ked_diphone (English),
+                                            lp_diphone, pc_diphone (Italian)
+A4     Festival HTS statistical-parametric  ``festival`` voices cmu_us_slt_arctic_hts (English),
+                                            upc_ca_ona_hts (Catalan voice, reads the Spanish texts)
+A5     WORLD vocoder copy-synthesis         ``pyworld`` DIO + StoneMask F0, CheapTrick envelope, D4C
+                                            aperiodicity, resynthesis of a bona fide utterance
+A6     Griffin-Lim from a mel spectrogram   torch: power spectrogram -> 40-band mel -> pseudo-inverse ->
+                                            32 Griffin-Lim iterations (phase discarded)
+A7     LPC vocoder (LPC-10-style codec)     order-10 LPC per 20 ms frame, autocorrelation pitch,
+                                            pulse-train / white-noise excitation, frame gain
+=====  ===================================  ===============================================================
+
+A1-A4 synthesise text (the transcripts of the bona fide prompts, so content is shared by both
+classes); A5-A7 resynthesise bona fide recordings. Every generator is deterministic given its
+arguments (the random choices are drawn by the caller from a seeded generator and passed in).
+A program that is missing raises :class:`AttackError` with the ``apt-get install`` line.
+"""
+from __future__ import annotations
+
+import math
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from ..audio import AudioError, read_audio
+
+__all__ = [
+    "AttackError", "ATTACKS", "TEXT_ATTACKS", "COPY_ATTACKS", "Attack", "require_program",
+    "espeak", "flite", "festival_batch", "world_copy", "world_copy_batch", "griffin_lim_copy", "lpc_copy",
+    "text_for_tts", "ESPEAK_VOICES", "FLITE_VOICES", "FESTIVAL_DIPHONE_VOICES", "FESTIVAL_HTS_VOICES",
+]
+
+SR = 8000
+
+
+class AttackError(RuntimeError):
+    """An attack generator cannot run (missing program or voice) or failed on an input."""
+
+
+@dataclass(frozen=True)
+class Attack:
+    """One attack family: id, short name and what it takes (``"text"`` or ``"audio"``)."""
+
+    id: str
+    name: str
+    source: str
+    description: str
+
+
+ATTACKS: dict[str, Attack] = {a.id: a for a in [
+    Attack("A1", "espeak-ng", "text", "formant synthesis, espeak-ng voices/variants, random rate and pitch"),
+    Attack("A2", "flite", "text", "flite voices kal, kal16, awb, rms, slt"),
+    Attack("A3", "festival-diphone", "text", "Festival diphone voices kal/ked (en), lp/pc (it)"),
+    Attack("A4", "festival-hts", "text", "Festival HTS voices us-slt (en), ca-ona (reads es texts)"),
+    Attack("A5", "world", "audio", "WORLD vocoder analysis/synthesis of bona fide speech"),
+    Attack("A6", "griffin-lim", "audio", "Griffin-Lim phase reconstruction from a 40-band mel spectrogram"),
+    Attack("A7", "lpc", "audio", "LPC-10-style vocoder: order-10 LPC, pulse/noise excitation"),
+]}
+TEXT_ATTACKS = tuple(a for a, v in ATTACKS.items() if v.source == "text")
+COPY_ATTACKS = tuple(a for a, v in ATTACKS.items() if v.source == "audio")
+
+#: espeak-ng voice per language; variants are appended as ``voice+variant``
+ESPEAK_VOICES: dict[str, tuple[str, ...]] = {"en": ("en-us", "en-gb"), "es": ("es", "es-419"), "fr": ("fr", "fr-be"),
+                                             "it": ("it",)}
+ESPEAK_VARIANTS = ("", "f1", "f2", "f3", "f4", "m1", "m2", "m3", "m4", "m7")
+FLITE_VOICES = ("kal", "kal16", "awb", "rms", "slt")
+FESTIVAL_DIPHONE_VOICES: dict[str, tuple[str, ...]] = {"en": ("kal_diphone", "ked_diphone"),
+                                                       "it": ("lp_diphone", "pc_diphone")}
+FESTIVAL_HTS_VOICES: dict[str, tuple[str, ...]] = {"en": ("cmu_us_slt_arctic_hts",), "es": ("upc_ca_ona_hts",)}
+
+_APT = {"espeak-ng": "espeak-ng", "flite": "flite", "festival": "festival"}
+_FESTIVAL_VOICE_PACKAGES = {
+    "kal_diphone": "festvox-kallpc16k", "ked_diphone": "festvox-kdlpc16k", "lp_diphone": "festvox-italp16k",
+    "pc_diphone": "festvox-itapc16k", "cmu_us_slt_arctic_hts": "festvox-us-slt-hts",
+    "upc_ca_ona_hts": "festvox-ca-ona-hts",
+}
+
+
+def require_program(name: str) -> str:
+    """Path of the program ``name``; :class:`AttackError` with the apt-get line if it is missing."""
+    p = shutil.which(name)
+    if p is None:
+        raise AttackError(f"'{name}' is not installed; install it with: apt-get install {_APT.get(name, name)}")
+    return p
+
+
+def _run(cmd: Sequence[str], what: str, timeout: float = 120.0) -> None:
+    try:
+        r = subprocess.run(list(cmd), stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise AttackError(f"{what} timed out after {timeout:.0f}s") from None
+    if r.returncode != 0:
+        msg = " ".join(r.stderr.decode(errors="replace").split())[:300]
+        raise AttackError(f"{what} failed (exit {r.returncode}): {msg}")
+
+
+def _read(path: Path, what: str) -> np.ndarray:
+    try:
+        x, _ = read_audio(path, SR)
+    except AudioError as e:
+        raise AttackError(f"{what} produced no usable audio: {e}") from None
+    return x
+
+
+# -- A1-A4: text to speech ------------------------------------------------------------------------
+def espeak(text: str, voice: str, rate: int = 160, pitch: int = 50) -> np.ndarray:
+    """A1: espeak-ng formant synthesis of ``text`` with ``voice`` (e.g. ``en-us+f3``) -> 8 kHz float32."""
+    exe = require_program("espeak-ng")
+    with tempfile.TemporaryDirectory(prefix="slimtrain-espeak-") as d:
+        out = Path(d) / "x.wav"
+        _run([exe, "-v", voice, "-s", str(int(rate)), "-p", str(int(pitch)), "-w", str(out), "--", text],
+             f"espeak-ng (voice {voice})")
+        return _read(out, f"espeak-ng (voice {voice})")
+
+
+def flite(text: str, voice: str) -> np.ndarray:
+    """A2: flite synthesis of ``text`` with one of :data:`FLITE_VOICES` -> 8 kHz float32."""
+    exe = require_program("flite")
+    with tempfile.TemporaryDirectory(prefix="slimtrain-flite-") as d:
+        out = Path(d) / "x.wav"
+        _run([exe, "-voice", voice, "-t", text, "-o", str(out)], f"flite (voice {voice})")
+        return _read(out, f"flite (voice {voice})")
+
+
+def _scheme_string(text: str) -> str:
+    """Festival reads Latin-1 and its letter-to-sound rules reject many accented letters: fold to ASCII."""
+    import unicodedata
+
+    folded = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode("ascii")
+    keep = "".join(c if (c.isalnum() or c in " .,;:?!'-") else " " for c in folded)
+    return '"' + (" ".join(keep.split()) or "a") + '"'
+
+
+def festival_batch(texts: Sequence[str], voice: str, timeout: float = 600.0) -> list[np.ndarray]:
+    """A3/A4: synthesise many texts with one Festival voice in a single ``festival -b`` process
+    (start-up costs ~0.3 s, so batching matters) -> list of 8 kHz float32 arrays, in order."""
+    exe = require_program("festival")
+    if not texts:
+        return []
+    with tempfile.TemporaryDirectory(prefix="slimtrain-festival-") as d:
+        lines = [f"(voice_{voice})"]
+        for i, t in enumerate(texts):
+            lines.append(f"(utt.save.wave (utt.synth (Utterance Text {_scheme_string(t)})) \"{d}/{i}.wav\" 'riff)")
+        script = Path(d) / "run.scm"
+        script.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        try:
+            r = subprocess.run([exe, "-b", str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise AttackError(f"festival (voice {voice}) timed out after {timeout:.0f}s") from None
+        err = r.stderr.decode(errors="replace")
+        if ("not defined" in err or "unbound variable" in err) and f"voice_{voice}" in err:
+            pkg = _FESTIVAL_VOICE_PACKAGES.get(voice, "the voice's festvox package")
+            raise AttackError(f"Festival voice '{voice}' is not installed; install it with: apt-get install {pkg}")
+        out = []
+        for i in range(len(texts)):
+            f = Path(d) / f"{i}.wav"
+            if not f.is_file():
+                msg = " ".join(err.split())[:300]
+                raise AttackError(f"festival (voice {voice}) did not synthesise text {i} {texts[i]!r}: {msg}")
+            out.append(_read(f, f"festival (voice {voice})"))
+        return out
+
+
+# -- A5-A7: copy-synthesis of bona fide audio ------------------------------------------------------
+def world_copy(x: np.ndarray, sr: int = SR) -> np.ndarray:
+    """A5: WORLD vocoder analysis (DIO + StoneMask, CheapTrick, D4C) and resynthesis.
+
+    D4C draws from WORLD's process-wide random generator (its voicing decisions can flip), so
+    repeated calls in one process differ; :func:`world_copy_batch` gives reproducible output."""
+    try:
+        import pyworld
+    except ImportError:
+        raise AttackError("pyworld is not installed; install it with: pip install pyworld-prebuilt") from None
+    xd = np.ascontiguousarray(x, dtype=np.float64)
+    f0, t = pyworld.dio(xd, sr, frame_period=5.0)
+    f0 = pyworld.stonemask(xd, f0, t, sr)
+    sp = pyworld.cheaptrick(xd, f0, t, sr)
+    ap = pyworld.d4c(xd, f0, t, sr)
+    y = pyworld.synthesize(f0, sp, ap, sr, frame_period=5.0)
+    return y[: len(x)].astype(np.float32)
+
+
+_WORLD_CHILD = """
+import io, sys
+import numpy as np
+import pyworld
+z = np.load(io.BytesIO(sys.stdin.buffer.read()))
+sr = int(z["sr"])
+out = {}
+for i in range(int(z["n"])):
+    x = np.ascontiguousarray(z[f"x{i}"], dtype=np.float64)
+    f0, t = pyworld.dio(x, sr, frame_period=5.0)
+    f0 = pyworld.stonemask(x, f0, t, sr)
+    y = pyworld.synthesize(f0, pyworld.cheaptrick(x, f0, t, sr), pyworld.d4c(x, f0, t, sr), sr, frame_period=5.0)
+    out[f"y{i}"] = y[: len(x)].astype(np.float32)
+buf = io.BytesIO()
+np.savez(buf, **out)
+sys.stdout.buffer.write(buf.getvalue())
+"""
+
+
+def world_copy_batch(xs: Sequence[np.ndarray], sr: int = SR, timeout: float = 900.0) -> list[np.ndarray]:
+    """A5 for many recordings, reproducibly: :func:`world_copy` in order in a fresh Python process, so
+    WORLD's random generator always starts from the same state."""
+    import io
+    import sys
+
+    if not xs:
+        return []
+    try:
+        import pyworld  # noqa: F401
+    except ImportError:
+        raise AttackError("pyworld is not installed; install it with: pip install pyworld-prebuilt") from None
+    buf = io.BytesIO()
+    np.savez(buf, sr=sr, n=len(xs), **{f"x{i}": np.asarray(x, dtype=np.float32) for i, x in enumerate(xs)})
+    try:
+        r = subprocess.run([sys.executable, "-c", _WORLD_CHILD], input=buf.getvalue(), stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise AttackError(f"WORLD copy-synthesis timed out after {timeout:.0f}s") from None
+    if r.returncode != 0:
+        raise AttackError(f"WORLD copy-synthesis failed: {' '.join(r.stderr.decode(errors='replace').split())[-300:]}")
+    z = np.load(io.BytesIO(r.stdout))
+    return [z[f"y{i}"] for i in range(len(xs))]
+
+
+def griffin_lim_copy(x: np.ndarray, sr: int = SR, n_fft: int = 256, hop: int = 64, n_mels: int = 40,
+                     iterations: int = 32, seed: int = 0) -> np.ndarray:
+    """A6: keep only a ``n_mels``-band mel power spectrogram, invert the filterbank (least squares,
+    clipped at 0) and reconstruct the phase with ``iterations`` Griffin-Lim steps (torch)."""
+    import torch
+
+    from ...frontend import mel_filterbank
+
+    w = torch.hann_window(n_fft, dtype=torch.float64)
+    xt = torch.as_tensor(np.asarray(x, dtype=np.float64))
+    spec = torch.stft(xt, n_fft, hop, window=w, center=True, return_complex=True)
+    fb = mel_filterbank(n_fft // 2 + 1, n_mels, sr).double()
+    mel = fb @ spec.abs() ** 2
+    power = (torch.linalg.pinv(fb) @ mel).clamp_min(0.0)  # minimum-norm inverse of the filterbank
+    mag = power.sqrt()
+    g = torch.Generator().manual_seed(seed)
+    phase = torch.exp(2j * math.pi * torch.rand(mag.shape, generator=g, dtype=torch.float64))
+    y = None
+    for _ in range(iterations):
+        y = torch.istft(mag * phase, n_fft, hop, window=w, center=True, length=len(x))
+        s = torch.stft(y, n_fft, hop, window=w, center=True, return_complex=True)
+        phase = torch.exp(1j * torch.angle(s))
+    y = torch.istft(mag * phase, n_fft, hop, window=w, center=True, length=len(x))
+    return y.numpy().astype(np.float32)
+
+
+def lpc_copy(x: np.ndarray, sr: int = SR, order: int = 10, frame: int = 160, hop: int = 80,
+             seed: int = 0) -> np.ndarray:
+    """A7: LPC-10-style vocoder. Per 20 ms frame (10 ms hop): order-``order`` LPC by autocorrelation,
+    pitch by normalised autocorrelation (60-400 Hz, voiced if > 0.35), excitation = pulse train at
+    that pitch or white noise, scaled to the prediction-error energy, all-pole synthesis with the
+    filter state carried across hops."""
+    from scipy.linalg import solve_toeplitz
+    from scipy.signal import lfilter
+
+    x = np.asarray(x, dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    n = len(x)
+    pad = np.concatenate([x, np.zeros(frame)])
+    win = np.hanning(frame)
+    lo, hi = int(sr / 400), int(sr / 60)
+    y = np.zeros(n + frame)
+    zi = np.zeros(order)
+    next_pulse = 0
+    for start in range(0, n, hop):
+        seg = pad[start:start + frame] * win
+        r = np.correlate(seg, seg, mode="full")[frame - 1:]
+        if r[0] <= 1e-10:
+            y[start:start + hop] = 0.0
+            continue
+        r_reg = r[: order + 1].copy()
+        r_reg[0] *= 1.0 + 1e-6
+        try:
+            a = solve_toeplitz(r_reg[:order], r_reg[1:order + 1])
+        except np.linalg.LinAlgError:
+            a = np.zeros(order)
+        err = max(r_reg[0] - float(np.dot(a, r_reg[1:order + 1])), 1e-12)
+        gain = math.sqrt(err / frame)
+        lag = lo + int(np.argmax(r[lo:hi])) if hi < frame else lo
+        voiced = r[lag] / r[0] > 0.35
+        if voiced:
+            exc = np.zeros(hop)
+            while next_pulse < start + hop:
+                if next_pulse >= start:
+                    exc[next_pulse - start] = math.sqrt(lag)
+                next_pulse += lag
+        else:
+            exc = rng.standard_normal(hop)
+            next_pulse = start + hop
+        out, zi = lfilter([gain * 1.0], np.concatenate([[1.0], -a]), exc, zi=zi)
+        y[start:start + hop] = out
+    y = y[:n]
+    peak = np.max(np.abs(y)) if n else 0.0
+    if peak > 1.0:
+        y = y / peak
+    return y.astype(np.float32)
+
+
+def text_for_tts(text: str, max_words: int = 14) -> str:
+    """Transcript cleaned for a synthesiser: drop bracketed notes and ellipses, keep ``max_words`` words."""
+    import re
+
+    t = re.sub(r"\[[^\]]*\]|\([^)]*\)", " ", text)
+    t = t.replace("...", " ").replace("…", " ")
+    words = t.split()[:max_words]
+    return " ".join(words) if words else text.strip()

@@ -1,0 +1,240 @@
+"""Commands of the anti-spoofing case study: ``slimtrain data spoof``, ``slimtrain spoof`` and
+``slimtrain spoof score MODEL WAV...``."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from ...cli import _alpha, _epochs, _kappa, _paragraphs, _positive_int, _seed, _workers
+
+__all__ = ["register"]
+
+DEFAULT_DATA = Path("runs/spoof/data")
+DEFAULT_QUICK_DATA = Path("runs/spoof/data-quick")
+DEFAULT_OUT = Path("runs/spoof")
+
+
+def _stage_sets(text: str) -> list[tuple[int, ...]]:
+    from .models import parse_stages
+
+    out = []
+    for part in text.split("/"):
+        try:
+            out.append(parse_stages(part))
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+    return out
+
+
+def _kappa_list(text: str) -> list[float]:
+    parts = [p for p in text.replace(" ", "").split(",") if p]
+    if not parts:
+        raise argparse.ArgumentTypeError(f"expected a comma-separated list such as 0.5,0.25, got {text!r}")
+    return [_kappa(p) for p in parts]
+
+
+def _width_list(text: str) -> list[int]:
+    if text.strip().lower() in ("", "none"):
+        return []
+    return [_positive_int(p, "fixed widths") for p in text.replace(" ", "").split(",") if p]
+
+
+def register(commands, data_commands) -> None:
+    """Add ``slimtrain data spoof`` and ``slimtrain spoof`` (with ``score``) to the CLI."""
+    from .data import SpoofDataConfig
+    from .sweep import DEFAULT_FIXED_WIDTHS, DEFAULT_KAPPAS
+    from .train import SpoofConfig
+
+    D, Q = SpoofDataConfig(), SpoofDataConfig.quick()
+    M, MQ = SpoofConfig(), SpoofConfig.quick()
+    d = data_commands.add_parser(
+        "spoof", help="build the anti-spoofing data set (Asterisk prompts + 7 offline attack families)",
+        description=_paragraphs(
+            "Build the anti-spoofing data set deterministically from --seed into --out: bona fide Asterisk "
+            "prompts (en/es/it for training, fr_CA as held-out speaker) and spoofs from seven attack families "
+            "(A1 espeak-ng, A2 flite, A3 Festival diphone, A4 Festival HTS, A5 WORLD copy-synthesis, A6 "
+            "Griffin-Lim from mel, A7 LPC vocoder) on the same texts/recordings. Training uses A1, A2, A3, A5; "
+            "evaluation adds the unseen A4, A6, A7. Every clip gets the same cue removal (band-pass, silence "
+            "trim, random level, fixed length, light noise).",
+            "Writes OUT/train.npz, OUT/eval.npz, OUT/items.csv and OUT/manifest.json (config, counts, "
+            "SHA-256 of each file). An existing folder with the same settings is reused unless --force.",
+        ), formatter_class=argparse.RawDescriptionHelpFormatter)
+    d.add_argument("--out", type=Path, default=None, metavar="DIR",
+                   help=f"cache folder (default: {DEFAULT_DATA}; with --quick: {DEFAULT_QUICK_DATA})")
+    d.add_argument("--seed", type=_seed, default=0, metavar="S", help="seed of every random choice (default: 0)")
+    d.add_argument("--quick", action="store_true",
+                   help=f"a few dozen clips ({Q.n_bona_train} bona fide + {Q.n_spoof_train_per_attack} per attack for "
+                        f"training) instead of {D.n_bona_train} + {D.n_spoof_train_per_attack} per attack")
+    d.add_argument("--workers", type=_workers, default=2, metavar="N",
+                   help="parallel synthesis jobs; the output does not depend on it (default: 2)")
+    d.add_argument("--force", action="store_true", help="rebuild even if the folder already holds this data set")
+    d.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    d.set_defaults(func=_cmd_data)
+
+    s = commands.add_parser(
+        "spoof", help="anti-spoofing case study: ResNet countermeasure with dynamic residual stages",
+        description=_paragraphs(
+            "Anti-spoofing case study (the paper's second example). A ResNet34-style countermeasure "
+            f"(blocks {list(M.blocks)}, base width {M.width}, log-mel front-end inside the model) gets DCLs on "
+            "the channel widths of the chosen residual stages and is trained on BCE + alpha * FLOPs(K) / "
+            "FLOPs(full). EER is measured on the evaluation split (held-out speaker, unseen attacks). The data "
+            "set is built into --data first if it is not there.",
+            "Without --sweep: one run with --stages and --kappa-min; writes OUT/model.ckpt (for 'slimtrain "
+            "export' and 'slimtrain spoof score'), OUT/widths.csv and OUT/result.json.",
+            "With --sweep: each stage set (default B0, B1, B2, B3 and all, X) at each kappa-min (default "
+            f"{','.join(f'{k:g}' for k in DEFAULT_KAPPAS)}), fixed-width models from scratch (--fixed-widths) "
+            "and torch-pruning structured pruning at the MACs of the all-stage runs; writes OUT/sweep.csv (the "
+            "paper's columns plus per-attack EER), OUT/sweep.png (EER vs MACs per second of audio), "
+            "OUT/config.json and OUT/runs/.",
+            "'slimtrain spoof score MODEL WAV...' prints one bona fide score per file.",
+        ), formatter_class=argparse.RawDescriptionHelpFormatter)
+    s.add_argument("--sweep", action="store_true", help="run the whole grid and the baselines instead of one run")
+    s.add_argument("--quick", action="store_true",
+                   help=f"tiny settings: quick data set, blocks {list(MQ.blocks)}, {MQ.epochs} epochs, one kappa-min "
+                        "and the all-stage set only (seconds to a minute)")
+    s.add_argument("--stages", type=_stage_sets, default=None, metavar="S",
+                   help="dynamic stages: one set like '0', '3' or '0,1,2,3' ('all' = 0,1,2,3); with --sweep several "
+                        "sets separated by '/', e.g. '0/1/2/3/0,1,2,3' (default: 0,1,2,3; sweep: that list)")
+    s.add_argument("--kappa-min", type=_kappa_list, default=None, metavar="F[,F...]",
+                   help="smallest relative width K/N of every dynamic layer, in (0, 1]; with --sweep a "
+                        "comma-separated list (default: 0.125; sweep: 0.5,0.25,0.125,0.0625; --quick: 0.25)")
+    s.add_argument("--alpha", type=_alpha, default=1.0, metavar="A",
+                   help="weight of the cost term (FLOPs relative to the full model), >= 0 (default: 1.0)")
+    s.add_argument("--epochs", type=_epochs, default=None, metavar="N",
+                   help=f"training epochs per run (default: {M.epochs}; with --quick: {MQ.epochs})")
+    s.add_argument("--width", type=lambda t: _positive_int(t, "width"), default=None, metavar="W",
+                   help=f"base channel width of the first stage (the paper's ResNet34: 64; default: {M.width})")
+    s.add_argument("--fixed-widths", type=_width_list, default=None, metavar="W1,W2,...",
+                   help="base widths of the fixed-width baselines for --sweep, or 'none' "
+                        f"(default: {','.join(map(str, DEFAULT_FIXED_WIDTHS))}; --quick: 4,8)")
+    s.add_argument("--no-pruning", action="store_true", help="skip the torch-pruning baseline in --sweep")
+    s.add_argument("--pruning-only", action="store_true",
+                   help="with --sweep: only (re)run the pruning baseline and add its rows to an existing "
+                        "OUT/sweep.csv and OUT/sweep.png (e.g. after installing torch-pruning)")
+    s.add_argument("--data", type=Path, default=None, metavar="DIR",
+                   help=f"data folder (default: {DEFAULT_DATA}; with --quick: {DEFAULT_QUICK_DATA})")
+    s.add_argument("--out", type=Path, default=DEFAULT_OUT, metavar="DIR",
+                   help=f"output folder, created if needed (default: {DEFAULT_OUT})")
+    s.add_argument("--seed", type=_seed, default=0, metavar="S",
+                   help="seed of the data set and of the initialisation (default: 0)")
+    s.add_argument("--workers", type=_workers, default=None, metavar="N",
+                   help="parallel processes for --sweep (one torch thread each) and for data synthesis; results "
+                        "do not depend on it (default: 2; 1 with --quick)")
+    s.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    s.set_defaults(func=_cmd_spoof)
+    sub = s.add_subparsers(dest="spoof_command", metavar="{score}")
+    sc = sub.add_parser(
+        "score", help="print a bona fide score per audio file",
+        description=_paragraphs(
+            "Score audio files with a countermeasure: MODEL is a checkpoint written by 'slimtrain spoof' "
+            "(OUT/model.ckpt, OUT/runs/model_*.ckpt; cut to its learned widths before scoring) or the "
+            "TorchScript model.pt of 'slimtrain export'. Each file is resampled to 8 kHz, band-passed, "
+            "trimmed, set to -24 dBFS and cut into clips of the training length (50 % overlap); the "
+            "score is the mean clip logit: higher = bona fide, 0 = the training decision boundary.",
+            "Prints 'score<TAB>file' per file. Exit code 1 if a file cannot be read (the others are still scored).",
+        ), formatter_class=argparse.RawDescriptionHelpFormatter)
+    sc.add_argument("model", type=Path, metavar="MODEL", help="checkpoint (.ckpt) or TorchScript file (.pt)")
+    sc.add_argument("wavs", type=Path, nargs="+", metavar="WAV", help="audio files (any format soundfile reads)")
+    sc.set_defaults(func=_cmd_score)
+
+
+def _cmd_data(args) -> int:
+    from .data import SpoofDataConfig, build_dataset
+
+    cfg = SpoofDataConfig.quick(seed=args.seed) if args.quick else SpoofDataConfig(seed=args.seed)
+    out = args.out or (DEFAULT_QUICK_DATA if args.quick else DEFAULT_DATA)
+    t0 = time.perf_counter()
+    man = build_dataset(out, cfg, workers=args.workers, progress=not args.no_progress, force=args.force)
+    counts = "; ".join(f"{sp}: " + ", ".join(f"{a} {n}" for a, n in c.items()) for sp, c in man["counts"].items())
+    print(f"spoofing data in {out} ({time.perf_counter() - t0:.1f}s): {counts}")
+    print(f"  unseen attacks (evaluation only): {', '.join(man['unseen_attacks'])}; manifest {out / 'manifest.json'}")
+    return 0
+
+
+def _cmd_spoof(args) -> int:
+    from .data import SpoofDataConfig, build_dataset, load_split
+    from .sweep import DEFAULT_FIXED_WIDTHS, DEFAULT_KAPPAS, DEFAULT_STAGE_SETS, QUICK_FIXED_WIDTHS, QUICK_KAPPAS
+    from .sweep import QUICK_STAGE_SETS, format_table, run_sweep
+    from .train import SpoofConfig, train_run
+
+    over: dict = {"seed": args.seed}
+    if args.epochs is not None:
+        over["epochs"] = args.epochs
+    if args.width is not None:
+        over["width"] = args.width
+    cfg = SpoofConfig.quick(**over) if args.quick else SpoofConfig(**over)
+    if cfg.warmup_epochs >= cfg.epochs:
+        cfg.warmup_epochs = cfg.epochs - 1
+    cfg.validate()
+    dcfg = SpoofDataConfig.quick(seed=args.seed) if args.quick else SpoofDataConfig(seed=args.seed)
+    data_dir = args.data or (DEFAULT_QUICK_DATA if args.quick else DEFAULT_DATA)
+    workers = args.workers if args.workers is not None else (1 if args.quick else 2)
+    progress = not args.no_progress
+    man = build_dataset(data_dir, dcfg, workers=workers, progress=progress)
+    unseen = tuple(man["unseen_attacks"])
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    if not args.sweep:
+        if args.fixed_widths is not None or args.no_pruning or args.pruning_only:
+            raise ValueError("--fixed-widths, --no-pruning and --pruning-only only apply with --sweep")
+        if args.stages is not None and len(args.stages) > 1:
+            raise ValueError("give one stage set for a single run (several sets separated by '/' need --sweep)")
+        if args.kappa_min is not None and len(args.kappa_min) > 1:
+            raise ValueError("give one --kappa-min for a single run (a list needs --sweep)")
+        stages = args.stages[0] if args.stages else (0, 1, 2, 3)
+        kappa = args.kappa_min[0] if args.kappa_min else 0.125
+        t0 = time.perf_counter()
+        row = train_run(cfg, load_split(data_dir, "train"), load_split(data_dir, "eval"), unseen, stages=stages,
+                        kappa_min=kappa, alpha=args.alpha, record_csv=out / "widths.csv",
+                        checkpoint=out / "model.ckpt", progress=progress)
+        (out / "result.json").write_text(json.dumps({"config": cfg.as_dict(), "data": str(data_dir), "result": row},
+                                                    indent=2) + "\n")
+        print(f"stages {','.join(map(str, stages))}, kappa-min {kappa:g}, alpha {args.alpha:g}: learned widths "
+              f"{row['widths']}")
+        print(f"  exported: {row['params']} params, {row['macs_per_second'] / 1e6:.2f} MMAC/s "
+              f"({row['gflops_per_second']:.4f} GFLOP/s)")
+        print(f"  EER pooled {row['eer_pooled']:.2f}%, unseen attacks ({', '.join(unseen)}) {row['eer_unseen']:.2f}%, "
+              + ", ".join(f"{a} {row[f'eer_{a}']:.1f}%" for a in unseen))
+        print(f"  wrote {out / 'model.ckpt'}, {out / 'widths.csv'}, {out / 'result.json'} in "
+              f"{time.perf_counter() - t0:.1f}s")
+        return 0
+    if args.pruning_only:
+        from .sweep import add_pruning_rows
+
+        if args.no_pruning:
+            raise ValueError("--pruning-only and --no-pruning contradict each other")
+        rows = add_pruning_rows(data_dir, cfg, out, workers=workers, progress=progress)
+        print(format_table(rows))
+        print(f"added the pruning rows to {out / 'sweep.csv'} and {out / 'sweep.png'}")
+        return 0
+    stage_sets = args.stages or list(QUICK_STAGE_SETS if args.quick else DEFAULT_STAGE_SETS)
+    kappas = args.kappa_min or list(QUICK_KAPPAS if args.quick else DEFAULT_KAPPAS)
+    widths = args.fixed_widths if args.fixed_widths is not None else list(
+        QUICK_FIXED_WIDTHS if args.quick else DEFAULT_FIXED_WIDTHS)
+    t0 = time.perf_counter()
+    rows = run_sweep(data_dir, cfg, out, stage_sets=stage_sets, kappas=kappas, alpha=args.alpha, fixed_widths=widths,
+                     pruning=not args.no_pruning, workers=workers, progress=progress)
+    print(format_table(rows))
+    print(f"sweep of {len(rows)} runs took {time.perf_counter() - t0:.0f}s; wrote {out / 'sweep.csv'} and "
+          f"{out / 'sweep.png'}")
+    return 0
+
+
+def _cmd_score(args) -> int:
+    from ..audio import AudioError
+    from .score import load_scorer, score_files
+
+    model, clip = load_scorer(args.model)
+    bad = 0
+    for f in args.wavs:
+        try:
+            (score,) = score_files(model, [f], clip)
+        except AudioError as e:
+            print(f"slimtrain: error: {' '.join(str(e).split())}", file=sys.stderr)
+            bad += 1
+            continue
+        print(f"{score:.4f}\t{f}")
+    return 1 if bad else 0

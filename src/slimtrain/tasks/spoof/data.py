@@ -1,0 +1,469 @@
+"""The offline anti-spoofing data set: protocol, cue removal, cache with a manifest.
+
+Bona fide speech is the four Asterisk prompt voices (en_US Allison, es_MX Allison, fr_CA June,
+it_IT Carlo; 8 kHz studio recordings). Spoofed speech comes from the seven attack families of
+:mod:`slimtrain.tasks.spoof.attacks`, fed with the *same* prompt texts (A1-A4) or the same
+recordings (A5-A7), so content does not tell the classes apart.
+
+Protocol (:class:`SpoofDataConfig`):
+
+* the prompts of en/es/it are split by name into a training part (80 %) and an evaluation part;
+  fr_CA June is a **held-out bona fide speaker** (evaluation only);
+* **train**: bona fide clips of the en/es/it training prompts; spoofs of the *known* attacks
+  (default A1 espeak-ng, A2 flite, A3 Festival diphone, A5 WORLD) on training texts/recordings;
+* **eval**: bona fide clips of the held-out speaker and of the en/es/it evaluation prompts;
+  spoofs of every attack on evaluation texts/recordings, including the **unseen** attacks
+  (default A4 Festival HTS, A6 Griffin-Lim, A7 LPC vocoder) that training never sees.
+
+Cue removal (:func:`condition`, identical for every clip of both classes): band-pass
+100-3600 Hz, trim leading/trailing silence (frames 40 dB below the loudest), random level
+(-30..-18 dBFS RMS), a fixed clip length (random crop of longer utterances, random placement
+of shorter ones in silence), white noise 30-50 dB below the speech level, 16-bit quantisation.
+:func:`shortcut_eer` checks that duration, level and leading silence alone do not separate the
+classes.
+
+Everything is drawn from ``seed`` (per item, so parallel generation gives the same bytes);
+``build_dataset`` writes ``train.npz``, ``eval.npz``, ``items.csv`` and ``manifest.json``
+(config, counts, SHA-256 of each file) into the cache folder and reuses them when the config
+matches.
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import hashlib
+import json
+import math
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+
+from ..audio import ASTERISK_VOICES, AudioError, asterisk_prompts, asterisk_transcripts, read_audio
+from . import attacks as A
+
+__all__ = [
+    "SpoofDataConfig", "SpoofSplit", "build_dataset", "load_split", "condition", "cue_features",
+    "shortcut_eer", "plan_items", "DataError", "SR",
+]
+
+SR = 8000
+MANIFEST = "manifest.json"
+FORMAT = "slimtrain-spoof-data"
+VERSION = 1
+
+
+class DataError(ValueError):
+    """Bad data settings or an unusable cache folder (the message names it)."""
+
+
+@dataclass
+class SpoofDataConfig:
+    """Sizes and protocol of the data set; everything else follows from ``seed``."""
+
+    seed: int = 0
+    clip_seconds: float = 1.0
+    heldout_language: str = "fr"
+    train_attacks: tuple[str, ...] = ("A1", "A2", "A3", "A5")
+    eval_attacks: tuple[str, ...] = ("A1", "A2", "A3", "A4", "A5", "A6", "A7")
+    n_bona_train: int = 800
+    n_spoof_train_per_attack: int = 200
+    n_bona_eval_heldout: int = 200
+    n_bona_eval_known: int = 100
+    n_spoof_eval_per_attack: int = 100
+    eval_fraction: float = 0.2  # of each en/es/it voice's prompts, by name
+
+    @classmethod
+    def quick(cls, **overrides) -> "SpoofDataConfig":
+        """A few dozen clips: tests and ``--quick`` (generated in seconds)."""
+        base = dict(n_bona_train=48, n_spoof_train_per_attack=12, n_bona_eval_heldout=16, n_bona_eval_known=8,
+                    n_spoof_eval_per_attack=12)
+        base.update(overrides)
+        return cls(**base)
+
+    @property
+    def unseen_attacks(self) -> tuple[str, ...]:
+        return tuple(a for a in self.eval_attacks if a not in self.train_attacks)
+
+    @property
+    def clip_samples(self) -> int:
+        return int(round(self.clip_seconds * SR))
+
+    def validate(self) -> "SpoofDataConfig":
+        """Raise :class:`DataError` for an impossible setting."""
+        for a in (*self.train_attacks, *self.eval_attacks):
+            if a not in A.ATTACKS:
+                raise DataError(f"unknown attack {a!r}; choose from {', '.join(A.ATTACKS)}")
+        if not self.train_attacks:
+            raise DataError("train-attacks must name at least one attack")
+        if self.heldout_language not in ASTERISK_VOICES:
+            raise DataError(f"held-out language must be one of {sorted(ASTERISK_VOICES)}, got {self.heldout_language!r}")
+        for name in ("n_bona_train", "n_spoof_train_per_attack", "n_bona_eval_heldout", "n_spoof_eval_per_attack"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or v < 1:
+                raise DataError(f"{name.replace('_', '-')} must be an integer >= 1, got {v!r}")
+        if not isinstance(self.n_bona_eval_known, int) or self.n_bona_eval_known < 0:
+            raise DataError(f"n-bona-eval-known must be an integer >= 0, got {self.n_bona_eval_known!r}")
+        if not (0.25 <= self.clip_seconds <= 10):
+            raise DataError(f"clip-seconds must be in [0.25, 10], got {self.clip_seconds!r}")
+        if not (0.05 <= self.eval_fraction <= 0.5):
+            raise DataError(f"eval-fraction must be in [0.05, 0.5], got {self.eval_fraction!r}")
+        return self
+
+    def as_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["train_attacks"], d["eval_attacks"] = list(self.train_attacks), list(self.eval_attacks)
+        return d
+
+
+# -- cue removal -------------------------------------------------------------------------------------
+def _bandpass(x: np.ndarray) -> np.ndarray:
+    from scipy.signal import butter, sosfiltfilt
+
+    sos = butter(4, [100.0, 3600.0], btype="bandpass", fs=SR, output="sos")
+    if len(x) < 40:
+        return x.astype(np.float64)
+    return sosfiltfilt(sos, np.asarray(x, dtype=np.float64))
+
+
+def _frame_db(x: np.ndarray, frame: int = 80) -> np.ndarray:
+    n = max(1, len(x) // frame)
+    e = np.mean(np.square(x[: n * frame].reshape(n, frame) if len(x) >= frame else x[None]), axis=1)
+    return 10 * np.log10(e + 1e-12)
+
+
+def trim_silence(x: np.ndarray, floor_db: float = 40.0, frame: int = 80) -> np.ndarray:
+    """Drop leading and trailing 10 ms frames more than ``floor_db`` below the loudest frame."""
+    db = _frame_db(x, frame)
+    active = np.flatnonzero(db > db.max() - floor_db)
+    if active.size == 0:
+        return x
+    return x[active[0] * frame: (active[-1] + 1) * frame]
+
+
+def condition(x: np.ndarray, rng: np.random.Generator, clip_samples: int) -> np.ndarray:
+    """The cue-removal chain applied identically to every clip (see the module docstring) -> int16."""
+    y = trim_silence(_bandpass(x))
+    if len(y) == 0 or not np.any(y):
+        raise DataError("clip is silent after trimming")
+    level = rng.uniform(-30.0, -18.0)
+    y = y * (10 ** (level / 20) / max(math.sqrt(float(np.mean(y ** 2))), 1e-12))
+    out = np.zeros(clip_samples)
+    if len(y) >= clip_samples:
+        off = int(rng.integers(0, len(y) - clip_samples + 1))
+        out[:] = y[off: off + clip_samples]
+    else:
+        off = int(rng.integers(0, clip_samples - len(y) + 1))
+        out[off: off + len(y)] = y
+    snr = rng.uniform(30.0, 50.0)
+    out += rng.standard_normal(clip_samples) * 10 ** ((level - snr) / 20)
+    return np.round(np.clip(out, -1.0, 32767 / 32768) * 32768).astype(np.int16)
+
+
+def cue_features(x: np.ndarray) -> np.ndarray:
+    """Trivial cues of a clip: [active duration (s), RMS (dBFS), leading-silence length (s)],
+    activity = 10 ms frames within 30 dB of the loudest."""
+    x = np.asarray(x, dtype=np.float64)
+    if x.dtype.kind == "i" or np.abs(x).max(initial=0) > 1.5:
+        x = x / 32768.0
+    db = _frame_db(x)
+    active = np.flatnonzero(db > db.max() - 30.0)
+    dur = (active[-1] - active[0] + 1) * 0.01 if active.size else 0.0
+    lead = active[0] * 0.01 if active.size else len(x) / SR
+    rms = 10 * math.log10(float(np.mean(x ** 2)) + 1e-12)
+    return np.array([dur, rms, lead])
+
+
+def shortcut_eer(train: "SpoofSplit", test: "SpoofSplit") -> float:
+    """EER on ``test`` of a logistic regression trained on ``train`` with :func:`cue_features` alone
+    (standardised). Near 0.5 = the cues carry no class information."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from ..metrics import eer
+
+    ftr = np.stack([cue_features(a) for a in train.audio])
+    fte = np.stack([cue_features(a) for a in test.audio])
+    clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000)).fit(ftr, train.label)
+    return eer(test.label, clf.decision_function(fte))
+
+
+# -- protocol --------------------------------------------------------------------------------------
+@dataclass
+class Item:
+    """One clip to generate."""
+
+    split: str
+    label: int  # 1 bona fide, 0 spoof
+    attack: str  # "bona" or A1..A7
+    language: str
+    prompt: str  # Asterisk prompt name (text or recording source)
+    text: str = ""
+    voice: str = ""
+    params: dict = field(default_factory=dict)
+
+
+def _prompt_split(names: Sequence[str], frac: float, seed: int) -> tuple[list[str], list[str]]:
+    def h(n: str) -> float:
+        return int(hashlib.sha256(f"{seed}:{n}".encode()).hexdigest()[:8], 16) / 16 ** 8
+
+    ev = sorted(n for n in names if h(n) < frac)
+    tr = sorted(n for n in names if h(n) >= frac)
+    return tr, ev
+
+
+def _corpus(language: str) -> tuple[dict[str, Path], dict[str, str]]:
+    files = asterisk_prompts(language)
+    voice_dir = files[0].parents[0]
+    root = next((p for p in files[0].parents if p.name == ASTERISK_VOICES[language][0]), voice_dir)
+    by_name = {str(f.relative_to(root).with_suffix("")): f for f in files}
+    texts = asterisk_transcripts(language)
+    return by_name, texts
+
+
+def plan_items(cfg: SpoofDataConfig) -> tuple[list[Item], dict[str, Path]]:
+    """The deterministic list of clips for ``cfg`` and the map prompt key -> bona fide file."""
+    cfg.validate()
+    rng = np.random.default_rng([cfg.seed, 1])
+    langs = sorted(ASTERISK_VOICES)
+    known = [lg for lg in langs if lg != cfg.heldout_language]
+    files: dict[str, Path] = {}
+    texts: dict[str, str] = {}
+    pool: dict[tuple[str, str], list[str]] = {}  # (split, lang) -> prompt keys
+    for lg in langs:
+        by_name, tx = _corpus(lg)
+        for n, f in by_name.items():
+            files[f"{lg}:{n}"] = f
+            if n in tx:
+                texts[f"{lg}:{n}"] = A.text_for_tts(tx[n])
+        names = sorted(by_name)
+        if lg == cfg.heldout_language:
+            pool[("eval", lg)] = names
+        else:
+            tr, ev = _prompt_split(names, cfg.eval_fraction, cfg.seed)
+            pool[("train", lg)], pool[("eval", lg)] = tr, ev
+
+    def pick(split: str, langs_: Sequence[str], n: int, need_text: bool = False) -> list[tuple[str, str]]:
+        cands = [(lg, nm) for lg in langs_ for nm in pool.get((split, lg), [])
+                 if not need_text or f"{lg}:{nm}" in texts]
+        if not cands:
+            raise DataError(f"no {split} prompts for languages {list(langs_)}")
+        idx = rng.choice(len(cands), size=n, replace=n > len(cands))
+        return [cands[i] for i in idx]
+
+    items: list[Item] = []
+    for lg, nm in pick("train", known, cfg.n_bona_train):
+        items.append(Item("train", 1, "bona", lg, nm))
+    for lg, nm in pick("eval", [cfg.heldout_language], cfg.n_bona_eval_heldout):
+        items.append(Item("eval", 1, "bona", lg, nm))
+    if cfg.n_bona_eval_known:
+        for lg, nm in pick("eval", known, cfg.n_bona_eval_known):
+            items.append(Item("eval", 1, "bona", lg, nm))
+    eval_langs = langs  # evaluation texts/recordings: held-out speaker + evaluation prompts
+    for split, attacks, n in (("train", cfg.train_attacks, cfg.n_spoof_train_per_attack),
+                              ("eval", cfg.eval_attacks, cfg.n_spoof_eval_per_attack)):
+        src_langs = known if split == "train" else eval_langs
+        for a in attacks:
+            if a == "A1":
+                for lg, nm in pick(split, src_langs, n, True):
+                    voice = str(rng.choice(A.ESPEAK_VOICES[lg]))
+                    var = str(rng.choice(A.ESPEAK_VARIANTS))
+                    items.append(Item(split, 0, a, lg, nm, texts[f"{lg}:{nm}"], voice + (f"+{var}" if var else ""),
+                                      {"rate": int(rng.integers(130, 191)), "pitch": int(rng.integers(25, 76))}))
+            elif a == "A2":
+                for lg, nm in pick(split, [lg for lg in src_langs if lg == "en"] or ["en"], n, True):
+                    items.append(Item(split, 0, a, lg, nm, texts[f"{lg}:{nm}"], str(rng.choice(A.FLITE_VOICES))))
+            elif a in ("A3", "A4"):
+                voices = A.FESTIVAL_DIPHONE_VOICES if a == "A3" else A.FESTIVAL_HTS_VOICES
+                for lg, nm in pick(split, [lg for lg in src_langs if lg in voices] or list(voices), n, True):
+                    items.append(Item(split, 0, a, lg, nm, texts[f"{lg}:{nm}"], str(rng.choice(voices[lg]))))
+            else:
+                for lg, nm in pick(split, src_langs, n):
+                    items.append(Item(split, 0, a, lg, nm, params={"seed": int(rng.integers(0, 2 ** 31))}))
+    return items, files
+
+
+# -- generation --------------------------------------------------------------------------------------
+def _synthesise(items: list[Item], files: dict[str, Path], workers: int,
+                progress: Optional[Callable[[int], None]] = None) -> list[np.ndarray]:
+    raw: list[Optional[np.ndarray]] = [None] * len(items)
+
+    def bona(lg: str, nm: str) -> np.ndarray:
+        try:
+            return read_audio(files[f"{lg}:{nm}"], SR)[0]
+        except AudioError as e:
+            raise DataError(str(e)) from None
+
+    def one(i: int) -> int:
+        it = items[i]
+        if it.attack == "bona":
+            raw[i] = bona(it.language, it.prompt)
+        elif it.attack == "A1":
+            raw[i] = A.espeak(it.text, it.voice, it.params["rate"], it.params["pitch"])
+        elif it.attack == "A2":
+            raw[i] = A.flite(it.text, it.voice)
+        elif it.attack == "A6":
+            raw[i] = A.griffin_lim_copy(bona(it.language, it.prompt), seed=it.params["seed"])
+        elif it.attack == "A7":
+            raw[i] = A.lpc_copy(bona(it.language, it.prompt), seed=it.params["seed"])
+        return 1
+
+    def festival(key: tuple[str, str], idx: list[int]) -> int:
+        outs = A.festival_batch([items[i].text for i in idx], key[1])
+        for i, y in zip(idx, outs):
+            raw[i] = y
+        return len(idx)
+
+    def world(idx: list[int]) -> int:
+        outs = A.world_copy_batch([bona(items[i].language, items[i].prompt) for i in idx])
+        for i, y in zip(idx, outs):
+            raw[i] = y
+        return len(idx)
+
+    fest: dict[tuple[str, str], list[int]] = {}
+    simple = []
+    world_idx = [i for i, it in enumerate(items) if it.attack == "A5"]
+    for i, it in enumerate(items):
+        if it.attack == "A5":
+            continue
+        if it.attack in ("A3", "A4"):
+            fest.setdefault((it.split, it.voice), []).append(i)
+        else:
+            simple.append(i)
+    jobs: list[tuple[Callable, tuple]] = [(world, (world_idx,))] if world_idx else []
+    for key, idx in sorted(fest.items()):
+        for c in range(0, len(idx), 40):  # chunks: several festival processes run side by side
+            jobs.append((festival, (key, idx[c:c + 40])))
+    jobs += [(one, (i,)) for i in simple]
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as ex:
+        futs = [ex.submit(f, *a) for f, a in jobs]
+        for fu in futs:
+            n = fu.result()
+            if progress is not None:
+                progress(n)
+    return raw  # type: ignore[return-value]
+
+
+@dataclass
+class SpoofSplit:
+    """One split in memory: ``audio`` int16 ``(N, samples)``, ``label`` (1 bona fide), ``attack`` ids."""
+
+    audio: np.ndarray
+    label: np.ndarray
+    attack: np.ndarray
+    language: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.label)
+
+    def waveforms(self):
+        """Float32 tensor ``(N, samples)`` in [-1, 1]."""
+        import torch
+
+        return torch.from_numpy(self.audio.astype(np.float32) / 32768.0)
+
+    def subset(self, mask: np.ndarray) -> "SpoofSplit":
+        return SpoofSplit(self.audio[mask], self.label[mask], self.attack[mask], self.language[mask])
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _cache_ok(out: Path, cfg: SpoofDataConfig) -> bool:
+    m = out / MANIFEST
+    if not m.is_file():
+        return False
+    try:
+        man = json.loads(m.read_text())
+    except (OSError, json.JSONDecodeError):
+        return False
+    if man.get("format") != FORMAT or man.get("version") != VERSION or man.get("config") != cfg.as_dict():
+        return False
+    return all((out / f).is_file() for f in man.get("sha256", {}))
+
+
+def build_dataset(out: Path, cfg: SpoofDataConfig, *, workers: int = 2, progress: bool = True,
+                  force: bool = False) -> dict:
+    """Generate (or reuse) the data set for ``cfg`` in ``out``; returns the manifest dict."""
+    from tqdm.auto import tqdm
+
+    cfg.validate()
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise DataError(f"data folder {out} is a file")
+    if not force and _cache_ok(out, cfg):
+        return json.loads((out / MANIFEST).read_text())
+    for prog in ("espeak-ng", "flite", "festival"):
+        needed = {"espeak-ng": "A1", "flite": "A2", "festival": ("A3", "A4")}[prog]
+        if any(a in needed for a in (*cfg.train_attacks, *cfg.eval_attacks)):
+            A.require_program(prog)
+    t0 = time.perf_counter()
+    items, files = plan_items(cfg)
+    bar = tqdm(total=len(items), desc="synthesise", disable=not progress, leave=False)
+    raw = _synthesise(items, files, workers, bar.update)
+    bar.close()
+    out.mkdir(parents=True, exist_ok=True)
+    n = cfg.clip_samples
+    clips = np.zeros((len(items), n), dtype=np.int16)
+    for i, (it, x) in enumerate(zip(items, raw)):
+        rng = np.random.default_rng([cfg.seed, 2, i])
+        try:
+            clips[i] = condition(x, rng, n)
+        except DataError as e:
+            raise DataError(f"item {i} ({it.attack} {it.language}:{it.prompt}): {e}") from None
+    man_files = {}
+    for split in ("train", "eval"):
+        idx = [i for i, it in enumerate(items) if it.split == split]
+        f = out / f"{split}.npz"
+        np.savez(f, audio=clips[idx], label=np.array([items[i].label for i in idx], dtype=np.int64),
+                 attack=np.array([items[i].attack for i in idx]), language=np.array([items[i].language for i in idx]))
+        man_files[f.name] = _sha256(f)
+    with open(out / "items.csv", "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["index", "split", "label", "attack", "language", "prompt", "voice", "params", "text"])
+        for i, it in enumerate(items):
+            w.writerow([i, it.split, it.label, it.attack, it.language, it.prompt, it.voice,
+                        json.dumps(it.params, sort_keys=True), it.text])
+    man_files["items.csv"] = _sha256(out / "items.csv")
+    counts: dict[str, dict[str, int]] = {}
+    for it in items:
+        counts.setdefault(it.split, {}).setdefault(it.attack, 0)
+        counts[it.split][it.attack] += 1
+    manifest = {
+        "format": FORMAT, "version": VERSION, "config": cfg.as_dict(), "counts": counts,
+        "unseen_attacks": list(cfg.unseen_attacks),
+        "attacks": {a: dataclasses.asdict(A.ATTACKS[a]) for a in A.ATTACKS},
+        "sample_rate": SR, "clip_samples": n, "sha256": man_files,
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
+    tmp = out / (MANIFEST + ".tmp")
+    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
+    tmp.replace(out / MANIFEST)
+    return manifest
+
+
+def load_split(out: Path, split: str) -> SpoofSplit:
+    """Read ``train`` or ``eval`` from a folder written by :func:`build_dataset` (checks the manifest)."""
+    out = Path(out)
+    m = out / MANIFEST
+    if not m.is_file():
+        raise DataError(f"no spoofing data in {out} (missing {MANIFEST}); build it with: slimtrain data spoof --out {out}")
+    if split not in ("train", "eval"):
+        raise DataError(f"split must be 'train' or 'eval', got {split!r}")
+    f = out / f"{split}.npz"
+    if not f.is_file():
+        raise DataError(f"{f} is missing; rebuild with: slimtrain data spoof --out {out} --force")
+    try:
+        with np.load(f) as z:
+            return SpoofSplit(z["audio"], z["label"], z["attack"], z["language"])
+    except (OSError, ValueError, KeyError) as e:
+        raise DataError(f"{f} cannot be read ({e}); rebuild with: slimtrain data spoof --out {out} --force") from None

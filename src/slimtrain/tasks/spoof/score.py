@@ -1,0 +1,89 @@
+"""Score audio files with a trained countermeasure: one bona fide score per file.
+
+A file is read at 8 kHz, passed through the deterministic part of the training cue removal
+(band-pass, silence trim, -24 dBFS level), cut into clips of the training length with 50 %
+overlap (a shorter file is centred in silence) and the clip logits are averaged. Higher =
+more likely bona fide; the logit 0 is the training decision boundary, not a tuned threshold.
+"""
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+from typing import Sequence, Union
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..audio import read_audio
+from .data import SR, _bandpass, trim_silence
+
+__all__ = ["load_scorer", "score_files", "prepare"]
+
+PathLike = Union[str, os.PathLike]
+
+
+def load_scorer(path: PathLike) -> tuple[nn.Module, int]:
+    """A plain scoring model and its clip length in samples, from a slimtrain checkpoint (exported to
+    its learned widths) or a TorchScript file written by ``slimtrain export``."""
+    from ...checkpoint import CheckpointError, load_checkpoint, load_dynamic_model
+    from ...export import export
+    from ...graph import get_graph
+
+    p = Path(path)
+    if not p.is_file():
+        raise CheckpointError(f"model file '{p}' does not exist")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch.load notices a TorchScript archive and says so
+            ckpt = load_checkpoint(p)
+    except CheckpointError:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # torch.jit.load is deprecated in recent torch; still loads
+                model = torch.jit.load(str(p), map_location="cpu")
+        except Exception:  # noqa: BLE001 - torch.jit raises several kinds
+            raise CheckpointError(f"'{p}' is neither a slimtrain checkpoint nor a TorchScript model") from None
+        return model.eval(), SR  # TorchScript: clip length unknown, use 1 s
+    if ckpt["recipe"].get("task") != "spoof":
+        raise CheckpointError(f"'{p}' is a checkpoint of task {ckpt['recipe'].get('task')!r}, not an anti-spoofing model")
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="TF32 acceleration")
+        model = load_dynamic_model(ckpt)
+        try:
+            get_graph(model)
+            model = export(model)
+        except Exception:  # noqa: BLE001 - plain (fixed-width) model: nothing to cut
+            pass
+    samples = int(ckpt["recipe"]["sample_shape"][-1])
+    return model.eval(), samples
+
+
+def prepare(x: np.ndarray, clip: int) -> np.ndarray:
+    """Clips ``(n, clip)`` of one recording after the deterministic cue removal."""
+    y = trim_silence(_bandpass(x))
+    rms = float(np.sqrt(np.mean(y ** 2))) if len(y) else 0.0
+    if rms > 0:
+        y = y * (10 ** (-24 / 20) / rms)
+    if len(y) <= clip:
+        out = np.zeros(clip)
+        off = (clip - len(y)) // 2
+        out[off:off + len(y)] = y
+        return out[None].astype(np.float32)
+    hop = clip // 2
+    starts = list(range(0, len(y) - clip + 1, hop))
+    if starts[-1] != len(y) - clip:
+        starts.append(len(y) - clip)
+    return np.stack([y[s:s + clip] for s in starts]).astype(np.float32)
+
+
+@torch.no_grad()
+def score_files(model: nn.Module, files: Sequence[PathLike], clip: int) -> list[float]:
+    """Mean clip logit of each file (:class:`~slimtrain.tasks.audio.AudioError` names a bad file)."""
+    out = []
+    for f in files:
+        x, _ = read_audio(f, SR)
+        clips = torch.from_numpy(np.clip(prepare(x, clip), -1, 1))
+        out.append(float(model(clips).reshape(-1).mean()))
+    return out

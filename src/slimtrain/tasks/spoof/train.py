@@ -1,0 +1,303 @@
+"""Training and evaluation of one countermeasure (dynamic stages, fixed width, or pruned).
+
+A run trains :func:`~slimtrain.tasks.spoof.models.build_resnet` on the ``train`` split (binary
+cross-entropy, bona fide = 1) and scores the ``eval`` split. With dynamic stages the loss is
+``BCE + alpha * FLOPs(K) / FLOPs(full)`` (:class:`slimtrain.TradeoffLoss`), the widths are frozen
+at full size for ``warmup_epochs``, and the model is exported (cut to ``ceil(K)``) before it is
+scored, so every number describes the plain exported network. EER (scikit-learn ROC) is
+reported pooled over the whole evaluation set, pooled over the unseen attacks only, and per
+attack (bona fide evaluation clips against that attack's clips).
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator, Optional, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ... import training
+from ...checkpoint import make_recipe, register_task, save_checkpoint
+from ...cost import model_cost
+from ...export import export
+from ...graph import dynamic_widths
+from ...loss import TradeoffLoss
+from ...record import WidthRecorder
+from ..metrics import eer
+from .attacks import ATTACKS
+from .data import SR, SpoofSplit
+from .models import (DEFAULT_BLOCKS, DEFAULT_HOP, DEFAULT_N_FFT, DEFAULT_N_MELS, DEFAULT_WIDTH, QUICK_BLOCKS,
+                     build_resnet, make_dynamic_stages)
+
+__all__ = ["SpoofConfig", "train_run", "score_model", "eer_report", "build_spoof_model", "TASK", "model_kwargs"]
+
+TASK = "spoof"
+
+
+@dataclass
+class SpoofConfig:
+    """Model and training settings of one run."""
+
+    width: int = DEFAULT_WIDTH
+    blocks: tuple[int, ...] = DEFAULT_BLOCKS
+    n_mels: int = DEFAULT_N_MELS
+    hop_length: int = DEFAULT_HOP
+    n_fft: int = DEFAULT_N_FFT
+    epochs: int = 4
+    batch_size: int = 32
+    lr: float = 3e-3
+    width_lr: float = 0.02
+    lr_final: float = 0.05
+    warmup_epochs: int = 1
+    seed: int = 0
+
+    @classmethod
+    def quick(cls, **overrides) -> "SpoofConfig":
+        """A tiny network (one block per stage) for tests and ``--quick``."""
+        base = dict(blocks=QUICK_BLOCKS, epochs=4, batch_size=16, warmup_epochs=1)
+        base.update(overrides)
+        return cls(**base)
+
+    def validate(self) -> "SpoofConfig":
+        for name in ("width", "n_mels", "hop_length", "n_fft", "epochs", "batch_size"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name.replace('_', '-')} must be an integer >= 1, got {v!r}")
+        if not self.blocks or any((not isinstance(b, int)) or b < 1 for b in self.blocks):
+            raise ValueError(f"blocks must be integers >= 1, got {self.blocks!r}")
+        for name in ("lr", "width_lr"):
+            v = getattr(self, name)
+            if not (math.isfinite(v) and v > 0):
+                raise ValueError(f"{name.replace('_', '-')} must be a positive number, got {v!r}")
+        if not 0 <= self.warmup_epochs < self.epochs:
+            raise ValueError(f"warmup-epochs must be in [0, epochs), got {self.warmup_epochs} with epochs={self.epochs}")
+        return self
+
+    def as_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["blocks"] = list(self.blocks)
+        return d
+
+
+def model_kwargs(cfg: SpoofConfig, width: Optional[int] = None) -> dict:
+    """Keyword arguments of :func:`build_resnet` for ``cfg`` (plain values, stored in checkpoint recipes)."""
+    return {"width": int(width or cfg.width), "blocks": list(cfg.blocks), "n_mels": cfg.n_mels, "sample_rate": SR,
+            "n_fft": cfg.n_fft, "hop_length": cfg.hop_length}
+
+
+def build_spoof_model(recipe: dict) -> nn.Module:
+    """Builder registered for the ``"spoof"`` task: the ResNet with DCLs on ``recipe['dynamic']['stages']``
+    (none: the plain model)."""
+    kw = dict(recipe["kwargs"])
+    kw["blocks"] = tuple(kw["blocks"])
+    model = build_resnet(**kw)
+    dyn = recipe.get("dynamic", {})
+    stages = dyn.get("stages") or []
+    if stages:
+        sample = torch.randn(*recipe["sample_shape"], generator=torch.Generator().manual_seed(0)) * 0.1
+        make_dynamic_stages(model, sample, stages, float(dyn["kappa_min"]))
+    return model
+
+
+register_task(TASK, build_spoof_model)
+
+
+@contextlib.contextmanager
+def _threads(n: Optional[int]) -> Iterator[None]:
+    if not n:
+        yield
+        return
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+class _NoCost:
+    last: dict = {}
+
+    def __call__(self, task_loss: Tensor) -> Tensor:
+        return task_loss
+
+
+def _batches(cfg: SpoofConfig, x: Tensor, y: Tensor, optimizer: torch.optim.Optimizer, epochs: int):
+    n = len(y)
+    steps = max(1, n // cfg.batch_size)
+    total = steps * epochs
+    base = [g["lr"] for g in optimizer.param_groups]
+
+    def batches(epoch: int):
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch))
+        for i in range(steps):
+            t = (epoch * steps + i) / max(total - 1, 1)
+            scale = cfg.lr_final + (1 - cfg.lr_final) * 0.5 * (1 + math.cos(math.pi * t))
+            for g, lr in zip(optimizer.param_groups, base):
+                g["lr"] = lr * scale
+            idx = perm[i * cfg.batch_size:(i + 1) * cfg.batch_size]
+            yield x[idx], y[idx]
+
+    return batches
+
+
+@torch.no_grad()
+def score_model(model: nn.Module, audio: Tensor, batch: int = 256) -> np.ndarray:
+    """Bona fide scores (logits) of ``audio`` ``(N, samples)``, model in eval mode."""
+    model.eval()
+    out = [model(audio[i:i + batch]).reshape(-1) for i in range(0, len(audio), batch)]
+    return torch.cat(out).numpy().astype(np.float64) if out else np.zeros(0)
+
+
+def eer_report(split: SpoofSplit, scores: np.ndarray, unseen: Sequence[str]) -> dict[str, float]:
+    """EER in percent: ``pooled`` (all), ``unseen`` (bona fide vs unseen attacks), ``known`` and one per attack."""
+    lab, att = split.label, split.attack
+    bona = lab == 1
+    out: dict[str, float] = {"pooled": 100 * eer(lab, scores)}
+    uns = bona | np.isin(att, list(unseen))
+    if np.any(uns & ~bona):
+        out["unseen"] = 100 * eer(lab[uns], scores[uns])
+    kn = bona | (~bona & ~np.isin(att, list(unseen)))
+    if np.any(kn & ~bona):
+        out["known"] = 100 * eer(lab[kn], scores[kn])
+    for a in ATTACKS:
+        m = bona | (att == a)
+        if np.any(m & ~bona):
+            out[a] = 100 * eer(lab[m], scores[m])
+    return out
+
+
+def _fit(model: nn.Module, cfg: SpoofConfig, x: Tensor, y: Tensor, objective, optimizer, epochs: int,
+         recorder: Optional[WidthRecorder], progress: bool, desc: str) -> None:
+    training.fit(model, _batches(cfg, x, y, optimizer, epochs), F.binary_cross_entropy_with_logits, objective,
+                 optimizer, epochs, recorder=recorder, progress=progress, desc=desc)
+
+
+def train_run(
+    cfg: SpoofConfig,
+    train: SpoofSplit,
+    test: SpoofSplit,
+    unseen: Sequence[str],
+    *,
+    stages: Sequence[int] = (),
+    kappa_min: float = 0.125,
+    alpha: float = 1.0,
+    width: Optional[int] = None,
+    prune_to: Optional[float] = None,
+    prune_fn: Optional[Callable] = None,
+    init_state: Optional[dict] = None,
+    record_csv: Optional[Path] = None,
+    checkpoint: Optional[Path] = None,
+    progress: bool = True,
+    threads: Optional[int] = 1,
+) -> dict:
+    """Train one countermeasure and return its row (cost per second of audio, EERs).
+
+    * ``stages`` non-empty: DCLs on those stages (method ``"dcl"``), trade-off loss at ``alpha``;
+    * ``stages`` empty: a plain model of ``width`` (default ``cfg.width``) from scratch (``"fixed"``);
+    * ``prune_to`` (MACs per clip): the plain full model is trained, then ``prune_fn(model, sample,
+      prune_to, finetune)`` prunes it structurally and fine-tunes it (``"pruned"``); with
+      ``init_state`` (the state dict of an already trained plain model of this width) that model is
+      pruned instead of training a new one.
+    """
+    cfg.validate()
+    if alpha < 0 or not math.isfinite(alpha):
+        raise ValueError(f"alpha must be a finite number >= 0, got {alpha!r}")
+    if not 0 < kappa_min <= 1:
+        raise ValueError(f"kappa-min must be in (0, 1], got {kappa_min!r}")
+    t0 = time.perf_counter()
+    x, yl = train.waveforms(), torch.from_numpy(train.label.astype(np.float32))
+    xt = test.waveforms()
+    seconds = x.shape[1] / SR
+    with _threads(threads), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="TF32 acceleration")
+        training.seed_everything(cfg.seed)
+        steps = max(1, len(yl) // cfg.batch_size)
+        model = build_resnet(**{**model_kwargs(cfg, width), "blocks": tuple(cfg.blocks)})
+        sample = x[: min(8, len(x))]
+        recorder = WidthRecorder(record_csv, None) if (record_csv is not None and stages) else None
+        if stages:
+            make_dynamic_stages(model, sample, stages, kappa_min)
+            objective = TradeoffLoss(model, alpha=float(alpha), metric="flops", warmup_steps=cfg.warmup_epochs * steps)
+            optimizer = training.make_optimizer(model, cfg.lr, cfg.width_lr)
+            method, desc = "dcl", f"stages={','.join(map(str, stages))} kappa={kappa_min:g}"
+        else:
+            objective = _NoCost()
+            optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+            method, desc = ("pruned" if prune_to is not None else "fixed"), f"width={width or cfg.width}"
+        try:
+            if init_state is not None:
+                if stages:
+                    raise ValueError("init_state is for plain models (fixed width or pruning)")
+                model.load_state_dict(init_state)
+            else:
+                _fit(model, cfg, x, yl, objective, optimizer, cfg.epochs, recorder, progress, desc)
+        finally:
+            if recorder is not None:
+                recorder.close()
+        model.eval()
+        extra: dict = {}
+        if prune_to is not None:
+            if prune_fn is None:
+                raise ValueError("prune_to needs prune_fn")
+            full_macs = float(model_cost(model, sample).macs)
+
+            def finetune(m: nn.Module, epochs: int = max(1, cfg.epochs // 2)) -> nn.Module:
+                opt = torch.optim.Adam(m.parameters(), lr=cfg.lr * 0.3)
+                _fit(m, cfg, x, yl, _NoCost(), opt, epochs, None, progress, f"finetune {desc}")
+                return m.eval()
+
+            model = prune_fn(model, sample, float(prune_to), finetune).eval()
+            extra["macs_full"] = full_macs
+        if stages:
+            widths = {k: int(v) for k, v in dynamic_widths(model, hard=True).items()}
+            cont = {k: round(v, 3) for k, v in dynamic_widths(model, hard=False).items()}
+            small = export(model).eval()
+            with torch.no_grad():
+                diff = float((model(xt[:16]) - small(xt[:16])).abs().max())
+        else:
+            widths, cont, small, diff = {}, {}, model, 0.0
+        cost = model_cost(small, sample, seconds=seconds)
+        scores = score_model(small, xt)
+        eers = eer_report(test, scores, unseen)
+    row = {
+        "method": method,
+        "stages": ",".join(map(str, stages)) if stages else "-",
+        "kappa_min": float(kappa_min) if stages else math.nan,
+        "alpha": float(alpha) if stages else math.nan,
+        "width": int(width or cfg.width),
+        "macs": float(cost.macs),
+        "macs_per_second": float(cost.macs) / seconds,
+        "gflops_per_second": float(cost.flops) / seconds / 1e9,
+        "params": int(round(float(cost.params))),
+        "params_exported": sum(p.numel() for p in small.parameters()),
+        "eer_pooled": eers["pooled"],
+        "eer_unseen": eers.get("unseen", math.nan),
+        "eer_known": eers.get("known", math.nan),
+        **{f"eer_{a}": eers.get(a, math.nan) for a in ATTACKS},
+        "export_max_abs_diff": diff,
+        "widths": json.dumps(widths, sort_keys=True),
+        "widths_continuous": json.dumps(cont, sort_keys=True),
+        "seconds": round(time.perf_counter() - t0, 1),
+        **extra,
+    }
+    if prune_to is not None:
+        row["target_macs"] = float(prune_to)
+    if checkpoint is not None and prune_to is None:
+        recipe = make_recipe(TASK, model_kwargs(cfg, width), list(sample.shape),
+                             {"kappa_min": float(kappa_min), "stages": list(stages)})
+        save_checkpoint(checkpoint, model, recipe, extra={
+            "config": cfg.as_dict(), "alpha": float(alpha), "clip_seconds": seconds,
+            "metric": {"name": "eer_pooled_percent", "value": eers["pooled"]},
+            "result": {k: v for k, v in row.items() if isinstance(v, (int, float, str))},
+        })
+    return row

@@ -1,0 +1,106 @@
+"""The anti-spoofing commands: ``slimtrain data spoof``, ``slimtrain spoof`` and ``slimtrain spoof score``."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from slimtrain.cli import build_parser, main
+from slimtrain.tasks.audio import asterisk_prompts, write_audio
+
+from _spoof_fixtures import spoof_data  # noqa: F401  (fixture)
+
+
+def _run(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _one_line_error(code, err, *words, expect=2):
+    assert code == expect, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("slimtrain: error: "), err
+    for w in words:
+        assert w in lines[0], (w, lines[0])
+
+
+@pytest.mark.parametrize("path", [("spoof",), ("spoof", "score"), ("data", "spoof")])
+def test_help_explains_every_option(capsys, path):
+    code, out, _ = _run(capsys, *path, "--help")
+    assert code == 0
+    p = build_parser()
+    for name in path:
+        p = next(a for a in p._actions if hasattr(a, "choices") and isinstance(a.choices, dict)
+                 and name in a.choices).choices[name]
+    for action in p._actions:
+        if action.option_strings and action.help and action.dest != "help":
+            assert action.option_strings[-1] in out
+            assert len(action.help) > 15, action.option_strings
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["spoof", "--stages", "7"], ["stage 7 does not exist"]),
+    (["spoof", "--stages", "0/1"], ["--sweep"]),
+    (["spoof", "--kappa-min", "0.5,0.25"], ["--sweep"]),
+    (["spoof", "--kappa-min", "0"], ["kappa-min"]),
+    (["spoof", "--alpha", "-1"], ["alpha"]),
+    (["spoof", "--fixed-widths", "4"], ["--sweep"]),
+])
+def test_bad_values_give_one_line_errors(capsys, tmp_path, spoof_data, argv, words):  # noqa: F811
+    data = spoof_data[0]
+    code, _, err = _run(capsys, *argv, "--quick", "--data", data, "--out", tmp_path, "--no-progress")
+    _one_line_error(code, err, *words)
+
+
+def test_quick_run_export_and_score(capsys, tmp_path, spoof_data):  # noqa: F811
+    data = spoof_data[0]
+    code, out, _ = _run(capsys, "data", "spoof", "--quick", "--out", data, "--no-progress")  # cached: reused
+    assert code == 0 and "A4, A6, A7" in out
+    o = tmp_path / "run"
+    code, out, err = _run(capsys, "spoof", "--quick", "--data", data, "--out", o, "--epochs", "2", "--no-progress")
+    assert code == 0, err
+    assert "EER pooled" in out
+    res = json.loads((o / "result.json").read_text())["result"]
+    assert res["export_max_abs_diff"] < 1e-5 and 0 <= res["eer_unseen"] <= 100
+    code, out, err = _run(capsys, "export", o / "model.ckpt", tmp_path / "exp")
+    assert code == 0, err
+    wavs = [asterisk_prompts("fr")[0], asterisk_prompts("it")[1]]
+    code, out, err = _run(capsys, "spoof", "score", o / "model.ckpt", *wavs)
+    assert code == 0, err
+    lines = out.strip().splitlines()
+    assert [ln.split("\t")[1] for ln in lines] == [str(w) for w in wavs]
+    ckpt_scores = [float(ln.split("\t")[0]) for ln in lines]
+    code, out, _ = _run(capsys, "spoof", "score", tmp_path / "exp" / "model.pt", *wavs)  # TorchScript export
+    assert code == 0
+    assert [float(ln.split("\t")[0]) for ln in out.strip().splitlines()] == pytest.approx(ckpt_scores, abs=1e-3)
+    bad = tmp_path / "bad.wav"
+    bad.write_bytes(b"not audio")
+    code, out, err = _run(capsys, "spoof", "score", o / "model.ckpt", wavs[0], bad)
+    _one_line_error(code, err, "bad.wav", expect=1)
+    assert len(out.strip().splitlines()) == 1  # the good file is still scored
+    code, _, err = _run(capsys, "spoof", "score", bad, wavs[0])
+    _one_line_error(code, err, "bad.wav")
+    code, _, err = _run(capsys, "spoof", "score", tmp_path / "missing.ckpt", wavs[0])
+    _one_line_error(code, err, "missing.ckpt")
+
+
+def test_quick_sweep_writes_the_paper_columns_and_the_plot(capsys, tmp_path, spoof_data):  # noqa: F811
+    import csv
+
+    data = spoof_data[0]
+    o = tmp_path / "sweep"
+    code, out, err = _run(capsys, "spoof", "--sweep", "--quick", "--data", data, "--out", o, "--epochs", "1",
+                          "--fixed-widths", "4", "--no-pruning", "--no-progress")
+    assert code == 0, err
+    rows = list(csv.DictReader(open(o / "sweep.csv")))
+    paper = ["model", "dynamic_resblock", "min_kappa", "params_millions", "gflops", "eer_percent"]
+    assert list(rows[0])[:6] == paper
+    assert {f"eer_{a}_percent" for a in ("A1", "A2", "A3", "A4", "A5", "A6", "A7")} <= set(rows[0])
+    assert [r["method"] for r in rows] == ["fixed", "dcl"]
+    assert rows[1]["dynamic_resblock"] == "0, 1, 2, 3" and float(rows[1]["min_kappa"]) == 0.25
+    for r in rows:  # the paper's units: GFLOP per second of audio (1 s clips here), millions of parameters
+        assert float(r["gflops"]) == pytest.approx(2 * float(r["macs_per_second"]) / 1e9, rel=1e-4)
+        assert float(r["params_millions"]) == pytest.approx(int(r["params"]) / 1e6, rel=1e-4)
+        assert float(r["eer_percent"]) >= 0 and float(r["export_max_abs_diff"] or 0) < 1e-5
+    assert (o / "sweep.png").stat().st_size > 10_000

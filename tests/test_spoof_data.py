@@ -1,0 +1,147 @@
+"""Anti-spoofing data: attack generators, cue removal, protocol, cache + manifest, the shortcut test."""
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from slimtrain.tasks.audio import asterisk_prompts, read_audio
+from slimtrain.tasks.spoof import attacks as A
+from slimtrain.tasks.spoof.data import (SR, DataError, SpoofDataConfig, build_dataset, condition, cue_features,
+                                        load_split, plan_items, shortcut_eer)
+
+from _spoof_fixtures import programs_missing, spoof_data  # noqa: F401  (fixture)
+
+needs_tts = pytest.mark.skipif(bool(programs_missing()), reason="speech synthesisers not installed")
+
+
+def _bona() -> np.ndarray:
+    return read_audio(asterisk_prompts("en")[0], SR)[0]
+
+
+# -- attack generators ---------------------------------------------------------------------------------
+@needs_tts
+@pytest.mark.parametrize("make", [
+    lambda: A.espeak("Please enter your account number", "en-us+f3", 150, 60),
+    lambda: A.flite("Please enter your account number", "slt"),
+    lambda: A.festival_batch(["Please enter your account number", 'say "hi" (twice) è'], "kal_diphone")[1],
+    lambda: A.festival_batch(["Por favor ingrese su numero"], "upc_ca_ona_hts")[0],
+], ids=["A1-espeak", "A2-flite", "A3-festival-diphone", "A4-festival-hts"])
+def test_text_attacks_give_speech_at_8khz_deterministically(make):
+    x, y = make(), make()
+    assert x.dtype == np.float32 and len(x) > SR // 2  # at least half a second
+    assert np.sqrt(np.mean(x ** 2)) > 1e-3  # not silent
+    np.testing.assert_array_equal(x, y)
+
+
+@pytest.mark.parametrize("fn", [lambda x: A.world_copy_batch([x])[0], A.griffin_lim_copy, A.lpc_copy],
+                         ids=["A5", "A6", "A7"])
+def test_copy_synthesis_keeps_length_level_and_changes_the_signal(fn):
+    x = _bona()
+    y = fn(x)
+    assert y.shape == x.shape and np.all(np.isfinite(y))
+    rx, ry = np.sqrt(np.mean(x ** 2)), np.sqrt(np.mean(y ** 2))
+    assert 0.1 < ry / rx < 10  # same order of loudness
+    assert np.max(np.abs(y - x)) > 0.05 * np.max(np.abs(x))  # a real resynthesis, not a copy
+    np.testing.assert_array_equal(y, fn(x))  # deterministic
+
+
+def test_missing_program_names_the_apt_package(monkeypatch):
+    monkeypatch.setattr(A.shutil, "which", lambda *a, **k: None)
+    with pytest.raises(A.AttackError, match="apt-get install espeak-ng"):
+        A.espeak("hello", "en-us")
+    with pytest.raises(A.AttackError, match="apt-get install festival"):
+        A.festival_batch(["hello"], "kal_diphone")
+
+
+@needs_tts
+def test_missing_festival_voice_names_the_voice():
+    with pytest.raises(A.AttackError, match="no_such_voice"):
+        A.festival_batch(["hello"], "no_such_voice")
+
+
+# -- cue removal ---------------------------------------------------------------------------------------
+@given(st.integers(0, 2 ** 31 - 1), st.integers(800, 20000))
+def test_condition_gives_fixed_length_and_repeats_for_a_seed(seed, n):
+    t = np.arange(n) / SR
+    x = (0.3 * np.sin(2 * np.pi * 440 * t) * (t > 0.05)).astype(np.float32)
+    a = condition(x, np.random.default_rng(seed), 8000)
+    b = condition(x, np.random.default_rng(seed), 8000)
+    assert a.dtype == np.int16 and a.shape == (8000,)
+    np.testing.assert_array_equal(a, b)
+    level = 20 * np.log10(np.sqrt(np.mean((a / 32768.0) ** 2)))
+    assert level < -17.5  # random level in -30..-18 dBFS of the speech part; shorter ones are padded
+    if n - 480 >= 8000:  # the tone fills the clip
+        assert level > -30.5
+
+
+def test_cue_features_measure_duration_level_and_leading_silence():
+    x = np.zeros(8000)
+    x[2000:6000] = 0.1 * np.sin(np.arange(4000) * 0.3)
+    dur, rms, lead = cue_features(x)
+    assert dur == pytest.approx(0.5, abs=0.011)
+    assert lead == pytest.approx(0.25, abs=0.011)
+    assert rms == pytest.approx(20 * np.log10(0.1 / np.sqrt(2) * np.sqrt(0.5)), abs=0.2)
+
+
+# -- protocol, cache, manifest -------------------------------------------------------------------------
+def test_plan_is_deterministic_and_keeps_unseen_attacks_and_heldout_speaker_out_of_training():
+    cfg = SpoofDataConfig.quick()
+    a, _ = plan_items(cfg)
+    b, _ = plan_items(cfg)
+    assert [vars(i) for i in a] == [vars(i) for i in b]
+    train = [i for i in a if i.split == "train"]
+    assert not {i.attack for i in train} & set(cfg.unseen_attacks)
+    assert set(cfg.unseen_attacks) >= {"A4", "A6"} and len(cfg.unseen_attacks) >= 2
+    assert all(i.language != cfg.heldout_language for i in train)
+    ev_bona = [i for i in a if i.split == "eval" and i.label == 1]
+    assert any(i.language == cfg.heldout_language for i in ev_bona)
+    # no prompt recording or text is shared between training and evaluation (content split)
+    train_prompts = {(i.language, i.prompt) for i in train}
+    assert not train_prompts & {(i.language, i.prompt) for i in a if i.split == "eval"}
+    c, _ = plan_items(SpoofDataConfig.quick(seed=1))
+    assert [vars(i) for i in c] != [vars(i) for i in a]
+
+
+def test_bad_settings_raise_clear_errors(tmp_path):
+    with pytest.raises(DataError, match="unknown attack 'A9'"):
+        SpoofDataConfig(train_attacks=("A9",)).validate()
+    with pytest.raises(DataError, match="held-out language"):
+        SpoofDataConfig(heldout_language="de").validate()
+    with pytest.raises(DataError, match="slimtrain data spoof"):
+        load_split(tmp_path, "train")
+
+
+def test_dataset_manifest_counts_hashes_and_cache_reuse(spoof_data):  # noqa: F811
+    out, man, train, test = spoof_data
+    cfg = SpoofDataConfig.quick()
+    assert man["config"] == cfg.as_dict()
+    assert man["counts"]["train"]["bona"] == cfg.n_bona_train == int(train.label.sum())
+    assert set(man["counts"]["eval"]) == {"bona", *cfg.eval_attacks}
+    assert train.audio.shape == (len(train), cfg.clip_samples) and train.audio.dtype == np.int16
+    import hashlib
+    for name, digest in man["sha256"].items():
+        assert hashlib.sha256((out / name).read_bytes()).hexdigest() == digest
+    before = {f: os.stat(out / f).st_mtime_ns for f in man["sha256"]}
+    again = build_dataset(out, cfg, progress=False)  # same settings: reused, not rebuilt
+    assert again == json.loads((out / "manifest.json").read_text())
+    assert {f: os.stat(out / f).st_mtime_ns for f in man["sha256"]} == before
+
+
+def test_shortcut_cues_alone_stay_near_chance(spoof_data):  # noqa: F811
+    """Duration, RMS and leading silence must not separate bona fide from spoof (EER >= 35%)."""
+    _, _, train, test = spoof_data
+    assert shortcut_eer(train, test) >= 0.35
+
+
+@needs_tts
+def test_generation_is_byte_identical_for_a_seed_whatever_the_workers(tmp_path):
+    cfg = SpoofDataConfig(n_bona_train=2, n_spoof_train_per_attack=1, n_bona_eval_heldout=2, n_bona_eval_known=1,
+                          n_spoof_eval_per_attack=1)
+    a = build_dataset(tmp_path / "a", cfg, workers=1, progress=False)
+    b = build_dataset(tmp_path / "b", cfg, workers=3, progress=False)
+    assert a["sha256"] == b["sha256"]

@@ -1,0 +1,130 @@
+"""Anti-spoofing model: per-stage DCLs tied by the core, exact export, training beats chance on unseen
+attacks, checkpoints and scoring."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import slimtrain
+from slimtrain.checkpoint import load_dynamic_model
+from slimtrain.tasks.spoof.models import build_resnet, make_dynamic_stages, parse_stages, stage_layers
+from slimtrain.tasks.spoof.train import SpoofConfig, train_run
+
+from _helpers import count_macs, n_params
+from _spoof_fixtures import spoof_data  # noqa: F401  (fixture)
+
+BLOCKS = (1, 2, 1, 1)
+
+
+def _wav(n: int = 4, seed: int = 0) -> torch.Tensor:
+    return 0.1 * torch.randn(n, 4000, generator=torch.Generator().manual_seed(seed))
+
+
+def test_model_maps_waveform_to_one_logit_and_cost_counts_match_torch():
+    m = build_resnet(width=4, blocks=BLOCKS, n_mels=16).eval()
+    x = _wav()
+    assert m(x).shape == (4,)
+    c = slimtrain.model_cost(m, x)
+    assert int(c.params) == n_params(m)
+    assert float(c.macs) == pytest.approx(count_macs(m, x) / 4, rel=1e-6)  # torch counts the same products
+
+
+def test_parse_stages():
+    assert parse_stages("0") == (0,)
+    assert parse_stages("3,1") == (1, 3)
+    assert parse_stages("all") == parse_stages("X") == (0, 1, 2, 3)
+    for bad, msg in (("4", "does not exist"), ("a", "not an integer"), ("1,1", "twice"), ("", "comma-separated")):
+        with pytest.raises(ValueError, match=msg):
+            parse_stages(bad)
+
+
+@pytest.mark.parametrize("stages", [(0,), (1,), (2,), (3,), (0, 1, 2, 3)])
+def test_residual_widths_of_a_stage_share_one_dcl_and_other_stages_stay_full(stages):
+    m = build_resnet(width=4, blocks=BLOCKS, n_mels=16)
+    make_dynamic_stages(m, _wav(), stages, 0.25)
+    for s, stage in enumerate(m.stages):
+        stream = [b.bn2 for b in stage] + [b.shortcut[1] for b in stage if b.shortcut is not None]
+        inner = [b.bn1 for b in stage]
+        if s in stages:
+            dcls = {id(mod.dcl) for mod in stream}
+            assert len(dcls) == 1, f"stage {s}: residual stream has {len(dcls)} widths, not one"
+            assert all(isinstance(mod, slimtrain.DynamicOutput) for mod in inner)
+            assert len({id(mod.dcl) for mod in inner} | dcls) == len(inner) + 1  # inner widths are their own
+        else:
+            assert not any(isinstance(mod, slimtrain.DynamicOutput) for mod in stream + inner)
+    # the residual stream of stage 0 is the stem output (identity shortcut): tied to it
+    if 0 in stages:
+        assert m.stem_bn.dcl is m.stages[0][0].bn2.dcl
+
+
+@settings(max_examples=25)
+@given(st.integers(0, 2 ** 31 - 1), st.sampled_from([(0,), (1,), (2,), (3,), (0, 1, 2, 3)]))
+def test_export_equals_the_dynamic_model_at_random_widths(seed, stages):
+    torch.manual_seed(seed)
+    m = build_resnet(width=4, blocks=BLOCKS, n_mels=16)
+    x = _wav(seed=seed)
+    make_dynamic_stages(m, x, stages, 0.25)
+    g = torch.Generator().manual_seed(seed)
+    for mod in m.modules():
+        if isinstance(mod, slimtrain.DynamicWidth):
+            mod.theta.data.fill_(float(0.25 + 0.75 * torch.rand((), generator=g)))
+        if isinstance(mod, torch.nn.BatchNorm2d):  # non-trivial statistics
+            mod.running_mean.normal_(0, 0.1, generator=g)
+            mod.running_var.uniform_(0.5, 1.5, generator=g)
+    m.eval()
+    small = slimtrain.export(m).eval()
+    with torch.no_grad():
+        assert torch.allclose(m(x), small(x), atol=1e-5, rtol=0)
+    cost = slimtrain.model_cost(m, hard=True)
+    assert int(round(float(cost.params))) == n_params(small)
+    assert n_params(small) <= n_params(build_resnet(width=4, blocks=BLOCKS, n_mels=16))
+
+
+def test_tiny_model_beats_chance_on_unseen_attacks_and_round_trips(spoof_data, tmp_path):  # noqa: F811
+    _, man, train, test = spoof_data
+    cfg = SpoofConfig.quick(epochs=10)
+    ckpt = tmp_path / "m.ckpt"
+    row = train_run(cfg, train, test, man["unseen_attacks"], stages=(0, 1, 2, 3), kappa_min=0.25, alpha=1.0,
+                    checkpoint=ckpt, progress=False)
+    assert row["eer_unseen"] < 30.0, row  # chance is 50 %
+    assert row["eer_pooled"] < 30.0, row
+    assert row["export_max_abs_diff"] < 1e-5
+    assert row["params_exported"] == row["params"]
+    full = slimtrain.model_cost(build_resnet(width=cfg.width, blocks=cfg.blocks), test.waveforms()[:2])
+    assert row["macs"] < float(full.macs)  # the cost term shrank the network
+    model = load_dynamic_model(ckpt)
+    x = test.waveforms()[:8]
+    small = slimtrain.export(model).eval()
+    with torch.no_grad():
+        np.testing.assert_allclose(model(x).numpy(), small(x).numpy(), atol=1e-5)
+
+
+def test_kappa_min_floor_is_one_channel_at_least():
+    m = build_resnet(width=8, blocks=(1, 1, 1, 1), n_mels=16)
+    make_dynamic_stages(m, _wav(), (0, 1, 2, 3), 0.0625)  # 8 * 0.0625 = half a channel
+    floors = {d.num_channels: d.min_width for d in m.modules() if isinstance(d, slimtrain.DynamicWidth)}
+    assert floors == {8: 1.0, 16: 1.0, 32: 2.0, 64: 4.0}
+    for d in m.modules():
+        if isinstance(d, slimtrain.DynamicWidth):
+            d.theta.data.fill_(-5.0)  # far below the floor
+            assert d.hard_width == max(1, int(0.0625 * d.num_channels))
+    with pytest.raises(ValueError, match="kappa-min"):
+        make_dynamic_stages(build_resnet(width=4, blocks=BLOCKS, n_mels=16), _wav(), (0,), 0.0)
+
+
+def test_pruning_baseline_row_reaches_the_target_macs(spoof_data):  # noqa: F811
+    from slimtrain.tasks.spoof.sweep import pruning_available, pruning_row
+
+    if not pruning_available():
+        pytest.skip("torch-pruning / slimtrain.tasks.baselines not available")
+    data, man, train, _ = spoof_data
+    cfg = SpoofConfig.quick(epochs=2)
+    full = float(slimtrain.model_cost(build_resnet(width=cfg.width, blocks=cfg.blocks), train.waveforms()[:2]).macs)
+    row = pruning_row(cfg, str(data), man["unseen_attacks"], 0.4 * full)
+    assert row["method"] == "pruned"
+    assert row["macs"] == pytest.approx(0.4 * full, rel=0.06)
+    assert row["params_exported"] == row["params"] < n_params(build_resnet(width=cfg.width, blocks=cfg.blocks))
+    assert 0 <= row["eer_pooled"] <= 100
