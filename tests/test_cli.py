@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import slimtrain
-from slimtrain.checkpoint import load_dynamic_model
+from slimtrain.checkpoint import CheckpointError, load_dynamic_model, load_for_inference
 from slimtrain.cli import build_parser, main
 
 
@@ -179,3 +179,26 @@ def test_quick_sweep_via_cli(capsys, tmp_path):
     assert [r["method"] for r in rows] == ["learned", "learned", "fixed"]
     assert {"alpha", "width", "flops", "params", "test_nmse"} <= set(rows[0])
     assert (tmp_path / "sweep.png").stat().st_size > 10_000
+
+
+def test_load_for_inference_cuts_checkpoints_loads_torchscript_and_names_bad_files(quick_run, tmp_path, capsys):
+    ckpt_path = quick_run / "model.ckpt"
+    small, ckpt = load_for_inference(ckpt_path, "synthetic")
+    assert ckpt is not None and not any(isinstance(m, slimtrain.DynamicWidth) for m in small.modules())
+    dyn = load_dynamic_model(ckpt_path)
+    x = torch.randn(5, 16)
+    with torch.no_grad():
+        assert torch.allclose(small(x), dyn(x), atol=1e-5)
+    assert main(["export", str(ckpt_path), str(tmp_path / "exp"), "--no-onnx"]) == 0
+    scripted, none = load_for_inference(tmp_path / "exp" / "model.pt", "synthetic")
+    assert none is None
+    with torch.no_grad():
+        assert torch.allclose(scripted(x), dyn(x), atol=1e-5)
+    with pytest.raises(CheckpointError, match=r"model\.ckpt is a checkpoint of task 'synthetic', not of 'vad'"):
+        load_for_inference(ckpt_path, "vad")
+    with pytest.raises(CheckpointError, match=r"model file not found: .*nope\.pt"):
+        load_for_inference(tmp_path / "nope.pt", "vad")
+    (tmp_path / "junk.pt").write_bytes(b"not a model")
+    with pytest.raises(CheckpointError, match=r"junk\.pt is neither a slimtrain checkpoint nor a TorchScript model"):
+        load_for_inference(tmp_path / "junk.pt", "vad")
+

@@ -29,7 +29,7 @@ from torch import nn
 
 __all__ = [
     "CheckpointError", "save_checkpoint", "load_checkpoint", "register_task", "registered_tasks",
-    "build_from_recipe", "load_dynamic_model", "make_recipe",
+    "build_from_recipe", "load_dynamic_model", "make_recipe", "load_for_inference",
 ]
 
 FORMAT = "slimtrain-checkpoint"
@@ -200,3 +200,40 @@ def load_dynamic_model(path_or_ckpt: Union[PathLike, dict]) -> nn.Module:
         if now is None or not math.isclose(now, float(k), rel_tol=1e-5, abs_tol=1e-5):
             raise CheckpointError(f"checkpoint '{where}': width of '{name}' is {now} after loading, saved {k}")
     return model.eval()
+
+
+def load_for_inference(path: PathLike, task: str) -> tuple[nn.Module, Optional[dict]]:
+    """``(plain model in eval mode, checkpoint dict or None)`` from a checkpoint of ``task`` or a TorchScript file.
+
+    A slimtrain checkpoint is rebuilt and, if it has dynamic widths, cut to them
+    (:func:`slimtrain.export`); a TorchScript file written by ``slimtrain export``
+    is loaded as it is (the second item is then ``None``). A missing file, a file
+    that is neither, or a checkpoint of another task raises :class:`CheckpointError`
+    naming the file.
+    """
+    import warnings
+
+    from .dcl import DynamicWidth
+    from .export import export
+
+    p = Path(path)
+    if not p.is_file():
+        raise CheckpointError(f"model file not found: {p}")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch.load notes when it meets a TorchScript archive
+            ckpt = load_checkpoint(p)
+    except CheckpointError:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # torch.jit.load is deprecated in recent torch; it still loads
+                return torch.jit.load(str(p), map_location="cpu").eval(), None
+        except Exception as e:  # noqa: BLE001 - torch.jit raises several kinds
+            raise CheckpointError(f"{p} is neither a slimtrain checkpoint nor a TorchScript model "
+                                  f"({type(e).__name__})") from None
+    if ckpt["recipe"].get("task") != task:
+        raise CheckpointError(f"{p} is a checkpoint of task {ckpt['recipe'].get('task')!r}, not of {task!r}")
+    model = load_dynamic_model(ckpt)
+    if any(isinstance(m, DynamicWidth) for m in model.modules()):
+        model = export(model)
+    return model.eval(), ckpt

@@ -17,12 +17,14 @@ import textwrap
 import time
 import warnings
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence, TypeVar
 
 __all__ = ["main", "build_parser"]
 
 # torch.backends.mkldnn.flags() (used when slimtrain traces a model) warns on every CPU build
 warnings.filterwarnings("ignore", message="TF32 acceleration")
+
+T = TypeVar("T")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -54,21 +56,29 @@ def _alpha(text: str) -> float:
     return v
 
 
+def comma_list(parse: Callable[[str], T], example: str, *, none_ok: bool = False) -> Callable[[str], list[T]]:
+    """An argparse type for ``a,b,c`` whose items ``parse`` checks (its error names the bad item).
+
+    ``example`` is a valid list shown when the text holds no item; with ``none_ok``
+    an empty text or ``none`` gives ``[]`` instead of an error.
+    """
+    def parse_list(text: str) -> list[T]:
+        if none_ok and text.strip().lower() in ("", "none"):
+            return []
+        parts = [p for p in text.replace(" ", "").split(",") if p]
+        if not parts:
+            raise argparse.ArgumentTypeError(f"expected a comma-separated list such as {example}, got {text!r}")
+        return [parse(p) for p in parts]
+
+    return parse_list
+
+
 def _alpha_list(text: str) -> list[float]:
-    parts = [p for p in text.replace(" ", "").split(",") if p]
-    if not parts:
-        raise argparse.ArgumentTypeError(f"expected a comma-separated list of alphas such as 0,0.1,1, got {text!r}")
-    return [_alpha(p) for p in parts]
+    return comma_list(_alpha, "0,0.1,1")(text)
 
 
 def _width_list(text: str) -> list[int]:
-    if text.strip().lower() in ("", "none"):
-        return []
-    out = []
-    for p in text.replace(" ", "").split(","):
-        if p:
-            out.append(_positive_int(p, "baseline widths"))
-    return out
+    return comma_list(lambda p: _positive_int(p, "baseline widths"), "4,8,16", none_ok=True)(text)
 
 
 def _positive_int(text: str, what: str = "value") -> int:

@@ -8,7 +8,6 @@ bands the downstream layers were trained on.
 """
 from __future__ import annotations
 
-import math
 
 import torch
 from torch import Tensor, nn

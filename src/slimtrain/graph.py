@@ -9,7 +9,6 @@ every branch), binds LayerNorms over a dynamic width to it, and stores a
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Optional, Union
 

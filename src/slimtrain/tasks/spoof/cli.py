@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from ...cli import _alpha, _epochs, _kappa, _paragraphs, _positive_int, _seed, _workers
+from ...cli import _alpha, _epochs, _kappa, _paragraphs, _positive_int, _seed, _workers, comma_list
 
 __all__ = ["register"]
 
@@ -29,17 +29,8 @@ def _stage_sets(text: str) -> list[tuple[int, ...]]:
     return out
 
 
-def _kappa_list(text: str) -> list[float]:
-    parts = [p for p in text.replace(" ", "").split(",") if p]
-    if not parts:
-        raise argparse.ArgumentTypeError(f"expected a comma-separated list such as 0.5,0.25, got {text!r}")
-    return [_kappa(p) for p in parts]
-
-
-def _width_list(text: str) -> list[int]:
-    if text.strip().lower() in ("", "none"):
-        return []
-    return [_positive_int(p, "fixed widths") for p in text.replace(" ", "").split(",") if p]
+_kappa_list = comma_list(_kappa, "0.5,0.25")
+_width_list = comma_list(lambda p: _positive_int(p, "fixed widths"), "2,4,8", none_ok=True)
 
 
 def register(commands, data_commands) -> None:

@@ -8,8 +8,6 @@ more likely bona fide; the logit 0 is the training decision boundary, not a tune
 from __future__ import annotations
 
 import os
-import warnings
-from pathlib import Path
 from typing import Sequence, Union
 
 import numpy as np
@@ -26,38 +24,11 @@ PathLike = Union[str, os.PathLike]
 
 def load_scorer(path: PathLike) -> tuple[nn.Module, int]:
     """A plain scoring model and its clip length in samples, from a slimtrain checkpoint (exported to
-    its learned widths) or a TorchScript file written by ``slimtrain export``."""
-    from ...checkpoint import CheckpointError, load_checkpoint, load_dynamic_model
-    from ...export import export
-    from ...graph import get_graph
+    its learned widths) or a TorchScript file written by ``slimtrain export`` (clip length then 1 s)."""
+    from ...checkpoint import load_for_inference
 
-    p = Path(path)
-    if not p.is_file():
-        raise CheckpointError(f"model file '{p}' does not exist")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # torch.load notices a TorchScript archive and says so
-            ckpt = load_checkpoint(p)
-    except CheckpointError:
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # torch.jit.load is deprecated in recent torch; still loads
-                model = torch.jit.load(str(p), map_location="cpu")
-        except Exception:  # noqa: BLE001 - torch.jit raises several kinds
-            raise CheckpointError(f"'{p}' is neither a slimtrain checkpoint nor a TorchScript model") from None
-        return model.eval(), SR  # TorchScript: clip length unknown, use 1 s
-    if ckpt["recipe"].get("task") != "spoof":
-        raise CheckpointError(f"'{p}' is a checkpoint of task {ckpt['recipe'].get('task')!r}, not an anti-spoofing model")
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="TF32 acceleration")
-        model = load_dynamic_model(ckpt)
-        try:
-            get_graph(model)
-            model = export(model)
-        except Exception:  # noqa: BLE001 - plain (fixed-width) model: nothing to cut
-            pass
-    samples = int(ckpt["recipe"]["sample_shape"][-1])
-    return model.eval(), samples
+    model, ckpt = load_for_inference(path, "spoof")
+    return model, (int(ckpt["recipe"]["sample_shape"][-1]) if ckpt is not None else SR)
 
 
 def prepare(x: np.ndarray, clip: int) -> np.ndarray:

@@ -21,7 +21,6 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ... import export
 from ...checkpoint import load_dynamic_model
 from ...training import make_optimizer, seed_everything
 from .data import VadSplit

@@ -6,7 +6,7 @@ import json
 import time
 from pathlib import Path
 
-from ...cli import _alpha, _alpha_list, _epochs, _kappa, _number, _paragraphs, _seed, _workers
+from ...cli import _alpha, _alpha_list, _epochs, _kappa, _number, _paragraphs, _seed, _workers, comma_list
 
 __all__ = ["register"]
 
@@ -36,18 +36,8 @@ def _family(text: str) -> str:
     return text
 
 
-def _kappa_list(text: str) -> list[float]:
-    parts = [p for p in text.replace(" ", "").split(",") if p]
-    if not parts:
-        raise argparse.ArgumentTypeError(f"expected a comma-separated list such as 0.5,0.25, got {text!r}")
-    return [_kappa(p) for p in parts]
-
-
-def _budget_list(text: str) -> list[float]:
-    parts = [p for p in text.replace(" ", "").split(",") if p]
-    if not parts:
-        raise argparse.ArgumentTypeError(f"expected a comma-separated list of FLOP/s budgets, got {text!r}")
-    return [_positive(p) for p in parts]
+_kappa_list = comma_list(_kappa, "0.5,0.25")
+_budget_list = comma_list(_positive, "1.5e6,3e6 (FLOP/s budgets)")
 
 
 def register(commands, data_commands) -> None:

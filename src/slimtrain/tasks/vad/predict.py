@@ -18,8 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ...checkpoint import CheckpointError, load_checkpoint, load_dynamic_model
-from ...graph import get_graph
+from ...checkpoint import CheckpointError, load_for_inference
 from ..audio import read_audio
 
 __all__ = ["load_vad_for_inference", "frames_to_segments", "predict_segments", "PredictError"]
@@ -33,35 +32,13 @@ class PredictError(ValueError):
 
 
 def load_vad_for_inference(path: str | Path) -> tuple[nn.Module, Optional[float]]:
-    """``(plain model in eval mode, stored threshold or None)`` from a checkpoint or TorchScript file."""
-    from ... import export
-
-    p = Path(path)
-    if not p.is_file():
-        raise PredictError(f"model file not found: {p}")
-    import warnings
-
+    """``(plain model in eval mode, stored threshold or None)`` from a VAD checkpoint or TorchScript file."""
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # torch.load notes when it meets a TorchScript archive
-            ckpt = load_checkpoint(p)
-    except CheckpointError:
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", DeprecationWarning)
-                return torch.jit.load(str(p), map_location="cpu").eval(), None
-        except Exception as e:  # noqa: BLE001
-            raise PredictError(f"{p} is neither a slimtrain checkpoint nor a TorchScript model ({type(e).__name__})") from None
-    if ckpt["recipe"].get("task") != "vad":
-        raise PredictError(f"{p} is a checkpoint of task {ckpt['recipe'].get('task')!r}, not a VAD model")
-    model = load_dynamic_model(ckpt)
-    try:
-        get_graph(model)
-        model = export(model)
-    except Exception:  # noqa: BLE001 - a fixed-width (plain) VAD model has no graph
-        pass
-    thr = ckpt.get("extra", {}).get("metrics", {}).get("threshold")
-    return model.eval(), (float(thr) if thr is not None and math.isfinite(float(thr)) else None)
+        model, ckpt = load_for_inference(path, "vad")
+    except CheckpointError as e:
+        raise PredictError(str(e)) from None
+    thr = (ckpt or {}).get("extra", {}).get("metrics", {}).get("threshold")
+    return model, (float(thr) if thr is not None and math.isfinite(float(thr)) else None)
 
 
 def frames_to_segments(speech: np.ndarray, hop_seconds: float = HOP_SECONDS, min_speech: float = 0.1,
