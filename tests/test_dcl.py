@@ -332,3 +332,26 @@ def test_default_bounds_for_every_channel_count(n):
 def test_kappa_bounds_snap_to_integers():
     d = DynamicWidth(100, kappa_min=0.07, kappa_max=0.29)
     assert (d.min_width, d.max_width) == (7.0, 29.0)
+
+
+def test_cached_step_masks_stay_correct_and_bounded():
+    """Masks are cached per width; after many width changes (train and eval, two dtypes) every output is
+    still the by-hand mask, a saved mask is never overwritten, and the cache stays small."""
+    torch.manual_seed(0)
+    n = 12
+    d = DynamicWidth(n, dim=1, min_channels=1)
+    x = torch.randn(4, n, 3, dtype=torch.float64)
+    for k in [11.5, 3.25, 7.0, 1.75, 9.5, 2.5, 5.5, 6.25, 10.75, 4.5, 8.0, 3.25, 12.0]:
+        d.set_width(k)
+        d.eval()
+        assert torch.equal(d(x) != 0, (x != 0) & (torch.arange(n) < d.hard_width).view(1, n, 1))
+        d.train()
+        xr = x.clone().requires_grad_(True)
+        y = d(xr)
+        keep = _signal_weight(k, n).view(1, n, 1)
+        i = math.floor(k)
+        rows = [c for c in range(n) if c != i]  # channel floor(K) carries noise
+        assert torch.allclose(y[:, rows], (x * keep)[:, rows], atol=1e-12)
+        y.sum().backward()
+        assert torch.allclose(xr.grad, keep.expand_as(x), atol=1e-12)
+        assert len(d.__dict__["_mask_cache"]) <= 8

@@ -23,6 +23,7 @@ from __future__ import annotations
 import math
 from typing import Optional
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -60,11 +61,38 @@ def inward_clamp(x: Tensor, lo, hi) -> Tensor:
     return _InwardClamp.apply(x, lo, hi)
 
 
+def _width_value(t: float, lo: float, hi: float, n: int, dtype: torch.dtype) -> float:
+    """``float(n * clamp(theta, lo, hi))`` rounded as torch computes it in ``theta``'s dtype, without tensor ops."""
+    c = min(max(t, lo), hi)
+    if dtype == torch.float32:
+        return float(np.float32(np.float32(c) * np.float32(n)))
+    if dtype == torch.float64:
+        return c * n
+    return float(torch.tensor(c, dtype=dtype) * n)
+
+
+def _step_mask(cache: dict, n: int, width: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """``[1] * width + [0] * (n - width)`` as a tensor, cached per (width, dtype, device).
+
+    A cached mask is never written to (it is saved for backward as is), so reusing it is safe; the
+    cache holds at most a few widths (the width moves slowly during training)."""
+    key = (width, dtype, device)
+    m = cache.get(key)
+    if m is None:
+        if len(cache) >= 8:
+            cache.clear()
+        m = torch.zeros(n, dtype=dtype, device=device)
+        m[:width] = 1
+        cache[key] = m
+    return m
+
+
 class _BlendFunction(torch.autograd.Function):
     """The training-mode DCL in one autograd node: width, mask, noise blend and both gradients.
 
     ``K = N * clamp(theta, K_min/N, K_max/N)``; forward ``y = x * sin(pi/2 w)`` plus
-    ``cos(pi/2 w_i) sigma_i nu`` on channel ``i = floor(K)``, with ``w = clamp(K - index, 0, 1)``.
+    ``cos(pi/2 w_i) sigma_i nu`` on channel ``i = floor(K)``, with ``w = clamp(K - index, 0, 1)``
+    (1 below ``i``, ``K - i`` at ``i``, 0 above: a cached 0/1 step mask plus one scaled channel).
     Backward: ``dL/dx = g * sin(pi/2 w)``; ``dL/dK`` from the channels where the mask's
     slope is not zero (``K - 1 <= c <= K``, the clamp passing the gradient on its closed
     range as ``torch.clamp`` does) and from the noise channel; ``dL/dtheta = N dL/dK``
@@ -74,38 +102,51 @@ class _BlendFunction(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x: Tensor, theta: Tensor, index: Tensor, d: int, lo: float, hi: float) -> Tensor:  # type: ignore[override]
-        n = index.numel()
-        t = float(theta.detach())
-        k = float(theta.detach().clamp(lo, hi) * n)  # in theta's precision, as DynamicWidth.width
+    def forward(ctx, x: Tensor, theta: Tensor, cache: dict, d: int, lo: float, hi: float, n: int) -> Tensor:  # type: ignore[override]
+        t = float(theta)
+        k = _width_value(t, lo, hi, n, theta.dtype)
         half_pi = 0.5 * math.pi
-        m = torch.sin((k - index).clamp_(0.0, 1.0).mul_(half_pi))
+        i = int(math.floor(k))
         shape = [1] * x.dim()
         shape[d] = n
-        y = x * m.to(x.dtype).view(shape)
-        i = int(math.floor(k))
+        step = _step_mask(cache, n, min(i, n), x.dtype, x.device)
+        y = x * step.view(shape)
         noise = None
+        scale = 1.0
         if i < n:  # otherwise full width: nothing is blended
+            w = min(max(k - i, 0.0), 1.0)
+            scale = math.sin(half_pi * w)
             xi = x.select(d, i)
+            yi = y.select(d, i)
+            yi.add_(xi, alpha=scale)
             # statistics in at least float32 (half inputs), in float64 for float64 inputs
-            stat = xi.detach().to(torch.promote_types(xi.dtype, torch.float32))
-            sigma = stat.std(unbiased=False).to(x.dtype) if xi.numel() > 1 else xi.detach().abs()
+            stat = xi.detach()
+            if stat.dtype not in (torch.float32, torch.float64):
+                stat = stat.to(torch.promote_types(xi.dtype, torch.float32))
+            sigma = stat.std(unbiased=False) if xi.numel() > 1 else stat.abs()
+            if sigma.dtype != x.dtype:
+                sigma = sigma.to(x.dtype)
             noise = sigma * torch.randn_like(xi)
-            y.select(d, i).add_(noise, alpha=math.cos(half_pi * min(max(k - i, 0.0), 1.0)))
+            yi.add_(noise, alpha=math.cos(half_pi * w))
         channels = list(range(max(0, math.ceil(k - 1)), min(n - 1, math.floor(k)) + 1))
         edge = [x.detach().select(d, c).clone() for c in channels] if ctx.needs_input_grad[1] else []
-        ctx.save_for_backward(m, noise if noise is not None else torch.empty(0), *edge)
+        ctx.save_for_backward(step, noise if noise is not None else torch.empty(0), *edge)
         ctx.d, ctx.i, ctx.k, ctx.n, ctx.t, ctx.lo, ctx.hi, ctx.channels = d, i, k, n, t, lo, hi, channels
+        ctx.scale, ctx.theta_dtype = scale, theta.dtype
         return y
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, g: Tensor):  # type: ignore[override]
-        m, noise, *edge = ctx.saved_tensors
-        d, k = ctx.d, ctx.k
-        shape = [1] * g.dim()
-        shape[d] = m.numel()
-        grad_x = g * m.to(g.dtype).view(shape) if ctx.needs_input_grad[0] else None
+        step, noise, *edge = ctx.saved_tensors
+        d, k, i = ctx.d, ctx.k, ctx.i
+        grad_x = None
+        if ctx.needs_input_grad[0]:
+            shape = [1] * g.dim()
+            shape[d] = ctx.n
+            grad_x = g * (step if step.dtype == g.dtype else step.to(g.dtype)).view(shape)
+            if i < ctx.n:
+                grad_x.select(d, i).add_(g.select(d, i), alpha=ctx.scale)
         grad_t = None
         if ctx.needs_input_grad[1]:
             half_pi = 0.5 * math.pi
@@ -113,14 +154,13 @@ class _BlendFunction(torch.autograd.Function):
             for c, xc in zip(ctx.channels, edge):
                 terms.append((g.select(d, c) * xc).sum() * math.cos(half_pi * min(max(k - c, 0.0), 1.0)))
             if noise.numel():
-                i = ctx.i
                 terms.append((g.select(d, i) * noise).sum() * -math.sin(half_pi * min(max(k - i, 0.0), 1.0)))
-            grad_k = (sum(terms) * half_pi).to(m.dtype) if terms else torch.zeros((), dtype=m.dtype, device=m.device)
-            grad_t = (grad_k * ctx.n).reshape(())
+            grad_k = sum(terms) * half_pi if terms else torch.zeros((), device=g.device)
+            grad_t = (grad_k * ctx.n).reshape(()).to(ctx.theta_dtype)
             gt = float(grad_t)
             if (ctx.t < ctx.lo and gt > 0) or (ctx.t > ctx.hi and gt < 0):  # inward clamp rule
                 grad_t = torch.zeros_like(grad_t)
-        return grad_x, grad_t, None, None, None, None
+        return grad_x, grad_t, None, None, None, None, None
 
 
 def _resolve_bounds(
@@ -201,7 +241,8 @@ class DynamicWidth(nn.Module):
     @property
     def hard_width(self) -> int:
         """Channels kept in eval mode and at export: ``ceil(K)`` (near-integers round)."""
-        k = float(self.width.detach())
+        n = self.num_channels
+        k = _width_value(self.theta.item(), self.min_width / n, self.max_width / n, n, self.theta.dtype)
         r = round(k)
         k = r if abs(k - r) < _ROUND_TOL else math.ceil(k)
         return int(min(max(k, math.ceil(self.min_width - _ROUND_TOL)), self.num_channels))
@@ -253,10 +294,11 @@ class DynamicWidth(nn.Module):
         d = self._axis(x, dim)
         shape = [1] * x.dim()
         shape[d] = self.num_channels
-        if not self.training or self.frozen:
-            return x * self.hard_mask().to(x.dtype).view(shape)
         n = self.num_channels
-        return _BlendFunction.apply(x, self.theta, self._index.to(x.device), d, self.min_width / n, self.max_width / n)
+        cache = self.__dict__.setdefault("_mask_cache", {})
+        if not self.training or self.frozen:
+            return x * _step_mask(cache, n, self.hard_width, x.dtype, x.device).view(shape)
+        return _BlendFunction.apply(x, self.theta, cache, d, self.min_width / n, self.max_width / n, n)
 
     def extra_repr(self) -> str:
         return (

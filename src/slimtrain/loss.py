@@ -19,7 +19,7 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-from .cost import Cost, model_cost
+from .cost import Cost, _compiled, model_cost
 from .dcl import DynamicWidth
 from .graph import get_graph
 
@@ -68,7 +68,6 @@ class TradeoffLoss(nn.Module):
                 d.set_width(d.max_width)
         with torch.no_grad():
             self.full = float(model_cost(model, full=True).metric(metric))
-        self.last: dict[str, float] = {}
 
     def _dcls(self) -> list[DynamicWidth]:
         cached = self.__dict__.get("_dcl_cache")
@@ -88,6 +87,31 @@ class TradeoffLoss(nn.Module):
     def cost(self) -> Cost:
         return model_cost(self.model[0], hard=False)
 
+    def _soft_metric(self) -> Tensor:
+        """The chosen metric at the continuous widths (the fast path of :meth:`cost` for training)."""
+        cache = self.__dict__.get("_soft_cache")
+        if cache is None:  # the compiled polynomials and the DCLs in their order, built once
+            model = self.model[0]
+            g = get_graph(model)
+            comp = _compiled(model, g)
+            mods = g.dcl_modules(model)
+            cache = self.__dict__["_soft_cache"] = (comp, [mods[r] for r in comp.roots])
+        comp, dcls = cache
+        if not dcls:
+            return self.cost().metric(self.metric)
+        macs, params = comp.soft_cost(dcls)
+        return params if self.metric == "params" else (2.0 * macs if self.metric == "flops" else macs)
+
+    @property
+    def last(self) -> dict[str, float]:
+        """``task``, ``cost``, ``cost_rel`` and ``penalty`` of the latest call, as floats (empty before the first)."""
+        t = self.__dict__.get("_last")
+        if t is None:
+            return {}
+        if isinstance(t, tuple):  # converted on first access: a training step needs no host sync for it
+            t = self.__dict__["_last"] = {k: float(v) for k, v in zip(("task", "cost", "cost_rel", "penalty"), t)}
+        return dict(t)
+
     def forward(self, task_loss: Tensor) -> Tensor:
         warm = self.steps < self.warmup_steps
         for d in self._dcls():
@@ -96,19 +120,22 @@ class TradeoffLoss(nn.Module):
             if warm:
                 d.set_width(d.max_width)
         self.steps += 1
-        c = self.cost().metric(self.metric)
+        c = self._soft_metric()
         rel = c / self.full
-        penalty = torch.zeros((), device=task_loss.device)
+        penalty: Optional[Tensor] = None
         if not warm:
             if self.alpha:
-                penalty = penalty + self.alpha * rel
+                penalty = self.alpha * rel
             if self.budget is not None:
                 v = torch.relu(c / self.budget - 1.0)
                 # a copy: the in-place update of self.mu below must not touch what backward needs
-                penalty = penalty + self.mu.clone() * v + (0.5 * self.rho * v * v if self.lagrangian else 0.0)
+                hinge = self.mu.clone() * v + (0.5 * self.rho * v * v if self.lagrangian else 0.0)
+                penalty = hinge if penalty is None else penalty + hinge
                 if self.lagrangian and self.training:
                     with torch.no_grad():
                         self.mu.add_(self.lr_mu * v.detach()).clamp_(min=0.0)
-        self.last = {"task": float(task_loss.detach()), "cost": float(c.detach()), "cost_rel": float(rel.detach()),
-                     "penalty": float(penalty.detach())}
+        if penalty is None:
+            penalty = torch.zeros((), device=task_loss.device)
+        penalty = penalty.to(task_loss.device)
+        self.__dict__["_last"] = (task_loss.detach(), c.detach(), rel.detach(), penalty.detach())
         return task_loss + penalty.to(task_loss.dtype)
