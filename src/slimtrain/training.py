@@ -1,12 +1,13 @@
 """A small, task-free training loop for dynamic models (progress bar, records, seeds)."""
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Optional
+from typing import Callable, Iterable, Iterator, Optional
 
 import numpy as np
 import torch
@@ -17,11 +18,33 @@ from .dcl import DynamicWidth
 from .loss import TradeoffLoss  # noqa: F401  (the usual objective; kept importable from here)
 from .record import WidthRecorder
 
-__all__ = ["seed_everything", "make_optimizer", "fit", "TrainingError", "EpochResult", "rng_state", "set_rng_state"]
+__all__ = ["seed_everything", "make_optimizer", "fit", "TrainingError", "EpochResult", "rng_state", "set_rng_state",
+           "torch_threads", "NoCost"]
 
 
 class TrainingError(RuntimeError):
     """Training cannot go on (e.g. the loss became NaN or infinite)."""
+
+
+@contextlib.contextmanager
+def torch_threads(n: Optional[int]) -> Iterator[None]:
+    """Run the block with ``n`` torch intra-op threads (``None`` or 0: leave the setting alone)."""
+    old = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+class NoCost:
+    """Stands in for :class:`~slimtrain.loss.TradeoffLoss` when a plain model is trained: no cost term."""
+
+    last: dict = {}
+
+    def __call__(self, task_loss: Tensor) -> Tensor:
+        return task_loss
 
 
 def seed_everything(seed: int) -> None:

@@ -32,7 +32,6 @@ Everything is generated from ``seed`` on the CPU; nothing is downloaded.
 """
 from __future__ import annotations
 
-import contextlib
 import csv
 import dataclasses
 import json
@@ -42,7 +41,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator, Optional, Sequence
+from typing import Iterable, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -50,6 +49,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from .. import training
+from ..training import torch_threads
 from ..checkpoint import load_checkpoint, make_recipe, register_task, save_checkpoint
 from ..cost import model_cost
 from ..export import export
@@ -223,25 +223,6 @@ register_task(TASK, build_dynamic_student)
 
 
 # -- training ------------------------------------------------------------------------------------
-class _NoCost:
-    """Stands in for :class:`~slimtrain.loss.TradeoffLoss` when a plain model is trained."""
-
-    last: dict = {}
-
-    def __call__(self, task_loss: Tensor) -> Tensor:
-        return task_loss
-
-
-@contextlib.contextmanager
-def _threads(n: int) -> Iterator[None]:
-    old = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
-
-
 def _batches(cfg: SyntheticConfig, data: SyntheticData, optimizer: torch.optim.Optimizer):
     """``batches(epoch)`` for :func:`slimtrain.training.fit`: a seeded shuffle per epoch and a
     per-step cosine decay of every learning rate (to ``lr_final`` of its start value)."""
@@ -309,7 +290,7 @@ def train_run(
     if resume and checkpoint is not None and Path(checkpoint).exists():
         _check_resumable(Path(checkpoint), cfg, alpha)
     data = data if data is not None else make_data(cfg)
-    ctx = _threads(threads) if threads else contextlib.nullcontext()
+    ctx = torch_threads(threads)
     t0 = time.perf_counter()
     with ctx:
         training.seed_everything(cfg.seed)

@@ -10,7 +10,6 @@ attack (bona fide evaluation clips against that attack's clips).
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import math
@@ -18,7 +17,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -26,6 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ... import training
+from ...training import NoCost, torch_threads
 from ...checkpoint import make_recipe, register_task, save_checkpoint
 from ...cost import model_cost
 from ...export import export
@@ -109,26 +109,6 @@ def build_spoof_model(recipe: dict) -> nn.Module:
 
 
 register_task(TASK, build_spoof_model)
-
-
-@contextlib.contextmanager
-def _threads(n: Optional[int]) -> Iterator[None]:
-    if not n:
-        yield
-        return
-    old = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
-
-
-class _NoCost:
-    last: dict = {}
-
-    def __call__(self, task_loss: Tensor) -> Tensor:
-        return task_loss
 
 
 def _batches(cfg: SpoofConfig, x: Tensor, y: Tensor, optimizer: torch.optim.Optimizer, epochs: int):
@@ -218,7 +198,7 @@ def train_run(
     x, yl = train.waveforms(), torch.from_numpy(train.label.astype(np.float32))
     xt = test.waveforms()
     seconds = x.shape[1] / SR
-    with _threads(threads), warnings.catch_warnings():
+    with torch_threads(threads), warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="TF32 acceleration")
         training.seed_everything(cfg.seed)
         steps = max(1, len(yl) // cfg.batch_size)
@@ -231,7 +211,7 @@ def train_run(
             optimizer = training.make_optimizer(model, cfg.lr, cfg.width_lr)
             method, desc = "dcl", f"stages={','.join(map(str, stages))} kappa={kappa_min:g}"
         else:
-            objective = _NoCost()
+            objective = NoCost()
             optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
             method, desc = ("pruned" if prune_to is not None else "fixed"), f"width={width or cfg.width}"
         try:
@@ -253,7 +233,7 @@ def train_run(
 
             def finetune(m: nn.Module, epochs: int = max(1, cfg.epochs // 2)) -> nn.Module:
                 opt = torch.optim.Adam(m.parameters(), lr=cfg.lr * 0.3)
-                _fit(m, cfg, x, yl, _NoCost(), opt, epochs, None, progress, f"finetune {desc}")
+                _fit(m, cfg, x, yl, NoCost(), opt, epochs, None, progress, f"finetune {desc}")
                 return m.eval()
 
             model = prune_fn(model, sample, float(prune_to), finetune).eval()

@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import math
 import time
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Optional
+from typing import Callable, Optional
 
 import numpy as np
 import torch
@@ -25,7 +24,7 @@ from ... import export, make_dynamic, model_cost
 from ...checkpoint import make_recipe, register_task, save_checkpoint
 from ...graph import dynamic_widths
 from ...loss import TradeoffLoss
-from ...training import TrainingError, make_optimizer, seed_everything
+from ...training import TrainingError, make_optimizer, seed_everything, torch_threads
 from ..metrics import eer, eer_threshold, f1_at, roc_auc
 from .data import VadSplit
 from .models import FAMILIES, build_vad_model
@@ -70,17 +69,6 @@ class VadRunConfig:
     @property
     def dynamic(self) -> bool:
         return self.kappa_min is not None
-
-
-@contextmanager
-def _threads(n: Optional[int]) -> Iterator[None]:
-    old = torch.get_num_threads()
-    if n:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
 
 
 # -- model building and checkpoints ---------------------------------------------------------------
@@ -193,7 +181,7 @@ def train_vad(cfg: VadRunConfig, data: dict[str, VadSplit], *, checkpoint: Optio
     test metrics (see :func:`evaluate_scores`).
     """
     cfg.validate()
-    with _threads(threads):
+    with torch_threads(threads):
         t0 = time.time()
         seed_everything(cfg.seed)
         model = build_vad_model(cfg.family, cfg.n_mels, **cfg.widths)
