@@ -19,7 +19,7 @@ from .loss import TradeoffLoss  # noqa: F401  (the usual objective; kept importa
 from .record import WidthRecorder
 
 __all__ = ["seed_everything", "make_optimizer", "fit", "TrainingError", "EpochResult", "rng_state", "set_rng_state",
-           "torch_threads", "NoCost"]
+           "torch_threads", "NoCost", "shuffled_cosine_batches"]
 
 
 class TrainingError(RuntimeError):
@@ -45,6 +45,29 @@ class NoCost:
 
     def __call__(self, task_loss: Tensor) -> Tensor:
         return task_loss
+
+
+def shuffled_cosine_batches(x: Tensor, y: Tensor, optimizer: torch.optim.Optimizer, *, batch_size: int,
+                            epochs: int, seed: int, lr_final: float) -> Callable[[int], Iterable[tuple[Tensor, Tensor]]]:
+    """``batches(epoch)`` for :func:`fit`: a shuffle seeded by ``(seed, epoch)`` (so a resumed epoch sees
+    the same batches) and a per-step cosine decay of every group's learning rate to ``lr_final`` times
+    its start value. The last incomplete batch is dropped."""
+    n = len(y)
+    steps = max(1, n // batch_size)
+    total = steps * epochs
+    base = [grp["lr"] for grp in optimizer.param_groups]
+
+    def batches(epoch: int):
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
+        for i in range(steps):
+            t = (epoch * steps + i) / max(total - 1, 1)
+            scale = lr_final + (1 - lr_final) * 0.5 * (1 + math.cos(math.pi * t))
+            for grp, lr in zip(optimizer.param_groups, base):
+                grp["lr"] = lr * scale
+            idx = perm[i * batch_size:(i + 1) * batch_size]
+            yield x[idx], y[idx]
+
+    return batches
 
 
 def seed_everything(seed: int) -> None:

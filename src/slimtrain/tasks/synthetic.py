@@ -224,23 +224,10 @@ register_task(TASK, build_dynamic_student)
 
 # -- training ------------------------------------------------------------------------------------
 def _batches(cfg: SyntheticConfig, data: SyntheticData, optimizer: torch.optim.Optimizer):
-    """``batches(epoch)`` for :func:`slimtrain.training.fit`: a seeded shuffle per epoch and a
-    per-step cosine decay of every learning rate (to ``lr_final`` of its start value)."""
-    steps = cfg.n_train // cfg.batch_size
-    total = steps * cfg.epochs
-    base = [grp["lr"] for grp in optimizer.param_groups]
-
-    def batches(epoch: int):
-        perm = torch.randperm(cfg.n_train, generator=torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch))
-        for i in range(steps):
-            t = (epoch * steps + i) / max(total - 1, 1)
-            scale = cfg.lr_final + (1 - cfg.lr_final) * 0.5 * (1 + math.cos(math.pi * t))
-            for grp, lr in zip(optimizer.param_groups, base):
-                grp["lr"] = lr * scale
-            idx = perm[i * cfg.batch_size:(i + 1) * cfg.batch_size]
-            yield data.x_train[idx], data.y_train[idx]
-
-    return batches
+    """``batches(epoch)`` for :func:`slimtrain.training.fit` over the training set (seeded shuffle, cosine decay)."""
+    return training.shuffled_cosine_batches(data.x_train[:cfg.n_train], data.y_train[:cfg.n_train], optimizer,
+                                            batch_size=cfg.batch_size, epochs=cfg.epochs, seed=cfg.seed,
+                                            lr_final=cfg.lr_final)
 
 
 def _count_flops(model: nn.Module, x: Tensor) -> float:

@@ -112,22 +112,8 @@ register_task(TASK, build_spoof_model)
 
 
 def _batches(cfg: SpoofConfig, x: Tensor, y: Tensor, optimizer: torch.optim.Optimizer, epochs: int):
-    n = len(y)
-    steps = max(1, n // cfg.batch_size)
-    total = steps * epochs
-    base = [g["lr"] for g in optimizer.param_groups]
-
-    def batches(epoch: int):
-        perm = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch))
-        for i in range(steps):
-            t = (epoch * steps + i) / max(total - 1, 1)
-            scale = cfg.lr_final + (1 - cfg.lr_final) * 0.5 * (1 + math.cos(math.pi * t))
-            for g, lr in zip(optimizer.param_groups, base):
-                g["lr"] = lr * scale
-            idx = perm[i * cfg.batch_size:(i + 1) * cfg.batch_size]
-            yield x[idx], y[idx]
-
-    return batches
+    return training.shuffled_cosine_batches(x, y, optimizer, batch_size=cfg.batch_size, epochs=epochs,
+                                            seed=cfg.seed, lr_final=cfg.lr_final)
 
 
 @torch.no_grad()
