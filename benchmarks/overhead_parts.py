@@ -1,0 +1,111 @@
+"""Profile of benchmark 1's miss: what one DCL and the cost term cost per training step, part by part.
+
+Times forward + backward of the pieces a DCL training step adds, next to the floor that any
+PyTorch autograd function written in Python pays, on the activation of the small MLP of
+``training_overhead.py`` (batch 256, 256 channels, width 0.7 N); interleaved, median of
+``--repeats`` blocks of ``--calls`` calls, process CPU time, 1 thread.
+
+    python benchmarks/overhead_parts.py [--repeats 9] [--calls 300]
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+
+import _common as C  # noqa: E402  (sets sys.path)
+import slimtrain
+from slimtrain.training import make_optimizer
+
+
+class _Identity(torch.autograd.Function):
+    """The cheapest useful autograd function written in Python: y = x * mask, dy/dx = mask."""
+
+    @staticmethod
+    def forward(ctx, x, mask):  # type: ignore[override]
+        ctx.save_for_backward(mask)
+        return x * mask
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g):  # type: ignore[override]
+        (mask,) = ctx.saved_tensors
+        return g * mask, None
+
+
+def parts():
+    x = torch.randn(256, 256, requires_grad=True)
+    g = torch.randn(256, 256)
+    mask = torch.ones(256)
+    dcl = slimtrain.DynamicWidth(256, kappa_min=0.1).train()
+    dcl.set_width(0.7 * 256 + 0.3)
+    mlp = C.MLP()
+    dyn = slimtrain.make_dynamic(copy.deepcopy(mlp), torch.randn(2, 64), kappa_min=0.1).train()
+    obj = slimtrain.TradeoffLoss(dyn, alpha=0.1)
+    task = torch.tensor(1.0, requires_grad=True)
+    plain_opt = make_optimizer(mlp, lr=1e-4)
+    dyn_opt = make_optimizer(dyn, lr=1e-4, width_lr=1e-4)
+    xb = torch.randn(256, 64)
+    yb = torch.zeros(256, dtype=torch.long)
+    for m, o in ((mlp, plain_opt), (dyn, dyn_opt)):  # gradients and Adam state exist before timing
+        F.cross_entropy(m(xb), yb).backward()
+        o.step()
+
+    def builtin_mul():
+        (x * mask).backward(g)
+
+    def python_function():
+        _Identity.apply(x, mask).backward(g)
+
+    def dcl_step():
+        dcl(x).backward(g)
+
+    def cost_term():
+        obj(task).backward()
+
+    yield "x * mask, built-in op (fwd+bwd)", builtin_mul
+    yield "x * mask as a Python autograd.Function (fwd+bwd)", python_function
+    yield "one DCL, training mode (fwd+bwd)", dcl_step
+    yield "cost term of the MLP (2 DCLs; fwd+bwd)", cost_term
+    yield "Adam step, plain MLP (1 parameter group)", plain_opt.step
+    yield "Adam step, DCL MLP (+ widths group, 2 scalars)", dyn_opt.step
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--repeats", type=int, default=9)
+    ap.add_argument("--calls", type=int, default=300)
+    a = ap.parse_args(argv)
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    fns = dict(parts())
+    for f in fns.values():
+        for _ in range(20):
+            f()
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(a.repeats):
+        for k, f in fns.items():
+            t0 = time.process_time()
+            for _ in range(a.calls):
+                f()
+            times[k].append((time.process_time() - t0) / a.calls * 1e6)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    base = med["x * mask, built-in op (fwd+bwd)"]
+    rows = [[k, f"{v:.1f}", f"{v / base:.2f}"] for k, v in med.items()]
+    print(f"Per-call CPU time (us), median of {a.repeats} x {a.calls} interleaved calls, 1 thread, "
+          f"activation (256, 256); {C.machine()}")
+    print(C.table(["part", "us per call", "x built-in mul"], rows))
+    extra = (med["one DCL, training mode (fwd+bwd)"] - base) * 2 + med["cost term of the MLP (2 DCLs; fwd+bwd)"] \
+        + med["Adam step, DCL MLP (+ widths group, 2 scalars)"] - med["Adam step, plain MLP (1 parameter group)"]
+    floor = (med["x * mask as a Python autograd.Function (fwd+bwd)"] - base) * 2
+    print(f"added per step of the small MLP (2 DCLs + cost + widths group): {extra / 1e3:.2f} ms, of which "
+          f"{floor / 1e3:.2f} ms is the floor of two Python autograd functions")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
