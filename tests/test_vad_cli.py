@@ -79,7 +79,7 @@ def test_quick_sweep_writes_csvs_and_plot_with_dcl_baselines_and_anchors(tmp_pat
 @pytest.mark.parametrize("argv, message", [
     (["vad", "--kappa-min", "2"], "kappa-min must be in (0, 1]"),
     (["vad", "--family", "lstm"], "family must be one of crnn, transformer"),
-    (["vad", "--budget", "-3"], "expected a number > 0"),
+    (["vad", "--budget", "-3"], "budget must be > 0, got -3"),
     (["vad", "predict", "/nonexistent/model.pt", "x.wav"], "model file not found: /nonexistent/model.pt"),
 ])
 def test_bad_input_is_one_line_and_exit_2(argv, message, capsys):

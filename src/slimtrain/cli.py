@@ -110,18 +110,19 @@ def _kappa(text: str) -> float:
     return v
 
 
-def _lr(text: str) -> float:
+def _positive_float(text: str, what: str = "value") -> float:
     v = _number(text)
     if v <= 0:
-        raise argparse.ArgumentTypeError(f"learning rate must be > 0, got {text}")
+        raise argparse.ArgumentTypeError(f"{what} must be > 0, got {text}")
     return v
+
+
+def _lr(text: str) -> float:
+    return _positive_float(text, "learning rate")
 
 
 def _tolerance(text: str) -> float:
-    v = _number(text)
-    if v <= 0:
-        raise argparse.ArgumentTypeError(f"tolerance must be > 0, got {text}")
-    return v
+    return _positive_float(text, "tolerance")
 
 
 def _paragraphs(*paras: str) -> str:

@@ -6,7 +6,8 @@ import json
 import time
 from pathlib import Path
 
-from ...cli import _alpha, _alpha_list, _epochs, _kappa, _number, _paragraphs, _seed, _workers, comma_list
+from ...cli import (_alpha, _alpha_list, _epochs, _kappa, _number, _paragraphs, _positive_float, _seed, _workers,
+                   comma_list)
 
 __all__ = ["register"]
 
@@ -14,11 +15,12 @@ DEFAULT_DATA = Path("runs/vad/data")
 DEFAULT_OUT = Path("runs/vad")
 
 
-def _positive(text: str) -> float:
-    v = _number(text)
-    if v <= 0:
-        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text}")
-    return v
+def _budget(text: str) -> float:
+    return _positive_float(text, "budget")
+
+
+def _minutes(text: str) -> float:
+    return _positive_float(text, "minutes")
 
 
 def _nonneg(text: str) -> float:
@@ -37,7 +39,7 @@ def _family(text: str) -> str:
 
 
 _kappa_list = comma_list(_kappa, "0.5,0.25")
-_budget_list = comma_list(_positive, "1.5e6,3e6 (FLOP/s budgets)")
+_budget_list = comma_list(_budget, "1.5e6,3e6 (FLOP/s budgets)")
 
 
 def register(commands, data_commands) -> None:
@@ -63,7 +65,7 @@ def register(commands, data_commands) -> None:
                    help=f"tiny set for tests: {Q.train_minutes:g}/{Q.val_minutes:g}/{Q.test_minutes:g} minutes "
                         f"train/val/test from {Q.max_files_per_language} files per language")
     d.add_argument("--seed", type=_seed, default=0, metavar="S", help="seed of every random choice (default: 0)")
-    d.add_argument("--train-minutes", type=_positive, default=None, metavar="M",
+    d.add_argument("--train-minutes", type=_minutes, default=None, metavar="M",
                    help=f"minutes of training audio (default: {D.train_minutes:g}; quick: {Q.train_minutes:g})")
     d.add_argument("--force", action="store_true", help="rebuild even if the cache matches")
     d.add_argument("--no-progress", action="store_true", help="no progress bar")
