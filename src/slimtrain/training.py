@@ -19,7 +19,7 @@ from .loss import TradeoffLoss  # noqa: F401  (the usual objective; kept importa
 from .record import WidthRecorder
 
 __all__ = ["seed_everything", "make_optimizer", "fit", "TrainingError", "EpochResult", "rng_state", "set_rng_state",
-           "torch_threads", "NoCost", "shuffled_cosine_batches"]
+           "torch_threads", "shuffled_cosine_batches"]
 
 
 class TrainingError(RuntimeError):
@@ -36,15 +36,6 @@ def torch_threads(n: Optional[int]) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(old)
-
-
-class NoCost:
-    """Stands in for :class:`~slimtrain.loss.TradeoffLoss` when a plain model is trained: no cost term."""
-
-    last: dict = {}
-
-    def __call__(self, task_loss: Tensor) -> Tensor:
-        return task_loss
 
 
 def shuffled_cosine_batches(x: Tensor, y: Tensor, optimizer: torch.optim.Optimizer, *, batch_size: int,

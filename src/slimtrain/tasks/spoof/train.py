@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ... import training
-from ...training import NoCost, torch_threads
+from ...training import torch_threads
 from ...checkpoint import make_recipe, register_task, save_checkpoint
 from ...cost import model_cost
 from ...export import export
@@ -197,7 +197,7 @@ def train_run(
             optimizer = training.make_optimizer(model, cfg.lr, cfg.width_lr)
             method, desc = "dcl", f"stages={','.join(map(str, stages))} kappa={kappa_min:g}"
         else:
-            objective = NoCost()
+            objective = None  # fit trains on the task loss alone
             optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
             method, desc = ("pruned" if prune_to is not None else "fixed"), f"width={width or cfg.width}"
         try:
@@ -219,7 +219,7 @@ def train_run(
 
             def finetune(m: nn.Module, epochs: int = max(1, cfg.epochs // 2)) -> nn.Module:
                 opt = torch.optim.Adam(m.parameters(), lr=cfg.lr * 0.3)
-                _fit(m, cfg, x, yl, NoCost(), opt, epochs, None, progress, f"finetune {desc}")
+                _fit(m, cfg, x, yl, None, opt, epochs, None, progress, f"finetune {desc}")
                 return m.eval()
 
             model = prune_fn(model, sample, float(prune_to), finetune).eval()
