@@ -334,9 +334,9 @@ def test_kappa_bounds_snap_to_integers():
     assert (d.min_width, d.max_width) == (7.0, 29.0)
 
 
-def test_cached_step_masks_stay_correct_and_bounded():
-    """Masks are cached per width; after many width changes (train and eval, two dtypes) every output is
-    still the by-hand mask, a saved mask is never overwritten, and the cache stays small."""
+def test_masks_stay_correct_across_width_changes():
+    """After many width changes (train and eval, float32 widths on a float64 input) every output is
+    still the by-hand mask and every input gradient the by-hand signal weight."""
     torch.manual_seed(0)
     n = 12
     d = DynamicWidth(n, dim=1, min_channels=1)
@@ -354,4 +354,3 @@ def test_cached_step_masks_stay_correct_and_bounded():
         assert torch.allclose(y[:, rows], (x * keep)[:, rows], atol=1e-12)
         y.sum().backward()
         assert torch.allclose(xr.grad, keep.expand_as(x), atol=1e-12)
-        assert len(d.__dict__["_mask_cache"]) <= 8

@@ -76,7 +76,7 @@ def test_budget_hinge_is_zero_below_and_linear_above(metric):
     assert all(t.grad.item() > 0 for t in _thetas(m))
 
 
-def test_warmup_keeps_widths_at_max_and_frozen():
+def test_warmup_holds_widths_at_max():
     m, x, _ = _model()
     for d in dcls(m).values():
         d.set_width(d.min_width)
@@ -85,16 +85,16 @@ def test_warmup_keeps_widths_at_max_and_frozen():
     for step in range(3):
         loss = obj((m(x) ** 2).mean())
         for d in dcls(m).values():
-            assert d.frozen
+            assert bool(d._hold)
             assert float(d.width.detach()) == d.max_width
         assert obj.last["penalty"] == 0.0
         loss.backward()
         assert all(t.grad is None or t.grad.item() == 0 for t in _thetas(m))
-        # frozen: train mode is the deterministic full-width model
+        # held: train mode is the deterministic full-width model
         with torch.no_grad():
             assert torch.equal(m(x), m(x))
     loss = obj((m(x) ** 2).mean())
-    assert not any(d.frozen for d in dcls(m).values())
+    assert not any(bool(d._hold) for d in dcls(m).values())
     assert obj.last["penalty"] == pytest.approx(1.0)
 
 

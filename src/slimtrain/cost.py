@@ -23,7 +23,6 @@ import math
 from dataclasses import dataclass
 from typing import Optional
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -172,85 +171,56 @@ class _CompiledCost:
         counted = {id(p) for p in _counted_params(model, g)}
         params = params + float(sum(p.numel() for p in model.parameters() if id(p) not in counted))
         pos = {r: i + 1 for i, r in enumerate(self.roots)}  # slot 0 of the width vector is the constant 1
-        self.macs = self._pack(macs, pos)
-        self.params = self._pack(params, pos)
-        # the same polynomials as Python lists: (coefficient, [slot of each width factor])
-        self.py_terms = [[(float(v), [pos[r] - 1 for r in k]) for k, v in q.terms.items()] for q in (macs, params)]
-
-    @staticmethod
-    def _pack(p: _Poly, pos: dict[int, int]) -> tuple[Tensor, Tensor]:
-        terms = list(p.terms.items()) or [((), 0.0)]
-        deg = max(1, max(len(k) for k, _ in terms))
-        idx = torch.zeros(len(terms), deg, dtype=torch.long)
-        for t, (k, _) in enumerate(terms):
-            for j, r in enumerate(k):
-                idx[t, j] = pos[r]
+        # one table of monomials for both polynomials: idx[t] holds the width slots of monomial t
+        # (padded with slot 0, the constant 1), coef[t] its (MACs, params) coefficients
+        monomials = sorted(set(macs.terms) | set(params.terms) | {()}, key=lambda k: (len(k), k))
+        deg = max(1, max(len(k) for k in monomials))
+        self.idx = torch.tensor([[pos[r] for r in k] + [0] * (deg - len(k)) for k in monomials], dtype=torch.long)
         # float64 coefficients: sums of large integer products stay exact
-        return idx, torch.tensor([v for _, v in terms], dtype=torch.float64)
+        self.coef = torch.tensor([[macs.terms.get(k, 0.0), params.terms.get(k, 0.0)] for k in monomials],
+                                 dtype=torch.float64)
+        n = [float(d.num_channels) for d in (g.dcl_modules(model)[r] for r in self.roots)]
+        mods = g.dcl_modules(model)
+        self.n = torch.tensor(n, dtype=torch.float32)
+        self.lo = torch.tensor([mods[r].min_width / mods[r].num_channels for r in self.roots], dtype=torch.float32)
+        self.hi = torch.tensor([mods[r].max_width / mods[r].num_channels for r in self.roots], dtype=torch.float32)
+        self._on: dict = {}
+
+    def _tables(self, device: torch.device) -> tuple[Tensor, ...]:
+        """The constant tables on ``device``, in float64 (float32 where the device has no float64)."""
+        t = self._on.get(device)
+        if t is None:
+            fdt = torch.float32 if device.type == "mps" else torch.float64
+            t = self._on[device] = (self.idx.to(device), self.coef.to(device, fdt), self.n.to(device),
+                                    self.lo.to(device), self.hi.to(device))
+        return t
 
     def soft_cost(self, dcls: list) -> tuple[Tensor, Tensor]:
-        """(MACs, params) at the continuous widths, differentiable in every ``theta``, as one autograd node."""
+        """(MACs, params) at the continuous widths ``K_r = N_r clamp(theta_r)``, differentiable in every
+        ``theta`` (the clamp follows the inward rule of :class:`~slimtrain.dcl.DynamicWidth`).
+
+        Tensor operations only, on the widths' device: no host sync, no graph break under
+        ``torch.compile``."""
         if not dcls:
             return self(torch.zeros(0))
-        return _PolyCostFunction.apply(self, dcls, *[d.theta for d in dcls])
+        from .dcl import inward_clamp
+
+        theta = torch.stack([d.theta for d in dcls])
+        _, _, n, lo, hi = self._tables(theta.device)
+        return self(n * inward_clamp(theta, lo.to(theta.dtype), hi.to(theta.dtype)))
 
     def __call__(self, widths) -> tuple[Tensor, Tensor]:
-        one = torch.ones(1, dtype=torch.float64)
-        if isinstance(widths, Tensor):
-            w = torch.cat([one, widths.to(torch.float64).reshape(-1)])
-        else:
-            w = torch.cat([one] + [x.to(torch.float64).reshape(1) for x in widths])
-        out = []
-        for idx, coef in (self.macs, self.params):
-            out.append((w[idx].prod(-1) * coef).sum().to(torch.float32))
+        """(MACs, params) for the widths of :attr:`roots` (a 1-d tensor or a sequence of numbers/0-d tensors)."""
+        if not isinstance(widths, Tensor):
+            widths = torch.stack([torch.as_tensor(w, dtype=torch.float64).reshape(()) for w in widths]) \
+                if len(widths) else torch.zeros(0, dtype=torch.float64)
+        idx, coef, _, _, _ = self._tables(widths.device)
+        w = torch.cat([torch.ones(1, dtype=coef.dtype, device=widths.device), widths.to(coef.dtype).reshape(-1)])
+        mono = w[idx[:, 0]]
+        for j in range(1, idx.shape[1]):  # products by explicit multiplication: prod's backward syncs
+            mono = mono * w[idx[:, j]]
+        out = (mono @ coef).to(torch.float32)
         return out[0], out[1]
-
-
-class _PolyCostFunction(torch.autograd.Function):
-    """Cost polynomials of the widths ``K_r = N_r clamp(theta_r, lo_r, hi_r)`` and their exact
-    gradients, evaluated with Python floats (a handful of terms) in a single autograd node.
-    The gradient of each ``theta`` follows the inward-clamp rule of :class:`~slimtrain.dcl.DynamicWidth`."""
-
-    @staticmethod
-    def forward(ctx, comp: "_CompiledCost", dcls: list, *thetas: Tensor):  # type: ignore[override]
-        t = [float(th.detach()) for th in thetas]
-        # K as DynamicWidth.width computes it: the clamp in float32, then times N
-        k = [float(np.float32(min(max(ti, d.min_width / d.num_channels), d.max_width / d.num_channels))
-                   * np.float32(d.num_channels)) for ti, d in zip(t, dcls)]
-        out, grads = [], []
-        for terms in comp.py_terms:
-            total = 0.0
-            g = [0.0] * len(k)
-            for coef, idx in terms:
-                prod = coef
-                for j in idx:
-                    prod *= k[j]
-                total += prod
-                for a, j in enumerate(idx):  # d/dK_j of coef * prod(K)
-                    rest = coef
-                    for b, jj in enumerate(idx):
-                        if b != a:
-                            rest *= k[jj]
-                    g[j] += rest
-            out.append(total)
-            grads.append(g)
-        ctx.grads, ctx.t, ctx.dcls = grads, t, dcls
-        dev = thetas[0].device
-        return torch.tensor(out[0], dtype=torch.float32, device=dev), torch.tensor(out[1], dtype=torch.float32, device=dev)
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, g_macs: Tensor, g_params: Tensor):  # type: ignore[override]
-        gm = float(g_macs) if g_macs is not None else 0.0
-        gp = float(g_params) if g_params is not None else 0.0
-        res = []
-        for j, (t, d) in enumerate(zip(ctx.t, ctx.dcls)):
-            n = d.num_channels
-            v = n * (gm * ctx.grads[0][j] + gp * ctx.grads[1][j])
-            if (t < d.min_width / n and v > 0) or (t > d.max_width / n and v < 0):
-                v = 0.0
-            res.append(torch.tensor(v, dtype=d.theta.dtype, device=d.theta.device))
-        return (None, None, *res)
 
 
 def _compiled(model: nn.Module, g: WidthGraph) -> _CompiledCost:

@@ -61,6 +61,9 @@ def inward_clamp(x: Tensor, lo, hi) -> Tensor:
     return _InwardClamp.apply(x, lo, hi)
 
 
+_HALF_PI = 0.5 * math.pi
+
+
 def _width_value(t: float, lo: float, hi: float, n: int, dtype: torch.dtype) -> float:
     """``float(n * clamp(theta, lo, hi))`` rounded as torch computes it in ``theta``'s dtype, without tensor ops."""
     c = min(max(t, lo), hi)
@@ -87,8 +90,13 @@ def _step_mask(cache: dict, n: int, width: int, dtype: torch.dtype, device: torc
     return m
 
 
-class _BlendFunction(torch.autograd.Function):
-    """The training-mode DCL in one autograd node: width, mask, noise blend and both gradients.
+class _HostBlendFunction(torch.autograd.Function):
+    """The eager-CPU fast path of :class:`_BlendFunction`: the same values and gradients, with the
+    scalar maths (width, blend weights, the inward-clamp test) in Python floats.
+
+    Reading ``theta`` of a CPU tensor is a memory read, not a device sync, and this path is never
+    taken under ``torch.compile`` or on an accelerator (see :meth:`DynamicWidth.forward`); it saves
+    about a third of a DCL's eager CPU time per call (``benchmarks/overhead_parts.py``).
 
     ``K = N * clamp(theta, K_min/N, K_max/N)``; forward ``y = x * sin(pi/2 w)`` plus
     ``cos(pi/2 w_i) sigma_i nu`` on channel ``i = floor(K)``, with ``w = clamp(K - index, 0, 1)``
@@ -102,9 +110,9 @@ class _BlendFunction(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x: Tensor, theta: Tensor, cache: dict, d: int, lo: float, hi: float, n: int) -> Tensor:  # type: ignore[override]
+    def forward(ctx, x: Tensor, theta: Tensor, cache: dict, held: bool, d: int, lo: float, hi: float, n: int) -> Tensor:  # type: ignore[override]
         t = float(theta)
-        k = _width_value(t, lo, hi, n, theta.dtype)
+        k = float(n) if held else _width_value(t, lo, hi, n, theta.dtype)
         half_pi = 0.5 * math.pi
         i = int(math.floor(k))
         shape = [1] * x.dim()
@@ -128,11 +136,11 @@ class _BlendFunction(torch.autograd.Function):
                 sigma = sigma.to(x.dtype)
             noise = sigma * torch.randn_like(xi)
             yi.add_(noise, alpha=math.cos(half_pi * w))
-        channels = list(range(max(0, math.ceil(k - 1)), min(n - 1, math.floor(k)) + 1))
+        channels = list(range(max(0, math.ceil(k - 1)), min(n - 1, math.floor(k)) + 1)) if not held else []
         edge = [x.detach().select(d, c).clone() for c in channels] if ctx.needs_input_grad[1] else []
         ctx.save_for_backward(step, noise if noise is not None else torch.empty(0), *edge)
         ctx.d, ctx.i, ctx.k, ctx.n, ctx.t, ctx.lo, ctx.hi, ctx.channels = d, i, k, n, t, lo, hi, channels
-        ctx.scale, ctx.theta_dtype = scale, theta.dtype
+        ctx.scale, ctx.theta_dtype, ctx.held = scale, theta.dtype, held
         return y
 
     @staticmethod
@@ -158,9 +166,72 @@ class _BlendFunction(torch.autograd.Function):
             grad_k = sum(terms) * half_pi if terms else torch.zeros((), device=g.device)
             grad_t = (grad_k * ctx.n).reshape(()).to(ctx.theta_dtype)
             gt = float(grad_t)
-            if (ctx.t < ctx.lo and gt > 0) or (ctx.t > ctx.hi and gt < 0):  # inward clamp rule
+            if ctx.held or (ctx.t < ctx.lo and gt > 0) or (ctx.t > ctx.hi and gt < 0):  # inward clamp rule
                 grad_t = torch.zeros_like(grad_t)
-        return grad_x, grad_t, None, None, None, None, None
+        return grad_x, grad_t, None, None, None, None, None, None
+
+
+
+class _BlendFunction(torch.autograd.Function):
+    """The training-mode DCL in one autograd node: width, mask, noise blend and both gradients.
+
+    ``K = N * clamp(theta, K_min/N, K_max/N)``; forward ``y = x * sin(pi/2 w)`` plus
+    ``cos(pi/2 w_i) sigma_i nu`` on channel ``i = floor(K)``, with ``w = clamp(K - index, 0, 1)``
+    (1 below ``i``, ``K - i`` at ``i``, 0 above). Backward: ``dL/dx = g * sin(pi/2 w)``;
+    ``dL/dK = pi/2 (cos(pi/2 w_i) <g_i, x_i> - sin(pi/2 w_i) <g_i, sigma_i nu>)`` from the blended
+    channel alone (the only one whose weight has a slope); ``dL/dtheta = N dL/dK`` with the rule
+    of :class:`_InwardClamp`.
+
+    Everything is computed with tensor operations on the model's device: the blended channel is
+    picked with ``index_select``/``index_add_`` by a 0-d index tensor, so no value ever goes to
+    the host (no ``.item()``, no device sync, no graph break under ``torch.compile``). At full
+    width (``K = N``) the index is clamped to ``N - 1`` with ``w = 1``: the channel passes whole and
+    its noise weight is exactly zero. Only the blended channel of ``x`` and its noise are saved.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, theta: Tensor, index: Tensor, hold: Tensor, d: int, lo: float, hi: float, n: int) -> Tensor:  # type: ignore[override]
+        t = theta.detach()
+        k = torch.where(hold, torch.full_like(t, n), t.clamp(lo, hi) * n)  # held: full width (warm-up)
+        i = torch.floor(k).clamp(max=n - 1)
+        w = (k - i).clamp(0.0, 1.0)
+        full = k >= n  # nothing is blended at full width
+        m = torch.sin(_HALF_PI * (k - index).clamp(0.0, 1.0)).to(x.dtype)
+        ii = i.to(torch.long).reshape(1)
+        xi = x.detach().index_select(d, ii)
+        # statistics in at least float32 (half inputs), in float64 for float64 inputs
+        stat = xi if xi.dtype in (torch.float32, torch.float64) else xi.to(torch.promote_types(xi.dtype, torch.float32))
+        sigma = stat.std(unbiased=False) if xi.numel() > 1 else stat.abs().reshape(())
+        noise = sigma.to(x.dtype) * torch.randn_like(xi.select(d, 0)).unsqueeze(d)
+        q = torch.where(full, torch.zeros_like(w), torch.cos(_HALF_PI * w)).to(x.dtype)
+        shape = [1] * x.dim()
+        shape[d] = n
+        y = (x * m.view(shape)).index_add_(d, ii, noise * q)
+        ctx.save_for_backward(m, ii, w, full, t, xi if ctx.needs_input_grad[1] else None, noise, hold.clone())
+        ctx.d, ctx.n, ctx.lo, ctx.hi = d, n, lo, hi
+        return y
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g: Tensor):  # type: ignore[override]
+        m, ii, w, full, t, xi, noise, hold = ctx.saved_tensors
+        d, n = ctx.d, ctx.n
+        grad_x = grad_t = None
+        if ctx.needs_input_grad[0]:
+            shape = [1] * g.dim()
+            shape[d] = n
+            grad_x = g * m.to(g.dtype).view(shape)
+        if ctx.needs_input_grad[1]:
+            gi = g.index_select(d, ii)
+            a = (gi * xi).sum().to(t.dtype)
+            b = (gi * noise).sum().to(t.dtype)
+            zero = torch.zeros_like(w)
+            sin_w = torch.where(full, zero, torch.sin(_HALF_PI * w))
+            cos_w = torch.where(w >= 1, zero, torch.cos(_HALF_PI * w))  # sin has no slope at w = 1
+            grad_t = (_HALF_PI * n) * (cos_w * a - sin_w * b)
+            blocked = ((t < ctx.lo) & (grad_t > 0)) | ((t > ctx.hi) & (grad_t < 0)) | hold  # inward clamp rule
+            grad_t = torch.where(blocked, torch.zeros_like(grad_t), grad_t)
+        return grad_x, grad_t, None, None, None, None, None, None
 
 
 def _resolve_bounds(
@@ -229,23 +300,33 @@ class DynamicWidth(nn.Module):
             raise WidthError(f"init width {k0:g} outside [{lo:g}, {hi:g}]")
         self.theta = nn.Parameter(torch.tensor(k0 / num_channels, dtype=torch.float32))
         self.register_buffer("_index", torch.arange(num_channels, dtype=torch.float32), persistent=False)
+        # set in place by TradeoffLoss during warm-up: the width acts as full (no noise, no gradient)
+        self.register_buffer("_hold", torch.zeros((), dtype=torch.bool), persistent=False)
         self.frozen = False
+        #: eager CPU runs take :class:`_HostBlendFunction` (same values and gradients, scalar maths in
+        #: Python floats); set False to always use the tensor path of accelerators and ``torch.compile``
+        self.host_fast_path = True
 
     # -- width -----------------------------------------------------------------
     @property
     def width(self) -> Tensor:
         """The continuous width ``K`` (a differentiable 0-d tensor)."""
         n = self.num_channels
-        return n * inward_clamp(self.theta, self.min_width / n, self.max_width / n)
+        k = n * inward_clamp(self.theta, self.min_width / n, self.max_width / n)
+        return torch.where(self._hold.clone(), torch.full_like(k, n).detach(), k)  # hold changes in place
+
+    def _hard_width_tensor(self) -> Tensor:
+        """``hard_width`` as a 0-d tensor on the parameter's device (no host sync)."""
+        n = self.num_channels
+        k = self.theta.detach().clamp(self.min_width / n, self.max_width / n) * n
+        r = torch.round(k)
+        k = torch.where((k - r).abs() < _ROUND_TOL, r, torch.ceil(k))
+        return k.clamp(math.ceil(self.min_width - _ROUND_TOL), n)
 
     @property
     def hard_width(self) -> int:
         """Channels kept in eval mode and at export: ``ceil(K)`` (near-integers round)."""
-        n = self.num_channels
-        k = _width_value(self.theta.item(), self.min_width / n, self.max_width / n, n, self.theta.dtype)
-        r = round(k)
-        k = r if abs(k - r) < _ROUND_TOL else math.ceil(k)
-        return int(min(max(k, math.ceil(self.min_width - _ROUND_TOL)), self.num_channels))
+        return int(self._hard_width_tensor().item())
 
     @torch.no_grad()
     def set_width(self, k: float) -> None:
@@ -264,7 +345,7 @@ class DynamicWidth(nn.Module):
 
     def hard_mask(self) -> Tensor:
         """1 on the first ``hard_width`` channels, 0 elsewhere (eval)."""
-        return (self._index < self.hard_width).to(self.theta.dtype)
+        return (self._index < self._hard_width_tensor()).to(self.theta.dtype)
 
     def mask(self) -> Tensor:
         """The per-channel weight used by the current mode."""
@@ -295,10 +376,13 @@ class DynamicWidth(nn.Module):
         shape = [1] * x.dim()
         shape[d] = self.num_channels
         n = self.num_channels
-        cache = self.__dict__.setdefault("_mask_cache", {})
         if not self.training or self.frozen:
-            return x * _step_mask(cache, n, self.hard_width, x.dtype, x.device).view(shape)
-        return _BlendFunction.apply(x, self.theta, cache, d, self.min_width / n, self.max_width / n, n)
+            return x * self.hard_mask().to(x.dtype).view(shape)
+        if self.host_fast_path and x.device.type == "cpu" and not torch.compiler.is_compiling():
+            cache = self.__dict__.setdefault("_mask_cache", {})
+            return _HostBlendFunction.apply(x, self.theta, cache, bool(self._hold), d, self.min_width / n,
+                                            self.max_width / n, n)
+        return _BlendFunction.apply(x, self.theta, self._index, self._hold, d, self.min_width / n, self.max_width / n, n)
 
     def extra_repr(self) -> str:
         return (

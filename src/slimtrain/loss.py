@@ -8,8 +8,11 @@
   by ``lr_mu * violation`` each call and never drops below zero (a
   dual-ascent augmented Lagrangian: ``mu * v + rho/2 * v^2``).
 
-Both can be combined. During ``warmup_steps`` calls every DCL is frozen at
-full width and the cost term is zero.
+Both can be combined. During ``warmup_steps`` calls every DCL is held at
+full width (its output is the full-width model, with no noise and no gradient
+to its width) and the cost term is zero. The call counter and the hold flag are
+tensors updated in place, so a training step never reads a value back to the
+host and ``torch.compile`` traces the objective once (no recompilation per step).
 """
 from __future__ import annotations
 
@@ -60,12 +63,13 @@ class TradeoffLoss(nn.Module):
         self.alpha, self.budget, self.metric = float(alpha), budget, metric
         self.lagrangian, self.lr_mu, self.rho = lagrangian, lr_mu, rho
         self.register_buffer("mu", torch.tensor(float(mu)))
-        self.warmup_steps = warmup_steps
-        self.steps = 0
-        if warmup_steps:  # frozen before the first forward, so no graph holds theta when it is reset
+        self.warmup_steps = int(warmup_steps)
+        dev = next((p.device for p in model.parameters()), torch.device("cpu"))
+        self.register_buffer("_step", torch.zeros((), dtype=torch.long, device=dev), persistent=False)
+        if warmup_steps:  # held before the first forward, so no graph holds theta when it is reset
             for d in self._dcls():
-                d.frozen = True
                 d.set_width(d.max_width)
+                d._hold.fill_(True)
         with torch.no_grad():
             self.full = float(model_cost(model, full=True).metric(metric))
 
@@ -76,13 +80,22 @@ class TradeoffLoss(nn.Module):
             self.__dict__["_dcl_cache"] = cached
         return cached
 
+    @property
+    def steps(self) -> int:
+        """Calls so far (reads the counter back from its device)."""
+        return int(self._step.item())
+
+    @steps.setter
+    def steps(self, value: int) -> None:
+        self.set_steps(value)
+
     def set_steps(self, steps: int) -> None:
-        """Set the call counter (e.g. when resuming) and freeze or free the widths to match it,
+        """Set the call counter (e.g. when resuming) and hold or free the widths to match it,
         so the model's next forward runs exactly as it would have in an uninterrupted run."""
-        self.steps = int(steps)
-        warm = self.steps < self.warmup_steps
-        for d in self._dcls():
-            d.frozen = warm
+        self._step.fill_(int(steps))
+        if self.warmup_steps:
+            for d in self._dcls():
+                d._hold.fill_(int(steps) < self.warmup_steps)
 
     def cost(self) -> Cost:
         return model_cost(self.model[0], hard=False)
@@ -113,29 +126,31 @@ class TradeoffLoss(nn.Module):
         return dict(t)
 
     def forward(self, task_loss: Tensor) -> Tensor:
-        warm = self.steps < self.warmup_steps
-        for d in self._dcls():
-            if d.frozen != warm:
-                d.frozen = warm
-            if warm:
-                d.set_width(d.max_width)
-        self.steps += 1
+        warm: Optional[Tensor] = None
+        if self.warmup_steps:  # tensor flags: no host sync, one compiled graph for warm-up and after
+            warm = self._step < self.warmup_steps
+            for d in self._dcls():
+                d._hold.copy_(warm)
+        self._step.add_(1)
         c = self._soft_metric()
         rel = c / self.full
         penalty: Optional[Tensor] = None
-        if not warm:
-            if self.alpha:
-                penalty = self.alpha * rel
-            if self.budget is not None:
-                v = torch.relu(c / self.budget - 1.0)
-                # a copy: the in-place update of self.mu below must not touch what backward needs
-                hinge = self.mu.clone() * v + (0.5 * self.rho * v * v if self.lagrangian else 0.0)
-                penalty = hinge if penalty is None else penalty + hinge
-                if self.lagrangian and self.training:
-                    with torch.no_grad():
-                        self.mu.add_(self.lr_mu * v.detach()).clamp_(min=0.0)
+        if self.alpha:
+            penalty = self.alpha * rel
+        if self.budget is not None:
+            v = torch.relu(c / self.budget - 1.0)
+            if warm is not None:
+                v = torch.where(warm, torch.zeros_like(v), v)
+            # a copy: the in-place update of self.mu below must not touch what backward needs
+            hinge = self.mu.clone() * v + (0.5 * self.rho * v * v if self.lagrangian else 0.0)
+            penalty = hinge if penalty is None else penalty + hinge
+            if self.lagrangian and self.training:
+                with torch.no_grad():
+                    self.mu.add_(self.lr_mu * v.detach()).clamp_(min=0.0)
         if penalty is None:
             penalty = torch.zeros((), device=task_loss.device)
+        elif warm is not None:
+            penalty = torch.where(warm.to(penalty.device), torch.zeros_like(penalty), penalty)
         penalty = penalty.to(task_loss.device)
         self.__dict__["_last"] = (task_loss.detach(), c.detach(), rel.detach(), penalty.detach())
         return task_loss + penalty.to(task_loss.dtype)
