@@ -156,6 +156,29 @@ def test_fullgraph_compile_of_the_case_study_models():
             graphs, loss = _count_graphs(lambda x: obj(model(x).float().pow(2).mean()), wav, steps=5,
                                          after=lambda out: out.backward())
         assert 1 <= len(graphs) <= most
-        assert math.isfinite(float(loss))
+        assert math.isfinite(float(loss.detach()))
         assert all(d.theta.grad is not None and d.theta.grad.abs().item() > 0
                    for d in model.modules() if isinstance(d, DynamicWidth))
+
+
+def test_cost_term_tensor_path_equals_the_host_fast_path():
+    m = _mlp()
+    from slimtrain.cost import _compiled
+    from slimtrain.graph import get_graph
+
+    g = get_graph(m)
+    comp = _compiled(m, g)
+    dcls = [g.dcl_modules(m)[r] for r in comp.roots]
+    results = []
+    for fast in (True, False):
+        for i, d in enumerate(dcls):
+            d.host_fast_path = fast
+            d.set_width(0.4 * d.num_channels + 0.7 + i)
+            d.theta.grad = None
+        macs, params = comp.soft_cost(dcls)
+        (macs * 1e-3 + params * 1e-2).backward()
+        results.append((macs.item(), params.item(), [d.theta.grad.item() for d in dcls]))
+    (m1, p1, g1), (m2, p2, g2) = results
+    assert m2 == pytest.approx(m1, rel=1e-6) and p2 == pytest.approx(p1, rel=1e-6)
+    assert g2 == pytest.approx(g1, rel=1e-5)
+    assert m1 < slimtrain.model_cost(m, full=True).macs.item()

@@ -23,6 +23,7 @@ import math
 from dataclasses import dataclass
 from typing import Optional
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -185,6 +186,8 @@ class _CompiledCost:
         self.lo = torch.tensor([mods[r].min_width / mods[r].num_channels for r in self.roots], dtype=torch.float32)
         self.hi = torch.tensor([mods[r].max_width / mods[r].num_channels for r in self.roots], dtype=torch.float32)
         self._on: dict = {}
+        # the same polynomials as Python lists for the eager-CPU path: (coefficient, [width index, ...])
+        self.py_terms = [[(float(v), [pos[r] - 1 for r in k]) for k, v in q.terms.items()] for q in (macs, params)]
 
     def _tables(self, device: torch.device) -> tuple[Tensor, ...]:
         """The constant tables on ``device``, in float64 (float32 where the device has no float64)."""
@@ -205,6 +208,9 @@ class _CompiledCost:
             return self(torch.zeros(0))
         from .dcl import inward_clamp
 
+        if dcls[0].theta.device.type == "cpu" and not torch.compiler.is_compiling() \
+                and all(d.host_fast_path for d in dcls):
+            return _PolyCostFunction.apply(self, dcls, *[d.theta for d in dcls])
         theta = torch.stack([d.theta for d in dcls])
         _, _, n, lo, hi = self._tables(theta.device)
         return self(n * inward_clamp(theta, lo.to(theta.dtype), hi.to(theta.dtype)))
@@ -221,6 +227,55 @@ class _CompiledCost:
             mono = mono * w[idx[:, j]]
         out = (mono @ coef).to(torch.float32)
         return out[0], out[1]
+
+
+class _PolyCostFunction(torch.autograd.Function):
+    """The eager-CPU fast path of :meth:`_CompiledCost.soft_cost`: the cost polynomials of the widths
+    ``K_r = N_r clamp(theta_r, lo_r, hi_r)`` and their exact gradients, evaluated with Python floats
+    (a handful of terms) in a single autograd node (about 2.5x faster than the tensor path on CPU;
+    reading a CPU ``theta`` is no device sync, and this path is not taken under ``torch.compile``).
+    The gradient of each ``theta`` follows the inward-clamp rule of :class:`~slimtrain.dcl.DynamicWidth`."""
+
+    @staticmethod
+    def forward(ctx, comp: "_CompiledCost", dcls: list, *thetas: Tensor):  # type: ignore[override]
+        t = [float(th.detach()) for th in thetas]
+        # K as DynamicWidth.width computes it: the clamp in float32, then times N
+        k = [float(np.float32(min(max(ti, d.min_width / d.num_channels), d.max_width / d.num_channels))
+                   * np.float32(d.num_channels)) for ti, d in zip(t, dcls)]
+        out, grads = [], []
+        for terms in comp.py_terms:
+            total = 0.0
+            g = [0.0] * len(k)
+            for coef, idx in terms:
+                prod = coef
+                for j in idx:
+                    prod *= k[j]
+                total += prod
+                for a, j in enumerate(idx):  # d/dK_j of coef * prod(K)
+                    rest = coef
+                    for b, jj in enumerate(idx):
+                        if b != a:
+                            rest *= k[jj]
+                    g[j] += rest
+            out.append(total)
+            grads.append(g)
+        ctx.grads, ctx.t, ctx.dcls = grads, t, dcls
+        dev = thetas[0].device
+        return torch.tensor(out[0], dtype=torch.float32, device=dev), torch.tensor(out[1], dtype=torch.float32, device=dev)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g_macs: Tensor, g_params: Tensor):  # type: ignore[override]
+        gm = float(g_macs) if g_macs is not None else 0.0
+        gp = float(g_params) if g_params is not None else 0.0
+        res = []
+        for j, (t, d) in enumerate(zip(ctx.t, ctx.dcls)):
+            n = d.num_channels
+            v = n * (gm * ctx.grads[0][j] + gp * ctx.grads[1][j])
+            if (t < d.min_width / n and v > 0) or (t > d.max_width / n and v < 0):
+                v = 0.0
+            res.append(torch.tensor(v, dtype=d.theta.dtype, device=d.theta.device))
+        return (None, None, *res)
 
 
 def _compiled(model: nn.Module, g: WidthGraph) -> _CompiledCost:
