@@ -262,3 +262,35 @@ def test_make_dynamic_after_reordering_keeps_the_important_channels():
         small = slimtrain.export(m)
         errors[reorder] = (_out(small, x) - ref).pow(2).mean().item() / ref.pow(2).mean().item()
     assert errors[True] < 0.01 < errors[False]
+
+
+def _load_example():
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "examples" / "shrink_trained.py"
+    spec = importlib.util.spec_from_file_location("shrink_trained", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_shrink_trained_example_reorder_then_finetune():
+    """The example's path on a small trained synthetic student: the magnitude order keeps the units that
+    matter (cutting to the teacher's 8 units costs far less), and DCL fine-tuning then shrinks the width
+    and exports exactly (asserted inside finetune)."""
+    ex = _load_example()
+    from slimtrain.tasks.synthetic import SyntheticConfig, make_data
+
+    cfg = SyntheticConfig(hidden=64, n_train=2048, n_val=64, n_test=1024, batch_size=64, kappa_min=1 / 64)
+    data = make_data(cfg)
+    trained = ex.train_full(cfg, data, epochs=20, seed=0, lr=1e-2)
+    full = ex.test_nmse(trained, data)
+    plain = ex.cut(trained, data, 8)
+    m = copy.deepcopy(trained)
+    ex.reorder(m, data, "magnitude")
+    assert ex.test_nmse(m, data) == pytest.approx(full, rel=1e-4, abs=1e-6)  # reordering alone changes nothing
+    ordered = ex.cut(m, data, 8)
+    assert ordered < 0.5 * plain
+    res = ex.finetune(m, data, cfg, alpha=1.0, epochs=3, seed=0, lr=1e-3, width_lr=0.1)
+    assert res["width"] <= cfg.hidden // 2 and res["macs"] < 0.5 * cfg.hidden * (cfg.in_dim + cfg.out_dim)
+    assert res["nmse"] < 0.1
