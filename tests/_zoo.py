@@ -205,7 +205,8 @@ ZOO: list[ZooEntry] = [
     ZooEntry("resnet", _resnet),
     ZooEntry("mobilenet_v2", _mobilenet_v2),
     ZooEntry("convnext", _convnext, xfail="export: RuntimeError: Given normalized_shape=[16], expected input with shape "
-             "[*, 16], but got input of size[2, 16, 8, 8] (channels-first LayerNorm made a MaskedLayerNorm)"),
+             "[*, 16], but got input of size[2, 16, 8, 8] (export turns the channels-first ConvNextLayerNorm into "
+                   "a plain LayerNorm)"),
     ZooEntry("torch_transformer_encoder", lambda: (TorchEncoder(), torch.randn(2, 6, 8)),
              xfail="make_dynamic: GraphError: 'enc' is an nn.TransformerEncoder: use an nn.ModuleList of layers "
                    "(or slimtrain.TransformerBlock) so each layer can be converted"),
