@@ -193,6 +193,31 @@ def test_the_output_check_restores_widths_the_tracer_cannot_see():
     assert "b" in rep.permutations  # the other width is still reordered
 
 
+class _SharedLayer(nn.Module):
+    """One Linear applied to two different widths: both widths must take one permutation."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(4, 6), nn.Linear(3, 6)
+        self.shared = nn.Linear(6, 5)
+        self.out = nn.Linear(5, 2)
+
+    def forward(self, x):
+        u = torch.relu(self.shared(torch.relu(self.a(x))))
+        v = torch.relu(self.shared(torch.relu(self.b(x[:, :3]))))
+        return self.out(u * v)
+
+
+def test_a_layer_called_twice_couples_the_widths_it_reads_and_writes():
+    torch.manual_seed(0)
+    model = _SharedLayer()
+    x = torch.randn(5, 4)
+    ref = _out(model, x)
+    rep = reorder_channels(model, x, check=False)
+    assert set(rep.permutations) == {"a, b", "shared"}
+    assert _same(ref, _out(model, x))
+
+
 def test_residual_with_the_input_is_left_alone():
     class InputResidual(nn.Module):
         def __init__(self):

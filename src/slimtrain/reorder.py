@@ -185,10 +185,14 @@ def _plan(model: nn.Module, tr: Trace) -> dict[int, _Width]:
         if odd:
             mark(u.out_group, f"layer '{u.name}' has parameters {odd} that reordering does not know")
     for w in widths.values():
-        if w.bad is None and not w.readers:
-            w.bad = "no layer reads it"
         w.readers = list(dict.fromkeys(w.readers))
         w.producers = list(dict.fromkeys(w.producers))
+        names = [name for name, *_ in w.readers]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if w.bad is None and twice:  # one weight cannot take two different column permutations
+            w.bad = f"layer(s) {twice} read it with different flatten layouts"
+        if w.bad is None and not w.readers:
+            w.bad = "no layer reads it"
     return widths
 
 
