@@ -5,7 +5,7 @@ the short run, export max abs error, analytic-vs-flop_counter difference in %, p
 the first error). The models and the procedure are those of ``tests/_zoo.py`` (the test suite
 runs the same thing in ``tests/test_zoo.py``).
 
-    python benchmarks/zoo.py [--only bert,vit] [--steps 10] [--seed 0] [--traceback]
+    python benchmarks/zoo.py [--only bert,vit] [--steps 10] [--seed 0] [--reorder magnitude] [--traceback]
 """
 from __future__ import annotations
 
@@ -29,6 +29,8 @@ def main(argv=None) -> int:
     ap.add_argument("--only", default="", help="comma-separated zoo names (default: all)")
     ap.add_argument("--steps", type=int, default=_zoo.STEPS, help="training steps per model")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--reorder", choices=["magnitude", "taylor"], default=None,
+                    help="reorder channels by this score first (slimtrain.reorder_channels), as for a trained model")
     ap.add_argument("--traceback", action="store_true", help="print the full traceback of each failure")
     args = ap.parse_args(argv)
     wanted = [n for n in args.only.split(",") if n]
@@ -42,13 +44,14 @@ def main(argv=None) -> int:
     for e in _zoo.ZOO:
         if wanted and e.name not in wanted:
             continue
-        r = _zoo.run_entry(e, seed=args.seed, steps=args.steps)
+        r = _zoo.run_entry(e, seed=args.seed, steps=args.steps, reorder=args.reorder)
         results.append(r)
         if args.traceback and r.trace:
             print(f"--- {e.name}\n{r.trace}", file=sys.stderr)
     print(_zoo.markdown_table(results))
     print(f"\n{sum(r.passed for r in results)}/{len(results)} pass "
-          f"(kappa_min={_zoo.KAPPA_MIN}, {args.steps} steps, alpha={_zoo.ALPHA}, width lr={_zoo.WIDTH_LR})")
+          f"(kappa_min={_zoo.KAPPA_MIN}, {args.steps} steps, alpha={_zoo.ALPHA}, width lr={_zoo.WIDTH_LR}, "
+          f"reorder={args.reorder})")
     return 0
 
 

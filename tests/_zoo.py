@@ -248,8 +248,12 @@ def _one_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {' '.join(str(e).split())}"[:300]
 
 
-def run_entry(entry: ZooEntry, seed: int = 0, steps: int = STEPS) -> ZooResult:
-    """Run the zoo procedure on one entry; failures are recorded in the result, never raised."""
+def run_entry(entry: ZooEntry, seed: int = 0, steps: int = STEPS, reorder: Optional[str] = None) -> ZooResult:
+    """Run the zoo procedure on one entry; failures are recorded in the result, never raised.
+
+    ``reorder``: first reorder the channels by this score (``slimtrain.reorder_channels``, as for a
+    trained model); the teacher is the model before reordering, so reordering must not change it.
+    """
     res = ZooResult(entry.name)
     t0 = time.perf_counter()
     stage = "build"
@@ -260,6 +264,14 @@ def run_entry(entry: ZooEntry, seed: int = 0, steps: int = STEPS) -> ZooResult:
         teacher = copy.deepcopy(model)
         with torch.no_grad():
             target = first(teacher(x)).detach()
+        if reorder is not None:
+            stage = "reorder"
+            rep = slimtrain.reorder_channels(model, x, reorder, check=False)
+            with torch.no_grad():
+                change = float((first(model(x)) - target).abs().max())
+            if not change <= EXPORT_ATOL * max(1.0, float(target.abs().max())):
+                raise ZooCheckError(f"{entry.name}: reordering changed the output by {change:.3g} "
+                                    f"(reordered: {sorted(rep.permutations)})")
         stage = "make_dynamic"
         slimtrain.make_dynamic(model, x, kappa_min=KAPPA_MIN)
         g = get_graph(model)

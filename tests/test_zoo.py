@@ -43,6 +43,15 @@ def test_zoo_model(entry):
     raise ZooCheckError(got)
 
 
+@pytest.mark.parametrize("entry", [pytest.param(e, id=e.name) for e in ZOO if not e.xfail])
+def test_zoo_model_after_magnitude_reordering(entry):
+    """The same procedure on the channel-reordered model (the path for a trained model): reordering
+    keeps the output, and make_dynamic, training, export and the counter check still hold."""
+    res = run_entry(entry, reorder="magnitude")
+    assert res.passed, f"{res.stage}: {res.error}\n{res.trace}"
+    assert res.max_drop >= 1.0 and res.export_err <= _zoo.EXPORT_ATOL
+
+
 def test_zoo_covers_the_issue_list():
     names = {e.name for e in ZOO}
     for want in ("wav2vec2", "hubert", "bert", "vit", "resnet", "mobilenet_v2", "convnext",
