@@ -156,7 +156,8 @@ def _mobilenet_v2():
 def _convnext():
     from transformers import ConvNextConfig, ConvNextModel
 
-    cfg = ConvNextConfig(num_channels=3, num_stages=2, hidden_sizes=[16, 32], depths=[1, 1], patch_size=2, drop_path_rate=0.0)
+    cfg = ConvNextConfig(num_channels=3, num_stages=2, hidden_sizes=[16, 32], depths=[1, 1], patch_size=2,
+                         drop_path_rate=0.0)
     return HFHead(ConvNextModel(cfg), 32, key="pooler_output"), torch.randn(2, 3, 16, 16)
 
 
@@ -204,8 +205,9 @@ ZOO: list[ZooEntry] = [
     ZooEntry("vit", _vit, xfail="make_dynamic: AttributeError: 'DynamicOutput' object has no attribute 'weight'"),
     ZooEntry("resnet", _resnet),
     ZooEntry("mobilenet_v2", _mobilenet_v2),
-    ZooEntry("convnext", _convnext, xfail="export: RuntimeError: Given normalized_shape=[16], expected input with shape "
-             "[*, 16], but got input of size[2, 16, 8, 8] (export turns the channels-first ConvNextLayerNorm into "
+    ZooEntry("convnext", _convnext,
+             xfail="export: RuntimeError: Given normalized_shape=[16], expected input with shape "
+                   "[*, 16], but got input of size[2, 16, 8, 8] (export turns the channels-first ConvNextLayerNorm into "
                    "a plain LayerNorm)"),
     ZooEntry("torch_transformer_encoder", lambda: (TorchEncoder(), torch.randn(2, 6, 8)),
              xfail="make_dynamic: GraphError: 'enc' is an nn.TransformerEncoder: use an nn.ModuleList of layers "

@@ -32,7 +32,6 @@ from typing import Any, Callable, Iterable, Optional
 import torch
 from torch import Tensor, nn
 
-from .frontend import MelFrontend
 from .trace import Trace, _tensors, trace_channels
 
 __all__ = ["reorder_channels", "channel_scores", "ReorderError", "ReorderReport", "SCORES"]
@@ -417,7 +416,8 @@ def _change(ref: list[Tensor], got: list[Tensor]) -> float:
 
 
 # ------------------------------------------------------------------------------ public API
-def _scores(model: nn.Module, sample: Any, score: str, batches, loss_fn, exclude) -> tuple[Trace, dict[int, _Width], dict[int, Tensor]]:
+def _scores(model: nn.Module, sample: Any, score: str, batches, loss_fn,
+            exclude) -> tuple[Trace, dict[int, _Width], dict[int, Tensor]]:
     if score not in SCORES:
         raise ReorderError(f"score must be one of {SCORES}, got {score!r}")
     if score == "taylor" and (batches is None or loss_fn is None):
