@@ -17,7 +17,7 @@ Used by ``tests/test_zoo.py`` (one test per entry) and ``benchmarks/zoo.py`` (a 
 transformers models are built with ``attn_implementation="eager"`` (explicit matmul + softmax,
 the same function): the products of the CPU fused SDPA kernel are invisible to
 ``FlopCounterMode``, so with SDPA the counter check fails by exactly the attention products
-(BERT here: analytic 91,648 vs counted 83,456 MACs) and checks nothing about the cost model.
+(BERT here: analytic 91,648 vs counted 83,456 MACs), a gap of the counter, not of the cost model.
 """
 from __future__ import annotations
 
