@@ -13,10 +13,12 @@ from .frontend import MelFrontend
 from .graph import GraphError, dynamic_widths, get_graph, make_dynamic
 from .loss import LossConfigError, TradeoffLoss
 from .modules import DynamicOutput, DynamicRecurrent, MaskedLayerNorm, TransformerBlock
+from .reorder import ReorderError, ReorderReport, channel_scores, reorder_channels
 
 __version__ = "0.1.0"
 __all__ = [
     "Cost", "DynamicOutput", "DynamicRecurrent", "DynamicWidth", "GraphError", "LossConfigError",
-    "MaskedLayerNorm", "MelFrontend", "TradeoffLoss", "TransformerBlock", "WidthError", "dynamic_widths",
-    "export", "get_graph", "layer_costs", "make_dynamic", "model_cost",
+    "MaskedLayerNorm", "MelFrontend", "ReorderError", "ReorderReport", "TradeoffLoss", "TransformerBlock",
+    "WidthError", "channel_scores", "dynamic_widths", "export", "get_graph", "layer_costs", "make_dynamic",
+    "model_cost", "reorder_channels",
 ]
