@@ -17,18 +17,28 @@ Look-ahead: the only look-ahead is the centred STFT window (256 samples = 32 ms,
 frame), i.e. 16 ms; everything after the front-end is causal. The Transformer attends to all past
 frames of the clip (a growing key/value cache when streamed); its attention cost is quoted for 4 s
 clips.
+
+Streaming (:class:`CRNNStream`): the plain (exported or fixed-width) CRNN runs chunk by chunk with
+carried state -- the samples of the STFT frames not yet complete, the last ``kernel - 1`` input
+frames of each causal convolution and the GRU hidden state -- and gives the same logits as one
+call on the whole signal. The Transformer has no streaming runner: each new frame would attend to
+a key/value cache that grows with the stream (cost per frame linear in the stream length), so it
+is not cheap to stream; :func:`stream_logits` names that.
 """
 from __future__ import annotations
 
 from typing import Optional
 
+import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ...frontend import MelFrontend
 from ...modules import TransformerBlock
 
-__all__ = ["FAMILIES", "CRNNVAD", "TransformerVAD", "build_vad_model", "DEFAULT_WIDTHS", "scaled_widths"]
+__all__ = ["FAMILIES", "CRNNVAD", "TransformerVAD", "build_vad_model", "DEFAULT_WIDTHS", "scaled_widths",
+           "CRNNStream", "StreamingError", "min_samples", "stream_logits"]
 
 FAMILIES = ("crnn", "transformer")
 
@@ -127,3 +137,128 @@ def build_vad_model(family: str = "crnn", n_mels: int = 80, sample_rate: int = 8
             widths[k] = int(v)
     cls = CRNNVAD if family == "crnn" else TransformerVAD
     return cls(n_mels=n_mels, sample_rate=sample_rate, **widths)
+
+
+# -- streaming --------------------------------------------------------------------------------------
+class StreamingError(ValueError):
+    """A model that cannot stream, or a stream used wrongly (the message names the model or the call)."""
+
+
+def min_samples(model: nn.Module) -> int:
+    """Fewest samples the model's centred STFT accepts (``n_fft // 2 + 1``: the reflect padding needs them)."""
+    return int(model.frontend.n_fft) // 2 + 1
+
+
+class CRNNStream:
+    """Feed audio at the model rate in chunks of any size; get the logits of the frames completed so far.
+
+    ``feed(chunk)`` returns the logits of every frame whose STFT window is complete (frame ``t`` needs
+    the samples up to ``hop * t + n_fft / 2``), ``flush()`` ends the stream and returns the last frames,
+    whose windows reach past the end (filled by reflection, as ``torch.stft(center=True)`` does). The
+    concatenation of all outputs equals ``model(whole signal)`` up to float rounding; tests check it.
+    The model must be a plain :class:`CRNNVAD` in eval mode (exported; BatchNorm uses its running
+    statistics).
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        if not isinstance(model, CRNNVAD):
+            raise StreamingError(f"streaming needs a plain CRNNVAD (exported or fixed width), got "
+                                 f"{type(model).__name__}" + (" (a Transformer VAD cannot stream cheaply: its "
+                                 "key/value cache grows with the stream)" if isinstance(model, TransformerVAD) else ""))
+        if model.training:
+            raise StreamingError("CRNNStream: put the model in eval mode first (model.eval())")
+        self.model = model
+        fe = model.frontend
+        self.n_fft, self.hop, self.pad = int(fe.n_fft), int(fe.hop_length), int(fe.n_fft) // 2
+        self._raw: list[np.ndarray] = []  # samples before the left reflect padding can be built
+        self._buf: Optional[Tensor] = None  # padded signal from padded index hop * next_frame on
+        self._n = 0  # samples received
+        self._t = 0  # next frame index
+        self._ended = False
+        k1, k2 = model.conv1.kernel_size[0], model.conv2.kernel_size[0]
+        self._ctx1 = torch.zeros(1, model.conv1.in_channels, k1 - 1)
+        self._ctx2 = torch.zeros(1, model.conv2.in_channels, k2 - 1)
+        self._h: Optional[Tensor] = None
+
+    @property
+    def samples_received(self) -> int:
+        return self._n
+
+    @property
+    def frames_emitted(self) -> int:
+        return self._t
+
+    def _start(self) -> None:
+        x = torch.from_numpy(np.concatenate(self._raw)) if self._raw else torch.zeros(0)
+        self._raw = []
+        left = x[1:self.pad + 1].flip(0)  # torch.stft(center=True) reflect padding
+        self._buf = torch.cat([left, x])
+
+    @torch.no_grad()
+    def _frames(self, seg: Tensor) -> Tensor:
+        """Logits ``(frames,)`` of consecutive complete STFT windows in ``seg`` (padded samples)."""
+        m, fe = self.model, self.model.frontend
+        spec = torch.stft(seg[None], self.n_fft, self.hop, window=fe.window, center=False, return_complex=True)
+        power = spec.real ** 2 + spec.imag ** 2
+        x = m.norm(torch.log(torch.matmul(fe.fbank, power) + 1e-6))  # (1, mels, T)
+        x = torch.cat([self._ctx1, x], dim=-1)
+        self._ctx1 = x[..., x.shape[-1] - self._ctx1.shape[-1]:]
+        x = torch.relu(m.bn1(F.conv1d(x, m.conv1.weight, m.conv1.bias)))
+        x = torch.cat([self._ctx2, x], dim=-1)
+        self._ctx2 = x[..., x.shape[-1] - self._ctx2.shape[-1]:]
+        x = torch.relu(m.bn2(F.conv1d(x, m.conv2.weight, m.conv2.bias)))
+        y, self._h = m.gru(x.transpose(1, 2), self._h)
+        return m.head(y).reshape(-1)
+
+    def _run(self, stop: int) -> np.ndarray:
+        """Frames ``self._t .. stop-1`` from the buffer; drops the samples no later frame needs."""
+        assert self._buf is not None
+        if stop <= self._t:
+            return np.zeros(0, dtype=np.float32)
+        n_frames = stop - self._t
+        seg = self._buf[: (n_frames - 1) * self.hop + self.n_fft]
+        out = self._frames(seg).numpy().astype(np.float32)
+        self._buf = self._buf[n_frames * self.hop:]
+        self._t = stop
+        return out
+
+    def feed(self, chunk: np.ndarray) -> np.ndarray:
+        """Logits of the frames completed by ``chunk`` (mono float32 samples at the model rate)."""
+        if self._ended:
+            raise StreamingError("CRNNStream.feed: the stream was flushed; start a new stream")
+        x = torch.from_numpy(np.ascontiguousarray(chunk, dtype=np.float32).reshape(-1))
+        self._n += len(x)
+        if self._buf is None:
+            self._raw.append(x.numpy())
+            if self._n <= self.pad:
+                return np.zeros(0, dtype=np.float32)
+            self._start()
+        else:
+            self._buf = torch.cat([self._buf, x])
+        # frame t is complete when padded samples up to hop * t + n_fft exist: hop * t + n_fft <= pad + n
+        stop = min((self.pad + self._n - self.n_fft) // self.hop + 1, self._n // self.hop + 1) if \
+            self.pad + self._n >= self.n_fft else 0
+        return self._run(max(stop, self._t))
+
+    def flush(self) -> np.ndarray:
+        """End the stream: logits of the remaining frames (``frames = samples // hop + 1`` in all)."""
+        if self._ended:
+            raise StreamingError("CRNNStream.flush: the stream was already flushed")
+        if self._n < min_samples(self.model):
+            raise StreamingError(f"CRNNStream.flush: the stream holds {self._n} samples; the model needs at least "
+                                 f"{min_samples(self.model)} (its STFT window is {self.n_fft} samples, centred)")
+        self._ended = True
+        assert self._buf is not None
+        # right reflect padding: the pad samples before the last one, mirrored
+        tail_src = self._buf[len(self._buf) - self.pad - 1: len(self._buf) - 1]
+        self._buf = torch.cat([self._buf, tail_src.flip(0)])
+        return self._run(self._n // self.hop + 1)
+
+
+@torch.no_grad()
+def stream_logits(model: nn.Module, chunks) -> np.ndarray:
+    """Logits of ``model`` fed ``chunks`` one after the other, then flushed (see :class:`CRNNStream`)."""
+    s = CRNNStream(model)
+    out = [s.feed(c) for c in chunks]
+    out.append(s.flush())
+    return np.concatenate(out)
