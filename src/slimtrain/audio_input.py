@@ -24,7 +24,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["AudioInputError", "MAX_CHANNELS", "to_float", "as_mono_float", "check_rate", "resample_to", "StreamingResampler"]
+__all__ = ["AudioInputError", "MAX_CHANNELS", "AUDIO_SUFFIXES", "expand_audio_paths", "to_float", "as_mono_float",
+           "check_rate", "resample_to", "StreamingResampler"]
 
 #: the most channels a 2-D input may have (more means the layout cannot be told apart from samples)
 MAX_CHANNELS = 8
@@ -189,3 +190,27 @@ class StreamingResampler:
         if self.identity:
             return np.zeros(0, dtype=np.float32)
         return self._emit(self._n_out(self._n_in))
+
+
+#: file name endings taken as audio when a folder is searched (what libsndfile, behind soundfile, reads)
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff", ".aifc", ".au", ".snd", ".w64",
+                  ".caf", ".rf64")
+
+
+def expand_audio_paths(paths) -> list[tuple["Path", str | None]]:
+    """``[(path, None)]`` for each file and each audio file under each folder (recursive, sorted), and
+    ``[(path, reason)]`` for a path that does not exist or a folder without audio files."""
+    from pathlib import Path
+
+    out: list[tuple[Path, str | None]] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            found = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in AUDIO_SUFFIXES)
+            if not found:
+                out.append((p, f"folder {p} holds no audio files ({', '.join(AUDIO_SUFFIXES[:4])}, ...)"))
+            out.extend((f, None) for f in found)
+        elif p.exists():
+            out.append((p, None))
+        else:
+            out.append((p, f"audio file not found: {p}"))
+    return out
