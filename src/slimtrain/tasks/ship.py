@@ -32,6 +32,13 @@ def _versions() -> dict:
     return {"slimtrain": __version__, "torch": torch.__version__, "python": platform.python_version()}
 
 
+def _digest(hashes: dict) -> str:
+    """16 hex digits identifying a data folder from the SHA-256 of its files (as its manifest lists them)."""
+    import hashlib
+
+    return hashlib.sha256(json.dumps(hashes, sort_keys=True).encode()).hexdigest()[:16]
+
+
 def _check(model, reloaded, x: torch.Tensor) -> float:
     with torch.no_grad():
         return float((model(x) - reloaded(x)).abs().max())
@@ -115,7 +122,8 @@ def ship_spoof(checkpoint: Path, data: Path, out: Path, commands: list[str], nam
         "recipe": {"builder_kwargs": recipe["kwargs"], "dynamic": recipe["dynamic"], "alpha": extra.get("alpha"),
                    "config": extra.get("config"),
                    "learned_widths": {k: float(v) for k, v in ckpt["widths"].items()}},
-        "data": {"fingerprint": manifest.get("fingerprint") or manifest.get("sha256"), "manifest": man_small},
+        "data": {"fingerprint": _digest(manifest.get("sha256", {})), "file_sha256": manifest.get("sha256", {}),
+                 "manifest": man_small},
         "metrics": {"split": "eval: held-out bona fide speaker fr_CA_f_June, known attacks A1 A2 A3 A5 and unseen "
                              "attacks A4 A6 A7 (percent EER)",
                     **{k: v for k, v in res.items() if k.startswith(("eer", "params", "macs", "gflops"))}},
