@@ -223,7 +223,7 @@ def test_without_smoothing_segments_are_exactly_the_runs_above_threshold(speech)
 def test_load_errors_name_the_file(tmp_path):
     from slimtrain.checkpoint import CheckpointError
 
-    with pytest.raises(CheckpointError, match="VAD model not found: .*missing.pt"):
+    with pytest.raises(CheckpointError, match="model file not found: .*missing.pt"):
         vad.load(tmp_path / "missing.pt")
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"junk")

@@ -117,8 +117,12 @@ def save_shipped(path: PathLike, model: nn.Module, task: str, builder: dict, met
 
 def is_shipped(path: PathLike) -> bool:
     """Whether ``path`` is a file in this format (reads it)."""
+    import warnings
+
     try:
-        d = torch.load(Path(path), map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch.load notes when it meets a TorchScript archive
+            d = torch.load(Path(path), map_location="cpu", weights_only=True)
     except Exception:  # noqa: BLE001 - any unreadable file is simply not one
         return False
     return isinstance(d, dict) and d.get("format") == FORMAT

@@ -90,7 +90,7 @@ def load(path: Optional[PathLike] = None) -> Countermeasure:
 
     p = default_model_path() if path is None else Path(path)
     if not p.is_file():
-        raise CheckpointError(f"countermeasure not found: {p}" + (" (the shipped model is missing from this "
+        raise CheckpointError(f"model file not found: {p}" + (" (the shipped model is missing from this "
                                                                    "install)" if path is None else ""))
     if is_shipped(p):
         try:

@@ -70,7 +70,7 @@ def probs_to_segments(probs: np.ndarray, threshold: float = 0.5, *, neg_threshol
     ``get_speech_timestamps``.
 
     A segment starts at the first frame with ``prob >= threshold`` and ends once the probability
-    has stayed below ``neg_threshold`` (default ``max(threshold - 0.15, 0.01)``, a hysteresis) for
+    has stayed below ``neg_threshold`` (default ``max(threshold - 0.15, threshold / 2)``, a hysteresis) for
     ``min_silence_ms``; its end is the start of that quiet run. Segments shorter than
     ``min_speech_ms`` are dropped. Each segment is then widened by ``speech_pad_ms`` on both sides;
     where two segments are less than ``2 * speech_pad_ms`` apart, the gap is split between them
@@ -80,7 +80,7 @@ def probs_to_segments(probs: np.ndarray, threshold: float = 0.5, *, neg_threshol
     p = np.asarray(probs, dtype=np.float64).reshape(-1)
     if not 0.0 <= threshold <= 1.0:
         raise ValueError(f"probs_to_segments: threshold must be in [0, 1], got {threshold}")
-    neg = max(threshold - 0.15, 0.01) if neg_threshold is None else float(neg_threshold)
+    neg = max(threshold - 0.15, threshold / 2) if neg_threshold is None else float(neg_threshold)
     if neg > threshold:
         raise ValueError(f"probs_to_segments: neg_threshold {neg} must not exceed threshold {threshold}")
     for name, v in (("min_speech_ms", min_speech_ms), ("min_silence_ms", min_silence_ms),
@@ -160,7 +160,7 @@ class VAD:
 
         sr = check_rate(sample_rate, where)
         x = resample_to(as_mono_float(audio, where), sr, MODEL_SAMPLE_RATE)
-        need = min_samples(self.model) if hasattr(self.model, "frontend") else 129
+        need = min_samples(self.model)
         if len(x) < need:
             raise AudioInputError(f"{where}: audio is too short: {len(x)} samples at {MODEL_SAMPLE_RATE} Hz "
                                   f"(after resampling); the model needs at least {need}")
@@ -284,7 +284,7 @@ def load(path: Optional[PathLike] = None) -> VAD:
             pass
         return VAD(model, threshold=_logit_to_prob(thr), source=str(p))
     if not p.is_file():
-        raise CheckpointError(f"VAD model not found: {p}" + (" (the shipped model is missing from this install)"
+        raise CheckpointError(f"model file not found: {p}" + (" (the shipped model is missing from this install)"
                                                                if path is None else ""))
     if is_shipped(p):
         try:

@@ -146,7 +146,10 @@ class StreamingError(ValueError):
 
 def min_samples(model: nn.Module) -> int:
     """Fewest samples the model's centred STFT accepts (``n_fft // 2 + 1``: the reflect padding needs them)."""
-    return int(model.frontend.n_fft) // 2 + 1
+    n_fft = getattr(getattr(model, "frontend", None), "n_fft", None)
+    if n_fft is None:  # a TorchScript model keeps no plain attributes: the window of this package's VADs
+        n_fft = 256
+    return int(n_fft) // 2 + 1
 
 
 class CRNNStream:
