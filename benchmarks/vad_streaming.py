@@ -11,7 +11,8 @@ noise bursts), timed interleaved (ours, Silero, ours, ...), median of ``--repeat
 FLOPs per second of audio:
 * ours, from slimtrain's cost model (``model_cost``: 2 x MACs of the convolutions, GRU, linear
   layers and the mel filterbank; the FFT is not counted) and from ``torch.utils.flop_counter``
-  on the streamed run itself (matrix products and convolutions it sees);
+  on the offline torch call of the same model on the same audio (the stream computes the same
+  products frame by frame in numpy, where flop_counter cannot see them);
 * Silero, from ``torch.utils.flop_counter`` on its JIT model during the streamed run (its STFT is
   a convolution and its LSTM cell matrix products, so both are in the count).
 
@@ -103,15 +104,18 @@ def main() -> None:
         fns = {"ours": _ours(ours, x, rate, chunk), "silero": _silero(silero, x, rate, chunk)}
         times = C.interleaved(fns, a.repeats, warmup=1, clock="cpu")
         t_ours, t_sil = (C.median(times[k]) / a.seconds for k in ("ours", "silero"))
-        f_ours, f_sil = (_counted(fns[k]) / a.seconds / 1e6 for k in ("ours", "silero"))
+        x8 = torch.from_numpy(_audio(a.seconds, 8000))[None]
+        f_ours = _counted(lambda: ours.model(x8)) / a.seconds / 1e6  # the stream does the same products in numpy
+        f_sil = _counted(fns["silero"]) / a.seconds / 1e6
         rows.append([f"{rate // 1000} kHz", f"{1000 * t_ours:.2f}", f"{1000 * t_sil:.2f}", f"{t_sil / t_ours:.1f}x",
                      f"{model_mflops:.2f}", f"{f_ours:.2f}", f"{f_sil:.2f}", f"{f_sil / model_mflops:.1f}x"])
     print(C.table(["rate", "ours CPU ms / s audio", "Silero CPU ms / s audio", "Silero / ours time",
                    "ours MFLOP/s (cost model)", "ours MFLOP/s (flop_counter)", "Silero MFLOP/s (flop_counter)",
                    "Silero / ours FLOPs"], rows))
     print("ours (cost model) counts the mel filterbank but not the FFT; flop_counter counts matrix products and "
-          "convolutions only (it sees neither our FFT nor, on CPU, every GRU product; Silero's STFT is a "
-          "convolution, so it is counted). Medians of interleaved repeats; CPU time of this process.")
+          "convolutions only (not our FFT; Silero's STFT is a convolution, so it is counted). At 16 kHz our stream "
+          "also resamples to 8 kHz (a 41-tap polyphase FIR, not in the FLOP columns). Medians of interleaved "
+          "repeats; CPU time of this process.")
 
 
 if __name__ == "__main__":

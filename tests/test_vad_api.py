@@ -168,6 +168,14 @@ def test_stream_input_errors(model):
         model.stream(8000, channels=2).feed(np.zeros((3, 100), np.float32))
     with pytest.raises(vad.AudioInputError, match="sample_rate"):
         model.stream(-1)
+    s2 = model.stream(8000, channels=2)
+    s2.feed(np.zeros((300, 2), np.float32))  # channels-last from now on
+    with pytest.raises(vad.AudioInputError, match="changes the channel layout"):
+        s2.feed(np.zeros((2, 300), np.float32))
+    # a square chunk follows the stream's layout
+    sq = np.array([[1.0, 2.0], [3.0, 4.0]], np.float32)
+    assert np.allclose(s2._mono(sq), [1.5, 3.5])  # rows are samples
+    assert np.allclose(model.stream(8000, channels=2)._mono(sq), [2.0, 3.0])  # unknown yet: channels-first
 
 
 # -- segments ---------------------------------------------------------------------------------------

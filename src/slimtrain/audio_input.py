@@ -143,29 +143,32 @@ class StreamingResampler:
         self._h = np.concatenate([hp, np.zeros(self._q * self.up + self.up - len(hp))])
         self._hlen = len(hp)
 
-    def _last_input(self, m: np.ndarray) -> np.ndarray:
+    def _last_input(self, m: int) -> int:
         return ((m + self._shift) * self.down) // self.up  # newest input index output m uses
 
     def _emit(self, stop: int) -> np.ndarray:
-        """Outputs ``self._m .. stop-1`` from the buffered input (zeros beyond what was received)."""
+        """Outputs ``self._m .. stop-1`` from the buffered input (zeros beyond what was received).
+
+        ``upfirdn`` on the buffered segment gives the same sums as on the whole signal when the
+        segment starts at a multiple of ``down`` (then its output grid is the whole signal's, shifted).
+        """
+        from scipy.signal import upfirdn
+
         if stop <= self._m:
             return np.zeros(0, dtype=np.float32)
-        m = np.arange(self._m, stop)
-        base = (m + self._shift) * self.down
-        i_max = base // self.up
-        phase = base - i_max * self.up
-        q = np.arange(self._q)
-        idx = i_max[:, None] - q[None, :]  # absolute input indices
-        taps = self._h[phase[:, None] + q[None, :] * self.up]
-        rel = idx - self._x0
-        ok = (idx >= 0) & (idx < self._n_in)
-        vals = np.where(ok, self._x[np.clip(rel, 0, max(len(self._x) - 1, 0))] if len(self._x) else 0.0, 0.0)
-        y = (vals * taps).sum(axis=1)
+        j0, j1 = self._m + self._shift, stop - 1 + self._shift  # rows of the full upfirdn output
+        i_hi = min(self._last_input(stop - 1), self._n_in - 1)
+        off = self._x0 * self.up // self.down
+        seg = self._x[: i_hi + 1 - self._x0]
+        full = upfirdn(self._h[: self._hlen], seg, self.up, self.down) if len(seg) else np.zeros(0)
+        y = full[j0 - off: j1 - off + 1]
+        if len(y) < stop - self._m:  # outputs whose inputs all lie past the end are zeros
+            y = np.concatenate([y, np.zeros(stop - self._m - len(y))])
         self._m = stop
-        keep_from = int(self._last_input(np.array([self._m]))[0]) - self._q + 1  # oldest input still needed
-        keep_from = max(self._x0, min(keep_from, self._n_in))
-        self._x = self._x[keep_from - self._x0:]
-        self._x0 = keep_from
+        keep = self._last_input(self._m) - self._q + 1  # oldest input the next output uses ...
+        keep = max(self._x0, min(keep, self._n_in) // self.down * self.down)  # ... from a multiple of down
+        self._x = self._x[keep - self._x0:]
+        self._x0 = keep
         return y.astype(np.float32)
 
     def feed(self, x: np.ndarray) -> np.ndarray:

@@ -196,9 +196,9 @@ class VAD:
                                  min_silence_ms=min_silence_ms, speech_pad_ms=speech_pad_ms,
                                  duration=len(x) / MODEL_SAMPLE_RATE)
 
-    def stream(self, sample_rate: int, channels: int = 1) -> "VADStream":
+    def stream(self, sample_rate: int, channels: int = 1, channels_last: Optional[bool] = None) -> "VADStream":
         """A :class:`VADStream` for audio at ``sample_rate`` with ``channels`` channels per chunk."""
-        return VADStream(self, sample_rate, channels)
+        return VADStream(self, sample_rate, channels, channels_last)
 
 
 class VADStream:
@@ -206,17 +206,21 @@ class VADStream:
 
     ``feed(chunk)`` returns the probabilities of the frames completed so far (possibly none);
     ``flush()`` ends the stream and returns the rest. Chunks may have any length (also 0 or 1
-    sample). A chunk with ``channels > 1`` is ``(channels, n)`` or ``(n, channels)`` (channels-first
-    when both fit); its channels are averaged.
+    sample). A chunk with ``channels > 1`` is ``(channels, n)`` or ``(n, channels)``; its channels are
+    averaged. The layout is ``channels_last`` if given, else it is taken from the first chunk whose shape
+    tells it and kept (a later square chunk such as ``(2, 2)`` follows it; before any such chunk, a square
+    chunk is read channels-first). A chunk in the other layout is an error.
     """
 
-    def __init__(self, vad: VAD, sample_rate: int, channels: int = 1) -> None:
+    def __init__(self, vad: VAD, sample_rate: int, channels: int = 1, channels_last: Optional[bool] = None) -> None:
         from .tasks.vad.models import CRNNStream, StreamingError
 
         self.sample_rate = check_rate(sample_rate, "vad.stream")
         if isinstance(channels, bool) or not isinstance(channels, int) or channels < 1:
             raise AudioInputError(f"vad.stream: channels must be a positive integer, got {channels!r}")
         self.channels = channels
+        #: layout of multi-channel chunks; None = taken from the first chunk whose shape tells it
+        self.channels_last = channels_last
         if not vad.can_stream:
             raise StreamingError(f"vad.stream: {vad.source} holds a {type(vad.model).__name__}, which has no "
                                  "streaming runner (only the CRNN streams; a Transformer's key/value cache grows "
@@ -238,7 +242,13 @@ class VADStream:
         if x.ndim != 2 or self.channels not in x.shape:
             raise AudioInputError(f"{where}: expected chunks of shape ({self.channels}, n) or (n, {self.channels}), "
                                   f"got {tuple(x.shape)}")
-        x = x if x.shape[0] == self.channels else x.T
+        if x.shape[0] != x.shape[1]:
+            last = x.shape[1] == self.channels
+            if self.channels_last is not None and last != self.channels_last:
+                raise AudioInputError(f"{where}: chunk of shape {tuple(x.shape)} changes the channel layout of "
+                                      f"this stream ({'(n, channels)' if self.channels_last else '(channels, n)'})")
+            self.channels_last = last
+        x = x.T if self.channels_last else x  # a square chunk keeps the stream's layout (channels-first if unknown)
         return x.mean(axis=0).astype(np.float32)
 
     def feed(self, chunk: Any) -> np.ndarray:

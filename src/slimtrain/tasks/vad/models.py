@@ -31,7 +31,6 @@ from typing import Optional
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ...frontend import MelFrontend
@@ -161,6 +160,11 @@ class CRNNStream:
     concatenation of all outputs equals ``model(whole signal)`` up to float rounding; tests check it.
     The model must be a plain :class:`CRNNVAD` in eval mode (exported; BatchNorm uses its running
     statistics).
+
+    A 32 ms chunk is only three frames, so the cost per chunk is the number of operations, not their
+    FLOPs: the runner copies the weights into float32 numpy arrays (eval-mode BatchNorms become
+    per-channel affines, ``bn1``/``bn2`` folded into the convolutions) and computes each chunk with a
+    few numpy calls (one rfft for the frames, one product per conv tap, one GRU step per frame).
     """
 
     def __init__(self, model: nn.Module) -> None:
@@ -170,18 +174,40 @@ class CRNNStream:
                                  "key/value cache grows with the stream)" if isinstance(model, TransformerVAD) else ""))
         if model.training:
             raise StreamingError("CRNNStream: put the model in eval mode first (model.eval())")
+        g = model.gru
+        if g.num_layers != 1 or g.bidirectional or not g.bias or not g.batch_first:
+            raise StreamingError("CRNNStream: needs a one-layer, unidirectional, batch-first GRU with biases")
         self.model = model
         fe = model.frontend
         self.n_fft, self.hop, self.pad = int(fe.n_fft), int(fe.hop_length), int(fe.n_fft) // 2
         self._raw: list[np.ndarray] = []  # samples before the left reflect padding can be built
-        self._buf: Optional[Tensor] = None  # padded signal from padded index hop * next_frame on
+        self._buf: Optional[np.ndarray] = None  # padded signal from padded index hop * next_frame on
         self._n = 0  # samples received
         self._t = 0  # next frame index
         self._ended = False
-        k1, k2 = model.conv1.kernel_size[0], model.conv2.kernel_size[0]
-        self._ctx1 = torch.zeros(1, model.conv1.in_channels, k1 - 1)
-        self._ctx2 = torch.zeros(1, model.conv2.in_channels, k2 - 1)
-        self._h: Optional[Tensor] = None
+
+        def f32(t: Tensor) -> np.ndarray:
+            return np.ascontiguousarray(t.detach().cpu().numpy(), dtype=np.float32)
+
+        with torch.no_grad():
+            a0, b0 = _bn_affine(model.norm)
+            a1, b1 = _bn_affine(model.bn1)
+            a2, b2 = _bn_affine(model.bn2)
+            self._window = f32(fe.window)
+            self._fbank = f32(fe.fbank)
+            self._norm = (f32(a0)[:, None], f32(b0)[:, None])
+            # conv taps as matrices: y = sum_j W[:, :, j] @ x[:, j : j + T] + b
+            self._conv = []
+            for conv, a, b in ((model.conv1, a1, b1), (model.conv2, a2, b2)):
+                w = conv.weight * a[:, None, None]
+                bias = (conv.bias if conv.bias is not None else torch.zeros_like(a)) * a + b
+                self._conv.append(([f32(w[:, :, j]) for j in range(w.shape[-1])], f32(bias)[:, None]))
+            self._w_ih, self._w_hh = f32(g.weight_ih_l0), f32(g.weight_hh_l0)
+            self._b_ih, self._b_hh = f32(g.bias_ih_l0)[:, None], f32(g.bias_hh_l0)
+            self._w_out, self._b_out = f32(model.head.weight), f32(model.head.bias)
+        self._ctx = [np.zeros((model.conv1.in_channels, model.conv1.kernel_size[0] - 1), np.float32),
+                     np.zeros((model.conv2.in_channels, model.conv2.kernel_size[0] - 1), np.float32)]
+        self._h = np.zeros(g.hidden_size, np.float32)
 
     @property
     def samples_received(self) -> int:
@@ -192,26 +218,36 @@ class CRNNStream:
         return self._t
 
     def _start(self) -> None:
-        x = torch.from_numpy(np.concatenate(self._raw)) if self._raw else torch.zeros(0)
+        x = np.concatenate(self._raw) if self._raw else np.zeros(0, np.float32)
         self._raw = []
-        left = x[1:self.pad + 1].flip(0)  # torch.stft(center=True) reflect padding
-        self._buf = torch.cat([left, x])
+        self._buf = np.concatenate([x[1:self.pad + 1][::-1], x])  # torch.stft(center=True) reflect padding
 
-    @torch.no_grad()
-    def _frames(self, seg: Tensor) -> Tensor:
+    def _frames(self, seg: np.ndarray) -> np.ndarray:
         """Logits ``(frames,)`` of consecutive complete STFT windows in ``seg`` (padded samples)."""
-        m, fe = self.model, self.model.frontend
-        spec = torch.stft(seg[None], self.n_fft, self.hop, window=fe.window, center=False, return_complex=True)
+        frames = np.lib.stride_tricks.sliding_window_view(seg, self.n_fft)[:: self.hop]  # (T, n_fft)
+        spec = np.fft.rfft(frames * self._window, axis=-1)
         power = spec.real ** 2 + spec.imag ** 2
-        x = m.norm(torch.log(torch.matmul(fe.fbank, power) + 1e-6))  # (1, mels, T)
-        x = torch.cat([self._ctx1, x], dim=-1)
-        self._ctx1 = x[..., x.shape[-1] - self._ctx1.shape[-1]:]
-        x = torch.relu(m.bn1(F.conv1d(x, m.conv1.weight, m.conv1.bias)))
-        x = torch.cat([self._ctx2, x], dim=-1)
-        self._ctx2 = x[..., x.shape[-1] - self._ctx2.shape[-1]:]
-        x = torch.relu(m.bn2(F.conv1d(x, m.conv2.weight, m.conv2.bias)))
-        y, self._h = m.gru(x.transpose(1, 2), self._h)
-        return m.head(y).reshape(-1)
+        x = np.log(self._fbank @ power.T + np.float32(1e-6)) * self._norm[0] + self._norm[1]  # (mels, T)
+        for i, (taps, bias) in enumerate(self._conv):
+            x = np.concatenate([self._ctx[i], x], axis=1)
+            k, T = len(taps), x.shape[1] - len(taps) + 1
+            self._ctx[i] = x[:, x.shape[1] - (k - 1):] if k > 1 else x[:, :0]
+            y = bias + taps[0] @ x[:, :T]
+            for j in range(1, k):
+                y = y + taps[j] @ x[:, j:j + T]
+            x = np.maximum(y, 0)
+        gi = self._w_ih @ x + self._b_ih  # (3H, T): input parts of the r, z, n gates
+        H = len(self._h)
+        h, hs = self._h, np.empty((x.shape[1], H), np.float32)
+        for t in range(x.shape[1]):
+            gh = self._w_hh @ h + self._b_hh
+            r = _sigmoid(gi[:H, t] + gh[:H])
+            z = _sigmoid(gi[H:2 * H, t] + gh[H:2 * H])
+            n = np.tanh(gi[2 * H:, t] + r * gh[2 * H:])
+            h = (1 - z) * n + z * h
+            hs[t] = h
+        self._h = h
+        return (hs @ self._w_out.T + self._b_out).reshape(-1).astype(np.float32)
 
     def _run(self, stop: int) -> np.ndarray:
         """Frames ``self._t .. stop-1`` from the buffer; drops the samples no later frame needs."""
@@ -219,8 +255,7 @@ class CRNNStream:
         if stop <= self._t:
             return np.zeros(0, dtype=np.float32)
         n_frames = stop - self._t
-        seg = self._buf[: (n_frames - 1) * self.hop + self.n_fft]
-        out = self._frames(seg).numpy().astype(np.float32)
+        out = self._frames(self._buf[: (n_frames - 1) * self.hop + self.n_fft])
         self._buf = self._buf[n_frames * self.hop:]
         self._t = stop
         return out
@@ -229,18 +264,17 @@ class CRNNStream:
         """Logits of the frames completed by ``chunk`` (mono float32 samples at the model rate)."""
         if self._ended:
             raise StreamingError("CRNNStream.feed: the stream was flushed; start a new stream")
-        x = torch.from_numpy(np.ascontiguousarray(chunk, dtype=np.float32).reshape(-1))
+        x = np.ascontiguousarray(chunk, dtype=np.float32).reshape(-1)
         self._n += len(x)
         if self._buf is None:
-            self._raw.append(x.numpy())
+            self._raw.append(x)
             if self._n <= self.pad:
                 return np.zeros(0, dtype=np.float32)
             self._start()
-        else:
-            self._buf = torch.cat([self._buf, x])
+        elif len(x):
+            self._buf = np.concatenate([self._buf, x])
         # frame t is complete when padded samples up to hop * t + n_fft exist: hop * t + n_fft <= pad + n
-        stop = min((self.pad + self._n - self.n_fft) // self.hop + 1, self._n // self.hop + 1) if \
-            self.pad + self._n >= self.n_fft else 0
+        stop = (self.pad + self._n - self.n_fft) // self.hop + 1 if self.pad + self._n >= self.n_fft else 0
         return self._run(max(stop, self._t))
 
     def flush(self) -> np.ndarray:
@@ -253,9 +287,22 @@ class CRNNStream:
         self._ended = True
         assert self._buf is not None
         # right reflect padding: the pad samples before the last one, mirrored
-        tail_src = self._buf[len(self._buf) - self.pad - 1: len(self._buf) - 1]
-        self._buf = torch.cat([self._buf, tail_src.flip(0)])
+        tail = self._buf[len(self._buf) - self.pad - 1: len(self._buf) - 1][::-1]
+        self._buf = np.concatenate([self._buf, tail])
         return self._run(self._n // self.hop + 1)
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 0.5 * (1 + np.tanh(0.5 * x))  # no overflow for large |x|
+
+
+def _bn_affine(bn: nn.Module) -> tuple[Tensor, Tensor]:
+    """``(scale, shift)`` with ``bn(x) == x * scale + shift`` per channel in eval mode."""
+    scale = torch.rsqrt(bn.running_var + bn.eps)
+    if bn.weight is not None:
+        scale = scale * bn.weight
+    shift = -bn.running_mean * scale + (bn.bias if bn.bias is not None else 0)
+    return scale.detach(), shift.detach()
 
 
 @torch.no_grad()
