@@ -16,7 +16,11 @@ FLOPs per second of audio:
 * Silero, from ``torch.utils.flop_counter`` on its JIT model during the streamed run (its STFT is
   a convolution and its LSTM cell matrix products, so both are in the count).
 
-    python benchmarks/vad_streaming.py [--repeats 7] [--seconds 10]
+With ``--data DIR`` (a folder built by ``slimtrain data vad``) it also scores both models on the
+held-out Italian test split (per-frame AUC, EER and F1 at each model's validation EER threshold,
+Silero's probabilities on our frame grid as in the sweep).
+
+    python benchmarks/vad_streaming.py [--repeats 7] [--seconds 10] [--data runs/vad/data]
 """
 from __future__ import annotations
 
@@ -85,6 +89,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--seconds", type=float, default=10.0)
+    ap.add_argument("--data", default=None, help="VAD data folder: also compare accuracy on its test split")
     a = ap.parse_args()
     torch.set_num_threads(1)
     with warnings.catch_warnings():
@@ -116,6 +121,27 @@ def main() -> None:
           "convolutions only (not our FFT; Silero's STFT is a convolution, so it is counted). At 16 kHz our stream "
           "also resamples to 8 kHz (a 41-tap polyphase FIR, not in the FLOP columns). Medians of interleaved "
           "repeats; CPU time of this process.")
+    if a.data:
+        accuracy(ours, a.data)
+
+
+def accuracy(ours: vad.VAD, data_dir: str) -> None:
+    """AUC / EER / F1 of the shipped model and Silero VAD on the held-out test split of ``data_dir``."""
+    from slimtrain.tasks.vad.anchors import silero_scores
+    from slimtrain.tasks.vad.data import load_vad_data
+    from slimtrain.tasks.vad.train import evaluate_scores
+
+    data, man = load_vad_data(data_dir)
+    val, test = data["val"], data["test"]
+    res = {"ours (shipped)": evaluate_scores((val.labels, np.stack([ours.frame_logits(x, 8000) for x in val.audio])),
+                                             (test.labels, np.stack([ours.frame_logits(x, 8000) for x in test.audio])),
+                                             test.snr_db),
+           "Silero VAD": evaluate_scores((val.labels, silero_scores(val.audio)), (test.labels, silero_scores(test.audio)),
+                                         test.snr_db)}
+    print(f"\n# held-out Italian test split ({len(test.audio)} clips, data fingerprint {man['fingerprint']})")
+    print(C.table(["model", "AUC", "EER %", "F1", "EER < 5 dB", "EER >= 25 dB"],
+                  [[k, f"{r['auc']:.4f}", f"{100 * r['eer']:.2f}", f"{r['f1']:.4f}", f"{100 * r['eer < 5 dB']:.1f}",
+                    f"{100 * r['eer >= 25 dB']:.1f}"] for k, r in res.items()]))
 
 
 if __name__ == "__main__":
