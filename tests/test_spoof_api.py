@@ -62,8 +62,9 @@ def test_shipped_files_are_small_complete_and_consistent(cm):
 def test_bona_fide_prompts_score_above_espeak_reading_the_same_text(cm, pairs):
     bona = np.array([cm.score(b, 8000) for b, _ in pairs])
     fake = np.array([cm.score(s, 8000) for _, s in pairs])
-    assert bona.mean() > fake.mean() + 1.0
-    assert (bona > fake).mean() >= 0.8
+    # measured: bona fide 6.2-8.9, espeak-ng -9.4 to -7.6; every clip on its side of the boundary 0
+    assert (bona > 0).all() and (fake < 0).all()
+    assert bona.mean() > fake.mean() + 5.0
 
 
 def test_layouts_dtypes_and_rates_agree(cm, pairs):
