@@ -136,8 +136,8 @@ def accuracy(ours: vad.VAD, data_dir: str) -> None:
     res = {"ours (shipped)": evaluate_scores((val.labels, np.stack([ours.frame_logits(x, 8000) for x in val.audio])),
                                              (test.labels, np.stack([ours.frame_logits(x, 8000) for x in test.audio])),
                                              test.snr_db),
-           "Silero VAD": evaluate_scores((val.labels, silero_scores(val.audio)), (test.labels, silero_scores(test.audio)),
-                                         test.snr_db)}
+           "Silero VAD": evaluate_scores((val.labels, silero_scores(val.audio)),
+                                         (test.labels, silero_scores(test.audio)), test.snr_db)}
     print(f"\n# held-out Italian test split ({len(test.audio)} clips, data fingerprint {man['fingerprint']})")
     print(C.table(["model", "AUC", "EER %", "F1", "EER < 5 dB", "EER >= 25 dB"],
                   [[k, f"{r['auc']:.4f}", f"{100 * r['eer']:.2f}", f"{r['f1']:.4f}", f"{100 * r['eer < 5 dB']:.1f}",

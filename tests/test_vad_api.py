@@ -34,7 +34,8 @@ def _labelled_clip_set() -> list[tuple[np.ndarray, np.ndarray]]:
     out = []
     for k, s in enumerate(speech):
         s = s / (np.sqrt(np.mean(s ** 2)) + 1e-9) * 0.05
-        clean = np.concatenate([np.zeros(int(rng.uniform(0.6, 1.2) * 8000)), s, np.zeros(int(rng.uniform(0.6, 1.2) * 8000))])
+        lead, tail = (np.zeros(int(rng.uniform(0.6, 1.2) * 8000)) for _ in range(2))
+        clean = np.concatenate([lead, s, tail])
         noise = make_noise(("white", "pink", "brown")[k % 3], len(clean), rng)
         x = (clean + mix_at_snr(clean, noise, float(rng.uniform(10, 20)))).astype(np.float32)
         out.append((x, frame_labels(clean.astype(np.float32))))

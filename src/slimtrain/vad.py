@@ -171,7 +171,8 @@ class VAD:
         if len(x) > _LONG_SAMPLES and self.can_stream:
             from .tasks.vad.models import stream_logits
 
-            return stream_logits(self.model, (x[i:i + _LONG_SAMPLES // 10] for i in range(0, len(x), _LONG_SAMPLES // 10)))
+            step = _LONG_SAMPLES // 10
+            return stream_logits(self.model, (x[i:i + step] for i in range(0, len(x), step)))
         return self.model(torch.from_numpy(x)[None]).reshape(-1).float().numpy()
 
     def frame_logits(self, audio: Any, sample_rate: int) -> np.ndarray:

@@ -132,7 +132,8 @@ def ship_spoof(checkpoint: Path, data: Path, out: Path, commands: list[str], nam
     }
     pt, _ = save_shipped(Path(out) / f"{name}.pt", model, "spoof", dict(recipe["kwargs"]), meta)
     reloaded, _ = load_shipped(pt, "spoof", _build_plain)
-    diff = _check(model, reloaded, torch.randn(2, meta["clip_samples"], generator=torch.Generator().manual_seed(0)) * 0.1)
+    x = torch.randn(2, meta["clip_samples"], generator=torch.Generator().manual_seed(0)) * 0.1
+    diff = _check(model, reloaded, x)
     if diff > 1e-5:
         raise RuntimeError(f"{pt}: the reloaded model differs from the exported one by {diff}")
     return pt

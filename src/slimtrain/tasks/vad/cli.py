@@ -1,4 +1,5 @@
-"""Commands of the VAD case study: ``slimtrain data vad``, ``slimtrain vad`` and ``slimtrain vad predict [--model M] FILE_OR_DIR...``."""
+"""Commands of the VAD case study: ``slimtrain data vad``, ``slimtrain vad`` and
+``slimtrain vad predict [--model M] FILE_OR_DIR...``."""
 from __future__ import annotations
 
 import argparse
@@ -130,7 +131,8 @@ def register(commands, data_commands) -> None:
             "taken as the model when more than one is given).",
             "Any mono/multi-channel file at any rate: channels are averaged and the audio is resampled to 8 kHz "
             "(scipy.signal.resample_poly). Segments follow Silero's get_speech_timestamps: speech starts at a "
-            "frame with probability >= --threshold, ends after --min-silence seconds below max(threshold - 0.15, threshold / 2), "
+            "frame with probability >= --threshold, ends after --min-silence seconds below "
+            "max(threshold - 0.15, threshold / 2), "
             "segments shorter than --min-speech are dropped, each is padded by --pad seconds.",
             "Formats: text = 'start<TAB>end' per segment (prefixed by 'FILE<TAB>' when several files are given, "
             "like grep); json = one document with every file, its segments (and frames) and the errors; rttm = "
