@@ -1,5 +1,5 @@
 """Commands of the anti-spoofing case study: ``slimtrain data spoof``, ``slimtrain spoof`` and
-``slimtrain spoof score MODEL WAV...``."""
+``slimtrain spoof score [--model M] FILE_OR_DIR...``."""
 from __future__ import annotations
 
 import argparse
@@ -80,7 +80,8 @@ def register(commands, data_commands) -> None:
             "and torch-pruning structured pruning at the MACs of the all-stage runs; writes OUT/sweep.csv (the "
             "paper's columns plus per-attack EER), OUT/sweep.png (EER vs MACs per second of audio), "
             "OUT/config.json and OUT/runs/.",
-            "'slimtrain spoof score MODEL WAV...' prints one bona fide score per file.",
+            "'slimtrain spoof score [--model M] FILE_OR_DIR...' prints one bona fide score per file (shipped model by "
+            "default).",
         ), formatter_class=argparse.RawDescriptionHelpFormatter)
     s.add_argument("--sweep", action="store_true", help="run the whole grid and the baselines instead of one run")
     s.add_argument("--quick", action="store_true",
@@ -118,17 +119,24 @@ def register(commands, data_commands) -> None:
     s.set_defaults(func=_cmd_spoof)
     sub = s.add_subparsers(dest="spoof_command", metavar="{score}")
     sc = sub.add_parser(
-        "score", help="print a bona fide score per audio file",
+        "score", help="print a bona fide score per audio file, with the shipped countermeasure by default",
         description=_paragraphs(
-            "Score audio files with a countermeasure: MODEL is a checkpoint written by 'slimtrain spoof' "
-            "(OUT/model.ckpt, OUT/runs/model_*.ckpt; cut to its learned widths before scoring) or the "
-            "TorchScript model.pt of 'slimtrain export'. Each file is resampled to 8 kHz, band-passed, "
-            "trimmed, set to -24 dBFS and cut into clips of the training length (50 % overlap); the "
-            "score is the mean clip logit: higher = bona fide, 0 = the training decision boundary.",
-            "Prints 'score<TAB>file' per file. Exit code 1 if a file cannot be read (the others are still scored).",
+            "Score audio files (folders are searched recursively for audio files). --model M is a shipped "
+            "model (.pt + .json), a checkpoint written by 'slimtrain spoof' (OUT/model.ckpt, OUT/runs/model_*.ckpt; "
+            "cut to its learned widths) or the TorchScript model.pt of 'slimtrain export'; without it the "
+            "countermeasure shipped inside the package is used. The old form 'slimtrain spoof score MODEL FILE...' "
+            "still works (a first argument ending in .ckpt/.pt is taken as the model when more than one is given).",
+            "Each file is averaged to mono, resampled to 8 kHz, band-passed, trimmed, set to -24 dBFS and cut into "
+            "clips of the training length (50 % overlap); the score is the mean clip logit: higher = bona fide, "
+            "0 = the training decision boundary.",
+            "Formats: text = 'score<TAB>file' per file; json = one document with every score and the errors. A file "
+            "that cannot be read is named on stderr and counted; the others are still scored; exit code 1 if any "
+            "file failed.",
         ), formatter_class=argparse.RawDescriptionHelpFormatter)
-    sc.add_argument("model", type=Path, metavar="MODEL", help="checkpoint (.ckpt) or TorchScript file (.pt)")
-    sc.add_argument("wavs", type=Path, nargs="+", metavar="WAV", help="audio files (any format soundfile reads)")
+    sc.add_argument("paths", type=Path, nargs="+", metavar="FILE_OR_DIR", help="audio files or folders (recursed)")
+    sc.add_argument("--model", "-m", type=Path, default=None, metavar="M",
+                    help="model file (default: the shipped model, slimtrain/assets/spoof_default.pt)")
+    sc.add_argument("--format", choices=("text", "json"), default="text", help="output format: text (default) or json")
     sc.set_defaults(func=_cmd_score)
 
 
@@ -215,17 +223,32 @@ def _cmd_spoof(args) -> int:
 
 
 def _cmd_score(args) -> int:
-    from ..audio import AudioError
-    from .score import load_scorer, score_files
+    from ... import spoof
+    from ...audio_input import AudioInputError, expand_audio_paths
+    from ..audio import AudioError, read_audio
+    from ..vad.cli import split_model_arg
 
-    model, clip = load_scorer(args.model)
-    bad = 0
-    for f in args.wavs:
+    model_path, paths = split_model_arg(args.model, args.paths)
+    cm = spoof.load(model_path)
+    items = expand_audio_paths(paths)
+    scores, errors = [], []
+    for f, problem in items:
         try:
-            (score,) = score_files(model, [f], clip)
-        except AudioError as e:
-            print(f"slimtrain: error: {' '.join(str(e).split())}", file=sys.stderr)
-            bad += 1
+            if problem is not None:
+                raise AudioError(problem)
+            x, sr = read_audio(f)
+            score = cm.score(x, sr)
+        except (AudioError, AudioInputError) as e:
+            msg = " ".join(str(e).split())
+            msg = msg if str(f) in msg else f"{f}: {msg}"
+            print(f"slimtrain: error: {msg}", file=sys.stderr)
+            errors.append({"file": str(f), "error": msg})
             continue
-        print(f"{score:.4f}\t{f}")
-    return 1 if bad else 0
+        scores.append({"file": str(f), "score": round(score, 4)})
+        if args.format == "text":
+            print(f"{score:.4f}\t{f}", flush=True)
+    if args.format == "json":
+        print(json.dumps({"model": cm.source, "scores": scores, "errors": errors, "failed": len(errors)}))
+    if errors:
+        print(f"slimtrain: {len(errors)} of {len(items)} files failed", file=sys.stderr)
+    return 1 if errors else 0

@@ -1,4 +1,5 @@
-"""Commands of the VAD case study: ``slimtrain data vad``, ``slimtrain vad`` and ``slimtrain vad predict``."""
+"""Commands of the VAD case study: ``slimtrain data vad``, ``slimtrain vad`` and
+``slimtrain vad predict [--model M] FILE_OR_DIR...``."""
 from __future__ import annotations
 
 import argparse
@@ -85,7 +86,8 @@ def register(commands, data_commands) -> None:
             "models, torch-pruning and hard-concrete gate baselines, WebRTC VAD modes 0-3 and Silero VAD; "
             "writes OUT/sweep.csv, OUT/vad_pooled.csv, OUT/vad_by_snr.csv (the paper's table columns) and "
             "OUT/pareto.png.",
-            "Subcommand: 'slimtrain vad predict MODEL WAV' prints speech segments.",
+            "Subcommand: 'slimtrain vad predict [--model M] FILE_OR_DIR...' prints speech segments (shipped model by "
+            "default).",
         ), formatter_class=argparse.RawDescriptionHelpFormatter)
     v.add_argument("--sweep", action="store_true", help="run the whole comparison instead of one model")
     v.add_argument("--quick", action="store_true",
@@ -119,21 +121,43 @@ def register(commands, data_commands) -> None:
     v.set_defaults(func=_cmd_vad)
     vsub = v.add_subparsers(dest="vad_command", metavar="predict")
     pr = vsub.add_parser(
-        "predict", help="print speech segments (start end, seconds) of a WAV file",
+        "predict", help="speech segments (or frame probabilities) of audio files, with the shipped VAD by default",
         description=_paragraphs(
-            "Print one 'start end' line (seconds) per speech segment of WAV. MODEL is a VAD checkpoint "
-            "('slimtrain vad' writes OUT/vad_FAMILY.pt; cut to its learned widths here) or the model.pt "
-            "TorchScript written by 'slimtrain export'. Any mono/stereo WAV (stereo is averaged); rates other "
-            "than 8 kHz are resampled with a polyphase Kaiser-window FIR (scipy.signal.resample_poly).",
-        ))
-    pr.add_argument("model", type=Path, metavar="MODEL", help="checkpoint (.pt) or TorchScript model")
-    pr.add_argument("wav", type=Path, metavar="WAV", help="audio file")
-    pr.add_argument("--threshold", type=_number, default=None, metavar="T",
-                   help="logit threshold (default: the validation EER threshold stored in the checkpoint, else 0)")
-    pr.add_argument("--min-speech", type=_nonneg, default=0.1, metavar="S",
-                   help="drop segments shorter than S seconds (default: 0.1)")
-    pr.add_argument("--min-gap", type=_nonneg, default=0.1, metavar="S",
-                   help="merge segments separated by less than S seconds (default: 0.1)")
+            "Print the speech segments of each FILE (folders are searched recursively for audio files). "
+            "--model M is a shipped model (.pt + .json), a VAD checkpoint ('slimtrain vad' writes "
+            "OUT/vad_FAMILY.pt; cut to its learned widths), a folder or TorchScript model.pt written by "
+            "'slimtrain export'; without it the VAD shipped inside the package is used. The old form "
+            "'slimtrain vad predict MODEL.pt FILE...' still works (a first argument ending in .pt/.ckpt is "
+            "taken as the model when more than one is given).",
+            "Any mono/multi-channel file at any rate: channels are averaged and the audio is resampled to 8 kHz "
+            "(scipy.signal.resample_poly). Segments follow Silero's get_speech_timestamps: speech starts at a "
+            "frame with probability >= --threshold, ends after --min-silence seconds below "
+            "max(threshold - 0.15, threshold / 2), "
+            "segments shorter than --min-speech are dropped, each is padded by --pad seconds.",
+            "Formats: text = 'start<TAB>end' per segment (prefixed by 'FILE<TAB>' when several files are given, "
+            "like grep); json = one document with every file, its segments (and frames) and the errors; rttm = "
+            "one 'SPEAKER <file> 1 <start> <duration> <NA> <NA> speech <NA> <NA>' line per segment. A file that "
+            "cannot be read is named on stderr and counted; the others are still processed; exit code 1 if any "
+            "file failed.",
+        ), formatter_class=argparse.RawDescriptionHelpFormatter)
+    pr.add_argument("paths", type=Path, nargs="+", metavar="FILE_OR_DIR", help="audio files or folders (recursed)")
+    pr.add_argument("--model", "-m", type=Path, default=None, metavar="M",
+                    help="model file or export folder (default: the shipped model, slimtrain/assets/vad_default.pt)")
+    pr.add_argument("--format", choices=("text", "json", "rttm"), default="text",
+                    help="output format: text (default), json or rttm")
+    pr.add_argument("--frames", action="store_true",
+                    help="also print the speech probability of every 10 ms frame (text: 'frame<TAB>time<TAB>prob' "
+                         "lines after the segments; json: a 'frames' list); not with rttm")
+    pr.add_argument("--threshold", type=_probability, default=None, metavar="P",
+                    help="speech probability threshold in [0, 1] (default: the model's validation EER threshold, "
+                         "else 0.5)")
+    pr.add_argument("--min-speech", type=_nonneg, default=0.25, metavar="S",
+                    help="drop segments shorter than S seconds (default: 0.25)")
+    pr.add_argument("--min-silence", "--min-gap", dest="min_silence", type=_nonneg, default=0.1, metavar="S",
+                    help="end a segment only after S seconds of non-speech; shorter pauses stay inside it "
+                         "(default: 0.1)")
+    pr.add_argument("--pad", type=_nonneg, default=0.03, metavar="S",
+                    help="widen each segment by S seconds on both sides, splitting short gaps (default: 0.03)")
     pr.set_defaults(func=_cmd_predict)
 
 
@@ -209,16 +233,80 @@ def _cmd_vad(args) -> int:
     return 0
 
 
-def _cmd_predict(args) -> int:
-    from .predict import load_vad_for_inference, predict_segments
+MODEL_SUFFIXES = (".pt", ".ckpt", ".pth", ".jit")
 
-    model, stored = load_vad_for_inference(args.model)
-    thr = args.threshold if args.threshold is not None else (stored if stored is not None else 0.0)
-    segs, duration = predict_segments(model, args.wav, thr, args.min_speech, args.min_gap)
-    for a, b in segs:
-        print(f"{a:.2f}\t{b:.2f}")
-    speech = sum(b - a for a, b in segs)
+
+def _probability(text: str) -> float:
+    v = _number(text)
+    if not 0.0 <= v <= 1.0:
+        raise argparse.ArgumentTypeError(f"threshold must be a probability in [0, 1], got {text}")
+    return v
+
+
+def split_model_arg(model: Path | None, paths: list[Path]) -> tuple[Path | None, list[Path]]:
+    """The old positional form ``MODEL FILE...``: a first path ending in a model suffix is the model."""
+    if model is None and len(paths) >= 2 and paths[0].suffix.lower() in MODEL_SUFFIXES:
+        return paths[0], list(paths[1:])
+    return model, list(paths)
+
+
+def _cmd_predict(args) -> int:
     import sys
 
-    print(f"{len(segs)} speech segments, {speech:.2f} s of {duration:.2f} s (threshold {thr:.3g})", file=sys.stderr)
-    return 0
+    from ... import vad
+    from ..audio import AudioError, read_audio
+    from ...audio_input import expand_audio_paths
+
+    if args.frames and args.format == "rttm":
+        raise ValueError("--frames cannot be written as rttm; use --format text or json")
+    model_path, paths = split_model_arg(args.model, args.paths)
+    model = vad.load(model_path)
+    thr = model.threshold if args.threshold is None else args.threshold
+    items = expand_audio_paths(paths)
+    many = len(items) > 1
+    results, errors = [], []
+    n_seg = speech = total = 0.0
+    for path, problem in items:
+        try:
+            if problem is not None:
+                raise AudioError(problem)
+            x, sr = read_audio(path)
+            probs = model.frame_probs(x, sr)
+        except (AudioError, vad.AudioInputError) as e:
+            msg = " ".join(str(e).split())
+            msg = msg if str(path) in msg else f"{path}: {msg}"
+            print(f"slimtrain: error: {msg}", file=sys.stderr)
+            errors.append({"file": str(path), "error": msg})
+            continue
+        duration = len(x) / sr
+        segs = vad.probs_to_segments(probs, thr, min_speech_ms=1000 * args.min_speech,
+                                     min_silence_ms=1000 * args.min_silence, speech_pad_ms=1000 * args.pad,
+                                     duration=duration)
+        n_seg += len(segs)
+        speech += sum(s["end"] - s["start"] for s in segs)
+        total += duration
+        res = {"file": str(path), "duration": round(duration, 3), "segments": segs}
+        if args.frames:
+            res["frames"] = [round(float(p), 4) for p in probs]
+        results.append(res)
+        if args.format == "text":
+            pre = f"{path}\t" if many else ""
+            for s in segs:
+                print(f"{pre}{s['start']:.3f}\t{s['end']:.3f}")
+            if args.frames:
+                for t, p in enumerate(probs):
+                    print(f"{pre}frame\t{t * vad.FRAME_SECONDS:.2f}\t{p:.4f}")
+        elif args.format == "rttm":
+            uri = "_".join(path.stem.split()) or "audio"
+            for s in segs:
+                print(f"SPEAKER {uri} 1 {s['start']:.3f} {s['end'] - s['start']:.3f} <NA> <NA> speech <NA> <NA>")
+        sys.stdout.flush()
+    if args.format == "json":
+        import json as _json
+
+        print(_json.dumps({"model": model.source, "threshold": round(thr, 6), "frame_seconds": vad.FRAME_SECONDS,
+                           "files": results, "errors": errors, "failed": len(errors)}))
+    failed = f"; {len(errors)} of {len(items)} failed" if errors else ""
+    print(f"{len(results)} files: {int(n_seg)} speech segments, {speech:.2f} s of {total:.2f} s "
+          f"(threshold {thr:.3g}){failed}", file=sys.stderr)
+    return 1 if errors else 0

@@ -17,18 +17,27 @@ Look-ahead: the only look-ahead is the centred STFT window (256 samples = 32 ms,
 frame), i.e. 16 ms; everything after the front-end is causal. The Transformer attends to all past
 frames of the clip (a growing key/value cache when streamed); its attention cost is quoted for 4 s
 clips.
+
+Streaming (:class:`CRNNStream`): the plain (exported or fixed-width) CRNN runs chunk by chunk with
+carried state -- the samples of the STFT frames not yet complete, the last ``kernel - 1`` input
+frames of each causal convolution and the GRU hidden state -- and gives the same logits as one
+call on the whole signal. The Transformer has no streaming runner: each new frame would attend to
+a key/value cache that grows with the stream (cost per frame linear in the stream length), so it
+is not cheap to stream; :func:`stream_logits` names that.
 """
 from __future__ import annotations
 
 from typing import Optional
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
 from ...frontend import MelFrontend
 from ...modules import TransformerBlock
 
-__all__ = ["FAMILIES", "CRNNVAD", "TransformerVAD", "build_vad_model", "DEFAULT_WIDTHS", "scaled_widths"]
+__all__ = ["FAMILIES", "CRNNVAD", "TransformerVAD", "build_vad_model", "DEFAULT_WIDTHS", "scaled_widths",
+           "CRNNStream", "StreamingError", "min_samples", "stream_logits"]
 
 FAMILIES = ("crnn", "transformer")
 
@@ -127,3 +136,179 @@ def build_vad_model(family: str = "crnn", n_mels: int = 80, sample_rate: int = 8
             widths[k] = int(v)
     cls = CRNNVAD if family == "crnn" else TransformerVAD
     return cls(n_mels=n_mels, sample_rate=sample_rate, **widths)
+
+
+# -- streaming --------------------------------------------------------------------------------------
+class StreamingError(ValueError):
+    """A model that cannot stream, or a stream used wrongly (the message names the model or the call)."""
+
+
+def min_samples(model: nn.Module) -> int:
+    """Fewest samples the model's centred STFT accepts (``n_fft // 2 + 1``: the reflect padding needs them)."""
+    n_fft = getattr(getattr(model, "frontend", None), "n_fft", None)
+    if n_fft is None:  # a TorchScript model keeps no plain attributes: the window of this package's VADs
+        n_fft = 256
+    return int(n_fft) // 2 + 1
+
+
+class CRNNStream:
+    """Feed audio at the model rate in chunks of any size; get the logits of the frames completed so far.
+
+    ``feed(chunk)`` returns the logits of every frame whose STFT window is complete (frame ``t`` needs
+    the samples up to ``hop * t + n_fft / 2``), ``flush()`` ends the stream and returns the last frames,
+    whose windows reach past the end (filled by reflection, as ``torch.stft(center=True)`` does). The
+    concatenation of all outputs equals ``model(whole signal)`` up to float rounding; tests check it.
+    The model must be a plain :class:`CRNNVAD` in eval mode (exported; BatchNorm uses its running
+    statistics).
+
+    A 32 ms chunk is only three frames, so the cost per chunk is the number of operations, not their
+    FLOPs: the runner copies the weights into float32 numpy arrays (eval-mode BatchNorms become
+    per-channel affines, ``bn1``/``bn2`` folded into the convolutions) and computes each chunk with a
+    few numpy calls (one rfft for the frames, one product per conv tap, one GRU step per frame).
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        if not isinstance(model, CRNNVAD):
+            raise StreamingError(f"streaming needs a plain CRNNVAD (exported or fixed width), got "
+                                 f"{type(model).__name__}" + (" (a Transformer VAD cannot stream cheaply: its "
+                                 "key/value cache grows with the stream)" if isinstance(model, TransformerVAD) else ""))
+        if model.training:
+            raise StreamingError("CRNNStream: put the model in eval mode first (model.eval())")
+        g = model.gru
+        if g.num_layers != 1 or g.bidirectional or not g.bias or not g.batch_first:
+            raise StreamingError("CRNNStream: needs a one-layer, unidirectional, batch-first GRU with biases")
+        self.model = model
+        fe = model.frontend
+        self.n_fft, self.hop, self.pad = int(fe.n_fft), int(fe.hop_length), int(fe.n_fft) // 2
+        self._raw: list[np.ndarray] = []  # samples before the left reflect padding can be built
+        self._buf: Optional[np.ndarray] = None  # padded signal from padded index hop * next_frame on
+        self._n = 0  # samples received
+        self._t = 0  # next frame index
+        self._ended = False
+
+        def f32(t: Tensor) -> np.ndarray:
+            return np.ascontiguousarray(t.detach().cpu().numpy(), dtype=np.float32)
+
+        with torch.no_grad():
+            a0, b0 = _bn_affine(model.norm)
+            a1, b1 = _bn_affine(model.bn1)
+            a2, b2 = _bn_affine(model.bn2)
+            self._window = f32(fe.window)
+            self._fbank = f32(fe.fbank)
+            self._norm = (f32(a0)[:, None], f32(b0)[:, None])
+            # conv taps as matrices: y = sum_j W[:, :, j] @ x[:, j : j + T] + b
+            self._conv = []
+            for conv, a, b in ((model.conv1, a1, b1), (model.conv2, a2, b2)):
+                w = conv.weight * a[:, None, None]
+                bias = (conv.bias if conv.bias is not None else torch.zeros_like(a)) * a + b
+                self._conv.append(([f32(w[:, :, j]) for j in range(w.shape[-1])], f32(bias)[:, None]))
+            self._w_ih, self._w_hh = f32(g.weight_ih_l0), f32(g.weight_hh_l0)
+            self._b_ih, self._b_hh = f32(g.bias_ih_l0)[:, None], f32(g.bias_hh_l0)
+            self._w_out, self._b_out = f32(model.head.weight), f32(model.head.bias)
+        self._ctx = [np.zeros((model.conv1.in_channels, model.conv1.kernel_size[0] - 1), np.float32),
+                     np.zeros((model.conv2.in_channels, model.conv2.kernel_size[0] - 1), np.float32)]
+        self._h = np.zeros(g.hidden_size, np.float32)
+
+    @property
+    def samples_received(self) -> int:
+        return self._n
+
+    @property
+    def frames_emitted(self) -> int:
+        return self._t
+
+    def _start(self) -> None:
+        x = np.concatenate(self._raw) if self._raw else np.zeros(0, np.float32)
+        self._raw = []
+        self._buf = np.concatenate([x[1:self.pad + 1][::-1], x])  # torch.stft(center=True) reflect padding
+
+    def _frames(self, seg: np.ndarray) -> np.ndarray:
+        """Logits ``(frames,)`` of consecutive complete STFT windows in ``seg`` (padded samples)."""
+        frames = np.lib.stride_tricks.sliding_window_view(seg, self.n_fft)[:: self.hop]  # (T, n_fft)
+        spec = np.fft.rfft(frames * self._window, axis=-1)
+        power = spec.real ** 2 + spec.imag ** 2
+        x = np.log(self._fbank @ power.T + np.float32(1e-6)) * self._norm[0] + self._norm[1]  # (mels, T)
+        for i, (taps, bias) in enumerate(self._conv):
+            x = np.concatenate([self._ctx[i], x], axis=1)
+            k, T = len(taps), x.shape[1] - len(taps) + 1
+            self._ctx[i] = x[:, x.shape[1] - (k - 1):] if k > 1 else x[:, :0]
+            y = bias + taps[0] @ x[:, :T]
+            for j in range(1, k):
+                y = y + taps[j] @ x[:, j:j + T]
+            x = np.maximum(y, 0)
+        gi = self._w_ih @ x + self._b_ih  # (3H, T): input parts of the r, z, n gates
+        H = len(self._h)
+        h, hs = self._h, np.empty((x.shape[1], H), np.float32)
+        for t in range(x.shape[1]):
+            gh = self._w_hh @ h + self._b_hh
+            r = _sigmoid(gi[:H, t] + gh[:H])
+            z = _sigmoid(gi[H:2 * H, t] + gh[H:2 * H])
+            n = np.tanh(gi[2 * H:, t] + r * gh[2 * H:])
+            h = (1 - z) * n + z * h
+            hs[t] = h
+        self._h = h
+        return (hs @ self._w_out.T + self._b_out).reshape(-1).astype(np.float32)
+
+    def _run(self, stop: int) -> np.ndarray:
+        """Frames ``self._t .. stop-1`` from the buffer; drops the samples no later frame needs."""
+        assert self._buf is not None
+        if stop <= self._t:
+            return np.zeros(0, dtype=np.float32)
+        n_frames = stop - self._t
+        out = self._frames(self._buf[: (n_frames - 1) * self.hop + self.n_fft])
+        self._buf = self._buf[n_frames * self.hop:]
+        self._t = stop
+        return out
+
+    def feed(self, chunk: np.ndarray) -> np.ndarray:
+        """Logits of the frames completed by ``chunk`` (mono float32 samples at the model rate)."""
+        if self._ended:
+            raise StreamingError("CRNNStream.feed: the stream was flushed; start a new stream")
+        x = np.ascontiguousarray(chunk, dtype=np.float32).reshape(-1)
+        self._n += len(x)
+        if self._buf is None:
+            self._raw.append(x)
+            if self._n <= self.pad:
+                return np.zeros(0, dtype=np.float32)
+            self._start()
+        elif len(x):
+            self._buf = np.concatenate([self._buf, x])
+        # frame t is complete when padded samples up to hop * t + n_fft exist: hop * t + n_fft <= pad + n
+        stop = (self.pad + self._n - self.n_fft) // self.hop + 1 if self.pad + self._n >= self.n_fft else 0
+        return self._run(max(stop, self._t))
+
+    def flush(self) -> np.ndarray:
+        """End the stream: logits of the remaining frames (``frames = samples // hop + 1`` in all)."""
+        if self._ended:
+            raise StreamingError("CRNNStream.flush: the stream was already flushed")
+        if self._n < min_samples(self.model):
+            raise StreamingError(f"CRNNStream.flush: the stream holds {self._n} samples; the model needs at least "
+                                 f"{min_samples(self.model)} (its STFT window is {self.n_fft} samples, centred)")
+        self._ended = True
+        assert self._buf is not None
+        # right reflect padding: the pad samples before the last one, mirrored
+        tail = self._buf[len(self._buf) - self.pad - 1: len(self._buf) - 1][::-1]
+        self._buf = np.concatenate([self._buf, tail])
+        return self._run(self._n // self.hop + 1)
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 0.5 * (1 + np.tanh(0.5 * x))  # no overflow for large |x|
+
+
+def _bn_affine(bn: nn.Module) -> tuple[Tensor, Tensor]:
+    """``(scale, shift)`` with ``bn(x) == x * scale + shift`` per channel in eval mode."""
+    scale = torch.rsqrt(bn.running_var + bn.eps)
+    if bn.weight is not None:
+        scale = scale * bn.weight
+    shift = -bn.running_mean * scale + (bn.bias if bn.bias is not None else 0)
+    return scale.detach(), shift.detach()
+
+
+@torch.no_grad()
+def stream_logits(model: nn.Module, chunks) -> np.ndarray:
+    """Logits of ``model`` fed ``chunks`` one after the other, then flushed (see :class:`CRNNStream`)."""
+    s = CRNNStream(model)
+    out = [s.feed(c) for c in chunks]
+    out.append(s.flush())
+    return np.concatenate(out)

@@ -7,6 +7,10 @@ window beta 5; see :func:`slimtrain.tasks.audio.resample`). A frame (10 ms hop) 
 logit is at or above the threshold (default: the validation EER threshold stored in the
 checkpoint, else 0 = probability 0.5); speech runs shorter than ``min_speech`` are dropped and
 gaps shorter than ``min_gap`` are closed.
+
+The command line (``slimtrain vad predict``) and the public API (:mod:`slimtrain.vad`) now use
+:func:`slimtrain.vad.probs_to_segments` (Silero-style hysteresis, minimum durations and padding);
+these helpers stay for code that called them.
 """
 from __future__ import annotations
 

@@ -1,0 +1,104 @@
+"""Anti-spoofing countermeasure for users: load a model and score audio (higher = bona fide).
+
+```python
+from slimtrain import spoof
+cm = spoof.load()                      # the shipped model (src/slimtrain/assets/spoof_default.pt)
+s = cm.score(audio, sample_rate)       # float; > 0 leans bona fide, < 0 leans spoofed
+```
+
+``audio`` follows the same conventions as :mod:`slimtrain.vad`: numpy array or torch tensor, float
+or int16/int32 PCM, mono or ``(channels, samples)`` / ``(samples, channels)`` (channels averaged),
+any sample rate (resampled to 8 kHz with ``scipy.signal.resample_poly``). The recording then goes
+through the deterministic part of the training cue removal (band-pass, silence trim, -24 dBFS),
+is cut into clips of the training length with 50 % overlap (a shorter recording is centred in
+silence), and the score is the mean clip logit. 0 is the training decision boundary, not a tuned
+threshold. Bad input raises :class:`AudioInputError` naming the call.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import numpy as np
+import torch
+from torch import nn
+
+from .audio_input import AudioInputError, as_mono_float, check_rate, resample_to
+
+__all__ = ["Countermeasure", "AudioInputError", "load", "default_model_path", "MODEL_SAMPLE_RATE"]
+
+MODEL_SAMPLE_RATE = 8000
+PathLike = Union[str, os.PathLike]
+
+
+def default_model_path() -> Path:
+    """Path of the shipped countermeasure ``spoof_default.pt`` inside the installed package."""
+    from importlib.resources import files
+
+    return Path(str(files("slimtrain") / "assets" / "spoof_default.pt"))
+
+
+class Countermeasure:
+    """A loaded countermeasure; :meth:`score` gives one bona fide score per recording."""
+
+    sample_rate = MODEL_SAMPLE_RATE
+
+    def __init__(self, model: nn.Module, clip_samples: int, *, meta: Optional[dict] = None,
+                 source: str = "<model>") -> None:
+        if clip_samples < 1:
+            raise ValueError(f"clip_samples must be >= 1, got {clip_samples}")
+        self.model = model.eval()
+        self.clip_samples = int(clip_samples)
+        self.meta = dict(meta or {})
+        self.source = source
+
+    def __repr__(self) -> str:
+        return f"Countermeasure(source={self.source!r}, clip_seconds={self.clip_samples / self.sample_rate:g})"
+
+    @torch.no_grad()
+    def clip_scores(self, audio: Any, sample_rate: int) -> np.ndarray:
+        """Logit of every clip of the prepared recording (see the module docstring)."""
+        from .tasks.spoof.score import prepare
+
+        where = "spoof.score"
+        sr = check_rate(sample_rate, where)
+        x = resample_to(as_mono_float(audio, where), sr, MODEL_SAMPLE_RATE)
+        if not np.any(x):
+            raise AudioInputError(f"{where}: audio is all zeros (digital silence); there is nothing to score")
+        clips = torch.from_numpy(np.clip(prepare(x, self.clip_samples), -1, 1))
+        return self.model(clips).reshape(-1).float().numpy()
+
+    def score(self, audio: Any, sample_rate: int) -> float:
+        """Bona fide score of one recording: the mean clip logit (higher = bona fide)."""
+        return float(np.mean(self.clip_scores(audio, sample_rate)))
+
+
+def _build_plain(builder: dict) -> nn.Module:
+    from .tasks.spoof.models import build_resnet
+
+    kw = dict(builder)
+    kw["blocks"] = tuple(kw["blocks"])
+    return build_resnet(**kw)
+
+
+def load(path: Optional[PathLike] = None) -> Countermeasure:
+    """Load a countermeasure: the shipped model (no argument), a shipped ``.pt``, a checkpoint written by
+    ``slimtrain spoof`` (cut to its learned widths) or a TorchScript ``model.pt`` of ``slimtrain export``."""
+    from .checkpoint import CheckpointError
+    from .shipped import ShippedModelError, is_shipped, load_shipped
+
+    p = default_model_path() if path is None else Path(path)
+    if not p.is_file():
+        raise CheckpointError(f"model file not found: {p}" + (" (the shipped model is missing from this "
+                                                                   "install)" if path is None else ""))
+    if is_shipped(p):
+        try:
+            model, meta = load_shipped(p, "spoof", _build_plain)
+        except ShippedModelError as e:
+            raise CheckpointError(str(e)) from None
+        return Countermeasure(model, int(meta["clip_samples"]), meta=meta, source=str(p))
+    from .tasks.spoof.score import load_scorer
+
+    model, clip = load_scorer(p)
+    return Countermeasure(model, clip, source=str(p))

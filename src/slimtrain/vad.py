@@ -1,0 +1,309 @@
+"""Voice activity detection for users: load a model, get frame probabilities, speech segments, or stream.
+
+```python
+from slimtrain import vad
+model = vad.load()                                  # the shipped model (src/slimtrain/assets/vad_default.pt)
+probs = model.frame_probs(audio, sample_rate)       # one speech probability per 10 ms frame
+segs = model.speech_timestamps(audio, sample_rate)  # [{"start": s, "end": e}, ...] in seconds
+stream = model.stream(sample_rate)                  # feed chunks of any size, get probabilities as frames complete
+```
+
+``audio`` is a numpy array or torch tensor, float (nominal range [-1, 1]) or int16/int32 PCM,
+mono ``(samples,)`` or multi-channel ``(channels, samples)`` / ``(samples, channels)`` (the
+channel axis is the one with at most 8 entries that is shorter than the other; channels are
+averaged). Any sample rate: it is resampled to the model's 8 kHz with
+``scipy.signal.resample_poly`` (Kaiser window, beta 5); a stream resamples with carried state
+and gives exactly the same samples (:class:`slimtrain.audio_input.StreamingResampler`).
+
+Frame ``t`` is centred on ``t * 10 ms`` of the input and covers ``[(t - 0.5) * 10, (t + 0.5) * 10]``
+ms; there are ``samples_8k // 80 + 1`` frames. The model looks 16 ms ahead (half its STFT window).
+
+Bad input raises :class:`AudioInputError` (empty, NaN/Inf, wrong number of dimensions, unknown
+dtype, bad sample rate, shorter than 129 samples at 8 kHz) naming the call.
+
+This module is a thin facade over :mod:`slimtrain.tasks.vad` (models and streaming) and
+:mod:`slimtrain.shipped` (the on-disk format).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import numpy as np
+import torch
+from torch import nn
+
+from .audio_input import AudioInputError, StreamingResampler, as_mono_float, check_rate, resample_to, to_float
+
+__all__ = ["VAD", "VADStream", "AudioInputError", "load", "default_model_path", "probs_to_segments",
+           "MODEL_SAMPLE_RATE", "FRAME_SECONDS"]
+
+MODEL_SAMPLE_RATE = 8000
+FRAME_SECONDS = 0.01
+_LONG_SAMPLES = 8000 * 600  # above 10 min at 8 kHz, frame_probs runs the CRNN in streamed blocks (same result)
+PathLike = Union[str, os.PathLike]
+
+
+def default_model_path() -> Path:
+    """Path of the shipped model ``vad_default.pt`` inside the installed package."""
+    from importlib.resources import files
+
+    return Path(str(files("slimtrain") / "assets" / "vad_default.pt"))
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return (1.0 / (1.0 + np.exp(-np.asarray(x, dtype=np.float64)))).astype(np.float32)
+
+
+def _logit_to_prob(t: Optional[float]) -> Optional[float]:
+    return None if t is None or not math.isfinite(t) else float(1.0 / (1.0 + math.exp(-t)))
+
+
+# -- segments -------------------------------------------------------------------------------------------
+def probs_to_segments(probs: np.ndarray, threshold: float = 0.5, *, neg_threshold: Optional[float] = None,
+                      min_speech_ms: float = 250.0, min_silence_ms: float = 100.0, speech_pad_ms: float = 30.0,
+                      duration: Optional[float] = None, frame_seconds: float = FRAME_SECONDS) -> list[dict]:
+    """Speech segments ``[{"start": s, "end": e}]`` (seconds) from frame probabilities, like Silero's
+    ``get_speech_timestamps``.
+
+    A segment starts at the first frame with ``prob >= threshold`` and ends once the probability
+    has stayed below ``neg_threshold`` (default ``max(threshold - 0.15, threshold / 2)``, a hysteresis) for
+    ``min_silence_ms``; its end is the start of that quiet run. Segments shorter than
+    ``min_speech_ms`` are dropped. Each segment is then widened by ``speech_pad_ms`` on both sides;
+    where two segments are less than ``2 * speech_pad_ms`` apart, the gap is split between them
+    (so segments never overlap). Frame ``t`` covers ``[(t - 0.5) f, (t + 0.5) f]`` seconds, clipped
+    to ``[0, duration]`` (default: ``(len(probs) - 0.5) f``).
+    """
+    p = np.asarray(probs, dtype=np.float64).reshape(-1)
+    if not 0.0 <= threshold <= 1.0:
+        raise ValueError(f"probs_to_segments: threshold must be in [0, 1], got {threshold}")
+    neg = max(threshold - 0.15, threshold / 2) if neg_threshold is None else float(neg_threshold)
+    if neg > threshold:
+        raise ValueError(f"probs_to_segments: neg_threshold {neg} must not exceed threshold {threshold}")
+    for name, v in (("min_speech_ms", min_speech_ms), ("min_silence_ms", min_silence_ms),
+                    ("speech_pad_ms", speech_pad_ms)):
+        if not v >= 0:
+            raise ValueError(f"probs_to_segments: {name} must be >= 0, got {v}")
+    f = frame_seconds
+    end_of_audio = (len(p) - 0.5) * f if duration is None else float(duration)
+    min_speech, min_silence, pad = min_speech_ms / 1000, min_silence_ms / 1000, speech_pad_ms / 1000
+
+    def edge(t: int) -> float:  # boundary between frame t - 1 and frame t
+        return min(max((t - 0.5) * f, 0.0), end_of_audio)
+
+    raw: list[list[float]] = []
+    start: Optional[float] = None
+    quiet_from: Optional[int] = None
+    for t, v in enumerate(p):
+        if start is None:
+            if v >= threshold:
+                start, quiet_from = edge(t), None
+            continue
+        if v >= threshold:
+            quiet_from = None
+        elif v < neg:
+            if quiet_from is None:
+                quiet_from = t
+            if edge(t + 1) - edge(quiet_from) >= min_silence:
+                if edge(quiet_from) - start >= min_speech:
+                    raw.append([start, edge(quiet_from)])
+                start, quiet_from = None, None
+    if start is not None:
+        end = edge(quiet_from) if quiet_from is not None else end_of_audio
+        if end - start >= min_speech:
+            raw.append([start, end])
+    for i, seg in enumerate(raw):
+        if i == 0:
+            seg[0] = max(0.0, seg[0] - pad)
+        if i + 1 < len(raw):
+            gap = raw[i + 1][0] - seg[1]
+            if gap < 2 * pad:
+                seg[1] += gap / 2
+                raw[i + 1][0] -= gap / 2
+            else:
+                seg[1] += pad
+                raw[i + 1][0] -= pad
+        else:
+            seg[1] = min(end_of_audio, seg[1] + pad)
+    return [{"start": round(a, 3), "end": round(b, 3)} for a, b in raw]
+
+
+# -- the model facade ---------------------------------------------------------------------------------
+class VAD:
+    """A loaded VAD model (see the module docstring). ``threshold`` is a speech probability."""
+
+    sample_rate = MODEL_SAMPLE_RATE
+    frame_seconds = FRAME_SECONDS
+
+    def __init__(self, model: nn.Module, *, threshold: Optional[float] = None, meta: Optional[dict] = None,
+                 source: str = "<model>") -> None:
+        self.model = model.eval()
+        self.meta = dict(meta or {})
+        self.source = source
+        #: default decision threshold (probability): the validation EER point recorded at training, else 0.5
+        self.threshold = 0.5 if threshold is None else float(threshold)
+
+    def __repr__(self) -> str:
+        return f"VAD(source={self.source!r}, threshold={self.threshold:.3f}, streaming={self.can_stream})"
+
+    @property
+    def can_stream(self) -> bool:
+        from .tasks.vad.models import CRNNVAD
+
+        return isinstance(self.model, CRNNVAD)
+
+    def _prepare(self, audio: Any, sample_rate: Any, where: str) -> np.ndarray:
+        from .tasks.vad.models import min_samples
+
+        sr = check_rate(sample_rate, where)
+        x = resample_to(as_mono_float(audio, where), sr, MODEL_SAMPLE_RATE)
+        need = min_samples(self.model)
+        if len(x) < need:
+            raise AudioInputError(f"{where}: audio is too short: {len(x)} samples at {MODEL_SAMPLE_RATE} Hz "
+                                  f"(after resampling); the model needs at least {need}")
+        return x
+
+    @torch.no_grad()
+    def _logits(self, x: np.ndarray) -> np.ndarray:
+        if len(x) > _LONG_SAMPLES and self.can_stream:
+            from .tasks.vad.models import stream_logits
+
+            step = _LONG_SAMPLES // 10
+            return stream_logits(self.model, (x[i:i + step] for i in range(0, len(x), step)))
+        return self.model(torch.from_numpy(x)[None]).reshape(-1).float().numpy()
+
+    def frame_logits(self, audio: Any, sample_rate: int) -> np.ndarray:
+        """Speech logits, one per 10 ms frame (float32)."""
+        return self._logits(self._prepare(audio, sample_rate, "vad.frame_logits"))
+
+    def frame_probs(self, audio: Any, sample_rate: int) -> np.ndarray:
+        """Speech probabilities, one per 10 ms frame (float32; ``samples_8k // 80 + 1`` frames)."""
+        return _sigmoid(self._logits(self._prepare(audio, sample_rate, "vad.frame_probs")))
+
+    def speech_timestamps(self, audio: Any, sample_rate: int, *, threshold: Optional[float] = None,
+                          neg_threshold: Optional[float] = None, min_speech_ms: float = 250.0,
+                          min_silence_ms: float = 100.0, speech_pad_ms: float = 30.0) -> list[dict]:
+        """Speech segments ``[{"start": s, "end": e}]`` in seconds (see :func:`probs_to_segments`).
+
+        ``threshold`` defaults to :attr:`threshold` (the model's validation EER point).
+        """
+        x = self._prepare(audio, sample_rate, "vad.speech_timestamps")
+        probs = _sigmoid(self._logits(x))
+        return probs_to_segments(probs, self.threshold if threshold is None else threshold,
+                                 neg_threshold=neg_threshold, min_speech_ms=min_speech_ms,
+                                 min_silence_ms=min_silence_ms, speech_pad_ms=speech_pad_ms,
+                                 duration=len(x) / MODEL_SAMPLE_RATE)
+
+    def stream(self, sample_rate: int, channels: int = 1, channels_last: Optional[bool] = None) -> "VADStream":
+        """A :class:`VADStream` for audio at ``sample_rate`` with ``channels`` channels per chunk."""
+        return VADStream(self, sample_rate, channels, channels_last)
+
+
+class VADStream:
+    """Chunk-by-chunk speech probabilities, equal to :meth:`VAD.frame_probs` of the whole signal.
+
+    ``feed(chunk)`` returns the probabilities of the frames completed so far (possibly none);
+    ``flush()`` ends the stream and returns the rest. Chunks may have any length (also 0 or 1
+    sample). A chunk with ``channels > 1`` is ``(channels, n)`` or ``(n, channels)``; its channels are
+    averaged. The layout is ``channels_last`` if given, else it is taken from the first chunk whose shape
+    tells it and kept (a later square chunk such as ``(2, 2)`` follows it; before any such chunk, a square
+    chunk is read channels-first). A chunk in the other layout is an error.
+    """
+
+    def __init__(self, vad: VAD, sample_rate: int, channels: int = 1, channels_last: Optional[bool] = None) -> None:
+        from .tasks.vad.models import CRNNStream, StreamingError
+
+        self.sample_rate = check_rate(sample_rate, "vad.stream")
+        if isinstance(channels, bool) or not isinstance(channels, int) or channels < 1:
+            raise AudioInputError(f"vad.stream: channels must be a positive integer, got {channels!r}")
+        self.channels = channels
+        #: layout of multi-channel chunks; None = taken from the first chunk whose shape tells it
+        self.channels_last = channels_last
+        if not vad.can_stream:
+            raise StreamingError(f"vad.stream: {vad.source} holds a {type(vad.model).__name__}, which has no "
+                                 "streaming runner (only the CRNN streams; a Transformer's key/value cache grows "
+                                 "with the stream, and a TorchScript model exposes no state)")
+        self._resampler = StreamingResampler(self.sample_rate, MODEL_SAMPLE_RATE)
+        self._model = CRNNStream(vad.model)
+        self.frames = 0
+
+    def _mono(self, chunk: Any) -> np.ndarray:
+        where = "VADStream.feed"
+        x = to_float(chunk, where)
+        if self.channels == 1:
+            if x.ndim == 2 and 1 in x.shape:
+                x = x.reshape(-1)
+            if x.ndim != 1:
+                raise AudioInputError(f"{where}: a mono stream takes 1-D chunks, got shape {tuple(x.shape)} "
+                                      "(open the stream with channels=N for multi-channel chunks)")
+            return x
+        if x.ndim != 2 or self.channels not in x.shape:
+            raise AudioInputError(f"{where}: expected chunks of shape ({self.channels}, n) or (n, {self.channels}), "
+                                  f"got {tuple(x.shape)}")
+        if x.shape[0] != x.shape[1]:
+            last = x.shape[1] == self.channels
+            if self.channels_last is not None and last != self.channels_last:
+                raise AudioInputError(f"{where}: chunk of shape {tuple(x.shape)} changes the channel layout of "
+                                      f"this stream ({'(n, channels)' if self.channels_last else '(channels, n)'})")
+            self.channels_last = last
+        x = x.T if self.channels_last else x  # a square chunk keeps the stream's layout (channels-first if unknown)
+        return x.mean(axis=0).astype(np.float32)
+
+    def feed(self, chunk: Any) -> np.ndarray:
+        """Probabilities of the frames that ``chunk`` completes (float32, possibly empty)."""
+        y = self._resampler.feed(self._mono(chunk))
+        out = _sigmoid(self._model.feed(y)) if len(y) else np.zeros(0, dtype=np.float32)
+        self.frames += len(out)
+        return out
+
+    def flush(self) -> np.ndarray:
+        """End of stream: the probabilities of the remaining frames."""
+        y = self._resampler.flush()
+        head = self._model.feed(y) if len(y) else np.zeros(0, dtype=np.float32)
+        out = _sigmoid(np.concatenate([head, self._model.flush()]))
+        self.frames += len(out)
+        return out
+
+
+# -- loading --------------------------------------------------------------------------------------------
+def _build_plain(builder: dict) -> nn.Module:
+    from .tasks.vad.models import build_vad_model
+
+    kw = dict(builder)
+    return build_vad_model(kw.pop("family"), kw.pop("n_mels"), **kw)
+
+
+def load(path: Optional[PathLike] = None) -> VAD:
+    """Load a VAD: the shipped model (no argument), a shipped ``.pt`` (with its ``.json``), a slimtrain
+    checkpoint (``slimtrain vad`` writes ``OUT/vad_FAMILY.pt``; cut to its learned widths), a folder
+    written by ``slimtrain export`` or its TorchScript ``model.pt`` (TorchScript cannot stream)."""
+    from .checkpoint import CheckpointError, load_for_inference
+    from .shipped import ShippedModelError, is_shipped, load_shipped
+
+    p = default_model_path() if path is None else Path(path)
+    if p.is_dir():
+        from .export import load_exported
+
+        model = load_exported(p)
+        thr = None
+        try:
+            thr = json.loads((p / "summary.json").read_text()).get("threshold")
+        except (OSError, ValueError):
+            pass
+        return VAD(model, threshold=_logit_to_prob(thr), source=str(p))
+    if not p.is_file():
+        raise CheckpointError(f"model file not found: {p}" + (" (the shipped model is missing from this install)"
+                                                               if path is None else ""))
+    if is_shipped(p):
+        try:
+            model, meta = load_shipped(p, "vad", _build_plain)
+        except ShippedModelError as e:
+            raise CheckpointError(str(e)) from None
+        return VAD(model, threshold=meta.get("threshold"), meta=meta, source=str(p))
+    model, ckpt = load_for_inference(p, "vad")
+    thr = (ckpt or {}).get("extra", {}).get("metrics", {}).get("threshold")
+    return VAD(model, threshold=_logit_to_prob(None if thr is None else float(thr)),
+               meta=(ckpt or {}).get("extra", {}), source=str(p))
