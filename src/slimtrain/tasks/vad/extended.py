@@ -37,6 +37,7 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 
 from .. import augment as G
+from ..spoof.attacks import ESPEAK_VARIANTS_EXTENDED
 from ..audio import (ASTERISK_VOICES, EXTRA_ASTERISK_SPEAKERS, AudioError, asterisk_transcripts, extra_prompts,
                      package_version, read_many, sound_effects)
 from .data import (MANIFEST_VERSION, NOISE_TYPES, SPLITS, DataError, VadDataConfig, VadSplit, _MUSIC_SPLIT,
@@ -54,9 +55,6 @@ _ESPEAK_BY_TEXT = {  # espeak-ng voices per transcript language; Latin-script vo
     "es": ("es", "es-419", "ca", "an", "eu"),
     "fr": ("fr-fr", "fr-be", "fr-ch"),
 }
-ESPEAK_VARIANTS_EXTENDED = ("", "f1", "f2", "f3", "f4", "f5", "m1", "m2", "m3", "m4", "m5", "m6", "m7", "m8",
-                            "klatt", "klatt2", "klatt3", "klatt4", "croak", "grandma", "grandpa", "Alicia", "Andy",
-                            "Annie", "steph", "iven", "edward", "max", "norbert", "quincy", "travis", "whisper")
 #: every synthetic voice of the extended VAD training speech: (engine, voice, transcript language)
 TTS_VOICES: tuple[tuple[str, str, str], ...] = (
     *(("espeak-ng", v, lg) for lg, vs in _ESPEAK_BY_TEXT.items() for v in dict.fromkeys(vs)),
