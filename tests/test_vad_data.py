@@ -263,3 +263,13 @@ def test_tiny_extended_build_is_deterministic_and_keeps_the_test_speaker_and_lan
     assert build_vad_data(VadDataConfig.quick(), tmp_path / "a") == m1 and m1.stat().st_mtime_ns == before
     data, _ = load_vad_data(tmp_path / "a")
     assert data["train"].audio.shape[1] == 2 * SR and np.max(np.abs(data["train"].audio)) <= 0.99 + 1e-6
+
+
+def test_data_command_corpus_options_are_checked(tmp_path, capsys):
+    from slimtrain.cli import main
+
+    assert main(["data", "vad", "--tts-utterances", "3", "--out", str(tmp_path / "x"), "--no-progress"]) != 0
+    assert "--tts-utterances only applies with --corpus extended" in capsys.readouterr().err
+    assert main(["data", "vad", "--corpus", "big", "--out", str(tmp_path / "y")]) == 2
+    assert "argument --corpus: invalid choice: 'big'" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()

@@ -37,9 +37,9 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 
 from .. import augment as G
-from ..spoof.attacks import ESPEAK_VARIANTS_EXTENDED
 from ..audio import (ASTERISK_VOICES, EXTRA_ASTERISK_SPEAKERS, AudioError, asterisk_transcripts, extra_prompts,
                      package_version, read_many, sound_effects)
+from ..spoof.attacks import ESPEAK_VARIANTS_EXTENDED
 from .data import (MANIFEST_VERSION, NOISE_TYPES, SPLITS, DataError, VadDataConfig, VadSplit, _MUSIC_SPLIT,
                    _prompt_name, _rms_db, _speech_files, frame_labels, make_noise, measure_snr, mix_at_snr)
 
