@@ -216,3 +216,17 @@ def test_a_folder_holding_the_extended_corpus_is_read_not_rebuilt_by_training_co
     # 'slimtrain spoof --data DIR' builds with the default config (corpus unspecified): DIR is read as it is
     assert build_dataset(tmp_path, SpoofDataConfig.quick(), progress=False) == man
     assert os.stat(tmp_path / "train.npz").st_mtime_ns == before
+
+
+def test_data_fingerprint_of_a_folder(tmp_path, spoof_data):  # noqa: F811
+    from slimtrain.tasks.spoof.data import data_fingerprint
+
+    out, man, _, _ = spoof_data
+    fp = data_fingerprint(out)
+    assert len(fp) == 16 and fp == data_fingerprint(out)
+    (tmp_path / "manifest.json").write_text(json.dumps({**man, "sha256": {**man["sha256"], "train.npz": "0" * 64}}))
+    assert data_fingerprint(tmp_path) != fp  # other bytes, other fingerprint
+    (tmp_path / "manifest.json").write_text(json.dumps({**man, "fingerprint": "abc"}))
+    assert data_fingerprint(tmp_path) == "abc"  # extended manifests carry their own
+    with pytest.raises(DataError, match="slimtrain data spoof"):
+        data_fingerprint(tmp_path / "missing")

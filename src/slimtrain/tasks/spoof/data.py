@@ -47,7 +47,7 @@ from . import attacks as A
 
 __all__ = [
     "SpoofDataConfig", "SpoofSplit", "build_dataset", "load_split", "condition", "cue_features",
-    "shortcut_eer", "plan_items", "DataError", "SR",
+    "shortcut_eer", "plan_items", "DataError", "SR", "data_fingerprint", "spoof_fingerprint", "source_inventory",
 ]
 
 SR = 8000
@@ -542,6 +542,19 @@ def build_dataset(out: Path, cfg: SpoofDataConfig, *, workers: int = 2, progress
     tmp.write_text(json.dumps(manifest, indent=2) + "\n")
     tmp.replace(out / MANIFEST)
     return manifest
+
+
+def data_fingerprint(out: Path) -> str:
+    """The data fingerprint to record in results: the extended manifest's ``fingerprint``, or for a
+    core folder the SHA-256 (16 hex) of its files' SHA-256 digests (same bytes -> same value)."""
+    m = Path(out) / MANIFEST
+    try:
+        man = json.loads(m.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise DataError(f"no readable spoofing manifest {m} ({e}); build it with: slimtrain data spoof --out {out}") from None
+    if "fingerprint" in man:
+        return str(man["fingerprint"])
+    return hashlib.sha256(json.dumps(man.get("sha256", {}), sort_keys=True).encode()).hexdigest()[:16]
 
 
 def load_split(out: Path, split: str) -> SpoofSplit:
