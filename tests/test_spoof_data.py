@@ -145,3 +145,88 @@ def test_generation_is_byte_identical_for_a_seed_whatever_the_workers(tmp_path):
     a = build_dataset(tmp_path / "a", cfg, workers=1, progress=False)
     b = build_dataset(tmp_path / "b", cfg, workers=3, progress=False)
     assert a["sha256"] == b["sha256"]
+
+
+# -- the extended corpus (--corpus extended) ------------------------------------------------------
+def _needs_extra_speakers() -> None:
+    from slimtrain.tasks.audio import AudioError, extra_prompts
+
+    try:
+        extra_prompts("es-co"), extra_prompts("fr-armelle")
+    except AudioError as e:
+        pytest.skip(str(e))
+
+
+def test_core_config_is_unchanged_by_the_corpus_option():
+    assert "corpus" not in SpoofDataConfig().as_dict() and "corpus" not in SpoofDataConfig(corpus="core").as_dict()
+    assert SpoofDataConfig(corpus="extended").as_dict()["corpus"] == "extended"
+    with pytest.raises(DataError, match="unknown corpus 'big'"):
+        SpoofDataConfig(corpus="big").validate()
+
+
+def test_extended_protocol_adds_speakers_and_voices_and_keeps_the_held_out_ones_out_of_training():
+    _needs_extra_speakers()
+    cfg = SpoofDataConfig.quick(corpus="extended", n_bona_train=300, n_spoof_train_per_attack=80,
+                                n_spoof_eval_per_attack=80)
+    items, files = plan_items(cfg)
+    train = [i for i in items if i.split == "train"]
+    ev = [i for i in items if i.split == "eval"]
+    # the two extra Asterisk speakers are bona fide training speakers (GSM files) and copy-attack sources
+    assert {"es-co", "fr-armelle"} <= {i.language for i in train if i.label == 1}
+    assert {"es-co", "fr-armelle"} & {i.language for i in train if i.attack == "A5"}
+    assert str(files[f"es-co:{next(i.prompt for i in train if i.language == 'es-co')}"]).endswith(".gsm")
+    # held-out bona fide speaker, unseen families and eval-only voices never reach training
+    assert all(i.language != cfg.heldout_language for i in train)
+    assert not {i.attack for i in train} & set(cfg.unseen_attacks)
+    fin = set(A.FESTIVAL_EVAL_ONLY_VOICES)
+    assert not fin & {i.voice for i in train} and fin & {i.voice for i in ev if i.attack == "A3"}
+    assert any(i.voice.startswith("czech_") for i in train)
+    # more espeak-ng accents and variants than the core corpus
+    core_a1 = {i.voice for i in plan_items(SpoofDataConfig.quick(n_spoof_train_per_attack=80))[0] if i.attack == "A1"}
+    ext_a1 = {i.voice for i in items if i.attack == "A1"}
+    assert len(ext_a1) > len(core_a1) and any(v.startswith("en-gb-scotland") or "+klatt" in v for v in ext_a1)
+    assert not {(i.language, i.prompt) for i in train} & {(i.language, i.prompt) for i in ev}
+    assert [vars(i) for i in plan_items(cfg)[0]] == [vars(i) for i in items]  # deterministic
+
+
+def test_extended_spoof_fingerprint_changes_when_a_source_or_setting_changes():
+    from slimtrain.tasks.spoof.data import spoof_fingerprint
+
+    cfg = SpoofDataConfig(corpus="extended")
+    inv = [{"use": "A1", "package": "espeak-ng", "version": "1.51", "voices": ["en-us"]},
+           {"use": "bona fide", "package": "asterisk-prompt-es-co", "version": "0.2", "voices": ["es-co"]}]
+    fp = spoof_fingerprint(cfg, inv)
+    assert fp == spoof_fingerprint(SpoofDataConfig(corpus="extended"), [dict(d) for d in inv])
+    assert len({fp, spoof_fingerprint(cfg, [{**inv[0], "version": "1.52"}, inv[1]]),
+                spoof_fingerprint(cfg, [{**inv[0], "voices": ["en-us", "en-gb"]}, inv[1]]),
+                spoof_fingerprint(cfg, inv[:1]),
+                spoof_fingerprint(SpoofDataConfig(corpus="extended", seed=3), inv)}) == 5
+
+
+def test_a_folder_holding_the_extended_corpus_is_read_not_rebuilt_by_training_commands(tmp_path):
+    from slimtrain.tasks.spoof.data import FORMAT, VERSION
+
+    for f in ("train.npz", "eval.npz", "items.csv"):
+        (tmp_path / f).write_bytes(b"x")
+    man = {"format": FORMAT, "version": VERSION, "config": SpoofDataConfig(corpus="extended").as_dict(),
+           "corpus": "extended", "fingerprint": "0123456789abcdef", "unseen_attacks": ["A4"],
+           "sha256": {"train.npz": "-", "eval.npz": "-", "items.csv": "-"}}
+    (tmp_path / "manifest.json").write_text(json.dumps(man))
+    before = os.stat(tmp_path / "train.npz").st_mtime_ns
+    # 'slimtrain spoof --data DIR' builds with the default config (corpus unspecified): DIR is read as it is
+    assert build_dataset(tmp_path, SpoofDataConfig.quick(), progress=False) == man
+    assert os.stat(tmp_path / "train.npz").st_mtime_ns == before
+
+
+def test_data_fingerprint_of_a_folder(tmp_path, spoof_data):  # noqa: F811
+    from slimtrain.tasks.spoof.data import data_fingerprint
+
+    out, man, _, _ = spoof_data
+    fp = data_fingerprint(out)
+    assert len(fp) == 16 and fp == data_fingerprint(out)
+    (tmp_path / "manifest.json").write_text(json.dumps({**man, "sha256": {**man["sha256"], "train.npz": "0" * 64}}))
+    assert data_fingerprint(tmp_path) != fp  # other bytes, other fingerprint
+    (tmp_path / "manifest.json").write_text(json.dumps({**man, "fingerprint": "abc"}))
+    assert data_fingerprint(tmp_path) == "abc"  # extended manifests carry their own
+    with pytest.raises(DataError, match="slimtrain data spoof"):
+        data_fingerprint(tmp_path / "missing")

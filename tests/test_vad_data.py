@@ -170,3 +170,106 @@ def test_no_test_speaker_leaks_into_training(quick_vad_data):
     assert not (set(manifest["splits"]["train"]["music_files"]) & set(manifest["splits"]["test"]["music_files"]))
     for split in data.values():
         assert 0.2 < split.labels.mean() < 0.9  # both classes well represented
+
+
+# -- the extended corpus (--corpus extended) ------------------------------------------------------
+def test_core_corpus_settings_and_fingerprint_are_unchanged_by_the_extended_fields():
+    from slimtrain.tasks.vad.data import _fingerprint
+
+    # the values of the data sets documented in docs/vad.md (before the extended corpus existed)
+    assert _fingerprint(VadDataConfig()) == "cf2a4139b193778e"
+    assert _fingerprint(VadDataConfig.quick()) == "63d8c9ed41dac2a0"
+    assert _fingerprint(VadDataConfig(corpus="core")) == "cf2a4139b193778e"
+    assert "corpus" not in VadDataConfig().as_dict() and VadDataConfig(corpus="extended").as_dict()["corpus"] == "extended"
+    with pytest.raises(DataError, match="unknown corpus 'big'"):
+        VadDataConfig(corpus="big").validate()
+    with pytest.raises(DataError, match="test language must stay held out"):
+        VadDataConfig(corpus="extended", test_languages=("fr",), val_languages=("it",)).validate()
+
+
+def _needs(*programs: str) -> None:
+    import shutil
+
+    from slimtrain.tasks.audio import AudioError, extra_prompts
+
+    missing = [p for p in programs if shutil.which(p) is None]
+    if missing:
+        pytest.skip(f"not installed: {missing} (apt-packages.txt)")
+    try:
+        extra_prompts("es-co"), extra_prompts("fr-armelle")
+    except AudioError as e:
+        pytest.skip(str(e))
+
+
+def test_gsm_prompt_of_an_extra_speaker_decodes_to_whole_gsm_frames():
+    _needs("sox")
+    from slimtrain.tasks.audio import extra_prompts, read_audio
+
+    f = extra_prompts("es-co")[0]
+    x, sr = read_audio(f)
+    assert sr == 8000 and x.dtype == np.float32
+    assert len(x) == f.stat().st_size // 33 * 160  # GSM 06.10: 33-byte frames of 160 samples
+    assert 1e-4 < float(np.sqrt(np.mean(x.astype(np.float64) ** 2))) < 0.7 and np.max(np.abs(x)) <= 1.0
+    assert read_audio(f, 16000)[0].shape == (2 * len(x),)
+
+
+def test_extended_fingerprint_changes_when_a_source_or_setting_changes():
+    from slimtrain.tasks.vad.extended import extended_fingerprint
+
+    cfg = VadDataConfig(corpus="extended")
+    inv = [{"kind": "speech", "package": "asterisk-prompt-es-co", "version": "0.20070403-2.1", "files": 285},
+           {"kind": "tts", "package": "espeak-ng", "version": "1.51", "voice": "en-us"}]
+    fp = extended_fingerprint(cfg, inv)
+    assert fp == extended_fingerprint(VadDataConfig(corpus="extended"), [dict(d) for d in inv])
+    changed = [
+        extended_fingerprint(cfg, [inv[0], {**inv[1], "version": "1.52"}]),  # new synthesiser version
+        extended_fingerprint(cfg, [{**inv[0], "files": 284}, inv[1]]),  # a prompt file fewer
+        extended_fingerprint(cfg, inv[:1]),  # a voice dropped
+        extended_fingerprint(VadDataConfig(corpus="extended", tts_utterances=10), inv),
+        extended_fingerprint(VadDataConfig(corpus="extended", seed=1), inv),
+    ]
+    assert len({fp, *changed}) == 6
+
+
+def _tiny_extended(**kw) -> VadDataConfig:
+    return VadDataConfig(corpus="extended", train_minutes=0.4, val_minutes=0.1, test_minutes=0.1, clip_seconds=2.0,
+                         max_files_per_language=5, tts_utterances=6, augment_probabilities=(0.5, 0.5, 0.5, 0.5), **kw)
+
+
+def test_tiny_extended_build_is_deterministic_and_keeps_the_test_speaker_and_language_out(tmp_path):
+    _needs("sox", "espeak-ng", "flite", "festival")
+    from slimtrain.tasks.vad.extended import TTS_VOICES
+
+    cfg = _tiny_extended()
+    m1 = build_vad_data(cfg, tmp_path / "a")
+    m2 = build_vad_data(cfg, tmp_path / "b")
+    for split in ("train", "val", "test"):
+        assert (tmp_path / "a" / f"{split}.npz").read_bytes() == (tmp_path / "b" / f"{split}.npz").read_bytes()
+    man = json.loads(m1.read_text())
+    assert man == json.loads(m2.read_text())
+    assert man["corpus"] == "extended" and man["corpus_version"].startswith("extended-v")
+    assert {s["package"] for s in man["sources"]} >= {"asterisk-prompt-es-co", "asterisk-prompt-fr-armelle", "espeak-ng"}
+    held_out = ASTERISK_VOICES["it"][0]
+    train_val = [name for split in ("train", "val") for clip in man["splits"][split]["clip_sources"] for name in clip]
+    assert train_val and not any(held_out in n for n in train_val)
+    assert {n.split("/")[0] for n in train_val} >= {"es-co", "fr-armelle", "tts"}  # extra speakers and TTS are in
+    assert all(lang != "it" for _, _, lang in TTS_VOICES)
+    assert not any(v.startswith(("espeak-ng/it", "festival/lp_", "festival/pc_")) for v in man["splits"]["train"]["tts_voices"])
+    assert all(held_out in n for clip in man["splits"]["test"]["clip_sources"] for n in clip)
+    details = man["splits"]["train"]["clip_details"]
+    assert len(details) == man["splits"]["train"]["clips"] and any(d["augment"] for d in details)
+    # a training command given this folder (corpus unspecified) reads it instead of rebuilding core
+    before = m1.stat().st_mtime_ns
+    assert build_vad_data(VadDataConfig.quick(), tmp_path / "a") == m1 and m1.stat().st_mtime_ns == before
+    data, _ = load_vad_data(tmp_path / "a")
+    assert data["train"].audio.shape[1] == 2 * SR and np.max(np.abs(data["train"].audio)) <= 0.99 + 1e-6
+
+
+def test_data_command_corpus_options_are_checked(tmp_path, capsys):
+    from slimtrain.cli import main
+
+    assert main(["data", "vad", "--tts-utterances", "3", "--out", str(tmp_path / "x"), "--no-progress"]) != 0
+    assert "--tts-utterances only applies with --corpus extended" in capsys.readouterr().err
+    assert main(["data", "vad", "--corpus", "big", "--out", str(tmp_path / "y")]) == 2
+    assert "argument --corpus: invalid choice: 'big'" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()

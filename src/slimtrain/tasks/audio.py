@@ -19,6 +19,8 @@ import numpy as np
 __all__ = [
     "AudioError", "ASTERISK_VOICES", "asterisk_root", "asterisk_prompts", "asterisk_transcripts",
     "music_on_hold", "read_audio", "read_many", "resample", "write_audio", "rms_dbfs", "set_rms_dbfs",
+    "EXTRA_ASTERISK_SPEAKERS", "deb_root", "extra_prompts", "SOUND_EFFECT_PACKAGES", "sound_effects",
+    "package_version",
 ]
 
 PathLike = Union[str, os.PathLike]
@@ -30,6 +32,25 @@ ASTERISK_VOICES: dict[str, tuple[str, str]] = {
     "fr": ("fr_CA_f_June", "asterisk-core-sounds-fr-wav"),
     "it": ("it_IT_m_Carlo", "asterisk-core-sounds-it-wav"),
 }
+
+
+#: extra Asterisk speakers (GSM prompts): speaker id -> (Debian package, language, folder under
+#: ``usr/share/asterisk/sounds``). These packages conflict with ``asterisk-core-sounds-es``/``-fr``
+#: (same paths), so they are *unpacked* (``apt-get download`` + ``dpkg-deb -x``) under
+#: :func:`deb_root`, not installed; see ``apt-unpack.txt``.
+EXTRA_ASTERISK_SPEAKERS: dict[str, tuple[str, str, str]] = {
+    "es-co": ("asterisk-prompt-es-co", "es", "es"),
+    "fr-armelle": ("asterisk-prompt-fr-armelle", "fr", "fr"),
+}
+
+#: Debian packages with non-speech sound effects (desktop sound themes, free licences) and the
+#: file patterns used; spoken files (e.g. freedesktop's ``audio-channel-*`` "front left") are left out.
+SOUND_EFFECT_PACKAGES: dict[str, tuple[str, ...]] = {
+    "sound-theme-freedesktop": ("freedesktop/stereo/*.oga",),
+    "oxygen-sounds": ("Oxygen-*.ogg",),
+    "yaru-theme-sound": ("Yaru/stereo/*.oga",),
+}
+_SPOKEN_EFFECTS = ("audio-channel-",)
 
 
 class AudioError(ValueError):
@@ -49,7 +70,12 @@ def read_audio(path: PathLike, sample_rate: Optional[int] = None) -> tuple[np.nd
     if not p.is_file():
         raise AudioError(f"audio file not found: {p}")
     try:
-        data, sr = sf.read(str(p), dtype="float32", always_2d=True)
+        if p.suffix.lower() == ".gsm":  # raw GSM 06.10 (Asterisk prompts): libsndfile cannot read it
+            data, sr = _decode_with_sox(p)
+        else:
+            data, sr = sf.read(str(p), dtype="float32", always_2d=True)
+    except AudioError:
+        raise
     except Exception as e:  # soundfile raises LibsndfileError / RuntimeError / TypeError on bad files
         raise AudioError(f"cannot read audio file {p}: {' '.join(str(e).split())}") from None
     if data.shape[0] == 0:
@@ -60,6 +86,22 @@ def read_audio(path: PathLike, sample_rate: Optional[int] = None) -> tuple[np.nd
     if sample_rate is not None and sr != sample_rate:
         x, sr = resample(x, sr, sample_rate), sample_rate
     return np.ascontiguousarray(x, dtype=np.float32), int(sr)
+
+
+def _decode_with_sox(p: Path) -> tuple[np.ndarray, int]:
+    """Raw GSM 06.10 at 8 kHz (how Asterisk ships it) -> float32 ``(n, 1)`` through ``sox``."""
+    import shutil
+    import subprocess
+
+    exe = shutil.which("sox")
+    if exe is None:
+        raise AudioError(f"cannot read {p}: GSM files need 'sox'; install it with: apt-get install sox libsox-fmt-base")
+    r = subprocess.run([exe, "-t", "gsm", "-r", "8000", "-c", "1", str(p), "-t", "raw", "-e", "signed-integer",
+                        "-b", "16", "-"], capture_output=True, timeout=60)
+    if r.returncode != 0:
+        raise AudioError(f"cannot read GSM file {p}: {' '.join(r.stderr.decode(errors='replace').split())[:200]}")
+    x = np.frombuffer(r.stdout, dtype="<i2").astype(np.float32) / 32768.0
+    return x[:, None], 8000
 
 
 def read_many(paths: Sequence[PathLike], sample_rate: int, *, what: str = "audio files",
@@ -176,3 +218,57 @@ def music_on_hold(root: Optional[PathLike] = None) -> list[Path]:
     if not files:
         raise AudioError(f"no music-on-hold WAV files in {folder}; {_install_hint(['asterisk-moh-opsound-wav'])}")
     return files
+
+
+def deb_root() -> Path:
+    """Folder where Debian packages that cannot be installed side by side are unpacked, one folder per
+    package (``SLIMTRAIN_DEB_DIR`` or /opt/slimtrain/debs)."""
+    return Path(os.environ.get("SLIMTRAIN_DEB_DIR", "/opt/slimtrain/debs"))
+
+
+def extra_prompts(speaker: str, root: Optional[PathLike] = None) -> list[Path]:
+    """Sorted GSM prompt files of an extra Asterisk speaker (``"es-co"``, ``"fr-armelle"``), unpacked
+    under ``root`` (default :func:`deb_root`) as ``<package>/usr/share/asterisk/sounds/<folder>``."""
+    if speaker not in EXTRA_ASTERISK_SPEAKERS:
+        raise AudioError(f"unknown extra Asterisk speaker {speaker!r}; choose from {sorted(EXTRA_ASTERISK_SPEAKERS)}")
+    package, _, sub = EXTRA_ASTERISK_SPEAKERS[speaker]
+    folder = Path(root if root is not None else deb_root()) / package / "usr/share/asterisk/sounds" / sub
+    files = sorted(f for f in folder.rglob("*.gsm") if f.is_file()) if folder.is_dir() else []
+    if not files:
+        raise AudioError(
+            f"no {speaker} prompts found in {folder}; unpack the package with: apt-get download {package} && "
+            f"dpkg-deb -x {package}_*.deb {Path(root if root is not None else deb_root()) / package} "
+            f"(it conflicts with asterisk-core-sounds-{EXTRA_ASTERISK_SPEAKERS[speaker][1]}, so it is not installed; "
+            "or set SLIMTRAIN_DEB_DIR)")
+    return files
+
+
+def sound_effects(root: PathLike = "/usr/share/sounds") -> dict[str, list[Path]]:
+    """Non-speech sound-effect files per Debian package of :data:`SOUND_EFFECT_PACKAGES` (packages with
+    no files are left out; :class:`AudioError` if none is installed)."""
+    out: dict[str, list[Path]] = {}
+    for package, patterns in SOUND_EFFECT_PACKAGES.items():
+        files = sorted({f for pat in patterns for f in Path(root).glob(pat)
+                        if f.is_file() and not f.name.startswith(_SPOKEN_EFFECTS)})
+        if files:
+            out[package] = files
+    if not out:
+        raise AudioError(f"no sound effects in {root}; install them with: apt-get install {' '.join(SOUND_EFFECT_PACKAGES)}")
+    return out
+
+
+def package_version(package: str) -> str:
+    """Installed Debian version of ``package`` (``dpkg-query``), the unpacked one's from its
+    changelog folder name, or ``"unknown"``; recorded in manifests and fingerprints."""
+    import shutil
+    import subprocess
+
+    exe = shutil.which("dpkg-query")
+    if exe is not None:
+        r = subprocess.run([exe, "-W", "-f=${Status} ${Version}", package], capture_output=True, text=True)
+        if r.returncode == 0 and r.stdout.startswith("install ok installed"):
+            return r.stdout.split()[-1]
+    version = deb_root() / package / "VERSION"  # written by the unpack step (.ci/run, apt-unpack.txt)
+    if version.is_file():
+        return version.read_text().strip() + " (unpacked)"
+    return "unknown"

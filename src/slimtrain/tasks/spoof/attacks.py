@@ -41,6 +41,8 @@ __all__ = [
     "AttackError", "ATTACKS", "TEXT_ATTACKS", "COPY_ATTACKS", "Attack", "require_program",
     "espeak", "flite", "festival_batch", "world_copy", "world_copy_batch", "griffin_lim_copy", "lpc_copy",
     "text_for_tts", "ESPEAK_VOICES", "FLITE_VOICES", "FESTIVAL_DIPHONE_VOICES", "FESTIVAL_HTS_VOICES",
+    "ESPEAK_VOICES_EXTENDED", "ESPEAK_VARIANTS_EXTENDED", "FESTIVAL_DIPHONE_VOICES_EXTENDED",
+    "FESTIVAL_EVAL_ONLY_VOICES", "festival_package",
 ]
 
 SR = 8000
@@ -81,12 +83,38 @@ FESTIVAL_DIPHONE_VOICES: dict[str, tuple[str, ...]] = {"en": ("kal_diphone", "ke
                                                        "it": ("lp_diphone", "pc_diphone")}
 FESTIVAL_HTS_VOICES: dict[str, tuple[str, ...]] = {"en": ("cmu_us_slt_arctic_hts",), "es": ("upc_ca_ona_hts",)}
 
+#: extended corpus (``--corpus extended``): more espeak-ng accents/languages and voice variants, and
+#: more Festival diphone voices (Czech and Finnish voices reading the es/it transcripts, ASCII-folded).
+#: flite in Debian has no further general voices (``awb_time`` only speaks clock times); the Debian
+#: Hindi/Marathi/Telugu ``festvox-*-nsk`` voices do not load (their ``<lang>_phones.scm`` is missing).
+ESPEAK_VOICES_EXTENDED: dict[str, tuple[str, ...]] = {
+    "en": ("en-us", "en-gb", "en-gb-scotland", "en-gb-x-rp", "en-gb-x-gbclan", "en-gb-x-gbcwmd", "en-029", "en-us-nyc"),
+    "es": ("es", "es-419"), "fr": ("fr", "fr-be", "fr-ch"), "it": ("it",),
+}
+ESPEAK_VARIANTS_EXTENDED = ("", "f1", "f2", "f3", "f4", "f5", "m1", "m2", "m3", "m4", "m5", "m6", "m7", "m8",
+                            "klatt", "klatt2", "klatt3", "klatt4", "croak", "grandma", "grandpa", "Alicia", "Andy",
+                            "Annie", "steph", "iven", "edward", "max", "norbert", "quincy", "travis", "whisper")
+FESTIVAL_DIPHONE_VOICES_EXTENDED: dict[str, tuple[str, ...]] = {
+    "en": ("kal_diphone", "ked_diphone"),
+    "es": ("czech_dita", "czech_krb", "czech_machac", "czech_ph", "hy_fi_mv_diphone", "suo_fi_lj_diphone"),
+    "it": ("lp_diphone", "pc_diphone", "czech_dita", "czech_ph", "hy_fi_mv_diphone", "suo_fi_lj_diphone"),
+}
+#: voices of a *seen* family that only the evaluation split uses (unseen voices)
+FESTIVAL_EVAL_ONLY_VOICES = ("hy_fi_mv_diphone", "suo_fi_lj_diphone")
+
 _APT = {"espeak-ng": "espeak-ng", "flite": "flite", "festival": "festival"}
 _FESTIVAL_VOICE_PACKAGES = {
     "kal_diphone": "festvox-kallpc16k", "ked_diphone": "festvox-kdlpc16k", "lp_diphone": "festvox-italp16k",
     "pc_diphone": "festvox-itapc16k", "cmu_us_slt_arctic_hts": "festvox-us-slt-hts",
-    "upc_ca_ona_hts": "festvox-ca-ona-hts",
+    "upc_ca_ona_hts": "festvox-ca-ona-hts", "czech_dita": "festvox-czech-dita", "czech_krb": "festvox-czech-krb",
+    "czech_machac": "festvox-czech-machac", "czech_ph": "festvox-czech-ph", "hy_fi_mv_diphone": "festvox-suopuhe-mv",
+    "suo_fi_lj_diphone": "festvox-suopuhe-lj",
 }
+
+
+def festival_package(voice: str) -> str:
+    """Debian package of a Festival voice (``"unknown"`` if not listed)."""
+    return _FESTIVAL_VOICE_PACKAGES.get(voice, "unknown")
 
 
 def require_program(name: str) -> str:

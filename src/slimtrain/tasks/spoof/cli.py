@@ -61,6 +61,11 @@ def register(commands, data_commands) -> None:
                         f"training) instead of {D.n_bona_train} + {D.n_spoof_train_per_attack} per attack")
     d.add_argument("--workers", type=_workers, default=2, metavar="N",
                    help="parallel synthesis jobs; the output does not depend on it (default: 2)")
+    d.add_argument("--corpus", choices=("core", "extended"), default="core",
+                   help="core: the documented data set (default); extended: + bona fide es-CO and fr (Armelle) "
+                        "Asterisk speakers, more espeak-ng accents and voice variants, Czech and Finnish Festival "
+                        "voices (the Finnish ones evaluation-only) (docs/spoof.md). 'slimtrain spoof --data DIR' "
+                        "reads whichever corpus DIR holds")
     d.add_argument("--force", action="store_true", help="rebuild even if the folder already holds this data set")
     d.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     d.set_defaults(func=_cmd_data)
@@ -144,11 +149,13 @@ def _cmd_data(args) -> int:
     from .data import SpoofDataConfig, build_dataset
 
     cfg = SpoofDataConfig.quick(seed=args.seed) if args.quick else SpoofDataConfig(seed=args.seed)
+    cfg.corpus = args.corpus
     out = args.out or (DEFAULT_QUICK_DATA if args.quick else DEFAULT_DATA)
     t0 = time.perf_counter()
     man = build_dataset(out, cfg, workers=args.workers, progress=not args.no_progress, force=args.force)
     counts = "; ".join(f"{sp}: " + ", ".join(f"{a} {n}" for a, n in c.items()) for sp, c in man["counts"].items())
-    print(f"spoofing data in {out} ({time.perf_counter() - t0:.1f}s): {counts}")
+    corpus = f"corpus {man.get('corpus', 'core')}" + (f", fingerprint {man['fingerprint']}" if "fingerprint" in man else "")
+    print(f"spoofing data in {out} ({corpus}; {time.perf_counter() - t0:.1f}s): {counts}")
     print(f"  unseen attacks (evaluation only): {', '.join(man['unseen_attacks'])}; manifest {out / 'manifest.json'}")
     return 0
 

@@ -47,13 +47,16 @@ from . import attacks as A
 
 __all__ = [
     "SpoofDataConfig", "SpoofSplit", "build_dataset", "load_split", "condition", "cue_features",
-    "shortcut_eer", "plan_items", "DataError", "SR",
+    "shortcut_eer", "plan_items", "DataError", "SR", "data_fingerprint", "spoof_fingerprint", "source_inventory",
 ]
 
 SR = 8000
 MANIFEST = "manifest.json"
 FORMAT = "slimtrain-spoof-data"
 VERSION = 1
+EXTENDED_VERSION = "extended-v1"
+#: bona fide speakers added by the extended corpus (known speakers: split by prompt name like en/es/it)
+EXTENDED_BONA_SPEAKERS = ("es-co", "fr-armelle")
 
 
 class DataError(ValueError):
@@ -75,6 +78,9 @@ class SpoofDataConfig:
     n_bona_eval_known: int = 100
     n_spoof_eval_per_attack: int = 100
     eval_fraction: float = 0.2  # of each en/es/it voice's prompts, by name
+    #: ``"core"`` (documented), ``"extended"`` (more bona fide speakers, voices and variants; see
+    #: :data:`EXTENDED_VERSION`) or ``None``: whatever corpus the folder holds (core if none)
+    corpus: Optional[str] = None
 
     @classmethod
     def quick(cls, **overrides) -> "SpoofDataConfig":
@@ -92,8 +98,14 @@ class SpoofDataConfig:
     def clip_samples(self) -> int:
         return int(round(self.clip_seconds * SR))
 
+    @property
+    def effective_corpus(self) -> str:
+        return self.corpus or "core"
+
     def validate(self) -> "SpoofDataConfig":
         """Raise :class:`DataError` for an impossible setting."""
+        if self.corpus not in (None, "core", "extended"):
+            raise DataError(f"unknown corpus {self.corpus!r}; choose from core, extended")
         for a in (*self.train_attacks, *self.eval_attacks):
             if a not in A.ATTACKS:
                 raise DataError(f"unknown attack {a!r}; choose from {', '.join(A.ATTACKS)}")
@@ -116,6 +128,8 @@ class SpoofDataConfig:
     def as_dict(self) -> dict:
         d = dataclasses.asdict(self)
         d["train_attacks"], d["eval_attacks"] = list(self.train_attacks), list(self.eval_attacks)
+        if self.effective_corpus == "core":
+            d.pop("corpus")  # the core config (and cache check) is exactly the documented one
         return d
 
 
@@ -225,17 +239,37 @@ def _corpus(language: str) -> tuple[dict[str, Path], dict[str, str]]:
     return by_name, texts
 
 
+def _extra_corpus(speaker: str) -> dict[str, Path]:
+    """Prompt name -> GSM file of an extra Asterisk speaker (no transcripts: copy attacks only)."""
+    from ..audio import extra_prompts
+
+    try:
+        fs = extra_prompts(speaker)
+    except AudioError as e:
+        raise DataError(str(e)) from None
+    out = {}
+    for f in fs:
+        k = f.parts.index("sounds") + 2
+        out[str(Path(*f.parts[k:]).with_suffix(""))] = f
+    return out
+
+
 def plan_items(cfg: SpoofDataConfig) -> tuple[list[Item], dict[str, Path]]:
     """The deterministic list of clips for ``cfg`` and the map prompt key -> bona fide file."""
     cfg.validate()
+    extended = cfg.effective_corpus == "extended"
     rng = np.random.default_rng([cfg.seed, 1])
-    langs = sorted(ASTERISK_VOICES)
+    langs = sorted(ASTERISK_VOICES) + (sorted(EXTENDED_BONA_SPEAKERS) if extended else [])
     known = [lg for lg in langs if lg != cfg.heldout_language]
+    text_langs = sorted(ASTERISK_VOICES)  # languages with transcripts (the text attacks read these)
+    espeak_voices = A.ESPEAK_VOICES_EXTENDED if extended else A.ESPEAK_VOICES
+    espeak_variants = A.ESPEAK_VARIANTS_EXTENDED if extended else A.ESPEAK_VARIANTS
+    diphone_voices = A.FESTIVAL_DIPHONE_VOICES_EXTENDED if extended else A.FESTIVAL_DIPHONE_VOICES
     files: dict[str, Path] = {}
     texts: dict[str, str] = {}
     pool: dict[tuple[str, str], list[str]] = {}  # (split, lang) -> prompt keys
     for lg in langs:
-        by_name, tx = _corpus(lg)
+        by_name, tx = _corpus(lg) if lg in ASTERISK_VOICES else (_extra_corpus(lg), {})
         for n, f in by_name.items():
             files[f"{lg}:{n}"] = f
             if n in tx:
@@ -267,19 +301,22 @@ def plan_items(cfg: SpoofDataConfig) -> tuple[list[Item], dict[str, Path]]:
     for split, attacks, n in (("train", cfg.train_attacks, cfg.n_spoof_train_per_attack),
                               ("eval", cfg.eval_attacks, cfg.n_spoof_eval_per_attack)):
         src_langs = known if split == "train" else eval_langs
+        text_src = [lg for lg in src_langs if lg in text_langs]
         for a in attacks:
             if a == "A1":
-                for lg, nm in pick(split, src_langs, n, True):
-                    voice = str(rng.choice(A.ESPEAK_VOICES[lg]))
-                    var = str(rng.choice(A.ESPEAK_VARIANTS))
+                for lg, nm in pick(split, text_src, n, True):
+                    voice = str(rng.choice(espeak_voices[lg]))
+                    var = str(rng.choice(espeak_variants))
                     items.append(Item(split, 0, a, lg, nm, texts[f"{lg}:{nm}"], voice + (f"+{var}" if var else ""),
                                       {"rate": int(rng.integers(130, 191)), "pitch": int(rng.integers(25, 76))}))
             elif a == "A2":
                 for lg, nm in pick(split, [lg for lg in src_langs if lg == "en"] or ["en"], n, True):
                     items.append(Item(split, 0, a, lg, nm, texts[f"{lg}:{nm}"], str(rng.choice(A.FLITE_VOICES))))
             elif a in ("A3", "A4"):
-                voices = A.FESTIVAL_DIPHONE_VOICES if a == "A3" else A.FESTIVAL_HTS_VOICES
-                for lg, nm in pick(split, [lg for lg in src_langs if lg in voices] or list(voices), n, True):
+                voices = diphone_voices if a == "A3" else A.FESTIVAL_HTS_VOICES
+                if extended and split == "train":  # some voices of the seen family stay unseen
+                    voices = {lg: tuple(v for v in vs if v not in A.FESTIVAL_EVAL_ONLY_VOICES) for lg, vs in voices.items()}
+                for lg, nm in pick(split, [lg for lg in text_src if lg in voices] or list(voices), n, True):
                     items.append(Item(split, 0, a, lg, nm, texts[f"{lg}:{nm}"], str(rng.choice(voices[lg]))))
             else:
                 for lg, nm in pick(split, src_langs, n):
@@ -378,6 +415,51 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def _adopt(out: Path) -> Optional[dict]:
+    """The manifest of a complete extended data set in ``out``, else ``None``."""
+    m = out / MANIFEST
+    if not m.is_file():
+        return None
+    try:
+        man = json.loads(m.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    if man.get("format") != FORMAT or man.get("corpus", "core") == "core":
+        return None
+    return man if all((out / f).is_file() for f in man.get("sha256", {})) else None
+
+
+def source_inventory(items: Sequence["Item"]) -> list[dict]:
+    """Debian package, version and use of every source in ``items`` (bona fide speakers, synthesisers
+    and Festival voices) - what the extended manifest records and its fingerprint covers."""
+    from ..audio import EXTRA_ASTERISK_SPEAKERS, package_version
+
+    used: dict[tuple[str, str], set[str]] = {}
+    for it in items:
+        if it.attack == "bona":
+            pkg = (ASTERISK_VOICES[it.language][1] if it.language in ASTERISK_VOICES
+                   else EXTRA_ASTERISK_SPEAKERS[it.language][0])
+            used.setdefault(("bona fide", pkg), set()).add(it.language)
+        elif it.attack == "A1":
+            used.setdefault(("A1", "espeak-ng"), set()).add(it.voice)
+        elif it.attack == "A2":
+            used.setdefault(("A2", "flite"), set()).add(it.voice)
+        elif it.attack in ("A3", "A4"):
+            used.setdefault((it.attack, A.festival_package(it.voice)), set()).add(it.voice)
+    return [{"use": use, "package": pkg, "version": package_version(pkg), "voices": sorted(v)}
+            for (use, pkg), v in sorted(used.items())]
+
+
+def spoof_fingerprint(cfg: SpoofDataConfig, inventory: Sequence[dict]) -> str:
+    """SHA-256 (16 hex) of the settings, the extended recipe and the source inventory."""
+    recipe = {"version": EXTENDED_VERSION, "espeak": {k: list(v) for k, v in A.ESPEAK_VOICES_EXTENDED.items()},
+              "variants": list(A.ESPEAK_VARIANTS_EXTENDED),
+              "diphone": {k: list(v) for k, v in A.FESTIVAL_DIPHONE_VOICES_EXTENDED.items()},
+              "eval_only": list(A.FESTIVAL_EVAL_ONLY_VOICES), "bona_extra": list(EXTENDED_BONA_SPEAKERS)}
+    blob = json.dumps({"config": cfg.as_dict(), "recipe": recipe, "sources": list(inventory)}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
 def _cache_ok(out: Path, cfg: SpoofDataConfig) -> bool:
     m = out / MANIFEST
     if not m.is_file():
@@ -402,6 +484,10 @@ def build_dataset(out: Path, cfg: SpoofDataConfig, *, workers: int = 2, progress
         raise DataError(f"data folder {out} is a file")
     if not force and _cache_ok(out, cfg):
         return json.loads((out / MANIFEST).read_text())
+    if not force and cfg.corpus is None:  # a folder built with --corpus extended is read as it is
+        adopted = _adopt(out)
+        if adopted is not None:
+            return adopted
     for prog in ("espeak-ng", "flite", "festival"):
         needed = {"espeak-ng": "A1", "flite": "A2", "festival": ("A3", "A4")}[prog]
         if any(a in needed for a in (*cfg.train_attacks, *cfg.eval_attacks)):
@@ -438,8 +524,15 @@ def build_dataset(out: Path, cfg: SpoofDataConfig, *, workers: int = 2, progress
     for it in items:
         counts.setdefault(it.split, {}).setdefault(it.attack, 0)
         counts[it.split][it.attack] += 1
+    extra: dict = {}
+    if cfg.effective_corpus == "extended":
+        inventory = source_inventory(items)
+        extra = {"corpus": "extended", "corpus_version": EXTENDED_VERSION, "sources": inventory,
+                 "fingerprint": spoof_fingerprint(cfg, inventory),
+                 "voices": {a: sorted({f"{it.split}:{it.voice}" for it in items if it.attack == a and it.voice})
+                            for a in ("A1", "A2", "A3", "A4")}}
     manifest = {
-        "format": FORMAT, "version": VERSION, "config": cfg.as_dict(), "counts": counts,
+        "format": FORMAT, "version": VERSION, "config": cfg.as_dict(), **extra, "counts": counts,
         "unseen_attacks": list(cfg.unseen_attacks),
         "attacks": {a: dataclasses.asdict(A.ATTACKS[a]) for a in A.ATTACKS},
         "sample_rate": SR, "clip_samples": n, "sha256": man_files,
@@ -449,6 +542,19 @@ def build_dataset(out: Path, cfg: SpoofDataConfig, *, workers: int = 2, progress
     tmp.write_text(json.dumps(manifest, indent=2) + "\n")
     tmp.replace(out / MANIFEST)
     return manifest
+
+
+def data_fingerprint(out: Path) -> str:
+    """The data fingerprint to record in results: the extended manifest's ``fingerprint``, or for a
+    core folder the SHA-256 (16 hex) of its files' SHA-256 digests (same bytes -> same value)."""
+    m = Path(out) / MANIFEST
+    try:
+        man = json.loads(m.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise DataError(f"no readable spoofing manifest {m} ({e}); build it with: slimtrain data spoof --out {out}") from None
+    if "fingerprint" in man:
+        return str(man["fingerprint"])
+    return hashlib.sha256(json.dumps(man.get("sha256", {}), sort_keys=True).encode()).hexdigest()[:16]
 
 
 def load_split(out: Path, split: str) -> SpoofSplit:

@@ -31,6 +31,16 @@ def _nonneg(text: str) -> float:
     return v
 
 
+def _tts_count(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text}")
+    return v
+
+
 def _family(text: str) -> str:
     from .models import FAMILIES
 
@@ -68,6 +78,13 @@ def register(commands, data_commands) -> None:
     d.add_argument("--seed", type=_seed, default=0, metavar="S", help="seed of every random choice (default: 0)")
     d.add_argument("--train-minutes", type=_minutes, default=None, metavar="M",
                    help=f"minutes of training audio (default: {D.train_minutes:g}; quick: {Q.train_minutes:g})")
+    d.add_argument("--corpus", choices=("core", "extended"), default="core",
+                   help="core: the documented data set (default); extended: + the es-CO and fr (Armelle) Asterisk "
+                        "speakers and synthetic speech (espeak-ng, flite, Festival) in training, babble, coloured "
+                        "noise and sound effects, reverberation, band-limiting, telephone codecs and clipping "
+                        "(docs/vad.md). Training commands given --data DIR read whichever corpus DIR holds")
+    d.add_argument("--tts-utterances", type=_tts_count, default=None, metavar="N",
+                   help=f"--corpus extended: synthetic training utterances (default: {D.tts_utterances}; quick: 40)")
     d.add_argument("--force", action="store_true", help="rebuild even if the cache matches")
     d.add_argument("--no-progress", action="store_true", help="no progress bar")
     d.set_defaults(func=_cmd_data)
@@ -165,17 +182,26 @@ def _cmd_data(args) -> int:
     from .data import VadDataConfig, build_vad_data, load_vad_data
 
     cfg = VadDataConfig.quick(seed=args.seed) if args.quick else VadDataConfig(seed=args.seed)
+    cfg.corpus = args.corpus
     if args.train_minutes is not None:
         cfg.train_minutes = args.train_minutes
+    if args.tts_utterances is not None:
+        if args.corpus != "extended":
+            raise ValueError("--tts-utterances only applies with --corpus extended")
+        cfg.tts_utterances = args.tts_utterances
+    elif args.quick:
+        cfg.tts_utterances = 40
     t0 = time.perf_counter()
     m = build_vad_data(cfg, args.out, force=args.force, progress=not args.no_progress)
     _, manifest = load_vad_data(args.out)
     for split, info in manifest["splits"].items():
         skipped = f", skipped {len(info['skipped_files'])} files" if info["skipped_files"] else ""
-        print(f"{split:5s}: {info['clips']} clips, {info['seconds'] / 60:.1f} min, speakers {','.join(info['speakers'])}, "
-              f"speech {100 * info['speech_fraction']:.0f}% of frames, SNR {info['snr_db']['min']:.1f} to "
+        tts = f", {len(info['tts_voices'])} TTS voices" if info.get("tts_voices") else ""
+        print(f"{split:5s}: {info['clips']} clips, {info['seconds'] / 60:.1f} min, speakers {','.join(info['speakers'])}"
+              f"{tts}, speech {100 * info['speech_fraction']:.0f}% of frames, SNR {info['snr_db']['min']:.1f} to "
               f"{info['snr_db']['max']:.1f} dB{skipped}")
-    print(f"wrote {m} ({time.perf_counter() - t0:.1f}s)")
+    print(f"wrote {m} (corpus {manifest.get('corpus', 'core')}, fingerprint {manifest['fingerprint']}, "
+          f"{time.perf_counter() - t0:.1f}s)")
     return 0
 
 

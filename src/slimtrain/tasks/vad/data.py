@@ -33,7 +33,7 @@ from ..audio import ASTERISK_VOICES, AudioError, asterisk_prompts, music_on_hold
 
 __all__ = [
     "VadDataConfig", "VadSplit", "NOISE_TYPES", "SPLITS", "frame_labels", "make_noise", "mix_at_snr",
-    "measure_snr", "build_clips", "build_vad_data", "load_vad_data", "DataError",
+    "measure_snr", "build_clips", "build_vad_data", "load_vad_data", "DataError", "CORPORA",
 ]
 
 SPLITS = ("train", "val", "test")
@@ -41,6 +41,10 @@ NOISE_TYPES = ("music", "white", "pink", "brown", "modulated", "clicks", "silenc
 #: music-on-hold files per split (by index in the sorted list of 5)
 _MUSIC_SPLIT = {"train": (0, 1, 2), "val": (3,), "test": (4,)}
 MANIFEST_VERSION = 1
+#: selectable corpora: ``core`` = the documented data set (byte-identical), ``extended`` = more speakers,
+#: synthetic speech, more noise types and augmentation (:mod:`slimtrain.tasks.vad.extended`)
+CORPORA = ("core", "extended")
+_EXTENDED_FIELDS = ("corpus", "tts_utterances", "extra_train_speakers", "augment_probabilities")
 
 
 class DataError(ValueError):
@@ -70,6 +74,15 @@ class VadDataConfig:
     hangover_frames: int = 8
     max_files_per_language: Optional[int] = None
     corpus_root: Optional[str] = None  # folder with sounds/<voice>/ and moh/ (default: /usr/share/asterisk)
+    #: ``"core"`` (the documented data set), ``"extended"`` (see :mod:`slimtrain.tasks.vad.extended`), or
+    #: ``None``: whatever corpus the cache folder already holds (core if it holds none), so the training
+    #: and sweep commands read an extended folder they are given instead of overwriting it
+    corpus: Optional[str] = None
+    #: extended corpus only: synthetic (TTS) utterances added to the training speech, extra real
+    #: training speakers (GSM prompts), and the share of clips with each augmentation
+    tts_utterances: int = 400
+    extra_train_speakers: tuple[str, ...] = ("es-co", "fr-armelle")
+    augment_probabilities: tuple[float, float, float, float] = (0.3, 0.25, 0.3, 0.1)  # reverb, band, codec, clip
 
     @classmethod
     def quick(cls, **overrides) -> "VadDataConfig":
@@ -99,12 +112,35 @@ class VadDataConfig:
                     problems.append(f"unknown language {lang!r} (choose from {sorted(ASTERISK_VOICES)})")
         if set(self.test_languages) & (set(self.train_languages) | set(self.val_languages)):
             problems.append("test languages (speakers) must not also be used for training or validation")
+        if self.corpus not in (None,) + CORPORA:
+            problems.append(f"unknown corpus {self.corpus!r} (choose from {', '.join(CORPORA)})")
+        if self.effective_corpus == "extended":
+            from ..audio import EXTRA_ASTERISK_SPEAKERS
+
+            for sp in self.extra_train_speakers:
+                if sp not in EXTRA_ASTERISK_SPEAKERS:
+                    problems.append(f"unknown extra speaker {sp!r} (choose from {sorted(EXTRA_ASTERISK_SPEAKERS)})")
+                elif EXTRA_ASTERISK_SPEAKERS[sp][1] in self.test_languages:
+                    problems.append(f"extra speaker {sp!r} speaks a test language; the test language must stay held out")
+            if not isinstance(self.tts_utterances, int) or self.tts_utterances < 0:
+                problems.append(f"tts_utterances must be an integer >= 0, got {self.tts_utterances!r}")
+            if not all(0 <= p <= 1 for p in self.augment_probabilities) or len(self.augment_probabilities) != 4:
+                problems.append(f"augment_probabilities must be 4 numbers in [0, 1], got {self.augment_probabilities}")
         if problems:
             raise DataError("bad VAD data configuration: " + "; ".join(problems))
         return self
 
+    @property
+    def effective_corpus(self) -> str:
+        return self.corpus or "core"
+
     def as_dict(self) -> dict:
+        """JSON-able settings. The core corpus leaves out the extended-only fields, so its fingerprint
+        and manifest are exactly those of the data sets documented before the extended corpus."""
         d = asdict(self)
+        if self.effective_corpus == "core":
+            for k in _EXTENDED_FIELDS:
+                d.pop(k)
         return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
 
 
@@ -331,13 +367,21 @@ def build_vad_data(cfg: VadDataConfig, cache_dir: str | Path, *, force: bool = F
     cfg.validate()
     cache = Path(cache_dir)
     manifest_path = cache / "manifest.json"
-    if not force and manifest_path.is_file():
+    old: dict = {}
+    if manifest_path.is_file():
         try:
             old = json.loads(manifest_path.read_text())
         except (OSError, json.JSONDecodeError):
             old = {}
-        if old.get("fingerprint") == _fingerprint(cfg) and all((cache / f"{s}.npz").is_file() for s in SPLITS):
-            return manifest_path
+    complete = all((cache / f"{s}.npz").is_file() for s in SPLITS)
+    if cfg.corpus is None and old.get("corpus", "core") != "core" and complete and not force:
+        return manifest_path  # a folder built with --corpus extended is read as it is
+    if cfg.effective_corpus == "extended":
+        from .extended import build_extended_vad_data
+
+        return build_extended_vad_data(cfg, cache, force=force, progress=progress)
+    if not force and old.get("fingerprint") == _fingerprint(cfg) and complete:
+        return manifest_path
     cache.mkdir(parents=True, exist_ok=True)
     from tqdm.auto import tqdm
 

@@ -1,0 +1,275 @@
+"""Waveform augmentations and extra noise types of the *extended* speech corpora.
+
+Every function is pure given its arguments (random choices come from a ``numpy`` generator passed
+in), works on mono float arrays and returns float32 of the same length unless said otherwise:
+
+* :func:`apply_gain` - scale by a gain in dB;
+* :func:`clip_hard` - drive into hard clipping at ``+-limit``;
+* :func:`band_limit` - Butterworth band-pass (``scipy.signal``, zero phase);
+* :func:`mu_law_roundtrip` / :func:`a_law_roundtrip` - G.711 companding + 8-bit quantisation, in numpy;
+* :func:`gsm_roundtrip` - GSM 06.10 full-rate codec through ``sox`` (Debian package ``sox`` +
+  ``libsox-fmt-base``); the encode/decode is deterministic;
+* :func:`synthetic_rir` / :func:`reverberate` - room impulse response = direct path + exponentially
+  decaying Gaussian noise whose energy falls 60 dB in ``rt60`` seconds; convolution keeps the length;
+* :func:`coloured_noise` - ``1/f^beta`` noise for any ``beta`` (blue < 0 < pink 1 < brown 2);
+* :func:`babble` - sum of several other utterances at random offsets and levels;
+* :func:`measure_rt60` - Schroeder backward integration (T20 extrapolated to 60 dB), used by tests.
+
+:func:`draw_augmentation` draws one augmentation chain as a JSON-able list of ``{"op": ..., params}``
+(recorded per clip in the manifest) and :func:`apply_augmentation` applies such a list.
+"""
+from __future__ import annotations
+
+import math
+import shutil
+import subprocess
+from typing import Optional, Sequence
+
+import numpy as np
+
+__all__ = [
+    "AugmentError", "apply_gain", "clip_hard", "band_limit", "mu_law_roundtrip", "a_law_roundtrip",
+    "gsm_roundtrip", "synthetic_rir", "reverberate", "measure_rt60", "coloured_noise", "babble",
+    "draw_augmentation", "apply_augmentation", "chain_summary", "CODECS",
+]
+
+CODECS = ("mulaw", "alaw", "gsm")
+
+
+class AugmentError(ValueError):
+    """An augmentation got a bad parameter or a required program is missing (the message names it)."""
+
+
+def _f64(x: np.ndarray, what: str) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float64)
+    if x.ndim != 1:
+        raise AugmentError(f"{what}: expected a 1-D (mono) signal, got shape {tuple(x.shape)}")
+    return x
+
+
+# -- level and clipping ----------------------------------------------------------------------------
+def apply_gain(x: np.ndarray, gain_db: float) -> np.ndarray:
+    """``x * 10**(gain_db/20)`` (the RMS changes by exactly ``gain_db``)."""
+    if not math.isfinite(gain_db):
+        raise AugmentError(f"apply_gain: gain_db must be finite, got {gain_db}")
+    return (_f64(x, "apply_gain") * 10 ** (gain_db / 20)).astype(np.float32)
+
+
+def clip_hard(x: np.ndarray, limit: float) -> np.ndarray:
+    """Hard clipping to ``[-limit, limit]`` (``0 < limit``)."""
+    if not limit > 0:
+        raise AugmentError(f"clip_hard: limit must be > 0, got {limit}")
+    return np.clip(_f64(x, "clip_hard"), -limit, limit).astype(np.float32)
+
+
+# -- band-limiting and telephone codecs ------------------------------------------------------------
+def band_limit(x: np.ndarray, sample_rate: int, low_hz: float, high_hz: float, order: int = 6) -> np.ndarray:
+    """Zero-phase Butterworth band-pass ``low_hz``..``high_hz`` (``low_hz = 0``: low-pass only)."""
+    from scipy.signal import butter, sosfiltfilt
+
+    nyq = sample_rate / 2
+    if not (0 <= low_hz < high_hz < nyq):
+        raise AugmentError(f"band_limit: need 0 <= low ({low_hz}) < high ({high_hz}) < Nyquist ({nyq})")
+    xd = _f64(x, "band_limit")
+    if len(xd) < 3 * (order + 1) * 2:
+        return xd.astype(np.float32)
+    if low_hz > 0:
+        sos = butter(order, [low_hz, high_hz], btype="bandpass", fs=sample_rate, output="sos")
+    else:
+        sos = butter(order, high_hz, btype="lowpass", fs=sample_rate, output="sos")
+    return sosfiltfilt(sos, xd).astype(np.float32)
+
+
+def _quantise8(y: np.ndarray) -> np.ndarray:
+    """Companded value in [-1, 1] -> one of 256 levels (8-bit code) and back."""
+    code = np.clip(np.floor(np.clip(y, -1.0, 1.0) * 128.0), -128, 127)
+    return (code + 0.5) / 128.0
+
+
+def mu_law_roundtrip(x: np.ndarray, mu: float = 255.0) -> np.ndarray:
+    """G.711 mu-law: compress, quantise to 8 bits, expand (input clipped to [-1, 1])."""
+    xd = np.clip(_f64(x, "mu_law_roundtrip"), -1.0, 1.0)
+    y = np.sign(xd) * np.log1p(mu * np.abs(xd)) / math.log1p(mu)
+    q = _quantise8(y)
+    return (np.sign(q) * np.expm1(np.abs(q) * math.log1p(mu)) / mu).astype(np.float32)
+
+
+def a_law_roundtrip(x: np.ndarray, a: float = 87.6) -> np.ndarray:
+    """G.711 A-law: compress, quantise to 8 bits, expand (input clipped to [-1, 1])."""
+    xd = np.clip(_f64(x, "a_law_roundtrip"), -1.0, 1.0)
+    ax = np.abs(xd)
+    la = 1 + math.log(a)
+    y = np.where(ax < 1 / a, a * ax / la, (1 + np.log(np.maximum(a * ax, 1e-12))) / la) * np.sign(xd)
+    q = _quantise8(y)
+    aq = np.abs(q)
+    out = np.where(aq < 1 / la, aq * la / a, np.exp(aq * la - 1) / a) * np.sign(q)
+    return out.astype(np.float32)
+
+
+def gsm_roundtrip(x: np.ndarray, sample_rate: int = 8000, timeout: float = 60.0) -> np.ndarray:
+    """GSM 06.10 encode + decode with ``sox`` at 8 kHz (other rates are resampled there and back).
+
+    The codec's 20 ms frames are padded at the end; the output is cut back to ``len(x)``."""
+    from .audio import resample
+
+    exe = shutil.which("sox")
+    if exe is None:
+        raise AugmentError("gsm_roundtrip: 'sox' is not installed; install it with: apt-get install sox libsox-fmt-base")
+    xd = _f64(x, "gsm_roundtrip")
+    n = len(xd)
+    if n == 0:
+        return xd.astype(np.float32)
+    x8 = resample(xd, sample_rate, 8000) if sample_rate != 8000 else xd
+    pcm = (np.clip(x8, -1.0, 32767 / 32768) * 32768).round().astype("<i2").tobytes()
+    raw = ["-t", "raw", "-r", "8000", "-e", "signed-integer", "-b", "16", "-c", "1"]
+    try:
+        enc = subprocess.run([exe, *raw, "-", "-t", "gsm", "-"], input=pcm, capture_output=True, timeout=timeout)
+        if enc.returncode != 0:
+            raise AugmentError(f"gsm_roundtrip: sox GSM encoding failed: {enc.stderr.decode(errors='replace')[:200]}")
+        dec = subprocess.run([exe, "-t", "gsm", "-r", "8000", "-c", "1", "-", *raw, "-"], input=enc.stdout,
+                             capture_output=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise AugmentError(f"gsm_roundtrip: sox timed out after {timeout:.0f}s") from None
+    if dec.returncode != 0:
+        raise AugmentError(f"gsm_roundtrip: sox GSM decoding failed: {dec.stderr.decode(errors='replace')[:200]}")
+    y = np.frombuffer(dec.stdout, dtype="<i2").astype(np.float64) / 32768.0
+    if sample_rate != 8000:
+        y = resample(y, 8000, sample_rate)
+    out = np.zeros(n)
+    out[: min(n, len(y))] = y[:n]
+    return out.astype(np.float32)
+
+
+# -- reverberation ----------------------------------------------------------------------------------
+def synthetic_rir(rt60: float, sample_rate: int, rng: np.random.Generator, direct_to_reverb_db: float = 0.0,
+                  pre_delay_s: float = 0.0) -> np.ndarray:
+    """Room impulse response: a unit direct path, ``pre_delay_s`` later a Gaussian-noise tail whose
+    energy decays 60 dB in ``rt60`` s (amplitude ``exp(-6.9 t / rt60)``), lasting ``1.2 * rt60``.
+    The tail energy is ``direct_to_reverb_db`` below the direct path; the result has unit peak."""
+    if not (0.05 <= rt60 <= 5.0):
+        raise AugmentError(f"synthetic_rir: rt60 must be in [0.05, 5] s, got {rt60}")
+    n = max(2, int(round(1.2 * rt60 * sample_rate)))
+    t = np.arange(n) / sample_rate
+    tail = rng.standard_normal(n) * np.exp(-3 * math.log(10) * t / rt60)
+    tail *= 10 ** (-direct_to_reverb_db / 20) / (np.sqrt(np.sum(tail ** 2)) + 1e-12)
+    delay = int(round(pre_delay_s * sample_rate))
+    h = np.zeros(n + delay)
+    h[0] = 1.0
+    h[delay + 1: delay + n] += tail[1:]
+    return (h / np.max(np.abs(h))).astype(np.float64)
+
+
+def reverberate(x: np.ndarray, rir: np.ndarray) -> np.ndarray:
+    """``x`` convolved with ``rir`` (FFT), cut to ``len(x)`` and scaled back to the dry RMS."""
+    from scipy.signal import fftconvolve
+
+    xd = _f64(x, "reverberate")
+    h = _f64(rir, "reverberate (rir)")
+    if len(xd) == 0:
+        return xd.astype(np.float32)
+    y = fftconvolve(xd, h)[: len(xd)]
+    rx, ry = np.sqrt(np.mean(xd ** 2)), np.sqrt(np.mean(y ** 2))
+    return (y * (rx / ry) if ry > 0 else y).astype(np.float32)
+
+
+def measure_rt60(rir: np.ndarray, sample_rate: int) -> float:
+    """RT60 of an impulse response by Schroeder backward integration: the slope of the energy decay
+    curve between -5 and -25 dB (T20), extrapolated to 60 dB."""
+    e = np.cumsum(np.asarray(rir, np.float64)[::-1] ** 2)[::-1]
+    edc = 10 * np.log10(e / e[0] + 1e-300)
+    i5, i25 = int(np.argmax(edc <= -5)), int(np.argmax(edc <= -25))
+    if i25 <= i5:
+        raise AugmentError("measure_rt60: the impulse response does not decay by 25 dB")
+    t = np.arange(i5, i25) / sample_rate
+    slope = np.polyfit(t, edc[i5:i25], 1)[0]
+    return float(-60.0 / slope)
+
+
+# -- noise ------------------------------------------------------------------------------------------
+def coloured_noise(n: int, beta: float, rng: np.random.Generator) -> np.ndarray:
+    """Unit-RMS noise with power spectrum ``~ 1/f**beta`` (0 white, 1 pink, 2 brown, -1 blue)."""
+    if n < 2:
+        raise AugmentError(f"coloured_noise: need at least 2 samples, got {n}")
+    spec = np.fft.rfft(rng.standard_normal(n))
+    f = np.arange(len(spec), dtype=np.float64)
+    f[0] = 1.0
+    spec /= f ** (beta / 2)
+    spec[0] = 0.0
+    x = np.fft.irfft(spec, n)
+    return (x / (np.sqrt(np.mean(x ** 2)) + 1e-12)).astype(np.float32)
+
+
+def babble(n: int, utterances: Sequence[np.ndarray], rng: np.random.Generator, talkers: tuple[int, int] = (3, 6),
+           ) -> tuple[np.ndarray, list[int]]:
+    """Unit-RMS babble of ``n`` samples: ``talkers`` (inclusive range) utterances drawn from
+    ``utterances``, each looped to fill the clip from a random offset at a random level (+-6 dB),
+    summed. Returns the babble and the indices of the utterances used."""
+    if not utterances:
+        raise AugmentError("babble: needs at least one utterance")
+    k = int(rng.integers(talkers[0], talkers[1] + 1))
+    idx = [int(i) for i in rng.choice(len(utterances), size=k, replace=k > len(utterances))]
+    out = np.zeros(n)
+    for i in idx:
+        u = np.asarray(utterances[i], np.float64)
+        u = u / (np.sqrt(np.mean(u ** 2)) + 1e-12)
+        start = int(rng.integers(0, max(1, len(u))))
+        out += np.resize(np.roll(u, -start), n) * 10 ** (rng.uniform(-6, 6) / 20)
+    return (out / (np.sqrt(np.mean(out ** 2)) + 1e-12)).astype(np.float32), idx
+
+
+# -- random chains ----------------------------------------------------------------------------------
+def draw_augmentation(rng: np.random.Generator, sample_rate: int, *, p_reverb: float = 0.3, p_band: float = 0.25,
+                      p_codec: float = 0.3, p_clip: float = 0.1) -> dict[str, list[dict]]:
+    """One random chain, as ``{"speech": [...], "mixture": [...]}`` lists of ``{"op": name, **params}``:
+    reverberation acts on the speech before mixing; band-limiting, a codec and clipping on the mixture."""
+    speech: list[dict] = []
+    mixture: list[dict] = []
+    if rng.random() < p_reverb:
+        speech.append({"op": "reverb", "rt60": round(float(rng.uniform(0.15, 1.0)), 3),
+                       "drr_db": round(float(rng.uniform(-3.0, 9.0)), 2), "seed": int(rng.integers(0, 2 ** 31))})
+    if rng.random() < p_band:
+        hi = min(float(rng.uniform(2400.0, 3800.0)), 0.95 * sample_rate / 2)
+        mixture.append({"op": "band", "low_hz": round(float(rng.uniform(0.0, 350.0)), 1), "high_hz": round(hi, 1)})
+    if rng.random() < p_codec:
+        mixture.append({"op": "codec", "codec": str(rng.choice(CODECS))})
+    if rng.random() < p_clip:
+        mixture.append({"op": "clip", "drive_db": round(float(rng.uniform(3.0, 15.0)), 2)})
+    return {"speech": speech, "mixture": mixture}
+
+
+def apply_augmentation(x: np.ndarray, ops: Sequence[dict], sample_rate: int) -> np.ndarray:
+    """Apply a list of ops from :func:`draw_augmentation` in order.
+
+    ``clip`` scales the signal so its peak is ``drive_db`` above 1, clips at 1 and scales back down
+    (the level stays comparable, the waveform is flattened)."""
+    y = np.asarray(x, dtype=np.float32)
+    for op in ops:
+        name = op.get("op")
+        if name == "reverb":
+            rir = synthetic_rir(op["rt60"], sample_rate, np.random.default_rng(op["seed"]), op["drr_db"])
+            y = reverberate(y, rir)
+        elif name == "band":
+            y = band_limit(y, sample_rate, op["low_hz"], op["high_hz"])
+        elif name == "codec":
+            peak = float(np.max(np.abs(y))) if len(y) else 0.0
+            scale = 0.95 / peak if peak > 0.95 else 1.0  # codecs take [-1, 1]
+            fn = {"mulaw": mu_law_roundtrip, "alaw": a_law_roundtrip}.get(op["codec"])
+            z = fn(y * scale) if fn is not None else gsm_roundtrip(y * scale, sample_rate)
+            y = (z / scale).astype(np.float32)
+        elif name == "clip":
+            peak = float(np.max(np.abs(y))) if len(y) else 0.0
+            if peak > 0:
+                g = 10 ** (op["drive_db"] / 20) / peak
+                y = (clip_hard(y * g, 1.0) / g).astype(np.float32)
+        elif name == "gain":
+            y = apply_gain(y, op["gain_db"])
+        else:
+            raise AugmentError(f"apply_augmentation: unknown op {name!r}")
+    return y
+
+
+def chain_summary(ops: Optional[Sequence[dict]]) -> str:
+    """Short text of a chain for tables, e.g. ``reverb+codec:gsm``."""
+    if not ops:
+        return "none"
+    return "+".join(op["op"] + (f":{op['codec']}" if op["op"] == "codec" else "") for op in ops)
