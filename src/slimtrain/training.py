@@ -21,7 +21,7 @@ from .loss import TradeoffLoss  # noqa: F401  (the usual objective; kept importa
 from .record import WidthRecorder
 
 __all__ = ["seed_everything", "make_optimizer", "fit", "TrainingError", "EpochResult", "rng_state", "set_rng_state",
-           "torch_threads", "shuffled_cosine_batches"]
+           "torch_threads", "shuffled_cosine_batches", "DataParallel"]
 
 
 class TrainingError(RuntimeError):
@@ -185,31 +185,14 @@ def fit(
         raise ValueError(f"epochs must be >= 1, got {epochs}")
     if resume and checkpoint is None:
         raise ValueError("resume=True needs the checkpoint path to resume from")
-    if device is not None:
-        dev = distributed.resolve_device(device)
-        model.to(dev)
-        if isinstance(objective, nn.Module):
-            objective.to(dev)
-    else:
-        dev = next((p.device for p in model.parameters()), torch.device("cpu"))
-    w = distributed.init(dev)
+    dp = DataParallel(model, objective, device, ddp_options)
+    w = dp.world
     results: list[EpochResult] = []
     start = 0
     if resume and checkpoint is not None and Path(checkpoint).exists():
         start, results = _restore(checkpoint, model, objective, optimizer, recorder, epochs)
-    ddp_options = dict(ddp_options or {})
-    auto_unused = "find_unused_parameters" not in ddp_options
-    net = distributed.wrap(model, dev, **ddp_options)
-    if w.parallel:
-        distributed.seed_ranks(w)
-        if start > 0:  # the resumed ranks continue their own saved streams, not fresh ones
+        if w.parallel:  # the resumed ranks continue their own saved streams, not fresh ones
             _restore_rank_rng(checkpoint, w)
-    reduce_dev = dev if dev.type == "cuda" else torch.device("cpu")
-    # TradeoffLoss unfreezes the widths inside its call, after the forward of the first step past
-    # warm-up: that step's forward would leave theta unused while the cost term still gives it a
-    # gradient, which DDP refuses. Under DDP each forward therefore runs with the frozen state of
-    # the objective call that follows it (one step earlier than in a single process).
-    sync_frozen = w.parallel and getattr(objective, "warmup_steps", 0) > 0 and hasattr(objective, "set_steps")
     ckpt_note = f"; the last good checkpoint is '{checkpoint}'" if checkpoint is not None else ""
     bar = tqdm(range(start, epochs), desc=desc, disable=not (progress and w.main), leave=False, initial=start,
                total=epochs)
@@ -222,23 +205,14 @@ def fit(
                 if not _finite_inputs(x):
                     raise TrainingError(f"the inputs of batch {step} in epoch {epoch} hold NaN or Inf values; "
                                         f"check the data{ckpt_note}")
-                if w.parallel:
-                    part = distributed.shard((x, y), w)
-                    if part is None:  # fewer rows than ranks: every rank skips this step alike
-                        continue
-                    x, y = part
-                x, y = _to(x, dev), _to(y, dev)
-                if sync_frozen:
-                    objective.set_steps(objective.steps)  # type: ignore[union-attr]
-                if auto_unused and getattr(net, "find_unused_parameters", False) \
-                        and not distributed.has_frozen_widths(model):
-                    # warm-up is over: wrap again without DDP's per-step search for unused parameters
-                    net = _rewrap(net, model, dev, ddp_options)
-                loss = task_loss(net(x), y)
+                part = dp.batch((x, y))
+                if part is None:  # fewer rows than ranks: every rank skips this step alike
+                    continue
+                x, y = part
+                loss = task_loss(dp.forward(x), y)
                 if objective is not None:
                     loss = objective(loss)
-                value = float(distributed.sum_over_ranks(loss.detach().reshape(1), reduce_dev)[0]) / w.size \
-                    if w.parallel else float(loss.detach())
+                (value,) = dp.mean([loss])
                 if not math.isfinite(value):
                     raise TrainingError(f"loss became {value} at epoch {epoch}, batch {step}; "
                                         f"lower the learning rate or check inputs{ckpt_note}")
@@ -251,8 +225,7 @@ def fit(
             metric = math.nan
             if evaluate is not None and w.main:
                 metric = float(evaluate(model))
-            if w.parallel:
-                metric = float(distributed.sum_over_ranks([metric if w.main else 0.0], reduce_dev)[0])
+            metric = dp.from_main(metric)
             res = EpochResult(epoch, total / max(n, 1), metric)
             results.append(res)
             if recorder is not None and w.main:
@@ -269,17 +242,86 @@ def fit(
             bar.set_postfix(loss=f"{res.train_loss:.4f}", metric=f"{metric:.4f}", cost=f"{last.get('cost_rel', 1):.3f}")
     finally:
         bar.close()
-        if net is not model:
-            del net
-            gc.collect()  # the DDP reducer's gradient hooks go with it (a later fit may wrap the model again)
+        dp.close()
     distributed.barrier()  # rank 0's checkpoint is complete on every rank's return
     return results
 
 
-def _rewrap(net: nn.Module, model: nn.Module, dev: torch.device, ddp_options: dict) -> nn.Module:
-    del net
-    gc.collect()  # the old reducer's gradient hooks go with it
-    return distributed.wrap(model, dev, find_unused_parameters=False, **ddp_options)
+class DataParallel:
+    """The data-parallel side of a training loop (used by :func:`fit`; usable by other loops).
+
+    In one process it only moves batches to the device. Under ``torchrun`` it starts the
+    process group, wraps ``model`` in DDP (the model itself stays the plain module),
+    reseeds ranks > 0 (:func:`slimtrain.distributed.seed_ranks`), shards each global batch,
+    and works around one interplay of warm-up and DDP: :class:`~slimtrain.loss.TradeoffLoss`
+    unfreezes the widths inside its call, i.e. after the forward of the first step past
+    warm-up, whose ``theta`` would then be unused in the forward yet get a gradient from the
+    cost term, which DDP refuses. So before each forward the DCLs take the frozen state of the
+    objective call that follows (one step earlier than a single process), and once no DCL is
+    frozen the model is wrapped again without DDP's per-step search for unused parameters.
+    """
+
+    def __init__(self, model: nn.Module, objective=None, device: Optional[str | torch.device] = None,
+                 ddp_options: Optional[dict] = None) -> None:
+        if device is not None:
+            self.device = distributed.resolve_device(device)
+            model.to(self.device)
+            if isinstance(objective, nn.Module):
+                objective.to(self.device)
+        else:
+            self.device = next((p.device for p in model.parameters()), torch.device("cpu"))
+        self.world = distributed.init(self.device)
+        self.model, self.objective = model, objective
+        self.options = dict(ddp_options or {})
+        self._auto_unused = "find_unused_parameters" not in self.options
+        self._reduce_device = self.device if self.device.type == "cuda" else torch.device("cpu")
+        self._sync_frozen = (self.world.parallel and getattr(objective, "warmup_steps", 0) > 0
+                             and hasattr(objective, "set_steps"))
+        self.net: nn.Module = distributed.wrap(model, self.device, **self.options)
+        if self.world.parallel:
+            distributed.seed_ranks(self.world)
+
+    def batch(self, batch):
+        """This rank's shard of a global ``batch`` on the device (``None``: every rank skips the step)."""
+        if self.world.parallel:
+            batch = distributed.shard(batch, self.world)
+            if batch is None:
+                return None
+        return _to(batch, self.device)
+
+    def forward(self, *inputs, **kwargs):
+        """The (DDP) model's forward."""
+        if self._sync_frozen:
+            self.objective.set_steps(self.objective.steps)
+        if self._auto_unused and getattr(self.net, "find_unused_parameters", False) \
+                and not distributed.has_frozen_widths(self.model):
+            self._drop_net()
+            self.net = distributed.wrap(self.model, self.device, find_unused_parameters=False, **self.options)
+        return self.net(*inputs, **kwargs)
+
+    def mean(self, values: list) -> list[float]:
+        """The mean over ranks of each value (tensors or floats), as floats; one all-reduce."""
+        if not self.world.parallel:
+            return [float(v.detach()) if isinstance(v, Tensor) else float(v) for v in values]
+        t = torch.stack([v.detach().reshape(()).to(self._reduce_device, torch.float64) if isinstance(v, Tensor)
+                         else torch.tensor(float(v), dtype=torch.float64, device=self._reduce_device)
+                         for v in values])
+        return [float(v) / self.world.size for v in distributed.sum_over_ranks(t, self._reduce_device)]
+
+    def from_main(self, value: float) -> float:
+        """Rank 0's ``value`` on every rank."""
+        if not self.world.parallel:
+            return value
+        return float(distributed.sum_over_ranks([value if self.world.main else 0.0], self._reduce_device)[0])
+
+    def _drop_net(self) -> None:
+        if self.net is not self.model:
+            self.net = self.model
+            gc.collect()  # the DDP reducer's gradient hooks go with it (the model may be wrapped again)
+
+    def close(self) -> None:
+        """Drop the DDP wrapper (the model stays where it is)."""
+        self._drop_net()
 
 
 def _to(x, device: torch.device):
@@ -315,6 +357,8 @@ def _restore_rank_rng(path, w) -> None:
     ranks = state.get("rank_rng") or []
     if len(ranks) == w.size:
         set_rng_state(ranks[w.rank])
+    else:  # saved by another number of processes: rank 0's stream everywhere, so give ranks > 0 their own
+        distributed.seed_ranks(w)
 
 
 def _save_state(path, model, objective, optimizer, recorder, results, epochs, recipe, extra,
