@@ -4,7 +4,7 @@
   loads without DDP, ends with bit-identical widths on both ranks, and lands within the noise of
   single-process runs (see :func:`test_torchrun_synthetic_is_within_noise_of_single_process`);
 * ``fit`` with warm-up (frozen DCLs) under DDP, and a resume after a crash, equal to an
-  uninterrupted run bit for bit on every rank;
+  uninterrupted run bit for bit on every rank; the VAD task's own loop under DDP;
 * the sharding and seeding helpers.
 """
 from __future__ import annotations
@@ -142,10 +142,32 @@ FIT_SCRIPT = textwrap.dedent("""
         return {"theta": model[0].dcl.theta.item(), "seen": seen,
                 "state": {k: v.tolist() for k, v in model.state_dict().items()}}
 
+    def vad():  # the VAD task's own loop (not fit) under DDP, with warm-up and a skipped 1-clip batch
+        import numpy as np
+        from types import SimpleNamespace
+        from slimtrain.tasks.vad.models import build_vad_model
+        from slimtrain.tasks.vad.train import train_loop
+
+        seed_everything(0)
+        model = build_vad_model("crnn", 16, conv1=8, conv2=8, hidden=8)
+        torch.manual_seed(0)
+        slimtrain.make_dynamic(model, torch.randn(2, 4000) * 0.1, kappa_min=0.25)
+        rng = np.random.default_rng(0)
+        audio = (rng.standard_normal((9, 4000)) * 0.1).astype(np.float32)
+        with torch.no_grad():
+            frames = model.eval()(torch.from_numpy(audio[:1])).shape[1]
+        labels = (rng.random((9, frames)) > 0.5).astype(np.uint8)
+        objective = TradeoffLoss(model, alpha=1.0, warmup_steps=3)
+        losses = train_loop(model, SimpleNamespace(audio=audio, labels=labels), 3, make_optimizer(model),
+                            batch_size=4, penalty=objective)
+        return {"losses": losses, "steps": objective.steps,
+                "theta": {n: p.item() for n, p in model.named_parameters() if n.endswith("theta")}}
+
     rank = distributed.world().rank
     res = {"full": run(out + "/a.ckpt"),
            "crashed": run(out + "/b.ckpt", crash_at=(2, 1)),
-           "resumed": run(out + "/b.ckpt", resume=True)}
+           "resumed": run(out + "/b.ckpt", resume=True),
+           "vad": vad()}
     with open(f"{out}/rank{rank}.json", "w") as f:
         json.dump(res, f)
 """)
@@ -170,6 +192,10 @@ def test_fit_under_torchrun_warmup_resume_and_identical_ranks(tmp_path):
     # every rank holds the same model, bit for bit
     assert ranks[0]["full"]["state"] == ranks[1]["full"]["state"]
     assert ranks[0]["full"]["seen"] == ranks[1]["full"]["seen"]
+    # the VAD loop: batches of 4, 4 and 1 clips; the 1-clip batch is skipped by both ranks alike
+    vad0, vad1 = ranks[0]["vad"], ranks[1]["vad"]
+    assert vad0 == vad1 and vad0["steps"] == 3 * 2
+    assert all(t <= 1.0 for t in vad0["theta"].values()) and min(vad0["theta"].values()) < 1.0
     ckpt_a, ckpt_b = load_checkpoint(tmp_path / "a.ckpt"), load_checkpoint(tmp_path / "b.ckpt")
     res_a, res_b = (c["extra"]["training"]["results"] for c in (ckpt_a, ckpt_b))
     assert [r[:2] for r in res_a] == [r[:2] for r in res_b]  # epochs and mean losses (metric: NaN, none given)
