@@ -257,7 +257,8 @@ class DataParallel:
     unfreezes the widths inside its call, i.e. after the forward of the first step past
     warm-up, whose ``theta`` would then be unused in the forward yet get a gradient from the
     cost term, which DDP refuses. So before each forward the DCLs take the frozen state of the
-    objective call that follows (one step earlier than a single process), and once no DCL is
+    objective call that follows (numerically the same: at the end of warm-up every width is at
+    full size, where a frozen and a free DCL agree), and once no DCL is
     frozen the model is wrapped again without DDP's per-step search for unused parameters.
     """
 
@@ -270,6 +271,8 @@ class DataParallel:
                 objective.to(self.device)
         else:
             self.device = next((p.device for p in model.parameters()), torch.device("cpu"))
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)  # nccl collectives (and gathers) use the current device
         self.world = distributed.init(self.device)
         self.model, self.objective = model, objective
         self.options = dict(ddp_options or {})
