@@ -328,11 +328,13 @@ class DataParallel:
 
 
 def _to(x, device: torch.device):
-    """``x`` (a tensor or a tuple/list of them) on ``device``."""
+    """``x`` (a tensor, or a tuple/list/dict of them) on ``device``."""
     if isinstance(x, Tensor):
         return x.to(device, non_blocking=True) if x.device != device else x
     if isinstance(x, (tuple, list)):
         return type(x)(_to(v, device) for v in x)
+    if isinstance(x, dict):
+        return {k: _to(v, device) for k, v in x.items()}
     return x
 
 
