@@ -331,6 +331,8 @@ def _to(x, device: torch.device):
     """``x`` (a tensor, or a tuple/list/dict of them) on ``device``."""
     if isinstance(x, Tensor):
         return x.to(device, non_blocking=True) if x.device != device else x
+    if isinstance(x, tuple) and hasattr(x, "_fields"):  # a named tuple
+        return type(x)(*(_to(v, device) for v in x))
     if isinstance(x, (tuple, list)):
         return type(x)(_to(v, device) for v in x)
     if isinstance(x, dict):
