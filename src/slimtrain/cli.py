@@ -125,6 +125,23 @@ def _tolerance(text: str) -> float:
     return _positive_float(text, "tolerance")
 
 
+def _device(text: str) -> str:
+    """``--device``: cpu, cuda, cuda:N or mps (availability is checked when the command starts)."""
+    import re
+
+    t = text.strip().lower()
+    if not re.fullmatch(r"cpu|mps|cuda(:\d+)?", t):
+        raise argparse.ArgumentTypeError(f"device must be cpu, cuda, cuda:N or mps, got {text!r}")
+    return t
+
+
+def add_device_option(parser: argparse.ArgumentParser) -> None:
+    """The ``--device`` option shared by every training command."""
+    parser.add_argument("--device", type=_device, default="cpu", metavar="D",
+                        help="where to train: cpu, cuda, cuda:N or mps; an unavailable device stops with an "
+                             "error (exit code 2). Under torchrun, cuda means cuda:LOCAL_RANK (default: cpu)")
+
+
 def _paragraphs(*paras: str) -> str:
     """Wrap each paragraph to 90 columns; lines starting with two spaces stay as written."""
     out = []
@@ -228,6 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "with the same settings; it ends with the same result as an uninterrupted run. "
                         "Without a checkpoint in OUT the run starts from scratch")
     s.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    add_device_option(s)
     s.set_defaults(func=_cmd_synthetic)
 
     e = sub.add_parser(
@@ -308,22 +326,32 @@ def _synthetic_config(args):
 
 
 def _cmd_synthetic(args) -> int:
+    from . import distributed
     from .tasks import synthetic as syn
 
     cfg = _synthetic_config(args)
     out: Path = args.out
     progress = not args.no_progress
+    device = getattr(args, "device", "cpu")
+    distributed.resolve_device(device)  # an unavailable device stops here, before any work
     if not args.sweep:
         if args.alphas is not None or args.baselines is not None:
             raise ValueError("--alphas and --baselines only apply with --sweep")
+        main = distributed.is_main()
         out.mkdir(parents=True, exist_ok=True)
         t0 = time.perf_counter()
         resume = bool(getattr(args, "resume", False))
-        if resume and (out / "model.ckpt").exists():
+        if resume and (out / "model.ckpt").exists() and main:
             print(f"resuming from {out / 'model.ckpt'}")
         row = syn.train_run(cfg, args.alpha, record_csv=out / "widths.csv",
                             tensorboard_dir=(out / "tensorboard") if args.tensorboard else None,
-                            checkpoint=out / "model.ckpt", progress=progress, resume=resume)
+                            checkpoint=out / "model.ckpt", progress=progress, resume=resume, device=device)
+        if not main:
+            return 0
+        w = distributed.world()
+        if w.parallel:
+            print(f"data-parallel: {w.size} processes, global batch {cfg.batch_size} "
+                  f"({cfg.batch_size // w.size}-{-(-cfg.batch_size // w.size)} rows per process)")
         (out / "result.json").write_text(json.dumps({"config": cfg.as_dict(), "result": row}, indent=2) + "\n")
         print(f"alpha={args.alpha:g}: hidden width {cfg.hidden} -> {row['width']} (K={row['width_continuous']:.3f}; "
               f"teacher uses {cfg.h_true})")
@@ -335,16 +363,27 @@ def _cmd_synthetic(args) -> int:
         return 0
     if getattr(args, "resume", False):
         raise ValueError("--resume applies to a single run, not to --sweep")
+    _refuse_sweep_under_torchrun()
     alphas = args.alphas if args.alphas is not None else list(syn.QUICK_ALPHAS if args.quick else syn.DEFAULT_ALPHAS)
     widths = args.baselines if args.baselines is not None else list(
         syn.QUICK_BASELINE_WIDTHS if args.quick else syn.DEFAULT_BASELINE_WIDTHS)
     workers = args.workers if args.workers is not None else (1 if args.quick else max(1, min(2, os.cpu_count() or 1)))
     t0 = time.perf_counter()
-    rows = syn.run_sweep(cfg, alphas, widths, out, workers=workers, progress=progress, tensorboard=args.tensorboard)
+    rows = syn.run_sweep(cfg, alphas, widths, out, workers=workers, progress=progress, tensorboard=args.tensorboard,
+                         device=device)
     print(syn.format_table(rows))
     print(f"sweep of {len(rows)} runs took {time.perf_counter() - t0:.0f}s; wrote {out / 'sweep.csv'} and "
           f"{out / 'sweep.png'}")
     return 0
+
+
+def _refuse_sweep_under_torchrun() -> None:
+    """Sweeps run their runs in parallel processes of their own; torchrun is for one data-parallel run."""
+    from .distributed import launched
+
+    if launched():
+        raise ValueError("--sweep is not data-parallel: run it without torchrun (its --workers run the runs "
+                         "in parallel); torchrun trains one model data-parallel")
 
 
 def _cmd_export(args) -> int:
@@ -445,6 +484,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as e:  # --help, --version and argument errors (already printed)
         return int(e.code) if isinstance(e.code, int) else (0 if e.code is None else 2)
+    from .distributed import shutdown
+
     try:
         return int(args.func(args))
     except (WidthError, GraphError, LossConfigError, CheckpointError, ValueError) as e:
@@ -463,6 +504,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except KeyboardInterrupt:
         print("slimtrain: interrupted", file=sys.stderr)
         return 130
+    finally:
+        shutdown()  # data-parallel runs: every rank leaves the process group cleanly
 
 
 if __name__ == "__main__":  # pragma: no cover

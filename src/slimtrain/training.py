@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import math
 import os
 import random
@@ -14,12 +15,13 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from . import distributed
 from .dcl import DynamicWidth
 from .loss import TradeoffLoss  # noqa: F401  (the usual objective; kept importable from here)
 from .record import WidthRecorder
 
 __all__ = ["seed_everything", "make_optimizer", "fit", "TrainingError", "EpochResult", "rng_state", "set_rng_state",
-           "torch_threads", "shuffled_cosine_batches"]
+           "torch_threads", "shuffled_cosine_batches", "DataParallel"]
 
 
 class TrainingError(RuntimeError):
@@ -140,6 +142,8 @@ def fit(
     recipe: Optional[dict] = None,
     extra: Optional[dict] = None,
     resume: bool = False,
+    device: Optional[str | torch.device] = None,
+    ddp_options: Optional[dict] = None,
 ) -> list[EpochResult]:
     """Train ``model`` on ``task_loss`` (+ the complexity term of ``objective``) for ``epochs`` epochs.
 
@@ -156,49 +160,216 @@ def fit(
     point repeats from the end of its last finished epoch and ends with the same
     result as an uninterrupted run). A NaN/Inf input or loss stops training with
     :class:`TrainingError`; the checkpoint then still holds the last good epoch.
+
+    ``device`` (``"cpu"``, ``"cuda"``, ``"cuda:N"``, ``"mps"``): the model (and
+    ``objective``) are moved there and every batch is moved there before the
+    forward pass; an unavailable device raises
+    :class:`slimtrain.distributed.DeviceError`. ``None`` leaves the model where it
+    is (batches are moved to the device of its first parameter).
+
+    Data-parallel: launched by ``torchrun --nproc_per_node N`` (``WORLD_SIZE`` >
+    1), fit starts the process group if you have not (gloo on CPU, nccl on CUDA,
+    where ``"cuda"`` means ``cuda:LOCAL_RANK``), wraps the model in
+    ``DistributedDataParallel`` (``ddp_options``: extra keyword arguments for it)
+    and gives each rank its shard of every global batch
+    (:func:`slimtrain.distributed.shard`), so ``batches(epoch)`` must yield the
+    same global batches on every rank. Ranks other than 0 draw their own DCL
+    noise. Only rank 0 shows progress, evaluates (the metric is sent to every
+    rank), records and writes the checkpoint (it holds every rank's RNG state,
+    for an exact resume with the same number of processes); the reported loss is
+    the mean over ranks. ``model`` stays the plain module (checkpoints load
+    without DDP); the process group stays up for the caller (see
+    :func:`slimtrain.distributed.shutdown`).
     """
     if epochs < 1:
         raise ValueError(f"epochs must be >= 1, got {epochs}")
     if resume and checkpoint is None:
         raise ValueError("resume=True needs the checkpoint path to resume from")
+    dp = DataParallel(model, objective, device, ddp_options)
+    w = dp.world
     results: list[EpochResult] = []
     start = 0
     if resume and checkpoint is not None and Path(checkpoint).exists():
         start, results = _restore(checkpoint, model, objective, optimizer, recorder, epochs)
+        if w.parallel:  # the resumed ranks continue their own saved streams, not fresh ones
+            _restore_rank_rng(checkpoint, w)
     ckpt_note = f"; the last good checkpoint is '{checkpoint}'" if checkpoint is not None else ""
-    bar = tqdm(range(start, epochs), desc=desc, disable=not progress, leave=False, initial=start, total=epochs)
-    for epoch in bar:
-        model.train()
-        total, n = 0.0, 0
-        for step, (x, y) in enumerate(batches(epoch)):
-            if not _finite_inputs(x):
-                raise TrainingError(f"the inputs of batch {step} in epoch {epoch} hold NaN or Inf values; "
-                                    f"check the data{ckpt_note}")
-            loss = task_loss(model(x), y)
-            if objective is not None:
-                loss = objective(loss)
-            if not torch.isfinite(loss):
-                raise TrainingError(f"loss became {float(loss.detach())} at epoch {epoch}, batch {step}; "
-                                    f"lower the learning rate or check inputs{ckpt_note}")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            total += float(loss.detach())
-            n += 1
-        model.eval()
-        metric = float(evaluate(model)) if evaluate is not None else math.nan
-        res = EpochResult(epoch, total / max(n, 1), metric)
-        results.append(res)
-        if recorder is not None:
-            recorder.log(epoch, model, train_loss=res.train_loss, metric=metric)
-        if checkpoint is not None:
-            _save_state(checkpoint, model, objective, optimizer, recorder, results, epochs, recipe, extra)
-        last = getattr(objective, "last", {}) or {}
-        bar.set_postfix(loss=f"{res.train_loss:.4f}", metric=f"{metric:.4f}", cost=f"{last.get('cost_rel', 1):.3f}")
+    bar = tqdm(range(start, epochs), desc=desc, disable=not (progress and w.main), leave=False, initial=start,
+               total=epochs)
+    try:
+        for epoch in bar:
+            model.train()
+            total, n = 0.0, 0
+            for step, batch in enumerate(batches(epoch)):
+                x, y = batch
+                if not _finite_inputs(x):
+                    raise TrainingError(f"the inputs of batch {step} in epoch {epoch} hold NaN or Inf values; "
+                                        f"check the data{ckpt_note}")
+                part = dp.batch((x, y))
+                if part is None:  # fewer rows than ranks: every rank skips this step alike
+                    continue
+                x, y = part
+                loss = task_loss(dp.forward(x), y)
+                if objective is not None:
+                    loss = objective(loss)
+                (value,) = dp.mean([loss])
+                if not math.isfinite(value):
+                    raise TrainingError(f"loss became {value} at epoch {epoch}, batch {step}; "
+                                        f"lower the learning rate or check inputs{ckpt_note}")
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                total += value
+                n += 1
+            model.eval()
+            metric = math.nan
+            if evaluate is not None and w.main:
+                metric = float(evaluate(model))
+            metric = dp.from_main(metric)
+            res = EpochResult(epoch, total / max(n, 1), metric)
+            results.append(res)
+            if recorder is not None and w.main:
+                recorder.log(epoch, model, train_loss=res.train_loss, metric=metric)
+            if w.parallel:
+                rank_states = distributed.gather_objects({"rng": rng_state(), "widths": _theta(model)})
+                _check_same_widths(rank_states, epoch)
+            else:
+                rank_states = None
+            if checkpoint is not None and w.main:
+                _save_state(checkpoint, model, objective, optimizer, recorder, results, epochs, recipe, extra,
+                            rank_states)
+            last = getattr(objective, "last", {}) or {}
+            bar.set_postfix(loss=f"{res.train_loss:.4f}", metric=f"{metric:.4f}", cost=f"{last.get('cost_rel', 1):.3f}")
+    finally:
+        bar.close()
+        dp.close()
+    distributed.barrier()  # rank 0's checkpoint is complete on every rank's return
     return results
 
 
-def _save_state(path, model, objective, optimizer, recorder, results, epochs, recipe, extra) -> None:
+class DataParallel:
+    """The data-parallel side of a training loop (used by :func:`fit`; usable by other loops).
+
+    In one process it only moves batches to the device. Under ``torchrun`` it starts the
+    process group, wraps ``model`` in DDP (the model itself stays the plain module),
+    reseeds ranks > 0 (:func:`slimtrain.distributed.seed_ranks`), shards each global batch,
+    and works around one interplay of warm-up and DDP: :class:`~slimtrain.loss.TradeoffLoss`
+    unfreezes the widths inside its call, i.e. after the forward of the first step past
+    warm-up, whose ``theta`` would then be unused in the forward yet get a gradient from the
+    cost term, which DDP refuses. So before each forward the DCLs take the frozen state of the
+    objective call that follows (numerically the same: at the end of warm-up every width is at
+    full size, where a frozen and a free DCL agree), and once no DCL is
+    frozen the model is wrapped again without DDP's per-step search for unused parameters.
+    """
+
+    def __init__(self, model: nn.Module, objective=None, device: Optional[str | torch.device] = None,
+                 ddp_options: Optional[dict] = None) -> None:
+        if device is not None:
+            self.device = distributed.resolve_device(device)
+            model.to(self.device)
+            if isinstance(objective, nn.Module):
+                objective.to(self.device)
+        else:
+            self.device = next((p.device for p in model.parameters()), torch.device("cpu"))
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)  # nccl collectives (and gathers) use the current device
+        self.world = distributed.init(self.device)
+        self.model, self.objective = model, objective
+        self.options = dict(ddp_options or {})
+        self._auto_unused = "find_unused_parameters" not in self.options
+        self._reduce_device = self.device if self.device.type == "cuda" else torch.device("cpu")
+        self._sync_frozen = (self.world.parallel and getattr(objective, "warmup_steps", 0) > 0
+                             and hasattr(objective, "set_steps"))
+        self.net: nn.Module = distributed.wrap(model, self.device, **self.options)
+        if self.world.parallel:
+            distributed.seed_ranks(self.world)
+
+    def batch(self, batch):
+        """This rank's shard of a global ``batch`` on the device (``None``: every rank skips the step)."""
+        if self.world.parallel:
+            batch = distributed.shard(batch, self.world)
+            if batch is None:
+                return None
+        return _to(batch, self.device)
+
+    def forward(self, *inputs, **kwargs):
+        """The (DDP) model's forward."""
+        if self._sync_frozen:
+            self.objective.set_steps(self.objective.steps)
+        if self._auto_unused and getattr(self.net, "find_unused_parameters", False) \
+                and not distributed.has_frozen_widths(self.model):
+            self._drop_net()
+            self.net = distributed.wrap(self.model, self.device, find_unused_parameters=False, **self.options)
+        return self.net(*inputs, **kwargs)
+
+    def mean(self, values: list) -> list[float]:
+        """The mean over ranks of each value (tensors or floats), as floats; one all-reduce."""
+        if not self.world.parallel:
+            return [float(v.detach()) if isinstance(v, Tensor) else float(v) for v in values]
+        t = torch.stack([v.detach().reshape(()).to(self._reduce_device, torch.float64) if isinstance(v, Tensor)
+                         else torch.tensor(float(v), dtype=torch.float64, device=self._reduce_device)
+                         for v in values])
+        return [float(v) / self.world.size for v in distributed.sum_over_ranks(t, self._reduce_device)]
+
+    def from_main(self, value: float) -> float:
+        """Rank 0's ``value`` on every rank."""
+        if not self.world.parallel:
+            return value
+        return float(distributed.sum_over_ranks([value if self.world.main else 0.0], self._reduce_device)[0])
+
+    def _drop_net(self) -> None:
+        if self.net is not self.model:
+            self.net = self.model
+            gc.collect()  # the DDP reducer's gradient hooks go with it (the model may be wrapped again)
+
+    def close(self) -> None:
+        """Drop the DDP wrapper (the model stays where it is)."""
+        self._drop_net()
+
+
+def _to(x, device: torch.device):
+    """``x`` (a tensor, or a tuple/list/dict of them) on ``device``."""
+    if isinstance(x, Tensor):
+        return x.to(device, non_blocking=True) if x.device != device else x
+    if isinstance(x, tuple) and hasattr(x, "_fields"):  # a named tuple
+        return type(x)(*(_to(v, device) for v in x))
+    if isinstance(x, (tuple, list)):
+        return type(x)(_to(v, device) for v in x)
+    if isinstance(x, dict):
+        return {k: _to(v, device) for k, v in x.items()}
+    return x
+
+
+def _theta(model: nn.Module) -> dict[str, Tensor]:
+    """Every DCL's ``theta`` (CPU copies), to compare across ranks."""
+    return {n: m.theta.detach().cpu().clone() for n, m in model.named_modules() if isinstance(m, DynamicWidth)}
+
+
+def _check_same_widths(rank_states: list[dict], epoch: int) -> None:
+    """Raise :class:`TrainingError` if any rank's widths differ (bit for bit) from rank 0's."""
+    ref = rank_states[0]["widths"]
+    for r, st in enumerate(rank_states[1:], start=1):
+        for name, t in ref.items():
+            other = st["widths"].get(name)
+            if other is None or not torch.equal(other, t):
+                raise TrainingError(f"after epoch {epoch} the width theta of '{name}' differs between rank 0 "
+                                    f"({float(t)!r}) and rank {r} ({None if other is None else float(other)!r}); "
+                                    "every rank must see the same global batches and objective")
+
+
+def _restore_rank_rng(path, w) -> None:
+    from .checkpoint import load_checkpoint
+
+    state = load_checkpoint(path)["extra"].get("training", {})
+    ranks = state.get("rank_rng") or []
+    if len(ranks) == w.size:
+        set_rng_state(ranks[w.rank])
+    else:  # saved by another number of processes: rank 0's stream everywhere, so give ranks > 0 their own
+        distributed.seed_ranks(w)
+
+
+def _save_state(path, model, objective, optimizer, recorder, results, epochs, recipe, extra,
+                rank_states: Optional[list[dict]] = None) -> None:
     from .checkpoint import save_checkpoint
 
     state = {
@@ -209,6 +380,10 @@ def _save_state(path, model, objective, optimizer, recorder, results, epochs, re
         "rng": rng_state(),
         "recorder_rows": [dict(r) for r in recorder.rows] if recorder is not None else [],
     }
+    if rank_states is not None:  # data-parallel: every rank's RNG state and widths (bit-identical widths)
+        state["world_size"] = len(rank_states)
+        state["rank_rng"] = [st["rng"] for st in rank_states]
+        state["rank_widths"] = [st["widths"] for st in rank_states]
     if isinstance(objective, nn.Module):
         state["objective"] = {"state_dict": objective.state_dict(), "steps": int(getattr(objective, "steps", 0))}
     save_checkpoint(path, model, _fit_recipe(recipe), extra={**dict(extra or {}), "training": state})

@@ -48,7 +48,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from .. import training
+from .. import distributed, training
 from ..training import torch_threads
 from ..checkpoint import load_checkpoint, make_recipe, register_task, save_checkpoint
 from ..cost import model_cost
@@ -252,6 +252,8 @@ def train_run(
     progress: bool = True,
     threads: Optional[int] = 1,
     resume: bool = False,
+    device: str = "cpu",
+    noise_seed: Optional[int] = None,
 ) -> dict:
     """Train one student and return its results (one row of the sweep table).
 
@@ -263,6 +265,12 @@ def train_run(
     ``threads`` fixes torch's thread count for the run (1: repeatable results).
     The checkpoint is also written after every epoch; ``resume=True`` continues
     a killed run from it (same final result as an uninterrupted run).
+    ``device``: where to train (``"cpu"``, ``"cuda"``, ``"mps"``; see
+    :func:`slimtrain.distributed.resolve_device`); the results are computed on the CPU.
+    ``noise_seed``: reseed torch with it after initialisation, so only the DCL noise
+    draws change (the run-to-run spread at fixed data and initial weights).
+    Under ``torchrun`` the run is data-parallel (:func:`slimtrain.training.fit`); every
+    rank returns the same row and only rank 0 writes the record and the checkpoint.
     """
     cfg.validate()
     learned = width is None
@@ -276,6 +284,8 @@ def train_run(
         raise ValueError("resume needs the checkpoint of the run to continue")
     if resume and checkpoint is not None and Path(checkpoint).exists():
         _check_resumable(Path(checkpoint), cfg, alpha)
+    dev = distributed.resolve_device(device)
+    main = distributed.is_main()
     data = data if data is not None else make_data(cfg)
     ctx = torch_threads(threads)
     t0 = time.perf_counter()
@@ -296,23 +306,26 @@ def train_run(
             optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
             desc = f"width={width}"
         recorder = None
-        if learned and (record_csv is not None or tensorboard_dir is not None):
+        if learned and main and (record_csv is not None or tensorboard_dir is not None):
             recorder = WidthRecorder(record_csv, tensorboard_dir)
+        if noise_seed is not None:
+            torch.manual_seed(int(noise_seed))
 
         def evaluate(m: nn.Module) -> float:
+            d = next(m.parameters()).device
             with torch.no_grad():
-                return data.nmse(F.mse_loss(m(data.x_val), data.y_val), "val")
+                return data.nmse(F.mse_loss(m(data.x_val.to(d)), data.y_val.to(d)), "val")
 
         try:
             training.fit(model, _batches(cfg, data, optimizer), F.mse_loss, objective, optimizer, cfg.epochs,
                          evaluate=evaluate, recorder=recorder, progress=progress, desc=desc,
                          checkpoint=checkpoint, recipe=_recipe(cfg) if learned else None,
                          extra={"config": cfg.as_dict(), "alpha": float(alpha) if learned else None},
-                         resume=resume)
+                         resume=resume, device=dev)
         finally:
             if recorder is not None:
                 recorder.close()
-        model.eval()
+        model.to("cpu").eval()
         with torch.no_grad():
             test_mse = float(F.mse_loss(model(data.x_test), data.y_test))
             val_nmse = evaluate(model)
@@ -342,7 +355,7 @@ def train_run(
             "val_nmse": val_nmse,
             "seconds": round(time.perf_counter() - t0, 2),
         }
-        if checkpoint is not None:
+        if checkpoint is not None and main:
             # keep the training state fit() wrote, so --resume of a finished run just reports it
             state = load_checkpoint(checkpoint)["extra"].get("training")
             save_checkpoint(checkpoint, model, _recipe(cfg), extra={
@@ -368,9 +381,9 @@ def _check_resumable(path: Path, cfg: SyntheticConfig, alpha: Optional[float]) -
 
 # -- sweep ---------------------------------------------------------------------------------------
 def _sweep_job(job: tuple) -> dict:
-    cfg, kind, value, records, tensorboard = job
+    cfg, kind, value, records, tensorboard, device = job
     name = f"alpha={value:g}" if kind == "learned" else f"width={value}"
-    kw: dict = {"progress": False}
+    kw: dict = {"progress": False, "device": device}
     if kind == "learned":
         kw["record_csv"] = Path(records) / f"widths_{name}.csv" if records else None
         kw["tensorboard_dir"] = Path(tensorboard) / name if tensorboard else None
@@ -388,13 +401,14 @@ def run_sweep(
     workers: int = 1,
     progress: bool = True,
     tensorboard: bool = False,
+    device: str = "cpu",
 ) -> list[dict]:
     """Learned-width runs at every ``alpha`` and fixed-width baselines, all with ``cfg``'s budget.
 
     With ``out_dir``: writes ``sweep.csv``, ``sweep.png``, ``config.json`` and, in
     ``out_dir/runs/``, each learned run's width record and checkpoint. ``workers > 1``
     trains runs in parallel processes (one torch thread each); results do not
-    depend on ``workers``.
+    depend on ``workers``. ``device`` is passed to every :func:`train_run`.
     """
     cfg.validate()
     alphas = [float(a) for a in alphas]
@@ -408,7 +422,8 @@ def run_sweep(
     out = Path(out_dir) if out_dir is not None else None
     records = str(out / "runs") if out is not None else None
     tb = str(out / "tensorboard") if (out is not None and tensorboard) else None
-    jobs = [(cfg, "learned", a, records, tb) for a in alphas] + [(cfg, "fixed", w, records, tb) for w in widths]
+    jobs = [(cfg, "learned", a, records, tb, device) for a in alphas] + [
+        (cfg, "fixed", w, records, tb, device) for w in widths]
     # longest first so the parallel workers finish together
     order = sorted(range(len(jobs)), key=lambda i: 0 if jobs[i][1] == "learned" else 1)
     rows: list[Optional[dict]] = [None] * len(jobs)

@@ -8,7 +8,8 @@ import sys
 import time
 from pathlib import Path
 
-from ...cli import _alpha, _epochs, _kappa, _paragraphs, _positive_int, _seed, _workers, comma_list
+from ...cli import (_alpha, _epochs, _kappa, _paragraphs, _positive_int, _refuse_sweep_under_torchrun, _seed, _workers,
+                   add_device_option, comma_list)
 
 __all__ = ["register"]
 
@@ -121,6 +122,7 @@ def register(commands, data_commands) -> None:
                    help="parallel processes for --sweep (one torch thread each) and for data synthesis; results "
                         "do not depend on it (default: 2; 1 with --quick)")
     s.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    add_device_option(s)
     s.set_defaults(func=_cmd_spoof)
     sub = s.add_subparsers(dest="spoof_command", metavar="{score}")
     sc = sub.add_parser(
@@ -165,7 +167,12 @@ def _cmd_spoof(args) -> int:
     from .sweep import DEFAULT_FIXED_WIDTHS, DEFAULT_KAPPAS, DEFAULT_STAGE_SETS, QUICK_FIXED_WIDTHS, QUICK_KAPPAS
     from .sweep import QUICK_STAGE_SETS, format_table, run_sweep
     from .train import SpoofConfig, train_run
+    from ... import distributed
 
+    device = getattr(args, "device", "cpu")
+    distributed.resolve_device(device)  # an unavailable device stops here, before any work
+    if args.sweep:
+        _refuse_sweep_under_torchrun()
     over: dict = {"seed": args.seed}
     if args.epochs is not None:
         over["epochs"] = args.epochs
@@ -179,7 +186,12 @@ def _cmd_spoof(args) -> int:
     data_dir = args.data or (DEFAULT_QUICK_DATA if args.quick else DEFAULT_DATA)
     workers = args.workers if args.workers is not None else (1 if args.quick else 2)
     progress = not args.no_progress
-    man = build_dataset(data_dir, dcfg, workers=workers, progress=progress)
+    distributed.init(distributed.resolve_device(device))  # torchrun: the process group, to wait for rank 0's data
+    main = distributed.is_main()
+    if main:
+        build_dataset(data_dir, dcfg, workers=workers, progress=progress)
+    distributed.barrier()
+    man = build_dataset(data_dir, dcfg, workers=workers, progress=False)  # reuses the folder just checked
     unseen = tuple(man["unseen_attacks"])
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
@@ -195,7 +207,9 @@ def _cmd_spoof(args) -> int:
         t0 = time.perf_counter()
         row = train_run(cfg, load_split(data_dir, "train"), load_split(data_dir, "eval"), unseen, stages=stages,
                         kappa_min=kappa, alpha=args.alpha, record_csv=out / "widths.csv",
-                        checkpoint=out / "model.ckpt", progress=progress)
+                        checkpoint=out / "model.ckpt", progress=progress, device=device)
+        if not main:
+            return 0
         (out / "result.json").write_text(json.dumps({"config": cfg.as_dict(), "data": str(data_dir), "result": row},
                                                     indent=2) + "\n")
         print(f"stages {','.join(map(str, stages))}, kappa-min {kappa:g}, alpha {args.alpha:g}: learned widths "
@@ -222,7 +236,7 @@ def _cmd_spoof(args) -> int:
         QUICK_FIXED_WIDTHS if args.quick else DEFAULT_FIXED_WIDTHS)
     t0 = time.perf_counter()
     rows = run_sweep(data_dir, cfg, out, stage_sets=stage_sets, kappas=kappas, alpha=args.alpha, fixed_widths=widths,
-                     pruning=not args.no_pruning, workers=workers, progress=progress)
+                     pruning=not args.no_pruning, workers=workers, progress=progress, device=device)
     print(format_table(rows))
     print(f"sweep of {len(rows)} runs took {time.perf_counter() - t0:.0f}s; wrote {out / 'sweep.csv'} and "
           f"{out / 'sweep.png'}")

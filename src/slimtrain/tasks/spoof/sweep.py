@@ -94,7 +94,8 @@ def _job(job: tuple) -> dict:
 
 
 def _job_inner(job: tuple) -> dict:
-    kind, cfg, data_dir, unseen, value, kappa, alpha, runs_dir = job
+    kind, cfg, data_dir, unseen, value, kappa, alpha, runs_dir, *rest = job
+    device = rest[0] if rest else "cpu"  # pruning jobs train on the CPU
     if kind == "pruned":
         trained = str(Path(runs_dir) / f"model_fixed{cfg.width}.ckpt") if runs_dir else None
         try:
@@ -106,10 +107,11 @@ def _job_inner(job: tuple) -> dict:
         if kind == "dcl":
             tag = f"stages{''.join(map(str, value))}_kappa{kappa:g}"
             row = train_run(cfg, train, test, unseen, stages=value, kappa_min=kappa, alpha=alpha, progress=False,
+                            device=device,
                             record_csv=Path(runs_dir) / f"widths_{tag}.csv" if runs_dir else None,
                             checkpoint=Path(runs_dir) / f"model_{tag}.ckpt" if runs_dir else None)
         else:
-            row = train_run(cfg, train, test, unseen, width=value, progress=False,
+            row = train_run(cfg, train, test, unseen, width=value, progress=False, device=device,
                             checkpoint=Path(runs_dir) / f"model_fixed{value}.ckpt" if runs_dir else None)
     return _paper_columns(row, cfg)
 
@@ -139,8 +141,10 @@ def _paper_columns(row: dict, cfg: SpoofConfig) -> dict:
 def run_sweep(data_dir: Path, cfg: SpoofConfig, out_dir: Optional[Path] = None, *,
               stage_sets: Sequence[Sequence[int]] = DEFAULT_STAGE_SETS, kappas: Sequence[float] = DEFAULT_KAPPAS,
               alpha: float = 1.0, fixed_widths: Sequence[int] = DEFAULT_FIXED_WIDTHS, pruning: bool = True,
-              workers: int = 1, progress: bool = True) -> list[dict]:
+              workers: int = 1, progress: bool = True, device: str = "cpu") -> list[dict]:
     """Run every row (see the module docstring) and write the outputs to ``out_dir``.
+
+    ``device`` is passed to the DCL and fixed-width runs (the pruning baseline trains on the CPU).
 
     The pruning targets are the MACs of the all-stage DCL runs (or of the widest-stage-set runs
     when no all-stage set is swept), so the pruned rows sit at matching cost.
@@ -155,9 +159,10 @@ def run_sweep(data_dir: Path, cfg: SpoofConfig, out_dir: Optional[Path] = None, 
     runs_dir = str(Path(out_dir) / "runs") if out_dir is not None else None
     if runs_dir:
         Path(runs_dir).mkdir(parents=True, exist_ok=True)
-    jobs = [("dcl", cfg, str(data_dir), unseen, tuple(s), float(k), float(alpha), runs_dir)
+    jobs = [("dcl", cfg, str(data_dir), unseen, tuple(s), float(k), float(alpha), runs_dir, device)
             for s in stage_sets for k in kappas]
-    jobs += [("fixed", cfg, str(data_dir), unseen, int(w), math.nan, math.nan, runs_dir) for w in fixed_widths]
+    jobs += [("fixed", cfg, str(data_dir), unseen, int(w), math.nan, math.nan, runs_dir, device)
+             for w in fixed_widths]
     rows: list[dict] = []
     t0 = time.perf_counter()
     bar = tqdm(total=len(jobs), desc="spoof sweep", unit="run", disable=not progress)

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ... import training
+from ... import distributed, training
 from ...training import torch_threads
 from ...checkpoint import make_recipe, register_task, save_checkpoint
 from ...cost import model_cost
@@ -143,9 +143,9 @@ def eer_report(split: SpoofSplit, scores: np.ndarray, unseen: Sequence[str]) -> 
 
 
 def _fit(model: nn.Module, cfg: SpoofConfig, x: Tensor, y: Tensor, objective, optimizer, epochs: int,
-         recorder: Optional[WidthRecorder], progress: bool, desc: str) -> None:
+         recorder: Optional[WidthRecorder], progress: bool, desc: str, device=None) -> None:
     training.fit(model, _batches(cfg, x, y, optimizer, epochs), F.binary_cross_entropy_with_logits, objective,
-                 optimizer, epochs, recorder=recorder, progress=progress, desc=desc)
+                 optimizer, epochs, recorder=recorder, progress=progress, desc=desc, device=device)
 
 
 def train_run(
@@ -165,6 +165,7 @@ def train_run(
     checkpoint: Optional[Path] = None,
     progress: bool = True,
     threads: Optional[int] = 1,
+    device: str = "cpu",
 ) -> dict:
     """Train one countermeasure and return its row (cost per second of audio, EERs).
 
@@ -174,8 +175,14 @@ def train_run(
       prune_to, finetune)`` prunes it structurally and fine-tunes it (``"pruned"``); with
       ``init_state`` (the state dict of an already trained plain model of this width) that model is
       pruned instead of training a new one.
+
+    ``device``: where to train (cpu, cuda, mps); pruning, fine-tuning, export and scoring run on the
+    CPU. Under ``torchrun`` the training is data-parallel (:func:`slimtrain.training.fit`): every
+    rank returns the same row and only rank 0 writes the width record and the checkpoint.
     """
     cfg.validate()
+    dev = distributed.resolve_device(device)
+    main = distributed.is_main()
     if alpha < 0 or not math.isfinite(alpha):
         raise ValueError(f"alpha must be a finite number >= 0, got {alpha!r}")
     if not 0 < kappa_min <= 1:
@@ -190,7 +197,7 @@ def train_run(
         steps = max(1, len(yl) // cfg.batch_size)
         model = build_resnet(**{**model_kwargs(cfg, width), "blocks": tuple(cfg.blocks)})
         sample = x[: min(8, len(x))]
-        recorder = WidthRecorder(record_csv, None) if (record_csv is not None and stages) else None
+        recorder = WidthRecorder(record_csv, None) if (record_csv is not None and stages and main) else None
         if stages:
             make_dynamic_stages(model, sample, stages, kappa_min)
             objective = TradeoffLoss(model, alpha=float(alpha), metric="flops", warmup_steps=cfg.warmup_epochs * steps)
@@ -206,11 +213,11 @@ def train_run(
                     raise ValueError("init_state is for plain models (fixed width or pruning)")
                 model.load_state_dict(init_state)
             else:
-                _fit(model, cfg, x, yl, objective, optimizer, cfg.epochs, recorder, progress, desc)
+                _fit(model, cfg, x, yl, objective, optimizer, cfg.epochs, recorder, progress, desc, dev)
         finally:
             if recorder is not None:
                 recorder.close()
-        model.eval()
+        model.to("cpu").eval()
         extra: dict = {}
         if prune_to is not None:
             if prune_fn is None:
@@ -258,7 +265,7 @@ def train_run(
     }
     if prune_to is not None:
         row["target_macs"] = float(prune_to)
-    if checkpoint is not None and prune_to is None:
+    if checkpoint is not None and prune_to is None and main:
         recipe = make_recipe(TASK, model_kwargs(cfg, width), list(sample.shape),
                              {"kappa_min": float(kappa_min), "stages": list(stages)})
         save_checkpoint(checkpoint, model, recipe, extra={

@@ -7,8 +7,8 @@ import json
 import time
 from pathlib import Path
 
-from ...cli import (_alpha, _alpha_list, _epochs, _kappa, _number, _paragraphs, _positive_float, _seed, _workers,
-                   comma_list)
+from ...cli import (_alpha, _alpha_list, _epochs, _kappa, _number, _paragraphs, _positive_float,
+                   _refuse_sweep_under_torchrun, _seed, _workers, add_device_option, comma_list)
 
 __all__ = ["register"]
 
@@ -135,6 +135,7 @@ def register(commands, data_commands) -> None:
                    help="--sweep: reuse the runs already finished in OUT/rows (same settings and data) and run "
                         "only the missing or failed ones")
     v.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_device_option(v)
     v.set_defaults(func=_cmd_vad)
     vsub = v.add_subparsers(dest="vad_command", metavar="predict")
     pr = vsub.add_parser(
@@ -208,14 +209,18 @@ def _cmd_data(args) -> int:
 def _cmd_vad(args) -> int:
     if getattr(args, "vad_command", None) == "predict":
         return _cmd_predict(args)
+    from ... import distributed
     from .data import VadDataConfig, build_vad_data, load_vad_data
     from .sweep import VadSweepConfig, format_table, run_sweep
     from .train import VadRunConfig, train_vad
 
+    device = getattr(args, "device", "cpu")
+    distributed.resolve_device(device)  # an unavailable device stops here, before any work
     out: Path = args.out
     progress = not args.no_progress
     data_dir = args.data or (out / ("data-quick" if args.quick else "data"))
     if args.sweep:
+        _refuse_sweep_under_torchrun()
         cfg = VadSweepConfig.quick() if args.quick else VadSweepConfig()
         if args.family:
             cfg.families = (args.family,)
@@ -231,7 +236,7 @@ def _cmd_vad(args) -> int:
         cfg.epochs = args.epochs or cfg.epochs
         cfg.seed, cfg.workers, cfg.anchors = args.seed, args.workers, not args.no_anchors
         t0 = time.perf_counter()
-        rows = run_sweep(cfg, out, cache=data_dir, progress=progress, resume=args.resume)
+        rows = run_sweep(cfg, out, cache=data_dir, progress=progress, resume=args.resume, device=device)
         print(format_table(rows))
         print(f"sweep of {len(rows)} rows took {time.perf_counter() - t0:.0f}s; wrote {out / 'sweep.csv'}, "
               f"{out / 'vad_pooled.csv'}, {out / 'vad_by_snr.csv'}, {out / 'pareto.png'}")
@@ -239,7 +244,11 @@ def _cmd_vad(args) -> int:
     if args.alphas:
         raise ValueError("--alphas only applies with --sweep")
     dcfg = VadDataConfig.quick() if args.quick else VadDataConfig()
-    build_vad_data(dcfg, data_dir, progress=progress)
+    distributed.init(distributed.resolve_device(device))  # torchrun: the process group, to wait for rank 0's data
+    main = distributed.is_main()
+    if main:
+        build_vad_data(dcfg, data_dir, progress=progress)
+    distributed.barrier()
     data, _ = load_vad_data(data_dir)
     budget = args.budget[0] if args.budget else None
     family = args.family or "crnn"
@@ -248,7 +257,9 @@ def _cmd_vad(args) -> int:
                        epochs=args.epochs or (3 if args.quick else 12), seed=args.seed)
     out.mkdir(parents=True, exist_ok=True)
     ckpt = out / f"vad_{family}.pt"
-    _, row = train_vad(run, data, checkpoint=ckpt, progress=progress)
+    _, row = train_vad(run, data, checkpoint=ckpt, progress=progress, device=device)
+    if not main:
+        return 0
     (out / "result.json").write_text(json.dumps({"config": run.__dict__, "result": row}, indent=2, default=str) + "\n")
     print(f"{family} kappa_min={run.kappa_min:g} alpha={run.alpha:g}"
           + (f" budget={budget:g} FLOP/s" if budget else "") + f": mel bands 80 -> {row['mel_bands']}, widths {row['widths']}")

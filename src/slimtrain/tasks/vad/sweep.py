@@ -84,7 +84,7 @@ def _job(job: dict) -> dict:
         if kind in ("DCL", "fixed"):
             cfg = VadRunConfig(**job["run"])
             ckpt = job.get("checkpoint")
-            _, row = train_vad(cfg, data, checkpoint=ckpt)
+            _, row = train_vad(cfg, data, checkpoint=ckpt, device=job.get("device", "cpu"))
             if ckpt:
                 row["checkpoint"] = ckpt
         elif kind == "prune":
@@ -199,10 +199,11 @@ def _anchor_rows(cfg: VadSweepConfig, data: dict[str, VadSplit]) -> list[dict]:
 
 
 def run_sweep(cfg: VadSweepConfig, out: str | Path, *, cache: Optional[str | Path] = None, progress: bool = True,
-              resume: bool = False) -> list[dict]:
+              resume: bool = False, device: str = "cpu") -> list[dict]:
     """Build/reuse the data, run every job, write ``sweep.csv``, ``vad_pooled.csv``, ``vad_by_snr.csv``
     and ``pareto.png`` into ``out``; returns the rows. ``resume`` reuses finished runs saved in
-    ``out/rows`` (same settings and data)."""
+    ``out/rows`` (same settings and data). ``device`` is passed to the DCL and fixed-width runs
+    (the pruning and gate baselines train on the CPU)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     cache = str(cache if cache is not None else out / "data")
@@ -235,6 +236,8 @@ def run_sweep(cfg: VadSweepConfig, out: str | Path, *, cache: Optional[str | Pat
                          "run": {"family": fam, **common}})
     for j in jobs:
         j["cache"] = cache
+        if j["kind"] in ("DCL", "fixed") and device != "cpu":
+            j["device"] = device  # only off the CPU, so --resume still matches rows saved before
     fingerprint = json.loads((Path(cache) / "manifest.json").read_text())["fingerprint"]
     for j in jobs:
         j["data_fingerprint"] = fingerprint

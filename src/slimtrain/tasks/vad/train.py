@@ -24,7 +24,8 @@ from ... import export, make_dynamic, model_cost
 from ...checkpoint import make_recipe, register_task, save_checkpoint
 from ...graph import dynamic_widths
 from ...loss import TradeoffLoss
-from ...training import TrainingError, make_optimizer, seed_everything, torch_threads
+from ...distributed import is_main, resolve_device
+from ...training import DataParallel, TrainingError, make_optimizer, seed_everything, torch_threads
 from ..metrics import eer, eer_threshold, f1_at, roc_auc
 from .data import VadSplit
 from .models import FAMILIES, build_vad_model
@@ -139,10 +140,13 @@ def exported_cost(model: nn.Module, seconds: float = 4.0, sample_rate: int = 800
 # -- training ---------------------------------------------------------------------------------------
 def train_loop(model: nn.Module, train: VadSplit, epochs: int, optimizer: torch.optim.Optimizer, *,
                batch_size: int = 16, seed: int = 0, penalty: Optional[Callable[[Tensor], Tensor]] = None,
-               progress: bool = False, desc: str = "vad") -> list[float]:
+               progress: bool = False, desc: str = "vad", device: Optional[str | torch.device] = None) -> list[float]:
     """Plain epochs of frame-BCE training; ``penalty(task_loss) -> total loss`` adds a complexity term.
 
     Returns the mean training loss per epoch. Raises :class:`TrainingError` on a non-finite loss.
+    ``device``: where to train (``None``: where the model is). Under ``torchrun`` the loop is
+    data-parallel (:class:`slimtrain.training.DataParallel`): every rank draws the same batches and
+    trains on its shard of each; a last batch with fewer clips than processes is skipped.
     """
     gen = torch.Generator().manual_seed(seed)
     audio = torch.from_numpy(train.audio)
@@ -151,36 +155,50 @@ def train_loop(model: nn.Module, train: VadSplit, epochs: int, optimizer: torch.
     pos = float(labels.mean())
     pos_weight = torch.tensor((1 - pos) / max(pos, 1e-3))  # balance the classes
     losses = []
-    bar = tqdm(range(epochs), desc=desc, disable=not progress, leave=False)
-    for epoch in bar:
-        model.train()
-        perm = torch.randperm(n, generator=gen)
-        total, k = 0.0, 0
-        for i in range(0, n, batch_size):
-            idx = perm[i:i + batch_size]
-            logits = model(audio[idx])
-            task = F.binary_cross_entropy_with_logits(logits, labels[idx], pos_weight=pos_weight)
-            loss = penalty(task) if penalty is not None else task
-            if not torch.isfinite(loss):
-                raise TrainingError(f"loss became {float(loss)} at epoch {epoch}; lower the learning rate")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            total += float(task.detach())
-            k += 1
-        losses.append(total / max(k, 1))
-        bar.set_postfix(loss=f"{losses[-1]:.4f}")
+    dp = DataParallel(model, penalty, device)
+    pos_weight = pos_weight.to(dp.device)
+    bar = tqdm(range(epochs), desc=desc, disable=not (progress and dp.world.main), leave=False)
+    try:
+        for epoch in bar:
+            model.train()
+            perm = torch.randperm(n, generator=gen)
+            total, k = 0.0, 0
+            for i in range(0, n, batch_size):
+                idx = perm[i:i + batch_size]
+                part = dp.batch((audio[idx], labels[idx]))
+                if part is None:  # fewer clips than processes: every rank skips it alike
+                    continue
+                x, y = part
+                logits = dp.forward(x)
+                task = F.binary_cross_entropy_with_logits(logits, y, pos_weight=pos_weight)
+                loss = penalty(task) if penalty is not None else task
+                value, task_value = dp.mean([loss, task])
+                if not math.isfinite(value):
+                    raise TrainingError(f"loss became {value} at epoch {epoch}; lower the learning rate")
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                total += task_value
+                k += 1
+            losses.append(total / max(k, 1))
+            bar.set_postfix(loss=f"{losses[-1]:.4f}")
+    finally:
+        bar.close()
+        dp.close()
     return losses
 
 
 def train_vad(cfg: VadRunConfig, data: dict[str, VadSplit], *, checkpoint: Optional[str | Path] = None,
-              progress: bool = False, threads: Optional[int] = None) -> tuple[nn.Module, dict]:
+              progress: bool = False, threads: Optional[int] = None, device: str = "cpu") -> tuple[nn.Module, dict]:
     """Train one model; returns ``(exported plain model, result row)``.
 
     The row holds the settings, learned widths, FLOPs/s and params of the exported model and the
-    test metrics (see :func:`evaluate_scores`).
+    test metrics (see :func:`evaluate_scores`). ``device``: where to train (cpu, cuda, mps); the
+    evaluation runs on the CPU. Under ``torchrun`` the training is data-parallel; every rank
+    returns the same result and only rank 0 writes the checkpoint.
     """
     cfg.validate()
+    dev = resolve_device(device)
     with torch_threads(threads):
         t0 = time.time()
         seed_everything(cfg.seed)
@@ -196,8 +214,9 @@ def train_vad(cfg: VadRunConfig, data: dict[str, VadSplit], *, checkpoint: Optio
                                      metric="flops", warmup_steps=cfg.warmup_epochs * steps_per_epoch)
         optimizer = make_optimizer(model, lr=cfg.lr, width_lr=cfg.width_lr)
         losses = train_loop(model, data["train"], cfg.epochs, optimizer, batch_size=cfg.batch_size, seed=cfg.seed,
-                            penalty=objective, progress=progress, desc=f"{cfg.family} k={cfg.kappa_min}")
-        model.eval()
+                            penalty=objective, progress=progress, desc=f"{cfg.family} k={cfg.kappa_min}",
+                            device=dev)
+        model.to("cpu").eval()
         widths = {k: round(v, 3) for k, v in dynamic_widths(model).items()} if cfg.dynamic else {}
         plain = export(model) if cfg.dynamic else model
         plain.eval()
@@ -219,7 +238,7 @@ def train_vad(cfg: VadRunConfig, data: dict[str, VadSplit], *, checkpoint: Optio
             "seed": cfg.seed,
             "train_seconds": round(time.time() - t0, 1),
         }
-        if checkpoint is not None:
+        if checkpoint is not None and is_main():
             save_checkpoint(checkpoint, model, _recipe(cfg), extra={"metrics": _plain(row), "config": asdict(cfg)})
         return plain, row
 
