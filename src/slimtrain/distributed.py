@@ -163,7 +163,8 @@ def rank_seed(seed: int, rank: int) -> int:
 
 
 def has_frozen_widths(model: nn.Module) -> bool:
-    """True if a DCL of ``model`` is frozen (warm-up): its ``theta`` then takes no part in the forward."""
+    """True if a DCL of ``model`` is frozen by hand (``DynamicWidth.frozen``): its ``theta`` then takes no
+    part in the forward. (Warm-up does not freeze: it holds widths through a tensor flag.)"""
     from .dcl import DynamicWidth
 
     return any(isinstance(m, DynamicWidth) and m.frozen for m in model.modules())
@@ -174,9 +175,8 @@ def wrap(model: nn.Module, device: torch.device, *, find_unused_parameters: Opti
     """``model`` in :class:`~torch.nn.parallel.DistributedDataParallel` (the model itself in one process).
 
     DDP copies rank 0's parameters and buffers to every rank, so every rank starts from the same
-    model. ``find_unused_parameters`` defaults to :func:`has_frozen_widths`: a DCL frozen for
-    warm-up does not use its ``theta``, and DDP must not wait for that gradient (once warm-up is
-    over :func:`slimtrain.training.fit` wraps the model again without that per-step graph search).
+    model. ``find_unused_parameters`` defaults to :func:`has_frozen_widths`: a DCL frozen by hand
+    does not use its ``theta``, and DDP must not wait for that gradient.
     """
     w = world()
     if not w.parallel:

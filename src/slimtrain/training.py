@@ -252,14 +252,10 @@ class DataParallel:
 
     In one process it only moves batches to the device. Under ``torchrun`` it starts the
     process group, wraps ``model`` in DDP (the model itself stays the plain module),
-    reseeds ranks > 0 (:func:`slimtrain.distributed.seed_ranks`), shards each global batch,
-    and works around one interplay of warm-up and DDP: :class:`~slimtrain.loss.TradeoffLoss`
-    unfreezes the widths inside its call, i.e. after the forward of the first step past
-    warm-up, whose ``theta`` would then be unused in the forward yet get a gradient from the
-    cost term, which DDP refuses. So before each forward the DCLs take the frozen state of the
-    objective call that follows (numerically the same: at the end of warm-up every width is at
-    full size, where a frozen and a free DCL agree), and once no DCL is
-    frozen the model is wrapped again without DDP's per-step search for unused parameters.
+    reseeds ranks > 0 (:func:`slimtrain.distributed.seed_ranks`) and shards each global batch.
+    Warm-up needs nothing special: :class:`~slimtrain.loss.TradeoffLoss` holds the widths at full
+    size through a tensor flag, and a held DCL still takes ``theta`` into its forward (with a zero
+    gradient), so DDP sees every width used on every step.
     """
 
     def __init__(self, model: nn.Module, objective=None, device: Optional[str | torch.device] = None,
@@ -276,10 +272,7 @@ class DataParallel:
         self.world = distributed.init(self.device)
         self.model, self.objective = model, objective
         self.options = dict(ddp_options or {})
-        self._auto_unused = "find_unused_parameters" not in self.options
         self._reduce_device = self.device if self.device.type == "cuda" else torch.device("cpu")
-        self._sync_frozen = (self.world.parallel and getattr(objective, "warmup_steps", 0) > 0
-                             and hasattr(objective, "set_steps"))
         self.net: nn.Module = distributed.wrap(model, self.device, **self.options)
         if self.world.parallel:
             distributed.seed_ranks(self.world)
@@ -294,12 +287,6 @@ class DataParallel:
 
     def forward(self, *inputs, **kwargs):
         """The (DDP) model's forward."""
-        if self._sync_frozen:
-            self.objective.set_steps(self.objective.steps)
-        if self._auto_unused and getattr(self.net, "find_unused_parameters", False) \
-                and not distributed.has_frozen_widths(self.model):
-            self._drop_net()
-            self.net = distributed.wrap(self.model, self.device, find_unused_parameters=False, **self.options)
         return self.net(*inputs, **kwargs)
 
     def mean(self, values: list) -> list[float]:
