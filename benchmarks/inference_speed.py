@@ -5,7 +5,9 @@ Each task model is made dynamic, every DCL is set to kappa * N (kappa = 1, 0.5, 
 input (VAD: a 0.32 s chunk, 2560 samples at 8 kHz), 1 and 2 torch threads; widths are
 timed interleaved and the median is reported. The latency ratio (vs kappa = 1) is shown
 next to the FLOP ratio; goal for VAD: latency ratio <= 1.3 x FLOP ratio. The ONNX
-export of each VAD model is run with onnxruntime (1 thread) too.
+export of each VAD model is run with onnxruntime (1 thread) too, and the VAD CRNN also on its
+streaming path (:class:`slimtrain.tasks.vad.models.CRNNStream`, 32 ms chunks, 1 thread): CPU time
+per second of audio, whose ratio is set next to the FLOP ratio as well.
 
     python benchmarks/inference_speed.py [--repeats 40] [--no-onnx] [--no-profile]
 
@@ -75,6 +77,28 @@ def profile(model, x, label: str, top: int = 10) -> None:
     print(C.table(["operator", "calls/call", "self ms/call", "share"], rows))
 
 
+def _streaming_ms_per_second(models: dict, repeats: int) -> dict:
+    """CPU ms per second of audio of each exported CRNN streamed in 32 ms chunks (1 thread)."""
+    import numpy as np
+
+    from slimtrain.tasks.vad.models import CRNNStream
+
+    rate = 8000
+    audio = (np.random.default_rng(0).standard_normal(4 * rate) * 0.1).astype(np.float32)
+    chunk = int(0.032 * rate)
+
+    def run(m):
+        s = CRNNStream(m)
+        for i in range(0, len(audio), chunk):
+            s.feed(audio[i:i + chunk])
+        s.flush()
+
+    torch.set_num_threads(1)
+    times = C.interleaved({k: (lambda m=m: run(m)) for k, m in models.items()}, max(3, repeats // 8), warmup=1,
+                          clock="cpu")
+    return {k: C.median(v) * 1e3 / 4.0 for k, v in times.items()}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=40, help="timed calls per model and thread count")
@@ -83,6 +107,7 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     profiled = []
     rows = []
+    srows: list = []
     tmp = Path(tempfile.mkdtemp(prefix="slimtrain-bench-"))
     for t in task_models():
         if t.skipped:
@@ -116,7 +141,9 @@ def main(argv=None) -> int:
                     onnx = {k: C.median(v) * 1e3 for k, v in times.items()}
                 except Exception as e:  # noqa: BLE001
                     onnx = {k: f"failed: {type(e).__name__}" for k in models}
+        stream = {}
         if t.name == "VAD crnn":
+            stream = _streaming_ms_per_second(models, a.repeats)
             profiled = [(models[k], x, f"{t.name} exported at kappa {k:g} (batch 1, {x.shape[-1]} samples)")
                         for k in (1.0, 0.125)]
         for k in KAPPAS:
@@ -125,6 +152,10 @@ def main(argv=None) -> int:
             r2 = lat[(k, 2)] / lat[(1.0, 2)]
             o = onnx.get(k)
             ok = "" if not t.name.startswith("VAD") else ("ok" if r1 <= GOAL * fr else "ABOVE GOAL")
+            if k in stream:
+                sr = stream[k] / stream[1.0]
+                srows.append([t.name, f"{k:g}", f"{fr:.3f}", f"{stream[k]:.2f}", f"{sr:.3f}",
+                              f"{sr / fr:.2f} " + ("ok" if sr <= GOAL * fr else "ABOVE GOAL")])
             rows.append([t.name, f"{k:g}", f"{flops[k] / 1e6:.3f}", f"{fr:.3f}", f"{lat[(k, 1)]:.3f}", f"{r1:.3f}",
                          f"{lat[(k, 2)]:.3f}", f"{r2:.3f}",
                          (f"{o:.3f}" if isinstance(o, float) else (o or "-")), f"{r1 / fr:.2f} {ok}".strip()])
@@ -134,6 +165,12 @@ def main(argv=None) -> int:
                    "onnxruntime 1 thr ms", f"lat/FLOP ratio (VAD goal <= {GOAL})"], rows))
     print("FLOPs count matrix products and convolutions (torch.utils.flop_counter convention); the STFT, "
           "norms and activations are not counted but take time, so small widths cannot reach the FLOP ratio.")
+    if srows:
+        print()
+        print("Streaming path of the VAD CRNN (CRNNStream: 32 ms chunks, 1 thread), process CPU ms per second "
+              f"of audio, median of {max(3, a.repeats // 8)} interleaved passes over 4 s")
+        print(C.table(["model", "kappa", "FLOP ratio", "CPU ms / s audio", "ratio", f"lat/FLOP (goal <= {GOAL})"],
+                      srows))
     if not a.no_profile:
         for m, x, label in profiled:
             profile(m, x, label)

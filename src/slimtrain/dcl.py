@@ -183,8 +183,7 @@ class _BlendFunction(torch.autograd.Function):
     of :class:`_InwardClamp`.
 
     Everything is computed with tensor operations on the model's device: the blended channel is
-    picked with ``index_select``/``index_add_`` by a 0-d index tensor, so no value ever goes to
-    the host (no ``.item()``, no device sync, no graph break under ``torch.compile``). At full
+    picked by a one-hot mask built from the width tensor, so no value ever goes to the host (no ``.item()``, no device sync, no graph break under ``torch.compile``). At full
     width (``K = N``) the index is clamped to ``N - 1`` with ``w = 1``: the channel passes whole and
     its noise weight is exactly zero. Only the blended channel of ``x`` and its noise are saved.
     """
@@ -197,24 +196,26 @@ class _BlendFunction(torch.autograd.Function):
         w = (k - i).clamp(0.0, 1.0)
         full = k >= n  # nothing is blended at full width
         m = torch.sin(_HALF_PI * (k - index).clamp(0.0, 1.0)).to(x.dtype)
-        ii = i.to(torch.long).reshape(1)
-        xi = x.detach().index_select(d, ii)
+        shape = [1] * x.dim()
+        shape[d] = n
+        one_hot = (index == i).to(x.dtype).view(shape)  # the blended channel
+        # the blended channel by a one-hot reduction (not index_select): elementwise work that
+        # torch.compile fuses with the layers around it
+        xi = (x.detach() * one_hot).sum(d, keepdim=True)
         # statistics in at least float32 (half inputs), in float64 for float64 inputs
         stat = xi if xi.dtype in (torch.float32, torch.float64) else xi.to(torch.promote_types(xi.dtype, torch.float32))
         sigma = stat.std(unbiased=False) if xi.numel() > 1 else stat.abs().reshape(())
         noise = sigma.to(x.dtype) * torch.randn_like(xi.select(d, 0)).unsqueeze(d)
         q = torch.where(full, torch.zeros_like(w), torch.cos(_HALF_PI * w)).to(x.dtype)
-        shape = [1] * x.dim()
-        shape[d] = n
-        y = (x * m.view(shape)).index_add_(d, ii, noise * q)
-        ctx.save_for_backward(m, ii, w, full, t, xi if ctx.needs_input_grad[1] else None, noise, hold.clone())
+        y = x * m.view(shape) + one_hot * (noise * q)
+        ctx.save_for_backward(m, one_hot, w, full, t, xi if ctx.needs_input_grad[1] else None, noise, hold.clone())
         ctx.d, ctx.n, ctx.lo, ctx.hi = d, n, lo, hi
         return y
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, g: Tensor):  # type: ignore[override]
-        m, ii, w, full, t, xi, noise, hold = ctx.saved_tensors
+        m, one_hot, w, full, t, xi, noise, hold = ctx.saved_tensors
         d, n = ctx.d, ctx.n
         grad_x = grad_t = None
         if ctx.needs_input_grad[0]:
@@ -222,7 +223,7 @@ class _BlendFunction(torch.autograd.Function):
             shape[d] = n
             grad_x = g * m.to(g.dtype).view(shape)
         if ctx.needs_input_grad[1]:
-            gi = g.index_select(d, ii)
+            gi = (g * one_hot.to(g.dtype)).sum(d, keepdim=True)
             a = (gi * xi).sum().to(t.dtype)
             b = (gi * noise).sum().to(t.dtype)
             zero = torch.zeros_like(w)
