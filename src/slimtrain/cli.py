@@ -1,6 +1,7 @@
 """The ``slimtrain`` command.
 
 * ``slimtrain synthetic`` -- the synthetic case study (one run, or ``--sweep``);
+* ``slimtrain report`` -- regenerate the results tables and figures from the committed CSVs;
 * ``slimtrain export CKPT OUT_DIR`` -- cut a checkpoint's model to its learned
   widths and write a state dict, a TorchScript file and a summary.
 
@@ -309,6 +310,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="do not write model.onnx (the ONNX export of recurrent models over long samples takes "
                         "a while: the exporter unrolls GRU/LSTM layers over the recorded sample length)")
     e.set_defaults(func=_cmd_export)
+
+    from . import report
+
+    r = sub.add_parser(
+        "report", help="regenerate the results tables in README.md and docs/*.md and the figures from the CSVs",
+        description=_paragraphs(
+            "Rewrite every table between '<!-- generated:NAME -->' and '<!-- /generated:NAME -->' in "
+            "README.md and docs/*.md, and the figures docs/*.png, from the committed result CSVs "
+            "(docs/synthetic_sweep.csv, docs/vad_results/sweep.csv, docs/spoof_sweep*.csv). Multi-seed "
+            "results show the mean and a 95% Student-t interval over seeds; single-seed ones n=1.",
+        ))
+    report.add_arguments(r)
+    r.set_defaults(func=report.run)
 
     # the speech case studies register their own commands ('slimtrain vad', 'slimtrain data vad', ...)
     data = sub.add_parser("data", help="build the offline data sets of the speech case studies",

@@ -35,7 +35,7 @@ from .train import SpoofConfig, train_run
 __all__ = ["DEFAULT_KAPPAS", "DEFAULT_STAGE_SETS", "DEFAULT_FIXED_WIDTHS", "QUICK_KAPPAS", "QUICK_STAGE_SETS",
            "QUICK_FIXED_WIDTHS", "run_sweep", "write_sweep_csv", "plot_sweep", "format_table", "pruning_row",
            "SWEEP_COLUMNS", "pruning_available", "read_sweep_csv", "add_pruning_rows", "summarize", "row_id",
-           "format_summary_table", "write_summary_csv", "data_fingerprint"]
+           "format_summary_table", "format_detail_table", "write_summary_csv", "data_fingerprint"]
 
 DEFAULT_KAPPAS: tuple[float, ...] = (0.5, 0.25, 0.125, 0.0625)
 DEFAULT_STAGE_SETS: tuple[tuple[int, ...], ...] = ((0,), (1,), (2,), (3,), (0, 1, 2, 3))
@@ -372,7 +372,7 @@ def row_id(r: dict) -> str:
     pruned model's target (the kappa_min of the all-stage DCL run whose MACs it matches; the MACs
     themselves for tables written before that was recorded)."""
     if r["method"] == "dcl":
-        return f"dcl {r['stages']} {r['kappa_min']:g}"
+        return f"dcl {r['stages']} {r['kappa_min']:g} a{r['alpha']:g}"
     if r["method"] == "fixed":
         return f"fixed w{r['width']}"
     k = r.get("pruned_at_kappa")
@@ -414,12 +414,13 @@ def format_summary_table(rows: Sequence[dict]) -> str:
     same-seed difference's interval excludes 0; ``n=1`` for single-seed results)."""
     summary = summarize(rows)
     widest = max((e for e in summary if e["row"]["method"] == "fixed"), key=lambda e: e["row"]["width"], default=None)
-    lines = ["| model | dynamic stages | kappa_min | n | params (k) | MMAC/s | EER pooled % | EER unseen % | "
+    lines = ["| model | dynamic stages | kappa_min | alpha | n | params (k) | MMAC/s | EER pooled % | EER unseen % | "
              "EER pooled vs full width (paired) |",
-             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
     for e in summary:
         r = e["row"]
         k = f"{r['kappa_min']:g}" if r["method"] == "dcl" else "-"
+        alpha = f"{r['alpha']:g}" if r["method"] == "dcl" else "-"
         if widest is None:
             vs = ""
         elif e is widest:
@@ -427,9 +428,38 @@ def format_summary_table(rows: Sequence[dict]) -> str:
         else:
             vs = paired_verdict(e["eer_pooled_by_seed"], widest["eer_pooled_by_seed"], higher_is_better=False,
                                 fmt="+.2f")
-        lines.append(f"| {r['model']} | {r['dynamic_resblock']} | {k} | {e['n']} | "
+        stages = _stage_name(r["stages"]) if r["method"] == "dcl" else "-"
+        lines.append(f"| {r['model']} | {stages} | {k} | {alpha} | {e['n']} | "
                      f"{format_interval(e['params'], '.1f', 1e-3)} | {format_interval(e['macs_per_second'], '.2f', 1e-6)} | "
                      f"{format_interval(e['eer_pooled'], '.2f')} | {format_interval(e['eer_unseen'], '.2f')} | {vs} |")
+    return "\n".join(lines)
+
+
+def _stage_name(stages: str) -> str:
+    parts = [p for p in str(stages).replace(" ", "").split(",") if p]
+    if len(parts) == 4:
+        return "X (all)"
+    return ", ".join(f"B{p}" for p in parts) if parts else "-"
+
+
+def format_detail_table(rows: Sequence[dict]) -> str:
+    """The full table (``docs/spoof.md``): size, cost and EER pooled / unseen / known / per attack of
+    every row, mean ± 95 % half-width over seeds (the value alone for n = 1)."""
+    unseen, known = ("A4", "A6", "A7"), ("A1", "A2", "A3", "A5")
+    fi = format_interval
+    lines = ["| method | dynamic stages | kappa_min | params (k) | MMAC/s | GFLOP/s | EER pooled % | EER unseen % | "
+             + " | ".join(f"{a} %" for a in unseen) + " | EER known % | " + " | ".join(f"{a} %" for a in known) + " |",
+             "| --- | --- | " + " | ".join(["---:"] * (6 + len(unseen) + 1 + len(known))) + " |"]
+    for e in summarize(rows):
+        r = e["row"]
+        method = {"dcl": "DCL", "fixed": f"fixed w{r['width']}", "pruned": "pruned"}[r["method"]]
+        stages = _stage_name(r["stages"]) if r["method"] == "dcl" else "-"
+        k = f"{r['kappa_min']:g}" if r["method"] == "dcl" else "-"
+        lines.append(f"| {method} | {stages} | {k} | {fi(e['params'], '.1f', 1e-3)} | "
+                     f"{fi(e['macs_per_second'], '.2f', 1e-6)} | {fi(e['gflops_per_second'], '.4f')} | "
+                     f"{fi(e['eer_pooled'], '.2f')} | {fi(e['eer_unseen'], '.2f')} | "
+                     + " | ".join(fi(e[f"eer_{a}"], ".1f") for a in unseen) + f" | {fi(e['eer_known'], '.2f')} | "
+                     + " | ".join(fi(e[f"eer_{a}"], ".1f") for a in known) + " |")
     return "\n".join(lines)
 
 

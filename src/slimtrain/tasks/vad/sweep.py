@@ -30,7 +30,8 @@ from .data import VadDataConfig, VadSplit, build_vad_data, load_vad_data
 from .train import SNR_BANDS, VadRunConfig, evaluate_scores, train_vad
 
 __all__ = ["VadSweepConfig", "run_sweep", "write_sweep_csv", "write_paper_csvs", "plot_pareto", "format_table",
-           "pareto_notes", "read_sweep_csv", "summarize", "format_summary_table", "write_summary_csv"]
+           "pareto_notes", "read_sweep_csv", "summarize", "format_summary_table", "format_detail_table",
+           "write_summary_csv"]
 
 PAPER_NAMES = {"crnn": ("(a) CRNNVAD", "CRNNVAD", "DCRNNVAD", "SCRNNVAD"),
                "transformer": ("(b) TrVAD", "TrVAD", "DTrVAD", "STrVAD")}
@@ -396,6 +397,40 @@ def format_summary_table(rows: Sequence[dict], families: Optional[Sequence[str]]
                      f"{format_interval(e['mflops_per_s'], '.2f')} | {format_interval(e['auc'], '.3f')} | "
                      f"{format_interval(e['eer'], '.2f', 100)} | {format_interval(e['eer < 5 dB'], '.1f', 100)} | "
                      f"{vs} |")
+    return "\n".join(lines)
+
+
+def format_detail_table(rows: Sequence[dict], family: str) -> str:
+    """The full table of one family (``docs/vad.md``): every model with mel bands, MFLOP/s, params,
+    AUC, F1, EER and EER per SNR band (mean ± 95 % half-width over seeds, the value alone for n = 1)
+    and, for single-seed results, whether it is on the AUC front; ``family="anchor"``: the shipped VADs."""
+    summary = [e for e in summarize(rows) if e["family"] == family]
+    by_label = {r.get("label"): r for r in rows if r.get("status") == "ok" and r.get("family") == family}
+    bands = [f"eer {b}" for b, _, _ in SNR_BANDS]
+    band_head = " | ".join(f"EER {b[4:]}" for b in bands)
+    fi = format_interval
+    if family == "anchor":
+        lines = [f"| model | params | AUC | F1 | EER % | {band_head} |",
+                 "| --- | " + " | ".join(["---:"] * (4 + len(bands))) + " |"]
+        for e in summary:
+            params = "-" if e["params"] is None else fi(e["params"], ".0f")
+            lines.append(f"| {e['label']} | {params} | {fi(e['auc'], '.4f')} | {fi(e['f1'], '.4f')} | "
+                         f"{fi(e['eer'], '.2f', 100)} | " + " | ".join(fi(e[b], ".1f", 100) for b in bands) + " |")
+        return "\n".join(lines)
+    lines = [f"| model | method | mel bands | MFLOP/s | params | AUC | F1 | EER % | {band_head} | on AUC front |",
+             "| --- | --- | " + " | ".join(["---:"] * (6 + len(bands))) + " | --- |"]
+    for e in summary:
+        if e["n"] == 1:
+            r = by_label[e["label"]]
+            front = {True: "yes", False: "no", None: "-"}[r.get("on_front")]
+            if r.get("dominated_by"):
+                front += f" (below {r['dominated_by']})"
+        else:
+            front = f"n={e['n']}"
+        lines.append(f"| {e['label']} | {e['method']} | {fi(e['mel_bands'], '.0f')} | {fi(e['mflops_per_s'], '.2f')} | "
+                     f"{fi(e['params'], '.0f')} | {fi(e['auc'], '.4f')} | {fi(e['f1'], '.4f')} | "
+                     f"{fi(e['eer'], '.2f', 100)} | " + " | ".join(fi(e[b], ".1f", 100) for b in bands)
+                     + f" | {front} |")
     return "\n".join(lines)
 
 
