@@ -262,9 +262,13 @@ def run_sweep(data_dir: Path, cfg: SpoofConfig, out_dir: Optional[Path] = None, 
 
 
 def _sort_key(r: dict) -> tuple:
+    """Rows by method, width / stages / kappa_min (pruned: by target), then seed."""
     order = {"fixed": 0, "dcl": 1, "pruned": 2}
+    dcl = r["method"] == "dcl"
+    target = r.get("pruned_at_kappa") if r["method"] == "pruned" else None
     return (order[r["method"]], -r["width"] if r["method"] == "fixed" else 0, len(r["stages"]), r["stages"],
-            -(r["kappa_min"] if r["method"] == "dcl" else 0), r["macs"], r.get("seed") or 0)
+            -(r["kappa_min"] if dcl else 0), r["alpha"] if dcl else 0, target if target is not None else 0,
+            r.get("seed") or 0, r["macs"])
 
 
 def read_sweep_csv(path: Path) -> list[dict]:
