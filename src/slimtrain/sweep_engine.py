@@ -230,8 +230,8 @@ def _run_ray(jobs: Sequence[Job], todo: list[int], done: Callable[[int, dict], N
     started = False
     if not ray.is_initialized():
         if address is None:
-            ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False,
-                     runtime_env={"env_vars": {"PYTHONPATH": os.environ.get("PYTHONPATH", "")}})
+            # local workers inherit this process's environment (PYTHONPATH included)
+            ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
         else:
             import slimtrain
 
