@@ -180,13 +180,11 @@ def add_sweep_engine_arguments(p: argparse.ArgumentParser) -> None:
 
 def sweep_seeds(args) -> list[int]:
     """The seeds a sweep runs (``--seeds``/``--seed-list``, else ``--seed``); checks --address."""
+    from .sweep_engine import seeds_from_args
+
     if args.address is not None and args.engine != "ray":
         raise ValueError("--address applies with --engine ray only")
-    if args.seed_list is not None:
-        return list(args.seed_list)
-    if args.seeds is not None:
-        return list(range(args.seeds))
-    return [args.seed]
+    return seeds_from_args(args.seeds, args.seed_list, default=args.seed)
 
 
 def _check_no_sweep_engine_args(args) -> None:
