@@ -69,6 +69,12 @@ def test_top_level_help_and_version(capsys):
     (["synthetic", "--hidden", "8", "--kappa-min", "0.01"], ["kappa-min", "1/8"]),
     (["synthetic", "--alphas", "0,1"], ["--sweep"]),
     (["synthetic", "--no-such-option"], ["--no-such-option"]),
+    (["synthetic", "--seeds", "3"], ["--seeds", "--sweep"]),
+    (["synthetic", "--sweep", "--seeds", "0"], ["--seeds", ">= 1"]),
+    (["synthetic", "--sweep", "--seed-list", "1,1"], ["--seed-list", "distinct"]),
+    (["synthetic", "--sweep", "--seeds", "2", "--seed-list", "0,1"], ["--seed-list", "--seeds"]),
+    (["synthetic", "--sweep", "--engine", "dask"], ["--engine", "dask"]),
+    (["synthetic", "--sweep", "--address", "ray://head:10001"], ["--address", "--engine ray"]),
     (["export", "only-one-arg"], ["OUT_DIR"]),
     ([], ["COMMAND"]),
 ])

@@ -105,3 +105,25 @@ def test_quick_sweep_writes_the_paper_columns_and_the_plot(capsys, tmp_path, spo
         assert float(r["params_millions"]) == pytest.approx(int(r["params"]) / 1e6, rel=1e-4)
         assert float(r["eer_percent"]) >= 0 and float(r["export_max_abs_diff"] or 0) < 1e-5
     assert (o / "sweep.png").stat().st_size > 10_000
+
+
+def test_multi_seed_sweep_reports_mean_and_interval_per_row(capsys, tmp_path, spoof_data):  # noqa: F811
+    import csv
+
+    data = spoof_data[0]
+    o = tmp_path / "seeds"
+    code, out, err = _run(capsys, "spoof", "--sweep", "--quick", "--data", data, "--out", o, "--epochs", "1",
+                          "--fixed-widths", "4", "--no-pruning", "--no-progress", "--seed-list", "0,3")
+    assert code == 0, err
+    rows = list(csv.DictReader(open(o / "sweep.csv")))
+    assert [(r["method"], r["seed"]) for r in rows] == [("fixed", "0"), ("fixed", "3"), ("dcl", "0"), ("dcl", "3")]
+    assert len({r["data_fingerprint"] for r in rows}) == 1 and all(r["threads"] == "1" for r in rows)
+    assert (o / "runs" / "seed3" / "model_fixed4.ckpt").is_file()
+    summary = list(csv.DictReader(open(o / "sweep_summary.csv")))
+    assert [s["n"] for s in summary] == ["2", "2"]
+    table = [line for line in out.splitlines() if line.startswith("| ResNet") or line.startswith("| DynResNet")]
+    assert len(table) == 2
+    assert " w4 | - | - | - | 2 |" in table[0] and table[0].endswith("| ref. |")  # widest fixed width: reference
+    assert "| X (all) | 0.25 | 1 | 2 |" in table[1] and " ± " in table[1]
+    assert any(v in table[1] for v in ("| better (", "| worse (", "| n.s. ("))
+

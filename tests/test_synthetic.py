@@ -151,9 +151,12 @@ def test_sweep_writes_csv_png_and_checkpoints(sweep):
     png = (out / "sweep.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 20_000
     assert (out / "config.json").exists()
-    for a in ("0", "0.3", "1", "8"):
-        assert (out / "runs" / f"widths_alpha={a}.csv").exists()
-        assert (out / "runs" / f"model_alpha={a}.ckpt").exists()
+    for a in ("0", "0.3", "1", "8"):  # run records carry the seed (a sweep may run several)
+        assert (out / "runs" / f"widths_alpha={a}_seed{QUICK.seed}.csv").exists()
+        assert (out / "runs" / f"model_alpha={a}_seed{QUICK.seed}.ckpt").exists()
+    assert {r["seed"] for r in table} == {str(QUICK.seed)}
+    assert len({r["data_fingerprint"] for r in table}) == 1 and all(len(r["data_fingerprint"]) == 16 for r in table)
+    assert all(r["threads"] == "1" and r["torch_version"] == torch.__version__ for r in table)
     assert "| learned | 8 |" in syn.format_table(rows)
 
 

@@ -133,3 +133,36 @@ def test_pareto_notes_mark_dominated_points_and_name_the_baseline():
     assert flags["D2"] == (False, "F small")  # D1 also dominates it, but only baselines are named
     assert flags["F big"] == (True, None) and flags["F small"] == (True, None)
     assert flags["A"] == (None, None)
+
+
+def test_multi_seed_sweep_records_seeds_and_reports_intervals(trained, tmp_path):
+    """Every row runs for every seed (own checkpoint), rows carry seed and data fingerprint, and the
+    summary has n = 2 with a Student-t interval; --resume reruns a row whose checkpoint is gone."""
+    from slimtrain.sweep_engine import row_path
+    from slimtrain.tasks.vad.sweep import VadSweepConfig, format_summary_table, run_sweep
+
+    cfg = VadSweepConfig.quick(families=("crnn",), fixed_scales=(1.0,), gate_intervals=(), epochs=1, anchors=False,
+                               seeds=(0, 1))
+    out = tmp_path / "seeds"
+    rows = run_sweep(cfg, out, cache=trained / "data-quick", progress=False)
+    assert sorted((r["label"], r["seed"]) for r in rows) == [
+        ("CRNNVAD (baseline)", 0), ("CRNNVAD (baseline)", 1), ("DCRNNVAD 0.25", 0), ("DCRNNVAD 0.25", 1)]
+    assert len({r["data_fingerprint"] for r in rows}) == 1 and rows[0]["data_fingerprint"]
+    assert all(r["threads"] == 1 and r["status"] == "ok" for r in rows)
+    assert (out / "checkpoints" / "crnn_dcl_k0.25_seed1.pt").is_file()
+    table = list(csv.DictReader((out / "sweep.csv").open()))
+    assert [r["seed"] for r in table] == ["0", "0", "1", "1"]
+    summary = {r["label"]: r for r in csv.DictReader((out / "sweep_summary.csv").open())}
+    dcl = summary["DCRNNVAD 0.25"]
+    assert dcl["n"] == "2" and float(dcl["auc_lo"]) < float(dcl["auc_mean"]) < float(dcl["auc_hi"])
+    text = format_summary_table(rows)
+    assert "| CRNNVAD (baseline) | fixed | 2 |" in text and "| ref. |" in text and " ± " in text
+    assert any(v in text for v in ("| better (", "| worse (", "| n.s. ("))
+    # a row whose checkpoint disappeared is run again on --resume; the others are reused
+    (out / "checkpoints" / "crnn_dcl_k0.25_seed1.pt").unlink()
+    stamps = {p.name: p.stat().st_mtime_ns for p in (out / "rows").iterdir()}
+    again = run_sweep(cfg, out, cache=trained / "data-quick", progress=False, resume=True)
+    changed = [n for n, t in stamps.items() if (out / "rows" / n).stat().st_mtime_ns != t]
+    assert len(changed) == 1 and changed[0].startswith("DCL-crnn-DCRNNVAD_0.25-seed1-")
+    assert [r["auc"] for r in again] == [r["auc"] for r in rows]  # same seed, same result
+    assert row_path(out / "rows", changed[0][:-5]).is_file()

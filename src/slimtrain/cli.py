@@ -1,6 +1,7 @@
 """The ``slimtrain`` command.
 
 * ``slimtrain synthetic`` -- the synthetic case study (one run, or ``--sweep``);
+* ``slimtrain report`` -- regenerate the results tables and figures from the committed CSVs;
 * ``slimtrain export CKPT OUT_DIR`` -- cut a checkpoint's model to its learned
   widths and write a state dict, a TorchScript file and a summary.
 
@@ -164,6 +165,52 @@ def _seed(text: str) -> int:
     return v
 
 
+def _seed_list(text: str) -> list[int]:
+    parts = [t.strip() for t in text.split(",")]
+    if not parts or any(not t for t in parts):
+        raise argparse.ArgumentTypeError(f"expected comma-separated integer seeds, got {text!r}")
+    seeds = [_seed(t) for t in parts]
+    if len(set(seeds)) != len(seeds):
+        raise argparse.ArgumentTypeError(f"seeds must be distinct, got {text}")
+    return seeds
+
+
+def _seeds(text: str) -> int:
+    return _positive_int(text, "seeds")
+
+
+def add_sweep_engine_arguments(p: argparse.ArgumentParser) -> None:
+    """The options every ``--sweep`` shares: seeds, engine (local or Ray), cluster address."""
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--seeds", type=_seeds, default=None, metavar="N",
+                   help="--sweep: run every row for seeds 0..N-1 and report the mean and a 95%% Student-t "
+                        "interval over seeds (default: one run per row at --seed)")
+    g.add_argument("--seed-list", type=_seed_list, default=None, metavar="S1,S2,...",
+                   help="--sweep: run every row for these seeds instead of 0..N-1")
+    p.add_argument("--engine", choices=("local", "ray"), default="local",
+                   help="--sweep: run the rows as local processes (--workers of them) or as Ray tasks "
+                        "(a local Ray with --workers CPUs, or the cluster at --address) (default: local)")
+    p.add_argument("--address", default=None, metavar="ADDR",
+                   help="--engine ray: address of a running Ray cluster, e.g. ray://head:10001 or auto "
+                        "(default: start a local Ray)")
+
+
+def sweep_seeds(args) -> list[int]:
+    """The seeds a sweep runs (``--seeds``/``--seed-list``, else ``--seed``); checks --address."""
+    from .sweep_engine import seeds_from_args
+
+    if args.address is not None and args.engine != "ray":
+        raise ValueError("--address applies with --engine ray only")
+    return seeds_from_args(args.seeds, args.seed_list, default=args.seed)
+
+
+def _check_no_sweep_engine_args(args) -> None:
+    used = [n for n, v in (("--seeds", args.seeds), ("--seed-list", args.seed_list), ("--address", args.address))
+            if v is not None] + (["--engine"] if args.engine != "local" else [])
+    if used:
+        raise ValueError(f"{', '.join(used)} only apply with --sweep")
+
+
 # -- parser -----------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
@@ -241,9 +288,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also log widths, cost and validation error to TensorBoard event files in "
                         "OUT/tensorboard (needs the tensorboard package)")
     s.add_argument("--resume", action="store_true",
-                   help="single run only: continue a killed run from OUT/model.ckpt (written after every epoch) "
+                   help="single run: continue a killed run from OUT/model.ckpt (written after every epoch) "
                         "with the same settings; it ends with the same result as an uninterrupted run. "
-                        "Without a checkpoint in OUT the run starts from scratch")
+                        "Without a checkpoint in OUT the run starts from scratch. --sweep: skip the (row, seed) "
+                        "runs already finished in OUT/rows")
+    add_sweep_engine_arguments(s)
     s.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     add_device_option(s)
     s.set_defaults(func=_cmd_synthetic)
@@ -277,6 +326,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="do not write model.onnx (the ONNX export of recurrent models over long samples takes "
                         "a while: the exporter unrolls GRU/LSTM layers over the recorded sample length)")
     e.set_defaults(func=_cmd_export)
+
+    from . import report
+
+    r = sub.add_parser(
+        "report", help="regenerate the results tables in README.md and docs/*.md and the figures from the CSVs",
+        description=_paragraphs(
+            "Rewrite every table between '<!-- generated:NAME -->' and '<!-- /generated:NAME -->' in "
+            "README.md and docs/*.md, and the figures docs/*.png, from the committed result CSVs "
+            "(docs/synthetic_sweep.csv, docs/vad_results/sweep.csv, docs/spoof_sweep*.csv). Multi-seed "
+            "results show the mean and a 95% Student-t interval over seeds; single-seed ones n=1.",
+        ))
+    report.add_arguments(r)
+    r.set_defaults(func=report.run)
 
     # the speech case studies register their own commands ('slimtrain vad', 'slimtrain data vad', ...)
     data = sub.add_parser("data", help="build the offline data sets of the speech case studies",
@@ -337,6 +399,7 @@ def _cmd_synthetic(args) -> int:
     if not args.sweep:
         if args.alphas is not None or args.baselines is not None:
             raise ValueError("--alphas and --baselines only apply with --sweep")
+        _check_no_sweep_engine_args(args)
         main = distributed.is_main()
         out.mkdir(parents=True, exist_ok=True)
         t0 = time.perf_counter()
@@ -361,19 +424,18 @@ def _cmd_synthetic(args) -> int:
               f"in {time.perf_counter() - t0:.1f}s")
         print(f"  next: slimtrain export {out / 'model.ckpt'} {out / 'export'}")
         return 0
-    if getattr(args, "resume", False):
-        raise ValueError("--resume applies to a single run, not to --sweep")
     _refuse_sweep_under_torchrun()
     alphas = args.alphas if args.alphas is not None else list(syn.QUICK_ALPHAS if args.quick else syn.DEFAULT_ALPHAS)
     widths = args.baselines if args.baselines is not None else list(
         syn.QUICK_BASELINE_WIDTHS if args.quick else syn.DEFAULT_BASELINE_WIDTHS)
     workers = args.workers if args.workers is not None else (1 if args.quick else max(1, min(2, os.cpu_count() or 1)))
     t0 = time.perf_counter()
+    seeds = sweep_seeds(args)
     rows = syn.run_sweep(cfg, alphas, widths, out, workers=workers, progress=progress, tensorboard=args.tensorboard,
-                         device=device)
+                         seeds=seeds, engine=args.engine, address=args.address, resume=args.resume, device=device)
     print(syn.format_table(rows))
-    print(f"sweep of {len(rows)} runs took {time.perf_counter() - t0:.0f}s; wrote {out / 'sweep.csv'} and "
-          f"{out / 'sweep.png'}")
+    print(f"sweep of {len(rows)} runs ({len(seeds)} seed(s)) took {time.perf_counter() - t0:.0f}s; wrote "
+          f"{out / 'sweep.csv'}, {out / 'sweep_summary.csv'} and {out / 'sweep.png'}")
     return 0
 
 
@@ -477,6 +539,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from .dcl import WidthError
     from .graph import GraphError
     from .loss import LossConfigError
+    from .sweep_engine import SweepError
     from .training import TrainingError
 
     parser = build_parser()
@@ -493,6 +556,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     except TrainingError as e:
         print(f"slimtrain: error: training failed: {_one_line(e)}", file=sys.stderr)
+        return 1
+    except SweepError as e:
+        print(f"slimtrain: error: {_one_line(e)}", file=sys.stderr)
         return 1
     except ImportError as e:
         print(f"slimtrain: error: {_one_line(e)}", file=sys.stderr)

@@ -34,9 +34,9 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import hashlib
 import json
 import math
-import multiprocessing as mp
 import time
 import warnings
 from dataclasses import dataclass
@@ -46,7 +46,6 @@ from typing import Iterable, Optional, Sequence
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from .. import distributed, training
 from ..training import torch_threads
@@ -56,11 +55,14 @@ from ..export import export
 from ..graph import dynamic_widths, make_dynamic
 from ..loss import TradeoffLoss
 from ..record import WidthRecorder
+from ..stats import format_interval, mean_interval, paired_verdict
+from ..sweep_engine import Job, run_jobs
 
 __all__ = [
     "SyntheticConfig", "SyntheticData", "DEFAULT_ALPHAS", "DEFAULT_BASELINE_WIDTHS", "QUICK_ALPHAS",
     "QUICK_BASELINE_WIDTHS", "make_teacher", "make_data", "build_student", "build_dynamic_student",
-    "train_run", "run_sweep", "write_sweep_csv", "plot_sweep", "format_table", "SWEEP_COLUMNS", "TASK",
+    "train_run", "run_sweep", "sweep_jobs", "write_sweep_csv", "read_sweep_csv", "write_summary_csv", "summarize",
+    "significance", "data_fingerprint", "plot_sweep", "format_table", "SWEEP_COLUMNS", "SUMMARY_METRICS", "TASK",
 ]
 
 TASK = "synthetic"
@@ -75,6 +77,8 @@ QUICK_BASELINE_WIDTHS: tuple[int, ...] = (2, 8, 32)
 SWEEP_COLUMNS = [
     "method", "alpha", "width", "width_continuous", "macs", "flops", "params", "params_exported",
     "flops_exported", "test_mse", "test_nmse", "val_nmse", "seconds",
+    # provenance of every (row, seed) line
+    "seed", "data_fingerprint", "torch_version", "threads", "hostname", "wall_seconds",
 ]
 
 
@@ -380,16 +384,52 @@ def _check_resumable(path: Path, cfg: SyntheticConfig, alpha: Optional[float]) -
 
 
 # -- sweep ---------------------------------------------------------------------------------------
-def _sweep_job(job: tuple) -> dict:
-    cfg, kind, value, records, tensorboard, device = job
-    name = f"alpha={value:g}" if kind == "learned" else f"width={value}"
-    kw: dict = {"progress": False, "device": device}
+def data_fingerprint(cfg: SyntheticConfig, data: Optional[SyntheticData] = None) -> str:
+    """SHA-256 (16 hex digits) of the problem settings and the generated splits of ``cfg.seed``."""
+    data = data if data is not None else make_data(cfg)
+    problem = {k: getattr(cfg, k) for k in ("in_dim", "h_true", "out_dim", "teacher_gain", "noise_std", "n_train",
+                                            "n_val", "n_test", "seed")}
+    h = hashlib.sha256(json.dumps(problem, sort_keys=True).encode())
+    for name in ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test"):
+        h.update(getattr(data, name).contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def _run_name(kind: str, value, seed: int) -> str:
+    return (f"alpha={value:g}" if kind == "learned" else f"width={value}") + f"_seed{seed}"
+
+
+def _sweep_job(job: dict) -> dict:
+    """One (row, seed) of the sweep, run by :mod:`slimtrain.sweep_engine` (in any process)."""
+    cfg = dataclasses.replace(job["cfg"], seed=job["seed"])
+    kind, value, records, tensorboard = job["kind"], job["value"], job["records"], job["tensorboard"]
+    data = make_data(cfg)
+    name = _run_name(kind, value, cfg.seed)
+    kw: dict = {"progress": False, "data": data, "device": job.get("device", "cpu")}
     if kind == "learned":
         kw["record_csv"] = Path(records) / f"widths_{name}.csv" if records else None
         kw["tensorboard_dir"] = Path(tensorboard) / name if tensorboard else None
         kw["checkpoint"] = Path(records) / f"model_{name}.ckpt" if records else None
-        return train_run(cfg, value, **kw)
-    return train_run(cfg, None, width=value, **kw)
+        row = train_run(cfg, value, **kw)
+    else:
+        row = train_run(cfg, None, width=value, **kw)
+    row["seed"] = cfg.seed
+    row["data_fingerprint"] = data_fingerprint(cfg, data)
+    return row
+
+
+def sweep_jobs(cfg: SyntheticConfig, alphas: Sequence[float], baseline_widths: Sequence[int], seeds: Sequence[int],
+               records: Optional[str] = None, tensorboard: Optional[str] = None, device: str = "cpu") -> list[Job]:
+    """The sweep as engine jobs: every learned alpha and fixed width for every seed (seed by seed,
+    learned runs first: they take longest, so parallel workers finish together)."""
+    jobs = []
+    for s in seeds:  # seed-major: an interrupted sweep has whole seeds done
+        for kind, values in (("learned", [float(a) for a in alphas]), ("fixed", [int(w) for w in baseline_widths])):
+            for v in values:
+                key = (f"learned-alpha{v:g}" if kind == "learned" else f"fixed-width{v}") + f"-seed{s}"
+                jobs.append(Job(key, _sweep_job, {"cfg": cfg, "kind": kind, "value": v, "seed": int(s),
+                                                  "records": records, "tensorboard": tensorboard, "device": device}))
+    return jobs
 
 
 def run_sweep(
@@ -401,14 +441,21 @@ def run_sweep(
     workers: int = 1,
     progress: bool = True,
     tensorboard: bool = False,
+    seeds: Optional[Sequence[int]] = None,
+    engine: str = "local",
+    address: Optional[str] = None,
+    resume: bool = False,
     device: str = "cpu",
 ) -> list[dict]:
-    """Learned-width runs at every ``alpha`` and fixed-width baselines, all with ``cfg``'s budget.
+    """Learned-width runs at every ``alpha`` and fixed-width baselines, all with ``cfg``'s budget,
+    each repeated for every seed in ``seeds`` (default: ``[cfg.seed]``; the seed sets the teacher,
+    the data and the initialisation).
 
-    With ``out_dir``: writes ``sweep.csv``, ``sweep.png``, ``config.json`` and, in
-    ``out_dir/runs/``, each learned run's width record and checkpoint. ``workers > 1``
-    trains runs in parallel processes (one torch thread each); results do not
-    depend on ``workers``. ``device`` is passed to every :func:`train_run`.
+    With ``out_dir``: writes ``sweep.csv`` (one line per row and seed), ``sweep_summary.csv`` (mean
+    and 95 % interval over seeds), ``sweep.png``, ``config.json``, each finished row in
+    ``out_dir/rows/`` (``resume=True`` skips those) and, in ``out_dir/runs/``, each learned run's
+    width record and checkpoint. ``engine``/``workers``/``address``: see :mod:`slimtrain.sweep_engine`;
+    results do not depend on them. ``device`` is passed to every :func:`train_run`.
     """
     cfg.validate()
     alphas = [float(a) for a in alphas]
@@ -419,55 +466,35 @@ def run_sweep(
         raise ValueError(f"baseline widths must be >= 1, got {widths}")
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
+    seeds = [int(s) for s in (seeds if seeds is not None else [cfg.seed])]
+    if not seeds or any(s < 0 for s in seeds) or len(set(seeds)) != len(seeds):
+        raise ValueError(f"seeds must be distinct integers >= 0, got {seeds}")
     out = Path(out_dir) if out_dir is not None else None
     records = str(out / "runs") if out is not None else None
     tb = str(out / "tensorboard") if (out is not None and tensorboard) else None
-    jobs = [(cfg, "learned", a, records, tb, device) for a in alphas] + [
-        (cfg, "fixed", w, records, tb, device) for w in widths]
-    # longest first so the parallel workers finish together
-    order = sorted(range(len(jobs)), key=lambda i: 0 if jobs[i][1] == "learned" else 1)
-    rows: list[Optional[dict]] = [None] * len(jobs)
-    bar = tqdm(total=len(jobs), desc="synthetic sweep", unit="run", disable=not progress)
-    try:
-        if workers == 1 or len(jobs) == 1:
-            for i in order:
-                rows[i] = _sweep_job(jobs[i])
-                bar.set_postfix_str(_row_note(rows[i]))
-                bar.update()
-        else:
-            # spawn: fresh interpreters (forking a process that already ran torch is not safe)
-            pool = mp.get_context("spawn").Pool(min(workers, len(jobs)))
-            try:
-                it = pool.imap(_sweep_job, [jobs[i] for i in order])
-                for i, row in zip(order, it):
-                    rows[i] = row
-                    bar.set_postfix_str(_row_note(row))
-                    bar.update()
-                pool.close()
-            except BaseException:
-                pool.terminate()
-                raise
-            finally:
-                pool.join()
-    finally:
-        bar.close()
-    result = [r for r in rows if r is not None]
+    jobs = sweep_jobs(cfg, alphas, widths, seeds, records, tb, device)
+    rows = run_jobs(jobs, out / "rows" if out is not None else None, engine=engine, workers=workers, address=address,
+                    resume=resume, progress=progress, desc="synthetic sweep", note=_row_note)
+    keyed = sorted(zip(jobs, rows), key=lambda jr: (jr[0].arg["kind"] != "learned", jr[0].arg["value"],
+                                                    jr[0].arg["seed"]))
+    result = [r for _, r in keyed]
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         write_sweep_csv(result, out / "sweep.csv")
+        write_summary_csv(result, out / "sweep_summary.csv")
         plot_sweep(result, out / "sweep.png", cfg)
         (out / "config.json").write_text(json.dumps(
-            {"config": cfg.as_dict(), "alphas": alphas, "baseline_widths": widths}, indent=2) + "\n")
+            {"config": cfg.as_dict(), "alphas": alphas, "baseline_widths": widths, "seeds": seeds}, indent=2) + "\n")
     return result
 
 
 def _row_note(row: dict) -> str:
     head = f"alpha={row['alpha']:g}" if row["method"] == "learned" else "fixed"
-    return f"{head} width={row['width']} nmse={row['test_nmse']:.4f}"
+    return f"{head} seed={row.get('seed')} width={row['width']} nmse={row['test_nmse']:.4f}"
 
 
 def write_sweep_csv(rows: Iterable[dict], path: str | Path) -> Path:
-    """Write the sweep table (columns :data:`SWEEP_COLUMNS`) atomically."""
+    """Write the sweep table (columns :data:`SWEEP_COLUMNS`, one line per row and seed) atomically."""
     import os
 
     path = Path(path)
@@ -477,80 +504,198 @@ def write_sweep_csv(rows: Iterable[dict], path: str | Path) -> Path:
         w = csv.DictWriter(f, fieldnames=SWEEP_COLUMNS, extrasaction="ignore")
         w.writeheader()
         for r in rows:
-            w.writerow({k: ("" if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()})
+            w.writerow({k: ("" if v is None or (isinstance(v, float) and math.isnan(v)) else v) for k, v in r.items()})
     os.replace(tmp, path)
     return path
 
 
+_INT_COLUMNS = ("width", "params", "params_exported", "seed", "threads")
+_TEXT_COLUMNS = ("method", "data_fingerprint", "torch_version", "hostname")
+
+
+def read_sweep_csv(path: str | Path) -> list[dict]:
+    """The rows of a ``sweep.csv`` back as numbers. A table written before seeds were recorded (no
+    ``seed`` column) reads with ``seed = None``: one run per row, shown as ``n=1``."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"no synthetic sweep table at {path}; run 'slimtrain synthetic --sweep' first")
+    rows = []
+    with open(path, newline="") as f:
+        for raw in csv.DictReader(f):
+            r: dict = {}
+            for k, v in raw.items():
+                if k in _TEXT_COLUMNS:
+                    r[k] = v
+                elif v == "" or v is None:
+                    r[k] = None if k in _INT_COLUMNS else math.nan
+                elif k in _INT_COLUMNS:
+                    r[k] = int(float(v))
+                else:
+                    r[k] = float(v)
+            r.setdefault("seed", None)
+            rows.append(r)
+    return rows
+
+
+#: the metrics summarised over seeds (mean and 95 % interval)
+SUMMARY_METRICS = ("width", "width_continuous", "flops", "params", "test_nmse", "val_nmse")
+
+
+def _group_key(r: dict) -> tuple:
+    return ("learned", r["alpha"]) if r["method"] == "learned" else ("fixed", r["width"])
+
+
+def summarize(rows: Iterable[dict]) -> list[dict]:
+    """One entry per sweep row (learned alpha / fixed width): ``n`` seeds, ``seeds`` and, per
+    metric of :data:`SUMMARY_METRICS`, an :class:`slimtrain.stats.Interval` and ``{seed: value}``."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault(_group_key(r), []).append(r)
+    out = []
+    for key in sorted(groups, key=lambda k: (k[0] != "learned", k[1])):
+        grp = sorted(groups[key], key=lambda r: (r.get("seed") is None, r.get("seed") or 0))
+        entry: dict = {"method": key[0], "alpha": key[1] if key[0] == "learned" else math.nan,
+                       "fixed_width": key[1] if key[0] == "fixed" else None, "n": len(grp),
+                       "seeds": [r.get("seed") for r in grp]}
+        for m in SUMMARY_METRICS:
+            entry[m] = mean_interval([float(r[m]) for r in grp])
+            entry[f"{m}_by_seed"] = {(r.get("seed") if r.get("seed") is not None else 0): float(r[m]) for r in grp}
+        out.append(entry)
+    return out
+
+
+def _reference(summary: list[dict]) -> dict[str, Optional[dict]]:
+    """What each method is compared with: the learned run at the smallest alpha (alpha = 0: no
+    pressure, full width) and the widest fixed width."""
+    learned = [e for e in summary if e["method"] == "learned"]
+    fixed = [e for e in summary if e["method"] == "fixed"]
+    return {"learned": min(learned, key=lambda e: e["alpha"]) if learned else None,
+            "fixed": max(fixed, key=lambda e: e["fixed_width"]) if fixed else None}
+
+
+def significance(entry: dict, ref: Optional[dict]) -> str:
+    """The paired (same-seed) test NMSE comparison of ``entry`` with ``ref``, as a table cell:
+    ``worse``/``better`` (95 % interval of the difference excludes 0), ``n.s.``, ``n=1`` (no
+    interval) or ``ref.`` for the reference itself."""
+    if ref is None:
+        return ""
+    if ref is entry:
+        return "ref."
+    return paired_verdict(entry["test_nmse_by_seed"], ref["test_nmse_by_seed"], higher_is_better=False,
+                          fmt="+.2f", scale=1e3)
+
+
+def write_summary_csv(rows: Iterable[dict], path: str | Path) -> Path:
+    """``sweep_summary.csv``: per sweep row, ``n`` and the mean, 95 % interval (lo, hi) of every
+    :data:`SUMMARY_METRICS` metric over seeds (empty lo/hi for ``n = 1``)."""
+    summary = summarize(rows)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cols = ["method", "alpha", "fixed_width", "n"] + [f"{m}_{s}" for m in SUMMARY_METRICS for s in ("mean", "lo", "hi")]
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(cols)
+        for e in summary:
+            vals = [e["method"], "" if math.isnan(e["alpha"]) else f"{e['alpha']:g}", e["fixed_width"] or "", e["n"]]
+            for m in SUMMARY_METRICS:
+                iv = e[m]
+                vals += [f"{iv.mean:.6g}"] + ["" if math.isnan(x) else f"{x:.6g}" for x in (iv.lo, iv.hi)]
+            w.writerow(vals)
+    return path
+
+
 def format_table(rows: Iterable[dict]) -> str:
-    """The sweep as a Markdown table (learned runs by alpha, then the fixed widths)."""
-    rows = list(rows)
-    lines = ["| method | alpha | width (K) | FLOPs | params | test NMSE |", "| --- | ---: | ---: | ---: | ---: | ---: |"]
-    for r in sorted(rows, key=lambda r: (r["method"] != "learned", r["alpha"] if r["method"] == "learned" else r["width"])):
-        alpha = f"{r['alpha']:g}" if r["method"] == "learned" else "-"
-        k = f"{r['width']} ({r['width_continuous']:.2f})" if r["method"] == "learned" else f"{r['width']}"
-        lines.append(f"| {r['method']} | {alpha} | {k} | {r['flops']:.0f} | {r['params']} | {r['test_nmse']:.4f} |")
+    """The sweep as a Markdown table: learned runs by alpha, then the fixed widths; every number the
+    mean ± the 95 % Student-t half-width over seeds (just the value when ``n = 1``; NMSE in units of
+    10⁻³), and the paired test NMSE comparison with alpha = 0 (learned) or the widest fixed width."""
+    summary = summarize(rows)
+    ref = _reference(summary)
+    lines = ["| method | alpha | width (K) | FLOPs | params | test NMSE (10⁻³) | n | "
+             "test NMSE vs reference, paired (10⁻³) |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
+    for e in summary:
+        if e["method"] == "learned":
+            k = f"{format_interval(e['width'], '.1f' if e['n'] > 1 else '.0f')} " \
+                f"({format_interval(e['width_continuous'], '.2f')})"
+            alpha = f"{e['alpha']:g}"
+        else:
+            k, alpha = f"{e['fixed_width']}", "-"
+        lines.append(f"| {e['method']} | {alpha} | {k} | {format_interval(e['flops'], '.0f')} | {format_interval(e['params'], '.0f')} | "
+                     f"{format_interval(e['test_nmse'], '.2f', 1e3)} | {e['n']} | {significance(e, ref[e['method']])} |")
     return "\n".join(lines)
 
 
 def plot_sweep(rows: Sequence[dict], path: str | Path, cfg: Optional[SyntheticConfig] = None) -> Path:
-    """``sweep.png``: test NMSE against FLOPs (learned and fixed widths), and learned width against alpha."""
+    """``sweep.png``: test NMSE against FLOPs (learned and fixed widths), and learned width against
+    alpha; means over seeds with 95 % Student-t error bars (none for ``n = 1``)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     cfg = cfg or SyntheticConfig()
-    learned = sorted((r for r in rows if r["method"] == "learned"), key=lambda r: r["alpha"])
-    fixed = sorted((r for r in rows if r["method"] == "fixed"), key=lambda r: r["width"])
+    summary = summarize(rows)
+    learned = [e for e in summary if e["method"] == "learned"]
+    fixed = [e for e in summary if e["method"] == "fixed"]
+    n_seeds = max((e["n"] for e in summary), default=1)
+
+    def err(ivs):
+        """yerr for errorbar: the half-widths (0 where there is no interval)."""
+        return [0.0 if math.isnan(iv.lo) else iv.half_width for iv in ivs]
+
     fig = Figure(figsize=(12, 4.8), dpi=110)
     FigureCanvasAgg(fig)
     ax, ax2 = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1.35, 1]})
+    runs = f"mean of {n_seeds} seeds, 95 % interval" if n_seeds > 1 else "one run"
 
     # panel 1: error vs cost
     if fixed:
-        ax.plot([r["flops"] for r in fixed], [r["test_nmse"] for r in fixed], "o-", color="0.45", ms=6, lw=1.2,
-                label="fixed width, trained from scratch", zorder=2)
-        for r in fixed:
-            ax.annotate(f"{r['width']}", (r["flops"], r["test_nmse"]), textcoords="offset points", xytext=(-4, -12),
-                        fontsize=8, color="0.35", ha="center")
+        ax.errorbar([e["flops"].mean for e in fixed], [e["test_nmse"].mean for e in fixed],
+                    yerr=err([e["test_nmse"] for e in fixed]), fmt="o-", color="0.45", ms=6, lw=1.2, capsize=3,
+                    label="fixed width, trained from scratch", zorder=2)
+        for e in fixed:
+            ax.annotate(f"{e['fixed_width']}", (e["flops"].mean, e["test_nmse"].mean), textcoords="offset points",
+                        xytext=(-4, -12), fontsize=8, color="0.35", ha="center")
     if learned:
-        ax.plot([r["flops"] for r in learned], [r["test_nmse"] for r in learned], "*", color="tab:red", ms=13,
-                mec="darkred", label=f"learned width (DCL, start {cfg.hidden}), one run per alpha", zorder=3)
-        # one label per cluster of runs that landed (nearly) on the same point: "α=1, 2"
+        ax.errorbar([e["flops"].mean for e in learned], [e["test_nmse"].mean for e in learned],
+                    xerr=err([e["flops"] for e in learned]), yerr=err([e["test_nmse"] for e in learned]), fmt="*",
+                    color="tab:red", ms=13, mec="darkred", ecolor="darkred", capsize=3, zorder=3,
+                    label=f"learned width (DCL, start {cfg.hidden}), {runs} per alpha")
+        # one label per cluster of points that landed (nearly) on the same place: "α=1, 2"
         groups: list[list[dict]] = []
-        for r in learned:
+        for e in learned:
             for grp in groups:
                 g0 = grp[0]
-                if (abs(math.log(g0["flops"] / r["flops"])) < 0.25
-                        and abs(math.log(max(g0["test_nmse"], 1e-12) / max(r["test_nmse"], 1e-12))) < 0.25):
-                    grp.append(r)
+                if (abs(math.log(g0["flops"].mean / e["flops"].mean)) < 0.25
+                        and abs(math.log(max(g0["test_nmse"].mean, 1e-12) / max(e["test_nmse"].mean, 1e-12))) < 0.25):
+                    grp.append(e)
                     break
             else:
-                groups.append([r])
+                groups.append([e])
         for grp in groups:
-            x = max(r["flops"] for r in grp)
-            y = max(r["test_nmse"] for r in grp)
-            ax.annotate("α=" + ", ".join(f"{r['alpha']:g}" for r in grp), (x, y), textcoords="offset points",
+            x = max(e["flops"].mean for e in grp)
+            y = max(e["test_nmse"].mean for e in grp)
+            ax.annotate("α=" + ", ".join(f"{e['alpha']:g}" for e in grp), (x, y), textcoords="offset points",
                         xytext=(7, 5), fontsize=8, color="darkred")
     teacher_flops = 2 * (cfg.in_dim * cfg.h_true + cfg.h_true * cfg.out_dim)
     ax.axvline(teacher_flops, color="tab:blue", ls="--", lw=1, label=f"teacher size (h_true={cfg.h_true})")
     ax.axhline(cfg.noise_floor, color="tab:green", ls=":", lw=1.2, label="noise floor")
     ax.set_xscale("log")
     ax.set_yscale("log")
-    xs = [r["flops"] for r in rows if r["flops"] > 0]
+    xs = [e["flops"].mean for e in summary if e["flops"].mean > 0]
     if xs:  # room for the labels right of the largest models
         ax.set_xlim(min(xs) / 1.4, max(xs) * 1.9)
     ax.set_xlabel("FLOPs per example (exported model)")
     ax.set_ylabel("test NMSE (MSE / target variance)")
     ax.set_title("accuracy vs cost")
     ax.grid(True, which="both", alpha=0.25)
-    ax.legend(fontsize=8, loc="upper right")
+    ax.legend(fontsize=8, loc="center right")  # the empty corner: large models at the noise floor
 
     # panel 2: learned width vs alpha
     if learned:
-        nonzero = [r["alpha"] for r in learned if r["alpha"] > 0]
-        ax2.plot([r["alpha"] for r in learned], [r["width"] for r in learned], "*-", color="tab:red", ms=11,
-                 mec="darkred", label="learned width ceil(K) (exported)")
-        ax2.plot([r["alpha"] for r in learned], [r["width_continuous"] for r in learned], ".", color="k", ms=5,
+        a = [e["alpha"] for e in learned]
+        nonzero = [x for x in a if x > 0]
+        ax2.errorbar(a, [e["width"].mean for e in learned], yerr=err([e["width"] for e in learned]), fmt="*-",
+                     color="tab:red", ms=11, mec="darkred", capsize=3, label="learned width ceil(K) (exported)")
+        ax2.plot(a, [e["width_continuous"].mean for e in learned], ".", color="k", ms=5,
                  label="continuous K at the end")
         if nonzero:
             ax2.set_xscale("symlog", linthresh=min(nonzero), linscale=0.6)
@@ -565,10 +710,14 @@ def plot_sweep(rows: Sequence[dict], path: str | Path, cfg: Optional[SyntheticCo
     ax2.set_title("learned width vs alpha")
     ax2.grid(True, which="both", alpha=0.25)
     ax2.legend(fontsize=8, loc="upper right")
+    seeds = sorted({s for e in summary for s in e["seeds"] if s is not None})
+    seed_text = (f"seeds {seeds[0]}-{seeds[-1]}" if len(seeds) > 1 and seeds == list(range(seeds[0], seeds[-1] + 1))
+                 else "seeds " + ", ".join(map(str, seeds)) if len(seeds) > 1
+                 else f"seed {seeds[0] if seeds else cfg.seed}")
     fig.suptitle(f"Synthetic teacher {cfg.in_dim}-{cfg.h_true}-{cfg.out_dim} (tanh), student {cfg.in_dim}-"
-                 f"{cfg.hidden}-{cfg.out_dim}; {cfg.epochs} epochs, seed {cfg.seed}", fontsize=10)
+                 f"{cfg.hidden}-{cfg.out_dim}; {cfg.epochs} epochs, {seed_text}", fontsize=10)
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
+    fig.savefig(path, metadata={"Software": None})
     return path

@@ -8,8 +8,9 @@ import sys
 import time
 from pathlib import Path
 
-from ...cli import (_alpha, _epochs, _kappa, _paragraphs, _positive_int, _refuse_sweep_under_torchrun, _seed, _workers,
-                   add_device_option, comma_list)
+from ...cli import (_alpha, _check_no_sweep_engine_args, _epochs, _kappa, _paragraphs, _positive_int,
+                   _refuse_sweep_under_torchrun, _seed, _workers, add_device_option, add_sweep_engine_arguments,
+                   comma_list, sweep_seeds)
 
 __all__ = ["register"]
 
@@ -121,6 +122,10 @@ def register(commands, data_commands) -> None:
     s.add_argument("--workers", type=_workers, default=None, metavar="N",
                    help="parallel processes for --sweep (one torch thread each) and for data synthesis; results "
                         "do not depend on it (default: 2; 1 with --quick)")
+    add_sweep_engine_arguments(s)
+    s.add_argument("--resume", action="store_true",
+                   help="--sweep: skip the (row, seed) runs already finished in OUT/rows. With --seeds/--seed-list "
+                        "the data set stays the one of --seed; the seeds vary the initialisation and batch order")
     s.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     add_device_option(s)
     s.set_defaults(func=_cmd_spoof)
@@ -165,7 +170,7 @@ def _cmd_data(args) -> int:
 def _cmd_spoof(args) -> int:
     from .data import SpoofDataConfig, build_dataset, load_split
     from .sweep import DEFAULT_FIXED_WIDTHS, DEFAULT_KAPPAS, DEFAULT_STAGE_SETS, QUICK_FIXED_WIDTHS, QUICK_KAPPAS
-    from .sweep import QUICK_STAGE_SETS, format_table, run_sweep
+    from .sweep import QUICK_STAGE_SETS, format_summary_table, format_table, run_sweep
     from .train import SpoofConfig, train_run
     from ... import distributed
 
@@ -196,8 +201,9 @@ def _cmd_spoof(args) -> int:
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
     if not args.sweep:
-        if args.fixed_widths is not None or args.no_pruning or args.pruning_only:
-            raise ValueError("--fixed-widths, --no-pruning and --pruning-only only apply with --sweep")
+        if args.fixed_widths is not None or args.no_pruning or args.pruning_only or args.resume:
+            raise ValueError("--fixed-widths, --no-pruning, --pruning-only and --resume only apply with --sweep")
+        _check_no_sweep_engine_args(args)
         if args.stages is not None and len(args.stages) > 1:
             raise ValueError("give one stage set for a single run (several sets separated by '/' need --sweep)")
         if args.kappa_min is not None and len(args.kappa_min) > 1:
@@ -226,6 +232,9 @@ def _cmd_spoof(args) -> int:
 
         if args.no_pruning:
             raise ValueError("--pruning-only and --no-pruning contradict each other")
+        if args.seeds is not None or args.seed_list is not None or args.engine != "local" or args.resume:
+            raise ValueError("--pruning-only adds to a single-seed local sweep; --seeds, --seed-list, --engine "
+                             "and --resume do not apply")
         rows = add_pruning_rows(data_dir, cfg, out, workers=workers, progress=progress)
         print(format_table(rows))
         print(f"added the pruning rows to {out / 'sweep.csv'} and {out / 'sweep.png'}")
@@ -235,11 +244,13 @@ def _cmd_spoof(args) -> int:
     widths = args.fixed_widths if args.fixed_widths is not None else list(
         QUICK_FIXED_WIDTHS if args.quick else DEFAULT_FIXED_WIDTHS)
     t0 = time.perf_counter()
+    seeds = sweep_seeds(args)
     rows = run_sweep(data_dir, cfg, out, stage_sets=stage_sets, kappas=kappas, alpha=args.alpha, fixed_widths=widths,
-                     pruning=not args.no_pruning, workers=workers, progress=progress, device=device)
-    print(format_table(rows))
-    print(f"sweep of {len(rows)} runs took {time.perf_counter() - t0:.0f}s; wrote {out / 'sweep.csv'} and "
-          f"{out / 'sweep.png'}")
+                     pruning=not args.no_pruning, workers=workers, progress=progress, seeds=seeds,
+                     engine=args.engine, address=args.address, resume=args.resume, device=device)
+    print(format_table(rows) if len(seeds) == 1 else format_summary_table(rows))
+    print(f"sweep of {len(rows)} runs ({len(seeds)} seed(s)) took {time.perf_counter() - t0:.0f}s; wrote "
+          f"{out / 'sweep.csv'}, {out / 'sweep_summary.csv'} and {out / 'sweep.png'}")
     return 0
 
 

@@ -17,23 +17,25 @@ gflops (GFLOP per second of audio), eer_percent -- plus per-attack EERs and the 
 from __future__ import annotations
 
 import csv
+import dataclasses
+import hashlib
 import json
 import math
-import multiprocessing as mp
 import os
 import time
 from pathlib import Path
 from typing import Iterable, Optional, Sequence
 
-from tqdm.auto import tqdm
-
+from ...stats import format_interval, paired_verdict, summarize_rows
+from ...sweep_engine import Job, run_jobs
 from .attacks import ATTACKS
 from .data import load_split
 from .train import SpoofConfig, train_run
 
 __all__ = ["DEFAULT_KAPPAS", "DEFAULT_STAGE_SETS", "DEFAULT_FIXED_WIDTHS", "QUICK_KAPPAS", "QUICK_STAGE_SETS",
            "QUICK_FIXED_WIDTHS", "run_sweep", "write_sweep_csv", "plot_sweep", "format_table", "pruning_row",
-           "SWEEP_COLUMNS", "pruning_available", "read_sweep_csv", "add_pruning_rows"]
+           "SWEEP_COLUMNS", "pruning_available", "read_sweep_csv", "add_pruning_rows", "summarize", "row_id",
+           "format_summary_table", "format_detail_table", "write_summary_csv", "data_fingerprint"]
 
 DEFAULT_KAPPAS: tuple[float, ...] = (0.5, 0.25, 0.125, 0.0625)
 DEFAULT_STAGE_SETS: tuple[tuple[int, ...], ...] = ((0,), (1,), (2,), (3,), (0, 1, 2, 3))
@@ -47,6 +49,8 @@ SWEEP_COLUMNS = [
     "eer_unseen_percent", "eer_known_percent", *[f"eer_{a}_percent" for a in ATTACKS],
     "method", "alpha", "width", "macs", "macs_per_second", "params", "params_exported", "target_macs",
     "export_max_abs_diff", "widths", "widths_continuous", "seconds",
+    # provenance of every (row, seed) line
+    "pruned_at_kappa", "seed", "data_fingerprint", "torch_version", "threads", "hostname", "wall_seconds",
 ]
 
 
@@ -85,12 +89,24 @@ def pruning_row(cfg: SpoofConfig, data_dir: str, unseen: Sequence[str], target_m
                      progress=False)
 
 
+def data_fingerprint(data_dir: str | Path) -> str:
+    """SHA-256 (16 hex digits) of the data set's ``manifest.json`` (which holds every file's SHA-256)."""
+    return hashlib.sha256((Path(data_dir) / "manifest.json").read_bytes()).hexdigest()[:16]
+
+
 def _job(job: tuple) -> dict:
+    """One (row, seed) of the sweep, run by :mod:`slimtrain.sweep_engine`; a failure becomes a row
+    with ``method = "failed"`` and a ``status`` (so ``--resume`` runs it again)."""
     try:
-        return _job_inner(job)
+        row = _job_inner(job)
     except Exception as e:  # noqa: BLE001 - one failing run must not lose the sweep
-        return {"method": "failed", "error": f"{job[0]} run {job[4]!r} (kappa-min {job[5]}) failed: "
-                                             f"{type(e).__name__}: {' '.join(str(e).split())}"}
+        row = {"method": "failed", "error": f"{job[0]} run {job[4]!r} (kappa-min {job[5]}) failed: "
+                                            f"{type(e).__name__}: {' '.join(str(e).split())}"}
+    if row.get("method") == "failed":
+        row["status"] = "failed"
+    row["seed"] = job[1].seed
+    row["data_fingerprint"] = data_fingerprint(job[2]) if (Path(job[2]) / "manifest.json").is_file() else None
+    return row
 
 
 def _job_inner(job: tuple) -> dict:
@@ -102,6 +118,7 @@ def _job_inner(job: tuple) -> dict:
             row = pruning_row(cfg, data_dir, unseen, value, trained)
         except Exception as e:  # noqa: BLE001 - a failing baseline must not lose the sweep
             return {"method": "failed", "error": f"pruning to {value:.0f} MACs failed: {type(e).__name__}: {e}"}
+        row["pruned_at_kappa"] = kappa
     else:
         train, test = load_split(Path(data_dir), "train"), load_split(Path(data_dir), "eval")
         if kind == "dcl":
@@ -138,87 +155,126 @@ def _paper_columns(row: dict, cfg: SpoofConfig) -> dict:
     return out
 
 
+def _key(job: tuple) -> str:
+    kind, cfg, _, _, value, kappa, _, _ = job
+    if kind == "dcl":
+        head = f"dcl-stages{''.join(map(str, value))}-kappa{kappa:g}"
+    elif kind == "fixed":
+        head = f"fixed-w{value}"
+    else:
+        head = f"pruned-kappa{kappa:g}-macs{value:.0f}"
+    return f"{head}-seed{cfg.seed}"
+
+
+def _run(jobs: list[tuple], out_dir: Optional[Path], *, engine: str, workers: int, address: Optional[str],
+         resume: bool, progress: bool, desc: str) -> list[dict]:
+    rows = run_jobs([Job(_key(j), _job, j) for j in jobs], Path(out_dir) / "rows" if out_dir is not None else None,
+                    engine=engine, workers=workers, address=address, resume=resume, progress=progress, desc=desc,
+                    note=lambda r: r.get("error", "")[:60] if r.get("method") == "failed"
+                    else f"{r['model']} {r['dynamic_resblock']} seed={r['seed']} eer={r['eer_percent']:.1f}%")
+    good = []
+    for r in rows:
+        if r.get("method") == "failed":
+            print(f"slimtrain: warning: {r['error']}")
+        else:
+            good.append(r)
+    return good
+
+
+def _pruning_targets(rows: Sequence[dict], full: int) -> dict[float, float]:
+    """``{kappa_min: MACs}`` of the all-stage DCL rows of one seed (one target per distinct MACs,
+    named by its largest kappa_min)."""
+    by_macs: dict[float, float] = {}
+    for r in rows:
+        if r["method"] == "dcl" and len(str(r["stages"]).split(",")) == full:
+            by_macs[r["macs"]] = max(by_macs.get(r["macs"], 0.0), float(r["kappa_min"]))
+    return {k: m for m, k in sorted(by_macs.items())}
+
+
 def run_sweep(data_dir: Path, cfg: SpoofConfig, out_dir: Optional[Path] = None, *,
               stage_sets: Sequence[Sequence[int]] = DEFAULT_STAGE_SETS, kappas: Sequence[float] = DEFAULT_KAPPAS,
               alpha: float = 1.0, fixed_widths: Sequence[int] = DEFAULT_FIXED_WIDTHS, pruning: bool = True,
-              workers: int = 1, progress: bool = True, device: str = "cpu") -> list[dict]:
-    """Run every row (see the module docstring) and write the outputs to ``out_dir``.
+              workers: int = 1, progress: bool = True, seeds: Optional[Sequence[int]] = None,
+              engine: str = "local", address: Optional[str] = None, resume: bool = False,
+              device: str = "cpu") -> list[dict]:
+    """Run every row (see the module docstring) for every training seed in ``seeds`` (default
+    ``[cfg.seed]``; the data set is the one in ``data_dir`` for all seeds) and write the outputs to
+    ``out_dir`` (``sweep.csv`` one line per row and seed, ``sweep_summary.csv`` mean and 95 %
+    interval over seeds, ``sweep.png``, ``config.json``; finished rows in ``out_dir/rows``, which
+    ``resume=True`` skips). ``engine``/``workers``/``address``: see :mod:`slimtrain.sweep_engine`.
 
     ``device`` is passed to the DCL and fixed-width runs (the pruning baseline trains on the CPU).
 
-    The pruning targets are the MACs of the all-stage DCL runs (or of the widest-stage-set runs
-    when no all-stage set is swept), so the pruned rows sit at matching cost.
+    The pruning targets are the MACs of the same seed's all-stage DCL runs (or of the
+    widest-stage-set runs when no all-stage set is swept), so the pruned rows sit at matching cost.
     """
     cfg.validate()
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
+    seeds = [int(s) for s in (seeds if seeds is not None else [cfg.seed])]
+    if not seeds or any(s < 0 for s in seeds) or len(set(seeds)) != len(seeds):
+        raise ValueError(f"seeds must be distinct integers >= 0, got {seeds}")
     man = json.loads((Path(data_dir) / "manifest.json").read_text()) if (Path(data_dir) / "manifest.json").is_file() else None
     if man is None:
         load_split(Path(data_dir), "train")  # raises the DataError with the build hint
     unseen = tuple(man.get("unseen_attacks", ())) if man else ()
-    runs_dir = str(Path(out_dir) / "runs") if out_dir is not None else None
-    if runs_dir:
-        Path(runs_dir).mkdir(parents=True, exist_ok=True)
-    jobs = [("dcl", cfg, str(data_dir), unseen, tuple(s), float(k), float(alpha), runs_dir, device)
-            for s in stage_sets for k in kappas]
-    jobs += [("fixed", cfg, str(data_dir), unseen, int(w), math.nan, math.nan, runs_dir, device)
-             for w in fixed_widths]
-    rows: list[dict] = []
+    multi = len(seeds) > 1
+
+    def runs_dir(seed: int) -> Optional[str]:
+        if out_dir is None:
+            return None
+        d = Path(out_dir) / "runs" / (f"seed{seed}" if multi else "")
+        d.mkdir(parents=True, exist_ok=True)
+        return str(d)
+
+    run = dict(engine=engine, workers=workers, address=address, resume=resume, progress=progress)
+    jobs = []
+    for seed in seeds:
+        c = dataclasses.replace(cfg, seed=seed)
+        jobs += [("dcl", c, str(data_dir), unseen, tuple(s), float(k), float(alpha), runs_dir(seed), device)
+                 for s in stage_sets for k in kappas]
+        jobs += [("fixed", c, str(data_dir), unseen, int(w), math.nan, math.nan, runs_dir(seed), device)
+                 for w in fixed_widths]
     t0 = time.perf_counter()
-    bar = tqdm(total=len(jobs), desc="spoof sweep", unit="run", disable=not progress)
-    pool = mp.get_context("spawn").Pool(min(workers, len(jobs))) if workers > 1 and len(jobs) > 1 else None
-
-    def run_all(js: list[tuple]) -> None:
-        it = pool.imap(_job, js) if pool is not None else map(_job, js)
-        for row in it:
-            if row.get("method") == "failed":
-                print(f"slimtrain: warning: {row['error']}")
-                bar.update()
-                continue
-            rows.append(row)
-            bar.set_postfix_str(f"{row['model']} {row['dynamic_resblock']} eer={row['eer_percent']:.1f}%")
-            bar.update()
-
-    try:
-        run_all(jobs)
-        if out_dir is not None:  # the main grid is safe on disk before the baselines run
-            Path(out_dir).mkdir(parents=True, exist_ok=True)
-            write_sweep_csv(rows, Path(out_dir) / "sweep.csv")
-        if pruning and pruning_available():
-            full = max(len(s) for s in stage_sets) if stage_sets else 0
-            targets = sorted({r["macs"] for r in rows if r["method"] == "dcl" and len(r["stages"].split(",")) == full})
-            pj = [("pruned", cfg, str(data_dir), unseen, float(t), math.nan, math.nan, runs_dir) for t in targets]
-            bar.total += len(pj)
-            bar.refresh()
-            run_all(pj)
-        elif pruning:
-            print("slimtrain: note: pruning baseline skipped (slimtrain.tasks.baselines.prune_to_macs or torch-pruning "
-                  "is not available)")
-        if pool is not None:
-            pool.close()
-    except BaseException:
-        if pool is not None:
-            pool.terminate()
-        raise
-    finally:
-        if pool is not None:
-            pool.join()
-        bar.close()
-    order = {"fixed": 0, "dcl": 1, "pruned": 2}
-    rows.sort(key=lambda r: (order[r["method"]], -r["width"] if r["method"] == "fixed" else 0,
-                             len(r["stages"]), r["stages"], -(r["kappa_min"] if r["method"] == "dcl" else 0),
-                             r["macs"]))
+    rows = _run(jobs, out_dir, desc="spoof sweep", **run)
+    if out_dir is not None:  # the main grid is safe on disk before the baselines run
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        write_sweep_csv(rows, Path(out_dir) / "sweep.csv")
+    if pruning and pruning_available():
+        full = max(len(s) for s in stage_sets) if stage_sets else 0
+        pj = []
+        for seed in seeds:
+            c = dataclasses.replace(cfg, seed=seed)
+            targets = _pruning_targets([r for r in rows if r["seed"] == seed], full)
+            pj += [("pruned", c, str(data_dir), unseen, float(t), float(k), math.nan, runs_dir(seed))
+                   for k, t in targets.items()]
+        rows += _run(pj, out_dir, desc="spoof pruning", **run)
+    elif pruning:
+        print("slimtrain: note: pruning baseline skipped (slimtrain.tasks.baselines.prune_to_macs or torch-pruning "
+              "is not available)")
+    rows.sort(key=_sort_key)
     if out_dir is not None:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         write_sweep_csv(rows, out / "sweep.csv")
+        write_summary_csv(rows, out / "sweep_summary.csv")
         plot_sweep(rows, out / "sweep.png", cfg)
         (out / "config.json").write_text(json.dumps({
             "config": cfg.as_dict(), "data": man.get("config") if man else None, "unseen_attacks": list(unseen),
             "stage_sets": [list(s) for s in stage_sets], "kappas": list(kappas), "alpha": alpha,
             "fixed_widths": list(fixed_widths), "pruning": pruning and pruning_available(), "workers": workers,
-            "seconds": round(time.perf_counter() - t0, 1)}, indent=2) + "\n")
+            "seeds": seeds, "engine": engine, "seconds": round(time.perf_counter() - t0, 1)}, indent=2) + "\n")
     return rows
+
+
+def _sort_key(r: dict) -> tuple:
+    """Rows by method, width / stages / kappa_min (pruned: by target), then seed."""
+    order = {"fixed": 0, "dcl": 1, "pruned": 2}
+    dcl = r["method"] == "dcl"
+    target = r.get("pruned_at_kappa") if r["method"] == "pruned" else None
+    return (order[r["method"]], -r["width"] if r["method"] == "fixed" else 0, len(r["stages"]), r["stages"],
+            -(r["kappa_min"] if dcl else 0), r["alpha"] if dcl else 0, target if target is not None else 0,
+            r.get("seed") or 0, r["macs"])
 
 
 def read_sweep_csv(path: Path) -> list[dict]:
@@ -231,7 +287,8 @@ def read_sweep_csv(path: Path) -> list[dict]:
         for r in csv.DictReader(f):
             d: dict = {}
             for k, v in r.items():
-                if k in ("model", "dynamic_resblock", "min_kappa", "method", "widths", "widths_continuous"):
+                if k in ("model", "dynamic_resblock", "min_kappa", "method", "widths", "widths_continuous",
+                         "data_fingerprint", "torch_version", "hostname"):
                     d[k] = v
                     continue
                 try:
@@ -240,6 +297,9 @@ def read_sweep_csv(path: Path) -> list[dict]:
                     d[k] = v
             d["width"] = int(d["width"])
             d["params"] = int(d["params"])
+            for k in ("seed", "threads"):  # absent or empty in tables written before seeds were recorded
+                v = d.get(k)
+                d[k] = None if v is None or (isinstance(v, float) and math.isnan(v)) else int(v)
             d["stages"] = str(r["dynamic_resblock"]).replace(" ", "") if r["method"] == "dcl" else "-"
             d["kappa_min"] = float(r["min_kappa"]) if r["method"] == "dcl" else math.nan
             d["eer_pooled"], d["eer_unseen"], d["eer_known"] = d["eer_percent"], d["eer_unseen_percent"], d[
@@ -263,25 +323,13 @@ def add_pruning_rows(data_dir: Path, cfg: SpoofConfig, out_dir: Path, *, workers
     if not dcl:
         raise ValueError(f"{out / 'sweep.csv'} has no DCL rows to match")
     full = max(len(r["stages"].split(",")) for r in dcl)
-    targets = sorted({r["macs"] for r in dcl if len(r["stages"].split(",")) == full})
     man = json.loads((Path(data_dir) / "manifest.json").read_text())
     unseen = tuple(man.get("unseen_attacks", ()))
-    jobs = [("pruned", cfg, str(data_dir), unseen, float(t), math.nan, math.nan, str(out / "runs")) for t in targets]
-    bar = tqdm(total=len(jobs), desc="pruning", unit="run", disable=not progress)
-    new = []
-    ctx = mp.get_context("spawn").Pool(min(workers, len(jobs))) if workers > 1 and len(jobs) > 1 else None
-    try:
-        for row in (ctx.imap(_job, jobs) if ctx is not None else map(_job, jobs)):
-            if row.get("method") == "failed":
-                print(f"slimtrain: warning: {row['error']}")
-            else:
-                new.append(row)
-            bar.update()
-    finally:
-        if ctx is not None:
-            ctx.close()
-            ctx.join()
-        bar.close()
+    targets = _pruning_targets(dcl, full)
+    jobs = [("pruned", cfg, str(data_dir), unseen, float(t), float(k), math.nan, str(out / "runs"))
+            for k, t in targets.items()]
+    new = _run(jobs, out, engine="local", workers=workers, address=None, resume=False, progress=progress,
+               desc="pruning")
     rows += new
     write_sweep_csv(rows, out / "sweep.csv")
     plot_sweep(rows, out / "sweep.png", cfg)
@@ -324,11 +372,133 @@ def format_table(rows: Iterable[dict]) -> str:
     return "\n".join(lines)
 
 
+#: the metrics summarised over seeds (mean and 95 % Student-t interval)
+SUMMARY_METRICS = ("params", "macs", "macs_per_second", "gflops_per_second", "eer_pooled", "eer_unseen",
+                   "eer_known", *[f"eer_{a}" for a in ATTACKS])
+
+
+def row_id(r: dict) -> str:
+    """What makes a row the same row across seeds: DCL stages and kappa_min, fixed width, or the
+    pruned model's target (the kappa_min of the all-stage DCL run whose MACs it matches; the MACs
+    themselves for tables written before that was recorded)."""
+    if r["method"] == "dcl":
+        return f"dcl {r['stages']} {r['kappa_min']:g} a{r['alpha']:g}"
+    if r["method"] == "fixed":
+        return f"fixed w{r['width']}"
+    k = r.get("pruned_at_kappa")
+    if k is None or (isinstance(k, float) and math.isnan(k)):
+        return f"pruned {r['macs']:.0f}"
+    return f"pruned @{k:g}"
+
+
+def summarize(rows: Sequence[dict]) -> list[dict]:
+    """One entry per row id (:func:`row_id`) in first-seen order: ``n``, ``seeds``, ``row`` (the
+    first seed's row, for names) and an interval per :data:`SUMMARY_METRICS` metric over seeds."""
+    keyed = [dict(r, row_id=row_id(r)) for r in rows]
+    first: dict[str, dict] = {}
+    for r in keyed:
+        first.setdefault(r["row_id"], r)
+    out = summarize_rows(keyed, ("row_id",), SUMMARY_METRICS)
+    for e in out:
+        e["row"] = first[e["row_id"]]
+    return out
+
+
+def _mean_rows(rows: Sequence[dict]) -> list[dict]:
+    """The rows averaged over seeds (keys as in a row), with ``<metric>_err`` = the 95 % half-width
+    (0 for one seed) and ``n``."""
+    out = []
+    for e in summarize(rows):
+        r = dict(e["row"], n=e["n"])
+        for m in SUMMARY_METRICS:
+            iv = e[m]
+            r[m] = iv.mean if iv is not None else math.nan
+            r[f"{m}_err"] = 0.0 if iv is None or math.isnan(iv.lo) else iv.half_width
+        out.append(r)
+    return out
+
+
+def format_summary_table(rows: Sequence[dict]) -> str:
+    """Markdown table over seeds: mean ± 95 % half-width (the value alone for n = 1) and the paired
+    pooled-EER comparison with the full-width fixed model (``better``/``worse`` only when the
+    same-seed difference's interval excludes 0; ``n=1`` for single-seed results)."""
+    summary = summarize(rows)
+    widest = max((e for e in summary if e["row"]["method"] == "fixed"), key=lambda e: e["row"]["width"], default=None)
+    lines = ["| model | dynamic stages | kappa_min | alpha | n | params (k) | MMAC/s | EER pooled % | EER unseen % | "
+             "EER pooled vs full width (paired) |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
+    for e in summary:
+        r = e["row"]
+        k = f"{r['kappa_min']:g}" if r["method"] == "dcl" else "-"
+        alpha = f"{r['alpha']:g}" if r["method"] == "dcl" else "-"
+        if widest is None:
+            vs = ""
+        elif e is widest:
+            vs = "ref."
+        else:
+            vs = paired_verdict(e["eer_pooled_by_seed"], widest["eer_pooled_by_seed"], higher_is_better=False,
+                                fmt="+.2f")
+        stages = _stage_name(r["stages"]) if r["method"] == "dcl" else "-"
+        lines.append(f"| {r['model']} | {stages} | {k} | {alpha} | {e['n']} | "
+                     f"{format_interval(e['params'], '.1f', 1e-3)} | {format_interval(e['macs_per_second'], '.2f', 1e-6)} | "
+                     f"{format_interval(e['eer_pooled'], '.2f')} | {format_interval(e['eer_unseen'], '.2f')} | {vs} |")
+    return "\n".join(lines)
+
+
+def _stage_name(stages: str) -> str:
+    parts = [p for p in str(stages).replace(" ", "").split(",") if p]
+    if len(parts) == 4:
+        return "X (all)"
+    return ", ".join(f"B{p}" for p in parts) if parts else "-"
+
+
+def format_detail_table(rows: Sequence[dict]) -> str:
+    """The full table (``docs/spoof.md``): size, cost and EER pooled / unseen / known / per attack of
+    every row, mean ± 95 % half-width over seeds (the value alone for n = 1)."""
+    unseen, known = ("A4", "A6", "A7"), ("A1", "A2", "A3", "A5")
+    fi = format_interval
+    lines = ["| method | dynamic stages | kappa_min | params (k) | MMAC/s | GFLOP/s | EER pooled % | EER unseen % | "
+             + " | ".join(f"{a} %" for a in unseen) + " | EER known % | " + " | ".join(f"{a} %" for a in known) + " |",
+             "| --- | --- | " + " | ".join(["---:"] * (6 + len(unseen) + 1 + len(known))) + " |"]
+    for e in summarize(rows):
+        r = e["row"]
+        method = {"dcl": "DCL", "fixed": f"fixed w{r['width']}", "pruned": "pruned"}[r["method"]]
+        stages = _stage_name(r["stages"]) if r["method"] == "dcl" else "-"
+        k = f"{r['kappa_min']:g}" if r["method"] == "dcl" else "-"
+        lines.append(f"| {method} | {stages} | {k} | {fi(e['params'], '.1f', 1e-3)} | "
+                     f"{fi(e['macs_per_second'], '.2f', 1e-6)} | {fi(e['gflops_per_second'], '.4f')} | "
+                     f"{fi(e['eer_pooled'], '.2f')} | {fi(e['eer_unseen'], '.2f')} | "
+                     + " | ".join(fi(e[f"eer_{a}"], ".1f") for a in unseen) + f" | {fi(e['eer_known'], '.2f')} | "
+                     + " | ".join(fi(e[f"eer_{a}"], ".1f") for a in known) + " |")
+    return "\n".join(lines)
+
+
+def write_summary_csv(rows: Sequence[dict], path: Path) -> Path:
+    """``sweep_summary.csv``: per row id, ``n`` and mean/lo/hi of every summary metric (lo/hi empty for n = 1)."""
+    path = Path(path)
+    cols = ["row_id", "model", "dynamic_resblock", "min_kappa", "n"] + [
+        f"{m}_{k}" for m in SUMMARY_METRICS for k in ("mean", "lo", "hi")]
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(cols)
+        for e in summarize(rows):
+            r = e["row"]
+            vals = [e["row_id"], r["model"], r["dynamic_resblock"], _fmt(r["min_kappa"]), e["n"]]
+            for m in SUMMARY_METRICS:
+                iv = e[m]
+                vals += ["", "", ""] if iv is None else [_fmt(iv.mean), _fmt(iv.lo), _fmt(iv.hi)]
+            w.writerow(vals)
+    return path
+
+
 def plot_sweep(rows: Sequence[dict], path: Path, cfg: Optional[SpoofConfig] = None) -> Path:
-    """Pareto plot: pooled EER and unseen-attack EER against MACs per second of audio."""
+    """Pareto plot: pooled EER and unseen-attack EER against MACs per second of audio (means over
+    seeds with 95 % Student-t error bars; none for a single seed)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
+    rows = _mean_rows(rows)
+    n_seeds = max((r["n"] for r in rows), default=1)
     fig = Figure(figsize=(12, 4.8), dpi=110)
     FigureCanvasAgg(fig)
     axes = fig.subplots(1, 2)
@@ -337,15 +507,17 @@ def plot_sweep(rows: Sequence[dict], path: Path, cfg: Optional[SpoofConfig] = No
     for ax, key, title in zip(axes, ("eer_pooled", "eer_unseen"), ("all attacks (pooled)", "unseen attacks only")):
         fixed = sorted((r for r in rows if r["method"] == "fixed"), key=lambda r: r["macs"])
         if fixed:
-            ax.plot([r["macs_per_second"] for r in fixed], [r[key] for r in fixed], "o-", color="0.4",
-                    label="fixed width, from scratch", zorder=2)
+            ax.errorbar([r["macs_per_second"] for r in fixed], [r[key] for r in fixed],
+                        yerr=[r[f"{key}_err"] for r in fixed], fmt="o-", color="0.4", capsize=3,
+                        label="fixed width, from scratch", zorder=2)
             for r in fixed:
                 ax.annotate(f"w{r['width']}", (r["macs_per_second"], r[key]), textcoords="offset points",
                             xytext=(4, -10), fontsize=7, color="0.35")
         pruned = sorted((r for r in rows if r["method"] == "pruned"), key=lambda r: r["macs"])
         if pruned:
-            ax.plot([r["macs_per_second"] for r in pruned], [r[key] for r in pruned], "D--", color="tab:brown",
-                    ms=5, label="torch-pruning + fine-tune", zorder=2)
+            ax.errorbar([r["macs_per_second"] for r in pruned], [r[key] for r in pruned],
+                        yerr=[r[f"{key}_err"] for r in pruned], fmt="D--", color="tab:brown", ms=5, capsize=3,
+                        label="torch-pruning + fine-tune", zorder=2)
         dcl = [r for r in rows if r["method"] == "dcl"]
         seen = set()
         groups: dict[tuple, list[dict]] = {}  # runs that ended on the same point share one label
@@ -355,8 +527,9 @@ def plot_sweep(rows: Sequence[dict], path: Path, cfg: Optional[SpoofConfig] = No
             st = tuple(int(x) for x in stages.split(","))
             m, c, lab = markers.get(st, ("*", "tab:red", "DCL all stages (X)"))
             r = grp[0]
-            ax.plot([r["macs_per_second"]], [r[key]], m, color=c, ms=9 if m == "*" else 6, mec="k", mew=0.4,
-                    label=None if lab in seen else lab, zorder=3)
+            ax.errorbar([r["macs_per_second"]], [r[key]], yerr=[r[f"{key}_err"]], fmt=m, color=c,
+                        ms=9 if m == "*" else 6, mec="k", mew=0.4, capsize=3, label=None if lab in seen else lab,
+                        zorder=3)
             seen.add(lab)
             ax.annotate(",".join(f"{g['kappa_min']:g}" for g in grp), (r["macs_per_second"], r[key]),
                         textcoords="offset points", xytext=(4, 3), fontsize=6, color=c)
@@ -367,10 +540,11 @@ def plot_sweep(rows: Sequence[dict], path: Path, cfg: Optional[SpoofConfig] = No
         ax.grid(True, which="both", alpha=0.25)
         ax.legend(fontsize=7)
     if cfg is not None:
+        runs = f"mean of {n_seeds} seeds, 95 % intervals" if n_seeds > 1 else f"seed {cfg.seed}"
         fig.suptitle(f"Anti-spoofing countermeasure, ResNet blocks {list(cfg.blocks)}, base width {cfg.width}; "
-                     f"{cfg.epochs} epochs, seed {cfg.seed} (labels: kappa_min)", fontsize=10)
+                     f"{cfg.epochs} epochs, {runs} (labels: kappa_min)", fontsize=10)
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
+    fig.savefig(path, metadata={"Software": None})
     return path

@@ -7,8 +7,9 @@ import json
 import time
 from pathlib import Path
 
-from ...cli import (_alpha, _alpha_list, _epochs, _kappa, _number, _paragraphs, _positive_float,
-                   _refuse_sweep_under_torchrun, _seed, _workers, add_device_option, comma_list)
+from ...cli import (_alpha, _alpha_list, _check_no_sweep_engine_args, _epochs, _kappa, _number, _paragraphs,
+                   _positive_float, _refuse_sweep_under_torchrun, _seed, _workers, add_device_option,
+                   add_sweep_engine_arguments, comma_list, sweep_seeds)
 
 __all__ = ["register"]
 
@@ -129,7 +130,8 @@ def register(commands, data_commands) -> None:
                    help="VAD data cache (built if missing; default: OUT/data, quick: OUT/data-quick)")
     v.add_argument("--seed", type=_seed, default=0, metavar="S", help="training seed (default: 0)")
     v.add_argument("--workers", type=_workers, default=1, metavar="N",
-                   help="--sweep: processes, one torch thread each (default: 1)")
+                   help="--sweep: processes (or local Ray CPUs), one torch thread each (default: 1)")
+    add_sweep_engine_arguments(v)
     v.add_argument("--no-anchors", action="store_true", help="--sweep: skip WebRTC VAD and Silero VAD")
     v.add_argument("--resume", action="store_true",
                    help="--sweep: reuse the runs already finished in OUT/rows (same settings and data) and run "
@@ -211,7 +213,7 @@ def _cmd_vad(args) -> int:
         return _cmd_predict(args)
     from ... import distributed
     from .data import VadDataConfig, build_vad_data, load_vad_data
-    from .sweep import VadSweepConfig, format_table, run_sweep
+    from .sweep import VadSweepConfig, format_summary_table, format_table, run_sweep
     from .train import VadRunConfig, train_vad
 
     device = getattr(args, "device", "cpu")
@@ -235,14 +237,18 @@ def _cmd_vad(args) -> int:
             cfg.budgets = tuple(args.budget)
         cfg.epochs = args.epochs or cfg.epochs
         cfg.seed, cfg.workers, cfg.anchors = args.seed, args.workers, not args.no_anchors
+        cfg.seeds = tuple(sweep_seeds(args))
+        cfg.engine, cfg.address = args.engine, args.address
         t0 = time.perf_counter()
         rows = run_sweep(cfg, out, cache=data_dir, progress=progress, resume=args.resume, device=device)
-        print(format_table(rows))
-        print(f"sweep of {len(rows)} rows took {time.perf_counter() - t0:.0f}s; wrote {out / 'sweep.csv'}, "
-              f"{out / 'vad_pooled.csv'}, {out / 'vad_by_snr.csv'}, {out / 'pareto.png'}")
+        print(format_table(rows) if len(cfg.seed_list) == 1 else format_summary_table(rows))
+        print(f"sweep of {len(rows)} rows ({len(cfg.seed_list)} seed(s)) took {time.perf_counter() - t0:.0f}s; wrote "
+              f"{out / 'sweep.csv'}, {out / 'sweep_summary.csv'}, {out / 'vad_pooled.csv'}, {out / 'vad_by_snr.csv'}, "
+              f"{out / 'pareto.png'}")
         return 0
     if args.alphas:
         raise ValueError("--alphas only applies with --sweep")
+    _check_no_sweep_engine_args(args)
     dcfg = VadDataConfig.quick() if args.quick else VadDataConfig()
     distributed.init(distributed.resolve_device(device))  # torchrun: the process group, to wait for rank 0's data
     main = distributed.is_main()

@@ -17,18 +17,21 @@ import csv
 import hashlib
 import json
 import math
-import multiprocessing as mp
+import re
 import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
 
+from ...stats import format_interval, paired_verdict, summarize_rows
+from ...sweep_engine import Job, run_jobs
 from .data import VadDataConfig, VadSplit, build_vad_data, load_vad_data
 from .train import SNR_BANDS, VadRunConfig, evaluate_scores, train_vad
 
 __all__ = ["VadSweepConfig", "run_sweep", "write_sweep_csv", "write_paper_csvs", "plot_pareto", "format_table",
-           "pareto_notes"]
+           "pareto_notes", "read_sweep_csv", "summarize", "format_summary_table", "format_detail_table",
+           "write_summary_csv"]
 
 PAPER_NAMES = {"crnn": ("(a) CRNNVAD", "CRNNVAD", "DCRNNVAD", "SCRNNVAD"),
                "transformer": ("(b) TrVAD", "TrVAD", "DTrVAD", "STrVAD")}
@@ -48,10 +51,18 @@ class VadSweepConfig:
     gate_intervals: tuple[tuple[float, float], ...] = ((0.5, 1.0), (0.25, 0.5), (0.125, 0.25), (0.0625, 0.125))
     epochs: int = 12
     seed: int = 0
+    seeds: Optional[tuple[int, ...]] = None  # every row for each of these seeds (default: (seed,))
     workers: int = 1
+    engine: str = "local"  # or "ray" (see slimtrain.sweep_engine)
+    address: Optional[str] = None  # Ray cluster address for engine="ray"
     anchors: bool = True
     webrtc_modes: tuple[int, ...] = (0, 1, 2, 3)
     data: VadDataConfig = field(default_factory=VadDataConfig)
+
+    @property
+    def seed_list(self) -> list[int]:
+        """The seeds every row is run for."""
+        return list(self.seeds) if self.seeds else [self.seed]
 
     @classmethod
     def quick(cls, **overrides) -> "VadSweepConfig":
@@ -97,6 +108,8 @@ def _job(job: dict) -> dict:
     except Exception as e:  # noqa: BLE001 - one failed baseline must not lose the sweep
         row = {"family": job["run"]["family"], "method": kind, "status": f"failed: {type(e).__name__}: {e}"}
     row["label"] = job["label"]
+    row["seed"] = job["run"]["seed"]
+    row["data_fingerprint"] = job.get("data_fingerprint")
     row["wall_seconds"] = round(time.time() - t0, 1)
     return row
 
@@ -131,45 +144,26 @@ def _label(family: str, method: str, **kw) -> str:
     raise ValueError(method)
 
 
-def _row_file(out: Path, job: dict) -> Path:
-    key = hashlib.sha256(json.dumps(job, sort_keys=True, default=str).encode()).hexdigest()[:12]
-    return out / "rows" / f"{job['kind']}-{key}.json"
+def _job_key(job: dict) -> str:
+    """Stable, readable key of a job: kind, label, seed and a hash of every setting."""
+    digest = hashlib.sha256(json.dumps(job, sort_keys=True, default=str).encode()).hexdigest()[:10]
+    slug = re.sub(r"[^A-Za-z0-9.=+-]+", "_", job["label"]).strip("_")
+    return f"{job['kind']}-{job['run']['family']}-{slug}-seed{job['run']['seed']}-{digest}"
 
 
-def _run_jobs(jobs: list[dict], workers: int, progress: bool, desc: str, out: Path, resume: bool = False) -> list[dict]:
-    """Run ``jobs`` (in order); each finished row is saved in ``out/rows``. With ``resume`` a job whose
-    saved row (same settings, status ok, and its checkpoint present) exists is not run again."""
-    from tqdm.auto import tqdm
+def _checkpoint_done(job: Job, row: dict) -> bool:
+    ckpt = job.arg.get("checkpoint")
+    return not ckpt or Path(ckpt).is_file()
 
-    done: dict[int, dict] = {}
-    if resume:
-        for i, job in enumerate(jobs):
-            f = _row_file(out, job)
-            if f.is_file():
-                try:
-                    row = json.loads(f.read_text())
-                except (OSError, json.JSONDecodeError):
-                    continue
-                if row.get("status") == "ok" and (not job.get("checkpoint") or Path(job["checkpoint"]).is_file()):
-                    done[i] = row
-    todo = [j for i, j in enumerate(jobs) if i not in done]
 
-    def save(job: dict, row: dict) -> dict:
-        f = _row_file(out, job)
-        f.parent.mkdir(parents=True, exist_ok=True)
-        f.write_text(json.dumps(row, default=str))
-        return row
-
-    new: list[dict] = []
-    if workers <= 1 or len(todo) <= 1:
-        for job in tqdm(todo, desc=desc, disable=not progress or not todo):
-            new.append(save(job, _job(job)))
-    else:
-        with mp.get_context("spawn").Pool(min(workers, len(todo))) as pool:
-            for job, row in zip(todo, tqdm(pool.imap(_job, todo), total=len(todo), desc=desc, disable=not progress)):
-                new.append(save(job, row))
-    it = iter(new)
-    return [done[i] if i in done else next(it) for i in range(len(jobs))]
+def _run_jobs(jobs: list[dict], cfg: VadSweepConfig, progress: bool, desc: str, out: Path,
+              resume: bool = False) -> list[dict]:
+    """Run ``jobs`` with :func:`slimtrain.sweep_engine.run_jobs` (in order); each finished row is saved
+    in ``out/rows``. With ``resume`` a job whose saved row (same settings, status ok, and its
+    checkpoint present) exists is not run again."""
+    return run_jobs([Job(_job_key(j), _job, j) for j in jobs], out / "rows", engine=cfg.engine, workers=cfg.workers,
+                    address=cfg.address, resume=resume, progress=progress, desc=desc, is_done=_checkpoint_done,
+                    note=lambda r: f"{r.get('label')} seed={r.get('seed')}")
 
 
 def _anchor_rows(cfg: VadSweepConfig, data: dict[str, VadSplit]) -> list[dict]:
@@ -198,6 +192,38 @@ def _anchor_rows(cfg: VadSweepConfig, data: dict[str, VadSplit]) -> list[dict]:
     return rows
 
 
+def _seed_jobs(cfg: VadSweepConfig, out: Path, seed: int, multi: bool) -> list[dict]:
+    """The training jobs of one seed (checkpoint names carry the seed when the sweep has several)."""
+    common = {"epochs": cfg.epochs, "seed": seed}
+    tag = f"_seed{seed}" if multi else ""
+    jobs: list[dict] = []
+    for fam in cfg.families:
+        for k in cfg.kappas:
+            jobs.append({"kind": "DCL", "label": _label(fam, "DCL", kappa_min=k),
+                         "run": {"family": fam, "kappa_min": k, "alpha": cfg.alpha, **common},
+                         "checkpoint": str(out / "checkpoints" / f"{fam}_dcl_k{k:g}{tag}.pt")})
+        k_low = min(cfg.kappas) if cfg.kappas else 0.125
+        for a in cfg.alphas:
+            jobs.append({"kind": "DCL", "label": _label(fam, "DCL", kappa_min=k_low, alpha=a, extra="alpha"),
+                         "run": {"family": fam, "kappa_min": k_low, "alpha": a, **common},
+                         "checkpoint": str(out / "checkpoints" / f"{fam}_dcl_k{k_low:g}_a{a:g}{tag}.pt")})
+        for b in cfg.budgets:
+            jobs.append({"kind": "DCL", "label": _label(fam, "DCL", kappa_min=k_low, budget=b),
+                         "run": {"family": fam, "kappa_min": k_low, "alpha": 0.0, "budget": b, **common},
+                         "checkpoint": str(out / "checkpoints" / f"{fam}_dcl_k{k_low:g}_b{b:g}{tag}.pt")})
+        for s in cfg.fixed_scales:
+            from .models import scaled_widths
+
+            jobs.append({"kind": "fixed", "label": _label(fam, "fixed", scale=s),
+                         "run": {"family": fam, "kappa_min": None, "n_mels": max(1, int(round(80 * s))),
+                                 "widths": scaled_widths(fam, s), **common},
+                         "checkpoint": str(out / "checkpoints" / f"{fam}_fixed_x{s:g}{tag}.pt")})
+        for interval in cfg.gate_intervals:
+            jobs.append({"kind": "gates", "label": _label(fam, "gates", interval=interval), "interval": list(interval),
+                         "run": {"family": fam, **common}})
+    return jobs
+
+
 def run_sweep(cfg: VadSweepConfig, out: str | Path, *, cache: Optional[str | Path] = None, progress: bool = True,
               resume: bool = False, device: str = "cpu") -> list[dict]:
     """Build/reuse the data, run every job, write ``sweep.csv``, ``vad_pooled.csv``, ``vad_by_snr.csv``
@@ -208,32 +234,10 @@ def run_sweep(cfg: VadSweepConfig, out: str | Path, *, cache: Optional[str | Pat
     out.mkdir(parents=True, exist_ok=True)
     cache = str(cache if cache is not None else out / "data")
     build_vad_data(cfg.data, cache, progress=progress)
-    common = {"epochs": cfg.epochs, "seed": cfg.seed}
     jobs: list[dict] = []
-    for fam in cfg.families:
-        for k in cfg.kappas:
-            jobs.append({"kind": "DCL", "label": _label(fam, "DCL", kappa_min=k),
-                         "run": {"family": fam, "kappa_min": k, "alpha": cfg.alpha, **common},
-                         "checkpoint": str(out / "checkpoints" / f"{fam}_dcl_k{k:g}.pt")})
-        k_low = min(cfg.kappas) if cfg.kappas else 0.125
-        for a in cfg.alphas:
-            jobs.append({"kind": "DCL", "label": _label(fam, "DCL", kappa_min=k_low, alpha=a, extra="alpha"),
-                         "run": {"family": fam, "kappa_min": k_low, "alpha": a, **common},
-                         "checkpoint": str(out / "checkpoints" / f"{fam}_dcl_k{k_low:g}_a{a:g}.pt")})
-        for b in cfg.budgets:
-            jobs.append({"kind": "DCL", "label": _label(fam, "DCL", kappa_min=k_low, budget=b),
-                         "run": {"family": fam, "kappa_min": k_low, "alpha": 0.0, "budget": b, **common},
-                         "checkpoint": str(out / "checkpoints" / f"{fam}_dcl_k{k_low:g}_b{b:g}.pt")})
-        for s in cfg.fixed_scales:
-            from .models import scaled_widths
-
-            jobs.append({"kind": "fixed", "label": _label(fam, "fixed", scale=s),
-                         "run": {"family": fam, "kappa_min": None, "n_mels": max(1, int(round(80 * s))),
-                                 "widths": scaled_widths(fam, s), **common},
-                         "checkpoint": str(out / "checkpoints" / f"{fam}_fixed_x{s:g}.pt")})
-        for interval in cfg.gate_intervals:
-            jobs.append({"kind": "gates", "label": _label(fam, "gates", interval=interval), "interval": list(interval),
-                         "run": {"family": fam, **common}})
+    multi = len(cfg.seed_list) > 1
+    for seed in cfg.seed_list:
+        jobs += _seed_jobs(cfg, out, seed, multi)
     for j in jobs:
         j["cache"] = cache
         if j["kind"] in ("DCL", "fixed") and device != "cpu":
@@ -241,26 +245,31 @@ def run_sweep(cfg: VadSweepConfig, out: str | Path, *, cache: Optional[str | Pat
     fingerprint = json.loads((Path(cache) / "manifest.json").read_text())["fingerprint"]
     for j in jobs:
         j["data_fingerprint"] = fingerprint
-    rows = _run_jobs(jobs, cfg.workers, progress, "vad sweep", out, resume)
+    rows = _run_jobs(jobs, cfg, progress, "vad sweep", out, resume)
     # pruning targets the MACs the DCL runs reached
     prune_jobs = []
-    for fam in cfg.families:
-        for k in cfg.prune_kappas:
-            match = [r for r in rows if r.get("family") == fam and r.get("method") == "DCL" and r.get("status") == "ok"
-                     and r.get("kappa_min") == k and r.get("budget") is None and r.get("alpha") == cfg.alpha]
-            if not match:
-                continue
-            prune_jobs.append({"kind": "prune", "label": _label(fam, "prune", kappa=k), "cache": cache,
-                               "target_mflops": match[0]["mflops_per_s"], "mel_bands": match[0]["mel_bands"],
-                               "run": {"family": fam, **common},
-                               "full_checkpoint": str(out / "checkpoints" / f"{fam}_fixed_x1.pt")})
+    multi = len(cfg.seed_list) > 1
+    for seed in cfg.seed_list:
+        tag = f"_seed{seed}" if multi else ""
+        for fam in cfg.families:
+            for k in cfg.prune_kappas:
+                match = [r for r in rows if r.get("family") == fam and r.get("method") == "DCL"
+                         and r.get("status") == "ok" and r.get("seed") == seed and r.get("kappa_min") == k
+                         and r.get("budget") is None and r.get("alpha") == cfg.alpha]
+                if not match:
+                    continue
+                prune_jobs.append({"kind": "prune", "label": _label(fam, "prune", kappa=k), "cache": cache,
+                                   "target_mflops": match[0]["mflops_per_s"], "mel_bands": match[0]["mel_bands"],
+                                   "run": {"family": fam, "epochs": cfg.epochs, "seed": seed},
+                                   "full_checkpoint": str(out / "checkpoints" / f"{fam}_fixed_x1{tag}.pt")})
     for j in prune_jobs:
         j["data_fingerprint"] = fingerprint
-    rows += _run_jobs(prune_jobs, cfg.workers, progress, "vad pruning", out, resume)
+    rows += _run_jobs(prune_jobs, cfg, progress, "vad pruning", out, resume)
     if cfg.anchors:
         rows += _anchor_rows(cfg, _load(cache))
     pareto_notes(rows)
     write_sweep_csv(rows, out / "sweep.csv")
+    write_summary_csv(rows, out / "sweep_summary.csv")
     write_paper_csvs(rows, out)
     try:
         plot_pareto(rows, out / "pareto.png")
@@ -272,7 +281,8 @@ def run_sweep(cfg: VadSweepConfig, out: str | Path, *, cache: Optional[str | Pat
 # -- outputs ------------------------------------------------------------------------------------
 COLUMNS = ["family", "method", "label", "status", "kappa_min", "alpha", "budget", "mel_bands", "mflops_per_s", "params",
            "auc", "f1", "eer", *[f"eer {b}" for b, _, _ in SNR_BANDS], "threshold", "widths", "on_front",
-           "dominated_by", "train_seconds", "wall_seconds", "checkpoint"]
+           "dominated_by", "train_seconds", "wall_seconds", "checkpoint",
+           "seed", "data_fingerprint", "torch_version", "threads", "hostname"]
 
 
 def _fmt(v) -> str:
@@ -318,11 +328,11 @@ def write_paper_csvs(rows: Sequence[dict], out: str | Path) -> tuple[Path, Path]
 
 
 def pareto_notes(rows: list[dict], metric: str = "auc") -> None:
-    """Mark each trained row ``on_front`` (no other trained model of its family has <= FLOPs and a
-    higher ``metric``) and name, for DCL rows, the baselines that dominate them."""
+    """Mark each trained row ``on_front`` (no other trained model of its family and seed has <= FLOPs
+    and a higher ``metric``) and name, for DCL rows, the baselines that dominate them."""
     trained = [r for r in rows if r.get("status") == "ok" and r.get("method") in ("DCL", "fixed", "prune", "gates")]
     for r in trained:
-        same = [o for o in trained if o is not r and o["family"] == r["family"]]
+        same = [o for o in trained if o is not r and o["family"] == r["family"] and o.get("seed") == r.get("seed")]
         better = [o for o in same if o["mflops_per_s"] <= r["mflops_per_s"] * 1.0001 and o[metric] > r[metric]]
         r["on_front"] = not better
         r["dominated_by"] = "; ".join(o["label"] for o in better if o["method"] != r["method"]) or None
@@ -349,28 +359,155 @@ def format_table(rows: Sequence[dict]) -> str:
     return "\n".join(lines)
 
 
+#: the metrics summarised over seeds (mean and 95 % Student-t interval)
+SUMMARY_METRICS = ("mel_bands", "mflops_per_s", "params", "auc", "f1", "eer",
+                   *[f"eer {b}" for b, _, _ in SNR_BANDS])
+
+
+def summarize(rows: Sequence[dict]) -> list[dict]:
+    """One entry per model (family, method, label) with ``n``, ``seeds`` and an interval per
+    :data:`SUMMARY_METRICS` metric over its seeds (see :func:`slimtrain.stats.summarize_rows`)."""
+    ok = [r for r in rows if r.get("status") == "ok"]
+    return summarize_rows(ok, ("family", "method", "label"), SUMMARY_METRICS)
+
+
+def _baseline(summary: list[dict], family: str) -> Optional[dict]:
+    return next((e for e in summary if e["family"] == family and e["method"] == "fixed"
+                 and e["label"].endswith("(baseline)")), None)
+
+
+def format_summary_table(rows: Sequence[dict], families: Optional[Sequence[str]] = None) -> str:
+    """Markdown table over seeds: mean ± 95 % half-width (the value alone for n = 1) of mel bands,
+    MFLOP/s, AUC and EER, the number of seeds, and the paired AUC comparison with the family's
+    full-width fixed model (``better``/``worse`` only when the same-seed difference's interval
+    excludes 0; ``n=1`` for single-seed results)."""
+    summary = summarize(rows)
+    lines = ["| model | method | n | mel bands | MFLOP/s | AUC | EER % | EER < 5 dB % | AUC vs full width (paired) |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
+    for e in summary:
+        if families is not None and e["family"] not in families:
+            continue
+        base = _baseline(summary, e["family"])
+        if e["method"] == "anchor":
+            vs = "-"
+        elif base is e:
+            vs = "ref."
+        elif base is None:
+            vs = ""
+        else:
+            vs = paired_verdict(e["auc_by_seed"], base["auc_by_seed"], higher_is_better=True)
+        lines.append(f"| {e['label']} | {e['method']} | {e['n']} | {format_interval(e['mel_bands'], '.0f')} | "
+                     f"{format_interval(e['mflops_per_s'], '.2f')} | {format_interval(e['auc'], '.3f')} | "
+                     f"{format_interval(e['eer'], '.2f', 100)} | {format_interval(e['eer < 5 dB'], '.1f', 100)} | "
+                     f"{vs} |")
+    return "\n".join(lines)
+
+
+def format_detail_table(rows: Sequence[dict], family: str) -> str:
+    """The full table of one family (``docs/vad.md``): every model with mel bands, MFLOP/s, params,
+    AUC, F1, EER and EER per SNR band (mean ± 95 % half-width over seeds, the value alone for n = 1)
+    and, for single-seed results, whether it is on the AUC front; ``family="anchor"``: the shipped VADs."""
+    summary = [e for e in summarize(rows) if e["family"] == family]
+    by_label = {r.get("label"): r for r in rows if r.get("status") == "ok" and r.get("family") == family}
+    bands = [f"eer {b}" for b, _, _ in SNR_BANDS]
+    band_head = " | ".join(f"EER {b[4:]}" for b in bands)
+    fi = format_interval
+    if family == "anchor":
+        lines = [f"| model | params | AUC | F1 | EER % | {band_head} |",
+                 "| --- | " + " | ".join(["---:"] * (4 + len(bands))) + " |"]
+        for e in summary:
+            params = "-" if e["params"] is None else fi(e["params"], ".0f")
+            lines.append(f"| {e['label']} | {params} | {fi(e['auc'], '.4f')} | {fi(e['f1'], '.4f')} | "
+                         f"{fi(e['eer'], '.2f', 100)} | " + " | ".join(fi(e[b], ".1f", 100) for b in bands) + " |")
+        return "\n".join(lines)
+    lines = [f"| model | method | mel bands | MFLOP/s | params | AUC | F1 | EER % | {band_head} | on AUC front |",
+             "| --- | --- | " + " | ".join(["---:"] * (6 + len(bands))) + " | --- |"]
+    for e in summary:
+        if e["n"] == 1:
+            r = by_label[e["label"]]
+            front = {True: "yes", False: "no", None: "-"}[r.get("on_front")]
+            if r.get("dominated_by"):
+                front += f" (below {r['dominated_by']})"
+        else:
+            front = f"n={e['n']}"
+        lines.append(f"| {e['label']} | {e['method']} | {fi(e['mel_bands'], '.0f')} | {fi(e['mflops_per_s'], '.2f')} | "
+                     f"{fi(e['params'], '.0f')} | {fi(e['auc'], '.4f')} | {fi(e['f1'], '.4f')} | "
+                     f"{fi(e['eer'], '.2f', 100)} | " + " | ".join(fi(e[b], ".1f", 100) for b in bands)
+                     + f" | {front} |")
+    return "\n".join(lines)
+
+
+def write_summary_csv(rows: Sequence[dict], path: str | Path) -> Path:
+    """``sweep_summary.csv``: per model, ``n`` and mean/lo/hi of every summary metric (lo/hi empty for n = 1)."""
+    path = Path(path)
+    cols = ["family", "method", "label", "n"] + [f"{m}_{k}" for m in SUMMARY_METRICS for k in ("mean", "lo", "hi")]
+    with path.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(cols)
+        for e in summarize(rows):
+            vals = [e["family"], e["method"], e["label"], e["n"]]
+            for m in SUMMARY_METRICS:
+                iv = e[m]
+                vals += ["", "", ""] if iv is None else [_fmt(iv.mean), _fmt(iv.lo), _fmt(iv.hi)]
+            w.writerow(vals)
+    return path
+
+
+def read_sweep_csv(path: str | Path) -> list[dict]:
+    """The rows of a VAD ``sweep.csv`` back as numbers (a table without a ``seed`` column -- written
+    before seeds were recorded -- reads with ``seed = None``: one run per model, ``n = 1``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"no VAD sweep table at {path}; run 'slimtrain vad --sweep' first")
+    text = {"family", "method", "label", "status", "widths", "dominated_by", "checkpoint", "data_fingerprint",
+            "torch_version", "hostname"}
+    rows = []
+    with path.open(newline="") as f:
+        for raw in csv.DictReader(f):
+            r: dict = {}
+            for k, v in raw.items():
+                if k in text:
+                    r[k] = v if v != "" else None
+                elif k == "on_front":
+                    r[k] = {"True": True, "False": False}.get(v)
+                elif v == "":
+                    r[k] = None if k in ("seed", "threads", "mel_bands", "budget", "kappa_min", "alpha") else math.nan
+                else:
+                    r[k] = int(float(v)) if k in ("seed", "threads") else float(v)
+            r.setdefault("seed", None)
+            rows.append(r)
+    return rows
+
+
 def plot_pareto(rows: Sequence[dict], path: str | Path) -> Path:
-    """AUC and F1 vs MFLOP/s (log x), one colour per family, one marker per method; anchors as lines."""
+    """AUC and F1 vs MFLOP/s (log x), one colour per family, one marker per method; anchors as lines.
+    Points are means over seeds with 95 % Student-t error bars (none for a single seed)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    ok = [r for r in rows if r.get("status") == "ok"]
+    summary = summarize(rows)
     fig, axes = plt.subplots(1, 2, figsize=(13, 5))
     colors = {"crnn": "tab:blue", "transformer": "tab:orange"}
     markers = {"DCL": ("o", "-"), "fixed": ("s", "--"), "prune": ("^", ":"), "gates": ("D", "-.")}
     anchor_styles = ["tab:gray", "tab:brown", "tab:pink", "tab:olive", "tab:green"]
+
+    def half(iv) -> float:
+        return 0.0 if iv is None or math.isnan(iv.lo) else iv.half_width
+
     for ax, metric in zip(axes, ("auc", "f1")):
         for fam, color in colors.items():
             for method, (mk, ls) in markers.items():
-                pts = sorted((r["mflops_per_s"], r[metric]) for r in ok if r["family"] == fam and r["method"] == method)
+                pts = sorted((e["mflops_per_s"].mean, e[metric].mean, half(e[metric])) for e in summary
+                             if e["family"] == fam and e["method"] == method and e[metric] is not None)
                 if pts:
-                    xs, ys = zip(*pts)
-                    ax.plot(xs, ys, marker=mk, linestyle=ls, color=color, label=f"{fam} {method}")
-        for i, r in enumerate(r for r in ok if r["method"] == "anchor"):
-            ax.axhline(r[metric], color=anchor_styles[i % len(anchor_styles)], linewidth=0.9, linestyle=(0, (4, 2)),
-                       label=f"{r['label']} (FLOPs not counted)")
+                    xs, ys, err = zip(*pts)
+                    ax.errorbar(xs, ys, yerr=err, marker=mk, linestyle=ls, color=color, capsize=3,
+                                label=f"{fam} {method}")
+        for i, e in enumerate(e for e in summary if e["method"] == "anchor" and e[metric] is not None):
+            ax.axhline(e[metric].mean, color=anchor_styles[i % len(anchor_styles)], linewidth=0.9,
+                       linestyle=(0, (4, 2)), label=f"{e['label']} (FLOPs not counted)")
         ax.set_xscale("log")
         ax.set_xlabel("MFLOP per second of audio (exported model, log scale)")
         ax.set_ylabel(f"frame {metric.upper()} on the held-out speaker (Italian)")
@@ -380,6 +517,6 @@ def plot_pareto(rows: Sequence[dict], path: str | Path) -> Path:
     handles, labels = axes[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=4, fontsize=8)
     fig.tight_layout(rect=(0, 0.17, 1, 1))
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, metadata={"Software": None})
     plt.close(fig)
     return Path(path)

@@ -1,0 +1,76 @@
+"""``slimtrain report``: the committed tables are exactly what the committed CSVs give; hand edits,
+unknown blocks and unclosed markers are caught; single-seed CSVs show n=1 without intervals."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from slimtrain.cli import main
+from slimtrain.report import BLOCKS, FIGURES, ReportError, markdown_files, regenerate, regenerate_text, render_block
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _copy_repo(tmp_path: Path) -> Path:
+    root = tmp_path / "repo"
+    shutil.copytree(ROOT / "docs", root / "docs", ignore=shutil.ignore_patterns("*.png"))
+    shutil.copy(ROOT / "README.md", root / "README.md")
+    return root
+
+
+def test_committed_tables_are_what_the_csvs_give_byte_for_byte():
+    assert regenerate(ROOT, check=True, figures=False) == []
+    used = {name for f in markdown_files(ROOT) for name in BLOCKS if f"<!-- generated:{name} -->" in f.read_text()}
+    assert used == set(BLOCKS)  # every renderer feeds a committed table
+
+
+def test_a_hand_edit_is_caught_and_regenerating_restores_it(tmp_path, capsys):
+    root = _copy_repo(tmp_path)
+    vad_md = root / "docs" / "vad.md"
+    original = vad_md.read_text()
+    vad_md.write_text(original.replace("| DCRNNVAD 0.5 | DCL | 40 | 1.68 |", "| DCRNNVAD 0.5 | DCL | 40 | 1.50 |", 1))
+    assert vad_md.read_text() != original
+    assert main(["report", "--check", "--no-figures", "--root", str(root)]) == 1
+    assert "docs/vad.md" in capsys.readouterr().err
+    assert main(["report", "--no-figures", "--root", str(root)]) == 0
+    assert vad_md.read_text() == original
+
+
+def test_tables_follow_the_csv(tmp_path):
+    root = _copy_repo(tmp_path)
+    csv_path = root / "docs" / "vad_results" / "sweep.csv"
+    csv_path.write_text(csv_path.read_text().replace("0.957578", "0.911111", 1))
+    changed = regenerate(root, figures=False)
+    assert {p.name for p in changed} == {"vad.md", "README.md"}
+    assert "| DCRNNVAD 0.5 | DCL | 40 | 1.68 | 3481 | 0.9111 |" in (root / "docs" / "vad.md").read_text()
+
+
+def test_single_seed_csvs_show_n1_and_no_interval():
+    for name in ("vad-readme", "spoof-readme", "vad-crnn", "spoof-sweep"):
+        text = render_block(name, ROOT)
+        assert "±" not in text, name
+    assert "| DCRNNVAD 0.5 | DCL | 1 | 40 | 1.68 | 0.958 | 10.70 | 16.4 | n=1 |" in render_block("vad-readme", ROOT)
+    assert "| ResNet34 w8 (baseline) | - | - | - | 1 |" in render_block("spoof-readme", ROOT)
+
+
+def test_bad_markers_are_named():
+    with pytest.raises(ReportError, match="x.md: unknown generated block 'nope'"):
+        regenerate_text("a\n<!-- generated:nope -->\n<!-- /generated:nope -->\n", ROOT, "x.md")
+    with pytest.raises(ReportError, match=r"x.md:2: generated block 'synthetic' has no closing"):
+        regenerate_text("a\n<!-- generated:synthetic -->\nold\n", ROOT, "x.md")
+    # text outside blocks is kept byte for byte
+    text = "head\n<!-- generated:vad-anchors -->\nstale\n<!-- /generated:vad-anchors -->\ntail  \n"
+    out = regenerate_text(text, ROOT, "x.md")
+    assert out.startswith("head\n<!-- generated:vad-anchors -->\n| model | params | AUC |")
+    assert out.endswith("| Silero VAD (8 kHz) | 462594 | 0.9658 | 0.9335 | 6.58 | 6.8 | 8.7 | 4.0 | 7.1 |\n"
+                        "<!-- /generated:vad-anchors -->\ntail  \n")
+
+
+def test_figures_are_drawn_from_the_csvs(tmp_path):
+    root = _copy_repo(tmp_path)
+    assert main(["report", "--root", str(root)]) == 0
+    for fig in FIGURES:
+        png = (root / fig.path).read_bytes()
+        assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 20_000, fig.path
