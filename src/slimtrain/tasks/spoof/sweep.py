@@ -156,7 +156,7 @@ def _paper_columns(row: dict, cfg: SpoofConfig) -> dict:
 
 
 def _key(job: tuple) -> str:
-    kind, cfg, _, _, value, kappa, _, _ = job
+    kind, cfg, _, _, value, kappa, _, _, *_ = job
     if kind == "dcl":
         head = f"dcl-stages{''.join(map(str, value))}-kappa{kappa:g}"
     elif kind == "fixed":
