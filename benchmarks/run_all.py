@@ -11,7 +11,8 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-BENCHMARKS = ("training_overhead.py", "overhead_parts.py", "cost_truth.py", "inference_speed.py", "memory.py")
+BENCHMARKS = ("training_overhead.py", "overhead_parts.py", "graph_breaks.py", "cost_truth.py", "inference_speed.py",
+              "vad_streaming.py", "memory.py", "zoo.py")
 
 
 def main() -> int:
