@@ -6,6 +6,7 @@ the first error). The models and the procedure are those of ``tests/_zoo.py`` (t
 runs the same thing in ``tests/test_zoo.py``).
 
     python benchmarks/zoo.py [--only bert,vit] [--steps 10] [--seed 0] [--reorder magnitude] [--traceback]
+    python benchmarks/zoo.py --csv docs/zoo.csv     # the result file behind the README's table (slimtrain report)
 """
 from __future__ import annotations
 
@@ -32,6 +33,7 @@ def main(argv=None) -> int:
     ap.add_argument("--reorder", choices=["magnitude", "taylor"], default=None,
                     help="reorder channels by this score first (slimtrain.reorder_channels), as for a trained model")
     ap.add_argument("--traceback", action="store_true", help="print the full traceback of each failure")
+    ap.add_argument("--csv", type=Path, default=None, help="also write the results to this CSV")
     args = ap.parse_args(argv)
     wanted = [n for n in args.only.split(",") if n]
     names = [e.name for e in _zoo.ZOO]
@@ -49,6 +51,16 @@ def main(argv=None) -> int:
         if args.traceback and r.trace:
             print(f"--- {e.name}\n{r.trace}", file=sys.stderr)
     print(_zoo.markdown_table(results))
+    if args.csv is not None:
+        import csv
+        import dataclasses
+
+        cols = [f.name for f in dataclasses.fields(_zoo.ZooResult) if f.name not in ("trace", "seconds")]
+        with open(args.csv, "w", newline="") as f:
+            w = csv.writer(f, lineterminator="\n")
+            w.writerow(cols + ["steps", "reorder"])
+            for r in results:
+                w.writerow([getattr(r, c) for c in cols] + [args.steps, args.reorder or ""])
     print(f"\n{sum(r.passed for r in results)}/{len(results)} pass "
           f"(kappa_min={_zoo.KAPPA_MIN}, {args.steps} steps, alpha={_zoo.ALPHA}, width lr={_zoo.WIDTH_LR}, "
           f"reorder={args.reorder})")
