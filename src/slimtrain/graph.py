@@ -14,6 +14,8 @@ from typing import Any, Iterable, Optional, Union
 
 from torch import nn
 
+from .attach import (DCL_CHILD, attach_dcl, attached_dcl, bind_layer_norm, bound_width, detach_all,
+                     install_state_dict_hook, is_dynamic_rnn, make_rnn_dynamic)
 from .dcl import DynamicWidth
 from .modules import DynamicOutput, DynamicRecurrent, MaskedLayerNorm, TransformerBlock
 from .trace import GraphError, Tag, Trace, _tensors, trace_channels
@@ -101,14 +103,19 @@ def _new_dcl(size: int, kind: str, bounds: dict[str, Any]) -> DynamicWidth:
 
 
 def _wrap(model: nn.Module, tr: Trace, producer: str, kind: str, dcl: DynamicWidth) -> None:
+    """Attach ``dcl`` to ``producer``'s output (after the BatchNorm that reads it, if any), in place."""
+    mod = model.get_submodule(producer)
     if kind == "rnn":
-        _set(model, producer, DynamicRecurrent(model.get_submodule(producer), dcl))
+        if isinstance(mod, DynamicRecurrent):  # built by hand: share the width
+            mod.dcl = dcl
+        else:
+            make_rnn_dynamic(mod, dcl, producer)
         return
     at = tr.bn_after.get(producer, producer)
-    mod = model.get_submodule(at)
-    if isinstance(mod, DynamicOutput):
+    host = model.get_submodule(at)
+    if attached_dcl(host) is not None:
         raise GraphError(f"'{at}' already has a dynamic width")
-    _set(model, at, DynamicOutput(mod, dcl, dim=1 if at != producer else _dcl_dim(kind)))
+    attach_dcl(host, dcl, 1 if at != producer else _dcl_dim(kind), at)
 
 
 def _select(model: nn.Module, tr: Trace, layers: Optional[Iterable[Union[str, type]]], exclude: Iterable[str]) -> list[tuple[str, str, int]]:
@@ -197,12 +204,13 @@ def make_dynamic(
     if model.__dict__.get(_ATTR) is not None:
         raise GraphError("make_dynamic was already applied to this model")
     bounds = {"kappa_min": kappa_min, "min_channels": min_channels}
-    # undo every replacement if anything below raises, so a corrected call can follow
+    # undo every change if anything below raises, so a corrected call can follow
     children = [(m, dict(m._modules)) for m in model.modules()]
     bound = [(m, getattr(m, "_width_source", None)) for m in model.modules() if isinstance(m, MaskedLayerNorm)]
     try:
         return _make_dynamic(model, sample, layers, exclude, bounds)
     except BaseException:
+        detach_all(model)
         for m, mods in children:
             m._modules.clear()
             m._modules.update(mods)
@@ -230,6 +238,7 @@ def _make_dynamic(model: nn.Module, sample: Any, layers, exclude, bounds: dict[s
         raise GraphError("sample must be a batch tensor (or a tuple of inputs whose first is one)")
     graph = _build(model, tr, int(first[0].shape[0]))
     model.__dict__[_ATTR] = graph
+    install_state_dict_hook(model)
     return model
 
 
@@ -250,12 +259,14 @@ def _tie(model: nn.Module, tr: Trace) -> bool:
             continue
         parent, _, attr = dname.rpartition(".")
         holder = model.get_submodule(parent)
-        if not isinstance(holder, (DynamicOutput, DynamicRecurrent)):
+        ours = attr == DCL_CHILD and (attached_dcl(holder) is not None or is_dynamic_rnn(holder)
+                                      or isinstance(holder, (DynamicOutput, DynamicRecurrent)))
+        if not ours:
             raise GraphError(
                 f"the DynamicWidth modules '{canon[r]}' and '{dname}' sit on widths joined by a "
                 "residual connection; use one module for both"
             )
-        holder.dcl = keep  # the wrapper keeps its own axis; only the width is shared
+        holder._modules[DCL_CHILD] = keep  # the hook keeps its own axis; only the width is shared
         changed = True
     kinds = {u.name: u.kind for u in tr.uses}
     for gid, grp in tr.groups.items():
@@ -271,16 +282,14 @@ def _tie(model: nn.Module, tr: Trace) -> bool:
         if u.kind == "ln" and u.in_tag is not None and u.in_tag.dim is not None and tr.root(u.in_tag.group) in canon:
             ln = model.get_submodule(u.name)
             dcl = model.get_submodule(canon[tr.root(u.in_tag.group)])
-            if not isinstance(ln, MaskedLayerNorm):
-                if len(ln.normalized_shape) != 1:
-                    raise GraphError(f"LayerNorm '{u.name}' normalises over several axes; only the last axis can be dynamic")
-                new = MaskedLayerNorm(ln.normalized_shape[0], eps=ln.eps, elementwise_affine=ln.elementwise_affine,
-                                      bias=ln.bias is not None)
-                new.load_state_dict(ln.state_dict())
-                _set(model, u.name, new)
-                ln = new
+            if len(ln.normalized_shape) != 1:
+                raise GraphError(f"LayerNorm '{u.name}' normalises over several axes; only the last axis can be dynamic")
+            if bound_width(ln) is not dcl:
+                if isinstance(ln, MaskedLayerNorm):
+                    ln.bind(dcl)  # type: ignore[arg-type]
+                else:
+                    bind_layer_norm(ln, dcl)  # type: ignore[arg-type]
                 changed = True
-            ln.bind(dcl)  # type: ignore[operator, union-attr]
     return changed
 
 

@@ -23,6 +23,9 @@ import torch
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
+from .attach import DCL_CHILD, attached_dcl, bound_width, is_dynamic_rnn
+from .modules import DynamicRecurrent
+
 __all__ = ["Tag", "Group", "LayerUse", "Trace", "trace_channels", "GraphError", "LEAF_TYPES"]
 
 
@@ -81,8 +84,8 @@ class Trace:
 
 
 def _kind(m: nn.Module) -> Optional[str]:
-    from .modules import DynamicRecurrent, MaskedLayerNorm
     from .dcl import DynamicWidth
+    from .modules import DynamicRecurrent, MaskedLayerNorm
     from .frontend import MelFrontend
 
     if isinstance(m, DynamicWidth):
@@ -348,16 +351,19 @@ def trace_channels(model: nn.Module, sample: Any) -> Trace:
             else:
                 uses.append(LayerUse(name, "dcl", tag, None, shape, oshape))
             return
+        host = attached_dcl(mod)  # slimtrain's DCL on this module's output (applied by a hook, already in `out`)
         if kind in ("bn", "ln"):
             uses.append(LayerUse(name, kind, tag, None, shape, oshape))
             if tag is not None:
                 if kind == "bn" and tag.producer is not None:
                     bn_after.setdefault(tag.producer, name)
-                bound = getattr(mod, "_width_source", None) is not None
-                tracer.set(out, Tag(tag.group, tag.dim, tag.outer, tag.inner, tag.producer,
-                                    masked=bound if kind == "ln" else False))
+                masked = bound_width(mod) is not None if kind == "ln" else False
+                if host is not None and tag.dim is not None:
+                    claims.append((f"{name}.{DCL_CHILD}", tag.group, tag.producer))
+                    masked = True
+                tracer.set(first, Tag(tag.group, tag.dim, tag.outer, tag.inner, tag.producer, masked=masked))
             return
-        inner_mod = mod.rnn if kind == "rnn" and hasattr(mod, "rnn") else mod
+        inner_mod = mod.rnn if isinstance(mod, DynamicRecurrent) else mod
         if kind == "linear":
             size, dim = inner_mod.out_features, first.dim() - 1
         elif kind == "conv":
@@ -372,9 +378,9 @@ def trace_channels(model: nn.Module, sample: Any) -> Trace:
         if kind == "rnn":
             extra["batch_first"] = inner_mod.batch_first
         uses.append(LayerUse(name, kind, tag, gid, shape, oshape, extra))
-        wrapped = hasattr(mod, "dcl") and kind in ("rnn",)
+        wrapped = host is not None or (kind == "rnn" and (isinstance(mod, DynamicRecurrent) or is_dynamic_rnn(mod)))
         if wrapped:
-            claims.append((name + ".dcl", gid, name))
+            claims.append((f"{name}.{DCL_CHILD}", gid, name))
         tracer.set(first, Tag(gid, dim, outer, 1, name, masked=wrapped))
         if kind == "rnn" and isinstance(out, tuple):
             for h in _tensors(out[1]):
@@ -389,14 +395,17 @@ def trace_channels(model: nn.Module, sample: Any) -> Trace:
     # do not descend into known composite leaves (a DynamicRecurrent holds an RNN)
     skip = set()
     for m in leaf_mods:
-        if _kind(m) == "rnn" and hasattr(m, "rnn"):
-            skip.update((m.rnn, m.dcl))
+        if _kind(m) == "rnn":  # the DCL of a dynamic GRU/LSTM runs inside its forward
+            skip.update(c for c in m.modules() if c is not m)
         if _kind(m) == "mel":
             skip.update(c for c in m.modules() if c is not m)
+        if attached_dcl(m) is not None:  # applied by slimtrain's hook; recorded with its host
+            skip.add(attached_dcl(m))
     for m in leaf_mods:
         if m in skip:
             continue
         handles.append(m.register_forward_pre_hook(pre))
+        # after slimtrain's own output hooks (DCL, masked LayerNorm): their ops run at depth > 0, untraced
         handles.append(m.register_forward_hook(post))
     was_training = model.training
     model.eval()

@@ -760,7 +760,7 @@ def _permute_layer(model: nn.Module, s, perms: dict[int, Tensor]) -> None:
         gates_n = 3 if isinstance(r, nn.GRU) else 4
         h, dirs = r.hidden_size, 2 if r.bidirectional else 1
         g_rows = torch.cat([g * h + p_out for g in range(gates_n)]) if p_out is not None else None
-        for name, prm in r.named_parameters():
+        for name, prm in r.named_parameters(recurse=False):
             rows(prm, g_rows)
             if name.startswith("weight_hh"):
                 cols(prm, p_out)
