@@ -2,7 +2,9 @@
 
 * ``slimtrain synthetic`` -- the synthetic case study (one run, or ``--sweep``);
 * ``slimtrain export CKPT OUT_DIR`` -- cut a checkpoint's model to its learned
-  widths and write a state dict, a TorchScript file and a summary.
+  widths and write a state dict, a TorchScript file and a summary;
+* ``slimtrain plan MODULE:FACTORY --input-shape B,...`` -- print the width plan
+  of your own model (every width: dynamic or fixed and why, ties).
 
 Bad values give one line ``slimtrain: error: ...`` on stderr and exit code 2.
 """
@@ -260,6 +262,32 @@ def build_parser() -> argparse.ArgumentParser:
                         "a while: the exporter unrolls GRU/LSTM layers over the recorded sample length)")
     e.set_defaults(func=_cmd_export)
 
+    pl = sub.add_parser(
+        "plan",
+        help="trace your own model and print every width: dynamic or fixed (and why), and which layers are tied",
+        description=_paragraphs(
+            "Import FACTORY from MODULE (a Python import path, e.g. mypkg.models:build or ./file.py's "
+            "module name when run from its folder), call it with no arguments to get the model, run "
+            "slimtrain.make_dynamic on a copy with a random input of --input-shape and print the width "
+            "report. The model is not changed and nothing is trained or written.",
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    pl.add_argument("factory", metavar="MODULE:FACTORY", help="import path of a function returning the nn.Module")
+    pl.add_argument("--input-shape", type=comma_list(lambda t: _positive_int(t, "shape entry"), "2,3,32"),
+                    required=True, metavar="B,...", help="shape of the sample batch, batch first, e.g. 2,3,32")
+    pl.add_argument("--int-input", type=lambda t: _positive_int(t, "--int-input"), default=None, metavar="V",
+                    help="the sample holds random integers in [0, V) (token ids) instead of normal floats")
+    pl.add_argument("--kappa-min", type=_kappa, default=None, metavar="F",
+                    help="smallest relative width K/N, in (0, 1] (floor: one channel)")
+    pl.add_argument("--exclude", type=comma_list(str, "fc1,fc2"), default=[], metavar="NAME,...",
+                    help="module paths to keep at full width")
+    pl.add_argument("--strict", action="store_true",
+                    help="fail (exit 2, naming the op and module path) where an unsupported op or layer would "
+                         "leave a width fixed")
+    pl.add_argument("--json", action="store_true", help="print the plan as JSON instead of a table")
+    pl.set_defaults(func=_cmd_plan)
+
     # the speech case studies register their own commands ('slimtrain vad', 'slimtrain data vad', ...)
     data = sub.add_parser("data", help="build the offline data sets of the speech case studies",
                           description="Build a case study's data set deterministically from a seed into a cache "
@@ -344,6 +372,44 @@ def _cmd_synthetic(args) -> int:
     print(syn.format_table(rows))
     print(f"sweep of {len(rows)} runs took {time.perf_counter() - t0:.0f}s; wrote {out / 'sweep.csv'} and "
           f"{out / 'sweep.png'}")
+    return 0
+
+
+def _load_factory(spec: str):
+    import importlib
+
+    mod_name, sep, attr = spec.partition(":")
+    if not sep or not mod_name or not attr:
+        raise ValueError(f"expected MODULE:FACTORY (e.g. mypkg.models:build), got {spec!r}")
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(mod_name)
+    except ModuleNotFoundError as e:
+        raise ValueError(f"cannot import module {mod_name!r}: {e}") from None
+    obj = module
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise ValueError(f"module {mod_name!r} has no attribute {attr!r}")
+        obj = getattr(obj, part)
+    return obj
+
+
+def _cmd_plan(args) -> int:
+    import torch
+    from torch import nn
+
+    from .graph import plan_widths
+
+    factory = _load_factory(args.factory)
+    model = factory if isinstance(factory, nn.Module) else factory()
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"{args.factory} returned {type(model).__name__}, not an nn.Module")
+    torch.manual_seed(0)
+    shape = tuple(args.input_shape)
+    sample = torch.randint(0, args.int_input, shape) if args.int_input else torch.randn(shape)
+    plan = plan_widths(model, sample, kappa_min=args.kappa_min, exclude=tuple(args.exclude), strict=args.strict)
+    print(json.dumps(plan.to_dict(), indent=1) if args.json else plan)
     return 0
 
 

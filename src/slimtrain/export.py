@@ -53,6 +53,16 @@ def _param(old: Optional[Tensor], new: Tensor) -> nn.Parameter:
 @torch.no_grad()
 def _cut(model: nn.Module, s: LayerSpec, widths: dict[int, int]) -> None:
     """Cut layer ``s.name`` to the kept widths in place: same module, its weights and config attributes updated."""
+    if s.kind == "param":  # a parameter/buffer that meets the width elementwise (scale, bias, token, position)
+        w = widths.get(s.in_root) if s.in_root is not None else None
+        if w is None:
+            return
+        owner_name, _, attr = s.name.rpartition(".")
+        owner = model.get_submodule(owner_name) if owner_name else model
+        t = getattr(owner, attr)
+        cut = t.index_select(s.extra["axis"], torch.arange(w))
+        setattr(owner, attr, _param(t, cut) if isinstance(t, nn.Parameter) else cut.clone())
+        return
     m = model.get_submodule(s.name)
     w_in = widths.get(s.in_root) if s.in_root is not None else None
     w_out = widths.get(s.out_root) if s.out_root is not None else None
@@ -90,6 +100,10 @@ def _cut(model: nn.Module, s: LayerSpec, widths: dict[int, int]) -> None:
             if getattr(m, k) is not None:
                 setattr(m, k, _param(getattr(m, k), getattr(m, k)[in_idx]))
         m.normalized_shape = (len(in_idx),)
+    elif s.kind == "emb":
+        if out_idx is not None:
+            m.weight = _param(m.weight, m.weight.index_select(1, out_idx))
+            m.embedding_dim = w_out
     elif s.kind == "rnn":
         r = m.rnn if isinstance(m, DynamicRecurrent) else m
         _cut_rnn(r, in_idx, w_out)

@@ -75,6 +75,7 @@ class Trace:
     output_tags: list[Optional[Tag]]
     fixed_macs: float = 0.0
     opaque: list[tuple[int, str]] = field(default_factory=list)  # (group, op) that lost track
+    param_uses: list[tuple[str, int, int, str]] = field(default_factory=list)  # (parameter name, group, axis, op)
     parent: dict[int, int] = field(default_factory=dict)
 
     def root(self, g: int) -> int:
@@ -106,6 +107,10 @@ def _kind(m: nn.Module) -> Optional[str]:
         return "bn"
     if isinstance(m, nn.LayerNorm):
         return "ln"
+    if isinstance(m, nn.MultiheadAttention):
+        return "mha"
+    if isinstance(m, nn.Embedding):
+        return "emb"
     return None
 
 
@@ -123,6 +128,14 @@ _PER_CHANNEL = {
     "adaptive_max_pool1d", "adaptive_max_pool2d", "_max_pool1d", "_max_pool2d", "max_pool1d_with_indices",
     "max_pool2d_with_indices", "pad", "interpolate", "upsample",
 }
+# Elementwise ops that do not keep zero at zero (the width passes, the cut channels are no longer zero)
+_ELEMENTWISE = {"sigmoid", "hardsigmoid", "exp", "cos", "softplus", "erf", "sigmoid_", "rsqrt", "reciprocal",
+                "__rsub__", "pow", "__pow__", "square", "sqrt", "log", "log1p", "silu_"}
+_CAT = {"cat", "concat", "concatenate", "stack"}
+_SPLIT = {"split", "chunk", "unbind", "tensor_split", "split_with_sizes"}
+# ops through which a model parameter stays "that parameter" for broadcasting (class tokens, position embeddings)
+_PARAM_KEEPING = {"expand", "expand_as", "unsqueeze", "to", "type_as", "contiguous", "clone", "float", "half",
+                  "double", "detach", "__get__", "repeat", "broadcast_to"}
 _VIEW_LIKE = {"view", "reshape", "flatten", "unflatten", "squeeze", "unsqueeze", "view_as", "reshape_as"}
 _PERMUTE = {"transpose", "swapaxes", "permute", "movedim", "t", "moveaxis"}
 _REDUCE = {"mean", "sum", "amax", "amin", "max", "min"}
@@ -181,6 +194,8 @@ class _Tracer(TorchFunctionMode):
         self.loose: list[tuple[int, str]] = []
         self.opaque: list[tuple[int, str]] = []
         self.fixed_macs = 0.0
+        self.param_of: dict[int, tuple[str, Tensor]] = {}  # id(tensor) -> (parameter/buffer name, parameter)
+        self.param_uses: list[tuple[str, int, int, str]] = []  # (name, group, axis, op)
 
     def tag(self, t: Any) -> Optional[Tag]:
         return self.tags.get(id(t)) if isinstance(t, Tensor) else None
@@ -195,35 +210,70 @@ class _Tracer(TorchFunctionMode):
         out = func(*args, **kwargs)
         if self.depth > 0:
             return out
-        self.fixed_macs += _between_macs(getattr(func, "__name__", ""), args, kwargs, out)
+        name = getattr(func, "__name__", str(func))
+        self.fixed_macs += _between_macs(name, args, kwargs, out)
         ins = [(t, self.tag(t)) for t in _tensors(args) + _tensors(kwargs)]
         tagged = [(t, g) for t, g in ins if g is not None]
-        if not tagged or not _tensors(out):
+        outs = _tensors(out)
+        if not tagged:
+            if outs and name in _PARAM_KEEPING and ins and all(id(t) in self.param_of for t, _ in ins):
+                self.param_of[id(outs[0])] = self.param_of[id(ins[0][0])]  # a model parameter, expanded/viewed
+                self.keep.append(outs[0])
             return out
-        name = getattr(func, "__name__", str(func))
+        if not outs:
+            return out
         try:
             tag = self._rule(name, func, args, kwargs, out, ins, tagged)
         except Exception:  # a rule that cannot decide makes the channels opaque
             tag = Tag(tagged[0][1].group, None, op=name)
         if tag.dim is None:  # every dynamic width that went through this op is now unknown
             self.opaque.extend((g.group, tag.op or name) for _, g in tagged if g.dim is not None)
-        for o in _tensors(out)[:1]:
+        many = name in _SPLIT and isinstance(out, (tuple, list)) and tag.dim is not None
+        for o in outs if many else outs[:1]:
             self.set(o, tag)
         return out
+
+    def _param_operand(self, other: Tensor, tag: Tag, x: Tensor, where: str) -> bool:
+        """``other`` (untagged) is a model parameter (maybe expanded) meeting width ``tag`` of ``x``:
+        record it so export cuts it along the channel axis. False if it is not a parameter."""
+        src = self.param_of.get(id(other))
+        if src is None or tag.dim is None or (tag.outer, tag.inner) != (1, 1):
+            return False
+        pname, p = src
+        right = x.dim() - tag.dim  # channel axis counted from the right (broadcasting aligns the right)
+        axis = p.dim() - right
+        if axis < 0 or p.shape[axis] == 1:
+            return True  # broadcast along the channels: nothing to cut
+        if p.shape[axis] != self.sizes[tag.group]:
+            return False
+        self.param_uses.append((pname, tag.group, axis, where))
+        return True
 
     def _rule(self, name, func, args, kwargs, out, ins, tagged) -> Tag:
         x, tag = tagged[0]
         opaque = Tag(tag.group, None, op=name)
         if tag.dim is None:
             return tag
+        if name in _SPLIT or name in _CAT:
+            return self._cat_split(name, args, kwargs, out, tagged)
         if not isinstance(out, Tensor):
             if name in _PER_CHANNEL and isinstance(out, tuple):
                 out = out[0]
             else:
                 return opaque
         n = self.sizes[tag.group]
+        if name in _JOIN or name in _SCALE:
+            # broadcasting: the operand with the output's shape carries the channels
+            full = [(t, g) for t, g in tagged if isinstance(t, Tensor) and t.shape == out.shape]
+            if full:
+                x, tag = full[0]
+                opaque = Tag(tag.group, None, op=name)
+                if tag.dim is None:
+                    return tag
         if name in _ZERO_KEEPING:
             return tag if out.shape == x.shape else opaque
+        if name in _ELEMENTWISE:  # elementwise but f(0) != 0: channels stay, no longer zero outside the width
+            return Tag(tag.group, tag.dim, tag.outer, tag.inner, op=name, masked=False) if out.shape == x.shape else opaque
         if name in _PER_CHANNEL:
             same = out.dim() == x.dim() and out.shape[tag.dim] == x.shape[tag.dim]
             return tag if same and tag.outer == tag.inner == 1 else opaque
@@ -248,21 +298,75 @@ class _Tracer(TorchFunctionMode):
             other = others[0] if others else kwargs.get("other")
             if not isinstance(other, Tensor) or other.dim() == 0:
                 # scaling keeps zeros; adding a constant does not
-                return tag if name in _SCALE else opaque
+                return tag if name in _SCALE else Tag(tag.group, tag.dim, tag.outer, tag.inner, op=name, masked=False)
             otag = self.tag(other)
             if out.shape != x.shape:
                 return opaque
             if otag is None:
+                if self._param_operand(other, tag, x, name):  # a learned scale/bias/position embedding
+                    keep = tag.masked and name in _SCALE
+                    return Tag(tag.group, tag.dim, tag.outer, tag.inner, op=None if keep else name, masked=keep)
                 if name in _SCALE:
                     return Tag(tag.group, tag.dim, tag.outer, tag.inner, masked=tag.masked)
                 self.loose.append((tag.group, f"'{name}' with a tensor that no layer produced"))
                 return Tag(tag.group, tag.dim, tag.outer, tag.inner)
-            if otag.dim is None or other.shape != x.shape or (otag.dim, otag.outer, otag.inner) != (tag.dim, tag.outer, tag.inner):
+            if otag.dim is None or (otag.outer, otag.inner) != (tag.outer, tag.inner):
+                return opaque
+            if other.shape != x.shape:  # broadcast (e.g. a squeeze-and-excitation gate): channel axes must meet
+                if x.dim() - tag.dim != other.dim() - otag.dim or other.shape[otag.dim] != x.shape[tag.dim]:
+                    return opaque
+            elif otag.dim != tag.dim:
                 return opaque
             self.ties.append((tag.group, otag.group, f"'{name}' of outputs of {tag.producer or '?'} and {otag.producer or '?'}"))
             both = tag.masked and otag.masked if name in _JOIN else tag.masked or otag.masked
             return Tag(tag.group, tag.dim, tag.outer, tag.inner, masked=both)
         return opaque
+
+    def _cat_split(self, name, args, kwargs, out, tagged) -> Tag:
+        """cat/stack/split/chunk along an axis other than the channels (tokens, time): the width passes."""
+        x, tag = tagged[0]
+        opaque = Tag(tag.group, None, op=f"{name} along the channel axis")
+        if tag.dim is None:
+            return tag
+        if name in _SPLIT:
+            dim = kwargs.get("dim", args[2] if len(args) > 2 else 0)
+            if name == "unbind":
+                dim = kwargs.get("dim", args[1] if len(args) > 1 else 0)
+            if dim % x.dim() == tag.dim:
+                return opaque
+            if name == "unbind" and dim % x.dim() < tag.dim:
+                return Tag(tag.group, tag.dim - 1, tag.outer, tag.inner, masked=tag.masked)
+            return Tag(tag.group, tag.dim, tag.outer, tag.inner, masked=tag.masked)
+        seq = args[0] if args else kwargs.get("tensors")
+        dim = kwargs.get("dim", args[1] if len(args) > 1 else 0)
+        ref = seq[0]
+        if name == "stack":
+            nd = ref.dim() + 1
+            d = dim % nd
+            if any(t.shape != ref.shape for t in seq):
+                return opaque
+            new_dim = tag.dim + (1 if d <= tag.dim else 0)
+        else:
+            d = dim % ref.dim()
+            if d == tag.dim:
+                return opaque
+            new_dim = tag.dim
+        masked = True
+        for t in seq:
+            g = self.tag(t)
+            if g is None:
+                if self._param_operand(t, tag, x, name):  # e.g. a class token
+                    masked = False
+                    continue
+                self.loose.append((tag.group, f"'{name}' with a tensor that no layer produced"))
+                masked = False
+                continue
+            if g.dim is None or (g.dim, g.outer, g.inner) != (tag.dim, tag.outer, tag.inner):
+                return opaque
+            if g.group != tag.group:
+                self.ties.append((tag.group, g.group, f"'{name}' of outputs of {tag.producer or '?'} and {g.producer or '?'}"))
+            masked = masked and g.masked
+        return Tag(tag.group, new_dim, tag.outer, tag.inner, masked=masked)
 
     def _permute(self, name, args, kwargs, x, tag) -> Tag:
         nd = x.dim()
@@ -326,11 +430,15 @@ def trace_channels(model: nn.Module, sample: Any) -> Trace:
         return gid
 
     stack: list[tuple[nn.Module, Optional[Tag], tuple, Optional[Tensor]]] = []
+    mha_inputs: dict[int, list[tuple[Optional[Tag], tuple]]] = {}
 
-    def pre(mod, args):
+    def pre(mod, args, kwargs):
         x = args[0] if args else None
         tag = tracer.tag(x)
         shape = tuple(x.shape) if isinstance(x, Tensor) else ()
+        if isinstance(mod, nn.MultiheadAttention):  # key and value: who produced them, and their shapes
+            kv = [args[i] if len(args) > i else kwargs.get(("key", "value")[i - 1]) for i in (1, 2)]
+            mha_inputs[id(mod)] = [(tracer.tag(t), tuple(t.shape)) for t in kv if isinstance(t, Tensor)]
         stack.append((mod, tag, shape, x))
         tracer.depth += 1
 
@@ -370,6 +478,10 @@ def trace_channels(model: nn.Module, sample: Any) -> Trace:
             size, dim = inner_mod.out_channels, 1
         elif kind == "mel":
             size, dim = inner_mod.n_mels, 1
+        elif kind == "mha":
+            size, dim = inner_mod.embed_dim, first.dim() - 1
+        elif kind == "emb":
+            size, dim = inner_mod.embedding_dim, first.dim() - 1
         else:  # rnn
             size, dim = inner_mod.hidden_size, first.dim() - 1
         gid = new_group(size, name)
@@ -377,7 +489,14 @@ def trace_channels(model: nn.Module, sample: Any) -> Trace:
         extra: dict[str, Any] = {}
         if kind == "rnn":
             extra["batch_first"] = inner_mod.batch_first
+        if kind == "mha":
+            kv = mha_inputs.pop(id(mod), [])
+            extra.update(batch_first=inner_mod.batch_first, num_heads=inner_mod.num_heads,
+                         kv_tags=[t for t, _ in kv], kv_shapes=[sh for _, sh in kv])
         uses.append(LayerUse(name, kind, tag, gid, shape, oshape, extra))
+        if kind == "conv" and tag is not None and tag.dim is not None and \
+                inner_mod.groups == inner_mod.in_channels == inner_mod.out_channels and inner_mod.groups > 1:
+            tracer.ties.append((tag.group, gid, f"depthwise conv '{name}'"))  # one width in and out
         wrapped = host is not None or (kind == "rnn" and (isinstance(mod, DynamicRecurrent) or is_dynamic_rnn(mod)))
         if wrapped:
             claims.append((f"{name}.{DCL_CHILD}", gid, name))
@@ -390,23 +509,29 @@ def trace_channels(model: nn.Module, sample: Any) -> Trace:
     for n, m in model.named_modules():
         k = _kind(m)
         own_params = any(True for _ in m.parameters(recurse=False))
-        if k is not None or (own_params and not _has_known_ancestor(model, n)):
+        # a module with its own parameters that slimtrain does not know is one opaque layer, unless it is a
+        # container (its parameters are then scales/tokens used elementwise, which the tracer follows)
+        container = any(True for c in m.children() if any(True for _ in c.parameters()))
+        if k is not None or (own_params and not container and not _has_known_ancestor(model, n)):
             leaf_mods.append(m)
     # do not descend into known composite leaves (a DynamicRecurrent holds an RNN)
     skip = set()
     for m in leaf_mods:
         if _kind(m) == "rnn":  # the DCL of a dynamic GRU/LSTM runs inside its forward
             skip.update(c for c in m.modules() if c is not m)
-        if _kind(m) == "mel":
+        if _kind(m) in ("mel", "mha"):
             skip.update(c for c in m.modules() if c is not m)
         if attached_dcl(m) is not None:  # applied by slimtrain's hook; recorded with its host
             skip.add(attached_dcl(m))
     for m in leaf_mods:
         if m in skip:
             continue
-        handles.append(m.register_forward_pre_hook(pre))
+        handles.append(m.register_forward_pre_hook(pre, with_kwargs=True))
         # after slimtrain's own output hooks (DCL, masked LayerNorm): their ops run at depth > 0, untraced
         handles.append(m.register_forward_hook(post))
+    for pname, prm in list(model.named_parameters()) + list(model.named_buffers()):
+        tracer.param_of[id(prm)] = (pname, prm)
+        tracer.keep.append(prm)
     was_training = model.training
     model.eval()
     first = _tensors(sample)
@@ -433,6 +558,7 @@ def trace_channels(model: nn.Module, sample: Any) -> Trace:
         model.train(was_training)
     tr = Trace(groups, uses, tracer.ties, tracer.loose, claims, bn_after, [tracer.tag(o) for o in _tensors(out)],
                tracer.fixed_macs, tracer.opaque)
+    tr.param_uses = tracer.param_uses
     for a, b, _ in tr.ties:
         ra, rb = tr.root(a), tr.root(b)
         if ra != rb:
@@ -444,6 +570,6 @@ def _has_known_ancestor(model: nn.Module, name: str) -> bool:
     parts = name.split(".")
     for i in range(1, len(parts)):
         anc = model.get_submodule(".".join(parts[:i]))
-        if _kind(anc) in ("rnn", "mel"):
+        if _kind(anc) in ("rnn", "mel", "mha"):
             return True
     return False
