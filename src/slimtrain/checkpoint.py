@@ -61,8 +61,26 @@ def register_task(name: str, build_fn: Builder, *, overwrite: bool = True) -> No
     _REGISTRY[name] = build_fn
 
 
+#: entry-point group under which packages declare modules that register tasks when imported
+ENTRY_POINT_GROUP = "slimtrain.tasks"
+
+
+def _load_task_plugins() -> None:
+    """Import every module declared under the ``slimtrain.tasks`` entry-point group (they call
+    :func:`register_task`). The core names no task: the case studies declare themselves in
+    ``pyproject.toml``, and the CLI imports :mod:`slimtrain.tasks` itself."""
+    from importlib.metadata import entry_points
+
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            ep.load()
+        except ImportError:  # a declared task whose optional dependencies are missing
+            continue
+
+
 def registered_tasks() -> list[str]:
-    """Names of the registered tasks (the built-in ones once :mod:`slimtrain.tasks` is imported)."""
+    """Names of the registered tasks (the built-in ones once :mod:`slimtrain.tasks` is imported, or their
+    entry points are loaded)."""
     return sorted(_REGISTRY)
 
 
@@ -169,9 +187,7 @@ def build_from_recipe(recipe: dict, where: str = "") -> nn.Module:
     """A fresh dynamic model from ``recipe`` via the registered builder (``where``: file, for messages)."""
     task = recipe.get("task")
     if task not in _REGISTRY:
-        import importlib
-
-        importlib.import_module("slimtrain.tasks")  # registers the built-in tasks
+        _load_task_plugins()
     if task not in _REGISTRY:
         raise CheckpointError(
             f"{f'checkpoint {where!r}: ' if where else ''}no builder registered for task {task!r} "

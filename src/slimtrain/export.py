@@ -68,6 +68,8 @@ def _cut(model: nn.Module, s: LayerSpec, widths: dict[int, int]) -> None:
     w_out = widths.get(s.out_root) if s.out_root is not None else None
     in_idx = kept_index(s.in_size, w_in, s.in_outer, s.in_inner) if w_in is not None else None
     out_idx = torch.arange(w_out) if w_out is not None else None
+    if in_idx is None and out_idx is None:
+        return  # a fixed layer: left exactly as it is
     if s.kind == "linear":
         m.weight = _param(m.weight, _cols(_rows(m.weight, out_idx), in_idx))
         if m.bias is not None:

@@ -243,6 +243,14 @@ def _unsafe_roots(model: nn.Module, tr: Trace) -> dict[int, tuple[str, str]]:
                                or kinds.get(t.producer) == "rnn"):
             # no DCL can follow this BatchNorm: what it feeds would not be zeroed
             mark(t.group, "structure", f"BatchNorm '{u.name}' does not directly follow the layer that produces it")
+        if u.kind in ("linear", "conv", "rnn", "bn", "ln", "emb") and u.name:
+            from torch.nn.utils import parametrize
+
+            if parametrize.is_parametrized(model.get_submodule(u.name)):
+                why = f"layer '{u.name}' has parametrized weights (e.g. weight_norm), which export cannot cut"
+                mark(t.group, "unsupported", why)
+                if u.out_group is not None:
+                    mark(u.out_group, "unsupported", why)
         m = model.get_submodule(u.name) if u.kind == "conv" else None
         if isinstance(m, (nn.Conv1d, nn.Conv2d)) and m.groups != 1 and u.out_group is not None:
             depthwise = m.groups == m.in_channels == m.out_channels
