@@ -129,16 +129,15 @@ def test_default_selection_skips_output_and_attention_projections():
     x = torch.randn(2, 5, 6)
     slimtrain.make_dynamic(m, x)
     names = set(slimtrain.dynamic_widths(m))
-    assert names == {"inp.dcl", "blk.ff1.dcl"}
+    assert names == {"inp.dcl", "blk.ff1.dcl", "blk.q.dcl"}  # model width, feed-forward width, head count
     assert isinstance(m.blk, slimtrain.TransformerBlock)
     for p in ("blk.q", "blk.k", "blk.v", "fc"):
         assert isinstance(m.get_submodule(p), nn.Linear), p
     # the residual stream is one width: out and ff2 share inp's DCL
     assert m.blk.out.dcl is m.inp.dcl and m.blk.ff2.dcl is m.inp.dcl
     assert isinstance(m.blk.norm1, slimtrain.MaskedLayerNorm)
-    # requesting q explicitly is an error naming the reshape into heads
-    with pytest.raises(GraphError, match=r"'reshape'.*'blk\.q'"):
-        slimtrain.make_dynamic(TorchTransformer(), x, layers=["blk.q"])
+    # q, k and v share the head count (4 heads of 4)
+    assert m.blk.k.dcl is m.blk.q.dcl and m.blk.v.dcl is m.blk.q.dcl and m.blk.q.dcl.num_channels == 4
 
 
 def test_residual_shares_one_dcl():
@@ -197,7 +196,7 @@ def test_failed_make_dynamic_leaves_the_model_unchanged():
     assert list(slimtrain.dynamic_widths(m)) == ["2.dcl"]
     t = TorchTransformer()
     with pytest.raises(GraphError):
-        slimtrain.make_dynamic(t, torch.randn(2, 5, 6), layers=["blk.q"])
+        slimtrain.make_dynamic(t, torch.randn(2, 5, 6), layers=["fc"])
     assert isinstance(t.blk, nn.TransformerEncoderLayer)
 
 
@@ -281,7 +280,9 @@ def test_excluding_one_branch_of_a_residual_keeps_the_joined_width_full(excluded
 
 
 def test_reshape_that_splits_a_width_over_two_axes_is_skipped():
-    """Linear(24) viewed as (4 channels x 6 positions) cannot shrink by output features."""
+    """Linear(24) viewed as (4 channels x 6 positions) cannot shrink by output features: the literal 4 in the
+    user's view would not follow a cut (heads are split only where the view says -1 or the module holds the
+    head count in an attribute that export updates)."""
     class M(nn.Module):
         def __init__(self):
             super().__init__()

@@ -71,6 +71,8 @@ def _unwrap(model: nn.Module, name: str) -> nn.Module:
 def _layer_cost(model: nn.Module, s: LayerSpec, k_in: Tensor, k_out: Tensor, batch: int) -> tuple[Tensor, Tensor]:
     """(MACs over the whole sample batch, params) of one layer for widths ``k_in``/``k_out``."""
     zero = k_in * 0
+    if s.kind == "prod":  # a product between layers whose batch/rows run along the width (attention heads)
+        return k_in * (s.extra["macs"] / s.in_size), zero
     if s.kind == "param":  # a parameter cut along one axis with the width (no products)
         t = _param_or_buffer(model, s.name)
         per = t.numel() // max(1, t.shape[s.extra["axis"]])
@@ -289,7 +291,7 @@ def _param_or_buffer(model: nn.Module, name: str) -> Tensor:
 
 
 def _sides(model: nn.Module, s: LayerSpec, widths: dict, const=lambda v: torch.tensor(float(v))):
-    if s.kind == "param":
+    if s.kind in ("param", "prod"):
         kin = widths.get(s.in_root)
         k = const(s.in_size) if kin is None else kin
         return k, k
@@ -317,7 +319,7 @@ def _sides(model: nn.Module, s: LayerSpec, widths: dict, const=lambda v: torch.t
     kin = widths.get(s.in_root) if s.in_root is not None else None
     k_in = const(fixed_in) if kin is None else kin * (s.in_outer * s.in_inner)
     kout = widths.get(s.out_root) if s.out_root is not None else None
-    k_out = const(fixed_out) if kout is None else kout
+    k_out = const(fixed_out) if kout is None else kout * s.extra.get("out_inner", 1)
     if s.kind in ("bn", "ln"):
         k_out = k_in
     return k_in, k_out

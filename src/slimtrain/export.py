@@ -53,6 +53,8 @@ def _param(old: Optional[Tensor], new: Tensor) -> nn.Parameter:
 @torch.no_grad()
 def _cut(model: nn.Module, s: LayerSpec, widths: dict[int, int]) -> None:
     """Cut layer ``s.name`` to the kept widths in place: same module, its weights and config attributes updated."""
+    if s.kind == "prod":
+        return
     if s.kind == "param":  # a parameter/buffer that meets the width elementwise (scale, bias, token, position)
         w = widths.get(s.in_root) if s.in_root is not None else None
         if w is None:
@@ -67,7 +69,7 @@ def _cut(model: nn.Module, s: LayerSpec, widths: dict[int, int]) -> None:
     w_in = widths.get(s.in_root) if s.in_root is not None else None
     w_out = widths.get(s.out_root) if s.out_root is not None else None
     in_idx = kept_index(s.in_size, w_in, s.in_outer, s.in_inner) if w_in is not None else None
-    out_idx = torch.arange(w_out) if w_out is not None else None
+    out_idx = kept_index(s.out_size, w_out, 1, s.extra.get("out_inner", 1)) if w_out is not None else None
     if in_idx is None and out_idx is None:
         return  # a fixed layer: left exactly as it is
     if s.kind == "linear":
@@ -153,8 +155,35 @@ def export(model: nn.Module) -> nn.Module:
     widths = {r: d.hard_width for r, d in g.dcl_modules(out).items()}
     for s in g.layers:
         _cut(out, s, widths)
+    _set_head_counts(out, g, widths)
     _strip(out)
     return out.eval()
+
+
+#: attributes of an attention module that hold its head count / its inner width (heads * head_dim)
+HEAD_COUNT_ATTRS = ("num_attention_heads", "num_heads", "n_heads", "nhead", "num_key_value_heads")
+INNER_WIDTH_ATTRS = ("all_head_size", "inner_dim", "attn_dim")
+
+
+def _set_head_counts(model: nn.Module, g, widths: dict[int, int]) -> None:
+    """Update the head-count attributes of the modules that hold cut attention projections."""
+    done = set()
+    for s in g.layers:
+        inner = s.extra.get("out_inner", 1)
+        if not s.extra.get("heads") or s.out_root is None or s.out_root not in widths:
+            continue
+        owner = s.name.rpartition(".")[0]
+        if owner in done:
+            continue
+        done.add(owner)
+        mod = model.get_submodule(owner)
+        heads, kept = s.out_size, widths[s.out_root]
+        for attr in HEAD_COUNT_ATTRS:
+            if getattr(mod, attr, None) == heads and not isinstance(getattr(type(mod), attr, None), property):
+                setattr(mod, attr, kept)
+        for attr in INNER_WIDTH_ATTRS:
+            if getattr(mod, attr, None) == heads * inner and not isinstance(getattr(type(mod), attr, None), property):
+                setattr(mod, attr, kept * inner)
 
 
 def _strip(model: nn.Module) -> None:

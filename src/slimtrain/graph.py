@@ -120,7 +120,8 @@ def _wrap(model: nn.Module, tr: Trace, producer: str, kind: str, dcl: DynamicWid
     host = model.get_submodule(at)
     if attached_dcl(host) is not None:
         raise GraphError(f"'{at}' already has a dynamic width")
-    attach_dcl(host, dcl, 1 if at != producer else _dcl_dim(kind), at)
+    inner = next((u.extra.get("out_inner", 1) for u in tr.uses if u.name == producer and u.out_group is not None), 1)
+    attach_dcl(host, dcl, 1 if at != producer else _dcl_dim(kind), at, inner=inner if at == producer else 1)
 
 
 def _user_dcl_roots(tr: Trace) -> dict[int, str]:
@@ -550,6 +551,13 @@ def _build(model: nn.Module, tr: Trace, batch: int) -> WidthGraph:
                                     tag.inner if in_root is not None else 1, out_root,
                                     tr.groups[u.out_group].size if u.out_group is not None else 0,
                                     u.in_shape, u.out_shape, extra))
+    fixed_macs = tr.fixed_macs
+    for i, (macs, g) in enumerate(tr.prods):  # attention products: linear in the head count
+        r = tr.root(g)
+        if r in dyn:
+            layers.append(LayerSpec(f"<product {i}>", "prod", r, tr.groups[g].size, 1, 1, None, 0, (), (), {"macs": macs}))
+        else:
+            fixed_macs += macs
     owners = {s.name for s in layers}
     seen: set[str] = set()
     for pname, g, axis, _ in tr.param_uses:  # learned scales, biases, class tokens, position embeddings
@@ -557,4 +565,4 @@ def _build(model: nn.Module, tr: Trace, batch: int) -> WidthGraph:
         if r in dyn and pname not in seen and pname.rpartition(".")[0] not in owners:
             seen.add(pname)
             layers.append(LayerSpec(pname, "param", r, tr.groups[g].size, 1, 1, None, 0, (), (), {"axis": axis}))
-    return WidthGraph(dcls, layers, tr.fixed_macs, batch)
+    return WidthGraph(dcls, layers, fixed_macs, batch)

@@ -76,6 +76,8 @@ class Trace:
     fixed_macs: float = 0.0
     opaque: list[tuple[int, str]] = field(default_factory=list)  # (group, op) that lost track
     param_uses: list[tuple[str, int, int, str]] = field(default_factory=list)  # (parameter name, group, axis, op)
+    prods: list[tuple[float, int]] = field(default_factory=list)  # (MACs at full width, group) of products
+    group_inner: dict[int, int] = field(default_factory=dict)  # group -> elements per channel (head_dim)
     parent: dict[int, int] = field(default_factory=dict)
 
     def root(self, g: int) -> int:
@@ -129,9 +131,11 @@ _PER_CHANNEL = {
     "max_pool2d_with_indices", "pad", "interpolate", "upsample",
 }
 # Elementwise ops that do not keep zero at zero (the width passes, the cut channels are no longer zero)
-_ELEMENTWISE = {"sigmoid", "hardsigmoid", "exp", "cos", "softplus", "erf", "sigmoid_", "rsqrt", "reciprocal",
+_ELEMENTWISE = {"masked_fill", "sigmoid", "hardsigmoid", "exp", "cos", "softplus", "erf", "sigmoid_", "rsqrt", "reciprocal",
                 "__rsub__", "pow", "__pow__", "square", "sqrt", "log", "log1p", "silu_"}
 _CAT = {"cat", "concat", "concatenate", "stack"}
+_MATMUL = {"matmul", "bmm", "__matmul__", "scaled_dot_product_attention"}
+_ALONG = {"softmax", "log_softmax", "_softmax"}  # along another axis: the width passes
 _SPLIT = {"split", "chunk", "unbind", "tensor_split", "split_with_sizes"}
 # ops through which a model parameter stays "that parameter" for broadcasting (class tokens, position embeddings)
 _PARAM_KEEPING = {"expand", "expand_as", "unsqueeze", "to", "type_as", "contiguous", "clone", "float", "half",
@@ -196,6 +200,10 @@ class _Tracer(TorchFunctionMode):
         self.fixed_macs = 0.0
         self.param_of: dict[int, tuple[str, Tensor]] = {}  # id(tensor) -> (parameter/buffer name, parameter)
         self.param_uses: list[tuple[str, int, int, str]] = []  # (name, group, axis, op)
+        self.prods: list[tuple[float, int]] = []  # (MACs at full width, group they scale with)
+        self.group_inner: dict[int, int] = {}  # group -> elements per channel (a head of head_dim)
+        self.consumed: set[int] = set()  # groups already read by a layer or joined
+        self.head_attr: Callable[[str, int], bool] = lambda producer, heads: False
 
     def tag(self, t: Any) -> Optional[Tag]:
         return self.tags.get(id(t)) if isinstance(t, Tensor) else None
@@ -211,10 +219,12 @@ class _Tracer(TorchFunctionMode):
         if self.depth > 0:
             return out
         name = getattr(func, "__name__", str(func))
-        self.fixed_macs += _between_macs(name, args, kwargs, out)
+        macs = _between_macs(name, args, kwargs, out)
         ins = [(t, self.tag(t)) for t in _tensors(args) + _tensors(kwargs)]
         tagged = [(t, g) for t, g in ins if g is not None]
         outs = _tensors(out)
+        if macs and not tagged:
+            self.fixed_macs += macs
         if not tagged:
             if outs and name in _PARAM_KEEPING and ins and all(id(t) in self.param_of for t, _ in ins):
                 self.param_of[id(outs[0])] = self.param_of[id(ins[0][0])]  # a model parameter, expanded/viewed
@@ -228,6 +238,11 @@ class _Tracer(TorchFunctionMode):
             tag = Tag(tagged[0][1].group, None, op=name)
         if tag.dim is None:  # every dynamic width that went through this op is now unknown
             self.opaque.extend((g.group, tag.op or name) for _, g in tagged if g.dim is not None)
+        if macs:  # a product between layers (attention): linear in the width that runs along its batch/rows
+            if tag.dim is not None and (tag.outer, tag.inner) == (1, 1):
+                self.prods.append((macs, tag.group))
+            else:
+                self.fixed_macs += macs
         many = name in _SPLIT and isinstance(out, (tuple, list)) and tag.dim is not None
         for o in outs if many else outs[:1]:
             self.set(o, tag)
@@ -278,7 +293,16 @@ class _Tracer(TorchFunctionMode):
             same = out.dim() == x.dim() and out.shape[tag.dim] == x.shape[tag.dim]
             return tag if same and tag.outer == tag.inner == 1 else opaque
         if name in _VIEW_LIKE:
-            return _map_view(tag, tuple(x.shape), tuple(out.shape), n)
+            # a fresh layer output viewed as (heads, head_dim): the width counts heads (also when head_dim is 1)
+            return self._head_split(tag, tuple(x.shape), tuple(out.shape), args[1:]) or \
+                _map_view(tag, tuple(x.shape), tuple(out.shape), n)
+        if name in _MATMUL:
+            return self._matmul(name, args, kwargs, out, tagged)
+        if name in _ALONG:
+            dim = kwargs.get("dim", args[1] if len(args) > 1 else None)
+            if dim is None or dim % x.dim() == tag.dim:
+                return opaque
+            return Tag(tag.group, tag.dim, tag.outer, tag.inner, op=name, masked=False)
         if name in _PERMUTE:
             return self._permute(name, args, kwargs, x, tag)
         if name in _REDUCE:
@@ -308,6 +332,9 @@ class _Tracer(TorchFunctionMode):
                     return Tag(tag.group, tag.dim, tag.outer, tag.inner, op=None if keep else name, masked=keep)
                 if name in _SCALE:
                     return Tag(tag.group, tag.dim, tag.outer, tag.inner, masked=tag.masked)
+                right = x.dim() - tag.dim
+                if other.dim() < right or other.shape[other.dim() - right] == 1:  # e.g. an attention mask
+                    return Tag(tag.group, tag.dim, tag.outer, tag.inner, op=name, masked=False)
                 self.loose.append((tag.group, f"'{name}' with a tensor that no layer produced"))
                 return Tag(tag.group, tag.dim, tag.outer, tag.inner)
             if otag.dim is None or (otag.outer, otag.inner) != (tag.outer, tag.inner):
@@ -321,6 +348,64 @@ class _Tracer(TorchFunctionMode):
             both = tag.masked and otag.masked if name in _JOIN else tag.masked or otag.masked
             return Tag(tag.group, tag.dim, tag.outer, tag.inner, masked=both)
         return opaque
+
+    def _head_split(self, tag: Tag, old: tuple, new: tuple, shape_args: tuple = ()) -> Optional[Tag]:
+        """``(..., H*hd) -> (..., H, hd)`` right after the layer that produced the width: its channels become
+        H heads of hd elements (the width counts heads; the layer's output keeps hd rows per head)."""
+        d, g = tag.dim, tag.group
+        if (tag.outer, tag.inner) != (1, 1) or tag.producer is None or g in self.group_inner or g in self.consumed:
+            return None
+        if any(g in (a, b) for a, b, _ in self.ties) or len(new) != len(old) + 1:
+            return None
+        if new[:d] != old[:d] or new[d + 2:] != old[d + 1:] or new[d] * new[d + 1] != old[d] or new[d] < 2 \
+                or d != len(old) - 1:
+            return None
+        asked = [int(a) for a in (shape_args[0] if len(shape_args) == 1 and isinstance(shape_args[0], (tuple, list,
+                 torch.Size)) else shape_args) if isinstance(a, int)]
+        minus_one = len(asked) == len(new) and asked[d] == -1
+        if not minus_one and not self.head_attr(tag.producer, new[d]):
+            return None  # a literal head count in the user's view would not follow a cut
+        self.group_inner[g] = new[d + 1]
+        self.sizes[g] = new[d]
+        return Tag(g, d, 1, 1, tag.producer, masked=tag.masked)
+
+    def _matmul(self, name, args, kwargs, out, tagged) -> Tag:
+        """matmul/bmm and scaled_dot_product_attention: a width on a batch axis (attention heads) passes
+        (tying the operands' widths); one on the rows/columns of a product passes; contracted, it is lost."""
+        x, tag = tagged[0]
+        opaque = Tag(tag.group, None, op=name)
+        if not isinstance(out, Tensor):
+            return opaque
+        ops = [a for a in args[:3 if name == "scaled_dot_product_attention" else 2] if isinstance(a, Tensor)]
+        res: Optional[Tag] = None
+        masked_any = False
+        for i, a in enumerate(ops):
+            t = self.tag(a)
+            if t is None:
+                continue
+            if t.dim is None or (t.outer, t.inner) != (1, 1):
+                return opaque
+            right = a.dim() - t.dim
+            if name == "scaled_dot_product_attention":
+                if right <= 2:
+                    return opaque  # on the tokens or head_dim
+            elif right <= 2:
+                rows = i == 0 and right == 2
+                cols = i == 1 and right == 1
+                if not (rows or cols):
+                    return opaque  # the contracted axis: a layer written as a product
+            od = out.dim() - right
+            if res is None:
+                res = Tag(t.group, od, 1, 1, masked=False)
+            elif res.dim == od:
+                self.ties.append((res.group, t.group, f"'{name}' of outputs of {tag.producer or '?'} and {t.producer or '?'}"))
+            else:
+                return opaque
+            # zero outside the width stays zero in the product if the values (sdpa: v) or any factor is zero there
+            masked_any = masked_any or (t.masked and (name != "scaled_dot_product_attention" or i == 2))
+        if res is None:
+            return opaque
+        return Tag(res.group, res.dim, 1, 1, masked=masked_any)
 
     def _cat_split(self, name, args, kwargs, out, tagged) -> Tag:
         """cat/stack/split/chunk along an axis other than the channels (tokens, time): the width passes."""
@@ -420,6 +505,18 @@ def trace_channels(model: nn.Module, sample: Any) -> Trace:
     bn_after: dict[str, str] = {}
     sizes: dict[int, int] = {}
     tracer = _Tracer(sizes)
+
+    def head_attr(producer: str, heads: int) -> bool:  # the module holding the projection stores the head count
+        from .export import HEAD_COUNT_ATTRS
+
+        owner = producer.rpartition(".")[0]
+        try:
+            mod = model.get_submodule(owner)
+        except AttributeError:
+            return False
+        return any(getattr(mod, a, None) == heads for a in HEAD_COUNT_ATTRS)
+
+    tracer.head_attr = head_attr
     handles = []
     names = {m: n for n, m in model.named_modules()}
 
@@ -445,6 +542,8 @@ def trace_channels(model: nn.Module, sample: Any) -> Trace:
     def post(mod, args, out):
         tracer.depth -= 1
         mod_, tag, shape, x = stack.pop()
+        if tag is not None:
+            tracer.consumed.add(tag.group)
         name = names.get(mod, type(mod).__name__)
         kind = _kind(mod)
         first = out[0] if isinstance(out, tuple) else out
@@ -559,6 +658,14 @@ def trace_channels(model: nn.Module, sample: Any) -> Trace:
     tr = Trace(groups, uses, tracer.ties, tracer.loose, claims, bn_after, [tracer.tag(o) for o in _tensors(out)],
                tracer.fixed_macs, tracer.opaque)
     tr.param_uses = tracer.param_uses
+    tr.prods = tracer.prods
+    tr.group_inner = tracer.group_inner
+    for gid, h in tracer.sizes.items():
+        groups[gid].size = h  # a group split into heads counts heads
+    for u in uses:
+        if u.out_group in tracer.group_inner:
+            u.extra["out_inner"] = tracer.group_inner[u.out_group]
+            u.extra["heads"] = True
     for a, b, _ in tr.ties:
         ra, rb = tr.root(a), tr.root(b)
         if ra != rb:
