@@ -129,3 +129,26 @@ def test_failed_make_dynamic_leaves_no_hooks_or_children():
         pass
     assert not any(mod._forward_hooks for mod in m.modules())
     assert set(m.state_dict()) == {"0.weight", "0.bias", "2.weight", "2.bias"}
+
+
+def test_dynamic_model_pickles_and_deep_copies_with_its_hooks():
+    import io
+
+    m, x = _net()
+    slimtrain.make_dynamic(m, x)
+    m.rnn.dcl.set_width(4)
+    m.proj.dcl.set_width(6)
+    buf = io.BytesIO()
+    torch.save(m, buf)
+    buf.seek(0)
+    loaded = torch.load(buf, weights_only=False)
+    twin = copy.deepcopy(m)
+    for other in (loaded, twin):
+        assert other.rnn.dcl is not m.rnn.dcl and other.rnn.dcl.hard_width == 4
+        other.eval()
+    m.eval()
+    with torch.no_grad():
+        ref = m(x)
+        assert torch.equal(loaded(x), ref) and torch.equal(twin(x), ref)
+        twin.rnn.dcl.set_width(2)  # the copy's hooks use the copy's widths
+        assert not torch.equal(twin(x), ref) and torch.equal(m(x), ref)

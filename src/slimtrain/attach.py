@@ -22,7 +22,7 @@ export and to undo a failed ``make_dynamic``).
 """
 from __future__ import annotations
 
-import types
+import functools
 from typing import Any, Optional
 
 import torch
@@ -162,7 +162,8 @@ def make_rnn_dynamic(rnn: nn.Module, dcl: DynamicWidth, where: str = "") -> None
     if DCL_CHILD in rnn._modules or DCL_CHILD in rnn.__dict__:
         raise GraphError(f"module '{where}' already has an attribute '{DCL_CHILD}'")
     rnn.add_module(DCL_CHILD, dcl)
-    rnn.__dict__["forward"] = types.MethodType(_dynamic_rnn_forward, rnn)
+    # a partial of a module-level function (not a bound method) so the model still pickles and deep-copies
+    rnn.__dict__["forward"] = functools.partial(_dynamic_rnn_forward, rnn)
     rnn.__dict__[_RNN_FLAG] = True
 
 
