@@ -128,17 +128,53 @@ def test_embedding_width_is_dynamic():
     assert small[0].embedding_dim == 4 and small[0].weight.shape == (30, 4)
 
 
-def test_channel_concat_stays_fixed_with_a_reason():
+def test_channel_concat_into_a_linear_is_dynamic_and_into_a_layernorm_stays_fixed():
     class Cat(nn.Module):
-        def __init__(self) -> None:
+        def __init__(self, norm: bool) -> None:
             super().__init__()
             self.a, self.b, self.c, self.o = nn.Linear(4, 6), nn.Linear(4, 5), nn.Linear(11, 7), nn.Linear(7, 2)
+            self.ln = nn.LayerNorm(11) if norm else nn.Identity()
 
         def forward(self, x):
-            return self.o(torch.relu(self.c(torch.cat([self.a(x), self.b(x)], dim=-1))))
+            return self.o(torch.relu(self.c(self.ln(torch.cat([self.a(x), self.b(x)], dim=-1)))))
 
-    m = Cat()
-    slimtrain.make_dynamic(m, torch.randn(3, 4))
+    torch.manual_seed(0)
+    x = torch.randn(3, 4)
+    m = Cat(norm=False)
+    slimtrain.make_dynamic(m, x)
+    small = _check(m, x, {"a.dcl": 4, "b.dcl": 2, "c.dcl": 3}, 3)
+    assert small.c.in_features == 6
+    m = Cat(norm=True)
+    slimtrain.make_dynamic(m, x)
     plan = slimtrain.width_report(m)
     assert [e.dynamic for e in plan.entries] == [False, False, True, False]
-    assert "cat along the channel axis" in plan.entries[0].reason
+    assert "layer 'ln' (ln) reads a concatenation along the channel axis" in plan.entries[0].reason
+
+
+class DenseCat(nn.Module):
+    """DenseNet/U-Net style: concatenations along the channel axis, one with the model input."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1 = nn.Conv1d(3, 8, 3, padding=1)
+        self.c2 = nn.Conv1d(8, 6, 3, padding=1)
+        self.c3 = nn.Conv1d(3 + 8 + 6, 10, 1)
+        self.fc = nn.Linear(10 + 6, 2)
+
+    def forward(self, x):
+        a = torch.relu(self.c1(x))
+        b = torch.relu(self.c2(a))
+        h = torch.relu(self.c3(torch.cat([x, a, b], dim=1)))
+        return self.fc(torch.cat([h.mean(-1), b.amax(-1)], dim=1))
+
+
+def test_concatenation_along_the_channel_axis_keeps_each_block_dynamic():
+    torch.manual_seed(0)
+    m = DenseCat()
+    x = torch.randn(3, 3, 9)
+    slimtrain.make_dynamic(m, x)
+    small = _check(m, x, {"c1.dcl": 5, "c2.dcl": 2.5, "c3.dcl": 4}, 3)
+    assert (small.c3.in_channels, small.fc.in_features) == (3 + 5 + 3, 4 + 3)
+    # the kept columns of c3 are the input's 3, then the first 5 of a's 8, then the first 3 of b's 6
+    cols = torch.cat([torch.arange(3), 3 + torch.arange(5), 11 + torch.arange(3)])
+    assert torch.equal(small.c3.weight, m.c3.weight[:4][:, cols])

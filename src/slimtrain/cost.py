@@ -318,6 +318,11 @@ def _sides(model: nn.Module, s: LayerSpec, widths: dict, const=lambda v: torch.t
         fixed_in = fixed_out = 0
     kin = widths.get(s.in_root) if s.in_root is not None else None
     k_in = const(fixed_in) if kin is None else kin * (s.in_outer * s.in_inner)
+    if "in_segs" in s.extra:  # a channel concatenation: the sum of its blocks' widths
+        k_in = const(0)
+        for r, n in s.extra["in_segs"]:
+            w = widths.get(r) if r is not None else None
+            k_in = k_in + (const(n) if w is None else w)
     kout = widths.get(s.out_root) if s.out_root is not None else None
     k_out = const(fixed_out) if kout is None else kout * s.extra.get("out_inner", 1)
     if s.kind in ("bn", "ln"):

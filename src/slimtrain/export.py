@@ -69,6 +69,12 @@ def _cut(model: nn.Module, s: LayerSpec, widths: dict[int, int]) -> None:
     w_in = widths.get(s.in_root) if s.in_root is not None else None
     w_out = widths.get(s.out_root) if s.out_root is not None else None
     in_idx = kept_index(s.in_size, w_in, s.in_outer, s.in_inner) if w_in is not None else None
+    if "in_segs" in s.extra and any(r is not None and r in widths for r, _ in s.extra["in_segs"]):
+        parts, off = [], 0  # a channel concatenation: the kept channels of each block, at its offset
+        for r, n in s.extra["in_segs"]:
+            parts.append(off + torch.arange(widths[r] if r is not None and r in widths else n))
+            off += n
+        in_idx = torch.cat(parts)
     out_idx = kept_index(s.out_size, w_out, 1, s.extra.get("out_inner", 1)) if w_out is not None else None
     if in_idx is None and out_idx is None:
         return  # a fixed layer: left exactly as it is

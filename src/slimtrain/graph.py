@@ -211,7 +211,8 @@ def _unsafe_roots(model: nn.Module, tr: Trace) -> dict[int, tuple[str, str]]:
 
     for t in tr.output_tags:
         if t is not None:
-            mark(t.group, "model output", f"the width of {who(t.group)} is the model's output")
+            for g in t.groups():
+                mark(g, "model output", f"the width of {who(g)} is the model's output")
     for g, where in tr.loose_ties:
         mark(g, "structure", f"the width of {who(g)} is joined by {where}; that sum cannot shrink")
     for g, op in tr.opaque:
@@ -222,6 +223,15 @@ def _unsafe_roots(model: nn.Module, tr: Trace) -> dict[int, tuple[str, str]]:
         if t is None:
             continue
         nd = len(u.in_shape)
+        if t.segs:  # a channel concatenation: Linear, plain conv and GRU/LSTM can read it
+            want = {"linear": nd - 1, "rnn": nd - 1, "conv": 1}.get(u.kind)
+            m = model.get_submodule(u.name) if u.kind == "conv" else None
+            if want is None or t.dim != want or (m is not None and m.groups != 1):
+                for g in t.groups():
+                    mark(g, "unsupported", f"layer '{u.name}' ({u.kind}) reads a concatenation along the channel axis")
+            if u.out_group is not None and u.kind == "conv" and m is not None and m.groups != 1:
+                mark(u.out_group, "unsupported", f"grouped conv '{u.name}' (groups={m.groups}) reads a concatenation")
+            continue
         want = {"linear": nd - 1, "rnn": nd - 1, "ln": nd - 1, "conv": 1, "bn": 1, "mha": nd - 1}.get(u.kind, -1)
         reshaped = (t.outer, t.inner) != (1, 1) and u.kind in ("bn", "conv", "ln", "mha")
         if u.kind == "mha":
@@ -431,7 +441,8 @@ def _tie(model: nn.Module, tr: Trace) -> bool:
                 masked[r].add(p)
                 changed = True
     for u in tr.uses:
-        if u.kind == "ln" and u.in_tag is not None and u.in_tag.dim is not None and tr.root(u.in_tag.group) in canon:
+        if u.kind == "ln" and u.in_tag is not None and u.in_tag.dim is not None and not u.in_tag.segs \
+                and tr.root(u.in_tag.group) in canon:
             ln = model.get_submodule(u.name)
             dcl = model.get_submodule(canon[tr.root(u.in_tag.group)])
             if len(ln.normalized_shape) != 1:
@@ -487,6 +498,9 @@ def _build(model: nn.Module, tr: Trace, batch: int) -> WidthGraph:
                 "(supported: elementwise activations, dropout, pooling, reshape/flatten, transpose, residual add)"
             )
     for t in tr.output_tags:
+        if t is not None and t.segs and any(tr.root(g) in dyn for g in t.groups()):
+            raise refuse("model output", [tr.root(g) for g in t.groups()], "a concatenation of dynamic widths "
+                         f"({', '.join(prod_names(tr.root(g)) for g in t.groups())}) is the model's output")
         if t is not None and tr.root(t.group) in dyn:
             raise refuse("model output", [tr.root(t.group)],
                 f"the output width of {prod_names(tr.root(t.group))} is the model's output; it cannot be dynamic "
@@ -495,6 +509,23 @@ def _build(model: nn.Module, tr: Trace, batch: int) -> WidthGraph:
     layers: list[LayerSpec] = []
     for u in tr.uses:
         tag: Optional[Tag] = u.in_tag
+        if tag is not None and tag.segs:  # a concatenation along the channel axis: one block per width
+            segs = [(tr.root(g) if g >= 0 and tr.root(g) in dyn else None, n) for g, n in tag.segs]
+            bad = [r for r, _ in segs if r is not None]
+            if bad and u.kind not in ("linear", "conv", "rnn"):
+                raise refuse("unsupported", bad, f"layer '{shown(u.name)}' ({u.kind}) reads a concatenation of "
+                             "dynamic widths along the channel axis; Linear, conv and GRU/LSTM can")
+            if bad and not tag.masked:
+                raise refuse("structure", bad, f"layer '{shown(u.name)}' reads a concatenation whose cut channels "
+                             "are not zero")
+            if u.kind in ("linear", "conv", "rnn"):
+                out_root = tr.root(u.out_group) if u.out_group is not None and tr.root(u.out_group) in dyn else None
+                extra = dict(u.extra, in_segs=segs)
+                layers.append(LayerSpec(u.name, u.kind, None, sum(n for _, n in segs), 1, 1, out_root,
+                                        tr.groups[u.out_group].size if u.out_group is not None else 0,
+                                        u.in_shape, u.out_shape, extra))
+                continue
+            tag = None
         in_root = tr.root(tag.group) if tag is not None and tr.root(tag.group) in dyn else None
         if in_root is not None:
             assert tag is not None

@@ -16,7 +16,7 @@ opaque dynamic group reaching a layer is an error that names the operation.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Optional
 
 import torch
@@ -42,6 +42,12 @@ class Tag:
     producer: Optional[str] = None  # set while the tensor comes straight from one layer
     op: Optional[str] = None  # the op that made it opaque
     masked: bool = False  # a DCL zeroed the channels outside the width (and no BatchNorm since)
+    # a concatenation along the channel axis: ((group, size), ...) in order; group -1 = a fixed block
+    segs: Optional[tuple[tuple[int, int], ...]] = None
+
+    def groups(self) -> list[int]:
+        """Every group this tag carries (several for a channel concatenation)."""
+        return [g for g, _ in self.segs if g >= 0] if self.segs else [self.group]
 
 
 @dataclass
@@ -237,7 +243,7 @@ class _Tracer(TorchFunctionMode):
         except Exception:  # a rule that cannot decide makes the channels opaque
             tag = Tag(tagged[0][1].group, None, op=name)
         if tag.dim is None:  # every dynamic width that went through this op is now unknown
-            self.opaque.extend((g.group, tag.op or name) for _, g in tagged if g.dim is not None)
+            self.opaque.extend((gg, tag.op or name) for _, g in tagged if g.dim is not None for gg in g.groups())
         if macs:  # a product between layers (attention): linear in the width that runs along its batch/rows
             if tag.dim is not None and (tag.outer, tag.inner) == (1, 1):
                 self.prods.append((macs, tag.group))
@@ -269,6 +275,8 @@ class _Tracer(TorchFunctionMode):
         opaque = Tag(tag.group, None, op=name)
         if tag.dim is None:
             return tag
+        if any(g.segs for _, g in tagged):
+            return self._segs_rule(name, args, kwargs, out, tagged)
         if name in _SPLIT or name in _CAT:
             return self._cat_split(name, args, kwargs, out, tagged)
         if not isinstance(out, Tensor):
@@ -407,6 +415,34 @@ class _Tracer(TorchFunctionMode):
             return opaque
         return Tag(res.group, res.dim, 1, 1, masked=masked_any)
 
+    def _segs_rule(self, name, args, kwargs, out, tagged) -> Tag:
+        """A channel concatenation passes elementwise zero-keeping ops, pooling, permutes and reductions
+        over other axes (and concatenates further); anything else loses it."""
+        x, tag = tagged[0]
+        opaque = Tag(tag.group, None, op=name if name not in _CAT else f"{name} of a concatenation")
+        if name in _CAT:
+            return self._cat_split(name, args, kwargs, out, tagged)
+        if len(tagged) != 1 or not isinstance(out, Tensor):
+            return opaque
+        if name in _ZERO_KEEPING or name in _PER_CHANNEL:
+            same = out.dim() == x.dim() and out.shape[tag.dim] == x.shape[tag.dim]
+            return tag if same else opaque
+        if name in _PERMUTE:
+            return replace(tag, dim=self._permute(name, args, kwargs, x, tag).dim)
+        if name in _REDUCE:
+            dims = kwargs.get("dim", args[1] if len(args) > 1 else None)
+            if dims is None:
+                return opaque
+            dims = [d % x.dim() for d in ([dims] if isinstance(dims, int) else list(dims))]
+            if tag.dim in dims:
+                return opaque
+            keep = kwargs.get("keepdim", args[2] if len(args) > 2 else False)
+            return replace(tag, dim=tag.dim if keep else tag.dim - sum(d < tag.dim for d in dims), producer=None)
+        if name in _VIEW_LIKE:
+            t = _map_view(tag, tuple(x.shape), tuple(out.shape), x.shape[tag.dim])
+            return replace(tag, dim=t.dim, producer=None) if t.dim is not None and (t.outer, t.inner) == (1, 1) else opaque
+        return opaque
+
     def _cat_split(self, name, args, kwargs, out, tagged) -> Tag:
         """cat/stack/split/chunk along an axis other than the channels (tokens, time): the width passes."""
         x, tag = tagged[0]
@@ -434,6 +470,8 @@ class _Tracer(TorchFunctionMode):
         else:
             d = dim % ref.dim()
             if d == tag.dim:
+                return self._channel_cat(seq, d, tag) if name != "stack" else opaque
+            if any(self.tag(t) is not None and self.tag(t).segs for t in seq):
                 return opaque
             new_dim = tag.dim
         masked = True
@@ -452,6 +490,28 @@ class _Tracer(TorchFunctionMode):
                 self.ties.append((tag.group, g.group, f"'{name}' of outputs of {tag.producer or '?'} and {g.producer or '?'}"))
             masked = masked and g.masked
         return Tag(tag.group, new_dim, tag.outer, tag.inner, masked=masked)
+
+    def _channel_cat(self, seq, d: int, tag: Tag) -> Tag:
+        """Concatenation along the channel axis: the result carries each input's width as one block."""
+        opaque = Tag(tag.group, None, op="cat along the channel axis")
+        segs: list[tuple[int, int]] = []
+        masked = True
+        for t in seq:
+            g = self.tag(t)
+            if g is None:  # a fixed block (the model input, a constant): never cut
+                segs.append((-1, int(t.shape[d])))
+                continue
+            if g.dim != d or (g.outer, g.inner) != (1, 1):
+                return opaque
+            if g.segs:
+                segs.extend(g.segs)
+            elif self.sizes.get(g.group) == t.shape[d]:
+                segs.append((g.group, int(t.shape[d])))
+            else:
+                return opaque
+            masked = masked and g.masked
+        first = next((s for s, _ in segs if s >= 0), tag.group)
+        return Tag(first, d, 1, 1, masked=masked, segs=tuple(segs))
 
     def _permute(self, name, args, kwargs, x, tag) -> Tag:
         nd = x.dim()

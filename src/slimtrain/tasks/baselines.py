@@ -746,6 +746,12 @@ def _permute_layer(model: nn.Module, s, perms: dict[int, Tensor]) -> None:
         p_out = _expand(p_out, s.out_size, 1, s.extra["out_inner"])
     p_in = perms.get(s.in_root) if s.in_root is not None else None
     in_idx = _expand(p_in, s.in_size, s.in_outer, s.in_inner) if p_in is not None else None
+    if "in_segs" in s.extra and any(r is not None and r in perms for r, _ in s.extra["in_segs"]):
+        parts, off = [], 0
+        for r, n in s.extra["in_segs"]:
+            parts.append(off + (perms[r] if r is not None and r in perms else torch.arange(n)))
+            off += n
+        in_idx = torch.cat(parts)
 
     def rows(t, idx):
         if t is not None and idx is not None:
