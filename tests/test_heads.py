@@ -103,3 +103,18 @@ def test_transformer_block_head_count_is_learnable_and_exported():
     with torch.no_grad():
         assert (small(x) - m(x)).abs().max().item() <= 1e-5
     assert slimtrain.model_cost(m, hard=True).macs.item() == pytest.approx(count_macs(small, x) / 2, rel=1e-6)
+
+
+def test_plain_trace_api_keeps_channel_counts():
+    """trace_channels(model, sample) (read by slimtrain.reorder and others) still reports channels;
+    heads, channel concatenations and parameter containers are followed only with extended=True."""
+    from slimtrain.trace import trace_channels
+
+    m = Net()
+    x = torch.randn(3, 7, 6)
+    plain = trace_channels(m, x)
+    ext = trace_channels(m, x, extended=True)
+    q = next(u for u in plain.uses if u.name == "attn.query")
+    assert plain.groups[q.out_group].size == 20 and "out_inner" not in q.extra
+    q = next(u for u in ext.uses if u.name == "attn.query")
+    assert ext.groups[q.out_group].size == 4 and q.extra["out_inner"] == 5

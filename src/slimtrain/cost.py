@@ -374,7 +374,7 @@ def model_cost(model: nn.Module, sample=None, *, hard: Optional[bool] = None, fu
         # (as make_dynamic does): the tracer cannot see inside nn.MultiheadAttention
         probe = copy.deepcopy(model)
         _convert_transformers(probe)
-        tr = trace_channels(probe, sample)
+        tr = trace_channels(probe, sample, extended=True)
         probe.__dict__["_slimtrain_graph"] = _build(probe, tr, int(_tensors(sample)[0].shape[0]))
         return model_cost(probe, hard=hard, full=True, seconds=seconds)
     g = get_graph(model)

@@ -340,7 +340,7 @@ def make_dynamic(
 def _make_dynamic(model: nn.Module, sample: Any, layers, exclude, bounds: dict[str, Any], strict: bool,
                   refused: dict[str, tuple[str, str]]) -> nn.Module:
     _convert_transformers(model)
-    tr = trace_channels(model, sample)
+    tr = trace_channels(model, sample, extended=True)
     chosen, fixed = _select(model, tr, layers, exclude, strict, refused)
     if not chosen and not _user_dcl_roots(tr):
         plan = _plan(model, tr, fixed, {})
@@ -349,7 +349,7 @@ def _make_dynamic(model: nn.Module, sample: Any, layers, exclude, bounds: dict[s
     for producer, kind, size in chosen:
         _wrap(model, tr, producer, kind, _new_dcl(size, kind, bounds))
     for _ in range(10):
-        tr = trace_channels(model, sample)
+        tr = trace_channels(model, sample, extended=True)
         if not _tie(model, tr):
             break
     else:  # pragma: no cover - the loop adds at least one wrapper per round

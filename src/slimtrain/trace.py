@@ -210,6 +210,7 @@ class _Tracer(TorchFunctionMode):
         self.group_inner: dict[int, int] = {}  # group -> elements per channel (a head of head_dim)
         self.consumed: set[int] = set()  # groups already read by a layer or joined
         self.head_attr: Callable[[str, int], bool] = lambda producer, heads: False
+        self.extended = False  # follow head splits and channel concatenations (see trace_channels)
 
     def tag(self, t: Any) -> Optional[Tag]:
         return self.tags.get(id(t)) if isinstance(t, Tensor) else None
@@ -361,6 +362,8 @@ class _Tracer(TorchFunctionMode):
         """``(..., H*hd) -> (..., H, hd)`` right after the layer that produced the width: its channels become
         H heads of hd elements (the width counts heads; the layer's output keeps hd rows per head)."""
         d, g = tag.dim, tag.group
+        if not self.extended:
+            return None
         if (tag.outer, tag.inner) != (1, 1) or tag.producer is None or g in self.group_inner or g in self.consumed:
             return None
         if any(g in (a, b) for a, b, _ in self.ties) or len(new) != len(old) + 1:
@@ -494,6 +497,8 @@ class _Tracer(TorchFunctionMode):
     def _channel_cat(self, seq, d: int, tag: Tag) -> Tag:
         """Concatenation along the channel axis: the result carries each input's width as one block."""
         opaque = Tag(tag.group, None, op="cat along the channel axis")
+        if not self.extended:
+            return opaque
         segs: list[tuple[int, int]] = []
         masked = True
         for t in seq:
@@ -557,14 +562,22 @@ class _Tracer(TorchFunctionMode):
         return Tag(tag.group, None, op="indexing")
 
 
-def trace_channels(model: nn.Module, sample: Any) -> Trace:
-    """Run ``model(sample)`` once and record the channel flow between its layers."""
+def trace_channels(model: nn.Module, sample: Any, *, extended: bool = False) -> Trace:
+    """Run ``model(sample)`` once and record the channel flow between its layers.
+
+    With ``extended=True`` (what :func:`slimtrain.make_dynamic` uses) more structures are
+    followed: a module with its own parameters and children is looked into (its parameters
+    used elementwise are listed in ``param_uses``), a layer output viewed as (heads, head_dim) becomes a width counted in heads (its
+    group's ``size`` is then the head count and the producing use has ``extra["out_inner"]``),
+    and a concatenation along the channel axis gives a tag with ``segs``. Without it those are
+    opaque, as before, so a reader of ``Trace.groups``/``uses`` sees channel counts only."""
     groups: dict[int, Group] = {}
     uses: list[LayerUse] = []
     claims: list[tuple[str, int, Optional[str]]] = []
     bn_after: dict[str, str] = {}
     sizes: dict[int, int] = {}
     tracer = _Tracer(sizes)
+    tracer.extended = extended
 
     def head_attr(producer: str, heads: int) -> bool:  # the module holding the projection stores the head count
         from .export import HEAD_COUNT_ATTRS
@@ -670,7 +683,7 @@ def trace_channels(model: nn.Module, sample: Any) -> Trace:
         own_params = any(True for _ in m.parameters(recurse=False))
         # a module with its own parameters that slimtrain does not know is one opaque layer, unless it is a
         # container (its parameters are then scales/tokens used elementwise, which the tracer follows)
-        container = any(True for c in m.children() if any(True for _ in c.parameters()))
+        container = extended and any(True for c in m.children() if any(True for _ in c.parameters()))
         if k is not None or (own_params and not container and not _has_known_ancestor(model, n)):
             leaf_mods.append(m)
     # do not descend into known composite leaves (a DynamicRecurrent holds an RNN)
