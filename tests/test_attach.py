@@ -152,3 +152,22 @@ def test_dynamic_model_pickles_and_deep_copies_with_its_hooks():
         assert torch.equal(loaded(x), ref) and torch.equal(twin(x), ref)
         twin.rnn.dcl.set_width(2)  # the copy's hooks use the copy's widths
         assert not torch.equal(twin(x), ref) and torch.equal(m(x), ref)
+
+
+def test_original_state_dict_of_a_converted_transformer_layer_loads_strictly():
+    """A free-standing nn.TransformerEncoderLayer becomes a TransformerBlock; its original keys still load."""
+    torch.manual_seed(0)
+
+    def build():
+        return nn.Sequential(nn.Linear(6, 16), nn.TransformerEncoderLayer(16, 4, 24, dropout=0.0, batch_first=True),
+                             nn.Linear(16, 2))
+
+    ref = build().eval()
+    x = torch.randn(2, 5, 6)
+    m = build()
+    slimtrain.make_dynamic(m, x)
+    assert isinstance(m[1], slimtrain.TransformerBlock)
+    m.load_state_dict(ref.state_dict(), strict=True)
+    m.eval()
+    with torch.no_grad():
+        assert (m(x) - ref(x)).abs().max().item() <= 1e-5
