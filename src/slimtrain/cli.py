@@ -17,7 +17,6 @@ import math
 import os
 import sys
 import textwrap
-import time
 import warnings
 from pathlib import Path
 from typing import Callable, Optional, Sequence, TypeVar
