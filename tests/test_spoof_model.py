@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import slimtrain
+from slimtrain.attach import attached_dcl
 from slimtrain.checkpoint import load_dynamic_model
 from slimtrain.tasks.spoof.models import build_resnet, make_dynamic_stages, parse_stages, stage_layers
 from slimtrain.tasks.spoof.train import SpoofConfig, train_run
@@ -51,10 +52,10 @@ def test_residual_widths_of_a_stage_share_one_dcl_and_other_stages_stay_full(sta
         if s in stages:
             dcls = {id(mod.dcl) for mod in stream}
             assert len(dcls) == 1, f"stage {s}: residual stream has {len(dcls)} widths, not one"
-            assert all(isinstance(mod, slimtrain.DynamicOutput) for mod in inner)
+            assert all(attached_dcl(mod) is not None for mod in inner)
             assert len({id(mod.dcl) for mod in inner} | dcls) == len(inner) + 1  # inner widths are their own
         else:
-            assert not any(isinstance(mod, slimtrain.DynamicOutput) for mod in stream + inner)
+            assert not any(attached_dcl(mod) is not None for mod in stream + inner)
     # the residual stream of stage 0 is the stem output (identity shortcut): tied to it
     if 0 in stages:
         assert m.stem_bn.dcl is m.stages[0][0].bn2.dcl

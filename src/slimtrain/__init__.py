@@ -10,8 +10,9 @@ from .cost import Cost, layer_costs, model_cost
 from .dcl import DynamicWidth, WidthError
 from .export import export
 from .frontend import MelFrontend
-from .graph import GraphError, dynamic_widths, get_graph, make_dynamic
+from .graph import GraphError, dynamic_widths, get_graph, make_dynamic, plan_widths
 from .loss import LossConfigError, TradeoffLoss
+from .plan import WidthPlan, width_report
 from .modules import DynamicOutput, DynamicRecurrent, MaskedLayerNorm, TransformerBlock
 from .reorder import ReorderError, ReorderReport, channel_scores, reorder_channels
 
@@ -19,6 +20,6 @@ __version__ = "0.1.0"
 __all__ = [
     "Cost", "DynamicOutput", "DynamicRecurrent", "DynamicWidth", "GraphError", "LossConfigError",
     "MaskedLayerNorm", "MelFrontend", "ReorderError", "ReorderReport", "TradeoffLoss", "TransformerBlock",
-    "WidthError", "channel_scores", "dynamic_widths", "export", "get_graph", "layer_costs", "make_dynamic",
-    "model_cost", "reorder_channels",
+    "WidthError", "WidthPlan", "channel_scores", "dynamic_widths", "export", "get_graph", "layer_costs",
+    "make_dynamic", "model_cost", "plan_widths", "reorder_channels", "width_report",
 ]

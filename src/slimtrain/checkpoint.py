@@ -7,19 +7,24 @@ A checkpoint is a ``torch.save`` file holding a plain dict::
      "recipe": {"task": name,      # a builder registered with register_task
                 "kwargs": {...},   # the builder's arguments
                 "sample_shape": [...],          # shape of the make_dynamic sample batch
-                "dynamic": {"kappa_min": ...}}, # make_dynamic keyword arguments
+                "dynamic": {"kappa_min": ...}, # make_dynamic keyword arguments
+                "module": "pkg.task"},          # module whose import registers the builder (optional)
      "widths": {dcl name: K},      # continuous widths when saved
      "extra": {...}}               # anything else (metrics, settings)
 
 It holds only tensors and plain Python values, so it loads with
 ``torch.load(weights_only=True)``: loading runs no code from the file.
 The model is rebuilt by the builder registered under the recipe's task name
-(:func:`register_task`), then the state dict is loaded into it.
+(:func:`register_task`), then the state dict is loaded into it. If no builder is
+registered yet, the modules declared under the ``slimtrain.tasks`` entry-point group
+are imported, then the recipe's ``module`` (recorded by :func:`make_recipe`); the
+core itself never imports a task.
 """
 from __future__ import annotations
 
 import math
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Callable, Optional, Union
@@ -61,19 +66,41 @@ def register_task(name: str, build_fn: Builder, *, overwrite: bool = True) -> No
     _REGISTRY[name] = build_fn
 
 
+#: entry-point group under which packages declare modules that register tasks when imported
+ENTRY_POINT_GROUP = "slimtrain.tasks"
+
+
+def _load_task_plugins() -> None:
+    """Import every module declared under the ``slimtrain.tasks`` entry-point group (they call
+    :func:`register_task`). The core names no task: the case studies declare themselves in
+    ``pyproject.toml``, and the CLI imports :mod:`slimtrain.tasks` itself."""
+    from importlib.metadata import entry_points
+
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            ep.load()
+        except ImportError:  # a declared task whose optional dependencies are missing
+            continue
+
+
 def registered_tasks() -> list[str]:
-    """Names of the registered tasks (the built-in ones once :mod:`slimtrain.tasks` is imported)."""
+    """Names of the registered tasks (the built-in ones once :mod:`slimtrain.tasks` is imported, or their
+    entry points are loaded)."""
     return sorted(_REGISTRY)
 
 
 def make_recipe(task: str, kwargs: dict, sample_shape, dynamic: Optional[dict] = None) -> dict:
     """The recipe dict stored in a checkpoint (plain values only)."""
-    return {
+    recipe = {
         "task": str(task),
         "kwargs": dict(kwargs),
         "sample_shape": [int(s) for s in sample_shape],
         "dynamic": dict(dynamic or {}),
     }
+    builder = _REGISTRY.get(str(task))
+    if builder is not None and getattr(builder, "__module__", None):
+        recipe["module"] = builder.__module__  # imported on load if nothing registered the task yet
+    return recipe
 
 
 def _dcl_widths(model: nn.Module) -> dict[str, float]:
@@ -169,9 +196,15 @@ def build_from_recipe(recipe: dict, where: str = "") -> nn.Module:
     """A fresh dynamic model from ``recipe`` via the registered builder (``where``: file, for messages)."""
     task = recipe.get("task")
     if task not in _REGISTRY:
+        _load_task_plugins()
+    module = recipe.get("module")
+    if task not in _REGISTRY and isinstance(module, str) and re.fullmatch(r"[A-Za-z_][\w.]*", module):
         import importlib
 
-        importlib.import_module("slimtrain.tasks")  # registers the built-in tasks
+        try:
+            importlib.import_module(module)  # the module whose import registered the builder when it was saved
+        except ImportError:
+            pass
     if task not in _REGISTRY:
         raise CheckpointError(
             f"{f'checkpoint {where!r}: ' if where else ''}no builder registered for task {task!r} "

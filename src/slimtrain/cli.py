@@ -1,9 +1,12 @@
 """The ``slimtrain`` command.
 
-* ``slimtrain synthetic`` -- the synthetic case study (one run, or ``--sweep``);
+* ``slimtrain synthetic`` -- the synthetic case study (one run, or ``--sweep``),
+  added by :mod:`slimtrain.tasks.synthetic_cli` like the other case studies' commands;
 * ``slimtrain report`` -- regenerate the results tables and figures from the committed CSVs;
 * ``slimtrain export CKPT OUT_DIR`` -- cut a checkpoint's model to its learned
-  widths and write a state dict, a TorchScript file and a summary.
+  widths and write a state dict, a TorchScript file and a summary;
+* ``slimtrain plan MODULE:FACTORY --input-shape B,...`` -- print the width plan
+  of your own model (every width: dynamic or fixed and why, ties).
 
 Bad values give one line ``slimtrain: error: ...`` on stderr and exit code 2.
 """
@@ -15,7 +18,6 @@ import math
 import os
 import sys
 import textwrap
-import time
 import warnings
 from pathlib import Path
 from typing import Callable, Optional, Sequence, TypeVar
@@ -214,13 +216,6 @@ def _check_no_sweep_engine_args(args) -> None:
 # -- parser -----------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
-    from .tasks.synthetic import (DEFAULT_ALPHAS, DEFAULT_BASELINE_WIDTHS, QUICK_ALPHAS, QUICK_BASELINE_WIDTHS,
-                                  SyntheticConfig)
-
-    D, Q = SyntheticConfig(), SyntheticConfig.quick()
-
-    def csv_list(v) -> str:
-        return ",".join(f"{x:g}" for x in v)
 
     p = _Parser(
         prog="slimtrain",
@@ -230,72 +225,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--version", action="version", version=f"slimtrain {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
-
-    s = sub.add_parser(
-        "synthetic",
-        help="the synthetic case study: learn the hidden width of a regression MLP whose needed width is known",
-        description=_paragraphs(
-            f"Synthetic case study. Targets come from a fixed random teacher MLP {D.in_dim} -> {D.h_true} tanh "
-            f"units -> {D.out_dim} (plus a little noise), so {D.h_true} hidden units are needed and enough. A "
-            f"student with an oversized hidden layer ({D.hidden}) gets a learnable width K and is trained on "
-            "MSE + alpha * FLOPs(K) / FLOPs(full).",
-            "Without --sweep: one run at --alpha; writes OUT/model.ckpt (for 'slimtrain export'), "
-            "OUT/widths.csv (width, cost and validation error per epoch) and OUT/result.json.",
-            "With --sweep: one run per alpha in --alphas plus plain fixed-width MLPs trained from scratch "
-            "with the same budget; writes OUT/sweep.csv, OUT/sweep.png (test error vs FLOPs, learned width "
-            "vs alpha), OUT/config.json and, in OUT/runs/, each run's width record and checkpoint. The test "
-            "error is reported as NMSE = MSE / target variance.",
-        ),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    s.add_argument("--alpha", type=_alpha, default=2.0, metavar="A",
-                   help="weight of the cost term (FLOPs relative to the full model) for a single run; "
-                        "0 = no pressure on the width; must be >= 0 (default: 2.0)")
-    s.add_argument("--sweep", action="store_true",
-                   help="run the sweep over --alphas and the fixed-width baselines instead of a single run")
-    s.add_argument("--alphas", type=_alpha_list, default=None, metavar="A1,A2,...",
-                   help="comma-separated alphas for --sweep, each >= 0 "
-                        f"(default: {csv_list(DEFAULT_ALPHAS)}; with --quick: {csv_list(QUICK_ALPHAS)})")
-    s.add_argument("--baselines", type=_width_list, default=None, metavar="W1,W2,...",
-                   help="comma-separated hidden widths of the fixed-width baselines for --sweep, or 'none' "
-                        f"(default: {csv_list(DEFAULT_BASELINE_WIDTHS)}; with --quick: {csv_list(QUICK_BASELINE_WIDTHS)})")
-    s.add_argument("--out", type=Path, default=Path("runs/synthetic"), metavar="DIR",
-                   help="output folder, created if needed (default: runs/synthetic)")
-    s.add_argument("--epochs", type=_epochs, default=None, metavar="N",
-                   help=f"training epochs per run, >= 1 (default: {D.epochs}; with --quick: {Q.epochs})")
-    s.add_argument("--hidden", type=_hidden, default=None, metavar="N",
-                   help=f"hidden width of the student before training (default: {D.hidden}; with --quick: {Q.hidden})")
-    s.add_argument("--kappa-min", type=_kappa, default=None, metavar="F",
-                   help="smallest relative width K/hidden a run may reach, in (0, 1]; K never goes below "
-                        "kappa-min * hidden, which must be >= 1 (default: 1/hidden, so the width can go down to 1)")
-    s.add_argument("--lr", type=_lr, default=None, metavar="LR",
-                   help="Adam learning rate of the weights, cosine-decayed over training "
-                        f"(default: {D.lr:g}; with --quick: {Q.lr:g})")
-    s.add_argument("--width-lr", type=_lr, default=None, metavar="LR",
-                   help=f"Adam learning rate of the widths, in units of K/hidden, cosine-decayed like --lr "
-                        f"(default: {D.width_lr:g})")
-    s.add_argument("--seed", type=_seed, default=0, metavar="S",
-                   help="seed of the teacher, the data and the initialisation; the same seed gives the same "
-                        "results (default: 0)")
-    s.add_argument("--quick", action="store_true",
-                   help=f"tiny settings for smoke tests: {Q.n_train} training examples, hidden {Q.hidden}, "
-                        f"{Q.epochs} epochs, batch {Q.batch_size}, {len(QUICK_ALPHAS)} alphas and "
-                        f"{len(QUICK_BASELINE_WIDTHS)} baselines (seconds instead of minutes; rougher results)")
-    s.add_argument("--workers", type=_workers, default=None, metavar="N",
-                   help="parallel processes for --sweep, one torch thread each; results do not depend on it "
-                        "(default: the number of CPU cores, at most 2; 1 with --quick)")
-    s.add_argument("--tensorboard", action="store_true",
-                   help="also log widths, cost and validation error to TensorBoard event files in "
-                        "OUT/tensorboard (needs the tensorboard package)")
-    s.add_argument("--resume", action="store_true",
-                   help="single run: continue a killed run from OUT/model.ckpt (written after every epoch) "
-                        "with the same settings; it ends with the same result as an uninterrupted run. "
-                        "Without a checkpoint in OUT the run starts from scratch. --sweep: skip the (row, seed) "
-                        "runs already finished in OUT/rows")
-    add_sweep_engine_arguments(s)
-    s.add_argument("--no-progress", action="store_true", help="hide the progress bars")
-    add_device_option(s)
-    s.set_defaults(func=_cmd_synthetic)
 
     e = sub.add_parser(
         "export",
@@ -340,6 +269,32 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_arguments(r)
     r.set_defaults(func=report.run)
 
+    pl = sub.add_parser(
+        "plan",
+        help="trace your own model and print every width: dynamic or fixed (and why), and which layers are tied",
+        description=_paragraphs(
+            "Import FACTORY from MODULE (a Python import path, e.g. mypkg.models:build or ./file.py's "
+            "module name when run from its folder), call it with no arguments to get the model, run "
+            "slimtrain.make_dynamic on a copy with a random input of --input-shape and print the width "
+            "report. The model is not changed and nothing is trained or written.",
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    pl.add_argument("factory", metavar="MODULE:FACTORY", help="import path of a function returning the nn.Module")
+    pl.add_argument("--input-shape", type=comma_list(lambda t: _positive_int(t, "shape entry"), "2,3,32"),
+                    required=True, metavar="B,...", help="shape of the sample batch, batch first, e.g. 2,3,32")
+    pl.add_argument("--int-input", type=lambda t: _positive_int(t, "--int-input"), default=None, metavar="V",
+                    help="the sample holds random integers in [0, V) (token ids) instead of normal floats")
+    pl.add_argument("--kappa-min", type=_kappa, default=None, metavar="F",
+                    help="smallest relative width K/N, in (0, 1] (floor: one channel)")
+    pl.add_argument("--exclude", type=comma_list(str, "fc1,fc2"), default=[], metavar="NAME,...",
+                    help="module paths to keep at full width")
+    pl.add_argument("--strict", action="store_true",
+                    help="fail (exit 2, naming the op and module path) where an unsupported op or layer would "
+                         "leave a width fixed")
+    pl.add_argument("--json", action="store_true", help="print the plan as JSON instead of a table")
+    pl.set_defaults(func=_cmd_plan)
+
     # the speech case studies register their own commands ('slimtrain vad', 'slimtrain data vad', ...)
     data = sub.add_parser("data", help="build the offline data sets of the speech case studies",
                           description="Build a case study's data set deterministically from a seed into a cache "
@@ -351,7 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 #: modules with a ``register(commands, data_commands)`` function adding their subcommands
-TASK_COMMAND_MODULES = ("slimtrain.tasks.vad.cli", "slimtrain.tasks.spoof.cli")
+TASK_COMMAND_MODULES = ("slimtrain.tasks.synthetic_cli", "slimtrain.tasks.vad.cli", "slimtrain.tasks.spoof.cli")
 
 
 def _task_command_registrars():
@@ -368,75 +323,53 @@ def _task_command_registrars():
 
 
 # -- commands ---------------------------------------------------------------------------------------
-def _synthetic_config(args):
-    from .tasks.synthetic import SyntheticConfig
+def _load_factory(spec: str):
+    import importlib
 
-    over = {"seed": args.seed}
-    if args.epochs is not None:
-        over["epochs"] = args.epochs
-    if args.hidden is not None:
-        over["hidden"] = args.hidden
-    if args.lr is not None:
-        over["lr"] = args.lr
-    if args.width_lr is not None:
-        over["width_lr"] = args.width_lr
-    cfg = SyntheticConfig.quick(**over) if args.quick else SyntheticConfig(**over)
-    cfg.kappa_min = args.kappa_min if args.kappa_min is not None else 1.0 / cfg.hidden
-    if cfg.warmup_epochs >= cfg.epochs:
-        cfg.warmup_epochs = cfg.epochs - 1
-    return cfg.validate()
+    mod_name, sep, attr = spec.partition(":")
+    if not sep or not mod_name or not attr:
+        raise ValueError(f"expected MODULE:FACTORY (e.g. mypkg.models:build), got {spec!r}")
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(mod_name)
+    except ModuleNotFoundError as e:
+        raise ValueError(f"cannot import module {mod_name!r}: {e}") from None
+    obj = module
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise ValueError(f"module {mod_name!r} has no attribute {attr!r}")
+        obj = getattr(obj, part)
+    return obj
 
 
-def _cmd_synthetic(args) -> int:
-    from . import distributed
-    from .tasks import synthetic as syn
+def _cmd_plan(args) -> int:
+    import torch
+    from torch import nn
 
-    cfg = _synthetic_config(args)
-    out: Path = args.out
-    progress = not args.no_progress
-    device = getattr(args, "device", "cpu")
-    distributed.resolve_device(device)  # an unavailable device stops here, before any work
-    if not args.sweep:
-        if args.alphas is not None or args.baselines is not None:
-            raise ValueError("--alphas and --baselines only apply with --sweep")
-        _check_no_sweep_engine_args(args)
-        main = distributed.is_main()
-        out.mkdir(parents=True, exist_ok=True)
-        t0 = time.perf_counter()
-        resume = bool(getattr(args, "resume", False))
-        if resume and (out / "model.ckpt").exists() and main:
-            print(f"resuming from {out / 'model.ckpt'}")
-        row = syn.train_run(cfg, args.alpha, record_csv=out / "widths.csv",
-                            tensorboard_dir=(out / "tensorboard") if args.tensorboard else None,
-                            checkpoint=out / "model.ckpt", progress=progress, resume=resume, device=device)
-        if not main:
-            return 0
-        w = distributed.world()
-        if w.parallel:
-            print(f"data-parallel: {w.size} processes, global batch {cfg.batch_size} "
-                  f"({cfg.batch_size // w.size}-{-(-cfg.batch_size // w.size)} rows per process)")
-        (out / "result.json").write_text(json.dumps({"config": cfg.as_dict(), "result": row}, indent=2) + "\n")
-        print(f"alpha={args.alpha:g}: hidden width {cfg.hidden} -> {row['width']} (K={row['width_continuous']:.3f}; "
-              f"teacher uses {cfg.h_true})")
-        print(f"  exported cost per example: {row['flops']:.0f} FLOPs ({row['macs']:.0f} MACs), {row['params']} params")
-        print(f"  test NMSE {row['test_nmse']:.4f} (MSE {row['test_mse']:.5f}; noise floor {cfg.noise_floor:.4f})")
-        print(f"  wrote {out / 'model.ckpt'}, {out / 'widths.csv'}, {out / 'result.json'} "
-              f"in {time.perf_counter() - t0:.1f}s")
-        print(f"  next: slimtrain export {out / 'model.ckpt'} {out / 'export'}")
-        return 0
-    _refuse_sweep_under_torchrun()
-    alphas = args.alphas if args.alphas is not None else list(syn.QUICK_ALPHAS if args.quick else syn.DEFAULT_ALPHAS)
-    widths = args.baselines if args.baselines is not None else list(
-        syn.QUICK_BASELINE_WIDTHS if args.quick else syn.DEFAULT_BASELINE_WIDTHS)
-    workers = args.workers if args.workers is not None else (1 if args.quick else max(1, min(2, os.cpu_count() or 1)))
-    t0 = time.perf_counter()
-    seeds = sweep_seeds(args)
-    rows = syn.run_sweep(cfg, alphas, widths, out, workers=workers, progress=progress, tensorboard=args.tensorboard,
-                         seeds=seeds, engine=args.engine, address=args.address, resume=args.resume, device=device)
-    print(syn.format_table(rows))
-    print(f"sweep of {len(rows)} runs ({len(seeds)} seed(s)) took {time.perf_counter() - t0:.0f}s; wrote "
-          f"{out / 'sweep.csv'}, {out / 'sweep_summary.csv'} and {out / 'sweep.png'}")
+    from .graph import plan_widths
+
+    factory = _load_factory(args.factory)
+    model = factory if isinstance(factory, nn.Module) else factory()
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"{args.factory} returned {type(model).__name__}, not an nn.Module")
+    torch.manual_seed(0)
+    shape = tuple(args.input_shape)
+    sample = torch.randint(0, args.int_input, shape) if args.int_input else torch.randn(shape)
+    plan = plan_widths(model, sample, kappa_min=args.kappa_min, exclude=tuple(args.exclude), strict=args.strict)
+    print(json.dumps(plan.to_dict(), indent=1) if args.json else plan)
     return 0
+
+
+def load_task_registry() -> None:
+    """Import the case studies so they register their model builders (the core never imports them)."""
+    import importlib
+
+    try:
+        importlib.import_module("slimtrain.tasks")
+    except ModuleNotFoundError as e:  # an installation without the case studies
+        if not (e.name or "").startswith("slimtrain.tasks"):
+            raise
 
 
 def _refuse_sweep_under_torchrun() -> None:
@@ -450,6 +383,8 @@ def _refuse_sweep_under_torchrun() -> None:
 
 def _cmd_export(args) -> int:
     import torch
+
+    load_task_registry()  # the checkpoint's builder is registered by its task
 
     from .checkpoint import load_checkpoint, load_dynamic_model
     from .cost import model_cost

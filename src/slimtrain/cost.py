@@ -70,8 +70,14 @@ def _unwrap(model: nn.Module, name: str) -> nn.Module:
 
 def _layer_cost(model: nn.Module, s: LayerSpec, k_in: Tensor, k_out: Tensor, batch: int) -> tuple[Tensor, Tensor]:
     """(MACs over the whole sample batch, params) of one layer for widths ``k_in``/``k_out``."""
-    m = _unwrap(model, s.name)
     zero = k_in * 0
+    if s.kind == "prod":  # a product between layers whose batch/rows run along the width (attention heads)
+        return k_in * (s.extra["macs"] / s.in_size), zero
+    if s.kind == "param":  # a parameter cut along one axis with the width (no products)
+        t = _param_or_buffer(model, s.name)
+        per = t.numel() // max(1, t.shape[s.extra["axis"]])
+        return zero, (k_in * per if isinstance(t, nn.Parameter) else zero)
+    m = _unwrap(model, s.name)
     if s.kind == "linear":
         positions = math.prod(s.out_shape[:-1])
         macs = positions * k_in * k_out
@@ -100,6 +106,8 @@ def _layer_cost(model: nn.Module, s: LayerSpec, k_in: Tensor, k_out: Tensor, bat
         return macs, params
     if s.kind == "bn":
         return zero, (2 * k_out if m.affine else zero)
+    if s.kind == "emb":  # a table lookup: no products
+        return zero, m.num_embeddings * k_out
     if s.kind == "ln":
         n_aff = (1 if m.weight is not None else 0) + (1 if m.bias is not None else 0)
         return zero, n_aff * k_out
@@ -107,6 +115,15 @@ def _layer_cost(model: nn.Module, s: LayerSpec, k_in: Tensor, k_out: Tensor, bat
         inner = m.module if hasattr(m, "module") else m
         frames = s.out_shape[-1]
         return s.out_shape[0] * frames * inner.n_freqs * k_out, zero
+    if s.kind == "mha":  # fixed width: q/k/v projections, the two attention products, out_proj
+        e = m.embed_dim
+        lq = math.prod(s.in_shape[:-1])
+        kv = s.extra.get("kv_shapes") or [s.in_shape, s.in_shape]
+        lk = math.prod(kv[0][:-1])
+        b = s.in_shape[0] if m.batch_first or len(s.in_shape) == 2 else s.in_shape[1]
+        b = 1 if len(s.in_shape) == 2 else b
+        macs = lq * k_in * e + lk * kv[0][-1] * e + lk * kv[-1][-1] * e + lq * (lk // b) * 2 * e + lq * e * k_out
+        return zero + macs, zero
     return zero, zero
 
 
@@ -293,7 +310,16 @@ def _widths(model: nn.Module, g: WidthGraph, hard: bool) -> dict[int, Tensor]:
     return out
 
 
+def _param_or_buffer(model: nn.Module, name: str) -> Tensor:
+    owner, _, attr = name.rpartition(".")
+    return getattr(model.get_submodule(owner) if owner else model, attr)
+
+
 def _sides(model: nn.Module, s: LayerSpec, widths: dict, const=lambda v: torch.tensor(float(v))):
+    if s.kind in ("param", "prod"):
+        kin = widths.get(s.in_root)
+        k = const(s.in_size) if kin is None else kin
+        return k, k
     m = model.get_submodule(s.name)
     if s.kind == "rnn":
         r = _rnn_module(model, s.name)
@@ -309,12 +335,21 @@ def _sides(model: nn.Module, s: LayerSpec, widths: dict, const=lambda v: torch.t
     elif s.kind == "mel":
         inner = m.module if hasattr(m, "module") else m
         fixed_in, fixed_out = inner.n_freqs, inner.n_mels
+    elif s.kind == "mha":
+        fixed_in = fixed_out = m.embed_dim
+    elif s.kind == "emb":
+        fixed_in, fixed_out = m.num_embeddings, m.embedding_dim
     else:
         fixed_in = fixed_out = 0
     kin = widths.get(s.in_root) if s.in_root is not None else None
     k_in = const(fixed_in) if kin is None else kin * (s.in_outer * s.in_inner)
+    if "in_segs" in s.extra:  # a channel concatenation: the sum of its blocks' widths
+        k_in = const(0)
+        for r, n in s.extra["in_segs"]:
+            w = widths.get(r) if r is not None else None
+            k_in = k_in + (const(n) if w is None else w)
     kout = widths.get(s.out_root) if s.out_root is not None else None
-    k_out = const(fixed_out) if kout is None else kout
+    k_out = const(fixed_out) if kout is None else kout * s.extra.get("out_inner", 1)
     if s.kind in ("bn", "ln"):
         k_out = k_in
     return k_in, k_out
@@ -348,6 +383,13 @@ def model_cost(model: nn.Module, sample=None, *, hard: Optional[bool] = None, fu
     if model.__dict__.get("_slimtrain_graph") is None:
         if sample is None:
             raise GraphError("model_cost needs a model prepared by make_dynamic, or a sample to trace")
+        from .dcl import DynamicWidth
+
+        own = [n for n, m in model.named_modules() if isinstance(m, DynamicWidth)]
+        if own:
+            raise GraphError(f"the model holds DynamicWidth modules ({', '.join(own[:4])}) but make_dynamic was not "
+                             "applied: call slimtrain.make_dynamic(model, sample), which uses them, so the cost "
+                             "follows their widths")
         import copy
 
         from .graph import _build, _convert_transformers
@@ -357,7 +399,7 @@ def model_cost(model: nn.Module, sample=None, *, hard: Optional[bool] = None, fu
         # (as make_dynamic does): the tracer cannot see inside nn.MultiheadAttention
         probe = copy.deepcopy(model)
         _convert_transformers(probe)
-        tr = trace_channels(probe, sample)
+        tr = trace_channels(probe, sample, extended=True)
         probe.__dict__["_slimtrain_graph"] = _build(probe, tr, int(_tensors(sample)[0].shape[0]))
         return model_cost(probe, hard=hard, full=True, seconds=seconds)
     g = get_graph(model)
@@ -382,8 +424,10 @@ def _counted_params(model: nn.Module, g: WidthGraph):
     from .dcl import DynamicWidth
 
     for s in g.layers:
-        if s.kind in ("linear", "conv", "rnn", "bn", "ln"):
+        if s.kind in ("linear", "conv", "rnn", "bn", "ln", "emb"):
             yield from model.get_submodule(s.name).parameters()
+        elif s.kind == "param":
+            yield _param_or_buffer(model, s.name)
     for m in model.modules():
         if isinstance(m, DynamicWidth):
             yield from m.parameters(recurse=False)

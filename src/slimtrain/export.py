@@ -18,6 +18,7 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
+from .attach import detach_all
 from .dcl import DynamicWidth
 from .graph import _ATTR, LayerSpec, _set, get_graph
 from .modules import DynamicOutput, DynamicRecurrent, MaskedLayerNorm
@@ -45,88 +46,113 @@ def _gate_rows(hidden: int, width: int, gates: int) -> Tensor:
     return torch.cat([g * hidden + torch.arange(width) for g in range(gates)])
 
 
+def _param(old: Optional[Tensor], new: Tensor) -> nn.Parameter:
+    return nn.Parameter(new.detach().clone(), requires_grad=old.requires_grad if old is not None else True)
+
+
 @torch.no_grad()
 def _cut(model: nn.Module, s: LayerSpec, widths: dict[int, int]) -> None:
+    """Cut layer ``s.name`` to the kept widths in place: same module, its weights and config attributes updated."""
+    if s.kind == "prod":
+        return
+    if s.kind == "param":  # a parameter/buffer that meets the width elementwise (scale, bias, token, position)
+        w = widths.get(s.in_root) if s.in_root is not None else None
+        if w is None:
+            return
+        owner_name, _, attr = s.name.rpartition(".")
+        owner = model.get_submodule(owner_name) if owner_name else model
+        t = getattr(owner, attr)
+        cut = t.index_select(s.extra["axis"], torch.arange(w))
+        setattr(owner, attr, _param(t, cut) if isinstance(t, nn.Parameter) else cut.clone())
+        return
     m = model.get_submodule(s.name)
     w_in = widths.get(s.in_root) if s.in_root is not None else None
     w_out = widths.get(s.out_root) if s.out_root is not None else None
     in_idx = kept_index(s.in_size, w_in, s.in_outer, s.in_inner) if w_in is not None else None
-    out_idx = torch.arange(w_out) if w_out is not None else None
+    if "in_segs" in s.extra and any(r is not None and r in widths for r, _ in s.extra["in_segs"]):
+        parts, off = [], 0  # a channel concatenation: the kept channels of each block, at its offset
+        for r, n in s.extra["in_segs"]:
+            parts.append(off + torch.arange(widths[r] if r is not None and r in widths else n))
+            off += n
+        in_idx = torch.cat(parts)
+    out_idx = kept_index(s.out_size, w_out, 1, s.extra.get("out_inner", 1)) if w_out is not None else None
+    if in_idx is None and out_idx is None:
+        return  # a fixed layer: left exactly as it is
     if s.kind == "linear":
-        new = nn.Linear(len(in_idx) if in_idx is not None else m.in_features,
-                        w_out if w_out is not None else m.out_features, bias=m.bias is not None)
-        new.weight.copy_(_cols(_rows(m.weight, out_idx), in_idx))
+        m.weight = _param(m.weight, _cols(_rows(m.weight, out_idx), in_idx))
         if m.bias is not None:
-            new.bias.copy_(_rows(m.bias, out_idx))
+            m.bias = _param(m.bias, _rows(m.bias, out_idx))
+        m.in_features, m.out_features = m.weight.shape[1], m.weight.shape[0]
     elif s.kind == "conv":
         depthwise = m.groups > 1 and w_in is not None
-        c_in = len(in_idx) if in_idx is not None else m.in_channels
-        c_out = w_out if w_out is not None else m.out_channels
-        groups = c_in if depthwise else m.groups
-        new = type(m)(c_in, c_out, m.kernel_size, m.stride, m.padding, m.dilation, groups,
-                      m.bias is not None, m.padding_mode)
         wt = _rows(m.weight, out_idx)
-        new.weight.copy_(wt if depthwise else _cols(wt, in_idx))
+        m.weight = _param(m.weight, wt if depthwise else _cols(wt, in_idx))
         if m.bias is not None:
-            new.bias.copy_(_rows(m.bias, out_idx))
+            m.bias = _param(m.bias, _rows(m.bias, out_idx))
+        m.out_channels = m.weight.shape[0]
+        m.in_channels = len(in_idx) if in_idx is not None else m.in_channels
+        if depthwise:
+            m.groups = m.in_channels
     elif s.kind == "bn":
         if in_idx is None:
             return
-        new = type(m)(len(in_idx), m.eps, m.momentum, m.affine, m.track_running_stats)
-        for k in ("weight", "bias", "running_mean", "running_var"):
-            src = getattr(m, k)
-            if src is not None:
-                getattr(new, k).copy_(src[in_idx])
-        if m.num_batches_tracked is not None:
-            new.num_batches_tracked.copy_(m.num_batches_tracked)
+        for k in ("weight", "bias"):
+            if getattr(m, k) is not None:
+                setattr(m, k, _param(getattr(m, k), getattr(m, k)[in_idx]))
+        for k in ("running_mean", "running_var"):
+            if getattr(m, k) is not None:
+                setattr(m, k, getattr(m, k)[in_idx].clone())
+        m.num_features = len(in_idx)
     elif s.kind == "ln":
-        n = len(in_idx) if in_idx is not None else m.normalized_shape[-1]
-        new = nn.LayerNorm(n, eps=m.eps, elementwise_affine=m.weight is not None, bias=m.bias is not None)
-        if m.weight is not None:
-            new.weight.copy_(_rows(m.weight, in_idx))
-        if m.bias is not None:
-            new.bias.copy_(_rows(m.bias, in_idx))
+        if in_idx is None:
+            return
+        for k in ("weight", "bias"):
+            if getattr(m, k) is not None:
+                setattr(m, k, _param(getattr(m, k), getattr(m, k)[in_idx]))
+        m.normalized_shape = (len(in_idx),)
+    elif s.kind == "emb":
+        if out_idx is not None:
+            m.weight = _param(m.weight, m.weight.index_select(1, out_idx))
+            m.embedding_dim = w_out
     elif s.kind == "rnn":
         r = m.rnn if isinstance(m, DynamicRecurrent) else m
-        new = _cut_rnn(r, in_idx, w_out)
+        _cut_rnn(r, in_idx, w_out)
     elif s.kind == "mel":
-        if out_idx is None:
-            return
-        new = copy.deepcopy(m)
-        new.fbank = m.fbank[out_idx].clone()
-    else:
-        return
-    _set(model, s.name, new)
+        if out_idx is not None:
+            m.fbank = m.fbank[out_idx].clone()
 
 
-def _cut_rnn(r: nn.Module, in_idx: Optional[Tensor], w: Optional[int]) -> nn.Module:
+def _cut_rnn(r: nn.Module, in_idx: Optional[Tensor], w: Optional[int]) -> None:
+    """Cut a GRU/LSTM in place: every gate block's rows, the hidden and input columns; sizes updated."""
     gates = 3 if isinstance(r, nn.GRU) else 4
     h_full = r.hidden_size
     h = w if w is not None else h_full
     dirs = 2 if r.bidirectional else 1
-    in0 = len(in_idx) if in_idx is not None else r.input_size
-    new = type(r)(in0, h, r.num_layers, r.bias, r.batch_first, r.dropout, r.bidirectional)
     rows = _gate_rows(h_full, h, gates)
     hid_cols = torch.arange(h)
     layer_in = kept_index(h_full, h, dirs, 1)
-    for name, p in r.named_parameters():
+    for name, p in list(r.named_parameters(recurse=False)):
         q = p.index_select(0, rows)
         if name.startswith("weight_hh"):
             q = q.index_select(1, hid_cols)
         elif name.startswith("weight_ih"):
-            if name.startswith("weight_ih_l0"):
-                q = _cols(q, in_idx)
-            else:
-                q = q.index_select(1, layer_in)
-        getattr(new, name).data.copy_(q)
-    return new
+            q = _cols(q, in_idx) if name.startswith("weight_ih_l0") else q.index_select(1, layer_in)
+        setattr(r, name, _param(p, q))
+    r.hidden_size = h
+    if in_idx is not None:
+        r.input_size = len(in_idx)
+    r._init_flat_weights()
+    r.flatten_parameters()
 
 
 def export(model: nn.Module) -> nn.Module:
     """A dense copy of ``model`` with every dynamic width cut to ``ceil(K)``, in eval mode.
 
-    The input model is not changed. The copy has no DCL modules and no noise;
-    ``export(model)(x) == model.eval()(x)`` up to float rounding.
+    The input model is not changed. The copy keeps the user's modules (same
+    classes and attribute names; weights and size attributes such as
+    ``in_features``/``out_channels``/``hidden_size`` cut in place), has no DCL
+    modules, hooks or noise, and ``export(model)(x) == model.eval()(x)`` up to
+    float rounding.
     """
     g = get_graph(model)
     out = copy.deepcopy(model)
@@ -135,11 +161,39 @@ def export(model: nn.Module) -> nn.Module:
     widths = {r: d.hard_width for r, d in g.dcl_modules(out).items()}
     for s in g.layers:
         _cut(out, s, widths)
+    _set_head_counts(out, g, widths)
     _strip(out)
     return out.eval()
 
 
+#: attributes of an attention module that hold its head count / its inner width (heads * head_dim)
+HEAD_COUNT_ATTRS = ("num_attention_heads", "num_heads", "n_heads", "nhead", "num_key_value_heads")
+INNER_WIDTH_ATTRS = ("all_head_size", "inner_dim", "attn_dim")
+
+
+def _set_head_counts(model: nn.Module, g, widths: dict[int, int]) -> None:
+    """Update the head-count attributes of the modules that hold cut attention projections."""
+    done = set()
+    for s in g.layers:
+        inner = s.extra.get("out_inner", 1)
+        if not s.extra.get("heads") or s.out_root is None or s.out_root not in widths:
+            continue
+        owner = s.name.rpartition(".")[0]
+        if owner in done:
+            continue
+        done.add(owner)
+        mod = model.get_submodule(owner)
+        heads, kept = s.out_size, widths[s.out_root]
+        for attr in HEAD_COUNT_ATTRS:
+            if getattr(mod, attr, None) == heads and not isinstance(getattr(type(mod), attr, None), property):
+                setattr(mod, attr, kept)
+        for attr in INNER_WIDTH_ATTRS:
+            if getattr(mod, attr, None) == heads * inner and not isinstance(getattr(type(mod), attr, None), property):
+                setattr(mod, attr, kept * inner)
+
+
 def _strip(model: nn.Module) -> None:
+    detach_all(model)
     for name, m in list(model.named_modules()):
         if not name:
             continue

@@ -150,6 +150,21 @@ class TransformerBlock(nn.Module):
         self.activation = activation
         self.norm_first = norm_first
         self.causal = causal
+        # a state dict of the nn.TransformerEncoderLayer this block replaces loads too (see _from_torch_keys)
+        self._register_load_state_dict_pre_hook(self._from_torch_keys)
+
+    def _from_torch_keys(self, state_dict, prefix, *args) -> None:
+        """Rename ``nn.TransformerEncoderLayer`` keys (``self_attn.in_proj_weight``...) to this block's."""
+        w = state_dict.pop(prefix + "self_attn.in_proj_weight", None)
+        b = state_dict.pop(prefix + "self_attn.in_proj_bias", None)
+        if w is not None:
+            for i, name in enumerate(("q", "k", "v")):
+                state_dict[f"{prefix}{name}.weight"] = w.chunk(3)[i]
+                if b is not None:
+                    state_dict[f"{prefix}{name}.bias"] = b.chunk(3)[i]
+        for old, new in (("self_attn.out_proj.", "out."), ("linear1.", "ff1."), ("linear2.", "ff2.")):
+            for k in [k for k in state_dict if k.startswith(prefix + old)]:
+                state_dict[prefix + new + k[len(prefix + old):]] = state_dict.pop(k)
 
     @classmethod
     def from_torch(cls, layer: nn.TransformerEncoderLayer) -> "TransformerBlock":

@@ -16,12 +16,15 @@ opaque dynamic group reaching a layer is an error that names the operation.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Optional
 
 import torch
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
+
+from .attach import DCL_CHILD, attached_dcl, bound_width, is_dynamic_rnn
+from .modules import DynamicRecurrent
 
 __all__ = ["Tag", "Group", "LayerUse", "Trace", "trace_channels", "GraphError", "LEAF_TYPES"]
 
@@ -39,6 +42,12 @@ class Tag:
     producer: Optional[str] = None  # set while the tensor comes straight from one layer
     op: Optional[str] = None  # the op that made it opaque
     masked: bool = False  # a DCL zeroed the channels outside the width (and no BatchNorm since)
+    # a concatenation along the channel axis: ((group, size), ...) in order; group -1 = a fixed block
+    segs: Optional[tuple[tuple[int, int], ...]] = None
+
+    def groups(self) -> list[int]:
+        """Every group this tag carries (several for a channel concatenation)."""
+        return [g for g, _ in self.segs if g >= 0] if self.segs else [self.group]
 
 
 @dataclass
@@ -72,6 +81,9 @@ class Trace:
     output_tags: list[Optional[Tag]]
     fixed_macs: float = 0.0
     opaque: list[tuple[int, str]] = field(default_factory=list)  # (group, op) that lost track
+    param_uses: list[tuple[str, int, int, str]] = field(default_factory=list)  # (parameter name, group, axis, op)
+    prods: list[tuple[float, int]] = field(default_factory=list)  # (MACs at full width, group) of products
+    group_inner: dict[int, int] = field(default_factory=dict)  # group -> elements per channel (head_dim)
     parent: dict[int, int] = field(default_factory=dict)
 
     def root(self, g: int) -> int:
@@ -81,8 +93,8 @@ class Trace:
 
 
 def _kind(m: nn.Module) -> Optional[str]:
-    from .modules import DynamicRecurrent, MaskedLayerNorm
     from .dcl import DynamicWidth
+    from .modules import DynamicRecurrent, MaskedLayerNorm
     from .frontend import MelFrontend
 
     if isinstance(m, DynamicWidth):
@@ -103,6 +115,10 @@ def _kind(m: nn.Module) -> Optional[str]:
         return "bn"
     if isinstance(m, nn.LayerNorm):
         return "ln"
+    if isinstance(m, nn.MultiheadAttention):
+        return "mha"
+    if isinstance(m, nn.Embedding):
+        return "emb"
     return None
 
 
@@ -120,6 +136,16 @@ _PER_CHANNEL = {
     "adaptive_max_pool1d", "adaptive_max_pool2d", "_max_pool1d", "_max_pool2d", "max_pool1d_with_indices",
     "max_pool2d_with_indices", "pad", "interpolate", "upsample",
 }
+# Elementwise ops that do not keep zero at zero (the width passes, the cut channels are no longer zero)
+_ELEMENTWISE = {"masked_fill", "sigmoid", "hardsigmoid", "exp", "cos", "softplus", "erf", "sigmoid_", "rsqrt", "reciprocal",
+                "__rsub__", "pow", "__pow__", "square", "sqrt", "log", "log1p", "silu_"}
+_CAT = {"cat", "concat", "concatenate", "stack"}
+_MATMUL = {"matmul", "bmm", "__matmul__", "scaled_dot_product_attention"}
+_ALONG = {"softmax", "log_softmax", "_softmax"}  # along another axis: the width passes
+_SPLIT = {"split", "chunk", "unbind", "tensor_split", "split_with_sizes"}
+# ops through which a model parameter stays "that parameter" for broadcasting (class tokens, position embeddings)
+_PARAM_KEEPING = {"expand", "expand_as", "unsqueeze", "to", "type_as", "contiguous", "clone", "float", "half",
+                  "double", "detach", "__get__", "repeat", "broadcast_to"}
 _VIEW_LIKE = {"view", "reshape", "flatten", "unflatten", "squeeze", "unsqueeze", "view_as", "reshape_as"}
 _PERMUTE = {"transpose", "swapaxes", "permute", "movedim", "t", "moveaxis"}
 _REDUCE = {"mean", "sum", "amax", "amin", "max", "min"}
@@ -178,6 +204,13 @@ class _Tracer(TorchFunctionMode):
         self.loose: list[tuple[int, str]] = []
         self.opaque: list[tuple[int, str]] = []
         self.fixed_macs = 0.0
+        self.param_of: dict[int, tuple[str, Tensor]] = {}  # id(tensor) -> (parameter/buffer name, parameter)
+        self.param_uses: list[tuple[str, int, int, str]] = []  # (name, group, axis, op)
+        self.prods: list[tuple[float, int]] = []  # (MACs at full width, group they scale with)
+        self.group_inner: dict[int, int] = {}  # group -> elements per channel (a head of head_dim)
+        self.consumed: set[int] = set()  # groups already read by a layer or joined
+        self.head_attr: Callable[[str, int], bool] = lambda producer, heads: False
+        self.extended = False  # follow head splits and channel concatenations (see trace_channels)
 
     def tag(self, t: Any) -> Optional[Tag]:
         return self.tags.get(id(t)) if isinstance(t, Tensor) else None
@@ -192,40 +225,93 @@ class _Tracer(TorchFunctionMode):
         out = func(*args, **kwargs)
         if self.depth > 0:
             return out
-        self.fixed_macs += _between_macs(getattr(func, "__name__", ""), args, kwargs, out)
+        name = getattr(func, "__name__", str(func))
+        macs = _between_macs(name, args, kwargs, out)
         ins = [(t, self.tag(t)) for t in _tensors(args) + _tensors(kwargs)]
         tagged = [(t, g) for t, g in ins if g is not None]
-        if not tagged or not _tensors(out):
+        outs = _tensors(out)
+        if macs and not tagged:
+            self.fixed_macs += macs
+        if not tagged:
+            if outs and name in _PARAM_KEEPING and ins and all(id(t) in self.param_of for t, _ in ins):
+                self.param_of[id(outs[0])] = self.param_of[id(ins[0][0])]  # a model parameter, expanded/viewed
+                self.keep.append(outs[0])
             return out
-        name = getattr(func, "__name__", str(func))
+        if not outs:
+            return out
         try:
             tag = self._rule(name, func, args, kwargs, out, ins, tagged)
         except Exception:  # a rule that cannot decide makes the channels opaque
             tag = Tag(tagged[0][1].group, None, op=name)
         if tag.dim is None:  # every dynamic width that went through this op is now unknown
-            self.opaque.extend((g.group, tag.op or name) for _, g in tagged if g.dim is not None)
-        for o in _tensors(out)[:1]:
+            self.opaque.extend((gg, tag.op or name) for _, g in tagged if g.dim is not None for gg in g.groups())
+        if macs:  # a product between layers (attention): linear in the width that runs along its batch/rows
+            if tag.dim is not None and (tag.outer, tag.inner) == (1, 1):
+                self.prods.append((macs, tag.group))
+            else:
+                self.fixed_macs += macs
+        many = name in _SPLIT and isinstance(out, (tuple, list)) and tag.dim is not None
+        for o in outs if many else outs[:1]:
             self.set(o, tag)
         return out
+
+    def _param_operand(self, other: Tensor, tag: Tag, x: Tensor, where: str) -> bool:
+        """``other`` (untagged) is a model parameter (maybe expanded) meeting width ``tag`` of ``x``:
+        record it so export cuts it along the channel axis. False if it is not a parameter."""
+        src = self.param_of.get(id(other))
+        if src is None or tag.dim is None or (tag.outer, tag.inner) != (1, 1):
+            return False
+        pname, p = src
+        right = x.dim() - tag.dim  # channel axis counted from the right (broadcasting aligns the right)
+        axis = p.dim() - right
+        if axis < 0 or p.shape[axis] == 1:
+            return True  # broadcast along the channels: nothing to cut
+        if p.shape[axis] != self.sizes[tag.group]:
+            return False
+        self.param_uses.append((pname, tag.group, axis, where))
+        return True
 
     def _rule(self, name, func, args, kwargs, out, ins, tagged) -> Tag:
         x, tag = tagged[0]
         opaque = Tag(tag.group, None, op=name)
         if tag.dim is None:
             return tag
+        if any(g.segs for _, g in tagged):
+            return self._segs_rule(name, args, kwargs, out, tagged)
+        if name in _SPLIT or name in _CAT:
+            return self._cat_split(name, args, kwargs, out, tagged)
         if not isinstance(out, Tensor):
             if name in _PER_CHANNEL and isinstance(out, tuple):
                 out = out[0]
             else:
                 return opaque
         n = self.sizes[tag.group]
+        if name in _JOIN or name in _SCALE:
+            # broadcasting: the operand with the output's shape carries the channels
+            full = [(t, g) for t, g in tagged if isinstance(t, Tensor) and t.shape == out.shape]
+            if full:
+                x, tag = full[0]
+                opaque = Tag(tag.group, None, op=name)
+                if tag.dim is None:
+                    return tag
         if name in _ZERO_KEEPING:
             return tag if out.shape == x.shape else opaque
+        if name in _ELEMENTWISE:  # elementwise but f(0) != 0: channels stay, no longer zero outside the width
+            return Tag(tag.group, tag.dim, tag.outer, tag.inner, op=name, masked=False) if out.shape == x.shape else opaque
         if name in _PER_CHANNEL:
             same = out.dim() == x.dim() and out.shape[tag.dim] == x.shape[tag.dim]
             return tag if same and tag.outer == tag.inner == 1 else opaque
         if name in _VIEW_LIKE:
-            return _map_view(tag, tuple(x.shape), tuple(out.shape), n)
+            # a fresh layer output viewed as (heads, head_dim): the width counts heads (also when head_dim is 1)
+            return self._head_split(tag, tuple(x.shape), tuple(out.shape), args[1:]) or \
+                _map_view(tag, tuple(x.shape), tuple(out.shape), n)
+        if name in _MATMUL:
+            return self._matmul(name, args, kwargs, out, tagged)
+        if name in _ALONG:
+            dim = kwargs.get("dim", args[1] if len(args) > 1 else None)
+            if dim is None or dim % x.dim() == tag.dim:
+                return opaque
+            return Tag(tag.group, tag.dim, tag.outer, tag.inner, op=name, masked=False)
         if name in _PERMUTE:
             return self._permute(name, args, kwargs, x, tag)
         if name in _REDUCE:
@@ -245,21 +331,192 @@ class _Tracer(TorchFunctionMode):
             other = others[0] if others else kwargs.get("other")
             if not isinstance(other, Tensor) or other.dim() == 0:
                 # scaling keeps zeros; adding a constant does not
-                return tag if name in _SCALE else opaque
+                return tag if name in _SCALE else Tag(tag.group, tag.dim, tag.outer, tag.inner, op=name, masked=False)
             otag = self.tag(other)
             if out.shape != x.shape:
                 return opaque
             if otag is None:
+                if self._param_operand(other, tag, x, name):  # a learned scale/bias/position embedding
+                    keep = tag.masked and name in _SCALE
+                    return Tag(tag.group, tag.dim, tag.outer, tag.inner, op=None if keep else name, masked=keep)
                 if name in _SCALE:
                     return Tag(tag.group, tag.dim, tag.outer, tag.inner, masked=tag.masked)
+                right = x.dim() - tag.dim
+                if other.dim() < right or other.shape[other.dim() - right] == 1:  # e.g. an attention mask
+                    return Tag(tag.group, tag.dim, tag.outer, tag.inner, op=name, masked=False)
                 self.loose.append((tag.group, f"'{name}' with a tensor that no layer produced"))
                 return Tag(tag.group, tag.dim, tag.outer, tag.inner)
-            if otag.dim is None or other.shape != x.shape or (otag.dim, otag.outer, otag.inner) != (tag.dim, tag.outer, tag.inner):
+            if otag.dim is None or (otag.outer, otag.inner) != (tag.outer, tag.inner):
+                return opaque
+            if other.shape != x.shape:  # broadcast (e.g. a squeeze-and-excitation gate): channel axes must meet
+                if x.dim() - tag.dim != other.dim() - otag.dim or other.shape[otag.dim] != x.shape[tag.dim]:
+                    return opaque
+            elif otag.dim != tag.dim:
                 return opaque
             self.ties.append((tag.group, otag.group, f"'{name}' of outputs of {tag.producer or '?'} and {otag.producer or '?'}"))
             both = tag.masked and otag.masked if name in _JOIN else tag.masked or otag.masked
             return Tag(tag.group, tag.dim, tag.outer, tag.inner, masked=both)
         return opaque
+
+    def _head_split(self, tag: Tag, old: tuple, new: tuple, shape_args: tuple = ()) -> Optional[Tag]:
+        """``(..., H*hd) -> (..., H, hd)`` right after the layer that produced the width: its channels become
+        H heads of hd elements (the width counts heads; the layer's output keeps hd rows per head)."""
+        d, g = tag.dim, tag.group
+        if not self.extended:
+            return None
+        if (tag.outer, tag.inner) != (1, 1) or tag.producer is None or g in self.group_inner or g in self.consumed:
+            return None
+        if any(g in (a, b) for a, b, _ in self.ties) or len(new) != len(old) + 1:
+            return None
+        if new[:d] != old[:d] or new[d + 2:] != old[d + 1:] or new[d] * new[d + 1] != old[d] or new[d] < 2 \
+                or d != len(old) - 1:
+            return None
+        asked = [int(a) for a in (shape_args[0] if len(shape_args) == 1 and isinstance(shape_args[0], (tuple, list,
+                 torch.Size)) else shape_args) if isinstance(a, int)]
+        minus_one = len(asked) == len(new) and asked[d] == -1
+        if not minus_one and not self.head_attr(tag.producer, new[d]):
+            return None  # a literal head count in the user's view would not follow a cut
+        self.group_inner[g] = new[d + 1]
+        self.sizes[g] = new[d]
+        return Tag(g, d, 1, 1, tag.producer, masked=tag.masked)
+
+    def _matmul(self, name, args, kwargs, out, tagged) -> Tag:
+        """matmul/bmm and scaled_dot_product_attention: a width on a batch axis (attention heads) passes
+        (tying the operands' widths); one on the rows/columns of a product passes; contracted, it is lost."""
+        x, tag = tagged[0]
+        opaque = Tag(tag.group, None, op=name)
+        if not isinstance(out, Tensor):
+            return opaque
+        ops = [a for a in args[:3 if name == "scaled_dot_product_attention" else 2] if isinstance(a, Tensor)]
+        res: Optional[Tag] = None
+        masked_any = False
+        for i, a in enumerate(ops):
+            t = self.tag(a)
+            if t is None:
+                continue
+            if t.dim is None or (t.outer, t.inner) != (1, 1):
+                return opaque
+            right = a.dim() - t.dim
+            if name == "scaled_dot_product_attention":
+                if right <= 2:
+                    return opaque  # on the tokens or head_dim
+            elif right <= 2:
+                rows = i == 0 and right == 2
+                cols = i == 1 and right == 1
+                if not (rows or cols):
+                    return opaque  # the contracted axis: a layer written as a product
+            od = out.dim() - right
+            if res is None:
+                res = Tag(t.group, od, 1, 1, masked=False)
+            elif res.dim == od:
+                self.ties.append((res.group, t.group, f"'{name}' of outputs of {tag.producer or '?'} and {t.producer or '?'}"))
+            else:
+                return opaque
+            # zero outside the width stays zero in the product if the values (sdpa: v) or any factor is zero there
+            masked_any = masked_any or (t.masked and (name != "scaled_dot_product_attention" or i == 2))
+        if res is None:
+            return opaque
+        return Tag(res.group, res.dim, 1, 1, masked=masked_any)
+
+    def _segs_rule(self, name, args, kwargs, out, tagged) -> Tag:
+        """A channel concatenation passes elementwise zero-keeping ops, pooling, permutes and reductions
+        over other axes (and concatenates further); anything else loses it."""
+        x, tag = tagged[0]
+        opaque = Tag(tag.group, None, op=name if name not in _CAT else f"{name} of a concatenation")
+        if name in _CAT:
+            return self._cat_split(name, args, kwargs, out, tagged)
+        if len(tagged) != 1 or not isinstance(out, Tensor):
+            return opaque
+        if name in _ZERO_KEEPING or name in _PER_CHANNEL:
+            same = out.dim() == x.dim() and out.shape[tag.dim] == x.shape[tag.dim]
+            return tag if same else opaque
+        if name in _PERMUTE:
+            return replace(tag, dim=self._permute(name, args, kwargs, x, tag).dim)
+        if name in _REDUCE:
+            dims = kwargs.get("dim", args[1] if len(args) > 1 else None)
+            if dims is None:
+                return opaque
+            dims = [d % x.dim() for d in ([dims] if isinstance(dims, int) else list(dims))]
+            if tag.dim in dims:
+                return opaque
+            keep = kwargs.get("keepdim", args[2] if len(args) > 2 else False)
+            return replace(tag, dim=tag.dim if keep else tag.dim - sum(d < tag.dim for d in dims), producer=None)
+        if name in _VIEW_LIKE:
+            t = _map_view(tag, tuple(x.shape), tuple(out.shape), x.shape[tag.dim])
+            return replace(tag, dim=t.dim, producer=None) if t.dim is not None and (t.outer, t.inner) == (1, 1) else opaque
+        return opaque
+
+    def _cat_split(self, name, args, kwargs, out, tagged) -> Tag:
+        """cat/stack/split/chunk along an axis other than the channels (tokens, time): the width passes."""
+        x, tag = tagged[0]
+        opaque = Tag(tag.group, None, op=f"{name} along the channel axis")
+        if tag.dim is None:
+            return tag
+        if name in _SPLIT:
+            dim = kwargs.get("dim", args[2] if len(args) > 2 else 0)
+            if name == "unbind":
+                dim = kwargs.get("dim", args[1] if len(args) > 1 else 0)
+            if dim % x.dim() == tag.dim:
+                return opaque
+            if name == "unbind" and dim % x.dim() < tag.dim:
+                return Tag(tag.group, tag.dim - 1, tag.outer, tag.inner, masked=tag.masked)
+            return Tag(tag.group, tag.dim, tag.outer, tag.inner, masked=tag.masked)
+        seq = args[0] if args else kwargs.get("tensors")
+        dim = kwargs.get("dim", args[1] if len(args) > 1 else 0)
+        ref = seq[0]
+        if name == "stack":
+            nd = ref.dim() + 1
+            d = dim % nd
+            if any(t.shape != ref.shape for t in seq):
+                return opaque
+            new_dim = tag.dim + (1 if d <= tag.dim else 0)
+        else:
+            d = dim % ref.dim()
+            if d == tag.dim:
+                return self._channel_cat(seq, d, tag) if name != "stack" else opaque
+            if any(self.tag(t) is not None and self.tag(t).segs for t in seq):
+                return opaque
+            new_dim = tag.dim
+        masked = True
+        for t in seq:
+            g = self.tag(t)
+            if g is None:
+                if self._param_operand(t, tag, x, name):  # e.g. a class token
+                    masked = False
+                    continue
+                self.loose.append((tag.group, f"'{name}' with a tensor that no layer produced"))
+                masked = False
+                continue
+            if g.dim is None or (g.dim, g.outer, g.inner) != (tag.dim, tag.outer, tag.inner):
+                return opaque
+            if g.group != tag.group:
+                self.ties.append((tag.group, g.group, f"'{name}' of outputs of {tag.producer or '?'} and {g.producer or '?'}"))
+            masked = masked and g.masked
+        return Tag(tag.group, new_dim, tag.outer, tag.inner, masked=masked)
+
+    def _channel_cat(self, seq, d: int, tag: Tag) -> Tag:
+        """Concatenation along the channel axis: the result carries each input's width as one block."""
+        opaque = Tag(tag.group, None, op="cat along the channel axis")
+        if not self.extended:
+            return opaque
+        segs: list[tuple[int, int]] = []
+        masked = True
+        for t in seq:
+            g = self.tag(t)
+            if g is None:  # a fixed block (the model input, a constant): never cut
+                segs.append((-1, int(t.shape[d])))
+                continue
+            if g.dim != d or (g.outer, g.inner) != (1, 1):
+                return opaque
+            if g.segs:
+                segs.extend(g.segs)
+            elif self.sizes.get(g.group) == t.shape[d]:
+                segs.append((g.group, int(t.shape[d])))
+            else:
+                return opaque
+            masked = masked and g.masked
+        first = next((s for s, _ in segs if s >= 0), tag.group)
+        return Tag(first, d, 1, 1, masked=masked, segs=tuple(segs))
 
     def _permute(self, name, args, kwargs, x, tag) -> Tag:
         nd = x.dim()
@@ -305,14 +562,34 @@ class _Tracer(TorchFunctionMode):
         return Tag(tag.group, None, op="indexing")
 
 
-def trace_channels(model: nn.Module, sample: Any) -> Trace:
-    """Run ``model(sample)`` once and record the channel flow between its layers."""
+def trace_channels(model: nn.Module, sample: Any, *, extended: bool = False) -> Trace:
+    """Run ``model(sample)`` once and record the channel flow between its layers.
+
+    With ``extended=True`` (what :func:`slimtrain.make_dynamic` uses) more structures are
+    followed: a module with its own parameters and children is looked into (its parameters
+    used elementwise are listed in ``param_uses``), a layer output viewed as (heads, head_dim) becomes a width counted in heads (its
+    group's ``size`` is then the head count and the producing use has ``extra["out_inner"]``),
+    and a concatenation along the channel axis gives a tag with ``segs``. Without it those are
+    opaque, as before, so a reader of ``Trace.groups``/``uses`` sees channel counts only."""
     groups: dict[int, Group] = {}
     uses: list[LayerUse] = []
     claims: list[tuple[str, int, Optional[str]]] = []
     bn_after: dict[str, str] = {}
     sizes: dict[int, int] = {}
     tracer = _Tracer(sizes)
+    tracer.extended = extended
+
+    def head_attr(producer: str, heads: int) -> bool:  # the module holding the projection stores the head count
+        from .export import HEAD_COUNT_ATTRS
+
+        owner = producer.rpartition(".")[0]
+        try:
+            mod = model.get_submodule(owner)
+        except AttributeError:
+            return False
+        return any(getattr(mod, a, None) == heads for a in HEAD_COUNT_ATTRS)
+
+    tracer.head_attr = head_attr
     handles = []
     names = {m: n for n, m in model.named_modules()}
 
@@ -323,17 +600,23 @@ def trace_channels(model: nn.Module, sample: Any) -> Trace:
         return gid
 
     stack: list[tuple[nn.Module, Optional[Tag], tuple, Optional[Tensor]]] = []
+    mha_inputs: dict[int, list[tuple[Optional[Tag], tuple]]] = {}
 
-    def pre(mod, args):
+    def pre(mod, args, kwargs):
         x = args[0] if args else None
         tag = tracer.tag(x)
         shape = tuple(x.shape) if isinstance(x, Tensor) else ()
+        if isinstance(mod, nn.MultiheadAttention):  # key and value: who produced them, and their shapes
+            kv = [args[i] if len(args) > i else kwargs.get(("key", "value")[i - 1]) for i in (1, 2)]
+            mha_inputs[id(mod)] = [(tracer.tag(t), tuple(t.shape)) for t in kv if isinstance(t, Tensor)]
         stack.append((mod, tag, shape, x))
         tracer.depth += 1
 
     def post(mod, args, out):
         tracer.depth -= 1
         mod_, tag, shape, x = stack.pop()
+        if tag is not None:
+            tracer.consumed.add(tag.group)
         name = names.get(mod, type(mod).__name__)
         kind = _kind(mod)
         first = out[0] if isinstance(out, tuple) else out
@@ -348,22 +631,29 @@ def trace_channels(model: nn.Module, sample: Any) -> Trace:
             else:
                 uses.append(LayerUse(name, "dcl", tag, None, shape, oshape))
             return
+        host = attached_dcl(mod)  # slimtrain's DCL on this module's output (applied by a hook, already in `out`)
         if kind in ("bn", "ln"):
             uses.append(LayerUse(name, kind, tag, None, shape, oshape))
             if tag is not None:
                 if kind == "bn" and tag.producer is not None:
                     bn_after.setdefault(tag.producer, name)
-                bound = getattr(mod, "_width_source", None) is not None
-                tracer.set(out, Tag(tag.group, tag.dim, tag.outer, tag.inner, tag.producer,
-                                    masked=bound if kind == "ln" else False))
+                masked = bound_width(mod) is not None if kind == "ln" else False
+                if host is not None and tag.dim is not None:
+                    claims.append((f"{name}.{DCL_CHILD}", tag.group, tag.producer))
+                    masked = True
+                tracer.set(first, Tag(tag.group, tag.dim, tag.outer, tag.inner, tag.producer, masked=masked))
             return
-        inner_mod = mod.rnn if kind == "rnn" and hasattr(mod, "rnn") else mod
+        inner_mod = mod.rnn if isinstance(mod, DynamicRecurrent) else mod
         if kind == "linear":
             size, dim = inner_mod.out_features, first.dim() - 1
         elif kind == "conv":
             size, dim = inner_mod.out_channels, 1
         elif kind == "mel":
             size, dim = inner_mod.n_mels, 1
+        elif kind == "mha":
+            size, dim = inner_mod.embed_dim, first.dim() - 1
+        elif kind == "emb":
+            size, dim = inner_mod.embedding_dim, first.dim() - 1
         else:  # rnn
             size, dim = inner_mod.hidden_size, first.dim() - 1
         gid = new_group(size, name)
@@ -371,10 +661,17 @@ def trace_channels(model: nn.Module, sample: Any) -> Trace:
         extra: dict[str, Any] = {}
         if kind == "rnn":
             extra["batch_first"] = inner_mod.batch_first
+        if kind == "mha":
+            kv = mha_inputs.pop(id(mod), [])
+            extra.update(batch_first=inner_mod.batch_first, num_heads=inner_mod.num_heads,
+                         kv_tags=[t for t, _ in kv], kv_shapes=[sh for _, sh in kv])
         uses.append(LayerUse(name, kind, tag, gid, shape, oshape, extra))
-        wrapped = hasattr(mod, "dcl") and kind in ("rnn",)
+        if kind == "conv" and tag is not None and tag.dim is not None and \
+                inner_mod.groups == inner_mod.in_channels == inner_mod.out_channels and inner_mod.groups > 1:
+            tracer.ties.append((tag.group, gid, f"depthwise conv '{name}'"))  # one width in and out
+        wrapped = host is not None or (kind == "rnn" and (isinstance(mod, DynamicRecurrent) or is_dynamic_rnn(mod)))
         if wrapped:
-            claims.append((name + ".dcl", gid, name))
+            claims.append((f"{name}.{DCL_CHILD}", gid, name))
         tracer.set(first, Tag(gid, dim, outer, 1, name, masked=wrapped))
         if kind == "rnn" and isinstance(out, tuple):
             for h in _tensors(out[1]):
@@ -384,20 +681,29 @@ def trace_channels(model: nn.Module, sample: Any) -> Trace:
     for n, m in model.named_modules():
         k = _kind(m)
         own_params = any(True for _ in m.parameters(recurse=False))
-        if k is not None or (own_params and not _has_known_ancestor(model, n)):
+        # a module with its own parameters that slimtrain does not know is one opaque layer, unless it is a
+        # container (its parameters are then scales/tokens used elementwise, which the tracer follows)
+        container = extended and any(True for c in m.children() if any(True for _ in c.parameters()))
+        if k is not None or (own_params and not container and not _has_known_ancestor(model, n)):
             leaf_mods.append(m)
     # do not descend into known composite leaves (a DynamicRecurrent holds an RNN)
     skip = set()
     for m in leaf_mods:
-        if _kind(m) == "rnn" and hasattr(m, "rnn"):
-            skip.update((m.rnn, m.dcl))
-        if _kind(m) == "mel":
+        if _kind(m) == "rnn":  # the DCL of a dynamic GRU/LSTM runs inside its forward
             skip.update(c for c in m.modules() if c is not m)
+        if _kind(m) in ("mel", "mha"):
+            skip.update(c for c in m.modules() if c is not m)
+        if attached_dcl(m) is not None:  # applied by slimtrain's hook; recorded with its host
+            skip.add(attached_dcl(m))
     for m in leaf_mods:
         if m in skip:
             continue
-        handles.append(m.register_forward_pre_hook(pre))
+        handles.append(m.register_forward_pre_hook(pre, with_kwargs=True))
+        # after slimtrain's own output hooks (DCL, masked LayerNorm): their ops run at depth > 0, untraced
         handles.append(m.register_forward_hook(post))
+    for pname, prm in list(model.named_parameters()) + list(model.named_buffers()):
+        tracer.param_of[id(prm)] = (pname, prm)
+        tracer.keep.append(prm)
     was_training = model.training
     model.eval()
     first = _tensors(sample)
@@ -424,6 +730,15 @@ def trace_channels(model: nn.Module, sample: Any) -> Trace:
         model.train(was_training)
     tr = Trace(groups, uses, tracer.ties, tracer.loose, claims, bn_after, [tracer.tag(o) for o in _tensors(out)],
                tracer.fixed_macs, tracer.opaque)
+    tr.param_uses = tracer.param_uses
+    tr.prods = tracer.prods
+    tr.group_inner = tracer.group_inner
+    for gid, h in tracer.sizes.items():
+        groups[gid].size = h  # a group split into heads counts heads
+    for u in uses:
+        if u.out_group in tracer.group_inner:
+            u.extra["out_inner"] = tracer.group_inner[u.out_group]
+            u.extra["heads"] = True
     for a, b, _ in tr.ties:
         ra, rb = tr.root(a), tr.root(b)
         if ra != rb:
@@ -435,6 +750,6 @@ def _has_known_ancestor(model: nn.Module, name: str) -> bool:
     parts = name.split(".")
     for i in range(1, len(parts)):
         anc = model.get_submodule(".".join(parts[:i]))
-        if _kind(anc) in ("rnn", "mel"):
+        if _kind(anc) in ("rnn", "mel", "mha"):
             return True
     return False

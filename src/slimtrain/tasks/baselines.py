@@ -731,10 +731,27 @@ def _expand(p: Tensor, size: int, outer: int, inner: int) -> Tensor:
 def _permute_layer(model: nn.Module, s, perms: dict[int, Tensor]) -> None:
     from ..modules import DynamicRecurrent
 
+    if s.kind == "prod":
+        return
+    if s.kind == "param":
+        p = perms.get(s.in_root)
+        if p is not None:
+            owner, _, attr = s.name.rpartition(".")
+            t = getattr(model.get_submodule(owner) if owner else model, attr)
+            t.copy_(t.index_select(s.extra["axis"], p))
+        return
     m = model.get_submodule(s.name)
     p_out = perms.get(s.out_root) if s.out_root is not None else None
+    if p_out is not None and s.extra.get("out_inner", 1) > 1:
+        p_out = _expand(p_out, s.out_size, 1, s.extra["out_inner"])
     p_in = perms.get(s.in_root) if s.in_root is not None else None
     in_idx = _expand(p_in, s.in_size, s.in_outer, s.in_inner) if p_in is not None else None
+    if "in_segs" in s.extra and any(r is not None and r in perms for r, _ in s.extra["in_segs"]):
+        parts, off = [], 0
+        for r, n in s.extra["in_segs"]:
+            parts.append(off + (perms[r] if r is not None and r in perms else torch.arange(n)))
+            off += n
+        in_idx = torch.cat(parts)
 
     def rows(t, idx):
         if t is not None and idx is not None:
@@ -760,7 +777,7 @@ def _permute_layer(model: nn.Module, s, perms: dict[int, Tensor]) -> None:
         gates_n = 3 if isinstance(r, nn.GRU) else 4
         h, dirs = r.hidden_size, 2 if r.bidirectional else 1
         g_rows = torch.cat([g * h + p_out for g in range(gates_n)]) if p_out is not None else None
-        for name, prm in r.named_parameters():
+        for name, prm in r.named_parameters(recurse=False):
             rows(prm, g_rows)
             if name.startswith("weight_hh"):
                 cols(prm, p_out)

@@ -1,0 +1,83 @@
+"""The width plan: every channel width of a model, dynamic or fixed (and why), as plain data.
+
+:func:`slimtrain.make_dynamic` stores one on the model; :func:`width_report`
+returns it, ``str(plan)`` prints it as a table, :meth:`WidthPlan.to_dict` gives
+plain JSON-ready values, and ``slimtrain plan MODULE:FACTORY --input-shape ...``
+prints it from the command line.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Optional
+
+from torch import nn
+
+__all__ = ["WidthEntry", "WidthPlan", "width_report"]
+
+_PLAN_ATTR = "_slimtrain_plan"
+
+
+@dataclass
+class WidthEntry:
+    """One width (a group of channels; producers joined by residual adds share it)."""
+
+    producers: list[str]  # layers whose output channels are this width (several: tied by a residual)
+    size: int  # N, the full number of channels
+    dynamic: bool
+    dcl: Optional[str] = None  # module path of its DynamicWidth (``<layer>.dcl``, or the user's own)
+    min_width: Optional[float] = None
+    max_width: Optional[float] = None
+    reason: str = ""  # why it stays fixed ("" when dynamic)
+    category: str = ""  # model output | excluded | not selected | structure | unsupported
+    readers: list[str] = field(default_factory=list)  # layers that read it
+    user_dcl: bool = False  # the DynamicWidth was put there by the user
+
+    @property
+    def tied(self) -> bool:
+        return len(self.producers) > 1
+
+
+@dataclass
+class WidthPlan:
+    """Every width of a traced model. ``str(plan)`` is the human report."""
+
+    entries: list[WidthEntry]
+
+    @property
+    def dynamic(self) -> list[WidthEntry]:
+        return [e for e in self.entries if e.dynamic]
+
+    @property
+    def fixed(self) -> list[WidthEntry]:
+        return [e for e in self.entries if not e.dynamic]
+
+    def to_dict(self) -> dict:
+        return {"widths": [asdict(e) for e in self.entries]}
+
+    def __str__(self) -> str:
+        lines = [f"{len(self.dynamic)} dynamic, {len(self.fixed)} fixed widths"]
+        rows = []
+        for e in self.entries:
+            who = ", ".join(e.producers)
+            if e.dynamic:
+                state = f"dynamic [{e.min_width:g}, {e.max_width:g}] via {e.dcl}" + (" (user's)" if e.user_dcl else "")
+            else:
+                state = f"fixed: {e.reason}"
+            tie = "  tied" if e.tied else ""
+            rows.append((who, str(e.size), state + tie))
+        w0 = max([len(r[0]) for r in rows] + [5])
+        w1 = max([len(r[1]) for r in rows] + [1])
+        lines.append(f"{'layer':<{w0}}  {'N':>{w1}}  width")
+        lines += [f"{a:<{w0}}  {b:>{w1}}  {c}" for a, b, c in rows]
+        return "\n".join(lines)
+
+
+def width_report(model: nn.Module) -> WidthPlan:
+    """The :class:`WidthPlan` of a model prepared by :func:`slimtrain.make_dynamic`."""
+    from .trace import GraphError
+
+    p = model.__dict__.get(_PLAN_ATTR)
+    if p is None:
+        raise GraphError("this model has no width plan: call slimtrain.make_dynamic(model, sample) first "
+                         "(or slimtrain.plan_widths(model, sample) for a read-only report)")
+    return p
