@@ -26,18 +26,20 @@ threads the job ran with), ``hostname`` and ``wall_seconds`` (measured where the
 """
 from __future__ import annotations
 
+import csv
 import json
+import math
 import os
 import re
 import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Collection, Optional, Sequence
 
 from tqdm.auto import tqdm
 
-__all__ = ["Job", "SweepError", "run_jobs", "ENGINES", "row_path", "seeds_from_args"]
+__all__ = ["Job", "SweepError", "run_jobs", "ENGINES", "row_path", "seeds_from_args", "read_sweep_rows"]
 
 ENGINES = ("local", "ray")
 _KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._=+-]*$")
@@ -83,6 +85,43 @@ def seeds_from_args(seeds: Optional[int], seed_list: Optional[Sequence[int]], de
             raise ValueError(f"seeds must be >= 1, got {seeds}")
         return list(range(seeds))
     return [default]
+
+
+def read_sweep_rows(path: str | Path, missing: str, *, text: Collection[str] = (), ints: Collection[str] = (),
+                    none_if_empty: Collection[str] = (), bools: Collection[str] = (), empty_text: Optional[str] = "",
+                    keep_unparsed: bool = False) -> list[dict]:
+    """The rows of a sweep's ``sweep.csv`` back as typed values, in the file's column order.
+
+    A cell of a ``text`` column stays a string (``empty_text`` when empty); of a ``bools`` column
+    ``True``/``False`` (``None`` otherwise); of an ``ints`` column an integer (``None`` when empty);
+    any other cell a float, NaN when empty (``None`` for the ``none_if_empty`` columns). A cell that is
+    not a number raises ``ValueError`` unless ``keep_unparsed`` (then it stays a string). A missing
+    file raises ``ValueError(missing)``, which should say how to make the table."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(missing)
+    rows = []
+    with path.open(newline="") as f:
+        for raw in csv.DictReader(f):
+            r: dict = {}
+            for k, v in raw.items():
+                if k in text:
+                    r[k] = v if v != "" else empty_text
+                elif k in bools:
+                    r[k] = {"True": True, "False": False}.get(v)
+                elif v == "" or v is None:
+                    r[k] = None if k in ints or k in none_if_empty else math.nan
+                elif k in ints:
+                    r[k] = int(float(v))
+                else:
+                    try:
+                        r[k] = float(v)
+                    except ValueError:
+                        if not keep_unparsed:
+                            raise
+                        r[k] = v
+            rows.append(r)
+    return rows
 
 
 def _execute(fn: Callable[[Any], dict], arg: Any, threads: int) -> dict:

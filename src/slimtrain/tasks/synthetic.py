@@ -56,7 +56,7 @@ from ..graph import dynamic_widths, make_dynamic
 from ..loss import TradeoffLoss
 from ..record import WidthRecorder
 from ..stats import format_interval, mean_interval, paired_verdict
-from ..sweep_engine import Job, run_jobs
+from ..sweep_engine import Job, read_sweep_rows, run_jobs
 
 __all__ = [
     "SyntheticConfig", "SyntheticData", "DEFAULT_ALPHAS", "DEFAULT_BASELINE_WIDTHS", "QUICK_ALPHAS",
@@ -516,24 +516,10 @@ _TEXT_COLUMNS = ("method", "data_fingerprint", "torch_version", "hostname")
 def read_sweep_csv(path: str | Path) -> list[dict]:
     """The rows of a ``sweep.csv`` back as numbers. A table written before seeds were recorded (no
     ``seed`` column) reads with ``seed = None``: one run per row, shown as ``n=1``."""
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"no synthetic sweep table at {path}; run 'slimtrain synthetic --sweep' first")
-    rows = []
-    with open(path, newline="") as f:
-        for raw in csv.DictReader(f):
-            r: dict = {}
-            for k, v in raw.items():
-                if k in _TEXT_COLUMNS:
-                    r[k] = v
-                elif v == "" or v is None:
-                    r[k] = None if k in _INT_COLUMNS else math.nan
-                elif k in _INT_COLUMNS:
-                    r[k] = int(float(v))
-                else:
-                    r[k] = float(v)
-            r.setdefault("seed", None)
-            rows.append(r)
+    rows = read_sweep_rows(path, f"no synthetic sweep table at {Path(path)}; run 'slimtrain synthetic --sweep' first",
+                           text=_TEXT_COLUMNS, ints=_INT_COLUMNS)
+    for r in rows:
+        r.setdefault("seed", None)
     return rows
 
 

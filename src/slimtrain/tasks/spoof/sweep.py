@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Iterable, Optional, Sequence
 
 from ...stats import format_interval, paired_verdict, summarize_rows
-from ...sweep_engine import Job, run_jobs
+from ...sweep_engine import Job, read_sweep_rows, run_jobs
 from .attacks import ATTACKS
 from .data import load_split
 from .train import SpoofConfig, train_run
@@ -279,35 +279,23 @@ def _sort_key(r: dict) -> tuple:
 
 def read_sweep_csv(path: Path) -> list[dict]:
     """Rows of a ``sweep.csv`` back as numbers, with the keys :func:`plot_sweep` and :func:`format_table` use."""
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"no sweep table at {path}; run 'slimtrain spoof --sweep' first")
-    rows = []
-    with open(path, newline="") as f:
-        for r in csv.DictReader(f):
-            d: dict = {}
-            for k, v in r.items():
-                if k in ("model", "dynamic_resblock", "min_kappa", "method", "widths", "widths_continuous",
-                         "data_fingerprint", "torch_version", "hostname"):
-                    d[k] = v
-                    continue
-                try:
-                    d[k] = float(v) if v not in ("", "-") else (math.nan if v == "" else v)
-                except ValueError:
-                    d[k] = v
-            d["width"] = int(d["width"])
-            d["params"] = int(d["params"])
-            for k in ("seed", "threads"):  # absent or empty in tables written before seeds were recorded
-                v = d.get(k)
-                d[k] = None if v is None or (isinstance(v, float) and math.isnan(v)) else int(v)
-            d["stages"] = str(r["dynamic_resblock"]).replace(" ", "") if r["method"] == "dcl" else "-"
-            d["kappa_min"] = float(r["min_kappa"]) if r["method"] == "dcl" else math.nan
-            d["eer_pooled"], d["eer_unseen"], d["eer_known"] = d["eer_percent"], d["eer_unseen_percent"], d[
-                "eer_known_percent"]
-            d["gflops_per_second"] = d["gflops"]
-            for a in ATTACKS:
-                d[f"eer_{a}"] = d[f"eer_{a}_percent"]
-            rows.append(d)
+    rows = read_sweep_rows(path, f"no sweep table at {Path(path)}; run 'slimtrain spoof --sweep' first",
+                           text=("model", "dynamic_resblock", "min_kappa", "method", "widths", "widths_continuous",
+                                 "data_fingerprint", "torch_version", "hostname"),
+                           keep_unparsed=True)
+    for d in rows:
+        d["width"] = int(d["width"])
+        d["params"] = int(d["params"])
+        for k in ("seed", "threads"):  # absent or empty in tables written before seeds were recorded
+            v = d.get(k)
+            d[k] = None if v is None or (isinstance(v, float) and math.isnan(v)) else int(v)
+        d["stages"] = str(d["dynamic_resblock"]).replace(" ", "") if d["method"] == "dcl" else "-"
+        d["kappa_min"] = float(d["min_kappa"]) if d["method"] == "dcl" else math.nan
+        d["eer_pooled"], d["eer_unseen"], d["eer_known"] = d["eer_percent"], d["eer_unseen_percent"], d[
+            "eer_known_percent"]
+        d["gflops_per_second"] = d["gflops"]
+        for a in ATTACKS:
+            d[f"eer_{a}"] = d[f"eer_{a}_percent"]
     return rows
 
 

@@ -25,7 +25,7 @@ import math
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Callable, Iterator, Optional, Sequence
 
 import numpy as np
 
@@ -271,20 +271,20 @@ def make_noise(kind: str, n: int, rng: np.random.Generator, sample_rate: int = 8
 
 
 # -- clips ---------------------------------------------------------------------------------------
-def build_clips(utterances: Sequence[tuple[str, np.ndarray]], music: Sequence[np.ndarray], cfg: VadDataConfig,
-                rng: np.random.Generator, minutes: Optional[float],
-                progress: Optional[Callable[[int], None]] = None, keep_components: bool = False) -> VadSplit:
-    """Concatenate utterances (in the given order, cycling if ``minutes`` needs more) into clips and mix.
+def _clip_speech(utterances: Sequence[tuple[str, np.ndarray]], cfg: VadDataConfig, rng: np.random.Generator,
+                 minutes: Optional[float]) -> Iterator[tuple[np.ndarray, list[str]]]:
+    """The clean speech track of each clip and the names of its utterances, one clip at a time.
 
-    Without ``music`` the noise is drawn from the other types only."""
-    kinds_allowed = NOISE_TYPES if music else tuple(k for k in NOISE_TYPES if k != "music")
-    sr, hop = cfg.sample_rate, cfg.hop
+    Utterances are taken in the given order (cycling if ``minutes`` needs more; with ``minutes=None``
+    until each was used once), each at a random level from ``cfg.speech_level_dbfs``, placed one
+    after another with random gaps from ``cfg.gap_seconds`` after a random lead-in. Shared by the
+    core (:func:`build_clips`) and extended corpora: the caller draws the clip's noise, gain, etc.
+    from the same ``rng`` before asking for the next clip, so the draws keep their order."""
+    sr = cfg.sample_rate
     L = int(round(cfg.clip_seconds * sr))
     n_clips = None if minutes is None else max(1, int(math.ceil(minutes * 60 / cfg.clip_seconds)))
-    audio, labels, snrs, kinds, sources, targets, comps = [], [], [], [], [], [], []
-    i = 0
-    used_all = False
-    while (n_clips is None and not used_all) or (n_clips is not None and len(audio) < n_clips):
+    i, used_all, made = 0, False, 0
+    while (n_clips is None and not used_all) or (n_clips is not None and made < n_clips):
         speech = np.zeros(L, dtype=np.float64)
         names: list[str] = []
         pos = int(rng.uniform(0.05, 1.0) * sr)
@@ -303,15 +303,43 @@ def build_clips(utterances: Sequence[tuple[str, np.ndarray]], music: Sequence[np
                 if n_clips is None:
                     break
             pos += len(u) + int(rng.uniform(*cfg.gap_seconds) * sr)
+        yield speech, names
+        made += 1
+
+
+def _draw_snr(kind: str, cfg: VadDataConfig, rng: np.random.Generator) -> float:
+    """The target SNR of a clip: from ``cfg.snr_db``, or 55-70 dB under near silence."""
+    return float(rng.uniform(*cfg.snr_db)) if kind != "silence" else float(rng.uniform(55.0, 70.0))
+
+
+def _limited_gain(mix: np.ndarray, cfg: VadDataConfig, rng: np.random.Generator) -> float:
+    """A random gain from ``cfg.gain_db``, lowered where needed to keep the mixture's peak at 0.99.
+
+    Speech and noise are scaled together, so the SNR stays the same."""
+    gain = 10 ** (rng.uniform(*cfg.gain_db) / 20)
+    peak = np.max(np.abs(mix)) * gain
+    if peak > 0.99:
+        gain *= 0.99 / peak
+    return gain
+
+
+def build_clips(utterances: Sequence[tuple[str, np.ndarray]], music: Sequence[np.ndarray], cfg: VadDataConfig,
+                rng: np.random.Generator, minutes: Optional[float],
+                progress: Optional[Callable[[int], None]] = None, keep_components: bool = False) -> VadSplit:
+    """Concatenate utterances (in the given order, cycling if ``minutes`` needs more) into clips and mix.
+
+    Without ``music`` the noise is drawn from the other types only."""
+    kinds_allowed = NOISE_TYPES if music else tuple(k for k in NOISE_TYPES if k != "music")
+    sr, hop = cfg.sample_rate, cfg.hop
+    L = int(round(cfg.clip_seconds * sr))
+    audio, labels, snrs, kinds, sources, targets, comps = [], [], [], [], [], [], []
+    for speech, names in _clip_speech(utterances, cfg, rng, minutes):
         kind = kinds_allowed[int(rng.integers(len(kinds_allowed)))]
         noise = make_noise(kind, L, rng, sr, music)
-        snr = float(rng.uniform(*cfg.snr_db)) if kind != "silence" else float(rng.uniform(55.0, 70.0))
+        snr = _draw_snr(kind, cfg, rng)
         noise = mix_at_snr(speech, noise, snr, hop, cfg.label_threshold_db)
         mix = speech + noise
-        gain = 10 ** (rng.uniform(*cfg.gain_db) / 20)
-        peak = np.max(np.abs(mix)) * gain
-        if peak > 0.99:  # scale speech and noise together: the SNR stays the same
-            gain *= 0.99 / peak
+        gain = _limited_gain(mix, cfg, rng)
         audio.append((mix * gain).astype(np.float32))
         labels.append(frame_labels(speech, hop, cfg.label_threshold_db, cfg.onset_frames, cfg.hangover_frames))
         snrs.append(measure_snr(speech * gain, noise * gain, hop, cfg.label_threshold_db))

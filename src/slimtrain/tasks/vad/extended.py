@@ -41,7 +41,8 @@ from ..audio import (ASTERISK_VOICES, EXTRA_ASTERISK_SPEAKERS, AudioError, aster
                      package_version, read_many, sound_effects)
 from ..spoof.attacks import ESPEAK_VARIANTS_EXTENDED
 from .data import (MANIFEST_VERSION, NOISE_TYPES, SPLITS, DataError, VadDataConfig, VadSplit, _MUSIC_SPLIT,
-                   _prompt_name, _rms_db, _speech_files, frame_labels, make_noise, measure_snr, mix_at_snr)
+                   _clip_speech, _draw_snr, _limited_gain, _prompt_name, _speech_files, frame_labels, make_noise,
+                   measure_snr, mix_at_snr)
 
 __all__ = ["EXTENDED_VERSION", "EXTENDED_NOISE_TYPES", "TTS_VOICES", "plan_tts", "extended_fingerprint",
            "build_extended_vad_data", "source_inventory"]
@@ -219,51 +220,28 @@ def build_extended_clips(utterances: Sequence[tuple[str, np.ndarray]], music: Se
                          effects: Sequence[np.ndarray], cfg: VadDataConfig, rng: np.random.Generator,
                          minutes: Optional[float], progress: Optional[Callable[[int], None]] = None,
                          ) -> tuple[VadSplit, list[dict]]:
-    """Like :func:`.data.build_clips` with the extended noise types and augmentation; also returns each
-    clip's noise parameters and augmentation chain (for the manifest)."""
+    """Like :func:`.data.build_clips` (the same speech tracks, :func:`.data._clip_speech`) with the extended
+    noise types and augmentation; also returns each clip's noise parameters and augmentation chain (for
+    the manifest)."""
     kinds = tuple(k for k in EXTENDED_NOISE_TYPES if (k != "music" or music) and (k != "effects" or effects))
     babble_pool = [u for name, u in utterances if not name.startswith("tts/")] or [u for _, u in utterances]
     sr, hop = cfg.sample_rate, cfg.hop
     L = int(round(cfg.clip_seconds * sr))
-    n_clips = None if minutes is None else max(1, int(math.ceil(minutes * 60 / cfg.clip_seconds)))
     pr, pb, pc, pk = cfg.augment_probabilities
     audio, labels, snrs, noise_kinds, sources, targets, details = [], [], [], [], [], [], []
-    i, used_all = 0, False
-    while (n_clips is None and not used_all) or (n_clips is not None and len(audio) < n_clips):
-        speech = np.zeros(L, dtype=np.float64)
-        names: list[str] = []
-        pos = int(rng.uniform(0.05, 1.0) * sr)
-        while pos < L - sr // 4:
-            name, u = utterances[i % len(utterances)]
-            u = u * 10 ** ((rng.uniform(*cfg.speech_level_dbfs) - _rms_db(u)) / 20)
-            if len(u) > L - pos:
-                if names:
-                    break
-                u = u[: L - pos]
-            speech[pos:pos + len(u)] += u
-            names.append(name)
-            i += 1
-            if i >= len(utterances):
-                used_all = True
-                if n_clips is None:
-                    break
-            pos += len(u) + int(rng.uniform(*cfg.gap_seconds) * sr)
+    for speech, names in _clip_speech(utterances, cfg, rng, minutes):
         chain = G.draw_augmentation(rng, sr, p_reverb=pr, p_band=pb, p_codec=pc, p_clip=pk)
         label = frame_labels(speech, hop, cfg.label_threshold_db, cfg.onset_frames, cfg.hangover_frames)
         wet = G.apply_augmentation(speech, chain["speech"], sr).astype(np.float64) if chain["speech"] else speech
         kind = kinds[int(rng.integers(len(kinds)))]
         noise, params = _extended_noise(kind, L, rng, sr, music, babble_pool, effects)
-        snr = float(rng.uniform(*cfg.snr_db)) if kind != "silence" else float(rng.uniform(55.0, 70.0))
+        snr = _draw_snr(kind, cfg, rng)
         noise = mix_at_snr(wet, noise, snr, hop, cfg.label_threshold_db).astype(np.float64)
         measured = measure_snr(wet, noise, hop, cfg.label_threshold_db)
         mix = wet + noise
         if chain["mixture"]:
             mix = G.apply_augmentation(mix, chain["mixture"], sr).astype(np.float64)
-        gain_db = float(rng.uniform(*cfg.gain_db))
-        gain = 10 ** (gain_db / 20)
-        peak = np.max(np.abs(mix)) * gain
-        if peak > 0.99:
-            gain *= 0.99 / peak
+        gain = _limited_gain(mix, cfg, rng)
         audio.append((mix * gain).astype(np.float32))
         labels.append(label)
         snrs.append(measured)

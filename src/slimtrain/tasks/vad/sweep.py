@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from ...stats import format_interval, paired_verdict, summarize_rows
-from ...sweep_engine import Job, run_jobs
+from ...sweep_engine import Job, read_sweep_rows, run_jobs
 from .data import VadDataConfig, VadSplit, build_vad_data, load_vad_data
 from .train import SNR_BANDS, VadRunConfig, evaluate_scores, train_vad
 
@@ -456,26 +456,13 @@ def write_summary_csv(rows: Sequence[dict], path: str | Path) -> Path:
 def read_sweep_csv(path: str | Path) -> list[dict]:
     """The rows of a VAD ``sweep.csv`` back as numbers (a table without a ``seed`` column -- written
     before seeds were recorded -- reads with ``seed = None``: one run per model, ``n = 1``)."""
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"no VAD sweep table at {path}; run 'slimtrain vad --sweep' first")
-    text = {"family", "method", "label", "status", "widths", "dominated_by", "checkpoint", "data_fingerprint",
-            "torch_version", "hostname"}
-    rows = []
-    with path.open(newline="") as f:
-        for raw in csv.DictReader(f):
-            r: dict = {}
-            for k, v in raw.items():
-                if k in text:
-                    r[k] = v if v != "" else None
-                elif k == "on_front":
-                    r[k] = {"True": True, "False": False}.get(v)
-                elif v == "":
-                    r[k] = None if k in ("seed", "threads", "mel_bands", "budget", "kappa_min", "alpha") else math.nan
-                else:
-                    r[k] = int(float(v)) if k in ("seed", "threads") else float(v)
-            r.setdefault("seed", None)
-            rows.append(r)
+    rows = read_sweep_rows(path, f"no VAD sweep table at {Path(path)}; run 'slimtrain vad --sweep' first",
+                           text=("family", "method", "label", "status", "widths", "dominated_by", "checkpoint",
+                                 "data_fingerprint", "torch_version", "hostname"),
+                           ints=("seed", "threads"), none_if_empty=("mel_bands", "budget", "kappa_min", "alpha"),
+                           bools=("on_front",), empty_text=None)
+    for r in rows:
+        r.setdefault("seed", None)
     return rows
 
 
