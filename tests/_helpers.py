@@ -14,9 +14,21 @@ WRAPPERS = (DynamicWidth, DynamicOutput, DynamicRecurrent, MaskedLayerNorm)
 
 
 def count_macs(model: nn.Module, *inputs) -> float:
-    """Multiply-accumulates of one forward pass as torch's own FlopCounterMode counts them."""
-    with torch.no_grad(), torch.backends.mkldnn.flags(enabled=False), FlopCounterMode(display=False) as fc:
-        model(*inputs)
+    """Multiply-accumulates of one forward pass as torch's own FlopCounterMode counts them.
+
+    Fused kernels hide products from the counter (the CPU flash kernel of
+    ``scaled_dot_product_attention``, the fast path of ``nn.TransformerEncoderLayer``), so the pass
+    runs with the MHA fast path off and SDPA on its math backend, whose matmuls the counter sees."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    fast = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        with torch.no_grad(), torch.backends.mkldnn.flags(enabled=False), sdpa_kernel(SDPBackend.MATH), \
+                FlopCounterMode(display=False) as fc:
+            model(*inputs)
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fast)
     return fc.get_total_flops() / 2
 
 

@@ -134,6 +134,30 @@ def _vit():
     return HFHead(ViTModel(cfg, add_pooling_layer=False), 32), torch.randn(2, 3, 16, 16)
 
 
+def _wavlm():  # attention through F.multi_head_attention_forward with its own weights, relative position gates
+    from transformers import WavLMConfig, WavLMModel
+
+    return HFHead(WavLMModel(WavLMConfig(**_tiny_audio_kw())), 32), torch.randn(2, 400)
+
+
+def _whisper_encoder():
+    from transformers import WhisperConfig, WhisperModel
+
+    cfg = WhisperConfig(d_model=32, encoder_layers=1, encoder_attention_heads=2, encoder_ffn_dim=64, decoder_layers=1,
+                        decoder_attention_heads=2, decoder_ffn_dim=64, num_mel_bins=16, max_source_positions=16,
+                        dropout=0.0, attention_dropout=0.0, attn_implementation="eager")
+    return HFHead(WhisperModel(cfg).encoder, 32), torch.randn(2, 16, 32)
+
+
+def _deit():  # class and distillation tokens concatenated with the patch tokens
+    from transformers import DeiTConfig, DeiTModel
+
+    cfg = DeiTConfig(image_size=16, patch_size=4, num_channels=3, hidden_size=32, num_hidden_layers=1,
+                     num_attention_heads=2, intermediate_size=64, hidden_dropout_prob=0.0,
+                     attention_probs_dropout_prob=0.0, attn_implementation="eager")
+    return HFHead(DeiTModel(cfg, add_pooling_layer=False), 32), torch.randn(2, 3, 16, 16)
+
+
 def _resnet():
     from transformers import ResNetConfig, ResNetModel
 
@@ -195,23 +219,18 @@ class ZooEntry:
     xfail: Optional[str] = None
 
 
-_GROUPED_POS_CONV = ("make_dynamic: GraphError: grouped conv 'backbone.encoder.pos_conv_embed.conv' (groups=2) "
-                     "can only be dynamic as a depthwise conv whose input and output share one width")
-
 ZOO: list[ZooEntry] = [
-    ZooEntry("wav2vec2", _wav2vec2, xfail=_GROUPED_POS_CONV),
-    ZooEntry("hubert", _hubert, xfail=_GROUPED_POS_CONV),
+    ZooEntry("wav2vec2", _wav2vec2),
+    ZooEntry("hubert", _hubert),
     ZooEntry("bert", _bert),
-    ZooEntry("vit", _vit, xfail="make_dynamic: AttributeError: 'DynamicOutput' object has no attribute 'weight'"),
+    ZooEntry("vit", _vit),
+    ZooEntry("deit", _deit),
+    ZooEntry("wavlm", _wavlm),
+    ZooEntry("whisper_encoder", _whisper_encoder),
     ZooEntry("resnet", _resnet),
     ZooEntry("mobilenet_v2", _mobilenet_v2),
-    ZooEntry("convnext", _convnext,
-             xfail="export: RuntimeError: Given normalized_shape=[16], expected input with shape "
-                   "[*, 16], but got input of size[2, 16, 8, 8] (export turns the channels-first ConvNextLayerNorm into "
-                   "a plain LayerNorm)"),
-    ZooEntry("torch_transformer_encoder", lambda: (TorchEncoder(), torch.randn(2, 6, 8)),
-             xfail="make_dynamic: GraphError: 'enc' is an nn.TransformerEncoder: use an nn.ModuleList of layers "
-                   "(or slimtrain.TransformerBlock) so each layer can be converted"),
+    ZooEntry("convnext", _convnext),
+    ZooEntry("torch_transformer_encoder", lambda: (TorchEncoder(), torch.randn(2, 6, 8))),
     ZooEntry("lstm_bi_2layer", lambda: (BiRNN(nn.LSTM), torch.randn(2, 6, 8))),
     ZooEntry("gru_bi_2layer", lambda: (BiRNN(nn.GRU), torch.randn(2, 6, 8))),
     ZooEntry("synthetic_mlp", _synthetic_mlp),

@@ -9,6 +9,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+import torch.nn.functional as F
 from torch import nn
 
 import slimtrain
@@ -343,3 +344,42 @@ def test_cost_hard_default_follows_mode():
     assert slimtrain.model_cost(model).macs.requires_grad
     model.eval()
     assert slimtrain.model_cost(model).macs.item() == slimtrain.model_cost(model, hard=True).macs.item()
+
+
+class _OwnWeightsAttention(nn.Module):
+    """Attention that holds its own projection weights and calls F.multi_head_attention_forward
+    (as WavLM does), between two Linear layers."""
+
+    def __init__(self, d: int = 16, heads: int = 2, hidden: int = 24) -> None:
+        super().__init__()
+        self.inp = nn.Linear(8, d)
+        self.ff = nn.Linear(d, hidden)
+        self.ff2 = nn.Linear(hidden, d)
+        self.in_proj = nn.Parameter(torch.randn(3 * d, d) * 0.1)
+        self.in_bias = nn.Parameter(torch.zeros(3 * d))
+        self.out_proj = nn.Linear(d, d)
+        self.heads = heads
+        self.out = nn.Linear(d, 3)
+
+    def forward(self, x):
+        h = self.inp(x).transpose(0, 1)  # (T, B, d)
+        a, _ = F.multi_head_attention_forward(h, h, h, h.shape[-1], self.heads, self.in_proj, self.in_bias, None, None,
+                                              False, 0.0, self.out_proj.weight, self.out_proj.bias,
+                                              training=False, need_weights=True)
+        a = a.transpose(0, 1)
+        return self.out(a + self.ff2(torch.relu(self.ff(a))))
+
+
+def test_functional_multi_head_attention_is_costed_like_the_counter():
+    torch.manual_seed(0)
+    m = _OwnWeightsAttention()
+    x = torch.randn(2, 5, 8)
+    slimtrain.make_dynamic(m, x, kappa_min=0.25)
+    assert "ff" in " ".join(slimtrain.dynamic_widths(m))  # the feed-forward width is learnable
+    for d in m.modules():
+        if isinstance(d, slimtrain.DynamicWidth):
+            d.set_width(0.5 * d.num_channels + 0.2)
+    m.eval()
+    small = slimtrain.export(m).eval()
+    analytic = float(slimtrain.model_cost(m, hard=True).macs) * x.shape[0]
+    assert analytic == pytest.approx(count_macs(small, x), rel=1e-6)

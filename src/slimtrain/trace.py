@@ -190,7 +190,35 @@ def _between_macs(name: str, args, kwargs, out) -> float:
     if name in ("matmul", "bmm", "mm", "__matmul__") and isinstance(out, Tensor) and len(args) >= 2:
         a = args[0]
         return float(out.numel() * a.shape[-1]) if isinstance(a, Tensor) and a.dim() >= 1 else 0.0
+    if name == "multi_head_attention_forward":
+        return _functional_mha_macs(args, kwargs)
     return 0.0
+
+
+_MHA_ARGS = ("query", "key", "value", "embed_dim_to_check", "num_heads", "in_proj_weight", "in_proj_bias", "bias_k",
+             "bias_v", "add_zero_attn", "dropout_p", "out_proj_weight", "out_proj_bias", "training",
+             "key_padding_mask", "need_weights", "attn_mask", "use_separate_proj_weight", "q_proj_weight",
+             "k_proj_weight", "v_proj_weight")
+
+
+def _functional_mha_macs(args, kwargs) -> float:
+    """MACs of ``F.multi_head_attention_forward`` (called by modules that hold their own attention
+    weights, e.g. WavLM's attention): the q/k/v and output projections and the two attention
+    products, as FlopCounterMode counts the matrix products the function runs."""
+    a = dict(zip(_MHA_ARGS, args))
+    a.update(kwargs)
+    q, k = a["query"], a["key"]
+    if not isinstance(q, Tensor) or not isinstance(k, Tensor):
+        return 0.0
+    batch = q.shape[1] if q.dim() == 3 else 1
+    L, S, E = q.shape[0], k.shape[0], int(a["embed_dim_to_check"])
+    if a.get("use_separate_proj_weight"):
+        proj = L * a["q_proj_weight"].numel() + S * (a["k_proj_weight"].numel() + a["v_proj_weight"].numel())
+    else:
+        proj = (L + 2 * S) * E * E
+    proj += L * a["out_proj_weight"].numel()
+    extra = int(a.get("bias_k") is not None) + int(bool(a.get("add_zero_attn")))
+    return float(batch * (proj + 2 * L * (S + extra) * E))
 
 
 class _Tracer(TorchFunctionMode):
