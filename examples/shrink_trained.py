@@ -161,6 +161,8 @@ def main(argv=None) -> int:
     ap.add_argument("--epochs", type=int, default=15, help="fine-tuning epochs")
     ap.add_argument("--full-epochs", type=int, default=40, help="epochs of the normal full-width training")
     ap.add_argument("--cut", type=int, default=8, help="hidden units kept by the no-fine-tuning cut")
+    ap.add_argument("--csv", default=None, help="also write one line per seed and reordering to this CSV "
+                                                "(docs/shrink_trained.csv is the README's table, by slimtrain report)")
     args = ap.parse_args(argv)
     warnings.filterwarnings("ignore")
     torch.set_num_threads(1)
@@ -185,6 +187,18 @@ def main(argv=None) -> int:
         print(f"- {name}: cut NMSE {mean_ci(d['cut'])}, learned K {mean_ci(d['width'])}, "
               f"fine-tuned NMSE {mean_ci(d['nmse'])}")
     print(f"\n({time.perf_counter() - t0:.0f} s; mean +- 95 % t-interval over seeds)")
+    if args.csv:
+        import csv
+
+        with open(args.csv, "w", newline="") as f:
+            w = csv.writer(f, lineterminator="\n")
+            w.writerow(["reorder", "seed", "cut_units", "cut_nmse", "width", "macs", "nmse", "full_macs", "full_nmse",
+                        "alpha", "epochs", "full_epochs"])
+            for name, r in res["rows"].items():
+                for seed in range(args.seeds):
+                    w.writerow([name, seed, args.cut, r["cut"][seed], r["width"][seed], r["macs"][seed], r["nmse"][seed],
+                                res["full_macs"][seed], res["full_nmse"][seed], args.alpha, args.epochs,
+                                args.full_epochs])
     return 0
 
 

@@ -321,3 +321,23 @@ def test_shrink_trained_example_reorder_then_finetune():
     res = ex.finetune(m, data, cfg, alpha=1.0, epochs=3, seed=0, lr=1e-3, width_lr=0.1)
     assert res["width"] <= cfg.hidden // 2 and res["macs"] < 0.5 * cfg.hidden * (cfg.in_dim + cfg.out_dim)
     assert res["nmse"] < 0.1
+
+
+def test_make_dynamic_reorder_option_is_reorder_channels_first():
+    torch.manual_seed(0)
+    base = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 12), nn.ReLU(), nn.Linear(12, 2))
+    x = torch.randn(4, 6)
+    a, b = copy.deepcopy(base), copy.deepcopy(base)
+    slimtrain.reorder_channels(a, x, score="magnitude")
+    slimtrain.make_dynamic(a, x, kappa_min=0.25)
+    slimtrain.make_dynamic(b, x, kappa_min=0.25, reorder="magnitude")
+    for m in (a, b):
+        for d in m.modules():
+            if isinstance(d, slimtrain.DynamicWidth):
+                d.set_width(0.5 * d.num_channels)
+        m.eval()
+    with torch.no_grad():
+        assert torch.equal(a(x), b(x))
+        assert not torch.allclose(b(x), base(x))  # cut to half width: a different, smaller model
+    with pytest.raises(slimtrain.GraphError, match="reorder must be 'magnitude'"):
+        slimtrain.make_dynamic(copy.deepcopy(base), x, reorder="random")

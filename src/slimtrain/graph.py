@@ -282,6 +282,7 @@ def make_dynamic(
     min_channels: Optional[int] = None,
     exclude: Iterable[str] = (),
     strict: bool = False,
+    reorder: Optional[str] = None,
 ) -> nn.Module:
     """Give the chosen layers of ``model`` a learnable output width, in place.
 
@@ -298,6 +299,9 @@ def make_dynamic(
         exclude: module names to leave at full width.
         strict: refuse (``GraphError`` naming the op/layer and module path) instead of leaving a
             width fixed because something on it is unsupported (unknown op or layer, grouped conv).
+        reorder: ``"magnitude"`` (or ``"taylor"`` via :func:`slimtrain.reorder_channels` with
+            batches) first permutes a trained model's channels, most important first, without
+            changing its outputs, so that the DCLs' "keep the first K" keeps the important ones.
 
     Returns the same model. Widths joined by residual adds share one DCL. A width that
     cannot shrink stays fixed; :func:`slimtrain.width_report` lists every width, dynamic
@@ -307,6 +311,13 @@ def make_dynamic(
         raise GraphError("give either kappa_min or min_channels, not both")
     if model.__dict__.get(_ATTR) is not None:
         raise GraphError("make_dynamic was already applied to this model")
+    if reorder is not None:
+        if reorder != "magnitude":
+            raise GraphError(f"reorder must be 'magnitude' (or call slimtrain.reorder_channels(model, sample, "
+                             f"score='taylor', batches=..., loss_fn=...) first), got {reorder!r}")
+        from .reorder import reorder_channels
+
+        reorder_channels(model, sample, score="magnitude")
     bounds = {"kappa_min": kappa_min, "min_channels": min_channels}
     # undo every change if anything below raises, so a corrected call can follow
     children = [(m, dict(m._modules)) for m in model.modules()]
