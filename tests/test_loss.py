@@ -132,3 +132,33 @@ def test_loss_does_not_register_the_model_as_submodule():
     m, x, _ = _model()
     obj = slimtrain.TradeoffLoss(m, alpha=0.1)
     assert list(obj.parameters()) == []
+
+
+def test_floor_budget_drives_every_width_to_its_floor():
+    """budget='floor': the budget is the cost at every width's lower bound, so with the Lagrangian
+    multiplier the widths end at (or just above) kappa_min * N: kappa_min is the control."""
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 16), nn.ReLU(), nn.Linear(16, 2))
+    x = torch.randn(64, 8)
+    slimtrain.make_dynamic(m, x, kappa_min=0.25)
+    obj = slimtrain.TradeoffLoss(m, budget="floor", lagrangian=True, lr_mu=0.5)
+    floor = {n: d.min_width for n, d in dcls(m).items()}
+    with torch.no_grad():
+        for d in dcls(m).values():
+            d.set_width(d.min_width)
+        at_floor = float(slimtrain.model_cost(m, hard=False).flops)
+        for d in dcls(m).values():
+            d.set_width(d.max_width)
+    assert obj.budget == pytest.approx(at_floor)
+    from slimtrain.training import make_optimizer
+
+    opt = make_optimizer(m, lr=1e-3, width_lr=2e-2)
+    m.train()
+    for _ in range(300):
+        opt.zero_grad()
+        obj((m(x) ** 2).mean()).backward()
+        opt.step()
+    for n, d in dcls(m).items():
+        assert float(d.width.detach()) <= floor[n] + 0.5, (n, float(d.width.detach()), floor[n])
+    with pytest.raises(slimtrain.LossConfigError, match="positive number or 'floor'"):
+        slimtrain.TradeoffLoss(m, budget="ceiling")

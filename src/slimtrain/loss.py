@@ -29,6 +29,15 @@ from .graph import get_graph
 __all__ = ["TradeoffLoss", "LossConfigError"]
 
 
+def _floor_cost(model: nn.Module) -> Cost:
+    """MACs and params with every dynamic width at its lower bound."""
+    g = get_graph(model)
+    comp = _compiled(model, g)
+    mods = g.dcl_modules(model)
+    macs, params = comp(torch.tensor([float(mods[r].min_width) for r in comp.roots], dtype=torch.float64))
+    return Cost(macs, params)
+
+
 class LossConfigError(ValueError):
     """Invalid trade-off settings (negative alpha, non-positive budget...)."""
 
@@ -39,7 +48,10 @@ class TradeoffLoss(nn.Module):
     Args:
         model: the dynamic model.
         alpha: weight of the normalised cost (``>= 0``).
-        budget: target cost in the unit of ``metric`` (``> 0``), e.g. ``2e6`` FLOPs.
+        budget: target cost in the unit of ``metric`` (``> 0``), e.g. ``2e6`` FLOPs; or ``"floor"``:
+            the cost with every width at its lower bound, so that (with ``lagrangian=True``) the
+            widths end at their ``kappa_min`` floors and ``kappa_min`` controls the trade-off, as in
+            the paper's sweeps.
         metric: ``"flops"``, ``"macs"`` or ``"params"``.
         mu, lagrangian, lr_mu, rho: the budget penalty (see module docs).
         warmup_steps: calls during which widths stay at full size.
@@ -52,8 +64,10 @@ class TradeoffLoss(nn.Module):
         for name, v in (("alpha", alpha), ("mu", mu), ("lr_mu", lr_mu), ("rho", rho)):
             if not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
                 raise LossConfigError(f"{name} must be a finite number >= 0, got {v!r}")
-        if budget is not None and (not isinstance(budget, (int, float)) or not math.isfinite(budget) or budget <= 0):
-            raise LossConfigError(f"budget must be a positive number, got {budget!r}")
+        floor = isinstance(budget, str) and budget == "floor"
+        if budget is not None and not floor and (not isinstance(budget, (int, float)) or isinstance(budget, bool)
+                                                 or not math.isfinite(budget) or budget <= 0):
+            raise LossConfigError(f"budget must be a positive number or 'floor', got {budget!r}")
         if metric not in ("flops", "macs", "params"):
             raise LossConfigError(f"metric must be 'flops', 'macs' or 'params', got {metric!r}")
         if warmup_steps < 0:
@@ -72,6 +86,8 @@ class TradeoffLoss(nn.Module):
                 d._hold.fill_(True)
         with torch.no_grad():
             self.full = float(model_cost(model, full=True).metric(metric))
+            if floor:  # the cost with every width at its lower bound (kappa_min * N): kappa_min is the control
+                self.budget = float(_floor_cost(model).metric(metric))
 
     def _dcls(self) -> list[DynamicWidth]:
         cached = self.__dict__.get("_dcl_cache")

@@ -101,7 +101,12 @@ def register(commands, data_commands) -> None:
                    help="smallest relative width K/N of every dynamic layer, in (0, 1]; with --sweep a "
                         "comma-separated list (default: 0.125; sweep: 0.5,0.25,0.125,0.0625; --quick: 0.25)")
     s.add_argument("--alpha", type=_alpha, default=1.0, metavar="A",
-                   help="weight of the cost term (FLOPs relative to the full model), >= 0 (default: 1.0)")
+                   help="weight of the cost term (FLOPs relative to the full model), >= 0 (default: 1.0); "
+                        "with --sweep only for --kappa-control alpha")
+    s.add_argument("--kappa-control", choices=("floor", "alpha"), default="floor",
+                   help="--sweep: 'floor' (default) trains every DCL row toward its kappa-min floor (a budget at "
+                        "the floor cost with a Lagrangian multiplier), so kappa-min sets the widths as in the "
+                        "paper; 'alpha' uses the weighted cost term at --alpha, where the floor may not bind")
     s.add_argument("--epochs", type=_epochs, default=None, metavar="N",
                    help=f"training epochs per run (default: {M.epochs}; with --quick: {MQ.epochs})")
     s.add_argument("--width", type=lambda t: _positive_int(t, "width"), default=None, metavar="W",
@@ -247,7 +252,8 @@ def _cmd_spoof(args) -> int:
     seeds = sweep_seeds(args)
     rows = run_sweep(data_dir, cfg, out, stage_sets=stage_sets, kappas=kappas, alpha=args.alpha, fixed_widths=widths,
                      pruning=not args.no_pruning, workers=workers, progress=progress, seeds=seeds,
-                     engine=args.engine, address=args.address, resume=args.resume, device=device)
+                     engine=args.engine, address=args.address, resume=args.resume, device=device,
+                     control=args.kappa_control)
     print(format_table(rows) if len(seeds) == 1 else format_summary_table(rows))
     print(f"sweep of {len(rows)} runs ({len(seeds)} seed(s)) took {time.perf_counter() - t0:.0f}s; wrote "
           f"{out / 'sweep.csv'}, {out / 'sweep_summary.csv'} and {out / 'sweep.png'}")

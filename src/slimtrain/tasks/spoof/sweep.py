@@ -47,7 +47,7 @@ QUICK_FIXED_WIDTHS: tuple[int, ...] = (4, 8)
 SWEEP_COLUMNS = [
     "model", "dynamic_resblock", "min_kappa", "params_millions", "gflops", "eer_percent",
     "eer_unseen_percent", "eer_known_percent", *[f"eer_{a}_percent" for a in ATTACKS],
-    "method", "alpha", "width", "macs", "macs_per_second", "params", "params_exported", "target_macs",
+    "method", "alpha", "control", "width", "macs", "macs_per_second", "params", "params_exported", "target_macs",
     "export_max_abs_diff", "widths", "widths_continuous", "seconds",
     # provenance of every (row, seed) line
     "pruned_at_kappa", "seed", "data_fingerprint", "torch_version", "threads", "hostname", "wall_seconds",
@@ -112,6 +112,7 @@ def _job(job: tuple) -> dict:
 def _job_inner(job: tuple) -> dict:
     kind, cfg, data_dir, unseen, value, kappa, alpha, runs_dir, *rest = job
     device = rest[0] if rest else "cpu"  # pruning jobs train on the CPU
+    floor = len(rest) > 1 and rest[1] == "floor"
     if kind == "pruned":
         trained = str(Path(runs_dir) / f"model_fixed{cfg.width}.ckpt") if runs_dir else None
         try:
@@ -123,7 +124,8 @@ def _job_inner(job: tuple) -> dict:
         train, test = load_split(Path(data_dir), "train"), load_split(Path(data_dir), "eval")
         if kind == "dcl":
             tag = f"stages{''.join(map(str, value))}_kappa{kappa:g}"
-            row = train_run(cfg, train, test, unseen, stages=value, kappa_min=kappa, alpha=alpha, progress=False,
+            row = train_run(cfg, train, test, unseen, stages=value, kappa_min=kappa, alpha=alpha, floor=floor,
+                            progress=False,
                             device=device,
                             record_csv=Path(runs_dir) / f"widths_{tag}.csv" if runs_dir else None,
                             checkpoint=Path(runs_dir) / f"model_{tag}.ckpt" if runs_dir else None)
@@ -156,9 +158,9 @@ def _paper_columns(row: dict, cfg: SpoofConfig) -> dict:
 
 
 def _key(job: tuple) -> str:
-    kind, cfg, _, _, value, kappa, _, _, *_ = job
+    kind, cfg, _, _, value, kappa, _, _, *rest = job
     if kind == "dcl":
-        head = f"dcl-stages{''.join(map(str, value))}-kappa{kappa:g}"
+        head = f"dcl-stages{''.join(map(str, value))}-kappa{kappa:g}" + ("-floor" if rest[1:] == ["floor"] else "")
     elif kind == "fixed":
         head = f"fixed-w{value}"
     else:
@@ -196,7 +198,7 @@ def run_sweep(data_dir: Path, cfg: SpoofConfig, out_dir: Optional[Path] = None, 
               alpha: float = 1.0, fixed_widths: Sequence[int] = DEFAULT_FIXED_WIDTHS, pruning: bool = True,
               workers: int = 1, progress: bool = True, seeds: Optional[Sequence[int]] = None,
               engine: str = "local", address: Optional[str] = None, resume: bool = False,
-              device: str = "cpu") -> list[dict]:
+              device: str = "cpu", control: str = "floor") -> list[dict]:
     """Run every row (see the module docstring) for every training seed in ``seeds`` (default
     ``[cfg.seed]``; the data set is the one in ``data_dir`` for all seeds) and write the outputs to
     ``out_dir`` (``sweep.csv`` one line per row and seed, ``sweep_summary.csv`` mean and 95 %
@@ -204,6 +206,9 @@ def run_sweep(data_dir: Path, cfg: SpoofConfig, out_dir: Optional[Path] = None, 
     ``resume=True`` skips). ``engine``/``workers``/``address``: see :mod:`slimtrain.sweep_engine`.
 
     ``device`` is passed to the DCL and fixed-width runs (the pruning baseline trains on the CPU).
+    ``control``: ``"floor"`` (default) trains each DCL row toward its floor (a budget at the cost of every
+    width at ``kappa_min * N``; see :class:`slimtrain.TradeoffLoss`), so the ``kappa_min`` rows trace the
+    trade-off as in the paper; ``"alpha"`` uses the weighted cost term at ``alpha`` instead.
 
     The pruning targets are the MACs of the same seed's all-stage DCL runs (or of the
     widest-stage-set runs when no all-stage set is swept), so the pruned rows sit at matching cost.
@@ -231,7 +236,7 @@ def run_sweep(data_dir: Path, cfg: SpoofConfig, out_dir: Optional[Path] = None, 
     jobs = []
     for seed in seeds:
         c = dataclasses.replace(cfg, seed=seed)
-        jobs += [("dcl", c, str(data_dir), unseen, tuple(s), float(k), float(alpha), runs_dir(seed), device)
+        jobs += [("dcl", c, str(data_dir), unseen, tuple(s), float(k), float(alpha), runs_dir(seed), device, control)
                  for s in stage_sets for k in kappas]
         jobs += [("fixed", c, str(data_dir), unseen, int(w), math.nan, math.nan, runs_dir(seed), device)
                  for w in fixed_widths]
@@ -261,7 +266,7 @@ def run_sweep(data_dir: Path, cfg: SpoofConfig, out_dir: Optional[Path] = None, 
         plot_sweep(rows, out / "sweep.png", cfg)
         (out / "config.json").write_text(json.dumps({
             "config": cfg.as_dict(), "data": man.get("config") if man else None, "unseen_attacks": list(unseen),
-            "stage_sets": [list(s) for s in stage_sets], "kappas": list(kappas), "alpha": alpha,
+            "stage_sets": [list(s) for s in stage_sets], "kappas": list(kappas), "alpha": alpha, "control": control,
             "fixed_widths": list(fixed_widths), "pruning": pruning and pruning_available(), "workers": workers,
             "seeds": seeds, "engine": engine, "seconds": round(time.perf_counter() - t0, 1)}, indent=2) + "\n")
     return rows
@@ -281,7 +286,7 @@ def read_sweep_csv(path: Path) -> list[dict]:
     """Rows of a ``sweep.csv`` back as numbers, with the keys :func:`plot_sweep` and :func:`format_table` use."""
     rows = read_sweep_rows(path, f"no sweep table at {Path(path)}; run 'slimtrain spoof --sweep' first",
                            text=("model", "dynamic_resblock", "min_kappa", "method", "widths", "widths_continuous",
-                                 "data_fingerprint", "torch_version", "hostname"),
+                                 "data_fingerprint", "torch_version", "hostname", "control"),
                            keep_unparsed=True)
     for d in rows:
         d["width"] = int(d["width"])
@@ -290,6 +295,7 @@ def read_sweep_csv(path: Path) -> list[dict]:
             v = d.get(k)
             d[k] = None if v is None or (isinstance(v, float) and math.isnan(v)) else int(v)
         d["stages"] = str(d["dynamic_resblock"]).replace(" ", "") if d["method"] == "dcl" else "-"
+        d["control"] = d.get("control") or ("alpha" if d["method"] == "dcl" else "")  # older tables: alpha
         d["kappa_min"] = float(d["min_kappa"]) if d["method"] == "dcl" else math.nan
         d["eer_pooled"], d["eer_unseen"], d["eer_known"] = d["eer_percent"], d["eer_unseen_percent"], d[
             "eer_known_percent"]
@@ -370,7 +376,8 @@ def row_id(r: dict) -> str:
     pruned model's target (the kappa_min of the all-stage DCL run whose MACs it matches; the MACs
     themselves for tables written before that was recorded)."""
     if r["method"] == "dcl":
-        return f"dcl {r['stages']} {r['kappa_min']:g} a{r['alpha']:g}"
+        return f"dcl {r['stages']} {r['kappa_min']:g} " + (
+            "floor" if r.get("control") == "floor" else f"a{r['alpha']:g}")
     if r["method"] == "fixed":
         return f"fixed w{r['width']}"
     k = r.get("pruned_at_kappa")
@@ -418,7 +425,7 @@ def format_summary_table(rows: Sequence[dict]) -> str:
     for e in summary:
         r = e["row"]
         k = f"{r['kappa_min']:g}" if r["method"] == "dcl" else "-"
-        alpha = f"{r['alpha']:g}" if r["method"] == "dcl" else "-"
+        alpha = ("floor" if r.get("control") == "floor" else f"{r['alpha']:g}") if r["method"] == "dcl" else "-"
         if widest is None:
             vs = ""
         elif e is widest:

@@ -157,6 +157,7 @@ def train_run(
     stages: Sequence[int] = (),
     kappa_min: float = 0.125,
     alpha: float = 1.0,
+    floor: bool = False,
     width: Optional[int] = None,
     prune_to: Optional[float] = None,
     prune_fn: Optional[Callable] = None,
@@ -169,7 +170,9 @@ def train_run(
 ) -> dict:
     """Train one countermeasure and return its row (cost per second of audio, EERs).
 
-    * ``stages`` non-empty: DCLs on those stages (method ``"dcl"``), trade-off loss at ``alpha``;
+    * ``stages`` non-empty: DCLs on those stages (method ``"dcl"``), trade-off loss at ``alpha``; with
+      ``floor=True`` instead a budget at the floor cost (every width at ``kappa_min * N``, Lagrangian
+      multiplier; ``alpha`` is not used), so ``kappa_min`` controls the learned widths;
     * ``stages`` empty: a plain model of ``width`` (default ``cfg.width``) from scratch (``"fixed"``);
     * ``prune_to`` (MACs per clip): the plain full model is trained, then ``prune_fn(model, sample,
       prune_to, finetune)`` prunes it structurally and fine-tunes it (``"pruned"``); with
@@ -200,7 +203,12 @@ def train_run(
         recorder = WidthRecorder(record_csv, None) if (record_csv is not None and stages and main) else None
         if stages:
             make_dynamic_stages(model, sample, stages, kappa_min)
-            objective = TradeoffLoss(model, alpha=float(alpha), metric="flops", warmup_steps=cfg.warmup_epochs * steps)
+            if floor:
+                objective = TradeoffLoss(model, budget="floor", lagrangian=True, metric="flops",
+                                         warmup_steps=cfg.warmup_epochs * steps)
+            else:
+                objective = TradeoffLoss(model, alpha=float(alpha), metric="flops",
+                                         warmup_steps=cfg.warmup_epochs * steps)
             optimizer = training.make_optimizer(model, cfg.lr, cfg.width_lr)
             method, desc = "dcl", f"stages={','.join(map(str, stages))} kappa={kappa_min:g}"
         else:
@@ -246,7 +254,8 @@ def train_run(
         "method": method,
         "stages": ",".join(map(str, stages)) if stages else "-",
         "kappa_min": float(kappa_min) if stages else math.nan,
-        "alpha": float(alpha) if stages else math.nan,
+        "alpha": (0.0 if floor else float(alpha)) if stages else math.nan,
+        "control": ("floor" if floor else "alpha") if stages else "",
         "width": int(width or cfg.width),
         "macs": float(cost.macs),
         "macs_per_second": float(cost.macs) / seconds,
