@@ -3,7 +3,10 @@
 * weighted: ``task + alpha * cost / cost_full`` (``cost_full`` = every width
   at full size, so ``alpha`` means the same for any model);
 * budget: ``task + mu * relu(cost / budget - 1)`` -- a hinge that is zero
-  below the budget and grows linearly (in units of the budget) above it.
+  below the budget and grows linearly (in units of the budget) above it;
+  ``budget="floor"``: the budget is the cost with every width at its lower
+  bound and the excess is measured in units of the reducible cost,
+  ``relu((cost - floor) / (full - floor))``.
   ``mu`` defaults to 1; with ``lagrangian=True`` it is a multiplier that grows
   by ``lr_mu * violation`` each call and never drops below zero (a
   dual-ascent augmented Lagrangian: ``mu * v + rho/2 * v^2``).
@@ -88,6 +91,10 @@ class TradeoffLoss(nn.Module):
             self.full = float(model_cost(model, full=True).metric(metric))
             if floor:  # the cost with every width at its lower bound (kappa_min * N): kappa_min is the control
                 self.budget = float(_floor_cost(model).metric(metric))
+                if not self.full > self.budget:
+                    raise LossConfigError("budget='floor': every width is already at its floor (kappa_min = 1?); "
+                                          "nothing can shrink")
+        self.floor = floor
 
     def _dcls(self) -> list[DynamicWidth]:
         cached = self.__dict__.get("_dcl_cache")
@@ -154,7 +161,10 @@ class TradeoffLoss(nn.Module):
         if self.alpha:
             penalty = self.alpha * rel
         if self.budget is not None:
-            v = torch.relu(c / self.budget - 1.0)
+            # the floor budget measures the excess in units of the reducible cost (full - floor), so the
+            # push is the same whatever share of the model's cost is fixed
+            scale = (self.full - self.budget) if self.floor else self.budget
+            v = torch.relu((c - self.budget) / scale)
             if warm is not None:
                 v = torch.where(warm, torch.zeros_like(v), v)
             # a copy: the in-place update of self.mu below must not touch what backward needs

@@ -204,7 +204,7 @@ def train_run(
         if stages:
             make_dynamic_stages(model, sample, stages, kappa_min)
             if floor:
-                objective = TradeoffLoss(model, budget="floor", lagrangian=True, metric="flops",
+                objective = TradeoffLoss(model, budget="floor", lagrangian=True, lr_mu=0.5, metric="flops",
                                          warmup_steps=cfg.warmup_epochs * steps)
             else:
                 objective = TradeoffLoss(model, alpha=float(alpha), metric="flops",
