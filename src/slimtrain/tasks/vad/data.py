@@ -386,6 +386,31 @@ def _fingerprint(cfg: VadDataConfig) -> str:
     return hashlib.sha256(json.dumps(cfg.as_dict(), sort_keys=True).encode()).hexdigest()[:16]
 
 
+def read_split_audio(split: str, speech: list, music_files: list, effects: list, rate: int):
+    """Read a split's speech files (a named ``DataError`` when none is readable), its share of the
+    music files and the given sound-effect files (unreadable music or effects are skipped);
+    warnings about skipped files are re-raised once the reading is done. Returns
+    ``((good, skipped), (music, music_skipped), (effects, effects_skipped))``."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            speech_read = read_many(speech, rate, what=f"{split} speech files")
+        except AudioError as e:
+            raise DataError(f"{split} split: {e}") from None
+        idx = [j for j in _MUSIC_SPLIT[split] if j < len(music_files)] or list(range(len(music_files)))
+        try:
+            music_read = read_many([music_files[j] for j in idx], rate, what=f"{split} music files")
+        except AudioError:
+            music_read = ([], [(music_files[j], "unreadable") for j in idx])
+        try:
+            effects_read = read_many(effects, rate, what=f"{split} sound effects") if effects else ([], [])
+        except AudioError:
+            effects_read = ([], [(f, "unreadable") for f in effects])
+    for w in caught:
+        warnings.warn(str(w.message), stacklevel=3)
+    return speech_read, music_read, effects_read
+
+
 def build_vad_data(cfg: VadDataConfig, cache_dir: str | Path, *, force: bool = False,
                    progress: bool = False) -> Path:
     """Build (or reuse) the three splits in ``cache_dir``; returns the manifest path.
@@ -421,19 +446,7 @@ def build_vad_data(cfg: VadDataConfig, cache_dir: str | Path, *, force: bool = F
         rng = np.random.default_rng(seq)
         languages = {"train": cfg.train_languages, "val": cfg.val_languages, "test": cfg.test_languages}[split]
         files = _speech_files(cfg, languages, rng)
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            try:
-                good, skipped = read_many(files, cfg.sample_rate, what=f"{split} speech files")
-            except AudioError as e:
-                raise DataError(f"{split} split: {e}") from None
-            idx = [j for j in _MUSIC_SPLIT[split] if j < len(music_files)] or list(range(len(music_files)))
-            try:
-                mgood, mskipped = read_many([music_files[j] for j in idx], cfg.sample_rate, what=f"{split} music files")
-            except AudioError:
-                mgood, mskipped = [], [(music_files[j], "unreadable") for j in idx]
-        for w in caught:
-            warnings.warn(str(w.message), stacklevel=2)
+        (good, skipped), (mgood, mskipped), _ = read_split_audio(split, files, music_files, [], cfg.sample_rate)
         utts = [(_prompt_name(p), x) for p, x in good]
         order = rng.permutation(len(utts))
         utts = [utts[j] for j in order]

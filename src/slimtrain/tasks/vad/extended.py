@@ -38,11 +38,11 @@ import numpy as np
 
 from .. import augment as G
 from ..audio import (ASTERISK_VOICES, EXTRA_ASTERISK_SPEAKERS, AudioError, asterisk_transcripts, extra_prompts,
-                     package_version, read_many, sound_effects)
+                     package_version, sound_effects)
 from ..spoof.attacks import ESPEAK_VARIANTS_EXTENDED
-from .data import (MANIFEST_VERSION, NOISE_TYPES, SPLITS, DataError, VadDataConfig, VadSplit, _MUSIC_SPLIT,
+from .data import (MANIFEST_VERSION, NOISE_TYPES, SPLITS, DataError, VadDataConfig, VadSplit,
                    _clip_speech, _draw_snr, _limited_gain, _prompt_name, _speech_files, frame_labels, make_noise,
-                   measure_snr, mix_at_snr)
+                   measure_snr, mix_at_snr, read_split_audio)
 
 __all__ = ["EXTENDED_VERSION", "EXTENDED_NOISE_TYPES", "TTS_VOICES", "plan_tts", "extended_fingerprint",
            "build_extended_vad_data", "source_inventory"]
@@ -315,24 +315,8 @@ def build_extended_vad_data(cfg: VadDataConfig, cache_dir: str | Path, *, force:
                 pick = rng.choice(len(fs), cfg.max_files_per_language, replace=False)
                 fs = [fs[j] for j in sorted(pick)]
             extra_files.extend(fs)
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            try:
-                good, skipped = read_many(files + extra_files, cfg.sample_rate, what=f"{split} speech files")
-            except AudioError as e:
-                raise DataError(f"{split} split: {e}") from None
-            idx = [j for j in _MUSIC_SPLIT[split] if j < len(music_files)] or list(range(len(music_files)))
-            try:
-                mgood, mskipped = read_many([music_files[j] for j in idx], cfg.sample_rate, what=f"{split} music files")
-            except AudioError:
-                mgood, mskipped = [], [(music_files[j], "unreadable") for j in idx]
-            efiles = _effects_for(split, effects)
-            try:
-                egood, eskipped = read_many(efiles, cfg.sample_rate, what=f"{split} sound effects") if efiles else ([], [])
-            except AudioError:
-                egood, eskipped = [], [(f, "unreadable") for f in efiles]
-        for w in caught:
-            warnings.warn(str(w.message), stacklevel=2)
+        (good, skipped), (mgood, mskipped), (egood, eskipped) = read_split_audio(
+            split, files + extra_files, music_files, _effects_for(split, effects), cfg.sample_rate)
         speaker_of = {str(f): sp for sp in extra for f in extra_prompts(sp)}
         utts = [(f"{speaker_of[str(p)]}/" + "/".join(p.parts[p.parts.index("sounds") + 2:])
                  if str(p) in speaker_of else _prompt_name(p), x) for p, x in good]
