@@ -48,11 +48,15 @@ def test_tables_follow_the_csv(tmp_path):
 
 
 def test_single_seed_csvs_show_n1_and_no_interval():
-    for name in ("vad-readme", "spoof-readme", "vad-crnn", "spoof-sweep"):
+    for name in ("vad-readme", "vad-crnn", "spoof-sweep-single"):
         text = render_block(name, ROOT)
         assert "±" not in text, name
     assert "| DCRNNVAD 0.5 | DCL | 1 | 40 | 1.68 | 0.958 | 10.70 | 16.4 | n=1 |" in render_block("vad-readme", ROOT)
-    assert "| ResNet34 w8 (baseline) | - | - | - | 1 |" in render_block("spoof-readme", ROOT)
+    assert "| fixed w8 | - | - | 334.4 | 30.02 |" in render_block("spoof-sweep-single", ROOT)
+    # the multi-seed anti-spoofing sweep shows n and intervals; its alpha-4 rows (one seed) stay bare
+    multi = render_block("spoof-readme", ROOT)
+    assert "| ResNet34 w8 (baseline) | - | - | - | 3 |" in multi and "±" in multi
+    assert "| DynResNet34 | X (all) | 0.5 | 4 | 1 |" in multi
 
 
 def test_bad_markers_are_named():
