@@ -29,6 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from .dcl import DynamicWidth
+from .modules import masked_layer_norm
 
 __all__ = ["DCL_CHILD", "attach_dcl", "attached_dcl", "bind_layer_norm", "bound_width", "make_rnn_dynamic",
            "is_dynamic_rnn", "detach_all", "install_state_dict_hook"]
@@ -89,17 +90,7 @@ class _MaskedLNHook:
         dcl: Optional[DynamicWidth] = ln.__dict__.get(_LN_SOURCE)
         if dcl is None:
             return out
-        x = args[0]
-        w = (dcl.keep_share() if dcl.training and not dcl.frozen else dcl.hard_mask()).to(x.dtype)
-        total = w.sum()
-        mean = (x * w).sum(-1, keepdim=True) / total
-        var = (((x - mean) ** 2) * w).sum(-1, keepdim=True) / total
-        y = (x - mean) / torch.sqrt(var + ln.eps)
-        if ln.weight is not None:
-            y = y * ln.weight
-        if ln.bias is not None:
-            y = y + ln.bias
-        return y * dcl.mask().to(x.dtype)
+        return masked_layer_norm(args[0], dcl, ln.weight, ln.bias, ln.eps)
 
 
 def bind_layer_norm(ln: nn.LayerNorm, dcl: DynamicWidth) -> None:

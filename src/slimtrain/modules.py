@@ -78,6 +78,23 @@ class DynamicRecurrent(nn.Module):
         return out, h
 
 
+def masked_layer_norm(x: Tensor, dcl: DynamicWidth, weight: Optional[Tensor], bias: Optional[Tensor],
+                      eps: float) -> Tensor:
+    """LayerNorm over the last axis whose statistics count channel ``i`` with the weight
+    ``clamp(K - i, 0, 1)`` of ``dcl`` (its hard mask in eval or when frozen); channels outside the
+    width are zero on output."""
+    w = (dcl.keep_share() if dcl.training and not dcl.frozen else dcl.hard_mask()).to(x.dtype)
+    total = w.sum()
+    mean = (x * w).sum(-1, keepdim=True) / total
+    var = (((x - mean) ** 2) * w).sum(-1, keepdim=True) / total
+    y = (x - mean) / torch.sqrt(var + eps)
+    if weight is not None:
+        y = y * weight
+    if bias is not None:
+        y = y + bias
+    return y * dcl.mask().to(x.dtype)
+
+
 class MaskedLayerNorm(nn.LayerNorm):
     """LayerNorm over the last axis whose statistics use only the kept channels.
 
@@ -94,20 +111,7 @@ class MaskedLayerNorm(nn.LayerNorm):
         dcl: Optional[DynamicWidth] = getattr(self, "_width_source", None)
         if dcl is None:
             return super().forward(x)
-        if dcl.training and not dcl.frozen:
-            w = dcl.keep_share()
-        else:
-            w = dcl.hard_mask()
-        w = w.to(x.dtype)
-        total = w.sum()
-        mean = (x * w).sum(-1, keepdim=True) / total
-        var = (((x - mean) ** 2) * w).sum(-1, keepdim=True) / total
-        y = (x - mean) / torch.sqrt(var + self.eps)
-        if self.weight is not None:
-            y = y * self.weight
-        if self.bias is not None:
-            y = y + self.bias
-        return y * dcl.mask().to(x.dtype)
+        return masked_layer_norm(x, dcl, self.weight, self.bias, self.eps)
 
 
 class TransformerBlock(nn.Module):
