@@ -124,6 +124,7 @@ def test_multi_seed_sweep_reports_mean_and_interval_per_row(capsys, tmp_path, sp
     table = [line for line in out.splitlines() if line.startswith("| ResNet") or line.startswith("| DynResNet")]
     assert len(table) == 2
     assert " w4 | - | - | - | 2 |" in table[0] and table[0].endswith("| ref. |")  # widest fixed width: reference
-    assert "| X (all) | 0.25 | 1 | 2 |" in table[1] and " ± " in table[1]
+    assert "| X (all) | 0.25 | floor | 2 |" in table[1] and " ± " in table[1]  # kappa_min controls (default)
+    assert all(r["control"] == "floor" for r in rows if r["method"] == "dcl")
     assert any(v in table[1] for v in ("| better (", "| worse (", "| n.s. ("))
 
