@@ -158,6 +158,15 @@ def _deit():  # class and distillation tokens concatenated with the patch tokens
     return HFHead(DeiTModel(cfg, add_pooling_layer=False), 32), torch.randn(2, 3, 16, 16)
 
 
+def _gpt2():  # transformers' Conv1D: a Linear that stores its weight as (in, out); causal attention
+    from transformers import GPT2Config, GPT2Model
+
+    cfg = GPT2Config(vocab_size=64, n_embd=32, n_layer=1, n_head=2, n_positions=16, resid_pdrop=0.0, embd_pdrop=0.0,
+                     attn_pdrop=0.0, bos_token_id=0, eos_token_id=0, attn_implementation="eager")
+    ids = torch.randint(0, 64, (2, 8), generator=torch.Generator().manual_seed(0))
+    return HFHead(GPT2Model(cfg), 32), ids
+
+
 def _resnet():
     from transformers import ResNetConfig, ResNetModel
 
@@ -227,6 +236,7 @@ ZOO: list[ZooEntry] = [
     ZooEntry("deit", _deit),
     ZooEntry("wavlm", _wavlm),
     ZooEntry("whisper_encoder", _whisper_encoder),
+    ZooEntry("gpt2", _gpt2),
     ZooEntry("resnet", _resnet),
     ZooEntry("mobilenet_v2", _mobilenet_v2),
     ZooEntry("convnext", _convnext),

@@ -325,7 +325,9 @@ def _sides(model: nn.Module, s: LayerSpec, widths: dict, const=lambda v: torch.t
         r = _rnn_module(model, s.name)
         fixed_in, fixed_out = r.input_size, r.hidden_size
     elif s.kind == "linear":
-        fixed_in, fixed_out = m.in_features, m.out_features
+        from .trace import linear_sizes
+
+        fixed_in, fixed_out = linear_sizes(m)
     elif s.kind == "conv":
         fixed_in, fixed_out = m.in_channels, m.out_channels
     elif s.kind == "bn":

@@ -22,6 +22,7 @@ from .attach import detach_all
 from .dcl import DynamicWidth
 from .graph import _ATTR, LayerSpec, _set, get_graph
 from .modules import DynamicOutput, DynamicRecurrent, MaskedLayerNorm
+from .trace import is_transposed_linear
 
 __all__ = ["export", "kept_index", "export_onnx", "load_exported", "ExportError"]
 
@@ -78,7 +79,14 @@ def _cut(model: nn.Module, s: LayerSpec, widths: dict[int, int]) -> None:
     out_idx = kept_index(s.out_size, w_out, 1, s.extra.get("out_inner", 1)) if w_out is not None else None
     if in_idx is None and out_idx is None:
         return  # a fixed layer: left exactly as it is
-    if s.kind == "linear":
+    if s.kind == "linear" and is_transposed_linear(m):  # weight (in, out), e.g. transformers' Conv1D
+        m.weight = _param(m.weight, _rows(_cols(m.weight, out_idx), in_idx))
+        if m.bias is not None:
+            m.bias = _param(m.bias, _rows(m.bias, out_idx))
+        m.nf = int(m.weight.shape[1])
+        if hasattr(m, "nx"):
+            m.nx = int(m.weight.shape[0])
+    elif s.kind == "linear":
         m.weight = _param(m.weight, _cols(_rows(m.weight, out_idx), in_idx))
         if m.bias is not None:
             m.bias = _param(m.bias, _rows(m.bias, out_idx))

@@ -32,7 +32,7 @@ from typing import Any, Callable, Iterable, Optional
 import torch
 from torch import Tensor, nn
 
-from .trace import Trace, _tensors, trace_channels
+from .trace import Trace, _tensors, is_transposed_linear, trace_channels
 
 __all__ = ["reorder_channels", "channel_scores", "ReorderError", "ReorderReport", "SCORES"]
 
@@ -163,6 +163,9 @@ def _plan(model: nn.Module, tr: Trace) -> dict[int, _Width]:
         if odd:
             mark(t.group, f"layer '{u.name}' has parameters {odd} that reordering does not know")
             continue
+        if is_transposed_linear(m):
+            mark(t.group, f"layer '{u.name}' is a transposed Linear (weight in x out), which reordering does not permute")
+            continue
         if u.kind == "ln" and len(m.normalized_shape) != 1:
             mark(t.group, f"LayerNorm '{u.name}' normalises over several axes")
             continue
@@ -180,6 +183,8 @@ def _plan(model: nn.Module, tr: Trace) -> dict[int, _Width]:
         m = model.get_submodule(u.name)
         if u.kind == "rnn" and getattr(_rnn_of(m), "proj_size", 0):
             mark(u.out_group, f"LSTM '{u.name}' has proj_size")
+        if is_transposed_linear(m):
+            mark(u.out_group, f"layer '{u.name}' is a transposed Linear (weight in x out), which reordering does not permute")
         odd = _odd_parameters(m, u.kind)
         if odd:
             mark(u.out_group, f"layer '{u.name}' has parameters {odd} that reordering does not know")

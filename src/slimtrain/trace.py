@@ -92,6 +92,21 @@ class Trace:
         return g
 
 
+def is_transposed_linear(m: nn.Module) -> bool:
+    """A Linear layer that stores its weight as ``(in, out)`` and computes ``x @ W + b``, as
+    ``transformers``' ``Conv1D`` (GPT-2 and its relatives) does."""
+    w = getattr(m, "weight", None)
+    return (type(m).__name__ == "Conv1D" and isinstance(getattr(m, "nf", None), int) and isinstance(w, Tensor)
+            and w.dim() == 2 and w.shape[1] == m.nf)
+
+
+def linear_sizes(m: nn.Module) -> tuple[int, int]:
+    """``(in_features, out_features)`` of an ``nn.Linear`` or a transposed Linear."""
+    if is_transposed_linear(m):
+        return int(m.weight.shape[0]), int(m.nf)
+    return m.in_features, m.out_features
+
+
 def _kind(m: nn.Module) -> Optional[str]:
     from .dcl import DynamicWidth
     from .modules import DynamicRecurrent, MaskedLayerNorm
@@ -105,7 +120,7 @@ def _kind(m: nn.Module) -> Optional[str]:
         return "ln"
     if isinstance(m, MelFrontend):
         return "mel"
-    if isinstance(m, nn.Linear):
+    if isinstance(m, nn.Linear) or is_transposed_linear(m):
         return "linear"
     if isinstance(m, (nn.Conv1d, nn.Conv2d)):
         return "conv"
@@ -673,7 +688,7 @@ def trace_channels(model: nn.Module, sample: Any, *, extended: bool = False) -> 
             return
         inner_mod = mod.rnn if isinstance(mod, DynamicRecurrent) else mod
         if kind == "linear":
-            size, dim = inner_mod.out_features, first.dim() - 1
+            size, dim = linear_sizes(inner_mod)[1], first.dim() - 1
         elif kind == "conv":
             size, dim = inner_mod.out_channels, 1
         elif kind == "mel":
