@@ -197,9 +197,8 @@ class _CompiledCost:
         # float64 coefficients: sums of large integer products stay exact
         self.coef = torch.tensor([[macs.terms.get(k, 0.0), params.terms.get(k, 0.0)] for k in monomials],
                                  dtype=torch.float64)
-        n = [float(d.num_channels) for d in (g.dcl_modules(model)[r] for r in self.roots)]
         mods = g.dcl_modules(model)
-        self.n = torch.tensor(n, dtype=torch.float32)
+        self.n = torch.tensor([float(mods[r].num_channels) for r in self.roots], dtype=torch.float32)
         self.lo = torch.tensor([mods[r].min_width / mods[r].num_channels for r in self.roots], dtype=torch.float32)
         self.hi = torch.tensor([mods[r].max_width / mods[r].num_channels for r in self.roots], dtype=torch.float32)
         self._on: dict = {}

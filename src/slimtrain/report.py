@@ -82,11 +82,16 @@ def _spoof_rows(root: Path, *names: str) -> list[dict]:
     return rows
 
 
+def _all_stages(r: dict) -> bool:
+    """An anti-spoofing DCL row with every residual stage dynamic (the paper's X)."""
+    return r["method"] == "dcl" and len(str(r["stages"]).split(",")) == 4
+
+
 def _spoof_readme(root: Path) -> str:
     from .tasks.spoof import sweep as sp
 
     rows = [r for r in _spoof_rows(root, "spoof_sweep.csv", "spoof_sweep_alpha4.csv")
-            if r["method"] != "dcl" or len(str(r["stages"]).split(",")) == 4]
+            if r["method"] != "dcl" or _all_stages(r)]
     seeds = sorted({r["seed"] for r in _spoof_rows(root, "spoof_sweep.csv") if r.get("seed") is not None})
     return (sp.format_summary_table(rows) + "\n\n"
             f"_{len(seeds) or 1} seed(s) (mean ± 95 % Student-t half-width) for the fixed widths, the DCL rows on all "
@@ -176,11 +181,9 @@ def _spoof_vs_pruned(root: Path) -> str:
     rows = _spoof_rows(root, "spoof_sweep.csv")
     out = ["| kappa_min | DCL MMAC/s | pruned MMAC/s | EER pooled: DCL - pruned | EER unseen: DCL - pruned |",
            "| ---: | ---: | ---: | --- | --- |"]
-    kappas = sorted({r["kappa_min"] for r in rows if r["method"] == "dcl" and len(str(r["stages"]).split(",")) == 4},
-                    reverse=True)
+    kappas = sorted({r["kappa_min"] for r in rows if _all_stages(r)}, reverse=True)
     for k in kappas:
-        dcl = [r for r in rows if r["method"] == "dcl" and len(str(r["stages"]).split(",")) == 4
-               and r["kappa_min"] == k]
+        dcl = [r for r in rows if _all_stages(r) and r["kappa_min"] == k]
         pr = [r for r in rows if r["method"] == "pruned" and r.get("pruned_at_kappa") == k]
         if not pr:
             continue
@@ -207,8 +210,7 @@ def _spoof_widths(root: Path) -> str:
     from .tasks.spoof.train import SpoofConfig
 
     base = SpoofConfig().width
-    rows = [r for r in _spoof_rows(root, "spoof_sweep.csv")
-            if r["method"] == "dcl" and len(str(r["stages"]).split(",")) == 4]
+    rows = [r for r in _spoof_rows(root, "spoof_sweep.csv") if _all_stages(r)]
     by: dict[tuple[float, str], list[list[float]]] = {}
     for r in rows:
         w = json.loads(r["widths"])
