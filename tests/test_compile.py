@@ -182,3 +182,71 @@ def test_cost_term_tensor_path_equals_the_host_fast_path():
     assert m2 == pytest.approx(m1, rel=1e-6) and p2 == pytest.approx(p1, rel=1e-6)
     assert g2 == pytest.approx(g1, rel=1e-5)
     assert m1 < slimtrain.model_cost(m, full=True).macs.item()
+
+
+@pytest.mark.parametrize("metric", ["flops", "macs", "params"])
+@pytest.mark.parametrize("objective", [dict(alpha=0.7), dict(budget=200.0), dict(budget="floor", lagrangian=True),
+                                       dict(alpha=0.3, budget=500.0, lagrangian=True, warmup_steps=2)])
+def test_objective_host_path_equals_the_tensor_path(objective, metric):
+    """The eager-CPU objective (one Python-float node) gives the tensor path's loss, width gradients,
+    multiplier, warm-up holds and ``last`` at every step."""
+    runs = []
+    for fast in (True, False):
+        m = _mlp()
+        dcls = [d for d in m.modules() if isinstance(d, DynamicWidth)]
+        for d in dcls:
+            d.host_fast_path = fast
+        obj = slimtrain.TradeoffLoss(m, metric=metric, **objective)
+        if not objective.get("warmup_steps"):
+            for i, d in enumerate(dcls):
+                d.set_width(0.45 * d.num_channels + 0.6 + i)
+        trace = []
+        for step in range(4):
+            task = torch.tensor(0.25 * step + 1.0, requires_grad=True)
+            for d in dcls:
+                d.theta.grad = None
+            loss = obj(task)
+            loss.backward()
+            trace.append((loss.item(), task.grad.item(), [0.0 if d.theta.grad is None else d.theta.grad.item() for d in dcls],
+                          obj.mu.item(), [bool(d._hold) for d in dcls], obj.last))
+            with torch.no_grad():  # move the widths a little, as a step would
+                for d in dcls:
+                    d.theta.sub_(0.01)
+        runs.append(trace)
+    for (l1, t1, g1, mu1, h1, last1), (l2, t2, g2, mu2, h2, last2) in zip(*runs):
+        assert l1 == pytest.approx(l2, rel=1e-6, abs=1e-7)
+        assert t1 == t2 == 1.0
+        assert g1 == pytest.approx(g2, rel=1e-5, abs=1e-9)
+        assert mu1 == pytest.approx(mu2, rel=1e-6, abs=1e-9)
+        assert h1 == h2
+        assert last1 == pytest.approx(last2, rel=1e-6, abs=1e-9)
+    assert any(abs(v) > 0 for _, _, g, _, _, _ in runs[0] for v in g)  # the widths were pushed at some step
+
+
+def test_compiled_cost_term_equals_the_eager_one():
+    """Under torch.compile the cost polynomials are unrolled into scalar arithmetic: same values and gradients."""
+    m = _tensor_path(_mlp())
+    from slimtrain.cost import _compiled
+    from slimtrain.graph import get_graph
+
+    g = get_graph(m)
+    comp = _compiled(m, g)
+    dcls = [g.dcl_modules(m)[r] for r in comp.roots]
+    for i, d in enumerate(dcls):
+        d.set_width(0.35 * d.num_channels + 0.4 + i)
+
+    def cost():
+        macs, params = comp.soft_cost(dcls)
+        return macs * 1e-3 + params * 1e-2, macs, params
+
+    results = []
+    for fn in (cost, torch.compile(cost, fullgraph=True, backend="aot_eager")):
+        for d in dcls:
+            d.theta.grad = None
+        total, macs, params = fn()
+        total.backward()
+        results.append((macs.item(), params.item(), [d.theta.grad.item() for d in dcls]))
+    (m1, p1, g1), (m2, p2, g2) = results
+    assert m2 == pytest.approx(m1, rel=1e-6) and p2 == pytest.approx(p1, rel=1e-6)
+    assert g2 == pytest.approx(g1, rel=1e-5)
+    assert all(v != 0 for v in g1)

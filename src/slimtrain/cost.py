@@ -229,7 +229,22 @@ class _CompiledCost:
             return _PolyCostFunction.apply(self, dcls, *[d.theta for d in dcls])
         theta = torch.stack([d.theta for d in dcls])
         _, _, n, lo, hi = self._tables(theta.device)
-        return self(n * inward_clamp(theta, lo.to(theta.dtype), hi.to(theta.dtype)))
+        k = n * inward_clamp(theta, lo.to(theta.dtype), hi.to(theta.dtype))
+        if torch.compiler.is_compiling():
+            # the polynomials unrolled into scalar arithmetic with constant coefficients: inductor fuses
+            # them into one small kernel (the gather + matmul form costs two matmul calls per step)
+            ks = k.to(torch.float64 if k.device.type != "mps" else torch.float32).unbind(0)
+            out = []
+            for terms in self.py_terms:
+                total = torch.zeros((), dtype=ks[0].dtype, device=k.device)
+                for coef, idx in terms:
+                    prod = ks[idx[0]] * coef if idx else torch.full_like(total, coef)
+                    for j in idx[1:]:
+                        prod = prod * ks[j]
+                    total = total + prod
+                out.append(total.to(torch.float32))
+            return out[0], out[1]
+        return self(k)
 
     def __call__(self, widths) -> tuple[Tensor, Tensor]:
         """(MACs, params) for the widths of :attr:`roots` (a 1-d tensor or a sequence of numbers/0-d tensors)."""
@@ -255,26 +270,7 @@ class _PolyCostFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, comp: "_CompiledCost", dcls: list, *thetas: Tensor):  # type: ignore[override]
         t = [float(th.detach()) for th in thetas]
-        # K as DynamicWidth.width computes it: the clamp in float32, then times N
-        k = [float(np.float32(min(max(ti, d.min_width / d.num_channels), d.max_width / d.num_channels))
-                   * np.float32(d.num_channels)) for ti, d in zip(t, dcls)]
-        out, grads = [], []
-        for terms in comp.py_terms:
-            total = 0.0
-            g = [0.0] * len(k)
-            for coef, idx in terms:
-                prod = coef
-                for j in idx:
-                    prod *= k[j]
-                total += prod
-                for a, j in enumerate(idx):  # d/dK_j of coef * prod(K)
-                    rest = coef
-                    for b, jj in enumerate(idx):
-                        if b != a:
-                            rest *= k[jj]
-                    g[j] += rest
-            out.append(total)
-            grads.append(g)
+        out, grads = host_poly(comp, dcls, t)
         ctx.grads, ctx.t, ctx.dcls = grads, t, dcls
         dev = thetas[0].device
         return torch.tensor(out[0], dtype=torch.float32, device=dev), torch.tensor(out[1], dtype=torch.float32, device=dev)
@@ -284,14 +280,45 @@ class _PolyCostFunction(torch.autograd.Function):
     def backward(ctx, g_macs: Tensor, g_params: Tensor):  # type: ignore[override]
         gm = float(g_macs) if g_macs is not None else 0.0
         gp = float(g_params) if g_params is not None else 0.0
-        res = []
-        for j, (t, d) in enumerate(zip(ctx.t, ctx.dcls)):
-            n = d.num_channels
-            v = n * (gm * ctx.grads[0][j] + gp * ctx.grads[1][j])
-            if (t < d.min_width / n and v > 0) or (t > d.max_width / n and v < 0):
-                v = 0.0
-            res.append(torch.tensor(v, dtype=d.theta.dtype, device=d.theta.device))
-        return (None, None, *res)
+        return (None, None, *host_theta_grads(ctx.dcls, ctx.t, [gm * a + gp * b for a, b in zip(*ctx.grads)]))
+
+
+def host_poly(comp: "_CompiledCost", dcls: list, t: list[float]) -> tuple[list[float], list[list[float]]]:
+    """(MACs, params) and their gradients in every width ``K_j``, in Python floats, at
+    ``K_j = N_j clamp(theta_j)`` computed as :attr:`DynamicWidth.width` does (clamp in float32, times N)."""
+    k = [float(np.float32(min(max(ti, d.min_width / d.num_channels), d.max_width / d.num_channels))
+               * np.float32(d.num_channels)) for ti, d in zip(t, dcls)]
+    out, grads = [], []
+    for terms in comp.py_terms:
+        total = 0.0
+        g = [0.0] * len(k)
+        for coef, idx in terms:
+            prod = coef
+            for j in idx:
+                prod *= k[j]
+            total += prod
+            for a, j in enumerate(idx):  # d/dK_j of coef * prod(K)
+                rest = coef
+                for b, jj in enumerate(idx):
+                    if b != a:
+                        rest *= k[jj]
+                g[j] += rest
+        out.append(total)
+        grads.append(g)
+    return out, grads
+
+
+def host_theta_grads(dcls: list, t: list[float], dk: list[float]) -> list[Tensor]:
+    """``dL/dtheta_j = N_j dL/dK_j`` with the inward-clamp rule of :class:`~slimtrain.dcl.DynamicWidth`,
+    as 0-d tensors like each ``theta``."""
+    res = []
+    for ti, d, g in zip(t, dcls, dk):
+        n = d.num_channels
+        v = n * g
+        if (ti < d.min_width / n and v > 0) or (ti > d.max_width / n and v < 0):
+            v = 0.0
+        res.append(torch.tensor(v, dtype=d.theta.dtype, device=d.theta.device))
+    return res
 
 
 def _compiled(model: nn.Module, g: WidthGraph) -> _CompiledCost:

@@ -92,84 +92,77 @@ def _step_mask(cache: dict, n: int, width: int, dtype: torch.dtype, device: torc
 
 class _HostBlendFunction(torch.autograd.Function):
     """The eager-CPU fast path of :class:`_BlendFunction`: the same values and gradients, with the
-    scalar maths (width, blend weights, the inward-clamp test) in Python floats.
+    scalar maths (width, blend weights, sigma, the inward-clamp test) in Python floats.
 
     Reading ``theta`` of a CPU tensor is a memory read, not a device sync, and this path is never
-    taken under ``torch.compile`` or on an accelerator (see :meth:`DynamicWidth.forward`); it saves
-    about a third of a DCL's eager CPU time per call (``benchmarks/overhead_parts.py``).
+    taken under ``torch.compile`` or on an accelerator (see :meth:`DynamicWidth.forward`). It runs
+    a handful of tensor operations per call (``benchmarks/overhead_parts.py``): one pass over ``x``
+    (times a cached 0/1 step mask), the blended channel's statistics, noise and blend, and it saves
+    a single channel-sized vector for the width gradient.
 
-    ``K = N * clamp(theta, K_min/N, K_max/N)``; forward ``y = x * sin(pi/2 w)`` plus
-    ``cos(pi/2 w_i) sigma_i nu`` on channel ``i = floor(K)``, with ``w = clamp(K - index, 0, 1)``
-    (1 below ``i``, ``K - i`` at ``i``, 0 above: a cached 0/1 step mask plus one scaled channel).
-    Backward: ``dL/dx = g * sin(pi/2 w)``; ``dL/dK`` from the channels where the mask's
-    slope is not zero (``K - 1 <= c <= K``, the clamp passing the gradient on its closed
-    range as ``torch.clamp`` does) and from the noise channel; ``dL/dtheta = N dL/dK``
-    with the rule of :class:`_InwardClamp`. Same values and gradients as composing
-    those steps from torch operations, but one autograd node, scalar maths in Python
-    and only the one or two edge channels of ``x`` saved, so a DCL costs little per step.
+    ``K = N * clamp(theta, K_min/N, K_max/N)``, ``i = floor(K)``, ``w = K - i``,
+    ``s = sin(pi/2 w)``, ``c = cos(pi/2 w)``: ``y = x`` below ``i``, ``0`` above,
+    ``y_i = s x_i + c sigma_i nu``. Backward: ``dL/dx = g * [1 below i, s at i, 0 above]``;
+    ``dL/dK = pi/2 <g_i, c x_i - s sigma_i nu>`` (the only channel whose weight has a slope; at an
+    integer ``K`` the channel below has weight 1 where ``cos(pi/2)`` is 0);
+    ``dL/dtheta = N dL/dK`` with the rule of :class:`_InwardClamp`.
     """
 
     @staticmethod
     def forward(ctx, x: Tensor, theta: Tensor, cache: dict, held: bool, d: int, lo: float, hi: float, n: int) -> Tensor:  # type: ignore[override]
         t = float(theta)
         k = float(n) if held else _width_value(t, lo, hi, n, theta.dtype)
-        half_pi = 0.5 * math.pi
         i = int(math.floor(k))
+        ctx.d, ctx.i, ctx.n, ctx.t, ctx.lo, ctx.hi, ctx.held = d, i, n, t, lo, hi, held
+        ctx.theta_dtype = theta.dtype
+        if i >= n:  # full width: nothing is blended, no gradient to the width
+            ctx.s = 1.0
+            ctx.save_for_backward()
+            return x.clone()
+        w = k - i
+        s, c = math.sin(_HALF_PI * w), math.cos(_HALF_PI * w)
         shape = [1] * x.dim()
         shape[d] = n
-        step = _step_mask(cache, n, min(i, n), x.dtype, x.device)
+        step = _step_mask(cache, n, i, x.dtype, x.device)
         y = x * step.view(shape)
-        noise = None
-        scale = 1.0
-        if i < n:  # otherwise full width: nothing is blended
-            w = min(max(k - i, 0.0), 1.0)
-            scale = math.sin(half_pi * w)
-            xi = x.select(d, i)
-            yi = y.select(d, i)
-            yi.add_(xi, alpha=scale)
-            # statistics in at least float32 (half inputs), in float64 for float64 inputs
-            stat = xi.detach()
-            if stat.dtype not in (torch.float32, torch.float64):
-                stat = stat.to(torch.promote_types(xi.dtype, torch.float32))
-            sigma = stat.std(unbiased=False) if xi.numel() > 1 else stat.abs()
-            if sigma.dtype != x.dtype:
-                sigma = sigma.to(x.dtype)
-            noise = sigma * torch.randn_like(xi)
-            yi.add_(noise, alpha=math.cos(half_pi * w))
-        channels = list(range(max(0, math.ceil(k - 1)), min(n - 1, math.floor(k)) + 1)) if not held else []
-        edge = [x.detach().select(d, c).clone() for c in channels] if ctx.needs_input_grad[1] else []
-        ctx.save_for_backward(step, noise if noise is not None else torch.empty(0), *edge)
-        ctx.d, ctx.i, ctx.k, ctx.n, ctx.t, ctx.lo, ctx.hi, ctx.channels = d, i, k, n, t, lo, hi, channels
-        ctx.scale, ctx.theta_dtype, ctx.held = scale, theta.dtype, held
+        xi = x.detach().select(d, i)
+        nu = torch.randn_like(xi)
+        # statistics in at least float32 (half inputs), in float64 for float64 inputs
+        stat = xi if xi.dtype in (torch.float32, torch.float64) else xi.to(torch.promote_types(xi.dtype, torch.float32))
+        sigma = float(stat.std(unbiased=False)) if xi.numel() > 1 else float(stat.abs().reshape(()))
+        yi = y.select(d, i)
+        yi.add_(xi, alpha=s)
+        yi.add_(nu, alpha=c * sigma)
+        v = None
+        if ctx.needs_input_grad[1] and not held:  # dy_i/dK up to pi/2: c x_i - s sigma nu
+            v = xi.mul(c)
+            v.add_(nu, alpha=-s * sigma)
+        ctx.s = s
+        ctx.save_for_backward(step, v)
         return y
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, g: Tensor):  # type: ignore[override]
-        step, noise, *edge = ctx.saved_tensors
-        d, k, i = ctx.d, ctx.k, ctx.i
-        grad_x = None
+        d, i, n = ctx.d, ctx.i, ctx.n
+        if i >= n:
+            return g if ctx.needs_input_grad[0] else None, \
+                torch.zeros((), dtype=ctx.theta_dtype) if ctx.needs_input_grad[1] else None, \
+                None, None, None, None, None, None
+        step, v = ctx.saved_tensors
+        grad_x = grad_t = None
+        gi = g.select(d, i)
         if ctx.needs_input_grad[0]:
             shape = [1] * g.dim()
-            shape[d] = ctx.n
+            shape[d] = n
             grad_x = g * (step if step.dtype == g.dtype else step.to(g.dtype)).view(shape)
-            if i < ctx.n:
-                grad_x.select(d, i).add_(g.select(d, i), alpha=ctx.scale)
-        grad_t = None
+            grad_x.select(d, i).add_(gi, alpha=ctx.s)
         if ctx.needs_input_grad[1]:
-            half_pi = 0.5 * math.pi
-            terms = []
-            for c, xc in zip(ctx.channels, edge):
-                terms.append((g.select(d, c) * xc).sum() * math.cos(half_pi * min(max(k - c, 0.0), 1.0)))
-            if noise.numel():
-                terms.append((g.select(d, i) * noise).sum() * -math.sin(half_pi * min(max(k - i, 0.0), 1.0)))
-            grad_k = sum(terms) * half_pi if terms else torch.zeros((), device=g.device)
-            grad_t = (grad_k * ctx.n).reshape(()).to(ctx.theta_dtype)
-            gt = float(grad_t)
+            gt = 0.0 if v is None else float((gi * v).sum()) * (_HALF_PI * n)
             if ctx.held or (ctx.t < ctx.lo and gt > 0) or (ctx.t > ctx.hi and gt < 0):  # inward clamp rule
-                grad_t = torch.zeros_like(grad_t)
+                gt = 0.0
+            grad_t = torch.tensor(gt, dtype=ctx.theta_dtype, device=g.device)
         return grad_x, grad_t, None, None, None, None, None, None
-
 
 
 class _BlendFunction(torch.autograd.Function):
@@ -195,27 +188,34 @@ class _BlendFunction(torch.autograd.Function):
         i = torch.floor(k).clamp(max=n - 1)
         w = (k - i).clamp(0.0, 1.0)
         full = k >= n  # nothing is blended at full width
-        m = torch.sin(_HALF_PI * (k - index).clamp(0.0, 1.0)).to(x.dtype)
+        # blend weights as 0-d tensors: the signal weight s of channel i, its noise weight c
+        s = torch.where(full, torch.ones_like(w), torch.sin(_HALF_PI * w))
+        c = torch.where(full, torch.zeros_like(w), torch.cos(_HALF_PI * w))
         shape = [1] * x.dim()
         shape[d] = n
-        one_hot = (index == i).to(x.dtype).view(shape)  # the blended channel
-        # the blended channel by a one-hot reduction (not index_select): elementwise work that
-        # torch.compile fuses with the layers around it
-        xi = (x.detach() * one_hot).sum(d, keepdim=True)
+        # per-channel weights: m (signal: 1 below i, s at i, 0 above) and q (noise: sigma c at i, 0
+        # elsewhere), written by indexed writes so that torch.compile keeps them in buffers instead of
+        # re-evaluating the trigonometry at every element; then one pointwise pass y = x m + q nu
+        ii = i.to(torch.long).reshape(1)
+        m = (index < i).to(x.dtype).index_put((ii,), s.to(x.dtype).reshape(1))
+        # the blended channel by an indexed read of one channel (not a reduction over all of them)
+        xi = x.detach().index_select(d, ii)
         # statistics in at least float32 (half inputs), in float64 for float64 inputs
         stat = xi if xi.dtype in (torch.float32, torch.float64) else xi.to(torch.promote_types(xi.dtype, torch.float32))
         sigma = stat.std(unbiased=False) if xi.numel() > 1 else stat.abs().reshape(())
-        noise = sigma.to(x.dtype) * torch.randn_like(xi.select(d, 0)).unsqueeze(d)
-        q = torch.where(full, torch.zeros_like(w), torch.cos(_HALF_PI * w)).to(x.dtype)
-        y = x * m.view(shape) + one_hot * (noise * q)
-        ctx.save_for_backward(m, one_hot, w, full, t, xi if ctx.needs_input_grad[1] else None, noise, hold.clone())
+        q = torch.zeros_like(m).index_put((ii,), (sigma * c).to(x.dtype).reshape(1))
+        nu = torch.randn_like(xi.select(d, 0)).unsqueeze(d)
+        y = x * m.view(shape) + q.view(shape) * nu
+        # dy_i/dK up to pi/2: c x_i - s sigma nu (zero at full width, where w = 1 has no slope)
+        v = (c.to(x.dtype) * xi - (s * sigma).to(x.dtype) * nu) if ctx.needs_input_grad[1] else None
+        ctx.save_for_backward(m, i, t, v, hold.clone(), full)
         ctx.d, ctx.n, ctx.lo, ctx.hi = d, n, lo, hi
         return y
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, g: Tensor):  # type: ignore[override]
-        m, one_hot, w, full, t, xi, noise, hold = ctx.saved_tensors
+        m, i, t, v, hold, full = ctx.saved_tensors
         d, n = ctx.d, ctx.n
         grad_x = grad_t = None
         if ctx.needs_input_grad[0]:
@@ -223,14 +223,9 @@ class _BlendFunction(torch.autograd.Function):
             shape[d] = n
             grad_x = g * m.to(g.dtype).view(shape)
         if ctx.needs_input_grad[1]:
-            gi = (g * one_hot.to(g.dtype)).sum(d, keepdim=True)
-            a = (gi * xi).sum().to(t.dtype)
-            b = (gi * noise).sum().to(t.dtype)
-            zero = torch.zeros_like(w)
-            sin_w = torch.where(full, zero, torch.sin(_HALF_PI * w))
-            cos_w = torch.where(w >= 1, zero, torch.cos(_HALF_PI * w))  # sin has no slope at w = 1
-            grad_t = (_HALF_PI * n) * (cos_w * a - sin_w * b)
-            blocked = ((t < ctx.lo) & (grad_t > 0)) | ((t > ctx.hi) & (grad_t < 0)) | hold  # inward clamp rule
+            gi = g.index_select(d, i.to(torch.long).reshape(1))
+            grad_t = ((_HALF_PI * n) * (gi * v).sum()).to(t.dtype)
+            blocked = ((t < ctx.lo) & (grad_t > 0)) | ((t > ctx.hi) & (grad_t < 0)) | hold | full  # inward clamp rule
             grad_t = torch.where(blocked, torch.zeros_like(grad_t), grad_t)
         return grad_x, grad_t, None, None, None, None, None, None
 

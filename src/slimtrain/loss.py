@@ -22,10 +22,11 @@ from __future__ import annotations
 import math
 from typing import Optional
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .cost import Cost, _compiled, model_cost
+from .cost import Cost, _compiled, host_poly, host_theta_grads, model_cost
 from .dcl import DynamicWidth
 from .graph import get_graph
 
@@ -125,14 +126,7 @@ class TradeoffLoss(nn.Module):
 
     def _soft_metric(self) -> Tensor:
         """The chosen metric at the continuous widths (the fast path of :meth:`cost` for training)."""
-        cache = self.__dict__.get("_soft_cache")
-        if cache is None:  # the compiled polynomials and the DCLs in their order, built once
-            model = self.model[0]
-            g = get_graph(model)
-            comp = _compiled(model, g)
-            mods = g.dcl_modules(model)
-            cache = self.__dict__["_soft_cache"] = (comp, [mods[r] for r in comp.roots])
-        comp, dcls = cache
+        comp, dcls = self._soft_metric_parts()
         if not dcls:
             return self.cost().metric(self.metric)
         macs, params = comp.soft_cost(dcls)
@@ -148,7 +142,36 @@ class TradeoffLoss(nn.Module):
             t = self.__dict__["_last"] = {k: float(v) for k, v in zip(("task", "cost", "cost_rel", "penalty"), t)}
         return dict(t)
 
+    def _host_path(self) -> bool:
+        """Eager CPU: the whole penalty in one autograd node with Python-float maths (no tensor path)."""
+        if torch.compiler.is_compiling():
+            return False
+        self._soft_metric_parts()
+        dcls = self.__dict__["_soft_cache"][1]
+        return bool(dcls) and all(d.host_fast_path and d.theta.device.type == "cpu" for d in dcls)
+
+    def _soft_metric_parts(self):
+        cache = self.__dict__.get("_soft_cache")
+        if cache is None:  # the compiled polynomials and the DCLs in their order, built once
+            model = self.model[0]
+            g = get_graph(model)
+            comp = _compiled(model, g)
+            mods = g.dcl_modules(model)
+            cache = self.__dict__["_soft_cache"] = (comp, [mods[r] for r in comp.roots])
+        return cache
+
     def forward(self, task_loss: Tensor) -> Tensor:
+        if self._host_path():
+            if self.warmup_steps:
+                warm = int(self._step) < self.warmup_steps
+                for d in self._dcls():
+                    if bool(d._hold) != warm:
+                        d._hold.fill_(warm)
+            self._step.add_(1)
+            comp, dcls = self._soft_metric_parts()
+            penalty = _HostPenaltyFunction.apply(self, comp, dcls, *[d.theta for d in dcls])
+            self.__dict__["_last"] = (task_loss.detach(), *self.__dict__["_host_last"])
+            return task_loss + penalty.to(task_loss.dtype)
         warm: Optional[Tensor] = None
         if self.warmup_steps:  # tensor flags: no host sync, one compiled graph for warm-up and after
             warm = self._step < self.warmup_steps
@@ -180,3 +203,43 @@ class TradeoffLoss(nn.Module):
         penalty = penalty.to(task_loss.device)
         self.__dict__["_last"] = (task_loss.detach(), c.detach(), rel.detach(), penalty.detach())
         return task_loss + penalty.to(task_loss.dtype)
+
+
+class _HostPenaltyFunction(torch.autograd.Function):
+    """The eager-CPU fast path of :meth:`TradeoffLoss.forward`'s penalty: the cost polynomial, the
+    weighted and budget terms, the warm-up rule and the multiplier update in Python floats, in one
+    autograd node (reading a CPU ``theta`` or counter is no device sync; the tensor path of
+    :meth:`TradeoffLoss.forward` gives the same values and gradients, tested)."""
+
+    @staticmethod
+    def forward(ctx, obj: "TradeoffLoss", comp, dcls: list, *thetas: Tensor) -> Tensor:  # type: ignore[override]
+        t = [float(th.detach()) for th in thetas]
+        (macs, params), (gm, gp) = host_poly(comp, dcls, t)
+        scale_c = 2.0 if obj.metric == "flops" else 1.0
+        c, dc = (params, gp) if obj.metric == "params" else (scale_c * macs, [scale_c * v for v in gm])
+        c = float(np.float32(c))  # the tensor path's metric is float32
+        warm = bool(obj.warmup_steps) and int(obj._step) - 1 < obj.warmup_steps
+        rel = c / obj.full
+        penalty, slope = 0.0, 0.0
+        if obj.alpha:
+            penalty, slope = obj.alpha * rel, obj.alpha / obj.full
+        if obj.budget is not None:
+            scale = (obj.full - obj.budget) if obj.floor else obj.budget
+            v = max((c - obj.budget) / scale, 0.0)
+            mu = float(obj.mu)
+            penalty += mu * v + (0.5 * obj.rho * v * v if obj.lagrangian else 0.0)
+            if v > 0:
+                slope += (mu + (obj.rho * v if obj.lagrangian else 0.0)) / scale
+            if obj.lagrangian and obj.training:
+                obj.mu.fill_(max(mu + obj.lr_mu * (0.0 if warm else v), 0.0))
+        if warm:
+            penalty, slope = 0.0, 0.0
+        obj.__dict__["_host_last"] = (c, rel, penalty)
+        ctx.slope, ctx.dc, ctx.t, ctx.dcls = slope, dc, t, dcls
+        return torch.tensor(penalty, dtype=torch.float32, device=thetas[0].device)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g: Tensor):  # type: ignore[override]
+        s = float(g) * ctx.slope
+        return (None, None, None, *host_theta_grads(ctx.dcls, ctx.t, [s * v for v in ctx.dc]))

@@ -70,6 +70,12 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def _fused_ok(params) -> bool:
+    """Whether ``torch.optim.Adam(fused=True)`` takes these parameters: all floating, on one CPU/CUDA/MPS device type."""
+    kinds = {(p.device.type, p.is_floating_point()) for p in params}
+    return len(kinds) == 1 and next(iter(kinds)) in {("cpu", True), ("cuda", True), ("mps", True)}
+
+
 def make_optimizer(model: nn.Module, lr: float = 1e-3, width_lr: float = 1e-2, weight_decay: float = 0.0) -> torch.optim.Optimizer:
     """Adam with a separate learning rate for the width parameters (relative units)."""
     if lr <= 0 or width_lr <= 0:
@@ -80,7 +86,7 @@ def make_optimizer(model: nn.Module, lr: float = 1e-3, width_lr: float = 1e-2, w
     groups = [{"params": rest, "lr": lr, "weight_decay": weight_decay}]
     if width:
         groups.append({"params": width, "lr": width_lr, "weight_decay": 0.0})
-    return torch.optim.Adam(groups)
+    return torch.optim.Adam(groups, fused=_fused_ok(model.parameters()))
 
 
 @dataclass
