@@ -250,3 +250,32 @@ def test_compiled_cost_term_equals_the_eager_one():
     assert m2 == pytest.approx(m1, rel=1e-6) and p2 == pytest.approx(p1, rel=1e-6)
     assert g2 == pytest.approx(g1, rel=1e-5)
     assert all(v != 0 for v in g1)
+
+
+def test_double_backward_through_the_eager_dcl_raises_instead_of_being_wrong():
+    """An ordinary backward skips once_differentiable's bookkeeping; create_graph=True still goes through it."""
+    d = DynamicWidth(16).train()
+    d.set_width(9.4)
+    x = torch.randn(4, 16, requires_grad=True)
+    (gx,) = torch.autograd.grad((d(x) ** 2).sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match="once_differentiable"):
+        gx.sum().backward()
+    y = d(x)
+    y.sum().backward()  # first order: fine
+    assert d.theta.grad is not None and x.grad is not None
+
+
+def test_cached_eval_mask_follows_every_change_of_the_width():
+    """Eval/frozen reuse the hard mask until theta changes (optimizer step, set_width, load_state_dict)."""
+    d = DynamicWidth(10).eval()
+    x = torch.ones(2, 10)
+    assert d(x).sum().item() == 20
+    d.set_width(6.2)
+    assert d(x)[0].tolist() == [1.0] * 7 + [0.0] * 3
+    opt = torch.optim.SGD(d.parameters(), lr=0.1)
+    d.theta.grad = torch.tensor(1.0)
+    opt.step()  # theta 0.62 -> 0.52: K 5.2 -> 6 channels
+    assert d(x)[0].sum().item() == 6
+    d.load_state_dict({"theta": torch.tensor(0.3)})
+    assert d(x)[0].sum().item() == 3
+    assert d(x.double()).dtype == torch.float64

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from .dcl import first_order_backward
 from .graph import GraphError, LayerSpec, WidthGraph, get_graph
 from .modules import DynamicRecurrent
 
@@ -260,6 +261,7 @@ class _CompiledCost:
         return out[0], out[1]
 
 
+
 class _PolyCostFunction(torch.autograd.Function):
     """The eager-CPU fast path of :meth:`_CompiledCost.soft_cost`: the cost polynomials of the widths
     ``K_r = N_r clamp(theta_r, lo_r, hi_r)`` and their exact gradients, evaluated with Python floats
@@ -276,7 +278,7 @@ class _PolyCostFunction(torch.autograd.Function):
         return torch.tensor(out[0], dtype=torch.float32, device=dev), torch.tensor(out[1], dtype=torch.float32, device=dev)
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
+    @first_order_backward
     def backward(ctx, g_macs: Tensor, g_params: Tensor):  # type: ignore[override]
         gm = float(g_macs) if g_macs is not None else 0.0
         gp = float(g_params) if g_params is not None else 0.0

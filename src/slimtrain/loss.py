@@ -27,7 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from .cost import Cost, _compiled, host_poly, host_theta_grads, model_cost
-from .dcl import DynamicWidth
+from .dcl import DynamicWidth, first_order_backward
 from .graph import get_graph
 
 __all__ = ["TradeoffLoss", "LossConfigError"]
@@ -239,7 +239,7 @@ class _HostPenaltyFunction(torch.autograd.Function):
         return torch.tensor(penalty, dtype=torch.float32, device=thetas[0].device)
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
+    @first_order_backward
     def backward(ctx, g: Tensor):  # type: ignore[override]
         s = float(g) * ctx.slope
         return (None, None, None, *host_theta_grads(ctx.dcls, ctx.t, [s * v for v in ctx.dc]))
