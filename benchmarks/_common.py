@@ -58,13 +58,18 @@ class GRUModel(nn.Module):
 
 
 def interleaved(fns: dict[str, Callable[[], object]], repeats: int, warmup: int = 3,
-                clock: str = "cpu") -> dict[str, list[float]]:
+                clock: str = "cpu", sync: Callable[[], object] = lambda: None) -> dict[str, list[float]]:
     """Time each function ``repeats`` times in turn (A, B, A, B, ...); seconds per call.
 
     ``clock="cpu"`` measures the process's CPU time (robust when other jobs share
     the cores: time spent waiting for a core is not counted); ``"wall"`` the wall clock.
+    ``sync`` runs before each reading (``torch.cuda.synchronize`` for GPU work).
     """
-    now = time.process_time if clock == "cpu" else time.perf_counter
+    clock_fn = time.process_time if clock == "cpu" else time.perf_counter
+
+    def now() -> float:
+        sync()
+        return clock_fn()
     for _ in range(warmup):
         for f in fns.values():
             f()

@@ -6,6 +6,11 @@ step also computes the trade-off cost term (``TradeoffLoss``). Runs are interlea
 K = 0.7 N (a blended channel with noise, as in the middle of training), not at full width.
 
     python benchmarks/training_overhead.py [--steps 30] [--threads 1] [--mode eager|compiled|both]
+                                           [--device cpu|cuda|mps]
+
+On an accelerator (``--device cuda``) the steps are timed on the wall clock with a synchronize before
+each reading, and a ``syncs/step`` column counts the device-to-host syncs of one DCL training step
+(``torch.cuda.set_sync_debug_mode``: every sync the step asks for raises a warning, counted here).
 
 ``--mode compiled`` compiles the forward and loss of BOTH sides with ``torch.compile`` (inductor,
 ``fullgraph=True``; backward through AOTAutograd, Adam step eager on both sides) before timing;
@@ -27,11 +32,31 @@ GOAL = 1.10
 
 
 def cases():
-    yield "MLP 64-256-256-10", C.MLP(), torch.randn(256, 64), lambda y: F.cross_entropy(y, torch.zeros(256, dtype=torch.long))
-    yield "Conv1d 40-64x3 (T=100)", C.ConvStack(), torch.randn(32, 40, 100), lambda y: F.cross_entropy(y, torch.zeros(32, dtype=torch.long))
+    yield "MLP 64-256-256-10", C.MLP(), torch.randn(256, 64), lambda y: F.cross_entropy(y, torch.zeros(256, dtype=torch.long, device=y.device))
+    yield "Conv1d 40-64x3 (T=100)", C.ConvStack(), torch.randn(32, 40, 100), lambda y: F.cross_entropy(y, torch.zeros(32, dtype=torch.long, device=y.device))
     yield "GRU 40-64 (T=100)", C.GRUModel(), torch.randn(32, 100, 40), lambda y: F.binary_cross_entropy_with_logits(y, torch.zeros_like(y))
     # the same MLP family 16x wider per step: the fixed per-step cost of the DCLs stays, its share shrinks
-    yield "MLP 256-1024-1024-10", C.MLP(256, 1024, 10), torch.randn(512, 256), lambda y: F.cross_entropy(y, torch.zeros(512, dtype=torch.long))
+    yield "MLP 256-1024-1024-10", C.MLP(256, 1024, 10), torch.randn(512, 256), lambda y: F.cross_entropy(y, torch.zeros(512, dtype=torch.long, device=y.device))
+
+
+def count_syncs(step, device: torch.device, steps: int = 3) -> str:
+    """Device-to-host syncs per call of ``step`` (CUDA only; ``n/a`` elsewhere)."""
+    if device.type != "cuda":
+        return "n/a"
+    import warnings
+
+    step()  # warm: first-call allocations and lazy init are not the step's syncs
+    torch.cuda.synchronize()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            for _ in range(steps):
+                step()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    n = sum("synchroniz" in str(w.message) for w in caught)
+    return f"{n / steps:g}"
 
 
 def make_step(model, x, loss_fn, objective=None, compiled: bool = False):
@@ -60,7 +85,11 @@ def main(argv=None) -> int:
                     help="cpu: process CPU time (robust on a shared machine); wall: wall clock")
     ap.add_argument("--mode", choices=("eager", "compiled", "both"), default="both",
                     help="eager PyTorch, torch.compile on both sides, or both tables")
+    ap.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps (accelerators: wall clock)")
     a = ap.parse_args(argv)
+    a.device = torch.device(a.device)
+    if a.device.type != "cpu":
+        a.clock = "wall"
     torch.set_num_threads(a.threads)
     torch._dynamo.config.allow_rnn = True  # the GRU model compiles whole
     torch._dynamo.config.cache_size_limit = 64  # each model is a new compilation of the same step code
@@ -75,24 +104,30 @@ def _table(a, compiled: bool) -> float:
     seed_everything(0)
     rows = []
     worst = 0.0
+    dev = a.device
+    sync = (lambda: torch.cuda.synchronize(dev)) if dev.type == "cuda" else (
+        torch.mps.synchronize if dev.type == "mps" else (lambda: None))
     for name, model, x, loss_fn in cases():
+        model, x = model.to(dev), x.to(dev)
         plain = model.train()
         dyn = slimtrain.make_dynamic(copy.deepcopy(model), x[:2], kappa_min=0.1).train()
         obj = slimtrain.TradeoffLoss(dyn, alpha=0.1)
         for d in dyn.modules():
             if isinstance(d, slimtrain.DynamicWidth):
                 d.set_width(0.7 * d.num_channels + 0.3)
-        t = C.interleaved({"plain": make_step(plain, x, loss_fn, compiled=compiled),
-                           "dcl": make_step(dyn, x, loss_fn, obj, compiled=compiled)},
-                          repeats=a.steps, warmup=5, clock=a.clock)
+        steps = {"plain": make_step(plain, x, loss_fn, compiled=compiled),
+                 "dcl": make_step(dyn, x, loss_fn, obj, compiled=compiled)}
+        t = C.interleaved(steps, repeats=a.steps, warmup=5, clock=a.clock, sync=sync)
         p, d = C.median(t["plain"]) * 1e3, C.median(t["dcl"]) * 1e3
         worst = max(worst, d / p)
         rows.append([name, tuple(x.shape).__str__(), f"{p:.3f}", f"{d:.3f}", f"{d / p:.3f}",
-                     "ok" if d / p <= GOAL else "ABOVE GOAL"])
+                     "ok" if d / p <= GOAL else "ABOVE GOAL", count_syncs(steps["plain"], dev),
+                     count_syncs(steps["dcl"], dev)])
     mode = "torch.compile (inductor, fullgraph) on both sides" if compiled else "eager"
-    print(f"Training step {a.clock} time, {mode}, median of {a.steps} interleaved steps, {a.threads} thread(s); "
-          f"{C.machine()}")
-    print(C.table(["model", "batch", "plain ms", "DCL+cost ms", "ratio", f"goal <= {GOAL}"], rows))
+    print(f"Training step {a.clock} time on {dev}, {mode}, median of {a.steps} interleaved steps, "
+          f"{a.threads} thread(s); {C.machine()}")
+    print(C.table(["model", "batch", "plain ms", "DCL+cost ms", "ratio", f"goal <= {GOAL}",
+                   "syncs/step plain", "syncs/step DCL"], rows))
     print()
     return worst
 
