@@ -276,6 +276,10 @@ def test_cached_eval_mask_follows_every_change_of_the_width():
     d.theta.grad = torch.tensor(1.0)
     opt.step()  # theta 0.62 -> 0.52: K 5.2 -> 6 channels
     assert d(x)[0].sum().item() == 6
+    fused = torch.optim.Adam(d.parameters(), lr=0.1, fused=True)  # updates theta without a version bump
+    d.theta.grad = torch.tensor(1.0)
+    fused.step()  # theta 0.52 -> 0.42: 5 channels
+    assert d(x)[0].sum().item() == 5
     d.load_state_dict({"theta": torch.tensor(0.3)})
     assert d(x)[0].sum().item() == 3
     assert d(x.double()).dtype == torch.float64

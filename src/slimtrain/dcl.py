@@ -362,12 +362,15 @@ class DynamicWidth(nn.Module):
         return (self._index < self._hard_width_tensor()).to(self.theta.dtype)
 
     def _cached_hard_mask(self, dtype: torch.dtype, device: torch.device) -> Tensor:
-        """:meth:`hard_mask` in ``dtype`` on ``device``, recomputed only when ``theta`` changed (its version
-        counter is a host-side integer: no device read). Not cached while compiling (traced as is)."""
-        if torch.compiler.is_compiling():
-            return self.hard_mask().to(dtype)
+        """:meth:`hard_mask` in ``dtype`` on ``device``, recomputed only when ``theta``'s value changed.
+
+        Keyed by the value, not by the tensor's version counter: the fused optimizers update
+        parameters without bumping it. Cached only for a CPU ``theta`` outside ``torch.compile``
+        (reading it is then a memory read, not a device sync)."""
         th = self.theta
-        key = (id(th), th._version, dtype, device)
+        if th.device.type != "cpu" or torch.compiler.is_compiling():
+            return self.hard_mask().to(device=device, dtype=dtype)
+        key = (float(th.detach()), id(th), dtype, device)
         hit = self.__dict__.get("_hard_mask_cache")
         if hit is not None and hit[0] == key:
             return hit[1]
