@@ -65,6 +65,20 @@ def inward_clamp(x: Tensor, lo, hi) -> Tensor:
 _HALF_PI = 0.5 * math.pi
 
 
+@torch.library.custom_op("slimtrain::standard_normal_like", mutates_args=(),
+                         tags=(torch.Tag.nondeterministic_seeded,))
+def _standard_normal_like(like: Tensor) -> Tensor:
+    """``torch.randn_like`` as an opaque op for ``torch.compile`` on the CPU: inductor's own CPU random
+    numbers are drawn one scalar Philox + Box-Muller at a time (and were re-drawn in every kernel that
+    reads them), several times slower than ATen's vectorised generator for a channel's worth of noise."""
+    return torch.randn_like(like)
+
+
+@_standard_normal_like.register_fake
+def _(like: Tensor) -> Tensor:
+    return torch.empty_like(like)
+
+
 def first_order_backward(backward):
     """``torch.autograd.function.once_differentiable`` where it matters, and nothing where it does not.
 
@@ -184,7 +198,7 @@ class _HostBlendFunction(torch.autograd.Function):
 
 
 class _BlendFunction(torch.autograd.Function):
-    """The training-mode DCL in one autograd node: width, mask, noise blend and both gradients.
+    """(Channel axis last; :class:`_BlendOneHotFunction` takes the other layouts.) The training-mode DCL in one autograd node: width, mask, noise blend and both gradients.
 
     ``K = N * clamp(theta, K_min/N, K_max/N)``; forward ``y = x * sin(pi/2 w)`` plus
     ``cos(pi/2 w_i) sigma_i nu`` on channel ``i = floor(K)``, with ``w = clamp(K - index, 0, 1)``
@@ -222,7 +236,9 @@ class _BlendFunction(torch.autograd.Function):
         stat = xi if xi.dtype in (torch.float32, torch.float64) else xi.to(torch.promote_types(xi.dtype, torch.float32))
         sigma = stat.std(unbiased=False) if xi.numel() > 1 else stat.abs().reshape(())
         q = torch.zeros_like(m).index_put((ii,), (sigma * c).to(x.dtype).reshape(1))
-        nu = torch.randn_like(xi.select(d, 0)).unsqueeze(d)
+        like = xi.select(d, 0)
+        nu = (_standard_normal_like(like) if x.device.type == "cpu" and torch.compiler.is_compiling()
+              else torch.randn_like(like)).unsqueeze(d)
         y = x * m.view(shape) + q.view(shape) * nu
         # dy_i/dK up to pi/2: c x_i - s sigma nu (zero at full width, where w = 1 has no slope)
         v = (c.to(x.dtype) * xi - (s * sigma).to(x.dtype) * nu) if ctx.needs_input_grad[1] else None
@@ -244,6 +260,76 @@ class _BlendFunction(torch.autograd.Function):
             gi = g.index_select(d, i.to(torch.long).reshape(1))
             grad_t = ((_HALF_PI * n) * (gi * v).sum()).to(t.dtype)
             blocked = ((t < ctx.lo) & (grad_t > 0)) | ((t > ctx.hi) & (grad_t < 0)) | hold | full  # inward clamp rule
+            grad_t = torch.where(blocked, torch.zeros_like(grad_t), grad_t)
+        return grad_x, grad_t, None, None, None, None, None, None
+
+
+class _BlendOneHotFunction(torch.autograd.Function):
+    """:class:`_BlendFunction` for a channel axis that is not the last one (``(B, C, T)`` features).
+
+    The same values and gradients, with the blended channel picked by a one-hot mask and the weights
+    computed per element: for these layouts inductor compiled the indexed-write form several times
+    slower when fused with the layers around it (``benchmarks/training_overhead.py --mode compiled``,
+    Conv1d stack), while this form fuses into the surrounding kernels.
+
+    The training-mode DCL in one autograd node: width, mask, noise blend and both gradients.
+
+    ``K = N * clamp(theta, K_min/N, K_max/N)``; forward ``y = x * sin(pi/2 w)`` plus
+    ``cos(pi/2 w_i) sigma_i nu`` on channel ``i = floor(K)``, with ``w = clamp(K - index, 0, 1)``
+    (1 below ``i``, ``K - i`` at ``i``, 0 above). Backward: ``dL/dx = g * sin(pi/2 w)``;
+    ``dL/dK = pi/2 (cos(pi/2 w_i) <g_i, x_i> - sin(pi/2 w_i) <g_i, sigma_i nu>)`` from the blended
+    channel alone (the only one whose weight has a slope); ``dL/dtheta = N dL/dK`` with the rule
+    of :class:`_InwardClamp`.
+
+    Everything is computed with tensor operations on the model's device: the blended channel is
+    picked by a one-hot mask built from the width tensor, so no value ever goes to the host (no ``.item()``, no device sync, no graph break under ``torch.compile``). At full
+    width (``K = N``) the index is clamped to ``N - 1`` with ``w = 1``: the channel passes whole and
+    its noise weight is exactly zero. Only the blended channel of ``x`` and its noise are saved.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, theta: Tensor, index: Tensor, hold: Tensor, d: int, lo: float, hi: float, n: int) -> Tensor:  # type: ignore[override]
+        t = theta.detach()
+        k = torch.where(hold, torch.full_like(t, n), t.clamp(lo, hi) * n)  # held: full width (warm-up)
+        i = torch.floor(k).clamp(max=n - 1)
+        w = (k - i).clamp(0.0, 1.0)
+        full = k >= n  # nothing is blended at full width
+        m = torch.sin(_HALF_PI * (k - index).clamp(0.0, 1.0)).to(x.dtype)
+        shape = [1] * x.dim()
+        shape[d] = n
+        one_hot = (index == i).to(x.dtype).view(shape)  # the blended channel
+        # the blended channel by a one-hot reduction (not index_select): elementwise work that
+        # torch.compile fuses with the layers around it
+        xi = (x.detach() * one_hot).sum(d, keepdim=True)
+        # statistics in at least float32 (half inputs), in float64 for float64 inputs
+        stat = xi if xi.dtype in (torch.float32, torch.float64) else xi.to(torch.promote_types(xi.dtype, torch.float32))
+        sigma = stat.std(unbiased=False) if xi.numel() > 1 else stat.abs().reshape(())
+        noise = sigma.to(x.dtype) * torch.randn_like(xi.select(d, 0)).unsqueeze(d)
+        q = torch.where(full, torch.zeros_like(w), torch.cos(_HALF_PI * w)).to(x.dtype)
+        y = x * m.view(shape) + one_hot * (noise * q)
+        ctx.save_for_backward(m, one_hot, w, full, t, xi if ctx.needs_input_grad[1] else None, noise, hold.clone())
+        ctx.d, ctx.n, ctx.lo, ctx.hi = d, n, lo, hi
+        return y
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g: Tensor):  # type: ignore[override]
+        m, one_hot, w, full, t, xi, noise, hold = ctx.saved_tensors
+        d, n = ctx.d, ctx.n
+        grad_x = grad_t = None
+        if ctx.needs_input_grad[0]:
+            shape = [1] * g.dim()
+            shape[d] = n
+            grad_x = g * m.to(g.dtype).view(shape)
+        if ctx.needs_input_grad[1]:
+            gi = (g * one_hot.to(g.dtype)).sum(d, keepdim=True)
+            a = (gi * xi).sum().to(t.dtype)
+            b = (gi * noise).sum().to(t.dtype)
+            zero = torch.zeros_like(w)
+            sin_w = torch.where(full, zero, torch.sin(_HALF_PI * w))
+            cos_w = torch.where(w >= 1, zero, torch.cos(_HALF_PI * w))  # sin has no slope at w = 1
+            grad_t = (_HALF_PI * n) * (cos_w * a - sin_w * b)
+            blocked = ((t < ctx.lo) & (grad_t > 0)) | ((t > ctx.hi) & (grad_t < 0)) | hold  # inward clamp rule
             grad_t = torch.where(blocked, torch.zeros_like(grad_t), grad_t)
         return grad_x, grad_t, None, None, None, None, None, None
 
@@ -413,7 +499,8 @@ class DynamicWidth(nn.Module):
             cache = self.__dict__.setdefault("_mask_cache", {})
             return _HostBlendFunction.apply(x, self.theta, cache, bool(self._hold), d, self.min_width / n,
                                             self.max_width / n, n)
-        return _BlendFunction.apply(x, self.theta, self._index, self._hold, d, self.min_width / n, self.max_width / n, n)
+        blend = _BlendFunction if d == x.dim() - 1 else _BlendOneHotFunction
+        return blend.apply(x, self.theta, self._index, self._hold, d, self.min_width / n, self.max_width / n, n)
 
     def extra_repr(self) -> str:
         return (
