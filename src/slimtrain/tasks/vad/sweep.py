@@ -6,8 +6,9 @@ Rows (``method``):
 * ``DCL`` -- dynamic widths trained with the trade-off loss, one run per kappa_min (the paper's
   sweep 0.5, 0.25, 0.125, 0.0625) at ``alpha``, plus any extra ``alphas`` / ``budgets``;
 * ``fixed`` -- the same family trained from scratch with every width (and the mel bands) scaled;
-* ``prune`` -- structured magnitude pruning (torch-pruning) of a full model trained for the same
-  epochs, pruned to the MACs of a DCL point and fine-tuned for the same number of epochs;
+* ``prune`` -- structured magnitude pruning (torch-pruning) of a full model trained for
+  ``epochs - prune_finetune_epochs`` epochs, pruned to the MACs of a DCL point and fine-tuned for
+  ``prune_finetune_epochs`` (default half), so it gets the same total epochs as a DCL run;
 * ``gates`` -- hard-concrete (L0) channel gates with a complexity-budget interval (the paper's SG);
 * ``anchor`` -- WebRTC VAD modes 0-3 and Silero VAD (no training; FLOPs not counted).
 """
@@ -48,6 +49,9 @@ class VadSweepConfig:
     budgets: tuple[float, ...] = (1.5e6,)  # extra DCL budget runs (FLOPs per second of audio)
     fixed_scales: tuple[float, ...] = (1.0, 0.5, 0.25, 0.125)
     prune_kappas: tuple[float, ...] = (0.5, 0.125)  # prune to the MACs of these DCL points
+    #: fine-tuning epochs of the pruned models (default ``epochs // 2``); the full model they start from is
+    #: trained for the rest, so a pruning row has the same total epochs as a DCL row
+    prune_finetune_epochs: Optional[int] = None
     gate_intervals: tuple[tuple[float, float], ...] = ((0.5, 1.0), (0.25, 0.5), (0.125, 0.25), (0.0625, 0.125))
     epochs: int = 12
     seed: int = 0
@@ -58,6 +62,14 @@ class VadSweepConfig:
     anchors: bool = True
     webrtc_modes: tuple[int, ...] = (0, 1, 2, 3)
     data: VadDataConfig = field(default_factory=VadDataConfig)
+
+    @property
+    def prune_split(self) -> tuple[int, int]:
+        """(full-model epochs, fine-tuning epochs) of a pruning row; they add up to ``epochs``."""
+        ft = self.epochs // 2 if self.prune_finetune_epochs is None else self.prune_finetune_epochs
+        if not 1 <= ft < self.epochs:
+            raise ValueError(f"prune_finetune_epochs must be in [1, epochs={self.epochs}), got {ft}")
+        return self.epochs - ft, ft
 
     @property
     def seed_list(self) -> list[int]:
@@ -248,9 +260,7 @@ def run_sweep(cfg: VadSweepConfig, out: str | Path, *, cache: Optional[str | Pat
     rows = _run_jobs(jobs, cfg, progress, "vad sweep", out, resume)
     # pruning targets the MACs the DCL runs reached
     prune_jobs = []
-    multi = len(cfg.seed_list) > 1
     for seed in cfg.seed_list:
-        tag = f"_seed{seed}" if multi else ""
         for fam in cfg.families:
             for k in cfg.prune_kappas:
                 match = [r for r in rows if r.get("family") == fam and r.get("method") == "DCL"
@@ -258,10 +268,10 @@ def run_sweep(cfg: VadSweepConfig, out: str | Path, *, cache: Optional[str | Pat
                          and r.get("budget") is None and r.get("alpha") == cfg.alpha]
                 if not match:
                     continue
+                pre, ft = cfg.prune_split
                 prune_jobs.append({"kind": "prune", "label": _label(fam, "prune", kappa=k), "cache": cache,
                                    "target_mflops": match[0]["mflops_per_s"], "mel_bands": match[0]["mel_bands"],
-                                   "run": {"family": fam, "epochs": cfg.epochs, "seed": seed},
-                                   "full_checkpoint": str(out / "checkpoints" / f"{fam}_fixed_x1{tag}.pt")})
+                                   "run": {"family": fam, "epochs": ft, "pretrain_epochs": pre, "seed": seed}})
     for j in prune_jobs:
         j["data_fingerprint"] = fingerprint
     rows += _run_jobs(prune_jobs, cfg, progress, "vad pruning", out, resume)
