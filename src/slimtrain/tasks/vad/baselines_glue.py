@@ -86,12 +86,15 @@ def prune_mel_bands(model: nn.Module, n_keep: int) -> nn.Module:
     return model
 
 
-def prune_baseline(job: dict, data: dict[str, VadSplit]) -> dict:
-    """Prune a trained full model to ``job['target_mflops']`` (per second of audio) and fine-tune."""
+def prune_baseline(job: dict, data: dict[str, VadSplit], *, model: nn.Module | None = None, lr: float = 3e-3,
+                   tolerance: float = 0.05) -> dict:
+    """Prune a trained full model to ``job['target_mflops']`` (per second of audio) and fine-tune
+    ``job['run']['epochs']`` epochs (Adam ``lr``). ``model``: the trained full model to prune (changed
+    in place; default: read or trained by ``job``); ``tolerance``: accepted relative MAC mismatch."""
     from ..baselines import prune_to_macs
 
     epochs, seed = job["run"]["epochs"], job["run"]["seed"]
-    model = _full_model(job, data).eval()
+    model = (model if model is not None else _full_model(job, data)).eval()
     if job.get("mel_bands"):
         prune_mel_bands(model, int(job["mel_bands"]))
     sample = torch.zeros(1, SAMPLE_SHAPE[1])
@@ -99,11 +102,11 @@ def prune_baseline(job: dict, data: dict[str, VadSplit]) -> dict:
 
     def finetune(m: nn.Module, step: int) -> None:
         seed_everything(seed + step)
-        train_loop(m, data["train"], epochs, make_optimizer(m, 3e-3), seed=seed + step)
+        train_loop(m, data["train"], epochs, make_optimizer(m, lr), seed=seed + step)
 
     # the attention query/key/value widths stay (heads and q.k products must agree; DCL keeps them too)
     attention = [lin for blk in getattr(model, "blocks", []) for lin in (blk.q, blk.k, blk.v)]
-    res = prune_to_macs(model, sample, target_macs, ignored_layers=attention, tolerance=0.05, finetune=finetune,
+    res = prune_to_macs(model, sample, target_macs, ignored_layers=attention, tolerance=tolerance, finetune=finetune,
                         seed=seed)
     return _row(job, res.model, data, {"target_mflops": job["target_mflops"], "unpruned": str(res.unpruned),
                                        "pretrain_epochs": job["run"].get("pretrain_epochs", epochs)})
