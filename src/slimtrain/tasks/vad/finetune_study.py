@@ -322,7 +322,7 @@ def study_sentences(rows: Sequence[dict]) -> str:
                 c.verdict, "the difference is not significant")
             parts.append(f"{name} DCL - prune {d.mean * scale:+.4g}{unit} "
                          f"[{d.lo * scale:+.4g}, {d.hi * scale:+.4g}]: {what}")
-        out.append(f"* At {target:g} MFLOP/s ({n} paired seeds): " + "; ".join(parts) + ".")
+        out.append(f"* At {target:g} MFLOP/s ({n} paired seed{'s' if n != 1 else ''}): " + "; ".join(parts) + ".")
     return "\n".join(out)
 
 
