@@ -70,11 +70,11 @@ def test_paired_verdicts_and_sentences_follow_the_numbers(tmp_path):
     assert "| 1.5 | 1.000 (0.0 %) | DCL better (+0.0100 [" in table
     assert re.search(r"\| n\.s\. \([+-]0\.00 \[-[0-9.]+, \+[0-9.]+\]\) \|$", table, re.M)
     text = study_sentences(back)
-    assert "AUC DCL - prune +0.01" in text and "DCL fine-tuning is significantly better" in text
+    assert "AUC DCL - prune +0.0100 [" in text and "DCL fine-tuning is significantly better" in text
     assert re.search(r"EER DCL - prune \S+ points \[-\S+, \+\S+\]: the difference is not significant", text)
     # pruning better on every seed
     text = study_sentences(_rows([0.90, 0.91, 0.905], [0.95, 0.96, 0.952]))
-    assert "AUC DCL - prune -0.049 [-0.0533, -0.0447]" in text and "torch-pruning is significantly better" in text
+    assert "AUC DCL - prune -0.0490 [-0.0533, -0.0447]" in text and "torch-pruning is significantly better" in text
     # one seed: no test, never an invented interval
     one = format_study_table(_rows([0.9], [0.91]))
     assert "n=1" in one and "±" not in one

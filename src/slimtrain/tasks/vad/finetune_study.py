@@ -311,7 +311,8 @@ def study_sentences(rows: Sequence[dict]) -> str:
         by = pairs[target]
         n = len(set(by.get("DCL", {})) & set(by.get("prune", {})))
         parts = []
-        for metric, name, hib, scale, unit in (("auc", "AUC", True, 1.0, ""), ("eer", "EER", False, 100.0, " points")):
+        for metric, name, hib, scale, unit, f in (("auc", "AUC", True, 1.0, "", "+.4f"),
+                                                  ("eer", "EER", False, 100.0, " points", "+.2f")):
             c = _compare(by, metric, hib)
             if c is None:
                 parts.append(f"{name}: one seed, no test")
@@ -320,8 +321,8 @@ def study_sentences(rows: Sequence[dict]) -> str:
             what = {"A better than B": "DCL fine-tuning is significantly better",
                     "B better than A": "torch-pruning is significantly better"}.get(
                 c.verdict, "the difference is not significant")
-            parts.append(f"{name} DCL - prune {d.mean * scale:+.4g}{unit} "
-                         f"[{d.lo * scale:+.4g}, {d.hi * scale:+.4g}]: {what}")
+            parts.append(f"{name} DCL - prune {d.mean * scale:{f}}{unit} "
+                         f"[{d.lo * scale:{f}}, {d.hi * scale:{f}}]: {what}")
         out.append(f"* At {target:g} MFLOP/s ({n} paired seed{'s' if n != 1 else ''}): " + "; ".join(parts) + ".")
     return "\n".join(out)
 
