@@ -601,8 +601,8 @@ def read_sweep_csv(path: str | Path) -> list[dict]:
 
 def plot_pareto(rows: Sequence[dict], path: str | Path) -> Path:
     """AUC and F1 vs MFLOP/s (log x), one colour per family, one marker per method; anchors as lines.
-    Points are means over seeds with 95 % Student-t error bars on both axes (the learned models' FLOPs
-    vary with the seed; none for a single seed)."""
+    Points are means over seeds with 95 % Student-t error bars on the metric and the range of the seeds'
+    FLOPs as horizontal bars (the learned models' cost varies with the seed); no bars for a single seed."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -617,14 +617,20 @@ def plot_pareto(rows: Sequence[dict], path: str | Path) -> Path:
     def half(iv) -> float:
         return 0.0 if iv is None or math.isnan(iv.lo) else iv.half_width
 
+    def xrange(e: dict) -> tuple[float, float]:
+        # the seeds' FLOPs are positive and skewed: their range, not a t-interval that can cross 0 on a log axis
+        vals = list(e["mflops_per_s_by_seed"].values()) or [e["mflops_per_s"].mean]
+        return min(vals), max(vals)
+
     for ax, metric in zip(axes, ("auc", "f1")):
         for fam, color in colors.items():
             for method, (mk, ls) in markers.items():
-                pts = sorted((e["mflops_per_s"].mean, e[metric].mean, half(e[metric]), half(e["mflops_per_s"]))
+                pts = sorted((e["mflops_per_s"].mean, e[metric].mean, half(e[metric]), xrange(e))
                              for e in summary
                              if e["family"] == fam and e["method"] == method and e[metric] is not None)
                 if pts:
-                    xs, ys, err, xerr = zip(*pts)
+                    xs, ys, err, xr = zip(*pts)
+                    xerr = [[x - lo for x, (lo, _) in zip(xs, xr)], [hi - x for x, (_, hi) in zip(xs, xr)]]
                     ax.errorbar(xs, ys, yerr=err, xerr=xerr, marker=mk, linestyle=ls, color=color, capsize=3,
                                 label=f"{fam} {method}")
         for i, e in enumerate(e for e in summary if e["method"] == "anchor" and e[metric] is not None):
