@@ -44,9 +44,16 @@ def test_quick_study_matches_macs_and_epochs_and_writes_the_report_columns(data_
     assert "| 1 | DCL fine-tuning (magnitude reorder) | 2 |" in table
     assert "| 1 | torch-pruning + fine-tuning | 2 |" in table
     # the full models were saved; a rerun reads them instead of training (same full metrics)
-    assert (out / "checkpoints" / "crnn_fixed_x1_seed1.pt").is_file()
+    ckpt = out / "checkpoints" / "crnn_fixed_x1_seed1.pt"
+    assert ckpt.is_file()
+    stamp = ckpt.stat().st_mtime_ns
+    again = run_study(cfg.__class__.quick(seeds=(1,), targets=(1.0e6,), finetune_epochs=2), out / "again",
+                      cache=data_dir, full_checkpoints=out / "checkpoints", progress=False)
+    assert ckpt.stat().st_mtime_ns == stamp  # read, not retrained
+    assert [r["auc"] for r in again] == [by["DCL", 1]["auc"], by["prune", 1]["auc"]]  # and deterministic
     with pytest.raises(StudyError, match="not the crnn full model of seed 0 trained 3 epochs"):
         run_study(FinetuneStudyConfig.quick(seeds=(0,), full_epochs=3), out, cache=data_dir, progress=False)
+    assert ckpt.stat().st_mtime_ns == stamp
 
 
 def _rows(dcl_auc, prune_auc, dcl_eer=None, prune_eer=None, target=1.5):
