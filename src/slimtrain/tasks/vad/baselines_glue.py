@@ -1,8 +1,9 @@
 """The pruning and gate baselines of the VAD sweep, on top of :mod:`slimtrain.tasks.baselines`.
 
-* ``prune``: the full-width model trained for ``epochs`` (the sweep's ``fixed x1`` checkpoint when
-  it exists, else trained here) is pruned to the MACs the DCL run reached, then fine-tuned for the
-  same number of ``epochs``. torch-pruning cannot prune the mel filterbank (its band count), and at
+* ``prune``: the full-width model trained for ``pretrain_epochs`` (default ``epochs``; a given
+  ``full_checkpoint`` is used instead when it exists) is pruned to the MACs the DCL run reached, then
+  fine-tuned for ``epochs``. The sweep splits a DCL run's epochs between the two, so both get the
+  same total training. torch-pruning cannot prune the mel filterbank (its band count), and at
   80 bands the filterbank alone costs more than most DCL points, so the bands are first pruned by
   magnitude to the DCL run's band count (:func:`prune_mel_bands`: keep the bands whose weights into
   the first layer, scaled by the input BatchNorm, have the largest L2 norm); torch-pruning
@@ -31,7 +32,8 @@ __all__ = ["prune_baseline", "gate_baseline"]
 
 
 def _full_model(job: dict, data: dict[str, VadSplit]) -> nn.Module:
-    fam, epochs, seed = job["run"]["family"], job["run"]["epochs"], job["run"]["seed"]
+    fam, seed = job["run"]["family"], job["run"]["seed"]
+    epochs = job["run"].get("pretrain_epochs", job["run"]["epochs"])
     ckpt = job.get("full_checkpoint")
     if ckpt and Path(ckpt).is_file():
         return load_dynamic_model(ckpt).train()
@@ -84,12 +86,15 @@ def prune_mel_bands(model: nn.Module, n_keep: int) -> nn.Module:
     return model
 
 
-def prune_baseline(job: dict, data: dict[str, VadSplit]) -> dict:
-    """Prune a trained full model to ``job['target_mflops']`` (per second of audio) and fine-tune."""
+def prune_baseline(job: dict, data: dict[str, VadSplit], *, model: nn.Module | None = None, lr: float = 3e-3,
+                   tolerance: float = 0.05) -> dict:
+    """Prune a trained full model to ``job['target_mflops']`` (per second of audio) and fine-tune
+    ``job['run']['epochs']`` epochs (Adam ``lr``). ``model``: the trained full model to prune (changed
+    in place; default: read or trained by ``job``); ``tolerance``: accepted relative MAC mismatch."""
     from ..baselines import prune_to_macs
 
     epochs, seed = job["run"]["epochs"], job["run"]["seed"]
-    model = _full_model(job, data).eval()
+    model = (model if model is not None else _full_model(job, data)).eval()
     if job.get("mel_bands"):
         prune_mel_bands(model, int(job["mel_bands"]))
     sample = torch.zeros(1, SAMPLE_SHAPE[1])
@@ -97,13 +102,14 @@ def prune_baseline(job: dict, data: dict[str, VadSplit]) -> dict:
 
     def finetune(m: nn.Module, step: int) -> None:
         seed_everything(seed + step)
-        train_loop(m, data["train"], epochs, make_optimizer(m, 3e-3), seed=seed + step)
+        train_loop(m, data["train"], epochs, make_optimizer(m, lr), seed=seed + step)
 
     # the attention query/key/value widths stay (heads and q.k products must agree; DCL keeps them too)
     attention = [lin for blk in getattr(model, "blocks", []) for lin in (blk.q, blk.k, blk.v)]
-    res = prune_to_macs(model, sample, target_macs, ignored_layers=attention, tolerance=0.05, finetune=finetune,
+    res = prune_to_macs(model, sample, target_macs, ignored_layers=attention, tolerance=tolerance, finetune=finetune,
                         seed=seed)
-    return _row(job, res.model, data, {"target_mflops": job["target_mflops"], "unpruned": str(res.unpruned)})
+    return _row(job, res.model, data, {"target_mflops": job["target_mflops"], "unpruned": str(res.unpruned),
+                                       "pretrain_epochs": job["run"].get("pretrain_epochs", epochs)})
 
 
 GATE_LR = 0.05  # Adam learning rate of the gates' log_alpha (the weights use 3e-3)

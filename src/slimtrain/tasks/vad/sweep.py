@@ -6,8 +6,9 @@ Rows (``method``):
 * ``DCL`` -- dynamic widths trained with the trade-off loss, one run per kappa_min (the paper's
   sweep 0.5, 0.25, 0.125, 0.0625) at ``alpha``, plus any extra ``alphas`` / ``budgets``;
 * ``fixed`` -- the same family trained from scratch with every width (and the mel bands) scaled;
-* ``prune`` -- structured magnitude pruning (torch-pruning) of a full model trained for the same
-  epochs, pruned to the MACs of a DCL point and fine-tuned for the same number of epochs;
+* ``prune`` -- structured magnitude pruning (torch-pruning) of a full model trained for
+  ``epochs - prune_finetune_epochs`` epochs, pruned to the MACs of a DCL point and fine-tuned for
+  ``prune_finetune_epochs`` (default half), so it gets the same total epochs as a DCL run;
 * ``gates`` -- hard-concrete (L0) channel gates with a complexity-budget interval (the paper's SG);
 * ``anchor`` -- WebRTC VAD modes 0-3 and Silero VAD (no training; FLOPs not counted).
 """
@@ -31,7 +32,7 @@ from .train import SNR_BANDS, VadRunConfig, evaluate_scores, train_vad
 
 __all__ = ["VadSweepConfig", "run_sweep", "write_sweep_csv", "write_paper_csvs", "plot_pareto", "format_table",
            "pareto_notes", "read_sweep_csv", "summarize", "format_summary_table", "format_detail_table",
-           "write_summary_csv"]
+           "write_summary_csv", "front_comparison", "format_front_table", "front_sentences"]
 
 PAPER_NAMES = {"crnn": ("(a) CRNNVAD", "CRNNVAD", "DCRNNVAD", "SCRNNVAD"),
                "transformer": ("(b) TrVAD", "TrVAD", "DTrVAD", "STrVAD")}
@@ -48,6 +49,9 @@ class VadSweepConfig:
     budgets: tuple[float, ...] = (1.5e6,)  # extra DCL budget runs (FLOPs per second of audio)
     fixed_scales: tuple[float, ...] = (1.0, 0.5, 0.25, 0.125)
     prune_kappas: tuple[float, ...] = (0.5, 0.125)  # prune to the MACs of these DCL points
+    #: fine-tuning epochs of the pruned models (default ``epochs // 2``); the full model they start from is
+    #: trained for the rest, so a pruning row has the same total epochs as a DCL row
+    prune_finetune_epochs: Optional[int] = None
     gate_intervals: tuple[tuple[float, float], ...] = ((0.5, 1.0), (0.25, 0.5), (0.125, 0.25), (0.0625, 0.125))
     epochs: int = 12
     seed: int = 0
@@ -58,6 +62,14 @@ class VadSweepConfig:
     anchors: bool = True
     webrtc_modes: tuple[int, ...] = (0, 1, 2, 3)
     data: VadDataConfig = field(default_factory=VadDataConfig)
+
+    @property
+    def prune_split(self) -> tuple[int, int]:
+        """(full-model epochs, fine-tuning epochs) of a pruning row; they add up to ``epochs``."""
+        ft = self.epochs // 2 if self.prune_finetune_epochs is None else self.prune_finetune_epochs
+        if not 1 <= ft < self.epochs:
+            raise ValueError(f"prune_finetune_epochs must be in [1, epochs={self.epochs}), got {ft}")
+        return self.epochs - ft, ft
 
     @property
     def seed_list(self) -> list[int]:
@@ -248,9 +260,7 @@ def run_sweep(cfg: VadSweepConfig, out: str | Path, *, cache: Optional[str | Pat
     rows = _run_jobs(jobs, cfg, progress, "vad sweep", out, resume)
     # pruning targets the MACs the DCL runs reached
     prune_jobs = []
-    multi = len(cfg.seed_list) > 1
     for seed in cfg.seed_list:
-        tag = f"_seed{seed}" if multi else ""
         for fam in cfg.families:
             for k in cfg.prune_kappas:
                 match = [r for r in rows if r.get("family") == fam and r.get("method") == "DCL"
@@ -258,10 +268,10 @@ def run_sweep(cfg: VadSweepConfig, out: str | Path, *, cache: Optional[str | Pat
                          and r.get("budget") is None and r.get("alpha") == cfg.alpha]
                 if not match:
                     continue
+                pre, ft = cfg.prune_split
                 prune_jobs.append({"kind": "prune", "label": _label(fam, "prune", kappa=k), "cache": cache,
                                    "target_mflops": match[0]["mflops_per_s"], "mel_bands": match[0]["mel_bands"],
-                                   "run": {"family": fam, "epochs": cfg.epochs, "seed": seed},
-                                   "full_checkpoint": str(out / "checkpoints" / f"{fam}_fixed_x1{tag}.pt")})
+                                   "run": {"family": fam, "epochs": ft, "pretrain_epochs": pre, "seed": seed}})
     for j in prune_jobs:
         j["data_fingerprint"] = fingerprint
     rows += _run_jobs(prune_jobs, cfg, progress, "vad pruning", out, resume)
@@ -306,24 +316,32 @@ def write_sweep_csv(rows: Sequence[dict], path: str | Path) -> Path:
 
 def write_paper_csvs(rows: Sequence[dict], out: str | Path) -> tuple[Path, Path]:
     """``vad_pooled.csv`` / ``vad_by_snr.csv`` with the columns of the paper's tables
-    (/work/shared/paper-figures): EER in percent, MFLOP/s."""
+    (/work/shared/paper-figures): EER in percent, MFLOP/s; one line per model, the mean over its seeds
+    (the paper's tables have no seed column; ``sweep_summary.csv`` has the intervals)."""
     out = Path(out)
     pooled, by_snr = out / "vad_pooled.csv", out / "vad_by_snr.csv"
-    ok = [r for r in rows if r.get("status") == "ok"]
+    summary = summarize(rows)
+    kappa = {r["label"]: r.get("kappa_min") for r in rows if r.get("status") == "ok"}
+
+    def mean(e: dict, key: str):
+        return None if e[key] is None else e[key].mean
+
     with pooled.open("w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["subplot", "model", "min_kappa", "mel_bands", "params", "mflops", "eer_percent"])
-        for r in ok:
-            sub = PAPER_NAMES[r["family"]][0] if r["family"] in PAPER_NAMES else "anchors"
-            w.writerow([sub, r["label"], _fmt(r.get("kappa_min")) or "-", _fmt(r.get("mel_bands")) or "-",
-                        _fmt(r.get("params")), _fmt(r.get("mflops_per_s")), f"{100 * r['eer']:.2f}"])
+        for e in summary:
+            sub = PAPER_NAMES[e["family"]][0] if e["family"] in PAPER_NAMES else "anchors"
+            bands = mean(e, "mel_bands")
+            w.writerow([sub, e["label"], _fmt(kappa.get(e["label"])) or "-",
+                        "-" if bands is None else f"{bands:.6g}", _fmt(mean(e, "params")),
+                        _fmt(mean(e, "mflops_per_s")), f"{100 * e['eer'].mean:.2f}"])
     with by_snr.open("w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["model", "snr_range", "eer_percent"])
-        for r in ok:
+        for e in summary:
             for b, _, _ in SNR_BANDS:
-                v = r.get(f"eer {b}")
-                w.writerow([r["label"], b, "" if v is None or math.isnan(v) else f"{100 * v:.2f}"])
+                v = mean(e, f"eer {b}")
+                w.writerow([e["label"], b, "" if v is None else f"{100 * v:.2f}"])
     return pooled, by_snr
 
 
@@ -453,6 +471,121 @@ def write_summary_csv(rows: Sequence[dict], path: str | Path) -> Path:
     return path
 
 
+# -- DCL against the other fronts, paired over seeds ----------------------------------------------------
+#: the competitors a DCL model is compared with: fixed widths and gates as fronts (interpolated at the
+#: DCL model's FLOPs), pruning directly (its rows are pruned to a DCL run's MACs, same seed)
+FRONT_METHODS = ("fixed", "prune", "gates")
+
+
+def _front_value(points: Sequence[tuple[float, float]], x: float, higher_is_better: bool) -> Optional[float]:
+    """The Pareto front of ``points`` (FLOPs, metric) at ``x``: only points no cheaper point beats are kept,
+    joined linearly in log FLOPs; beyond the dearest front point its value holds (a dearer budget can use
+    it); below the cheapest point there is no front (``None``, never an extrapolation)."""
+    sign = 1.0 if higher_is_better else -1.0
+    front: list[tuple[float, float]] = []
+    for fx, fy in sorted(points):
+        if not front or sign * fy > sign * front[-1][1]:
+            front.append((fx, fy))
+    if not front or x < front[0][0] * (1 - 1e-4):
+        return None
+    for (x0, y0), (x1, y1) in zip(front, front[1:]):
+        if x0 <= x <= x1:
+            t = (math.log(x) - math.log(x0)) / (math.log(x1) - math.log(x0)) if x1 > x0 else 0.0
+            return y0 + t * (y1 - y0)
+    return front[-1][1] if x >= front[-1][0] else front[0][1]
+
+
+def front_comparison(rows: Sequence[dict], family: str, metric: str = "auc") -> list[dict]:
+    """For every DCL model of ``family`` (one entry per label): its seeds' mean FLOPs and ``metric`` and, per
+    competitor in :data:`FRONT_METHODS`, the paired comparison (:func:`slimtrain.stats.compare`, A = DCL) of
+    the same-seed differences DCL - competitor; ``None`` where no seed has a competitor value (no pruning
+    row at that DCL point, or the DCL model is cheaper than every competitor model)."""
+    from ...stats import compare, mean_interval
+
+    hib = metric != "eer" and not metric.startswith("eer ")
+    ok = [r for r in rows if r.get("status") == "ok" and r.get("family") == family
+          and r.get("mflops_per_s") is not None and not math.isnan(r["mflops_per_s"])]
+    out = []
+    for label in dict.fromkeys(r["label"] for r in ok if r["method"] == "DCL"):
+        dcl = {r.get("seed") or 0: r for r in ok if r["method"] == "DCL" and r["label"] == label}
+        kappa = next(iter(dcl.values())).get("kappa_min")
+        entry: dict = {"label": label, "n": len(dcl), "metric": metric,
+                       "mflops_per_s": mean_interval([r["mflops_per_s"] for r in dcl.values()]),
+                       metric: mean_interval([r[metric] for r in dcl.values()])}
+        for method in FRONT_METHODS:
+            a, b = {}, {}
+            for seed, r in dcl.items():
+                same = [o for o in ok if o["method"] == method and (o.get("seed") or 0) == seed]
+                if method == "prune":
+                    hit = [o for o in same if o["label"] == _label(family, "prune", kappa=kappa)
+                           and _label(family, "DCL", kappa_min=kappa) == label] if kappa is not None else []
+                    v = hit[0][metric] if hit else None
+                else:
+                    v = _front_value([(o["mflops_per_s"], o[metric]) for o in same], r["mflops_per_s"], hib)
+                if v is not None:
+                    a[seed], b[seed] = r[metric], v
+            entry[method] = compare(a, b, higher_is_better=hib) if a else None
+            entry[f"{method}_n"] = len(a)
+        out.append(entry)
+    return out
+
+
+def _verdict_cell(c, n: int, scale: float, fmt: str) -> str:
+    if c is None:
+        return "-"
+    d = c.difference
+    if n < 2:
+        return f"n=1 ({format(d.mean * scale, fmt)})"
+    tag = {"A better than B": "above", "B better than A": "below"}.get(c.verdict, "n.s.")
+    return f"{tag} ({format(d.mean * scale, fmt)} [{format(d.lo * scale, fmt)}, {format(d.hi * scale, fmt)}])"
+
+
+def format_front_table(rows: Sequence[dict], family: str) -> str:
+    """Markdown: each DCL model of ``family`` against the fixed-width front, pruning to its MACs and the
+    gates front -- paired same-seed AUC and EER differences (DCL - competitor), mean [95 % interval];
+    ``above``/``below`` only where the interval excludes 0."""
+    from ...stats import format_interval
+
+    auc = front_comparison(rows, family, "auc")
+    eer = {e["label"]: e for e in front_comparison(rows, family, "eer")}
+    lines = ["| DCL model | n | MFLOP/s | AUC | AUC - fixed-width front | AUC - pruning (same MACs) | "
+             "AUC - gates front | EER pts - fixed-width front | EER pts - pruning |",
+             "| --- | ---: | ---: | ---: | --- | --- | --- | --- | --- |"]
+    for e in auc:
+        f = eer[e["label"]]
+        # for EER (lower is better) "above the front" means a lower EER: compare() already says A better
+        lines.append(f"| {e['label']} | {e['n']} | {format_interval(e['mflops_per_s'], '.2f')} | "
+                     f"{format_interval(e['auc'], '.3f')} | "
+                     + " | ".join(_verdict_cell(e[m], e[f"{m}_n"], 1.0, "+.3f") for m in FRONT_METHODS) + " | "
+                     + " | ".join(_verdict_cell(f[m], f[f"{m}_n"], 100.0, "+.2f") for m in ("fixed", "prune")) + " |")
+    return "\n".join(lines)
+
+
+def front_sentences(rows: Sequence[dict], family: str) -> str:
+    """Generated summary of :func:`front_comparison` (AUC and EER) for ``family``: how many DCL models are
+    significantly above, on (n.s.) or below each competitor."""
+    names = {"fixed": "the fixed-width front (interpolated at the DCL model's FLOPs)",
+             "prune": "torch-pruning to the same MACs", "gates": "the gates (SG) front"}
+    out = []
+    for metric, mname in (("auc", "AUC"), ("eer", "EER")):
+        comps = front_comparison(rows, family, metric)
+        for m in FRONT_METHODS:
+            got = [(e["label"], e[m]) for e in comps if e[m] is not None and e[f"{m}_n"] >= 2]
+            if not got:
+                continue
+            above = [lab for lab, c in got if c.verdict == "A better than B"]
+            below = [lab for lab, c in got if c.verdict == "B better than A"]
+            same = len(got) - len(above) - len(below)
+
+            def names_of(labels: list[str]) -> str:
+                return f" ({', '.join(labels)})" if labels else ""
+
+            out.append(f"* {mname} against {names[m]}: of {len(got)} DCL models, {len(above)} significantly better"
+                       f"{names_of(above)}, {same} not significantly different, {len(below)} significantly worse"
+                       f"{names_of(below)}.")
+    return "\n".join(out)
+
+
 def read_sweep_csv(path: str | Path) -> list[dict]:
     """The rows of a VAD ``sweep.csv`` back as numbers (a table without a ``seed`` column -- written
     before seeds were recorded -- reads with ``seed = None``: one run per model, ``n = 1``)."""
@@ -468,7 +601,8 @@ def read_sweep_csv(path: str | Path) -> list[dict]:
 
 def plot_pareto(rows: Sequence[dict], path: str | Path) -> Path:
     """AUC and F1 vs MFLOP/s (log x), one colour per family, one marker per method; anchors as lines.
-    Points are means over seeds with 95 % Student-t error bars (none for a single seed)."""
+    Points are means over seeds with 95 % Student-t error bars on the metric and the range of the seeds'
+    FLOPs as horizontal bars (the learned models' cost varies with the seed); no bars for a single seed."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -483,14 +617,21 @@ def plot_pareto(rows: Sequence[dict], path: str | Path) -> Path:
     def half(iv) -> float:
         return 0.0 if iv is None or math.isnan(iv.lo) else iv.half_width
 
+    def xrange(e: dict) -> tuple[float, float]:
+        # the seeds' FLOPs are positive and skewed: their range, not a t-interval that can cross 0 on a log axis
+        vals = list(e["mflops_per_s_by_seed"].values()) or [e["mflops_per_s"].mean]
+        return min(vals), max(vals)
+
     for ax, metric in zip(axes, ("auc", "f1")):
         for fam, color in colors.items():
             for method, (mk, ls) in markers.items():
-                pts = sorted((e["mflops_per_s"].mean, e[metric].mean, half(e[metric])) for e in summary
+                pts = sorted((e["mflops_per_s"].mean, e[metric].mean, half(e[metric]), xrange(e))
+                             for e in summary
                              if e["family"] == fam and e["method"] == method and e[metric] is not None)
                 if pts:
-                    xs, ys, err = zip(*pts)
-                    ax.errorbar(xs, ys, yerr=err, marker=mk, linestyle=ls, color=color, capsize=3,
+                    xs, ys, err, xr = zip(*pts)
+                    xerr = [[x - lo for x, (lo, _) in zip(xs, xr)], [hi - x for x, (_, hi) in zip(xs, xr)]]
+                    ax.errorbar(xs, ys, yerr=err, xerr=xerr, marker=mk, linestyle=ls, color=color, capsize=3,
                                 label=f"{fam} {method}")
         for i, e in enumerate(e for e in summary if e["method"] == "anchor" and e[metric] is not None):
             ax.axhline(e[metric].mean, color=anchor_styles[i % len(anchor_styles)], linewidth=0.9,
