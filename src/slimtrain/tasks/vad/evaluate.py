@@ -108,3 +108,67 @@ def format_rows(rows: list[dict]) -> str:
         cells += [f"{r[k]:.4f}" if k.startswith("auc") else f"{100 * r[k]:.1f}" for k in extra]
         lines.append("\t".join(cells))
     return "\n".join(lines)
+
+
+# -- the candidate table (docs/vad_results/ship_candidates.csv) -------------------------------------
+def _recipe_of(model: str) -> dict:
+    """Recipe fields of a model row: from the checkpoint's training config or the shipped model's metadata."""
+    if model == SILERO:
+        return {"label": SILERO, "recipe": "silero_vad wheel (JIT, 8 kHz)"}
+    from ... import vad
+    from ...checkpoint import load_checkpoint
+    from ...shipped import is_shipped
+
+    p = vad.default_model_path() if model == "shipped" else Path(model)
+    if is_shipped(p):
+        meta = json.loads(p.with_suffix(".json").read_text())
+        cfg = {**meta["recipe"], "widths": meta["recipe"].get("full_widths", {})}
+        data = f"{meta['data']['config'].get('corpus') or 'core'} {meta['data']['fingerprint']}"
+    else:
+        ck = load_checkpoint(p)
+        cfg = dict(ck["extra"].get("config", {}))
+        data = "see docs/vad.md"
+    w = {"conv1": 24, "conv2": 24, "hidden": 32, **{k: v for k, v in (cfg.get("widths") or {}).items()
+                                                    if k in ("conv1", "conv2", "hidden")}}
+    cut = "" if cfg.get("budget") else f" kappa_min {cfg.get('kappa_min')} alpha {cfg.get('alpha')}"
+    budget = f" budget {cfg['budget'] / 1e6:g}M" if cfg.get("budget") else ""
+    label = f"CRNN {w['conv1']}/{w['conv2']}/{w['hidden']}{budget}{cut}, {cfg.get('epochs')} ep, seed {cfg.get('seed')}"
+    return {"label": label, "recipe": f"full widths {w}, n_mels {cfg.get('n_mels', 80)}{budget}{cut}, epochs "
+                                      f"{cfg.get('epochs')}, seed {cfg.get('seed')}, data {data}"}
+
+
+def merge_sets(test_rows: Sequence[dict], unseen_rows: Sequence[dict]) -> list[dict]:
+    """One row per model with its metrics on both sets (columns ``test_*`` and ``unseen_*``)."""
+    unseen = {r["model"]: r for r in unseen_rows}
+    keep = ("auc", "eer", "f1", "eer < 5 dB", "eer >= 25 dB")
+    out = []
+    for t in test_rows:
+        u = unseen.get(t["model"])
+        if u is None:
+            continue
+        row = {"model": t["model"], **_recipe_of(t["model"]), "mflops_per_s": t["mflops_per_s"],
+               "params": t["params"]}
+        row.update({f"test_{k}": t[k] for k in keep})
+        row.update({f"unseen_{k}": u[k] for k in keep})
+        row.update({f"unseen_{k}": u[k] for k in u if k.startswith(("auc ", "eer ", "f1 ")) and "dB" not in k})
+        row.update({"test_fingerprint": t["set_fingerprint"], "unseen_fingerprint": u["set_fingerprint"]})
+        out.append(row)
+    return out
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    """``python -m slimtrain.tasks.vad.evaluate TEST.json UNSEEN.json --csv OUT.csv``: merge two eval runs."""
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m slimtrain.tasks.vad.evaluate", description=main.__doc__)
+    p.add_argument("test_json", type=Path)
+    p.add_argument("unseen_json", type=Path)
+    p.add_argument("--csv", type=Path, required=True)
+    a = p.parse_args(argv)
+    rows = merge_sets(json.loads(a.test_json.read_text()), json.loads(a.unseen_json.read_text()))
+    print(f"wrote {write_rows(rows, a.csv)} ({len(rows)} models)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
