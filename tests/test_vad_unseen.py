@@ -126,3 +126,17 @@ def test_eval_command_scores_the_shipped_model_next_to_silero(tmp_path, capsys):
     assert rows[0]["data_fingerprint"] == man["fingerprint"] and float(rows[0]["mflops_per_s"]) > 0
     assert all(0.5 < float(r["auc"]) <= 1 and 0 < float(r["f1"]) <= 1 for r in rows)
     assert all(0 < float(r["eer"]) < 0.5 for r in rows) and {"eer < 5 dB", "eer >= 25 dB"} <= set(rows[0])
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["vad", "--widths", "conv9=3", "--data", "/nonexistent"], "--widths: unknown width(s) conv9 for family crnn"),
+    (["vad", "--widths", "conv1=x"], "expected NAME=N[,NAME=N...] with N >= 1"),
+    (["vad", "--sweep", "--widths", "conv1=32"], "--widths applies to a single run, not --sweep"),
+    (["data", "vad", "--extra-speakers", "xx"], "unknown extra speaker(s) xx; choose from es-co, fr-armelle"),
+    (["data", "vad", "--extra-speakers", "es-co", "--out", "/nonexistent/x"],
+     "--extra-speakers only applies with --corpus extended"),
+])
+def test_new_options_reject_bad_input_in_one_line(argv, message, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and "\n" not in err.split("error:")[-1]
