@@ -137,8 +137,10 @@ def _recipe_of(model: str) -> dict:
                                       f"{cfg.get('epochs')}, seed {cfg.get('seed')}, data {data}"}
 
 
-def merge_sets(test_rows: Sequence[dict], unseen_rows: Sequence[dict]) -> list[dict]:
-    """One row per model with its metrics on both sets (columns ``test_*`` and ``unseen_*``)."""
+def merge_sets(test_rows: Sequence[dict], unseen_rows: Sequence[dict],
+               labels: Optional[dict[str, str]] = None) -> list[dict]:
+    """One row per model with its metrics on both sets (columns ``test_*`` and ``unseen_*``); ``labels``
+    prefixes the label of the named models (e.g. which one is shipped)."""
     unseen = {r["model"]: r for r in unseen_rows}
     keep = ("auc", "eer", "f1", "eer < 5 dB", "eer >= 25 dB")
     out = []
@@ -148,6 +150,8 @@ def merge_sets(test_rows: Sequence[dict], unseen_rows: Sequence[dict]) -> list[d
             continue
         row = {"model": t["model"], **_recipe_of(t["model"]), "mflops_per_s": t["mflops_per_s"],
                "params": t["params"]}
+        if labels and t["model"] in labels:
+            row["label"] = f"{labels[t['model']]}: {row['label']}"
         row.update({f"test_{k}": t[k] for k in keep})
         row.update({f"unseen_{k}": u[k] for k in keep})
         row.update({f"unseen_{k}": u[k] for k in u if k.startswith(("auc ", "eer ", "f1 ")) and "dB" not in k})
@@ -164,8 +168,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("test_json", type=Path)
     p.add_argument("unseen_json", type=Path)
     p.add_argument("--csv", type=Path, required=True)
+    p.add_argument("--label", action="append", default=[], metavar="MODEL=TEXT",
+                   help="prefix the label of MODEL (as in the rows) with TEXT (repeatable)")
     a = p.parse_args(argv)
-    rows = merge_sets(json.loads(a.test_json.read_text()), json.loads(a.unseen_json.read_text()))
+    labels = dict(x.split("=", 1) for x in a.label)
+    rows = merge_sets(json.loads(a.test_json.read_text()), json.loads(a.unseen_json.read_text()), labels)
     print(f"wrote {write_rows(rows, a.csv)} ({len(rows)} models)")
     return 0
 
