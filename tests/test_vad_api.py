@@ -51,18 +51,30 @@ def clips():
 def test_shipped_files_are_small_complete_and_consistent():
     pt = vad.default_model_path()
     meta = json.loads(pt.with_suffix(".json").read_text())
-    assert pt.stat().st_size < 500_000
+    assert pt.stat().st_size < 100_000
     assert meta["sha256"] == sha256_of(pt)
     assert meta["format"] == "slimtrain-shipped-model" and meta["task"] == "vad" and meta["sample_rate"] == 8000
     r = meta["recipe"]
-    assert r["family"] == "crnn" and 0 < r["kappa_min"] <= 1 and r["alpha"] > 0 and r["epochs"] >= 1
+    assert r["family"] == "crnn" and 0 < r["kappa_min"] <= 1 and r["epochs"] >= 1
+    assert r["alpha"] > 0 or r["budget"] > 0  # a DCL trade-off: a FLOPs weight or a FLOP/s budget (hinge)
     assert set(r["exported_widths"]) == {"n_mels", "conv1", "conv2", "hidden"}
     assert len(meta["data"]["fingerprint"]) == 16 and meta["data"]["config"]["test_languages"] == ["it"]
     assert any(c.startswith("slimtrain data vad") for c in meta["commands"])
     assert any("slimtrain vad --family crnn" in c for c in meta["commands"])
     m = meta["metrics"]
     assert 0.9 < m["auc"] <= 1 and 0 < m["eer"] < 0.2 and 0.8 < m["f1_at_threshold"] <= 1
-    assert 0 < m["mflops_per_s"] < 4.66 and m["params"] < 13393  # cheaper than the full-width CRNN
+    assert 0 < m["mflops_per_s"] < 2.39 and m["params"] < 13393  # <= 1/10 of Silero's 23.94 MFLOP/s at 8 kHz
+    # measured by 'slimtrain vad eval' on the core Italian test split and the unseen-voices set, next to Silero
+    sets = meta["metrics_by_set"]
+    assert set(sets) == {"test", "unseen"}
+    assert sets["test"]["ours"]["data_fingerprint"] == "cf2a4139b193778e"  # the core corpus of docs/vad.md
+    assert sets["test"]["ours"]["mflops_per_s"] == pytest.approx(m["mflops_per_s"], rel=1e-6)
+    for name, ours in (("test", sets["test"]["ours"]), ("unseen", sets["unseen"]["ours"])):
+        silero = sets[name]["silero"]
+        assert ours["auc"] > silero["auc"] and ours["f1"] > silero["f1"], name  # the goal of issue 11, as shipped
+    assert sets["test"]["ours"]["auc"] > 0.98 and sets["unseen"]["ours"]["auc"] > 0.95
+    assert {"auc human", "auc festival", "auc espeak-ng"} <= set(sets["unseen"]["ours"])
+    assert meta["streaming"]["ours_ms_per_s_8khz"] < meta["streaming"]["silero_ms_per_s_8khz"]
     assert 0 < meta["threshold"] < 1
     # the .pt holds only plain values and carries the same metadata
     d = torch.load(pt, weights_only=True)
@@ -87,7 +99,7 @@ def test_shipped_model_detects_speech_on_a_fixed_clip_set(model, clips):
     labels = np.concatenate([lab for _, lab in clips])
     probs = np.concatenate([model.frame_probs(x, 8000) for x, _ in clips])
     assert probs.shape == labels.shape and 0.2 < labels.mean() < 0.8
-    assert roc_auc(labels, probs) > 0.9
+    assert roc_auc(labels, probs) > 0.99  # measured 0.997 (the model shipped before issue 11: 0.980)
     hit = said = found = 0
     for x, lab in clips:
         segs = model.speech_timestamps(x, 8000)
@@ -96,10 +108,12 @@ def test_shipped_model_detects_speech_on_a_fixed_clip_set(model, clips):
         for s in segs:
             inside |= (t >= s["start"]) & (t <= s["end"])
         lab = lab.astype(bool)
-        assert (inside & lab).sum() > 0.3 * lab.sum()  # every clip's speech is found (espeak-ng only partly)
+        # every clip's speech is found, the espeak-ng Italian clips too (measured >= 0.97 per clip; before
+        # issue 11 the shipped model found only 48 % and 57 % of the two espeak-ng clips)
+        assert (inside & lab).sum() > 0.9 * lab.sum()
         hit, said, found = hit + (inside & lab).sum(), said + lab.sum(), found + inside.sum()
-    assert hit > 0.7 * said  # the segments cover most labelled speech frames (measured: 0.81)
-    assert hit > 0.9 * found  # and lie almost only on speech (measured: 0.97)
+    assert hit > 0.95 * said  # the segments cover almost every labelled speech frame (measured: 0.996)
+    assert hit > 0.9 * found  # and lie almost only on speech (measured: 0.92)
 
 
 # -- input handling -----------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ import json
 import platform
 import sys
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import torch
@@ -44,8 +45,26 @@ def _check(model, reloaded, x: torch.Tensor) -> float:
         return float((model(x) - reloaded(x)).abs().max())
 
 
-def ship_vad(checkpoint: Path, data: Path, out: Path, commands: list[str], name: str = "vad_default") -> Path:
-    """Ship a VAD checkpoint as ``out/NAME.pt`` + ``.json``; returns the ``.pt`` path."""
+def _eval_sets(checkpoint: Path, files: list[Path]) -> dict:
+    """The rows of ``slimtrain vad eval --json`` files for this checkpoint and for Silero VAD, per set."""
+    out: dict = {}
+    for f in files:
+        rows = json.loads(Path(f).read_text())
+        mine = [r for r in rows if Path(r["model"]).resolve() == Path(checkpoint).resolve()]
+        if not mine:
+            raise ValueError(f"{f}: no row for {checkpoint} (models: {', '.join(r['model'] for r in rows)})")
+        keep = lambda r: {k: v for k, v in r.items() if k not in ("model", "set")}  # noqa: E731
+        out[mine[0]["set"]] = {"ours": keep(mine[0]),
+                               "silero": next((keep(r) for r in rows if r["model"].startswith("Silero")), None)}
+    return out
+
+
+def ship_vad(checkpoint: Path, data: Path, out: Path, commands: list[str], name: str = "vad_default",
+             eval_files: Optional[list[Path]] = None, streaming: Optional[dict] = None) -> Path:
+    """Ship a VAD checkpoint as ``out/NAME.pt`` + ``.json``; returns the ``.pt`` path.
+
+    ``eval_files``: ``slimtrain vad eval --json`` outputs whose rows for this checkpoint (and Silero's)
+    are recorded under ``metrics_by_set``; ``streaming``: measured streaming CPU time, recorded as given."""
     from ..vad import _build_plain
 
     model, _ = load_for_inference(checkpoint, "vad")
@@ -83,7 +102,9 @@ def ship_vad(checkpoint: Path, data: Path, out: Path, commands: list[str], name:
                        for s, info in manifest["splits"].items()},
         },
         "metrics": {
-            "split": "test: held-out Italian voice it_IT_m_Carlo (never heard in training), per 10 ms frame",
+            "split": "test: held-out Italian voice it_IT_m_Carlo (never heard in training), per 10 ms frame"
+                     + (", extended-corpus mixtures (new noise types, reverberation, codecs)"
+                        if manifest.get("corpus") == "extended" else ""),
             "auc": m["auc"], "eer": m["eer"], "f1_at_threshold": m["f1"],
             "eer_by_snr": {k[4:]: m[k] for k in m if k.startswith("eer ")},
             "mflops_per_s": m["mflops_per_s"], "params": m["params"], "mel_bands": m["mel_bands"],
@@ -91,6 +112,10 @@ def ship_vad(checkpoint: Path, data: Path, out: Path, commands: list[str], name:
         "commands": commands,
         "versions": _versions(),
     }
+    if eval_files:
+        meta["metrics_by_set"] = _eval_sets(checkpoint, eval_files)
+    if streaming:
+        meta["streaming"] = streaming
     pt, _ = save_shipped(Path(out) / f"{name}.pt", model, "vad",
                          {"family": kw.get("family", "crnn"), "n_mels": kw.get("n_mels", 80),
                           **{k: v for k, v in kw.items() if k not in ("family", "n_mels")}}, meta)
@@ -147,11 +172,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=ASSETS, help=f"output folder (default: {ASSETS})")
     p.add_argument("--command", action="append", default=[], help="a command that reproduced the checkpoint "
                    "(repeatable, in order); the ship command itself is appended")
+    p.add_argument("--metrics", type=Path, action="append", default=[], metavar="JSON",
+                   help="vad: a 'slimtrain vad eval --json' output holding a row for this checkpoint (repeatable: "
+                        "one per set); its rows and Silero's are recorded under metrics_by_set")
+    p.add_argument("--streaming", default=None, metavar="JSON",
+                   help="vad: measured streaming cost to record as given, e.g. '{\"ours_ms_per_s\": 4.2, ...}'")
     a = p.parse_args(argv)
     cmds = list(a.command) + ["python -m slimtrain.tasks.ship " + " ".join(sys.argv[1:] if argv is None else argv)
                               .split(" --command")[0]]
-    fn = ship_vad if a.task == "vad" else ship_spoof
-    pt = fn(a.checkpoint, a.data, a.out, cmds)
+    if a.task == "vad":
+        pt = ship_vad(a.checkpoint, a.data, a.out, cmds, eval_files=a.metrics,
+                      streaming=None if a.streaming is None else json.loads(a.streaming))
+    else:
+        if a.metrics or a.streaming:
+            p.error("--metrics and --streaming apply to vad only")
+        pt = ship_spoof(a.checkpoint, a.data, a.out, cmds)
     print(f"wrote {pt} ({pt.stat().st_size / 1024:.0f} kB) and {pt.with_suffix('.json')}")
     return 0
 

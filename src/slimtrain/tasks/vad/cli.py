@@ -50,6 +50,31 @@ def _family(text: str) -> str:
     return text
 
 
+def _speaker_list(text: str) -> list[str]:
+    from ..audio import EXTRA_ASTERISK_SPEAKERS
+
+    names = [t for t in (p.strip() for p in text.split(",")) if t]
+    bad = [n for n in names if n not in EXTRA_ASTERISK_SPEAKERS]
+    if bad:
+        raise argparse.ArgumentTypeError(f"unknown extra speaker(s) {', '.join(bad)}; choose from "
+                                         f"{', '.join(sorted(EXTRA_ASTERISK_SPEAKERS))}")
+    return names
+
+
+_WIDTH_KEYS = {"crnn": ("conv1", "conv2", "hidden"), "transformer": ("d_model", "ff")}
+
+
+def _widths(text: str) -> dict:
+    out = {}
+    for part in (p.strip() for p in text.split(",") if p.strip()):
+        key, _, val = part.partition("=")
+        if not key or not val.isdigit() or int(val) < 1:
+            raise argparse.ArgumentTypeError(f"expected NAME=N[,NAME=N...] with N >= 1 (e.g. conv1=32,hidden=48), "
+                                             f"got {part!r}")
+        out[key.strip()] = int(val)
+    return out
+
+
 _kappa_list = comma_list(_kappa, "0.5,0.25")
 _budget_list = comma_list(_budget, "1.5e6,3e6 (FLOP/s budgets)")
 
@@ -86,6 +111,10 @@ def register(commands, data_commands) -> None:
                         "(docs/vad.md). Training commands given --data DIR read whichever corpus DIR holds")
     d.add_argument("--tts-utterances", type=_tts_count, default=None, metavar="N",
                    help=f"--corpus extended: synthetic training utterances (default: {D.tts_utterances}; quick: 40)")
+    d.add_argument("--extra-speakers", type=_speaker_list, default=None, metavar="S[,S...]",
+                   help=f"--corpus extended: the extra real training speakers (default: "
+                        f"{','.join(D.extra_train_speakers)}); 'es-co' keeps fr-armelle out for the unseen-voices "
+                        "set of 'slimtrain vad eval --set unseen'")
     d.add_argument("--force", action="store_true", help="rebuild even if the cache matches")
     d.add_argument("--no-progress", action="store_true", help="no progress bar")
     d.set_defaults(func=_cmd_data)
@@ -125,6 +154,9 @@ def register(commands, data_commands) -> None:
                         "--sweep adds one DCL budget run per value at the smallest kappa-min (default: 1.5e6; "
                         "quick: none)")
     v.add_argument("--epochs", type=_epochs, default=None, metavar="N", help="training epochs per run (default 12; quick 3)")
+    v.add_argument("--widths", type=_widths, default=None, metavar="NAME=N,...",
+                   help="single run: full (pre-DCL) widths, e.g. conv1=32,conv2=32,hidden=48 (CRNN: conv1, conv2, "
+                        "hidden, n_mels; transformer: d_model, ff, n_mels); default: the documented widths")
     v.add_argument("--out", type=Path, default=DEFAULT_OUT, metavar="DIR", help=f"output folder (default: {DEFAULT_OUT})")
     v.add_argument("--data", type=Path, default=None, metavar="DIR",
                    help="VAD data cache (built if missing; default: OUT/data, quick: OUT/data-quick)")
@@ -139,7 +171,7 @@ def register(commands, data_commands) -> None:
     v.add_argument("--no-progress", action="store_true", help="no progress bars")
     add_device_option(v)
     v.set_defaults(func=_cmd_vad)
-    vsub = v.add_subparsers(dest="vad_command", metavar="predict")
+    vsub = v.add_subparsers(dest="vad_command", metavar="{predict,eval}")
     pr = vsub.add_parser(
         "predict", help="speech segments (or frame probabilities) of audio files, with the shipped VAD by default",
         description=_paragraphs(
@@ -179,6 +211,32 @@ def register(commands, data_commands) -> None:
     pr.add_argument("--pad", type=_nonneg, default=0.03, metavar="S",
                     help="widen each segment by S seconds on both sides, splitting short gaps (default: 0.03)")
     pr.set_defaults(func=_cmd_predict)
+    ev = vsub.add_parser(
+        "eval", help="score VAD models and Silero VAD side by side on the Italian test split or the unseen-voices set",
+        description=_paragraphs(
+            "Score each --model (default: the shipped VAD) and Silero VAD on one set, per 10 ms frame: ROC-AUC, EER, "
+            "F1 at each model's validation EER threshold (the validation split of --data), EER per SNR band.",
+            "--set test: the held-out Italian test split of --data. --set unseen: the unseen-voices set (built into "
+            "--unseen, default DATA/../unseen, on first use, about 40 s): the held-out human speaker fr Armelle, the "
+            "Festival Italian voices and espeak-ng voices of 12 languages no training recipe uses, mixed like the "
+            "extended test split; also AUC/EER/F1 per voice group. The training split of --data must not hold any "
+            "of its voices (checked; build it with 'slimtrain data vad --corpus extended --extra-speakers es-co').",
+        ), formatter_class=argparse.RawDescriptionHelpFormatter)
+    ev.add_argument("--set", dest="eval_set", choices=("test", "unseen"), default="unseen",
+                    help="evaluation set (default: unseen)")
+    ev.add_argument("--model", "-m", type=Path, action="append", default=None, metavar="M",
+                    help="model to score (repeatable; shipped .pt, checkpoint or export folder; default: the shipped "
+                         "VAD); 'shipped' names the shipped VAD next to others")
+    ev.add_argument("--data", type=Path, default=DEFAULT_DATA, metavar="DIR",
+                    help=f"VAD data folder: validation split (thresholds) and, for --set test, the test split "
+                         f"(default: {DEFAULT_DATA})")
+    ev.add_argument("--unseen", type=Path, default=None, metavar="DIR",
+                    help="folder of the unseen-voices set (default: the folder next to --data named 'unseen')")
+    ev.add_argument("--csv", type=Path, default=None, metavar="FILE", help="also write the rows to this CSV")
+    ev.add_argument("--json", type=Path, default=None, metavar="FILE",
+                    help="also write the rows as JSON (for 'python -m slimtrain.tasks.ship --metrics')")
+    ev.add_argument("--no-silero", action="store_true", help="leave Silero VAD out")
+    ev.set_defaults(func=_cmd_eval)
 
 
 def _cmd_data(args) -> int:
@@ -194,6 +252,10 @@ def _cmd_data(args) -> int:
         cfg.tts_utterances = args.tts_utterances
     elif args.quick:
         cfg.tts_utterances = 40
+    if args.extra_speakers is not None:
+        if args.corpus != "extended":
+            raise ValueError("--extra-speakers only applies with --corpus extended")
+        cfg.extra_train_speakers = tuple(args.extra_speakers)
     t0 = time.perf_counter()
     m = build_vad_data(cfg, args.out, force=args.force, progress=not args.no_progress)
     _, manifest = load_vad_data(args.out)
@@ -208,9 +270,27 @@ def _cmd_data(args) -> int:
     return 0
 
 
+def _cmd_eval(args) -> int:
+    from .evaluate import evaluate_models, format_rows, write_rows
+
+    models = [None if str(m) == "shipped" else m for m in (args.model or [None])]
+    t0 = time.perf_counter()
+    rows = evaluate_models(models, args.eval_set, args.data, unseen_dir=args.unseen, silero=not args.no_silero)
+    print(f"# set {args.eval_set} ({rows[0]['clips']} clips, fingerprint {rows[0]['set_fingerprint']}); thresholds "
+          f"from the validation split of {args.data} (fingerprint {rows[0]['data_fingerprint']})")
+    print(format_rows(rows))
+    for path in (args.csv, args.json):
+        if path is not None:
+            print(f"wrote {write_rows(rows, path)}")
+    print(f"({time.perf_counter() - t0:.0f}s)")
+    return 0
+
+
 def _cmd_vad(args) -> int:
     if getattr(args, "vad_command", None) == "predict":
         return _cmd_predict(args)
+    if getattr(args, "vad_command", None) == "eval":
+        return _cmd_eval(args)
     from ... import distributed
     from .data import VadDataConfig, build_vad_data, load_vad_data
     from .sweep import VadSweepConfig, format_summary_table, format_table, run_sweep
@@ -222,6 +302,8 @@ def _cmd_vad(args) -> int:
     progress = not args.no_progress
     data_dir = args.data or (out / ("data-quick" if args.quick else "data"))
     if args.sweep:
+        if args.widths:
+            raise ValueError("--widths applies to a single run, not --sweep")
         _refuse_sweep_under_torchrun()
         cfg = VadSweepConfig.quick() if args.quick else VadSweepConfig()
         if args.family:
@@ -248,6 +330,12 @@ def _cmd_vad(args) -> int:
         return 0
     if args.alphas:
         raise ValueError("--alphas only applies with --sweep")
+    widths = dict(args.widths or {})
+    fam = args.family or "crnn"
+    unknown = sorted(set(widths) - set(_WIDTH_KEYS[fam]) - {"n_mels"})
+    if unknown:
+        raise ValueError(f"--widths: unknown width(s) {', '.join(unknown)} for family {fam}; choose from "
+                         f"{', '.join(_WIDTH_KEYS[fam] + ('n_mels',))}")
     _check_no_sweep_engine_args(args)
     dcfg = VadDataConfig.quick() if args.quick else VadDataConfig()
     distributed.init(distributed.resolve_device(device))  # torchrun: the process group, to wait for rank 0's data
@@ -260,7 +348,8 @@ def _cmd_vad(args) -> int:
     family = args.family or "crnn"
     run = VadRunConfig(family=family, kappa_min=(args.kappa_min or [0.125])[0],
                        alpha=0.0 if budget is not None and args.alpha == 1.0 else args.alpha, budget=budget,
-                       epochs=args.epochs or (3 if args.quick else 12), seed=args.seed)
+                       epochs=args.epochs or (3 if args.quick else 12), seed=args.seed,
+                       n_mels=widths.pop("n_mels", 80), widths=widths)
     out.mkdir(parents=True, exist_ok=True)
     ckpt = out / f"vad_{family}.pt"
     _, row = train_vad(run, data, checkpoint=ckpt, progress=progress, device=device)
