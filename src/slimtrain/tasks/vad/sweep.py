@@ -483,7 +483,7 @@ def _front_value(points: Sequence[tuple[float, float]], x: float, higher_is_bett
     it); below the cheapest point there is no front (``None``, never an extrapolation)."""
     sign = 1.0 if higher_is_better else -1.0
     front: list[tuple[float, float]] = []
-    for fx, fy in sorted(points):
+    for fx, fy in sorted(points, key=lambda p: (p[0], -sign * p[1])):  # at equal FLOPs the best first
         if not front or sign * fy > sign * front[-1][1]:
             front.append((fx, fy))
     if not front or x < front[0][0] * (1 - 1e-4):
