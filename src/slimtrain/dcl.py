@@ -197,6 +197,22 @@ class _HostBlendFunction(torch.autograd.Function):
         return grad_x, grad_t, None, None, None, None, None, None
 
 
+def _width_scalars(theta: Tensor, hold: Tensor, lo: float, hi: float, n: int):
+    """``(t, K, i, w, full)`` as 0-d tensors: ``K = N clamp(theta)`` (``N`` while held),
+    ``i = floor(K)`` clamped to ``N - 1``, ``w = K - i`` in ``[0, 1]``, ``full = K >= N``."""
+    t = theta.detach()
+    k = torch.where(hold, torch.full_like(t, n), t.clamp(lo, hi) * n)  # held: full width (warm-up)
+    i = torch.floor(k).clamp(max=n - 1)
+    return t, k, i, (k - i).clamp(0.0, 1.0), k >= n  # nothing is blended at full width
+
+
+def _channel_scaled(g: Tensor, m: Tensor, d: int, n: int) -> Tensor:
+    """``g`` times the per-channel weights ``m`` along axis ``d`` (``n`` channels)."""
+    shape = [1] * g.dim()
+    shape[d] = n
+    return g * m.to(g.dtype).view(shape)
+
+
 class _BlendFunction(torch.autograd.Function):
     """(Channel axis last; :class:`_BlendOneHotFunction` takes the other layouts.) The training-mode DCL in one autograd node: width, mask, noise blend and both gradients.
 
@@ -215,11 +231,7 @@ class _BlendFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: Tensor, theta: Tensor, index: Tensor, hold: Tensor, d: int, lo: float, hi: float, n: int) -> Tensor:  # type: ignore[override]
-        t = theta.detach()
-        k = torch.where(hold, torch.full_like(t, n), t.clamp(lo, hi) * n)  # held: full width (warm-up)
-        i = torch.floor(k).clamp(max=n - 1)
-        w = (k - i).clamp(0.0, 1.0)
-        full = k >= n  # nothing is blended at full width
+        t, k, i, w, full = _width_scalars(theta, hold, lo, hi, n)
         # blend weights as 0-d tensors: the signal weight s of channel i, its noise weight c
         s = torch.where(full, torch.ones_like(w), torch.sin(_HALF_PI * w))
         c = torch.where(full, torch.zeros_like(w), torch.cos(_HALF_PI * w))
@@ -251,11 +263,8 @@ class _BlendFunction(torch.autograd.Function):
     def backward(ctx, g: Tensor):  # type: ignore[override]
         m, i, t, v, hold, full = ctx.saved_tensors
         d, n = ctx.d, ctx.n
-        grad_x = grad_t = None
-        if ctx.needs_input_grad[0]:
-            shape = [1] * g.dim()
-            shape[d] = n
-            grad_x = g * m.to(g.dtype).view(shape)
+        grad_t = None
+        grad_x = _channel_scaled(g, m, d, n) if ctx.needs_input_grad[0] else None
         if ctx.needs_input_grad[1]:
             gi = g.index_select(d, i.to(torch.long).reshape(1))
             grad_t = ((_HALF_PI * n) * (gi * v).sum()).to(t.dtype)
@@ -272,28 +281,12 @@ class _BlendOneHotFunction(torch.autograd.Function):
     slower when fused with the layers around it (``benchmarks/training_overhead.py --mode compiled``,
     Conv1d stack), while this form fuses into the surrounding kernels.
 
-    The training-mode DCL in one autograd node: width, mask, noise blend and both gradients.
-
-    ``K = N * clamp(theta, K_min/N, K_max/N)``; forward ``y = x * sin(pi/2 w)`` plus
-    ``cos(pi/2 w_i) sigma_i nu`` on channel ``i = floor(K)``, with ``w = clamp(K - index, 0, 1)``
-    (1 below ``i``, ``K - i`` at ``i``, 0 above). Backward: ``dL/dx = g * sin(pi/2 w)``;
-    ``dL/dK = pi/2 (cos(pi/2 w_i) <g_i, x_i> - sin(pi/2 w_i) <g_i, sigma_i nu>)`` from the blended
-    channel alone (the only one whose weight has a slope); ``dL/dtheta = N dL/dK`` with the rule
-    of :class:`_InwardClamp`.
-
-    Everything is computed with tensor operations on the model's device: the blended channel is
-    picked by a one-hot mask built from the width tensor, so no value ever goes to the host (no ``.item()``, no device sync, no graph break under ``torch.compile``). At full
-    width (``K = N``) the index is clamped to ``N - 1`` with ``w = 1``: the channel passes whole and
-    its noise weight is exactly zero. Only the blended channel of ``x`` and its noise are saved.
+    The formulas and the gradient rules are those of :class:`_BlendFunction`.
     """
 
     @staticmethod
     def forward(ctx, x: Tensor, theta: Tensor, index: Tensor, hold: Tensor, d: int, lo: float, hi: float, n: int) -> Tensor:  # type: ignore[override]
-        t = theta.detach()
-        k = torch.where(hold, torch.full_like(t, n), t.clamp(lo, hi) * n)  # held: full width (warm-up)
-        i = torch.floor(k).clamp(max=n - 1)
-        w = (k - i).clamp(0.0, 1.0)
-        full = k >= n  # nothing is blended at full width
+        t, k, i, w, full = _width_scalars(theta, hold, lo, hi, n)
         m = torch.sin(_HALF_PI * (k - index).clamp(0.0, 1.0)).to(x.dtype)
         shape = [1] * x.dim()
         shape[d] = n
@@ -316,11 +309,8 @@ class _BlendOneHotFunction(torch.autograd.Function):
     def backward(ctx, g: Tensor):  # type: ignore[override]
         m, one_hot, w, full, t, xi, noise, hold = ctx.saved_tensors
         d, n = ctx.d, ctx.n
-        grad_x = grad_t = None
-        if ctx.needs_input_grad[0]:
-            shape = [1] * g.dim()
-            shape[d] = n
-            grad_x = g * m.to(g.dtype).view(shape)
+        grad_t = None
+        grad_x = _channel_scaled(g, m, d, n) if ctx.needs_input_grad[0] else None
         if ctx.needs_input_grad[1]:
             gi = (g * one_hot.to(g.dtype)).sum(d, keepdim=True)
             a = (gi * xi).sum().to(t.dtype)

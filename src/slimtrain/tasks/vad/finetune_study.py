@@ -203,23 +203,11 @@ _NUMERIC = {"target_mflops", "mel_bands", "mflops_per_s", "params", "auc", "f1",
 _INTS = {"seed", "finetune_epochs", "full_epochs"}
 
 
-def _fmt(v) -> str:
-    if v is None:
-        return ""
-    if isinstance(v, float):
-        return "" if math.isnan(v) else f"{v:.6g}"
-    return str(v)
-
-
 def write_study_csv(rows: Sequence[dict], path: str | Path) -> Path:
     """One line per (arm, target, seed) with :data:`COLUMNS`."""
-    path = Path(path)
-    with path.open("w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(COLUMNS)
-        for r in rows:
-            w.writerow([_fmt(r.get(c)) for c in COLUMNS])
-    return path
+    from .sweep import write_rows_csv
+
+    return write_rows_csv(rows, path, COLUMNS)
 
 
 def read_study_csv(path: str | Path) -> list[dict]:

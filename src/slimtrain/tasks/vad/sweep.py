@@ -303,15 +303,20 @@ def _fmt(v) -> str:
     return str(v)
 
 
-def write_sweep_csv(rows: Sequence[dict], path: str | Path) -> Path:
-    """All rows, one per model, every metric (EER as a fraction)."""
+def write_rows_csv(rows: Sequence[dict], path: str | Path, columns: Sequence[str]) -> Path:
+    """``rows`` as CSV with ``columns`` (floats to 6 significant digits, NaN and None empty)."""
     path = Path(path)
     with path.open("w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(COLUMNS)
+        w.writerow(columns)
         for r in rows:
-            w.writerow([_fmt(r.get(c)) for c in COLUMNS])
+            w.writerow([_fmt(r.get(c)) for c in columns])
     return path
+
+
+def write_sweep_csv(rows: Sequence[dict], path: str | Path) -> Path:
+    """All rows, one per model, every metric (EER as a fraction)."""
+    return write_rows_csv(rows, path, COLUMNS)
 
 
 def write_paper_csvs(rows: Sequence[dict], out: str | Path) -> tuple[Path, Path]:
