@@ -74,3 +74,17 @@ def test_one_seed_gives_no_verdict_and_cheap_dcl_has_no_front():
     cheap = _rows([0.8, 0.81], [0.0, 0.0], [0.0, 0.0], dcl_flops=0.1)
     (e,) = front_comparison(cheap, "crnn")
     assert e["fixed"] is None and e["fixed_n"] == 0 and not math.isnan(e["mflops_per_s"].mean)
+
+
+def test_pareto_plot_takes_seeds_with_equal_flops(tmp_path):
+    # three seeds at the same FLOPs (a gates row that always exports the same widths): their mean rounds one
+    # ulp above their range (0.1 * 3 / 3 > 0.1), which matplotlib refused as a negative error bar
+    from slimtrain.tasks.vad.sweep import plot_pareto
+
+    rows = [{"family": "transformer", "method": "gates", "label": "STrVAD [0.0625, 0.125)", "status": "ok",
+             "seed": seed, "mflops_per_s": 0.1, "auc": 0.80 + 0.01 * seed, "f1": 0.79 + 0.01 * seed}
+            for seed in range(3)]
+    rows += [{"family": "transformer", "method": "fixed", "label": "TrVAD x0.5", "status": "ok", "seed": seed,
+              "mflops_per_s": 0.3, "auc": 0.95, "f1": 0.9} for seed in range(3)]
+    png = plot_pareto(rows, tmp_path / "pareto.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"

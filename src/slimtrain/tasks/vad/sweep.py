@@ -635,7 +635,9 @@ def plot_pareto(rows: Sequence[dict], path: str | Path) -> Path:
                              if e["family"] == fam and e["method"] == method and e[metric] is not None)
                 if pts:
                     xs, ys, err, xr = zip(*pts)
-                    xerr = [[x - lo for x, (lo, _) in zip(xs, xr)], [hi - x for x, (_, hi) in zip(xs, xr)]]
+                    # clamped at 0: the mean of equal FLOPs can round one ulp outside their range
+                    xerr = [[max(0.0, x - lo) for x, (lo, _) in zip(xs, xr)],
+                            [max(0.0, hi - x) for x, (_, hi) in zip(xs, xr)]]
                     ax.errorbar(xs, ys, yerr=err, xerr=xerr, marker=mk, linestyle=ls, color=color, capsize=3,
                                 label=f"{fam} {method}")
         for i, e in enumerate(e for e in summary if e["method"] == "anchor" and e[metric] is not None):
