@@ -64,11 +64,18 @@ def test_single_seed_csvs_show_n1_and_no_interval():
     text = render_block("spoof-sweep-single", ROOT)
     assert "±" not in text
     assert "| fixed w8 | - | - | 334.4 | 30.02 |" in text
-    # the 3-seed VAD sweep shows n, intervals and paired verdicts; the anchors (deterministic, one run) stay bare
+    # the 5-seed VAD sweep shows n, intervals and paired verdicts; the anchors (deterministic, one run) stay bare
     vad = render_block("vad-readme", ROOT)
     assert "| DCRNNVAD 0.5 | DCL | 5 | 40 ± 1 | 1.76 ± 0.10 | 0.953 ± 0.004 | 11.84 ± 0.81 | 17.7 ± 2.0 | n.s. (" in vad
     assert "| Silero VAD (8 kHz) | anchor | 1 | - | - | 0.966 | 6.58 | 6.8 | - |" in vad
     assert "_5 seeds per row, mean ± 95 % Student-t half-width over seeds;" in vad
+    # the Transformer rows have 3 seeds (CRNN 5): intervals in its table, the seed counts in the paper caption
+    tr = render_block("vad-transformer", ROOT)
+    assert "| TrVAD (baseline) | fixed | 80 | 10.20 | 15681 | 0.9552 ± 0.0045 |" in tr and "| n=1 |" not in tr
+    assert "| DTrVAD 0.5 | 3 | 4.52 ± 0.28 | 0.938 ± 0.015 | below (-0.021 [-0.038, -0.003]) | - |" \
+        in render_block("vad-front", ROOT)
+    assert ("CRNN: mean ± 95 % half-width over 5 seeds; Transformer: mean ± 95 % half-width over 3 seeds."
+            in render_block("paper-vad", ROOT))
     # the multi-seed anti-spoofing sweep shows n and intervals; its alpha-4 rows (one seed) stay bare
     multi = render_block("spoof-readme", ROOT)
     assert "| ResNet34 w8 (baseline) | - | - | - | 3 |" in multi and "±" in multi
