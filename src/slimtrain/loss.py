@@ -126,7 +126,7 @@ class TradeoffLoss(nn.Module):
 
     def _soft_metric(self) -> Tensor:
         """The chosen metric at the continuous widths (the fast path of :meth:`cost` for training)."""
-        comp, dcls = self._soft_metric_parts()
+        comp, dcls = self._cost_parts()
         if not dcls:
             return self.cost().metric(self.metric)
         macs, params = comp.soft_cost(dcls)
@@ -146,11 +146,11 @@ class TradeoffLoss(nn.Module):
         """Eager CPU: the whole penalty in one autograd node with Python-float maths (no tensor path)."""
         if torch.compiler.is_compiling():
             return False
-        self._soft_metric_parts()
-        dcls = self.__dict__["_soft_cache"][1]
+        dcls = self._cost_parts()[1]
         return bool(dcls) and all(d.host_fast_path and d.theta.device.type == "cpu" for d in dcls)
 
-    def _soft_metric_parts(self):
+    def _cost_parts(self):
+        """The compiled cost polynomials and the DCLs in the order of their widths (built once)."""
         cache = self.__dict__.get("_soft_cache")
         if cache is None:  # the compiled polynomials and the DCLs in their order, built once
             model = self.model[0]
@@ -168,7 +168,7 @@ class TradeoffLoss(nn.Module):
                     if bool(d._hold) != warm:
                         d._hold.fill_(warm)
             self._step.add_(1)
-            comp, dcls = self._soft_metric_parts()
+            comp, dcls = self._cost_parts()
             penalty = _HostPenaltyFunction.apply(self, comp, dcls, *[d.theta for d in dcls])
             self.__dict__["_last"] = (task_loss.detach(), *self.__dict__["_host_last"])
             return task_loss + penalty.to(task_loss.dtype)
