@@ -65,20 +65,6 @@ def inward_clamp(x: Tensor, lo, hi) -> Tensor:
 _HALF_PI = 0.5 * math.pi
 
 
-@torch.library.custom_op("slimtrain::standard_normal_like", mutates_args=(),
-                         tags=(torch.Tag.nondeterministic_seeded,))
-def _standard_normal_like(like: Tensor) -> Tensor:
-    """``torch.randn_like`` as an opaque op for ``torch.compile`` on the CPU: inductor's own CPU random
-    numbers are drawn one scalar Philox + Box-Muller at a time (and were re-drawn in every kernel that
-    reads them), several times slower than ATen's vectorised generator for a channel's worth of noise."""
-    return torch.randn_like(like)
-
-
-@_standard_normal_like.register_fake
-def _(like: Tensor) -> Tensor:
-    return torch.empty_like(like)
-
-
 def first_order_backward(backward):
     """``torch.autograd.function.once_differentiable`` where it matters, and nothing where it does not.
 
@@ -248,9 +234,7 @@ class _BlendFunction(torch.autograd.Function):
         stat = xi if xi.dtype in (torch.float32, torch.float64) else xi.to(torch.promote_types(xi.dtype, torch.float32))
         sigma = stat.std(unbiased=False) if xi.numel() > 1 else stat.abs().reshape(())
         q = torch.zeros_like(m).index_put((ii,), (sigma * c).to(x.dtype).reshape(1))
-        like = xi.select(d, 0)
-        nu = (_standard_normal_like(like) if x.device.type == "cpu" and torch.compiler.is_compiling()
-              else torch.randn_like(like)).unsqueeze(d)
+        nu = torch.randn_like(xi.select(d, 0)).unsqueeze(d)
         y = x * m.view(shape) + q.view(shape) * nu
         # dy_i/dK up to pi/2: c x_i - s sigma nu (zero at full width, where w = 1 has no slope)
         v = (c.to(x.dtype) * xi - (s * sigma).to(x.dtype) * nu) if ctx.needs_input_grad[1] else None
