@@ -6,6 +6,9 @@ PyTorch autograd function written in Python pays, on the activation of the small
 ``--repeats`` blocks of ``--calls`` calls, process CPU time, 1 thread.
 
     python benchmarks/overhead_parts.py [--repeats 9] [--calls 300]
+
+A second table times whole training steps of that MLP: plain, plain with two inline mask
+multiplies (the least any per-layer width mask adds in eager mode), settled DCLs and DCL training.
 """
 from __future__ import annotations
 
@@ -93,6 +96,55 @@ def _adam_step(kw: dict, zero_share: float):
     return step
 
 
+class _InlineMasks(torch.nn.Module):
+    """The small MLP with a constant 0/1 mask multiplied into both hidden activations, written inline: the
+    least any per-layer width mask adds to an eager step (no noise, no width gradient, no cost term)."""
+
+    def __init__(self, mlp: torch.nn.Sequential, keep: int) -> None:
+        super().__init__()
+        self.mlp = mlp
+        self.register_buffer("mask", (torch.arange(mlp[0].out_features) < keep).float())
+
+    def forward(self, x):
+        m = self.mlp
+        x = m[1](m[0](x) * self.mask)
+        return m[4](m[3](m[2](x) * self.mask))
+
+
+def whole_steps(repeats: int) -> list[list[str]]:
+    """Training steps of the small MLP (batch 256): plain, the inline-mask floor, settled DCLs
+    (:func:`slimtrain.settle_widths`: hard masks through the DCL hooks) and DCL training + cost term."""
+    mlp = C.MLP()
+    x, y = torch.randn(256, 64), torch.zeros(256, dtype=torch.long)
+
+    def dynamic():
+        d = slimtrain.make_dynamic(copy.deepcopy(mlp), x[:2], kappa_min=0.1).train()
+        for m in d.modules():
+            if isinstance(m, slimtrain.DynamicWidth):
+                m.set_width(0.7 * m.num_channels + 0.3)
+        return d
+
+    def step(model, obj=None):
+        opt = make_optimizer(model, lr=1e-4, width_lr=1e-4)
+
+        def run():
+            loss = F.cross_entropy(model(x), y)
+            loss = obj(loss) if obj is not None else loss
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        return run
+    settled, training = dynamic(), dynamic()
+    slimtrain.settle_widths(settled)
+    steps = {"plain MLP": step(copy.deepcopy(mlp)),
+             "+ 2 inline mask multiplies (floor)": step(_InlineMasks(copy.deepcopy(mlp), 180)),
+             "settled DCLs (hard masks via hooks), no cost term": step(settled),
+             "DCL training + cost term (benchmark 1)": step(training, slimtrain.TradeoffLoss(training, alpha=0.1))}
+    t = C.interleaved(steps, repeats=repeats, warmup=10)
+    base = C.median(t["plain MLP"])
+    return [[k, f"{C.median(v) * 1e6:.0f}", f"{C.median(v) / base:.3f}"] for k, v in t.items()]
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=9)
@@ -122,6 +174,10 @@ def main(argv=None) -> int:
     floor = (med["x * mask as a Python autograd.Function (fwd+bwd)"] - base) * 2
     print(f"added per step of the small MLP (2 DCLs + cost + widths group): {extra / 1e3:.2f} ms, of which "
           f"{floor / 1e3:.2f} ms is the floor of two Python autograd functions")
+    print()
+    print(f"Whole training steps of the small MLP (batch 256), median of {a.repeats * 30} interleaved steps, "
+          f"CPU time, 1 thread")
+    print(C.table(["step", "us", "ratio to plain"], whole_steps(a.repeats * 30)))
     return 0
 
 

@@ -115,7 +115,7 @@ FIT_SCRIPT = textwrap.dedent("""
     out = sys.argv[1]
     EPOCHS, STEPS, WARM = 4, 4, 4  # warm-up = the whole first epoch
 
-    def run(ckpt, crash_at=None, resume=False):
+    def run(ckpt, crash_at=None, resume=False, settle=0):
         seed_everything(0)
         model = nn.Sequential(nn.Linear(6, 24), nn.Tanh(), nn.Linear(24, 3))
         g = torch.Generator().manual_seed(1)
@@ -136,7 +136,7 @@ FIT_SCRIPT = textwrap.dedent("""
 
         try:
             fit(model, batches, F.mse_loss, objective, opt, EPOCHS, recorder=WidthRecorder(), progress=False,
-                checkpoint=ckpt, recipe=None, resume=resume)
+                checkpoint=ckpt, recipe=None, resume=resume, settle_epochs=settle)
         except RuntimeError as e:
             assert str(e) == "crash", e
         return {"theta": model[0].dcl.theta.item(), "seen": seen,
@@ -167,6 +167,10 @@ FIT_SCRIPT = textwrap.dedent("""
     res = {"full": run(out + "/a.ckpt"),
            "crashed": run(out + "/b.ckpt", crash_at=(2, 1)),
            "resumed": run(out + "/b.ckpt", resume=True),
+           # the last epoch settled (widths fixed, DDP wrapped again without them); a crash inside it resumes
+           "settled": run(out + "/c.ckpt", settle=1),
+           "settled_crashed": run(out + "/d.ckpt", crash_at=(3, 2), settle=1),
+           "settled_resumed": run(out + "/d.ckpt", resume=True, settle=1),
            "vad": vad()}
     with open(f"{out}/rank{rank}.json", "w") as f:
         json.dump(res, f)
@@ -189,8 +193,16 @@ def test_fit_under_torchrun_warmup_resume_and_identical_ranks(tmp_path):
         assert len(crashed["seen"]) == 3 and resumed["seen"] == full["seen"][2:]
         # ... and ends exactly where the uninterrupted run ends (weights, widths, on this rank)
         assert resumed["state"] == full["state"] and resumed["theta"] == full["theta"]
+        # settle_epochs=1: the widths learn through epoch 2 and stay fixed in epoch 3; the same run
+        # crashed inside the settled epoch resumes to the same end
+        settled = res["settled"]
+        assert settled["seen"][:3] == full["seen"][:3] and settled["seen"][3] == full["seen"][3]
+        assert settled["theta"] == settled["seen"][3] != full["theta"]
+        assert res["settled_resumed"]["state"] == settled["state"]
+        assert res["settled_resumed"]["seen"] == settled["seen"][3:]
     # every rank holds the same model, bit for bit
     assert ranks[0]["full"]["state"] == ranks[1]["full"]["state"]
+    assert ranks[0]["settled"]["state"] == ranks[1]["settled"]["state"]
     assert ranks[0]["full"]["seen"] == ranks[1]["full"]["seen"]
     # the VAD loop: batches of 4, 4 and 1 clips; the 1-clip batch is skipped by both ranks alike
     vad0, vad1 = ranks[0]["vad"], ranks[1]["vad"]

@@ -34,6 +34,7 @@ def test_quick_study_matches_macs_and_epochs_and_writes_the_report_columns(data_
         assert abs(pr["mflops_per_s"] / dcl["mflops_per_s"] - 1) <= cfg.tolerance
         assert pr["mel_bands"] == dcl["mel_bands"] < 80
         assert dcl["finetune_epochs"] == pr["finetune_epochs"] == 2
+        assert dcl["settle_epochs"] == 1 and pr.get("settle_epochs") is None  # the DCL arm settles its last epoch
         assert 0.5 < dcl["auc"] <= 1 and 0.5 < pr["auc"] <= 1
     # the CSV has every column the report reads, and reads back as the same numbers
     back = read_study_csv(out / "finetune_study.csv")
@@ -64,7 +65,8 @@ def _rows(dcl_auc, prune_auc, dcl_eer=None, prune_eer=None, target=1.5):
             rows.append({c: math.nan for c in COLUMNS} | {
                 "family": "crnn", "arm": arm, "seed": s, "target_mflops": target, "mflops_per_s": 1.49,
                 "mel_bands": 30.0, "auc": a, "f1": 0.9, "eer": e, "eer < 5 dB": 0.2, "finetune_epochs": 6,
-                "full_epochs": 12, "widths": "{}", "data_fingerprint": "x"})
+                "full_epochs": 12, "settle_epochs": 3 if arm == "DCL" else None, "widths": "{}",
+                "data_fingerprint": "x"})
     return rows
 
 

@@ -10,7 +10,7 @@ from .cost import Cost, layer_costs, model_cost
 from .dcl import DynamicWidth, WidthError
 from .export import export
 from .frontend import MelFrontend
-from .graph import GraphError, dynamic_widths, get_graph, make_dynamic, plan_widths
+from .graph import GraphError, dynamic_widths, get_graph, make_dynamic, plan_widths, settle_widths
 from .loss import LossConfigError, TradeoffLoss
 from .plan import WidthPlan, width_report
 from .modules import DynamicOutput, DynamicRecurrent, MaskedLayerNorm, TransformerBlock
@@ -21,5 +21,5 @@ __all__ = [
     "Cost", "DynamicOutput", "DynamicRecurrent", "DynamicWidth", "GraphError", "LossConfigError",
     "MaskedLayerNorm", "MelFrontend", "ReorderError", "ReorderReport", "TradeoffLoss", "TransformerBlock",
     "WidthError", "WidthPlan", "channel_scores", "dynamic_widths", "export", "get_graph", "layer_costs",
-    "make_dynamic", "model_cost", "plan_widths", "reorder_channels", "width_report",
+    "make_dynamic", "model_cost", "plan_widths", "reorder_channels", "settle_widths", "width_report",
 ]

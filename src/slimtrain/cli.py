@@ -98,6 +98,16 @@ def _epochs(text: str) -> int:
     return _positive_int(text, "epochs")
 
 
+def _settle_epochs(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"settle-epochs must be >= 0, got {text}")
+    return v
+
+
 def _hidden(text: str) -> int:
     return _positive_int(text, "hidden")
 

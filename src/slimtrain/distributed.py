@@ -163,11 +163,12 @@ def rank_seed(seed: int, rank: int) -> int:
 
 
 def has_frozen_widths(model: nn.Module) -> bool:
-    """True if a DCL of ``model`` is frozen by hand (``DynamicWidth.frozen``): its ``theta`` then takes no
-    part in the forward. (Warm-up does not freeze: it holds widths through a tensor flag.)"""
+    """True if a DCL of ``model`` is frozen by hand (``DynamicWidth.frozen``) while its ``theta`` still
+    trains: ``theta`` then takes no part in the forward. (Warm-up does not freeze: it holds widths
+    through a tensor flag; :func:`slimtrain.settle_widths` also stops ``theta``, which DDP then skips.)"""
     from .dcl import DynamicWidth
 
-    return any(isinstance(m, DynamicWidth) and m.frozen for m in model.modules())
+    return any(isinstance(m, DynamicWidth) and m.frozen and m.theta.requires_grad for m in model.modules())
 
 
 def wrap(model: nn.Module, device: torch.device, *, find_unused_parameters: Optional[bool] = None,

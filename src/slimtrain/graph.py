@@ -21,7 +21,7 @@ from .plan import _PLAN_ATTR, WidthEntry, WidthPlan
 from .modules import DynamicOutput, DynamicRecurrent, MaskedLayerNorm, TransformerBlock
 from .trace import GraphError, Tag, Trace, _tensors, trace_channels
 
-__all__ = ["make_dynamic", "plan_widths", "WidthGraph", "LayerSpec", "get_graph", "dynamic_widths", "GraphError"]
+__all__ = ["make_dynamic", "plan_widths", "WidthGraph", "LayerSpec", "get_graph", "dynamic_widths", "settle_widths", "GraphError"]
 
 _ATTR = "_slimtrain_graph"
 
@@ -71,6 +71,26 @@ def dynamic_widths(model: nn.Module, hard: bool = False) -> dict[str, float]:
     for r, name in g.dcls.items():
         d: DynamicWidth = model.get_submodule(name)  # type: ignore[assignment]
         out[name] = float(d.hard_width) if hard else float(d.width.detach())
+    return out
+
+
+def settle_widths(model: nn.Module) -> dict[str, int]:
+    """Fix every DCL of ``model`` at its hard width for the rest of training; returns those widths.
+
+    From here on each DCL masks as in eval mode and at export (the first ``hard_width`` channels
+    pass, no noise, no fractional channel) and its ``theta`` stops training
+    (``requires_grad=False``, so optimisers skip it). The weights then train on exactly the network
+    :func:`slimtrain.export` will cut, as a pruned model is fine-tuned. A complexity term still
+    evaluates (to a constant). Used by ``fit(settle_epochs=...)``; a DDP wrapper made before this
+    call must be made again (``DataParallel.settle`` does that).
+    """
+    out = {}
+    for name, d in model.named_modules():
+        if not isinstance(d, DynamicWidth):
+            continue
+        d.frozen = True
+        d.theta.requires_grad_(False)
+        out[name] = d.hard_width
     return out
 
 

@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 
 from . import distributed
 from .dcl import DynamicWidth
+from .graph import settle_widths
 from .loss import TradeoffLoss  # noqa: F401  (the usual objective; kept importable from here)
 from .record import WidthRecorder
 
@@ -150,6 +151,7 @@ def fit(
     resume: bool = False,
     device: Optional[str | torch.device] = None,
     ddp_options: Optional[dict] = None,
+    settle_epochs: int = 0,
 ) -> list[EpochResult]:
     """Train ``model`` on ``task_loss`` (+ the complexity term of ``objective``) for ``epochs`` epochs.
 
@@ -186,9 +188,15 @@ def fit(
     the mean over ranks. ``model`` stays the plain module (checkpoints load
     without DDP); the process group stays up for the caller (see
     :func:`slimtrain.distributed.shutdown`).
+
+    ``settle_epochs``: the last that many epochs train the weights with every width fixed at its
+    hard width (:func:`slimtrain.settle_widths`: eval-mode masks, no noise, widths no longer
+    trained), so training ends on exactly the network that is exported. They count in ``epochs``.
     """
     if epochs < 1:
         raise ValueError(f"epochs must be >= 1, got {epochs}")
+    if not 0 <= settle_epochs < epochs:
+        raise ValueError(f"settle_epochs must be in [0, epochs={epochs}), got {settle_epochs}")
     if resume and checkpoint is None:
         raise ValueError("resume=True needs the checkpoint path to resume from")
     dp = DataParallel(model, objective, device, ddp_options)
@@ -204,6 +212,8 @@ def fit(
                total=epochs)
     try:
         for epoch in bar:
+            if settle_epochs and epoch >= epochs - settle_epochs:
+                dp.settle()
             model.train()
             total, n = 0.0, 0
             for step, batch in enumerate(batches(epoch)):
@@ -310,6 +320,17 @@ class DataParallel:
             return value
         return float(distributed.sum_over_ranks([value if self.world.main else 0.0], self._reduce_device)[0])
 
+    def settle(self) -> dict[str, int]:
+        """:func:`slimtrain.settle_widths` on the model, and a new DDP wrapper (the old one still waits
+        for the widths' gradients); returns the settled widths. Does nothing once settled."""
+        if _settled(self.model):
+            return {}
+        widths = settle_widths(self.model)
+        if self.net is not self.model:
+            self._drop_net()
+            self.net = distributed.wrap(self.model, self.device, **self.options)
+        return widths
+
     def _drop_net(self) -> None:
         if self.net is not self.model:
             self.net = self.model
@@ -318,6 +339,11 @@ class DataParallel:
     def close(self) -> None:
         """Drop the DDP wrapper (the model stays where it is)."""
         self._drop_net()
+
+
+def _settled(model: nn.Module) -> bool:
+    """True once :func:`slimtrain.settle_widths` has run on ``model`` (every DCL frozen, widths not trained)."""
+    return all(m.frozen and not m.theta.requires_grad for m in model.modules() if isinstance(m, DynamicWidth))
 
 
 def _to(x, device: torch.device):

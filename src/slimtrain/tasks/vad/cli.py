@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from ...cli import (_alpha, _alpha_list, _check_no_sweep_engine_args, _epochs, _kappa, _number, _paragraphs,
-                   _positive_float, _refuse_sweep_under_torchrun, _seed, _workers, add_device_option,
+                   _positive_float, _refuse_sweep_under_torchrun, _seed, _settle_epochs, _workers, add_device_option,
                    add_sweep_engine_arguments, comma_list, sweep_seeds)
 
 __all__ = ["register"]
@@ -154,6 +154,10 @@ def register(commands, data_commands) -> None:
                         "--sweep adds one DCL budget run per value at the smallest kappa-min (default: 1.5e6; "
                         "quick: none)")
     v.add_argument("--epochs", type=_epochs, default=None, metavar="N", help="training epochs per run (default 12; quick 3)")
+    v.add_argument("--settle-epochs", type=_settle_epochs, default=None, metavar="N",
+                   help="DCL runs: the last N epochs train the weights at the fixed hard widths the model is "
+                        "exported with (slimtrain.settle_widths), as pruning fine-tunes (default: half of --epochs; "
+                        "0: widths learn to the end)")
     v.add_argument("--widths", type=_widths, default=None, metavar="NAME=N,...",
                    help="single run: full (pre-DCL) widths, e.g. conv1=32,conv2=32,hidden=48 (CRNN: conv1, conv2, "
                         "hidden, n_mels; transformer: d_model, ff, n_mels); default: the documented widths")
@@ -294,7 +298,7 @@ def _cmd_vad(args) -> int:
     from ... import distributed
     from .data import VadDataConfig, build_vad_data, load_vad_data
     from .sweep import VadSweepConfig, format_summary_table, format_table, run_sweep
-    from .train import VadRunConfig, train_vad
+    from .train import VadRunConfig, default_settle_epochs, train_vad
 
     device = getattr(args, "device", "cpu")
     distributed.resolve_device(device)  # an unavailable device stops here, before any work
@@ -318,6 +322,7 @@ def _cmd_vad(args) -> int:
         if args.budget is not None:
             cfg.budgets = tuple(args.budget)
         cfg.epochs = args.epochs or cfg.epochs
+        cfg.settle_epochs = args.settle_epochs
         cfg.seed, cfg.workers, cfg.anchors = args.seed, args.workers, not args.no_anchors
         cfg.seeds = tuple(sweep_seeds(args))
         cfg.engine, cfg.address = args.engine, args.address
@@ -346,10 +351,12 @@ def _cmd_vad(args) -> int:
     data, _ = load_vad_data(data_dir)
     budget = args.budget[0] if args.budget else None
     family = args.family or "crnn"
+    epochs = args.epochs or (3 if args.quick else 12)
     run = VadRunConfig(family=family, kappa_min=(args.kappa_min or [0.125])[0],
                        alpha=0.0 if budget is not None and args.alpha == 1.0 else args.alpha, budget=budget,
-                       epochs=args.epochs or (3 if args.quick else 12), seed=args.seed,
-                       n_mels=widths.pop("n_mels", 80), widths=widths)
+                       epochs=epochs,
+                       settle_epochs=default_settle_epochs(epochs) if args.settle_epochs is None else args.settle_epochs,
+                       seed=args.seed, n_mels=widths.pop("n_mels", 80), widths=widths)
     out.mkdir(parents=True, exist_ok=True)
     ckpt = out / f"vad_{family}.pt"
     _, row = train_vad(run, data, checkpoint=ckpt, progress=progress, device=device)

@@ -10,7 +10,8 @@ second of audio), shrunk two ways from the *same* weights:
 * ``DCL``: :func:`slimtrain.make_dynamic` with ``reorder="magnitude"`` (channels and mel bands
   permuted, most important first, without changing the function; every width starts at full size),
   then ``finetune_epochs`` epochs of the frame BCE plus the budget hinge
-  ``relu(FLOPs / T - 1)`` (:class:`slimtrain.TradeoffLoss`, ``alpha = 0``), then ``export``;
+  ``relu(FLOPs / T - 1)`` (:class:`slimtrain.TradeoffLoss`, ``alpha = 0``), the last ``settle_epochs``
+  of them (default half) at the fixed hard widths (:func:`slimtrain.settle_widths`), then ``export``;
 * ``prune``: the mel bands cut by magnitude to the DCL model's band count, torch-pruning (structured
   L2 group magnitude) down to the MACs the *exported DCL model* has, then ``finetune_epochs`` epochs
   of the frame BCE (:func:`slimtrain.tasks.vad.baselines_glue.prune_baseline`).
@@ -60,11 +61,19 @@ class FinetuneStudyConfig:
     seeds: tuple[int, ...] = (0, 1, 2)
     full_epochs: int = 12  # as the sweep's fixed x1 model
     finetune_epochs: int = 6
+    #: the DCL arm's last fine-tuning epochs at fixed hard widths (:func:`slimtrain.settle_widths`); default
+    #: ``finetune_epochs // 2`` (0: the widths move to the end)
+    settle_epochs: Optional[int] = None
     kappa_min: float = 0.0625  # lower bound of the DCL widths (the budget decides where they stop)
     lr: float = 3e-3
     width_lr: float = 0.05
     tolerance: float = 0.05  # accepted relative MAC mismatch of the pruned model
     data: VadDataConfig = field(default_factory=VadDataConfig)
+
+    @property
+    def dcl_settle_epochs(self) -> int:
+        """Settled epochs of the DCL arm (``settle_epochs``, default ``finetune_epochs // 2``)."""
+        return self.finetune_epochs // 2 if self.settle_epochs is None else int(self.settle_epochs)
 
     @classmethod
     def quick(cls, **overrides) -> "FinetuneStudyConfig":
@@ -81,6 +90,9 @@ class FinetuneStudyConfig:
         if self.full_epochs < 1 or self.finetune_epochs < 1:
             raise StudyError(f"finetune_study: full_epochs and finetune_epochs must be >= 1, got "
                              f"{self.full_epochs}, {self.finetune_epochs}")
+        if not 0 <= self.dcl_settle_epochs < self.finetune_epochs:
+            raise StudyError(f"finetune_study: settle_epochs must be in [0, finetune_epochs={self.finetune_epochs}), "
+                             f"got {self.dcl_settle_epochs}")
         if not 0 < self.kappa_min <= 1 or not 0 < self.tolerance < 1:
             raise StudyError(f"finetune_study: kappa_min must be in (0, 1] and tolerance in (0, 1), got "
                              f"{self.kappa_min}, {self.tolerance}")
@@ -133,13 +145,14 @@ def _dcl_arm(cfg: FinetuneStudyConfig, full, target: float, seed: int, data: dic
     seed_everything(seed + 1)  # as the pruning arm's fine-tuning (same batch order)
     objective = TradeoffLoss(model, alpha=0.0, budget=target * SAMPLE_SECONDS, metric="flops")
     optimizer = make_optimizer(model, lr=cfg.lr, width_lr=cfg.width_lr)
-    train_loop(model, data["train"], cfg.finetune_epochs, optimizer, seed=seed + 1, penalty=objective)
+    train_loop(model, data["train"], cfg.finetune_epochs, optimizer, seed=seed + 1, penalty=objective,
+               settle_epochs=cfg.dcl_settle_epochs)
     model.eval()
     widths = {k: round(v, 3) for k, v in dynamic_widths(model).items()}
     plain = export(model).eval()
     flops_s, params = exported_cost(plain)
     return {"mel_bands": _mel_bands(plain), "mflops_per_s": flops_s / 1e6, "params": int(params),
-            "widths": json.dumps(widths, sort_keys=True), **evaluate_model(plain, data["val"], data["test"])}
+            "settle_epochs": cfg.dcl_settle_epochs, "widths": json.dumps(widths, sort_keys=True), **evaluate_model(plain, data["val"], data["test"])}
 
 
 def _prune_arm(cfg: FinetuneStudyConfig, full, dcl_row: dict, seed: int, data: dict[str, VadSplit]) -> dict:
@@ -196,11 +209,12 @@ def run_study(cfg: FinetuneStudyConfig, out: str | Path, *, cache: Optional[str 
 
 # -- CSV and tables ------------------------------------------------------------------------------
 COLUMNS = ["family", "arm", "target_mflops", "seed", "mel_bands", "mflops_per_s", "params", "auc", "f1", "eer",
-           *[f"eer {b}" for b, _, _ in SNR_BANDS], "threshold", "widths", "finetune_epochs", "full_epochs",
-           "full_mflops_per_s", "full_auc", "full_eer", "wall_seconds", "data_fingerprint"]
+           *[f"eer {b}" for b, _, _ in SNR_BANDS], "threshold", "widths", "finetune_epochs", "settle_epochs",
+           "full_epochs", "full_mflops_per_s", "full_auc", "full_eer", "wall_seconds", "data_fingerprint"]
 _NUMERIC = {"target_mflops", "mel_bands", "mflops_per_s", "params", "auc", "f1", "eer", "threshold",
             *[f"eer {b}" for b, _, _ in SNR_BANDS], "full_mflops_per_s", "full_auc", "full_eer", "wall_seconds"}
 _INTS = {"seed", "finetune_epochs", "full_epochs"}
+_OPTIONAL_INTS = {"settle_epochs"}  # the DCL arm's; empty on pruning rows
 
 
 def write_study_csv(rows: Sequence[dict], path: str | Path) -> Path:
@@ -227,6 +241,8 @@ def read_study_csv(path: str | Path) -> list[dict]:
                 r[c] = float(raw[c]) if raw[c] != "" else math.nan
             for c in _INTS:
                 r[c] = int(raw[c])
+            for c in _OPTIONAL_INTS:
+                r[c] = int(raw[c]) if raw[c] != "" else None
             rows.append(r)
     return rows
 
@@ -325,6 +341,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--targets", default="1.5e6,0.75e6", help="FLOPs per second of audio, comma-separated")
     p.add_argument("--full-epochs", type=int, default=None, help="default 12 (quick: 1)")
     p.add_argument("--finetune-epochs", type=int, default=None, help="default 6 (quick: 1)")
+    p.add_argument("--settle-epochs", type=int, default=None,
+                   help="DCL arm: the last N fine-tuning epochs at fixed hard widths (default: half of "
+                        "--finetune-epochs)")
     p.add_argument("--out", default="runs/vad_finetune")
     p.add_argument("--data", default=None, help="VAD data folder (default OUT/data; built when missing)")
     p.add_argument("--full-checkpoints", default=None,
@@ -337,8 +356,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except ValueError:
         p.error(f"--targets must be numbers, got {args.targets!r}")
     make = FinetuneStudyConfig.quick if args.quick else FinetuneStudyConfig
-    given = {k: v for k, v in (("full_epochs", args.full_epochs), ("finetune_epochs", args.finetune_epochs))
-             if v is not None}
+    given = {k: v for k, v in (("full_epochs", args.full_epochs), ("finetune_epochs", args.finetune_epochs),
+                               ("settle_epochs", args.settle_epochs)) if v is not None}
     cfg = make(family=args.family, seeds=tuple(range(args.seeds)), targets=targets, **given)
     try:
         rows = run_study(cfg, args.out, cache=args.data, full_checkpoints=args.full_checkpoints)

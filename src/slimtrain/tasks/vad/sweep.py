@@ -4,7 +4,8 @@ data and metric, and the shipped VADs; writes CSVs (ours and the paper's table s
 Rows (``method``):
 
 * ``DCL`` -- dynamic widths trained with the trade-off loss, one run per kappa_min (the paper's
-  sweep 0.5, 0.25, 0.125, 0.0625) at ``alpha``, plus any extra ``alphas`` / ``budgets``;
+  sweep 0.5, 0.25, 0.125, 0.0625) at ``alpha``, plus any extra ``alphas`` / ``budgets``; the last
+  ``settle_epochs`` (default half) train the weights at the fixed hard widths, as pruning fine-tunes;
 * ``fixed`` -- the same family trained from scratch with every width (and the mel bands) scaled;
 * ``prune`` -- structured magnitude pruning (torch-pruning) of a full model trained for
   ``epochs - prune_finetune_epochs`` epochs, pruned to the MACs of a DCL point and fine-tuned for
@@ -28,7 +29,7 @@ from typing import Optional, Sequence
 from ...stats import format_interval, paired_verdict, summarize_rows
 from ...sweep_engine import Job, read_sweep_rows, run_jobs
 from .data import VadDataConfig, VadSplit, build_vad_data, load_vad_data
-from .train import SNR_BANDS, VadRunConfig, evaluate_scores, train_vad
+from .train import SNR_BANDS, VadRunConfig, default_settle_epochs, evaluate_scores, train_vad
 
 __all__ = ["VadSweepConfig", "run_sweep", "write_sweep_csv", "write_paper_csvs", "plot_pareto", "format_table",
            "pareto_notes", "read_sweep_csv", "summarize", "format_summary_table", "format_detail_table",
@@ -54,6 +55,10 @@ class VadSweepConfig:
     prune_finetune_epochs: Optional[int] = None
     gate_intervals: tuple[tuple[float, float], ...] = ((0.5, 1.0), (0.25, 0.5), (0.125, 0.25), (0.0625, 0.125))
     epochs: int = 12
+    #: the last epochs of each DCL run train at fixed hard widths (:func:`slimtrain.settle_widths`); default
+    #: half of ``epochs`` (:func:`default_settle_epochs`), the fine-tuning share of a pruning row (0: widths
+    #: learn to the end)
+    settle_epochs: Optional[int] = None
     seed: int = 0
     seeds: Optional[tuple[int, ...]] = None  # every row for each of these seeds (default: (seed,))
     workers: int = 1
@@ -70,6 +75,11 @@ class VadSweepConfig:
         if not 1 <= ft < self.epochs:
             raise ValueError(f"prune_finetune_epochs must be in [1, epochs={self.epochs}), got {ft}")
         return self.epochs - ft, ft
+
+    @property
+    def dcl_settle_epochs(self) -> int:
+        """Settled epochs of a DCL row (``settle_epochs``; default :func:`default_settle_epochs`: half)."""
+        return default_settle_epochs(self.epochs) if self.settle_epochs is None else int(self.settle_epochs)
 
     @property
     def seed_list(self) -> list[int]:
@@ -207,21 +217,23 @@ def _anchor_rows(cfg: VadSweepConfig, data: dict[str, VadSplit]) -> list[dict]:
 def _seed_jobs(cfg: VadSweepConfig, out: Path, seed: int, multi: bool) -> list[dict]:
     """The training jobs of one seed (checkpoint names carry the seed when the sweep has several)."""
     common = {"epochs": cfg.epochs, "seed": seed}
+    settle = cfg.dcl_settle_epochs
+    dyn = {**common, "settle_epochs": settle} if settle else common
     tag = f"_seed{seed}" if multi else ""
     jobs: list[dict] = []
     for fam in cfg.families:
         for k in cfg.kappas:
             jobs.append({"kind": "DCL", "label": _label(fam, "DCL", kappa_min=k),
-                         "run": {"family": fam, "kappa_min": k, "alpha": cfg.alpha, **common},
+                         "run": {"family": fam, "kappa_min": k, "alpha": cfg.alpha, **dyn},
                          "checkpoint": str(out / "checkpoints" / f"{fam}_dcl_k{k:g}{tag}.pt")})
         k_low = min(cfg.kappas) if cfg.kappas else 0.125
         for a in cfg.alphas:
             jobs.append({"kind": "DCL", "label": _label(fam, "DCL", kappa_min=k_low, alpha=a, extra="alpha"),
-                         "run": {"family": fam, "kappa_min": k_low, "alpha": a, **common},
+                         "run": {"family": fam, "kappa_min": k_low, "alpha": a, **dyn},
                          "checkpoint": str(out / "checkpoints" / f"{fam}_dcl_k{k_low:g}_a{a:g}{tag}.pt")})
         for b in cfg.budgets:
             jobs.append({"kind": "DCL", "label": _label(fam, "DCL", kappa_min=k_low, budget=b),
-                         "run": {"family": fam, "kappa_min": k_low, "alpha": 0.0, "budget": b, **common},
+                         "run": {"family": fam, "kappa_min": k_low, "alpha": 0.0, "budget": b, **dyn},
                          "checkpoint": str(out / "checkpoints" / f"{fam}_dcl_k{k_low:g}_b{b:g}{tag}.pt")})
         for s in cfg.fixed_scales:
             from .models import scaled_widths

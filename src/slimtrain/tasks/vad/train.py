@@ -30,13 +30,19 @@ from ..metrics import eer, eer_threshold, f1_at, roc_auc
 from .data import VadSplit
 from .models import FAMILIES, build_vad_model
 
-__all__ = ["VadRunConfig", "SNR_BANDS", "train_vad", "train_loop", "frame_scores", "evaluate_scores",
+__all__ = ["VadRunConfig", "default_settle_epochs", "SNR_BANDS", "train_vad", "train_loop", "frame_scores", "evaluate_scores",
            "evaluate_model", "exported_cost", "build_dynamic_vad", "TASK"]
 
 TASK = "vad"
 SNR_BANDS = (("< 5 dB", -math.inf, 5.0), ("5-15 dB", 5.0, 15.0), ("15-25 dB", 15.0, 25.0), (">= 25 dB", 25.0, math.inf))
 SAMPLE_SECONDS = 4.0
 SAMPLE_SHAPE = (2, 32000)  # the make_dynamic trace batch: 2 clips of 4 s (cost per item = per 4 s clip)
+
+
+def default_settle_epochs(epochs: int, warmup_epochs: int = 1) -> int:
+    """Settled epochs of a DCL run by default: half of ``epochs``, the fine-tuning share of a pruning row,
+    but never so many that no epoch is left to learn the widths in after the warm-up."""
+    return max(0, min(epochs // 2, epochs - warmup_epochs - 1))
 
 
 @dataclass
@@ -52,6 +58,8 @@ class VadRunConfig:
     lr: float = 3e-3
     width_lr: float = 0.05
     warmup_epochs: int = 1
+    #: the last epochs train the weights at fixed hard widths (:func:`slimtrain.settle_widths`); part of ``epochs``
+    settle_epochs: int = 0
     seed: int = 0
     n_mels: int = 80
     widths: dict = field(default_factory=dict)
@@ -65,6 +73,9 @@ class VadRunConfig:
             raise ValueError(f"alpha must be >= 0 and budget > 0 (got alpha={self.alpha}, budget={self.budget})")
         if self.epochs < 1 or self.batch_size < 1:
             raise ValueError(f"epochs and batch_size must be >= 1 (got {self.epochs}, {self.batch_size})")
+        if not 0 <= self.settle_epochs < self.epochs or (self.settle_epochs and self.settle_epochs + self.warmup_epochs >= self.epochs):
+            raise ValueError(f"settle_epochs must leave epochs for warm-up and width learning: settle_epochs="
+                             f"{self.settle_epochs}, warmup_epochs={self.warmup_epochs}, epochs={self.epochs}")
         return self
 
     @property
@@ -140,8 +151,10 @@ def exported_cost(model: nn.Module, seconds: float = 4.0, sample_rate: int = 800
 # -- training ---------------------------------------------------------------------------------------
 def train_loop(model: nn.Module, train: VadSplit, epochs: int, optimizer: torch.optim.Optimizer, *,
                batch_size: int = 16, seed: int = 0, penalty: Optional[Callable[[Tensor], Tensor]] = None,
-               progress: bool = False, desc: str = "vad", device: Optional[str | torch.device] = None) -> list[float]:
+               progress: bool = False, desc: str = "vad", device: Optional[str | torch.device] = None,
+               settle_epochs: int = 0) -> list[float]:
     """Plain epochs of frame-BCE training; ``penalty(task_loss) -> total loss`` adds a complexity term.
+    The last ``settle_epochs`` epochs train at fixed hard widths (:func:`slimtrain.settle_widths`).
 
     Returns the mean training loss per epoch. Raises :class:`TrainingError` on a non-finite loss.
     ``device``: where to train (``None``: where the model is). Under ``torchrun`` the loop is
@@ -160,6 +173,8 @@ def train_loop(model: nn.Module, train: VadSplit, epochs: int, optimizer: torch.
     bar = tqdm(range(epochs), desc=desc, disable=not (progress and dp.world.main), leave=False)
     try:
         for epoch in bar:
+            if settle_epochs and epoch >= epochs - settle_epochs:
+                dp.settle()
             model.train()
             perm = torch.randperm(n, generator=gen)
             total, k = 0.0, 0
@@ -215,7 +230,7 @@ def train_vad(cfg: VadRunConfig, data: dict[str, VadSplit], *, checkpoint: Optio
         optimizer = make_optimizer(model, lr=cfg.lr, width_lr=cfg.width_lr)
         losses = train_loop(model, data["train"], cfg.epochs, optimizer, batch_size=cfg.batch_size, seed=cfg.seed,
                             penalty=objective, progress=progress, desc=f"{cfg.family} k={cfg.kappa_min}",
-                            device=dev)
+                            device=dev, settle_epochs=cfg.settle_epochs if cfg.dynamic else 0)
         model.to("cpu").eval()
         widths = {k: round(v, 3) for k, v in dynamic_widths(model).items()} if cfg.dynamic else {}
         plain = export(model) if cfg.dynamic else model

@@ -1,0 +1,124 @@
+"""Settling: the last epochs train the weights at fixed hard widths (``slimtrain.settle_widths``).
+
+A settled model must train on exactly the network ``export`` cuts (no noise, no fractional
+channel), its widths must not move, and every loop that offers it must reject a settle phase
+that leaves no epochs to learn widths in.
+"""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+import slimtrain
+from slimtrain.training import fit, make_optimizer, seed_everything
+
+
+def _model(hidden: int = 24) -> nn.Module:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, hidden), nn.Tanh(), nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, 3))
+    slimtrain.make_dynamic(model, torch.randn(8, 6), kappa_min=0.1)
+    return model
+
+
+def _dcls(model: nn.Module) -> list[slimtrain.DynamicWidth]:
+    return [m for m in model.modules() if isinstance(m, slimtrain.DynamicWidth)]
+
+
+@settings(max_examples=25, deadline=None)
+@given(k1=st.floats(2.0, 24.0), k2=st.floats(2.0, 24.0))
+def test_settled_training_forward_is_the_exported_network(k1, k2):
+    model = _model()
+    for d, k in zip(_dcls(model), (k1, k2)):
+        d.set_width(k)
+    expected = {name: d.hard_width for name, d in model.named_modules() if isinstance(d, slimtrain.DynamicWidth)}
+    assert slimtrain.settle_widths(model) == expected
+    assert all(not d.theta.requires_grad and d.frozen for d in _dcls(model))
+    x = torch.randn(32, 6)
+    model.train()
+    a, b = model(x), model(x)  # no noise: two training-mode calls agree
+    assert torch.equal(a, b)
+    plain = slimtrain.export(model).eval()
+    torch.testing.assert_close(a, plain(x), rtol=1e-5, atol=1e-6)
+
+
+def test_settled_widths_take_no_optimizer_step_but_weights_do():
+    model = _model()
+    for d in _dcls(model):
+        d.set_width(0.6 * d.num_channels + 0.4)
+    opt = make_optimizer(model, lr=1e-2, width_lr=0.1)
+    obj = slimtrain.TradeoffLoss(model, alpha=1.0)
+    x, y = torch.randn(32, 6), torch.randn(32, 3)
+    for _ in range(2):  # Adam state for the widths exists before the settle
+        opt.zero_grad()
+        obj(F.mse_loss(model(x), y)).backward()
+        opt.step()
+    slimtrain.settle_widths(model)
+    theta = [d.theta.detach().clone() for d in _dcls(model)]
+    w0 = model[0].weight.detach().clone()
+    for _ in range(3):
+        opt.zero_grad()
+        obj(F.mse_loss(model(x), y)).backward()
+        opt.step()
+    assert all(torch.equal(t, d.theta) for t, d in zip(theta, _dcls(model)))
+    assert not torch.equal(w0, model[0].weight)
+
+
+def _fit(settle: int, epochs: int = 4):
+    seed_everything(0)
+    model = _model()
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randn(96, 6, generator=g), torch.randn(96, 3, generator=g)
+    obj = slimtrain.TradeoffLoss(model, alpha=2.0)
+    opt = make_optimizer(model, lr=1e-2, width_lr=0.1)
+    seen = []
+
+    def batches(epoch):
+        seen.append([d.theta.item() for d in _dcls(model)])
+        perm = torch.randperm(96, generator=torch.Generator().manual_seed(epoch))
+        for i in range(4):
+            idx = perm[i * 24:(i + 1) * 24]
+            yield x[idx], y[idx]
+
+    fit(model, batches, F.mse_loss, obj, opt, epochs, progress=False, settle_epochs=settle)
+    return model, seen, x
+
+
+def test_fit_settle_epochs_fix_the_widths_for_the_last_epochs_only():
+    free, free_seen, _ = _fit(settle=0)
+    model, seen, x = _fit(settle=2)
+    assert seen[:3] == free_seen[:3]  # identical until the settle phase starts
+    final = [d.theta.item() for d in _dcls(model)]
+    assert seen[2] == seen[3] == final  # epochs 2 and 3 are settled
+    assert seen[1] != seen[2]  # the widths did learn before
+    assert final != [d.theta.item() for d in _dcls(free)]
+    model.train()
+    torch.testing.assert_close(model(x), slimtrain.export(copy.deepcopy(model)).eval()(x), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("settle", [-1, 4, 7])
+def test_fit_rejects_a_settle_phase_outside_the_epochs(settle):
+    with pytest.raises(ValueError, match="settle_epochs must be in"):
+        _fit(settle=settle)
+
+
+def test_vad_and_study_configs_name_a_settle_phase_that_leaves_no_width_learning():
+    from slimtrain.tasks.vad.finetune_study import FinetuneStudyConfig, StudyError
+    from slimtrain.tasks.vad.sweep import VadSweepConfig
+    from slimtrain.tasks.vad.train import VadRunConfig
+
+    with pytest.raises(ValueError, match="settle_epochs=2, warmup_epochs=1, epochs=3"):
+        VadRunConfig(epochs=3, settle_epochs=2).validate()
+    VadRunConfig(epochs=3, settle_epochs=1).validate()
+    with pytest.raises(StudyError, match="settle_epochs must be in"):
+        FinetuneStudyConfig(finetune_epochs=4, settle_epochs=4).validate()
+    assert FinetuneStudyConfig(finetune_epochs=6).dcl_settle_epochs == 3
+    assert VadSweepConfig(epochs=12).dcl_settle_epochs == 6
+    assert VadSweepConfig(epochs=12, settle_epochs=0).dcl_settle_epochs == 0
+    # the default leaves the warm-up epoch and one width-learning epoch
+    assert [VadSweepConfig(epochs=e).dcl_settle_epochs for e in (1, 2, 3, 4, 5)] == [0, 0, 1, 2, 2]
