@@ -115,9 +115,8 @@ def test_vad_and_study_configs_name_a_settle_phase_that_leaves_no_width_learning
     with pytest.raises(ValueError, match="settle_epochs=2, warmup_epochs=1, epochs=3"):
         VadRunConfig(epochs=3, settle_epochs=2).validate()
     VadRunConfig(epochs=3, settle_epochs=1).validate()
-    with pytest.raises(StudyError, match="settle_epochs must be in"):
-        FinetuneStudyConfig(finetune_epochs=4, settle_epochs=4).validate()
-    assert FinetuneStudyConfig(finetune_epochs=6).dcl_settle_epochs == 3
+    with pytest.raises(StudyError, match="settle must be 'budget' or 'none'"):
+        FinetuneStudyConfig(settle="half").validate()
     assert VadSweepConfig(epochs=12).dcl_settle_epochs == 6
     assert VadSweepConfig(epochs=12, settle_epochs=0).dcl_settle_epochs == 0
     # the default leaves the warm-up epoch and one width-learning epoch

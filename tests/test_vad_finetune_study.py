@@ -20,7 +20,7 @@ def data_dir(tmp_path_factory):
 
 
 def test_quick_study_matches_macs_and_epochs_and_writes_the_report_columns(data_dir, tmp_path):
-    cfg = FinetuneStudyConfig.quick(seeds=(0, 1), targets=(1.0e6,), finetune_epochs=2)
+    cfg = FinetuneStudyConfig.quick(seeds=(0, 1), targets=(3.2e6,), finetune_epochs=3)
     out = tmp_path / "study"
     rows = run_study(cfg, out, cache=data_dir, progress=False)
     assert sorted((r["arm"], r["seed"]) for r in rows) == [("DCL", 0), ("DCL", 1), ("prune", 0), ("prune", 1)]
@@ -33,8 +33,9 @@ def test_quick_study_matches_macs_and_epochs_and_writes_the_report_columns(data_
         # ... to the same MACs (the pruning target is the exported DCL model) and the same band count
         assert abs(pr["mflops_per_s"] / dcl["mflops_per_s"] - 1) <= cfg.tolerance
         assert pr["mel_bands"] == dcl["mel_bands"] < 80
-        assert dcl["finetune_epochs"] == pr["finetune_epochs"] == 2
-        assert dcl["settle_epochs"] == 1 and pr.get("settle_epochs") is None  # the DCL arm settles its last epoch
+        assert dcl["finetune_epochs"] == pr["finetune_epochs"] == 3
+        # the DCL widths learned until the budget was met, then stayed: fewer steps than the 3 epochs hold
+        assert 1 <= dcl["width_steps"] < 3 * 2 and pr.get("width_steps") is None
         assert 0.5 < dcl["auc"] <= 1 and 0.5 < pr["auc"] <= 1
     # the CSV has every column the report reads, and reads back as the same numbers
     back = read_study_csv(out / "finetune_study.csv")
@@ -42,13 +43,13 @@ def test_quick_study_matches_macs_and_epochs_and_writes_the_report_columns(data_
     for a, b in zip(rows, back):
         assert b["auc"] == pytest.approx(a["auc"], rel=1e-5) and b["seed"] == a["seed"] and b["arm"] == a["arm"]
     table = format_study_table(back)
-    assert "| 1 | DCL fine-tuning (magnitude reorder) | 2 |" in table
-    assert "| 1 | torch-pruning + fine-tuning | 2 |" in table
+    assert "| 3.2 | DCL fine-tuning (magnitude reorder) | 2 |" in table
+    assert "| 3.2 | torch-pruning + fine-tuning | 2 |" in table
     # the full models were saved; a rerun reads them instead of training (same full metrics)
     ckpt = out / "checkpoints" / "crnn_fixed_x1_seed1.pt"
     assert ckpt.is_file()
     stamp = ckpt.stat().st_mtime_ns
-    again = run_study(cfg.__class__.quick(seeds=(1,), targets=(1.0e6,), finetune_epochs=2), out / "again",
+    again = run_study(cfg.__class__.quick(seeds=(1,), targets=(3.2e6,), finetune_epochs=3), out / "again",
                       cache=data_dir, full_checkpoints=out / "checkpoints", progress=False)
     assert ckpt.stat().st_mtime_ns == stamp  # read, not retrained
     assert [r["auc"] for r in again] == [by["DCL", 1]["auc"], by["prune", 1]["auc"]]  # and deterministic
@@ -65,7 +66,7 @@ def _rows(dcl_auc, prune_auc, dcl_eer=None, prune_eer=None, target=1.5):
             rows.append({c: math.nan for c in COLUMNS} | {
                 "family": "crnn", "arm": arm, "seed": s, "target_mflops": target, "mflops_per_s": 1.49,
                 "mel_bands": 30.0, "auc": a, "f1": 0.9, "eer": e, "eer < 5 dB": 0.2, "finetune_epochs": 6,
-                "full_epochs": 12, "settle_epochs": 3 if arm == "DCL" else None, "widths": "{}",
+                "full_epochs": 12, "width_steps": 7 if arm == "DCL" else None, "widths": "{}",
                 "data_fingerprint": "x"})
     return rows
 

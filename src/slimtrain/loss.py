@@ -132,6 +132,12 @@ class TradeoffLoss(nn.Module):
         macs, params = comp.soft_cost(dcls)
         return params if self.metric == "params" else (2.0 * macs if self.metric == "flops" else macs)
 
+    def current_cost(self) -> float:
+        """The chosen metric (per input item) at the widths as they are now, e.g. right after an
+        optimiser step (``last["cost"]`` is the one the latest forward saw, before that step)."""
+        with torch.no_grad():
+            return float(self._soft_metric())
+
     @property
     def last(self) -> dict[str, float]:
         """``task``, ``cost``, ``cost_rel`` and ``penalty`` of the latest call, as floats (empty before the first)."""

@@ -10,8 +10,11 @@ second of audio), shrunk two ways from the *same* weights:
 * ``DCL``: :func:`slimtrain.make_dynamic` with ``reorder="magnitude"`` (channels and mel bands
   permuted, most important first, without changing the function; every width starts at full size),
   then ``finetune_epochs`` epochs of the frame BCE plus the budget hinge
-  ``relu(FLOPs / T - 1)`` (:class:`slimtrain.TradeoffLoss`, ``alpha = 0``), the last ``settle_epochs``
-  of them (default half) at the fixed hard widths (:func:`slimtrain.settle_widths`), then ``export``;
+  ``relu(FLOPs / T - 1)`` (:class:`slimtrain.TradeoffLoss`, ``alpha = 0``), then ``export``. With
+  ``settle="budget"`` (default) the widths learn only until the cost first meets the target; every
+  later step trains the weights at those fixed hard widths (:func:`slimtrain.settle_widths`), as the
+  pruned model is fine-tuned at its final architecture (``width_steps`` in the CSV: the steps before);
+  ``settle="none"`` lets the widths move to the end;
 * ``prune``: the mel bands cut by magnitude to the DCL model's band count, torch-pruning (structured
   L2 group magnitude) down to the MACs the *exported DCL model* has, then ``finetune_epochs`` epochs
   of the frame BCE (:func:`slimtrain.tasks.vad.baselines_glue.prune_baseline`).
@@ -61,19 +64,14 @@ class FinetuneStudyConfig:
     seeds: tuple[int, ...] = (0, 1, 2)
     full_epochs: int = 12  # as the sweep's fixed x1 model
     finetune_epochs: int = 6
-    #: the DCL arm's last fine-tuning epochs at fixed hard widths (:func:`slimtrain.settle_widths`); default
-    #: ``finetune_epochs // 2`` (0: the widths move to the end)
-    settle_epochs: Optional[int] = None
+    #: "budget": the DCL widths learn until the cost first meets the target, then stay fixed (the weights
+    #: train on at those hard widths); "none": the widths learn to the end
+    settle: str = "budget"
     kappa_min: float = 0.0625  # lower bound of the DCL widths (the budget decides where they stop)
     lr: float = 3e-3
     width_lr: float = 0.05
     tolerance: float = 0.05  # accepted relative MAC mismatch of the pruned model
     data: VadDataConfig = field(default_factory=VadDataConfig)
-
-    @property
-    def dcl_settle_epochs(self) -> int:
-        """Settled epochs of the DCL arm (``settle_epochs``, default ``finetune_epochs // 2``)."""
-        return self.finetune_epochs // 2 if self.settle_epochs is None else int(self.settle_epochs)
 
     @classmethod
     def quick(cls, **overrides) -> "FinetuneStudyConfig":
@@ -90,9 +88,8 @@ class FinetuneStudyConfig:
         if self.full_epochs < 1 or self.finetune_epochs < 1:
             raise StudyError(f"finetune_study: full_epochs and finetune_epochs must be >= 1, got "
                              f"{self.full_epochs}, {self.finetune_epochs}")
-        if not 0 <= self.dcl_settle_epochs < self.finetune_epochs:
-            raise StudyError(f"finetune_study: settle_epochs must be in [0, finetune_epochs={self.finetune_epochs}), "
-                             f"got {self.dcl_settle_epochs}")
+        if self.settle not in ("budget", "none"):
+            raise StudyError(f"finetune_study: settle must be 'budget' or 'none', got {self.settle!r}")
         if not 0 < self.kappa_min <= 1 or not 0 < self.tolerance < 1:
             raise StudyError(f"finetune_study: kappa_min must be in (0, 1] and tolerance in (0, 1), got "
                              f"{self.kappa_min}, {self.tolerance}")
@@ -145,14 +142,21 @@ def _dcl_arm(cfg: FinetuneStudyConfig, full, target: float, seed: int, data: dic
     seed_everything(seed + 1)  # as the pruning arm's fine-tuning (same batch order)
     objective = TradeoffLoss(model, alpha=0.0, budget=target * SAMPLE_SECONDS, metric="flops")
     optimizer = make_optimizer(model, lr=cfg.lr, width_lr=cfg.width_lr)
+    width_steps: list[int] = []
+
+    def budget_met() -> bool:  # the widths after this step cost no more than the target
+        if objective.current_cost() <= objective.budget:
+            width_steps.append(objective.steps)
+            return True
+        return False
     train_loop(model, data["train"], cfg.finetune_epochs, optimizer, seed=seed + 1, penalty=objective,
-               settle_epochs=cfg.dcl_settle_epochs)
+               settle_when=budget_met if cfg.settle == "budget" else None)
     model.eval()
     widths = {k: round(v, 3) for k, v in dynamic_widths(model).items()}
     plain = export(model).eval()
     flops_s, params = exported_cost(plain)
     return {"mel_bands": _mel_bands(plain), "mflops_per_s": flops_s / 1e6, "params": int(params),
-            "settle_epochs": cfg.dcl_settle_epochs, "widths": json.dumps(widths, sort_keys=True), **evaluate_model(plain, data["val"], data["test"])}
+            "width_steps": width_steps[0] if width_steps else None, "widths": json.dumps(widths, sort_keys=True), **evaluate_model(plain, data["val"], data["test"])}
 
 
 def _prune_arm(cfg: FinetuneStudyConfig, full, dcl_row: dict, seed: int, data: dict[str, VadSplit]) -> dict:
@@ -209,12 +213,12 @@ def run_study(cfg: FinetuneStudyConfig, out: str | Path, *, cache: Optional[str 
 
 # -- CSV and tables ------------------------------------------------------------------------------
 COLUMNS = ["family", "arm", "target_mflops", "seed", "mel_bands", "mflops_per_s", "params", "auc", "f1", "eer",
-           *[f"eer {b}" for b, _, _ in SNR_BANDS], "threshold", "widths", "finetune_epochs", "settle_epochs",
+           *[f"eer {b}" for b, _, _ in SNR_BANDS], "threshold", "widths", "finetune_epochs", "width_steps",
            "full_epochs", "full_mflops_per_s", "full_auc", "full_eer", "wall_seconds", "data_fingerprint"]
 _NUMERIC = {"target_mflops", "mel_bands", "mflops_per_s", "params", "auc", "f1", "eer", "threshold",
             *[f"eer {b}" for b, _, _ in SNR_BANDS], "full_mflops_per_s", "full_auc", "full_eer", "wall_seconds"}
 _INTS = {"seed", "finetune_epochs", "full_epochs"}
-_OPTIONAL_INTS = {"settle_epochs"}  # the DCL arm's; empty on pruning rows
+_OPTIONAL_INTS = {"width_steps"}  # the DCL arm's (empty: the widths learned to the end); empty on pruning rows
 
 
 def write_study_csv(rows: Sequence[dict], path: str | Path) -> Path:
@@ -341,9 +345,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--targets", default="1.5e6,0.75e6", help="FLOPs per second of audio, comma-separated")
     p.add_argument("--full-epochs", type=int, default=None, help="default 12 (quick: 1)")
     p.add_argument("--finetune-epochs", type=int, default=None, help="default 6 (quick: 1)")
-    p.add_argument("--settle-epochs", type=int, default=None,
-                   help="DCL arm: the last N fine-tuning epochs at fixed hard widths (default: half of "
-                        "--finetune-epochs)")
+    p.add_argument("--settle", choices=("budget", "none"), default="budget",
+                   help="DCL arm: 'budget' fixes the widths once the cost first meets the target and fine-tunes "
+                        "the weights at them (default); 'none' lets the widths learn to the end")
     p.add_argument("--out", default="runs/vad_finetune")
     p.add_argument("--data", default=None, help="VAD data folder (default OUT/data; built when missing)")
     p.add_argument("--full-checkpoints", default=None,
@@ -356,8 +360,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except ValueError:
         p.error(f"--targets must be numbers, got {args.targets!r}")
     make = FinetuneStudyConfig.quick if args.quick else FinetuneStudyConfig
-    given = {k: v for k, v in (("full_epochs", args.full_epochs), ("finetune_epochs", args.finetune_epochs),
-                               ("settle_epochs", args.settle_epochs)) if v is not None}
+    given = {k: v for k, v in (("full_epochs", args.full_epochs), ("finetune_epochs", args.finetune_epochs))
+             if v is not None}
+    given["settle"] = args.settle
     cfg = make(family=args.family, seeds=tuple(range(args.seeds)), targets=targets, **given)
     try:
         rows = run_study(cfg, args.out, cache=args.data, full_checkpoints=args.full_checkpoints)

@@ -152,9 +152,11 @@ def exported_cost(model: nn.Module, seconds: float = 4.0, sample_rate: int = 800
 def train_loop(model: nn.Module, train: VadSplit, epochs: int, optimizer: torch.optim.Optimizer, *,
                batch_size: int = 16, seed: int = 0, penalty: Optional[Callable[[Tensor], Tensor]] = None,
                progress: bool = False, desc: str = "vad", device: Optional[str | torch.device] = None,
-               settle_epochs: int = 0) -> list[float]:
+               settle_epochs: int = 0, settle_when: Optional[Callable[[], bool]] = None) -> list[float]:
     """Plain epochs of frame-BCE training; ``penalty(task_loss) -> total loss`` adds a complexity term.
-    The last ``settle_epochs`` epochs train at fixed hard widths (:func:`slimtrain.settle_widths`).
+    The last ``settle_epochs`` epochs train at fixed hard widths (:func:`slimtrain.settle_widths`), and so
+    does every step after the first one at which ``settle_when()`` is true (asked after each step; it must
+    give the same answer on every rank, e.g. from the widths).
 
     Returns the mean training loss per epoch. Raises :class:`TrainingError` on a non-finite loss.
     ``device``: where to train (``None``: where the model is). Under ``torchrun`` the loop is
@@ -193,6 +195,9 @@ def train_loop(model: nn.Module, train: VadSplit, epochs: int, optimizer: torch.
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
+                if settle_when is not None and settle_when():
+                    dp.settle()
+                    settle_when = None
                 total += task_value
                 k += 1
             losses.append(total / max(k, 1))
