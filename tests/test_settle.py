@@ -7,6 +7,7 @@ that leaves no epochs to learn widths in.
 from __future__ import annotations
 
 import copy
+import math
 
 import pytest
 import torch
@@ -121,3 +122,38 @@ def test_vad_and_study_configs_name_a_settle_phase_that_leaves_no_width_learning
     assert VadSweepConfig(epochs=12, settle_epochs=0).dcl_settle_epochs == 0
     # the default leaves the warm-up epoch and one width-learning epoch
     assert [VadSweepConfig(epochs=e).dcl_settle_epochs for e in (1, 2, 3, 4, 5)] == [0, 0, 1, 2, 2]
+
+
+def test_vad_loop_settles_once_the_condition_holds_and_keeps_the_widths():
+    import numpy as np
+    from types import SimpleNamespace
+
+    from slimtrain.tasks.vad.models import build_vad_model
+    from slimtrain.tasks.vad.train import train_loop
+
+    seed_everything(0)
+    model = build_vad_model("crnn", 16, conv1=8, conv2=8, hidden=8)
+    torch.manual_seed(0)
+    slimtrain.make_dynamic(model, torch.randn(2, 4000) * 0.1, kappa_min=0.25)
+    rng = np.random.default_rng(0)
+    audio = (rng.standard_normal((16, 4000)) * 0.1).astype(np.float32)
+    with torch.no_grad():
+        frames = model.eval()(torch.from_numpy(audio[:1])).shape[1]
+    labels = (rng.random((16, frames)) > 0.5).astype(np.uint8)
+    full = slimtrain.TradeoffLoss(model, alpha=1.0).full
+    obj = slimtrain.TradeoffLoss(model, alpha=0.0, budget=0.8 * full)
+    asked: list[float] = []
+
+    def met() -> bool:
+        asked.append(obj.current_cost())
+        return asked[-1] <= obj.budget
+
+    thetas = []
+    train_loop(model, SimpleNamespace(audio=audio, labels=labels), 1, make_optimizer(model, width_lr=0.05),
+               batch_size=4, penalty=obj, settle_when=met)
+    thetas.append([d.theta.item() for d in _dcls(model)])
+    # asked after every step until the first yes, then never again; the widths met the budget there
+    assert asked[-1] <= obj.budget < min(asked[:-1] or [math.inf])
+    assert all(d.frozen and not d.theta.requires_grad for d in _dcls(model))
+    train_loop(model, SimpleNamespace(audio=audio, labels=labels), 1, make_optimizer(model), batch_size=4, penalty=obj)
+    assert [d.theta.item() for d in _dcls(model)] == thetas[0]

@@ -352,10 +352,11 @@ def _cmd_vad(args) -> int:
     budget = args.budget[0] if args.budget else None
     family = args.family or "crnn"
     epochs = args.epochs or (3 if args.quick else 12)
+    settle = default_settle_epochs(epochs) if args.settle_epochs is None else args.settle_epochs
     run = VadRunConfig(family=family, kappa_min=(args.kappa_min or [0.125])[0],
                        alpha=0.0 if budget is not None and args.alpha == 1.0 else args.alpha, budget=budget,
                        epochs=epochs,
-                       settle_epochs=default_settle_epochs(epochs) if args.settle_epochs is None else args.settle_epochs,
+                       settle_epochs=settle, settle_at_budget=budget is not None and settle > 0,
                        seed=args.seed, n_mels=widths.pop("n_mels", 80), widths=widths)
     out.mkdir(parents=True, exist_ok=True)
     ckpt = out / f"vad_{family}.pt"

@@ -5,7 +5,8 @@ Rows (``method``):
 
 * ``DCL`` -- dynamic widths trained with the trade-off loss, one run per kappa_min (the paper's
   sweep 0.5, 0.25, 0.125, 0.0625) at ``alpha``, plus any extra ``alphas`` / ``budgets``; the last
-  ``settle_epochs`` (default half) train the weights at the fixed hard widths, as pruning fine-tunes;
+  ``settle_epochs`` (default half) train the weights at the fixed hard widths, as pruning fine-tunes
+  (a budget run settles earlier, at the first step whose widths meet the budget);
 * ``fixed`` -- the same family trained from scratch with every width (and the mel bands) scaled;
 * ``prune`` -- structured magnitude pruning (torch-pruning) of a full model trained for
   ``epochs - prune_finetune_epochs`` epochs, pruned to the MACs of a DCL point and fine-tuned for
@@ -233,7 +234,8 @@ def _seed_jobs(cfg: VadSweepConfig, out: Path, seed: int, multi: bool) -> list[d
                          "checkpoint": str(out / "checkpoints" / f"{fam}_dcl_k{k_low:g}_a{a:g}{tag}.pt")})
         for b in cfg.budgets:
             jobs.append({"kind": "DCL", "label": _label(fam, "DCL", kappa_min=k_low, budget=b),
-                         "run": {"family": fam, "kappa_min": k_low, "alpha": 0.0, "budget": b, **dyn},
+                         "run": {"family": fam, "kappa_min": k_low, "alpha": 0.0, "budget": b, **dyn,
+                                 **({"settle_at_budget": True} if settle else {})},
                          "checkpoint": str(out / "checkpoints" / f"{fam}_dcl_k{k_low:g}_b{b:g}{tag}.pt")})
         for s in cfg.fixed_scales:
             from .models import scaled_widths

@@ -60,6 +60,9 @@ class VadRunConfig:
     warmup_epochs: int = 1
     #: the last epochs train the weights at fixed hard widths (:func:`slimtrain.settle_widths`); part of ``epochs``
     settle_epochs: int = 0
+    #: with a ``budget``: the widths also settle at the first step whose widths meet it (before the
+    #: last ``settle_epochs``), so the run ends at the budget instead of wherever the hinge swung to
+    settle_at_budget: bool = False
     seed: int = 0
     n_mels: int = 80
     widths: dict = field(default_factory=dict)
@@ -233,9 +236,13 @@ def train_vad(cfg: VadRunConfig, data: dict[str, VadSplit], *, checkpoint: Optio
                                      budget=None if cfg.budget is None else cfg.budget * SAMPLE_SECONDS,
                                      metric="flops", warmup_steps=cfg.warmup_epochs * steps_per_epoch)
         optimizer = make_optimizer(model, lr=cfg.lr, width_lr=cfg.width_lr)
+        at_budget = None
+        if objective is not None and cfg.budget is not None and cfg.settle_at_budget:
+            def at_budget() -> bool:  # the widths after this step meet the budget (never during warm-up)
+                return objective.current_cost() <= objective.budget
         losses = train_loop(model, data["train"], cfg.epochs, optimizer, batch_size=cfg.batch_size, seed=cfg.seed,
                             penalty=objective, progress=progress, desc=f"{cfg.family} k={cfg.kappa_min}",
-                            device=dev, settle_epochs=cfg.settle_epochs if cfg.dynamic else 0)
+                            device=dev, settle_epochs=cfg.settle_epochs if cfg.dynamic else 0, settle_when=at_budget)
         model.to("cpu").eval()
         widths = {k: round(v, 3) for k, v in dynamic_widths(model).items()} if cfg.dynamic else {}
         plain = export(model) if cfg.dynamic else model
