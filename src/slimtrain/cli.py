@@ -84,14 +84,19 @@ def _width_list(text: str) -> list[int]:
     return comma_list(lambda p: _positive_int(p, "baseline widths"), "4,8,16", none_ok=True)(text)
 
 
-def _positive_int(text: str, what: str = "value") -> int:
+def _int_at_least(text: str, what: str = "value", minimum: int = 0) -> int:
+    """``text`` as an integer ``>= minimum``; argparse's error names ``what`` otherwise."""
     try:
         v = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"{what} must be >= 1, got {text}")
+        raise argparse.ArgumentTypeError(f"expected an integer {what}, got {text!r}") from None
+    if v < minimum:
+        raise argparse.ArgumentTypeError(f"{what} must be >= {minimum}, got {text}")
     return v
+
+
+def _positive_int(text: str, what: str = "value") -> int:
+    return _int_at_least(text, what, 1)
 
 
 def _epochs(text: str) -> int:
@@ -99,13 +104,7 @@ def _epochs(text: str) -> int:
 
 
 def _settle_epochs(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"settle-epochs must be >= 0, got {text}")
-    return v
+    return _int_at_least(text, "settle-epochs", 0)
 
 
 def _hidden(text: str) -> int:
@@ -168,13 +167,7 @@ def _paragraphs(*paras: str) -> str:
 
 
 def _seed(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer seed, got {text!r}") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"seed must be >= 0, got {text}")
-    return v
+    return _int_at_least(text, "seed", 0)
 
 
 def _seed_list(text: str) -> list[int]:

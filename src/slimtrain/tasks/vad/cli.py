@@ -7,7 +7,7 @@ import json
 import time
 from pathlib import Path
 
-from ...cli import (_alpha, _alpha_list, _check_no_sweep_engine_args, _epochs, _kappa, _number, _paragraphs,
+from ...cli import (_alpha, _alpha_list, _check_no_sweep_engine_args, _epochs, _int_at_least, _kappa, _number, _paragraphs,
                    _positive_float, _refuse_sweep_under_torchrun, _seed, _settle_epochs, _workers, add_device_option,
                    add_sweep_engine_arguments, comma_list, sweep_seeds)
 
@@ -33,13 +33,7 @@ def _nonneg(text: str) -> float:
 
 
 def _tts_count(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text}")
-    return v
+    return _int_at_least(text, "tts-utterances", 0)
 
 
 def _family(text: str) -> str:
