@@ -21,7 +21,8 @@ from .plan import _PLAN_ATTR, WidthEntry, WidthPlan
 from .modules import DynamicOutput, DynamicRecurrent, MaskedLayerNorm, TransformerBlock
 from .trace import GraphError, Tag, Trace, _tensors, trace_channels
 
-__all__ = ["make_dynamic", "plan_widths", "WidthGraph", "LayerSpec", "get_graph", "dynamic_widths", "settle_widths", "GraphError"]
+__all__ = ["make_dynamic", "plan_widths", "WidthGraph", "LayerSpec", "get_graph", "dynamic_widths", "settle_widths",
+           "GraphError"]
 
 _ATTR = "_slimtrain_graph"
 

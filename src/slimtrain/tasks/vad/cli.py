@@ -7,8 +7,8 @@ import json
 import time
 from pathlib import Path
 
-from ...cli import (_alpha, _alpha_list, _check_no_sweep_engine_args, _epochs, _int_at_least, _kappa, _number, _paragraphs,
-                   _positive_float, _refuse_sweep_under_torchrun, _seed, _settle_epochs, _workers, add_device_option,
+from ...cli import (_alpha, _alpha_list, _check_no_sweep_engine_args, _epochs, _int_at_least, _kappa, _number,
+                   _paragraphs, _positive_float, _refuse_sweep_under_torchrun, _seed, _settle_epochs, _workers, add_device_option,
                    add_sweep_engine_arguments, comma_list, sweep_seeds)
 
 __all__ = ["register"]

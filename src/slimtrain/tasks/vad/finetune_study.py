@@ -156,7 +156,8 @@ def _dcl_arm(cfg: FinetuneStudyConfig, full, target: float, seed: int, data: dic
     plain = export(model).eval()
     flops_s, params = exported_cost(plain)
     return {"mel_bands": _mel_bands(plain), "mflops_per_s": flops_s / 1e6, "params": int(params),
-            "width_steps": width_steps[0] if width_steps else None, "widths": json.dumps(widths, sort_keys=True), **evaluate_model(plain, data["val"], data["test"])}
+            "width_steps": width_steps[0] if width_steps else None, "widths": json.dumps(widths, sort_keys=True),
+            **evaluate_model(plain, data["val"], data["test"])}
 
 
 def _prune_arm(cfg: FinetuneStudyConfig, full, dcl_row: dict, seed: int, data: dict[str, VadSplit]) -> dict:

@@ -30,7 +30,8 @@ from ..metrics import eer, eer_threshold, f1_at, roc_auc
 from .data import VadSplit
 from .models import FAMILIES, build_vad_model
 
-__all__ = ["VadRunConfig", "default_settle_epochs", "SNR_BANDS", "train_vad", "train_loop", "frame_scores", "evaluate_scores",
+__all__ = ["VadRunConfig", "default_settle_epochs", "SNR_BANDS", "train_vad", "train_loop", "frame_scores",
+           "evaluate_scores",
            "evaluate_model", "exported_cost", "build_dynamic_vad", "TASK"]
 
 TASK = "vad"
@@ -76,7 +77,8 @@ class VadRunConfig:
             raise ValueError(f"alpha must be >= 0 and budget > 0 (got alpha={self.alpha}, budget={self.budget})")
         if self.epochs < 1 or self.batch_size < 1:
             raise ValueError(f"epochs and batch_size must be >= 1 (got {self.epochs}, {self.batch_size})")
-        if not 0 <= self.settle_epochs < self.epochs or (self.settle_epochs and self.settle_epochs + self.warmup_epochs >= self.epochs):
+        leaves_no_learning = self.settle_epochs and self.settle_epochs + self.warmup_epochs >= self.epochs
+        if not 0 <= self.settle_epochs < self.epochs or leaves_no_learning:
             raise ValueError(f"settle_epochs must leave epochs for warm-up and width learning: settle_epochs="
                              f"{self.settle_epochs}, warmup_epochs={self.warmup_epochs}, epochs={self.epochs}")
         return self
