@@ -157,3 +157,27 @@ def test_vad_loop_settles_once_the_condition_holds_and_keeps_the_widths():
     assert all(d.frozen and not d.theta.requires_grad for d in _dcls(model))
     train_loop(model, SimpleNamespace(audio=audio, labels=labels), 1, make_optimizer(model), batch_size=4, penalty=obj)
     assert [d.theta.item() for d in _dcls(model)] == thetas[0]
+
+
+def test_synthetic_cli_settles_the_last_epochs(tmp_path):
+    import csv
+
+    from slimtrain.cli import main
+
+    assert main(["synthetic", "--quick", "--settle-epochs", "4", "--out", str(tmp_path), "--no-progress"]) == 0
+    with (tmp_path / "widths.csv").open() as f:
+        k = [float(r["K[0.dcl]"]) for r in csv.DictReader(f)]
+    assert len(k) == 12
+    # recorded after each epoch: the width learned through epoch 7 and stayed there in epochs 8-11
+    assert k[-5:] == [k[-5]] * 5 and k[-6] != k[-5]
+    # a settle phase that leaves no epoch to learn the width in is refused before any training
+    assert main(["synthetic", "--quick", "--epochs", "3", "--settle-epochs", "2", "--out", str(tmp_path / "x")]) == 2
+    assert not (tmp_path / "x" / "model.ckpt").exists()
+
+
+def test_spoof_config_names_a_settle_phase_that_leaves_no_width_learning():
+    from slimtrain.tasks.spoof.train import SpoofConfig
+
+    with pytest.raises(ValueError, match="settle-epochs=3, warmup-epochs=1, epochs=4"):
+        SpoofConfig(settle_epochs=3).validate()
+    assert SpoofConfig(settle_epochs=2).validate().as_dict()["settle_epochs"] == 2

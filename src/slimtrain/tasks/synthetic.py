@@ -105,6 +105,7 @@ class SyntheticConfig:
     width_lr: float = 0.1
     lr_final: float = 0.05  # cosine decay of both learning rates to this fraction
     warmup_epochs: int = 2  # widths frozen at full size while the student first fits
+    settle_epochs: int = 0  # the last epochs train the weights at fixed hard widths (slimtrain.settle_widths)
     seed: int = 0
 
     @classmethod
@@ -138,6 +139,9 @@ class SyntheticConfig:
             raise ValueError(f"lr-final must be in (0, 1], got {self.lr_final!r}")
         if not 0 <= self.warmup_epochs < self.epochs:
             raise ValueError(f"warmup-epochs must be in [0, epochs), got {self.warmup_epochs} with epochs={self.epochs}")
+        if self.settle_epochs < 0 or (self.settle_epochs and self.warmup_epochs + self.settle_epochs >= self.epochs):
+            raise ValueError(f"settle-epochs must leave an epoch to learn the width in: settle-epochs="
+                             f"{self.settle_epochs}, warmup-epochs={self.warmup_epochs}, epochs={self.epochs}")
         if self.batch_size > self.n_train:
             raise ValueError(f"batch-size {self.batch_size} is larger than the training set ({self.n_train})")
         return self
@@ -325,7 +329,7 @@ def train_run(
                          evaluate=evaluate, recorder=recorder, progress=progress, desc=desc,
                          checkpoint=checkpoint, recipe=_recipe(cfg) if learned else None,
                          extra={"config": cfg.as_dict(), "alpha": float(alpha) if learned else None},
-                         resume=resume, device=dev)
+                         resume=resume, device=dev, settle_epochs=cfg.settle_epochs if learned else 0)
         finally:
             if recorder is not None:
                 recorder.close()

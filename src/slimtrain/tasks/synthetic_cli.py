@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from ..cli import (_alpha, _alpha_list, _check_no_sweep_engine_args, _epochs, _hidden, _kappa, _lr, _paragraphs,
-                   _refuse_sweep_under_torchrun, _seed, _width_list, _workers, add_device_option,
+                   _refuse_sweep_under_torchrun, _seed, _settle_epochs, _width_list, _workers, add_device_option,
                    add_sweep_engine_arguments, sweep_seeds)
 
 __all__ = ["register"]
@@ -67,6 +67,10 @@ def register(commands, data_commands) -> None:
     s.add_argument("--width-lr", type=_lr, default=None, metavar="LR",
                    help=f"Adam learning rate of the widths, in units of K/hidden, cosine-decayed like --lr "
                         f"(default: {D.width_lr:g})")
+    s.add_argument("--settle-epochs", type=_settle_epochs, default=0, metavar="N",
+                   help="the last N epochs train the weights at the fixed width the model is exported with "
+                        "(slimtrain.settle_widths), as a pruned model is fine-tuned (default: 0, the width "
+                        "learns to the end)")
     s.add_argument("--seed", type=_seed, default=0, metavar="S",
                    help="seed of the teacher, the data and the initialisation; the same seed gives the same "
                         "results (default: 0)")
@@ -103,6 +107,7 @@ def _synthetic_config(args):
         over["lr"] = args.lr
     if args.width_lr is not None:
         over["width_lr"] = args.width_lr
+    over["settle_epochs"] = getattr(args, "settle_epochs", 0)
     cfg = SyntheticConfig.quick(**over) if args.quick else SyntheticConfig(**over)
     cfg.kappa_min = args.kappa_min if args.kappa_min is not None else 1.0 / cfg.hidden
     if cfg.warmup_epochs >= cfg.epochs:

@@ -9,8 +9,8 @@ import time
 from pathlib import Path
 
 from ...cli import (_alpha, _check_no_sweep_engine_args, _epochs, _kappa, _paragraphs, _positive_int,
-                   _refuse_sweep_under_torchrun, _seed, _workers, add_device_option, add_sweep_engine_arguments,
-                   comma_list, sweep_seeds)
+                   _refuse_sweep_under_torchrun, _seed, _settle_epochs, _workers, add_device_option,
+                   add_sweep_engine_arguments, comma_list, sweep_seeds)
 
 __all__ = ["register"]
 
@@ -109,6 +109,9 @@ def register(commands, data_commands) -> None:
                         "paper; 'alpha' uses the weighted cost term at --alpha, where the floor may not bind")
     s.add_argument("--epochs", type=_epochs, default=None, metavar="N",
                    help=f"training epochs per run (default: {M.epochs}; with --quick: {MQ.epochs})")
+    s.add_argument("--settle-epochs", type=_settle_epochs, default=0, metavar="N",
+                   help="DCL runs: the last N epochs train the weights at the fixed hard widths the model is "
+                        "exported with (slimtrain.settle_widths), as a pruned model is fine-tuned (default: 0)")
     s.add_argument("--width", type=lambda t: _positive_int(t, "width"), default=None, metavar="W",
                    help=f"base channel width of the first stage (the paper's ResNet34: 64; default: {M.width})")
     s.add_argument("--fixed-widths", type=_width_list, default=None, metavar="W1,W2,...",
@@ -188,6 +191,7 @@ def _cmd_spoof(args) -> int:
         over["epochs"] = args.epochs
     if args.width is not None:
         over["width"] = args.width
+    over["settle_epochs"] = getattr(args, "settle_epochs", 0)
     cfg = SpoofConfig.quick(**over) if args.quick else SpoofConfig(**over)
     if cfg.warmup_epochs >= cfg.epochs:
         cfg.warmup_epochs = cfg.epochs - 1

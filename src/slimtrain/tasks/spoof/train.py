@@ -58,6 +58,7 @@ class SpoofConfig:
     width_lr: float = 0.02
     lr_final: float = 0.05
     warmup_epochs: int = 1
+    settle_epochs: int = 0  # DCL runs: the last epochs train the weights at fixed hard widths (settle_widths)
     seed: int = 0
 
     @classmethod
@@ -80,6 +81,9 @@ class SpoofConfig:
                 raise ValueError(f"{name.replace('_', '-')} must be a positive number, got {v!r}")
         if not 0 <= self.warmup_epochs < self.epochs:
             raise ValueError(f"warmup-epochs must be in [0, epochs), got {self.warmup_epochs} with epochs={self.epochs}")
+        if self.settle_epochs < 0 or (self.settle_epochs and self.warmup_epochs + self.settle_epochs >= self.epochs):
+            raise ValueError(f"settle-epochs must leave an epoch to learn the widths in: settle-epochs="
+                             f"{self.settle_epochs}, warmup-epochs={self.warmup_epochs}, epochs={self.epochs}")
         return self
 
     def as_dict(self) -> dict:
@@ -143,9 +147,10 @@ def eer_report(split: SpoofSplit, scores: np.ndarray, unseen: Sequence[str]) -> 
 
 
 def _fit(model: nn.Module, cfg: SpoofConfig, x: Tensor, y: Tensor, objective, optimizer, epochs: int,
-         recorder: Optional[WidthRecorder], progress: bool, desc: str, device=None) -> None:
+         recorder: Optional[WidthRecorder], progress: bool, desc: str, device=None, settle_epochs: int = 0) -> None:
     training.fit(model, _batches(cfg, x, y, optimizer, epochs), F.binary_cross_entropy_with_logits, objective,
-                 optimizer, epochs, recorder=recorder, progress=progress, desc=desc, device=device)
+                 optimizer, epochs, recorder=recorder, progress=progress, desc=desc, device=device,
+                 settle_epochs=settle_epochs)
 
 
 def train_run(
@@ -221,7 +226,8 @@ def train_run(
                     raise ValueError("init_state is for plain models (fixed width or pruning)")
                 model.load_state_dict(init_state)
             else:
-                _fit(model, cfg, x, yl, objective, optimizer, cfg.epochs, recorder, progress, desc, dev)
+                _fit(model, cfg, x, yl, objective, optimizer, cfg.epochs, recorder, progress, desc, dev,
+                     settle_epochs=cfg.settle_epochs if stages else 0)
         finally:
             if recorder is not None:
                 recorder.close()
