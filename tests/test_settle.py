@@ -181,3 +181,44 @@ def test_spoof_config_names_a_settle_phase_that_leaves_no_width_learning():
     with pytest.raises(ValueError, match="settle-epochs=3, warmup-epochs=1, epochs=4"):
         SpoofConfig(settle_epochs=3).validate()
     assert SpoofConfig(settle_epochs=2).validate().as_dict()["settle_epochs"] == 2
+
+
+def _budget_fit(tmp_path, crash_at=None, resume=False, epochs=4):
+    seed_everything(0)
+    model = _model(hidden=32)
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randn(96, 6, generator=g), torch.randn(96, 3, generator=g)
+    obj = slimtrain.TradeoffLoss(model, alpha=0.0, budget=0.3 * slimtrain.TradeoffLoss(model, alpha=1.0).full)
+    opt = make_optimizer(model, lr=1e-2, width_lr=0.1)
+    costs = []
+
+    def batches(epoch):
+        perm = torch.randperm(96, generator=torch.Generator().manual_seed(epoch))
+        for i in range(4):
+            if (epoch, i) == crash_at:
+                raise RuntimeError("crash")
+            costs.append(obj.current_cost())
+            yield x[perm[i * 24:(i + 1) * 24]], y[perm[i * 24:(i + 1) * 24]]
+
+    try:
+        fit(model, batches, F.mse_loss, obj, opt, epochs, progress=False, settle_at_budget=True,
+            checkpoint=tmp_path / "c.ckpt", resume=resume)
+    except RuntimeError as e:
+        assert str(e) == "crash"
+    return model, obj, costs
+
+
+def test_fit_settles_at_the_budget_and_a_resume_stays_settled(tmp_path):
+    model, obj, costs = _budget_fit(tmp_path / "a")
+    first = next(i for i, c in enumerate(costs) if c <= obj.budget)
+    assert 0 < first < len(costs) - 1
+    assert all(c == costs[first] for c in costs[first:])  # no width moved after the step that met the budget
+    assert all(d.frozen and not d.theta.requires_grad for d in _dcls(model))
+    # killed in the last epoch (after the settle) and resumed: settled from its first step, same end
+    _budget_fit(tmp_path / "b", crash_at=(3, 1))
+    again, _, _ = _budget_fit(tmp_path / "b", resume=True)
+    for a, b in zip(model.state_dict().values(), again.state_dict().values()):
+        assert torch.equal(a, b)
+    with pytest.raises(ValueError, match="settle_at_budget needs an objective with a budget"):
+        fit(_model(), lambda e: iter(()), F.mse_loss, slimtrain.TradeoffLoss(_model(), alpha=1.0),
+            make_optimizer(_model()), 2, progress=False, settle_at_budget=True)

@@ -152,6 +152,7 @@ def fit(
     device: Optional[str | torch.device] = None,
     ddp_options: Optional[dict] = None,
     settle_epochs: int = 0,
+    settle_at_budget: bool = False,
 ) -> list[EpochResult]:
     """Train ``model`` on ``task_loss`` (+ the complexity term of ``objective``) for ``epochs`` epochs.
 
@@ -192,21 +193,31 @@ def fit(
     ``settle_epochs``: the last that many epochs train the weights with every width fixed at its
     hard width (:func:`slimtrain.settle_widths`: eval-mode masks, no noise, widths no longer
     trained), so training ends on exactly the network that is exported. They count in ``epochs``.
+    ``settle_at_budget=True`` (an ``objective`` with a budget): the widths settle as soon as they
+    meet the budget (checked after every optimiser step with ``objective.current_cost()``) and the
+    weights train at them for the rest of the run; a budget hinge otherwise swings the widths past
+    the budget and back. The checkpoint records the settle, so a resume continues settled.
     """
     if epochs < 1:
         raise ValueError(f"epochs must be >= 1, got {epochs}")
     if not 0 <= settle_epochs < epochs:
         raise ValueError(f"settle_epochs must be in [0, epochs={epochs}), got {settle_epochs}")
+    if settle_at_budget and getattr(objective, "budget", None) is None:
+        raise ValueError("settle_at_budget needs an objective with a budget (TradeoffLoss(budget=...))")
     if resume and checkpoint is None:
         raise ValueError("resume=True needs the checkpoint path to resume from")
     dp = DataParallel(model, objective, device, ddp_options)
     w = dp.world
     results: list[EpochResult] = []
     start = 0
+    settle_pending = settle_at_budget
     if resume and checkpoint is not None and Path(checkpoint).exists():
-        start, results = _restore(checkpoint, model, objective, optimizer, recorder, epochs)
+        start, results, was_settled = _restore(checkpoint, model, objective, optimizer, recorder, epochs)
         if w.parallel:  # the resumed ranks continue their own saved streams, not fresh ones
             _restore_rank_rng(checkpoint, w)
+        if was_settled:
+            dp.settle()
+            settle_pending = False
     ckpt_note = f"; the last good checkpoint is '{checkpoint}'" if checkpoint is not None else ""
     bar = tqdm(range(start, epochs), desc=desc, disable=not (progress and w.main), leave=False, initial=start,
                total=epochs)
@@ -235,6 +246,9 @@ def fit(
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
+                if settle_pending and objective.current_cost() <= objective.budget:
+                    dp.settle()
+                    settle_pending = False
                 total += value
                 n += 1
             model.eval()
@@ -398,6 +412,7 @@ def _save_state(path, model, objective, optimizer, recorder, results, epochs, re
         "optimizer": optimizer.state_dict(),
         "rng": rng_state(),
         "recorder_rows": [dict(r) for r in recorder.rows] if recorder is not None else [],
+        "settled": any(isinstance(m, DynamicWidth) for m in model.modules()) and _settled(model),
     }
     if rank_states is not None:  # data-parallel: every rank's RNG state and widths (bit-identical widths)
         state["world_size"] = len(rank_states)
@@ -408,7 +423,7 @@ def _save_state(path, model, objective, optimizer, recorder, results, epochs, re
     save_checkpoint(path, model, _fit_recipe(recipe), extra={**dict(extra or {}), "training": state})
 
 
-def _restore(path, model, objective, optimizer, recorder, epochs) -> tuple[int, list[EpochResult]]:
+def _restore(path, model, objective, optimizer, recorder, epochs) -> tuple[int, list[EpochResult], bool]:
     from .checkpoint import CheckpointError, load_checkpoint
 
     ckpt = load_checkpoint(path)
@@ -435,4 +450,4 @@ def _restore(path, model, objective, optimizer, recorder, epochs) -> tuple[int, 
             recorder._write()
     set_rng_state(state["rng"])
     results = [EpochResult(int(e), float(l), float(m)) for e, l, m in state["results"]]
-    return int(state["epoch"]) + 1, results
+    return int(state["epoch"]) + 1, results, bool(state.get("settled", False))
