@@ -113,7 +113,7 @@ def test_vad_and_study_configs_name_a_settle_phase_that_leaves_no_width_learning
     from slimtrain.tasks.vad.sweep import VadSweepConfig
     from slimtrain.tasks.vad.train import VadRunConfig
 
-    with pytest.raises(ValueError, match="settle_epochs=2, warmup_epochs=1, epochs=3"):
+    with pytest.raises(ValueError, match="settle-epochs=2, warmup-epochs=1, epochs=3"):
         VadRunConfig(epochs=3, settle_epochs=2).validate()
     VadRunConfig(epochs=3, settle_epochs=1).validate()
     with pytest.raises(StudyError, match="settle must be 'budget' or 'none'"):

@@ -355,6 +355,14 @@ class DataParallel:
         self._drop_net()
 
 
+def check_settle_epochs(settle_epochs: int, warmup_epochs: int, epochs: int) -> None:
+    """``ValueError`` unless ``settle_epochs`` (>= 0) leaves the warm-up and at least one epoch in which
+    the widths learn (0 settles nothing and is always fine)."""
+    if settle_epochs < 0 or (settle_epochs and warmup_epochs + settle_epochs >= epochs):
+        raise ValueError(f"settle-epochs must leave an epoch to learn the widths in after the warm-up: "
+                         f"settle-epochs={settle_epochs}, warmup-epochs={warmup_epochs}, epochs={epochs}")
+
+
 def _settled(model: nn.Module) -> bool:
     """True once :func:`slimtrain.settle_widths` has run on ``model`` (every DCL frozen, widths not trained)."""
     return all(m.frozen and not m.theta.requires_grad for m in model.modules() if isinstance(m, DynamicWidth))

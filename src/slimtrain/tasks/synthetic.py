@@ -139,9 +139,7 @@ class SyntheticConfig:
             raise ValueError(f"lr-final must be in (0, 1], got {self.lr_final!r}")
         if not 0 <= self.warmup_epochs < self.epochs:
             raise ValueError(f"warmup-epochs must be in [0, epochs), got {self.warmup_epochs} with epochs={self.epochs}")
-        if self.settle_epochs < 0 or (self.settle_epochs and self.warmup_epochs + self.settle_epochs >= self.epochs):
-            raise ValueError(f"settle-epochs must leave an epoch to learn the width in: settle-epochs="
-                             f"{self.settle_epochs}, warmup-epochs={self.warmup_epochs}, epochs={self.epochs}")
+        training.check_settle_epochs(self.settle_epochs, self.warmup_epochs, self.epochs)
         if self.batch_size > self.n_train:
             raise ValueError(f"batch-size {self.batch_size} is larger than the training set ({self.n_train})")
         return self

@@ -81,9 +81,7 @@ class SpoofConfig:
                 raise ValueError(f"{name.replace('_', '-')} must be a positive number, got {v!r}")
         if not 0 <= self.warmup_epochs < self.epochs:
             raise ValueError(f"warmup-epochs must be in [0, epochs), got {self.warmup_epochs} with epochs={self.epochs}")
-        if self.settle_epochs < 0 or (self.settle_epochs and self.warmup_epochs + self.settle_epochs >= self.epochs):
-            raise ValueError(f"settle-epochs must leave an epoch to learn the widths in: settle-epochs="
-                             f"{self.settle_epochs}, warmup-epochs={self.warmup_epochs}, epochs={self.epochs}")
+        training.check_settle_epochs(self.settle_epochs, self.warmup_epochs, self.epochs)
         return self
 
     def as_dict(self) -> dict:

@@ -25,7 +25,7 @@ from ...checkpoint import make_recipe, register_task, save_checkpoint
 from ...graph import dynamic_widths
 from ...loss import TradeoffLoss
 from ...distributed import is_main, resolve_device
-from ...training import DataParallel, TrainingError, make_optimizer, seed_everything, torch_threads
+from ...training import DataParallel, TrainingError, check_settle_epochs, make_optimizer, seed_everything, torch_threads
 from ..metrics import eer, eer_threshold, f1_at, roc_auc
 from .data import VadSplit
 from .models import FAMILIES, build_vad_model
@@ -77,10 +77,7 @@ class VadRunConfig:
             raise ValueError(f"alpha must be >= 0 and budget > 0 (got alpha={self.alpha}, budget={self.budget})")
         if self.epochs < 1 or self.batch_size < 1:
             raise ValueError(f"epochs and batch_size must be >= 1 (got {self.epochs}, {self.batch_size})")
-        leaves_no_learning = self.settle_epochs and self.settle_epochs + self.warmup_epochs >= self.epochs
-        if not 0 <= self.settle_epochs < self.epochs or leaves_no_learning:
-            raise ValueError(f"settle_epochs must leave epochs for warm-up and width learning: settle_epochs="
-                             f"{self.settle_epochs}, warmup_epochs={self.warmup_epochs}, epochs={self.epochs}")
+        check_settle_epochs(self.settle_epochs, self.warmup_epochs, self.epochs)
         return self
 
     @property
