@@ -138,6 +138,10 @@ class TradeoffLoss(nn.Module):
         with torch.no_grad():
             return float(self._soft_metric())
 
+    def meets_budget(self) -> bool:
+        """True if the widths as they are now cost no more than the budget (``False`` without a budget)."""
+        return self.budget is not None and self.current_cost() <= self.budget
+
     @property
     def last(self) -> dict[str, float]:
         """``task``, ``cost``, ``cost_rel`` and ``penalty`` of the latest call, as floats (empty before the first)."""

@@ -246,7 +246,7 @@ def fit(
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
-                if settle_pending and objective.current_cost() <= objective.budget:
+                if settle_pending and objective.meets_budget():
                     dp.settle()
                     settle_pending = False
                 total += value

@@ -145,7 +145,7 @@ def _dcl_arm(cfg: FinetuneStudyConfig, full, target: float, seed: int, data: dic
     width_steps: list[int] = []
 
     def budget_met() -> bool:  # the widths after this step cost no more than the target
-        if objective.current_cost() <= objective.budget:
+        if objective.meets_budget():
             width_steps.append(objective.steps)
             return True
         return False

@@ -235,10 +235,9 @@ def train_vad(cfg: VadRunConfig, data: dict[str, VadSplit], *, checkpoint: Optio
                                      budget=None if cfg.budget is None else cfg.budget * SAMPLE_SECONDS,
                                      metric="flops", warmup_steps=cfg.warmup_epochs * steps_per_epoch)
         optimizer = make_optimizer(model, lr=cfg.lr, width_lr=cfg.width_lr)
-        at_budget = None
-        if objective is not None and cfg.budget is not None and cfg.settle_at_budget:
-            def at_budget() -> bool:  # the widths after this step meet the budget (never during warm-up)
-                return objective.current_cost() <= objective.budget
+        # the widths after each step meet the budget (never during warm-up, when they are held at full size)
+        at_budget = objective.meets_budget if objective is not None and cfg.budget is not None and cfg.settle_at_budget \
+            else None
         losses = train_loop(model, data["train"], cfg.epochs, optimizer, batch_size=cfg.batch_size, seed=cfg.seed,
                             penalty=objective, progress=progress, desc=f"{cfg.family} k={cfg.kappa_min}",
                             device=dev, settle_epochs=cfg.settle_epochs if cfg.dynamic else 0, settle_when=at_budget)
