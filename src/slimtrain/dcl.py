@@ -419,7 +419,10 @@ class DynamicWidth(nn.Module):
 
     def hard_mask(self) -> Tensor:
         """1 on the first ``hard_width`` channels, 0 elsewhere (eval)."""
-        return (self._index < self._hard_width_tensor()).to(self.theta.dtype)
+        # clamp(hard_width - i, 0, 1) is exactly 1 below hard_width and 0 from it on (both are integers):
+        # float arithmetic, not a comparison, so torch.compile keeps a float mask (a bool mask it fused
+        # into the consumers as a per-element conversion, ~12 % of a compiled small-MLP step)
+        return (self._hard_width_tensor() - self._index).clamp(0.0, 1.0).to(self.theta.dtype)
 
     def _cached_hard_mask(self, dtype: torch.dtype, device: torch.device) -> Tensor:
         """:meth:`hard_mask` in ``dtype`` on ``device``, recomputed only when ``theta``'s value changed.
