@@ -283,3 +283,31 @@ def test_cached_eval_mask_follows_every_change_of_the_width():
     d.load_state_dict({"theta": torch.tensor(0.3)})
     assert d(x)[0].sum().item() == 3
     assert d(x.double()).dtype == torch.float64
+
+
+def test_a_model_compiled_before_make_dynamic_runs_with_its_widths_afterwards():
+    """torch.compile does not guard on module hooks: without the cache reset in make_dynamic the wrapper
+    compiled before would keep running the full-width graph (the widths' hooks never called)."""
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4)).eval()
+    x = torch.randn(5, 8)
+    compiled = torch.compile(m)
+    full = compiled(x).detach()
+    slimtrain.make_dynamic(m, x[:2], kappa_min=0.25)
+    for d in m.modules():
+        if isinstance(d, DynamicWidth):
+            d.set_width(d.min_width)
+    eager = m(x).detach()
+    assert not torch.allclose(eager, full)  # the width changes the output
+    torch.testing.assert_close(compiled(x).detach(), eager)
+
+
+def test_compiled_wrapper_gets_a_clear_error_naming_the_original_module():
+    m = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+    x = torch.randn(5, 8)
+    with pytest.raises(slimtrain.GraphError, match=r"torch.compile.*_orig_mod"):
+        slimtrain.make_dynamic(torch.compile(m), x[:2])
+    slimtrain.make_dynamic(m, x[:2], kappa_min=0.25)
+    for call in (lambda c: slimtrain.TradeoffLoss(c, alpha=0.1), slimtrain.export, slimtrain.model_cost):
+        with pytest.raises(slimtrain.GraphError, match=r"torch.compile.*_orig_mod"):
+            call(torch.compile(m))

@@ -28,7 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from .dcl import first_order_backward
-from .graph import GraphError, LayerSpec, WidthGraph, get_graph
+from .graph import GraphError, LayerSpec, WidthGraph, get_graph, reject_compiled_wrapper
 from .modules import DynamicRecurrent
 
 __all__ = ["Cost", "model_cost", "layer_costs"]
@@ -411,6 +411,7 @@ def model_cost(model: nn.Module, sample=None, *, hard: Optional[bool] = None, fu
         seconds: duration of one sample item, for :attr:`Cost.flops_per_second`.
     """
     if model.__dict__.get("_slimtrain_graph") is None:
+        reject_compiled_wrapper(model)
         if sample is None:
             raise GraphError("model_cost needs a model prepared by make_dynamic, or a sample to trace")
         from .dcl import DynamicWidth

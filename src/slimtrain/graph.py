@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Optional, Union
 
+import torch
 from torch import nn
 
 from .attach import (DCL_CHILD, attach_dcl, attached_dcl, bind_layer_norm, bound_width, detach_all,
@@ -61,8 +62,16 @@ def get_graph(model: nn.Module) -> WidthGraph:
     """The :class:`WidthGraph` stored by :func:`make_dynamic` (clear error if absent)."""
     g = model.__dict__.get(_ATTR)
     if g is None:
+        reject_compiled_wrapper(model)
         raise GraphError("this model has no dynamic widths: call slimtrain.make_dynamic(model, sample) first")
     return g
+
+
+def reject_compiled_wrapper(model: nn.Module) -> None:
+    """Raise a clear error for the wrapper ``torch.compile(model)`` returns: slimtrain works on the module itself."""
+    if _is_compiled_wrapper(model):
+        raise GraphError("got the module torch.compile returned; pass the original module (model._orig_mod) to "
+                         "slimtrain and compile the training step or model after make_dynamic")
 
 
 def dynamic_widths(model: nn.Module, hard: bool = False) -> dict[str, float]:
@@ -330,6 +339,7 @@ def make_dynamic(
     """
     if kappa_min is not None and min_channels is not None:
         raise GraphError("give either kappa_min or min_channels, not both")
+    reject_compiled_wrapper(model)
     if model.__dict__.get(_ATTR) is not None:
         raise GraphError("make_dynamic was already applied to this model")
     if reorder is not None:
@@ -355,7 +365,11 @@ def make_dynamic(
     refused: dict[str, tuple[str, str]] = {}
     while True:
         try:
-            return _make_dynamic(model, sample, layers, exclude, bounds, strict, refused)
+            out = _make_dynamic(model, sample, layers, exclude, bounds, strict, refused)
+            # torch.compile does not guard on module hooks (``skip_nnmodule_hook_guards``): a graph compiled
+            # from this model before would keep running without the widths just attached
+            torch.compiler.reset()
+            return out
         except _Refused as e:
             rollback()
             user = [d for d in e.dcls if d.rpartition(".")[2] != DCL_CHILD]
@@ -367,6 +381,13 @@ def make_dynamic(
         except BaseException:
             rollback()
             raise
+
+
+def _is_compiled_wrapper(model: nn.Module) -> bool:
+    """True for the module ``torch.compile(model)`` returns (it holds the original as ``_orig_mod``)."""
+    from torch._dynamo.eval_frame import OptimizedModule
+
+    return isinstance(model, OptimizedModule)
 
 
 def _make_dynamic(model: nn.Module, sample: Any, layers, exclude, bounds: dict[str, Any], strict: bool,
