@@ -5,6 +5,8 @@ import math
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 import torch.nn.functional as F
 from torch import nn
 
@@ -118,3 +120,95 @@ def test_plain_trace_api_keeps_channel_counts():
     assert plain.groups[q.out_group].size == 20 and "out_inner" not in q.extra
     q = next(u for u in ext.uses if u.name == "attn.query")
     assert ext.groups[q.out_group].size == 4 and q.extra["out_inner"] == 5
+
+
+class WidthNet(nn.Module):
+    """A residual TransformerBlock stack whose attention learns the dimensions per head."""
+
+    def __init__(self, heads: int = 2, attn: int = 12, causal: bool = True) -> None:
+        super().__init__()
+        self.inp = nn.Linear(6, 16)
+        self.blk = slimtrain.TransformerBlock(16, heads, 24, dropout=0.0, norm_first=True, attn_dim=attn,
+                                              causal=causal)
+        self.out = nn.Linear(16, 2)
+
+    def forward(self, x):
+        return self.out(self.blk(self.inp(x)))
+
+
+@settings(max_examples=25, deadline=None)
+@given(heads=st.sampled_from([1, 2, 3]), head_dim=st.integers(2, 6), causal=st.booleans(),
+       shares=st.lists(st.floats(0, 1), min_size=4, max_size=4), seed=st.integers(0, 1000))
+def test_per_head_width_exports_exactly_and_costs_what_the_flop_counter_counts(heads, head_dim, causal, shares, seed):
+    torch.manual_seed(seed)
+    m = WidthNet(heads, heads * head_dim, causal)
+    x = torch.randn(2, 5, 6)
+    slimtrain.make_dynamic(m, x, kappa_min=0.1, heads="width")
+    qk, v = m.blk.q.dcl, m.blk.v.dcl
+    assert m.blk.k.dcl is qk and v is not qk  # q @ k^T contracts the query and key widths: one width
+    assert qk.num_channels == v.num_channels == head_dim
+    dcls = [d for d in m.modules() if isinstance(d, slimtrain.DynamicWidth)]
+    dcls = list({id(d): d for d in dcls}.values())
+    for d, u in zip(dcls, shares + [0.5] * len(dcls)):
+        d.set_width(d.min_width + u * (d.max_width - d.min_width))
+    m.eval()
+    small = slimtrain.export(m)
+    kq, kv = qk.hard_width, v.hard_width
+    assert small.blk.nhead == heads  # every head kept, each narrower
+    assert (small.blk.q.out_features, small.blk.k.out_features) == (heads * kq, heads * kq)
+    assert (small.blk.v.out_features, small.blk.out.in_features, small.blk.attn_dim) == (heads * kv,) * 3
+    with torch.no_grad():
+        torch.testing.assert_close(small(x), m(x), rtol=1e-5, atol=1e-5)
+    cost = slimtrain.model_cost(m, hard=True)
+    assert cost.macs.item() == pytest.approx(count_macs(small, x) / 2, rel=1e-6)
+    assert cost.params.item() == n_params(small)
+
+
+def test_per_head_width_gets_gradients_and_the_cost_falls_with_it():
+    torch.manual_seed(0)
+    m = WidthNet()
+    x = torch.randn(3, 5, 6)
+    slimtrain.make_dynamic(m, x, kappa_min=0.1, heads="width")
+    qk = m.blk.q.dcl
+    qk.set_width(3.4)
+    m.train()
+    m(x).square().sum().backward()
+    assert qk.theta.grad is not None and qk.theta.grad != 0  # the task reaches the per-head width
+    qk.theta.grad = None
+    slimtrain.model_cost(m).macs.backward()
+    assert qk.theta.grad > 0  # a wider head costs more
+    # one more dimension in every head of q and k: the two projections' rows, and q @ k^T over T*T per head
+    t, heads = 5, 2
+    qk.set_width(4)
+    four = slimtrain.model_cost(m, hard=True).macs.item()
+    qk.set_width(3)
+    three = slimtrain.model_cost(m, hard=True).macs.item()
+    assert four - three == pytest.approx(heads * (2 * t * 16 + t * t))
+
+
+class LiteralHeadDim(SelfAttention):
+    """HF style: ``view(b, t, -1, head_dim)`` with a literal head_dim, which a cut would not follow."""
+
+    def forward(self, x, mask):
+        b, t, _ = x.shape
+        q, k, v = (lin(x).view(b, t, -1, self.attention_head_size).transpose(1, 2)
+                   for lin in (self.query, self.key, self.value))
+        scores = torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(self.attention_head_size) + mask
+        ctx = torch.matmul(torch.softmax(scores, dim=-1), v)
+        return self.dense(ctx.transpose(1, 2).reshape(b, t, self.all_head_size))
+
+
+def test_per_head_width_refuses_a_literal_head_dim_and_bad_settings():
+    m = Net()
+    m.attn = LiteralHeadDim()
+    x = torch.randn(3, 7, 6)
+    with pytest.raises(slimtrain.GraphError, match="attn.query"):
+        slimtrain.make_dynamic(m, x, layers=["attn.query"], heads="width")
+    slimtrain.make_dynamic(m, x, heads="width")  # default selection: those widths stay fixed, the rest learns
+    plan = slimtrain.width_report(m)
+    q = next(e for e in plan.entries if "attn.query" in e.producers)
+    assert not q.dynamic
+    with pytest.raises(slimtrain.GraphError, match="heads must be"):
+        slimtrain.make_dynamic(Net(), x, heads="dims")
+    with pytest.raises(slimtrain.GraphError, match="reorder"):
+        slimtrain.make_dynamic(Net(), x, heads="width", reorder="magnitude")

@@ -45,15 +45,19 @@ _SD_FLAG = "_slimtrain_sd_hook"
 class _ApplyDCL:
     """Forward hook: ``module.dcl(output, dim=self.dim)`` (holds no reference to the DCL, so deepcopy is safe)."""
 
-    def __init__(self, dim: int, inner: int = 1) -> None:
+    def __init__(self, dim: int, inner: int = 1, outer: int = 1) -> None:
         self.dim, self.inner = dim, inner  # inner > 1: each channel is a block of that many (an attention head)
+        self.outer = outer  # outer > 1: the channels repeat that many times along the axis (a width per head)
 
     def _apply(self, dcl: DynamicWidth, y: Tensor) -> Tensor:
-        if self.inner == 1:
+        if self.inner == 1 and self.__dict__.get("outer", 1) == 1:
             return dcl(y, dim=self.dim)
         d = self.dim % y.dim()
-        heads = y.unflatten(d, (y.shape[d] // self.inner, self.inner))
-        return dcl(heads, dim=d).flatten(d, d + 1)
+        if self.inner > 1:
+            heads = y.unflatten(d, (y.shape[d] // self.inner, self.inner))
+            return dcl(heads, dim=d).flatten(d, d + 1)
+        heads = y.unflatten(d, (self.outer, y.shape[d] // self.outer))
+        return dcl(heads, dim=d + 1).flatten(d, d + 1)
 
     def __call__(self, module: nn.Module, args: Any, out: Any) -> Any:
         dcl = module._modules[DCL_CHILD]
@@ -69,7 +73,8 @@ def attached_dcl(module: nn.Module) -> Optional[DynamicWidth]:
     return module._modules.get(DCL_CHILD)  # type: ignore[return-value]
 
 
-def attach_dcl(module: nn.Module, dcl: DynamicWidth, dim: int, where: str = "", inner: int = 1) -> None:
+def attach_dcl(module: nn.Module, dcl: DynamicWidth, dim: int, where: str = "", inner: int = 1,
+               outer: int = 1) -> None:
     """Register ``dcl`` as ``module.dcl`` and apply it to the module's output with a forward hook."""
     if module.__dict__.get(_MARK) is not None:
         module._modules[DCL_CHILD] = dcl  # share (tie) another width: keep the hook, swap the module
@@ -80,7 +85,7 @@ def attach_dcl(module: nn.Module, dcl: DynamicWidth, dim: int, where: str = "", 
         raise GraphError(f"module '{where}' ({type(module).__name__}) already has an attribute '{DCL_CHILD}'; "
                          "slimtrain cannot attach its width there")
     module.add_module(DCL_CHILD, dcl)
-    module.__dict__[_MARK] = module.register_forward_hook(_ApplyDCL(dim, inner)).id
+    module.__dict__[_MARK] = module.register_forward_hook(_ApplyDCL(dim, inner, outer)).id
 
 
 class _MaskedLNHook:

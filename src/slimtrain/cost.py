@@ -379,7 +379,7 @@ def _sides(model: nn.Module, s: LayerSpec, widths: dict, const=lambda v: torch.t
             w = widths.get(r) if r is not None else None
             k_in = k_in + (const(n) if w is None else w)
     kout = widths.get(s.out_root) if s.out_root is not None else None
-    k_out = const(fixed_out) if kout is None else kout * s.extra.get("out_inner", 1)
+    k_out = const(fixed_out) if kout is None else kout * (s.extra.get("out_inner", 1) * s.extra.get("out_outer", 1))
     if s.kind in ("bn", "ln"):
         k_out = k_in
     return k_in, k_out

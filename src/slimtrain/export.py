@@ -76,7 +76,8 @@ def _cut(model: nn.Module, s: LayerSpec, widths: dict[int, int]) -> None:
             parts.append(off + torch.arange(widths[r] if r is not None and r in widths else n))
             off += n
         in_idx = torch.cat(parts)
-    out_idx = kept_index(s.out_size, w_out, 1, s.extra.get("out_inner", 1)) if w_out is not None else None
+    out_idx = kept_index(s.out_size, w_out, s.extra.get("out_outer", 1), s.extra.get("out_inner", 1)) \
+        if w_out is not None else None
     if in_idx is None and out_idx is None:
         return  # a fixed layer: left exactly as it is
     if s.kind == "linear" and is_transposed_linear(m):  # weight (in, out), e.g. transformers' Conv1D
@@ -182,8 +183,20 @@ INNER_WIDTH_ATTRS = ("all_head_size", "inner_dim", "attn_dim")
 def _set_head_counts(model: nn.Module, g, widths: dict[int, int]) -> None:
     """Update the head-count attributes of the modules that hold cut attention projections."""
     done = set()
+    # per-head widths: the inner width (heads * head_dim) the attention's output merge reads is the value's
+    merged = {s.in_root for s in g.layers if s.kind == "linear" and s.in_root is not None}
     for s in g.layers:
         inner = s.extra.get("out_inner", 1)
+        if s.extra.get("head_width") and s.out_root in widths and s.out_root in merged:
+            mod = model.get_submodule(s.name.rpartition(".")[0])
+            outer = s.extra["out_outer"]
+            for attr in INNER_WIDTH_ATTRS:
+                if getattr(mod, attr, None) == outer * s.out_size and \
+                        not isinstance(getattr(type(mod), attr, None), property):
+                    setattr(mod, attr, outer * widths[s.out_root])
+            continue
+        if s.extra.get("head_width"):
+            continue
         if not s.extra.get("heads") or s.out_root is None or s.out_root not in widths:
             continue
         owner = s.name.rpartition(".")[0]

@@ -150,8 +150,10 @@ def _wrap(model: nn.Module, tr: Trace, producer: str, kind: str, dcl: DynamicWid
     host = model.get_submodule(at)
     if attached_dcl(host) is not None:
         raise GraphError(f"'{at}' already has a dynamic width")
-    inner = next((u.extra.get("out_inner", 1) for u in tr.uses if u.name == producer and u.out_group is not None), 1)
-    attach_dcl(host, dcl, 1 if at != producer else _dcl_dim(kind), at, inner=inner if at == producer else 1)
+    use = next((u for u in tr.uses if u.name == producer and u.out_group is not None), None)
+    inner = use.extra.get("out_inner", 1) if use is not None and at == producer else 1
+    outer = use.extra.get("out_outer", 1) if use is not None and at == producer else 1
+    attach_dcl(host, dcl, 1 if at != producer else _dcl_dim(kind), at, inner=inner, outer=outer)
 
 
 def _user_dcl_roots(tr: Trace) -> dict[int, str]:
@@ -313,6 +315,7 @@ def make_dynamic(
     exclude: Iterable[str] = (),
     strict: bool = False,
     reorder: Optional[str] = None,
+    heads: str = "count",
 ) -> nn.Module:
     """Give the chosen layers of ``model`` a learnable output width, in place.
 
@@ -332,6 +335,11 @@ def make_dynamic(
         reorder: ``"magnitude"`` (or ``"taylor"`` via :func:`slimtrain.reorder_channels` with
             batches) first permutes a trained model's channels, most important first, without
             changing its outputs, so that the DCLs' "keep the first K" keeps the important ones.
+        heads: what an attention projection viewed as ``(heads, head_dim)`` learns: ``"count"`` (whole
+            heads) or ``"width"`` (dimensions per head, the same in every head; the query and key widths
+            are one width because ``q @ k^T`` contracts them). ``"width"`` needs the view to compute
+            ``head_dim`` (``view(b, t, heads, -1)``) and an attention scale that does not read the
+            head size at run time (a constant, as in :class:`~slimtrain.modules.TransformerBlock`).
 
     Returns the same model. Widths joined by residual adds share one DCL. A width that
     cannot shrink stays fixed; :func:`slimtrain.width_report` lists every width, dynamic
@@ -342,6 +350,10 @@ def make_dynamic(
     reject_compiled_wrapper(model)
     if model.__dict__.get(_ATTR) is not None:
         raise GraphError("make_dynamic was already applied to this model")
+    if heads not in ("count", "width"):
+        raise GraphError(f"heads must be 'count' or 'width', got {heads!r}")
+    if reorder is not None and heads == "width":
+        raise GraphError("reorder is not supported with heads='width' (it permutes whole heads)")
     if reorder is not None:
         if reorder != "magnitude":
             raise GraphError(f"reorder must be 'magnitude' (or call slimtrain.reorder_channels(model, sample, "
@@ -365,7 +377,7 @@ def make_dynamic(
     refused: dict[str, tuple[str, str]] = {}
     while True:
         try:
-            out = _make_dynamic(model, sample, layers, exclude, bounds, strict, refused)
+            out = _make_dynamic(model, sample, layers, exclude, bounds, strict, refused, heads)
             # torch.compile does not guard on module hooks (``skip_nnmodule_hook_guards``): a graph compiled
             # from this model before would keep running without the widths just attached
             torch.compiler.reset()
@@ -391,9 +403,9 @@ def _is_compiled_wrapper(model: nn.Module) -> bool:
 
 
 def _make_dynamic(model: nn.Module, sample: Any, layers, exclude, bounds: dict[str, Any], strict: bool,
-                  refused: dict[str, tuple[str, str]]) -> nn.Module:
+                  refused: dict[str, tuple[str, str]], heads: str = "count") -> nn.Module:
     _convert_transformers(model)
-    tr = trace_channels(model, sample, extended=True)
+    tr = trace_channels(model, sample, extended=True, heads=heads)
     chosen, fixed = _select(model, tr, layers, exclude, strict, refused)
     if not chosen and not _user_dcl_roots(tr):
         plan = _plan(model, tr, fixed, {})
@@ -402,7 +414,7 @@ def _make_dynamic(model: nn.Module, sample: Any, layers, exclude, bounds: dict[s
     for producer, kind, size in chosen:
         _wrap(model, tr, producer, kind, _new_dcl(size, kind, bounds))
     for _ in range(10):
-        tr = trace_channels(model, sample, extended=True)
+        tr = trace_channels(model, sample, extended=True, heads=heads)
         if not _tie(model, tr):
             break
     else:  # pragma: no cover - the loop adds at least one wrapper per round
@@ -549,6 +561,12 @@ def _build(model: nn.Module, tr: Trace, batch: int) -> WidthGraph:
             raise refuse("unsupported", [tr.root(g)],
                 f"operation '{op}' on the dynamic width of {prod_names(tr.root(g))} is not supported "
                 "(supported: elementwise activations, dropout, pooling, reshape/flatten, transpose, residual add)"
+            )
+    for g, masked, op in tr.contractions:
+        if tr.root(g) in dyn and not masked:
+            raise refuse("unsupported", [tr.root(g)],
+                f"'{op}' contracts the per-head width of {prod_names(tr.root(g))} where the channels outside the "
+                "width are not zero (an operation between the projection and the product changes them)"
             )
     for t in tr.output_tags:
         if t is not None and t.segs and any(tr.root(g) in dyn for g in t.groups()):

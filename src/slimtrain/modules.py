@@ -142,6 +142,9 @@ class TransformerBlock(nn.Module):
         if activation not in ("relu", "gelu"):
             raise ValueError(f"activation must be 'relu' or 'gelu', got {activation!r}")
         self.nhead, self.attn_dim, self.d_model = nhead, attn_dim, d_model
+        # the score divisor sqrt(head_dim) of the model as built: a constant, so that a model whose head
+        # width is cut (make_dynamic(heads="width"), export) computes the same scores as before the cut
+        self.score_div = math.sqrt(attn_dim // nhead)
         self.q = nn.Linear(d_model, attn_dim)
         self.k = nn.Linear(d_model, attn_dim)
         self.v = nn.Linear(d_model, attn_dim)
@@ -201,7 +204,8 @@ class TransformerBlock(nn.Module):
         k = self.k(x).view(b, t, h, -1).transpose(1, 2)
         v = self.v(x).view(b, t, h, -1).transpose(1, 2)
         # explicit products (not F.scaled_dot_product_attention) so every FLOP counter sees them
-        scores = torch.matmul(q, k.transpose(-2, -1)) / math.sqrt(q.shape[-1])
+        div = getattr(self, "score_div", None) or math.sqrt(q.shape[-1])  # (blocks pickled before it existed)
+        scores = torch.matmul(q, k.transpose(-2, -1)) / div
         if self.causal:
             future = torch.ones(t, t, dtype=torch.bool, device=x.device).triu(1)
             scores = scores.masked_fill(future, float("-inf"))

@@ -84,6 +84,9 @@ class Trace:
     param_uses: list[tuple[str, int, int, str]] = field(default_factory=list)  # (parameter name, group, axis, op)
     prods: list[tuple[float, int]] = field(default_factory=list)  # (MACs at full width, group) of products
     group_inner: dict[int, int] = field(default_factory=dict)  # group -> elements per channel (head_dim)
+    group_outer: dict[int, int] = field(default_factory=dict)  # group -> heads sharing one head width
+    # (group, masked, op) of every product that contracts two activations over a dynamic width (q @ k^T)
+    contractions: list[tuple[int, bool, str]] = field(default_factory=list)
     parent: dict[int, int] = field(default_factory=dict)
 
     def root(self, g: int) -> int:
@@ -197,6 +200,10 @@ def _map_view(tag: Tag, old: tuple[int, ...], new: tuple[int, ...], n: int) -> T
     return Tag(tag.group, None, op="reshape")
 
 
+#: ``Tag.op`` of a product that contracted a dynamic width of both its operands (see ``_Tracer._matmul``)
+_CONTRACTED = "<contracted>"
+
+
 def _between_macs(name: str, args, kwargs, out) -> float:
     """MACs of products computed outside layers (attention), as FlopCounterMode counts them."""
     if name == "scaled_dot_product_attention":
@@ -251,6 +258,9 @@ class _Tracer(TorchFunctionMode):
         self.param_uses: list[tuple[str, int, int, str]] = []  # (name, group, axis, op)
         self.prods: list[tuple[float, int]] = []  # (MACs at full width, group they scale with)
         self.group_inner: dict[int, int] = {}  # group -> elements per channel (a head of head_dim)
+        self.group_outer: dict[int, int] = {}  # group -> heads (the width counts dimensions per head)
+        self.contractions: list[tuple[int, bool, str]] = []
+        self.heads = "count"  # what a (heads, head_dim) split makes dynamic: "count" or "width"
         self.consumed: set[int] = set()  # groups already read by a layer or joined
         self.head_attr: Callable[[str, int], bool] = lambda producer, heads: False
         self.extended = False  # follow head splits and channel concatenations (see trace_channels)
@@ -286,6 +296,10 @@ class _Tracer(TorchFunctionMode):
             tag = self._rule(name, func, args, kwargs, out, ins, tagged)
         except Exception:  # a rule that cannot decide makes the channels opaque
             tag = Tag(tagged[0][1].group, None, op=name)
+        if tag.op == _CONTRACTED:  # two activations multiplied over their shared width (q @ k^T): no width left
+            self.prods.append((macs, tag.group))
+            self.contractions.append((tag.group, tag.masked, name))
+            return out
         if tag.dim is None:  # every dynamic width that went through this op is now unknown
             self.opaque.extend((gg, tag.op or name) for _, g in tagged if g.dim is not None for gg in g.groups())
         if macs:  # a product between layers (attention): linear in the width that runs along its batch/rows
@@ -407,15 +421,24 @@ class _Tracer(TorchFunctionMode):
         d, g = tag.dim, tag.group
         if not self.extended:
             return None
-        if (tag.outer, tag.inner) != (1, 1) or tag.producer is None or g in self.group_inner or g in self.consumed:
+        if (tag.outer, tag.inner) != (1, 1) or tag.producer is None or g in self.group_inner or g in self.consumed \
+                or g in self.group_outer:
             return None
         if any(g in (a, b) for a, b, _ in self.ties) or len(new) != len(old) + 1:
             return None
-        if new[:d] != old[:d] or new[d + 2:] != old[d + 1:] or new[d] * new[d + 1] != old[d] or new[d] < 2 \
-                or d != len(old) - 1:
+        if new[:d] != old[:d] or new[d + 2:] != old[d + 1:] or new[d] * new[d + 1] != old[d] \
+                or (new[d] < 2 and self.heads == "count") or d != len(old) - 1:
             return None
         asked = [int(a) for a in (shape_args[0] if len(shape_args) == 1 and isinstance(shape_args[0], (tuple, list,
                  torch.Size)) else shape_args) if isinstance(a, int)]
+        if self.heads == "width":
+            # the width counts dimensions per head, the same in every head: the view must compute head_dim
+            # (-1), as a literal one would not follow a cut
+            if not (len(asked) == len(new) and asked[d + 1] == -1):
+                return None
+            self.group_outer[g] = new[d]
+            self.sizes[g] = new[d + 1]
+            return Tag(g, d + 1, 1, 1, tag.producer, masked=tag.masked)
         minus_one = len(asked) == len(new) and asked[d] == -1
         if not minus_one and not self.head_attr(tag.producer, new[d]):
             return None  # a literal head count in the user's view would not follow a cut
@@ -433,6 +456,7 @@ class _Tracer(TorchFunctionMode):
         ops = [a for a in args[:3 if name == "scaled_dot_product_attention" else 2] if isinstance(a, Tensor)]
         res: Optional[Tag] = None
         masked_any = False
+        contracted: list[Tag] = []
         for i, a in enumerate(ops):
             t = self.tag(a)
             if t is None:
@@ -447,7 +471,8 @@ class _Tracer(TorchFunctionMode):
                 rows = i == 0 and right == 2
                 cols = i == 1 and right == 1
                 if not (rows or cols):
-                    return opaque  # the contracted axis: a layer written as a product
+                    contracted.append(t)  # the contracted axis
+                    continue
             od = out.dim() - right
             if res is None:
                 res = Tag(t.group, od, 1, 1, masked=False)
@@ -457,6 +482,17 @@ class _Tracer(TorchFunctionMode):
                 return opaque
             # zero outside the width stays zero in the product if the values (sdpa: v) or any factor is zero there
             masked_any = masked_any or (t.masked and (name != "scaled_dot_product_attention" or i == 2))
+        if contracted:
+            # both factors carry a width on the contracted axis (q @ k^T over a per-head width): one width for
+            # both, and the product has no width left. With one factor only it is a layer written as a product.
+            if len(contracted) != 2 or res is not None or not all(t.group in self.group_outer for t in contracted):
+                return opaque
+            a, b = contracted
+            if a.group != b.group:
+                self.ties.append((a.group, b.group, f"'{name}' contracting outputs of {a.producer or '?'} and "
+                                  f"{b.producer or '?'}"))
+            # exact after a cut only if the channels outside the width are zero in a factor
+            return Tag(a.group, None, op=_CONTRACTED, masked=a.masked or b.masked)
         if res is None:
             return opaque
         return Tag(res.group, res.dim, 1, 1, masked=masked_any)
@@ -605,13 +641,15 @@ class _Tracer(TorchFunctionMode):
         return Tag(tag.group, None, op="indexing")
 
 
-def trace_channels(model: nn.Module, sample: Any, *, extended: bool = False) -> Trace:
+def trace_channels(model: nn.Module, sample: Any, *, extended: bool = False, heads: str = "count") -> Trace:
     """Run ``model(sample)`` once and record the channel flow between its layers.
 
     With ``extended=True`` (what :func:`slimtrain.make_dynamic` uses) more structures are
     followed: a module with its own parameters and children is looked into (its parameters
     used elementwise are listed in ``param_uses``), a layer output viewed as (heads, head_dim) becomes a width counted in heads (its
-    group's ``size`` is then the head count and the producing use has ``extra["out_inner"]``),
+    group's ``size`` is then the head count and the producing use has ``extra["out_inner"]``; with
+    ``heads="width"`` a width counted in dimensions per head, shared by all heads: ``size`` is the head
+    dim, ``extra["out_outer"]`` the head count, and ``q @ k^T`` over it ties the two widths),
     and a concatenation along the channel axis gives a tag with ``segs``. Without it those are
     opaque, as before, so a reader of ``Trace.groups``/``uses`` sees channel counts only."""
     groups: dict[int, Group] = {}
@@ -621,6 +659,7 @@ def trace_channels(model: nn.Module, sample: Any, *, extended: bool = False) -> 
     sizes: dict[int, int] = {}
     tracer = _Tracer(sizes)
     tracer.extended = extended
+    tracer.heads = heads
 
     def head_attr(producer: str, heads: int) -> bool:  # the module holding the projection stores the head count
         from .export import HEAD_COUNT_ATTRS
@@ -776,12 +815,17 @@ def trace_channels(model: nn.Module, sample: Any, *, extended: bool = False) -> 
     tr.param_uses = tracer.param_uses
     tr.prods = tracer.prods
     tr.group_inner = tracer.group_inner
+    tr.group_outer = tracer.group_outer
+    tr.contractions = tracer.contractions
     for gid, h in tracer.sizes.items():
         groups[gid].size = h  # a group split into heads counts heads
     for u in uses:
         if u.out_group in tracer.group_inner:
             u.extra["out_inner"] = tracer.group_inner[u.out_group]
             u.extra["heads"] = True
+        if u.out_group in tracer.group_outer:
+            u.extra["out_outer"] = tracer.group_outer[u.out_group]
+            u.extra["head_width"] = True
     for a, b, _ in tr.ties:
         ra, rb = tr.root(a), tr.root(b)
         if ra != rb:

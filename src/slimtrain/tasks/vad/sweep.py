@@ -60,6 +60,8 @@ class VadSweepConfig:
     #: half of ``epochs`` (:func:`default_settle_epochs`), the fine-tuning share of a pruning row (0: widths
     #: learn to the end)
     settle_epochs: Optional[int] = None
+    #: what the Transformer's DCL rows learn of the attention: "count" (heads) or "width" (dims per head)
+    heads: str = "count"
     seed: int = 0
     seeds: Optional[tuple[int, ...]] = None  # every row for each of these seeds (default: (seed,))
     workers: int = 1
@@ -223,20 +225,22 @@ def _seed_jobs(cfg: VadSweepConfig, out: Path, seed: int, multi: bool) -> list[d
     tag = f"_seed{seed}" if multi else ""
     jobs: list[dict] = []
     for fam in cfg.families:
+        # per-head widths: a setting of the run (and its own checkpoint names); head count is the default
+        dyn_fam, hw = (dict(dyn, heads="width"), "_hw") if fam == "transformer" and cfg.heads == "width" else (dyn, "")
         for k in cfg.kappas:
             jobs.append({"kind": "DCL", "label": _label(fam, "DCL", kappa_min=k),
-                         "run": {"family": fam, "kappa_min": k, "alpha": cfg.alpha, **dyn},
-                         "checkpoint": str(out / "checkpoints" / f"{fam}_dcl_k{k:g}{tag}.pt")})
+                         "run": {"family": fam, "kappa_min": k, "alpha": cfg.alpha, **dyn_fam},
+                         "checkpoint": str(out / "checkpoints" / f"{fam}_dcl_k{k:g}{hw}{tag}.pt")})
         k_low = min(cfg.kappas) if cfg.kappas else 0.125
         for a in cfg.alphas:
             jobs.append({"kind": "DCL", "label": _label(fam, "DCL", kappa_min=k_low, alpha=a, extra="alpha"),
-                         "run": {"family": fam, "kappa_min": k_low, "alpha": a, **dyn},
-                         "checkpoint": str(out / "checkpoints" / f"{fam}_dcl_k{k_low:g}_a{a:g}{tag}.pt")})
+                         "run": {"family": fam, "kappa_min": k_low, "alpha": a, **dyn_fam},
+                         "checkpoint": str(out / "checkpoints" / f"{fam}_dcl_k{k_low:g}_a{a:g}{hw}{tag}.pt")})
         for b in cfg.budgets:
             jobs.append({"kind": "DCL", "label": _label(fam, "DCL", kappa_min=k_low, budget=b),
-                         "run": {"family": fam, "kappa_min": k_low, "alpha": 0.0, "budget": b, **dyn,
+                         "run": {"family": fam, "kappa_min": k_low, "alpha": 0.0, "budget": b, **dyn_fam,
                                  **({"settle_at_budget": True} if settle else {})},
-                         "checkpoint": str(out / "checkpoints" / f"{fam}_dcl_k{k_low:g}_b{b:g}{tag}.pt")})
+                         "checkpoint": str(out / "checkpoints" / f"{fam}_dcl_k{k_low:g}_b{b:g}{hw}{tag}.pt")})
         for s in cfg.fixed_scales:
             from .models import scaled_widths
 
@@ -303,7 +307,7 @@ def run_sweep(cfg: VadSweepConfig, out: str | Path, *, cache: Optional[str | Pat
 
 
 # -- outputs ------------------------------------------------------------------------------------
-COLUMNS = ["family", "method", "label", "status", "kappa_min", "alpha", "budget", "mel_bands", "mflops_per_s", "params",
+COLUMNS = ["family", "method", "label", "status", "kappa_min", "alpha", "budget", "heads", "mel_bands", "mflops_per_s", "params",
            "auc", "f1", "eer", *[f"eer {b}" for b, _, _ in SNR_BANDS], "threshold", "widths", "on_front",
            "dominated_by", "train_seconds", "wall_seconds", "checkpoint",
            "seed", "data_fingerprint", "torch_version", "threads", "hostname"]

@@ -67,6 +67,8 @@ class VadRunConfig:
     seed: int = 0
     n_mels: int = 80
     widths: dict = field(default_factory=dict)
+    #: attention widths of a dynamic Transformer: "count" (whole heads) or "width" (dimensions per head)
+    heads: str = "count"
 
     def validate(self) -> "VadRunConfig":
         if self.family not in FAMILIES:
@@ -78,6 +80,8 @@ class VadRunConfig:
         if self.epochs < 1 or self.batch_size < 1:
             raise ValueError(f"epochs and batch_size must be >= 1 (got {self.epochs}, {self.batch_size})")
         check_settle_epochs(self.settle_epochs, self.warmup_epochs, self.epochs)
+        if self.heads not in ("count", "width"):
+            raise ValueError(f"heads must be 'count' or 'width', got {self.heads!r}")
         return self
 
     @property
@@ -87,8 +91,9 @@ class VadRunConfig:
 
 # -- model building and checkpoints ---------------------------------------------------------------
 def _recipe(cfg: VadRunConfig) -> dict:
+    dyn = {"kappa_min": cfg.kappa_min, **({"heads": cfg.heads} if cfg.heads != "count" else {})}
     return make_recipe(TASK, {"family": cfg.family, "n_mels": cfg.n_mels, **cfg.widths}, SAMPLE_SHAPE,
-                       {"kappa_min": cfg.kappa_min} if cfg.dynamic else {"plain": True})
+                       dyn if cfg.dynamic else {"plain": True})
 
 
 def build_dynamic_vad(recipe: dict) -> nn.Module:
@@ -98,7 +103,8 @@ def build_dynamic_vad(recipe: dict) -> nn.Module:
     dyn = recipe.get("dynamic", {})
     if not dyn.get("plain"):
         torch.manual_seed(0)
-        make_dynamic(model, torch.randn(*recipe["sample_shape"]) * 0.1, kappa_min=dyn.get("kappa_min"))
+        make_dynamic(model, torch.randn(*recipe["sample_shape"]) * 0.1, kappa_min=dyn.get("kappa_min"),
+                     heads=dyn.get("heads", "count"))
     return model
 
 
@@ -228,7 +234,7 @@ def train_vad(cfg: VadRunConfig, data: dict[str, VadSplit], *, checkpoint: Optio
         objective = None
         if cfg.dynamic:
             torch.manual_seed(0)
-            make_dynamic(model, torch.randn(*SAMPLE_SHAPE) * 0.1, kappa_min=cfg.kappa_min)
+            make_dynamic(model, torch.randn(*SAMPLE_SHAPE) * 0.1, kappa_min=cfg.kappa_min, heads=cfg.heads)
             seed_everything(cfg.seed)
             steps_per_epoch = math.ceil(len(data["train"].audio) / cfg.batch_size)
             objective = TradeoffLoss(model, alpha=cfg.alpha,
@@ -253,6 +259,7 @@ def train_vad(cfg: VadRunConfig, data: dict[str, VadSplit], *, checkpoint: Optio
             "kappa_min": cfg.kappa_min if cfg.dynamic else None,
             "alpha": cfg.alpha if cfg.dynamic else None,
             "budget": cfg.budget if cfg.dynamic else None,
+            "heads": cfg.heads if cfg.dynamic and cfg.family == "transformer" else None,
             "mel_bands": _mel_bands(plain),
             "widths": widths or _plain_widths(plain),
             "mflops_per_s": flops_s / 1e6,
