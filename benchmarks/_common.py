@@ -57,6 +57,18 @@ class GRUModel(nn.Module):
         return self.out(h).squeeze(-1)
 
 
+def own_code(fn: Callable) -> Callable:
+    """``fn`` with a code object of its own, so ``torch.compile`` keeps a separate cache for it.
+
+    Closures made by one ``def`` share a code object, and dynamo's guards of a cached graph do not check
+    module hooks (``skip_nnmodule_hook_guards``): the step of a model with DCL hooks could otherwise reuse
+    the graph compiled for the plain model of the same class."""
+    import types
+
+    code = fn.__code__.replace(co_name=f"{fn.__code__.co_name}_{id(fn):x}")
+    return types.FunctionType(code, fn.__globals__, code.co_name, fn.__defaults__, fn.__closure__)
+
+
 def interleaved(fns: dict[str, Callable[[], object]], repeats: int, warmup: int = 3,
                 clock: str = "cpu", sync: Callable[[], object] = lambda: None) -> dict[str, list[float]]:
     """Time each function ``repeats`` times in turn (A, B, A, B, ...); seconds per call.

@@ -8,7 +8,8 @@ PyTorch autograd function written in Python pays, on the activation of the small
     python benchmarks/overhead_parts.py [--repeats 9] [--calls 300]
 
 A second table times whole training steps of that MLP: plain, plain with two inline mask
-multiplies (the least any per-layer width mask adds in eager mode), settled DCLs and DCL training.
+multiplies (the least any per-layer width mask adds in eager mode), settled DCLs and DCL training;
+a third the same steps compiled (``torch.compile``), with DCL training split into its parts.
 """
 from __future__ import annotations
 
@@ -111,9 +112,13 @@ class _InlineMasks(torch.nn.Module):
         return m[4](m[3](m[2](x) * self.mask))
 
 
-def whole_steps(repeats: int) -> list[list[str]]:
+def whole_steps(repeats: int, compiled: bool = False) -> list[list[str]]:
     """Training steps of the small MLP (batch 256): plain, the inline-mask floor, settled DCLs
-    (:func:`slimtrain.settle_widths`: hard masks through the DCL hooks) and DCL training + cost term."""
+    (:func:`slimtrain.settle_widths`: hard masks through the DCL hooks) and DCL training + cost term.
+
+    ``compiled``: forward and loss of every step under ``torch.compile(fullgraph=True)`` (Adam eager, as in
+    benchmark 1), plus DCL training without the cost term and with the widths in the weights' Adam group
+    (possible here because both learning rates are equal), to split the compiled overhead."""
     mlp = C.MLP()
     x, y = torch.randn(256, 64), torch.zeros(256, dtype=torch.long)
 
@@ -124,12 +129,18 @@ def whole_steps(repeats: int) -> list[list[str]]:
                 m.set_width(0.7 * m.num_channels + 0.3)
         return d
 
-    def step(model, obj=None):
-        opt = make_optimizer(model, lr=1e-4, width_lr=1e-4)
+    def step(model, obj=None, one_group: bool = False):
+        opt = torch.optim.Adam(model.parameters(), lr=1e-4, fused=True) if one_group else \
+            make_optimizer(model, lr=1e-4, width_lr=1e-4)
+
+        def forward(x):
+            loss = F.cross_entropy(model(x), y)
+            return obj(loss) if obj is not None else loss
+        if compiled:
+            forward = torch.compile(C.own_code(forward), fullgraph=True)
 
         def run():
-            loss = F.cross_entropy(model(x), y)
-            loss = obj(loss) if obj is not None else loss
+            loss = forward(x)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -138,8 +149,13 @@ def whole_steps(repeats: int) -> list[list[str]]:
     slimtrain.settle_widths(settled)
     steps = {"plain MLP": step(copy.deepcopy(mlp)),
              "+ 2 inline mask multiplies (floor)": step(_InlineMasks(copy.deepcopy(mlp), 180)),
-             "settled DCLs (hard masks via hooks), no cost term": step(settled),
-             "DCL training + cost term (benchmark 1)": step(training, slimtrain.TradeoffLoss(training, alpha=0.1))}
+             "settled DCLs (hard masks via hooks), no cost term": step(settled)}
+    if compiled:
+        steps["DCL training, no cost term"] = step(dynamic())
+        one = dynamic()
+        steps["DCL training + cost term, widths in the weights' Adam group"] = \
+            step(one, slimtrain.TradeoffLoss(one, alpha=0.1), one_group=True)
+    steps["DCL training + cost term (benchmark 1)"] = step(training, slimtrain.TradeoffLoss(training, alpha=0.1))
     t = C.interleaved(steps, repeats=repeats, warmup=10)
     base = C.median(t["plain MLP"])
     return [[k, f"{C.median(v) * 1e6:.0f}", f"{C.median(v) / base:.3f}"] for k, v in t.items()]
@@ -178,6 +194,10 @@ def main(argv=None) -> int:
     print(f"Whole training steps of the small MLP (batch 256), median of {a.repeats * 30} interleaved steps, "
           f"CPU time, 1 thread")
     print(C.table(["step", "us", "ratio to plain"], whole_steps(a.repeats * 30)))
+    print()
+    print(f"The same steps with forward and loss under torch.compile (inductor, fullgraph; Adam eager), "
+          f"median of {a.repeats * 30} interleaved steps")
+    print(C.table(["step", "us", "ratio to plain"], whole_steps(a.repeats * 30, compiled=True)))
     return 0
 
 

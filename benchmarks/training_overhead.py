@@ -67,7 +67,7 @@ def make_step(model, x, loss_fn, objective=None, compiled: bool = False):
         return objective(loss) if objective is not None else loss
 
     if compiled:
-        forward = torch.compile(forward, fullgraph=True)
+        forward = torch.compile(C.own_code(forward), fullgraph=True)
 
     def step():
         loss = forward(x)
