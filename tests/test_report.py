@@ -72,7 +72,7 @@ def test_single_seed_csvs_show_n1_and_no_interval():
     # the Transformer rows have 5 seeds too: intervals in its table, the seed counts in the paper caption
     tr = render_block("vad-transformer", ROOT)
     assert "| TrVAD (baseline) | fixed | 80 | 10.20 | 15681 | 0.9572 ± 0.0037 |" in tr and "| n=1 |" not in tr
-    assert "| DTrVAD 0.5 | 5 | 5.18 ± 0.69 | 0.945 ± 0.005 | below (-0.013 [-0.017, -0.009]) | - |" \
+    assert "| DTrVAD 0.5 | 5 | 4.90 ± 0.16 | 0.950 ± 0.003 | below (-0.008 [-0.012, -0.004]) | - |" \
         in render_block("vad-front", ROOT)
     assert ("CRNN: mean ± 95 % half-width over 5 seeds; Transformer: mean ± 95 % half-width over 5 seeds."
             in render_block("paper-vad", ROOT))

@@ -152,9 +152,9 @@ def register(commands, data_commands) -> None:
                    help="DCL runs: the last N epochs train the weights at the fixed hard widths the model is "
                         "exported with (slimtrain.settle_widths), as pruning fine-tunes (default: half of --epochs; "
                         "0: widths learn to the end)")
-    v.add_argument("--heads", choices=("count", "width"), default="count",
-                   help="transformer DCL runs: learn the number of attention heads (count, default) or the "
-                        "dimensions per head, the same in every head (width)")
+    v.add_argument("--heads", choices=("count", "width"), default="width",
+                   help="transformer DCL runs: learn the dimensions per head, the same in every head (width, "
+                        "default), or the number of attention heads (count)")
     v.add_argument("--widths", type=_widths, default=None, metavar="NAME=N,...",
                    help="single run: full (pre-DCL) widths, e.g. conv1=32,conv2=32,hidden=48 (CRNN: conv1, conv2, "
                         "hidden, n_mels; transformer: d_model, ff, n_mels); default: the documented widths")
@@ -355,7 +355,8 @@ def _cmd_vad(args) -> int:
                        alpha=0.0 if budget is not None and args.alpha == 1.0 else args.alpha, budget=budget,
                        epochs=epochs,
                        settle_epochs=settle, settle_at_budget=budget is not None and settle > 0,
-                       seed=args.seed, n_mels=widths.pop("n_mels", 80), widths=widths, heads=args.heads)
+                       seed=args.seed, n_mels=widths.pop("n_mels", 80), widths=widths,
+                       heads=args.heads if family == "transformer" else "count")
     out.mkdir(parents=True, exist_ok=True)
     ckpt = out / f"vad_{family}.pt"
     _, row = train_vad(run, data, checkpoint=ckpt, progress=progress, device=device)

@@ -60,8 +60,9 @@ class VadSweepConfig:
     #: half of ``epochs`` (:func:`default_settle_epochs`), the fine-tuning share of a pruning row (0: widths
     #: learn to the end)
     settle_epochs: Optional[int] = None
-    #: what the Transformer's DCL rows learn of the attention: "count" (heads) or "width" (dims per head)
-    heads: str = "count"
+    #: what the Transformer's DCL rows learn of the attention: "width" (dimensions per head, default: with the
+    #: head count, every run ended at one 8-wide head per block, dearer than the fixed x0.25 model) or "count"
+    heads: str = "width"
     seed: int = 0
     seeds: Optional[tuple[int, ...]] = None  # every row for each of these seeds (default: (seed,))
     workers: int = 1
@@ -613,8 +614,8 @@ def read_sweep_csv(path: str | Path) -> list[dict]:
     """The rows of a VAD ``sweep.csv`` back as numbers (a table without a ``seed`` column -- written
     before seeds were recorded -- reads with ``seed = None``: one run per model, ``n = 1``)."""
     rows = read_sweep_rows(path, f"no VAD sweep table at {Path(path)}; run 'slimtrain vad --sweep' first",
-                           text=("family", "method", "label", "status", "widths", "dominated_by", "checkpoint",
-                                 "data_fingerprint", "torch_version", "hostname"),
+                           text=("family", "method", "label", "status", "heads", "widths", "dominated_by",
+                                 "checkpoint", "data_fingerprint", "torch_version", "hostname"),
                            ints=("seed", "threads"), none_if_empty=("mel_bands", "budget", "kappa_min", "alpha"),
                            bools=("on_front",), empty_text=None)
     for r in rows:

@@ -91,7 +91,8 @@ class VadRunConfig:
 
 # -- model building and checkpoints ---------------------------------------------------------------
 def _recipe(cfg: VadRunConfig) -> dict:
-    dyn = {"kappa_min": cfg.kappa_min, **({"heads": cfg.heads} if cfg.heads != "count" else {})}
+    per_head = cfg.heads != "count" and cfg.family == "transformer"  # (the CRNN has no attention)
+    dyn = {"kappa_min": cfg.kappa_min, **({"heads": cfg.heads} if per_head else {})}
     return make_recipe(TASK, {"family": cfg.family, "n_mels": cfg.n_mels, **cfg.widths}, SAMPLE_SHAPE,
                        dyn if cfg.dynamic else {"plain": True})
 
