@@ -279,11 +279,13 @@ def _one_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {' '.join(str(e).split())}"[:300]
 
 
-def run_entry(entry: ZooEntry, seed: int = 0, steps: int = STEPS, reorder: Optional[str] = None) -> ZooResult:
+def run_entry(entry: ZooEntry, seed: int = 0, steps: int = STEPS, reorder: Optional[str] = None,
+              heads: str = "count") -> ZooResult:
     """Run the zoo procedure on one entry; failures are recorded in the result, never raised.
 
     ``reorder``: first reorder the channels by this score (``slimtrain.reorder_channels``, as for a
     trained model); the teacher is the model before reordering, so reordering must not change it.
+    ``heads``: what attention heads learn (``make_dynamic(..., heads=)``).
     """
     res = ZooResult(entry.name)
     t0 = time.perf_counter()
@@ -304,7 +306,7 @@ def run_entry(entry: ZooEntry, seed: int = 0, steps: int = STEPS, reorder: Optio
                 raise ZooCheckError(f"{entry.name}: reordering changed the output by {change:.3g} "
                                     f"(reordered: {sorted(rep.permutations)})")
         stage = "make_dynamic"
-        slimtrain.make_dynamic(model, x, kappa_min=KAPPA_MIN)
+        slimtrain.make_dynamic(model, x, kappa_min=KAPPA_MIN, heads=heads)
         g = get_graph(model)
         res.n_dynamic = len(g.dcls)
         res.n_fixed = sum(1 for s in g.layers if s.out_size > 0 and s.out_root is None)

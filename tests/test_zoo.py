@@ -52,6 +52,19 @@ def test_zoo_model_after_magnitude_reordering(entry):
     assert res.max_drop >= 1.0 and res.export_err <= _zoo.EXPORT_ATOL
 
 
+@pytest.mark.parametrize("name", ["bert", "whisper_encoder", "wav2vec2", "torch_transformer_encoder",
+                                  "vad_transformer"])
+def test_zoo_attention_models_with_per_head_widths(name):
+    """make_dynamic(heads="width") on the attention models: the procedure holds (export exact, cost equal to
+    the flop counter). transformers' attention views with a literal head_dim, so their head widths stay
+    fixed; the VAD Transformer's view computes it, so its query/key and value get per-head widths."""
+    entry = next(e for e in ZOO if e.name == name)
+    res = run_entry(entry, heads="width")
+    assert res.passed, f"{res.stage}: {res.error}\n{res.trace}"
+    if name == "vad_transformer":
+        assert res.n_dynamic > run_entry(entry).n_dynamic  # query/key and value: two widths instead of one
+
+
 def test_zoo_covers_the_issue_list():
     names = {e.name for e in ZOO}
     for want in ("wav2vec2", "hubert", "bert", "vit", "resnet", "mobilenet_v2", "convnext",
