@@ -62,6 +62,7 @@ def test_heads_are_one_learnable_width_and_export_cuts_whole_heads(sdpa):
     plan = slimtrain.width_report(m)
     heads = next(e for e in plan.entries if "attn.query" in e.producers)
     assert heads.dynamic and heads.size == 4 and set(heads.producers) == {"attn.query", "attn.key", "attn.value"}
+    assert heads.unit == "heads"
     m.train()
     c0 = slimtrain.model_cost(m)
     m(x).sum().backward()
@@ -170,6 +171,9 @@ def test_per_head_width_gets_gradients_and_the_cost_falls_with_it():
     x = torch.randn(3, 5, 6)
     slimtrain.make_dynamic(m, x, kappa_min=0.1, heads="width")
     qk = m.blk.q.dcl
+    entry = next(e for e in slimtrain.width_report(m).entries if "blk.q" in e.producers)
+    assert (entry.size, entry.unit, set(entry.producers)) == (6, "per head, 2 heads", {"blk.q", "blk.k"})
+    assert "6 (per head, 2 heads)" in str(slimtrain.width_report(m))
     qk.set_width(3.4)
     m.train()
     m(x).square().sum().backward()

@@ -446,16 +446,22 @@ def _plan(model: nn.Module, tr: Trace, fixed: dict[int, tuple[str, str]], dcls: 
             if u.name not in lst:
                 lst.append(u.name)
     user = _user_dcl_roots(tr)
+    unit: dict[int, str] = {}  # what a channel of a split attention width is
+    for gid in tr.group_inner:
+        unit[tr.root(gid)] = "heads"
+    for gid, h in tr.group_outer.items():
+        unit[tr.root(gid)] = f"per head, {h} heads"
     entries = []
     for r, producers in first_roots.items():
         size = tr.groups[r].size
         if r in dcls:
             d = model.get_submodule(dcls[r])
             entries.append(WidthEntry(producers, size, True, dcls[r], float(d.min_width), float(d.max_width),
-                                      readers=readers.get(r, []), user_dcl=r in user))
+                                      readers=readers.get(r, []), user_dcl=r in user, unit=unit.get(r, "")))
         else:
             cat, why = next((by_producer[p] for p in producers if p in by_producer), ("not selected", "not chosen"))
-            entries.append(WidthEntry(producers, size, False, reason=why, category=cat, readers=readers.get(r, [])))
+            entries.append(WidthEntry(producers, size, False, reason=why, category=cat, readers=readers.get(r, []),
+                                      unit=unit.get(r, "")))
     return WidthPlan(entries)
 
 

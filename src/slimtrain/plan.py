@@ -31,6 +31,7 @@ class WidthEntry:
     category: str = ""  # model output | excluded | not selected | structure | unsupported
     readers: list[str] = field(default_factory=list)  # layers that read it
     user_dcl: bool = False  # the DynamicWidth was put there by the user
+    unit: str = ""  # attention splits: "heads" (N counts heads) or "per head, H heads" (N dims per head)
 
     @property
     def tied(self) -> bool:
@@ -64,7 +65,7 @@ class WidthPlan:
             else:
                 state = f"fixed: {e.reason}"
             tie = "  tied" if e.tied else ""
-            rows.append((who, str(e.size), state + tie))
+            rows.append((who, f"{e.size} ({e.unit})" if e.unit else str(e.size), state + tie))
         w0 = max([len(r[0]) for r in rows] + [5])
         w1 = max([len(r[1]) for r in rows] + [1])
         lines.append(f"{'layer':<{w0}}  {'N':>{w1}}  width")
