@@ -168,3 +168,20 @@ def test_cli_plan_prints_the_report_of_a_users_factory(tmp_path, monkeypatch, ca
     assert "grouped conv 'g'" in capsys.readouterr().err
     assert main(["plan", "user_models_for_plan:nope", "--input-shape", "2,3,8"]) == 2
     assert "has no attribute 'nope'" in capsys.readouterr().err
+
+
+def test_plan_widths_keeps_torch_compile_caches_and_make_dynamic_clears_them():
+    """plan_widths works on a private copy (nothing compiled from it can be stale); make_dynamic changes the
+    user's modules in place, so it clears the caches (dynamo does not guard on the hooks it adds)."""
+    from torch._dynamo.testing import CompileCounter
+
+    cnt = CompileCounter()
+    f = torch.compile(lambda x: torch.relu(x) * 2, backend=cnt)
+    x = torch.randn(3, 4)
+    f(x)
+    slimtrain.plan_widths(SortNet(), x)
+    f(x)
+    assert cnt.frame_count == 1
+    slimtrain.make_dynamic(SortNet(), x)
+    f(x)
+    assert cnt.frame_count == 2

@@ -295,6 +295,9 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--strict", action="store_true",
                     help="fail (exit 2, naming the op and module path) where an unsupported op or layer would "
                          "leave a width fixed")
+    pl.add_argument("--heads", choices=("count", "width"), default="count",
+                    help="attention split into heads: learn the number of heads (count, default) or the "
+                         "dimensions per head (width)")
     pl.add_argument("--json", action="store_true", help="print the plan as JSON instead of a table")
     pl.set_defaults(func=_cmd_plan)
 
@@ -359,7 +362,8 @@ def _cmd_plan(args) -> int:
     torch.manual_seed(0)
     shape = tuple(args.input_shape)
     sample = torch.randint(0, args.int_input, shape) if args.int_input else torch.randn(shape)
-    plan = plan_widths(model, sample, kappa_min=args.kappa_min, exclude=tuple(args.exclude), strict=args.strict)
+    plan = plan_widths(model, sample, kappa_min=args.kappa_min, exclude=tuple(args.exclude), strict=args.strict,
+                       heads=args.heads)
     print(json.dumps(plan.to_dict(), indent=1) if args.json else plan)
     return 0
 

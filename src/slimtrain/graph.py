@@ -378,9 +378,10 @@ def make_dynamic(
     while True:
         try:
             out = _make_dynamic(model, sample, layers, exclude, bounds, strict, refused, heads)
-            # torch.compile does not guard on module hooks (``skip_nnmodule_hook_guards``): a graph compiled
-            # from this model before would keep running without the widths just attached
-            torch.compiler.reset()
+            if not model.__dict__.pop(_PROBE, False):
+                # torch.compile does not guard on module hooks (``skip_nnmodule_hook_guards``): a graph compiled
+                # from this model before would keep running without the widths just attached
+                torch.compiler.reset()
             return out
         except _Refused as e:
             rollback()
@@ -393,6 +394,9 @@ def make_dynamic(
         except BaseException:
             rollback()
             raise
+
+
+_PROBE = "_slimtrain_plan_probe"  # set by plan_widths on its private copy
 
 
 def _is_compiled_wrapper(model: nn.Module) -> bool:
@@ -471,6 +475,7 @@ def plan_widths(model: nn.Module, sample: Any, layers: Optional[Iterable[Union[s
     import copy
 
     probe = copy.deepcopy(model)
+    probe.__dict__[_PROBE] = True  # a fresh copy: no graph compiled from it can be stale, so no cache reset
     make_dynamic(probe, sample, layers, **kwargs)
     return probe.__dict__[_PLAN_ATTR]
 
