@@ -214,5 +214,19 @@ def test_per_head_width_refuses_a_literal_head_dim_and_bad_settings():
     assert not q.dynamic
     with pytest.raises(slimtrain.GraphError, match="heads must be"):
         slimtrain.make_dynamic(Net(), x, heads="dims")
-    with pytest.raises(slimtrain.GraphError, match="reorder"):
-        slimtrain.make_dynamic(Net(), x, heads="width", reorder="magnitude")
+
+
+def test_reordering_keeps_the_attention_widths_in_order_and_the_output():
+    """reorder= with per-head widths: the residual and feed-forward channels are sorted, the per-head
+    dimensions keep their order (the products are opaque to the reordering trace), the function stays."""
+    torch.manual_seed(3)
+    m = WidthNet()
+    x = torch.randn(2, 5, 6)
+    with torch.no_grad():
+        before = m.eval()(x)
+    q_bias = m.blk.q.bias.detach().clone()
+    slimtrain.make_dynamic(m, x, kappa_min=0.1, heads="width", reorder="magnitude")
+    assert torch.equal(m.blk.q.bias, q_bias)  # q's output dimensions keep their order (its inputs were sorted)
+    assert m.blk.q.dcl.num_channels == 6
+    with torch.no_grad():
+        torch.testing.assert_close(m.eval()(x), before, rtol=1e-5, atol=1e-5)

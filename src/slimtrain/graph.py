@@ -352,8 +352,6 @@ def make_dynamic(
         raise GraphError("make_dynamic was already applied to this model")
     if heads not in ("count", "width"):
         raise GraphError(f"heads must be 'count' or 'width', got {heads!r}")
-    if reorder is not None and heads == "width":
-        raise GraphError("reorder is not supported with heads='width' (it permutes whole heads)")
     if reorder is not None:
         if reorder != "magnitude":
             raise GraphError(f"reorder must be 'magnitude' (or call slimtrain.reorder_channels(model, sample, "
