@@ -155,6 +155,10 @@ def register(commands, data_commands) -> None:
     v.add_argument("--heads", choices=("count", "width"), default="width",
                    help="transformer DCL runs: learn the dimensions per head, the same in every head (width, "
                         "default), or the number of attention heads (count)")
+    v.add_argument("--band-order", choices=("spread", "low"), default="spread",
+                   help="DCL runs: order of the mel bands the width keeps first: spread over the whole range "
+                        "(default; a cut lowers the resolution) or the lowest (as in the paper; a cut lowers "
+                        "the bandwidth)")
     v.add_argument("--widths", type=_widths, default=None, metavar="NAME=N,...",
                    help="single run: full (pre-DCL) widths, e.g. conv1=32,conv2=32,hidden=48 (CRNN: conv1, conv2, "
                         "hidden, n_mels; transformer: d_model, ff, n_mels); default: the documented widths")
@@ -321,6 +325,7 @@ def _cmd_vad(args) -> int:
         cfg.epochs = args.epochs or cfg.epochs
         cfg.settle_epochs = args.settle_epochs
         cfg.heads = args.heads
+        cfg.band_order = args.band_order
         cfg.seed, cfg.workers, cfg.anchors = args.seed, args.workers, not args.no_anchors
         cfg.seeds = tuple(sweep_seeds(args))
         cfg.engine, cfg.address = args.engine, args.address
@@ -356,7 +361,7 @@ def _cmd_vad(args) -> int:
                        epochs=epochs,
                        settle_epochs=settle, settle_at_budget=budget is not None and settle > 0,
                        seed=args.seed, n_mels=widths.pop("n_mels", 80), widths=widths,
-                       heads=args.heads if family == "transformer" else "count")
+                       heads=args.heads if family == "transformer" else "count", band_order=args.band_order)
     out.mkdir(parents=True, exist_ok=True)
     ckpt = out / f"vad_{family}.pt"
     _, row = train_vad(run, data, checkpoint=ckpt, progress=progress, device=device)

@@ -52,9 +52,10 @@ class CRNNVAD(nn.Module):
     """Log-mel -> BN -> 2 causal conv blocks -> GRU -> per-frame logit."""
 
     def __init__(self, n_mels: int = 80, sample_rate: int = 8000, conv1: int = 24, conv2: int = 24,
-                 hidden: int = 32, kernel: int = 3) -> None:
+                 hidden: int = 32, kernel: int = 3, band_order: str = "low") -> None:
         super().__init__()
-        self.frontend = MelFrontend(sample_rate=sample_rate, n_fft=256, hop_length=sample_rate // 100, n_mels=n_mels)
+        self.frontend = MelFrontend(sample_rate=sample_rate, n_fft=256, hop_length=sample_rate // 100, n_mels=n_mels,
+                                    band_order=band_order)
         self.norm = nn.BatchNorm1d(n_mels)
         self.kernel = kernel
         self.conv1 = nn.Conv1d(n_mels, conv1, kernel, padding=kernel - 1)
@@ -79,9 +80,10 @@ class TransformerVAD(nn.Module):
     """Log-mel -> BN -> linear to ``d_model`` -> causal attention blocks -> per-frame logit."""
 
     def __init__(self, n_mels: int = 80, sample_rate: int = 8000, d_model: int = 32, ff: int = 64,
-                 layers: int = 2, heads: int = 2, attn: int = 16) -> None:
+                 layers: int = 2, heads: int = 2, attn: int = 16, band_order: str = "low") -> None:
         super().__init__()
-        self.frontend = MelFrontend(sample_rate=sample_rate, n_fft=256, hop_length=sample_rate // 100, n_mels=n_mels)
+        self.frontend = MelFrontend(sample_rate=sample_rate, n_fft=256, hop_length=sample_rate // 100, n_mels=n_mels,
+                                    band_order=band_order)
         self.norm = nn.BatchNorm1d(n_mels)
         self.proj = nn.Linear(n_mels, d_model)
         self.blocks = nn.ModuleList(
@@ -115,12 +117,14 @@ def _family(family: str) -> str:
     return family
 
 
-def build_vad_model(family: str = "crnn", n_mels: int = 80, sample_rate: int = 8000,
+def build_vad_model(family: str = "crnn", n_mels: int = 80, sample_rate: int = 8000, band_order: str = "low",
                     **width_kwargs: Optional[int]) -> nn.Module:
     """A plain (full-width, not yet dynamic) VAD model: waveform (B, samples) -> logits (B, frames).
 
     ``width_kwargs`` override :data:`DEFAULT_WIDTHS` (crnn: conv1, conv2, hidden; transformer:
-    d_model, ff, layers, heads, attn = query/key/value width).
+    d_model, ff, layers, heads, attn = query/key/value width). ``band_order``: the mel bands' channel
+    order (:class:`~slimtrain.frontend.MelFrontend`; "spread" for a DCL on the bands to cut resolution, not
+    bandwidth).
     """
     family = _family(family)
     if n_mels < 1:
@@ -135,7 +139,7 @@ def build_vad_model(family: str = "crnn", n_mels: int = 80, sample_rate: int = 8
                 raise ValueError(f"width {k} must be >= 1, got {v}")
             widths[k] = int(v)
     cls = CRNNVAD if family == "crnn" else TransformerVAD
-    return cls(n_mels=n_mels, sample_rate=sample_rate, **widths)
+    return cls(n_mels=n_mels, sample_rate=sample_rate, band_order=band_order, **widths)
 
 
 # -- streaming --------------------------------------------------------------------------------------

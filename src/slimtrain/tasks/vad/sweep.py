@@ -63,6 +63,9 @@ class VadSweepConfig:
     #: what the Transformer's DCL rows learn of the attention: "width" (dimensions per head, default: with the
     #: head count, every run ended at one 8-wide head per block, dearer than the fixed x0.25 model) or "count"
     heads: str = "width"
+    #: the mel bands' order in the DCL rows: "spread" (default: a cut keeps bands across the whole range, so it
+    #: lowers the resolution; with "low", as in the paper, it keeps the lowest bands and lowers the bandwidth)
+    band_order: str = "spread"
     seed: int = 0
     seeds: Optional[tuple[int, ...]] = None  # every row for each of these seeds (default: (seed,))
     workers: int = 1
@@ -223,11 +226,15 @@ def _seed_jobs(cfg: VadSweepConfig, out: Path, seed: int, multi: bool) -> list[d
     common = {"epochs": cfg.epochs, "seed": seed}
     settle = cfg.dcl_settle_epochs
     dyn = {**common, "settle_epochs": settle} if settle else common
+    if cfg.band_order != "low":  # (a fixed-width model has all its bands: their order does not matter)
+        dyn = {**dyn, "band_order": cfg.band_order}
     tag = f"_seed{seed}" if multi else ""
     jobs: list[dict] = []
     for fam in cfg.families:
         # per-head widths: a setting of the run (and its own checkpoint names); head count is the default
         dyn_fam, hw = (dict(dyn, heads="width"), "_hw") if fam == "transformer" and cfg.heads == "width" else (dyn, "")
+        if cfg.band_order != "low":
+            hw += f"_{cfg.band_order}"
         for k in cfg.kappas:
             jobs.append({"kind": "DCL", "label": _label(fam, "DCL", kappa_min=k),
                          "run": {"family": fam, "kappa_min": k, "alpha": cfg.alpha, **dyn_fam},
@@ -308,7 +315,7 @@ def run_sweep(cfg: VadSweepConfig, out: str | Path, *, cache: Optional[str | Pat
 
 
 # -- outputs ------------------------------------------------------------------------------------
-COLUMNS = ["family", "method", "label", "status", "kappa_min", "alpha", "budget", "heads", "mel_bands", "mflops_per_s", "params",
+COLUMNS = ["family", "method", "label", "status", "kappa_min", "alpha", "budget", "heads", "band_order", "mel_bands", "mflops_per_s", "params",
            "auc", "f1", "eer", *[f"eer {b}" for b, _, _ in SNR_BANDS], "threshold", "widths", "on_front",
            "dominated_by", "train_seconds", "wall_seconds", "checkpoint",
            "seed", "data_fingerprint", "torch_version", "threads", "hostname"]
@@ -614,7 +621,7 @@ def read_sweep_csv(path: str | Path) -> list[dict]:
     """The rows of a VAD ``sweep.csv`` back as numbers (a table without a ``seed`` column -- written
     before seeds were recorded -- reads with ``seed = None``: one run per model, ``n = 1``)."""
     rows = read_sweep_rows(path, f"no VAD sweep table at {Path(path)}; run 'slimtrain vad --sweep' first",
-                           text=("family", "method", "label", "status", "heads", "widths", "dominated_by",
+                           text=("family", "method", "label", "status", "heads", "band_order", "widths", "dominated_by",
                                  "checkpoint", "data_fingerprint", "torch_version", "hostname"),
                            ints=("seed", "threads"), none_if_empty=("mel_bands", "budget", "kappa_min", "alpha"),
                            bools=("on_front",), empty_text=None)

@@ -26,6 +26,7 @@ from ...graph import dynamic_widths
 from ...loss import TradeoffLoss
 from ...distributed import is_main, resolve_device
 from ...training import DataParallel, TrainingError, check_settle_epochs, make_optimizer, seed_everything, torch_threads
+from ...frontend import BAND_ORDERS
 from ..metrics import eer, eer_threshold, f1_at, roc_auc
 from .data import VadSplit
 from .models import FAMILIES, build_vad_model
@@ -69,6 +70,8 @@ class VadRunConfig:
     widths: dict = field(default_factory=dict)
     #: attention widths of a dynamic Transformer: "count" (whole heads) or "width" (dimensions per head)
     heads: str = "count"
+    #: the mel bands' channel order: "low" (a DCL cut keeps the lowest bands) or "spread" (bands across the range)
+    band_order: str = "low"
 
     def validate(self) -> "VadRunConfig":
         if self.family not in FAMILIES:
@@ -82,6 +85,8 @@ class VadRunConfig:
         check_settle_epochs(self.settle_epochs, self.warmup_epochs, self.epochs)
         if self.heads not in ("count", "width"):
             raise ValueError(f"heads must be 'count' or 'width', got {self.heads!r}")
+        if self.band_order not in BAND_ORDERS:
+            raise ValueError(f"band_order must be one of {BAND_ORDERS}, got {self.band_order!r}")
         return self
 
     @property
@@ -93,7 +98,8 @@ class VadRunConfig:
 def _recipe(cfg: VadRunConfig) -> dict:
     per_head = cfg.heads != "count" and cfg.family == "transformer"  # (the CRNN has no attention)
     dyn = {"kappa_min": cfg.kappa_min, **({"heads": cfg.heads} if per_head else {})}
-    return make_recipe(TASK, {"family": cfg.family, "n_mels": cfg.n_mels, **cfg.widths}, SAMPLE_SHAPE,
+    order = {"band_order": cfg.band_order} if cfg.band_order != "low" else {}
+    return make_recipe(TASK, {"family": cfg.family, "n_mels": cfg.n_mels, **order, **cfg.widths}, SAMPLE_SHAPE,
                        dyn if cfg.dynamic else {"plain": True})
 
 
@@ -231,7 +237,7 @@ def train_vad(cfg: VadRunConfig, data: dict[str, VadSplit], *, checkpoint: Optio
     with torch_threads(threads):
         t0 = time.time()
         seed_everything(cfg.seed)
-        model = build_vad_model(cfg.family, cfg.n_mels, **cfg.widths)
+        model = build_vad_model(cfg.family, cfg.n_mels, band_order=cfg.band_order, **cfg.widths)
         objective = None
         if cfg.dynamic:
             torch.manual_seed(0)
@@ -261,6 +267,7 @@ def train_vad(cfg: VadRunConfig, data: dict[str, VadSplit], *, checkpoint: Optio
             "alpha": cfg.alpha if cfg.dynamic else None,
             "budget": cfg.budget if cfg.dynamic else None,
             "heads": cfg.heads if cfg.dynamic and cfg.family == "transformer" else None,
+            "band_order": cfg.band_order,
             "mel_bands": _mel_bands(plain),
             "widths": widths or _plain_widths(plain),
             "mflops_per_s": flops_s / 1e6,
