@@ -10,8 +10,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
+import slimtrain
 from slimtrain import DynamicRecurrent, DynamicWidth, MaskedLayerNorm, MelFrontend, TransformerBlock
-from slimtrain.frontend import mel_filterbank
+from slimtrain.frontend import mel_filterbank, spread_order
 
 
 # ------------------------------------------------------------------ TransformerBlock
@@ -187,3 +188,35 @@ def test_mel_frontend_errors():
         MelFrontend()(torch.randn(100))
     with pytest.raises(ValueError, match="bad MelFrontend settings"):
         MelFrontend(n_mels=0)
+
+
+@settings(max_examples=60, deadline=None)
+@given(n=st.integers(1, 200), data=st.data())
+def test_spread_order_is_a_permutation_whose_every_prefix_covers_the_range(n, data):
+    order = spread_order(n)
+    assert sorted(order) == list(range(n))
+    k = data.draw(st.integers(1, n))
+    kept = sorted(order[:k])
+    gaps = [b - a for a, b in zip([0] + kept, kept + [n])]
+    assert max(gaps) <= 2 * n / k + 2  # a prefix of the low order would leave a gap of n - k
+    assert order[0] == 0
+
+
+def test_spread_band_order_permutes_the_bands_and_a_cut_keeps_the_whole_range():
+    wav = torch.randn(2, 4000) * 0.1
+    low, spread = MelFrontend(n_mels=40), MelFrontend(n_mels=40, band_order="spread")
+    perm = spread_order(40)
+    assert torch.equal(spread.fbank, low.fbank[perm]) and spread.band_order == "spread"
+    assert torch.allclose(spread(wav), low(wav)[:, perm])
+    m = nn.Sequential(MelFrontend(n_mels=40, band_order="spread"), nn.Conv1d(40, 4, 1), nn.ReLU(), nn.Conv1d(4, 1, 1))
+    slimtrain.make_dynamic(m, wav)
+    next(d for d in m.modules() if isinstance(d, DynamicWidth) and d.num_channels == 40).set_width(10)  # the bands
+    m.eval()
+    small = slimtrain.export(m)
+    kept = [perm[i] for i in range(10)]
+    assert torch.equal(small[0].fbank, low.fbank[kept])
+    assert max(kept) >= 30  # the kept bands reach the top of the range (the low order would stop at band 9)
+    with torch.no_grad():
+        torch.testing.assert_close(small(wav), m(wav))
+    with pytest.raises(ValueError, match="band_order"):
+        MelFrontend(band_order="high")

@@ -84,12 +84,13 @@ def test_short_dcl_training_beats_chance_on_the_held_out_speaker_and_checkpoint_
     assert torch.allclose(dyn(x), plain(x), atol=1e-5)
 
 
-def test_transformer_with_per_head_widths_trains_and_its_checkpoint_rebuilds_them(quick_data, tmp_path):
+def test_transformer_with_per_head_widths_and_spread_bands_trains_and_its_checkpoint_rebuilds_them(quick_data, tmp_path):
     ckpt = tmp_path / "vad_tr.pt"
-    plain, row = train_vad(VadRunConfig(family="transformer", kappa_min=0.25, alpha=1.0, epochs=2, heads="width"),
-                           quick_data, checkpoint=ckpt)
-    assert row["heads"] == "width"
-    dyn = load_dynamic_model(ckpt)  # the recipe records heads="width": the same DCLs come back
+    plain, row = train_vad(VadRunConfig(family="transformer", kappa_min=0.25, alpha=1.0, epochs=2, heads="width",
+                                        band_order="spread"), quick_data, checkpoint=ckpt)
+    assert row["heads"] == "width" and row["band_order"] == "spread"
+    dyn = load_dynamic_model(ckpt)  # the recipe records heads="width" and the band order: the same model comes back
+    assert dyn.frontend.band_order == "spread" and plain.frontend.band_order == "spread"
     blk = dyn.blocks[0]
     assert blk.k.dcl is blk.q.dcl and blk.q.dcl.num_channels == 8  # 2 heads of 8 dimensions
     assert plain.blocks[0].nhead == 2 and plain.blocks[0].q.out_features == 2 * blk.q.dcl.hard_width
@@ -97,6 +98,8 @@ def test_transformer_with_per_head_widths_trains_and_its_checkpoint_rebuilds_the
     assert torch.allclose(dyn.eval()(x), plain(x), atol=1e-5)
     with pytest.raises(ValueError, match="heads must be 'count' or 'width'"):
         VadRunConfig(family="transformer", heads="dims").validate()
+    with pytest.raises(ValueError, match="band_order must be one of"):
+        VadRunConfig(band_order="high").validate()
 
 
 def test_evaluate_scores_bands_and_threshold():
