@@ -156,9 +156,9 @@ def register(commands, data_commands) -> None:
                    help="transformer DCL runs: learn the dimensions per head, the same in every head (width, "
                         "default), or the number of attention heads (count)")
     v.add_argument("--band-order", choices=("spread", "low"), default="spread",
-                   help="DCL runs: order of the mel bands the width keeps first: spread over the whole range "
-                        "(default; a cut lowers the resolution) or the lowest (as in the paper; a cut lowers "
-                        "the bandwidth)")
+                   help="DCL runs: which mel bands the width keeps first: bands spread over the whole range "
+                        "(default; a cut lowers the resolution) or the lowest (as in the paper; a cut lowers the "
+                        "bandwidth)")
     v.add_argument("--widths", type=_widths, default=None, metavar="NAME=N,...",
                    help="single run: full (pre-DCL) widths, e.g. conv1=32,conv2=32,hidden=48 (CRNN: conv1, conv2, "
                         "hidden, n_mels; transformer: d_model, ff, n_mels); default: the documented widths")

@@ -63,8 +63,8 @@ class VadSweepConfig:
     #: what the Transformer's DCL rows learn of the attention: "width" (dimensions per head, default: with the
     #: head count, every run ended at one 8-wide head per block, dearer than the fixed x0.25 model) or "count"
     heads: str = "width"
-    #: the mel bands' order in the DCL rows: "spread" (default: a cut keeps bands across the whole range, so it
-    #: lowers the resolution; with "low", as in the paper, it keeps the lowest bands and lowers the bandwidth)
+    #: the mel bands' order in the DCL rows: "spread" (default: a cut keeps bands across the whole range and
+    #: lowers the resolution) or "low" (as in the paper: a cut keeps the lowest bands and lowers the bandwidth)
     band_order: str = "spread"
     seed: int = 0
     seeds: Optional[tuple[int, ...]] = None  # every row for each of these seeds (default: (seed,))
