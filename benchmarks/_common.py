@@ -7,7 +7,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Optional, Sequence
 
 import torch
 from torch import nn
@@ -67,6 +67,31 @@ def own_code(fn: Callable) -> Callable:
 
     code = fn.__code__.replace(co_name=f"{fn.__code__.co_name}_{id(fn):x}")
     return types.FunctionType(code, fn.__globals__, code.co_name, fn.__defaults__, fn.__closure__)
+
+
+def training_step(model: nn.Module, x: torch.Tensor, loss_fn: Callable, objective: Optional[Callable] = None,
+                  compiled: bool = False, optimizer: Optional[torch.optim.Optimizer] = None) -> Callable[[], None]:
+    """One training step on the batch ``x``: forward, ``loss_fn`` (and ``objective``), backward, optimiser step.
+
+    The optimiser defaults to ``slimtrain.training.make_optimizer`` (both learning rates 1e-4). ``compiled``:
+    forward and loss under ``torch.compile(fullgraph=True)`` from a code object of their own (``own_code``);
+    backward through AOTAutograd, the optimiser step eager."""
+    from slimtrain.training import make_optimizer
+
+    opt = optimizer if optimizer is not None else make_optimizer(model, lr=1e-4, width_lr=1e-4)
+
+    def forward(x):
+        loss = loss_fn(model(x))
+        return objective(loss) if objective is not None else loss
+    if compiled:
+        forward = torch.compile(own_code(forward), fullgraph=True)
+
+    def step():
+        loss = forward(x)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return step
 
 
 def interleaved(fns: dict[str, Callable[[], object]], repeats: int, warmup: int = 3,

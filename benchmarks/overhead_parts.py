@@ -130,21 +130,8 @@ def whole_steps(repeats: int, compiled: bool = False) -> list[list[str]]:
         return d
 
     def step(model, obj=None, one_group: bool = False):
-        opt = torch.optim.Adam(model.parameters(), lr=1e-4, fused=True) if one_group else \
-            make_optimizer(model, lr=1e-4, width_lr=1e-4)
-
-        def forward(x):
-            loss = F.cross_entropy(model(x), y)
-            return obj(loss) if obj is not None else loss
-        if compiled:
-            forward = torch.compile(C.own_code(forward), fullgraph=True)
-
-        def run():
-            loss = forward(x)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-        return run
+        opt = torch.optim.Adam(model.parameters(), lr=1e-4, fused=True) if one_group else None
+        return C.training_step(model, x, lambda out: F.cross_entropy(out, y), obj, compiled, opt)
     settled, training = dynamic(), dynamic()
     slimtrain.settle_widths(settled)
     steps = {"plain MLP": step(copy.deepcopy(mlp)),

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 import _common as C  # noqa: E402  (sets sys.path)
 import slimtrain
-from slimtrain.training import make_optimizer, seed_everything
+from slimtrain.training import seed_everything
 
 GOAL = 1.10
 
@@ -57,24 +57,6 @@ def count_syncs(step, device: torch.device, steps: int = 3) -> str:
             torch.cuda.set_sync_debug_mode("default")
     n = sum("synchroniz" in str(w.message) for w in caught)
     return f"{n / steps:g}"
-
-
-def make_step(model, x, loss_fn, objective=None, compiled: bool = False):
-    opt = make_optimizer(model, lr=1e-4, width_lr=1e-4)
-
-    def forward(x):
-        loss = loss_fn(model(x))
-        return objective(loss) if objective is not None else loss
-
-    if compiled:
-        forward = torch.compile(C.own_code(forward), fullgraph=True)
-
-    def step():
-        loss = forward(x)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-    return step
 
 
 def main(argv=None) -> int:
@@ -115,8 +97,8 @@ def _table(a, compiled: bool) -> float:
         for d in dyn.modules():
             if isinstance(d, slimtrain.DynamicWidth):
                 d.set_width(0.7 * d.num_channels + 0.3)
-        steps = {"plain": make_step(plain, x, loss_fn, compiled=compiled),
-                 "dcl": make_step(dyn, x, loss_fn, obj, compiled=compiled)}
+        steps = {"plain": C.training_step(plain, x, loss_fn, compiled=compiled),
+                 "dcl": C.training_step(dyn, x, loss_fn, obj, compiled=compiled)}
         t = C.interleaved(steps, repeats=a.steps, warmup=5, clock=a.clock, sync=sync)
         p, d = C.median(t["plain"]) * 1e3, C.median(t["dcl"]) * 1e3
         worst = max(worst, d / p)
