@@ -50,13 +50,14 @@ class _ApplyDCL:
         self.outer = outer  # outer > 1: the channels repeat that many times along the axis (a width per head)
 
     def _apply(self, dcl: DynamicWidth, y: Tensor) -> Tensor:
-        if self.inner == 1 and self.__dict__.get("outer", 1) == 1:
+        outer = self.__dict__.get("outer", 1)  # (hooks pickled before per-head widths have none)
+        if self.inner == 1 and outer == 1:
             return dcl(y, dim=self.dim)
         d = self.dim % y.dim()
         if self.inner > 1:
             heads = y.unflatten(d, (y.shape[d] // self.inner, self.inner))
             return dcl(heads, dim=d).flatten(d, d + 1)
-        heads = y.unflatten(d, (self.outer, y.shape[d] // self.outer))
+        heads = y.unflatten(d, (outer, y.shape[d] // outer))
         return dcl(heads, dim=d + 1).flatten(d, d + 1)
 
     def __call__(self, module: nn.Module, args: Any, out: Any) -> Any:

@@ -187,15 +187,14 @@ def _set_head_counts(model: nn.Module, g, widths: dict[int, int]) -> None:
     merged = {s.in_root for s in g.layers if s.kind == "linear" and s.in_root is not None}
     for s in g.layers:
         inner = s.extra.get("out_inner", 1)
-        if s.extra.get("head_width") and s.out_root in widths and s.out_root in merged:
-            mod = model.get_submodule(s.name.rpartition(".")[0])
-            outer = s.extra["out_outer"]
-            for attr in INNER_WIDTH_ATTRS:
-                if getattr(mod, attr, None) == outer * s.out_size and \
-                        not isinstance(getattr(type(mod), attr, None), property):
-                    setattr(mod, attr, outer * widths[s.out_root])
-            continue
-        if s.extra.get("head_width"):
+        if s.extra.get("head_width"):  # every head kept, each narrower: only the inner width changes
+            if s.out_root in widths and s.out_root in merged:
+                mod = model.get_submodule(s.name.rpartition(".")[0])
+                outer = s.extra["out_outer"]
+                for attr in INNER_WIDTH_ATTRS:
+                    if getattr(mod, attr, None) == outer * s.out_size and \
+                            not isinstance(getattr(type(mod), attr, None), property):
+                        setattr(mod, attr, outer * widths[s.out_root])
             continue
         if not s.extra.get("heads") or s.out_root is None or s.out_root not in widths:
             continue
