@@ -350,7 +350,7 @@ def make_dynamic(
     reject_compiled_wrapper(model)
     if model.__dict__.get(_ATTR) is not None:
         raise GraphError("make_dynamic was already applied to this model")
-    if heads not in ("count", "width"):
+    if heads not in HEAD_MODES:
         raise GraphError(f"heads must be 'count' or 'width', got {heads!r}")
     if reorder is not None:
         if reorder != "magnitude":
@@ -393,6 +393,9 @@ def make_dynamic(
             rollback()
             raise
 
+
+#: what an attention projection split into heads can learn (``make_dynamic(..., heads=)``)
+HEAD_MODES = ("count", "width")
 
 _PROBE = "_slimtrain_plan_probe"  # set by plan_widths on its private copy
 

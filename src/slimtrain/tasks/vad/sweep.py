@@ -232,23 +232,25 @@ def _seed_jobs(cfg: VadSweepConfig, out: Path, seed: int, multi: bool) -> list[d
     jobs: list[dict] = []
     for fam in cfg.families:
         # per-head widths: a setting of the run (and its own checkpoint names); head count is the default
-        dyn_fam, hw = (dict(dyn, heads="width"), "_hw") if fam == "transformer" and cfg.heads == "width" else (dyn, "")
+        # the DCL checkpoints' names carry the settings that differ from the paper's (their own recipes)
+        dyn_fam, suffix = (dict(dyn, heads="width"), "_hw") if fam == "transformer" and cfg.heads == "width" \
+            else (dyn, "")
         if cfg.band_order != "low":
-            hw += f"_{cfg.band_order}"
+            suffix += f"_{cfg.band_order}"
         for k in cfg.kappas:
             jobs.append({"kind": "DCL", "label": _label(fam, "DCL", kappa_min=k),
                          "run": {"family": fam, "kappa_min": k, "alpha": cfg.alpha, **dyn_fam},
-                         "checkpoint": str(out / "checkpoints" / f"{fam}_dcl_k{k:g}{hw}{tag}.pt")})
+                         "checkpoint": str(out / "checkpoints" / f"{fam}_dcl_k{k:g}{suffix}{tag}.pt")})
         k_low = min(cfg.kappas) if cfg.kappas else 0.125
         for a in cfg.alphas:
             jobs.append({"kind": "DCL", "label": _label(fam, "DCL", kappa_min=k_low, alpha=a, extra="alpha"),
                          "run": {"family": fam, "kappa_min": k_low, "alpha": a, **dyn_fam},
-                         "checkpoint": str(out / "checkpoints" / f"{fam}_dcl_k{k_low:g}_a{a:g}{hw}{tag}.pt")})
+                         "checkpoint": str(out / "checkpoints" / f"{fam}_dcl_k{k_low:g}_a{a:g}{suffix}{tag}.pt")})
         for b in cfg.budgets:
             jobs.append({"kind": "DCL", "label": _label(fam, "DCL", kappa_min=k_low, budget=b),
                          "run": {"family": fam, "kappa_min": k_low, "alpha": 0.0, "budget": b, **dyn_fam,
                                  **({"settle_at_budget": True} if settle else {})},
-                         "checkpoint": str(out / "checkpoints" / f"{fam}_dcl_k{k_low:g}_b{b:g}{hw}{tag}.pt")})
+                         "checkpoint": str(out / "checkpoints" / f"{fam}_dcl_k{k_low:g}_b{b:g}{suffix}{tag}.pt")})
         for s in cfg.fixed_scales:
             from .models import scaled_widths
 

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from ... import export, make_dynamic, model_cost
 from ...checkpoint import make_recipe, register_task, save_checkpoint
-from ...graph import dynamic_widths
+from ...graph import HEAD_MODES, dynamic_widths
 from ...loss import TradeoffLoss
 from ...distributed import is_main, resolve_device
 from ...training import DataParallel, TrainingError, check_settle_epochs, make_optimizer, seed_everything, torch_threads
@@ -83,7 +83,7 @@ class VadRunConfig:
         if self.epochs < 1 or self.batch_size < 1:
             raise ValueError(f"epochs and batch_size must be >= 1 (got {self.epochs}, {self.batch_size})")
         check_settle_epochs(self.settle_epochs, self.warmup_epochs, self.epochs)
-        if self.heads not in ("count", "width"):
+        if self.heads not in HEAD_MODES:
             raise ValueError(f"heads must be 'count' or 'width', got {self.heads!r}")
         if self.band_order not in BAND_ORDERS:
             raise ValueError(f"band_order must be one of {BAND_ORDERS}, got {self.band_order!r}")
