@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -151,7 +152,7 @@ def test_multi_seed_sweep_records_seeds_and_reports_intervals(trained, tmp_path)
     assert all(r["threads"] == 1 and r["status"] == "ok" for r in rows)
     assert (out / "checkpoints" / "crnn_dcl_k0.25_spread_seed1.pt").is_file()
     table = list(csv.DictReader((out / "sweep.csv").open()))
-    assert [r["seed"] for r in table] == ["0", "0", "1", "1"]
+    assert [r["seed"] for r in table] == ["0", "0", "1", "1"] and {r["epochs"] for r in table} == {"1"}
     summary = {r["label"]: r for r in csv.DictReader((out / "sweep_summary.csv").open())}
     dcl = summary["DCRNNVAD 0.25"]
     assert dcl["n"] == "2" and float(dcl["auc_lo"]) < float(dcl["auc_mean"]) < float(dcl["auc_hi"])
@@ -166,3 +167,25 @@ def test_multi_seed_sweep_records_seeds_and_reports_intervals(trained, tmp_path)
     assert len(changed) == 1 and changed[0].startswith("DCL-crnn-DCRNNVAD_0.25-seed1-")
     assert [r["auc"] for r in again] == [r["auc"] for r in rows]  # same seed, same result
     assert row_path(out / "rows", changed[0][:-5]).is_file()
+
+
+def test_sweep_trains_each_family_for_its_own_epochs_and_names_checkpoints_apart(tmp_path):
+    """The Transformer's runs (all methods) train 24 epochs, the CRNN's 12; the settled share and the
+    pruning split follow the family; checkpoints of another length get another name; --epochs sets all."""
+    from slimtrain.tasks.vad.sweep import VadSweepConfig, _seed_jobs
+
+    cfg = VadSweepConfig()
+    assert (cfg.epochs_for("crnn"), cfg.epochs_for("transformer")) == (12, 24)
+    assert cfg.prune_split("transformer") == (12, 12) and cfg.dcl_settle_epochs("transformer") == 12
+    jobs = _seed_jobs(cfg, tmp_path, 0, multi=True)
+    for fam, epochs in (("crnn", 12), ("transformer", 24)):
+        mine = [j for j in jobs if j["run"]["family"] == fam]
+        assert {j["run"]["epochs"] for j in mine} == {epochs}
+        assert {j["run"].get("settle_epochs") for j in mine if j["kind"] == "DCL"} == {epochs // 2}
+        names = [Path(j["checkpoint"]).name for j in mine if "checkpoint" in j]
+        assert names and all(("_e24" in n) == (fam == "transformer") for n in names)
+    assert len({j["checkpoint"] for j in jobs if "checkpoint" in j}) == len([j for j in jobs if "checkpoint" in j])
+    same = VadSweepConfig(epochs=6, family_epochs={})
+    assert {j["run"]["epochs"] for j in _seed_jobs(same, tmp_path, 0, multi=False)} == {6}
+    with pytest.raises(ValueError, match="for transformer"):
+        VadSweepConfig(prune_finetune_epochs=12, family_epochs={"transformer": 12}).prune_split("transformer")

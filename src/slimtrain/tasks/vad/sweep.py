@@ -40,6 +40,10 @@ PAPER_NAMES = {"crnn": ("(a) CRNNVAD", "CRNNVAD", "DCRNNVAD", "SCRNNVAD"),
                "transformer": ("(b) TrVAD", "TrVAD", "DTrVAD", "STrVAD")}
 
 
+#: the sweep's training epochs per run, unless a family has its own (``VadSweepConfig.family_epochs``)
+DEFAULT_EPOCHS = 12
+
+
 @dataclass
 class VadSweepConfig:
     """What ``slimtrain vad --sweep`` runs (``quick()`` is the CI-sized version)."""
@@ -55,7 +59,12 @@ class VadSweepConfig:
     #: trained for the rest, so a pruning row has the same total epochs as a DCL row
     prune_finetune_epochs: Optional[int] = None
     gate_intervals: tuple[tuple[float, float], ...] = ((0.5, 1.0), (0.25, 0.5), (0.125, 0.25), (0.0625, 0.125))
-    epochs: int = 12
+    epochs: int = DEFAULT_EPOCHS
+    #: epochs of every run of a family (DCL, fixed widths, pruning, gates alike) where it differs from
+    #: ``epochs``. The Transformer trains 24: at 12 it is still learning (fixed x0.5, 5 seeds: AUC 0.950 after
+    #: 6 epochs, 0.958 after 12, 0.961 after 24), and a DCL run, which spends its first epochs finding its
+    #: widths, then compares its search, not its architecture (docs/vad.md, "Epochs")
+    family_epochs: dict = field(default_factory=lambda: {"transformer": 24})
     #: the last epochs of each DCL run train at fixed hard widths (:func:`slimtrain.settle_widths`); default
     #: half of ``epochs`` (:func:`default_settle_epochs`), the fine-tuning share of a pruning row (0: widths
     #: learn to the end)
@@ -75,18 +84,21 @@ class VadSweepConfig:
     webrtc_modes: tuple[int, ...] = (0, 1, 2, 3)
     data: VadDataConfig = field(default_factory=VadDataConfig)
 
-    @property
-    def prune_split(self) -> tuple[int, int]:
-        """(full-model epochs, fine-tuning epochs) of a pruning row; they add up to ``epochs``."""
-        ft = self.epochs // 2 if self.prune_finetune_epochs is None else self.prune_finetune_epochs
-        if not 1 <= ft < self.epochs:
-            raise ValueError(f"prune_finetune_epochs must be in [1, epochs={self.epochs}), got {ft}")
-        return self.epochs - ft, ft
+    def epochs_for(self, family: str) -> int:
+        """Training epochs of every run of ``family`` (``family_epochs``, else ``epochs``)."""
+        return int(self.family_epochs.get(family, self.epochs))
 
-    @property
-    def dcl_settle_epochs(self) -> int:
+    def prune_split(self, family: str = "crnn") -> tuple[int, int]:
+        """(full-model epochs, fine-tuning epochs) of a pruning row; they add up to :meth:`epochs_for`."""
+        epochs = self.epochs_for(family)
+        ft = epochs // 2 if self.prune_finetune_epochs is None else self.prune_finetune_epochs
+        if not 1 <= ft < epochs:
+            raise ValueError(f"prune_finetune_epochs must be in [1, epochs={epochs}) for {family}, got {ft}")
+        return epochs - ft, ft
+
+    def dcl_settle_epochs(self, family: str = "crnn") -> int:
         """Settled epochs of a DCL row (``settle_epochs``; default :func:`default_settle_epochs`: half)."""
-        return default_settle_epochs(self.epochs) if self.settle_epochs is None else int(self.settle_epochs)
+        return default_settle_epochs(self.epochs_for(family)) if self.settle_epochs is None else int(self.settle_epochs)
 
     @property
     def seed_list(self) -> list[int]:
@@ -96,7 +108,7 @@ class VadSweepConfig:
     @classmethod
     def quick(cls, **overrides) -> "VadSweepConfig":
         base = dict(kappas=(0.25,), fixed_scales=(1.0, 0.25), prune_kappas=(), gate_intervals=((0.25, 0.5),),
-                    epochs=3, webrtc_modes=(2,), alphas=(), budgets=(), data=VadDataConfig.quick())
+                    epochs=3, family_epochs={}, webrtc_modes=(2,), alphas=(), budgets=(), data=VadDataConfig.quick())
         base.update(overrides)
         return cls(**base)
 
@@ -223,20 +235,25 @@ def _anchor_rows(cfg: VadSweepConfig, data: dict[str, VadSplit]) -> list[dict]:
 
 def _seed_jobs(cfg: VadSweepConfig, out: Path, seed: int, multi: bool) -> list[dict]:
     """The training jobs of one seed (checkpoint names carry the seed when the sweep has several)."""
-    common = {"epochs": cfg.epochs, "seed": seed}
-    settle = cfg.dcl_settle_epochs
-    dyn = {**common, "settle_epochs": settle} if settle else common
-    if cfg.band_order != "low":  # (a fixed-width model has all its bands: their order does not matter)
-        dyn = {**dyn, "band_order": cfg.band_order}
     tag = f"_seed{seed}" if multi else ""
     jobs: list[dict] = []
     for fam in cfg.families:
+        epochs = cfg.epochs_for(fam)
+        common = {"epochs": epochs, "seed": seed}
+        settle = cfg.dcl_settle_epochs(fam)
+        dyn = {**common, "settle_epochs": settle} if settle else common
+        if cfg.band_order != "low":  # (a fixed-width model has all its bands: their order does not matter)
+            dyn = {**dyn, "band_order": cfg.band_order}
+        # checkpoint names carry the epochs where they are not the sweep's 12, so runs of other lengths
+        # never overwrite each other's files (--resume trusts a row whose checkpoint exists)
+        etag = f"_e{epochs}" if epochs != DEFAULT_EPOCHS else ""
         # per-head widths: a setting of the run (and its own checkpoint names); head count is the default
         # the DCL checkpoints' names carry the settings that differ from the paper's (their own recipes)
         dyn_fam, suffix = (dict(dyn, heads="width"), "_hw") if fam == "transformer" and cfg.heads == "width" \
             else (dyn, "")
         if cfg.band_order != "low":
             suffix += f"_{cfg.band_order}"
+        suffix += etag
         for k in cfg.kappas:
             jobs.append({"kind": "DCL", "label": _label(fam, "DCL", kappa_min=k),
                          "run": {"family": fam, "kappa_min": k, "alpha": cfg.alpha, **dyn_fam},
@@ -257,7 +274,7 @@ def _seed_jobs(cfg: VadSweepConfig, out: Path, seed: int, multi: bool) -> list[d
             jobs.append({"kind": "fixed", "label": _label(fam, "fixed", scale=s),
                          "run": {"family": fam, "kappa_min": None, "n_mels": max(1, int(round(80 * s))),
                                  "widths": scaled_widths(fam, s), **common},
-                         "checkpoint": str(out / "checkpoints" / f"{fam}_fixed_x{s:g}{tag}.pt")})
+                         "checkpoint": str(out / "checkpoints" / f"{fam}_fixed_x{s:g}{etag}{tag}.pt")})
         for interval in cfg.gate_intervals:
             jobs.append({"kind": "gates", "label": _label(fam, "gates", interval=interval), "interval": list(interval),
                          "run": {"family": fam, **common}})
@@ -296,7 +313,7 @@ def run_sweep(cfg: VadSweepConfig, out: str | Path, *, cache: Optional[str | Pat
                          and r.get("budget") is None and r.get("alpha") == cfg.alpha]
                 if not match:
                     continue
-                pre, ft = cfg.prune_split
+                pre, ft = cfg.prune_split(fam)
                 prune_jobs.append({"kind": "prune", "label": _label(fam, "prune", kappa=k), "cache": cache,
                                    "target_mflops": match[0]["mflops_per_s"], "mel_bands": match[0]["mel_bands"],
                                    "run": {"family": fam, "epochs": ft, "pretrain_epochs": pre, "seed": seed}})
@@ -319,7 +336,7 @@ def run_sweep(cfg: VadSweepConfig, out: str | Path, *, cache: Optional[str | Pat
 # -- outputs ------------------------------------------------------------------------------------
 COLUMNS = ["family", "method", "label", "status", "kappa_min", "alpha", "budget", "heads", "band_order", "mel_bands", "mflops_per_s", "params",
            "auc", "f1", "eer", *[f"eer {b}" for b, _, _ in SNR_BANDS], "threshold", "widths", "on_front",
-           "dominated_by", "train_seconds", "wall_seconds", "checkpoint",
+           "dominated_by", "epochs", "train_seconds", "wall_seconds", "checkpoint",
            "seed", "data_fingerprint", "torch_version", "threads", "hostname"]
 
 
@@ -625,7 +642,8 @@ def read_sweep_csv(path: str | Path) -> list[dict]:
     rows = read_sweep_rows(path, f"no VAD sweep table at {Path(path)}; run 'slimtrain vad --sweep' first",
                            text=("family", "method", "label", "status", "heads", "band_order", "widths", "dominated_by",
                                  "checkpoint", "data_fingerprint", "torch_version", "hostname"),
-                           ints=("seed", "threads"), none_if_empty=("mel_bands", "budget", "kappa_min", "alpha"),
+                           ints=("seed", "threads"),
+                           none_if_empty=("mel_bands", "budget", "kappa_min", "alpha", "epochs"),
                            bools=("on_front",), empty_text=None)
     for r in rows:
         r.setdefault("seed", None)
