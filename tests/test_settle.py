@@ -118,10 +118,10 @@ def test_vad_and_study_configs_name_a_settle_phase_that_leaves_no_width_learning
     VadRunConfig(epochs=3, settle_epochs=1).validate()
     with pytest.raises(StudyError, match="settle must be 'budget' or 'none'"):
         FinetuneStudyConfig(settle="half").validate()
-    assert VadSweepConfig(epochs=12).dcl_settle_epochs() == 6
-    assert VadSweepConfig(epochs=12, settle_epochs=0).dcl_settle_epochs() == 0
+    assert VadSweepConfig(epochs=12).dcl_settle_epochs == 6
+    assert VadSweepConfig(epochs=12, settle_epochs=0).dcl_settle_epochs == 0
     # the default leaves the warm-up epoch and one width-learning epoch
-    assert [VadSweepConfig(epochs=e).dcl_settle_epochs() for e in (1, 2, 3, 4, 5)] == [0, 0, 1, 2, 2]
+    assert [VadSweepConfig(epochs=e).dcl_settle_epochs for e in (1, 2, 3, 4, 5)] == [0, 0, 1, 2, 2]
 
 
 def test_vad_loop_settles_once_the_condition_holds_and_keeps_the_widths():

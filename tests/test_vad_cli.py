@@ -169,23 +169,20 @@ def test_multi_seed_sweep_records_seeds_and_reports_intervals(trained, tmp_path)
     assert row_path(out / "rows", changed[0][:-5]).is_file()
 
 
-def test_sweep_trains_each_family_for_its_own_epochs_and_names_checkpoints_apart(tmp_path):
-    """The Transformer's runs (all methods) train 24 epochs, the CRNN's 12; the settled share and the
-    pruning split follow the family; checkpoints of another length get another name; --epochs sets all."""
+
+def test_sweep_checkpoint_names_carry_the_run_length(tmp_path):
+    """24 epochs by default (settled half, pruning 12 + 12); a sweep of another length never writes to the
+    checkpoint files of the default one, and 12-epoch runs keep the names they had before the tag."""
     from slimtrain.tasks.vad.sweep import VadSweepConfig, _seed_jobs
 
+    def names(cfg):
+        return {j["checkpoint"] for j in _seed_jobs(cfg, tmp_path, 0, multi=True) if "checkpoint" in j}
+
     cfg = VadSweepConfig()
-    assert (cfg.epochs_for("crnn"), cfg.epochs_for("transformer")) == (12, 24)
-    assert cfg.prune_split("transformer") == (12, 12) and cfg.dcl_settle_epochs("transformer") == 12
+    assert (cfg.epochs, cfg.dcl_settle_epochs, cfg.prune_split) == (24, 12, (12, 12))
     jobs = _seed_jobs(cfg, tmp_path, 0, multi=True)
-    for fam, epochs in (("crnn", 12), ("transformer", 24)):
-        mine = [j for j in jobs if j["run"]["family"] == fam]
-        assert {j["run"]["epochs"] for j in mine} == {epochs}
-        assert {j["run"].get("settle_epochs") for j in mine if j["kind"] == "DCL"} == {epochs // 2}
-        names = [Path(j["checkpoint"]).name for j in mine if "checkpoint" in j]
-        assert names and all(("_e24" in n) == (fam == "transformer") for n in names)
-    assert len({j["checkpoint"] for j in jobs if "checkpoint" in j}) == len([j for j in jobs if "checkpoint" in j])
-    same = VadSweepConfig(epochs=6, family_epochs={})
-    assert {j["run"]["epochs"] for j in _seed_jobs(same, tmp_path, 0, multi=False)} == {6}
-    with pytest.raises(ValueError, match="for transformer"):
-        VadSweepConfig(prune_finetune_epochs=12, family_epochs={"transformer": 12}).prune_split("transformer")
+    assert {j["run"]["epochs"] for j in jobs} == {24}
+    assert {j["run"].get("settle_epochs") for j in jobs if j["kind"] == "DCL"} == {12}
+    default, twelve = names(cfg), names(VadSweepConfig(epochs=12))
+    assert all("_e24_" in Path(n).name for n in default) and not default & twelve
+    assert str(tmp_path / "checkpoints" / "transformer_dcl_k0.5_hw_spread_seed0.pt") in twelve

@@ -105,10 +105,10 @@ def test_bad_settings_and_files_are_named_errors(tmp_path):
 def test_sweep_pruning_rows_get_the_same_total_epochs_as_dcl(data_dir, tmp_path):
     from slimtrain.tasks.vad.sweep import VadSweepConfig, run_sweep
 
-    assert VadSweepConfig(epochs=12).prune_split() == (6, 6)
-    assert VadSweepConfig(epochs=12, prune_finetune_epochs=4).prune_split() == (8, 4)
+    assert VadSweepConfig(epochs=12).prune_split == (6, 6)
+    assert VadSweepConfig(epochs=12, prune_finetune_epochs=4).prune_split == (8, 4)
     with pytest.raises(ValueError, match="prune_finetune_epochs must be in"):
-        _ = VadSweepConfig(epochs=3, prune_finetune_epochs=3).prune_split()
+        _ = VadSweepConfig(epochs=3, prune_finetune_epochs=3).prune_split
     cfg = VadSweepConfig.quick(families=("crnn",), fixed_scales=(), gate_intervals=(), prune_kappas=(0.25,),
                                epochs=2, anchors=False, seeds=(0, 1))
     rows = run_sweep(cfg, tmp_path / "sw", cache=data_dir, progress=False)

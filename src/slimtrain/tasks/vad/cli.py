@@ -147,7 +147,7 @@ def register(commands, data_commands) -> None:
                    help="FLOPs per second of audio: single run uses a hinge budget (alpha then defaults to 0); "
                         "--sweep adds one DCL budget run per value at the smallest kappa-min (default: 1.5e6; "
                         "quick: none)")
-    v.add_argument("--epochs", type=_epochs, default=None, metavar="N", help="training epochs per run, every family (default 12, the Transformer 24; quick 3)")
+    v.add_argument("--epochs", type=_epochs, default=None, metavar="N", help="training epochs per run (default 24; quick 3)")
     v.add_argument("--settle-epochs", type=_settle_epochs, default=None, metavar="N",
                    help="DCL runs: the last N epochs train the weights at the fixed hard widths the model is "
                         "exported with (slimtrain.settle_widths), as pruning fine-tunes (default: half of --epochs; "
@@ -322,8 +322,7 @@ def _cmd_vad(args) -> int:
             cfg.alphas = tuple(args.alphas)
         if args.budget is not None:
             cfg.budgets = tuple(args.budget)
-        if args.epochs:
-            cfg.epochs, cfg.family_epochs = args.epochs, {}
+        cfg.epochs = args.epochs or cfg.epochs
         cfg.settle_epochs = args.settle_epochs
         cfg.heads = args.heads
         cfg.band_order = args.band_order

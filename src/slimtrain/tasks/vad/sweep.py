@@ -34,14 +34,14 @@ from .train import SNR_BANDS, VadRunConfig, default_settle_epochs, evaluate_scor
 
 __all__ = ["VadSweepConfig", "run_sweep", "write_sweep_csv", "write_paper_csvs", "plot_pareto", "format_table",
            "pareto_notes", "read_sweep_csv", "summarize", "format_summary_table", "format_detail_table",
-           "write_summary_csv", "front_comparison", "format_front_table", "front_sentences"]
+           "write_summary_csv", "front_comparison", "format_front_table", "front_sentences", "verdict_cell"]
 
 PAPER_NAMES = {"crnn": ("(a) CRNNVAD", "CRNNVAD", "DCRNNVAD", "SCRNNVAD"),
                "transformer": ("(b) TrVAD", "TrVAD", "DTrVAD", "STrVAD")}
 
 
-#: the sweep's training epochs per run, unless a family has its own (``VadSweepConfig.family_epochs``)
-DEFAULT_EPOCHS = 12
+#: epochs of the sweep before it trained 24 (its checkpoints' names carry no length)
+UNTAGGED_EPOCHS = 12
 
 
 @dataclass
@@ -59,12 +59,11 @@ class VadSweepConfig:
     #: trained for the rest, so a pruning row has the same total epochs as a DCL row
     prune_finetune_epochs: Optional[int] = None
     gate_intervals: tuple[tuple[float, float], ...] = ((0.5, 1.0), (0.25, 0.5), (0.125, 0.25), (0.0625, 0.125))
-    epochs: int = DEFAULT_EPOCHS
-    #: epochs of every run of a family (DCL, fixed widths, pruning, gates alike) where it differs from
-    #: ``epochs``. The Transformer trains 24: at 12 it is still learning (fixed x0.5, 5 seeds: AUC 0.950 after
-    #: 6 epochs, 0.958 after 12, 0.961 after 24), and a DCL run, which spends its first epochs finding its
-    #: widths, then compares its search, not its architecture (docs/vad.md, "Epochs")
-    family_epochs: dict = field(default_factory=lambda: {"transformer": 24})
+    #: epochs of every run (DCL, fixed widths, pruning and gates alike). 24: at 12 both families were still
+    #: learning (fixed x0.5, 5 seeds: the CRNN's AUC 0.953 after 12 epochs, 0.961 after 24; the Transformer's
+    #: 0.958 and 0.961), and a DCL run, which spends its first epochs finding its widths, was then judged on
+    #: how fast it trains rather than on the architecture it finds (docs/vad.md, "Epochs")
+    epochs: int = 24
     #: the last epochs of each DCL run train at fixed hard widths (:func:`slimtrain.settle_widths`); default
     #: half of ``epochs`` (:func:`default_settle_epochs`), the fine-tuning share of a pruning row (0: widths
     #: learn to the end)
@@ -84,21 +83,18 @@ class VadSweepConfig:
     webrtc_modes: tuple[int, ...] = (0, 1, 2, 3)
     data: VadDataConfig = field(default_factory=VadDataConfig)
 
-    def epochs_for(self, family: str) -> int:
-        """Training epochs of every run of ``family`` (``family_epochs``, else ``epochs``)."""
-        return int(self.family_epochs.get(family, self.epochs))
+    @property
+    def prune_split(self) -> tuple[int, int]:
+        """(full-model epochs, fine-tuning epochs) of a pruning row; they add up to ``epochs``."""
+        ft = self.epochs // 2 if self.prune_finetune_epochs is None else self.prune_finetune_epochs
+        if not 1 <= ft < self.epochs:
+            raise ValueError(f"prune_finetune_epochs must be in [1, epochs={self.epochs}), got {ft}")
+        return self.epochs - ft, ft
 
-    def prune_split(self, family: str = "crnn") -> tuple[int, int]:
-        """(full-model epochs, fine-tuning epochs) of a pruning row; they add up to :meth:`epochs_for`."""
-        epochs = self.epochs_for(family)
-        ft = epochs // 2 if self.prune_finetune_epochs is None else self.prune_finetune_epochs
-        if not 1 <= ft < epochs:
-            raise ValueError(f"prune_finetune_epochs must be in [1, epochs={epochs}) for {family}, got {ft}")
-        return epochs - ft, ft
-
-    def dcl_settle_epochs(self, family: str = "crnn") -> int:
+    @property
+    def dcl_settle_epochs(self) -> int:
         """Settled epochs of a DCL row (``settle_epochs``; default :func:`default_settle_epochs`: half)."""
-        return default_settle_epochs(self.epochs_for(family)) if self.settle_epochs is None else int(self.settle_epochs)
+        return default_settle_epochs(self.epochs) if self.settle_epochs is None else int(self.settle_epochs)
 
     @property
     def seed_list(self) -> list[int]:
@@ -108,7 +104,7 @@ class VadSweepConfig:
     @classmethod
     def quick(cls, **overrides) -> "VadSweepConfig":
         base = dict(kappas=(0.25,), fixed_scales=(1.0, 0.25), prune_kappas=(), gate_intervals=((0.25, 0.5),),
-                    epochs=3, family_epochs={}, webrtc_modes=(2,), alphas=(), budgets=(), data=VadDataConfig.quick())
+                    epochs=3, webrtc_modes=(2,), alphas=(), budgets=(), data=VadDataConfig.quick())
         base.update(overrides)
         return cls(**base)
 
@@ -235,18 +231,17 @@ def _anchor_rows(cfg: VadSweepConfig, data: dict[str, VadSplit]) -> list[dict]:
 
 def _seed_jobs(cfg: VadSweepConfig, out: Path, seed: int, multi: bool) -> list[dict]:
     """The training jobs of one seed (checkpoint names carry the seed when the sweep has several)."""
+    common = {"epochs": cfg.epochs, "seed": seed}
+    settle = cfg.dcl_settle_epochs
+    dyn = {**common, "settle_epochs": settle} if settle else common
+    if cfg.band_order != "low":  # (a fixed-width model has all its bands: their order does not matter)
+        dyn = {**dyn, "band_order": cfg.band_order}
     tag = f"_seed{seed}" if multi else ""
+    # checkpoint names carry the length of the run, so runs of other lengths never overwrite each other's
+    # files (--resume trusts a row whose checkpoint exists); 12-epoch names predate the tag
+    etag = f"_e{cfg.epochs}" if cfg.epochs != UNTAGGED_EPOCHS else ""
     jobs: list[dict] = []
     for fam in cfg.families:
-        epochs = cfg.epochs_for(fam)
-        common = {"epochs": epochs, "seed": seed}
-        settle = cfg.dcl_settle_epochs(fam)
-        dyn = {**common, "settle_epochs": settle} if settle else common
-        if cfg.band_order != "low":  # (a fixed-width model has all its bands: their order does not matter)
-            dyn = {**dyn, "band_order": cfg.band_order}
-        # checkpoint names carry the epochs where they are not the sweep's 12, so runs of other lengths
-        # never overwrite each other's files (--resume trusts a row whose checkpoint exists)
-        etag = f"_e{epochs}" if epochs != DEFAULT_EPOCHS else ""
         # per-head widths: a setting of the run (and its own checkpoint names); head count is the default
         # the DCL checkpoints' names carry the settings that differ from the paper's (their own recipes)
         dyn_fam, suffix = (dict(dyn, heads="width"), "_hw") if fam == "transformer" and cfg.heads == "width" \
@@ -313,7 +308,7 @@ def run_sweep(cfg: VadSweepConfig, out: str | Path, *, cache: Optional[str | Pat
                          and r.get("budget") is None and r.get("alpha") == cfg.alpha]
                 if not match:
                     continue
-                pre, ft = cfg.prune_split(fam)
+                pre, ft = cfg.prune_split
                 prune_jobs.append({"kind": "prune", "label": _label(fam, "prune", kappa=k), "cache": cache,
                                    "target_mflops": match[0]["mflops_per_s"], "mel_bands": match[0]["mel_bands"],
                                    "run": {"family": fam, "epochs": ft, "pretrain_epochs": pre, "seed": seed}})
@@ -580,7 +575,9 @@ def front_comparison(rows: Sequence[dict], family: str, metric: str = "auc") -> 
     return out
 
 
-def _verdict_cell(c, n: int, scale: float, fmt: str) -> str:
+def verdict_cell(c, n: int, scale: float, fmt: str) -> str:
+    """``above``/``below``/``n.s.`` with the mean difference and its interval (``n=1`` with the value alone)
+    of a :func:`slimtrain.stats.compare` result over ``n`` seeds, values times ``scale``."""
     if c is None:
         return "-"
     d = c.difference
@@ -606,8 +603,8 @@ def format_front_table(rows: Sequence[dict], family: str) -> str:
         # for EER (lower is better) "above the front" means a lower EER: compare() already says A better
         lines.append(f"| {e['label']} | {e['n']} | {format_interval(e['mflops_per_s'], '.2f')} | "
                      f"{format_interval(e['auc'], '.3f')} | "
-                     + " | ".join(_verdict_cell(e[m], e[f"{m}_n"], 1.0, "+.3f") for m in FRONT_METHODS) + " | "
-                     + " | ".join(_verdict_cell(f[m], f[f"{m}_n"], 100.0, "+.2f") for m in ("fixed", "prune")) + " |")
+                     + " | ".join(verdict_cell(e[m], e[f"{m}_n"], 1.0, "+.3f") for m in FRONT_METHODS) + " | "
+                     + " | ".join(verdict_cell(f[m], f[f"{m}_n"], 100.0, "+.2f") for m in ("fixed", "prune")) + " |")
     return "\n".join(lines)
 
 
