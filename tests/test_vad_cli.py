@@ -150,7 +150,7 @@ def test_multi_seed_sweep_records_seeds_and_reports_intervals(trained, tmp_path)
         ("CRNNVAD (baseline)", 0), ("CRNNVAD (baseline)", 1), ("DCRNNVAD 0.25", 0), ("DCRNNVAD 0.25", 1)]
     assert len({r["data_fingerprint"] for r in rows}) == 1 and rows[0]["data_fingerprint"]
     assert all(r["threads"] == 1 and r["status"] == "ok" for r in rows)
-    assert (out / "checkpoints" / "crnn_dcl_k0.25_spread_seed1.pt").is_file()
+    assert (out / "checkpoints" / "crnn_dcl_k0.25_spread_e1_seed1.pt").is_file()
     table = list(csv.DictReader((out / "sweep.csv").open()))
     assert [r["seed"] for r in table] == ["0", "0", "1", "1"] and {r["epochs"] for r in table} == {"1"}
     summary = {r["label"]: r for r in csv.DictReader((out / "sweep_summary.csv").open())}
@@ -160,7 +160,7 @@ def test_multi_seed_sweep_records_seeds_and_reports_intervals(trained, tmp_path)
     assert "| CRNNVAD (baseline) | fixed | 2 |" in text and "| ref. |" in text and " ± " in text
     assert any(v in text for v in ("| better (", "| worse (", "| n.s. ("))
     # a row whose checkpoint disappeared is run again on --resume; the others are reused
-    (out / "checkpoints" / "crnn_dcl_k0.25_spread_seed1.pt").unlink()
+    (out / "checkpoints" / "crnn_dcl_k0.25_spread_e1_seed1.pt").unlink()
     stamps = {p.name: p.stat().st_mtime_ns for p in (out / "rows").iterdir()}
     again = run_sweep(cfg, out, cache=trained / "data-quick", progress=False, resume=True)
     changed = [n for n, t in stamps.items() if (out / "rows" / n).stat().st_mtime_ns != t]

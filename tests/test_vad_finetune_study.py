@@ -46,13 +46,16 @@ def test_quick_study_matches_macs_and_epochs_and_writes_the_report_columns(data_
     assert "| 3.2 | DCL fine-tuning (magnitude reorder) | 2 |" in table
     assert "| 3.2 | torch-pruning + fine-tuning | 2 |" in table
     # the full models were saved; a rerun reads them instead of training (same full metrics)
-    ckpt = out / "checkpoints" / "crnn_fixed_x1_seed1.pt"
+    ckpt = out / "checkpoints" / "crnn_fixed_x1_e1_seed1.pt"  # (full_epochs=1: the sweep names the length)
     assert ckpt.is_file()
     stamp = ckpt.stat().st_mtime_ns
     again = run_study(cfg.__class__.quick(seeds=(1,), targets=(3.2e6,), finetune_epochs=3), out / "again",
                       cache=data_dir, full_checkpoints=out / "checkpoints", progress=False)
     assert ckpt.stat().st_mtime_ns == stamp  # read, not retrained
     assert [r["auc"] for r in again] == [by["DCL", 1]["auc"], by["prune", 1]["auc"]]  # and deterministic
+    # a full model of another length has another name; a file under the right name with the wrong model is refused
+    wrong = out / "checkpoints" / "crnn_fixed_x1_e3_seed0.pt"
+    wrong.write_bytes((out / "checkpoints" / "crnn_fixed_x1_e1_seed0.pt").read_bytes())
     with pytest.raises(StudyError, match="not the crnn full model of seed 0 trained 3 epochs"):
         run_study(FinetuneStudyConfig.quick(seeds=(0,), full_epochs=3), out, cache=data_dir, progress=False)
     assert ckpt.stat().st_mtime_ns == stamp

@@ -168,7 +168,7 @@ def _vad_band_order(root: Path) -> str:
     spread = vad.read_sweep_csv(root / "docs/vad_results/sweep_e12.csv")
     low = vad.read_sweep_csv(root / "docs/vad_results/sweep_low.csv")
     unseen = _doc_csv(root, "vad_results/unseen_band_order.csv", "slimtrain vad eval --set unseen --csv ...")
-    ckpt = re.compile(r"(crnn|transformer)_dcl_k(.+?)(?:_hw)?(_spread)?_seed(\d+)\.pt$")
+    ckpt = re.compile(r"(crnn|transformer)_dcl_k(.+?)(?:_hw)?(_spread)?(?:_e\d+)?_seed(\d+)\.pt$")
     by_ckpt: dict[tuple, dict[int, dict]] = {}
     for r in unseen:
         m = ckpt.search(str(r["model"]))

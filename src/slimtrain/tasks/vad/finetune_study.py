@@ -4,7 +4,7 @@
 
 For every seed the full-width model (the sweep's ``fixed x1``: every width, 80 mel bands, ``full_epochs``
 of training) is trained once -- or read from ``--full-checkpoints DIR`` (a sweep's
-``checkpoints/<family>_fixed_x1_seed<S>.pt``) -- and then, for every target cost ``T`` (FLOPs per
+``checkpoints/<family>_fixed_x1[_e<N>]_seed<S>.pt``, ``_e<N>`` for ``full_epochs`` other than 12) -- and then, for every target cost ``T`` (FLOPs per
 second of audio), shrunk two ways from the *same* weights:
 
 * ``DCL``: :func:`slimtrain.make_dynamic` with ``reorder="magnitude"`` (channels and mel bands
@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from .data import VadDataConfig, VadSplit, build_vad_data, load_vad_data
+from .sweep import length_tag
 from .train import SNR_BANDS
 
 __all__ = ["FinetuneStudyConfig", "run_study", "write_study_csv", "read_study_csv", "format_study_table",
@@ -190,7 +191,8 @@ def run_study(cfg: FinetuneStudyConfig, out: str | Path, *, cache: Optional[str 
     rows: list[dict] = []
     for seed in cfg.seeds:
         t0 = time.time()
-        full, full_row = _full_model(cfg, seed, data, ck_dir / f"{cfg.family}_fixed_x1_seed{seed}.pt")
+        name = f"{cfg.family}_fixed_x1{length_tag(cfg.full_epochs)}_seed{seed}.pt"  # as the sweep names it
+        full, full_row = _full_model(cfg, seed, data, ck_dir / name)
         common = {"family": cfg.family, "seed": seed, "finetune_epochs": cfg.finetune_epochs,
                   "full_epochs": cfg.full_epochs, "full_mflops_per_s": full_row["mflops_per_s"],
                   "full_auc": full_row["auc"], "full_eer": full_row["eer"], "data_fingerprint": fingerprint}
@@ -352,7 +354,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--out", default="runs/vad_finetune")
     p.add_argument("--data", default=None, help="VAD data folder (default OUT/data; built when missing)")
     p.add_argument("--full-checkpoints", default=None,
-                   help="folder with <family>_fixed_x1_seed<S>.pt (e.g. a 3-seed sweep's checkpoints/); "
+                   help="folder with <family>_fixed_x1[_e<N>]_seed<S>.pt (e.g. a 3-seed sweep's checkpoints/); "
                         "a missing one is trained and saved there")
     p.add_argument("--quick", action="store_true", help="the tiny test configuration")
     args = p.parse_args(argv)

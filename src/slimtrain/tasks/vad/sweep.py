@@ -34,7 +34,7 @@ from .train import SNR_BANDS, VadRunConfig, default_settle_epochs, evaluate_scor
 
 __all__ = ["VadSweepConfig", "run_sweep", "write_sweep_csv", "write_paper_csvs", "plot_pareto", "format_table",
            "pareto_notes", "read_sweep_csv", "summarize", "format_summary_table", "format_detail_table",
-           "write_summary_csv", "front_comparison", "format_front_table", "front_sentences", "verdict_cell"]
+           "write_summary_csv", "front_comparison", "format_front_table", "front_sentences", "verdict_cell", "length_tag"]
 
 PAPER_NAMES = {"crnn": ("(a) CRNNVAD", "CRNNVAD", "DCRNNVAD", "SCRNNVAD"),
                "transformer": ("(b) TrVAD", "TrVAD", "DTrVAD", "STrVAD")}
@@ -42,6 +42,12 @@ PAPER_NAMES = {"crnn": ("(a) CRNNVAD", "CRNNVAD", "DCRNNVAD", "SCRNNVAD"),
 
 #: epochs of the sweep before it trained 24 (its checkpoints' names carry no length)
 UNTAGGED_EPOCHS = 12
+
+
+def length_tag(epochs: int) -> str:
+    """``_e<N>`` in the checkpoint names of N-epoch runs, so that runs of other lengths never overwrite each
+    other's files (``--resume`` trusts a row whose checkpoint exists); empty for 12, whose names predate it."""
+    return "" if int(epochs) == UNTAGGED_EPOCHS else f"_e{int(epochs)}"
 
 
 @dataclass
@@ -237,9 +243,7 @@ def _seed_jobs(cfg: VadSweepConfig, out: Path, seed: int, multi: bool) -> list[d
     if cfg.band_order != "low":  # (a fixed-width model has all its bands: their order does not matter)
         dyn = {**dyn, "band_order": cfg.band_order}
     tag = f"_seed{seed}" if multi else ""
-    # checkpoint names carry the length of the run, so runs of other lengths never overwrite each other's
-    # files (--resume trusts a row whose checkpoint exists); 12-epoch names predate the tag
-    etag = f"_e{cfg.epochs}" if cfg.epochs != UNTAGGED_EPOCHS else ""
+    etag = length_tag(cfg.epochs)
     jobs: list[dict] = []
     for fam in cfg.families:
         # per-head widths: a setting of the run (and its own checkpoint names); head count is the default
