@@ -101,3 +101,18 @@ def test_figures_are_drawn_from_the_csvs(tmp_path):
     for fig in FIGURES:
         png = (root / fig.path).read_bytes()
         assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 20_000, fig.path
+
+
+def test_the_epochs_block_sets_one_length_against_the_12_epoch_sweep(tmp_path):
+    """The 12-vs-24-epoch table pairs every model of the two sweeps; a sweep.csv of mixed lengths is refused by name."""
+    from slimtrain.tasks.vad.sweep import read_sweep_csv, write_sweep_csv
+
+    text = render_block("vad-epochs", ROOT)
+    assert "| model | method | MFLOP/s, 12 / 24 epochs | AUC, 12 epochs | AUC, 24 epochs |" in text
+    assert "| DTrVAD 0.5 | DCL |" in text and "| CRNNVAD x0.5 | fixed |" in text
+    root = _copy_repo(tmp_path)
+    rows = read_sweep_csv(root / "docs" / "vad_results" / "sweep.csv")
+    next(r for r in rows if r["method"] == "fixed")["epochs"] = 12
+    write_sweep_csv(rows, root / "docs" / "vad_results" / "sweep.csv")
+    with pytest.raises(ReportError, match="rows of one length"):
+        render_block("vad-epochs", root)

@@ -354,7 +354,7 @@ def _cmd_vad(args) -> int:
     data, _ = load_vad_data(data_dir)
     budget = args.budget[0] if args.budget else None
     family = args.family or "crnn"
-    epochs = args.epochs or (3 if args.quick else 12)
+    epochs = args.epochs or (3 if args.quick else VadSweepConfig.epochs)  # as the sweep
     settle = default_settle_epochs(epochs) if args.settle_epochs is None else args.settle_epochs
     run = VadRunConfig(family=family, kappa_min=(args.kappa_min or [0.125])[0],
                        alpha=0.0 if budget is not None and args.alpha == 1.0 else args.alpha, budget=budget,
