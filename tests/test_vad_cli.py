@@ -186,3 +186,10 @@ def test_sweep_checkpoint_names_carry_the_run_length(tmp_path):
     default, twelve = names(cfg), names(VadSweepConfig(epochs=12))
     assert all("_e24_" in Path(n).name for n in default) and not default & twelve
     assert str(tmp_path / "checkpoints" / "transformer_dcl_k0.5_hw_spread_seed0.pt") in twelve
+    # budget rows settle at the half like every DCL row; settling at the budget is a setting with its own names
+    budget = [j for j in jobs if j["run"].get("budget") is not None]
+    assert budget and not any(j["run"].get("settle_at_budget") for j in budget)
+    at = [j for j in _seed_jobs(VadSweepConfig(settle_at_budget=True), tmp_path, 0, multi=True)
+          if j["run"].get("budget") is not None]
+    assert all(j["run"]["settle_at_budget"] for j in at)
+    assert {j["checkpoint"] for j in at}.isdisjoint(default) and all("_atb_" in j["checkpoint"] for j in at)

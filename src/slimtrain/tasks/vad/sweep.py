@@ -6,7 +6,7 @@ Rows (``method``):
 * ``DCL`` -- dynamic widths trained with the trade-off loss, one run per kappa_min (the paper's
   sweep 0.5, 0.25, 0.125, 0.0625) at ``alpha``, plus any extra ``alphas`` / ``budgets``; the last
   ``settle_epochs`` (default half) train the weights at the fixed hard widths, as pruning fine-tunes
-  (a budget run settles earlier, at the first step whose widths meet the budget);
+  (budget runs too; ``settle_at_budget`` settles them at the first step whose widths meet the budget);
 * ``fixed`` -- the same family trained from scratch with every width (and the mel bands) scaled;
 * ``prune`` -- structured magnitude pruning (torch-pruning) of a full model trained for
   ``epochs - prune_finetune_epochs`` epochs, pruned to the MACs of a DCL point and fine-tuned for
@@ -74,6 +74,11 @@ class VadSweepConfig:
     #: half of ``epochs`` (:func:`default_settle_epochs`), the fine-tuning share of a pruning row (0: widths
     #: learn to the end)
     settle_epochs: Optional[int] = None
+    #: budget rows: also settle at the first step whose widths meet the budget (before the last ``settle_epochs``).
+    #: Off: at 24 epochs that froze the Transformer's widths early, at per-head widths of 1.22 that export as 2,
+    #: 26 % over the budget and below the fixed-width front; settled at the half like every DCL row, both
+    #: families end near the budget and on or above the front (docs/vad.md, "Epochs")
+    settle_at_budget: bool = False
     #: what the Transformer's DCL rows learn of the attention: "width" (dimensions per head, default: with the
     #: head count, every run ended at one 8-wide head per block, dearer than the fixed x0.25 model) or "count"
     heads: str = "width"
@@ -262,11 +267,13 @@ def _seed_jobs(cfg: VadSweepConfig, out: Path, seed: int, multi: bool) -> list[d
             jobs.append({"kind": "DCL", "label": _label(fam, "DCL", kappa_min=k_low, alpha=a, extra="alpha"),
                          "run": {"family": fam, "kappa_min": k_low, "alpha": a, **dyn_fam},
                          "checkpoint": str(out / "checkpoints" / f"{fam}_dcl_k{k_low:g}_a{a:g}{suffix}{tag}.pt")})
+        at_budget = bool(settle and cfg.settle_at_budget)
         for b in cfg.budgets:
             jobs.append({"kind": "DCL", "label": _label(fam, "DCL", kappa_min=k_low, budget=b),
                          "run": {"family": fam, "kappa_min": k_low, "alpha": 0.0, "budget": b, **dyn_fam,
-                                 **({"settle_at_budget": True} if settle else {})},
-                         "checkpoint": str(out / "checkpoints" / f"{fam}_dcl_k{k_low:g}_b{b:g}{suffix}{tag}.pt")})
+                                 **({"settle_at_budget": True} if at_budget else {})},
+                         "checkpoint": str(out / "checkpoints" / f"{fam}_dcl_k{k_low:g}_b{b:g}{suffix}"
+                                                                  f"{'_atb' if at_budget else ''}{tag}.pt")})
         for s in cfg.fixed_scales:
             from .models import scaled_widths
 
