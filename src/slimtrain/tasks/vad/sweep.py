@@ -249,6 +249,7 @@ def _seed_jobs(cfg: VadSweepConfig, out: Path, seed: int, multi: bool) -> list[d
         dyn = {**dyn, "band_order": cfg.band_order}
     tag = f"_seed{seed}" if multi else ""
     etag = length_tag(cfg.epochs)
+    at_budget = bool(settle and cfg.settle_at_budget)
     jobs: list[dict] = []
     for fam in cfg.families:
         # per-head widths: a setting of the run (and its own checkpoint names); head count is the default
@@ -267,7 +268,6 @@ def _seed_jobs(cfg: VadSweepConfig, out: Path, seed: int, multi: bool) -> list[d
             jobs.append({"kind": "DCL", "label": _label(fam, "DCL", kappa_min=k_low, alpha=a, extra="alpha"),
                          "run": {"family": fam, "kappa_min": k_low, "alpha": a, **dyn_fam},
                          "checkpoint": str(out / "checkpoints" / f"{fam}_dcl_k{k_low:g}_a{a:g}{suffix}{tag}.pt")})
-        at_budget = bool(settle and cfg.settle_at_budget)
         for b in cfg.budgets:
             jobs.append({"kind": "DCL", "label": _label(fam, "DCL", kappa_min=k_low, budget=b),
                          "run": {"family": fam, "kappa_min": k_low, "alpha": 0.0, "budget": b, **dyn_fam,
