@@ -5,6 +5,8 @@ import pytest
 import torch
 from hypothesis import HealthCheck, settings
 
+from _ci_strict import pytest_runtest_makereport  # noqa: F401  (CI=true: a skip fails)
+
 settings.register_profile(
     "slimtrain",
     deadline=None,
@@ -19,6 +21,7 @@ torch.set_num_threads(1)
 def pytest_configure(config):
     # torch.backends.mkldnn.flags() warns about Intel GPUs on every CPU build
     config.addinivalue_line("filterwarnings", "ignore:TF32 acceleration:UserWarning")
+    config.addinivalue_line("markers", "ci_may_skip: the test's skip does not mean a missing install, so CI=true lets it skip")
 
 
 @pytest.fixture

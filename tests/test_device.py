@@ -34,6 +34,7 @@ def test_cpu_resolves_and_unknown_devices_are_named(single_process):
         resolve_device("meta")
 
 
+@pytest.mark.ci_may_skip
 @pytest.mark.skipif(not NO_CUDA, reason="a CUDA GPU is present")
 @pytest.mark.parametrize("name", ["cuda", "cuda:1"])
 def test_cuda_on_a_cpu_only_machine_is_a_named_error(single_process, name):
@@ -43,6 +44,7 @@ def test_cuda_on_a_cpu_only_machine_is_a_named_error(single_process, name):
     assert f"'{name}' is not available" in msg and "--device cpu" in msg and "\n" not in msg
 
 
+@pytest.mark.ci_may_skip
 @pytest.mark.skipif(not NO_MPS, reason="MPS is present")
 def test_mps_unavailable_is_a_named_error(single_process):
     with pytest.raises(DeviceError, match="'mps' is not available"):
@@ -93,6 +95,7 @@ def test_every_training_command_has_device(capsys, command):
     assert device.default == "cpu" and "cuda" in device.help and "LOCAL_RANK" in device.help
 
 
+@pytest.mark.ci_may_skip
 @pytest.mark.skipif(not NO_CUDA, reason="a CUDA GPU is present")
 @pytest.mark.parametrize("command", [["synthetic", "--quick"], ["synthetic", "--quick", "--sweep"],
                                      ["vad", "--quick"], ["vad", "--quick", "--sweep"],
@@ -131,6 +134,7 @@ def _batches(x, y):
     return batches
 
 
+@pytest.mark.ci_may_skip
 @pytest.mark.skipif(not NO_CUDA, reason="a CUDA GPU is present")
 def test_fit_refuses_an_unavailable_device_before_training(single_process):
     model, objective, opt, x, y = _tiny()

@@ -268,7 +268,7 @@ def package_version(package: str) -> str:
         r = subprocess.run([exe, "-W", "-f=${Status} ${Version}", package], capture_output=True, text=True)
         if r.returncode == 0 and r.stdout.startswith("install ok installed"):
             return r.stdout.split()[-1]
-    version = deb_root() / package / "VERSION"  # written by the unpack step (.ci/run, apt-unpack.txt)
+    version = deb_root() / package / "VERSION"  # written by the unpack step (install.sh, apt-unpack.txt)
     if version.is_file():
         return version.read_text().strip() + " (unpacked)"
     return "unknown"
