@@ -8,6 +8,7 @@ Core API::
 """
 from .cost import Cost, layer_costs, model_cost
 from .dcl import DynamicWidth, WidthError
+from .distill import DistillError, Distiller
 from .export import export
 from .frontend import MelFrontend
 from .graph import GraphError, dynamic_widths, get_graph, make_dynamic, plan_widths, settle_widths
@@ -18,7 +19,7 @@ from .reorder import ReorderError, ReorderReport, channel_scores, reorder_channe
 
 __version__ = "0.1.0"
 __all__ = [
-    "Cost", "DynamicOutput", "DynamicRecurrent", "DynamicWidth", "GraphError", "LossConfigError",
+    "Cost", "DistillError", "Distiller", "DynamicOutput", "DynamicRecurrent", "DynamicWidth", "GraphError", "LossConfigError",
     "MaskedLayerNorm", "MelFrontend", "ReorderError", "ReorderReport", "TradeoffLoss", "TransformerBlock",
     "WidthError", "WidthPlan", "channel_scores", "dynamic_widths", "export", "get_graph", "layer_costs",
     "make_dynamic", "model_cost", "plan_widths", "reorder_channels", "settle_widths", "width_report",

@@ -153,6 +153,7 @@ def fit(
     ddp_options: Optional[dict] = None,
     settle_epochs: int = 0,
     settle_at_budget: bool = False,
+    distill: Optional[Callable[[Tensor, Tensor], Tensor]] = None,
 ) -> list[EpochResult]:
     """Train ``model`` on ``task_loss`` (+ the complexity term of ``objective``) for ``epochs`` epochs.
 
@@ -197,6 +198,10 @@ def fit(
     meet the budget (checked after every optimiser step with ``objective.current_cost()``) and the
     weights train at them for the rest of the run; a budget hinge otherwise swings the widths past
     the budget and back. The checkpoint records the settle, so a resume continues settled.
+
+    ``distill``: a :class:`slimtrain.Distiller` (or any ``(inputs, outputs) -> loss``); its term is
+    added to the task loss of every batch, before the complexity term, so the model shrinks while it
+    imitates the teacher.
     """
     if epochs < 1:
         raise ValueError(f"epochs must be >= 1, got {epochs}")
@@ -207,6 +212,8 @@ def fit(
     if resume and checkpoint is None:
         raise ValueError("resume=True needs the checkpoint path to resume from")
     dp = DataParallel(model, objective, device, ddp_options)
+    if isinstance(distill, nn.Module):
+        distill.to(dp.device)  # the teacher (and any projections) beside the model
     w = dp.world
     results: list[EpochResult] = []
     start = 0
@@ -236,7 +243,10 @@ def fit(
                 if part is None:  # fewer rows than ranks: every rank skips this step alike
                     continue
                 x, y = part
-                loss = task_loss(dp.forward(x), y)
+                out = dp.forward(x)
+                loss = task_loss(out, y)
+                if distill is not None:
+                    loss = loss + distill(x, out)
                 if objective is not None:
                     loss = objective(loss)
                 (value,) = dp.mean([loss])
