@@ -20,8 +20,8 @@ if [ "${SLIMTRAIN_SKIP_APT:-0}" != "1" ]; then
   export DEBIAN_FRONTEND=noninteractive
   echo "== system packages (apt-packages.txt)"
   $SUDO apt-get update -qq || echo "apt-get update failed; trying the package lists already on this machine"
-  # python3-venv: Debian's python3 has no venv module without it
-  $SUDO apt-get install -y -qq --no-install-recommends python3-venv $(grep -v '^#' apt-packages.txt) > /dev/null
+  # python3 and python3-venv: a minimal Debian has no python3, and no venv module without python3-venv
+  $SUDO apt-get install -y -qq --no-install-recommends python3 python3-venv $(grep -v '^#' apt-packages.txt) > /dev/null
   # packages that conflict with the ones above are unpacked instead (extended corpora; see apt-unpack.txt)
   DEB_DIR="${SLIMTRAIN_DEB_DIR:-/opt/slimtrain/debs}"
   TMP_DEBS="$(mktemp -d)"
