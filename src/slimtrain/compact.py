@@ -26,7 +26,7 @@ from .dcl import _ROUND_TOL, DynamicWidth
 from .export import cut_in_place
 from .graph import GraphError, WidthGraph, get_graph
 
-__all__ = ["compact", "compact_to", "compacted_sizes", "CompactError"]
+__all__ = ["compact", "compact_to", "compacted_sizes", "kept_channels", "CompactError"]
 
 
 class CompactError(ValueError):
@@ -46,6 +46,12 @@ def compact(model: nn.Module, optimizer: Optional[torch.optim.Optimizer] = None,
             margin: int = 0) -> dict[str, int]:
     """Cut every dynamic width of ``model`` in place to ``min(N, ceil(K) + margin)`` channels.
 
+    ``ceil(K)`` channels are all the eval-mode model (and :func:`slimtrain.export`) uses; a width whose
+    ``K`` is a whole number (e.g. at its lower bound) keeps one more, channel ``K``, to which a training
+    step adds noise (see :func:`kept_channels`), so a training step on the cut model computes what it
+    computed before on the kept channels. A settled width (:func:`slimtrain.settle_widths`) is cut to
+    exactly ``ceil(K)``.
+
     Args:
         model: a model prepared by :func:`slimtrain.make_dynamic` (compacted before or not).
         optimizer: the optimiser training it (any ``torch.optim`` optimiser whose per-parameter state
@@ -62,8 +68,20 @@ def compact(model: nn.Module, optimizer: Optional[torch.optim.Optimizer] = None,
         raise CompactError(f"margin must be an integer >= 0 (channels kept above ceil(K)), got {margin!r}")
     g = _graph(model)
     mods = g.dcl_modules(model)
-    sizes = {name: min(mods[r].num_channels, mods[r].hard_width + margin) for r, name in g.dcls.items()}
+    sizes = {name: min(mods[r].num_channels, kept_channels(mods[r]) + margin) for r, name in g.dcls.items()}
     return compact_to(model, sizes, optimizer)
+
+
+def kept_channels(d: DynamicWidth) -> int:
+    """The channels a training step of ``d`` can make non-zero: ``ceil(K)``, or ``floor(K) + 1`` where they
+    differ (a whole-number ``K``, e.g. at the lower bound: channel ``K`` then carries only the noise);
+    ``hard_width`` once settled/frozen (no noise), ``N`` while held at full width (warm-up)."""
+    if d.frozen:
+        return d.hard_width
+    if bool(d._hold):
+        return d.num_channels
+    k = float(d.width.detach())
+    return min(d.num_channels, max(d.hard_width, math.floor(k) + 1))
 
 
 def compact_to(model: nn.Module, sizes: dict[str, int], optimizer: Optional[torch.optim.Optimizer] = None
