@@ -323,3 +323,73 @@ def test_a_damaged_compaction_record_is_named(tmp_path):
     torch.save(payload, tmp_path / "bad2.ckpt")
     with pytest.raises(CheckpointError, match="'compact'.*not a dict of layer names to channel counts"):
         load_checkpoint(tmp_path / "bad2.ckpt")
+
+
+# -- data-parallel: every rank cuts alike, DDP is wrapped again, a crash after a cut resumes ---------
+DDP_SCRIPT = """
+import json, sys
+import torch, torch.nn.functional as F
+from torch import nn
+import slimtrain
+from slimtrain import distributed
+from slimtrain.compact import compacted_sizes
+from slimtrain.training import fit, make_optimizer, seed_everything
+
+out = sys.argv[1]
+
+def run(ckpt, crash_at=None, resume=False):
+    seed_everything(0)
+    model = nn.Sequential(nn.Linear(6, 24), nn.Tanh(), nn.Linear(24, 16), nn.ReLU(), nn.Linear(16, 3))
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randn(96, 6, generator=g), torch.randn(96, 3, generator=g)
+    slimtrain.make_dynamic(model, x[:8], min_channels=1)
+    objective = slimtrain.TradeoffLoss(model, alpha=3.0)
+    opt = make_optimizer(model, lr=1e-2, width_lr=0.2)
+    sizes = []
+
+    def batches(epoch):
+        sizes.append(compacted_sizes(model))
+        perm = torch.randperm(96, generator=torch.Generator().manual_seed(epoch))
+        for i in range(4):
+            if (epoch, i) == crash_at:
+                raise RuntimeError("crash")
+            idx = perm[i * 24:(i + 1) * 24]
+            yield x[idx], y[idx]
+
+    try:
+        fit(model, batches, F.mse_loss, objective, opt, 4, progress=False, checkpoint=ckpt, resume=resume,
+            compact_every=1, settle_epochs=1)
+    except RuntimeError as e:
+        assert str(e) == "crash", e
+    return {"sizes": sizes, "state": {k: v.tolist() for k, v in model.state_dict().items()}}
+
+res = {"full": run(out + "/a.ckpt"), "crashed": run(out + "/b.ckpt", crash_at=(2, 1)),
+       "resumed": run(out + "/b.ckpt", resume=True)}
+with open(f"{out}/rank{distributed.world().rank}.json", "w") as f:
+    json.dump(res, f)
+"""
+
+
+def test_compaction_under_torchrun_cuts_every_rank_alike_and_resumes(tmp_path):
+    import json
+    import os
+    import subprocess
+
+    script = tmp_path / "ddp_compact.py"
+    script.write_text(DDP_SCRIPT)
+    env = {**os.environ, "PYTHONPATH": str(Path(slimtrain.__file__).resolve().parents[1]), "OMP_NUM_THREADS": "1",
+           "CI": "true"}
+    for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(name, None)
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           str(script), str(tmp_path)], capture_output=True, text=True, env=env, cwd=tmp_path,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert ranks[0]["full"] == ranks[1]["full"] and ranks[0]["resumed"] == ranks[1]["resumed"]
+    full = ranks[0]["full"]
+    assert full["sizes"][0] == {} and full["sizes"][1]  # cut after the first epoch
+    assert full["state"]["0.weight"] and len(full["state"]["0.weight"]) < 24
+    # the crash in epoch 2 resumes from the (compacted) epoch-1 checkpoint to the same end
+    assert ranks[0]["resumed"]["sizes"] == full["sizes"][2:]
+    assert ranks[0]["resumed"]["state"] == full["state"]
