@@ -153,7 +153,7 @@ def fit(
     ddp_options: Optional[dict] = None,
     settle_epochs: int = 0,
     settle_at_budget: bool = False,
-    compact_every: int = 0,
+    compact_every: Optional[int] = 0,
     compact_margin: int = 0,
 ) -> list[EpochResult]:
     """Train ``model`` on ``task_loss`` (+ the complexity term of ``objective``) for ``epochs`` epochs.
@@ -203,8 +203,8 @@ def fit(
     Compaction (:func:`slimtrain.compact`): ``compact_every=N`` cuts the model (and ``optimizer``'s
     state) to ``ceil(K) + compact_margin`` channels per width after every ``N`` th epoch, so the
     following epochs train a smaller network; and whenever the widths settle the model is cut to
-    them (always: the settled network is exactly the cut one). The eval-mode model is unchanged
-    by a cut. Under DDP every rank cuts alike and the DDP wrapper is made again; a checkpoint
+    them (the settled network is exactly the cut one); ``compact_every=None`` never cuts (to measure
+    what compaction saves). The eval-mode model is unchanged by a cut. Under DDP every rank cuts alike and the DDP wrapper is made again; a checkpoint
     written after a cut records the sizes, so a resume cuts the fresh model to them first.
     """
     if epochs < 1:
@@ -215,11 +215,11 @@ def fit(
         raise ValueError("settle_at_budget needs an objective with a budget (TradeoffLoss(budget=...))")
     if resume and checkpoint is None:
         raise ValueError("resume=True needs the checkpoint path to resume from")
-    for name, v in (("compact_every", compact_every), ("compact_margin", compact_margin)):
+    for name, v in (("compact_every", 0 if compact_every is None else compact_every), ("compact_margin", compact_margin)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-            raise ValueError(f"{name} must be an integer >= 0, got {v!r}")
+            raise ValueError(f"{name} must be an integer >= 0 (compact_every: or None), got {v!r}")
     dp = DataParallel(model, objective, device, ddp_options)
-    cuttable = dp.cuttable
+    cuttable = dp.cuttable and compact_every is not None
     w = dp.world
     results: list[EpochResult] = []
     start = 0

@@ -106,7 +106,7 @@ class SyntheticConfig:
     lr_final: float = 0.05  # cosine decay of both learning rates to this fraction
     warmup_epochs: int = 2  # widths frozen at full size while the student first fits
     settle_epochs: int = 0  # the last epochs train the weights at fixed hard widths (slimtrain.settle_widths)
-    compact_every: int = 0  # cut the model to its widths (slimtrain.compact) every N epochs (0: only at the settle)
+    compact_every: Optional[int] = 0  # cut the model to its widths (slimtrain.compact) every N epochs (0: at the settle; None: never)
     seed: int = 0
 
     @classmethod

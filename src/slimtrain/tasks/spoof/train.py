@@ -59,7 +59,7 @@ class SpoofConfig:
     lr_final: float = 0.05
     warmup_epochs: int = 1
     settle_epochs: int = 0  # DCL runs: the last epochs train the weights at fixed hard widths (settle_widths)
-    compact_every: int = 0  # DCL runs: cut the model to its widths (slimtrain.compact) every N epochs (0: at the settle)
+    compact_every: Optional[int] = 0  # DCL runs: cut to the widths (slimtrain.compact) every N epochs (0: at the settle; None: never)
     seed: int = 0
 
     @classmethod
