@@ -393,3 +393,34 @@ def test_compaction_under_torchrun_cuts_every_rank_alike_and_resumes(tmp_path):
     # the crash in epoch 2 resumes from the (compacted) epoch-1 checkpoint to the same end
     assert ranks[0]["resumed"]["sizes"] == full["sizes"][2:]
     assert ranks[0]["resumed"]["state"] == full["state"]
+
+
+# -- the CLIs and the report ---------------------------------------------------------------------------
+@pytest.mark.parametrize("task", ["synthetic", "vad", "spoof"])
+def test_task_clis_take_compact_every(task, capsys):
+    from slimtrain.cli import build_parser
+
+    parser = build_parser()
+    assert parser.parse_args([task, "--compact-every", "3"]).compact_every == 3
+    assert parser.parse_args([task]).compact_every == 0
+    with pytest.raises(SystemExit):
+        parser.parse_args([task, "--compact-every", "-1"])
+    assert "compact-every must be >= 0" in capsys.readouterr().err
+
+
+def test_training_cost_table_ratios_and_interval_verdict():
+    from slimtrain.report import training_cost_table
+
+    def row(arm, seed, cpu, metric):
+        return {"model": "m", "arm": arm, "seed": seed, "epochs": 8, "cpu_seconds": cpu, "peak_rss_mib": 100,
+                "metric_name": "test AUC", "metric": metric}
+    rows = [row("plain", s, 10.0, 0.9) for s in (0, 1, 2)] + \
+        [row("dcl", s, 11.0, m) for s, m in zip((0, 1, 2), (0.80, 0.82, 0.84))] + \
+        [row("compact", s, c, 0.83) for s, c in zip((0, 1, 2), (6.0, 7.0, 8.0))]
+    table = training_cost_table(rows)
+    line = table.splitlines()[2]
+    assert "| 10.0 / 11.0 / 7.0 |" in line and "| 1.10 |" in line and "| 0.70 ± 0.25 |" in line
+    assert line.endswith("| yes |")  # 0.83 lies in 0.82 ± 0.05
+    rows[-1]["metric"] = rows[-2]["metric"] = rows[-3]["metric"] = 0.95
+    assert training_cost_table(rows).splitlines()[2].endswith("| no |")
+    assert training_cost_table([r for r in rows if r["seed"] == 0]).splitlines()[2].endswith("| n = 1: no interval |")
