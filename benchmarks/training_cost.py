@@ -12,7 +12,8 @@ with paired seeds (the same seed: the same data order and initialisation stream)
 
 Every run is a fresh subprocess with one torch thread; runs are interleaved (plain, dcl, compact for
 one seed, then the next seed), so a change of load on the shared machine hits the arms alike. Reported
-per run: the process CPU time of the whole run (training, export and the final scoring), the peak RSS
+per run: the process CPU time of the whole run (model building, training, export and the final scoring) and
+of its training loop alone (the epochs: forward, backward, optimiser steps, compaction), the peak RSS
 of the process and what training added to it, the final metric (VAD: test frame AUC; anti-spoofing:
 pooled EER %) and the exported model's cost. The summary gives the CPU ratio compacted / plain and
 dcl / plain (mean and 95 % interval of the per-seed ratios) and whether the compacted metric lies in
@@ -44,7 +45,7 @@ MODELS = ("vad-crnn", "vad-transformer", "spoof")
 ARMS = ("plain", "dcl", "compact")
 GOAL = 0.8
 KAPPA = 0.25
-FIELDS = ["model", "arm", "seed", "epochs", "quick", "cpu_seconds", "peak_rss_mib", "train_rss_mib", "metric_name",
+FIELDS = ["model", "arm", "seed", "epochs", "quick", "cpu_seconds", "loop_cpu_seconds", "peak_rss_mib", "train_rss_mib", "metric_name",
           "metric", "mflops_per_s", "params", "widths"]
 
 
@@ -54,17 +55,33 @@ def _maxrss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
 
 
+def _timed(module, name: str, spent: list) -> None:
+    """Wrap ``module.name`` so the process CPU time of its calls adds up in ``spent[0]``."""
+    inner = getattr(module, name)
+
+    def wrapper(*args, **kwargs):
+        t0 = time.process_time()
+        try:
+            return inner(*args, **kwargs)
+        finally:
+            spent[0] += time.process_time() - t0
+    setattr(module, name, wrapper)
+
+
 def run_one(job: dict) -> dict:
     """One training run in this process (called in a fresh subprocess by :func:`main`)."""
     import torch
 
     torch.set_num_threads(1)
+    loop = [0.0]  # CPU seconds in the training loop alone (the tasks' train_loop / fit)
     model, arm, seed, epochs, quick, data = (job[k] for k in ("model", "arm", "seed", "epochs", "quick", "data"))
     compact_every = None if arm == "dcl" else 1
     if model.startswith("vad-"):
         from slimtrain.tasks.vad.data import load_vad_data
+        from slimtrain.tasks.vad import train as vad_train
         from slimtrain.tasks.vad.train import VadRunConfig, default_settle_epochs, train_vad
 
+        _timed(vad_train, "train_loop", loop)
         fam = model.split("-", 1)[1]
         split, _ = load_vad_data(data)
         if arm == "plain":
@@ -80,8 +97,10 @@ def run_one(job: dict) -> dict:
         widths = row["widths"]
     else:
         from slimtrain.tasks.spoof.data import load_split
+        from slimtrain.tasks.spoof import train as spoof_train
         from slimtrain.tasks.spoof.train import SpoofConfig, train_run
 
+        _timed(spoof_train, "_fit", loop)
         over = {"epochs": epochs, "seed": seed, "compact_every": compact_every}
         cfg = SpoofConfig(**over)  # the sweep's network (ResNet34 blocks, width 8), also with --quick data
         train, test = load_split(Path(data), "train"), load_split(Path(data), "eval")
@@ -95,7 +114,7 @@ def run_one(job: dict) -> dict:
         widths = row.get("widths", "")
     peak = _maxrss_mib()
     return {"model": model, "arm": arm, "seed": seed, "epochs": epochs, "quick": int(quick),
-            "cpu_seconds": round(cpu, 2), "peak_rss_mib": round(peak, 1), "train_rss_mib": round(peak - rss0, 1),
+            "cpu_seconds": round(cpu, 2), "loop_cpu_seconds": round(loop[0], 2), "peak_rss_mib": round(peak, 1), "train_rss_mib": round(peak - rss0, 1),
             "metric_name": metric_name, "metric": float(metric), "mflops_per_s": round(float(cost), 4),
             "params": int(params), "widths": json.dumps(widths) if not isinstance(widths, str) else widths}
 
@@ -149,7 +168,8 @@ def main(argv=None) -> int:
                     return 1
                 row = json.loads(line[-1][6:])
                 rows.append(row)
-                print(f"{m:16s} {arm:8s} seed {seed}: {row['cpu_seconds']:7.1f} s CPU, peak {row['peak_rss_mib']:.0f} "
+                print(f"{m:16s} {arm:8s} seed {seed}: {row['cpu_seconds']:7.1f} s CPU ({row['loop_cpu_seconds']:.1f} s "
+                      f"in the training loop), peak {row['peak_rss_mib']:.0f} "
                       f"MiB, {row['metric_name']} {row['metric']:.4f}, {row['mflops_per_s']:.3f} MFLOP/s", flush=True)
     if a.csv is not None:
         a.csv.parent.mkdir(parents=True, exist_ok=True)

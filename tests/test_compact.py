@@ -101,6 +101,21 @@ def test_compact_zoo_model_keeps_output_and_trains_on(entry):
         assert (first(small(x)) - first(model(x))).abs().max() <= _zoo.EXPORT_ATOL * max(1.0, float(before.abs().max()))
 
 
+def test_compact_per_head_widths_keep_output():
+    """make_dynamic(heads="width"): the query/key and value widths per head are cut (inner width updated)."""
+    entry = next(e for e in _zoo.ZOO if e.name == "vad_transformer")
+    torch.manual_seed(0)
+    model, x = entry.build()
+    slimtrain.make_dynamic(model.eval(), x, kappa_min=0.25, heads="width")
+    _set_widths(model, 3)
+    with torch.no_grad():
+        before = first(model(x))
+    sizes = compact(model)
+    assert any(model.get_submodule(n).full_channels > k for n, k in sizes.items() if ".q." in n or ".v." in n)
+    with torch.no_grad():
+        assert (first(model(x)) - before).abs().max() <= _zoo.EXPORT_ATOL
+
+
 # -- property: a training step is unchanged on the kept channels -------------------------------------
 class MLP(nn.Module):
     def __init__(self, h1: int, h2: int) -> None:
@@ -412,14 +427,15 @@ def test_training_cost_table_ratios_and_interval_verdict():
     from slimtrain.report import training_cost_table
 
     def row(arm, seed, cpu, metric):
-        return {"model": "m", "arm": arm, "seed": seed, "epochs": 8, "cpu_seconds": cpu, "peak_rss_mib": 100,
+        return {"model": "m", "arm": arm, "seed": seed, "epochs": 8, "cpu_seconds": cpu + 2, "loop_cpu_seconds": cpu,
+                "peak_rss_mib": 100,
                 "metric_name": "test AUC", "metric": metric}
     rows = [row("plain", s, 10.0, 0.9) for s in (0, 1, 2)] + \
         [row("dcl", s, 11.0, m) for s, m in zip((0, 1, 2), (0.80, 0.82, 0.84))] + \
         [row("compact", s, c, 0.83) for s, c in zip((0, 1, 2), (6.0, 7.0, 8.0))]
     table = training_cost_table(rows)
     line = table.splitlines()[2]
-    assert "| 10.0 / 11.0 / 7.0 |" in line and "| 1.10 |" in line and "| 0.70 ± 0.25 |" in line
+    assert "| 12.0 / 13.0 / 9.0 | 0.75 ± 0.21 | 10.0 / 11.0 / 7.0 | 1.10 | 0.70 ± 0.25 |" in line
     assert line.endswith("| yes |")  # 0.83 lies in 0.82 ± 0.05
     rows[-1]["metric"] = rows[-2]["metric"] = rows[-3]["metric"] = 0.95
     assert training_cost_table(rows).splitlines()[2].endswith("| no |")
