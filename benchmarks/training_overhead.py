@@ -37,6 +37,14 @@ def cases():
     yield "GRU 40-64 (T=100)", C.GRUModel(), torch.randn(32, 100, 40), lambda y: F.binary_cross_entropy_with_logits(y, torch.zeros_like(y))
     # the same MLP family 16x wider per step: the fixed per-step cost of the DCLs stays, its share shrinks
     yield "MLP 256-1024-1024-10", C.MLP(256, 1024, 10), torch.randn(512, 256), lambda y: F.cross_entropy(y, torch.zeros(512, dtype=torch.long, device=y.device))
+    # the case-study models at their training batch sizes (steps of 10 ms or more)
+    from slimtrain.tasks.vad.models import build_vad_model
+
+    torch.manual_seed(0)
+    yield ("VAD CRNN (conv+GRU), 16 x 1 s", build_vad_model("crnn"), torch.randn(16, 8000) * 0.1,
+           lambda y: F.binary_cross_entropy_with_logits(y, torch.zeros_like(y)))
+    yield ("VAD Transformer, 16 x 1 s", build_vad_model("transformer"), torch.randn(16, 8000) * 0.1,
+           lambda y: F.binary_cross_entropy_with_logits(y, torch.zeros_like(y)))
 
 
 def count_syncs(step, device: torch.device, steps: int = 3) -> str:
@@ -68,6 +76,8 @@ def main(argv=None) -> int:
     ap.add_argument("--mode", choices=("eager", "compiled", "both"), default="both",
                     help="eager PyTorch, torch.compile on both sides, or both tables")
     ap.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps (accelerators: wall clock)")
+    ap.add_argument("--cases", default=None, metavar="TEXT[,TEXT]",
+                    help="only the models whose name contains one of these (e.g. 'MLP 256,CRNN')")
     a = ap.parse_args(argv)
     a.device = torch.device(a.device)
     if a.device.type != "cpu":
@@ -90,6 +100,8 @@ def _table(a, compiled: bool) -> float:
     sync = (lambda: torch.cuda.synchronize(dev)) if dev.type == "cuda" else (
         torch.mps.synchronize if dev.type == "mps" else (lambda: None))
     for name, model, x, loss_fn in cases():
+        if a.cases and not any(c.strip() in name for c in a.cases.split(",")):
+            continue
         model, x = model.to(dev), x.to(dev)
         plain = model.train()
         dyn = slimtrain.make_dynamic(copy.deepcopy(model), x[:2], kappa_min=0.1).train()

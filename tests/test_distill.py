@@ -140,3 +140,19 @@ def test_a_callable_teacher_labels_inputs():
     x = torch.randn(5, 3)
     assert float(kd(x, x.sum(-1, keepdim=True))) == 0.0
     assert float(kd(x, torch.zeros(5, 1))) == pytest.approx(float((x.sum(-1) ** 2).mean()), rel=1e-5)
+
+
+@pytest.mark.parametrize("layer", ["0", "2"])
+def test_the_hidden_term_is_unchanged_by_compaction(layer):
+    teacher = _net(hidden=16)
+    student = slimtrain.make_dynamic(copy.deepcopy(teacher), torch.randn(8, 6), kappa_min=0.2)
+    for d, k in zip([m for m in student.modules() if isinstance(m, slimtrain.DynamicWidth)], (5.0, 9.0)):
+        d.set_width(k)
+    kd = Distiller(teacher, student, output="kl", hidden={layer: layer})
+    x = torch.randn(16, 6)
+    student.eval()
+    before = float(kd(x, student(x)).detach())
+    slimtrain.compact(student)
+    assert student.get_submodule(layer).weight.shape[0] < 16  # really cut
+    after = float(kd(x, student(x)).detach())
+    assert after == pytest.approx(before, rel=1e-5, abs=1e-6)

@@ -8,7 +8,8 @@ A checkpoint is a ``torch.save`` file holding a plain dict::
                 "kwargs": {...},   # the builder's arguments
                 "sample_shape": [...],          # shape of the make_dynamic sample batch
                 "dynamic": {"kappa_min": ...}, # make_dynamic keyword arguments
-                "module": "pkg.task"},          # module whose import registers the builder (optional)
+                "module": "pkg.task",           # module whose import registers the builder (optional)
+                "compact": {dcl name: N}},      # widths cut by slimtrain.compact (only after a compaction)
      "widths": {dcl name: K},      # continuous widths when saved
      "extra": {...}}               # anything else (metrics, settings)
 
@@ -18,7 +19,8 @@ The model is rebuilt by the builder registered under the recipe's task name
 (:func:`register_task`), then the state dict is loaded into it. If no builder is
 registered yet, the modules declared under the ``slimtrain.tasks`` entry-point group
 are imported, then the recipe's ``module`` (recorded by :func:`make_recipe`); the
-core itself never imports a task.
+core itself never imports a task. A model saved after :func:`slimtrain.compact` records its
+cut sizes under the recipe's ``compact``, and :func:`build_from_recipe` cuts the built model to them.
 """
 from __future__ import annotations
 
@@ -117,6 +119,10 @@ def save_checkpoint(path: PathLike, model: nn.Module, recipe: dict, extra: Optio
     """
     if not isinstance(recipe, dict) or not isinstance(recipe.get("task"), str):
         raise CheckpointError("recipe must be a dict with a 'task' name (see slimtrain.checkpoint.make_recipe)")
+    from .compact import compacted_sizes
+
+    sizes = compacted_sizes(model)
+    recipe = {**recipe, "compact": sizes} if sizes else {k: v for k, v in recipe.items() if k != "compact"}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
@@ -182,6 +188,10 @@ def load_checkpoint(path: PathLike) -> dict:
         shape = recipe.get("sample_shape")
         if not isinstance(shape, (list, tuple)) or not shape or not all(isinstance(s, int) and s > 0 for s in shape):
             problems.append(f"the recipe's sample_shape {shape!r} is not a list of positive integers")
+        cut = recipe.get("compact", {})
+        if not isinstance(cut, dict) or not all(isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool)
+                                                and v > 0 for k, v in cut.items()):
+            problems.append(f"the recipe's 'compact' {cut!r} is not a dict of layer names to channel counts")
     if not isinstance(ckpt.get("widths", {}), dict) or not isinstance(ckpt.get("extra", {}), dict):
         problems.append("'widths'/'extra' are not dicts")
     if problems:
@@ -211,7 +221,16 @@ def build_from_recipe(recipe: dict, where: str = "") -> nn.Module:
             f"(known: {registered_tasks()}); "
             "call slimtrain.checkpoint.register_task(name, build_fn) before loading"
         )
-    return _REGISTRY[task](recipe)
+    model = _REGISTRY[task](recipe)
+    if recipe.get("compact"):  # saved after slimtrain.compact: the same cut sizes
+        from .compact import CompactError, compact_to
+
+        try:
+            compact_to(model, dict(recipe["compact"]))
+        except CompactError as e:
+            raise CheckpointError(f"{f'checkpoint {where!r}: ' if where else ''}the recorded compaction does not fit "
+                                  f"the model task {task!r} builds: {e}") from None
+    return model
 
 
 def load_dynamic_model(path_or_ckpt: Union[PathLike, dict]) -> nn.Module:

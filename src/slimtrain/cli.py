@@ -107,6 +107,14 @@ def _settle_epochs(text: str) -> int:
     return _int_at_least(text, "settle-epochs", 0)
 
 
+def add_compact_option(p: argparse.ArgumentParser) -> None:
+    """``--compact-every N`` for a task's training runs (see :func:`slimtrain.training.fit`)."""
+    p.add_argument("--compact-every", type=lambda t: _int_at_least(t, "compact-every", 0), default=0, metavar="N",
+                   help="DCL runs: cut the model to its current widths (slimtrain.compact) after every N epochs, so "
+                        "the later epochs train a smaller, cheaper network; the model is always cut when its widths "
+                        "settle (default: 0, only then)")
+
+
 def _hidden(text: str) -> int:
     return _positive_int(text, "hidden")
 

@@ -199,12 +199,17 @@ class _CompiledCost:
         self.coef = torch.tensor([[macs.terms.get(k, 0.0), params.terms.get(k, 0.0)] for k in monomials],
                                  dtype=torch.float64)
         mods = g.dcl_modules(model)
-        self.n = torch.tensor([float(mods[r].num_channels) for r in self.roots], dtype=torch.float32)
-        self.lo = torch.tensor([mods[r].min_width / mods[r].num_channels for r in self.roots], dtype=torch.float32)
-        self.hi = torch.tensor([mods[r].max_width / mods[r].num_channels for r in self.roots], dtype=torch.float32)
-        self._on: dict = {}
+        self.n = torch.tensor([float(mods[r].full_channels) for r in self.roots], dtype=torch.float32)  # theta's unit
+        self.bounds(model, g)
         # the same polynomials as Python lists for the eager-CPU path: (coefficient, [width index, ...])
         self.py_terms = [[(float(v), [pos[r] - 1 for r in k]) for k, v in q.terms.items()] for q in (macs, params)]
+
+    def bounds(self, model: nn.Module, g: WidthGraph) -> None:
+        """(Re)read every width's bounds in ``theta`` units (:func:`slimtrain.compact` lowers the upper ones)."""
+        mods = g.dcl_modules(model)
+        self.lo = torch.tensor([mods[r].min_width / mods[r].full_channels for r in self.roots], dtype=torch.float32)
+        self.hi = torch.tensor([mods[r].max_width / mods[r].full_channels for r in self.roots], dtype=torch.float32)
+        self._on: dict = {}
 
     def _tables(self, device: torch.device) -> tuple[Tensor, ...]:
         """The constant tables on ``device``, in float64 (float32 where the device has no float64)."""
@@ -288,8 +293,8 @@ class _PolyCostFunction(torch.autograd.Function):
 def host_poly(comp: "_CompiledCost", dcls: list, t: list[float]) -> tuple[list[float], list[list[float]]]:
     """(MACs, params) and their gradients in every width ``K_j``, in Python floats, at
     ``K_j = N_j clamp(theta_j)`` computed as :attr:`DynamicWidth.width` does (clamp in float32, times N)."""
-    k = [float(np.float32(min(max(ti, d.min_width / d.num_channels), d.max_width / d.num_channels))
-               * np.float32(d.num_channels)) for ti, d in zip(t, dcls)]
+    k = [float(np.float32(min(max(ti, d.min_width / d.full_channels), d.max_width / d.full_channels))
+               * np.float32(d.full_channels)) for ti, d in zip(t, dcls)]
     out, grads = [], []
     for terms in comp.py_terms:
         total = 0.0
@@ -315,7 +320,7 @@ def host_theta_grads(dcls: list, t: list[float], dk: list[float]) -> list[Tensor
     as 0-d tensors like each ``theta``."""
     res = []
     for ti, d, g in zip(t, dcls, dk):
-        n = d.num_channels
+        n = d.full_channels
         v = n * g
         if (ti < d.min_width / n and v > 0) or (ti > d.max_width / n and v < 0):
             v = 0.0
@@ -388,7 +393,11 @@ def _sides(model: nn.Module, s: LayerSpec, widths: dict, const=lambda v: torch.t
 def layer_costs(model: nn.Module, *, hard: bool = False, full: bool = False) -> list[tuple[str, str, Tensor, Tensor]]:
     """Per-layer ``(name, kind, MACs per item, params)`` from the stored width graph."""
     g = get_graph(model)
-    widths: dict[int, Optional[Tensor]] = {} if full else dict(_widths(model, g, hard))
+    if full:  # the model as built, before any compaction
+        widths: dict[int, Optional[Tensor]] = {r: torch.tensor(float(d.full_channels))
+                                               for r, d in g.dcl_modules(model).items()}
+    else:
+        widths = dict(_widths(model, g, hard))
     rows = []
     for s in g.layers:
         k_in, k_out = _sides(model, s, widths)
@@ -407,7 +416,7 @@ def model_cost(model: nn.Module, sample=None, *, hard: Optional[bool] = None, fu
             with every width fixed).
         hard: use the exported widths ``ceil(K)`` (default: in eval mode);
             otherwise the continuous widths, differentiable in ``K``.
-        full: every dynamic width at its full size (the normaliser).
+        full: every dynamic width at its full size as built, before any :func:`slimtrain.compact` (the normaliser).
         seconds: duration of one sample item, for :attr:`Cost.flops_per_second`.
     """
     if model.__dict__.get("_slimtrain_graph") is None:
@@ -438,8 +447,8 @@ def model_cost(model: nn.Module, sample=None, *, hard: Optional[bool] = None, fu
         hard = not model.training
     comp = _compiled(model, g)
     mods = g.dcl_modules(model)
-    if full:
-        widths = torch.tensor([float(mods[r].num_channels) for r in comp.roots])
+    if full:  # the model as built, before any compaction
+        widths = torch.tensor([float(mods[r].full_channels) for r in comp.roots])
     elif hard:
         widths = torch.tensor([float(mods[r].hard_width) for r in comp.roots])
     else:

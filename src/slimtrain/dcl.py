@@ -127,11 +127,12 @@ class _HostBlendFunction(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x: Tensor, theta: Tensor, cache: dict, held: bool, d: int, lo: float, hi: float, n: int) -> Tensor:  # type: ignore[override]
+    def forward(ctx, x: Tensor, theta: Tensor, cache: dict, held: bool, d: int, lo: float, hi: float, n: int,
+                u: int) -> Tensor:  # type: ignore[override]
         t = float(theta)
-        k = float(n) if held else _width_value(t, lo, hi, n, theta.dtype)
+        k = float(n) if held else _width_value(t, lo, hi, u, theta.dtype)
         i = int(math.floor(k))
-        ctx.d, ctx.i, ctx.n, ctx.t, ctx.lo, ctx.hi, ctx.held = d, i, n, t, lo, hi, held
+        ctx.d, ctx.i, ctx.n, ctx.u, ctx.t, ctx.lo, ctx.hi, ctx.held = d, i, n, u, t, lo, hi, held
         ctx.theta_dtype = theta.dtype
         if i >= n:  # full width: nothing is blended, no gradient to the width
             ctx.s = 1.0
@@ -166,7 +167,7 @@ class _HostBlendFunction(torch.autograd.Function):
         if i >= n:
             return g if ctx.needs_input_grad[0] else None, \
                 torch.zeros((), dtype=ctx.theta_dtype) if ctx.needs_input_grad[1] else None, \
-                None, None, None, None, None, None
+                None, None, None, None, None, None, None
         step, v = ctx.saved_tensors
         grad_x = grad_t = None
         gi = g.select(d, i)
@@ -176,18 +177,18 @@ class _HostBlendFunction(torch.autograd.Function):
             grad_x = g * (step if step.dtype == g.dtype else step.to(g.dtype)).view(shape)
             grad_x.select(d, i).add_(gi, alpha=ctx.s)
         if ctx.needs_input_grad[1]:
-            gt = 0.0 if v is None else float((gi * v).sum()) * (_HALF_PI * n)
+            gt = 0.0 if v is None else float((gi * v).sum()) * (_HALF_PI * ctx.u)
             if ctx.held or (ctx.t < ctx.lo and gt > 0) or (ctx.t > ctx.hi and gt < 0):  # inward clamp rule
                 gt = 0.0
             grad_t = torch.tensor(gt, dtype=ctx.theta_dtype, device=g.device)
-        return grad_x, grad_t, None, None, None, None, None, None
+        return grad_x, grad_t, None, None, None, None, None, None, None
 
 
-def _width_scalars(theta: Tensor, hold: Tensor, lo: float, hi: float, n: int):
-    """``(t, K, i, w, full)`` as 0-d tensors: ``K = N clamp(theta)`` (``N`` while held),
+def _width_scalars(theta: Tensor, hold: Tensor, lo: float, hi: float, n: int, u: int):
+    """``(t, K, i, w, full)`` as 0-d tensors: ``K = U clamp(theta)`` (``U``: the unit of ``theta``; ``N`` while held),
     ``i = floor(K)`` clamped to ``N - 1``, ``w = K - i`` in ``[0, 1]``, ``full = K >= N``."""
     t = theta.detach()
-    k = torch.where(hold, torch.full_like(t, n), t.clamp(lo, hi) * n)  # held: full width (warm-up)
+    k = torch.where(hold, torch.full_like(t, n), t.clamp(lo, hi) * u)  # held: full width (warm-up)
     i = torch.floor(k).clamp(max=n - 1)
     return t, k, i, (k - i).clamp(0.0, 1.0), k >= n  # nothing is blended at full width
 
@@ -216,8 +217,9 @@ class _BlendFunction(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x: Tensor, theta: Tensor, index: Tensor, hold: Tensor, d: int, lo: float, hi: float, n: int) -> Tensor:  # type: ignore[override]
-        t, k, i, w, full = _width_scalars(theta, hold, lo, hi, n)
+    def forward(ctx, x: Tensor, theta: Tensor, index: Tensor, hold: Tensor, d: int, lo: float, hi: float, n: int,
+                u: int) -> Tensor:  # type: ignore[override]
+        t, k, i, w, full = _width_scalars(theta, hold, lo, hi, n, u)
         # blend weights as 0-d tensors: the signal weight s of channel i, its noise weight c
         s = torch.where(full, torch.ones_like(w), torch.sin(_HALF_PI * w))
         c = torch.where(full, torch.zeros_like(w), torch.cos(_HALF_PI * w))
@@ -239,7 +241,7 @@ class _BlendFunction(torch.autograd.Function):
         # dy_i/dK up to pi/2: c x_i - s sigma nu (zero at full width, where w = 1 has no slope)
         v = (c.to(x.dtype) * xi - (s * sigma).to(x.dtype) * nu) if ctx.needs_input_grad[1] else None
         ctx.save_for_backward(m, i, t, v, hold.clone(), full)
-        ctx.d, ctx.n, ctx.lo, ctx.hi = d, n, lo, hi
+        ctx.d, ctx.n, ctx.u, ctx.lo, ctx.hi = d, n, u, lo, hi
         return y
 
     @staticmethod
@@ -251,10 +253,10 @@ class _BlendFunction(torch.autograd.Function):
         grad_x = _channel_scaled(g, m, d, n) if ctx.needs_input_grad[0] else None
         if ctx.needs_input_grad[1]:
             gi = g.index_select(d, i.to(torch.long).reshape(1))
-            grad_t = ((_HALF_PI * n) * (gi * v).sum()).to(t.dtype)
+            grad_t = ((_HALF_PI * ctx.u) * (gi * v).sum()).to(t.dtype)
             blocked = ((t < ctx.lo) & (grad_t > 0)) | ((t > ctx.hi) & (grad_t < 0)) | hold | full  # inward clamp rule
             grad_t = torch.where(blocked, torch.zeros_like(grad_t), grad_t)
-        return grad_x, grad_t, None, None, None, None, None, None
+        return grad_x, grad_t, None, None, None, None, None, None, None
 
 
 class _BlendOneHotFunction(torch.autograd.Function):
@@ -269,8 +271,9 @@ class _BlendOneHotFunction(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x: Tensor, theta: Tensor, index: Tensor, hold: Tensor, d: int, lo: float, hi: float, n: int) -> Tensor:  # type: ignore[override]
-        t, k, i, w, full = _width_scalars(theta, hold, lo, hi, n)
+    def forward(ctx, x: Tensor, theta: Tensor, index: Tensor, hold: Tensor, d: int, lo: float, hi: float, n: int,
+                u: int) -> Tensor:  # type: ignore[override]
+        t, k, i, w, full = _width_scalars(theta, hold, lo, hi, n, u)
         m = torch.sin(_HALF_PI * (k - index).clamp(0.0, 1.0)).to(x.dtype)
         shape = [1] * x.dim()
         shape[d] = n
@@ -285,7 +288,7 @@ class _BlendOneHotFunction(torch.autograd.Function):
         q = torch.where(full, torch.zeros_like(w), torch.cos(_HALF_PI * w)).to(x.dtype)
         y = x * m.view(shape) + one_hot * (noise * q)
         ctx.save_for_backward(m, one_hot, w, full, t, xi if ctx.needs_input_grad[1] else None, noise, hold.clone())
-        ctx.d, ctx.n, ctx.lo, ctx.hi = d, n, lo, hi
+        ctx.d, ctx.n, ctx.u, ctx.lo, ctx.hi = d, n, u, lo, hi
         return y
 
     @staticmethod
@@ -302,10 +305,10 @@ class _BlendOneHotFunction(torch.autograd.Function):
             zero = torch.zeros_like(w)
             sin_w = torch.where(full, zero, torch.sin(_HALF_PI * w))
             cos_w = torch.where(w >= 1, zero, torch.cos(_HALF_PI * w))  # sin has no slope at w = 1
-            grad_t = (_HALF_PI * n) * (cos_w * a - sin_w * b)
+            grad_t = (_HALF_PI * ctx.u) * (cos_w * a - sin_w * b)
             blocked = ((t < ctx.lo) & (grad_t > 0)) | ((t > ctx.hi) & (grad_t < 0)) | hold  # inward clamp rule
             grad_t = torch.where(blocked, torch.zeros_like(grad_t), grad_t)
-        return grad_x, grad_t, None, None, None, None, None, None
+        return grad_x, grad_t, None, None, None, None, None, None, None
 
 
 def _resolve_bounds(
@@ -366,6 +369,9 @@ class DynamicWidth(nn.Module):
         super().__init__()
         lo, hi = _resolve_bounds(num_channels, kappa_min, kappa_max, min_channels, max_channels)
         self.num_channels = num_channels
+        #: the unit of ``theta`` (``K = full_channels * clamp(theta)``): ``N`` as built. :func:`slimtrain.compact`
+        #: cuts ``num_channels`` and keeps it, so ``theta``, its learning rate and optimiser state keep their meaning
+        self.full_channels = num_channels
         self.dim = dim
         self.min_width = lo
         self.max_width = hi
@@ -385,14 +391,14 @@ class DynamicWidth(nn.Module):
     @property
     def width(self) -> Tensor:
         """The continuous width ``K`` (a differentiable 0-d tensor)."""
-        n = self.num_channels
-        k = n * inward_clamp(self.theta, self.min_width / n, self.max_width / n)
+        n, u = self.num_channels, self.full_channels
+        k = u * inward_clamp(self.theta, self.min_width / u, self.max_width / u)
         return torch.where(self._hold.clone(), torch.full_like(k, n).detach(), k)  # hold changes in place
 
     def _hard_width_tensor(self) -> Tensor:
         """``hard_width`` as a 0-d tensor on the parameter's device (no host sync)."""
-        n = self.num_channels
-        k = self.theta.detach().clamp(self.min_width / n, self.max_width / n) * n
+        n, u = self.num_channels, self.full_channels
+        k = self.theta.detach().clamp(self.min_width / u, self.max_width / u) * u
         r = torch.round(k)
         k = torch.where((k - r).abs() < _ROUND_TOL, r, torch.ceil(k))
         return k.clamp(math.ceil(self.min_width - _ROUND_TOL), n)
@@ -406,7 +412,7 @@ class DynamicWidth(nn.Module):
     def set_width(self, k: float) -> None:
         """Set ``K`` (clamped to the bounds)."""
         k = min(max(float(k), self.min_width), self.max_width)
-        self.theta.fill_(k / self.num_channels)
+        self.theta.fill_(k / self.full_channels)
 
     def keep_share(self, width: Optional[Tensor] = None) -> Tensor:
         """``w_i = clamp(K - i, 0, 1)`` for every channel (differentiable in K)."""
@@ -469,15 +475,15 @@ class DynamicWidth(nn.Module):
         d = self._axis(x, dim)
         shape = [1] * x.dim()
         shape[d] = self.num_channels
-        n = self.num_channels
+        n, u = self.num_channels, self.full_channels
         if not self.training or self.frozen:
             return x * self._cached_hard_mask(x.dtype, x.device).view(shape)
         if self.host_fast_path and x.device.type == "cpu" and not torch.compiler.is_compiling():
             cache = self.__dict__.setdefault("_mask_cache", {})
-            return _HostBlendFunction.apply(x, self.theta, cache, bool(self._hold), d, self.min_width / n,
-                                            self.max_width / n, n)
+            return _HostBlendFunction.apply(x, self.theta, cache, bool(self._hold), d, self.min_width / u,
+                                            self.max_width / u, n, u)
         blend = _BlendFunction if d == x.dim() - 1 else _BlendOneHotFunction
-        return blend.apply(x, self.theta, self._index, self._hold, d, self.min_width / n, self.max_width / n, n)
+        return blend.apply(x, self.theta, self._index, self._hold, d, self.min_width / u, self.max_width / u, n, u)
 
     def extra_repr(self) -> str:
         return (

@@ -19,7 +19,9 @@ shrink the student while it imitates a teacher, usually the full model it starts
   whatever its scale), through an optional projection (``projections={student_module: nn.Module}``;
   its parameters are the distiller's, for the optimiser). Channels a DCL has cut are zero in the
   student and not in the teacher, so the hidden term pulls toward keeping width: the trade-off
-  against the cost term is the user's ``hidden_weight``.
+  against the cost term is the user's ``hidden_weight``. After :func:`slimtrain.compact` a student's
+  hidden state has fewer channels; the removed ones were exact zeros, so they are matched as zeros
+  (the term does not change by compaction).
 
 The teacher runs in eval mode under ``torch.no_grad()`` and is never trained. Any callable that maps
 the inputs to outputs of the student's shape may be a teacher (e.g. a labeller of unlabelled audio).
@@ -31,6 +33,8 @@ from typing import Callable, Mapping, Optional
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from .compact import compacted_sizes
 
 __all__ = ["Distiller", "DistillError", "output_distill_loss"]
 
@@ -66,6 +70,25 @@ def _first_tensor(out) -> Tensor:
     if isinstance(out, (tuple, list)) and out and isinstance(out[0], Tensor):
         return out[0]
     raise DistillError(f"a hidden-state module returned {type(out).__name__}, not a tensor or a tuple of tensors")
+
+
+def _pad_compacted(s: Tensor, t: Tensor) -> Tensor:
+    """A compacted student's hidden state, zero-filled back to the teacher's size.
+
+    :func:`slimtrain.compact` keeps the first channels of a width and removes the rest, which the
+    uncompacted student held at exactly zero; so for a compacted student, where the two shapes differ
+    on one axis only and the student's is the smaller, the removed channels are restored as zeros at the end of that axis and
+    the term is the one the uncompacted student would give. Other shape differences are left alone
+    (and named by the caller). A per-head width (``heads="width"``) keeps channels inside every head,
+    not at the end of the axis: match such a module through a projection.
+    """
+    if s.dim() != t.dim():
+        return s
+    diff = [i for i, (a, b) in enumerate(zip(s.shape, t.shape)) if a != b]
+    if len(diff) != 1 or s.shape[diff[0]] > t.shape[diff[0]]:
+        return s
+    pad = [0, 0] * (s.dim() - 1 - diff[0]) + [0, t.shape[diff[0]] - s.shape[diff[0]]]
+    return F.pad(s, pad)
 
 
 class _Capture:
@@ -150,6 +173,7 @@ class Distiller(nn.Module):
                 raise DistillError("hidden= needs the student: Distiller(teacher, student=model, hidden=...)")
             self._teacher_hooks = _Capture(teacher, list(hidden.values()), "the teacher")
             self._student_hooks = _Capture(student, list(hidden), "the student")
+        self._student = [student]  # not a submodule either
 
     @property
     def last(self) -> dict[str, float]:
@@ -197,6 +221,8 @@ class Distiller(nn.Module):
                 if key in self.projections:
                     s = self.projections[key](s)
                 t = t_hidden[t_name].detach().to(s.device, s.dtype)
+                if s.shape != t.shape and key not in self.projections and compacted_sizes(self._student[0]):
+                    s = _pad_compacted(s, t)
                 if s.shape != t.shape:
                     raise DistillError(f"hidden state of student {s_name!r} has shape {tuple(s.shape)}, the "
                                        f"teacher's {t_name!r} {tuple(t.shape)}; give projections={{{s_name!r}: ...}}")

@@ -24,7 +24,7 @@ from .graph import _ATTR, LayerSpec, _set, get_graph
 from .modules import DynamicOutput, DynamicRecurrent, MaskedLayerNorm
 from .trace import is_transposed_linear
 
-__all__ = ["export", "kept_index", "export_onnx", "load_exported", "ExportError"]
+__all__ = ["export", "cut_in_place", "kept_index", "export_onnx", "load_exported", "ExportError"]
 
 
 def kept_index(size: int, width: int, outer: int = 1, inner: int = 1) -> Tensor:
@@ -154,6 +154,15 @@ def _cut_rnn(r: nn.Module, in_idx: Optional[Tensor], w: Optional[int]) -> None:
     r.flatten_parameters()
 
 
+def cut_in_place(model: nn.Module, g, widths: dict[int, int]) -> None:
+    """Cut every layer of ``model`` (its width graph ``g``) in place to ``widths`` ({group root: channels
+    kept}; groups not in it stay whole): weights, BatchNorm statistics, size and head-count attributes.
+    The one cutting path of :func:`export` and :func:`slimtrain.compact`."""
+    for s in g.layers:
+        _cut(model, s, widths)
+    _set_head_counts(model, g, widths)
+
+
 def export(model: nn.Module) -> nn.Module:
     """A dense copy of ``model`` with every dynamic width cut to ``ceil(K)``, in eval mode.
 
@@ -168,9 +177,7 @@ def export(model: nn.Module) -> nn.Module:
     out.__dict__.pop(_ATTR, None)
     out.eval()
     widths = {r: d.hard_width for r, d in g.dcl_modules(out).items()}
-    for s in g.layers:
-        _cut(out, s, widths)
-    _set_head_counts(out, g, widths)
+    cut_in_place(out, g, widths)
     _strip(out)
     return out.eval()
 

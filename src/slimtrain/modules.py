@@ -83,7 +83,9 @@ def masked_layer_norm(x: Tensor, dcl: DynamicWidth, weight: Optional[Tensor], bi
     """LayerNorm over the last axis whose statistics count channel ``i`` with the weight
     ``clamp(K - i, 0, 1)`` of ``dcl`` (its hard mask in eval or when frozen); channels outside the
     width are zero on output."""
-    w = (dcl.keep_share() if dcl.training and not dcl.frozen else dcl.hard_mask()).to(x.dtype)
+    soft = dcl.training and not dcl.frozen
+    share = dcl.keep_share() if soft else dcl.hard_mask()
+    w = share.to(x.dtype)
     total = w.sum()
     mean = (x * w).sum(-1, keepdim=True) / total
     var = (((x - mean) ** 2) * w).sum(-1, keepdim=True) / total
@@ -92,7 +94,8 @@ def masked_layer_norm(x: Tensor, dcl: DynamicWidth, weight: Optional[Tensor], bi
         y = y * weight
     if bias is not None:
         y = y + bias
-    return y * dcl.mask().to(x.dtype)
+    # dcl.mask() from the share already computed (one evaluation of the width per call, not two)
+    return y * (torch.sin(0.5 * math.pi * share).to(x.dtype) if soft else w)
 
 
 class MaskedLayerNorm(nn.LayerNorm):

@@ -154,6 +154,8 @@ def fit(
     settle_epochs: int = 0,
     settle_at_budget: bool = False,
     distill: Optional[Callable[[Tensor, Tensor], Tensor]] = None,
+    compact_every: Optional[int] = 0,
+    compact_margin: int = 0,
 ) -> list[EpochResult]:
     """Train ``model`` on ``task_loss`` (+ the complexity term of ``objective``) for ``epochs`` epochs.
 
@@ -202,6 +204,13 @@ def fit(
     ``distill``: a :class:`slimtrain.Distiller` (or any ``(inputs, outputs) -> loss``); its term is
     added to the task loss of every batch, before the complexity term, so the model shrinks while it
     imitates the teacher.
+
+    Compaction (:func:`slimtrain.compact`): ``compact_every=N`` cuts the model (and ``optimizer``'s
+    state) to ``ceil(K) + compact_margin`` channels per width after every ``N`` th epoch, so the
+    following epochs train a smaller network; and whenever the widths settle the model is cut to
+    them (the settled network is exactly the cut one); ``compact_every=None`` never cuts (to measure
+    what compaction saves). The eval-mode model is unchanged by a cut. Under DDP every rank cuts alike and the DDP wrapper is made again; a checkpoint
+    written after a cut records the sizes, so a resume cuts the fresh model to them first.
     """
     if epochs < 1:
         raise ValueError(f"epochs must be >= 1, got {epochs}")
@@ -211,27 +220,33 @@ def fit(
         raise ValueError("settle_at_budget needs an objective with a budget (TradeoffLoss(budget=...))")
     if resume and checkpoint is None:
         raise ValueError("resume=True needs the checkpoint path to resume from")
+    for name, v in (("compact_every", 0 if compact_every is None else compact_every), ("compact_margin", compact_margin)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+            raise ValueError(f"{name} must be an integer >= 0 (compact_every: or None), got {v!r}")
     dp = DataParallel(model, objective, device, ddp_options)
     if isinstance(distill, nn.Module):
         distill.to(dp.device)  # the teacher (and any projections) beside the model
+    cuttable = dp.cuttable and compact_every is not None
     w = dp.world
     results: list[EpochResult] = []
     start = 0
     settle_pending = settle_at_budget
     if resume and checkpoint is not None and Path(checkpoint).exists():
-        start, results, was_settled = _restore(checkpoint, model, objective, optimizer, recorder, epochs)
+        start, results, was_settled = _restore(checkpoint, model, objective, optimizer, recorder, epochs, dp)
         if w.parallel:  # the resumed ranks continue their own saved streams, not fresh ones
             _restore_rank_rng(checkpoint, w)
         if was_settled:
             dp.settle()
+            if cuttable:
+                dp.compact(optimizer)
             settle_pending = False
     ckpt_note = f"; the last good checkpoint is '{checkpoint}'" if checkpoint is not None else ""
     bar = tqdm(range(start, epochs), desc=desc, disable=not (progress and w.main), leave=False, initial=start,
                total=epochs)
     try:
         for epoch in bar:
-            if settle_epochs and epoch >= epochs - settle_epochs:
-                dp.settle()
+            if settle_epochs and epoch >= epochs - settle_epochs and dp.settle() and cuttable:
+                dp.compact(optimizer)  # the settled widths train as the cut network
             model.train()
             total, n = 0.0, 0
             for step, batch in enumerate(batches(epoch)):
@@ -258,9 +273,13 @@ def fit(
                 optimizer.step()
                 if settle_pending and objective.meets_budget():
                     dp.settle()
+                    if cuttable:
+                        dp.compact(optimizer)
                     settle_pending = False
                 total += value
                 n += 1
+            if cuttable and compact_every and (epoch + 1) % compact_every == 0:
+                dp.compact(optimizer, compact_margin)
             model.eval()
             metric = math.nan
             if evaluate is not None and w.main:
@@ -355,6 +374,25 @@ class DataParallel:
             self.net = distributed.wrap(self.model, self.device, **self.options)
         return widths
 
+    @property
+    def cuttable(self) -> bool:
+        """True for a model made by :func:`slimtrain.make_dynamic` (one :meth:`compact` can cut)."""
+        return self.model.__dict__.get("_slimtrain_graph") is not None
+
+    def compact(self, optimizer: Optional[torch.optim.Optimizer] = None, margin: int = 0,
+                sizes: Optional[dict[str, int]] = None) -> dict[str, int]:
+        """:func:`slimtrain.compact` (or, with ``sizes``, :func:`~slimtrain.compact.compact_to`) on the model
+        and ``optimizer``; a new DDP wrapper when anything was cut. Returns ``{DCL name: channels}``."""
+        from .compact import compact, compact_to
+
+        before = {n: m.num_channels for n, m in self.model.named_modules() if isinstance(m, DynamicWidth)}
+        out = compact_to(self.model, sizes, optimizer) if sizes is not None else compact(self.model, optimizer,
+                                                                                          margin=margin)
+        if self.net is not self.model and out != before:
+            self._drop_net()
+            self.net = distributed.wrap(self.model, self.device, **self.options)
+        return out
+
     def _drop_net(self) -> None:
         if self.net is not self.model:
             self.net = self.model
@@ -441,7 +479,8 @@ def _save_state(path, model, objective, optimizer, recorder, results, epochs, re
     save_checkpoint(path, model, _fit_recipe(recipe), extra={**dict(extra or {}), "training": state})
 
 
-def _restore(path, model, objective, optimizer, recorder, epochs) -> tuple[int, list[EpochResult], bool]:
+def _restore(path, model, objective, optimizer, recorder, epochs,
+             dp: Optional[DataParallel] = None) -> tuple[int, list[EpochResult], bool]:
     from .checkpoint import CheckpointError, load_checkpoint
 
     ckpt = load_checkpoint(path)
@@ -450,6 +489,18 @@ def _restore(path, model, objective, optimizer, recorder, epochs) -> tuple[int, 
         raise CheckpointError(f"checkpoint '{path}' holds no training state to resume from")
     if state.get("epochs") != epochs:
         raise CheckpointError(f"checkpoint '{path}' is of a run of {state.get('epochs')} epochs, not {epochs}")
+    sizes = ckpt["recipe"].get("compact")
+    if sizes:  # saved after a compaction: cut the fresh model (and optimiser) to the saved sizes first
+        from .compact import CompactError, compact_to
+
+        try:
+            if dp is not None:
+                dp.compact(optimizer, sizes=dict(sizes))
+            else:
+                compact_to(model, dict(sizes), optimizer)
+        except CompactError as e:
+            raise CheckpointError(f"checkpoint '{path}' was saved after a compaction that does not fit this "
+                                  f"model: {e}") from None
     try:
         model.load_state_dict(ckpt["state_dict"], strict=True)
         optimizer.load_state_dict(state["optimizer"])

@@ -106,6 +106,7 @@ class SyntheticConfig:
     lr_final: float = 0.05  # cosine decay of both learning rates to this fraction
     warmup_epochs: int = 2  # widths frozen at full size while the student first fits
     settle_epochs: int = 0  # the last epochs train the weights at fixed hard widths (slimtrain.settle_widths)
+    compact_every: Optional[int] = 0  # cut the model to its widths (slimtrain.compact) every N epochs (0: at the settle; None: never)
     seed: int = 0
 
     @classmethod
@@ -327,7 +328,8 @@ def train_run(
                          evaluate=evaluate, recorder=recorder, progress=progress, desc=desc,
                          checkpoint=checkpoint, recipe=_recipe(cfg) if learned else None,
                          extra={"config": cfg.as_dict(), "alpha": float(alpha) if learned else None},
-                         resume=resume, device=dev, settle_epochs=cfg.settle_epochs if learned else 0)
+                         resume=resume, device=dev, settle_epochs=cfg.settle_epochs if learned else 0,
+                         compact_every=cfg.compact_every if learned else 0)
         finally:
             if recorder is not None:
                 recorder.close()

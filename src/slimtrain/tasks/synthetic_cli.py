@@ -71,6 +71,9 @@ def register(commands, data_commands) -> None:
                    help="the last N epochs train the weights at the fixed width the model is exported with "
                         "(slimtrain.settle_widths), as a pruned model is fine-tuned (default: 0, the width "
                         "learns to the end)")
+    from ..cli import add_compact_option
+
+    add_compact_option(s)
     s.add_argument("--seed", type=_seed, default=0, metavar="S",
                    help="seed of the teacher, the data and the initialisation; the same seed gives the same "
                         "results (default: 0)")
@@ -108,6 +111,7 @@ def _synthetic_config(args):
     if args.width_lr is not None:
         over["width_lr"] = args.width_lr
     over["settle_epochs"] = getattr(args, "settle_epochs", 0)
+    over["compact_every"] = getattr(args, "compact_every", 0)
     cfg = SyntheticConfig.quick(**over) if args.quick else SyntheticConfig(**over)
     cfg.kappa_min = args.kappa_min if args.kappa_min is not None else 1.0 / cfg.hidden
     if cfg.warmup_epochs >= cfg.epochs:

@@ -112,6 +112,9 @@ def register(commands, data_commands) -> None:
     s.add_argument("--settle-epochs", type=_settle_epochs, default=0, metavar="N",
                    help="DCL runs: the last N epochs train the weights at the fixed hard widths the model is "
                         "exported with (slimtrain.settle_widths), as a pruned model is fine-tuned (default: 0)")
+    from ...cli import add_compact_option
+
+    add_compact_option(s)
     s.add_argument("--width", type=lambda t: _positive_int(t, "width"), default=None, metavar="W",
                    help=f"base channel width of the first stage (the paper's ResNet34: 64; default: {M.width})")
     s.add_argument("--fixed-widths", type=_width_list, default=None, metavar="W1,W2,...",
@@ -192,6 +195,7 @@ def _cmd_spoof(args) -> int:
     if args.width is not None:
         over["width"] = args.width
     over["settle_epochs"] = getattr(args, "settle_epochs", 0)
+    over["compact_every"] = getattr(args, "compact_every", 0)
     cfg = SpoofConfig.quick(**over) if args.quick else SpoofConfig(**over)
     if cfg.warmup_epochs >= cfg.epochs:
         cfg.warmup_epochs = cfg.epochs - 1

@@ -59,6 +59,7 @@ class SpoofConfig:
     lr_final: float = 0.05
     warmup_epochs: int = 1
     settle_epochs: int = 0  # DCL runs: the last epochs train the weights at fixed hard widths (settle_widths)
+    compact_every: Optional[int] = 0  # DCL runs: cut to the widths (slimtrain.compact) every N epochs (0: at the settle; None: never)
     seed: int = 0
 
     @classmethod
@@ -148,7 +149,7 @@ def _fit(model: nn.Module, cfg: SpoofConfig, x: Tensor, y: Tensor, objective, op
          recorder: Optional[WidthRecorder], progress: bool, desc: str, device=None, settle_epochs: int = 0) -> None:
     training.fit(model, _batches(cfg, x, y, optimizer, epochs), F.binary_cross_entropy_with_logits, objective,
                  optimizer, epochs, recorder=recorder, progress=progress, desc=desc, device=device,
-                 settle_epochs=settle_epochs)
+                 settle_epochs=settle_epochs, compact_every=cfg.compact_every if objective is not None else 0)
 
 
 def train_run(

@@ -152,6 +152,9 @@ def register(commands, data_commands) -> None:
                    help="DCL runs: the last N epochs train the weights at the fixed hard widths the model is "
                         "exported with (slimtrain.settle_widths), as pruning fine-tunes (default: half of --epochs; "
                         "0: widths learn to the end)")
+    from ...cli import add_compact_option
+
+    add_compact_option(v)
     v.add_argument("--heads", choices=("count", "width"), default="width",
                    help="transformer DCL runs: learn the dimensions per head, the same in every head (width, "
                         "default), or the number of attention heads (count)")
@@ -360,6 +363,7 @@ def _cmd_vad(args) -> int:
                        alpha=0.0 if budget is not None and args.alpha == 1.0 else args.alpha, budget=budget,
                        epochs=epochs,
                        settle_epochs=settle, settle_at_budget=budget is not None and settle > 0,
+                       compact_every=args.compact_every,
                        seed=args.seed, n_mels=widths.pop("n_mels", 80), widths=widths,
                        heads=args.heads if family == "transformer" else "count", band_order=args.band_order)
     out.mkdir(parents=True, exist_ok=True)

@@ -65,6 +65,9 @@ class VadRunConfig:
     #: with a ``budget``: the widths also settle at the first step whose widths meet it (before the
     #: last ``settle_epochs``), so the run ends at the budget instead of wherever the hinge swung to
     settle_at_budget: bool = False
+    #: cut the model to its widths (:func:`slimtrain.compact`) after every that many epochs (0: only at the
+    #: settle; None: never)
+    compact_every: Optional[int] = 0
     seed: int = 0
     n_mels: int = 80
     widths: dict = field(default_factory=dict)
@@ -83,6 +86,9 @@ class VadRunConfig:
         if self.epochs < 1 or self.batch_size < 1:
             raise ValueError(f"epochs and batch_size must be >= 1 (got {self.epochs}, {self.batch_size})")
         check_settle_epochs(self.settle_epochs, self.warmup_epochs, self.epochs)
+        c = 0 if self.compact_every is None else self.compact_every
+        if isinstance(c, bool) or not isinstance(c, int) or c < 0:
+            raise ValueError(f"compact-every must be an integer >= 0 (or None: never), got {self.compact_every!r}")
         if self.heads not in HEAD_MODES:
             raise ValueError(f"heads must be 'count' or 'width', got {self.heads!r}")
         if self.band_order not in BAND_ORDERS:
@@ -167,11 +173,14 @@ def exported_cost(model: nn.Module, seconds: float = 4.0, sample_rate: int = 800
 def train_loop(model: nn.Module, train: VadSplit, epochs: int, optimizer: torch.optim.Optimizer, *,
                batch_size: int = 16, seed: int = 0, penalty: Optional[Callable[[Tensor], Tensor]] = None,
                progress: bool = False, desc: str = "vad", device: Optional[str | torch.device] = None,
-               settle_epochs: int = 0, settle_when: Optional[Callable[[], bool]] = None) -> list[float]:
+               settle_epochs: int = 0, settle_when: Optional[Callable[[], bool]] = None,
+               compact_every: Optional[int] = 0) -> list[float]:
     """Plain epochs of frame-BCE training; ``penalty(task_loss) -> total loss`` adds a complexity term.
     The last ``settle_epochs`` epochs train at fixed hard widths (:func:`slimtrain.settle_widths`), and so
     does every step after the first one at which ``settle_when()`` is true (asked after each step; it must
-    give the same answer on every rank, e.g. from the widths).
+    give the same answer on every rank, e.g. from the widths). A dynamic model is cut to its widths
+    (:func:`slimtrain.compact`, with ``optimizer``) when they settle and after every ``compact_every`` epochs
+    (``None``: never).
 
     Returns the mean training loss per epoch. Raises :class:`TrainingError` on a non-finite loss.
     ``device``: where to train (``None``: where the model is). Under ``torchrun`` the loop is
@@ -186,12 +195,13 @@ def train_loop(model: nn.Module, train: VadSplit, epochs: int, optimizer: torch.
     pos_weight = torch.tensor((1 - pos) / max(pos, 1e-3))  # balance the classes
     losses = []
     dp = DataParallel(model, penalty, device)
+    cuttable = dp.cuttable and compact_every is not None
     pos_weight = pos_weight.to(dp.device)
     bar = tqdm(range(epochs), desc=desc, disable=not (progress and dp.world.main), leave=False)
     try:
         for epoch in bar:
-            if settle_epochs and epoch >= epochs - settle_epochs:
-                dp.settle()
+            if settle_epochs and epoch >= epochs - settle_epochs and dp.settle() and cuttable:
+                dp.compact(optimizer)  # the settled widths train as the cut network
             model.train()
             perm = torch.randperm(n, generator=gen)
             total, k = 0.0, 0
@@ -212,9 +222,13 @@ def train_loop(model: nn.Module, train: VadSplit, epochs: int, optimizer: torch.
                 optimizer.step()
                 if settle_when is not None and settle_when():
                     dp.settle()
+                    if cuttable:
+                        dp.compact(optimizer)
                     settle_when = None
                 total += task_value
                 k += 1
+            if compact_every and cuttable and (epoch + 1) % compact_every == 0:
+                dp.compact(optimizer)
             losses.append(total / max(k, 1))
             bar.set_postfix(loss=f"{losses[-1]:.4f}")
     finally:
@@ -253,7 +267,8 @@ def train_vad(cfg: VadRunConfig, data: dict[str, VadSplit], *, checkpoint: Optio
             else None
         losses = train_loop(model, data["train"], cfg.epochs, optimizer, batch_size=cfg.batch_size, seed=cfg.seed,
                             penalty=objective, progress=progress, desc=f"{cfg.family} k={cfg.kappa_min}",
-                            device=dev, settle_epochs=cfg.settle_epochs if cfg.dynamic else 0, settle_when=at_budget)
+                            device=dev, settle_epochs=cfg.settle_epochs if cfg.dynamic else 0, settle_when=at_budget,
+                            compact_every=cfg.compact_every if cfg.dynamic else 0)
         model.to("cpu").eval()
         widths = {k: round(v, 3) for k, v in dynamic_widths(model).items()} if cfg.dynamic else {}
         plain = export(model) if cfg.dynamic else model
