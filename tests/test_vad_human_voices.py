@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import shutil
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -162,8 +163,12 @@ def test_installed_packages_match_the_committed_registry_table():
     rows = {r["id"]: r for r in H.read_csv(ROOT / "docs/vad_results/human_voices.csv")}
     assert set(rows) == {s.id for s in H.SOURCES}
     pick = [s for s in H.SOURCES if s.package in ("klettres-data", "asterisk-core-sounds-ru-wav")]
-    with pytest.warns(UserWarning, match="is.wav: empty audio file"):  # one empty prompt in the Russian package
-        measured = H.measure(pick)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the Russian package has one empty prompt (counted in bad_files)
+        try:
+            measured = H.measure(pick)
+        except H.HumanVoiceError as e:  # not installed (install.sh installs them; under CI=true a skip fails)
+            pytest.skip(str(e))
     for m in measured:
         assert (m["files"], m["bad_files"]) == (rows[m["id"]]["files"], rows[m["id"]]["bad_files"]), m["id"]
         assert m["minutes"] == pytest.approx(rows[m["id"]]["minutes"], abs=0.011), m["id"]
@@ -172,6 +177,10 @@ def test_installed_packages_match_the_committed_registry_table():
 def test_extended_corpus_records_the_human_sources_it_trains_on(tmp_path):
     if shutil.which("sox") is None:
         pytest.skip("needs sox")
+    try:
+        H.source_files(H.source("klettres-de")), H.source_files(H.source("fillets-cs"))
+    except H.HumanVoiceError as e:
+        pytest.skip(str(e))
     cfg = VadDataConfig(corpus="extended", train_minutes=0.3, val_minutes=0.1, test_minutes=0.1, clip_seconds=2.0,
                         max_files_per_language=3, tts_utterances=2, extra_train_speakers=("es-co",),
                         human_voices=("klettres-de", "fillets-cs"), human_files_per_source=4)
@@ -286,3 +295,12 @@ def test_human_voice_options_reject_bad_input_in_one_line(argv, message, capsys)
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and "\n" not in err.split("error:")[-1]
+
+
+def test_human_voices_command_names_a_package_that_is_not_there(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("SLIMTRAIN_DEB_DIR", str(tmp_path / "no-debs"))
+    monkeypatch.setattr(H, "SOURCES", tuple(s for s in H.SOURCES if s.unpacked))  # skip measuring the big ones
+    assert main(["data", "human-voices", "--csv", str(tmp_path / "x.csv")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "human-voice source 'es-co'" in err and "apt-get download asterisk-prompt-es-co" in err
+    assert "\n" not in err and not (tmp_path / "x.csv").exists()
