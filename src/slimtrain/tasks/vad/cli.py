@@ -36,6 +36,10 @@ def _tts_count(text: str) -> int:
     return _int_at_least(text, "tts-utterances", 0)
 
 
+def _human_files(text: str) -> int:
+    return _int_at_least(text, "human-files", 1)
+
+
 def _family(text: str) -> str:
     from .models import FAMILIES
 
@@ -109,9 +113,26 @@ def register(commands, data_commands) -> None:
                    help=f"--corpus extended: the extra real training speakers (default: "
                         f"{','.join(D.extra_train_speakers)}); 'es-co' keeps fr-armelle out for the unseen-voices "
                         "set of 'slimtrain vad eval --set unseen'")
+    d.add_argument("--human-voices", type=_human_list, default=None, metavar="train|ID[,ID...]",
+                   help="--corpus extended: recorded human-voice sources added to the training speech: 'train' (every "
+                        "source registered for training: KLettres in 15 languages, Fish Fillets cs/nl dialogue, the "
+                        "Russian Asterisk voice) or source ids; see 'slimtrain data human-voices'. Default: none")
+    d.add_argument("--human-files", type=_human_files, default=None, metavar="N",
+                   help=f"--human-voices: at most N files per source (default: {D.human_files_per_source})")
     d.add_argument("--force", action="store_true", help="rebuild even if the cache matches")
     d.add_argument("--no-progress", action="store_true", help="no progress bar")
     d.set_defaults(func=_cmd_data)
+    hv = data_commands.add_parser(
+        "human-voices", help="list the recorded human-voice sources (Debian packages) with speakers, languages, minutes",
+        description=_paragraphs(
+            "Measure every registered recorded human-voice source on this machine (src/slimtrain/tasks/vad/"
+            "human_voices.py): Debian package, language(s), speaker count and how it was counted, licence, role "
+            "(train / val / test / held-out), files and minutes; then the totals per role. A missing package or a "
+            "source with no usable file is an error naming it; empty or unreadable files are skipped and counted.",
+        ), formatter_class=argparse.RawDescriptionHelpFormatter)
+    hv.add_argument("--csv", type=Path, default=None, metavar="FILE",
+                    help="also write the table (e.g. docs/vad_results/human_voices.csv, shown in docs/vad.md)")
+    hv.set_defaults(func=_cmd_human_voices)
 
     v = commands.add_parser(
         "vad", help="the VAD case study: train a CRNN/Transformer VAD with learned widths, or --sweep",
@@ -229,8 +250,13 @@ def register(commands, data_commands) -> None:
             "Festival Italian voices and espeak-ng voices of 12 languages no training recipe uses, mixed like the "
             "extended test split; also AUC/EER/F1 per voice group. The training split of --data must not hold any "
             "of its voices (checked; build it with 'slimtrain data vad --corpus extended --extra-speakers es-co').",
+            "--set unseen-human: only recorded human voices: the unseen set's fr Armelle clips plus held-out human "
+            "sources (a second Italian PBX voice; KLettres speakers of Italian, Lithuanian, Hebrew, Malayalam, "
+            "Ukrainian), built into --unseen on first use; per-source AUC/EER/F1. --set unseen-tts: the unseen "
+            "set's synthetic clips only (Festival, espeak-ng). Both also report AUC per SNR band; the training "
+            "split of --data must hold no held-out human source or language (checked).",
         ), formatter_class=argparse.RawDescriptionHelpFormatter)
-    ev.add_argument("--set", dest="eval_set", choices=("test", "unseen"), default="unseen",
+    ev.add_argument("--set", dest="eval_set", choices=("test", "unseen", "unseen-human", "unseen-tts"), default="unseen",
                     help="evaluation set (default: unseen)")
     ev.add_argument("--model", "-m", type=Path, action="append", default=None, metavar="M",
                     help="model to score (repeatable; shipped .pt, checkpoint or export folder; default: the shipped "
@@ -245,6 +271,38 @@ def register(commands, data_commands) -> None:
                     help="also write the rows as JSON (for 'python -m slimtrain.tasks.ship --metrics')")
     ev.add_argument("--no-silero", action="store_true", help="leave Silero VAD out")
     ev.set_defaults(func=_cmd_eval)
+
+
+def _human_list(text: str) -> list[str]:
+    from .human_voices import SOURCES, sources
+
+    if text.strip() in ("train", "all"):
+        return [s.id for s in sources("train", addable=True)]
+    if text.strip() == "none":
+        return []
+    ids = [t.strip() for t in text.split(",") if t.strip()]
+    known = {s.id for s in SOURCES}
+    bad = [i for i in ids if i not in known]
+    if bad or not ids:
+        raise argparse.ArgumentTypeError(f"unknown human-voice source(s) {', '.join(bad) or repr(text)}; use 'train' "
+                                         f"or ids from: {', '.join(s.id for s in sources('train', addable=True))}")
+    return ids
+
+
+def _cmd_human_voices(args) -> int:
+    from . import human_voices as H
+
+    rows = H.measure()
+    print("\t".join(("id", "package", "role", "languages", "speakers", "files", "minutes", "speaker count")))
+    for r in rows:
+        print("\t".join(str(r[k]) for k in ("id", "package", "role", "languages", "speakers", "files", "minutes",
+                                            "speaker_note")))
+    for role, t in H.totals(rows).items():
+        print(f"# {role}: {t['sources']} sources, {t['speakers']} speakers, {t['n_languages']} languages "
+              f"({' '.join(t['languages'])}), {t['files']} files, {t['minutes']:.1f} min")
+    if args.csv is not None:
+        print(f"wrote {H.write_csv(rows, args.csv)}")
+    return 0
 
 
 def _cmd_data(args) -> int:
@@ -264,15 +322,29 @@ def _cmd_data(args) -> int:
         if args.corpus != "extended":
             raise ValueError("--extra-speakers only applies with --corpus extended")
         cfg.extra_train_speakers = tuple(args.extra_speakers)
+    if args.human_voices is not None or args.human_files is not None:
+        if args.corpus != "extended":
+            raise ValueError("--human-voices/--human-files only apply with --corpus extended")
+        if args.human_voices is not None:
+            cfg.human_voices = tuple(args.human_voices)
+        if args.human_files is not None:
+            cfg.human_files_per_source = args.human_files
     t0 = time.perf_counter()
     m = build_vad_data(cfg, args.out, force=args.force, progress=not args.no_progress)
     _, manifest = load_vad_data(args.out)
     for split, info in manifest["splits"].items():
         skipped = f", skipped {len(info['skipped_files'])} files" if info["skipped_files"] else ""
         tts = f", {len(info['tts_voices'])} TTS voices" if info.get("tts_voices") else ""
+        if info.get("speech_minutes_by_kind"):
+            k = info["speech_minutes_by_kind"]
+            tts += f" (speech: human {k['human']:.1f} min, TTS {k['tts']:.1f} min)"
         print(f"{split:5s}: {info['clips']} clips, {info['seconds'] / 60:.1f} min, speakers {','.join(info['speakers'])}"
               f"{tts}, speech {100 * info['speech_fraction']:.0f}% of frames, SNR {info['snr_db']['min']:.1f} to "
               f"{info['snr_db']['max']:.1f} dB{skipped}")
+    if manifest.get("human_voices"):
+        t = manifest["human_voices"]["totals"]
+        print(f"human-voice sources in training: {t['sources']} sources, {t['speakers']} speakers, {t['n_languages']} "
+              f"languages, {t['files_read']} files read, {t['minutes_in_clips']:.1f} min in the clips")
     print(f"wrote {m} (corpus {manifest.get('corpus', 'core')}, fingerprint {manifest['fingerprint']}, "
           f"{time.perf_counter() - t0:.1f}s)")
     return 0

@@ -45,6 +45,9 @@ MANIFEST_VERSION = 1
 #: synthetic speech, more noise types and augmentation (:mod:`slimtrain.tasks.vad.extended`)
 CORPORA = ("core", "extended")
 _EXTENDED_FIELDS = ("corpus", "tts_utterances", "extra_train_speakers", "augment_probabilities")
+#: extended-corpus fields left out of the settings (and fingerprint) while no human-voice source is used,
+#: so corpora built before the human-voice registry keep their fingerprints
+_HUMAN_FIELDS = ("human_voices", "human_files_per_source")
 
 
 class DataError(ValueError):
@@ -83,6 +86,10 @@ class VadDataConfig:
     tts_utterances: int = 400
     extra_train_speakers: tuple[str, ...] = ("es-co", "fr-armelle")
     augment_probabilities: tuple[float, float, float, float] = (0.3, 0.25, 0.3, 0.1)  # reverb, band, codec, clip
+    #: extended corpus only: recorded human-voice sources (ids of :mod:`.human_voices` with role ``train``)
+    #: added to the training speech, at most ``human_files_per_source`` files each (drawn from the seed)
+    human_voices: tuple[str, ...] = ()
+    human_files_per_source: int = 120
 
     @classmethod
     def quick(cls, **overrides) -> "VadDataConfig":
@@ -126,6 +133,23 @@ class VadDataConfig:
                 problems.append(f"tts_utterances must be an integer >= 0, got {self.tts_utterances!r}")
             if not all(0 <= p <= 1 for p in self.augment_probabilities) or len(self.augment_probabilities) != 4:
                 problems.append(f"augment_probabilities must be 4 numbers in [0, 1], got {self.augment_probabilities}")
+            from .human_voices import SOURCES
+
+            roles = {s.id: s.role for s in SOURCES}
+            builtin = {s.id for s in SOURCES if s.builtin}
+            for sid in self.human_voices:
+                if sid in builtin:
+                    problems.append(f"human-voice source {sid!r} is already a voice of the corpus (Asterisk voices "
+                                    "and extra_train_speakers choose it)")
+                elif sid not in roles:
+                    problems.append(f"unknown human-voice source {sid!r} (see 'slimtrain data human-voices')")
+                elif roles[sid] != "train":
+                    problems.append(f"human-voice source {sid!r} is registered as {roles[sid]!r}, not 'train': "
+                                    "it must stay out of training")
+            if not isinstance(self.human_files_per_source, int) or self.human_files_per_source < 1:
+                problems.append(f"human_files_per_source must be an integer >= 1, got {self.human_files_per_source!r}")
+        elif self.human_voices:
+            problems.append("human_voices only applies to the extended corpus (corpus='extended')")
         if problems:
             raise DataError("bad VAD data configuration: " + "; ".join(problems))
         return self
@@ -140,6 +164,9 @@ class VadDataConfig:
         d = asdict(self)
         if self.effective_corpus == "core":
             for k in _EXTENDED_FIELDS:
+                d.pop(k)
+        if self.effective_corpus == "core" or not self.human_voices:
+            for k in _HUMAN_FIELDS:
                 d.pop(k)
         return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
 

@@ -22,7 +22,7 @@ from .train import evaluate_scores, exported_cost, frame_scores
 
 __all__ = ["EVAL_SETS", "evaluate_models", "write_rows", "format_rows"]
 
-EVAL_SETS = ("test", "unseen")
+EVAL_SETS = ("test", "unseen", "unseen-human", "unseen-tts")
 SILERO = "Silero VAD (8 kHz)"
 
 
@@ -38,6 +38,18 @@ def _group_metrics(labels: np.ndarray, scores: np.ndarray, groups: Sequence[str]
     return out
 
 
+def _band_auc(labels: np.ndarray, scores: np.ndarray, snr_db: np.ndarray) -> dict:
+    """Frame ROC-AUC per SNR band (``auc < 5 dB`` ...; NaN where a band has no clip or one class only)."""
+    from .train import SNR_BANDS
+
+    out = {}
+    for band, lo, hi in SNR_BANDS:
+        sel = (snr_db >= lo) & (snr_db < hi)
+        y = labels[sel].ravel()
+        out[f"auc {band}"] = roc_auc(y, scores[sel].ravel()) if sel.any() and 0 < y.mean() < 1 else math.nan
+    return out
+
+
 def _load_set(which: str, data_dir: Path, unseen_dir: Optional[Path]):
     if which not in EVAL_SETS:
         raise DataError(f"unknown evaluation set {which!r}; choose from {', '.join(EVAL_SETS)}")
@@ -49,6 +61,13 @@ def _load_set(which: str, data_dir: Path, unseen_dir: Optional[Path]):
 
     check_held_out([manifest])
     udir = Path(unseen_dir) if unseen_dir is not None else Path(data_dir).parent / "unseen"
+    if which in ("unseen-human", "unseen-tts"):
+        from .human_voices import check_training_manifest
+        from .unseen_human import load_split_set
+
+        check_training_manifest(manifest)
+        split, groups, info = load_split_set(which, udir)
+        return val, split, groups, manifest, info
     build_unseen_set(udir)
     split, groups, um = load_unseen_set(udir)
     return val, split, groups, manifest, {"set": "unseen", "fingerprint": um["fingerprint"]}
@@ -74,6 +93,7 @@ def evaluate_models(models: Sequence[Optional[Path]], which: str, data_dir: Path
     for name, score, mflops, params in scorers:
         sv, st = score(val.audio), score(test.audio)
         res = evaluate_scores((val.labels, sv), (test.labels, st), test.snr_db)
+        res.update(_band_auc(test.labels, st, test.snr_db))
         if groups is not None:
             res.update(_group_metrics(test.labels, st, groups, res["threshold"]))
         rows.append({"model": name, "set": which, "set_fingerprint": info["fingerprint"],

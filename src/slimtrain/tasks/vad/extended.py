@@ -96,6 +96,14 @@ def source_inventory(cfg: VadDataConfig, effects: Optional[dict[str, list[Path]]
         package, lang, _ = EXTRA_ASTERISK_SPEAKERS[sp]
         inv.append({"kind": "speech", "package": package, "version": package_version(package), "speaker": sp,
                     "language": lang, "files": len(extra_prompts(sp))})
+    if cfg.human_voices:
+        from .human_voices import source, source_files
+
+        for sid in cfg.human_voices:
+            src = source(sid)
+            inv.append({"kind": "human", "package": src.package, "version": package_version(src.package),
+                        "source": sid, "language": " ".join(src.languages), "speakers": src.speakers,
+                        "files": len(source_files(src))})
     inv.append({"kind": "music", "package": "asterisk-moh-opsound-wav",
                 "version": package_version("asterisk-moh-opsound-wav")})
     if cfg.tts_utterances:
@@ -257,6 +265,70 @@ def build_extended_clips(utterances: Sequence[tuple[str, np.ndarray]], music: Se
     return split, details
 
 
+def _human_training_files(cfg: VadDataConfig) -> dict[str, str]:
+    """Training files of ``cfg.human_voices`` (at most ``human_files_per_source`` each, drawn from their own
+    seed stream) -> utterance name ``human/<source id>/<file path in its folder>``."""
+    from .human_voices import HumanVoiceError, package_dir, source, source_files
+
+    out: dict[str, str] = {}
+    for sid, seq in zip(cfg.human_voices, np.random.SeedSequence([cfg.seed, 8]).spawn(len(cfg.human_voices))):
+        src = source(sid)
+        try:
+            files = source_files(src)
+        except HumanVoiceError as e:
+            raise DataError(f"extended VAD corpus: {e}") from None
+        if len(files) > cfg.human_files_per_source:
+            pick = np.random.default_rng(seq).choice(len(files), cfg.human_files_per_source, replace=False)
+            files = [files[j] for j in sorted(pick)]
+        base = package_dir(src)
+        for f in files:
+            out[str(f)] = f"human/{sid}/{f.relative_to(base).as_posix()}"
+    return out
+
+
+def _minutes_by_kind(speech_seconds: dict[str, float]) -> dict[str, float]:
+    """Speech minutes of the split's clips by kind: ``human`` (every recorded voice) and ``tts``, and the TTS share."""
+    tts = sum(v for k, v in speech_seconds.items() if k.startswith("tts/"))
+    human = sum(speech_seconds.values()) - tts
+    total = human + tts
+    return {"human": round(human / 60, 3), "tts": round(tts / 60, 3),
+            "tts_share": round(tts / total, 4) if total else 0.0}
+
+
+def _human_manifest(cfg: VadDataConfig, names: dict[str, str], good: Sequence[tuple[Path, np.ndarray]],
+                    speech_seconds: dict[str, float]) -> dict:
+    """The human-voice sources of the training split: registry fields, files read, minutes in the clips, totals."""
+    from .human_voices import source, source_files
+
+    read = {}
+    for p, x in good:
+        if str(p) in names:
+            sid = names[str(p)].split("/")[1]
+            n, sec = read.get(sid, (0, 0.0))
+            read[sid] = (n + 1, sec + len(x) / cfg.sample_rate)
+    rows = []
+    for sid in cfg.human_voices:
+        src = source(sid)
+        n, sec = read.get(sid, (0, 0.0))
+        rows.append({"id": sid, "package": src.package, "version": package_version(src.package), "role": src.role,
+                     "languages": list(src.languages), "speakers": src.speakers, "speaker_note": src.speaker_note,
+                     "license": src.license, "files_available": len(source_files(src)), "files_read": n,
+                     "minutes_read": round(sec / 60, 3),
+                     "minutes_in_clips": round(speech_seconds.get(f"human/{sid}", 0.0) / 60, 3)})
+    langs = sorted({lg for r in rows for lg in r["languages"]})
+    builtin = [ASTERISK_VOICES[lg][0] for lg in cfg.train_languages] + list(cfg.extra_train_speakers)
+    all_langs = sorted(set(langs) | set(cfg.train_languages)
+                       | {EXTRA_ASTERISK_SPEAKERS[sp][1] for sp in cfg.extra_train_speakers})
+    return {"sources": rows,
+            "all_training_voices": {"speakers": len(builtin) + sum(r["speakers"] for r in rows),
+                                    "builtin": builtin, "languages": all_langs, "n_languages": len(all_langs)},
+            "totals": {"sources": len(rows), "speakers": sum(r["speakers"] for r in rows),
+                                        "languages": langs, "n_languages": len(langs),
+                                        "files_read": sum(r["files_read"] for r in rows),
+                                        "minutes_read": round(sum(r["minutes_read"] for r in rows), 3),
+                                        "minutes_in_clips": round(sum(r["minutes_in_clips"] for r in rows), 3)}}
+
+
 def _effects_for(split: str, effects: dict[str, list[Path]]) -> list[Path]:
     lo, hi = _EFFECT_SPLIT[split]
     return [f for fs in effects.values() for f in fs if lo <= _h01(f"{f.parent.name}/{f.name}") < hi]
@@ -315,10 +387,13 @@ def build_extended_vad_data(cfg: VadDataConfig, cache_dir: str | Path, *, force:
                 pick = rng.choice(len(fs), cfg.max_files_per_language, replace=False)
                 fs = [fs[j] for j in sorted(pick)]
             extra_files.extend(fs)
+        human_names = _human_training_files(cfg) if split == "train" else {}
         (good, skipped), (mgood, mskipped), (egood, eskipped) = read_split_audio(
-            split, files + extra_files, music_files, _effects_for(split, effects), cfg.sample_rate)
+            split, files + extra_files + [Path(f) for f in human_names], music_files, _effects_for(split, effects),
+            cfg.sample_rate)
         speaker_of = {str(f): sp for sp in extra for f in extra_prompts(sp)}
-        utts = [(f"{speaker_of[str(p)]}/" + "/".join(p.parts[p.parts.index("sounds") + 2:])
+        utts = [(human_names[str(p)] if str(p) in human_names else
+                 f"{speaker_of[str(p)]}/" + "/".join(p.parts[p.parts.index("sounds") + 2:])
                  if str(p) in speaker_of else _prompt_name(p), x) for p, x in good]
         if split == "train":
             utts += tts_utts
@@ -336,7 +411,8 @@ def build_extended_vad_data(cfg: VadDataConfig, cache_dir: str | Path, *, force:
         lengths = {name: len(x) / cfg.sample_rate for name, x in utts}
         for names in data.sources:
             for name in names:
-                spk = "/".join(name.split("/")[:3]) if name.startswith("tts/") else name.split("/")[0]
+                spk = ("/".join(name.split("/")[:3]) if name.startswith("tts/") else
+                       "/".join(name.split("/")[:2]) if name.startswith("human/") else name.split("/")[0])
                 speech_seconds[spk] = speech_seconds.get(spk, 0.0) + lengths.get(name, 0.0)
         manifest["splits"][split] = {
             "languages": list(languages),
@@ -358,6 +434,10 @@ def build_extended_vad_data(cfg: VadDataConfig, cache_dir: str | Path, *, force:
             "clip_sources": data.sources,
             "clip_details": details,
         }
+        if split == "train":
+            manifest["splits"][split]["speech_minutes_by_kind"] = _minutes_by_kind(speech_seconds)
+            if cfg.human_voices:
+                manifest["human_voices"] = _human_manifest(cfg, human_names, good, speech_seconds)
     tmp = manifest_path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(manifest, indent=1))
     tmp.replace(manifest_path)

@@ -100,6 +100,12 @@ def training_voices(manifest: dict) -> dict[str, set]:
     for sp in cfg.get("extra_train_speakers", []) if manifest.get("corpus") == "extended" else []:
         speakers.add(sp)
         languages.add(EXTRA_ASTERISK_SPEAKERS[sp][1] if sp in EXTRA_ASTERISK_SPEAKERS else sp)
+    if manifest.get("corpus") == "extended":
+        from .human_voices import source
+
+        for sid in cfg.get("human_voices", []) or []:
+            speakers.add(sid)
+            languages.update(source(sid).languages)
     tts = set()
     text_lang = {f"{e}/{v}": lg for e, v, lg in TTS_VOICES}
     for tv in train.get("tts_voices", []):

@@ -1,0 +1,200 @@
+"""The unseen set split by voice kind: ``unseen-human`` (recorded human voices only) and ``unseen-tts``.
+
+* ``unseen-tts``: the clips of the unseen-voices set (:mod:`.unseen`) whose voices are synthetic (groups
+  ``festival`` and ``espeak-ng``); the same clips, so its numbers are those groups of ``--set unseen``.
+* ``unseen-human``: the unseen set's human clips (fr Armelle, group ``fr-armelle``) plus clips of every
+  other *held-out* human-voice source of :mod:`.human_voices` (a second Italian PBX voice and the
+  KLettres speakers of Italian, Lithuanian, Hebrew, Malayalam and Ukrainian), one source per clip
+  (group = source id), mixed exactly like the unseen set (the extended test split's music, effects,
+  noise types and augmentation; labels from the dry speech). Version :data:`HUMAN_VERSION`, written
+  as ``unseen_human.npz`` + ``unseen_human_manifest.json`` next to the unseen set.
+
+No clip of either set mixes a human and a synthetic voice; :func:`load_split_set` checks it.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from ..audio import AudioError, music_on_hold, sound_effects
+from .data import DataError, VadSplit, read_split_audio
+from .extended import _effects_for, build_extended_clips
+from .human_voices import HumanVoiceError, package_dir, source_files, sources
+from .unseen import HELD_OUT_SPEAKER, _mix_config, UnseenConfig, build_unseen_set, load_unseen_set
+
+__all__ = ["HUMAN_VERSION", "SPLIT_SETS", "TTS_GROUPS", "UnseenHumanConfig", "held_out_human_sources",
+           "build_unseen_human_set", "load_split_set", "subset"]
+
+HUMAN_VERSION = "unseen-human-v1"
+SPLIT_SETS = ("unseen-human", "unseen-tts")
+TTS_GROUPS = ("festival", "espeak-ng")
+_FILE = "unseen_human.npz"
+_MANIFEST = "unseen_human_manifest.json"
+
+
+@dataclass
+class UnseenHumanConfig:
+    """Seed and size of the held-out human clips (at most ``utterances_per_source`` files per source)."""
+
+    seed: int = 0
+    utterances_per_source: int = 80
+
+    def validate(self) -> "UnseenHumanConfig":
+        if not isinstance(self.utterances_per_source, int) or self.utterances_per_source < 1:
+            raise DataError(f"unseen-human set: utterances_per_source must be an integer >= 1, "
+                            f"got {self.utterances_per_source!r}")
+        return self
+
+
+def held_out_human_sources() -> list:
+    """Held-out human-voice sources other than fr Armelle (whose clips come from the unseen set)."""
+    return [s for s in sources("held-out") if s.id != HELD_OUT_SPEAKER]
+
+
+def _fingerprint(cfg: UnseenHumanConfig, inventory: list[dict]) -> str:
+    blob = json.dumps({"version": HUMAN_VERSION, "config": asdict(cfg), "mix": _mix_config(UnseenConfig(seed=cfg.seed))
+                       .as_dict(), "sources": inventory}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def build_unseen_human_set(out_dir: str | Path, cfg: Optional[UnseenHumanConfig] = None, *, force: bool = False,
+                           root: Optional[str | Path] = None) -> Path:
+    """Build (or reuse) the held-out human clips in ``out_dir``; returns the manifest path. A missing
+    package is a :class:`DataError` naming it (``root``: a folder with one sub-folder per package)."""
+    from ..audio import package_version
+
+    cfg = (cfg or UnseenHumanConfig()).validate()
+    out = Path(out_dir)
+    mpath = out / _MANIFEST
+    srcs = held_out_human_sources()
+    try:
+        files = {s.id: source_files(s, root) for s in srcs}
+        effects = sound_effects()
+        music_files = music_on_hold()
+    except (HumanVoiceError, AudioError) as e:
+        raise DataError(f"unseen-human set: {e}") from None
+    inventory = [{"id": s.id, "package": s.package, "version": "" if root else package_version(s.package),
+                  "languages": list(s.languages), "speakers": s.speakers, "files": len(files[s.id])} for s in srcs]
+    fp = _fingerprint(cfg, inventory)
+    if not force and mpath.is_file() and (out / _FILE).is_file():
+        try:
+            if json.loads(mpath.read_text()).get("fingerprint") == fp:
+                return mpath
+        except (OSError, json.JSONDecodeError):
+            pass
+    mix = _mix_config(UnseenConfig(seed=cfg.seed))
+    picked: dict[str, str] = {}
+    for s, seq in zip(srcs, np.random.SeedSequence([cfg.seed, 21]).spawn(len(srcs))):
+        fs = files[s.id]
+        if len(fs) > cfg.utterances_per_source:
+            fs = [fs[j] for j in sorted(np.random.default_rng(seq).choice(len(fs), cfg.utterances_per_source,
+                                                                          replace=False))]
+        base = package_dir(s, root)
+        picked.update({str(f): f"{s.id}/{f.relative_to(base).as_posix()}" for f in fs})
+    (good, skipped), (mgood, _), (egood, _) = read_split_audio(
+        "test", [Path(f) for f in picked], music_files, _effects_for("test", effects), mix.sample_rate)
+    by_source: dict[str, list[tuple[str, np.ndarray]]] = {s.id: [] for s in srcs}
+    for p, x in good:
+        name = picked[str(p)]
+        by_source[name.split("/")[0]].append((f"human/{name}", x))
+    music, fx = [x for _, x in mgood], [x for _, x in egood]
+    audio, labels, snrs, noise, clip_sources, group_of, details = [], [], [], [], [], [], []
+    for s, seq in zip(srcs, np.random.SeedSequence([cfg.seed, 22]).spawn(len(srcs))):
+        utts = by_source[s.id]
+        if not utts:
+            raise DataError(f"unseen-human set: no readable file of source {s.id!r} ({s.package})")
+        rng = np.random.default_rng(seq)
+        utts = [utts[j] for j in rng.permutation(len(utts))]
+        split, det = build_extended_clips(utts, music, fx, mix, rng, None)
+        audio.append(split.audio)
+        labels.append(split.labels)
+        snrs.append(split.snr_db)
+        noise += split.noise
+        clip_sources += split.sources
+        group_of += [s.id] * len(split.audio)
+        details += det
+    out.mkdir(parents=True, exist_ok=True)
+    np.savez(out / _FILE, audio=np.concatenate(audio), labels=np.concatenate(labels), snr_db=np.concatenate(snrs),
+             noise=np.asarray(noise), group=np.asarray(group_of))
+    manifest = {"set": "unseen-human", "version": HUMAN_VERSION, "fingerprint": fp, "config": asdict(cfg),
+                "mix_config": mix.as_dict(), "sources": inventory, "clips": len(group_of),
+                "clips_by_source": {s.id: group_of.count(s.id) for s in srcs},
+                "speech_minutes_by_source": {k: round(sum(len(x) for _, x in v) / mix.sample_rate / 60, 2)
+                                             for k, v in by_source.items()},
+                "skipped_files": [f"{p}: {why}" for p, why in skipped],
+                "clip_groups": group_of, "clip_sources": clip_sources, "clip_details": details}
+    tmp = mpath.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(manifest, indent=1))
+    tmp.replace(mpath)
+    return mpath
+
+
+def subset(split: VadSplit, keep: np.ndarray) -> VadSplit:
+    """The clips of ``split`` where ``keep`` (a boolean mask) is true."""
+    idx = np.flatnonzero(keep)
+    return VadSplit(split.audio[idx], split.labels[idx], split.snr_db[idx], [split.noise[i] for i in idx],
+                    [split.sources[i] for i in idx] if split.sources else [])
+
+
+def _concat(a: VadSplit, b: VadSplit) -> VadSplit:
+    if a.audio.shape[1:] != b.audio.shape[1:] or a.labels.shape[1:] != b.labels.shape[1:]:
+        raise DataError(f"unseen-human set: clip shapes differ ({a.audio.shape[1:]} vs {b.audio.shape[1:]}); "
+                        "rebuild both sets with --force")
+    return VadSplit(np.concatenate([a.audio, b.audio]), np.concatenate([a.labels, b.labels]),
+                    np.concatenate([a.snr_db, b.snr_db]), a.noise + b.noise, list(a.sources) + list(b.sources))
+
+
+def load_split_set(which: str, unseen_dir: str | Path, *, build: bool = True) -> tuple[VadSplit, list[str], dict]:
+    """``(split, source group of each clip, info)`` of ``unseen-human`` or ``unseen-tts`` (built into
+    ``unseen_dir`` when ``build``); ``info`` has the set name, fingerprint and sources."""
+    if which not in SPLIT_SETS:
+        raise DataError(f"unknown evaluation set {which!r}; choose from {', '.join(SPLIT_SETS)}")
+    udir = Path(unseen_dir)
+    if build:
+        build_unseen_set(udir)
+    split, groups, um = load_unseen_set(udir)
+    g = np.asarray(groups)
+    if which == "unseen-tts":
+        keep = np.isin(g, TTS_GROUPS)
+        out, out_groups = subset(split, keep), [x for x in groups if x in TTS_GROUPS]
+        fp = hashlib.sha256(f"{um['fingerprint']}/tts".encode()).hexdigest()[:16]
+        info = {"set": which, "fingerprint": fp, "sources": list(TTS_GROUPS)}
+    else:
+        if build:
+            build_unseen_human_set(udir)
+        mpath = udir / _MANIFEST
+        if not mpath.is_file():
+            raise DataError(f"no unseen-human set in {udir} ({_MANIFEST} missing); build it with "
+                            f"'slimtrain vad eval --set unseen-human --unseen {udir}'")
+        try:
+            hm = json.loads(mpath.read_text())
+            with np.load(udir / _FILE) as z:
+                extra = VadSplit(z["audio"], z["labels"], z["snr_db"], [str(s) for s in z["noise"]],
+                                 hm["clip_sources"])
+                extra_groups = [str(x) for x in z["group"]]
+        except (OSError, KeyError, ValueError, json.JSONDecodeError) as e:
+            raise DataError(f"unseen-human set in {udir} is damaged ({type(e).__name__}: {e}); rebuild it with "
+                            "--force") from None
+        keep = g == "human"
+        out = _concat(subset(split, keep), extra)
+        out_groups = [HELD_OUT_SPEAKER] * int(keep.sum()) + extra_groups
+        fp = hashlib.sha256(f"{um['fingerprint']}/{hm['fingerprint']}".encode()).hexdigest()[:16]
+        info = {"set": which, "fingerprint": fp, "sources": [HELD_OUT_SPEAKER] + [s["id"] for s in hm["sources"]]}
+    _check_kinds(which, out, out_groups)
+    return out, out_groups, info
+
+
+def _check_kinds(which: str, split: VadSplit, groups: list[str]) -> None:
+    """Every utterance of a clip must be of the set's kind (``tts/`` names for unseen-tts, none for unseen-human)."""
+    for i, names in enumerate(split.sources):
+        tts = [n for n in names if str(n).startswith("tts/")]
+        if which == "unseen-human" and tts:
+            raise DataError(f"unseen-human clip {i} ({groups[i]}) holds synthetic speech: {tts[0]}")
+        if which == "unseen-tts" and len(tts) != len(names):
+            human = [n for n in names if not str(n).startswith("tts/")]
+            raise DataError(f"unseen-tts clip {i} ({groups[i]}) holds a human voice: {human[0]}")
