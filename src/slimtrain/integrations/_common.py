@@ -209,7 +209,7 @@ class WidthControl:
             except Exception as e:  # e.g. weight_norm's local hooks: torch cannot pickle parametrized modules
                 (out / "model.pt").unlink(missing_ok=True)
                 warnings.warn(f"'{out / 'model.pt'}' not written: torch cannot pickle the exported model "
-                              f"({type(e).__name__}: {e}); load '{out / 'model_state.pt'}' with "
+                              f"({type(e).__name__}: {' '.join(str(e).split())[:160]}); load '{out / 'model_state.pt'}' with "
                               "slimtrain.integrations.load_export", stacklevel=2)
             summary = {
                 "step": step,

@@ -20,6 +20,10 @@ two methods of that one ``Trainer`` instance (its class stays yours, so any ``Tr
 * ``log``: the training logs get the width, cost and budget keys before the Trainer records them
   (``state.log_history``) and calls ``on_log`` of every callback, so every ``report_to``
   integration (TensorBoard, W&B, CSV...) receives them.
+
+It also wraps ``_save`` (the Trainer's checkpoint writer) to leave out the second and later names of a
+width shared by several layers (``q_proj.dcl.theta`` is also ``k_proj.dcl.theta``): safetensors refuses
+tensors saved under two names, and the one saved name restores the shared parameter.
 """
 from __future__ import annotations
 
@@ -29,6 +33,7 @@ from typing import Any, Optional, Union
 
 from torch import nn
 
+from ..dcl import DynamicWidth
 from ..loss import TradeoffLoss
 from ._common import IntegrationError, WidthControl, require
 
@@ -40,6 +45,20 @@ __all__ = ["DynamicWidthCallback", "IntegrationError"]
 
 _OPT_FIX = ("give them their own parameter group, e.g. Trainer(..., optimizers=(slimtrain.training.make_optimizer("
             "model, lr=1e-4, width_lr=1e-2), None))")
+
+
+def _aliases(root: nn.Module) -> list[str]:
+    """State-dict keys of ``root`` that name a width parameter already named earlier (a DCL shared by
+    several layers, attached as each one's ``dcl`` child)."""
+    widths = {id(m.theta) for m in root.modules() if isinstance(m, DynamicWidth)}
+    seen: set[int] = set()
+    out = []
+    for name, p in root.named_parameters(remove_duplicate=False):
+        if id(p) in widths:
+            if id(p) in seen:
+                out.append(name)
+            seen.add(id(p))
+    return out
 
 
 class SlimtrainWidthState(TrainerCallback, ExportableState):
@@ -104,10 +123,10 @@ class DynamicWidthCallback(TrainerCallback):
                                    "callback per Trainer")
         self.width_control.check_model(trainer.model, "model")
         cbs = trainer.callback_handler.callbacks
-        if not any(cb is self for cb in cbs):
-            trainer.add_callback(self)
         if any(isinstance(cb, DynamicWidthCallback) and cb is not self for cb in cbs):
             raise IntegrationError("the Trainer already has another DynamicWidthCallback; use one per Trainer")
+        if not any(cb is self for cb in cbs):
+            trainer.add_callback(self)
         if not any(isinstance(cb, SlimtrainWidthState) for cb in cbs):
             trainer.add_callback(SlimtrainWidthState())
         self._carrier(trainer).owner = self
@@ -132,6 +151,17 @@ class DynamicWidthCallback(TrainerCallback):
 
         trainer.compute_loss = compute_loss_with_term
         trainer.log = log_with_widths
+        save = getattr(trainer, "_save", None)
+        if save is not None:
+            @functools.wraps(save)
+            def save_without_aliases(output_dir=None, state_dict=None, *args, **kwargs):
+                if state_dict is None:
+                    state_dict = trainer.model.state_dict()
+                    for key in _aliases(trainer.model):
+                        state_dict.pop(key, None)
+                return save(output_dir, state_dict, *args, **kwargs)
+
+            trainer._save = save_without_aliases
         self.trainer = trainer
         return self
 
@@ -143,7 +173,7 @@ class DynamicWidthCallback(TrainerCallback):
         """``loss`` plus the trade-off term, divided by the accumulation steps when the Trainer takes the
         loss as already scaled for them (normalised over the whole accumulated batch; its own rule in
         ``training_step``), so each optimizer step sees the term once."""
-        scaled = trainer.loss_is_scaled_for_ga
+        scaled = getattr(trainer, "loss_is_scaled_for_ga", None)  # transformers >= 5
         if scaled is None:
             scaled = (trainer.model_accepts_loss_kwargs and num_items_in_batch is not None) \
                 or trainer.compute_loss_func is not None
