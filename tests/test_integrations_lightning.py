@@ -180,6 +180,17 @@ def test_resume_from_a_lightning_checkpoint_continues_the_run(tmp_path, zero_noi
         assert torch.allclose(c["weights"][k], v, atol=1e-6), k
 
 
+def test_gradient_accumulation_adds_the_term_per_batch_and_logs_per_optimizer_step(tmp_path):
+    module = Classifier()
+    objective = slimtrain.TradeoffLoss(module.net, alpha=1.0)
+    _trainer(tmp_path, [DynamicWidthCallback(objective, settle_at=2)], max_steps=3,
+             accumulate_grad_batches=2).fit(module, _data())
+    assert objective.steps == 6  # every micro-batch's loss got the term (Lightning divides each by 2)
+    rows = [r for r in _rows(tmp_path) if r.get("slimtrain/settled", "") != ""]
+    assert [int(r["step"]) for r in rows] == [0, 1, 2]  # one row per optimizer step
+    assert [float(r["slimtrain/settled"]) for r in rows] == [0.0, 1.0, 1.0]
+
+
 def test_manual_optimization_without_the_objective_is_named(tmp_path):
     module = Classifier(automatic=False)
     cb = DynamicWidthCallback(slimtrain.TradeoffLoss(module.net, alpha=1.0))
