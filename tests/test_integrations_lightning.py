@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 
 import pytest
 import torch
@@ -152,6 +151,7 @@ def _state(module: Classifier, objective) -> dict:
             "frozen": [m.frozen for m in module.net.modules() if isinstance(m, DynamicWidth)]}
 
 
+@pytest.mark.filterwarnings("ignore:Be aware that when using `ckpt_path`")
 def test_resume_from_a_lightning_checkpoint_continues_the_run(tmp_path, zero_noise):
     """8 steps in one go == 4 steps, a checkpoint, and 4 more in a new process-like run (noise off, data in
     order, so the runs are deterministic): weights, widths, the settle, the Lagrange multiplier and the
@@ -210,4 +210,3 @@ def test_objective_of_another_model_is_named(tmp_path):
     cb = DynamicWidthCallback(slimtrain.TradeoffLoss(other.net, alpha=1.0))
     with pytest.raises(IntegrationError, match="not part of the LightningModule"):
         _trainer(tmp_path, [cb], max_steps=2, logger=False).fit(module, _data())
-    assert math.isfinite(float(next(module.parameters()).sum()))
