@@ -46,8 +46,9 @@ def _data(n: int = 32):
 
 def _args(out, max_steps: int = 8, **kw) -> TrainingArguments:
     kw.setdefault("save_strategy", "no")
+    kw.setdefault("report_to", "none")
     return TrainingArguments(output_dir=str(out), max_steps=max_steps, per_device_train_batch_size=4, logging_steps=1,
-                             report_to="none", use_cpu=True, disable_tqdm=True, seed=0, **kw)
+                             use_cpu=True, disable_tqdm=True, seed=0, **kw)
 
 
 def _trainer(model, out, callbacks=(), max_steps: int = 8, optimizer: bool = True, **kw) -> Trainer:
@@ -74,7 +75,7 @@ def test_trainer_shrinks_logs_settles_and_exports(tmp_path):
     model = _classifier()
     full_params = sum(p.numel() for n, p in model.named_parameters() if not n.endswith("theta"))
     rec = LogRecorder()
-    trainer = _trainer(model, tmp_path, [rec])
+    trainer = _trainer(model, tmp_path, [rec], report_to="tensorboard")  # writes under tmp_path/runs
     cb = DynamicWidthCallback(slimtrain.TradeoffLoss(model, alpha=2.0), settle_at=0.5,
                               export_path=tmp_path / "small").attach(trainer)
     with pytest.warns(UserWarning, match=r"model\.pt' not written.*load_export"):  # weight_norm: not picklable
@@ -96,6 +97,15 @@ def test_trainer_shrinks_logs_settles_and_exports(tmp_path):
     assert all(w == widths[3] for w in widths[3:]) and widths[0] != widths[3]
     assert steps[-1]["slimtrain/cost_rel"] < 1.0
     assert not any(k.startswith("slimtrain/") for r in rec.logs for k in r if "loss" not in r and "train_loss" not in r)
+    # ... and a real report_to integration wrote them: TensorBoard scalars, one per training step
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    (events,) = (tmp_path / "runs").rglob("events.out.tfevents.*")
+    acc = EventAccumulator(str(events))
+    acc.Reload()
+    cost = acc.Scalars("train/slimtrain/cost")[:8]  # (the final train_loss log adds a 9th at step 8)
+    assert [e.step for e in cost] == list(range(1, 9))
+    assert [e.value for e in cost] == pytest.approx([r["slimtrain/cost"] for r in steps], rel=1e-6)
 
     small = cb.exported
     x = torch.randn(3, SAMPLES)
