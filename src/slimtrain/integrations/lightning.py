@@ -58,7 +58,7 @@ class DynamicWidthCallback(_pl.Callback):
                  prefix: str = "slimtrain/") -> None:
         super().__init__()
         self.width_control = WidthControl(objective, settle_at=settle_at, settle_at_budget=settle_at_budget,
-                                    export_path=export_path, prefix=prefix)
+                                          export_path=export_path, prefix=prefix)
         self._wrapped: Optional[nn.Module] = None
         self._logged_step = -1
         self._steps_at_start: Optional[int] = None

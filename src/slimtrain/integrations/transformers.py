@@ -100,7 +100,7 @@ class DynamicWidthCallback(TrainerCallback):
                  settle_at_budget: bool = False, export_path: Union[str, os.PathLike, None] = None,
                  prefix: str = "slimtrain/") -> None:
         self.width_control = WidthControl(objective, settle_at=settle_at, settle_at_budget=settle_at_budget,
-                                    export_path=export_path, prefix=prefix)
+                                          export_path=export_path, prefix=prefix)
         self.trainer: Any = None
 
     @property
