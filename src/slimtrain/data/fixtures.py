@@ -41,7 +41,7 @@ def _write(path: Path, x: np.ndarray, sample_rate: int) -> None:
     import soundfile as sf
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    sf.write(str(path), x, sample_rate, subtype="PCM_16")
+    sf.write(str(path), x, sample_rate, subtype="PCM_16" if path.suffix.lower() in (".wav", ".flac") else None)
 
 
 def make_rttm_folder(root: PathLike, n_files: int = 6, *, sample_rate: int = 16000, seconds: float = 3.0,

@@ -53,7 +53,7 @@ def read_rttm(path: PathLike, report: Optional[SkipReport] = None) -> tuple[dict
     ``skip_bad`` each bad line is recorded and its uri (where the line has one) is returned in the
     bad set, so the caller can leave out that recording rather than train on half its labels."""
     p = Path(path)
-    report = report or SkipReport(False)
+    report = report if report is not None else SkipReport(False)
     out: dict[str, list[Segment]] = {}
     bad: set[str] = set()
     try:
@@ -95,7 +95,7 @@ def read_segment_csv(path: PathLike, report: Optional[SkipReport] = None
     speech segment; a row with empty ``start`` and ``end`` lists a file without speech). Paths are
     relative to the CSV's folder unless absolute. Returns ``(segments by resolved path, bad paths)``."""
     p = Path(path)
-    report = report or SkipReport(False)
+    report = report if report is not None else SkipReport(False)
     out: dict[str, list[Segment]] = {}
     bad: set[str] = set()
     try:

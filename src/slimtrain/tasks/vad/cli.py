@@ -372,7 +372,7 @@ def _cmd_vad(args) -> int:
         from .cli_corpus import cmd_train_corpus
 
         budget = args.budget[0] if args.budget else None
-        epochs = args.epochs or VadSweepConfig.epochs
+        epochs = args.epochs or (3 if args.quick else VadSweepConfig.epochs)
         settle = default_settle_epochs(epochs) if args.settle_epochs is None else args.settle_epochs
         kw = dict(kappa_min=(args.kappa_min or [0.125])[0],
                   alpha=0.0 if budget is not None and args.alpha == 1.0 else args.alpha, budget=budget, epochs=epochs,

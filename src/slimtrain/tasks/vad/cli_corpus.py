@@ -135,8 +135,8 @@ def check_corpus_args(args) -> None:
         raise ValueError("--vctk and --esc50 only apply with --recipe paper")
     if args.train_data is None or args.val_data is None:
         raise ValueError("training on your data needs both --train-data PATH and --val-data PATH")
-    if args.quick or args.data is not None:
-        raise ValueError("--quick and --data are for the built-in corpus; leave them out with --train-data")
+    if args.data is not None:
+        raise ValueError("--data is the built-in corpus's cache folder; leave it out with --train-data")
 
 
 def _finish_report(report, out: Path) -> dict:
