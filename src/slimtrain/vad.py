@@ -190,7 +190,7 @@ class VAD:
 
     @torch.no_grad()
     def _logits(self, x: np.ndarray) -> np.ndarray:
-        long = _LONG_SECONDS * self.sample_rate
+        long = int(_LONG_SECONDS * self.sample_rate)
         if len(x) > long and self.can_stream:
             from .tasks.vad.models import stream_logits
 
