@@ -153,9 +153,10 @@ def register(commands, data_commands) -> None:
             "cut to its learned widths) or the TorchScript model.pt of 'slimtrain export'; without it the "
             "countermeasure shipped inside the package is used. The old form 'slimtrain spoof score MODEL FILE...' "
             "still works (a first argument ending in .ckpt/.pt is taken as the model when more than one is given).",
-            "Each file is averaged to mono, resampled to 8 kHz, band-passed, trimmed, set to -24 dBFS and cut into "
-            "clips of the training length (50 % overlap); the score is the mean clip logit: higher = bona fide, "
-            "0 = the training decision boundary.",
+            "Each file is averaged to mono and resampled to the model's rate (8 kHz for the shipped model and the "
+            "built-in corpus' models, which also band-pass, trim and set it to -24 dBFS; a model trained on your "
+            "corpus runs at its --sample-rate on the raw audio) and cut into clips of the training length (50 % "
+            "overlap); the score is the mean clip logit: higher = bona fide, 0 = the training decision boundary.",
             "Formats: text = 'score<TAB>file' per file; json = one document with every score and the errors. A file "
             "that cannot be read is named on stderr and counted; the others are still scored; exit code 1 if any "
             "file failed.",
@@ -188,7 +189,7 @@ def _add_corpus_arguments(s) -> None:
                    help="training protocol: ASVspoof 2019/2021/5 protocol, In-the-Wild meta.csv or a CSV "
                         "path,label[,attack] (instead of the built-in corpus of --data)")
     g.add_argument("--val-data", type=Path, default=None, metavar="PROTOCOL",
-                   help="validation protocol (EER per attack after every epoch and at the end)")
+                   help="validation protocol (EER per attack of the trained model)")
     g.add_argument("--test-data", type=Path, default=None, metavar="PROTOCOL", help="test protocol (optional)")
     g.add_argument("--audio-dir", type=Path, default=None, metavar="DIR",
                    help="folder of the audio of every protocol (default: flac/ beside the protocol, the official "
