@@ -96,7 +96,10 @@ def run_corpus(args) -> int:
         if c is not None and c.sample_rate != rate and args.cache is None:
             print(f"note: {c.protocol.name} is at {c.sample_rate} Hz; every read is resampled to {rate} Hz "
                   "(--cache DIR resamples each file once)", file=sys.stderr)
-    if args.skip_bad:
+    from ... import distributed
+
+    main = distributed.is_main()
+    if args.skip_bad and main:
         report.print_summary()
         report.write(out / "skipped.csv")
     print(f"data ({time.perf_counter() - t0:.1f}s): train {len(train)} files {train.counts()}; val {len(val)}"
@@ -104,6 +107,8 @@ def run_corpus(args) -> int:
     row = train_on_corpus(cfg, opts, train, val, test, asv=asv, stages=stages, kappa_min=kappa, alpha=args.alpha,
                           checkpoint=out / "model.ckpt", record_csv=out / "widths.csv", progress=progress,
                           device=getattr(args, "device", "cpu"))
+    if not main:  # torchrun: rank 0 writes and prints
+        return 0
     doc = {"recipe": args.recipe, "config": cfg.as_dict(),
            "options": {"sample_rate": opts.sample_rate, "crop_seconds": opts.crop_seconds, "workers": opts.workers,
                        "cache": str(opts.cache_dir) if opts.cache_dir else None},

@@ -85,8 +85,7 @@ def _cache(opts: CorpusOptions):
 
 
 def _loader(ds, opts: CorpusOptions, **kw) -> DataLoader:
-    return DataLoader(ds, num_workers=opts.workers, persistent_workers=False,
-                      multiprocessing_context="spawn" if opts.workers and torch.cuda.is_initialized() else None, **kw)
+    return DataLoader(ds, num_workers=opts.workers, persistent_workers=False, **kw)
 
 
 @torch.no_grad()
@@ -147,6 +146,7 @@ def train_on_corpus(
     cfg.validate()
     opts.validate()
     dev = distributed.resolve_device(device)
+    main = distributed.is_main()
     if not 0 < kappa_min <= 1:
         raise ValueError(f"kappa-min must be in (0, 1], got {kappa_min!r}")
     if alpha < 0 or not math.isfinite(alpha):
@@ -168,7 +168,7 @@ def train_on_corpus(
         training.seed_everything(cfg.seed)
         model = build_resnet(**{**kwargs, "blocks": tuple(cfg.blocks)})
         sample = torch.stack([train_ds[i][0] for i in range(min(8, len(train_ds)))])
-        recorder = WidthRecorder(record_csv, None) if (record_csv is not None and stages) else None
+        recorder = WidthRecorder(record_csv, None) if (record_csv is not None and stages and main) else None
         if stages:
             make_dynamic_stages(model, sample, stages, kappa_min)
             objective = TradeoffLoss(model, alpha=float(alpha), metric="flops", warmup_steps=cfg.warmup_epochs * steps)
@@ -215,11 +215,14 @@ def train_on_corpus(
                         "params": sum(p.numel() for p in small.parameters()), "bona_weight": pos_weight}
         sets = [("val", val)] + ([("test", test)] if test is not None else [])
         tdcf_on = sets[-1][0]
+        small.to(dev)  # scoring runs where training ran (a GPU scores ASVspoof's 96k dev + eval files)
         for name, corpus in sets:
-            scores = score_corpus(small, corpus, opts, crop, progress=progress, desc=f"score {name}")
+            scores = score_corpus(small, corpus, opts, crop, progress=progress and main, desc=f"score {name}",
+                                  device=dev)
             result[name] = evaluate_scores(corpus, scores, asv if name == tdcf_on else None)
+        small.to("cpu")
     result["seconds"] = round(time.perf_counter() - t0, 1)
-    if checkpoint is not None:
+    if checkpoint is not None and main:
         recipe = make_recipe(TASK, kwargs, list(sample.shape),
                              {"kappa_min": float(kappa_min), "stages": list(stages)})
         save_checkpoint(checkpoint, model, recipe, extra={
