@@ -11,15 +11,24 @@ stream = model.stream(sample_rate)                  # feed chunks of any size, g
 ``audio`` is a numpy array or torch tensor, float (nominal range [-1, 1]) or int16/int32 PCM,
 mono ``(samples,)`` or multi-channel ``(channels, samples)`` / ``(samples, channels)`` (the
 channel axis is the one with at most 8 entries that is shorter than the other; channels are
-averaged). Any sample rate: it is resampled to the model's 8 kHz with
-``scipy.signal.resample_poly`` (Kaiser window, beta 5); a stream resamples with carried state
-and gives exactly the same samples (:class:`slimtrain.audio_input.StreamingResampler`).
+averaged). Any sample rate: it is resampled to the rate the model runs at, ``model.sample_rate``
+(the shipped model: 8 kHz; a model trained with ``slimtrain vad --sample-rate 16000``: 16 kHz), with
+``scipy.signal.resample_poly`` (Kaiser window, beta 5); a stream resamples with carried state and
+gives exactly the same samples (:class:`slimtrain.audio_input.StreamingResampler`).
+
+**Rates.** A model runs at the rate it was trained at, nothing else: a 16 kHz model given 16 kHz
+audio uses all of it. The shipped model is an 8 kHz (telephone-band) model: given 16 kHz audio it
+still works, by downsampling to 8 kHz, so it never sees the band above 4 kHz -- check
+``model.sample_rate`` (and ``model.resamples(rate)``) before relying on wideband cues. A 16 kHz model
+given 8 kHz audio upsamples it to 16 kHz (no error): the band above 4 kHz is then empty, which the
+model did not see in training unless its data held narrowband audio, so expect lower accuracy there.
 
 Frame ``t`` is centred on ``t * 10 ms`` of the input and covers ``[(t - 0.5) * 10, (t + 0.5) * 10]``
-ms; there are ``samples_8k // 80 + 1`` frames. The model looks 16 ms ahead (half its STFT window).
+ms; there are ``samples // hop + 1`` frames at the model rate (hop = ``sample_rate // 100``). The
+model looks half its STFT window ahead (32 ms windows: 16 ms).
 
 Bad input raises :class:`AudioInputError` (empty, NaN/Inf, wrong number of dimensions, unknown
-dtype, bad sample rate, shorter than 129 samples at 8 kHz) naming the call.
+dtype, bad sample rate, shorter than half the STFT window: 129 samples at 8 kHz, 257 at 16 kHz) naming the call.
 
 This module is a thin facade over :mod:`slimtrain.tasks.vad` (models and streaming) and
 :mod:`slimtrain.shipped` (the on-disk format).
@@ -43,7 +52,7 @@ __all__ = ["VAD", "VADStream", "AudioInputError", "load", "default_model_path", 
 
 MODEL_SAMPLE_RATE = 8000
 FRAME_SECONDS = 0.01
-_LONG_SAMPLES = 8000 * 600  # above 10 min at 8 kHz, frame_probs runs the CRNN in streamed blocks (same result)
+_LONG_SECONDS = 600  # above 10 min, frame_probs runs the CRNN in streamed blocks (same result)
 PathLike = Union[str, os.PathLike]
 
 
@@ -135,19 +144,34 @@ def probs_to_segments(probs: np.ndarray, threshold: float = 0.5, *, neg_threshol
 class VAD:
     """A loaded VAD model (see the module docstring). ``threshold`` is a speech probability."""
 
-    sample_rate = MODEL_SAMPLE_RATE
     frame_seconds = FRAME_SECONDS
 
     def __init__(self, model: nn.Module, *, threshold: Optional[float] = None, meta: Optional[dict] = None,
-                 source: str = "<model>") -> None:
+                 source: str = "<model>", sample_rate: Optional[int] = None) -> None:
         self.model = model.eval()
+        fe_rate = getattr(getattr(model, "frontend", None), "sample_rate", None)
+        #: the rate the model runs at (Hz); input at any other rate is resampled to it (module docstring)
+        self.sample_rate = int(fe_rate or sample_rate or MODEL_SAMPLE_RATE)
         self.meta = dict(meta or {})
         self.source = source
         #: default decision threshold (probability): the validation EER point recorded at training, else 0.5
         self.threshold = 0.5 if threshold is None else float(threshold)
 
     def __repr__(self) -> str:
-        return f"VAD(source={self.source!r}, threshold={self.threshold:.3f}, streaming={self.can_stream})"
+        return (f"VAD(source={self.source!r}, sample_rate={self.sample_rate}, threshold={self.threshold:.3f}, "
+                f"streaming={self.can_stream})")
+
+    def resamples(self, sample_rate: int) -> Optional[str]:
+        """``"down"`` or ``"up"`` if audio at ``sample_rate`` is resampled before the model, else ``None``."""
+        sr = check_rate(sample_rate, "vad.resamples")
+        return None if sr == self.sample_rate else ("down" if sr > self.sample_rate else "up")
+
+    def _min_samples(self) -> int:
+        from .tasks.vad.models import min_samples
+
+        if getattr(self.model, "frontend", None) is not None:
+            return min_samples(self.model)
+        return 32 * self.sample_rate // 1000 // 2 + 1  # a TorchScript model: this package's 32 ms window
 
     @property
     def can_stream(self) -> bool:
@@ -156,22 +180,21 @@ class VAD:
         return isinstance(self.model, CRNNVAD)
 
     def _prepare(self, audio: Any, sample_rate: Any, where: str) -> np.ndarray:
-        from .tasks.vad.models import min_samples
-
         sr = check_rate(sample_rate, where)
-        x = resample_to(as_mono_float(audio, where), sr, MODEL_SAMPLE_RATE)
-        need = min_samples(self.model)
+        x = resample_to(as_mono_float(audio, where), sr, self.sample_rate)
+        need = self._min_samples()
         if len(x) < need:
-            raise AudioInputError(f"{where}: audio is too short: {len(x)} samples at {MODEL_SAMPLE_RATE} Hz "
+            raise AudioInputError(f"{where}: audio is too short: {len(x)} samples at {self.sample_rate} Hz "
                                   f"(after resampling); the model needs at least {need}")
         return x
 
     @torch.no_grad()
     def _logits(self, x: np.ndarray) -> np.ndarray:
-        if len(x) > _LONG_SAMPLES and self.can_stream:
+        long = _LONG_SECONDS * self.sample_rate
+        if len(x) > long and self.can_stream:
             from .tasks.vad.models import stream_logits
 
-            step = _LONG_SAMPLES // 10
+            step = long // 10
             return stream_logits(self.model, (x[i:i + step] for i in range(0, len(x), step)))
         return self.model(torch.from_numpy(x)[None]).reshape(-1).float().numpy()
 
@@ -180,7 +203,7 @@ class VAD:
         return self._logits(self._prepare(audio, sample_rate, "vad.frame_logits"))
 
     def frame_probs(self, audio: Any, sample_rate: int) -> np.ndarray:
-        """Speech probabilities, one per 10 ms frame (float32; ``samples_8k // 80 + 1`` frames)."""
+        """Speech probabilities, one per 10 ms frame (float32; ``samples // hop + 1`` frames at :attr:`sample_rate`)."""
         return _sigmoid(self._logits(self._prepare(audio, sample_rate, "vad.frame_probs")))
 
     def speech_timestamps(self, audio: Any, sample_rate: int, *, threshold: Optional[float] = None,
@@ -195,7 +218,7 @@ class VAD:
         return probs_to_segments(probs, self.threshold if threshold is None else threshold,
                                  neg_threshold=neg_threshold, min_speech_ms=min_speech_ms,
                                  min_silence_ms=min_silence_ms, speech_pad_ms=speech_pad_ms,
-                                 duration=len(x) / MODEL_SAMPLE_RATE)
+                                 duration=len(x) / self.sample_rate)
 
     def stream(self, sample_rate: int, channels: int = 1, channels_last: Optional[bool] = None) -> "VADStream":
         """A :class:`VADStream` for audio at ``sample_rate`` with ``channels`` channels per chunk."""
@@ -226,7 +249,7 @@ class VADStream:
             raise StreamingError(f"vad.stream: {vad.source} holds a {type(vad.model).__name__}, which has no "
                                  "streaming runner (only the CRNN streams; a Transformer's key/value cache grows "
                                  "with the stream, and a TorchScript model exposes no state)")
-        self._resampler = StreamingResampler(self.sample_rate, MODEL_SAMPLE_RATE)
+        self._resampler = StreamingResampler(self.sample_rate, vad.sample_rate)
         self._model = CRNNStream(vad.model)
         self.frames = 0
 
@@ -288,12 +311,14 @@ def load(path: Optional[PathLike] = None) -> VAD:
         from .export import load_exported
 
         model = load_exported(p)
-        thr = None
+        thr = rate = None
         try:
-            thr = json.loads((p / "summary.json").read_text()).get("threshold")
-        except (OSError, ValueError):
+            summary = json.loads((p / "summary.json").read_text())
+            thr = summary.get("threshold")
+            rate = (summary.get("recipe") or {}).get("kwargs", {}).get("sample_rate")
+        except (OSError, ValueError, AttributeError):
             pass
-        return VAD(model, threshold=_logit_to_prob(thr), source=str(p))
+        return VAD(model, threshold=_logit_to_prob(thr), source=str(p), sample_rate=rate)
     if not p.is_file():
         raise CheckpointError(f"model file not found: {p}" + (" (the shipped model is missing from this install)"
                                                                if path is None else ""))

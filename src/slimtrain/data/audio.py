@@ -74,8 +74,12 @@ class AudioInfo:
 
 
 def list_audio(folder: PathLike) -> list[Path]:
-    """Audio files under ``folder`` (recursive, sorted), by the suffixes libsndfile reads."""
-    return sorted(f for f in Path(folder).rglob("*") if f.is_file() and f.suffix.lower() in AUDIO_SUFFIXES)
+    """Audio files under ``folder`` (recursive, following symbolic links to folders, sorted), by the
+    suffixes libsndfile reads."""
+    out = []
+    for d, _, names in os.walk(folder, followlinks=True):
+        out.extend(Path(d) / n for n in names if Path(n).suffix.lower() in AUDIO_SUFFIXES)
+    return sorted(f for f in out if f.is_file())
 
 
 def audio_info(path: PathLike) -> AudioInfo:

@@ -11,6 +11,8 @@ from ...cli import (_alpha, _alpha_list, _check_no_sweep_engine_args, _epochs, _
                    _paragraphs, _positive_float, _refuse_sweep_under_torchrun, _seed, _settle_epochs, _workers, add_device_option,
                    add_sweep_engine_arguments, comma_list, sweep_seeds)
 
+from .cli_corpus import add_data_arguments, add_eval_data_arguments, uses_corpus
+
 __all__ = ["register"]
 
 DEFAULT_DATA = Path("runs/vad/data")
@@ -175,6 +177,7 @@ def register(commands, data_commands) -> None:
                         "only the missing or failed ones")
     v.add_argument("--no-progress", action="store_true", help="no progress bars")
     add_device_option(v)
+    add_data_arguments(v)
     v.set_defaults(func=_cmd_vad)
     vsub = v.add_subparsers(dest="vad_command", metavar="{predict,eval}")
     pr = vsub.add_parser(
@@ -241,6 +244,8 @@ def register(commands, data_commands) -> None:
     ev.add_argument("--json", type=Path, default=None, metavar="FILE",
                     help="also write the rows as JSON (for 'python -m slimtrain.tasks.ship --metrics')")
     ev.add_argument("--no-silero", action="store_true", help="leave Silero VAD out")
+    ev.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_eval_data_arguments(ev)
     ev.set_defaults(func=_cmd_eval)
 
 
@@ -276,6 +281,12 @@ def _cmd_data(args) -> int:
 
 
 def _cmd_eval(args) -> int:
+    if args.test_data is not None or args.val_data is not None:
+        from .cli_corpus import cmd_eval_corpus
+
+        if args.test_data is None:
+            raise ValueError("slimtrain vad eval: --val-data chooses thresholds; give the corpus to score with --test-data")
+        return cmd_eval_corpus(args)
     from .evaluate import evaluate_models, format_rows, write_rows
 
     models = [None if str(m) == "shipped" else m for m in (args.model or [None])]
@@ -306,6 +317,10 @@ def _cmd_vad(args) -> int:
     out: Path = args.out
     progress = not args.no_progress
     data_dir = args.data or (out / ("data-quick" if args.quick else "data"))
+    corpus = uses_corpus(args)
+    if not corpus and args.sample_rate not in (None, 8000):
+        raise ValueError("--sample-rate 16000 needs your data (--train-data/--val-data or --recipe paper); the "
+                         "built-in corpus is 8 kHz")
     if args.sweep:
         if args.widths:
             raise ValueError("--widths applies to a single run, not --sweep")
@@ -329,6 +344,14 @@ def _cmd_vad(args) -> int:
         cfg.seed, cfg.workers, cfg.anchors = args.seed, args.workers, not args.no_anchors
         cfg.seeds = tuple(sweep_seeds(args))
         cfg.engine, cfg.address = args.engine, args.address
+        if corpus:
+            from dataclasses import asdict
+
+            from .cli_corpus import check_corpus_args, corpus_config
+
+            check_corpus_args(args)
+            cfg.corpus = asdict(corpus_config(args))
+            cfg.batch_size = args.batch_size
         t0 = time.perf_counter()
         rows = run_sweep(cfg, out, cache=data_dir, progress=progress, resume=args.resume, device=device)
         print(format_table(rows) if len(cfg.seed_list) == 1 else format_summary_table(rows))
@@ -345,6 +368,18 @@ def _cmd_vad(args) -> int:
         raise ValueError(f"--widths: unknown width(s) {', '.join(unknown)} for family {fam}; choose from "
                          f"{', '.join(_WIDTH_KEYS[fam] + ('n_mels',))}")
     _check_no_sweep_engine_args(args)
+    if corpus:
+        from .cli_corpus import cmd_train_corpus
+
+        budget = args.budget[0] if args.budget else None
+        epochs = args.epochs or (3 if args.quick else VadSweepConfig.epochs)
+        settle = default_settle_epochs(epochs) if args.settle_epochs is None else args.settle_epochs
+        kw = dict(kappa_min=(args.kappa_min or [0.125])[0],
+                  alpha=0.0 if budget is not None and args.alpha == 1.0 else args.alpha, budget=budget, epochs=epochs,
+                  settle_epochs=settle, settle_at_budget=budget is not None and settle > 0, seed=args.seed,
+                  n_mels=widths.pop("n_mels", 80), widths=widths, heads=args.heads, band_order=args.band_order)
+        families = [args.family] if args.family else (["crnn", "transformer"] if args.recipe == "paper" else ["crnn"])
+        return cmd_train_corpus(args, kw, families)
     dcfg = VadDataConfig.quick() if args.quick else VadDataConfig()
     distributed.init(distributed.resolve_device(device))  # torchrun: the process group, to wait for rank 0's data
     main = distributed.is_main()

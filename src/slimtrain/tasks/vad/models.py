@@ -1,7 +1,8 @@
 """The two VAD families of the paper, small enough for CPU training, both streaming-capable.
 
-Both map a waveform ``(batch, samples)`` at 8 kHz to per-frame speech logits ``(batch, frames)``
-at a 10 ms hop (``frames = samples // 80 + 1``), with the log-mel front-end inside the model so
+Both map a waveform ``(batch, samples)`` at their ``sample_rate`` (8 kHz by default, or 16 kHz) to
+per-frame speech logits ``(batch, frames)`` at a 10 ms hop (``frames = samples // hop + 1``, hop = 80 at
+8 kHz, 160 at 16 kHz; the STFT window is 32 ms at either rate, :func:`vad_frontend`), with the log-mel front-end inside the model so
 its number of bands is a dynamic width and an exported model takes raw audio.
 
 * **CRNN**: log-mel (80 bands) -> BatchNorm (a learned per-band affine at inference, no
@@ -13,7 +14,7 @@ its number of bands is a dynamic width and an exported model takes raw audio.
   (shared by the residual stream) and each block's feed-forward width; the attention products
   (``T^2 * attn`` per block) are not reduced by them.
 
-Look-ahead: the only look-ahead is the centred STFT window (256 samples = 32 ms, centred on the
+Look-ahead: the only look-ahead is the centred STFT window (32 ms: 256 samples at 8 kHz, centred on the
 frame), i.e. 16 ms; everything after the front-end is causal. The Transformer attends to all past
 frames of the clip (a growing key/value cache when streamed); its attention cost is quoted for 4 s
 clips.
@@ -37,7 +38,7 @@ from ...frontend import MelFrontend
 from ...modules import TransformerBlock
 
 __all__ = ["FAMILIES", "CRNNVAD", "TransformerVAD", "build_vad_model", "DEFAULT_WIDTHS", "scaled_widths",
-           "CRNNStream", "StreamingError", "min_samples", "stream_logits"]
+           "CRNNStream", "StreamingError", "min_samples", "stream_logits", "vad_frontend"]
 
 FAMILIES = ("crnn", "transformer")
 
@@ -48,14 +49,22 @@ DEFAULT_WIDTHS: dict[str, dict[str, int]] = {
 }
 
 
+def vad_frontend(sample_rate: int, n_mels: int, band_order: str = "low") -> MelFrontend:
+    """The VADs' log-mel front-end at ``sample_rate``: 10 ms hop (``sample_rate // 100``) and a 32 ms window
+    (``n_fft = 32 * sample_rate // 1000``: 256 at 8 kHz, 512 at 16 kHz), mel bands up to ``sample_rate / 2``."""
+    if sample_rate % 100 or sample_rate < 4000:
+        raise ValueError(f"VAD sample_rate must be a multiple of 100 Hz and >= 4000, got {sample_rate}")
+    return MelFrontend(sample_rate=sample_rate, n_fft=32 * sample_rate // 1000, hop_length=sample_rate // 100,
+                       n_mels=n_mels, band_order=band_order)
+
+
 class CRNNVAD(nn.Module):
     """Log-mel -> BN -> 2 causal conv blocks -> GRU -> per-frame logit."""
 
     def __init__(self, n_mels: int = 80, sample_rate: int = 8000, conv1: int = 24, conv2: int = 24,
                  hidden: int = 32, kernel: int = 3, band_order: str = "low") -> None:
         super().__init__()
-        self.frontend = MelFrontend(sample_rate=sample_rate, n_fft=256, hop_length=sample_rate // 100, n_mels=n_mels,
-                                    band_order=band_order)
+        self.frontend = vad_frontend(sample_rate, n_mels, band_order)
         self.norm = nn.BatchNorm1d(n_mels)
         self.kernel = kernel
         self.conv1 = nn.Conv1d(n_mels, conv1, kernel, padding=kernel - 1)
@@ -82,8 +91,7 @@ class TransformerVAD(nn.Module):
     def __init__(self, n_mels: int = 80, sample_rate: int = 8000, d_model: int = 32, ff: int = 64,
                  layers: int = 2, heads: int = 2, attn: int = 16, band_order: str = "low") -> None:
         super().__init__()
-        self.frontend = MelFrontend(sample_rate=sample_rate, n_fft=256, hop_length=sample_rate // 100, n_mels=n_mels,
-                                    band_order=band_order)
+        self.frontend = vad_frontend(sample_rate, n_mels, band_order)
         self.norm = nn.BatchNorm1d(n_mels)
         self.proj = nn.Linear(n_mels, d_model)
         self.blocks = nn.ModuleList(
