@@ -199,6 +199,9 @@ def test_skip_bad_reports_every_case_and_keeps_the_rest(flacs, tmp_path):
 def test_asv_score_file(tmp_path, trees):
     s = read_asv_scores(trees["asv"]["asv_eval"])
     assert len(s.target) == len(s.nontarget) == len(s.spoof) == 40
+    six = _write(tmp_path / "six.txt", "LA_0001 x y z target 1.5\nLA_0001 x y z nontarget -2\nA01 x y z spoof 0.5\n")
+    s6 = read_asv_scores(six)
+    assert (s6.target.tolist(), s6.nontarget.tolist(), s6.spoof.tolist()) == ([1.5], [-2.0], [0.5])
     bad = _write(tmp_path / "a.txt", "bonafide target 1.0\nbonafide impostor 2.0\n")
     assert "unknown key 'impostor'" in str(_raises_at(2, read_asv_scores, bad))
     bad = _write(tmp_path / "b.txt", "bonafide target 1.0\nA01 spoof nan\n")

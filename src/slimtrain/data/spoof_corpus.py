@@ -326,14 +326,16 @@ def read_spoof_corpus(
     files whose sample rate differs from the corpus' (the rate most files have) are
     :class:`CorpusError`\\ s naming the protocol line, or skipped into ``report`` with
     ``skip_bad=True`` (mixed rates are accepted with ``allow_mixed_rates=True``: every file is then
-    resampled when it is read).
+    resampled when it is read). ``report``: a :class:`SkipReport` to collect the skips in (several
+    protocols can share one); it skips when ``skip_bad`` or its own ``skip_bad`` is true.
     """
     p = Path(path)
     fmt = detect_format(p) if format == "auto" else format
     if fmt not in SPOOF_FORMATS:
         raise CorpusError(p, f"unknown format {format!r}; choose auto or one of {', '.join(SPOOF_FORMATS)}")
     report = report if report is not None else SkipReport(skip_bad)
-    report.skip_bad = bool(skip_bad)
+    if skip_bad:  # a report of its own that does not skip is told to (one that skips keeps skipping)
+        report.skip_bad = True
     bad = _Problems(report)
     items, adir = _PARSERS[fmt](p, Path(audio_dir) if audio_dir is not None else None, bad)
     items = _scan_audio(items, p, bad, progress)
@@ -389,27 +391,36 @@ class AsvScores:
     spoof: np.ndarray
 
 
+#: ASV score file column count -> (key, score) column indices
+_ASV_LAYOUTS = {3: (1, 2), 6: (4, 5)}
+
+
 def read_asv_scores(path: PathLike) -> AsvScores:
-    """Read an ASVspoof 2019 ASV score file: lines ``SOURCE KEY SCORE`` with ``SOURCE`` ``bonafide`` or an
-    attack ID and ``KEY`` ``target``, ``nontarget`` or ``spoof``. Bad lines are :class:`CorpusError` naming
-    the line; each of the three trial types must be present."""
+    """Read an ASVspoof 2019 ASV score file: lines ``SOURCE KEY SCORE`` (the organizers'
+    ``ASVspoof2019.LA.asv.{dev,eval}.gi.trl.scores.txt``) with ``SOURCE`` ``bonafide`` or an attack ID
+    and ``KEY`` ``target``, ``nontarget`` or ``spoof``; 6-column lines (the t-DCF v2 package's score
+    files) take the key from column 5 and the score from column 6. Bad lines are :class:`CorpusError`
+    naming the line; each of the three trial types must be present."""
     p = Path(path)
     groups: dict[str, list[float]] = {"target": [], "nontarget": [], "spoof": []}
     for no, line in enumerate(_read_lines(p), 1):
         cols = line.split()
         if not cols or cols[0].startswith("#"):
             continue
-        if len(cols) != 3:
-            raise CorpusError(p, f"{len(cols)} columns; an ASV score line is SOURCE KEY SCORE", line=no)
-        if cols[1] not in groups:
-            raise CorpusError(p, f"unknown key {cols[1]!r} (expected target, nontarget or spoof)", line=no)
+        if len(cols) not in _ASV_LAYOUTS:
+            raise CorpusError(p, f"{len(cols)} columns; an ASV score line is SOURCE KEY SCORE (or the 6 columns of "
+                                 "the t-DCF package's score files)", line=no)
+        ki, si = _ASV_LAYOUTS[len(cols)]
+        if cols[ki] not in groups:
+            raise CorpusError(p, f"unknown key {cols[ki]!r} in column {ki + 1} (expected target, nontarget or spoof)",
+                              line=no)
         try:
-            s = float(cols[2])
+            s = float(cols[si])
         except ValueError:
             s = float("nan")
         if not np.isfinite(s):
-            raise CorpusError(p, f"score {cols[2]!r} is not a finite number", line=no)
-        groups[cols[1]].append(s)
+            raise CorpusError(p, f"score {cols[si]!r} is not a finite number", line=no)
+        groups[cols[ki]].append(s)
     missing = [k for k, v in groups.items() if not v]
     if missing:
         raise CorpusError(p, f"no {' / '.join(missing)} trials; min t-DCF needs target, nontarget and spoof ASV scores")
