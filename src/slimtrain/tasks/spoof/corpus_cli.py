@@ -14,7 +14,7 @@ PAPER = {"width": 64, "blocks": (3, 4, 6, 3), "sample_rate": 16000, "stages": (0
 PAPER_EPOCHS = 20
 
 
-def _refuse(args, flags: dict) -> None:
+def _refuse(flags: dict) -> None:
     for flag, bad in flags.items():
         if bad:
             raise ValueError(f"{flag} does not apply to training on your corpus (--train-data/--val-data, --recipe)")
@@ -39,7 +39,7 @@ def run_corpus(args) -> int:
     from .corpus_train import CorpusOptions, train_on_corpus
     from .train import SpoofConfig
 
-    _refuse(args, {"--sweep": args.sweep, "--data": args.data is not None, "--fixed-widths": args.fixed_widths is not None,
+    _refuse({"--sweep": args.sweep, "--data": args.data is not None, "--fixed-widths": args.fixed_widths is not None,
                    "--no-pruning": args.no_pruning, "--pruning-only": args.pruning_only, "--resume": args.resume,
                    "--seeds/--seed-list": getattr(args, "seeds", None) is not None
                    or getattr(args, "seed_list", None) is not None})
