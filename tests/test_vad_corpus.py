@@ -93,7 +93,7 @@ def test_trained_model_exports_to_onnx(trained, tmp_path):
     from slimtrain.export import export_onnx
 
     m = vad.load(trained / "vad_crnn.pt")
-    info = export_onnx(m.model, torch.randn(1, 8000) * 0.1, tmp_path / "vad.onnx")
+    info = export_onnx(m.model, torch.randn(1, 2400) * 0.1, tmp_path / "vad.onnx")  # 0.15 s: the exporter unrolls the GRU
     assert info["max_abs_diff"] <= 1e-4 and (tmp_path / "vad.onnx").is_file()
 
 

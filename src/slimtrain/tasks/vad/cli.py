@@ -189,7 +189,8 @@ def register(commands, data_commands) -> None:
             "'slimtrain export'; without it the VAD shipped inside the package is used. The old form "
             "'slimtrain vad predict MODEL.pt FILE...' still works (a first argument ending in .pt/.ckpt is "
             "taken as the model when more than one is given).",
-            "Any mono/multi-channel file at any rate: channels are averaged and the audio is resampled to 8 kHz "
+            "Any mono/multi-channel file at any rate: channels are averaged and the audio is resampled to the rate "
+            "the model runs at (the shipped model: 8 kHz; a model trained with --sample-rate 16000: 16 kHz) "
             "(scipy.signal.resample_poly). Segments follow Silero's get_speech_timestamps: speech starts at a "
             "frame with probability >= --threshold, ends after --min-silence seconds below "
             "max(threshold - 0.15, threshold / 2), "

@@ -112,7 +112,8 @@ class VctkEscMixture(torch.utils.data.Dataset):
 
     def __init__(self, utterances: list[Path], noise: NoiseMixer, *, sample_rate: int = PAPER_SAMPLE_RATE,
                  crop_seconds: float = 4.0, seed: int = 0, train: bool = False, noise_only: float = 0.1,
-                 cache: Optional[AudioCache] = None, report: Optional[SkipReport] = None) -> None:
+                 cache: Optional[AudioCache] = None, report: Optional[SkipReport] = None,
+                 progress: bool = False) -> None:
         self.sample_rate, self.hop = int(sample_rate), int(sample_rate) // 100
         self.crop = int(round(crop_seconds * sample_rate)) // self.hop * self.hop
         self.frames = self.crop // self.hop + 1
@@ -120,7 +121,9 @@ class VctkEscMixture(torch.utils.data.Dataset):
         self.epoch = 0
         report = report if report is not None else SkipReport(False)
         self.items = []
-        for p in utterances:
+        from tqdm.auto import tqdm
+
+        for p in tqdm(utterances, desc="scan VCTK", unit="file", disable=not progress, leave=False):
             with report.catch():
                 self.items.append((p, audio_info(p)))
         if not self.items:
@@ -172,7 +175,7 @@ def paper_data(vctk: PathLike, esc50: PathLike, *, crop_seconds: float = 4.0, se
                            silence_level_dbfs=(-45.0, -15.0))  # noise-only crops: at a level of its own
         utts = [u for s in split_spk[split] for u in speakers[s]]
         sets[split] = VctkEscMixture(utts, mixer, crop_seconds=crop_seconds, seed=seed, train=split == "train",
-                                     cache=cache, report=report)
+                                     cache=cache, report=report, progress=progress)
         summary[split] = {"speakers": split_spk[split], "utterances": len(sets[split]), "esc50_folds":
                           list(ESC50_SPLIT[split]), "noise_clips": len(mixer)}
     # the speech share of training frames, from the first (up to) 32 training items
