@@ -15,7 +15,7 @@ from slimtrain.data.spoof_corpus import clips_of
 from slimtrain.data.spoof_fixtures import make_asvspoof2019_tree
 from slimtrain.tasks.metrics import eer_by_group, min_tdcf
 
-TINY = ["--epochs", "2", "--crop-seconds", "0.5", "--batch-size", "8", "--workers", "1", "--no-progress"]
+TINY = ["--epochs", "2", "--crop-seconds", "0.5", "--batch-size", "8", "--loader-workers", "1", "--no-progress"]
 
 
 # ------------------------------------------------------------------------------------------ metrics
@@ -132,7 +132,7 @@ def test_paper_recipe_end_to_end(tmp_path):
     tree = make_asvspoof2019_tree(tmp_path / "asv", n_bona=4, n_per_attack=1, seconds=(0.3, 0.5))
     out = tmp_path / "paper"
     rc = main(["spoof", "--recipe", "paper", "--asvspoof-root", str(tree["root"]), "--out", str(out), "--epochs", "1",
-               "--crop-seconds", "0.25", "--batch-size", "4", "--workers", "1", "--no-progress"])
+               "--crop-seconds", "0.25", "--batch-size", "4", "--loader-workers", "1", "--no-progress"])
     assert rc == 0
     doc = json.loads((out / "result.json").read_text())
     assert doc["recipe"] == "paper"

@@ -183,6 +183,16 @@ def _cmd_data(args) -> int:
     return 0
 
 
+def _nonneg_int(text: str, what: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        v = -1
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"{what} must be an integer >= 0, got {text!r}")
+    return v
+
+
 def _add_corpus_arguments(s) -> None:
     g = s.add_argument_group("your corpus (docs/spoof.md, 'Train on your own corpus')")
     g.add_argument("--train-data", type=Path, default=None, metavar="PROTOCOL",
@@ -209,8 +219,11 @@ def _add_corpus_arguments(s) -> None:
                    help="training crop and scoring clip length in seconds (default: 4)")
     g.add_argument("--batch-size", type=lambda t: _positive_int(t, "batch size"), default=None, metavar="N",
                    help="training batch size (default: 32; --quick: 16)")
-    g.add_argument("--cache", type=Path, default=None, metavar="DIR",
-                   help="store each file resampled to --sample-rate once under DIR (for corpora at another rate)")
+    g.add_argument("--loader-workers", type=lambda t: _nonneg_int(t, "loader workers"), default=None, metavar="N",
+                   help="DataLoader worker processes that read (and resample) the audio (default: 0, in the main "
+                        "process; use a few for a large corpus)")
+    g.add_argument("--cache-dir", type=Path, default=None, metavar="DIR",
+                   help="keep each file resampled to --sample-rate here (.npy), so it is resampled once")
     g.add_argument("--recipe", choices=("paper",), default=None,
                    help="paper: ResNet34 (blocks 3,4,6,3) with base width 64 at 16 kHz, all stages dynamic, on "
                         "--asvspoof-root's ASVspoof 2019 LA train/dev/eval protocols (or the --*-data protocols)")
@@ -237,7 +250,7 @@ def _cmd_spoof(args) -> int:
         from .corpus_cli import run_corpus
 
         return run_corpus(args)
-    for flag in ("audio_dir", "sample_rate", "asv_scores", "crop_seconds", "batch_size", "cache"):
+    for flag in ("audio_dir", "sample_rate", "asv_scores", "crop_seconds", "batch_size", "loader_workers", "cache_dir"):
         if getattr(args, flag, None) is not None:
             raise ValueError(f"--{flag.replace('_', '-')} applies to your corpus (--train-data/--val-data or "
                              "--recipe paper), not to the built-in corpus")

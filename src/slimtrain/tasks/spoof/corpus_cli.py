@@ -41,6 +41,7 @@ def run_corpus(args) -> int:
 
     _refuse({"--sweep": args.sweep, "--data": args.data is not None, "--fixed-widths": args.fixed_widths is not None,
                    "--no-pruning": args.no_pruning, "--pruning-only": args.pruning_only, "--resume": args.resume,
+                   "--workers (use --loader-workers)": args.workers is not None,
                    "--seeds/--seed-list": getattr(args, "seeds", None) is not None
                    or getattr(args, "seed_list", None) is not None})
     paper = args.recipe == "paper"
@@ -74,7 +75,7 @@ def run_corpus(args) -> int:
         cfg.warmup_epochs = cfg.epochs - 1
     cfg.validate()
     opts = CorpusOptions(sample_rate=rate, crop_seconds=args.crop_seconds if args.crop_seconds is not None else 4.0,
-                         workers=args.workers if args.workers is not None else 2, cache_dir=args.cache).validate()
+                         workers=args.loader_workers or 0, cache_dir=args.cache_dir).validate()
     if args.stages is not None and len(args.stages) > 1:
         raise ValueError("give one stage set (several sets separated by '/' need --sweep, built-in corpus only)")
     if args.kappa_min is not None and len(args.kappa_min) > 1:
@@ -93,9 +94,9 @@ def run_corpus(args) -> int:
     test = read_spoof_corpus(test_p, **read) if test_p is not None else None
     asv = read_asv_scores(asv_p) if asv_p is not None else None
     for c in (train, val, test):
-        if c is not None and c.sample_rate != rate and args.cache is None:
+        if c is not None and c.sample_rate != rate and args.cache_dir is None:
             print(f"note: {c.protocol.name} is at {c.sample_rate} Hz; every read is resampled to {rate} Hz "
-                  "(--cache DIR resamples each file once)", file=sys.stderr)
+                  "(--cache-dir DIR resamples each file once)", file=sys.stderr)
     from ... import distributed
 
     main = distributed.is_main()

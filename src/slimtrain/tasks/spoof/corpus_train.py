@@ -60,7 +60,7 @@ class CorpusOptions:
 
     sample_rate: int = 16000
     crop_seconds: float = 4.0
-    workers: int = 2
+    workers: int = 0
     cache_dir: Optional[Path] = None
 
     @property
