@@ -144,3 +144,24 @@ def test_paper_recipe_end_to_end(tmp_path):
     assert len(cm.model.stages) == 4 and [len(s) for s in cm.model.stages] == [3, 4, 6, 3]
     x, sr = sf.read(str(sorted((tree["root"] / "LA" / "ASVspoof2019_LA_eval" / "flac").glob("*.flac"))[0]))
     assert np.isfinite(cm.score(x, sr))
+
+
+def test_itw_and_csv_at_8k_end_to_end(tmp_path):
+    """In-the-Wild meta.csv for training, a plain CSV for validation, 16 kHz files, an 8 kHz model: the
+    front-end is built for 8 kHz and the loaded model resamples wideband input down to its rate."""
+    from slimtrain.data.spoof_fixtures import make_itw_tree, make_plain_csv
+
+    meta = make_itw_tree(tmp_path / "itw", n_bona=8, n_spoof=8, seconds=(0.3, 0.6))
+    val = make_plain_csv(tmp_path / "csv", n_bona=3, n_per_attack=1, seconds=(0.3, 0.6))
+    out = tmp_path / "run"
+    rc = main(["spoof", "--quick", "--train-data", str(meta), "--val-data", str(val), "--sample-rate", "8000",
+               "--out", str(out), *TINY])
+    assert rc == 0
+    doc = json.loads((out / "result.json").read_text())
+    assert doc["data"]["train"]["format"] == "itw" and doc["data"]["val"]["format"] == "csv"
+    assert doc["data"]["train"]["counts"] == {"bonafide": 8, "spoof": 8}
+    assert set(doc["result"]["val"]["eer"]) == {"pooled", "A01", "A02", "A03"} and "test" not in doc["result"]
+    cm = spoof.load(out / "model.ckpt")
+    assert cm.sample_rate == 8000 and cm.clip_samples == 4000 and cm.model.frontend.n_fft == 256
+    x, sr = sf.read(str(meta.parent / "0.wav"), dtype="float32")
+    assert sr == 16000 and np.isfinite(cm.score(x, sr))
