@@ -165,3 +165,9 @@ def test_itw_and_csv_at_8k_end_to_end(tmp_path):
     assert cm.sample_rate == 8000 and cm.clip_samples == 4000 and cm.model.frontend.n_fft == 256
     x, sr = sf.read(str(meta.parent / "0.wav"), dtype="float32")
     assert sr == 16000 and np.isfinite(cm.score(x, sr))
+
+
+def test_resamples_says_what_score_does(run):
+    cm = spoof.load(run[0] / "model.ckpt")
+    assert (cm.resamples(16000), cm.resamples(48000), cm.resamples(8000)) == (None, "down", "up")
+    assert spoof.load().resamples(16000) == "down"  # the shipped model runs at 8 kHz

@@ -71,6 +71,11 @@ class Countermeasure:
         return (f"Countermeasure(source={self.source!r}, sample_rate={self.sample_rate}, "
                 f"clip_seconds={self.clip_samples / self.sample_rate:g})")
 
+    def resamples(self, sample_rate: int) -> Optional[str]:
+        """``"down"``, ``"up"`` or ``None``: what :meth:`score` does to input at ``sample_rate``."""
+        sr = check_rate(sample_rate, "spoof.resamples")
+        return None if sr == self.sample_rate else ("down" if sr > self.sample_rate else "up")
+
     @torch.no_grad()
     def clip_scores(self, audio: Any, sample_rate: int) -> np.ndarray:
         """Logit of every clip of the prepared recording (see the module docstring)."""
