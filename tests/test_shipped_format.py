@@ -85,6 +85,6 @@ def test_long_audio_runs_in_streamed_blocks_with_the_same_result(monkeypatch):
     model = vad_mod.load()
     x = (np.random.default_rng(0).standard_normal(12000) * 0.05).astype(np.float32)
     ref = model.frame_probs(x, 8000)
-    monkeypatch.setattr(vad_mod, "_LONG_SAMPLES", 5000)  # blocks of 500 samples
+    monkeypatch.setattr(vad_mod, "_LONG_SECONDS", 0.625)  # 5000 samples at 8 kHz: blocks of 500 samples
     got = model.frame_probs(x, 8000)
     assert got.shape == ref.shape and np.abs(got - ref).max() <= 1e-5

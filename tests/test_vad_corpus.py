@@ -197,3 +197,19 @@ def test_vctk_080_layout_and_bad_trees_are_named(tmp_path, paper_trees):
             esc50_folds(esc)
     finally:
         meta.write_text(good)
+
+
+@pytest.mark.parametrize("rate", [8000, 16000])
+def test_a_torchscript_vad_keeps_its_rate(tmp_path, rate):
+    import warnings
+
+    from slimtrain.tasks.vad.models import build_vad_model
+
+    m = build_vad_model("crnn", 24, sample_rate=rate, conv1=4, conv2=4, hidden=4).eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.jit.save(torch.jit.trace(m, torch.randn(1, rate)), str(tmp_path / "model.pt"))
+    v = vad.load(tmp_path / "model.pt")
+    assert v.sample_rate == rate  # read from the filterbank: a 16 kHz TorchScript model is not run at 8 kHz
+    x = np.random.default_rng(0).standard_normal(rate).astype(np.float32) * 0.1
+    np.testing.assert_allclose(v.frame_logits(x, rate), m(torch.from_numpy(x)[None]).detach().numpy()[0], atol=1e-5)

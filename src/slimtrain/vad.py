@@ -140,6 +140,21 @@ def probs_to_segments(probs: np.ndarray, threshold: float = 0.5, *, neg_threshol
     return [{"start": round(a, 3), "end": round(b, 3)} for a, b in raw]
 
 
+def _model_rate(model: nn.Module) -> Optional[int]:
+    """The rate of a VAD's front-end: its ``sample_rate``, or for a TorchScript model (no plain attributes)
+    the rate whose 32 ms window has the filterbank's ``n_fft`` (256: 8 kHz, 512: 16 kHz)."""
+    fe = getattr(model, "frontend", None)
+    if fe is None:
+        return None
+    rate = getattr(fe, "sample_rate", None)
+    if isinstance(rate, int):
+        return rate
+    fbank = getattr(fe, "fbank", None)
+    if isinstance(fbank, torch.Tensor) and fbank.dim() == 2:
+        return (fbank.shape[1] - 1) * 2 * 1000 // 32
+    return None
+
+
 # -- the model facade ---------------------------------------------------------------------------------
 class VAD:
     """A loaded VAD model (see the module docstring). ``threshold`` is a speech probability."""
@@ -149,9 +164,8 @@ class VAD:
     def __init__(self, model: nn.Module, *, threshold: Optional[float] = None, meta: Optional[dict] = None,
                  source: str = "<model>", sample_rate: Optional[int] = None) -> None:
         self.model = model.eval()
-        fe_rate = getattr(getattr(model, "frontend", None), "sample_rate", None)
         #: the rate the model runs at (Hz); input at any other rate is resampled to it (module docstring)
-        self.sample_rate = int(fe_rate or sample_rate or MODEL_SAMPLE_RATE)
+        self.sample_rate = int(_model_rate(model) or sample_rate or MODEL_SAMPLE_RATE)
         self.meta = dict(meta or {})
         self.source = source
         #: default decision threshold (probability): the validation EER point recorded at training, else 0.5
@@ -190,7 +204,7 @@ class VAD:
 
     @torch.no_grad()
     def _logits(self, x: np.ndarray) -> np.ndarray:
-        long = _LONG_SECONDS * self.sample_rate
+        long = int(_LONG_SECONDS * self.sample_rate)
         if len(x) > long and self.can_stream:
             from .tasks.vad.models import stream_logits
 

@@ -81,7 +81,8 @@ def add_data_arguments(v: argparse.ArgumentParser) -> None:
     g.add_argument("--recipe", choices=("paper",), default=None,
                    help="paper: the paper's VAD set-up -- its CRNN and Transformer at its sizes (80 mel bands, "
                         "about 674k and 138k parameters), trained at 16 kHz on VCTK (--vctk) mixed with ESC-50 "
-                        "(--esc50); both families unless --family is given (docs/vad.md, 'Paper recipe')")
+                        "(--esc50); both families unless --family is given (docs/vad.md, 'Your data, 16 kHz and the "
+                        "paper recipe')")
     g.add_argument("--vctk", type=Path, default=None, metavar="DIR",
                    help="--recipe paper: your VCTK copy (wav48_silence_trimmed/pXXX/*.flac or wav48/pXXX/*.wav)")
     g.add_argument("--esc50", type=Path, default=None, metavar="DIR",
