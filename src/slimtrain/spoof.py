@@ -8,15 +8,24 @@ s = cm.score(audio, sample_rate)       # float; > 0 leans bona fide, < 0 leans s
 
 ``audio`` follows the same conventions as :mod:`slimtrain.vad`: numpy array or torch tensor, float
 or int16/int32 PCM, mono or ``(channels, samples)`` / ``(samples, channels)`` (channels averaged),
-any sample rate (resampled to 8 kHz with ``scipy.signal.resample_poly``). The recording then goes
-through the deterministic part of the training cue removal (band-pass, silence trim, -24 dBFS),
-is cut into clips of the training length with 50 % overlap (a shorter recording is centred in
-silence), and the score is the mean clip logit. 0 is the training decision boundary, not a tuned
-threshold. Bad input raises :class:`AudioInputError` naming the call.
+any sample rate, resampled with ``scipy.signal.resample_poly`` to the rate the model runs at,
+:attr:`Countermeasure.sample_rate`: 8 kHz for the shipped model and the built-in corpus' models, the
+rate it was trained at (8 or 16 kHz) for a model trained on your corpus (``slimtrain spoof
+--train-data``): a 16 kHz model scores wideband input at 16 kHz, never downsampled (narrowband input
+is upsampled, with a warning: it has no content above its Nyquist frequency).
+
+Built-in corpus models: the recording goes through the deterministic part of the training cue
+removal (band-pass, silence trim, -24 dBFS) and is cut into clips of the training length with 50 %
+overlap (a shorter recording is centred in silence). Corpus-trained models (``preprocess ==
+"none"``): the raw recording is cut into clips of the training crop length with 50 % overlap (a
+shorter one is repeated end to end, as in training). The score is the mean clip logit. 0 is the
+training decision boundary, not a tuned threshold. Bad input raises :class:`AudioInputError`
+naming the call.
 """
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import Any, Optional, Union
 
@@ -40,21 +49,32 @@ def default_model_path() -> Path:
 
 
 class Countermeasure:
-    """A loaded countermeasure; :meth:`score` gives one bona fide score per recording."""
+    """A loaded countermeasure; :meth:`score` gives one bona fide score per recording.
 
-    sample_rate = MODEL_SAMPLE_RATE
+    ``sample_rate``: the rate the model runs at (input is resampled to it); ``preprocess``: ``"cue"``
+    (the built-in corpus' cue removal) or ``"none"`` (raw clips, models trained on a user corpus)."""
 
     def __init__(self, model: nn.Module, clip_samples: int, *, meta: Optional[dict] = None,
-                 source: str = "<model>") -> None:
+                 source: str = "<model>", sample_rate: int = MODEL_SAMPLE_RATE, preprocess: str = "cue") -> None:
         if clip_samples < 1:
             raise ValueError(f"clip_samples must be >= 1, got {clip_samples}")
+        if preprocess not in ("cue", "none"):
+            raise ValueError(f"preprocess must be 'cue' or 'none', got {preprocess!r}")
         self.model = model.eval()
         self.clip_samples = int(clip_samples)
         self.meta = dict(meta or {})
         self.source = source
+        self.sample_rate = int(sample_rate)
+        self.preprocess = preprocess
 
     def __repr__(self) -> str:
-        return f"Countermeasure(source={self.source!r}, clip_seconds={self.clip_samples / self.sample_rate:g})"
+        return (f"Countermeasure(source={self.source!r}, sample_rate={self.sample_rate}, "
+                f"clip_seconds={self.clip_samples / self.sample_rate:g})")
+
+    def resamples(self, sample_rate: int) -> Optional[str]:
+        """``"down"``, ``"up"`` or ``None``: what :meth:`score` does to input at ``sample_rate``."""
+        sr = check_rate(sample_rate, "spoof.resamples")
+        return None if sr == self.sample_rate else ("down" if sr > self.sample_rate else "up")
 
     @torch.no_grad()
     def clip_scores(self, audio: Any, sample_rate: int) -> np.ndarray:
@@ -63,10 +83,18 @@ class Countermeasure:
 
         where = "spoof.score"
         sr = check_rate(sample_rate, where)
-        x = resample_to(as_mono_float(audio, where), sr, MODEL_SAMPLE_RATE)
+        if sr < self.sample_rate and self.preprocess == "none":
+            warnings.warn(f"{where}: {sr} Hz audio is upsampled to the model's {self.sample_rate} Hz; it has no content "
+                          f"above {sr / 2:g} Hz, unlike the model's training data", stacklevel=3)
+        x = resample_to(as_mono_float(audio, where), sr, self.sample_rate)
         if not np.any(x):
             raise AudioInputError(f"{where}: audio is all zeros (digital silence); there is nothing to score")
-        clips = torch.from_numpy(np.clip(prepare(x, self.clip_samples), -1, 1))
+        if self.preprocess == "none":
+            from .data.spoof_corpus import clips_of
+
+            clips = torch.from_numpy(np.ascontiguousarray(clips_of(x, self.clip_samples), dtype=np.float32))
+        else:
+            clips = torch.from_numpy(np.clip(prepare(x, self.clip_samples), -1, 1))
         return self.model(clips).reshape(-1).float().numpy()
 
     def score(self, audio: Any, sample_rate: int) -> float:
@@ -98,7 +126,12 @@ def load(path: Optional[PathLike] = None) -> Countermeasure:
         except ShippedModelError as e:
             raise CheckpointError(str(e)) from None
         return Countermeasure(model, int(meta["clip_samples"]), meta=meta, source=str(p))
-    from .tasks.spoof.score import load_scorer
+    from .checkpoint import load_for_inference
 
-    model, clip = load_scorer(p)
-    return Countermeasure(model, clip, source=str(p))
+    model, ckpt = load_for_inference(p, "spoof")
+    if ckpt is None:  # TorchScript export: the clip length is not stored; 1 s at 8 kHz
+        return Countermeasure(model, MODEL_SAMPLE_RATE, source=str(p))
+    inp = ckpt.get("extra", {}).get("input", {})
+    rate = int(inp.get("sample_rate", ckpt["recipe"]["kwargs"].get("sample_rate", MODEL_SAMPLE_RATE)))
+    return Countermeasure(model, int(ckpt["recipe"]["sample_shape"][-1]), source=str(p), sample_rate=rate,
+                          preprocess=str(inp.get("preprocess", "cue")), meta=inp)

@@ -15,3 +15,9 @@ __all__ = ["CorpusError", "SkippedItem", "SkipReport", "AudioFileError", "Missin
            "resampled_length", "AudioCache", "NoiseMixer", "Segment", "merge_segments", "read_rttm",
            "read_segment_csv", "IGNORE", "VadCorpus", "VadCropDataset", "VadRecording",
            "frame_labels_from_segments", "read_vad_corpus"]
+
+# anti-spoofing corpora (ASVspoof protocols, In-the-Wild, CSV)
+from .spoof_corpus import (SpoofCorpus, SpoofCrops, SpoofItem, SpoofUtterances, read_asv_scores,  # noqa: E402
+                           read_spoof_corpus)
+
+__all__ += ["SpoofCorpus", "SpoofCrops", "SpoofItem", "SpoofUtterances", "read_spoof_corpus", "read_asv_scores"]

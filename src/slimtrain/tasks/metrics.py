@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["eer", "eer_threshold", "roc_auc", "f1_at"]
+__all__ = ["eer", "eer_threshold", "roc_auc", "f1_at", "eer_by_group", "min_tdcf", "ASVSPOOF2019_COST"]
 
 
 def _check(labels, scores) -> tuple[np.ndarray, np.ndarray]:
@@ -60,3 +60,59 @@ def f1_at(labels, scores, threshold: float) -> float:
 
     y, s = _check(labels, scores)
     return float(f1_score(y, (s >= threshold).astype(int), zero_division=0))
+
+
+def eer_by_group(labels, scores, groups, positive_group: str = "bonafide") -> dict[str, float]:
+    """EER in [0, 1] pooled over everything (``"pooled"``) and per group of the negatives: every positive
+    item against the negatives of that group (anti-spoofing: bona fide against each attack ID)."""
+    y, s = _check(labels, scores)
+    g = np.asarray(groups, dtype=object).ravel()
+    if g.shape != y.shape:
+        raise ValueError(f"labels and groups differ in length: {y.size} vs {g.size}")
+    out = {"pooled": eer(y, s)}
+    pos = y == 1
+    for name in sorted({str(a) for a in g[~pos]}):
+        m = pos | (g == name)
+        out[name] = eer(y[m], s[m])
+    return out
+
+
+#: the ASVspoof 2019 t-DCF cost model (evaluation plan, section 4): priors and costs of the tandem system
+ASVSPOOF2019_COST = {"Pspoof": 0.05, "Ptar": (1 - 0.05) * 0.99, "Pnon": (1 - 0.05) * 0.01,
+                     "Cmiss_asv": 1.0, "Cfa_asv": 10.0, "Cmiss_cm": 1.0, "Cfa_cm": 10.0}
+
+
+def min_tdcf(bona_cm, spoof_cm, asv_target, asv_nontarget, asv_spoof, cost: dict | None = None,
+             asv_threshold: float | None = None) -> float:
+    """Minimum normalised tandem detection cost (t-DCF) of a countermeasure, ASVspoof 2019 formulation.
+
+    The ASV system runs at its EER threshold on target vs non-target trials (or ``asv_threshold``):
+    ``Pmiss_asv``, ``Pfa_asv`` and ``Pmiss_spoof_asv`` (spoofs it rejects). With the cost model
+    (default :data:`ASVSPOOF2019_COST`) ``C1 = Ptar (Cmiss_cm - Cmiss_asv Pmiss_asv) - Pnon Cfa_asv
+    Pfa_asv`` and ``C2 = Cfa_cm Pspoof (1 - Pmiss_spoof_asv)``, the t-DCF of a CM threshold ``t`` is
+    ``C1 Pmiss_cm(t) + C2 Pfa_cm(t)``, normalised by ``min(C1, C2)`` (the better of accepting or
+    rejecting everything, so the result lies in [0, 1]), minimised over every threshold. CM scores:
+    higher = bona fide; ASV scores: higher = target."""
+    c = dict(ASVSPOOF2019_COST if cost is None else cost)
+    bona, spoof = (np.asarray(a, dtype=np.float64).ravel() for a in (bona_cm, spoof_cm))
+    tar, non, spf = (np.asarray(a, dtype=np.float64).ravel() for a in (asv_target, asv_nontarget, asv_spoof))
+    for name, a in (("bona fide CM", bona), ("spoof CM", spoof), ("ASV target", tar), ("ASV non-target", non),
+                    ("ASV spoof", spf)):
+        if a.size == 0:
+            raise ValueError(f"min t-DCF needs {name} scores, got none")
+        if not np.all(np.isfinite(a)):
+            raise ValueError(f"{name} scores contain NaN or Inf")
+    thr = eer_threshold(np.r_[np.ones(tar.size), np.zeros(non.size)], np.r_[tar, non]) \
+        if asv_threshold is None else float(asv_threshold)
+    p_miss_asv, p_fa_asv = float(np.mean(tar < thr)), float(np.mean(non >= thr))
+    p_miss_spoof_asv = float(np.mean(spf < thr))
+    c1 = c["Ptar"] * (c["Cmiss_cm"] - c["Cmiss_asv"] * p_miss_asv) - c["Pnon"] * c["Cfa_asv"] * p_fa_asv
+    c2 = c["Cfa_cm"] * c["Pspoof"] * (1 - p_miss_spoof_asv)
+    if c1 <= 0 or c2 <= 0:
+        raise ValueError(f"t-DCF is undefined for this ASV system (C1={c1:.4g}, C2={c2:.4g}): its error rates at the "
+                         "EER threshold leave no cost for the countermeasure to reduce")
+    # every operating point: accept all (t = -inf), then reject each distinct score and everything below it
+    u = np.unique(np.r_[bona, spoof])
+    p_miss = np.r_[0.0, np.searchsorted(np.sort(bona), u, side="right") / bona.size]
+    p_fa = np.r_[1.0, 1.0 - np.searchsorted(np.sort(spoof), u, side="right") / spoof.size]
+    return float(np.min(c1 * p_miss + c2 * p_fa) / min(c1, c2))

@@ -89,6 +89,12 @@ def register(commands, data_commands) -> None:
             "OUT/config.json and OUT/runs/.",
             "'slimtrain spoof score [--model M] FILE_OR_DIR...' prints one bona fide score per file (shipped model by "
             "default).",
+            "Your corpus: --train-data PROTOCOL --val-data PROTOCOL [--test-data PROTOCOL] trains on an ASVspoof "
+            "2019 LA / 2021 LA / 5 protocol (audio in flac/ beside it, the official layout, or --audio-dir), "
+            "In-the-Wild's meta.csv or a path,label[,attack] CSV, streaming the audio from disk at --sample-rate "
+            "(default 16000); EER per attack ID and pooled, min t-DCF with --asv-scores. --recipe paper: the "
+            "paper's ResNet34 (base width 64, 16 kHz) on --asvspoof-root's train/dev/eval protocols "
+            "(docs/spoof.md, 'Train on your own corpus').",
         ), formatter_class=argparse.RawDescriptionHelpFormatter)
     s.add_argument("--sweep", action="store_true", help="run the whole grid and the baselines instead of one run")
     s.add_argument("--quick", action="store_true",
@@ -138,6 +144,7 @@ def register(commands, data_commands) -> None:
                    help="--sweep: skip the (row, seed) runs already finished in OUT/rows. With --seeds/--seed-list "
                         "the data set stays the one of --seed; the seeds vary the initialisation and batch order")
     s.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    _add_corpus_arguments(s)
     add_device_option(s)
     s.set_defaults(func=_cmd_spoof)
     sub = s.add_subparsers(dest="spoof_command", metavar="{score}")
@@ -149,9 +156,10 @@ def register(commands, data_commands) -> None:
             "cut to its learned widths) or the TorchScript model.pt of 'slimtrain export'; without it the "
             "countermeasure shipped inside the package is used. The old form 'slimtrain spoof score MODEL FILE...' "
             "still works (a first argument ending in .ckpt/.pt is taken as the model when more than one is given).",
-            "Each file is averaged to mono, resampled to 8 kHz, band-passed, trimmed, set to -24 dBFS and cut into "
-            "clips of the training length (50 % overlap); the score is the mean clip logit: higher = bona fide, "
-            "0 = the training decision boundary.",
+            "Each file is averaged to mono and resampled to the model's rate (8 kHz for the shipped model and the "
+            "built-in corpus' models, which also band-pass, trim and set it to -24 dBFS; a model trained on your "
+            "corpus runs at its --sample-rate on the raw audio) and cut into clips of the training length (50 % "
+            "overlap); the score is the mean clip logit: higher = bona fide, 0 = the training decision boundary.",
             "Formats: text = 'score<TAB>file' per file; json = one document with every score and the errors. A file "
             "that cannot be read is named on stderr and counted; the others are still scored; exit code 1 if any "
             "file failed.",
@@ -178,6 +186,60 @@ def _cmd_data(args) -> int:
     return 0
 
 
+def _nonneg_int(text: str, what: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        v = -1
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"{what} must be an integer >= 0, got {text!r}")
+    return v
+
+
+def _add_corpus_arguments(s) -> None:
+    g = s.add_argument_group("your corpus (docs/spoof.md, 'Train on your own corpus')")
+    g.add_argument("--train-data", type=Path, default=None, metavar="PROTOCOL",
+                   help="training protocol: ASVspoof 2019/2021/5 protocol, In-the-Wild meta.csv or a CSV "
+                        "path,label[,attack] (instead of the built-in corpus of --data)")
+    g.add_argument("--val-data", type=Path, default=None, metavar="PROTOCOL",
+                   help="validation protocol (EER per attack of the trained model)")
+    g.add_argument("--test-data", type=Path, default=None, metavar="PROTOCOL", help="test protocol (optional)")
+    g.add_argument("--audio-dir", type=Path, default=None, metavar="DIR",
+                   help="folder of the audio of every protocol (default: flac/ beside the protocol, the official "
+                        "ASVspoof layout, or the CSV's folder)")
+    g.add_argument("--format", choices=("auto", "asvspoof", "itw", "csv"), default="auto",
+                   help="protocol format (default: auto, from the first line)")
+    g.add_argument("--sample-rate", type=int, choices=(8000, 16000), default=None,
+                   help="rate the countermeasure is trained and runs at (default: 16000; the built-in corpus is 8000)")
+    g.add_argument("--skip-bad", action="store_true",
+                   help="leave out bad protocol lines and audio files (missing, unreadable, empty, other rate) "
+                        "instead of stopping; they are printed, written to OUT/skipped.csv and counted in "
+                        "OUT/result.json")
+    g.add_argument("--asv-scores", type=Path, default=None, metavar="FILE",
+                   help="ASVspoof 2019 ASV score file ('SOURCE KEY SCORE' lines) of the test set (or of the "
+                        "validation set without --test-data): adds min t-DCF")
+    g.add_argument("--crop-seconds", type=float, default=None, metavar="S",
+                   help="training crop and scoring clip length in seconds (default: 4)")
+    g.add_argument("--batch-size", type=lambda t: _positive_int(t, "batch size"), default=None, metavar="N",
+                   help="training batch size (default: 32; --quick: 16)")
+    g.add_argument("--loader-workers", type=lambda t: _nonneg_int(t, "loader workers"), default=None, metavar="N",
+                   help="DataLoader worker processes that read (and resample) the audio (default: 0, in the main "
+                        "process; use a few for a large corpus)")
+    g.add_argument("--cache-dir", type=Path, default=None, metavar="DIR",
+                   help="keep each file resampled to --sample-rate here (.npy), so it is resampled once")
+    g.add_argument("--recipe", choices=("paper",), default=None,
+                   help="paper: ResNet34 (blocks 3,4,6,3) with base width 64 at 16 kHz, all stages dynamic, on "
+                        "--asvspoof-root's ASVspoof 2019 LA train/dev/eval protocols (or the --*-data protocols)")
+    g.add_argument("--asvspoof-root", type=Path, default=None, metavar="DIR",
+                   help="your ASVspoof 2019 LA copy (the folder holding LA/, or LA/ itself): its cm protocols, "
+                        "audio and eval ASV scores")
+
+
+def _corpus_mode(args) -> bool:
+    return any(getattr(args, k, None) is not None for k in ("train_data", "val_data", "test_data", "recipe",
+                                                           "asvspoof_root"))
+
+
 def _cmd_spoof(args) -> int:
     from .data import SpoofDataConfig, build_dataset, load_split
     from .sweep import DEFAULT_FIXED_WIDTHS, DEFAULT_KAPPAS, DEFAULT_STAGE_SETS, QUICK_FIXED_WIDTHS, QUICK_KAPPAS
@@ -187,6 +249,16 @@ def _cmd_spoof(args) -> int:
 
     device = getattr(args, "device", "cpu")
     distributed.resolve_device(device)  # an unavailable device stops here, before any work
+    if _corpus_mode(args):
+        from .corpus_cli import run_corpus
+
+        return run_corpus(args)
+    for flag in ("audio_dir", "sample_rate", "asv_scores", "crop_seconds", "batch_size", "loader_workers", "cache_dir"):
+        if getattr(args, flag, None) is not None:
+            raise ValueError(f"--{flag.replace('_', '-')} applies to your corpus (--train-data/--val-data or "
+                             "--recipe paper), not to the built-in corpus")
+    if getattr(args, "skip_bad", False) or getattr(args, "format", "auto") != "auto":
+        raise ValueError("--skip-bad and --format apply to your corpus (--train-data/--val-data or --recipe paper)")
     if args.sweep:
         _refuse_sweep_under_torchrun()
     over: dict = {"seed": args.seed}
