@@ -116,16 +116,36 @@ def _layer_cost(model: nn.Module, s: LayerSpec, k_in: Tensor, k_out: Tensor, bat
         inner = m.module if hasattr(m, "module") else m
         frames = s.out_shape[-1]
         return s.out_shape[0] * frames * inner.n_freqs * k_out, zero
-    if s.kind == "mha":  # fixed width: q/k/v projections, the two attention products, out_proj
-        e = m.embed_dim
-        lq = math.prod(s.in_shape[:-1])
-        kv = s.extra.get("kv_shapes") or [s.in_shape, s.in_shape]
-        lk = math.prod(kv[0][:-1])
-        b = s.in_shape[0] if m.batch_first or len(s.in_shape) == 2 else s.in_shape[1]
-        b = 1 if len(s.in_shape) == 2 else b
-        macs = lq * k_in * e + lk * kv[0][-1] * e + lk * kv[-1][-1] * e + lq * (lk // b) * 2 * e + lq * e * k_out
-        return zero + macs, zero
+    if s.kind == "mha":  # q/k/v projections, the two attention products, out_proj; k_out heads of head_dim
+        return _mha_cost(m, s, k_out * m.head_dim, zero)
     return zero, zero
+
+
+def _mha_cost(m: nn.Module, s: LayerSpec, inner, zero) -> tuple:
+    """(MACs, params) of an ``nn.MultiheadAttention`` whose inner width (heads x head_dim) is ``inner``, for
+    either layout (``batch_first`` or sequence-first) and unbatched inputs, as FlopCounterMode counts them."""
+    q_shape = s.in_shape
+    kv = s.extra.get("kv_shapes") or [q_shape, q_shape]
+    if len(q_shape) not in (2, 3) or any(len(sh) != len(q_shape) for sh in kv):
+        raise GraphError(f"nn.MultiheadAttention '{s.name}': query shape {tuple(q_shape)} and key/value shapes "
+                         f"{[tuple(sh) for sh in kv]} are not all (length, batch, embed) / (batch, length, embed) "
+                         "or (length, embed)")
+    tokens_q = math.prod(q_shape[:-1])  # batch x query length
+    tokens_k = math.prod(kv[0][:-1])
+    tokens_v = math.prod(kv[-1][:-1])
+    batch = 1 if len(q_shape) == 2 else (q_shape[0] if m.batch_first else q_shape[1])
+    extra = int(m.bias_k is not None) + int(bool(m.add_zero_attn))  # tokens appended to the keys
+    src = tokens_k // batch + extra
+    e_q, e_k, e_v, e_o = m.embed_dim, kv[0][-1], kv[-1][-1], m.out_proj.out_features
+    macs = inner * (tokens_q * e_q + tokens_k * e_k + tokens_v * e_v + tokens_q * src * 2 + tokens_q * e_o)
+    params = inner * (e_q + e_k + e_v + e_o)
+    if m.in_proj_bias is not None:
+        params = params + 3 * inner
+    if m.bias_k is not None:
+        params = params + 2 * inner
+    if m.out_proj.bias is not None:
+        params = params + e_o
+    return zero + macs, zero + params
 
 
 class _Poly:
@@ -365,8 +385,8 @@ def _sides(model: nn.Module, s: LayerSpec, widths: dict, const=lambda v: torch.t
     elif s.kind == "mel":
         inner = m.module if hasattr(m, "module") else m
         fixed_in, fixed_out = inner.n_freqs, inner.n_mels
-    elif s.kind == "mha":
-        fixed_in = fixed_out = m.embed_dim
+    elif s.kind == "mha":  # the dynamic side of an attention is its head count
+        fixed_in, fixed_out = m.embed_dim, m.num_heads
     elif s.kind == "emb":
         fixed_in, fixed_out = m.num_embeddings, m.embedding_dim
     else:
@@ -455,7 +475,7 @@ def _counted_params(model: nn.Module, g: WidthGraph):
     from .dcl import DynamicWidth
 
     for s in g.layers:
-        if s.kind in ("linear", "conv", "rnn", "bn", "ln", "emb"):
+        if s.kind in ("linear", "conv", "rnn", "bn", "ln", "emb", "mha"):
             yield from model.get_submodule(s.name).parameters()
         elif s.kind == "param":
             yield _param_or_buffer(model, s.name)

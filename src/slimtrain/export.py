@@ -129,6 +129,37 @@ def _cut(model: nn.Module, s: LayerSpec, widths: dict[int, int]) -> None:
     elif s.kind == "mel":
         if out_idx is not None:
             m.fbank = m.fbank[out_idx].clone()
+    elif s.kind == "mha":
+        if w_out is not None:
+            _cut_mha_heads(m, w_out)
+
+
+def _cut_mha_heads(m: nn.MultiheadAttention, kept: int) -> None:
+    """Keep the first ``kept`` heads of an ``nn.MultiheadAttention`` in place: the q/k/v rows of those heads,
+    their ``out_proj`` columns and ``bias_k``/``bias_v`` entries; ``num_heads`` updated, ``embed_dim`` (the query
+    and output width) and ``head_dim`` kept. With fewer heads the class becomes
+    :class:`~slimtrain.modules.PrunedMultiheadAttention` (torch's own forward needs ``num_heads * head_dim ==
+    embed_dim``)."""
+    from .modules import PrunedMultiheadAttention
+
+    h, hd = m.num_heads, m.head_dim
+    if kept >= h:
+        return
+    one = kept_index(h, kept, 1, hd)
+    if m._qkv_same_embed_dim:
+        m.in_proj_weight = _param(m.in_proj_weight, _rows(m.in_proj_weight, kept_index(h, kept, 3, hd)))
+    else:
+        for k in ("q_proj_weight", "k_proj_weight", "v_proj_weight"):
+            setattr(m, k, _param(getattr(m, k), _rows(getattr(m, k), one)))
+    if m.in_proj_bias is not None:
+        m.in_proj_bias = _param(m.in_proj_bias, _rows(m.in_proj_bias, kept_index(h, kept, 3, hd)))
+    for k in ("bias_k", "bias_v"):
+        if getattr(m, k) is not None:
+            setattr(m, k, _param(getattr(m, k), getattr(m, k).index_select(2, one)))
+    m.out_proj.weight = _param(m.out_proj.weight, _cols(m.out_proj.weight, one))
+    m.out_proj.in_features = kept * hd
+    m.num_heads = kept
+    m.__class__ = PrunedMultiheadAttention
 
 
 def _cut_rnn(r: nn.Module, in_idx: Optional[Tensor], w: Optional[int]) -> None:

@@ -16,7 +16,8 @@ import torch
 from torch import nn
 
 from .attach import (DCL_CHILD, attach_dcl, attached_dcl, bind_layer_norm, bound_width, detach_all,
-                     install_state_dict_hook, is_dynamic_rnn, make_rnn_dynamic)
+                     install_state_dict_hook, is_dynamic_mha, is_dynamic_rnn, make_mha_dynamic,
+                     make_rnn_dynamic)
 from .dcl import DynamicWidth
 from .plan import _PLAN_ATTR, WidthEntry, WidthPlan
 from .modules import DynamicOutput, DynamicRecurrent, MaskedLayerNorm, TransformerBlock
@@ -124,7 +125,7 @@ def _convert_transformers(model: nn.Module) -> None:
 
 
 def _dcl_dim(kind: str) -> int:
-    return -1 if kind in ("linear", "rnn", "emb") else 1
+    return -1 if kind in ("linear", "rnn", "emb", "mha") else 1
 
 
 def _new_dcl(size: int, kind: str, bounds: dict[str, Any]) -> DynamicWidth:
@@ -140,6 +141,9 @@ def _new_dcl(size: int, kind: str, bounds: dict[str, Any]) -> DynamicWidth:
 def _wrap(model: nn.Module, tr: Trace, producer: str, kind: str, dcl: DynamicWidth) -> None:
     """Attach ``dcl`` to ``producer``'s output (after the BatchNorm that reads it, if any), in place."""
     mod = model.get_submodule(producer)
+    if kind == "mha_heads":  # the head count of an nn.MultiheadAttention
+        make_mha_dynamic(mod, dcl, producer)
+        return
     if kind == "rnn":
         if isinstance(mod, DynamicRecurrent):  # built by hand: share the width
             mod.dcl = dcl
@@ -251,6 +255,14 @@ def _unsafe_roots(model: nn.Module, tr: Trace) -> dict[int, tuple[str, str]]:
         mark(g, "unsupported", f"unsupported operation '{op}' on the width of {who(g)}")
     kinds = {u.name: u.kind for u in tr.uses}
     for u in tr.uses:
+        if u.kind == "mha" and u.out_group is not None:
+            mark(u.out_group, "structure", f"output of nn.MultiheadAttention '{u.name}': its out_proj width is its "
+                 "embed_dim, which is also its query width (kept; its head count can be dynamic)")
+        if u.kind == "mha_heads":
+            why = _fixed_heads_reason(model, u.name)
+            if why:
+                mark(u.out_group, "structure", why)
+            continue
         t = u.in_tag
         if t is None:
             continue
@@ -272,8 +284,6 @@ def _unsafe_roots(model: nn.Module, tr: Trace) -> dict[int, tuple[str, str]]:
             for kt in u.extra.get("kv_tags", []):
                 if kt is not None:
                     mark(kt.group, "structure", why)
-            if u.out_group is not None:
-                mark(u.out_group, "structure", f"output of nn.MultiheadAttention '{u.name}' (embed_dim is kept)")
         elif u.kind == "unknown":
             mark(t.group, "unsupported", f"read by unsupported layer '{u.name}' ({u.extra.get('type')})")
         elif t.dim is None:
@@ -303,6 +313,17 @@ def _unsafe_roots(model: nn.Module, tr: Trace) -> dict[int, tuple[str, str]]:
                 mark(t.group, "unsupported", why)
                 mark(u.out_group, "unsupported", why)
     return bad
+
+
+def _fixed_heads_reason(model: nn.Module, name: str) -> str:
+    """Why the head count of the ``nn.MultiheadAttention`` at ``name`` cannot be dynamic ("" if it can)."""
+    parent = model.get_submodule(name.rpartition(".")[0]) if "." in name else model
+    if isinstance(parent, (nn.TransformerEncoderLayer, nn.TransformerDecoderLayer)):
+        return (f"heads of nn.MultiheadAttention '{name}' inside nn.{type(parent).__name__}: the layer's fused fast "
+                "path reads in_proj_weight with embed_dim = num_heads * head_dim, so a cut head count cannot run "
+                "there (a free-standing batch-first encoder layer is converted to slimtrain.TransformerBlock, "
+                "whose heads are dynamic)")
+    return ""
 
 
 def make_dynamic(
@@ -456,6 +477,9 @@ def _plan(model: nn.Module, tr: Trace, fixed: dict[int, tuple[str, str]], dcls: 
         unit[tr.root(gid)] = "heads"
     for gid, h in tr.group_outer.items():
         unit[tr.root(gid)] = f"per head, {h} heads"
+    for u in tr.uses:
+        if u.kind == "mha_heads" and u.out_group is not None:
+            unit[tr.root(u.out_group)] = "heads"
     entries = []
     for r, producers in first_roots.items():
         size = tr.groups[r].size
@@ -464,7 +488,9 @@ def _plan(model: nn.Module, tr: Trace, fixed: dict[int, tuple[str, str]], dcls: 
             entries.append(WidthEntry(producers, size, True, dcls[r], float(d.min_width), float(d.max_width),
                                       readers=readers.get(r, []), user_dcl=r in user, unit=unit.get(r, "")))
         else:
-            cat, why = next((by_producer[p] for p in producers if p in by_producer), ("not selected", "not chosen"))
+            # a module with two widths (an attention's output and its heads) has its reason under its own root
+            own = fixed.get(r) if unit.get(r) == "heads" else None
+            cat, why = own or next((by_producer[p] for p in producers if p in by_producer), ("not selected", "not chosen"))
             entries.append(WidthEntry(producers, size, False, reason=why, category=cat, readers=readers.get(r, []),
                                       unit=unit.get(r, "")))
     return WidthPlan(entries)
@@ -498,7 +524,7 @@ def _tie(model: nn.Module, tr: Trace) -> bool:
             continue
         parent, _, attr = dname.rpartition(".")
         holder = model.get_submodule(parent)
-        ours = attr == DCL_CHILD and (attached_dcl(holder) is not None or is_dynamic_rnn(holder)
+        ours = attr == DCL_CHILD and (attached_dcl(holder) is not None or is_dynamic_rnn(holder) or is_dynamic_mha(holder)
                                       or isinstance(holder, (DynamicOutput, DynamicRecurrent)))
         if not ours:
             raise GraphError(
@@ -657,13 +683,17 @@ def _build(model: nn.Module, tr: Trace, batch: int) -> WidthGraph:
         if u.kind == "mha" and (in_root is not None or out_root is not None):
             raise refuse("structure", [in_root, out_root], f"nn.MultiheadAttention '{shown(u.name)}' keeps its embed_dim: its input and output "
                              "widths cannot be dynamic")
+        out_size = tr.groups[u.out_group].size if u.out_group is not None else 0
+        if u.kind == "mha":  # the layer's dynamic side is its head count
+            hg = u.extra["heads_group"]
+            out_root = tr.root(hg) if tr.root(hg) in dyn else None
+            out_size = tr.groups[hg].size
         if u.kind == "rnn" and isinstance(mod, DynamicRecurrent) and out_root is None:
             out_root = tr.root(u.out_group) if u.out_group is not None else None
         in_size = tr.groups[tag.group].size if tag is not None and in_root is not None else 0
-        if u.kind not in ("dcl", "unknown"):
+        if u.kind not in ("dcl", "unknown", "mha_heads"):
             layers.append(LayerSpec(u.name, u.kind, in_root, in_size, tag.outer if in_root is not None else 1,
-                                    tag.inner if in_root is not None else 1, out_root,
-                                    tr.groups[u.out_group].size if u.out_group is not None else 0,
+                                    tag.inner if in_root is not None else 1, out_root, out_size,
                                     u.in_shape, u.out_shape, extra))
     fixed_macs = tr.fixed_macs
     for i, (macs, g) in enumerate(tr.prods):  # attention products: linear in the head count

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
-from .attach import DCL_CHILD, attached_dcl, bound_width, is_dynamic_rnn
+from .attach import DCL_CHILD, attached_dcl, bound_width, is_dynamic_mha, is_dynamic_rnn
 from .modules import DynamicRecurrent
 
 __all__ = ["Tag", "Group", "LayerUse", "Trace", "trace_channels", "GraphError", "LEAF_TYPES"]
@@ -685,7 +685,7 @@ def trace_channels(model: nn.Module, sample: Any, *, extended: bool = False, hea
     mha_inputs: dict[int, list[tuple[Optional[Tag], tuple]]] = {}
 
     def pre(mod, args, kwargs):
-        x = args[0] if args else None
+        x = args[0] if args else _first_kwarg(kwargs)
         tag = tracer.tag(x)
         shape = tuple(x.shape) if isinstance(x, Tensor) else ()
         if isinstance(mod, nn.MultiheadAttention):  # key and value: who produced them, and their shapes
@@ -745,9 +745,15 @@ def trace_channels(model: nn.Module, sample: Any, *, extended: bool = False, hea
             extra["batch_first"] = inner_mod.batch_first
         if kind == "mha":
             kv = mha_inputs.pop(id(mod), [])
+            # the head count is a width of its own, inside the module (q/k/v rows, out_proj columns)
+            hgid = new_group(inner_mod.num_heads, name)
             extra.update(batch_first=inner_mod.batch_first, num_heads=inner_mod.num_heads,
-                         kv_tags=[t for t, _ in kv], kv_shapes=[sh for _, sh in kv])
+                         kv_tags=[t for t, _ in kv], kv_shapes=[sh for _, sh in kv], heads_group=hgid)
         uses.append(LayerUse(name, kind, tag, gid, shape, oshape, extra))
+        if kind == "mha":
+            uses.append(LayerUse(name, "mha_heads", None, hgid, shape, oshape, {}))
+            if is_dynamic_mha(mod):
+                claims.append((f"{name}.{DCL_CHILD}", hgid, name))
         if kind == "conv" and tag is not None and tag.dim is not None and \
                 inner_mod.groups == inner_mod.in_channels == inner_mod.out_channels and inner_mod.groups > 1:
             tracer.ties.append((tag.group, gid, f"depthwise conv '{name}'"))  # one width in and out
@@ -831,6 +837,18 @@ def trace_channels(model: nn.Module, sample: Any, *, extended: bool = False, hea
         if ra != rb:
             tr.parent[max(ra, rb)] = min(ra, rb)
     return tr
+
+
+#: keyword names under which a layer's main input can be passed (``attn(query=x, key=x, value=x)``)
+_INPUT_KWARGS = ("input", "query", "x", "hidden_states", "inputs")
+
+
+def _first_kwarg(kwargs: dict) -> Any:
+    """The main input of a layer called with keyword arguments only (``None`` if none is known)."""
+    for k in _INPUT_KWARGS:
+        if isinstance(kwargs.get(k), Tensor):
+            return kwargs[k]
+    return None
 
 
 def _has_known_ancestor(model: nn.Module, name: str) -> bool:
