@@ -83,14 +83,23 @@ def _layer_cost(model: nn.Module, s: LayerSpec, k_in: Tensor, k_out: Tensor, bat
         positions = math.prod(s.out_shape[:-1])
         macs = positions * k_in * k_out
         params = k_in * k_out + (k_out if m.bias is not None else zero)
-        return macs, params
+        from .trace import is_transposed_linear
+
+        axes = (k_in, k_out) if is_transposed_linear(m) else (k_out, k_in)
+        return macs, params + _norm_params(m, axes, zero)
     if s.kind == "conv":
         kernel = math.prod(m.kernel_size)
+        if m.transposed:  # weight (in, out/groups, *kernel), one product per input position (as torch counts)
+            positions = s.in_shape[0] * math.prod(s.in_shape[2:])
+            per_group_out = k_out / m.groups if m.groups == 1 or s.out_root is None else zero + 1
+            macs = positions * k_in * per_group_out * kernel
+            params = k_in * per_group_out * kernel + (k_out if m.bias is not None else zero)
+            return macs, params + _norm_params(m, (k_in, per_group_out), zero)
         positions = s.out_shape[0] * math.prod(s.out_shape[2:])
         per_group_in = k_in / m.groups if m.groups == 1 or s.in_root is None else zero + 1
         macs = positions * k_out * per_group_in * kernel
         params = k_out * per_group_in * kernel + (k_out if m.bias is not None else zero)
-        return macs, params
+        return macs, params + _norm_params(m, (k_out, per_group_in), zero)
     if s.kind == "rnn":
         r = _rnn_module(model, s.name)
         gates = 3 if isinstance(r, nn.GRU) else 4
@@ -119,6 +128,23 @@ def _layer_cost(model: nn.Module, s: LayerSpec, k_in: Tensor, k_out: Tensor, bat
     if s.kind == "mha":  # q/k/v projections, the two attention products, out_proj; k_out heads of head_dim
         return _mha_cost(m, s, k_out * m.head_dim, zero)
     return zero, zero
+
+
+def _norm_params(m: nn.Module, axes: tuple, zero):
+    """Parameters a weight norm adds (its ``g``): the weight's size along the norm's ``dim`` (``axes`` holds the
+    sizes of the weight's first two axes as functions of the widths; -1: one scalar)."""
+    from .weightnorm import weight_norm_dim
+
+    d = weight_norm_dim(m)
+    if d is None:
+        return zero
+    if d == -1:
+        return zero + 1
+    return axes[d] if d < 2 else zero + int(_weight_of(m).shape[d])
+
+
+def _weight_of(m: nn.Module) -> Tensor:
+    return m.weight
 
 
 def _mha_cost(m: nn.Module, s: LayerSpec, inner, zero) -> tuple:
@@ -441,14 +467,14 @@ def model_cost(model: nn.Module, sample=None, *, hard: Optional[bool] = None, fu
             raise GraphError(f"the model holds DynamicWidth modules ({', '.join(own[:4])}) but make_dynamic was not "
                              "applied: call slimtrain.make_dynamic(model, sample), which uses them, so the cost "
                              "follows their widths")
-        import copy
-
         from .graph import _build, _convert_transformers
         from .trace import _tensors, trace_channels
 
         # trace a copy with nn.TransformerEncoderLayer converted to the equivalent TransformerBlock
         # (as make_dynamic does): the tracer cannot see inside nn.MultiheadAttention
-        probe = copy.deepcopy(model)
+        from .weightnorm import deepcopy_model
+
+        probe = deepcopy_model(model)
         _convert_transformers(probe)
         tr = trace_channels(probe, sample, extended=True)
         probe.__dict__["_slimtrain_graph"] = _build(probe, tr, int(_tensors(sample)[0].shape[0]))

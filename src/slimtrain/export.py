@@ -23,6 +23,7 @@ from .dcl import DynamicWidth
 from .graph import _ATTR, LayerSpec, _set, get_graph
 from .modules import DynamicOutput, DynamicRecurrent, MaskedLayerNorm
 from .trace import is_transposed_linear
+from .weightnorm import cut_weight, deepcopy_model
 
 __all__ = ["export", "kept_index", "export_onnx", "load_exported", "ExportError"]
 
@@ -65,6 +66,8 @@ def _cut(model: nn.Module, s: LayerSpec, widths: dict[int, int]) -> None:
         t = getattr(owner, attr)
         cut = t.index_select(s.extra["axis"], torch.arange(w))
         setattr(owner, attr, _param(t, cut) if isinstance(t, nn.Parameter) else cut.clone())
+        if isinstance(owner, nn.PReLU):
+            owner.num_parameters = int(cut.numel())
         return
     m = model.get_submodule(s.name)
     w_in = widths.get(s.in_root) if s.in_root is not None else None
@@ -81,24 +84,26 @@ def _cut(model: nn.Module, s: LayerSpec, widths: dict[int, int]) -> None:
     if in_idx is None and out_idx is None:
         return  # a fixed layer: left exactly as it is
     if s.kind == "linear" and is_transposed_linear(m):  # weight (in, out), e.g. transformers' Conv1D
-        m.weight = _param(m.weight, _rows(_cols(m.weight, out_idx), in_idx))
+        cut_weight(m, {0: in_idx, 1: out_idx})
         if m.bias is not None:
             m.bias = _param(m.bias, _rows(m.bias, out_idx))
         m.nf = int(m.weight.shape[1])
         if hasattr(m, "nx"):
             m.nx = int(m.weight.shape[0])
     elif s.kind == "linear":
-        m.weight = _param(m.weight, _cols(_rows(m.weight, out_idx), in_idx))
+        cut_weight(m, {0: out_idx, 1: in_idx})  # a plain weight or a weight norm's g and v
         if m.bias is not None:
             m.bias = _param(m.bias, _rows(m.bias, out_idx))
         m.in_features, m.out_features = m.weight.shape[1], m.weight.shape[0]
     elif s.kind == "conv":
         depthwise = m.groups > 1 and w_in is not None
-        wt = _rows(m.weight, out_idx)
-        m.weight = _param(m.weight, wt if depthwise else _cols(wt, in_idx))
+        if m.transposed:  # weight (in, out/groups, *kernel)
+            cut_weight(m, {0: out_idx if depthwise else in_idx, 1: None if depthwise else out_idx})
+        else:  # a plain weight or a weight norm's g and v
+            cut_weight(m, {0: out_idx, 1: None if depthwise else in_idx})
         if m.bias is not None:
             m.bias = _param(m.bias, _rows(m.bias, out_idx))
-        m.out_channels = m.weight.shape[0]
+        m.out_channels = len(out_idx) if out_idx is not None else m.out_channels
         m.in_channels = len(in_idx) if in_idx is not None else m.in_channels
         if depthwise:
             m.groups = m.in_channels
@@ -195,7 +200,7 @@ def export(model: nn.Module) -> nn.Module:
     float rounding.
     """
     g = get_graph(model)
-    out = copy.deepcopy(model)
+    out = deepcopy_model(model)
     out.__dict__.pop(_ATTR, None)
     out.eval()
     widths = {r: d.hard_width for r, d in g.dcl_modules(out).items()}

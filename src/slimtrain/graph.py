@@ -21,7 +21,7 @@ from .attach import (DCL_CHILD, attach_dcl, attached_dcl, bind_layer_norm, bound
 from .dcl import DynamicWidth
 from .plan import _PLAN_ATTR, WidthEntry, WidthPlan
 from .modules import DynamicOutput, DynamicRecurrent, MaskedLayerNorm, TransformerBlock
-from .trace import GraphError, Tag, Trace, _tensors, trace_channels
+from .trace import CONV_TYPES, GraphError, Tag, Trace, _tensors, trace_channels
 
 __all__ = ["make_dynamic", "plan_widths", "WidthGraph", "LayerSpec", "get_graph", "dynamic_widths", "settle_widths",
            "GraphError"]
@@ -297,15 +297,21 @@ def _unsafe_roots(model: nn.Module, tr: Trace) -> dict[int, tuple[str, str]]:
             # no DCL can follow this BatchNorm: what it feeds would not be zeroed
             mark(t.group, "structure", f"BatchNorm '{u.name}' does not directly follow the layer that produces it")
         if u.kind in ("linear", "conv", "rnn", "bn", "ln", "emb") and u.name:
-            from torch.nn.utils import parametrize
+            from .weightnorm import weight_norm_issue
 
-            if parametrize.is_parametrized(model.get_submodule(u.name)):
-                why = f"layer '{u.name}' has parametrized weights (e.g. weight_norm), which export cannot cut"
+            lm = model.get_submodule(u.name)
+            issue = weight_norm_issue(lm) if u.kind in ("linear", "conv") else ""
+            if not issue and u.kind not in ("linear", "conv"):
+                from torch.nn.utils import parametrize
+
+                issue = "parametrized weights" if parametrize.is_parametrized(lm) else ""
+            if issue:
+                why = f"layer '{u.name}' has {issue}, which export cannot cut"
                 mark(t.group, "unsupported", why)
                 if u.out_group is not None:
                     mark(u.out_group, "unsupported", why)
         m = model.get_submodule(u.name) if u.kind == "conv" else None
-        if isinstance(m, (nn.Conv1d, nn.Conv2d)) and m.groups != 1 and u.out_group is not None:
+        if isinstance(m, CONV_TYPES) and m.groups != 1 and u.out_group is not None:
             depthwise = m.groups == m.in_channels == m.out_channels
             if tr.root(t.group) != tr.root(u.out_group) or not depthwise:  # see the grouped-conv rule in _build
                 why = f"grouped conv '{u.name}' (groups={m.groups}) cannot be cut" + (
@@ -499,9 +505,9 @@ def _plan(model: nn.Module, tr: Trace, fixed: dict[int, tuple[str, str]], dcls: 
 def plan_widths(model: nn.Module, sample: Any, layers: Optional[Iterable[Union[str, type]]] = None,
                 **kwargs: Any) -> WidthPlan:
     """The :class:`~slimtrain.plan.WidthPlan` ``make_dynamic(model, sample, ...)`` would make; ``model`` is not changed."""
-    import copy
+    from .weightnorm import deepcopy_model
 
-    probe = copy.deepcopy(model)
+    probe = deepcopy_model(model)
     probe.__dict__[_PROBE] = True  # a fresh copy: no graph compiled from it can be stale, so no cache reset
     make_dynamic(probe, sample, layers, **kwargs)
     return probe.__dict__[_PLAN_ATTR]

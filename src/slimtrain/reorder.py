@@ -136,6 +136,9 @@ def _plan(model: nn.Module, tr: Trace) -> dict[int, _Width]:
         mark(g, f"it is joined by {where}")
     for g, op in tr.opaque:
         mark(g, f"it passes through '{op}', which the tracer cannot follow")
+    for pname, g, _, op in tr.param_uses:
+        if op == "prelu":
+            mark(g, f"PReLU slope '{pname}' has one value per channel, which reordering does not permute")
     for u in tr.uses:
         t = u.in_tag
         if t is None:
@@ -210,6 +213,8 @@ def _odd_parameters(m: nn.Module, kind: str) -> list[str]:
 
     if kind == "mel":
         return []
+    if kind == "conv" and getattr(m, "transposed", False):
+        return ["the weight of a transposed conv (its axes are (in, out))"]
     r = _rnn_of(m) if kind == "rnn" else m
     if parametrize.is_parametrized(r):
         return [f"parametrized {n}" for n in r.parametrizations.keys()]
