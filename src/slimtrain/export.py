@@ -206,46 +206,130 @@ def export(model: nn.Module) -> nn.Module:
     widths = {r: d.hard_width for r, d in g.dcl_modules(out).items()}
     for s in g.layers:
         _cut(out, s, widths)
-    _set_head_counts(out, g, widths)
+    changed = _set_head_counts(out, g, widths)
     _strip(out)
+    sample = g.__dict__.get("_sample")
+    if sample is not None:  # the sample make_dynamic traced: the exported model must still run it
+        cut = {s.name.rpartition(".")[0]: f"'{s.name}'" for s in g.layers if s.kind not in ("param", "prod")
+               and (s.in_root in widths or s.out_root in widths)}
+        _check_runs(out, sample, changed, cut)
     return out.eval()
 
 
-#: attributes of an attention module that hold its head count / its inner width (heads * head_dim)
+#: attributes of an attention module that hold its head count (a literal count in a view that reads one of these
+#: follows a cut; export then updates every size attribute by value, see _set_head_counts)
 HEAD_COUNT_ATTRS = ("num_attention_heads", "num_heads", "n_heads", "nhead", "num_key_value_heads")
-INNER_WIDTH_ATTRS = ("all_head_size", "inner_dim", "attn_dim")
 
 
-def _set_head_counts(model: nn.Module, g, widths: dict[int, int]) -> None:
-    """Update the head-count attributes of the modules that hold cut attention projections."""
+def _int_attrs(mod: nn.Module) -> dict[str, int]:
+    """The module's own integer attributes (not bools, not class-level properties)."""
+    return {k: v for k, v in vars(mod).items() if isinstance(v, int) and not isinstance(v, bool)
+            and not k.startswith("_") and not isinstance(getattr(type(mod), k, None), property)}
+
+
+def _set_head_counts(model: nn.Module, g, widths: dict[int, int]) -> dict[str, dict[str, tuple[int, int]]]:
+    """Update the size attributes of the modules that hold cut attention projections; returns what was changed,
+    ``{module name: {attribute: (old, new)}}``.
+
+    The rule is by value, within the module that owns the projections: an integer attribute equal to the old
+    inner width (heads x head_dim: ``dim``, ``embed_dim``, ``all_head_size``, ``hidden_size``... which a forward
+    divides by the head count or reshapes to) becomes the new inner width; one equal to the old head count whose
+    name says it counts heads (``n_heads``, ``num_attention_heads``...) becomes the kept count; with per-head
+    widths one equal to the old per-head size whose name says it is per head (``head_dim``,
+    ``attention_head_size``) becomes the kept size."""
+    changed: dict[str, dict[str, tuple[int, int]]] = {}
+
+    def update(owner: str, attrs: dict[int, int], head_named: dict[int, int]) -> None:
+        mod = model.get_submodule(owner)
+        for k, v in _int_attrs(mod).items():
+            new = attrs.get(v)
+            if new is None and "head" in k.lower():
+                new = head_named.get(v)
+            if new is not None and new != v:
+                setattr(mod, k, new)
+                changed.setdefault(owner, {})[k] = (v, new)
+
     done = set()
     # per-head widths: the inner width (heads * head_dim) the attention's output merge reads is the value's
     merged = {s.in_root for s in g.layers if s.kind == "linear" and s.in_root is not None}
     for s in g.layers:
         inner = s.extra.get("out_inner", 1)
-        if s.extra.get("head_width"):  # every head kept, each narrower: only the inner width changes
-            if s.out_root in widths and s.out_root in merged:
-                mod = model.get_submodule(s.name.rpartition(".")[0])
-                outer = s.extra["out_outer"]
-                for attr in INNER_WIDTH_ATTRS:
-                    if getattr(mod, attr, None) == outer * s.out_size and \
-                            not isinstance(getattr(type(mod), attr, None), property):
-                        setattr(mod, attr, outer * widths[s.out_root])
-            continue
-        if not s.extra.get("heads") or s.out_root is None or s.out_root not in widths:
-            continue
         owner = s.name.rpartition(".")[0]
-        if owner in done:
+        if s.extra.get("head_width"):  # every head kept, each narrower
+            if s.out_root in widths and s.out_root in merged and owner not in done:
+                done.add(owner)
+                outer, kept = s.extra["out_outer"], widths[s.out_root]
+                per_head = {} if outer == s.out_size else {s.out_size: kept}  # ambiguous when heads == head_dim
+                update(owner, {outer * s.out_size: outer * kept}, per_head)
+            continue
+        if not s.extra.get("heads") or s.out_root is None or s.out_root not in widths or owner in done:
             continue
         done.add(owner)
-        mod = model.get_submodule(owner)
         heads, kept = s.out_size, widths[s.out_root]
-        for attr in HEAD_COUNT_ATTRS:
-            if getattr(mod, attr, None) == heads and not isinstance(getattr(type(mod), attr, None), property):
-                setattr(mod, attr, kept)
-        for attr in INNER_WIDTH_ATTRS:
-            if getattr(mod, attr, None) == heads * inner and not isinstance(getattr(type(mod), attr, None), property):
-                setattr(mod, attr, kept * inner)
+        counts = {} if heads == inner else {heads: kept}  # a head count equal to head_dim would be ambiguous
+        update(owner, {heads * inner: kept * inner}, counts)
+    return changed
+
+
+def _to(sample, device):
+    if isinstance(sample, Tensor):
+        return sample.to(device)
+    if isinstance(sample, (tuple, list)):
+        return type(sample)(_to(t, device) for t in sample)
+    if isinstance(sample, dict):
+        return {k: _to(v, device) for k, v in sample.items()}
+    return sample
+
+
+@torch.no_grad()
+def _check_runs(model: nn.Module, sample, changed: dict[str, dict[str, tuple[int, int]]],
+                cut: dict[str, str]) -> None:
+    """Run ``sample`` through the exported model; a failure becomes an :class:`ExportError` that names the module
+    it happened in, the size attributes export changed there (or above it) and the integer attributes that still
+    hold a size it cut."""
+    names = {m: n for n, m in model.named_modules()}
+    stack: list[str] = []
+    failed: list[str] = []
+
+    def pre(mod, args):
+        stack.append(names.get(mod, type(mod).__name__))
+
+    def post(mod, args, out):
+        stack.pop()
+
+    handles = [m.register_forward_pre_hook(pre) for m in model.modules()]
+    handles += [m.register_forward_hook(post) for m in model.modules()]
+    dev = next((p.device for p in model.parameters()), None)
+    try:
+        x = _to(sample, dev) if dev is not None else sample
+        model(*x) if isinstance(x, tuple) else model(x)
+        return
+    except Exception as e:  # noqa: BLE001 - any failure of the user's forward is reported with its place
+        failed = list(stack)
+        err = f"{type(e).__name__}: {' '.join(str(e).split())[:300]}"
+    finally:
+        for h in handles:
+            h.remove()
+    where = failed[-1] if failed else ""
+    mod = model.get_submodule(where) if where else model
+    chain = [n for n in failed if n]  # the module and its callers, outermost first
+    notes = []
+    for n in reversed(chain):
+        if n in changed:
+            notes.append(f"export set {', '.join(f'{n}.{k} {a} -> {b}' for k, (a, b) in changed[n].items())}")
+        if n in cut:
+            notes.append(f"export cut {cut[n]}")
+    old_sizes = {a for d in changed.values() for a, _ in d.values()}
+    stale = [f"{k}={v}" for n in reversed(chain) for k, v in _int_attrs(model.get_submodule(n)).items()
+             if v in old_sizes]
+    if stale:
+        notes.append(f"integer attributes still equal to a cut size: {', '.join(stale)}")
+    raise ExportError(
+        f"the exported model fails on the sample in module '{where or '<model>'}' ({type(mod).__name__}): {err}"
+        + ("; " + "; ".join(notes) if notes else "")
+        + ". Its forward reads a size that export did not update; exclude that width (make_dynamic(..., "
+        "exclude=[...])) or report the module's class"
+    )
 
 
 def _strip(model: nn.Module) -> None:

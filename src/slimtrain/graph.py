@@ -455,10 +455,19 @@ def _make_dynamic(model: nn.Module, sample: Any, layers, exclude, bounds: dict[s
     if not first or first[0].dim() == 0:
         raise GraphError("sample must be a batch tensor (or a tuple of inputs whose first is one)")
     graph = _build(model, tr, int(first[0].shape[0]))
+    graph.__dict__["_sample"] = _detached(sample)  # export runs it through the cut model
     model.__dict__[_ATTR] = graph
     model.__dict__[_PLAN_ATTR] = _plan(model, tr, fixed, graph.dcls)
     install_state_dict_hook(model)
     return model
+
+
+def _detached(sample: Any) -> Any:
+    if isinstance(sample, torch.Tensor):
+        return sample.detach()
+    if isinstance(sample, (tuple, list)):
+        return type(sample)(_detached(t) for t in sample)
+    return sample
 
 
 def _plan(model: nn.Module, tr: Trace, fixed: dict[int, tuple[str, str]], dcls: dict[int, str]) -> WidthPlan:

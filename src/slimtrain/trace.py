@@ -682,7 +682,7 @@ def trace_channels(model: nn.Module, sample: Any, *, extended: bool = False, hea
     tracer.heads = heads
 
     def head_attr(producer: str, heads: int) -> bool:  # the module holding the projection stores the head count
-        from .export import HEAD_COUNT_ATTRS
+        from .export import HEAD_COUNT_ATTRS  # the names that make a literal head count in a view follow a cut
 
         owner = producer.rpartition(".")[0]
         try:
