@@ -212,7 +212,13 @@ def export(model: nn.Module) -> nn.Module:
     if sample is not None:  # the sample make_dynamic traced: the exported model must still run it
         cut = {s.name.rpartition(".")[0]: f"'{s.name}'" for s in g.layers if s.kind not in ("param", "prod")
                and (s.in_root in widths or s.out_root in widths)}
-        _check_runs(out, sample, changed, cut)
+        old_sizes = set()  # every size export cut (channels, heads, heads x head_dim)
+        for s in g.layers:
+            if s.out_root in widths and widths[s.out_root] < s.out_size:
+                old_sizes |= {s.out_size, s.out_size * s.extra.get("out_inner", 1) * s.extra.get("out_outer", 1)}
+            if s.in_root in widths and widths[s.in_root] < s.in_size:
+                old_sizes |= {s.in_size, s.in_size * s.in_inner * s.in_outer}
+        _check_runs(out, sample, changed, cut, old_sizes)
     return out.eval()
 
 
@@ -239,12 +245,21 @@ def _set_head_counts(model: nn.Module, g, widths: dict[int, int]) -> dict[str, d
     ``attention_head_size``) becomes the kept size."""
     changed: dict[str, dict[str, tuple[int, int]]] = {}
 
-    def update(owner: str, attrs: dict[int, int], head_named: dict[int, int]) -> None:
+    def per_head(k: str) -> bool:  # a head's size (head_dim, attention_head_size), not a head count
+        k = k.lower()
+        return "head" in k and any(w in k for w in ("dim", "size", "width"))
+
+    def update(owner: str, inner: tuple[int, int], heads: Optional[tuple[int, int]],
+               head_size: Optional[tuple[int, int]]) -> None:
         mod = model.get_submodule(owner)
         for k, v in _int_attrs(mod).items():
-            new = attrs.get(v)
-            if new is None and "head" in k.lower():
-                new = head_named.get(v)
+            new = None
+            if v == inner[0]:
+                new = inner[1]
+            elif heads is not None and v == heads[0] and "head" in k.lower() and not per_head(k):
+                new = heads[1]
+            elif head_size is not None and v == head_size[0] and per_head(k):
+                new = head_size[1]
             if new is not None and new != v:
                 setattr(mod, k, new)
                 changed.setdefault(owner, {})[k] = (v, new)
@@ -259,15 +274,13 @@ def _set_head_counts(model: nn.Module, g, widths: dict[int, int]) -> dict[str, d
             if s.out_root in widths and s.out_root in merged and owner not in done:
                 done.add(owner)
                 outer, kept = s.extra["out_outer"], widths[s.out_root]
-                per_head = {} if outer == s.out_size else {s.out_size: kept}  # ambiguous when heads == head_dim
-                update(owner, {outer * s.out_size: outer * kept}, per_head)
+                update(owner, (outer * s.out_size, outer * kept), None, (s.out_size, kept))
             continue
         if not s.extra.get("heads") or s.out_root is None or s.out_root not in widths or owner in done:
             continue
         done.add(owner)
         heads, kept = s.out_size, widths[s.out_root]
-        counts = {} if heads == inner else {heads: kept}  # a head count equal to head_dim would be ambiguous
-        update(owner, {heads * inner: kept * inner}, counts)
+        update(owner, (heads * inner, kept * inner), (heads, kept), None)
     return changed
 
 
@@ -283,7 +296,7 @@ def _to(sample, device):
 
 @torch.no_grad()
 def _check_runs(model: nn.Module, sample, changed: dict[str, dict[str, tuple[int, int]]],
-                cut: dict[str, str]) -> None:
+                cut: dict[str, str], old_sizes: set[int]) -> None:
     """Run ``sample`` through the exported model; a failure becomes an :class:`ExportError` that names the module
     it happened in, the size attributes export changed there (or above it) and the integer attributes that still
     hold a size it cut."""
@@ -319,7 +332,7 @@ def _check_runs(model: nn.Module, sample, changed: dict[str, dict[str, tuple[int
             notes.append(f"export set {', '.join(f'{n}.{k} {a} -> {b}' for k, (a, b) in changed[n].items())}")
         if n in cut:
             notes.append(f"export cut {cut[n]}")
-    old_sizes = {a for d in changed.values() for a, _ in d.values()}
+    old_sizes = old_sizes | {a for d in changed.values() for a, _ in d.values()}
     stale = [f"{k}={v}" for n in reversed(chain) for k, v in _int_attrs(model.get_submodule(n)).items()
              if v in old_sizes]
     if stale:
