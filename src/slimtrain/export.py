@@ -210,8 +210,10 @@ def export(model: nn.Module) -> nn.Module:
     _strip(out)
     sample = g.__dict__.get("_sample")
     if sample is not None:  # the sample make_dynamic traced: the exported model must still run it
-        cut = {s.name.rpartition(".")[0]: f"'{s.name}'" for s in g.layers if s.kind not in ("param", "prod")
-               and (s.in_root in widths or s.out_root in widths)}
+        cut: dict[str, list[str]] = {}  # module -> its children (or itself) whose widths export cut
+        for s in g.layers:
+            if s.kind not in ("param", "prod") and (s.in_root in widths or s.out_root in widths):
+                cut.setdefault(s.name.rpartition(".")[0], []).append(s.name)
         old_sizes = set()  # every size export cut (channels, heads, heads x head_dim)
         for s in g.layers:
             if s.out_root in widths and widths[s.out_root] < s.out_size:
@@ -296,7 +298,7 @@ def _to(sample, device):
 
 @torch.no_grad()
 def _check_runs(model: nn.Module, sample, changed: dict[str, dict[str, tuple[int, int]]],
-                cut: dict[str, str], old_sizes: set[int]) -> None:
+                cut: dict[str, list[str]], old_sizes: set[int]) -> None:
     """Run ``sample`` through the exported model; a failure becomes an :class:`ExportError` that names the module
     it happened in, the size attributes export changed there (or above it) and the integer attributes that still
     hold a size it cut."""
@@ -331,9 +333,9 @@ def _check_runs(model: nn.Module, sample, changed: dict[str, dict[str, tuple[int
         if n in changed:
             notes.append(f"export set {', '.join(f'{n}.{k} {a} -> {b}' for k, (a, b) in changed[n].items())}")
         if n in cut:
-            notes.append(f"export cut {cut[n]}")
+            notes.append(f"export cut {', '.join(repr(c) for c in cut[n])}")
     old_sizes = old_sizes | {a for d in changed.values() for a, _ in d.values()}
-    stale = [f"{k}={v}" for n in reversed(chain) for k, v in _int_attrs(model.get_submodule(n)).items()
+    stale = [f"{n}.{k}={v}" for n in reversed(chain) for k, v in _int_attrs(model.get_submodule(n)).items()
              if v in old_sizes]
     if stale:
         notes.append(f"integer attributes still equal to a cut size: {', '.join(stale)}")
