@@ -3,8 +3,6 @@ attribute the module holds (by value), and runs the sample through the exported 
 ExportError that names the module and the attributes involved."""
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
 from torch import nn
@@ -12,56 +10,15 @@ from torch import nn
 import slimtrain
 from slimtrain.export import ExportError
 
+from _archs import HeadNet, RuntimeHeadAttention
 from _helpers import count_macs
-
-
-class RuntimeHeadAttention(nn.Module):
-    """The pattern of transformers' DistilBERT ``MultiHeadSelfAttention`` (before 4.48): ``dim // n_heads`` at
-    run time, a literal head count in the view."""
-
-    def __init__(self, dim: int = 32, n_heads: int = 4):
-        super().__init__()
-        self.n_heads, self.dim = n_heads, dim
-        self.q_lin, self.k_lin, self.v_lin, self.out_lin = (nn.Linear(dim, dim) for _ in range(4))
-
-    def forward(self, query):
-        bs, _, _ = query.size()
-        dim_per_head = self.dim // self.n_heads
-
-        def shape(x):
-            return x.view(bs, -1, self.n_heads, dim_per_head).transpose(1, 2)
-
-        def unshape(x):
-            return x.transpose(1, 2).contiguous().view(bs, -1, self.n_heads * dim_per_head)
-
-        q = shape(self.q_lin(query)) / math.sqrt(dim_per_head)
-        k, v = shape(self.k_lin(query)), shape(self.v_lin(query))
-        weights = torch.softmax(torch.matmul(q, k.transpose(2, 3)), dim=-1)
-        return self.out_lin(unshape(torch.matmul(weights, v)))
-
-
-class Net(nn.Module):
-    def __init__(self, attn_cls=RuntimeHeadAttention):
-        super().__init__()
-        self.inp = nn.Linear(8, 32)
-        self.att = attn_cls()
-        self.ff = nn.Linear(32, 48)
-        self.ff2 = nn.Linear(48, 32)
-        self.out = nn.Linear(32, 3)
-
-    def forward(self, x):
-        h = self.inp(x)
-        h = h + self.att(h)
-        return self.out(h + self.ff2(torch.relu(self.ff(h))))
-
 
 def _heads(model):
     return next(e for e in slimtrain.width_report(model).entries if e.unit == "heads")
 
-
 def test_runtime_head_size_follows_the_cut():
     torch.manual_seed(0)
-    model, x = Net().eval(), torch.randn(2, 5, 8)
+    model, x = HeadNet().eval(), torch.randn(2, 5, 8)
     slimtrain.make_dynamic(model, x, kappa_min=0.25)
     e = _heads(model)
     assert e.dynamic and e.size == 4
@@ -72,7 +29,6 @@ def test_runtime_head_size_follows_the_cut():
         assert float((model(x) - small(x)).abs().max()) <= 1e-5
     assert float(slimtrain.model_cost(model, hard=True).macs) * 2 == pytest.approx(count_macs(small, x), rel=1e-6)
 
-
 def test_a_forward_that_fails_after_export_names_the_module_and_attributes(monkeypatch):
     """With the attributes left as they were (the behaviour before), the cut model's reshape fails: export says
     where and which integer attributes still hold a size it cut."""
@@ -81,14 +37,13 @@ def test_a_forward_that_fails_after_export_names_the_module_and_attributes(monke
     ex = sys.modules["slimtrain.export"]  # the module (slimtrain.export is also the function)
 
     torch.manual_seed(0)
-    model, x = Net().eval(), torch.randn(2, 5, 8)
+    model, x = HeadNet().eval(), torch.randn(2, 5, 8)
     slimtrain.make_dynamic(model, x, kappa_min=0.25)
     model.get_submodule(_heads(model).dcl).set_width(3.0)
     monkeypatch.setattr(ex, "_set_head_counts", lambda *a: {})
     with pytest.raises(ExportError, match=r"fails on the sample in module 'att' \(RuntimeHeadAttention\).*"
                                           r"export cut 'att\.q_lin', 'att\.k_lin', 'att\.v_lin', 'att\.out_lin'.*att\.n_heads=4, att\.dim=32"):
         slimtrain.export(model)
-
 
 class ReadsATuple(RuntimeHeadAttention):
     """Reads its head layout from a tuple export cannot know: the failure is reported, never silent."""
@@ -103,16 +58,14 @@ class ReadsATuple(RuntimeHeadAttention):
         weights = torch.softmax(torch.matmul(q, k.transpose(2, 3)), dim=-1)
         return self.out_lin(torch.matmul(weights, v).transpose(1, 2).reshape(bs, -1, self.dim))
 
-
 def test_an_attribute_export_cannot_update_is_named():
     torch.manual_seed(0)
-    model, x = Net(ReadsATuple).eval(), torch.randn(2, 5, 8)
+    model, x = HeadNet(ReadsATuple).eval(), torch.randn(2, 5, 8)
     slimtrain.make_dynamic(model, x, kappa_min=0.25)
     model.get_submodule(_heads(model).dcl).set_width(3.0)
     with pytest.raises(ExportError, match=r"module 'att' \(ReadsATuple\).*export set att\.n_heads 4 -> 3, "
                                           r"att\.dim 32 -> 24; export cut 'att\.q_lin'"):
         slimtrain.export(model)
-
 
 def test_transformers_distilbert_exports_with_cut_heads():
     transformers = pytest.importorskip("transformers")

@@ -12,28 +12,8 @@ from torch import nn
 import slimtrain
 from slimtrain.modules import PrunedMultiheadAttention
 
+from _archs import AttnNet
 from _helpers import count_macs, n_params
-
-
-class AttnNet(nn.Module):
-    """Linear -> nn.MultiheadAttention (own layout) -> residual -> feed-forward -> head."""
-
-    def __init__(self, batch_first: bool, keyword: bool = False, **mha_kw):
-        super().__init__()
-        self.batch_first, self.keyword = batch_first, keyword
-        self.inp = nn.Linear(6, 16)
-        self.kv = nn.Linear(6, mha_kw.get("kdim", 16)) if "kdim" in mha_kw else None
-        self.att = nn.MultiheadAttention(16, 4, batch_first=batch_first, **mha_kw)
-        self.ff = nn.Linear(16, 24)
-        self.out = nn.Linear(24, 3)
-
-    def forward(self, x):  # x: (batch, time, 6)
-        h = self.inp(x)
-        kv = self.kv(x) if self.kv is not None else h
-        q, k = (h, kv) if self.batch_first else (h.transpose(0, 1), kv.transpose(0, 1))
-        a = self.att(query=q, key=k, value=k)[0] if self.keyword else self.att(q, k, k, need_weights=False)[0]
-        a = a if self.batch_first else a.transpose(0, 1)
-        return self.out(torch.relu(self.ff(h + a)))
 
 
 CASES = [
@@ -129,3 +109,41 @@ def test_pruned_attention_names_a_per_head_mask_of_the_full_model():
     assert type(att) is PrunedMultiheadAttention and att.in_proj_weight.shape == (12, 8)
     with pytest.raises(ValueError, match="batch \\* num_heads = 4 rows.*keeps 2 heads"):
         att(torch.randn(3, 2, 8), torch.randn(3, 2, 8), torch.randn(3, 2, 8), attn_mask=torch.zeros(8, 3, 3))
+
+
+class OwnWeightsAttention(nn.Module):
+    """WavLM's pattern: q/k/v/out Linear layers whose weights go to F.multi_head_attention_forward."""
+
+    def __init__(self, e: int = 16, h: int = 4):
+        super().__init__()
+        self.e, self.h = e, h
+        self.q_proj, self.k_proj, self.v_proj, self.out_proj = (nn.Linear(e, e) for _ in range(4))
+
+    def forward(self, x):  # (time, batch, e)
+        out, _ = torch.nn.functional.multi_head_attention_forward(
+            x, x, x, self.e, self.h, torch.empty([0]),
+            torch.cat((self.q_proj.bias, self.k_proj.bias, self.v_proj.bias)), None, None, False, 0.0,
+            self.out_proj.weight, self.out_proj.bias, False, None, False, None, use_separate_proj_weight=True,
+            q_proj_weight=self.q_proj.weight, k_proj_weight=self.k_proj.weight, v_proj_weight=self.v_proj.weight)
+        return out
+
+
+def test_attention_through_the_functional_form_is_fixed_with_the_reason_and_costed():
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inp = nn.Linear(6, 16)
+            self.att = OwnWeightsAttention()
+            self.ff = nn.Linear(16, 24)
+            self.out = nn.Linear(24, 3)
+
+        def forward(self, x):
+            a = self.att(self.inp(x).transpose(0, 1)).transpose(0, 1)
+            return self.out(torch.relu(self.ff(a)))
+
+    torch.manual_seed(0)
+    model, x = M().eval(), torch.randn(2, 5, 6)
+    assert float(slimtrain.model_cost(model, x).macs) * 2 == pytest.approx(count_macs(model, x), rel=1e-6)
+    plan = slimtrain.plan_widths(model, x)
+    fixed = {p: e.reason for e in plan.fixed for p in e.producers}
+    assert "num_heads * head_dim == embed_dim" in fixed["inp"]

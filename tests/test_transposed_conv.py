@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
 import slimtrain
 
+from _archs import TasNet
 from _helpers import count_macs, n_params
 
 
@@ -70,61 +70,6 @@ def test_transposed_convs_shrink_and_export_exactly():
     cost = slimtrain.model_cost(model, hard=True)
     assert float(cost.macs) * 2 == pytest.approx(count_macs(small, x), rel=1e-6)
     assert float(cost.params) == pytest.approx(n_params(small), rel=1e-6)
-
-
-class GlobalNorm(nn.Module):
-    """gLN: normalise over channels and time (an unknown layer to slimtrain)."""
-
-    def __init__(self, c):
-        super().__init__()
-        self.gamma = nn.Parameter(torch.ones(1, c, 1))
-        self.beta = nn.Parameter(torch.zeros(1, c, 1))
-
-    def forward(self, x):
-        mu = x.mean(dim=(1, 2), keepdim=True)
-        var = ((x - mu) ** 2).mean(dim=(1, 2), keepdim=True)
-        return self.gamma * (x - mu) / torch.sqrt(var + 1e-8) + self.beta
-
-
-class OwnConv(nn.Module):
-    """A layer slimtrain does not know that runs a product: its MACs must still be counted."""
-
-    def __init__(self, c):
-        super().__init__()
-        self.w = nn.Parameter(torch.randn(c, c, 3) * 0.1)
-
-    def forward(self, x):
-        return F.conv1d(x, self.w, padding=1)
-
-
-class TasNet(nn.Module):
-    """Encoder-masker-decoder separation network (ConvTasNet-like): Conv1d encoder, a masker of 1-D conv blocks
-    with PReLU (and a gLN block), a sigmoid mask per source multiplied with the encoding, ConvTranspose1d decoder."""
-
-    def __init__(self, n_src=2, feats=16, hidden=24, bottleneck=12, norm=False):
-        super().__init__()
-        self.n_src, self.feats = n_src, feats
-        self.encoder = nn.Conv1d(1, feats, 8, stride=4, bias=False)
-        self.bottleneck = nn.Conv1d(feats, bottleneck, 1)
-        self.blocks = nn.ModuleList()
-        for d in (1, 2, 4):
-            layers = [nn.Conv1d(bottleneck, hidden, 1), nn.PReLU()]
-            layers += [GlobalNorm(hidden)] if norm and d == 1 else []
-            layers += [nn.Conv1d(hidden, hidden, 3, padding=d, dilation=d, groups=hidden), nn.PReLU(hidden),
-                       nn.Conv1d(hidden, bottleneck, 1)]
-            self.blocks.append(nn.Sequential(*layers))
-        self.own = OwnConv(bottleneck)
-        self.mask = nn.Conv1d(bottleneck, n_src * feats, 1)
-        self.decoder = nn.ConvTranspose1d(feats, 1, 8, stride=4, bias=False)
-
-    def forward(self, x):
-        w = self.encoder(x)
-        h = self.bottleneck(w)
-        for b in self.blocks:
-            h = h + b(h)
-        m = torch.sigmoid(self.mask(torch.relu(self.own(h)))).view(x.shape[0], self.n_src, self.feats, -1)
-        s = w.unsqueeze(1) * m
-        return self.decoder(s.view(-1, self.feats, s.shape[-1])).view(x.shape[0], self.n_src, -1)
 
 
 @pytest.mark.parametrize("norm", [False, True])

@@ -7,7 +7,6 @@ import warnings
 
 import pytest
 import torch
-import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
@@ -18,6 +17,7 @@ import slimtrain
 from slimtrain.training import make_optimizer
 from slimtrain.weightnorm import cut_weight, weight_norm_dim
 
+from _archs import Codec
 from _helpers import count_macs, n_params
 
 
@@ -25,24 +25,6 @@ def wn_old(m: nn.Module, dim=0) -> nn.Module:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # deprecated in favour of the parametrization
         return torch.nn.utils.weight_norm(m, dim=dim)
-
-
-class Codec(nn.Module):
-    """A codec-like encoder (EnCodec/DAC/HiFi-GAN blocks): weight-normed Conv1d stacks, a residual unit,
-    a strided down-sampling conv."""
-
-    def __init__(self, norm=wn_new, dim=0):
-        super().__init__()
-        self.stem = norm(nn.Conv1d(1, 16, 7, padding=3), dim=dim)
-        self.res1 = norm(nn.Conv1d(16, 16, 3, padding=2, dilation=2), dim=dim)
-        self.res2 = norm(nn.Conv1d(16, 16, 1), dim=dim)
-        self.down = norm(nn.Conv1d(16, 24, 4, stride=2, padding=1), dim=dim)
-        self.proj = norm(nn.Conv1d(24, 8, 3, padding=1), dim=dim)
-
-    def forward(self, x):
-        h = self.stem(x)
-        h = h + self.res2(F.elu(self.res1(F.elu(h))))
-        return self.proj(F.elu(self.down(F.elu(h))))
 
 
 def _shrunk(model: nn.Module, x: torch.Tensor, frac: float = 0.6) -> nn.Module:

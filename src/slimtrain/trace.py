@@ -235,6 +235,11 @@ _COUNTED_FUNCS = {"linear", "bilinear", "conv1d", "conv2d", "conv3d", "conv_tran
                   "tensordot", "inner", "chain_matmul", "linalg_multi_dot", "multi_dot"}
 
 
+#: why the widths through ``F.multi_head_attention_forward`` stay fixed (as the width report says it)
+_MHA_FUNCTION = ("multi_head_attention_forward (torch's function requires num_heads * head_dim == embed_dim == "
+                 "the query width, so neither the heads nor the width of a module calling it can be cut)")
+
+
 def _functional_mha_macs(args, kwargs) -> float:
     """MACs of ``F.multi_head_attention_forward`` (called by modules that hold their own attention
     weights, e.g. WavLM's attention): the q/k/v and output projections and the two attention
@@ -357,6 +362,8 @@ class _Tracer(TorchFunctionMode):
             return self._segs_rule(name, args, kwargs, out, tagged)
         if name in _SPLIT or name in _CAT:
             return self._cat_split(name, args, kwargs, out, tagged)
+        if name == "multi_head_attention_forward":  # a module's own weights through torch's attention function
+            return Tag(tag.group, None, op=_MHA_FUNCTION)
         if not isinstance(out, Tensor):
             if name in _PER_CHANNEL and isinstance(out, tuple):
                 out = out[0]
