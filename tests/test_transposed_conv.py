@@ -39,11 +39,13 @@ def test_transposed_conv_cost_equals_the_counter(data, two_d, groups, stride, ke
 class UpNet(nn.Module):
     """Conv encoder, two transposed convs (one depthwise) with PReLU between, a conv head."""
 
-    def __init__(self):
+    def __init__(self, norm: bool = False):
         super().__init__()
         self.enc = nn.Conv1d(2, 16, 5, stride=2, padding=2)
         self.act = nn.PReLU(16)
         self.up1 = nn.ConvTranspose1d(16, 12, 4, stride=2, padding=1)
+        if norm:  # HiFi-GAN's up-sampling: a weight-normed transposed conv (g along the input channels)
+            self.up1 = torch.nn.utils.parametrizations.weight_norm(self.up1)
         self.act1 = nn.PReLU()
         self.dw = nn.ConvTranspose1d(12, 12, 3, padding=1, groups=12)
         self.head = nn.Conv1d(12, 3, 1)
@@ -52,9 +54,10 @@ class UpNet(nn.Module):
         return self.head(torch.relu(self.dw(self.act1(self.up1(self.act(self.enc(x)))))))
 
 
-def test_transposed_convs_shrink_and_export_exactly():
+@pytest.mark.parametrize("norm", [False, True])
+def test_transposed_convs_shrink_and_export_exactly(norm):
     torch.manual_seed(0)
-    model, x = UpNet().eval(), torch.randn(2, 2, 32)
+    model, x = UpNet(norm).eval(), torch.randn(2, 2, 32)
     with torch.no_grad():
         model.act.weight.uniform_(-0.5, 0.5)  # a slope per channel, all different
     slimtrain.make_dynamic(model, x, kappa_min=0.25)
