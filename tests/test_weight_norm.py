@@ -125,3 +125,18 @@ def test_cut_weight_equals_the_cut_of_the_weight(out_c, in_c, k, dim, keep_out, 
     with torch.no_grad():
         assert torch.allclose(weight(), full[rows][:, cols], atol=1e-6, rtol=1e-5)
     assert weight_norm_dim(conv) == d
+
+
+@pytest.mark.parametrize("style", ["parametrization", "hook"])
+def test_reordering_permutes_weight_normed_layers_exactly(style):
+    """A permutation leaves every norm as it was: g and v are permuted like the weight, the output is kept."""
+    torch.manual_seed(0)
+    model, x = Codec(wn_new if style == "parametrization" else wn_old).eval(), torch.randn(2, 1, 64)
+    with torch.no_grad():
+        y = model(x)
+    rep = slimtrain.reorder_channels(model, x, "magnitude")
+    assert {"stem, res2", "down"} <= set(rep.permutations), rep.left_alone
+    assert any(not torch.equal(p, torch.arange(len(p))) for p in rep.permutations.values())
+    with torch.no_grad():
+        assert torch.allclose(model(x), y, atol=1e-5)
+    assert _is_weight_normed(model.stem) and _is_weight_normed(model.down)

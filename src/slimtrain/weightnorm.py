@@ -23,7 +23,8 @@ from typing import Iterator, Optional
 import torch
 from torch import Tensor, nn
 
-__all__ = ["weight_norm_dim", "weight_norm_issue", "cut_weight", "deepcopy_model"]
+__all__ = ["weight_norm_dim", "weight_norm_issue", "cut_weight", "permute_weight", "weight_norm_params",
+           "deepcopy_model"]
 
 
 def _old_hook(m: nn.Module, name: str = "weight"):
@@ -105,6 +106,34 @@ def cut_weight(m: nn.Module, index: dict[int, Optional[Tensor]]) -> None:
     else:
         setattr(holder, g_name, param(g, g_cut))
         setattr(holder, v_name, param(v, v_cut))
+        m.__dict__["weight"] = old.compute_weight(m)
+
+
+def weight_norm_params(m: nn.Module) -> tuple[str, ...]:
+    """Names (in ``m.named_parameters()``) of a weight norm's ``g`` and ``v`` (empty if ``m`` has none)."""
+    if _new_param(m) is not None:
+        return ("parametrizations.weight.original0", "parametrizations.weight.original1")
+    if _old_hook(m) is not None:
+        return ("weight_g", "weight_v")
+    return ()
+
+
+@torch.no_grad()
+def permute_weight(m: nn.Module, axis: int, idx: Tensor) -> None:
+    """Permute ``m.weight`` along ``axis`` in place (a weight norm's ``v`` along it, and ``g`` where it has that
+    axis: a permutation leaves every norm as it was, so the weight is permuted exactly)."""
+    new = _new_param(m)
+    old = _old_hook(m) if new is None else None
+    if new is None and old is None:
+        m.weight.copy_(m.weight.index_select(axis, idx))
+        return
+    holder, g_name, v_name = (m.parametrizations.weight, "original0", "original1") if new is not None \
+        else (m, "weight_g", "weight_v")
+    g, v = getattr(holder, g_name), getattr(holder, v_name)
+    v.copy_(v.index_select(axis, idx))
+    if g.dim() > axis and g.shape[axis] == v.shape[axis] > 1:
+        g.copy_(g.index_select(axis, idx))
+    if old is not None:
         m.__dict__["weight"] = old.compute_weight(m)
 
 
