@@ -7,6 +7,10 @@ Every layer's cost is a polynomial in the effective width of its input
 * Linear: ``positions * K_in * K_out`` MACs, ``K_in*K_out + K_out`` params;
 * Conv1d/2d: ``B * out_positions * K_out * K_in/groups * prod(kernel)`` MACs
   (depthwise: ``K_in/groups = 1``), ``K_out*K_in/groups*prod(kernel) + K_out`` params;
+  transposed: ``B * in_positions * K_in * K_out/groups * prod(kernel)``; a weight norm adds
+  its ``g`` to the params;
+* nn.MultiheadAttention: q/k/v and output projections and both attention products with an
+  inner width of ``K_heads * head_dim``, either layout;
 * GRU/LSTM: per step, layer and direction ``gates * (in*H + H*H)`` MACs with
   gates = 3/4; params ``gates*(H*in + H*H + 2H)``;
 * BatchNorm/LayerNorm: ``2K`` params, no MACs; mel front-end: ``frames *
@@ -140,11 +144,7 @@ def _norm_params(m: nn.Module, axes: tuple, zero):
         return zero
     if d == -1:
         return zero + 1
-    return axes[d] if d < 2 else zero + int(_weight_of(m).shape[d])
-
-
-def _weight_of(m: nn.Module) -> Tensor:
-    return m.weight
+    return axes[d] if d < 2 else zero + int(m.weight.shape[d])
 
 
 def _mha_cost(m: nn.Module, s: LayerSpec, inner, zero) -> tuple:

@@ -347,10 +347,11 @@ def make_dynamic(
     """Give the chosen layers of ``model`` a learnable output width, in place.
 
     Args:
-        model: any ``nn.Module`` built from Linear, Conv1d/2d, GRU, LSTM,
-            BatchNorm, LayerNorm, ``nn.TransformerEncoderLayer`` (converted to
-            :class:`~slimtrain.modules.TransformerBlock`), :class:`~slimtrain.frontend.MelFrontend`
-            and functional glue (activations, pooling, reshapes, residual adds).
+        model: any ``nn.Module`` built from Linear, Conv1d/2d, ConvTranspose1d/2d (also weight-normalised),
+            GRU, LSTM, BatchNorm, LayerNorm, PReLU, ``nn.MultiheadAttention`` (its head count),
+            ``nn.TransformerEncoderLayer`` (converted to :class:`~slimtrain.modules.TransformerBlock`),
+            :class:`~slimtrain.frontend.MelFrontend` and functional glue (activations, pooling, reshapes,
+            residual adds).
         sample: an input batch (a tensor, or a tuple of positional inputs).
         layers: module names or types whose output width becomes dynamic;
             default: every supported layer whose output is not the model output.
