@@ -147,3 +147,29 @@ def test_attention_through_the_functional_form_is_fixed_with_the_reason_and_cost
     plan = slimtrain.plan_widths(model, x)
     fixed = {p: e.reason for e in plan.fixed for p in e.producers}
     assert "num_heads * head_dim == embed_dim" in fixed["inp"]
+
+
+def test_keyword_called_sequence_first_attention_on_a_fixed_residual_builds_its_cost():
+    """The issue's crash: a sequence-first attention called as attn(query=..., key=..., value=...) whose residual is
+    the model input. Before, its traced input shape was empty and TradeoffLoss raised IndexError in the cost."""
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.att = nn.MultiheadAttention(16, 4)
+            self.ff = nn.Linear(16, 24)
+            self.out = nn.Linear(24, 3)
+
+        def forward(self, x):
+            s = x.transpose(0, 1)
+            h = s + self.att(query=s, key=s, value=s, need_weights=False)[0]
+            return self.out(torch.relu(self.ff(h.transpose(0, 1))))
+
+    torch.manual_seed(0)
+    model, x = M().eval(), torch.randn(2, 5, 16)
+    slimtrain.make_dynamic(model, x)
+    loss = slimtrain.TradeoffLoss(model, alpha=1.0)(torch.tensor(0.0))
+    assert torch.isfinite(loss)
+    spec = next(s for s in slimtrain.get_graph(model).layers if s.name == "att")
+    assert spec.in_shape == (5, 2, 16)
+    small = slimtrain.export(model)
+    assert float(slimtrain.model_cost(model, hard=True).macs) * 2 == pytest.approx(count_macs(small, x), rel=1e-6)
