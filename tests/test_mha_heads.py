@@ -173,3 +173,13 @@ def test_keyword_called_sequence_first_attention_on_a_fixed_residual_builds_its_
     assert spec.in_shape == (5, 2, 16)
     small = slimtrain.export(model)
     assert float(slimtrain.model_cost(model, hard=True).macs) * 2 == pytest.approx(count_macs(small, x), rel=1e-6)
+
+
+def test_attention_cost_names_shapes_it_cannot_read():
+    from slimtrain.cost import _mha_cost
+    from slimtrain.graph import GraphError, LayerSpec
+
+    att = nn.MultiheadAttention(16, 4)
+    spec = LayerSpec("enc.att", "mha", None, 0, 1, 1, None, 4, (), (5, 2, 16), {"kv_shapes": []})
+    with pytest.raises(GraphError, match=r"nn.MultiheadAttention 'enc.att': query shape \(\)"):
+        _mha_cost(att, spec, 16, 0)
