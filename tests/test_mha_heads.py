@@ -58,21 +58,46 @@ def test_cost_of_fixed_attention_matches_the_counter(batch_first):
     assert float(slimtrain.model_cost(model, x).macs) * 2 == pytest.approx(count_macs(model, x), rel=1e-6)
 
 
-def test_heads_inside_torch_encoder_layers_stay_fixed_with_the_reason():
-    class Enc(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.inp = nn.Linear(6, 16)
-            self.enc = nn.TransformerEncoder(nn.TransformerEncoderLayer(16, 4, 32, dropout=0.0), 1,
-                                             enable_nested_tensor=False)
-            self.out = nn.Linear(16, 3)
+class TorchEnc(nn.Module):
+    """nn.TransformerEncoder as people write it (sequence-first by default), with an optional padding mask."""
 
-        def forward(self, x):
-            return self.out(self.enc(self.inp(x).transpose(0, 1)).transpose(0, 1))
+    def __init__(self, batch_first: bool):
+        super().__init__()
+        self.batch_first = batch_first
+        self.inp = nn.Linear(6, 16)
+        self.enc = nn.TransformerEncoder(nn.TransformerEncoderLayer(16, 4, 32, dropout=0.0, batch_first=batch_first),
+                                         2, enable_nested_tensor=False)
+        self.out = nn.Linear(16, 3)
 
-    plan = slimtrain.plan_widths(Enc(), torch.randn(2, 5, 6))
-    heads = [e for e in plan.entries if e.unit == "heads"]
-    assert len(heads) == 1 and not heads[0].dynamic and "fast path" in heads[0].reason
+    def forward(self, x):
+        h = self.inp(x)
+        pad = torch.zeros(x.shape[0], x.shape[1], dtype=torch.bool)
+        pad[0, -2:] = True
+        if self.batch_first:
+            return self.out(self.enc(h, src_key_padding_mask=pad))
+        return self.out(self.enc(h.transpose(0, 1), src_key_padding_mask=pad).transpose(0, 1))
+
+
+@pytest.mark.parametrize("batch_first", [False, True])
+def test_heads_inside_torch_encoder_layers_are_learnable(batch_first):
+    """The heads of nn.TransformerEncoderLayer's attention: exact in eval with torch's fused fast path enabled (the
+    dynamic model does not take it while its attention masks heads, the exported one not with a cut attention)."""
+    torch.manual_seed(0)
+    model, x = TorchEnc(batch_first).eval(), torch.randn(2, 5, 6)
+    slimtrain.make_dynamic(model, x, kappa_min=0.25)
+    heads = [e for e in slimtrain.width_report(model).entries if e.unit == "heads"]
+    assert len(heads) == 2 and all(e.dynamic for e in heads)
+    for e, k in zip(heads, (2.0, 3.0)):
+        model.get_submodule(e.dcl).set_width(k)
+    assert torch.backends.mha.get_fastpath_enabled()
+    small = slimtrain.export(model)
+    with torch.no_grad():
+        assert float((model(x) - small(x)).abs().max()) <= 1e-5
+    assert [layer.self_attn.num_heads for layer in small.enc.layers] == [2, 3]
+    assert all(layer.activation_relu_or_gelu == 0 for layer in small.enc.layers)
+    cost = slimtrain.model_cost(model, hard=True)
+    assert float(cost.macs) * 2 == pytest.approx(count_macs(small, x), rel=1e-6)
+    assert float(cost.params) == pytest.approx(n_params(small), rel=1e-6)
 
 
 @pytest.mark.parametrize("batch_first", [False, True])

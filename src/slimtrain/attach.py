@@ -184,6 +184,10 @@ def _masked_mha_params(mha: nn.Module, mask: Tensor) -> dict[str, Tensor]:
     return params
 
 
+def _no_op_hook(module: nn.Module, args: Any, out: Any) -> None:
+    return None
+
+
 def _dynamic_mha_forward(self: nn.Module, *args, **kwargs):
     from torch.nn.utils.stateless import _reparametrize_module
 
@@ -193,7 +197,7 @@ def _dynamic_mha_forward(self: nn.Module, *args, **kwargs):
 
 
 def is_dynamic_mha(module: nn.Module) -> bool:
-    return bool(module.__dict__.get(_MHA_FLAG))
+    return module.__dict__.get(_MHA_FLAG) is not None
 
 
 def make_mha_dynamic(mha: nn.Module, dcl: DynamicWidth, where: str = "") -> None:
@@ -211,7 +215,9 @@ def make_mha_dynamic(mha: nn.Module, dcl: DynamicWidth, where: str = "") -> None
         raise GraphError(f"module '{where}' already has an attribute '{DCL_CHILD}'")
     mha.add_module(DCL_CHILD, dcl)
     mha.__dict__["forward"] = functools.partial(_dynamic_mha_forward, mha)
-    mha.__dict__[_MHA_FLAG] = True
+    # a (no-op) hook: nn.TransformerEncoderLayer's fused fast path, which reads in_proj_weight directly, is not
+    # taken while a submodule has hooks, so the layer calls this forward (the value rows masked) in eval too
+    mha.__dict__[_MHA_FLAG] = mha.register_forward_hook(_no_op_hook).id
 
 
 def _drop_dcl_keys(model: nn.Module, incompatible) -> None:
@@ -246,7 +252,10 @@ def detach_all(model: nn.Module) -> None:
         if h is not None:
             _drop_hook(m, h)
         d.pop(_LN_SOURCE, None)
-        if d.pop(_RNN_FLAG, None) or d.pop(_MHA_FLAG, None):
+        h = d.pop(_MHA_FLAG, None)
+        if h is not None and not isinstance(h, bool):
+            _drop_hook(m, h)
+        if d.pop(_RNN_FLAG, None) or h is not None:
             d.pop("forward", None)
             m._modules.pop(DCL_CHILD, None)
         h = d.pop(_SD_FLAG, None)

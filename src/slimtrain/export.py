@@ -167,6 +167,21 @@ def _cut_mha_heads(m: nn.MultiheadAttention, kept: int) -> None:
     m.__class__ = PrunedMultiheadAttention
 
 
+def _no_fused_attention(model: nn.Module) -> None:
+    """Keep torch's fused transformer paths away from attentions whose heads were cut: they call native kernels
+    with ``in_proj_weight`` and ``embed_dim == num_heads * head_dim``. An ``nn.TransformerEncoderLayer`` holding
+    one gets ``activation_relu_or_gelu = 0`` (read only to choose the fused path; its forward applies
+    ``activation``), an ``nn.TransformerEncoder`` over such layers ``use_nested_tensor = False``."""
+    from .modules import PrunedMultiheadAttention
+
+    for m in model.modules():
+        if isinstance(m, nn.TransformerEncoderLayer) and isinstance(m.self_attn, PrunedMultiheadAttention):
+            m.activation_relu_or_gelu = 0
+        if isinstance(m, nn.TransformerEncoder) and any(
+                isinstance(getattr(layer, "self_attn", None), PrunedMultiheadAttention) for layer in m.layers):
+            m.use_nested_tensor = False
+
+
 def _cut_rnn(r: nn.Module, in_idx: Optional[Tensor], w: Optional[int]) -> None:
     """Cut a GRU/LSTM in place: every gate block's rows, the hidden and input columns; sizes updated."""
     gates = 3 if isinstance(r, nn.GRU) else 4
@@ -207,6 +222,7 @@ def export(model: nn.Module) -> nn.Module:
     for s in g.layers:
         _cut(out, s, widths)
     changed = _set_head_counts(out, g, widths)
+    _no_fused_attention(out)
     _strip(out)
     sample = g.__dict__.get("_sample")
     if sample is not None:  # the sample make_dynamic traced: the exported model must still run it

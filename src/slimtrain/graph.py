@@ -259,9 +259,6 @@ def _unsafe_roots(model: nn.Module, tr: Trace) -> dict[int, tuple[str, str]]:
             mark(u.out_group, "structure", f"output of nn.MultiheadAttention '{u.name}': its out_proj width is its "
                  "embed_dim, which is also its query width (kept; its head count can be dynamic)")
         if u.kind == "mha_heads":
-            why = _fixed_heads_reason(model, u.name)
-            if why:
-                mark(u.out_group, "structure", why)
             continue
         t = u.in_tag
         if t is None:
@@ -319,17 +316,6 @@ def _unsafe_roots(model: nn.Module, tr: Trace) -> dict[int, tuple[str, str]]:
                 mark(t.group, "unsupported", why)
                 mark(u.out_group, "unsupported", why)
     return bad
-
-
-def _fixed_heads_reason(model: nn.Module, name: str) -> str:
-    """Why the head count of the ``nn.MultiheadAttention`` at ``name`` cannot be dynamic ("" if it can)."""
-    parent = model.get_submodule(name.rpartition(".")[0]) if "." in name else model
-    if isinstance(parent, (nn.TransformerEncoderLayer, nn.TransformerDecoderLayer)):
-        return (f"heads of nn.MultiheadAttention '{name}' inside nn.{type(parent).__name__}: the layer's fused fast "
-                "path reads in_proj_weight with embed_dim = num_heads * head_dim, so a cut head count cannot run "
-                "there (a free-standing batch-first encoder layer is converted to slimtrain.TransformerBlock, "
-                "whose heads are dynamic)")
-    return ""
 
 
 def make_dynamic(
