@@ -219,6 +219,21 @@ def _spoof_resnet():
     return build_resnet(width=8, blocks=(1, 1), n_mels=20, n_fft=256, hop_length=128), torch.randn(2, 4000)
 
 
+def _distilbert():  # attention that sized its heads from dim // n_heads at run time before transformers 4.48
+    from transformers import DistilBertConfig, DistilBertModel
+
+    cfg = DistilBertConfig(vocab_size=64, dim=32, n_layers=1, n_heads=2, hidden_dim=64, max_position_embeddings=16,
+                           dropout=0.0, attention_dropout=0.0, attn_implementation="eager")
+    ids = torch.randint(0, 64, (2, 8), generator=torch.Generator().manual_seed(0))
+    return HFHead(DistilBertModel(cfg), 32), ids
+
+
+def _archs():
+    import _archs
+
+    return _archs
+
+
 @dataclass(frozen=True)
 class ZooEntry:
     """A zoo model: ``build() -> (model, sample)``; ``xfail`` is the current error when it fails today."""
@@ -247,6 +262,13 @@ ZOO: list[ZooEntry] = [
     ZooEntry("vad_crnn", _vad_crnn),
     ZooEntry("vad_transformer", _vad_transformer),
     ZooEntry("spoof_resnet", _spoof_resnet),
+    # the architecture classes of issue 24 (tests/_archs.py)
+    ZooEntry("distilbert", _distilbert),
+    ZooEntry("runtime_head_attention", lambda: (_archs().HeadNet(), torch.randn(2, 5, 8))),
+    ZooEntry("codec_weight_norm", lambda: (_archs().Codec(), torch.randn(2, 1, 64))),
+    ZooEntry("mha_seq_first", lambda: (_archs().AttnNet(batch_first=False, keyword=True), torch.randn(2, 7, 6))),
+    ZooEntry("mha_batch_first", lambda: (_archs().AttnNet(batch_first=True), torch.randn(2, 7, 6))),
+    ZooEntry("conv_tasnet", lambda: (_archs().TasNet(norm=True), torch.randn(2, 1, 128))),
 ]
 
 

@@ -125,16 +125,20 @@ def test_transformer_encoder_container():
     slimtrain.make_dynamic(m, x, kappa_min=0.25)
     assert type(m[1].layers[0]) is nn.TransformerEncoderLayer
     plan = slimtrain.width_report(m)
-    assert [e.dcl for e in plan.dynamic] == ["1.layers.0.linear1.dcl", "1.layers.1.linear1.dcl"]
+    assert [e.dcl for e in plan.dynamic] == ["1.layers.0.self_attn.dcl", "1.layers.0.linear1.dcl",
+                                             "1.layers.1.self_attn.dcl", "1.layers.1.linear1.dcl"]
+    assert [e.unit for e in plan.dynamic] == ["heads", "", "heads", ""]
     stream = _entry(plan, "0")
     assert not stream.dynamic and "nn.MultiheadAttention '1.layers.0.self_attn'" in stream.reason
     m.load_state_dict(ref, strict=True)
     m.train()
     m(x).sum().backward()
     m[1].layers[0].linear1.dcl.set_width(9.5)
+    m[1].layers[1].self_attn.dcl.set_width(2.5)
     m.eval()
     small = slimtrain.export(m)
     assert small[1].layers[0].linear1.out_features == 10 and small[1].layers[0].linear2.in_features == 10
+    assert small[1].layers[1].self_attn.num_heads == 3 and small[1].layers[0].self_attn.num_heads == 4
     with torch.no_grad():
         assert (small(x) - m(x)).abs().max().item() <= 1e-5
 

@@ -32,7 +32,7 @@ from .dcl import DynamicWidth
 from .modules import masked_layer_norm
 
 __all__ = ["DCL_CHILD", "attach_dcl", "attached_dcl", "bind_layer_norm", "bound_width", "make_rnn_dynamic",
-           "is_dynamic_rnn", "detach_all", "install_state_dict_hook"]
+           "is_dynamic_rnn", "make_mha_dynamic", "is_dynamic_mha", "detach_all", "install_state_dict_hook"]
 
 #: Name of the child that holds a module's DCL (``<module path>.dcl``).
 DCL_CHILD = "dcl"
@@ -40,6 +40,7 @@ _MARK = "_slimtrain_attached"  # instance __dict__ flag: this module's ``dcl`` c
 _LN_SOURCE = "_slimtrain_width_source"
 _RNN_FLAG = "_slimtrain_dynamic_rnn"
 _SD_FLAG = "_slimtrain_sd_hook"
+_MHA_FLAG = "_slimtrain_dynamic_mha"
 
 
 class _ApplyDCL:
@@ -164,6 +165,61 @@ def make_rnn_dynamic(rnn: nn.Module, dcl: DynamicWidth, where: str = "") -> None
     rnn.__dict__[_RNN_FLAG] = True
 
 
+def _masked_mha_params(mha: nn.Module, mask: Tensor) -> dict[str, Tensor]:
+    """The value projection's rows (and ``bias_v``) scaled by their head's signal weight: a head whose weight is
+    0 then adds nothing to the attention output, exactly an attention without that head."""
+    e = mha.embed_dim
+    m = mask.repeat_interleave(mha.head_dim).to(mha.out_proj.weight.dtype)
+    params: dict[str, Tensor] = {}
+    if mha._qkv_same_embed_dim:
+        scale = torch.cat([torch.ones(2 * e, dtype=m.dtype, device=m.device), m])
+        params["in_proj_weight"] = mha.in_proj_weight * scale[:, None]
+    else:
+        params["v_proj_weight"] = mha.v_proj_weight * m[:, None]
+        scale = torch.cat([torch.ones(2 * e, dtype=m.dtype, device=m.device), m])
+    if mha.in_proj_bias is not None:
+        params["in_proj_bias"] = mha.in_proj_bias * scale
+    if mha.bias_v is not None:
+        params["bias_v"] = mha.bias_v * m
+    return params
+
+
+def _no_op_hook(module: nn.Module, args: Any, out: Any) -> None:
+    return None
+
+
+def _dynamic_mha_forward(self: nn.Module, *args, **kwargs):
+    from torch.nn.utils.stateless import _reparametrize_module
+
+    dcl: DynamicWidth = self._modules[DCL_CHILD]  # type: ignore[assignment]
+    with _reparametrize_module(self, _masked_mha_params(self, dcl.mask())):
+        return type(self).forward(self, *args, **kwargs)
+
+
+def is_dynamic_mha(module: nn.Module) -> bool:
+    return module.__dict__.get(_MHA_FLAG) is not None
+
+
+def make_mha_dynamic(mha: nn.Module, dcl: DynamicWidth, where: str = "") -> None:
+    """Make the head count of an ``nn.MultiheadAttention`` the width of ``dcl`` (instance forward replaced;
+    class kept): each head's value rows are scaled by its signal weight, so in eval mode the heads from
+    ``ceil(K)`` on contribute nothing, and :func:`slimtrain.export` cuts them."""
+    from .trace import GraphError
+
+    if dcl.num_channels != mha.num_heads:
+        raise GraphError(f"'{where}': DCL has {dcl.num_channels} channels but num_heads is {mha.num_heads}")
+    if is_dynamic_mha(mha):
+        mha._modules[DCL_CHILD] = dcl
+        return
+    if DCL_CHILD in mha._modules or DCL_CHILD in mha.__dict__:
+        raise GraphError(f"module '{where}' already has an attribute '{DCL_CHILD}'")
+    mha.add_module(DCL_CHILD, dcl)
+    mha.__dict__["forward"] = functools.partial(_dynamic_mha_forward, mha)
+    # a (no-op) hook: nn.TransformerEncoderLayer's fused fast path, which reads in_proj_weight directly, is not
+    # taken while a submodule has hooks, so the layer calls this forward (the value rows masked) in eval too
+    mha.__dict__[_MHA_FLAG] = mha.register_forward_hook(_no_op_hook).id
+
+
 def _drop_dcl_keys(model: nn.Module, incompatible) -> None:
     """load_state_dict post-hook: a state dict without DCL keys (the user's original one) loads strictly."""
     dcl_keys = set()
@@ -196,7 +252,10 @@ def detach_all(model: nn.Module) -> None:
         if h is not None:
             _drop_hook(m, h)
         d.pop(_LN_SOURCE, None)
-        if d.pop(_RNN_FLAG, None):
+        h = d.pop(_MHA_FLAG, None)
+        if h is not None and not isinstance(h, bool):
+            _drop_hook(m, h)
+        if d.pop(_RNN_FLAG, None) or h is not None:
             d.pop("forward", None)
             m._modules.pop(DCL_CHILD, None)
         h = d.pop(_SD_FLAG, None)

@@ -7,6 +7,10 @@ Every layer's cost is a polynomial in the effective width of its input
 * Linear: ``positions * K_in * K_out`` MACs, ``K_in*K_out + K_out`` params;
 * Conv1d/2d: ``B * out_positions * K_out * K_in/groups * prod(kernel)`` MACs
   (depthwise: ``K_in/groups = 1``), ``K_out*K_in/groups*prod(kernel) + K_out`` params;
+  transposed: ``B * in_positions * K_in * K_out/groups * prod(kernel)``; a weight norm adds
+  its ``g`` to the params;
+* nn.MultiheadAttention: q/k/v and output projections and both attention products with an
+  inner width of ``K_heads * head_dim``, either layout;
 * GRU/LSTM: per step, layer and direction ``gates * (in*H + H*H)`` MACs with
   gates = 3/4; params ``gates*(H*in + H*H + 2H)``;
 * BatchNorm/LayerNorm: ``2K`` params, no MACs; mel front-end: ``frames *
@@ -83,14 +87,23 @@ def _layer_cost(model: nn.Module, s: LayerSpec, k_in: Tensor, k_out: Tensor, bat
         positions = math.prod(s.out_shape[:-1])
         macs = positions * k_in * k_out
         params = k_in * k_out + (k_out if m.bias is not None else zero)
-        return macs, params
+        from .trace import is_transposed_linear
+
+        axes = (k_in, k_out) if is_transposed_linear(m) else (k_out, k_in)
+        return macs, params + _norm_params(m, axes, zero)
     if s.kind == "conv":
         kernel = math.prod(m.kernel_size)
+        if m.transposed:  # weight (in, out/groups, *kernel), one product per input position (as torch counts)
+            positions = s.in_shape[0] * math.prod(s.in_shape[2:])
+            per_group_out = k_out / m.groups if m.groups == 1 or s.out_root is None else zero + 1
+            macs = positions * k_in * per_group_out * kernel
+            params = k_in * per_group_out * kernel + (k_out if m.bias is not None else zero)
+            return macs, params + _norm_params(m, (k_in, per_group_out), zero)
         positions = s.out_shape[0] * math.prod(s.out_shape[2:])
         per_group_in = k_in / m.groups if m.groups == 1 or s.in_root is None else zero + 1
         macs = positions * k_out * per_group_in * kernel
         params = k_out * per_group_in * kernel + (k_out if m.bias is not None else zero)
-        return macs, params
+        return macs, params + _norm_params(m, (k_out, per_group_in), zero)
     if s.kind == "rnn":
         r = _rnn_module(model, s.name)
         gates = 3 if isinstance(r, nn.GRU) else 4
@@ -116,16 +129,49 @@ def _layer_cost(model: nn.Module, s: LayerSpec, k_in: Tensor, k_out: Tensor, bat
         inner = m.module if hasattr(m, "module") else m
         frames = s.out_shape[-1]
         return s.out_shape[0] * frames * inner.n_freqs * k_out, zero
-    if s.kind == "mha":  # fixed width: q/k/v projections, the two attention products, out_proj
-        e = m.embed_dim
-        lq = math.prod(s.in_shape[:-1])
-        kv = s.extra.get("kv_shapes") or [s.in_shape, s.in_shape]
-        lk = math.prod(kv[0][:-1])
-        b = s.in_shape[0] if m.batch_first or len(s.in_shape) == 2 else s.in_shape[1]
-        b = 1 if len(s.in_shape) == 2 else b
-        macs = lq * k_in * e + lk * kv[0][-1] * e + lk * kv[-1][-1] * e + lq * (lk // b) * 2 * e + lq * e * k_out
-        return zero + macs, zero
+    if s.kind == "mha":  # q/k/v projections, the two attention products, out_proj; k_out heads of head_dim
+        return _mha_cost(m, s, k_out * m.head_dim, zero)
     return zero, zero
+
+
+def _norm_params(m: nn.Module, axes: tuple, zero):
+    """Parameters a weight norm adds (its ``g``): the weight's size along the norm's ``dim`` (``axes`` holds the
+    sizes of the weight's first two axes as functions of the widths; -1: one scalar)."""
+    from .weightnorm import weight_norm_dim
+
+    d = weight_norm_dim(m)
+    if d is None:
+        return zero
+    if d == -1:
+        return zero + 1
+    return axes[d] if d < 2 else zero + int(m.weight.shape[d])
+
+
+def _mha_cost(m: nn.Module, s: LayerSpec, inner, zero) -> tuple:
+    """(MACs, params) of an ``nn.MultiheadAttention`` whose inner width (heads x head_dim) is ``inner``, for
+    either layout (``batch_first`` or sequence-first) and unbatched inputs, as FlopCounterMode counts them."""
+    q_shape = s.in_shape
+    kv = s.extra.get("kv_shapes") or [q_shape, q_shape]
+    if len(q_shape) not in (2, 3) or any(len(sh) != len(q_shape) for sh in kv):
+        raise GraphError(f"nn.MultiheadAttention '{s.name}': query shape {tuple(q_shape)} and key/value shapes "
+                         f"{[tuple(sh) for sh in kv]} are not all (length, batch, embed) / (batch, length, embed) "
+                         "or (length, embed)")
+    tokens_q = math.prod(q_shape[:-1])  # batch x query length
+    tokens_k = math.prod(kv[0][:-1])
+    tokens_v = math.prod(kv[-1][:-1])
+    batch = 1 if len(q_shape) == 2 else (q_shape[0] if m.batch_first else q_shape[1])
+    extra = int(m.bias_k is not None) + int(bool(m.add_zero_attn))  # tokens appended to the keys
+    src = tokens_k // batch + extra
+    e_q, e_k, e_v, e_o = m.embed_dim, kv[0][-1], kv[-1][-1], m.out_proj.out_features
+    macs = inner * (tokens_q * e_q + tokens_k * e_k + tokens_v * e_v + tokens_q * src * 2 + tokens_q * e_o)
+    params = inner * (e_q + e_k + e_v + e_o)
+    if m.in_proj_bias is not None:
+        params = params + 3 * inner
+    if m.bias_k is not None:
+        params = params + 2 * inner
+    if m.out_proj.bias is not None:
+        params = params + e_o
+    return zero + macs, zero + params
 
 
 class _Poly:
@@ -370,8 +416,8 @@ def _sides(model: nn.Module, s: LayerSpec, widths: dict, const=lambda v: torch.t
     elif s.kind == "mel":
         inner = m.module if hasattr(m, "module") else m
         fixed_in, fixed_out = inner.n_freqs, inner.n_mels
-    elif s.kind == "mha":
-        fixed_in = fixed_out = m.embed_dim
+    elif s.kind == "mha":  # the dynamic side of an attention is its head count
+        fixed_in, fixed_out = m.embed_dim, m.num_heads
     elif s.kind == "emb":
         fixed_in, fixed_out = m.num_embeddings, m.embedding_dim
     else:
@@ -430,14 +476,14 @@ def model_cost(model: nn.Module, sample=None, *, hard: Optional[bool] = None, fu
             raise GraphError(f"the model holds DynamicWidth modules ({', '.join(own[:4])}) but make_dynamic was not "
                              "applied: call slimtrain.make_dynamic(model, sample), which uses them, so the cost "
                              "follows their widths")
-        import copy
-
         from .graph import _build, _convert_transformers
         from .trace import _tensors, trace_channels
 
         # trace a copy with nn.TransformerEncoderLayer converted to the equivalent TransformerBlock
         # (as make_dynamic does): the tracer cannot see inside nn.MultiheadAttention
-        probe = copy.deepcopy(model)
+        from .weightnorm import deepcopy_model
+
+        probe = deepcopy_model(model)
         _convert_transformers(probe)
         tr = trace_channels(probe, sample, extended=True)
         probe.__dict__["_slimtrain_graph"] = _build(probe, tr, int(_tensors(sample)[0].shape[0]))
@@ -464,7 +510,7 @@ def _counted_params(model: nn.Module, g: WidthGraph):
     from .dcl import DynamicWidth
 
     for s in g.layers:
-        if s.kind in ("linear", "conv", "rnn", "bn", "ln", "emb"):
+        if s.kind in ("linear", "conv", "rnn", "bn", "ln", "emb", "mha"):
             yield from model.get_submodule(s.name).parameters()
         elif s.kind == "param":
             yield _param_or_buffer(model, s.name)

@@ -16,11 +16,12 @@ import torch
 from torch import nn
 
 from .attach import (DCL_CHILD, attach_dcl, attached_dcl, bind_layer_norm, bound_width, detach_all,
-                     install_state_dict_hook, is_dynamic_rnn, make_rnn_dynamic)
+                     install_state_dict_hook, is_dynamic_mha, is_dynamic_rnn, make_mha_dynamic,
+                     make_rnn_dynamic)
 from .dcl import DynamicWidth
 from .plan import _PLAN_ATTR, WidthEntry, WidthPlan
 from .modules import DynamicOutput, DynamicRecurrent, MaskedLayerNorm, TransformerBlock
-from .trace import GraphError, Tag, Trace, _tensors, trace_channels
+from .trace import CONV_TYPES, GraphError, Tag, Trace, _tensors, trace_channels
 
 __all__ = ["make_dynamic", "plan_widths", "WidthGraph", "LayerSpec", "get_graph", "dynamic_widths", "settle_widths",
            "GraphError"]
@@ -124,7 +125,7 @@ def _convert_transformers(model: nn.Module) -> None:
 
 
 def _dcl_dim(kind: str) -> int:
-    return -1 if kind in ("linear", "rnn", "emb") else 1
+    return -1 if kind in ("linear", "rnn", "emb", "mha") else 1
 
 
 def _new_dcl(size: int, kind: str, bounds: dict[str, Any]) -> DynamicWidth:
@@ -140,6 +141,9 @@ def _new_dcl(size: int, kind: str, bounds: dict[str, Any]) -> DynamicWidth:
 def _wrap(model: nn.Module, tr: Trace, producer: str, kind: str, dcl: DynamicWidth) -> None:
     """Attach ``dcl`` to ``producer``'s output (after the BatchNorm that reads it, if any), in place."""
     mod = model.get_submodule(producer)
+    if kind == "mha_heads":  # the head count of an nn.MultiheadAttention
+        make_mha_dynamic(mod, dcl, producer)
+        return
     if kind == "rnn":
         if isinstance(mod, DynamicRecurrent):  # built by hand: share the width
             mod.dcl = dcl
@@ -251,6 +255,11 @@ def _unsafe_roots(model: nn.Module, tr: Trace) -> dict[int, tuple[str, str]]:
         mark(g, "unsupported", f"unsupported operation '{op}' on the width of {who(g)}")
     kinds = {u.name: u.kind for u in tr.uses}
     for u in tr.uses:
+        if u.kind == "mha" and u.out_group is not None:
+            mark(u.out_group, "structure", f"output of nn.MultiheadAttention '{u.name}': its out_proj width is its "
+                 "embed_dim, which is also its query width (kept; its head count can be dynamic)")
+        if u.kind == "mha_heads":
+            continue
         t = u.in_tag
         if t is None:
             continue
@@ -272,8 +281,6 @@ def _unsafe_roots(model: nn.Module, tr: Trace) -> dict[int, tuple[str, str]]:
             for kt in u.extra.get("kv_tags", []):
                 if kt is not None:
                     mark(kt.group, "structure", why)
-            if u.out_group is not None:
-                mark(u.out_group, "structure", f"output of nn.MultiheadAttention '{u.name}' (embed_dim is kept)")
         elif u.kind == "unknown":
             mark(t.group, "unsupported", f"read by unsupported layer '{u.name}' ({u.extra.get('type')})")
         elif t.dim is None:
@@ -287,15 +294,21 @@ def _unsafe_roots(model: nn.Module, tr: Trace) -> dict[int, tuple[str, str]]:
             # no DCL can follow this BatchNorm: what it feeds would not be zeroed
             mark(t.group, "structure", f"BatchNorm '{u.name}' does not directly follow the layer that produces it")
         if u.kind in ("linear", "conv", "rnn", "bn", "ln", "emb") and u.name:
-            from torch.nn.utils import parametrize
+            from .weightnorm import weight_norm_issue
 
-            if parametrize.is_parametrized(model.get_submodule(u.name)):
-                why = f"layer '{u.name}' has parametrized weights (e.g. weight_norm), which export cannot cut"
+            lm = model.get_submodule(u.name)
+            issue = weight_norm_issue(lm) if u.kind in ("linear", "conv") else ""
+            if not issue and u.kind not in ("linear", "conv"):
+                from torch.nn.utils import parametrize
+
+                issue = "parametrized weights" if parametrize.is_parametrized(lm) else ""
+            if issue:
+                why = f"layer '{u.name}' has {issue}, which export cannot cut"
                 mark(t.group, "unsupported", why)
                 if u.out_group is not None:
                     mark(u.out_group, "unsupported", why)
         m = model.get_submodule(u.name) if u.kind == "conv" else None
-        if isinstance(m, (nn.Conv1d, nn.Conv2d)) and m.groups != 1 and u.out_group is not None:
+        if isinstance(m, CONV_TYPES) and m.groups != 1 and u.out_group is not None:
             depthwise = m.groups == m.in_channels == m.out_channels
             if tr.root(t.group) != tr.root(u.out_group) or not depthwise:  # see the grouped-conv rule in _build
                 why = f"grouped conv '{u.name}' (groups={m.groups}) cannot be cut" + (
@@ -320,10 +333,11 @@ def make_dynamic(
     """Give the chosen layers of ``model`` a learnable output width, in place.
 
     Args:
-        model: any ``nn.Module`` built from Linear, Conv1d/2d, GRU, LSTM,
-            BatchNorm, LayerNorm, ``nn.TransformerEncoderLayer`` (converted to
-            :class:`~slimtrain.modules.TransformerBlock`), :class:`~slimtrain.frontend.MelFrontend`
-            and functional glue (activations, pooling, reshapes, residual adds).
+        model: any ``nn.Module`` built from Linear, Conv1d/2d, ConvTranspose1d/2d (also weight-normalised),
+            GRU, LSTM, BatchNorm, LayerNorm, PReLU, ``nn.MultiheadAttention`` (its head count),
+            ``nn.TransformerEncoderLayer`` (converted to :class:`~slimtrain.modules.TransformerBlock`),
+            :class:`~slimtrain.frontend.MelFrontend` and functional glue (activations, pooling, reshapes,
+            residual adds).
         sample: an input batch (a tensor, or a tuple of positional inputs).
         layers: module names or types whose output width becomes dynamic;
             default: every supported layer whose output is not the model output.
@@ -428,10 +442,19 @@ def _make_dynamic(model: nn.Module, sample: Any, layers, exclude, bounds: dict[s
     if not first or first[0].dim() == 0:
         raise GraphError("sample must be a batch tensor (or a tuple of inputs whose first is one)")
     graph = _build(model, tr, int(first[0].shape[0]))
+    graph.__dict__["_sample"] = _detached(sample)  # export runs it through the cut model
     model.__dict__[_ATTR] = graph
     model.__dict__[_PLAN_ATTR] = _plan(model, tr, fixed, graph.dcls)
     install_state_dict_hook(model)
     return model
+
+
+def _detached(sample: Any) -> Any:
+    if isinstance(sample, torch.Tensor):
+        return sample.detach()
+    if isinstance(sample, (tuple, list)):
+        return type(sample)(_detached(t) for t in sample)
+    return sample
 
 
 def _plan(model: nn.Module, tr: Trace, fixed: dict[int, tuple[str, str]], dcls: dict[int, str]) -> WidthPlan:
@@ -456,6 +479,9 @@ def _plan(model: nn.Module, tr: Trace, fixed: dict[int, tuple[str, str]], dcls: 
         unit[tr.root(gid)] = "heads"
     for gid, h in tr.group_outer.items():
         unit[tr.root(gid)] = f"per head, {h} heads"
+    for u in tr.uses:
+        if u.kind == "mha_heads" and u.out_group is not None:
+            unit[tr.root(u.out_group)] = "heads"
     entries = []
     for r, producers in first_roots.items():
         size = tr.groups[r].size
@@ -464,7 +490,9 @@ def _plan(model: nn.Module, tr: Trace, fixed: dict[int, tuple[str, str]], dcls: 
             entries.append(WidthEntry(producers, size, True, dcls[r], float(d.min_width), float(d.max_width),
                                       readers=readers.get(r, []), user_dcl=r in user, unit=unit.get(r, "")))
         else:
-            cat, why = next((by_producer[p] for p in producers if p in by_producer), ("not selected", "not chosen"))
+            # a module with two widths (an attention's output and its heads) has its reason under its own root
+            own = fixed.get(r) if unit.get(r) == "heads" else None
+            cat, why = own or next((by_producer[p] for p in producers if p in by_producer), ("not selected", "not chosen"))
             entries.append(WidthEntry(producers, size, False, reason=why, category=cat, readers=readers.get(r, []),
                                       unit=unit.get(r, "")))
     return WidthPlan(entries)
@@ -473,9 +501,9 @@ def _plan(model: nn.Module, tr: Trace, fixed: dict[int, tuple[str, str]], dcls: 
 def plan_widths(model: nn.Module, sample: Any, layers: Optional[Iterable[Union[str, type]]] = None,
                 **kwargs: Any) -> WidthPlan:
     """The :class:`~slimtrain.plan.WidthPlan` ``make_dynamic(model, sample, ...)`` would make; ``model`` is not changed."""
-    import copy
+    from .weightnorm import deepcopy_model
 
-    probe = copy.deepcopy(model)
+    probe = deepcopy_model(model)
     probe.__dict__[_PROBE] = True  # a fresh copy: no graph compiled from it can be stale, so no cache reset
     make_dynamic(probe, sample, layers, **kwargs)
     return probe.__dict__[_PLAN_ATTR]
@@ -498,7 +526,7 @@ def _tie(model: nn.Module, tr: Trace) -> bool:
             continue
         parent, _, attr = dname.rpartition(".")
         holder = model.get_submodule(parent)
-        ours = attr == DCL_CHILD and (attached_dcl(holder) is not None or is_dynamic_rnn(holder)
+        ours = attr == DCL_CHILD and (attached_dcl(holder) is not None or is_dynamic_rnn(holder) or is_dynamic_mha(holder)
                                       or isinstance(holder, (DynamicOutput, DynamicRecurrent)))
         if not ours:
             raise GraphError(
@@ -657,13 +685,17 @@ def _build(model: nn.Module, tr: Trace, batch: int) -> WidthGraph:
         if u.kind == "mha" and (in_root is not None or out_root is not None):
             raise refuse("structure", [in_root, out_root], f"nn.MultiheadAttention '{shown(u.name)}' keeps its embed_dim: its input and output "
                              "widths cannot be dynamic")
+        out_size = tr.groups[u.out_group].size if u.out_group is not None else 0
+        if u.kind == "mha":  # the layer's dynamic side is its head count
+            hg = u.extra["heads_group"]
+            out_root = tr.root(hg) if tr.root(hg) in dyn else None
+            out_size = tr.groups[hg].size
         if u.kind == "rnn" and isinstance(mod, DynamicRecurrent) and out_root is None:
             out_root = tr.root(u.out_group) if u.out_group is not None else None
         in_size = tr.groups[tag.group].size if tag is not None and in_root is not None else 0
-        if u.kind not in ("dcl", "unknown"):
+        if u.kind not in ("dcl", "unknown", "mha_heads"):
             layers.append(LayerSpec(u.name, u.kind, in_root, in_size, tag.outer if in_root is not None else 1,
-                                    tag.inner if in_root is not None else 1, out_root,
-                                    tr.groups[u.out_group].size if u.out_group is not None else 0,
+                                    tag.inner if in_root is not None else 1, out_root, out_size,
                                     u.in_shape, u.out_shape, extra))
     fixed_macs = tr.fixed_macs
     for i, (macs, g) in enumerate(tr.prods):  # attention products: linear in the head count

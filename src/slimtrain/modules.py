@@ -23,7 +23,7 @@ from torch.func import functional_call
 
 from .dcl import DynamicWidth
 
-__all__ = ["DynamicOutput", "DynamicRecurrent", "MaskedLayerNorm", "TransformerBlock"]
+__all__ = ["DynamicOutput", "DynamicRecurrent", "MaskedLayerNorm", "PrunedMultiheadAttention", "TransformerBlock"]
 
 
 class DynamicOutput(nn.Module):
@@ -227,3 +227,85 @@ class TransformerBlock(nn.Module):
             return x + self._ff(self.norm2(x))
         x = self.norm1(x + self._attn(x))
         return self.norm2(x + self._ff(x))
+
+
+class PrunedMultiheadAttention(nn.MultiheadAttention):
+    """An ``nn.MultiheadAttention`` whose inner width ``num_heads * head_dim`` is below its ``embed_dim``.
+
+    :func:`slimtrain.export` turns an ``nn.MultiheadAttention`` whose heads were cut into this class
+    (``__class__`` swapped: the same parameters, names and state-dict keys; ``in_proj_weight`` holds
+    ``3 * num_heads * head_dim`` rows). ``embed_dim`` stays the query and output width and ``head_dim``
+    the per-head size; torch's ``F.multi_head_attention_forward`` cannot run it because it requires
+    the inner width to equal the query width. The computation is the same as torch's (explicit
+    ``baddbmm``/``bmm`` products, so FLOP counters see them), with ``batch_first``, unbatched inputs,
+    key-padding and attention masks, ``is_causal``, ``bias_k``/``bias_v``, ``add_zero_attn``,
+    separate ``kdim``/``vdim`` and ``need_weights``/``average_attn_weights``.
+    """
+
+    def forward(self, query: Tensor, key: Tensor, value: Tensor, key_padding_mask: Optional[Tensor] = None,
+                need_weights: bool = True, attn_mask: Optional[Tensor] = None, average_attn_weights: bool = True,
+                is_causal: bool = False) -> tuple[Tensor, Optional[Tensor]]:
+        batched = query.dim() == 3
+        if self.batch_first and batched:
+            query, key, value = (t.transpose(0, 1) for t in (query, key, value))
+        if not batched:
+            query, key, value = (t.unsqueeze(1) for t in (query, key, value))
+            if key_padding_mask is not None:
+                key_padding_mask = key_padding_mask.unsqueeze(0)
+        tgt, bsz, _ = query.shape
+        h, hd = self.num_heads, self.head_dim
+        inner = h * hd
+        key_padding_mask = F._canonical_mask(mask=key_padding_mask, mask_name="key_padding_mask",
+                                             other_type=F._none_or_dtype(attn_mask), other_name="attn_mask",
+                                             target_type=query.dtype)
+        if is_causal and attn_mask is None:
+            attn_mask = torch.ones(tgt, key.shape[0], dtype=torch.bool, device=query.device).triu(1)
+        attn_mask = F._canonical_mask(mask=attn_mask, mask_name="attn_mask", other_type=None, other_name="",
+                                      target_type=query.dtype, check_other=False)
+        if self._qkv_same_embed_dim:
+            wq, wk, wv = self.in_proj_weight.split(inner)
+        else:
+            wq, wk, wv = self.q_proj_weight, self.k_proj_weight, self.v_proj_weight
+        bq, bk, bv = self.in_proj_bias.split(inner) if self.in_proj_bias is not None else (None, None, None)
+        q, k, v = F.linear(query, wq, bq), F.linear(key, wk, bk), F.linear(value, wv, bv)
+        if attn_mask is not None:
+            if attn_mask.dim() == 2:
+                attn_mask = attn_mask.unsqueeze(0)
+            elif attn_mask.shape[0] != bsz * h:
+                raise ValueError(f"a 3-d attn_mask needs batch * num_heads = {bsz * h} rows (this attention keeps "
+                                 f"{h} heads after export), got shape {tuple(attn_mask.shape)}")
+        if self.bias_k is not None and self.bias_v is not None:
+            k = torch.cat([k, self.bias_k.repeat(1, bsz, 1)])
+            v = torch.cat([v, self.bias_v.repeat(1, bsz, 1)])
+            attn_mask = F.pad(attn_mask, (0, 1)) if attn_mask is not None else None
+            key_padding_mask = F.pad(key_padding_mask, (0, 1)) if key_padding_mask is not None else None
+        q = q.reshape(tgt, bsz * h, hd).transpose(0, 1)
+        k = k.reshape(k.shape[0], bsz * h, hd).transpose(0, 1)
+        v = v.reshape(v.shape[0], bsz * h, hd).transpose(0, 1)
+        if self.add_zero_attn:
+            k = torch.cat([k, k.new_zeros(bsz * h, 1, hd)], dim=1)
+            v = torch.cat([v, v.new_zeros(bsz * h, 1, hd)], dim=1)
+            attn_mask = F.pad(attn_mask, (0, 1)) if attn_mask is not None else None
+            key_padding_mask = F.pad(key_padding_mask, (0, 1)) if key_padding_mask is not None else None
+        src = k.shape[1]
+        if key_padding_mask is not None:
+            kpm = key_padding_mask.view(bsz, 1, 1, src).expand(-1, h, -1, -1).reshape(bsz * h, 1, src)
+            attn_mask = kpm if attn_mask is None else attn_mask + kpm
+        q = q * math.sqrt(1.0 / float(hd))
+        kt = k.transpose(-2, -1)
+        scores = torch.bmm(q, kt) if attn_mask is None else torch.baddbmm(attn_mask, q, kt)
+        weights = torch.softmax(scores, dim=-1)
+        if self.training and self.dropout > 0.0:
+            weights = F.dropout(weights, p=self.dropout)
+        out = torch.bmm(weights, v).transpose(0, 1).reshape(tgt * bsz, inner)
+        out = F.linear(out, self.out_proj.weight, self.out_proj.bias).view(tgt, bsz, -1)
+        if self.batch_first and batched:
+            out = out.transpose(0, 1)
+        if not batched:
+            out = out.squeeze(1)
+        if not need_weights:
+            return out, None
+        weights = weights.view(bsz, h, tgt, src)
+        if average_attn_weights:
+            weights = weights.mean(dim=1)
+        return out, (weights if batched else weights.squeeze(0))

@@ -82,6 +82,7 @@ class _Width:
     size: int
     producers: list[tuple[str, str]] = field(default_factory=list)  # (layer name, kind)
     readers: list[tuple[str, str, int, int]] = field(default_factory=list)  # (name, kind, outer, inner)
+    slopes: list[str] = field(default_factory=list)  # per-channel PReLU slopes the width passes through
     bad: Optional[str] = None
 
     def label(self) -> str:
@@ -136,6 +137,11 @@ def _plan(model: nn.Module, tr: Trace) -> dict[int, _Width]:
         mark(g, f"it is joined by {where}")
     for g, op in tr.opaque:
         mark(g, f"it passes through '{op}', which the tracer cannot follow")
+    for pname, g, _, op in tr.param_uses:
+        if op == "prelu":  # a slope per channel: permuted with the width
+            w = widths.get(uf.find(g))
+            if w is not None and pname not in w.slopes:
+                w.slopes.append(pname)
     for u in tr.uses:
         t = u.in_tag
         if t is None:
@@ -185,6 +191,10 @@ def _plan(model: nn.Module, tr: Trace) -> dict[int, _Width]:
             mark(u.out_group, f"LSTM '{u.name}' has proj_size")
         if is_transposed_linear(m):
             mark(u.out_group, f"layer '{u.name}' is a transposed Linear (weight in x out), which reordering does not permute")
+        if u.kind == "conv" and m.groups > 1 and m.groups == m.in_channels == m.out_channels and u.name in fixed_input:
+            # channel c out reads channel c in: its input (no traced width, e.g. an unknown layer's output) would
+            # have to be permuted too
+            mark(u.out_group, f"depthwise conv '{u.name}' reads an input whose channels cannot be permuted")
         odd = _odd_parameters(m, u.kind)
         if odd:
             mark(u.out_group, f"layer '{u.name}' has parameters {odd} that reordering does not know")
@@ -208,12 +218,17 @@ def _odd_parameters(m: nn.Module, kind: str) -> list[str]:
     """Parameters of a layer that a permutation of its known weights would miss (e.g. weight norm)."""
     from torch.nn.utils import parametrize
 
+    from .weightnorm import weight_norm_issue, weight_norm_params
+
     if kind == "mel":
         return []
+    if kind == "conv" and getattr(m, "transposed", False):
+        return ["the weight of a transposed conv (its axes are (in, out))"]
     r = _rnn_of(m) if kind == "rnn" else m
-    if parametrize.is_parametrized(r):
+    normed = weight_norm_params(r) if kind in ("linear", "conv") and not weight_norm_issue(r) else ()
+    if parametrize.is_parametrized(r) and not normed:
         return [f"parametrized {n}" for n in r.parametrizations.keys()]
-    known = _KNOWN_PARAMS.get(kind, ())
+    known = _KNOWN_PARAMS.get(kind, ()) + normed  # a weight norm's g and v are permuted like the weight
     if kind == "rnn":
         return [n for n, _ in r.named_parameters(recurse=False) if not n.startswith(known)]
     return [n for n, _ in r.named_parameters() if n not in known]
@@ -355,6 +370,8 @@ def _taylor(model: nn.Module, widths: dict[int, _Width], batches: Iterable[Any],
 @torch.no_grad()
 def _apply(model: nn.Module, w: _Width, p: Tensor) -> None:
     """Permute every producer's output channels and every reader's input channels of ``w`` by ``p``."""
+    from .weightnorm import permute_weight
+
     n = w.size
 
     def rows(t: Optional[Tensor], idx: Tensor) -> None:
@@ -364,10 +381,12 @@ def _apply(model: nn.Module, w: _Width, p: Tensor) -> None:
     def cols(t: Tensor, idx: Tensor) -> None:
         t.copy_(t.index_select(1, idx))
 
+    for pname in w.slopes:  # PReLU(num_parameters=C): one slope per channel
+        rows(model.get_parameter(pname), p)
     for name, kind in w.producers:
         m = model.get_submodule(name)
         if kind in ("linear", "conv"):
-            rows(m.weight, p)
+            permute_weight(m, 0, p)  # a plain weight, or a weight norm's g and v
             rows(m.bias, p)
         elif kind == "mel":
             rows(m.fbank, p)
@@ -386,10 +405,10 @@ def _apply(model: nn.Module, w: _Width, p: Tensor) -> None:
         m = model.get_submodule(name)
         idx = _expand(p, n, outer, inner)
         if kind == "linear":
-            cols(m.weight, idx)
+            permute_weight(m, 1, idx)
         elif kind == "conv":
             if m.groups == 1:
-                cols(m.weight, idx)
+                permute_weight(m, 1, idx)
             # depthwise: its rows were permuted as a producer of the same (united) width
         elif kind in ("bn", "ln"):
             for k in ("weight", "bias", "running_mean", "running_var"):

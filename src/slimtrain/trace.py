@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
-from .attach import DCL_CHILD, attached_dcl, bound_width, is_dynamic_rnn
+from .attach import DCL_CHILD, attached_dcl, bound_width, is_dynamic_mha, is_dynamic_rnn
 from .modules import DynamicRecurrent
 
 __all__ = ["Tag", "Group", "LayerUse", "Trace", "trace_channels", "GraphError", "LEAF_TYPES"]
@@ -125,8 +125,10 @@ def _kind(m: nn.Module) -> Optional[str]:
         return "mel"
     if isinstance(m, nn.Linear) or is_transposed_linear(m):
         return "linear"
-    if isinstance(m, (nn.Conv1d, nn.Conv2d)):
+    if isinstance(m, CONV_TYPES):  # transposed convs too (their ``transposed`` flag swaps the weight's axes)
         return "conv"
+    if isinstance(m, nn.PReLU):
+        return "prelu"
     if isinstance(m, (nn.GRU, nn.LSTM)):
         return "rnn"
     if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
@@ -139,6 +141,9 @@ def _kind(m: nn.Module) -> Optional[str]:
         return "emb"
     return None
 
+
+#: convolutions slimtrain can cost and cut (``m.transposed``: weight ``(in, out/groups, *kernel)``)
+CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.ConvTranspose1d, nn.ConvTranspose2d)
 
 LEAF_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.GRU, nn.LSTM, nn.BatchNorm1d, nn.BatchNorm2d, nn.LayerNorm)
 
@@ -223,6 +228,18 @@ _MHA_ARGS = ("query", "key", "value", "embed_dim_to_check", "num_heads", "in_pro
              "k_proj_weight", "v_proj_weight")
 
 
+#: functional products outside layers that :func:`_between_macs` does not model: their MACs are counted with
+#: torch's FlopCounterMode while tracing and added to the fixed cost (the width through them is not followed)
+_COUNTED_FUNCS = {"linear", "bilinear", "conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d",
+                  "conv_transpose3d", "einsum", "addmm", "baddbmm", "addbmm", "mv", "addmv", "dot", "vdot",
+                  "tensordot", "inner", "chain_matmul", "linalg_multi_dot", "multi_dot"}
+
+
+#: why the widths through ``F.multi_head_attention_forward`` stay fixed (as the width report says it)
+_MHA_FUNCTION = ("multi_head_attention_forward (torch's function requires num_heads * head_dim == embed_dim == "
+                 "the query width, so neither the heads nor the width of a module calling it can be cut)")
+
+
 def _functional_mha_macs(args, kwargs) -> float:
     """MACs of ``F.multi_head_attention_forward`` (called by modules that hold their own attention
     weights, e.g. WavLM's attention): the q/k/v and output projections and the two attention
@@ -275,11 +292,19 @@ class _Tracer(TorchFunctionMode):
 
     def __torch_function__(self, func: Callable, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        out = func(*args, **kwargs)
+        name = getattr(func, "__name__", str(func))
+        counted = 0.0
+        if self.depth == 0 and name in _COUNTED_FUNCS:  # a product called functionally: count it as torch does
+            from torch.utils.flop_counter import FlopCounterMode
+
+            with FlopCounterMode(display=False) as fc:
+                out = func(*args, **kwargs)
+            counted = fc.get_total_flops() / 2
+        else:
+            out = func(*args, **kwargs)
         if self.depth > 0:
             return out
-        name = getattr(func, "__name__", str(func))
-        macs = _between_macs(name, args, kwargs, out)
+        macs = _between_macs(name, args, kwargs, out) or counted
         ins = [(t, self.tag(t)) for t in _tensors(args) + _tensors(kwargs)]
         tagged = [(t, g) for t, g in ins if g is not None]
         outs = _tensors(out)
@@ -337,6 +362,8 @@ class _Tracer(TorchFunctionMode):
             return self._segs_rule(name, args, kwargs, out, tagged)
         if name in _SPLIT or name in _CAT:
             return self._cat_split(name, args, kwargs, out, tagged)
+        if name == "multi_head_attention_forward":  # a module's own weights through torch's attention function
+            return Tag(tag.group, None, op=_MHA_FUNCTION)
         if not isinstance(out, Tensor):
             if name in _PER_CHANNEL and isinstance(out, tuple):
                 out = out[0]
@@ -662,7 +689,7 @@ def trace_channels(model: nn.Module, sample: Any, *, extended: bool = False, hea
     tracer.heads = heads
 
     def head_attr(producer: str, heads: int) -> bool:  # the module holding the projection stores the head count
-        from .export import HEAD_COUNT_ATTRS
+        from .export import HEAD_COUNT_ATTRS  # the names that make a literal head count in a view follow a cut
 
         owner = producer.rpartition(".")[0]
         try:
@@ -682,15 +709,22 @@ def trace_channels(model: nn.Module, sample: Any, *, extended: bool = False, hea
         return gid
 
     stack: list[tuple[nn.Module, Optional[Tag], tuple, Optional[Tensor]]] = []
+    counters: dict[int, Any] = {}  # id(unknown module) -> the FlopCounterMode open over its forward
     mha_inputs: dict[int, list[tuple[Optional[Tag], tuple]]] = {}
 
     def pre(mod, args, kwargs):
-        x = args[0] if args else None
+        x = args[0] if args else _first_kwarg(kwargs)
         tag = tracer.tag(x)
         shape = tuple(x.shape) if isinstance(x, Tensor) else ()
         if isinstance(mod, nn.MultiheadAttention):  # key and value: who produced them, and their shapes
             kv = [args[i] if len(args) > i else kwargs.get(("key", "value")[i - 1]) for i in (1, 2)]
             mha_inputs[id(mod)] = [(tracer.tag(t), tuple(t.shape)) for t in kv if isinstance(t, Tensor)]
+        if tracer.depth == 0 and _kind(mod) is None:  # an unknown module: count its products as torch does
+            from torch.utils.flop_counter import FlopCounterMode
+
+            fc = FlopCounterMode(display=False)
+            fc.__enter__()
+            counters[id(mod)] = fc
         stack.append((mod, tag, shape, x))
         tracer.depth += 1
 
@@ -704,7 +738,17 @@ def trace_channels(model: nn.Module, sample: Any, *, extended: bool = False, hea
         first = out[0] if isinstance(out, tuple) else out
         oshape = tuple(first.shape) if isinstance(first, Tensor) else ()
         if kind is None:  # a module with parameters we do not know
-            uses.append(LayerUse(name, "unknown", tag, None, shape, oshape, {"type": type(mod).__name__}))
+            extra_u: dict[str, Any] = {"type": type(mod).__name__}
+            fc = counters.pop(id(mod), None)
+            if fc is not None:
+                fc.__exit__(None, None, None)
+                extra_u["macs"] = fc.get_total_flops() / 2  # fixed: a width it reads cannot be dynamic
+                tracer.fixed_macs += extra_u["macs"]
+            uses.append(LayerUse(name, "unknown", tag, None, shape, oshape, extra_u))
+            return
+        if kind == "prelu":  # elementwise and prelu(0) = 0: the width passes; a per-channel slope is cut with it
+            if tag is not None:
+                tracer.set(first, _prelu_tag(mod, name, tag, tracer))
             return
         if kind == "dcl":
             if tag is not None and tag.dim is not None:
@@ -745,9 +789,15 @@ def trace_channels(model: nn.Module, sample: Any, *, extended: bool = False, hea
             extra["batch_first"] = inner_mod.batch_first
         if kind == "mha":
             kv = mha_inputs.pop(id(mod), [])
+            # the head count is a width of its own, inside the module (q/k/v rows, out_proj columns)
+            hgid = new_group(inner_mod.num_heads, name)
             extra.update(batch_first=inner_mod.batch_first, num_heads=inner_mod.num_heads,
-                         kv_tags=[t for t, _ in kv], kv_shapes=[sh for _, sh in kv])
+                         kv_tags=[t for t, _ in kv], kv_shapes=[sh for _, sh in kv], heads_group=hgid)
         uses.append(LayerUse(name, kind, tag, gid, shape, oshape, extra))
+        if kind == "mha":
+            uses.append(LayerUse(name, "mha_heads", None, hgid, shape, oshape, {}))
+            if is_dynamic_mha(mod):
+                claims.append((f"{name}.{DCL_CHILD}", hgid, name))
         if kind == "conv" and tag is not None and tag.dim is not None and \
                 inner_mod.groups == inner_mod.in_channels == inner_mod.out_channels and inner_mod.groups > 1:
             tracer.ties.append((tag.group, gid, f"depthwise conv '{name}'"))  # one width in and out
@@ -807,6 +857,8 @@ def trace_channels(model: nn.Module, sample: Any, *, extended: bool = False, hea
         raise GraphError(f"the sample batch of shape {shapes} does not fit the model: the forward pass failed"
                          f"{where}: {msg}") from None
     finally:
+        for fc in reversed(list(counters.values())):  # a forward that raised inside an unknown module
+            fc.__exit__(None, None, None)
         for h in handles:
             h.remove()
         model.train(was_training)
@@ -831,6 +883,31 @@ def trace_channels(model: nn.Module, sample: Any, *, extended: bool = False, hea
         if ra != rb:
             tr.parent[max(ra, rb)] = min(ra, rb)
     return tr
+
+
+def _prelu_tag(mod: nn.PReLU, name: str, tag: Tag, tracer: "_Tracer") -> Tag:
+    """The tag after a PReLU: unchanged for one shared slope; with a slope per channel (on axis 1) the slope
+    vector is cut with the width (a ``param`` use), on any other axis or layout the width is lost."""
+    if tag.dim is None or mod.weight.numel() == 1:
+        return tag
+    if tag.segs or tag.dim != 1 or (tag.outer, tag.inner) != (1, 1) or mod.weight.numel() != tracer.sizes[tag.group]:
+        op = f"PReLU '{name}' with a slope per channel on another axis"
+        tracer.opaque.extend((g, op) for g in tag.groups())
+        return Tag(tag.group, None, op=op)
+    tracer.param_uses.append((f"{name}.weight" if name else "weight", tag.group, 0, "prelu"))
+    return tag
+
+
+#: keyword names under which a layer's main input can be passed (``attn(query=x, key=x, value=x)``)
+_INPUT_KWARGS = ("input", "query", "x", "hidden_states", "inputs")
+
+
+def _first_kwarg(kwargs: dict) -> Any:
+    """The main input of a layer called with keyword arguments only (``None`` if none is known)."""
+    for k in _INPUT_KWARGS:
+        if isinstance(kwargs.get(k), Tensor):
+            return kwargs[k]
+    return None
 
 
 def _has_known_ancestor(model: nn.Module, name: str) -> bool:
