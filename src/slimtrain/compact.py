@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from .dcl import _ROUND_TOL, DynamicWidth
 from .export import cut_in_place
 from .graph import GraphError, WidthGraph, get_graph
+from .weightnorm import selection_only
 
 __all__ = ["compact", "compact_to", "compacted_sizes", "kept_channels", "CompactError"]
 
@@ -162,7 +163,8 @@ def _index_maps(model: nn.Module, g: WidthGraph, cut: dict[int, int]) -> dict[st
     gp = get_graph(probe)
     before = dict(probe.named_parameters(remove_duplicate=False))
     try:
-        cut_in_place(probe, gp, cut)
+        with selection_only():  # a weight norm's g is rescaled by the real cut: here only which elements stay
+            cut_in_place(probe, gp, cut)
     except Exception as e:  # noqa: BLE001 - reported with the model's own context
         raise CompactError(f"cutting this model failed ({type(e).__name__}: {' '.join(str(e).split())[:300]}); "
                            "the model was not changed") from None

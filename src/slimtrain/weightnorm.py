@@ -24,7 +24,7 @@ import torch
 from torch import Tensor, nn
 
 __all__ = ["weight_norm_dim", "weight_norm_issue", "cut_weight", "permute_weight", "weight_norm_params",
-           "deepcopy_model"]
+           "deepcopy_model", "selection_only"]
 
 
 def _old_hook(m: nn.Module, name: str = "weight"):
@@ -66,6 +66,20 @@ def weight_norm_issue(m: nn.Module) -> str:
     return f"parametrization(s) {', '.join(kinds)} on {', '.join(names)} (export can cut a weight_norm on 'weight' only)"
 
 
+_RESCALE = [True]
+
+
+@contextlib.contextmanager
+def selection_only() -> Iterator[None]:
+    """Cut ``g`` without its rescale, so every cut is a pure selection of elements (for
+    :func:`slimtrain.compact`'s dry run, which reads which elements a cut keeps, not their values)."""
+    _RESCALE[0] = False
+    try:
+        yield
+    finally:
+        _RESCALE[0] = True
+
+
 def _norm(v: Tensor, dim: int) -> Tensor:
     return torch.norm_except_dim(v, 2, dim)
 
@@ -99,7 +113,7 @@ def cut_weight(m: nn.Module, index: dict[int, Optional[Tensor]]) -> None:
     full = cut(_norm(v, dim), skip_unit=True)  # ||v|| of every kept slice along dim, before the cut
     kept = _norm(v_cut, dim)
     scale = torch.where(full > 0, kept / full.clamp_min(torch.finfo(full.dtype).tiny), torch.ones_like(full))
-    g_cut = cut(g, skip_unit=True) * scale
+    g_cut = cut(g, skip_unit=True) * scale if _RESCALE[0] else cut(g, skip_unit=True)
     if new is not None:  # assign through the ParametrizationList's own attributes (no right_inverse)
         holder._parameters[g_name] = param(g, g_cut)
         holder._parameters[v_name] = param(v, v_cut)
