@@ -11,7 +11,6 @@ which are plain torch code) and equals the DCL model in eval mode.
 from __future__ import annotations
 
 import contextlib
-import copy
 import io
 from typing import Optional
 

@@ -180,7 +180,7 @@ def cmd_train_corpus(args, run_kwargs: dict, families: list[str]) -> int:
                           loader_workers=args.loader_workers, progress=progress)
     else:
         data = load_corpus_data(corpus_config(args), progress=progress, seed=args.seed)
-    print(f"data: " + "; ".join(f"{k}: {v.get('files', v.get('utterances'))} files" + (f", {v['hours']:.3f} h"
+    print("data: " + "; ".join(f"{k}: {v.get('files', v.get('utterances'))} files" + (f", {v['hours']:.3f} h"
                                  if "hours" in v else "") for k, v in data.summary.items() if isinstance(v, dict)
                                  and ("files" in v or "utterances" in v))
           + f" at {data.sample_rate} Hz ({time.perf_counter() - t0:.1f}s scan)")
