@@ -20,7 +20,7 @@ def _net(hidden: int = 16, out: int = 3, seed: int = 0) -> nn.Module:
     return nn.Sequential(nn.Linear(6, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, out))
 
 
-logits = st.lists(st.floats(-6, 6), min_size=8, max_size=8).map(lambda v: torch.tensor(v).reshape(2, 4))
+logits = st.lists(st.floats(-6, 6, width=32, allow_subnormal=False), min_size=8, max_size=8).map(lambda v: torch.tensor(v).reshape(2, 4))
 
 
 @settings(max_examples=40, deadline=None)
@@ -29,7 +29,7 @@ def test_output_term_is_zero_only_for_equal_outputs_and_never_negative(s, t, tem
     assert float(output_distill_loss(t, t, kind, temp)) == pytest.approx(0.0, abs=1e-6)
     d = float(output_distill_loss(s, t, kind, temp))
     assert d >= -1e-6
-    if kind == "mse" and not torch.equal(s, t):
+    if kind == "mse" and (s - t).abs().max() > 1e-3:  # a difference the float32 square does not flush to 0
         assert d > 0
 
 
