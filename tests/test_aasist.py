@@ -165,3 +165,20 @@ def test_channel_sum_of_a_width_that_is_not_zero_outside_it_stays_fixed():
 
     with pytest.raises(slimtrain.GraphError, match="'sum' contracts the width of 'a' where the channels outside"):
         slimtrain.make_dynamic(M(), torch.randn(3, 4))  # its only hidden width stays fixed, so nothing to make dynamic
+
+
+@pytest.mark.parametrize("argv,words", [
+    (("--family", "aasist", "--width", "4"), ("--width and --stages", "ResNet")),
+    (("--family", "aasist", "--sweep"), ("--sweep runs the ResNet family",)),
+    (("--family", "aasist-l", "--plain", "--params-budget", "85306"), ("--params-budget needs DCLs",)),
+    (("--sweep", "--train-crop", "4000"), ("apply to single runs",)),
+    (("--family", "aasist-xl",), ("invalid choice", "aasist-l")),
+])
+def test_spoof_command_refuses_family_options_that_do_not_apply(capsys, argv, words):
+    from slimtrain.cli import main
+
+    code = main(["spoof", "--quick", *argv])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1, err
+    for w in words:
+        assert w in err, (w, err)

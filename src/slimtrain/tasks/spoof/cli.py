@@ -211,6 +211,10 @@ def _cmd_spoof(args) -> int:
                          "benchmarks/aasist_vs_aasist_l.py")
     if over["family"] != "resnet" and (args.width is not None or args.stages is not None):
         raise ValueError("--width and --stages apply to the ResNet family only")
+    if args.sweep and (args.plain or args.params_budget is not None or args.train_crop is not None):
+        raise ValueError("--plain, --params-budget and --train-crop apply to single runs, not --sweep")
+    if args.plain and args.params_budget is not None:
+        raise ValueError("--params-budget needs DCLs; drop --plain")
     cfg = SpoofConfig.quick(**over) if args.quick else SpoofConfig(**over)
     if cfg.warmup_epochs >= cfg.epochs:
         cfg.warmup_epochs = cfg.epochs - 1
@@ -239,8 +243,6 @@ def _cmd_spoof(args) -> int:
         stages = args.stages[0] if args.stages else (0, 1, 2, 3)
         if args.plain:
             stages = ()
-            if args.params_budget is not None:
-                raise ValueError("--params-budget needs DCLs; drop --plain")
         kappa = args.kappa_min[0] if args.kappa_min else 0.125
         t0 = time.perf_counter()
         row = train_run(cfg, load_split(data_dir, "train"), load_split(data_dir, "eval"), unseen, stages=stages,
@@ -264,8 +266,6 @@ def _cmd_spoof(args) -> int:
         print(f"  wrote {out / 'model.ckpt'}, {out / 'widths.csv'}, {out / 'result.json'} in "
               f"{time.perf_counter() - t0:.1f}s")
         return 0
-    if args.plain or args.params_budget is not None or args.train_crop is not None:
-        raise ValueError("--plain, --params-budget and --train-crop apply to single runs, not --sweep")
     if args.pruning_only:
         from .sweep import add_pruning_rows
 
