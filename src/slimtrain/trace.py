@@ -82,6 +82,7 @@ class Trace:
     fixed_macs: float = 0.0
     opaque: list[tuple[int, str]] = field(default_factory=list)  # (group, op) that lost track
     param_uses: list[tuple[str, int, int, str]] = field(default_factory=list)  # (parameter name, group, axis, op)
+    param_reads: dict[str, str] = field(default_factory=dict)  # model parameter -> a layer that reads it as input
     prods: list[tuple[float, int]] = field(default_factory=list)  # (MACs at full width, group) of products
     group_inner: dict[int, int] = field(default_factory=dict)  # group -> elements per channel (head_dim)
     group_outer: dict[int, int] = field(default_factory=dict)  # group -> heads sharing one head width
@@ -151,7 +152,8 @@ LEAF_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.GRU, nn.LSTM, nn.BatchNorm1d, 
 _ZERO_KEEPING = {
     "relu", "relu_", "gelu", "silu", "tanh", "leaky_relu", "leaky_relu_", "elu", "hardtanh", "relu6",
     "hardswish", "mish", "dropout", "dropout1d", "dropout2d", "neg", "__neg__", "abs", "clone",
-    "contiguous", "float", "double", "half", "to", "type_as", "detach", "softsign", "tanhshrink",
+    "contiguous", "float", "double", "half", "to", "type_as", "detach", "softsign", "tanhshrink", "selu", "selu_",
+    "celu",
 }
 # Ops that keep the tensor's layout along the channel axis (pooling, padding, along other axes).
 _PER_CHANNEL = {
@@ -165,6 +167,7 @@ _ELEMENTWISE = {"masked_fill", "sigmoid", "hardsigmoid", "exp", "cos", "softplus
 _CAT = {"cat", "concat", "concatenate", "stack"}
 _MATMUL = {"matmul", "bmm", "__matmul__", "scaled_dot_product_attention"}
 _ALONG = {"softmax", "log_softmax", "_softmax"}  # along another axis: the width passes
+_TAKE = {"take_along_dim"}  # picks entries along another axis (graph pooling's top-k nodes): the width passes
 _SPLIT = {"split", "chunk", "unbind", "tensor_split", "split_with_sizes"}
 # ops through which a model parameter stays "that parameter" for broadcasting (class tokens, position embeddings)
 _PARAM_KEEPING = {"expand", "expand_as", "unsqueeze", "to", "type_as", "contiguous", "clone", "float", "half",
@@ -172,7 +175,8 @@ _PARAM_KEEPING = {"expand", "expand_as", "unsqueeze", "to", "type_as", "contiguo
 _VIEW_LIKE = {"view", "reshape", "flatten", "unflatten", "squeeze", "unsqueeze", "view_as", "reshape_as"}
 _PERMUTE = {"transpose", "swapaxes", "permute", "movedim", "t", "moveaxis"}
 _REDUCE = {"mean", "sum", "amax", "amin", "max", "min"}
-_JOIN = {"add", "__add__", "__radd__", "__iadd__", "add_", "sub", "__sub__", "__rsub__", "__isub__", "sub_"}
+_JOIN = {"add", "__add__", "__radd__", "__iadd__", "add_", "sub", "__sub__", "__rsub__", "__isub__", "sub_",
+         "maximum", "minimum", "fmax", "fmin"}  # max/min of two widths keep zeros like a sum
 _SCALE = {"mul", "__mul__", "__rmul__", "__imul__", "mul_", "div", "__truediv__", "__itruediv__", "div_"}
 
 
@@ -201,7 +205,7 @@ def _map_view(tag: Tag, old: tuple[int, ...], new: tuple[int, ...], n: int) -> T
             if math.prod(new[:j]) and before % math.prod(new[:j]) == 0:
                 inner = after // s_j
                 outer = (s_j * new[j]) // (after * n)
-                return Tag(tag.group, j, outer, inner, tag.producer, masked=tag.masked)
+                return Tag(tag.group, j, outer, inner, tag.producer, op=None if tag.masked else tag.op, masked=tag.masked)
     return Tag(tag.group, None, op="reshape")
 
 
@@ -214,6 +218,8 @@ def _between_macs(name: str, args, kwargs, out) -> float:
     if name == "scaled_dot_product_attention":
         q, k, v = args[:3]
         return float(math.prod(q.shape[:-1]) * k.shape[-2] * (q.shape[-1] + v.shape[-1]))
+    if name in ("conv1d", "conv2d") and isinstance(out, Tensor) and len(args) >= 2 and isinstance(args[1], Tensor):
+        return float(out.numel() * args[1][0].numel())  # a functional conv outside a layer (a fixed filter bank)
     if name in ("matmul", "bmm", "mm", "__matmul__") and isinstance(out, Tensor) and len(args) >= 2:
         a = args[0]
         return float(out.numel() * a.shape[-1]) if isinstance(a, Tensor) and a.dim() >= 1 else 0.0
@@ -273,6 +279,7 @@ class _Tracer(TorchFunctionMode):
         self.fixed_macs = 0.0
         self.param_of: dict[int, tuple[str, Tensor]] = {}  # id(tensor) -> (parameter/buffer name, parameter)
         self.param_uses: list[tuple[str, int, int, str]] = []  # (name, group, axis, op)
+        self.param_reads: dict[str, str] = {}  # parameter name -> a layer that reads it whole (e.g. a stack node)
         self.prods: list[tuple[float, int]] = []  # (MACs at full width, group they scale with)
         self.group_inner: dict[int, int] = {}  # group -> elements per channel (a head of head_dim)
         self.group_outer: dict[int, int] = {}  # group -> heads (the width counts dimensions per head)
@@ -378,6 +385,12 @@ class _Tracer(TorchFunctionMode):
                 opaque = Tag(tag.group, None, op=name)
                 if tag.dim is None:
                     return tag
+        if name in _TAKE:  # entries picked along another axis (top-k nodes): the width passes
+            dim = kwargs.get("dim", args[2] if len(args) > 2 else None)
+            if x is not args[0] or dim is None or dim % x.dim() == tag.dim or out.dim() != x.dim() \
+                    or out.shape[tag.dim] != x.shape[tag.dim]:
+                return opaque
+            return Tag(tag.group, tag.dim, tag.outer, tag.inner, masked=tag.masked)
         if name in _ZERO_KEEPING:
             return tag if out.shape == x.shape else opaque
         if name in _ELEMENTWISE:  # elementwise but f(0) != 0: channels stay, no longer zero outside the width
@@ -405,6 +418,10 @@ class _Tracer(TorchFunctionMode):
             dims = [dims] if isinstance(dims, int) else list(dims)
             dims = [d % x.dim() for d in dims]
             if tag.dim in dims:
+                if name == "sum" and (tag.outer, tag.inner) == (1, 1):
+                    # a sum over the channels (a learned vector times a width, summed: attention logits) contracts
+                    # the width; exact after a cut when the channels outside it are zero
+                    return Tag(tag.group, None, op=_CONTRACTED, masked=tag.masked)
                 return opaque
             keep = kwargs.get("keepdim", args[2] if len(args) > 2 else False)
             return Tag(tag.group, tag.dim if keep else tag.dim - sum(d < tag.dim for d in dims), tag.outer, tag.inner, masked=tag.masked)
@@ -418,7 +435,20 @@ class _Tracer(TorchFunctionMode):
                 return tag if name in _SCALE else Tag(tag.group, tag.dim, tag.outer, tag.inner, op=name, masked=False)
             otag = self.tag(other)
             if out.shape != x.shape:
-                return opaque
+                # x_i * x_j of every node pair: two operands of one width broadcast along other axes
+                if otag is None or otag.dim is None or (otag.outer, otag.inner, tag.outer, tag.inner) != (1, 1, 1, 1) \
+                        or not (out.dim() == x.dim() == other.dim()) or otag.dim != tag.dim \
+                        or not (x.shape[tag.dim] == other.shape[otag.dim] == out.shape[tag.dim]):
+                    return opaque
+                self.ties.append((tag.group, otag.group, f"'{name}' of outputs of {tag.producer or '?'} and "
+                                  f"{otag.producer or '?'}"))
+                both = tag.masked and otag.masked if name in _JOIN else tag.masked or otag.masked
+                return Tag(tag.group, tag.dim, 1, 1, op=None if both else (tag.op or otag.op), masked=both)
+            if otag is not None and otag.dim is not None and other.shape != x.shape and name in _SCALE \
+                    and (otag.outer, otag.inner) == (1, 1) and self.sizes.get(otag.group) == 1 \
+                    and other.shape[otag.dim] == 1 and x.dim() - tag.dim == other.dim() - otag.dim:
+                # a one-channel score broadcast over a width (graph pooling's node scores): a scale
+                return Tag(tag.group, tag.dim, tag.outer, tag.inner, masked=tag.masked)
             if otag is None:
                 if self._param_operand(other, tag, x, name):  # a learned scale/bias/position embedding
                     keep = tag.masked and name in _SCALE
@@ -716,6 +746,8 @@ def trace_channels(model: nn.Module, sample: Any, *, extended: bool = False, hea
         x = args[0] if args else _first_kwarg(kwargs)
         tag = tracer.tag(x)
         shape = tuple(x.shape) if isinstance(x, Tensor) else ()
+        if tag is None and isinstance(x, Tensor) and id(x) in tracer.param_of and tracer.depth == 0:
+            tracer.param_reads.setdefault(tracer.param_of[id(x)][0], names.get(mod, type(mod).__name__))
         if isinstance(mod, nn.MultiheadAttention):  # key and value: who produced them, and their shapes
             kv = [args[i] if len(args) > i else kwargs.get(("key", "value")[i - 1]) for i in (1, 2)]
             mha_inputs[id(mod)] = [(tracer.tag(t), tuple(t.shape)) for t in kv if isinstance(t, Tensor)]
@@ -865,6 +897,7 @@ def trace_channels(model: nn.Module, sample: Any, *, extended: bool = False, hea
     tr = Trace(groups, uses, tracer.ties, tracer.loose, claims, bn_after, [tracer.tag(o) for o in _tensors(out)],
                tracer.fixed_macs, tracer.opaque)
     tr.param_uses = tracer.param_uses
+    tr.param_reads = tracer.param_reads
     tr.prods = tracer.prods
     tr.group_inner = tracer.group_inner
     tr.group_outer = tracer.group_outer

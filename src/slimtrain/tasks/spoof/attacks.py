@@ -16,10 +16,16 @@ A6     Griffin-Lim from a mel spectrogram   torch: power spectrogram -> 40-band 
                                             32 Griffin-Lim iterations (phase discarded)
 A7     LPC vocoder (LPC-10-style codec)     order-10 LPC per 20 ms frame, autocorrelation pitch,
                                             pulse-train / white-noise excitation, frame gain
+A8     splice, hard joins                   syllable-like units (energy segmentation) of 4 bona fide
+                                            recordings of one speaker, butt-joined (:mod:`.splice`)
+A9     splice, smoothed joins               the same, each join aligned by waveform similarity (within
+                                            5 ms, about a pitch period) and crossfaded over 10 ms
 =====  ===================================  ===============================================================
 
 A1-A4 synthesise text (the transcripts of the bona fide prompts, so content is shared by both
-classes); A5-A7 resynthesise bona fide recordings. Every generator is deterministic given its
+classes); A5-A7 resynthesise bona fide recordings; A8-A9 are made of bona fide samples themselves (what a
+unit-selection synthesiser does). No neural vocoder: every registry package that offers one (e.g. a HiFi-GAN
+or WaveGlow) needs pretrained weights downloaded at run time, which this project does not do. Every generator is deterministic given its
 arguments (the random choices are drawn by the caller from a seeded generator and passed in).
 A program that is missing raises :class:`AttackError` with the ``apt-get install`` line.
 """
@@ -38,7 +44,7 @@ import numpy as np
 from ..audio import AudioError, read_audio
 
 __all__ = [
-    "AttackError", "ATTACKS", "TEXT_ATTACKS", "COPY_ATTACKS", "Attack", "require_program",
+    "AttackError", "ATTACKS", "TEXT_ATTACKS", "COPY_ATTACKS", "SPLICE_ATTACKS", "Attack", "require_program",
     "espeak", "flite", "festival_batch", "world_copy", "world_copy_batch", "griffin_lim_copy", "lpc_copy",
     "text_for_tts", "ESPEAK_VOICES", "FLITE_VOICES", "FESTIVAL_DIPHONE_VOICES", "FESTIVAL_HTS_VOICES",
     "ESPEAK_VOICES_EXTENDED", "ESPEAK_VARIANTS_EXTENDED", "FESTIVAL_DIPHONE_VOICES_EXTENDED",
@@ -70,7 +76,13 @@ ATTACKS: dict[str, Attack] = {a.id: a for a in [
     Attack("A5", "world", "audio", "WORLD vocoder analysis/synthesis of bona fide speech"),
     Attack("A6", "griffin-lim", "audio", "Griffin-Lim phase reconstruction from a 40-band mel spectrogram"),
     Attack("A7", "lpc", "audio", "LPC-10-style vocoder: order-10 LPC, pulse/noise excitation"),
+    Attack("A8", "splice", "splice", "syllable-like units of bona fide recordings, butt-joined"),
+    Attack("A9", "splice-smooth", "splice", "syllable-like units of bona fide recordings, aligned and crossfaded"),
 ]}
+SPLICE_ATTACKS = tuple(a for a, v in ATTACKS.items() if v.source == "splice")
+#: recordings of one speaker a splice draws its units from, and the crossfade of A9
+SPLICE_SOURCES = 4
+SPLICE_SMOOTH_MS = 10.0
 TEXT_ATTACKS = tuple(a for a, v in ATTACKS.items() if v.source == "text")
 COPY_ATTACKS = tuple(a for a, v in ATTACKS.items() if v.source == "audio")
 

@@ -121,6 +121,19 @@ def register(commands, data_commands) -> None:
     from ...cli import add_compact_option
 
     add_compact_option(s)
+    s.add_argument("--family", choices=("resnet", "aasist", "aasist-l"), default="resnet",
+                   help="model family (default: resnet): the ResNet34-style log-mel network, or AASIST / AASIST-L "
+                        "(Jung et al. 2022; raw waveform, sinc front end, spectro-temporal graph attention; "
+                        "docs/spoof.md). With aasist/aasist-l DCLs go on every width that can carry one "
+                        "(--stages does not apply); --plain trains the network as it is")
+    s.add_argument("--plain", action="store_true",
+                   help="single run: train the network without DCLs (e.g. AASIST-L from scratch)")
+    s.add_argument("--params-budget", type=lambda t: _positive_int(t, "params budget"), default=None, metavar="P",
+                   help="single run with DCLs: a budget on the parameter count (Lagrangian multiplier) instead of "
+                        "--alpha, e.g. 85306 (AASIST-L's published size)")
+    s.add_argument("--train-crop", type=lambda t: _positive_int(t, "train crop"), default=None, metavar="SAMPLES",
+                   help="single run: train on random crops of this many samples of each clip (evaluation uses "
+                        "whole clips); AASIST costs about 1.2 GMAC per second of audio")
     s.add_argument("--width", type=lambda t: _positive_int(t, "width"), default=None, metavar="W",
                    help=f"base channel width of the first stage (the paper's ResNet34: 64; default: {M.width})")
     s.add_argument("--fixed-widths", type=_width_list, default=None, metavar="W1,W2,...",
@@ -268,6 +281,16 @@ def _cmd_spoof(args) -> int:
         over["width"] = args.width
     over["settle_epochs"] = getattr(args, "settle_epochs", 0)
     over["compact_every"] = getattr(args, "compact_every", 0)
+    over["family"] = getattr(args, "family", "resnet")
+    if args.sweep and over["family"] != "resnet":
+        raise ValueError("--sweep runs the ResNet family; for AASIST use single runs (docs/spoof.md) or "
+                         "benchmarks/aasist_vs_aasist_l.py")
+    if over["family"] != "resnet" and (args.width is not None or args.stages is not None):
+        raise ValueError("--width and --stages apply to the ResNet family only")
+    if args.sweep and (args.plain or args.params_budget is not None or args.train_crop is not None):
+        raise ValueError("--plain, --params-budget and --train-crop apply to single runs, not --sweep")
+    if args.plain and args.params_budget is not None:
+        raise ValueError("--params-budget needs DCLs; drop --plain")
     cfg = SpoofConfig.quick(**over) if args.quick else SpoofConfig(**over)
     if cfg.warmup_epochs >= cfg.epochs:
         cfg.warmup_epochs = cfg.epochs - 1
@@ -294,17 +317,24 @@ def _cmd_spoof(args) -> int:
         if args.kappa_min is not None and len(args.kappa_min) > 1:
             raise ValueError("give one --kappa-min for a single run (a list needs --sweep)")
         stages = args.stages[0] if args.stages else (0, 1, 2, 3)
+        if args.plain:
+            stages = ()
         kappa = args.kappa_min[0] if args.kappa_min else 0.125
         t0 = time.perf_counter()
         row = train_run(cfg, load_split(data_dir, "train"), load_split(data_dir, "eval"), unseen, stages=stages,
                         kappa_min=kappa, alpha=args.alpha, record_csv=out / "widths.csv",
-                        checkpoint=out / "model.ckpt", progress=progress, device=device)
+                        checkpoint=out / "model.ckpt", progress=progress, device=device,
+                        params_budget=args.params_budget, train_crop=args.train_crop)
         if not main:
             return 0
         (out / "result.json").write_text(json.dumps({"config": cfg.as_dict(), "data": str(data_dir), "result": row},
                                                     indent=2) + "\n")
-        print(f"stages {','.join(map(str, stages))}, kappa-min {kappa:g}, alpha {args.alpha:g}: learned widths "
-              f"{row['widths']}")
+        if not stages:
+            print(f"{cfg.family}, plain (no DCLs)")
+        else:
+            what = cfg.family if cfg.family != "resnet" else f"stages {','.join(map(str, stages))}"
+            ctl = f"params budget {args.params_budget}" if args.params_budget else f"alpha {args.alpha:g}"
+            print(f"{what}, kappa-min {kappa:g}, {ctl}: learned widths {row['widths']}")
         print(f"  exported: {row['params']} params, {row['macs_per_second'] / 1e6:.2f} MMAC/s "
               f"({row['gflops_per_second']:.4f} GFLOP/s)")
         print(f"  EER pooled {row['eer_pooled']:.2f}%, unseen attacks ({', '.join(unseen)}) {row['eer_unseen']:.2f}%, "

@@ -10,10 +10,13 @@ Protocol (:class:`SpoofDataConfig`):
 * the prompts of en/es/it are split by name into a training part (80 %) and an evaluation part;
   fr_CA June is a **held-out bona fide speaker** (evaluation only);
 * **train**: bona fide clips of the en/es/it training prompts; spoofs of the *known* attacks
-  (default A1 espeak-ng, A2 flite, A3 Festival diphone, A5 WORLD) on training texts/recordings;
+  (default A1 espeak-ng, A2 flite, A3 Festival diphone, A5 WORLD, A8 hard splice) on training
+  texts/recordings;
 * **eval**: bona fide clips of the held-out speaker and of the en/es/it evaluation prompts;
   spoofs of every attack on evaluation texts/recordings, including the **unseen** attacks
-  (default A4 Festival HTS, A6 Griffin-Lim, A7 LPC vocoder) that training never sees.
+  (default A4 Festival HTS, A6 Griffin-Lim, A7 LPC vocoder, A9 smoothed splice) that training never
+  sees. Splices (A8, A9) draw their units from recordings of one speaker in the same split, so the
+  evaluation splices of the held-out speaker are made of a voice training never heard.
 
 Cue removal (:func:`condition`, identical for every clip of both classes): band-pass
 100-3600 Hz, trim leading/trailing silence (frames 40 dB below the loudest), random level
@@ -70,8 +73,8 @@ class SpoofDataConfig:
     seed: int = 0
     clip_seconds: float = 1.0
     heldout_language: str = "fr"
-    train_attacks: tuple[str, ...] = ("A1", "A2", "A3", "A5")
-    eval_attacks: tuple[str, ...] = ("A1", "A2", "A3", "A4", "A5", "A6", "A7")
+    train_attacks: tuple[str, ...] = ("A1", "A2", "A3", "A5", "A8")
+    eval_attacks: tuple[str, ...] = ("A1", "A2", "A3", "A4", "A5", "A6", "A7", "A8", "A9")
     n_bona_train: int = 800
     n_spoof_train_per_attack: int = 200
     n_bona_eval_heldout: int = 200
@@ -318,6 +321,16 @@ def plan_items(cfg: SpoofDataConfig) -> tuple[list[Item], dict[str, Path]]:
                     voices = {lg: tuple(v for v in vs if v not in A.FESTIVAL_EVAL_ONLY_VOICES) for lg, vs in voices.items()}
                 for lg, nm in pick(split, [lg for lg in text_src if lg in voices] or list(voices), n, True):
                     items.append(Item(split, 0, a, lg, nm, texts[f"{lg}:{nm}"], str(rng.choice(voices[lg]))))
+            elif a in A.SPLICE_ATTACKS:
+                # its own random stream, so adding splices leaves every other item as it was
+                srng = np.random.default_rng([cfg.seed, 8, int(a[1:]), 0 if split == "train" else 1])
+                cands = [(lg, nm) for lg in src_langs for nm in pool.get((split, lg), [])]
+                for c in srng.choice(len(cands), size=n, replace=n > len(cands)):
+                    lg, nm = cands[int(c)]
+                    same = pool[(split, lg)]  # units from recordings of the same speaker and split
+                    others = [str(same[int(k)]) for k in srng.choice(len(same), size=A.SPLICE_SOURCES - 1)]
+                    items.append(Item(split, 0, a, lg, nm, params={"seed": int(srng.integers(0, 2 ** 31)),
+                                                                     "sources": others}))
             else:
                 for lg, nm in pick(split, src_langs, n):
                     items.append(Item(split, 0, a, lg, nm, params={"seed": int(rng.integers(0, 2 ** 31))}))
@@ -347,6 +360,12 @@ def _synthesise(items: list[Item], files: dict[str, Path], workers: int,
             raw[i] = A.griffin_lim_copy(bona(it.language, it.prompt), seed=it.params["seed"])
         elif it.attack == "A7":
             raw[i] = A.lpc_copy(bona(it.language, it.prompt), seed=it.params["seed"])
+        elif it.attack in A.SPLICE_ATTACKS:
+            from .splice import splice
+
+            srcs = [bona(it.language, p) for p in (it.prompt, *it.params["sources"])]
+            smooth = A.SPLICE_SMOOTH_MS if it.attack == "A9" else 0.0
+            raw[i] = splice(srcs, it.params["seed"], smooth_ms=smooth).audio
         return 1
 
     def festival(key: tuple[str, str], idx: list[int]) -> int:

@@ -301,7 +301,7 @@ def read_sweep_csv(path: Path) -> list[dict]:
             "eer_known_percent"]
         d["gflops_per_second"] = d["gflops"]
         for a in ATTACKS:
-            d[f"eer_{a}"] = d[f"eer_{a}_percent"]
+            d[f"eer_{a}"] = d.get(f"eer_{a}_percent", math.nan)  # tables written before A8/A9 existed
     return rows
 
 

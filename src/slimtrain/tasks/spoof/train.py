@@ -29,18 +29,22 @@ from ...training import torch_threads
 from ...checkpoint import make_recipe, register_task, save_checkpoint
 from ...cost import model_cost
 from ...export import export
-from ...graph import dynamic_widths
+from ...graph import dynamic_widths, make_dynamic
 from ...loss import TradeoffLoss
 from ...record import WidthRecorder
 from ..metrics import eer
 from .attacks import ATTACKS
 from .data import SR, SpoofSplit
+from .aasist import AASIST_CONFIGS, build_aasist
 from .models import (DEFAULT_BLOCKS, DEFAULT_HOP, DEFAULT_N_FFT, DEFAULT_N_MELS, DEFAULT_WIDTH, QUICK_BLOCKS,
                      build_resnet, make_dynamic_stages)
 
-__all__ = ["SpoofConfig", "train_run", "score_model", "eer_report", "build_spoof_model", "TASK", "model_kwargs"]
+__all__ = ["SpoofConfig", "train_run", "score_model", "eer_report", "build_spoof_model", "TASK", "model_kwargs",
+           "FAMILIES", "make_dynamic_aasist"]
 
 TASK = "spoof"
+#: model families of ``slimtrain spoof --family``: the ResNet34-style log-mel network, AASIST and AASIST-L
+FAMILIES = ("resnet", "aasist", "aasist-l")
 
 
 @dataclass
@@ -61,6 +65,7 @@ class SpoofConfig:
     settle_epochs: int = 0  # DCL runs: the last epochs train the weights at fixed hard widths (settle_widths)
     compact_every: Optional[int] = 0  # DCL runs: cut to the widths (slimtrain.compact) every N epochs (0: at the settle; None: never)
     seed: int = 0
+    family: str = "resnet"  # resnet | aasist | aasist-l (width/blocks/n_mels/hop/n_fft: the ResNet only)
 
     @classmethod
     def quick(cls, **overrides) -> "SpoofConfig":
@@ -70,6 +75,8 @@ class SpoofConfig:
         return cls(**base)
 
     def validate(self) -> "SpoofConfig":
+        if self.family not in FAMILIES:
+            raise ValueError(f"unknown family {self.family!r}; choose from {', '.join(FAMILIES)}")
         for name in ("width", "n_mels", "hop_length", "n_fft", "epochs", "batch_size"):
             v = getattr(self, name)
             if not isinstance(v, int) or v < 1:
@@ -92,7 +99,10 @@ class SpoofConfig:
 
 
 def model_kwargs(cfg: SpoofConfig, width: Optional[int] = None) -> dict:
-    """Keyword arguments of :func:`build_resnet` for ``cfg`` (plain values, stored in checkpoint recipes)."""
+    """Keyword arguments of :func:`build_resnet` (or, with ``family``, :func:`build_aasist`) for ``cfg``
+    (plain values, stored in checkpoint recipes)."""
+    if cfg.family != "resnet":
+        return {"family": cfg.family, "sample_rate": SR}
     return {"width": int(width or cfg.width), "blocks": list(cfg.blocks), "n_mels": cfg.n_mels, "sample_rate": SR,
             "n_fft": cfg.n_fft, "hop_length": cfg.hop_length}
 
@@ -101,9 +111,15 @@ def build_spoof_model(recipe: dict) -> nn.Module:
     """Builder registered for the ``"spoof"`` task: the ResNet with DCLs on ``recipe['dynamic']['stages']``
     (none: the plain model)."""
     kw = dict(recipe["kwargs"])
+    dyn = recipe.get("dynamic", {})
+    if kw.get("family", "resnet") != "resnet":
+        model = build_aasist(kw["family"], int(kw["sample_rate"]))
+        if dyn.get("all"):
+            sample = torch.randn(*recipe["sample_shape"], generator=torch.Generator().manual_seed(0)) * 0.1
+            make_dynamic_aasist(model, sample, float(dyn["kappa_min"]))
+        return model
     kw["blocks"] = tuple(kw["blocks"])
     model = build_resnet(**kw)
-    dyn = recipe.get("dynamic", {})
     stages = dyn.get("stages") or []
     if stages:
         sample = torch.randn(*recipe["sample_shape"], generator=torch.Generator().manual_seed(0)) * 0.1
@@ -112,6 +128,17 @@ def build_spoof_model(recipe: dict) -> nn.Module:
 
 
 register_task(TASK, build_spoof_model)
+
+
+def make_dynamic_aasist(model: nn.Module, sample: Tensor, kappa_min: float) -> nn.Module:
+    """DCLs on every width of an AASIST that can carry one (:func:`slimtrain.width_report` says which stay
+    fixed and why), each with the floor ``max(1, kappa_min * N)``; returns the same model."""
+    if not 0 < kappa_min <= 1:
+        raise ValueError(f"kappa-min must be in (0, 1], got {kappa_min!r}")
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="TF32 acceleration")
+        make_dynamic(model, sample, kappa_min=float(kappa_min))
+    return model
 
 
 def _batches(cfg: SpoofConfig, x: Tensor, y: Tensor, optimizer: torch.optim.Optimizer, epochs: int):
@@ -171,6 +198,8 @@ def train_run(
     progress: bool = True,
     threads: Optional[int] = 1,
     device: str = "cpu",
+    params_budget: Optional[float] = None,
+    train_crop: Optional[int] = None,
 ) -> dict:
     """Train one countermeasure and return its row (cost per second of audio, EERs).
 
@@ -184,7 +213,12 @@ def train_run(
       pruned instead of training a new one.
 
     ``device``: where to train (cpu, cuda, mps); pruning, fine-tuning, export and scoring run on the
-    CPU. Under ``torchrun`` the training is data-parallel (:func:`slimtrain.training.fit`): every
+    CPU. ``params_budget``: with DCLs, a budget on the parameter count (Lagrangian multiplier) instead of
+    ``alpha``. ``train_crop``: train on random crops of this many samples (AASIST at full clip length costs
+    about 1.2 GMAC per second of audio); evaluation always uses the whole clips.
+
+    With ``cfg.family`` ``"aasist"``/``"aasist-l"`` any non-empty ``stages`` means DCLs on every width that
+    can carry one (:func:`make_dynamic_aasist`); empty: the plain network. Under ``torchrun`` the training is data-parallel (:func:`slimtrain.training.fit`): every
     rank returns the same row and only rank 0 writes the width record and the checkpoint.
     """
     cfg.validate()
@@ -194,6 +228,11 @@ def train_run(
         raise ValueError(f"alpha must be a finite number >= 0, got {alpha!r}")
     if not 0 < kappa_min <= 1:
         raise ValueError(f"kappa-min must be in (0, 1], got {kappa_min!r}")
+    if params_budget is not None and not (math.isfinite(params_budget) and params_budget > 0):
+        raise ValueError(f"params budget must be a positive number, got {params_budget!r}")
+    aasist = cfg.family != "resnet"
+    if aasist and prune_to is not None:
+        raise ValueError("the pruning baseline is for the ResNet family")
     t0 = time.perf_counter()
     x, yl = train.waveforms(), torch.from_numpy(train.label.astype(np.float32))
     xt = test.waveforms()
@@ -202,23 +241,40 @@ def train_run(
         warnings.filterwarnings("ignore", message="TF32 acceleration")
         training.seed_everything(cfg.seed)
         steps = max(1, len(yl) // cfg.batch_size)
-        model = build_resnet(**{**model_kwargs(cfg, width), "blocks": tuple(cfg.blocks)})
+        if aasist:
+            model = build_aasist(cfg.family, SR)
+        else:
+            model = build_resnet(**{**model_kwargs(cfg, width), "blocks": tuple(cfg.blocks)})
+        if train_crop is not None:
+            if not 0 < train_crop <= x.shape[1]:
+                raise ValueError(f"train crop must be in 1..{x.shape[1]} samples, got {train_crop!r}")
+            g = torch.Generator().manual_seed(cfg.seed)
+            off = torch.randint(0, x.shape[1] - train_crop + 1, (len(x),), generator=g)
+            x = torch.stack([x[i, o:o + train_crop] for i, o in enumerate(off.tolist())])
         sample = x[: min(8, len(x))]
         recorder = WidthRecorder(record_csv, None) if (record_csv is not None and stages and main) else None
         if stages:
-            make_dynamic_stages(model, sample, stages, kappa_min)
-            if floor:
+            if aasist:
+                make_dynamic_aasist(model, sample, kappa_min)
+            else:
+                make_dynamic_stages(model, sample, stages, kappa_min)
+            if params_budget is not None:
+                objective = TradeoffLoss(model, budget=float(params_budget), lagrangian=True, lr_mu=0.5,
+                                         metric="params", warmup_steps=cfg.warmup_epochs * steps)
+            elif floor:
                 objective = TradeoffLoss(model, budget="floor", lagrangian=True, lr_mu=0.5, metric="flops",
                                          warmup_steps=cfg.warmup_epochs * steps)
             else:
                 objective = TradeoffLoss(model, alpha=float(alpha), metric="flops",
                                          warmup_steps=cfg.warmup_epochs * steps)
             optimizer = training.make_optimizer(model, cfg.lr, cfg.width_lr)
-            method, desc = "dcl", f"stages={','.join(map(str, stages))} kappa={kappa_min:g}"
+            method, desc = "dcl", (f"{cfg.family} kappa={kappa_min:g}" if aasist
+                                   else f"stages={','.join(map(str, stages))} kappa={kappa_min:g}")
         else:
             objective = None  # fit trains on the task loss alone
             optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-            method, desc = ("pruned" if prune_to is not None else "fixed"), f"width={width or cfg.width}"
+            method = "pruned" if prune_to is not None else "fixed"
+            desc = cfg.family if aasist else f"width={width or cfg.width}"
         try:
             if init_state is not None:
                 if stages:
@@ -252,15 +308,17 @@ def train_run(
                 diff = float((model(xt[:16]) - small(xt[:16])).abs().max())
         else:
             widths, cont, small, diff = {}, {}, model, 0.0
-        cost = model_cost(small, sample, seconds=seconds)
+        cost = model_cost(small, xt[:2], seconds=seconds)
         scores = score_model(small, xt)
         eers = eer_report(test, scores, unseen)
     row = {
+        "family": cfg.family,
         "method": method,
         "stages": ",".join(map(str, stages)) if stages else "-",
         "kappa_min": float(kappa_min) if stages else math.nan,
         "alpha": (0.0 if floor else float(alpha)) if stages else math.nan,
-        "control": ("floor" if floor else "alpha") if stages else "",
+        "control": ("params-budget" if params_budget is not None else "floor" if floor else "alpha") if stages else "",
+        "params_budget": float(params_budget) if params_budget is not None else math.nan,
         "width": int(width or cfg.width),
         "macs": float(cost.macs),
         "macs_per_second": float(cost.macs) / seconds,
@@ -280,8 +338,9 @@ def train_run(
     if prune_to is not None:
         row["target_macs"] = float(prune_to)
     if checkpoint is not None and prune_to is None and main:
-        recipe = make_recipe(TASK, model_kwargs(cfg, width), list(sample.shape),
-                             {"kappa_min": float(kappa_min), "stages": list(stages)})
+        dyn = {"kappa_min": float(kappa_min), "all": bool(stages)} if aasist else \
+            {"kappa_min": float(kappa_min), "stages": list(stages)}
+        recipe = make_recipe(TASK, model_kwargs(cfg, width), list(sample.shape), dyn)
         save_checkpoint(checkpoint, model, recipe, extra={
             "config": cfg.as_dict(), "alpha": float(alpha), "clip_seconds": seconds,
             "metric": {"name": "eer_pooled_percent", "value": eers["pooled"]},

@@ -61,7 +61,8 @@ def _speaker_list(text: str) -> list[str]:
     return names
 
 
-_WIDTH_KEYS = {"crnn": ("conv1", "conv2", "hidden"), "transformer": ("d_model", "ff")}
+_WIDTH_KEYS = {"crnn": ("conv1", "conv2", "hidden"), "transformer": ("d_model", "ff"),
+               "marblenet": ("outer", "channels")}
 
 
 def _widths(text: str) -> dict:
@@ -157,7 +158,9 @@ def register(commands, data_commands) -> None:
     v.add_argument("--quick", action="store_true",
                    help="CI-sized: tiny data, 3 epochs, one kappa-min, fewer baselines (well under a minute)")
     v.add_argument("--family", type=_family, default=None, metavar="F",
-                   help="crnn or transformer (single run default: crnn; --sweep default: both)")
+                   help="crnn, transformer or marblenet (MarbleNet 3x2x64, Jia et al. 2021: 1-D time-channel "
+                        "separable convolutions, 91 k parameters; docs/vad.md) (single run default: crnn; --sweep "
+                        "default: crnn and transformer)")
     v.add_argument("--kappa-min", type=_kappa_list, default=None, metavar="K[,K...]",
                    help="lower bound(s) on every relative width K/N, in (0, 1]; single run: the first "
                         "(default 0.125); --sweep default: 0.5,0.25,0.125,0.0625 (quick: 0.25)")

@@ -37,15 +37,17 @@ from torch import Tensor, nn
 from ...frontend import MelFrontend
 from ...modules import TransformerBlock
 
-__all__ = ["FAMILIES", "CRNNVAD", "TransformerVAD", "build_vad_model", "DEFAULT_WIDTHS", "scaled_widths",
-           "CRNNStream", "StreamingError", "min_samples", "stream_logits", "vad_frontend"]
+__all__ = ["FAMILIES", "CRNNVAD", "TransformerVAD", "MarbleNetVAD", "build_vad_model", "DEFAULT_WIDTHS",
+           "scaled_widths", "CRNNStream", "StreamingError", "min_samples", "stream_logits", "vad_frontend"]
 
-FAMILIES = ("crnn", "transformer")
+FAMILIES = ("crnn", "transformer", "marblenet")
 
 #: full-width sizes of each family (keyword arguments of its constructor besides n_mels)
 DEFAULT_WIDTHS: dict[str, dict[str, int]] = {
     "crnn": {"conv1": 24, "conv2": 24, "hidden": 32},
     "transformer": {"d_model": 32, "ff": 64, "layers": 2, "heads": 2, "attn": 16},
+    # MarbleNet 3x2x64 (Jia et al. 2021): prologue/epilogue width 128, B=3 blocks of R=2 sub-blocks, 64 channels
+    "marblenet": {"outer": 128, "channels": 64, "blocks": 3, "repeat": 2},
 }
 
 
@@ -108,12 +110,79 @@ class TransformerVAD(nn.Module):
         return self.head(x).squeeze(-1)
 
 
+class SeparableConv(nn.Module):
+    """1-D time-channel separable convolution: depthwise conv over time (one filter per channel, "same"
+    padding) then a pointwise (1x1) conv across channels, then BatchNorm; no biases (as in MarbleNet)."""
+
+    def __init__(self, c_in: int, c_out: int, kernel: int, dilation: int = 1) -> None:
+        super().__init__()
+        self.depthwise = nn.Conv1d(c_in, c_in, kernel, padding=dilation * (kernel - 1) // 2, dilation=dilation,
+                                   groups=c_in, bias=False)
+        self.pointwise = nn.Conv1d(c_in, c_out, 1, bias=False)
+        self.bn = nn.BatchNorm1d(c_out)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.bn(self.pointwise(self.depthwise(x)))
+
+
+class MarbleBlock(nn.Module):
+    """``repeat`` separable sub-blocks (ReLU between them) plus a residual 1x1 conv + BN, ReLU after the sum."""
+
+    def __init__(self, c_in: int, c_out: int, kernel: int, repeat: int) -> None:
+        super().__init__()
+        self.subs = nn.ModuleList(SeparableConv(c_in if i == 0 else c_out, c_out, kernel) for i in range(repeat))
+        self.res_conv = nn.Conv1d(c_in, c_out, 1, bias=False)
+        self.res_bn = nn.BatchNorm1d(c_out)
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = x
+        for i, sub in enumerate(self.subs):
+            y = sub(y)
+            if i < len(self.subs) - 1:
+                y = torch.relu(y)
+        return torch.relu(y + self.res_bn(self.res_conv(x)))
+
+
+class MarbleNetVAD(nn.Module):
+    """MarbleNet (Jia et al., ICASSP 2021; NVIDIA NeMo ``marblenet_3x2x64``) as a frame-wise VAD.
+
+    Log-mel -> BN -> prologue C1 (separable, kernel 11, ``outer`` channels) -> ``blocks`` residual blocks
+    B_i (kernels 13, 15, 17, ...; ``repeat`` separable sub-blocks of ``channels``) -> epilogue C2 (separable,
+    kernel 29, dilation 2, ``outer``) and C3 (1x1 conv, ``outer``) -> a linear per-frame logit. Every conv
+    has stride 1 and "same" padding, so there is one logit per 10 ms frame (the paper classifies 0.63 s
+    segments; here each frame is classified, as the other VAD families do). Non-causal: the receptive
+    field is +-0.9 s (not streamable frame by frame).
+    """
+
+    def __init__(self, n_mels: int = 80, sample_rate: int = 8000, outer: int = 128, channels: int = 64,
+                 blocks: int = 3, repeat: int = 2, band_order: str = "low") -> None:
+        super().__init__()
+        self.frontend = MelFrontend(sample_rate=sample_rate, n_fft=256, hop_length=sample_rate // 100, n_mels=n_mels,
+                                    band_order=band_order)
+        self.norm = nn.BatchNorm1d(n_mels)
+        self.prologue = SeparableConv(n_mels, outer, 11)
+        self.blocks = nn.ModuleList(MarbleBlock(outer if b == 0 else channels, channels, 13 + 2 * b, repeat)
+                                    for b in range(blocks))
+        self.epilogue1 = SeparableConv(channels, outer, 29, dilation=2)
+        self.epilogue2 = nn.Conv1d(outer, outer, 1, bias=False)
+        self.epilogue2_bn = nn.BatchNorm1d(outer)
+        self.head = nn.Linear(outer, 1)
+
+    def forward(self, wav: Tensor) -> Tensor:
+        x = torch.relu(self.prologue(self.norm(self.frontend(wav))))  # (B, outer, T)
+        for blk in self.blocks:
+            x = blk(x)
+        x = torch.relu(self.epilogue1(x))
+        x = torch.relu(self.epilogue2_bn(self.epilogue2(x)))
+        return self.head(x.transpose(1, 2)).squeeze(-1)
+
+
 def scaled_widths(family: str, scale: float) -> dict[str, int]:
     """Every width of ``family`` times ``scale`` (at least 1; heads and depth unchanged)."""
     base = DEFAULT_WIDTHS[_family(family)]
     out = {}
     for k, v in base.items():
-        out[k] = v if k in ("layers", "heads") else max(1, int(round(v * scale)))
+        out[k] = v if k in ("layers", "heads", "blocks", "repeat") else max(1, int(round(v * scale)))
     if "attn" in out:  # the attention width must stay a multiple of the heads
         out["attn"] = max(out["heads"], out["attn"] // out["heads"] * out["heads"])
     return out
@@ -146,7 +215,7 @@ def build_vad_model(family: str = "crnn", n_mels: int = 80, sample_rate: int = 8
             if int(v) < 1:
                 raise ValueError(f"width {k} must be >= 1, got {v}")
             widths[k] = int(v)
-    cls = CRNNVAD if family == "crnn" else TransformerVAD
+    cls = {"crnn": CRNNVAD, "transformer": TransformerVAD, "marblenet": MarbleNetVAD}[family]
     return cls(n_mels=n_mels, sample_rate=sample_rate, band_order=band_order, **widths)
 
 

@@ -732,7 +732,7 @@ def plot_pareto(rows: Sequence[dict], path: str | Path) -> Path:
 
     summary = summarize(rows)
     fig, axes = plt.subplots(1, 2, figsize=(13, 5))
-    colors = {"crnn": "tab:blue", "transformer": "tab:orange"}
+    colors = {"crnn": "tab:blue", "transformer": "tab:orange", "marblenet": "tab:purple"}
     markers = {"DCL": ("o", "-"), "fixed": ("s", "--"), "prune": ("^", ":"), "gates": ("D", "-.")}
     anchor_styles = ["tab:gray", "tab:brown", "tab:pink", "tab:olive", "tab:green"]
 

@@ -1,0 +1,102 @@
+"""DCL-shrunk AASIST at AASIST-L's parameter count against AASIST-L trained from scratch.
+
+Both arms see the same data, the same epochs and the same seeds (seed s: same batch order and
+initialisation stream). Arm A: full AASIST with DCLs on every width that can carry one and a budget of
+85,306 parameters (``TradeoffLoss(metric="params", budget=85_306)``, Lagrangian multiplier), exported to
+its learned widths; arm B: AASIST-L (the published hand-shrunk configuration) without DCLs. Per seed it
+writes one row per arm to ``--csv``; it prints each arm's mean EER with a 95 % t interval over seeds and
+the paired difference A - B (slimtrain.stats).
+
+Affordable run on 2 CPU cores (what docs/spoof.md reports)::
+
+    python benchmarks/aasist_vs_aasist_l.py --quick --epochs 6 --seeds 3 --train-crop 4000 \\
+        --csv docs/aasist_vs_aasist_l.csv
+
+Full size (the core corpus, whole 1 s clips; about 1.2 GMAC per clip and step, hours per arm on a CPU,
+minutes on a GPU with --device cuda)::
+
+    python benchmarks/aasist_vs_aasist_l.py --epochs 30 --seeds 5 --width-lr 0.02 --device cuda \\
+        --csv runs/aasist_vs_l.csv
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+from _common import ROOT  # noqa: F401  (puts src/ on the path)
+
+AASIST_L_PARAMS = 85_306
+COLUMNS = ("arm", "seed", "family", "method", "params", "params_exported", "macs_per_second", "eer_pooled",
+           "eer_unseen", "eer_known", "export_max_abs_diff", "seconds", "widths")
+
+
+def _one(job: tuple) -> dict:
+    arm, seed, data, epochs, crop, width_lr, budget, kappa, device = job
+    from slimtrain.tasks.spoof.data import load_split
+    from slimtrain.tasks.spoof.train import SpoofConfig, train_run
+    import json
+
+    man = json.loads((Path(data) / "manifest.json").read_text())
+    family = "aasist" if arm == "dcl-aasist" else "aasist-l"
+    cfg = SpoofConfig(family=family, epochs=epochs, batch_size=16, warmup_epochs=1, seed=seed, width_lr=width_lr)
+    row = train_run(cfg, load_split(data, "train"), load_split(data, "eval"), man["unseen_attacks"],
+                    stages=(0,) if arm == "dcl-aasist" else (), kappa_min=kappa,
+                    params_budget=budget if arm == "dcl-aasist" else None, train_crop=crop, progress=False,
+                    device=device)
+    return {"arm": arm, "seed": seed, **{k: row[k] for k in COLUMNS if k in row}}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="the quick corpus (runs/spoof/data-quick)")
+    p.add_argument("--data", type=Path, default=None, help="data folder (built with 'slimtrain data spoof')")
+    p.add_argument("--epochs", type=int, default=6)
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--train-crop", type=int, default=None, help="train on random crops of this many samples")
+    p.add_argument("--width-lr", type=float, default=0.1)
+    p.add_argument("--kappa-min", type=float, default=0.125)
+    p.add_argument("--budget", type=int, default=AASIST_L_PARAMS)
+    p.add_argument("--workers", type=int, default=2, help="parallel runs (one torch thread each)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--csv", type=Path, default=Path("runs/aasist_vs_aasist_l.csv"))
+    a = p.parse_args(argv)
+    from slimtrain.stats import format_interval, mean_interval, paired_difference
+    from slimtrain.tasks.spoof.data import SpoofDataConfig, build_dataset
+
+    data = a.data or Path("runs/spoof/data-quick" if a.quick else "runs/spoof/data")
+    build_dataset(data, SpoofDataConfig.quick() if a.quick else SpoofDataConfig(), progress=False)
+    jobs = [(arm, s, str(data), a.epochs, a.train_crop, a.width_lr, a.budget, a.kappa_min, a.device)
+            for s in range(a.seeds) for arm in ("dcl-aasist", "aasist-l")]
+    t0 = time.perf_counter()
+    with ProcessPoolExecutor(max_workers=a.workers) as ex:
+        rows = list(ex.map(_one, jobs))
+    a.csv.parent.mkdir(parents=True, exist_ok=True)
+    with a.csv.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+    print(f"{len(rows)} runs in {time.perf_counter() - t0:.0f}s; data {data}, {a.epochs} epochs, train crop "
+          f"{a.train_crop or 'none'}, seeds 0..{a.seeds - 1}; wrote {a.csv}")
+    by = {arm: {r["seed"]: r for r in rows if r["arm"] == arm} for arm in ("dcl-aasist", "aasist-l")}
+    for arm, rs in by.items():
+        cells = [f"params {format_interval(mean_interval([r['params_exported'] for r in rs.values()]), '.0f')}",
+                 f"MMAC/s {format_interval(mean_interval([r['macs_per_second'] / 1e6 for r in rs.values()]), '.1f')}"]
+        for m in ("eer_pooled", "eer_unseen"):
+            vals = [r[m] for r in rs.values() if not math.isnan(r[m])]
+            cells.append(f"{m} {format_interval(mean_interval(vals), '.2f')} %")
+        print(f"  {arm:11s} " + "; ".join(cells))
+    for m in ("eer_pooled", "eer_unseen"):
+        d = paired_difference({s: r[m] for s, r in by["dcl-aasist"].items()},
+                              {s: r[m] for s, r in by["aasist-l"].items()})
+        print(f"  {m} DCL-AASIST - AASIST-L (paired, 95 % t interval): {d.mean:+.2f} [{d.lo:+.2f}, {d.hi:+.2f}] "
+              f"points over {d.n} seeds")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
