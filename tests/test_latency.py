@@ -220,3 +220,45 @@ def test_onnxruntime_backend_profiles_one_layer():
     assert [f.name for f in p.layers] == ["0"] and len(p.layers[0].points) == 2
     assert all(c >= 0 for c in p.layers[0].coef) and all(pt[2] >= 0 for pt in p.layers[0].points)
     assert [r["kappa"] for r in p.calibration] == [1.0, 0.0]
+
+
+def test_report_blocks_follow_the_csv(tmp_path):
+    import csv
+
+    from slimtrain.report import ReportError, render_block
+
+    (tmp_path / "docs").mkdir()
+    with pytest.raises(ReportError, match="latency.csv"):
+        render_block("latency-predict", tmp_path)
+    common = {"clip_s": "1.0", "backend": "onnxruntime 1 thread", "machine": "m", "mflops_per_call": "1.0",
+              "flop_guess_ms": "0.1", "widths": "{}"}
+    rows = [dict(common, part="predict", family="crnn", setting="full (calibration)", measured_ms="0.5",
+                 predicted_ms="0.45", error_pct="-10.0", flop_guess_error_pct="0.0"),
+            dict(common, part="predict", family="crnn", setting="uniform 0.5", measured_ms="0.4",
+                 predicted_ms="0.42", error_pct="5.0", flop_guess_error_pct="-40.0"),
+            dict(common, part="predict", family="crnn", setting="random 0", measured_ms="0.4",
+                 predicted_ms="0.37", error_pct="-7.0", flop_guess_error_pct="-60.0")]
+    train = {"part": "train", "family": "crnn", "epochs": "8", "ref_scale": "0.25", "clip_s": "1.0",
+             "predicted_ms_per_s": "0.45", "eer": "0.1"}
+    for seed, (lat, fl) in enumerate([(0.95, 0.94), (0.96, 0.94), (0.97, 0.95)]):
+        rows.append(dict(train, method="latency", seed=str(seed), auc=str(lat), measured_ms_per_s="0.46",
+                         mflops_per_s="2.0", widths='{"norm.dcl": 60, "gru.dcl": 8}'))
+        rows.append(dict(train, method="flops", seed=str(seed), auc=str(fl), measured_ms_per_s="0.45",
+                         mflops_per_s="0.7", widths='{"norm.dcl": 20, "gru.dcl": 10}'))
+    keys: list[str] = []
+    for r in rows:
+        keys += [k for k in r if k not in keys]
+    with open(tmp_path / "docs" / "latency.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=keys)
+        w.writeheader()
+        w.writerows(rows)
+    pred = render_block("latency-predict", tmp_path)
+    # the calibration row is shown but not counted in the error summary: mean of 5 and 7, max 7
+    assert "| VAD crnn | full (calibration) | 1.000 | 0.500 | 0.450 | -10.0 % |" in pred
+    assert "profile error mean 6.0 %, max 7.0 % over the 2 settings" in pred
+    assert "FLOP-proportional guess mean 50.0 %, max 60.0 %" in pred
+    assert "VAD crnn mean 6.0 % / max 7.0 %" in render_block("latency-readme", tmp_path)
+    tr = render_block("latency-train", tmp_path)
+    assert "| latency (TradeoffLoss metric='latency') | 3 |" in tr and "| 60 |" in tr
+    # paired AUC difference latency - flops: 0.01, 0.02, 0.02 -> mean +0.0167
+    assert "AUC, latency budget - FLOP budget (paired by seed): +0.0167 [" in tr

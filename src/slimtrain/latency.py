@@ -28,6 +28,8 @@ instead, on the backend the model will run on (``"torch"`` eager CPU, ``"onnxrun
    ``T(K) = a + b * sum_l t_l(K)`` is fitted (``a, b >= 0``, again NNLS): ``a`` holds what no
    dynamic layer owns (the STFT of a front-end, activations, the session call), ``b`` corrects
    the layers' isolated timings for what they share inside one graph (caches, fused calls).
+   Grid points of a layer, and the calibration models, are timed in turns (A, B, C, A, B, C, ...),
+   so that a change of machine load hits them alike.
 
 The profile is saved as JSON (:meth:`LatencyProfile.save` / :func:`load_profile`) with the
 backend, thread count, torch/onnxruntime versions, the machine and every timed grid point.
@@ -62,7 +64,7 @@ from torch import Tensor, nn
 from .graph import LayerSpec, get_graph
 
 __all__ = ["profile", "LatencyProfile", "LayerFit", "LatencyError", "load_profile", "BACKENDS", "UNITS",
-           "measure", "backend_runner"]
+           "measure", "measure_interleaved", "backend_runner"]
 
 BACKENDS = ("torch", "onnxruntime", "cuda")
 #: units of a prediction: per call of the profiling sample, per item of it, per second of audio
@@ -295,6 +297,27 @@ def measure(fn: Callable[[], Any], *, repeats: int = 30, warmup: int = 5, clock:
     return statistics.median(out)
 
 
+def measure_interleaved(fns: Sequence[Callable[[], Any]], *, repeats: int = 30, warmup: int = 5, clock: str = "cpu",
+                        sync: Callable[[], Any] = lambda: None) -> list[float]:
+    """Median seconds per call of each of ``fns``, timed in turns (A, B, C, A, B, C, ...) so that a change
+    of machine load hits all of them alike (see :func:`measure` for ``clock`` and ``sync``)."""
+    if clock not in ("cpu", "wall"):
+        raise LatencyError(f"clock must be 'cpu' or 'wall', got {clock!r}")
+    now = time.process_time if clock == "cpu" else time.perf_counter
+    for _ in range(warmup):
+        for fn in fns:
+            fn()
+    out: list[list[float]] = [[] for _ in fns]
+    for _ in range(max(1, repeats)):
+        for i, fn in enumerate(fns):
+            sync()
+            t0 = now()
+            fn()
+            sync()
+            out[i].append(now() - t0)
+    return [statistics.median(v) for v in out]
+
+
 def _check_backend(backend: str) -> None:
     if backend not in BACKENDS:
         raise LatencyError(f"unknown latency backend {backend!r}; use one of {BACKENDS}")
@@ -516,7 +539,7 @@ def _nnls(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def profile(model: nn.Module, sample, backend: str = "torch", *, points: int = 4, repeats: int = 30,
             warmup: int = 5, threads: int = 1, seconds: Optional[float] = None, clock: Optional[str] = None,
-            calibrate: Sequence[float] = (1.0, 0.5, 0.0), layers: Optional[Sequence[str]] = None,
+            calibrate: Sequence[float] = (1.0, 0.75, 0.5, 0.25, 0.0), layers: Optional[Sequence[str]] = None,
             progress: bool = False) -> LatencyProfile:
     """Measure and fit the latency of ``model`` (made dynamic) on ``backend`` for calls on ``sample``.
 
@@ -598,7 +621,7 @@ def profile(model: nn.Module, sample, backend: str = "torch", *, points: int = 4
             overhead = 0.0
             if backend == "onnxruntime":
                 overhead = _ort_overhead(args0[:1], threads, repeats, warmup, clock)
-            pts = []
+            pts, runs = [], []
             for k_in in g_in:
                 for k_out in g_out:
                     if tied:
@@ -612,12 +635,14 @@ def profile(model: nn.Module, sample, backend: str = "torch", *, points: int = 4
                     _cut(h, s, widths)
                     layer = h.get_submodule(s.name)
                     args = (_cut_input(args0[0], s, k_in),) + tuple(args0[1:])
-                    run = backend_runner(layer, args, backend, threads)
-                    sync = torch.cuda.synchronize if backend == "cuda" else (lambda: None)
-                    ms = 1e3 * max(0.0, measure(run, repeats=repeats, warmup=warmup, clock=clock, sync=sync) - overhead)
+                    runs.append(backend_runner(layer, args, backend, threads))
                     kin_v = float(k_in) if k_in is not None else float(f_in)
                     kout_v = float(k_out) if k_out is not None else float(f_out)
-                    pts.append([kin_v, kout_v, ms])
+                    pts.append([kin_v, kout_v])
+            sync = torch.cuda.synchronize if backend == "cuda" else (lambda: None)
+            secs = measure_interleaved(runs, repeats=repeats, warmup=warmup, clock=clock, sync=sync)
+            for p, t in zip(pts, secs):
+                p.append(1e3 * max(0.0, t - overhead))
             fit = LayerFit(s.name, s.kind, in_dcl, out_dcl, int(s.in_size if in_dcl else f_in),
                            int(mods[out_root].num_channels if out_dcl else f_out),
                            _terms(s.kind, in_dcl is not None, out_dcl is not None, tied), [], pts)
@@ -640,14 +665,13 @@ def profile(model: nn.Module, sample, backend: str = "torch", *, points: int = 4
                               meta=machine_info(backend))
         # whole-model calibration: measured = a + b * sum of the layer fits, a, b >= 0
         sync = torch.cuda.synchronize if backend == "cuda" else (lambda: None)
-        rows = []
+        rows, runs = [], []
         for kappa in calibrate:
             widths = _set_uniform(dyn, float(kappa))
-            small = export(dyn).cpu().eval()
-            run = backend_runner(small, sample_t, backend, threads)
-            ms = 1e3 * measure(run, repeats=repeats, warmup=warmup, clock=clock, sync=sync)
-            layer_ms = float(prof.predict(widths=widths))
-            rows.append({"kappa": float(kappa), "widths": widths, "measured": ms, "layers": layer_ms})
+            runs.append(backend_runner(export(dyn).cpu().eval(), sample_t, backend, threads))
+            rows.append({"kappa": float(kappa), "widths": widths, "layers": float(prof.predict(widths=widths))})
+        for r, t in zip(rows, measure_interleaved(runs, repeats=repeats, warmup=warmup, clock=clock, sync=sync)):
+            r["measured"] = 1e3 * t
         a = np.array([[1.0, r["layers"]] for r in rows])
         coef = _nnls(a, np.array([r["measured"] for r in rows]))
         if not coef[1] > 0:
