@@ -242,9 +242,9 @@ def test_report_blocks_follow_the_csv(tmp_path):
              "predicted_ms_per_s": "0.45", "eer": "0.1"}
     for seed, (lat, fl) in enumerate([(0.95, 0.94), (0.96, 0.94), (0.97, 0.95)]):
         rows.append(dict(train, method="latency", seed=str(seed), auc=str(lat), measured_ms_per_s="0.46",
-                         mflops_per_s="2.0", widths='{"norm.dcl": 60, "gru.dcl": 8}'))
+                         mflops_per_s="2.0", widths='{"norm.dcl": 60, "bn1.dcl": 4, "bn2.dcl": 4, "gru.dcl": 8}'))
         rows.append(dict(train, method="flops", seed=str(seed), auc=str(fl), measured_ms_per_s="0.45",
-                         mflops_per_s="0.7", widths='{"norm.dcl": 20, "gru.dcl": 10}'))
+                         mflops_per_s="0.7", widths='{"norm.dcl": 20, "bn1.dcl": 4, "bn2.dcl": 4, "gru.dcl": 10}'))
     keys: list[str] = []
     for r in rows:
         keys += [k for k in r if k not in keys]
@@ -259,6 +259,6 @@ def test_report_blocks_follow_the_csv(tmp_path):
     assert "FLOP-proportional guess mean 50.0 %, max 60.0 %" in pred
     assert "VAD crnn mean 6.0 % / max 7.0 %" in render_block("latency-readme", tmp_path)
     tr = render_block("latency-train", tmp_path)
-    assert "| latency (TradeoffLoss metric='latency') | 3 |" in tr and "| 60 |" in tr
+    assert "| budget | latency | 3 |" in tr and "| 60.0 |" in tr
     # paired AUC difference latency - flops: 0.01, 0.02, 0.02 -> mean +0.0167
     assert "AUC, latency budget - FLOP budget (paired by seed): +0.0167 [" in tr

@@ -143,8 +143,10 @@ class TradeoffLoss(nn.Module):
 
     def _soft_metric(self) -> Tensor:
         """The chosen metric at the continuous widths (the fast path of :meth:`cost` for training)."""
-        if self.latency is not None:
-            return torch.as_tensor(self.latency.predict(self.model[0], unit=self.unit), dtype=torch.float32)
+        if self.latency is not None:  # the profile was checked against the model once, at construction
+            g = get_graph(self.model[0])
+            widths = {n: d.width for n, d in zip(g.dcls.values(), g.dcl_modules(self.model[0]).values())}
+            return torch.as_tensor(self.latency.predict(widths=widths, unit=self.unit), dtype=torch.float32)
         comp, dcls = self._cost_parts()
         if not dcls:
             return self.cost().metric(self.metric)
