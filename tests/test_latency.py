@@ -259,6 +259,6 @@ def test_report_blocks_follow_the_csv(tmp_path):
     assert "FLOP-proportional guess mean 50.0 %, max 60.0 %" in pred
     assert "VAD crnn mean 6.0 % / max 7.0 %" in render_block("latency-readme", tmp_path)
     tr = render_block("latency-train", tmp_path)
-    assert "| budget | latency | 3 |" in tr and "| 60.0 |" in tr
+    assert "| first step at budget | latency | 3 |" in tr and "| 60.0 |" in tr
     # paired AUC difference latency - flops: 0.01, 0.02, 0.02 -> mean +0.0167
     assert "AUC, latency budget - FLOP budget (paired by seed): +0.0167 [" in tr

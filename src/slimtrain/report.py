@@ -623,7 +623,8 @@ def _latency_train(root: Path) -> str:
     rows = _latency_rows(root, "train")
     settles = {"budget": "widths settled at the first step that met the budget",
                "half": "widths settled at the half of the run"}
-    out = ["| widths settle | budget | n | measured ms per s of audio | predicted ms per s | MFLOP/s | mel bands | "
+    short = {"budget": "first step at budget", "half": "half of the run"}
+    out = ["| widths settled at | budget | n | measured ms per s of audio | predicted ms per s | MFLOP/s | mel bands | "
            "conv1 | conv2 | GRU | AUC | EER % |",
            "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     notes = []
@@ -637,7 +638,7 @@ def _latency_train(root: Path) -> str:
             def width(name: str) -> str:
                 return format_interval(mean_interval([json.loads(r["widths"])[name] for r in rs]), ".1f")
             label = "latency" if m == "latency" else "FLOPs"
-            out.append(f"| {settle} | {label} | {len(rs)} | {iv('measured_ms_per_s')} | {iv('predicted_ms_per_s')} | "
+            out.append(f"| {short.get(settle, settle)} | {label} | {len(rs)} | {iv('measured_ms_per_s')} | {iv('predicted_ms_per_s')} | "
                        f"{iv('mflops_per_s', fmt='.2f')} | {width('norm.dcl')} | {width('bn1.dcl')} | "
                        f"{width('bn2.dcl')} | {width('gru.dcl')} | {iv('auc', fmt='.4f')} | {iv('eer', 100, '.2f')} |")
         if "latency" in by and "flops" in by:
@@ -648,7 +649,7 @@ def _latency_train(root: Path) -> str:
                 d = paired_difference({int(r["seed"]): float(r[key]) * scale for r in by["latency"]},
                                       {int(r["seed"]): float(r[key]) * scale for r in by["flops"]})
                 span = f"[{d.lo:+{fmt}}, {d.hi:+{fmt}}]" if d.n >= 2 else "(n=1)"
-                notes.append(f"  {what}, latency budget - FLOP budget (paired by seed): {d.mean:+{fmt}} {span}")
+                notes.append(f"  * {what}, latency budget - FLOP budget (paired by seed): {d.mean:+{fmt}} {span}")
     r0 = rows[0]
     out += [""] + notes + [""]
     out.append(f"_VAD CRNN; both budgets from every width at {float(r0['ref_scale']):g} of full (its predicted "
