@@ -262,3 +262,12 @@ def test_report_blocks_follow_the_csv(tmp_path):
     assert "| first step at budget | latency | 3 |" in tr and "| 60.0 |" in tr
     # paired AUC difference latency - flops: 0.01, 0.02, 0.02 -> mean +0.0167
     assert "AUC, latency budget - FLOP budget (paired by seed): +0.0167 [" in tr
+
+
+def test_floor_budget_with_a_flat_profile_is_named(measured):
+    _, _, p = measured
+    m, _ = _model()
+    flat = dataclasses.replace(p, layers=[dataclasses.replace(f, coef=[0.01] + [0.0] * (len(f.terms) - 1))
+                                          for f in p.layers])
+    with pytest.raises(LossConfigError, match="latency profile is flat in every width"):
+        slimtrain.TradeoffLoss(m, metric="latency", budget="floor", latency=flat)

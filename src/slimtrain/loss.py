@@ -25,7 +25,8 @@ host and ``torch.compile`` traces the objective once (no recompilation per step)
 from __future__ import annotations
 
 import math
-from typing import Optional
+from pathlib import Path
+from typing import TYPE_CHECKING, Optional, Union
 
 import numpy as np
 import torch
@@ -34,6 +35,9 @@ from torch import Tensor, nn
 from .cost import Cost, _compiled, host_poly, host_theta_grads, model_cost
 from .dcl import DynamicWidth, first_order_backward
 from .graph import get_graph
+
+if TYPE_CHECKING:
+    from .latency import LatencyProfile
 
 __all__ = ["TradeoffLoss", "LossConfigError"]
 
@@ -71,7 +75,8 @@ class TradeoffLoss(nn.Module):
 
     def __init__(self, model: nn.Module, alpha: float = 0.0, budget: Optional[float] = None, *,
                  metric: str = "flops", mu: float = 1.0, lagrangian: bool = False, lr_mu: float = 0.05,
-                 rho: float = 1.0, warmup_steps: int = 0, latency=None, unit: Optional[str] = None) -> None:
+                 rho: float = 1.0, warmup_steps: int = 0, latency: Union["LatencyProfile", str, Path, None] = None,
+                 unit: Optional[str] = None) -> None:
         super().__init__()
         for name, v in (("alpha", alpha), ("mu", mu), ("lr_mu", lr_mu), ("rho", rho)):
             if not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
@@ -109,9 +114,11 @@ class TradeoffLoss(nn.Module):
                     unit=self.unit))
             elif floor:  # the cost with every width at its lower bound (kappa_min * N): kappa_min is the control
                 self.budget = float(_floor_cost(model).metric(metric))
+            if floor:
                 if not self.full > self.budget:
-                    raise LossConfigError("budget='floor': every width is already at its floor (kappa_min = 1?); "
-                                          "nothing can shrink")
+                    raise LossConfigError("budget='floor': every width is already at its floor (kappa_min = 1?)"
+                                          + (" or the latency profile is flat in every width" if self.latency
+                                             is not None else "") + "; nothing can shrink")
         self.floor = floor
 
     def _dcls(self) -> list[DynamicWidth]:
