@@ -261,7 +261,7 @@ def test_non_dynamic_model_errors():
     (dict(budget=0), "budget must be a positive number"),
     (dict(budget=-5.0), "budget must be a positive number"),
     (dict(budget=float("inf")), "budget must be"),
-    (dict(metric="joules"), "metric must be 'flops', 'macs' or 'params'"),
+    (dict(metric="joules"), "metric must be 'flops', 'macs', 'params' or 'latency', got 'joules'"),
     (dict(mu=-1.0), "mu must be"),
     (dict(lr_mu=-1.0), "lr_mu must be"),
     (dict(warmup_steps=-1), "warmup_steps must be >= 0"),

@@ -11,6 +11,11 @@
   by ``lr_mu * violation`` each call and never drops below zero (a
   dual-ascent augmented Lagrangian: ``mu * v + rho/2 * v^2``).
 
+``metric="latency"``: the cost is the latency predicted by a measured profile
+(:func:`slimtrain.latency.profile`, passed as ``latency=``) in ms per item or per second of audio
+(``unit=``), a smooth monotone function of the widths, so the widths follow measured latency
+rather than FLOPs.
+
 Both can be combined. During ``warmup_steps`` calls every DCL is held at
 full width (its output is the full-width model, with no noise and no gradient
 to its width) and the cost term is zero. The call counter and the hold flag are
@@ -20,7 +25,8 @@ host and ``torch.compile`` traces the objective once (no recompilation per step)
 from __future__ import annotations
 
 import math
-from typing import Optional
+from pathlib import Path
+from typing import TYPE_CHECKING, Optional, Union
 
 import numpy as np
 import torch
@@ -29,6 +35,9 @@ from torch import Tensor, nn
 from .cost import Cost, _compiled, host_poly, host_theta_grads, model_cost
 from .dcl import DynamicWidth, first_order_backward
 from .graph import get_graph
+
+if TYPE_CHECKING:
+    from .latency import LatencyProfile
 
 __all__ = ["TradeoffLoss", "LossConfigError"]
 
@@ -56,14 +65,18 @@ class TradeoffLoss(nn.Module):
             the cost with every width at its lower bound, so that (with ``lagrangian=True``) the
             widths end at their ``kappa_min`` floors and ``kappa_min`` controls the trade-off, as in
             the paper's sweeps.
-        metric: ``"flops"``, ``"macs"`` or ``"params"``.
+        metric: ``"flops"``, ``"macs"``, ``"params"`` or ``"latency"`` (needs ``latency``).
+        latency: a :class:`slimtrain.latency.LatencyProfile` of this model, or the path of a saved one.
+        unit: the latency unit of ``budget`` and of the cost: ``"ms/item"`` (default) or ``"ms/s"``
+            (ms per second of audio; the profile must know the item's duration); only with ``"latency"``.
         mu, lagrangian, lr_mu, rho: the budget penalty (see module docs).
         warmup_steps: calls during which widths stay at full size.
     """
 
     def __init__(self, model: nn.Module, alpha: float = 0.0, budget: Optional[float] = None, *,
                  metric: str = "flops", mu: float = 1.0, lagrangian: bool = False, lr_mu: float = 0.05,
-                 rho: float = 1.0, warmup_steps: int = 0) -> None:
+                 rho: float = 1.0, warmup_steps: int = 0, latency: Union["LatencyProfile", str, Path, None] = None,
+                 unit: Optional[str] = None) -> None:
         super().__init__()
         for name, v in (("alpha", alpha), ("mu", mu), ("lr_mu", lr_mu), ("rho", rho)):
             if not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
@@ -72,8 +85,9 @@ class TradeoffLoss(nn.Module):
         if budget is not None and not floor and (not isinstance(budget, (int, float)) or isinstance(budget, bool)
                                                  or not math.isfinite(budget) or budget <= 0):
             raise LossConfigError(f"budget must be a positive number or 'floor', got {budget!r}")
-        if metric not in ("flops", "macs", "params"):
-            raise LossConfigError(f"metric must be 'flops', 'macs' or 'params', got {metric!r}")
+        if metric not in ("flops", "macs", "params", "latency"):
+            raise LossConfigError(f"metric must be 'flops', 'macs', 'params' or 'latency', got {metric!r}")
+        self.latency, self.unit = _latency_profile(model, metric, latency, unit)
         if warmup_steps < 0:
             raise LossConfigError(f"warmup_steps must be >= 0, got {warmup_steps}")
         get_graph(model)
@@ -89,12 +103,22 @@ class TradeoffLoss(nn.Module):
                 d.set_width(d.max_width)
                 d._hold.fill_(True)
         with torch.no_grad():
-            self.full = float(model_cost(model, full=True).metric(metric))
-            if floor:  # the cost with every width at its lower bound (kappa_min * N): kappa_min is the control
+            if self.latency is not None:
+                self.full = float(self.latency.predict(widths=dict(self.latency.dcls), unit=self.unit))
+            else:
+                self.full = float(model_cost(model, full=True).metric(metric))
+            if floor and self.latency is not None:
+                g = get_graph(model)
+                self.budget = float(self.latency.predict(
+                    widths={n: float(m.min_width) for n, m in zip(g.dcls.values(), g.dcl_modules(model).values())},
+                    unit=self.unit))
+            elif floor:  # the cost with every width at its lower bound (kappa_min * N): kappa_min is the control
                 self.budget = float(_floor_cost(model).metric(metric))
+            if floor:
                 if not self.full > self.budget:
-                    raise LossConfigError("budget='floor': every width is already at its floor (kappa_min = 1?); "
-                                          "nothing can shrink")
+                    raise LossConfigError("budget='floor': every width is already at its floor (kappa_min = 1?)"
+                                          + (" or the latency profile is flat in every width" if self.latency
+                                             is not None else "") + "; nothing can shrink")
         self.floor = floor
 
     def _dcls(self) -> list[DynamicWidth]:
@@ -126,6 +150,10 @@ class TradeoffLoss(nn.Module):
 
     def _soft_metric(self) -> Tensor:
         """The chosen metric at the continuous widths (the fast path of :meth:`cost` for training)."""
+        if self.latency is not None:  # the profile was checked against the model once, at construction
+            g = get_graph(self.model[0])
+            widths = {n: d.width for n, d in zip(g.dcls.values(), g.dcl_modules(self.model[0]).values())}
+            return torch.as_tensor(self.latency.predict(widths=widths, unit=self.unit), dtype=torch.float32)
         comp, dcls = self._cost_parts()
         if not dcls:
             return self.cost().metric(self.metric)
@@ -154,7 +182,7 @@ class TradeoffLoss(nn.Module):
 
     def _host_path(self) -> bool:
         """Eager CPU: the whole penalty in one autograd node with Python-float maths (no tensor path)."""
-        if torch.compiler.is_compiling():
+        if torch.compiler.is_compiling() or self.latency is not None:
             return False
         dcls = self._cost_parts()[1]
         return bool(dcls) and all(d.host_fast_path and d.theta.device.type == "cpu" for d in dcls)
@@ -213,6 +241,29 @@ class TradeoffLoss(nn.Module):
         penalty = penalty.to(task_loss.device)
         self.__dict__["_last"] = (task_loss.detach(), c.detach(), rel.detach(), penalty.detach())
         return task_loss + penalty.to(task_loss.dtype)
+
+
+def _latency_profile(model: nn.Module, metric: str, latency, unit: Optional[str]):
+    """``(profile, unit)`` for ``metric="latency"`` (checked against ``model``), ``(None, None)`` otherwise."""
+    from .latency import LatencyError, as_profile
+
+    if metric != "latency":
+        if latency is not None or unit is not None:
+            raise LossConfigError(f"latency= and unit= go with metric='latency', not metric={metric!r}")
+        return None, None
+    if latency is None:
+        raise LossConfigError("metric='latency' needs a measured profile: latency=slimtrain.latency.profile(model, "
+                              "sample, backend=...) or the path of one saved with .save(path)")
+    unit = "ms/item" if unit is None else unit
+    if unit not in ("ms/item", "ms/s"):
+        raise LossConfigError(f"unit must be 'ms/item' (ms per item) or 'ms/s' (ms per second of audio), got {unit!r}")
+    try:
+        prof = as_profile(latency)
+        prof.check_model(model)
+        prof._divisor(unit)
+    except LatencyError as e:
+        raise LossConfigError(f"latency profile: {e}") from None
+    return prof, unit
 
 
 class _HostPenaltyFunction(torch.autograd.Function):
