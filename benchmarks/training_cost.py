@@ -137,7 +137,9 @@ def _ensure_data(model: str, quick: bool, root: Path) -> str:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default=",".join(MODELS), help=f"comma-separated subset of {', '.join(MODELS)}")
-    ap.add_argument("--seeds", type=int, default=3, help="paired seeds 0..N-1 per arm (default 3)")
+    ap.add_argument("--seeds", type=int, default=3, help="paired seeds per arm (default 3)")
+    ap.add_argument("--first-seed", type=int, default=0,
+                    help="the seeds are FIRST..FIRST+N-1 (to split a run over processes; join their CSVs)")
     ap.add_argument("--epochs", type=int, default=None,
                     help="epochs of every run (default: the sweeps' -- VAD 24, anti-spoofing 4 -- or 4 with --quick)")
     ap.add_argument("--quick", action="store_true", help="the tasks' quick data sets (the networks stay the sweeps')")
@@ -155,7 +157,7 @@ def main(argv=None) -> int:
     data = {m: _ensure_data(m, a.quick, a.data) for m in models}
     rows: list[dict] = []
     t_all = time.perf_counter()
-    for seed in range(a.seeds):
+    for seed in range(a.first_seed, a.first_seed + a.seeds):
         for m in models:
             epochs = a.epochs or (4 if a.quick else (24 if m.startswith("vad-") else 4))
             for arm in ARMS:
