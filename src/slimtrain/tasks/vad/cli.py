@@ -121,6 +121,10 @@ def register(commands, data_commands) -> None:
                         "Russian Asterisk voice) or source ids; see 'slimtrain data human-voices'. Default: none")
     d.add_argument("--human-files", type=_human_files, default=None, metavar="N",
                    help=f"--human-voices: at most N files per source (default: {D.human_files_per_source})")
+    d.add_argument("--sample-rate", type=int, choices=(8000, 16000), default=8000, metavar="HZ",
+                   help="rate of the mixtures, 8000 (default) or 16000 (10 ms hop either way): every source is read "
+                        "at it; 8 kHz sources (the Asterisk prompts) are upsampled and so hold no band above 4 kHz, the "
+                        "manifest records the wideband share of the speech")
     d.add_argument("--force", action="store_true", help="rebuild even if the cache matches")
     d.add_argument("--no-progress", action="store_true", help="no progress bar")
     d.set_defaults(func=_cmd_data)
@@ -316,6 +320,7 @@ def _cmd_data(args) -> int:
 
     cfg = VadDataConfig.quick(seed=args.seed) if args.quick else VadDataConfig(seed=args.seed)
     cfg.corpus = args.corpus
+    cfg.sample_rate, cfg.hop = args.sample_rate, args.sample_rate // 100
     if args.train_minutes is not None:
         cfg.train_minutes = args.train_minutes
     if args.tts_utterances is not None:
@@ -351,6 +356,13 @@ def _cmd_data(args) -> int:
         t = manifest["human_voices"]["totals"]
         print(f"human-voice sources in training: {t['sources']} sources, {t['speakers']} speakers, {t['n_languages']} "
               f"languages, {t['files_read']} files read, {t['minutes_in_clips']:.1f} min in the clips")
+    if manifest["splits"]["train"].get("speech_minutes_by_source"):
+        from .bandwidth import speech_bandwidth
+
+        b = speech_bandwidth(manifest["splits"]["train"])
+        print(f"training speech by native band: wideband (>= 16 kHz sources) {b['wideband_minutes']:.1f} min, "
+              f"narrowband (8 kHz sources) {b['narrowband_minutes']:.1f} min: {100 * b['wideband_share']:.0f}% "
+              f"wideband" + (f", {b['unknown_minutes']:.1f} min of unknown rate" if b["unknown_minutes"] else ""))
     print(f"wrote {m} (corpus {manifest.get('corpus', 'core')}, fingerprint {manifest['fingerprint']}, "
           f"{time.perf_counter() - t0:.1f}s)")
     return 0
@@ -394,9 +406,9 @@ def _cmd_vad(args) -> int:
     progress = not args.no_progress
     data_dir = args.data or (out / ("data-quick" if args.quick else "data"))
     corpus = uses_corpus(args)
-    if not corpus and args.sample_rate not in (None, 8000):
-        raise ValueError("--sample-rate 16000 needs your data (--train-data/--val-data or --recipe paper); the "
-                         "built-in corpus is 8 kHz")
+    if not corpus and args.sample_rate not in (None, 8000) and (args.sweep or args.quick):
+        raise ValueError("--sample-rate 16000 with the built-in corpus is a single run on a corpus built with "
+                         "'slimtrain data vad --sample-rate 16000' (--data DIR); --sweep and --quick are 8 kHz")
     if args.sweep:
         if args.widths:
             raise ValueError("--widths applies to a single run, not --sweep")
@@ -457,12 +469,18 @@ def _cmd_vad(args) -> int:
         families = [args.family] if args.family else (["crnn", "transformer"] if args.recipe == "paper" else ["crnn"])
         return cmd_train_corpus(args, kw, families)
     dcfg = VadDataConfig.quick() if args.quick else VadDataConfig()
+    if args.sample_rate is not None:  # a core corpus is built at this rate (a folder built otherwise is read as it is)
+        dcfg.sample_rate, dcfg.hop = args.sample_rate, args.sample_rate // 100
     distributed.init(distributed.resolve_device(device))  # torchrun: the process group, to wait for rank 0's data
     main = distributed.is_main()
     if main:
         build_vad_data(dcfg, data_dir, progress=progress)
     distributed.barrier()
-    data, _ = load_vad_data(data_dir)
+    data, manifest = load_vad_data(data_dir)
+    rate = int(manifest["config"].get("sample_rate", 8000))
+    if args.sample_rate is not None and args.sample_rate != rate:
+        raise ValueError(f"--sample-rate {args.sample_rate}: the corpus in {data_dir} is at {rate} Hz (build one with "
+                         f"'slimtrain data vad --sample-rate {args.sample_rate} --out DIR' and pass --data DIR)")
     budget = args.budget[0] if args.budget else None
     family = args.family or "crnn"
     epochs = args.epochs or (3 if args.quick else VadSweepConfig.epochs)  # as the sweep
@@ -473,7 +491,8 @@ def _cmd_vad(args) -> int:
                        settle_epochs=settle, settle_at_budget=budget is not None and settle > 0,
                        compact_every=args.compact_every,
                        seed=args.seed, n_mels=widths.pop("n_mels", 80), widths=widths,
-                       heads=args.heads if family == "transformer" else "count", band_order=args.band_order)
+                       heads=args.heads if family == "transformer" else "count", band_order=args.band_order,
+                       sample_rate=rate)
     out.mkdir(parents=True, exist_ok=True)
     ckpt = out / f"vad_{family}.pt"
     _, row = train_vad(run, data, checkpoint=ckpt, progress=progress, device=device)
