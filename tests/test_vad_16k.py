@@ -223,3 +223,22 @@ def test_espeak_synthesises_at_the_rate_asked_for():
     spec = np.abs(np.fft.rfft(a16)) ** 2
     f = np.fft.rfftfreq(len(a16), 1 / 16000)
     assert spec[f > 4500].sum() > 1e-4 * spec.sum()  # it holds the band above 4 kHz that 8 kHz cannot
+
+
+def test_vad_cli_refuses_a_sample_rate_other_than_the_corpus_rate(tmp_path, capsys):
+    from slimtrain.cli import main
+
+    data = tmp_path / "d16"
+    data.mkdir()
+    splits = {}
+    for name in ("train", "val", "test"):
+        np.savez(data / f"{name}.npz", audio=np.zeros((1, 16000), np.float32), labels=np.zeros((1, 101), np.uint8),
+                 snr_db=np.zeros(1, np.float32), noise=np.asarray(["white"]))
+        splits[name] = {"clip_sources": [[]]}
+    (data / "manifest.json").write_text(json.dumps({"corpus": "extended", "fingerprint": "f" * 16,
+                                                    "config": {"sample_rate": 16000, "hop": 160}, "splits": splits}))
+    assert main(["vad", "--data", str(data), "--out", str(tmp_path / "o"), "--sample-rate", "8000", "--epochs", "1",
+                 "--no-progress"]) != 0
+    assert f"--sample-rate 8000: the corpus in {data} is at 16000 Hz" in capsys.readouterr().err
+    assert main(["vad", "--quick", "--sample-rate", "16000", "--out", str(tmp_path / "o")]) != 0
+    assert "--sweep and --quick are 8 kHz" in capsys.readouterr().err
