@@ -107,7 +107,8 @@ def evaluate_models(models: Sequence[Optional[Path]], which: str, data_dir: Path
     if silero:
         from .anchors import silero_scores, silero_params
 
-        scorers.append((SILERO, lambda a: silero_scores(a, rate, rate // 100), math.nan, silero_params() or 0))
+        scorers.append((SILERO if rate == 8000 else f"Silero VAD ({rate // 1000} kHz)",
+                        lambda a: silero_scores(a, rate, rate // 100), math.nan, silero_params() or 0))
     rows = []
     for name, score, mflops, params in scorers:
         sv, st = score(val.audio), score(test.audio)
