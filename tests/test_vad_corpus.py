@@ -83,10 +83,12 @@ def test_trained_model_loads_runs_at_16k_and_predicts(trained, corpus):
     assert len(p8) == len(x) // 160 + 1
 
 
-def test_shipped_model_says_it_runs_at_8k():
-    m = vad.load()
-    assert m.sample_rate == 8000 and m.resamples(16000) == "down" and "sample_rate=8000" in repr(m)
-    assert len(m.frame_probs(np.zeros(16000, np.float32), 16000)) == 8000 // 80 + 1
+def test_shipped_models_say_which_rate_they_run_at():
+    m8 = vad.load(sample_rate=8000)
+    assert m8.sample_rate == 8000 and m8.resamples(16000) == "down" and "sample_rate=8000" in repr(m8)
+    assert len(m8.frame_probs(np.zeros(16000, np.float32), 16000)) == 8000 // 80 + 1
+    both = vad.load()  # 16 kHz input runs through the 16 kHz model, not downsampled
+    assert both.resamples(16000) is None and both.for_rate(16000).sample_rate == 16000 and "wideband=" in repr(both)
 
 
 def test_trained_model_exports_to_onnx(trained, tmp_path):

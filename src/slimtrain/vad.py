@@ -11,13 +11,14 @@ stream = model.stream(sample_rate)                  # feed chunks of any size, g
 ``audio`` is a numpy array or torch tensor, float (nominal range [-1, 1]) or int16/int32 PCM,
 mono ``(samples,)`` or multi-channel ``(channels, samples)`` / ``(samples, channels)`` (the
 channel axis is the one with at most 8 entries that is shorter than the other; channels are
-averaged). Any sample rate: it is resampled to the rate the model runs at, ``model.sample_rate``
-(the shipped model: 8 kHz; a model trained with ``slimtrain vad --sample-rate 16000``: 16 kHz), with
+averaged). Any sample rate: it is resampled to the rate of the model it runs through,
+``model.for_rate(rate).sample_rate`` (the shipped pair: 16 kHz for input above 8 kHz, else 8 kHz; a
+model trained with ``slimtrain vad --sample-rate 16000``: 16 kHz), with
 ``scipy.signal.resample_poly`` (Kaiser window, beta 5); a stream resamples with carried state and
 gives exactly the same samples (:class:`slimtrain.audio_input.StreamingResampler`).
 
 **Rates.** A model runs at the rate it was trained at, nothing else. Two models are shipped, as Silero
-ships one model for both rates: ``vad_default.pt`` runs at 8 kHz (telephone band) and ``vad_16k.pt`` at
+VAD runs at both rates: ``vad_default.pt`` runs at 8 kHz (telephone band) and ``vad_16k.pt`` at
 16 kHz (wideband). ``vad.load()`` serves both: audio above 8 kHz (16, 22.05, 44.1, 48 kHz...) goes
 to the 16 kHz model (resampled to 16 kHz, so its band up to 8 kHz is used), audio at 8 kHz or below to
 the 8 kHz model; wideband input is never downsampled to 8 kHz. ``model.for_rate(rate)`` is the model

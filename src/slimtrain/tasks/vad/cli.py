@@ -218,7 +218,8 @@ def register(commands, data_commands) -> None:
             "'slimtrain vad predict MODEL.pt FILE...' still works (a first argument ending in .pt/.ckpt is "
             "taken as the model when more than one is given).",
             "Any mono/multi-channel file at any rate: channels are averaged and the audio is resampled to the rate "
-            "the model runs at (the shipped model: 8 kHz; a model trained with --sample-rate 16000: 16 kHz) "
+            "the model runs at (the shipped VAD: files above 8 kHz run through its 16 kHz model, the others through "
+            "its 8 kHz model; a model trained with --sample-rate 16000: 16 kHz) "
             "(scipy.signal.resample_poly). Segments follow Silero's get_speech_timestamps: speech starts at a "
             "frame with probability >= --threshold, ends after --min-silence seconds below "
             "max(threshold - 0.15, threshold / 2), "
@@ -231,7 +232,8 @@ def register(commands, data_commands) -> None:
         ), formatter_class=argparse.RawDescriptionHelpFormatter)
     pr.add_argument("paths", type=Path, nargs="+", metavar="FILE_OR_DIR", help="audio files or folders (recursed)")
     pr.add_argument("--model", "-m", type=Path, default=None, metavar="M",
-                    help="model file or export folder (default: the shipped model, slimtrain/assets/vad_default.pt)")
+                    help="model file or export folder (default: the shipped models, slimtrain/assets/vad_default.pt at "
+                         "8 kHz and vad_16k.pt for files above 8 kHz)")
     pr.add_argument("--format", choices=("text", "json", "rttm"), default="text",
                     help="output format: text (default), json or rttm")
     pr.add_argument("--frames", action="store_true",
@@ -273,7 +275,8 @@ def register(commands, data_commands) -> None:
                     help=f"VAD data folder: validation split (thresholds) and, for --set test, the test split "
                          f"(default: {DEFAULT_DATA})")
     ev.add_argument("--unseen", type=Path, default=None, metavar="DIR",
-                    help="folder of the unseen-voices set (default: the folder next to --data named 'unseen')")
+                    help="folder of the unseen-voices set, built at the rate of --data (default: the folder next to "
+                         "--data named 'unseen', or 'unseen-16k' for a 16 kHz corpus)")
     ev.add_argument("--csv", type=Path, default=None, metavar="FILE", help="also write the rows to this CSV")
     ev.add_argument("--json", type=Path, default=None, metavar="FILE",
                     help="also write the rows as JSON (for 'python -m slimtrain.tasks.ship --metrics')")
