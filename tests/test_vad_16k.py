@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -242,3 +243,19 @@ def test_vad_cli_refuses_a_sample_rate_other_than_the_corpus_rate(tmp_path, caps
     assert f"--sample-rate 8000: the corpus in {data} is at 16000 Hz" in capsys.readouterr().err
     assert main(["vad", "--quick", "--sample-rate", "16000", "--out", str(tmp_path / "o")]) != 0
     assert "--sweep and --quick are 8 kHz" in capsys.readouterr().err
+
+
+@needs_16k
+def test_predict_runs_each_file_through_the_model_of_its_rate_with_that_models_threshold(tmp_path, capsys):
+    import soundfile as sf
+
+    from slimtrain.cli import main
+
+    for rate in (8000, 16000, 44100):
+        sf.write(tmp_path / f"a{rate}.wav", _noise_with_tone(rate, 1.0, seed=rate), rate)
+    assert main(["vad", "predict", str(tmp_path), "--format", "json"]) == 0
+    files = {Path(f["file"]).name: f for f in json.loads(capsys.readouterr().out)["files"]}
+    both = vad.load()
+    for rate, served in ((8000, 8000), (16000, 16000), (44100, 16000)):
+        f = files[f"a{rate}.wav"]
+        assert f["model_rate"] == served and f["threshold"] == pytest.approx(both.for_rate(served).threshold, abs=1e-6)

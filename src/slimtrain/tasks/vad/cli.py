@@ -557,13 +557,16 @@ def _cmd_predict(args) -> int:
             errors.append({"file": str(path), "error": msg})
             continue
         duration = len(x) / sr
-        segs = vad.probs_to_segments(probs, thr, min_speech_ms=1000 * args.min_speech,
+        served = model.for_rate(sr)  # the shipped pair: the 16 kHz model above 8 kHz, with its own threshold
+        thr_f = served.threshold if args.threshold is None else args.threshold
+        segs = vad.probs_to_segments(probs, thr_f, min_speech_ms=1000 * args.min_speech,
                                      min_silence_ms=1000 * args.min_silence, speech_pad_ms=1000 * args.pad,
                                      duration=duration)
         n_seg += len(segs)
         speech += sum(s["end"] - s["start"] for s in segs)
         total += duration
-        res = {"file": str(path), "duration": round(duration, 3), "segments": segs}
+        res = {"file": str(path), "duration": round(duration, 3), "model_rate": served.sample_rate,
+               "threshold": round(thr_f, 6), "segments": segs}
         if args.frames:
             res["frames"] = [round(float(p), 4) for p in probs]
         results.append(res)
@@ -586,5 +589,7 @@ def _cmd_predict(args) -> int:
                            "files": results, "errors": errors, "failed": len(errors)}))
     failed = f"; {len(errors)} of {len(items)} failed" if errors else ""
     print(f"{len(results)} files: {int(n_seg)} speech segments, {speech:.2f} s of {total:.2f} s "
-          f"(threshold {thr:.3g}){failed}", file=sys.stderr)
+          f"(threshold {thr:.3g}" + (f"; {model.wideband.threshold:.3g} for files above {model.sample_rate} Hz"
+                                     if model.wideband is not None and args.threshold is None else "")
+          + f"){failed}", file=sys.stderr)
     return 1 if errors else 0
