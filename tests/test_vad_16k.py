@@ -243,6 +243,8 @@ def test_vad_cli_refuses_a_sample_rate_other_than_the_corpus_rate(tmp_path, caps
     assert f"--sample-rate 8000: the corpus in {data} is at 16000 Hz" in capsys.readouterr().err
     assert main(["vad", "--quick", "--sample-rate", "16000", "--out", str(tmp_path / "o")]) != 0
     assert "--sweep and --quick are 8 kHz" in capsys.readouterr().err
+    assert main(["vad", "--sample-rate", "16000", "--out", str(tmp_path / "o")]) != 0  # no --data: never built here
+    assert "'slimtrain data vad --sample-rate 16000 --out DIR', then --data DIR" in capsys.readouterr().err
 
 
 @needs_16k

@@ -409,9 +409,10 @@ def _cmd_vad(args) -> int:
     progress = not args.no_progress
     data_dir = args.data or (out / ("data-quick" if args.quick else "data"))
     corpus = uses_corpus(args)
-    if not corpus and args.sample_rate not in (None, 8000) and (args.sweep or args.quick):
-        raise ValueError("--sample-rate 16000 with the built-in corpus is a single run on a corpus built with "
-                         "'slimtrain data vad --sample-rate 16000' (--data DIR); --sweep and --quick are 8 kHz")
+    if not corpus and args.sample_rate not in (None, 8000) and (args.sweep or args.quick or args.data is None):
+        raise ValueError(f"--sample-rate {args.sample_rate} with the built-in corpus needs a corpus built at that rate: "
+                         f"'slimtrain data vad --sample-rate {args.sample_rate} --out DIR', then --data DIR (a single "
+                         "run; --sweep and --quick are 8 kHz)")
     if args.sweep:
         if args.widths:
             raise ValueError("--widths applies to a single run, not --sweep")
