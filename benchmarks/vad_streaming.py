@@ -100,7 +100,9 @@ def main() -> None:
         silero = load_silero_vad()
     ours = vad.load()
     print(f"# VAD streaming cost, {a.seconds:g} s of audio, 32 ms chunks, 1 thread; {C.machine()}")
-    print(f"# ours: {ours.source} ({ours.meta.get('recipe', {}).get('exported_widths')}); "
+    served = {r: ours.for_rate(r) for r in (8000, 16000)}
+    print("# ours: " + "; ".join(f"{r // 1000} kHz input -> {m.source} ({m.meta.get('recipe', {}).get('exported_widths')})"
+                                 for r, m in served.items()) + "; "
           f"Silero: silero_vad JIT ({sum(p.numel() for p in silero.parameters())} parameters)")
     rows = []
     for rate, chunk in ((8000, 256), (16000, 512)):
