@@ -2,7 +2,8 @@
 
 CPU time per second of audio when streaming 32 ms chunks on one thread:
 * ours: ``slimtrain.vad.load().stream(rate)`` fed 32 ms chunks (256 samples at 8 kHz; 512 at
-  16 kHz, where the stream also resamples to 8 kHz with carried state);
+  16 kHz): the 8 kHz model at 8 kHz and, once ``vad_16k.pt`` is shipped, the 16 kHz model at 16 kHz
+  (before it, the 8 kHz model, the stream resampling to 8 kHz with carried state);
 * Silero VAD (``silero_vad.load_silero_vad()``, the JIT model shipped in its wheel) called on its
   own chunks (256 samples at 8 kHz, 512 at 16 kHz) after ``reset_states()``.
 Both process the same 10 s of audio (Asterisk prompts with pauses and noise if installed, else
@@ -99,18 +100,21 @@ def main() -> None:
         silero = load_silero_vad()
     ours = vad.load()
     print(f"# VAD streaming cost, {a.seconds:g} s of audio, 32 ms chunks, 1 thread; {C.machine()}")
-    print(f"# ours: {ours.source} ({ours.meta.get('recipe', {}).get('exported_widths')}); "
+    served = {r: ours.for_rate(r) for r in (8000, 16000)}
+    print("# ours: " + "; ".join(f"{r // 1000} kHz input -> {m.source} ({m.meta.get('recipe', {}).get('exported_widths')})"
+                                 for r, m in served.items()) + "; "
           f"Silero: silero_vad JIT ({sum(p.numel() for p in silero.parameters())} parameters)")
-    cost = model_cost(ours.model, torch.zeros(1, 32000), seconds=4.0)
-    model_mflops = float(cost.flops_per_second) / 1e6
     rows = []
     for rate, chunk in ((8000, 256), (16000, 512)):
+        m = ours.for_rate(rate)  # the model that input at this rate runs through
+        cost = model_cost(m.model, torch.zeros(1, 4 * m.sample_rate), seconds=4.0)
+        model_mflops = float(cost.flops_per_second) / 1e6
         x = _audio(a.seconds, rate)
         fns = {"ours": _ours(ours, x, rate, chunk), "silero": _silero(silero, x, rate, chunk)}
         times = C.interleaved(fns, a.repeats, warmup=1, clock="cpu")
         t_ours, t_sil = (C.median(times[k]) / a.seconds for k in ("ours", "silero"))
-        x8 = torch.from_numpy(_audio(a.seconds, 8000))[None]
-        f_ours = _counted(lambda: ours.model(x8)) / a.seconds / 1e6  # the stream does the same products in numpy
+        xm = torch.from_numpy(_audio(a.seconds, m.sample_rate))[None]
+        f_ours = _counted(lambda: m.model(xm)) / a.seconds / 1e6  # the stream does the same products in numpy
         f_sil = _counted(fns["silero"]) / a.seconds / 1e6
         rows.append([f"{rate // 1000} kHz", f"{1000 * t_ours:.2f}", f"{1000 * t_sil:.2f}", f"{t_sil / t_ours:.1f}x",
                      f"{model_mflops:.2f}", f"{f_ours:.2f}", f"{f_sil:.2f}", f"{f_sil / model_mflops:.1f}x"])
@@ -118,8 +122,8 @@ def main() -> None:
                    "ours MFLOP/s (cost model)", "ours MFLOP/s (flop_counter)", "Silero MFLOP/s (flop_counter)",
                    "Silero / ours FLOPs"], rows))
     print("ours (cost model) counts the mel filterbank but not the FFT; flop_counter counts matrix products and "
-          "convolutions only (not our FFT; Silero's STFT is a convolution, so it is counted). At 16 kHz our stream "
-          "also resamples to 8 kHz (a 41-tap polyphase FIR, not in the FLOP columns). Medians of interleaved "
+          "convolutions only (not our FFT; Silero's STFT is a convolution, so it is counted). Each rate uses the model "
+          "vad.load() runs input at that rate through (model.for_rate(rate)). Medians of interleaved "
           "repeats; CPU time of this process.")
     if a.data:
         accuracy(ours, a.data)

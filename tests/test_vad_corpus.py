@@ -83,10 +83,12 @@ def test_trained_model_loads_runs_at_16k_and_predicts(trained, corpus):
     assert len(p8) == len(x) // 160 + 1
 
 
-def test_shipped_model_says_it_runs_at_8k():
-    m = vad.load()
-    assert m.sample_rate == 8000 and m.resamples(16000) == "down" and "sample_rate=8000" in repr(m)
-    assert len(m.frame_probs(np.zeros(16000, np.float32), 16000)) == 8000 // 80 + 1
+def test_shipped_models_say_which_rate_they_run_at():
+    m8 = vad.load(sample_rate=8000)
+    assert m8.sample_rate == 8000 and m8.resamples(16000) == "down" and "sample_rate=8000" in repr(m8)
+    assert len(m8.frame_probs(np.zeros(16000, np.float32), 16000)) == 8000 // 80 + 1
+    both = vad.load()  # 16 kHz input runs through the 16 kHz model, not downsampled
+    assert both.resamples(16000) is None and both.for_rate(16000).sample_rate == 16000 and "wideband=" in repr(both)
 
 
 def test_trained_model_exports_to_onnx(trained, tmp_path):
@@ -116,7 +118,7 @@ def test_cli_refuses_meaningless_data_flags(corpus, tmp_path, capsys):
     assert main(base + ["--train-data", str(corpus / "train")]) == 2
     assert "needs both --train-data PATH and --val-data PATH" in capsys.readouterr().err
     assert main(base + ["--sample-rate", "16000"]) == 2
-    assert "built-in corpus is 8 kHz" in capsys.readouterr().err
+    assert "with the built-in corpus needs a corpus built at that rate" in capsys.readouterr().err
     assert main(base + ["--recipe", "paper", "--vctk", str(tmp_path)]) == 2
     assert "--recipe paper needs --vctk DIR and --esc50 DIR" in capsys.readouterr().err
     assert main(base + ["--sample-rate", "44100"]) == 2

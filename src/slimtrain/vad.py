@@ -2,7 +2,7 @@
 
 ```python
 from slimtrain import vad
-model = vad.load()                                  # the shipped model (src/slimtrain/assets/vad_default.pt)
+model = vad.load()                                  # the shipped models: 8 kHz (vad_default.pt) and 16 kHz (vad_16k.pt)
 probs = model.frame_probs(audio, sample_rate)       # one speech probability per 10 ms frame
 segs = model.speech_timestamps(audio, sample_rate)  # [{"start": s, "end": e}, ...] in seconds
 stream = model.stream(sample_rate)                  # feed chunks of any size, get probabilities as frames complete
@@ -11,17 +11,22 @@ stream = model.stream(sample_rate)                  # feed chunks of any size, g
 ``audio`` is a numpy array or torch tensor, float (nominal range [-1, 1]) or int16/int32 PCM,
 mono ``(samples,)`` or multi-channel ``(channels, samples)`` / ``(samples, channels)`` (the
 channel axis is the one with at most 8 entries that is shorter than the other; channels are
-averaged). Any sample rate: it is resampled to the rate the model runs at, ``model.sample_rate``
-(the shipped model: 8 kHz; a model trained with ``slimtrain vad --sample-rate 16000``: 16 kHz), with
+averaged). Any sample rate: it is resampled to the rate of the model it runs through,
+``model.for_rate(rate).sample_rate`` (the shipped pair: 16 kHz for input above 8 kHz, else 8 kHz; a
+model trained with ``slimtrain vad --sample-rate 16000``: 16 kHz), with
 ``scipy.signal.resample_poly`` (Kaiser window, beta 5); a stream resamples with carried state and
 gives exactly the same samples (:class:`slimtrain.audio_input.StreamingResampler`).
 
-**Rates.** A model runs at the rate it was trained at, nothing else: a 16 kHz model given 16 kHz
-audio uses all of it. The shipped model is an 8 kHz (telephone-band) model: given 16 kHz audio it
-still works, by downsampling to 8 kHz, so it never sees the band above 4 kHz -- check
-``model.sample_rate`` (and ``model.resamples(rate)``) before relying on wideband cues. A 16 kHz model
-given 8 kHz audio upsamples it to 16 kHz (no error): the band above 4 kHz is then empty, which the
-model did not see in training unless its data held narrowband audio, so expect lower accuracy there.
+**Rates.** A model runs at the rate it was trained at, nothing else. Two models are shipped, as Silero
+VAD runs at both rates: ``vad_default.pt`` runs at 8 kHz (telephone band) and ``vad_16k.pt`` at
+16 kHz (wideband). ``vad.load()`` serves both: audio above 8 kHz (16, 22.05, 44.1, 48 kHz...) goes
+to the 16 kHz model (resampled to 16 kHz, so its band up to 8 kHz is used), audio at 8 kHz or below to
+the 8 kHz model; wideband input is never downsampled to 8 kHz. ``model.for_rate(rate)`` is the model
+that input at ``rate`` runs through (its ``sample_rate`` says which), ``model.sample_rates`` the rates
+served. ``vad.load(sample_rate=8000)`` or ``vad.load(sample_rate=16000)`` loads one of the two alone:
+a single-rate model resamples everything to its ``sample_rate`` (the 8 kHz model given 16 kHz audio
+downsamples it and never sees the band above 4 kHz; a 16 kHz model given 8 kHz audio upsamples it, the
+band above 4 kHz then empty) -- check ``model.resamples(rate)``.
 
 Frame ``t`` is centred on ``t * 10 ms`` of the input and covers ``[(t - 0.5) * 10, (t + 0.5) * 10]``
 ms; there are ``samples // hop + 1`` frames at the model rate (hop = ``sample_rate // 100``). The
@@ -48,19 +53,31 @@ from torch import nn
 from .audio_input import AudioInputError, StreamingResampler, as_mono_float, check_rate, resample_to, to_float
 
 __all__ = ["VAD", "VADStream", "AudioInputError", "load", "default_model_path", "probs_to_segments",
-           "MODEL_SAMPLE_RATE", "FRAME_SECONDS"]
+           "MODEL_SAMPLE_RATE", "FRAME_SECONDS", "SHIPPED_RATES"]
 
 MODEL_SAMPLE_RATE = 8000
+#: the shipped models by the rate they run at (files in ``slimtrain/assets``)
+SHIPPED_RATES = {8000: "vad_default.pt", 16000: "vad_16k.pt"}
 FRAME_SECONDS = 0.01
 _LONG_SECONDS = 600  # above 10 min, frame_probs runs the CRNN in streamed blocks (same result)
 PathLike = Union[str, os.PathLike]
 
 
-def default_model_path() -> Path:
-    """Path of the shipped model ``vad_default.pt`` inside the installed package."""
+def _check_shipped_rate(sample_rate: Any, where: str) -> int:
+    if isinstance(sample_rate, bool) or not isinstance(sample_rate, (int, np.integer)) \
+            or int(sample_rate) not in SHIPPED_RATES:
+        raise ValueError(f"{where}: sample_rate must be one of the shipped models' rates "
+                         f"{', '.join(map(str, SHIPPED_RATES))} (Hz), got {sample_rate!r}")
+    return int(sample_rate)
+
+
+def default_model_path(sample_rate: int = MODEL_SAMPLE_RATE) -> Path:
+    """Path of the shipped model for ``sample_rate`` inside the installed package: ``vad_default.pt``
+    (8000, the default) or ``vad_16k.pt`` (16000)."""
     from importlib.resources import files
 
-    return Path(str(files("slimtrain") / "assets" / "vad_default.pt"))
+    rate = _check_shipped_rate(sample_rate, "vad.default_model_path")
+    return Path(str(files("slimtrain") / "assets" / SHIPPED_RATES[rate]))
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
@@ -170,15 +187,46 @@ class VAD:
         self.source = source
         #: default decision threshold (probability): the validation EER point recorded at training, else 0.5
         self.threshold = 0.5 if threshold is None else float(threshold)
+        #: a higher-rate model that input above :attr:`sample_rate` runs through instead (see :meth:`for_rate`)
+        self.wideband: Optional["VAD"] = None
 
     def __repr__(self) -> str:
+        wide = f", wideband={self.wideband!r}" if self.wideband is not None else ""
         return (f"VAD(source={self.source!r}, sample_rate={self.sample_rate}, threshold={self.threshold:.3f}, "
-                f"streaming={self.can_stream})")
+                f"streaming={self.can_stream}{wide})")
+
+    def with_wideband(self, wideband: "VAD") -> "VAD":
+        """Serve input above :attr:`sample_rate` with ``wideband`` (a model at a higher rate); returns self."""
+        if not isinstance(wideband, VAD) or wideband.wideband is not None:
+            raise ValueError(f"with_wideband: expected a single-rate VAD, got {wideband!r}")
+        if wideband.sample_rate <= self.sample_rate:
+            raise ValueError(f"with_wideband: {wideband.source} runs at {wideband.sample_rate} Hz, not above this "
+                             f"model's {self.sample_rate} Hz")
+        self.wideband = wideband
+        return self
+
+    @property
+    def sample_rates(self) -> tuple[int, ...]:
+        """The rates of the models this VAD runs (one, or the narrowband and the wideband model's)."""
+        return (self.sample_rate,) + (self.wideband.sample_rates if self.wideband is not None else ())
+
+    def for_rate(self, sample_rate: int) -> "VAD":
+        """The single-rate model that audio at ``sample_rate`` runs through: the wideband model for input
+        above this model's rate (so wideband input is never downsampled to it), else this one."""
+        sr = check_rate(sample_rate, "vad.for_rate")
+        if self.wideband is None:
+            return self
+        if sr > self.sample_rate:
+            return self.wideband.for_rate(sr)
+        return VAD(self.model, threshold=self.threshold, meta=self.meta, source=self.source,
+                   sample_rate=self.sample_rate)  # this model alone (its current threshold)
 
     def resamples(self, sample_rate: int) -> Optional[str]:
-        """``"down"`` or ``"up"`` if audio at ``sample_rate`` is resampled before the model, else ``None``."""
+        """``"down"`` or ``"up"`` if audio at ``sample_rate`` is resampled before the model it runs through
+        (:meth:`for_rate`), else ``None``."""
         sr = check_rate(sample_rate, "vad.resamples")
-        return None if sr == self.sample_rate else ("down" if sr > self.sample_rate else "up")
+        rate = self.for_rate(sr).sample_rate
+        return None if sr == rate else ("down" if sr > rate else "up")
 
     def _min_samples(self) -> int:
         from .tasks.vad.models import min_samples
@@ -214,29 +262,35 @@ class VAD:
 
     def frame_logits(self, audio: Any, sample_rate: int) -> np.ndarray:
         """Speech logits, one per 10 ms frame (float32)."""
-        return self._logits(self._prepare(audio, sample_rate, "vad.frame_logits"))
+        m = self.for_rate(check_rate(sample_rate, "vad.frame_logits"))
+        return m._logits(m._prepare(audio, sample_rate, "vad.frame_logits"))
 
     def frame_probs(self, audio: Any, sample_rate: int) -> np.ndarray:
-        """Speech probabilities, one per 10 ms frame (float32; ``samples // hop + 1`` frames at :attr:`sample_rate`)."""
-        return _sigmoid(self._logits(self._prepare(audio, sample_rate, "vad.frame_probs")))
+        """Speech probabilities, one per 10 ms frame (float32; ``samples // hop + 1`` frames at the rate of the
+        model the input runs through, :meth:`for_rate`)."""
+        m = self.for_rate(check_rate(sample_rate, "vad.frame_probs"))
+        return _sigmoid(m._logits(m._prepare(audio, sample_rate, "vad.frame_probs")))
 
     def speech_timestamps(self, audio: Any, sample_rate: int, *, threshold: Optional[float] = None,
                           neg_threshold: Optional[float] = None, min_speech_ms: float = 250.0,
                           min_silence_ms: float = 100.0, speech_pad_ms: float = 30.0) -> list[dict]:
         """Speech segments ``[{"start": s, "end": e}]`` in seconds (see :func:`probs_to_segments`).
 
-        ``threshold`` defaults to :attr:`threshold` (the model's validation EER point).
+        ``threshold`` defaults to the :attr:`threshold` of the model the input runs through (its validation
+        EER point).
         """
-        x = self._prepare(audio, sample_rate, "vad.speech_timestamps")
-        probs = _sigmoid(self._logits(x))
-        return probs_to_segments(probs, self.threshold if threshold is None else threshold,
+        m = self.for_rate(check_rate(sample_rate, "vad.speech_timestamps"))
+        x = m._prepare(audio, sample_rate, "vad.speech_timestamps")
+        probs = _sigmoid(m._logits(x))
+        return probs_to_segments(probs, m.threshold if threshold is None else threshold,
                                  neg_threshold=neg_threshold, min_speech_ms=min_speech_ms,
                                  min_silence_ms=min_silence_ms, speech_pad_ms=speech_pad_ms,
-                                 duration=len(x) / self.sample_rate)
+                                 duration=len(x) / m.sample_rate)
 
     def stream(self, sample_rate: int, channels: int = 1, channels_last: Optional[bool] = None) -> "VADStream":
-        """A :class:`VADStream` for audio at ``sample_rate`` with ``channels`` channels per chunk."""
-        return VADStream(self, sample_rate, channels, channels_last)
+        """A :class:`VADStream` for audio at ``sample_rate`` with ``channels`` channels per chunk (run by the
+        model :meth:`for_rate` picks)."""
+        return VADStream(self.for_rate(check_rate(sample_rate, "vad.stream")), sample_rate, channels, channels_last)
 
 
 class VADStream:
@@ -313,14 +367,33 @@ def _build_plain(builder: dict) -> nn.Module:
     return build_vad_model(kw.pop("family"), kw.pop("n_mels"), **kw)
 
 
-def load(path: Optional[PathLike] = None) -> VAD:
-    """Load a VAD: the shipped model (no argument), a shipped ``.pt`` (with its ``.json``), a slimtrain
+def load(path: Optional[PathLike] = None, *, sample_rate: Optional[int] = None) -> VAD:
+    """Load a VAD: the shipped models (no ``path``), a shipped ``.pt`` (with its ``.json``), a slimtrain
     checkpoint (``slimtrain vad`` writes ``OUT/vad_FAMILY.pt``; cut to its learned widths), a folder
-    written by ``slimtrain export`` or its TorchScript ``model.pt`` (TorchScript cannot stream)."""
+    written by ``slimtrain export`` or its TorchScript ``model.pt`` (TorchScript cannot stream).
+
+    Without ``path``: both shipped models, the 8 kHz one serving input at 8 kHz or below and the 16 kHz one
+    input above 8 kHz (:meth:`VAD.for_rate`); ``sample_rate=8000`` or ``16000`` loads that one alone. With
+    ``path``, ``sample_rate`` (if given) must be the rate the model runs at."""
+    if sample_rate is not None:
+        sample_rate = _check_shipped_rate(sample_rate, "vad.load")
+    if path is None:
+        if sample_rate is not None:
+            return _load_one(default_model_path(sample_rate), shipped_default=True)
+        narrow = _load_one(default_model_path(8000), shipped_default=True)
+        wide_path = default_model_path(16000)
+        return narrow.with_wideband(_load_one(wide_path, shipped_default=True)) if wide_path.is_file() else narrow
+    model = _load_one(Path(path))
+    if sample_rate is not None and model.sample_rate != sample_rate:
+        raise ValueError(f"vad.load: {path} runs at {model.sample_rate} Hz, not at the sample_rate={sample_rate} "
+                         "asked for")
+    return model
+
+
+def _load_one(p: Path, shipped_default: bool = False) -> VAD:
     from .checkpoint import CheckpointError, load_for_inference
     from .shipped import ShippedModelError, is_shipped, load_shipped
 
-    p = default_model_path() if path is None else Path(path)
     if p.is_dir():
         from .export import load_exported
 
@@ -335,7 +408,7 @@ def load(path: Optional[PathLike] = None) -> VAD:
         return VAD(model, threshold=_logit_to_prob(thr), source=str(p), sample_rate=rate)
     if not p.is_file():
         raise CheckpointError(f"model file not found: {p}" + (" (the shipped model is missing from this install)"
-                                                               if path is None else ""))
+                                                               if shipped_default else ""))
     if is_shipped(p):
         try:
             model, meta = load_shipped(p, "vad", _build_plain)

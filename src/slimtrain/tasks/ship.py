@@ -74,11 +74,13 @@ def ship_vad(checkpoint: Path, data: Path, out: Path, commands: list[str], name:
     cfg = dict(ckpt["extra"].get("config", {}))
     manifest = json.loads((Path(data) / "manifest.json").read_text())
     thr_logit = float(m["threshold"])
+    rate = int(kw.get("sample_rate", 8000))
     meta = {
         "name": name,
         "description": "CRNN voice activity detector (log-mel -> 2 causal convs -> GRU), widths learned with DCL "
-                       "and cut to them; 8 kHz input, one speech probability per 10 ms frame, 16 ms look-ahead.",
-        "sample_rate": 8000,
+                       f"and cut to them; {rate // 1000} kHz input, one speech probability per 10 ms frame, 16 ms "
+                       "look-ahead.",
+        "sample_rate": rate,
         "frame_seconds": 0.01,
         "lookahead_ms": 16,
         "threshold": float(1 / (1 + np.exp(-thr_logit))),
@@ -98,7 +100,8 @@ def ship_vad(checkpoint: Path, data: Path, out: Path, commands: list[str], name:
         "data": {
             "fingerprint": manifest["fingerprint"],
             "config": manifest["config"],
-            "splits": {s: {k: v for k, v in info.items() if k in ("clips", "seconds", "speakers", "speech_fraction")}
+            "splits": {s: {k: v for k, v in info.items() if k in ("clips", "seconds", "speakers", "speech_fraction",
+                                                                   "speech_bandwidth")}
                        for s, info in manifest["splits"].items()},
         },
         "metrics": {
@@ -112,6 +115,10 @@ def ship_vad(checkpoint: Path, data: Path, out: Path, commands: list[str], name:
         "commands": commands,
         "versions": _versions(),
     }
+    if manifest["splits"].get("train", {}).get("speech_minutes_by_source"):
+        from .vad.bandwidth import speech_bandwidth
+
+        meta["data"]["train_speech_bandwidth"] = speech_bandwidth(manifest["splits"]["train"])
     if eval_files:
         meta["metrics_by_set"] = _eval_sets(checkpoint, eval_files)
     if streaming:
@@ -120,7 +127,7 @@ def ship_vad(checkpoint: Path, data: Path, out: Path, commands: list[str], name:
                          {"family": kw.get("family", "crnn"), "n_mels": kw.get("n_mels", 80),
                           **{k: v for k, v in kw.items() if k not in ("family", "n_mels")}}, meta)
     reloaded, _ = load_shipped(pt, "vad", _build_plain)
-    diff = _check(model, reloaded, torch.randn(2, 16000, generator=torch.Generator().manual_seed(0)) * 0.1)
+    diff = _check(model, reloaded, torch.randn(2, 2 * rate, generator=torch.Generator().manual_seed(0)) * 0.1)
     if diff > 1e-6:
         raise RuntimeError(f"{pt}: the reloaded model differs from the exported one by {diff}")
     return pt
@@ -175,18 +182,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--metrics", type=Path, action="append", default=[], metavar="JSON",
                    help="vad: a 'slimtrain vad eval --json' output holding a row for this checkpoint (repeatable: "
                         "one per set); its rows and Silero's are recorded under metrics_by_set")
+    p.add_argument("--name", default=None, metavar="NAME",
+                   help="file name in --out (default: vad_default / spoof_default; the 16 kHz VAD: vad_16k)")
     p.add_argument("--streaming", default=None, metavar="JSON",
                    help="vad: measured streaming cost to record as given, e.g. '{\"ours_ms_per_s\": 4.2, ...}'")
     a = p.parse_args(argv)
     cmds = list(a.command) + ["python -m slimtrain.tasks.ship " + " ".join(sys.argv[1:] if argv is None else argv)
                               .split(" --command")[0]]
     if a.task == "vad":
-        pt = ship_vad(a.checkpoint, a.data, a.out, cmds, eval_files=a.metrics,
+        pt = ship_vad(a.checkpoint, a.data, a.out, cmds, name=a.name or "vad_default", eval_files=a.metrics,
                       streaming=None if a.streaming is None else json.loads(a.streaming))
     else:
         if a.metrics or a.streaming:
             p.error("--metrics and --streaming apply to vad only")
-        pt = ship_spoof(a.checkpoint, a.data, a.out, cmds)
+        pt = ship_spoof(a.checkpoint, a.data, a.out, cmds, name=a.name or "spoof_default")
     print(f"wrote {pt} ({pt.stat().st_size / 1024:.0f} kB) and {pt.with_suffix('.json')}")
     return 0
 

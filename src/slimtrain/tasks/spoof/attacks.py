@@ -147,32 +147,33 @@ def _run(cmd: Sequence[str], what: str, timeout: float = 120.0) -> None:
         raise AttackError(f"{what} failed (exit {r.returncode}): {msg}")
 
 
-def _read(path: Path, what: str) -> np.ndarray:
+def _read(path: Path, what: str, sample_rate: int = SR) -> np.ndarray:
     try:
-        x, _ = read_audio(path, SR)
+        x, _ = read_audio(path, sample_rate)
     except AudioError as e:
         raise AttackError(f"{what} produced no usable audio: {e}") from None
     return x
 
 
 # -- A1-A4: text to speech ------------------------------------------------------------------------
-def espeak(text: str, voice: str, rate: int = 160, pitch: int = 50) -> np.ndarray:
-    """A1: espeak-ng formant synthesis of ``text`` with ``voice`` (e.g. ``en-us+f3``) -> 8 kHz float32."""
+def espeak(text: str, voice: str, rate: int = 160, pitch: int = 50, sample_rate: int = SR) -> np.ndarray:
+    """A1: espeak-ng formant synthesis of ``text`` with ``voice`` (e.g. ``en-us+f3``) -> float32 at
+    ``sample_rate`` (default 8 kHz; espeak-ng writes 22.05 kHz)."""
     exe = require_program("espeak-ng")
     with tempfile.TemporaryDirectory(prefix="slimtrain-espeak-") as d:
         out = Path(d) / "x.wav"
         _run([exe, "-v", voice, "-s", str(int(rate)), "-p", str(int(pitch)), "-w", str(out), "--", text],
              f"espeak-ng (voice {voice})")
-        return _read(out, f"espeak-ng (voice {voice})")
+        return _read(out, f"espeak-ng (voice {voice})", sample_rate)
 
 
-def flite(text: str, voice: str) -> np.ndarray:
-    """A2: flite synthesis of ``text`` with one of :data:`FLITE_VOICES` -> 8 kHz float32."""
+def flite(text: str, voice: str, sample_rate: int = SR) -> np.ndarray:
+    """A2: flite synthesis of ``text`` with one of :data:`FLITE_VOICES` -> float32 at ``sample_rate`` (default 8 kHz)."""
     exe = require_program("flite")
     with tempfile.TemporaryDirectory(prefix="slimtrain-flite-") as d:
         out = Path(d) / "x.wav"
         _run([exe, "-voice", voice, "-t", text, "-o", str(out)], f"flite (voice {voice})")
-        return _read(out, f"flite (voice {voice})")
+        return _read(out, f"flite (voice {voice})", sample_rate)
 
 
 def _scheme_string(text: str) -> str:
@@ -184,9 +185,9 @@ def _scheme_string(text: str) -> str:
     return '"' + (" ".join(keep.split()) or "a") + '"'
 
 
-def festival_batch(texts: Sequence[str], voice: str, timeout: float = 600.0) -> list[np.ndarray]:
+def festival_batch(texts: Sequence[str], voice: str, timeout: float = 600.0, sample_rate: int = SR) -> list[np.ndarray]:
     """A3/A4: synthesise many texts with one Festival voice in a single ``festival -b`` process
-    (start-up costs ~0.3 s, so batching matters) -> list of 8 kHz float32 arrays, in order."""
+    (start-up costs ~0.3 s, so batching matters) -> list of float32 arrays at ``sample_rate`` (default 8 kHz), in order."""
     exe = require_program("festival")
     if not texts:
         return []
@@ -211,7 +212,7 @@ def festival_batch(texts: Sequence[str], voice: str, timeout: float = 600.0) -> 
             if not f.is_file():
                 msg = " ".join(err.split())[:300]
                 raise AttackError(f"festival (voice {voice}) did not synthesise text {i} {texts[i]!r}: {msg}")
-            out.append(_read(f, f"festival (voice {voice})"))
+            out.append(_read(f, f"festival (voice {voice})", sample_rate))
         return out
 
 

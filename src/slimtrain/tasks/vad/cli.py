@@ -122,6 +122,10 @@ def register(commands, data_commands) -> None:
                         "Russian Asterisk voice) or source ids; see 'slimtrain data human-voices'. Default: none")
     d.add_argument("--human-files", type=_human_files, default=None, metavar="N",
                    help=f"--human-voices: at most N files per source (default: {D.human_files_per_source})")
+    d.add_argument("--sample-rate", type=int, choices=(8000, 16000), default=8000, metavar="HZ",
+                   help="rate of the mixtures, 8000 (default) or 16000 (10 ms hop either way): every source is read "
+                        "at it; 8 kHz sources (the Asterisk prompts) are upsampled and so hold no band above 4 kHz, the "
+                        "manifest records the wideband share of the speech")
     d.add_argument("--force", action="store_true", help="rebuild even if the cache matches")
     d.add_argument("--no-progress", action="store_true", help="no progress bar")
     d.set_defaults(func=_cmd_data)
@@ -217,7 +221,8 @@ def register(commands, data_commands) -> None:
             "'slimtrain vad predict MODEL.pt FILE...' still works (a first argument ending in .pt/.ckpt is "
             "taken as the model when more than one is given).",
             "Any mono/multi-channel file at any rate: channels are averaged and the audio is resampled to the rate "
-            "the model runs at (the shipped model: 8 kHz; a model trained with --sample-rate 16000: 16 kHz) "
+            "the model runs at (the shipped VAD: files above 8 kHz run through its 16 kHz model, the others through "
+            "its 8 kHz model; a model trained with --sample-rate 16000: 16 kHz) "
             "(scipy.signal.resample_poly). Segments follow Silero's get_speech_timestamps: speech starts at a "
             "frame with probability >= --threshold, ends after --min-silence seconds below "
             "max(threshold - 0.15, threshold / 2), "
@@ -230,7 +235,8 @@ def register(commands, data_commands) -> None:
         ), formatter_class=argparse.RawDescriptionHelpFormatter)
     pr.add_argument("paths", type=Path, nargs="+", metavar="FILE_OR_DIR", help="audio files or folders (recursed)")
     pr.add_argument("--model", "-m", type=Path, default=None, metavar="M",
-                    help="model file or export folder (default: the shipped model, slimtrain/assets/vad_default.pt)")
+                    help="model file or export folder (default: the shipped models, slimtrain/assets/vad_default.pt at "
+                         "8 kHz and vad_16k.pt for files above 8 kHz)")
     pr.add_argument("--format", choices=("text", "json", "rttm"), default="text",
                     help="output format: text (default), json or rttm")
     pr.add_argument("--frames", action="store_true",
@@ -272,7 +278,8 @@ def register(commands, data_commands) -> None:
                     help=f"VAD data folder: validation split (thresholds) and, for --set test, the test split "
                          f"(default: {DEFAULT_DATA})")
     ev.add_argument("--unseen", type=Path, default=None, metavar="DIR",
-                    help="folder of the unseen-voices set (default: the folder next to --data named 'unseen')")
+                    help="folder of the unseen-voices set, built at the rate of --data (default: the folder next to "
+                         "--data named 'unseen', or 'unseen-16k' for a 16 kHz corpus)")
     ev.add_argument("--csv", type=Path, default=None, metavar="FILE", help="also write the rows to this CSV")
     ev.add_argument("--json", type=Path, default=None, metavar="FILE",
                     help="also write the rows as JSON (for 'python -m slimtrain.tasks.ship --metrics')")
@@ -319,6 +326,7 @@ def _cmd_data(args) -> int:
 
     cfg = VadDataConfig.quick(seed=args.seed) if args.quick else VadDataConfig(seed=args.seed)
     cfg.corpus = args.corpus
+    cfg.sample_rate, cfg.hop = args.sample_rate, args.sample_rate // 100
     if args.train_minutes is not None:
         cfg.train_minutes = args.train_minutes
     if args.tts_utterances is not None:
@@ -354,6 +362,13 @@ def _cmd_data(args) -> int:
         t = manifest["human_voices"]["totals"]
         print(f"human-voice sources in training: {t['sources']} sources, {t['speakers']} speakers, {t['n_languages']} "
               f"languages, {t['files_read']} files read, {t['minutes_in_clips']:.1f} min in the clips")
+    if manifest["splits"]["train"].get("speech_minutes_by_source"):
+        from .bandwidth import speech_bandwidth
+
+        b = speech_bandwidth(manifest["splits"]["train"])
+        print(f"training speech by native band: wideband (>= 16 kHz sources) {b['wideband_minutes']:.1f} min, "
+              f"narrowband (8 kHz sources) {b['narrowband_minutes']:.1f} min: {100 * b['wideband_share']:.0f}% "
+              f"wideband" + (f", {b['unknown_minutes']:.1f} min of unknown rate" if b["unknown_minutes"] else ""))
     print(f"wrote {m} (corpus {manifest.get('corpus', 'core')}, fingerprint {manifest['fingerprint']}, "
           f"{time.perf_counter() - t0:.1f}s)")
     return 0
@@ -397,9 +412,10 @@ def _cmd_vad(args) -> int:
     progress = not args.no_progress
     data_dir = args.data or (out / ("data-quick" if args.quick else "data"))
     corpus = uses_corpus(args)
-    if not corpus and args.sample_rate not in (None, 8000):
-        raise ValueError("--sample-rate 16000 needs your data (--train-data/--val-data or --recipe paper); the "
-                         "built-in corpus is 8 kHz")
+    if not corpus and args.sample_rate not in (None, 8000) and (args.sweep or args.quick or args.data is None):
+        raise ValueError(f"--sample-rate {args.sample_rate} with the built-in corpus needs a corpus built at that rate: "
+                         f"'slimtrain data vad --sample-rate {args.sample_rate} --out DIR', then --data DIR (a single "
+                         "run; --sweep and --quick are 8 kHz)")
     if args.sweep:
         if args.widths:
             raise ValueError("--widths applies to a single run, not --sweep")
@@ -460,12 +476,18 @@ def _cmd_vad(args) -> int:
         families = [args.family] if args.family else (["crnn", "transformer"] if args.recipe == "paper" else ["crnn"])
         return cmd_train_corpus(args, kw, families)
     dcfg = VadDataConfig.quick() if args.quick else VadDataConfig()
+    if args.sample_rate is not None:  # a core corpus is built at this rate (a folder built otherwise is read as it is)
+        dcfg.sample_rate, dcfg.hop = args.sample_rate, args.sample_rate // 100
     distributed.init(distributed.resolve_device(device))  # torchrun: the process group, to wait for rank 0's data
     main = distributed.is_main()
     if main:
         build_vad_data(dcfg, data_dir, progress=progress)
     distributed.barrier()
-    data, _ = load_vad_data(data_dir)
+    data, manifest = load_vad_data(data_dir)
+    rate = int(manifest["config"].get("sample_rate", 8000))
+    if args.sample_rate is not None and args.sample_rate != rate:
+        raise ValueError(f"--sample-rate {args.sample_rate}: the corpus in {data_dir} is at {rate} Hz (build one with "
+                         f"'slimtrain data vad --sample-rate {args.sample_rate} --out DIR' and pass --data DIR)")
     budget = args.budget[0] if args.budget else None
     family = args.family or "crnn"
     epochs = args.epochs or (3 if args.quick else VadSweepConfig.epochs)  # as the sweep
@@ -476,7 +498,8 @@ def _cmd_vad(args) -> int:
                        settle_epochs=settle, settle_at_budget=budget is not None and settle > 0,
                        compact_every=args.compact_every,
                        seed=args.seed, n_mels=widths.pop("n_mels", 80), widths=widths,
-                       heads=args.heads if family == "transformer" else "count", band_order=args.band_order)
+                       heads=args.heads if family == "transformer" else "count", band_order=args.band_order,
+                       sample_rate=rate)
     out.mkdir(parents=True, exist_ok=True)
     ckpt = out / f"vad_{family}.pt"
     _, row = train_vad(run, data, checkpoint=ckpt, progress=progress, device=device)
@@ -538,13 +561,16 @@ def _cmd_predict(args) -> int:
             errors.append({"file": str(path), "error": msg})
             continue
         duration = len(x) / sr
-        segs = vad.probs_to_segments(probs, thr, min_speech_ms=1000 * args.min_speech,
+        served = model.for_rate(sr)  # the shipped pair: the 16 kHz model above 8 kHz, with its own threshold
+        thr_f = served.threshold if args.threshold is None else args.threshold
+        segs = vad.probs_to_segments(probs, thr_f, min_speech_ms=1000 * args.min_speech,
                                      min_silence_ms=1000 * args.min_silence, speech_pad_ms=1000 * args.pad,
                                      duration=duration)
         n_seg += len(segs)
         speech += sum(s["end"] - s["start"] for s in segs)
         total += duration
-        res = {"file": str(path), "duration": round(duration, 3), "segments": segs}
+        res = {"file": str(path), "duration": round(duration, 3), "model_rate": served.sample_rate,
+               "threshold": round(thr_f, 6), "segments": segs}
         if args.frames:
             res["frames"] = [round(float(p), 4) for p in probs]
         results.append(res)
@@ -567,5 +593,7 @@ def _cmd_predict(args) -> int:
                            "files": results, "errors": errors, "failed": len(errors)}))
     failed = f"; {len(errors)} of {len(items)} failed" if errors else ""
     print(f"{len(results)} files: {int(n_seg)} speech segments, {speech:.2f} s of {total:.2f} s "
-          f"(threshold {thr:.3g}){failed}", file=sys.stderr)
+          f"(threshold {thr:.3g}" + (f"; {model.wideband.threshold:.3g} for files above {model.sample_rate} Hz"
+                                     if model.wideband is not None and args.threshold is None else "")
+          + f"){failed}", file=sys.stderr)
     return 1 if errors else 0

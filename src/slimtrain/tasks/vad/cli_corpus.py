@@ -98,7 +98,8 @@ def add_eval_data_arguments(ev: argparse.ArgumentParser) -> None:
                    help="with --test-data: choose each model's threshold here (EER point); default: the "
                         "threshold recorded with the model")
     _common(g, rate_help="with --test-data: the rate to read the corpus at; it must be the model's rate (default: "
-                         "each model's own rate, model.sample_rate)")
+                         "each model's own rate, model.sample_rate; the shipped VAD: its 16 kHz model, or its 8 kHz model "
+                         "with --sample-rate 8000)")
 
 
 def uses_corpus(args) -> bool:
@@ -219,7 +220,11 @@ def cmd_eval_corpus(args) -> int:
     rows = []
     reports = SkipReport(args.skip_bad)
     for m in (args.model or [None]):
-        model = vad.load(None if m is None or str(m) == "shipped" else m)
+        if m is None or str(m) == "shipped":  # the shipped model of the asked rate (16 kHz by default, as the reader)
+            rate = args.sample_rate or (16000 if vad.default_model_path(16000).is_file() else 8000)
+            model = vad.load(sample_rate=rate)
+        else:
+            model = vad.load(m)
         rate = model.sample_rate
         if args.sample_rate is not None and args.sample_rate != rate:
             raise ValueError(f"--sample-rate {args.sample_rate}: model {model.source} runs at {rate} Hz; read the data "

@@ -50,6 +50,16 @@ def _band_auc(labels: np.ndarray, scores: np.ndarray, snr_db: np.ndarray) -> dic
     return out
 
 
+def data_rate(manifest: dict) -> int:
+    """The sample rate a VAD data folder was built at (its manifest's config; 8000 before it was a setting)."""
+    return int(manifest.get("config", {}).get("sample_rate", 8000))
+
+
+def default_unseen_dir(data_dir: Path, sample_rate: int = 8000) -> Path:
+    """Where the unseen sets are built by default: next to ``data_dir``, ``unseen`` (8 kHz) or ``unseen-16k``."""
+    return Path(data_dir).parent / ("unseen" if sample_rate == 8000 else f"unseen-{sample_rate // 1000}k")
+
+
 def _load_set(which: str, data_dir: Path, unseen_dir: Optional[Path]):
     if which not in EVAL_SETS:
         raise DataError(f"unknown evaluation set {which!r}; choose from {', '.join(EVAL_SETS)}")
@@ -57,18 +67,19 @@ def _load_set(which: str, data_dir: Path, unseen_dir: Optional[Path]):
     val = data["val"]
     if which == "test":
         return val, data["test"], None, manifest, {"set": "test", "fingerprint": manifest["fingerprint"]}
-    from .unseen import build_unseen_set, check_held_out, load_unseen_set
+    from .unseen import UnseenConfig, build_unseen_set, check_held_out, load_unseen_set
 
     check_held_out([manifest])
-    udir = Path(unseen_dir) if unseen_dir is not None else Path(data_dir).parent / "unseen"
+    rate = data_rate(manifest)
+    udir = Path(unseen_dir) if unseen_dir is not None else default_unseen_dir(data_dir, rate)
     if which in ("unseen-human", "unseen-tts"):
         from .human_voices import check_training_manifest
         from .unseen_human import load_split_set
 
         check_training_manifest(manifest)
-        split, groups, info = load_split_set(which, udir)
+        split, groups, info = load_split_set(which, udir, sample_rate=rate)
         return val, split, groups, manifest, info
-    build_unseen_set(udir)
+    build_unseen_set(udir, UnseenConfig(sample_rate=rate))
     split, groups, um = load_unseen_set(udir)
     return val, split, groups, manifest, {"set": "unseen", "fingerprint": um["fingerprint"]}
 
@@ -78,17 +89,26 @@ def evaluate_models(models: Sequence[Optional[Path]], which: str, data_dir: Path
     """One row per model (``None`` = the shipped model) and, with ``silero``, one for Silero VAD."""
     from ... import vad
 
+    rate = data_rate(load_vad_data(Path(data_dir))[1]) if Path(data_dir, "manifest.json").is_file() else 8000
+    loaded = []
+    for m in models:  # the shipped model: the one at the data's rate; any other must run at that rate
+        v = vad.load(m, sample_rate=rate if m is None else None)
+        if v.sample_rate != rate:
+            raise DataError(f"slimtrain vad eval: model {m} runs at {v.sample_rate} Hz but the data in {data_dir} is "
+                            f"at {rate} Hz; evaluate it on a corpus built at its rate ('slimtrain data vad "
+                            f"--sample-rate {v.sample_rate}')")
+        loaded.append((m, v))
     val, test, groups, manifest, info = _load_set(which, Path(data_dir), unseen_dir)
     scorers = []
-    for m in models:
-        v = vad.load(m)
-        flops, params = exported_cost(v.model)
-        scorers.append(("shipped" if m is None else str(m), lambda a, v=v: frame_scores(v.model, a),
-                        flops / 1e6, int(params)))
+    for m, v in loaded:
+        flops, params = exported_cost(v.model, 4.0, rate)
+        scorers.append((("shipped" if rate == 8000 else f"shipped-{rate // 1000}k") if m is None else str(m),
+                        lambda a, v=v: frame_scores(v.model, a), flops / 1e6, int(params)))
     if silero:
         from .anchors import silero_scores, silero_params
 
-        scorers.append((SILERO, silero_scores, math.nan, silero_params() or 0))
+        scorers.append((SILERO if rate == 8000 else f"Silero VAD ({rate // 1000} kHz)",
+                        lambda a: silero_scores(a, rate, rate // 100), math.nan, silero_params() or 0))
     rows = []
     for name, score, mflops, params in scorers:
         sv, st = score(val.audio), score(test.audio)
@@ -97,7 +117,8 @@ def evaluate_models(models: Sequence[Optional[Path]], which: str, data_dir: Path
         if groups is not None:
             res.update(_group_metrics(test.labels, st, groups, res["threshold"]))
         rows.append({"model": name, "set": which, "set_fingerprint": info["fingerprint"],
-                     "data_fingerprint": manifest["fingerprint"], "mflops_per_s": mflops, "params": params,
+                     "data_fingerprint": manifest["fingerprint"], "sample_rate": rate, "mflops_per_s": mflops,
+                     "params": params,
                      "clips": len(test.audio), **res})
     return rows
 

@@ -144,7 +144,7 @@ def plan_tts(cfg: VadDataConfig, rng: np.random.Generator, texts: dict[str, list
     return plan
 
 
-def _synthesise(plan: list[dict], workers: int = 2) -> list[Optional[np.ndarray]]:
+def _synthesise(plan: list[dict], workers: int = 2, sample_rate: int = 8000) -> list[Optional[np.ndarray]]:
     from ..spoof import attacks as A
 
     out: list[Optional[np.ndarray]] = [None] * len(plan)
@@ -153,15 +153,15 @@ def _synthesise(plan: list[dict], workers: int = 2) -> list[Optional[np.ndarray]
         it = plan[i]
         try:
             if it["engine"] == "espeak-ng":
-                out[i] = A.espeak(it["text"], it["voice"], it["rate"], it["pitch"])
+                out[i] = A.espeak(it["text"], it["voice"], it["rate"], it["pitch"], sample_rate=sample_rate)
             else:
-                out[i] = A.flite(it["text"], it["voice"])
+                out[i] = A.flite(it["text"], it["voice"], sample_rate=sample_rate)
         except A.AttackError as e:
             warnings.warn(f"TTS utterance {i} skipped: {e}", stacklevel=2)
 
     def fest(voice: str, idx: list[int]) -> None:
         try:
-            ys = A.festival_batch([plan[i]["text"] for i in idx], voice)
+            ys = A.festival_batch([plan[i]["text"] for i in idx], voice, sample_rate=sample_rate)
         except A.AttackError as e:
             warnings.warn(f"{len(idx)} Festival ({voice}) utterances skipped: {e}", stacklevel=2)
             return
@@ -371,7 +371,7 @@ def build_extended_vad_data(cfg: VadDataConfig, cache_dir: str | Path, *, force:
     plan = plan_tts(cfg, tts_rng, _training_texts(cfg)) if cfg.tts_utterances else []
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        tts_audio = _synthesise(plan, workers)
+        tts_audio = _synthesise(plan, workers, cfg.sample_rate)
     tts_utts = [(f"tts/{p['engine']}/{p['voice']}/{k}", y) for k, (p, y) in enumerate(zip(plan, tts_audio))
                 if y is not None and len(y) > 0 and np.any(y)]
     tts_skipped = [str(w.message) for w in caught]

@@ -41,6 +41,11 @@ SAMPLE_SECONDS = 4.0
 SAMPLE_SHAPE = (2, 32000)  # the make_dynamic trace batch: 2 clips of 4 s (cost per item = per 4 s clip)
 
 
+def _sample_shape(sample_rate: int) -> tuple[int, int]:
+    """The ``make_dynamic`` trace batch at ``sample_rate``: 2 clips of :data:`SAMPLE_SECONDS`."""
+    return (2, int(SAMPLE_SECONDS * sample_rate))
+
+
 def default_settle_epochs(epochs: int, warmup_epochs: int = 1) -> int:
     """Settled epochs of a DCL run by default: half of ``epochs``, the fine-tuning share of a pruning row,
     but never so many that no epoch is left to learn the widths in after the warm-up."""
@@ -75,8 +80,12 @@ class VadRunConfig:
     heads: str = "count"
     #: the mel bands' channel order: "low" (a DCL cut keeps the lowest bands) or "spread" (bands across the range)
     band_order: str = "low"
+    #: the rate the model runs at (8000 or 16000; the data's rate: ``manifest["config"]["sample_rate"]``)
+    sample_rate: int = 8000
 
     def validate(self) -> "VadRunConfig":
+        if self.sample_rate not in (8000, 16000):
+            raise ValueError(f"sample_rate must be 8000 or 16000, got {self.sample_rate!r}")
         if self.family not in FAMILIES:
             raise ValueError(f"unknown VAD family {self.family!r}; choose from {FAMILIES}")
         if self.kappa_min is not None and not 0 < self.kappa_min <= 1:
@@ -105,7 +114,9 @@ def _recipe(cfg: VadRunConfig) -> dict:
     per_head = cfg.heads != "count" and cfg.family == "transformer"  # (the CRNN has no attention)
     dyn = {"kappa_min": cfg.kappa_min, **({"heads": cfg.heads} if per_head else {})}
     order = {"band_order": cfg.band_order} if cfg.band_order != "low" else {}
-    return make_recipe(TASK, {"family": cfg.family, "n_mels": cfg.n_mels, **order, **cfg.widths}, SAMPLE_SHAPE,
+    rate = {"sample_rate": cfg.sample_rate} if cfg.sample_rate != 8000 else {}  # 8 kHz recipes stay as they were
+    return make_recipe(TASK, {"family": cfg.family, "n_mels": cfg.n_mels, **rate, **order, **cfg.widths},
+                       _sample_shape(cfg.sample_rate),
                        dyn if cfg.dynamic else {"plain": True})
 
 
@@ -251,11 +262,12 @@ def train_vad(cfg: VadRunConfig, data: dict[str, VadSplit], *, checkpoint: Optio
     with torch_threads(threads):
         t0 = time.time()
         seed_everything(cfg.seed)
-        model = build_vad_model(cfg.family, cfg.n_mels, band_order=cfg.band_order, **cfg.widths)
+        model = build_vad_model(cfg.family, cfg.n_mels, sample_rate=cfg.sample_rate, band_order=cfg.band_order,
+                                **cfg.widths)
         objective = None
         if cfg.dynamic:
             torch.manual_seed(0)
-            make_dynamic(model, torch.randn(*SAMPLE_SHAPE) * 0.1, kappa_min=cfg.kappa_min, heads=cfg.heads)
+            make_dynamic(model, torch.randn(*_sample_shape(cfg.sample_rate)) * 0.1, kappa_min=cfg.kappa_min, heads=cfg.heads)
             seed_everything(cfg.seed)
             steps_per_epoch = math.ceil(len(data["train"].audio) / cfg.batch_size)
             objective = TradeoffLoss(model, alpha=cfg.alpha,
@@ -273,7 +285,7 @@ def train_vad(cfg: VadRunConfig, data: dict[str, VadSplit], *, checkpoint: Optio
         widths = {k: round(v, 3) for k, v in dynamic_widths(model).items()} if cfg.dynamic else {}
         plain = export(model) if cfg.dynamic else model
         plain.eval()
-        flops_s, params = exported_cost(plain)
+        flops_s, params = exported_cost(plain, SAMPLE_SECONDS, cfg.sample_rate)
         metrics = evaluate_model(plain, data["val"], data["test"])
         row = {
             "family": cfg.family,
@@ -283,6 +295,7 @@ def train_vad(cfg: VadRunConfig, data: dict[str, VadSplit], *, checkpoint: Optio
             "budget": cfg.budget if cfg.dynamic else None,
             "heads": cfg.heads if cfg.dynamic and cfg.family == "transformer" else None,
             "band_order": cfg.band_order,
+            "sample_rate": cfg.sample_rate,
             "mel_bands": _mel_bands(plain),
             "widths": widths or _plain_widths(plain),
             "mflops_per_s": flops_s / 1e6,

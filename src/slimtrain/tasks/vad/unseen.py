@@ -62,8 +62,12 @@ class UnseenConfig:
     festival_utterances: int = 60
     espeak_utterances: int = 144
     text_language: str = "it"
+    #: rate of the clips (8000 or 16000); every source is read (or synthesised) at it
+    sample_rate: int = 8000
 
     def validate(self) -> "UnseenConfig":
+        if self.sample_rate not in (8000, 16000):
+            raise DataError(f"unseen set: sample_rate must be 8000 or 16000, got {self.sample_rate!r}")
         for k in ("human_utterances", "festival_utterances", "espeak_utterances"):
             v = getattr(self, k)
             if not isinstance(v, int) or v < 1:
@@ -146,14 +150,24 @@ def check_held_out(manifests: Sequence[dict], voices: Optional[Sequence[dict]] =
 
 
 def _fingerprint(cfg: UnseenConfig, data_cfg: VadDataConfig, inventory: list[dict]) -> str:
-    blob = json.dumps({"version": UNSEEN_VERSION, "config": asdict(cfg), "mix": data_cfg.as_dict(),
+    blob = json.dumps({"version": UNSEEN_VERSION, "config": config_dict(cfg), "mix": data_cfg.as_dict(),
                        "voices": inventory}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+def config_dict(cfg) -> dict:
+    """``asdict(cfg)`` without ``sample_rate`` at 8 kHz, so the 8 kHz sets keep the fingerprints they had
+    before the rate was a setting."""
+    d = asdict(cfg)
+    if d.get("sample_rate") == 8000:
+        d.pop("sample_rate")
+    return d
+
+
 def _mix_config(cfg: UnseenConfig) -> VadDataConfig:
-    """Mixing settings: those of the extended corpus's test split (every utterance once)."""
-    return VadDataConfig(seed=cfg.seed, corpus="extended", test_minutes=None)
+    """Mixing settings: those of the extended corpus's test split (every utterance once), at ``cfg.sample_rate``."""
+    return VadDataConfig(seed=cfg.seed, corpus="extended", test_minutes=None, sample_rate=cfg.sample_rate,
+                         hop=cfg.sample_rate // 100)
 
 
 def _texts(language: str) -> list[str]:
@@ -166,12 +180,12 @@ def _texts(language: str) -> list[str]:
     return sorted({text_for_tts(t) for t in tx.values() if len(t.split()) >= 3})
 
 
-def _synth(plan: list[dict]) -> list[tuple[str, np.ndarray]]:
+def _synth(plan: list[dict], sample_rate: int = 8000) -> list[tuple[str, np.ndarray]]:
     from .extended import _synthesise
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        audio = _synthesise(plan, workers=1)
+        audio = _synthesise(plan, workers=1, sample_rate=sample_rate)
     ok = [(f"tts/{p['engine']}/{p['voice']}/{k}", y) for k, (p, y) in enumerate(zip(plan, audio))
           if y is not None and len(y) > 0 and np.any(y)]
     if len(ok) < len(plan) // 2:
@@ -219,7 +233,7 @@ def build_unseen_set(out_dir: str | Path, cfg: Optional[UnseenConfig] = None, *,
     fest = list(UNSEEN_FESTIVAL)
     groups["festival"] = _synth([{"engine": "festival", "voice": fest[i % len(fest)], "language": cfg.text_language,
                                   "text": texts[int(rng.integers(len(texts)))]}
-                                 for i in range(cfg.festival_utterances)])
+                                 for i in range(cfg.festival_utterances)], mix.sample_rate)
     rng = np.random.default_rng(seqs[2])
     plan = []
     for i in range(cfg.espeak_utterances):
@@ -228,7 +242,7 @@ def build_unseen_set(out_dir: str | Path, cfg: Optional[UnseenConfig] = None, *,
         plan.append({"engine": "espeak-ng", "voice": voice + (f"+{var}" if var else ""), "language": voice,
                      "text": texts[int(rng.integers(len(texts)))], "rate": int(rng.integers(120, 220)),
                      "pitch": int(rng.integers(20, 81))})
-    groups["espeak-ng"] = _synth(plan)
+    groups["espeak-ng"] = _synth(plan, mix.sample_rate)
     music = [x for _, x in mgood]
     fx = [x for _, x in egood]
     audio, labels, snrs, noise, sources, group_of, details = [], [], [], [], [], [], []
@@ -246,7 +260,7 @@ def build_unseen_set(out_dir: str | Path, cfg: Optional[UnseenConfig] = None, *,
     out.mkdir(parents=True, exist_ok=True)
     np.savez(out / _FILE, audio=np.concatenate(audio), labels=np.concatenate(labels), snr_db=np.concatenate(snrs),
              noise=np.asarray(noise), group=np.asarray(group_of))
-    manifest = {"set": "unseen", "version": UNSEEN_VERSION, "fingerprint": fp, "config": asdict(cfg),
+    manifest = {"set": "unseen", "version": UNSEEN_VERSION, "fingerprint": fp, "config": config_dict(cfg),
                 "mix_config": mix.as_dict(), "voices": inventory, "clips": len(group_of),
                 "clips_by_group": {g: group_of.count(g) for g in GROUPS},
                 "speech_minutes_by_group": {g: round(sum(len(x) for _, x in groups[g]) / mix.sample_rate / 60, 2)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -25,7 +25,7 @@ from ..audio import AudioError, music_on_hold, sound_effects
 from .data import DataError, VadSplit, read_split_audio
 from .extended import _effects_for, build_extended_clips
 from .human_voices import HumanVoiceError, package_dir, source_files, sources
-from .unseen import HELD_OUT_SPEAKER, _mix_config, UnseenConfig, build_unseen_set, load_unseen_set
+from .unseen import HELD_OUT_SPEAKER, UnseenConfig, _mix_config, build_unseen_set, config_dict, load_unseen_set
 
 __all__ = ["HUMAN_VERSION", "SPLIT_SETS", "TTS_GROUPS", "UnseenHumanConfig", "held_out_human_sources",
            "build_unseen_human_set", "load_split_set", "subset"]
@@ -43,8 +43,12 @@ class UnseenHumanConfig:
 
     seed: int = 0
     utterances_per_source: int = 80
+    #: rate of the clips (8000 or 16000)
+    sample_rate: int = 8000
 
     def validate(self) -> "UnseenHumanConfig":
+        if self.sample_rate not in (8000, 16000):
+            raise DataError(f"unseen-human set: sample_rate must be 8000 or 16000, got {self.sample_rate!r}")
         if not isinstance(self.utterances_per_source, int) or self.utterances_per_source < 1:
             raise DataError(f"unseen-human set: utterances_per_source must be an integer >= 1, "
                             f"got {self.utterances_per_source!r}")
@@ -57,8 +61,9 @@ def held_out_human_sources() -> list:
 
 
 def _fingerprint(cfg: UnseenHumanConfig, inventory: list[dict]) -> str:
-    blob = json.dumps({"version": HUMAN_VERSION, "config": asdict(cfg), "mix": _mix_config(UnseenConfig(seed=cfg.seed))
-                       .as_dict(), "sources": inventory}, sort_keys=True)
+    blob = json.dumps({"version": HUMAN_VERSION, "config": config_dict(cfg),
+                       "mix": _mix_config(UnseenConfig(seed=cfg.seed, sample_rate=cfg.sample_rate)).as_dict(),
+                       "sources": inventory}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -87,7 +92,7 @@ def build_unseen_human_set(out_dir: str | Path, cfg: Optional[UnseenHumanConfig]
                 return mpath
         except (OSError, json.JSONDecodeError):
             pass
-    mix = _mix_config(UnseenConfig(seed=cfg.seed))
+    mix = _mix_config(UnseenConfig(seed=cfg.seed, sample_rate=cfg.sample_rate))
     picked: dict[str, str] = {}
     for s, seq in zip(srcs, np.random.SeedSequence([cfg.seed, 21]).spawn(len(srcs))):
         fs = files[s.id]
@@ -121,7 +126,7 @@ def build_unseen_human_set(out_dir: str | Path, cfg: Optional[UnseenHumanConfig]
     out.mkdir(parents=True, exist_ok=True)
     np.savez(out / _FILE, audio=np.concatenate(audio), labels=np.concatenate(labels), snr_db=np.concatenate(snrs),
              noise=np.asarray(noise), group=np.asarray(group_of))
-    manifest = {"set": "unseen-human", "version": HUMAN_VERSION, "fingerprint": fp, "config": asdict(cfg),
+    manifest = {"set": "unseen-human", "version": HUMAN_VERSION, "fingerprint": fp, "config": config_dict(cfg),
                 "mix_config": mix.as_dict(), "sources": inventory, "clips": len(group_of),
                 "clips_by_source": {s.id: group_of.count(s.id) for s in srcs},
                 "speech_minutes_by_source": {k: round(sum(len(x) for _, x in v) / mix.sample_rate / 60, 2)
@@ -149,14 +154,15 @@ def _concat(a: VadSplit, b: VadSplit) -> VadSplit:
                     np.concatenate([a.snr_db, b.snr_db]), a.noise + b.noise, list(a.sources) + list(b.sources))
 
 
-def load_split_set(which: str, unseen_dir: str | Path, *, build: bool = True) -> tuple[VadSplit, list[str], dict]:
+def load_split_set(which: str, unseen_dir: str | Path, *, build: bool = True,
+                   sample_rate: int = 8000) -> tuple[VadSplit, list[str], dict]:
     """``(split, source group of each clip, info)`` of ``unseen-human`` or ``unseen-tts`` (built into
-    ``unseen_dir`` when ``build``); ``info`` has the set name, fingerprint and sources."""
+    ``unseen_dir`` at ``sample_rate`` when ``build``); ``info`` has the set name, fingerprint and sources."""
     if which not in SPLIT_SETS:
         raise DataError(f"unknown evaluation set {which!r}; choose from {', '.join(SPLIT_SETS)}")
     udir = Path(unseen_dir)
     if build:
-        build_unseen_set(udir)
+        build_unseen_set(udir, UnseenConfig(sample_rate=sample_rate))
     split, groups, um = load_unseen_set(udir)
     g = np.asarray(groups)
     if which == "unseen-tts":
@@ -166,7 +172,7 @@ def load_split_set(which: str, unseen_dir: str | Path, *, build: bool = True) ->
         info = {"set": which, "fingerprint": fp, "sources": list(TTS_GROUPS)}
     else:
         if build:
-            build_unseen_human_set(udir)
+            build_unseen_human_set(udir, UnseenHumanConfig(sample_rate=sample_rate))
         mpath = udir / _MANIFEST
         if not mpath.is_file():
             raise DataError(f"no unseen-human set in {udir} ({_MANIFEST} missing); build it with "
