@@ -140,3 +140,19 @@ def test_new_options_reject_bad_input_in_one_line(argv, message, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and "\n" not in err.split("error:")[-1]
+
+
+@pytest.mark.parametrize("manifest, file, what, flag", [
+    ("unseen_manifest.json", "unseen.npz", "unseen VAD set", "--set unseen"),
+    ("unseen_human_manifest.json", "unseen_human.npz", "unseen-human set", "--set unseen-human"),
+])
+def test_a_missing_or_damaged_held_out_set_is_named_with_its_build_flag(tmp_path, manifest, file, what, flag):
+    from slimtrain.tasks.vad.data import DataError
+    from slimtrain.tasks.vad.unseen import load_clip_set
+
+    with pytest.raises(DataError, match=f"no {what} in .*{manifest} missing.*'slimtrain vad eval {flag} --unseen"):
+        load_clip_set(tmp_path, manifest, file, what, flag)
+    (tmp_path / manifest).write_text("{}")
+    (tmp_path / file).write_bytes(b"not an npz")
+    with pytest.raises(DataError, match=f"{what} in .* is damaged .*rebuild it with --force"):
+        load_clip_set(tmp_path, manifest, file, what, flag)

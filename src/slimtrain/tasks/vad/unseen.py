@@ -274,20 +274,27 @@ def build_unseen_set(out_dir: str | Path, cfg: Optional[UnseenConfig] = None, *,
     return mpath
 
 
-def load_unseen_set(out_dir: str | Path) -> tuple[VadSplit, list[str], dict]:
-    """``(split, group of each clip, manifest)`` written by :func:`build_unseen_set`."""
+def load_clip_set(out_dir: str | Path, manifest_name: str, file_name: str, what: str, build_flag: str
+                  ) -> tuple[VadSplit, list[str], dict]:
+    """``(split, group of each clip, manifest)`` of a held-out clip set in ``out_dir`` (its manifest
+    ``manifest_name`` and clips ``file_name``); a missing or damaged set is a :class:`DataError` naming
+    ``what`` it is and the ``slimtrain vad eval`` flag that builds it."""
     out = Path(out_dir)
-    mpath = out / _MANIFEST
+    mpath = out / manifest_name
     if not mpath.is_file():
-        raise DataError(f"no unseen VAD set in {out} ({_MANIFEST} missing); build it with "
-                        f"'slimtrain vad eval --set unseen --unseen {out}'")
+        raise DataError(f"no {what} in {out} ({manifest_name} missing); build it with "
+                        f"'slimtrain vad eval {build_flag} --unseen {out}'")
     try:
         manifest = json.loads(mpath.read_text())
-        with np.load(out / _FILE) as z:
+        with np.load(out / file_name) as z:
             split = VadSplit(z["audio"], z["labels"], z["snr_db"], [str(s) for s in z["noise"]],
                              manifest["clip_sources"])
             groups = [str(g) for g in z["group"]]
     except (OSError, KeyError, ValueError, json.JSONDecodeError) as e:
-        raise DataError(f"unseen VAD set in {out} is damaged ({type(e).__name__}: {e}); rebuild it with --force") \
-            from None
+        raise DataError(f"{what} in {out} is damaged ({type(e).__name__}: {e}); rebuild it with --force") from None
     return split, groups, manifest
+
+
+def load_unseen_set(out_dir: str | Path) -> tuple[VadSplit, list[str], dict]:
+    """``(split, group of each clip, manifest)`` written by :func:`build_unseen_set`."""
+    return load_clip_set(out_dir, _MANIFEST, _FILE, "unseen VAD set", "--set unseen")

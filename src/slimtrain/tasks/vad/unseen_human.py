@@ -25,7 +25,8 @@ from ..audio import AudioError, music_on_hold, sound_effects
 from .data import DataError, VadSplit, read_split_audio
 from .extended import _effects_for, build_extended_clips
 from .human_voices import HumanVoiceError, package_dir, source_files, sources
-from .unseen import HELD_OUT_SPEAKER, UnseenConfig, _mix_config, build_unseen_set, config_dict, load_unseen_set
+from .unseen import (HELD_OUT_SPEAKER, UnseenConfig, _mix_config, build_unseen_set, config_dict, load_clip_set,
+                     load_unseen_set)
 
 __all__ = ["HUMAN_VERSION", "SPLIT_SETS", "TTS_GROUPS", "UnseenHumanConfig", "held_out_human_sources",
            "build_unseen_human_set", "load_split_set", "subset"]
@@ -173,19 +174,7 @@ def load_split_set(which: str, unseen_dir: str | Path, *, build: bool = True,
     else:
         if build:
             build_unseen_human_set(udir, UnseenHumanConfig(sample_rate=sample_rate))
-        mpath = udir / _MANIFEST
-        if not mpath.is_file():
-            raise DataError(f"no unseen-human set in {udir} ({_MANIFEST} missing); build it with "
-                            f"'slimtrain vad eval --set unseen-human --unseen {udir}'")
-        try:
-            hm = json.loads(mpath.read_text())
-            with np.load(udir / _FILE) as z:
-                extra = VadSplit(z["audio"], z["labels"], z["snr_db"], [str(s) for s in z["noise"]],
-                                 hm["clip_sources"])
-                extra_groups = [str(x) for x in z["group"]]
-        except (OSError, KeyError, ValueError, json.JSONDecodeError) as e:
-            raise DataError(f"unseen-human set in {udir} is damaged ({type(e).__name__}: {e}); rebuild it with "
-                            "--force") from None
+        extra, extra_groups, hm = load_clip_set(udir, _MANIFEST, _FILE, "unseen-human set", "--set unseen-human")
         keep = g == "human"
         out = _concat(subset(split, keep), extra)
         out_groups = [HELD_OUT_SPEAKER] * int(keep.sum()) + extra_groups
