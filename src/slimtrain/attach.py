@@ -29,6 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from .dcl import DynamicWidth
+from .errors import GraphError
 from .modules import masked_layer_norm
 
 __all__ = ["DCL_CHILD", "attach_dcl", "attached_dcl", "bind_layer_norm", "bound_width", "make_rnn_dynamic",
@@ -82,8 +83,6 @@ def attach_dcl(module: nn.Module, dcl: DynamicWidth, dim: int, where: str = "", 
         module._modules[DCL_CHILD] = dcl  # share (tie) another width: keep the hook, swap the module
         return
     if DCL_CHILD in module._modules or DCL_CHILD in module.__dict__ or hasattr(type(module), DCL_CHILD):
-        from .trace import GraphError
-
         raise GraphError(f"module '{where}' ({type(module).__name__}) already has an attribute '{DCL_CHILD}'; "
                          "slimtrain cannot attach its width there")
     module.add_module(DCL_CHILD, dcl)
@@ -148,8 +147,6 @@ def is_dynamic_rnn(module: nn.Module) -> bool:
 
 def make_rnn_dynamic(rnn: nn.Module, dcl: DynamicWidth, where: str = "") -> None:
     """Make a GRU/LSTM's hidden size the width of ``dcl`` (instance forward replaced; class kept)."""
-    from .trace import GraphError
-
     if getattr(rnn, "proj_size", 0):
         raise GraphError(f"LSTM '{where}' has proj_size > 0; its hidden size cannot be dynamic")
     if dcl.num_channels != rnn.hidden_size:
@@ -204,8 +201,6 @@ def make_mha_dynamic(mha: nn.Module, dcl: DynamicWidth, where: str = "") -> None
     """Make the head count of an ``nn.MultiheadAttention`` the width of ``dcl`` (instance forward replaced;
     class kept): each head's value rows are scaled by its signal weight, so in eval mode the heads from
     ``ceil(K)`` on contribute nothing, and :func:`slimtrain.export` cuts them."""
-    from .trace import GraphError
-
     if dcl.num_channels != mha.num_heads:
         raise GraphError(f"'{where}': DCL has {dcl.num_channels} channels but num_heads is {mha.num_heads}")
     if is_dynamic_mha(mha):

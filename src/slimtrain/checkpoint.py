@@ -36,7 +36,7 @@ from torch import nn
 
 __all__ = [
     "CheckpointError", "save_checkpoint", "load_checkpoint", "register_task", "registered_tasks",
-    "build_from_recipe", "load_dynamic_model", "make_recipe", "load_for_inference",
+    "build_from_recipe", "load_dynamic_model", "make_recipe", "load_for_inference", "load_exported",
 ]
 
 FORMAT = "slimtrain-checkpoint"
@@ -289,3 +289,33 @@ def load_for_inference(path: PathLike, task: str) -> tuple[nn.Module, Optional[d
     if any(isinstance(m, DynamicWidth) for m in model.modules()):
         model = export(model)
     return model.eval(), ckpt
+
+
+def load_exported(out_dir) -> nn.Module:
+    """Rebuild the exported model written by ``slimtrain export`` from ``OUT_DIR/model_state.pt``.
+
+    Reads the recipe and widths stored in ``OUT_DIR/summary.json``, builds the
+    dynamic model with the registered task builder, cuts it to those widths and
+    loads the saved state dict (strictly). The result is in eval mode.
+    """
+    import json
+
+    from .export import export
+
+    out = Path(out_dir)
+    try:
+        summary = json.loads((out / "summary.json").read_text())
+        recipe, widths = summary["recipe"], summary["widths"]
+    except (OSError, ValueError, KeyError) as e:
+        raise CheckpointError(f"'{out / 'summary.json'}' is missing or has no recipe/widths: {e}") from None
+    model = build_from_recipe(recipe, str(out))
+    for name, k in widths.items():
+        model.get_submodule(name).set_width(float(k))
+    small = export(model.eval())
+    state = torch.load(out / "model_state.pt", map_location="cpu", weights_only=True)
+    try:
+        small.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise CheckpointError(f"'{out / 'model_state.pt'}' does not fit the model of its summary: "
+                              f"{' '.join(str(e).split())[:300]}") from None
+    return small.eval()

@@ -248,7 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
             "  model.onnx      ONNX of the exported model, dynamic batch axis where the exporter allows "
             "(onnxruntime; slimtrain not needed)\n"
             "  summary.json    widths, MACs, FLOPs and parameters per example, the recorded metric, the checks, "
-            "the recipe (slimtrain.export.load_exported(OUT_DIR) rebuilds the model from model_state.pt)",
+            "the recipe (slimtrain.checkpoint.load_exported(OUT_DIR) rebuilds the model from model_state.pt)",
             "The TorchScript output is checked against the dynamic model in eval mode on a random input of "
             "the recorded sample shape, and the ONNX file (run with onnxruntime) against the exported model; "
             "exit code 1 if either differs.",

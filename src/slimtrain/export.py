@@ -21,7 +21,7 @@ from .attach import detach_all
 from .dcl import DynamicWidth
 from .graph import _ATTR, LayerSpec, _set, get_graph
 from .modules import DynamicOutput, DynamicRecurrent, MaskedLayerNorm
-from .trace import is_transposed_linear
+from .trace import HEAD_COUNT_ATTRS, is_transposed_linear  # noqa: F401  (HEAD_COUNT_ATTRS: old import path)
 from .weightnorm import cut_weight, deepcopy_model
 
 __all__ = ["export", "cut_in_place", "kept_index", "export_onnx", "load_exported", "ExportError"]
@@ -246,11 +246,6 @@ def export(model: nn.Module) -> nn.Module:
                 old_sizes |= {s.in_size, s.in_size * s.in_inner * s.in_outer}
         _check_runs(out, sample, changed, cut, old_sizes)
     return out.eval()
-
-
-#: attributes of an attention module that hold its head count (a literal count in a view that reads one of these
-#: follows a cut; export then updates every size attribute by value, see _set_head_counts)
-HEAD_COUNT_ATTRS = ("num_attention_heads", "num_heads", "n_heads", "nhead", "num_key_value_heads")
 
 
 def _int_attrs(mod: nn.Module) -> dict[str, int]:
@@ -482,32 +477,14 @@ def _onnx_diff(path, sample: Tensor, ref: Tensor) -> float:
     return float(np.abs(y - ref.detach().cpu().numpy()).max())
 
 
-def load_exported(out_dir) -> nn.Module:
-    """Rebuild the exported model written by ``slimtrain export`` from ``OUT_DIR/model_state.pt``.
+def __getattr__(name: str):
+    """``slimtrain.export.load_exported``, the old import path of :func:`slimtrain.checkpoint.load_exported`.
 
-    Reads the recipe and widths stored in ``OUT_DIR/summary.json``, builds the
-    dynamic model with the registered task builder, cuts it to those widths and
-    loads the saved state dict (strictly). The result is in eval mode.
-    """
-    import json
-    from pathlib import Path
+    Loading an export needs the task registry of :mod:`slimtrain.checkpoint`, which itself uses export; so the
+    loader lives there and this module reaches it only on demand (the one import of checkpoint from export,
+    allowed by name in the import contract of pyproject.toml)."""
+    if name == "load_exported":
+        from .checkpoint import load_exported
 
-    from .checkpoint import CheckpointError, build_from_recipe
-
-    out = Path(out_dir)
-    try:
-        summary = json.loads((out / "summary.json").read_text())
-        recipe, widths = summary["recipe"], summary["widths"]
-    except (OSError, ValueError, KeyError) as e:
-        raise CheckpointError(f"'{out / 'summary.json'}' is missing or has no recipe/widths: {e}") from None
-    model = build_from_recipe(recipe, str(out))
-    for name, k in widths.items():
-        model.get_submodule(name).set_width(float(k))
-    small = export(model.eval())
-    state = torch.load(out / "model_state.pt", map_location="cpu", weights_only=True)
-    try:
-        small.load_state_dict(state, strict=True)
-    except RuntimeError as e:
-        raise CheckpointError(f"'{out / 'model_state.pt'}' does not fit the model of its summary: "
-                              f"{' '.join(str(e).split())[:300]}") from None
-    return small.eval()
+        return load_exported
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -12,6 +12,8 @@ from typing import Optional
 
 from torch import nn
 
+from .errors import GraphError
+
 __all__ = ["WidthEntry", "WidthPlan", "width_report"]
 
 _PLAN_ATTR = "_slimtrain_plan"
@@ -75,8 +77,6 @@ class WidthPlan:
 
 def width_report(model: nn.Module) -> WidthPlan:
     """The :class:`WidthPlan` of a model prepared by :func:`slimtrain.make_dynamic`."""
-    from .trace import GraphError
-
     p = model.__dict__.get(_PLAN_ATTR)
     if p is None:
         raise GraphError("this model has no width plan: call slimtrain.make_dynamic(model, sample) first "

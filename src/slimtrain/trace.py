@@ -24,13 +24,15 @@ from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
 from .attach import DCL_CHILD, attached_dcl, bound_width, is_dynamic_mha, is_dynamic_rnn
+from .errors import GraphError
 from .modules import DynamicRecurrent
 
-__all__ = ["Tag", "Group", "LayerUse", "Trace", "trace_channels", "GraphError", "LEAF_TYPES"]
+__all__ = ["Tag", "Group", "LayerUse", "Trace", "trace_channels", "GraphError", "LEAF_TYPES", "HEAD_COUNT_ATTRS"]
 
 
-class GraphError(ValueError):
-    """The model's channel flow cannot be made dynamic (names the layers involved)."""
+#: attributes of an attention module that hold its head count (a literal count in a view that reads one of these
+#: follows a cut; export then updates every size attribute by value, see export._set_head_counts)
+HEAD_COUNT_ATTRS = ("num_attention_heads", "num_heads", "n_heads", "nhead", "num_key_value_heads")
 
 
 @dataclass(frozen=True)
@@ -719,8 +721,6 @@ def trace_channels(model: nn.Module, sample: Any, *, extended: bool = False, hea
     tracer.heads = heads
 
     def head_attr(producer: str, heads: int) -> bool:  # the module holding the projection stores the head count
-        from .export import HEAD_COUNT_ATTRS  # the names that make a literal head count in a view follow a cut
-
         owner = producer.rpartition(".")[0]
         try:
             mod = model.get_submodule(owner)

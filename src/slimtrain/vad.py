@@ -391,12 +391,10 @@ def load(path: Optional[PathLike] = None, *, sample_rate: Optional[int] = None) 
 
 
 def _load_one(p: Path, shipped_default: bool = False) -> VAD:
-    from .checkpoint import CheckpointError, load_for_inference
+    from .checkpoint import CheckpointError, load_exported, load_for_inference
     from .shipped import ShippedModelError, is_shipped, load_shipped
 
     if p.is_dir():
-        from .export import load_exported
-
         model = load_exported(p)
         thr = rate = None
         try:
