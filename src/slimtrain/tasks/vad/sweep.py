@@ -364,15 +364,7 @@ def run_sweep(cfg: VadSweepConfig, out: str | Path, *, cache: Optional[str | Pat
     rows += _run_jobs(prune_jobs, cfg, progress, "vad pruning", out, resume)
     if cfg.anchors:
         rows += _anchor_rows(cfg, _load(cache))
-    pareto_notes(rows)
-    write_sweep_csv(rows, out / "sweep.csv")
-    write_summary_csv(rows, out / "sweep_summary.csv")
-    write_paper_csvs(rows, out)
-    try:
-        plot_pareto(rows, out / "pareto.png")
-    except Exception as e:  # noqa: BLE001 - a plotting problem must not lose the numbers
-        warnings.warn(f"could not draw {out / 'pareto.png'}: {e}")
-    return rows
+    return _write_outputs(rows, out)
 
 
 def _corpus_sweep(cfg: VadSweepConfig, jobs: list[dict], out: Path, progress: bool, resume: bool,
@@ -391,6 +383,11 @@ def _corpus_sweep(cfg: VadSweepConfig, jobs: list[dict], out: Path, progress: bo
         if device != "cpu":
             j["device"] = device
     rows = _run_jobs(jobs, cfg, progress, "vad sweep", out, resume)
+    return _write_outputs(rows, out)
+
+
+def _write_outputs(rows: list[dict], out: Path) -> list[dict]:
+    """The sweep's files from its rows: sweep.csv, sweep_summary.csv, the paper-shaped CSVs, pareto.png."""
     pareto_notes(rows)
     write_sweep_csv(rows, out / "sweep.csv")
     write_summary_csv(rows, out / "sweep_summary.csv")
