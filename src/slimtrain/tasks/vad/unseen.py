@@ -213,12 +213,8 @@ def build_unseen_set(out_dir: str | Path, cfg: Optional[UnseenConfig] = None, *,
         raise DataError(f"unseen VAD set: {e}") from None
     inventory = [{**v, "version": package_version(v["package"])} for v in voices]
     fp = _fingerprint(cfg, mix, inventory + [{"human_files": len(prompts)}])
-    if not force and mpath.is_file() and (out / _FILE).is_file():
-        try:
-            if json.loads(mpath.read_text()).get("fingerprint") == fp:
-                return mpath
-        except (OSError, json.JSONDecodeError):
-            pass
+    if not force and is_built(mpath, out / _FILE, fp):
+        return mpath
     seqs = np.random.SeedSequence([cfg.seed, 11]).spawn(len(GROUPS))
     texts = _texts(cfg.text_language)
     from ..spoof.attacks import ESPEAK_VARIANTS_EXTENDED
@@ -272,6 +268,17 @@ def build_unseen_set(out_dir: str | Path, cfg: Optional[UnseenConfig] = None, *,
     tmp.write_text(json.dumps(manifest, indent=1))
     tmp.replace(mpath)
     return mpath
+
+
+def is_built(manifest: Path, clips: Path, fingerprint: str) -> bool:
+    """True when a held-out clip set's ``clips`` exist and its ``manifest`` records ``fingerprint``
+    (the same sources and settings: no need to build it again)."""
+    if not (manifest.is_file() and clips.is_file()):
+        return False
+    try:
+        return json.loads(manifest.read_text()).get("fingerprint") == fingerprint
+    except (OSError, json.JSONDecodeError):
+        return False
 
 
 def load_clip_set(out_dir: str | Path, manifest_name: str, file_name: str, what: str, build_flag: str

@@ -25,8 +25,8 @@ from ..audio import AudioError, music_on_hold, sound_effects
 from .data import DataError, VadSplit, read_split_audio
 from .extended import _effects_for, build_extended_clips
 from .human_voices import HumanVoiceError, package_dir, source_files, sources
-from .unseen import (HELD_OUT_SPEAKER, UnseenConfig, _mix_config, build_unseen_set, config_dict, load_clip_set,
-                     load_unseen_set)
+from .unseen import (HELD_OUT_SPEAKER, UnseenConfig, _mix_config, build_unseen_set, config_dict, is_built,
+                     load_clip_set, load_unseen_set)
 
 __all__ = ["HUMAN_VERSION", "SPLIT_SETS", "TTS_GROUPS", "UnseenHumanConfig", "held_out_human_sources",
            "build_unseen_human_set", "load_split_set", "subset"]
@@ -87,12 +87,8 @@ def build_unseen_human_set(out_dir: str | Path, cfg: Optional[UnseenHumanConfig]
     inventory = [{"id": s.id, "package": s.package, "version": "" if root else package_version(s.package),
                   "languages": list(s.languages), "speakers": s.speakers, "files": len(files[s.id])} for s in srcs]
     fp = _fingerprint(cfg, inventory)
-    if not force and mpath.is_file() and (out / _FILE).is_file():
-        try:
-            if json.loads(mpath.read_text()).get("fingerprint") == fp:
-                return mpath
-        except (OSError, json.JSONDecodeError):
-            pass
+    if not force and is_built(mpath, out / _FILE, fp):
+        return mpath
     mix = _mix_config(UnseenConfig(seed=cfg.seed, sample_rate=cfg.sample_rate))
     picked: dict[str, str] = {}
     for s, seq in zip(srcs, np.random.SeedSequence([cfg.seed, 21]).spawn(len(srcs))):
