@@ -151,15 +151,22 @@ def make_rnn_dynamic(rnn: nn.Module, dcl: DynamicWidth, where: str = "") -> None
         raise GraphError(f"LSTM '{where}' has proj_size > 0; its hidden size cannot be dynamic")
     if dcl.num_channels != rnn.hidden_size:
         raise GraphError(f"'{where}': DCL has {dcl.num_channels} channels but hidden_size is {rnn.hidden_size}")
-    if is_dynamic_rnn(rnn):
-        rnn._modules[DCL_CHILD] = dcl
-        return
-    if DCL_CHILD in rnn._modules or DCL_CHILD in rnn.__dict__:
+    if _replace_forward(rnn, dcl, _dynamic_rnn_forward, is_dynamic_rnn(rnn), where):
+        rnn.__dict__[_RNN_FLAG] = True
+
+
+def _replace_forward(module: nn.Module, dcl: DynamicWidth, forward, attached: bool, where: str) -> bool:
+    """Give ``module`` the DCL child ``dcl`` and the instance forward ``forward(module, ...)``; a module made
+    dynamic before (``attached``) only gets the new DCL. Returns True when the forward was replaced now."""
+    if attached:
+        module._modules[DCL_CHILD] = dcl
+        return False
+    if DCL_CHILD in module._modules or DCL_CHILD in module.__dict__:
         raise GraphError(f"module '{where}' already has an attribute '{DCL_CHILD}'")
-    rnn.add_module(DCL_CHILD, dcl)
+    module.add_module(DCL_CHILD, dcl)
     # a partial of a module-level function (not a bound method) so the model still pickles and deep-copies
-    rnn.__dict__["forward"] = functools.partial(_dynamic_rnn_forward, rnn)
-    rnn.__dict__[_RNN_FLAG] = True
+    module.__dict__["forward"] = functools.partial(forward, module)
+    return True
 
 
 def _masked_mha_params(mha: nn.Module, mask: Tensor) -> dict[str, Tensor]:
@@ -168,12 +175,11 @@ def _masked_mha_params(mha: nn.Module, mask: Tensor) -> dict[str, Tensor]:
     e = mha.embed_dim
     m = mask.repeat_interleave(mha.head_dim).to(mha.out_proj.weight.dtype)
     params: dict[str, Tensor] = {}
+    scale = torch.cat([torch.ones(2 * e, dtype=m.dtype, device=m.device), m])  # q and k rows kept, v rows masked
     if mha._qkv_same_embed_dim:
-        scale = torch.cat([torch.ones(2 * e, dtype=m.dtype, device=m.device), m])
         params["in_proj_weight"] = mha.in_proj_weight * scale[:, None]
     else:
         params["v_proj_weight"] = mha.v_proj_weight * m[:, None]
-        scale = torch.cat([torch.ones(2 * e, dtype=m.dtype, device=m.device), m])
     if mha.in_proj_bias is not None:
         params["in_proj_bias"] = mha.in_proj_bias * scale
     if mha.bias_v is not None:
@@ -203,13 +209,8 @@ def make_mha_dynamic(mha: nn.Module, dcl: DynamicWidth, where: str = "") -> None
     ``ceil(K)`` on contribute nothing, and :func:`slimtrain.export` cuts them."""
     if dcl.num_channels != mha.num_heads:
         raise GraphError(f"'{where}': DCL has {dcl.num_channels} channels but num_heads is {mha.num_heads}")
-    if is_dynamic_mha(mha):
-        mha._modules[DCL_CHILD] = dcl
+    if not _replace_forward(mha, dcl, _dynamic_mha_forward, is_dynamic_mha(mha), where):
         return
-    if DCL_CHILD in mha._modules or DCL_CHILD in mha.__dict__:
-        raise GraphError(f"module '{where}' already has an attribute '{DCL_CHILD}'")
-    mha.add_module(DCL_CHILD, dcl)
-    mha.__dict__["forward"] = functools.partial(_dynamic_mha_forward, mha)
     # a (no-op) hook: nn.TransformerEncoderLayer's fused fast path, which reads in_proj_weight directly, is not
     # taken while a submodule has hooks, so the layer calls this forward (the value rows masked) in eval too
     mha.__dict__[_MHA_FLAG] = mha.register_forward_hook(_no_op_hook).id
