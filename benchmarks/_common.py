@@ -76,7 +76,7 @@ def training_step(model: nn.Module, x: torch.Tensor, loss_fn: Callable, objectiv
     The optimiser defaults to ``slimtrain.training.make_optimizer`` (both learning rates 1e-4). ``compiled``:
     forward and loss under ``torch.compile(fullgraph=True)`` from a code object of their own (``own_code``);
     backward through AOTAutograd, the optimiser step eager."""
-    from slimtrain.training import make_optimizer
+    from slimtrain.train.training import make_optimizer
 
     opt = optimizer if optimizer is not None else make_optimizer(model, lr=1e-4, width_lr=1e-4)
 

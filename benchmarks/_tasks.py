@@ -45,7 +45,7 @@ def _synthetic() -> TaskModel:
 def _vad(family: str) -> TaskModel:
     name = f"VAD {family}"
     try:
-        from slimtrain.tasks.vad.models import build_vad_model
+        from slimtrain.apps.vad.models import build_vad_model
     except Exception as e:  # noqa: BLE001
         return TaskModel(name, None, None, None, skipped=f"skipped: slimtrain.tasks.vad.models not available yet ({type(e).__name__})")
     torch.manual_seed(0)
@@ -56,7 +56,7 @@ def _vad(family: str) -> TaskModel:
 def _spoof() -> TaskModel:
     name = "anti-spoofing ResNet"
     try:
-        from slimtrain.tasks.spoof.models import build_resnet, make_dynamic_stages
+        from slimtrain.apps.spoof.models import build_resnet, make_dynamic_stages
     except Exception as e:  # noqa: BLE001
         return TaskModel(name, None, None, None, skipped=f"skipped: slimtrain.tasks.spoof.models not available yet ({type(e).__name__})")
     torch.manual_seed(0)

@@ -65,7 +65,7 @@ def main(argv=None) -> int:
     p.add_argument("--device", default="cpu")
     p.add_argument("--csv", type=Path, default=Path("runs/aasist_vs_aasist_l.csv"))
     a = p.parse_args(argv)
-    from slimtrain.stats import format_interval, mean_interval, paired_difference
+    from slimtrain.train.stats import format_interval, mean_interval, paired_difference
     from slimtrain.tasks.spoof.data import SpoofDataConfig, build_dataset
 
     data = a.data or Path("runs/spoof/data-quick" if a.quick else "runs/spoof/data")

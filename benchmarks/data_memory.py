@@ -64,7 +64,7 @@ print(json.dumps({"mode": mode, "crops": len(data.train), "scan_s": round(scan, 
 
 
 def generate(root: Path, hours: float, file_seconds: float = 60.0) -> float:
-    from slimtrain.data.fixtures import make_rttm_folder
+    from slimtrain.audio.data.fixtures import make_rttm_folder
 
     n = max(1, int(round(hours * 3600 / file_seconds)))
     t0 = time.time()

@@ -32,8 +32,8 @@ class _CountHostReads(TorchDispatchMode):
 
 
 def models():
-    from slimtrain.tasks.spoof.models import build_resnet, make_dynamic_stages
-    from slimtrain.tasks.vad.models import build_vad_model
+    from slimtrain.apps.spoof.models import build_resnet, make_dynamic_stages
+    from slimtrain.apps.vad.models import build_vad_model
 
     torch.manual_seed(0)
     yield "MLP 64-256-256-10", slimtrain.make_dynamic(C.MLP(), torch.randn(2, 64), kappa_min=0.1), torch.randn(32, 64)

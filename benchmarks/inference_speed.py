@@ -35,7 +35,7 @@ GOAL = 1.3
 def _ort_session(model, x, path: Path):
     import onnxruntime as ort
 
-    from slimtrain.export import export_onnx
+    from slimtrain.core.export import export_onnx
 
     export_onnx(model, x, path)
     so = ort.SessionOptions()
@@ -81,7 +81,7 @@ def _streaming_ms_per_second(models: dict, repeats: int) -> dict:
     """CPU ms per second of audio of each exported CRNN streamed in 32 ms chunks (1 thread)."""
     import numpy as np
 
-    from slimtrain.tasks.vad.models import CRNNStream
+    from slimtrain.apps.vad.models import CRNNStream
 
     rate = 8000
     audio = (np.random.default_rng(0).standard_normal(4 * rate) * 0.1).astype(np.float32)

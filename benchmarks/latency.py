@@ -35,13 +35,13 @@ import torch
 import _common as C
 import slimtrain
 from slimtrain import latency
-from slimtrain.cost import model_cost
+from slimtrain.core.cost import model_cost
 
 RATE = 8000
 
 
 def _dynamic_vad(family: str) -> torch.nn.Module:
-    from slimtrain.tasks.vad.models import build_vad_model
+    from slimtrain.apps.vad.models import build_vad_model
     from slimtrain.tasks.vad.train import SAMPLE_SHAPE
 
     torch.manual_seed(0)
@@ -104,7 +104,7 @@ def part_predict(a) -> list[dict]:
 def part_train(a) -> list[dict]:
     from slimtrain.tasks.vad.data import load_vad_data
     from slimtrain.tasks.vad.train import SAMPLE_SECONDS, evaluate_model, train_loop
-    from slimtrain.training import make_optimizer, seed_everything
+    from slimtrain.train.training import make_optimizer, seed_everything
 
     data, _ = load_vad_data(a.data)
     x = torch.randn(1, int(a.clip * RATE)) * 0.1
@@ -176,7 +176,7 @@ def part_train(a) -> list[dict]:
 
 def summary(rows: list[dict]) -> str:
     """The tables of the docs page, from the CSV rows (also :mod:`slimtrain.report`'s rendering)."""
-    from slimtrain.report import latency_tables
+    from slimtrain.tasks.report import latency_tables
 
     return latency_tables(rows)
 

@@ -28,7 +28,7 @@ sys.path.insert(0, sys.argv[1])
 import torch, torch.nn.functional as F
 import _common as C
 import slimtrain
-from slimtrain.training import make_optimizer
+from slimtrain.train.training import make_optimizer
 torch.set_num_threads(1)
 torch.manual_seed(0)
 case, dynamic = sys.argv[2], sys.argv[3] == "1"
@@ -39,7 +39,7 @@ elif case == "gru":
     model, x = C.GRUModel(40, 128), torch.randn(64, 200, 40)
     loss_fn = lambda y: F.binary_cross_entropy_with_logits(y, torch.zeros_like(y))
 else:
-    from slimtrain.tasks.vad.models import build_vad_model
+    from slimtrain.apps.vad.models import build_vad_model
     model, x = build_vad_model("crnn"), torch.randn(32, 32000) * 0.1
     loss_fn = lambda y: F.binary_cross_entropy_with_logits(y, torch.zeros_like(y))
 obj = None

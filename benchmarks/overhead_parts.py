@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 import _common as C  # noqa: E402  (sets sys.path)
 import slimtrain
-from slimtrain.training import make_optimizer
+from slimtrain.train.training import make_optimizer
 
 
 class _Identity(torch.autograd.Function):

@@ -30,9 +30,9 @@ def main() -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     from slimtrain import TradeoffLoss, make_dynamic
-    from slimtrain.tasks.vad.models import build_vad_model
+    from slimtrain.apps.vad.models import build_vad_model
     from slimtrain.tasks.vad.paper import PAPER_N_MELS, PAPER_WIDTHS
-    from slimtrain.training import make_optimizer
+    from slimtrain.train.training import make_optimizer
 
     dev = torch.device(args.device)
     steps_per_epoch = -(-VCTK_UTTERANCES // 16)

@@ -24,12 +24,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from slimtrain import training  # noqa: E402
-from slimtrain.data.spoof_corpus import SpoofCrops, read_spoof_corpus  # noqa: E402
-from slimtrain.data.spoof_fixtures import make_plain_csv  # noqa: E402
-from slimtrain.loss import TradeoffLoss  # noqa: E402
+from slimtrain.audio.data.spoof_corpus import SpoofCrops, read_spoof_corpus  # noqa: E402
+from slimtrain.audio.data.spoof_fixtures import make_plain_csv  # noqa: E402
+from slimtrain.core.loss import TradeoffLoss  # noqa: E402
 from slimtrain.tasks.spoof.corpus_cli import PAPER  # noqa: E402
 from slimtrain.tasks.spoof.corpus_train import frontend_for_rate  # noqa: E402
-from slimtrain.tasks.spoof.models import build_resnet, make_dynamic_stages  # noqa: E402
+from slimtrain.apps.spoof.models import build_resnet, make_dynamic_stages  # noqa: E402
 
 TRAIN_FILES = 25_380  # ASVspoof 2019 LA train: 2,580 bona fide + 22,800 spoofed
 

@@ -122,7 +122,8 @@ def run_one(job: dict) -> dict:
 def _ensure_data(model: str, quick: bool, root: Path) -> str:
     """The data folder of ``model``'s task (built when missing)."""
     if model.startswith("vad-"):
-        from slimtrain.tasks.vad.data import VadDataConfig, build_vad_data
+        from slimtrain.tasks.vad.build import build_vad_data
+        from slimtrain.tasks.vad.data import VadDataConfig
 
         out = root / ("vad-quick" if quick else "vad")
         build_vad_data(VadDataConfig.quick() if quick else VadDataConfig(), out, progress=False)
@@ -179,7 +180,7 @@ def main(argv=None) -> int:
             w = csv.DictWriter(f, fieldnames=FIELDS)
             w.writeheader()
             w.writerows(rows)
-    from slimtrain.report import training_cost_table
+    from slimtrain.tasks.report import training_cost_table
 
     text = training_cost_table(rows)
     print(f"\nWhole training runs, {a.seeds} paired seed(s), 1 thread, process CPU time; {C.machine()}; "

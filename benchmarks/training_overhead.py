@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 import _common as C  # noqa: E402  (sets sys.path)
 import slimtrain
-from slimtrain.training import seed_everything
+from slimtrain.train.training import seed_everything
 
 GOAL = 1.10
 
@@ -38,7 +38,7 @@ def cases():
     # the same MLP family 16x wider per step: the fixed per-step cost of the DCLs stays, its share shrinks
     yield "MLP 256-1024-1024-10", C.MLP(256, 1024, 10), torch.randn(512, 256), lambda y: F.cross_entropy(y, torch.zeros(512, dtype=torch.long, device=y.device))
     # the case-study models at their training batch sizes (steps of 10 ms or more)
-    from slimtrain.tasks.vad.models import build_vad_model
+    from slimtrain.apps.vad.models import build_vad_model
 
     torch.manual_seed(0)
     yield ("VAD CRNN (conv+GRU), 16 x 1 s", build_vad_model("crnn"), torch.randn(16, 8000) * 0.1,

@@ -27,7 +27,7 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
 
     from slimtrain import vad
-    from slimtrain.audio_input import resample_to
+    from slimtrain.audio.io import resample_to
     from slimtrain.tasks.vad.anchors import silero_scores
     from slimtrain.tasks.vad.evaluate import _load_set
     from slimtrain.tasks.vad.train import evaluate_scores, frame_scores

@@ -33,7 +33,7 @@ import torch
 
 import _common as C
 from slimtrain import model_cost, vad
-from slimtrain.audio_input import resample_to
+from slimtrain.audio.io import resample_to
 
 
 def _audio(seconds: float, rate: int) -> np.ndarray:

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import slimtrain
-from slimtrain.training import make_optimizer
+from slimtrain.train.training import make_optimizer
 
 SAMPLES = 400  # 25 ms at 16 kHz
 

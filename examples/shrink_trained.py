@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 import slimtrain  # noqa: E402
 from slimtrain.tasks.synthetic import SyntheticConfig, SyntheticData, build_student, make_data  # noqa: E402
-from slimtrain.training import make_optimizer  # noqa: E402
+from slimtrain.train.training import make_optimizer  # noqa: E402
 
 VARIANTS = (None, "magnitude", "taylor")
 

@@ -32,8 +32,8 @@ import torch
 from torch import nn
 
 import slimtrain
-from slimtrain.graph import get_graph
-from slimtrain.training import make_optimizer
+from slimtrain.core.graph import get_graph
+from slimtrain.train.training import make_optimizer
 
 from _helpers import count_macs, first
 
@@ -201,20 +201,20 @@ def _synthetic_mlp():
 
 
 def _vad_crnn():
-    from slimtrain.tasks.vad.models import build_vad_model
+    from slimtrain.apps.vad.models import build_vad_model
 
     return build_vad_model("crnn", n_mels=20, conv1=16, conv2=16, hidden=16), torch.randn(2, 1600)
 
 
 def _vad_transformer():
-    from slimtrain.tasks.vad.models import build_vad_model
+    from slimtrain.apps.vad.models import build_vad_model
 
     return (build_vad_model("transformer", n_mels=20, d_model=32, ff=64, layers=1, heads=2, attn=16),
             torch.randn(2, 1600))
 
 
 def _spoof_resnet():
-    from slimtrain.tasks.spoof.models import build_resnet
+    from slimtrain.apps.spoof.models import build_resnet
 
     return build_resnet(width=8, blocks=(1, 1), n_mels=20, n_fft=256, hop_length=128), torch.randn(2, 4000)
 

@@ -13,9 +13,9 @@ import pytest
 import torch
 
 import slimtrain
-from slimtrain.checkpoint import make_recipe, save_checkpoint
+from slimtrain.train.checkpoint import make_recipe, save_checkpoint
 from slimtrain.cli import main
-from slimtrain.export import ExportError, export_onnx
+from slimtrain.core.export import ExportError, export_onnx
 
 sys.path.insert(0, str(Path(__file__).parent))
 import _helpers as H  # noqa: E402
@@ -38,7 +38,7 @@ CHECK = textwrap.dedent("""
     res["onnx_batch1"] = float(np.abs(sess.run(None, {sess.get_inputs()[0].name: x[:1].numpy()})[0]
                                       - ref[:1].numpy()).max())
     res["slimtrain_imported"] = any(m == "slimtrain" or m.startswith("slimtrain.") for m in sys.modules)
-    from slimtrain.export import load_exported  # the loader of the state dict
+    from slimtrain.train.checkpoint import load_exported  # the loader of the state dict
     with torch.no_grad():
         res["state_dict"] = float((load_exported(out)(x) - ref).abs().max())
     print("RES" + json.dumps(res))
@@ -123,8 +123,8 @@ def test_onnx_export_rejects_tuple_outputs(tmp_path):
 
 
 def test_load_exported_names_a_missing_summary(tmp_path):
-    from slimtrain.checkpoint import CheckpointError
-    from slimtrain.export import load_exported
+    from slimtrain.train.checkpoint import CheckpointError
+    from slimtrain.train.checkpoint import load_exported
 
     with pytest.raises(CheckpointError, match="summary.json"):
         load_exported(tmp_path)

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 import slimtrain
-from slimtrain.attach import attached_dcl, bound_width
+from slimtrain.core.attach import attached_dcl, bound_width
 
 
 class Net(nn.Module):

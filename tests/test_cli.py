@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import slimtrain
-from slimtrain.checkpoint import CheckpointError, load_dynamic_model, load_for_inference
+from slimtrain.train.checkpoint import CheckpointError, load_dynamic_model, load_for_inference
 from slimtrain.cli import build_parser, main
 
 

@@ -24,11 +24,11 @@ from torch import nn
 
 import slimtrain
 from slimtrain import CompactError, compact
-from slimtrain.checkpoint import CheckpointError, load_checkpoint, load_dynamic_model, make_recipe, register_task
-from slimtrain.compact import compact_to, compacted_sizes, kept_channels
-from slimtrain.dcl import DynamicWidth
-from slimtrain.graph import get_graph
-from slimtrain.training import fit, make_optimizer
+from slimtrain.train.checkpoint import CheckpointError, load_checkpoint, load_dynamic_model, make_recipe, register_task
+from slimtrain.core.compact import compact_to, compacted_sizes, kept_channels
+from slimtrain.core.dcl import DynamicWidth
+from slimtrain.core.graph import get_graph
+from slimtrain.train.training import fit, make_optimizer
 
 sys.path.insert(0, str(Path(__file__).parent))
 import _zoo  # noqa: E402
@@ -347,8 +347,8 @@ import torch, torch.nn.functional as F
 from torch import nn
 import slimtrain
 from slimtrain import distributed
-from slimtrain.compact import compacted_sizes
-from slimtrain.training import fit, make_optimizer, seed_everything
+from slimtrain.core.compact import compacted_sizes
+from slimtrain.train.training import fit, make_optimizer, seed_everything
 
 out = sys.argv[1]
 
@@ -424,7 +424,7 @@ def test_task_clis_take_compact_every(task, capsys):
 
 
 def test_training_cost_table_ratios_and_interval_verdict():
-    from slimtrain.report import training_cost_table
+    from slimtrain.tasks.report import training_cost_table
 
     def row(arm, seed, cpu, metric):
         return {"model": "m", "arm": arm, "seed": seed, "epochs": 8, "cpu_seconds": cpu + 2, "loop_cpu_seconds": cpu,

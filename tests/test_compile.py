@@ -13,7 +13,7 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import slimtrain
-import slimtrain.training
+import slimtrain.train.training
 from slimtrain import DynamicWidth
 
 
@@ -140,8 +140,8 @@ def test_compiled_training_runs_in_one_graph_through_warmup_and_after():
 
 def test_fullgraph_compile_of_the_case_study_models():
     """The VAD CRNN (GRU: needs dynamo's allow_rnn) and the anti-spoofing ResNet trace whole."""
-    from slimtrain.tasks.spoof.models import build_resnet, make_dynamic_stages
-    from slimtrain.tasks.vad.models import build_vad_model
+    from slimtrain.apps.spoof.models import build_resnet, make_dynamic_stages
+    from slimtrain.apps.vad.models import build_vad_model
 
     torch.manual_seed(0)
     wav = torch.randn(2, 4000) * 0.1
@@ -163,8 +163,8 @@ def test_fullgraph_compile_of_the_case_study_models():
 
 def test_cost_term_tensor_path_equals_the_host_fast_path():
     m = _mlp()
-    from slimtrain.cost import _compiled
-    from slimtrain.graph import get_graph
+    from slimtrain.core.cost import _compiled
+    from slimtrain.core.graph import get_graph
 
     g = get_graph(m)
     comp = _compiled(m, g)
@@ -226,8 +226,8 @@ def test_objective_host_path_equals_the_tensor_path(objective, metric):
 def test_compiled_cost_term_equals_the_eager_one():
     """Under torch.compile the cost polynomials are unrolled into scalar arithmetic: same values and gradients."""
     m = _tensor_path(_mlp())
-    from slimtrain.cost import _compiled
-    from slimtrain.graph import get_graph
+    from slimtrain.core.cost import _compiled
+    from slimtrain.core.graph import get_graph
 
     g = get_graph(m)
     comp = _compiled(m, g)

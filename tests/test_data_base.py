@@ -10,9 +10,9 @@ import pytest
 import soundfile as sf
 from hypothesis import given, settings, strategies as st
 
-from slimtrain.data import (AudioCache, CorpusError, EmptyAudioError, MissingAudioError, SkipReport,
+from slimtrain.audio.data import (AudioCache, CorpusError, EmptyAudioError, MissingAudioError, SkipReport,
                             UnreadableAudioError, audio_info, load_audio, resampled_length)
-from slimtrain.audio_input import resample_to
+from slimtrain.audio.io import resample_to
 
 
 def test_corpus_error_names_file_and_line_and_pickles():

@@ -8,10 +8,10 @@ import soundfile as sf
 import torch
 from hypothesis import given, settings, strategies as st
 
-from slimtrain.data import (IGNORE, CorpusError, EmptyAudioError, MissingAudioError, NoiseMixer, SkipReport,
+from slimtrain.audio.data import (IGNORE, CorpusError, EmptyAudioError, MissingAudioError, NoiseMixer, SkipReport,
                             UnreadableAudioError, VadCropDataset, frame_labels_from_segments, merge_segments,
                             read_vad_corpus)
-from slimtrain.data.fixtures import make_rttm_folder
+from slimtrain.audio.data.fixtures import make_rttm_folder
 
 SR = 16000
 

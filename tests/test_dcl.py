@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from torch.func import functional_call
 
 from slimtrain import DynamicWidth, WidthError
-from slimtrain.dcl import inward_clamp
+from slimtrain.core.dcl import inward_clamp
 
 
 def _signal_weight(k: float, n: int) -> torch.Tensor:

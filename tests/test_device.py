@@ -11,9 +11,9 @@ from torch import nn
 import slimtrain
 from slimtrain import distributed
 from slimtrain.cli import build_parser, main
-from slimtrain.distributed import DeviceError, resolve_device
-from slimtrain.loss import TradeoffLoss
-from slimtrain.training import fit, make_optimizer
+from slimtrain.train.distributed import DeviceError, resolve_device
+from slimtrain.core.loss import TradeoffLoss
+from slimtrain.train.training import fit, make_optimizer
 
 NO_CUDA = not torch.cuda.is_available()
 NO_MPS = not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
@@ -161,7 +161,7 @@ def test_single_process_world_and_data_parallel_helper(single_process):
     w = distributed.world()
     assert (w.rank, w.size, w.local_rank, w.parallel, w.main) == (0, 1, 0, False, True)
     model, objective, *_ = _tiny()
-    from slimtrain.training import DataParallel
+    from slimtrain.train.training import DataParallel
 
     dp = DataParallel(model, objective, "cpu")
     assert dp.net is model and dp.world == w

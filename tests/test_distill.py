@@ -11,8 +11,8 @@ from hypothesis import strategies as st
 from torch import nn
 
 import slimtrain
-from slimtrain.distill import DistillError, Distiller, output_distill_loss
-from slimtrain.training import fit, make_optimizer
+from slimtrain.core.distill import DistillError, Distiller, output_distill_loss
+from slimtrain.train.training import fit, make_optimizer
 
 
 def _net(hidden: int = 16, out: int = 3, seed: int = 0) -> nn.Module:

@@ -23,8 +23,8 @@ from hypothesis import strategies as st
 
 import slimtrain
 from slimtrain import distributed
-from slimtrain.checkpoint import load_checkpoint, load_dynamic_model
-from slimtrain.distributed import DeviceError, World, rank_seed, shard
+from slimtrain.train.checkpoint import load_checkpoint, load_dynamic_model
+from slimtrain.train.distributed import DeviceError, World, rank_seed, shard
 
 SRC = str(Path(slimtrain.__file__).resolve().parents[1])
 ALPHA = 2.0
@@ -108,9 +108,9 @@ FIT_SCRIPT = textwrap.dedent("""
     from torch import nn
     import slimtrain
     from slimtrain import distributed
-    from slimtrain.loss import TradeoffLoss
-    from slimtrain.record import WidthRecorder
-    from slimtrain.training import fit, make_optimizer, seed_everything
+    from slimtrain.core.loss import TradeoffLoss
+    from slimtrain.train.record import WidthRecorder
+    from slimtrain.train.training import fit, make_optimizer, seed_everything
 
     out = sys.argv[1]
     EPOCHS, STEPS, WARM = 4, 4, 4  # warm-up = the whole first epoch
@@ -145,7 +145,7 @@ FIT_SCRIPT = textwrap.dedent("""
     def vad():  # the VAD task's own loop (not fit) under DDP, with warm-up and a skipped 1-clip batch
         import numpy as np
         from types import SimpleNamespace
-        from slimtrain.tasks.vad.models import build_vad_model
+        from slimtrain.apps.vad.models import build_vad_model
         from slimtrain.tasks.vad.train import train_loop
 
         seed_everything(0)

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 import slimtrain
-from slimtrain.attach import bound_width
+from slimtrain.core.attach import bound_width
 from _helpers import WRAPPERS, ZOO, Recurrent, build, count_macs, dcls, first, n_params
 
 

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 import slimtrain
-from slimtrain.export import ExportError
+from slimtrain.core.export import ExportError
 
 from _archs import HeadNet, RuntimeHeadAttention
 from _helpers import count_macs

@@ -14,9 +14,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import slimtrain
-from slimtrain.cost import _counted_params, layer_costs
-from slimtrain.dcl import DynamicWidth, inward_clamp
-from slimtrain.graph import get_graph
+from slimtrain.core.cost import _counted_params, layer_costs
+from slimtrain.core.dcl import DynamicWidth, inward_clamp
+from slimtrain.core.graph import get_graph
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _helpers import dcls  # noqa: E402

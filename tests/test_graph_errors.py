@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import slimtrain
-from slimtrain.attach import attached_dcl
+from slimtrain.core.attach import attached_dcl
 from slimtrain import GraphError, LossConfigError, WidthError
 from _helpers import ResIdentity, TorchTransformer, dcls
 

@@ -111,7 +111,7 @@ def test_transformer_block_head_count_is_learnable_and_exported():
 def test_plain_trace_api_keeps_channel_counts():
     """trace_channels(model, sample) (read by slimtrain.reorder and others) still reports channels;
     heads, channel concatenations and parameter containers are followed only with extended=True."""
-    from slimtrain.trace import trace_channels
+    from slimtrain.core.trace import trace_channels
 
     m = Net()
     x = torch.randn(3, 7, 6)

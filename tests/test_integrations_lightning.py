@@ -11,8 +11,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import slimtrain
-from slimtrain.dcl import DynamicWidth
-from slimtrain.training import make_optimizer
+from slimtrain.core.dcl import DynamicWidth
+from slimtrain.train.training import make_optimizer
 
 L = pytest.importorskip("lightning.pytorch")
 from slimtrain.integrations import IntegrationError  # noqa: E402

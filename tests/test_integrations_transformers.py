@@ -9,8 +9,8 @@ import pytest
 import torch
 
 import slimtrain
-from slimtrain.dcl import DynamicWidth
-from slimtrain.training import make_optimizer
+from slimtrain.core.dcl import DynamicWidth
+from slimtrain.train.training import make_optimizer
 
 tf = pytest.importorskip("transformers")
 pytest.importorskip("accelerate")

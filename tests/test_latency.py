@@ -16,9 +16,9 @@ from torch import nn
 
 import slimtrain
 from slimtrain import latency
-from slimtrain.latency import LatencyError, LatencyProfile, load_profile
-from slimtrain.loss import LossConfigError
-from slimtrain.training import make_optimizer
+from slimtrain.core.latency import LatencyError, LatencyProfile, load_profile
+from slimtrain.core.loss import LossConfigError
+from slimtrain.train.training import make_optimizer
 
 
 def _model(hidden: int = 12) -> tuple[nn.Module, torch.Tensor]:
@@ -225,7 +225,7 @@ def test_onnxruntime_backend_profiles_one_layer():
 def test_report_blocks_follow_the_csv(tmp_path):
     import csv
 
-    from slimtrain.report import ReportError, render_block
+    from slimtrain.tasks.report import ReportError, render_block
 
     (tmp_path / "docs").mkdir()
     with pytest.raises(ReportError, match="latency.csv"):

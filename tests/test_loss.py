@@ -150,7 +150,7 @@ def test_floor_budget_drives_every_width_to_its_floor():
         for d in dcls(m).values():
             d.set_width(d.max_width)
     assert obj.budget == pytest.approx(at_floor)
-    from slimtrain.training import make_optimizer
+    from slimtrain.train.training import make_optimizer
 
     opt = make_optimizer(m, lr=1e-3, width_lr=2e-2)
     m.train()

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import slimtrain
-from slimtrain.tasks.vad.models import MarbleNetVAD, build_vad_model
+from slimtrain.apps.vad.models import MarbleNetVAD, build_vad_model
 
 from _helpers import count_macs, n_params, randomise_norms
 

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 import slimtrain
-from slimtrain.modules import PrunedMultiheadAttention
+from slimtrain.core.modules import PrunedMultiheadAttention
 
 from _archs import AttnNet
 from _helpers import count_macs, n_params
@@ -127,7 +127,7 @@ def test_pruned_attention_equals_torch_at_full_heads(batch_first, opts):
 
 
 def test_pruned_attention_names_a_per_head_mask_of_the_full_model():
-    from slimtrain.export import _cut_mha_heads
+    from slimtrain.core.export import _cut_mha_heads
 
     att = nn.MultiheadAttention(8, 4)
     _cut_mha_heads(att, 2)  # what export does to an attention that keeps 2 of its 4 heads
@@ -201,8 +201,8 @@ def test_keyword_called_sequence_first_attention_on_a_fixed_residual_builds_its_
 
 
 def test_attention_cost_names_shapes_it_cannot_read():
-    from slimtrain.cost import _mha_cost
-    from slimtrain.graph import GraphError, LayerSpec
+    from slimtrain.core.cost import _mha_cost
+    from slimtrain.core.graph import GraphError, LayerSpec
 
     att = nn.MultiheadAttention(16, 4)
     spec = LayerSpec("enc.att", "mha", None, 0, 1, 1, None, 4, (), (5, 2, 16), {"kv_shapes": []})

@@ -12,7 +12,7 @@ from torch import nn
 
 import slimtrain
 from slimtrain import DynamicRecurrent, DynamicWidth, MaskedLayerNorm, MelFrontend, TransformerBlock
-from slimtrain.frontend import mel_filterbank, spread_order
+from slimtrain.audio.frontend import mel_filterbank, spread_order
 
 
 # ------------------------------------------------------------------ TransformerBlock

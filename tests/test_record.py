@@ -8,8 +8,8 @@ import torch
 from torch import nn
 
 import slimtrain
-from slimtrain.record import WidthRecorder
-from slimtrain.training import fit, make_optimizer, seed_everything
+from slimtrain.train.record import WidthRecorder
+from slimtrain.train.training import fit, make_optimizer, seed_everything
 from _helpers import build, count_macs, dcls
 
 

@@ -238,7 +238,7 @@ def test_residual_with_the_input_is_left_alone():
 
 
 def test_taylor_scores_reach_the_mel_bands():
-    from slimtrain.tasks.vad.models import build_vad_model
+    from slimtrain.apps.vad.models import build_vad_model
 
     torch.manual_seed(0)
     model = build_vad_model("crnn", n_mels=12, conv1=8, conv2=8, hidden=8)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from slimtrain.cli import main
-from slimtrain.report import BLOCKS, FIGURES, ReportError, markdown_files, regenerate, regenerate_text, render_block
+from slimtrain.tasks.report import BLOCKS, FIGURES, ReportError, markdown_files, regenerate, regenerate_text, render_block
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -15,9 +15,9 @@ import torch.nn.functional as F
 from torch import nn
 
 import slimtrain
-from slimtrain.checkpoint import load_checkpoint, make_recipe
-from slimtrain.record import WidthRecorder
-from slimtrain.training import TrainingError, fit, make_optimizer, seed_everything
+from slimtrain.train.checkpoint import load_checkpoint, make_recipe
+from slimtrain.train.record import WidthRecorder
+from slimtrain.train.training import TrainingError, fit, make_optimizer, seed_everything
 
 SRC = str(Path(slimtrain.__file__).resolve().parents[1])
 

@@ -14,7 +14,7 @@ from torch import nn
 
 import slimtrain
 from slimtrain import GraphError, WidthError
-from slimtrain.checkpoint import CheckpointError, load_checkpoint, make_recipe, save_checkpoint
+from slimtrain.train.checkpoint import CheckpointError, load_checkpoint, make_recipe, save_checkpoint
 from slimtrain.tasks.audio import AudioError, read_audio, read_many, write_audio
 
 

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 import slimtrain
-from slimtrain.training import fit, make_optimizer, seed_everything
+from slimtrain.train.training import fit, make_optimizer, seed_everything
 
 
 def _model(hidden: int = 24) -> nn.Module:
@@ -128,7 +128,7 @@ def test_vad_loop_settles_once_the_condition_holds_and_keeps_the_widths():
     import numpy as np
     from types import SimpleNamespace
 
-    from slimtrain.tasks.vad.models import build_vad_model
+    from slimtrain.apps.vad.models import build_vad_model
     from slimtrain.tasks.vad.train import train_loop
 
     seed_everything(0)

@@ -8,16 +8,16 @@ import numpy as np
 import pytest
 import torch
 
-from slimtrain.checkpoint import make_recipe, save_checkpoint
-from slimtrain.dcl import DynamicWidth
-from slimtrain.shipped import ShippedModelError, fit_to_state, load_shipped
+from slimtrain.train.checkpoint import make_recipe, save_checkpoint
+from slimtrain.core.dcl import DynamicWidth
+from slimtrain.apps.shipped import ShippedModelError, fit_to_state, load_shipped
 from slimtrain.tasks.ship import ship_spoof, ship_vad
 
 
 def test_vad_checkpoint_ships_and_reloads_exactly(tmp_path):
-    from slimtrain.export import export
+    from slimtrain.core.export import export
     from slimtrain.tasks.vad.train import build_dynamic_vad
-    from slimtrain.vad import _build_plain
+    from slimtrain.apps.vad import _build_plain
 
     recipe = make_recipe("vad", {"family": "crnn", "n_mels": 80}, (2, 32000), {"kappa_min": 0.125})
     model = build_dynamic_vad(recipe)
@@ -43,9 +43,9 @@ def test_vad_checkpoint_ships_and_reloads_exactly(tmp_path):
 
 
 def test_spoof_checkpoint_ships_and_reloads_exactly(tmp_path):
-    from slimtrain.export import export
-    from slimtrain.spoof import _build_plain
-    from slimtrain.tasks.spoof.models import QUICK_BLOCKS
+    from slimtrain.core.export import export
+    from slimtrain.apps.spoof import _build_plain
+    from slimtrain.apps.spoof.models import QUICK_BLOCKS
     from slimtrain.tasks.spoof.train import build_spoof_model
 
     kw = {"width": 4, "blocks": list(QUICK_BLOCKS), "n_mels": 16, "sample_rate": 8000, "n_fft": 256,
@@ -71,7 +71,7 @@ def test_spoof_checkpoint_ships_and_reloads_exactly(tmp_path):
 
 
 def test_fit_to_state_names_a_layer_that_does_not_fit():
-    from slimtrain.tasks.vad.models import build_vad_model
+    from slimtrain.apps.vad.models import build_vad_model
 
     state = build_vad_model("crnn", n_mels=10, conv1=4, conv2=4, hidden=5).state_dict()
     state["head.weight"] = torch.zeros(2, 7)  # 7 inputs, but the GRU has 5 outputs
@@ -80,7 +80,7 @@ def test_fit_to_state_names_a_layer_that_does_not_fit():
 
 
 def test_long_audio_runs_in_streamed_blocks_with_the_same_result(monkeypatch):
-    import slimtrain.vad as vad_mod
+    import slimtrain.apps.vad as vad_mod
 
     model = vad_mod.load()
     x = (np.random.default_rng(0).standard_normal(12000) * 0.05).astype(np.float32)

@@ -9,7 +9,7 @@ import torch
 
 from slimtrain import spoof
 from slimtrain.cli import main
-from slimtrain.shipped import sha256_of
+from slimtrain.apps.shipped import sha256_of
 
 
 @pytest.fixture(scope="module")

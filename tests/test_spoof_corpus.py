@@ -7,10 +7,10 @@ import soundfile as sf
 import torch
 from hypothesis import given, settings, strategies as st
 
-from slimtrain.data import CorpusError, SkipReport
-from slimtrain.data.spoof_corpus import (PROTOCOL_LAYOUTS, SpoofCrops, SpoofUtterances, asvspoof2019_paths, clips_of,
+from slimtrain.audio.data import CorpusError, SkipReport
+from slimtrain.audio.data.spoof_corpus import (PROTOCOL_LAYOUTS, SpoofCrops, SpoofUtterances, asvspoof2019_paths, clips_of,
                                          crop_or_tile, detect_format, read_asv_scores, read_spoof_corpus)
-from slimtrain.data.spoof_fixtures import make_asvspoof2019_tree, make_itw_tree, make_plain_csv
+from slimtrain.audio.data.spoof_fixtures import make_asvspoof2019_tree, make_itw_tree, make_plain_csv
 
 SR = 16000
 

@@ -11,8 +11,8 @@ from hypothesis import given, settings, strategies as st
 
 from slimtrain import spoof
 from slimtrain.cli import main
-from slimtrain.data.spoof_corpus import clips_of
-from slimtrain.data.spoof_fixtures import make_asvspoof2019_tree
+from slimtrain.audio.data.spoof_corpus import clips_of
+from slimtrain.audio.data.spoof_fixtures import make_asvspoof2019_tree
 from slimtrain.tasks.metrics import eer_by_group, min_tdcf
 
 TINY = ["--epochs", "2", "--crop-seconds", "0.5", "--batch-size", "8", "--loader-workers", "1", "--no-progress"]
@@ -110,7 +110,7 @@ def test_loaded_model_scores_at_16k_without_downsampling(run, tree):
 
 def test_cli_scores_match_the_loaded_model(run, tree):
     """The test EER in result.json comes from the same per-file scores that spoof.load gives."""
-    from slimtrain.data.spoof_corpus import read_spoof_corpus
+    from slimtrain.audio.data.spoof_corpus import read_spoof_corpus
 
     out, doc = run
     cm = spoof.load(out / "model.ckpt")
@@ -149,7 +149,7 @@ def test_paper_recipe_end_to_end(tmp_path):
 def test_itw_and_csv_at_8k_end_to_end(tmp_path):
     """In-the-Wild meta.csv for training, a plain CSV for validation, 16 kHz files, an 8 kHz model: the
     front-end is built for 8 kHz and the loaded model resamples wideband input down to its rate."""
-    from slimtrain.data.spoof_fixtures import make_itw_tree, make_plain_csv
+    from slimtrain.audio.data.spoof_fixtures import make_itw_tree, make_plain_csv
 
     meta = make_itw_tree(tmp_path / "itw", n_bona=8, n_spoof=8, seconds=(0.3, 0.6))
     val = make_plain_csv(tmp_path / "csv", n_bona=3, n_per_attack=1, seconds=(0.3, 0.6))

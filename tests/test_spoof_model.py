@@ -9,9 +9,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import slimtrain
-from slimtrain.attach import attached_dcl
-from slimtrain.checkpoint import load_dynamic_model
-from slimtrain.tasks.spoof.models import build_resnet, make_dynamic_stages, parse_stages, stage_layers
+from slimtrain.core.attach import attached_dcl
+from slimtrain.train.checkpoint import load_dynamic_model
+from slimtrain.apps.spoof.models import build_resnet, make_dynamic_stages, parse_stages, stage_layers
 from slimtrain.tasks.spoof.train import SpoofConfig, train_run
 
 from _helpers import count_macs, n_params

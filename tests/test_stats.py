@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from slimtrain.stats import compare, format_interval, mean_interval, paired_difference, paired_verdict, summarize_rows
+from slimtrain.train.stats import compare, format_interval, mean_interval, paired_difference, paired_verdict, summarize_rows
 
 finite = st.floats(min_value=-1e3, max_value=1e3, allow_nan=False, allow_infinity=False)
 

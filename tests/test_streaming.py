@@ -7,8 +7,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from slimtrain.audio_input import StreamingResampler, resample_to
-from slimtrain.tasks.vad.models import CRNNStream, StreamingError, build_vad_model, stream_logits
+from slimtrain.audio.io import StreamingResampler, resample_to
+from slimtrain.apps.vad.models import CRNNStream, StreamingError, build_vad_model, stream_logits
 
 
 def _chunks(x: np.ndarray, sizes: list[int]) -> list[np.ndarray]:

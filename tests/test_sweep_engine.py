@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from slimtrain.sweep_engine import Job, SweepError, row_path, run_jobs, seeds_from_args
+from slimtrain.train.sweep_engine import Job, SweepError, row_path, run_jobs, seeds_from_args
 from slimtrain.tasks import synthetic as syn
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")

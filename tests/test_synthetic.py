@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import slimtrain
-from slimtrain.checkpoint import (CheckpointError, load_checkpoint, load_dynamic_model, make_recipe,
+from slimtrain.train.checkpoint import (CheckpointError, load_checkpoint, load_dynamic_model, make_recipe,
                                   register_task, save_checkpoint)
 from slimtrain.tasks import synthetic as syn
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from slimtrain import vad
-from slimtrain.shipped import sha256_of
+from slimtrain.apps.shipped import sha256_of
 
 RATES = (8000, 16000)
 
@@ -24,7 +24,7 @@ def _noise_with_tone(rate: int, seconds: float = 1.3, seed: int = 0) -> np.ndarr
 
 
 def _tiny(rate: int, seed: int) -> vad.VAD:
-    from slimtrain.tasks.vad.models import build_vad_model
+    from slimtrain.apps.vad.models import build_vad_model
 
     torch.manual_seed(seed)
     return vad.VAD(build_vad_model("crnn", 12, sample_rate=rate, conv1=3, conv2=3, hidden=4), threshold=0.4,
@@ -46,7 +46,7 @@ def test_pair_runs_input_above_8k_through_the_16k_model(pair, rate, served):
     got = pair.frame_probs(x, rate)
     assert np.array_equal(got, m.frame_probs(x, rate))
     # frames at the served rate: samples // hop + 1 after resampling to it (no silent 8 kHz path for wideband)
-    from slimtrain.audio_input import resample_to
+    from slimtrain.audio.io import resample_to
 
     assert len(got) == len(resample_to(x, rate, served)) // (served // 100) + 1
     assert pair.resamples(rate) == (None if rate == served else ("down" if rate > served else "up"))

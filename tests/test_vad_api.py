@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from slimtrain import vad
 from slimtrain.cli import main
-from slimtrain.shipped import sha256_of
+from slimtrain.apps.shipped import sha256_of
 
 
 @pytest.fixture(scope="module")
@@ -245,7 +245,7 @@ def test_without_smoothing_segments_are_exactly_the_runs_above_threshold(speech)
 
 # -- loading other model files --------------------------------------------------------------------------
 def test_load_errors_name_the_file(tmp_path):
-    from slimtrain.checkpoint import CheckpointError
+    from slimtrain.train.checkpoint import CheckpointError
 
     with pytest.raises(CheckpointError, match="model file not found: .*missing.pt"):
         vad.load(tmp_path / "missing.pt")
@@ -260,8 +260,8 @@ def test_load_errors_name_the_file(tmp_path):
 
 
 def test_a_transformer_checkpoint_loads_but_does_not_stream(tmp_path):
-    from slimtrain.checkpoint import make_recipe, save_checkpoint
-    from slimtrain.tasks.vad.models import StreamingError, build_vad_model
+    from slimtrain.train.checkpoint import make_recipe, save_checkpoint
+    from slimtrain.apps.vad.models import StreamingError, build_vad_model
 
     net = build_vad_model("transformer", n_mels=8, d_model=8, ff=8, attn=4)
     ckpt = save_checkpoint(tmp_path / "tr.pt", net, make_recipe("vad", {"family": "transformer", "n_mels": 8,

@@ -139,7 +139,7 @@ def test_pareto_notes_mark_dominated_points_and_name_the_baseline():
 def test_multi_seed_sweep_records_seeds_and_reports_intervals(trained, tmp_path):
     """Every row runs for every seed (own checkpoint), rows carry seed and data fingerprint, and the
     summary has n = 2 with a Student-t interval; --resume reruns a row whose checkpoint is gone."""
-    from slimtrain.sweep_engine import row_path
+    from slimtrain.train.sweep_engine import row_path
     from slimtrain.tasks.vad.sweep import VadSweepConfig, format_summary_table, run_sweep
 
     cfg = VadSweepConfig.quick(families=("crnn",), fixed_scales=(1.0,), gate_intervals=(), epochs=1, anchors=False,

@@ -13,8 +13,8 @@ import torch
 
 from slimtrain import vad
 from slimtrain.cli import main
-from slimtrain.data import CorpusError, read_vad_corpus, frame_labels_from_segments
-from slimtrain.data.fixtures import make_esc50_tree, make_rttm_folder, make_vctk_tree
+from slimtrain.audio.data import CorpusError, read_vad_corpus, frame_labels_from_segments
+from slimtrain.audio.data.fixtures import make_esc50_tree, make_rttm_folder, make_vctk_tree
 
 SMALL = ["--widths", "conv1=8,conv2=8,hidden=12,n_mels=24", "--crop-seconds", "1.5", "--batch-size", "4",
          "--no-progress"]
@@ -92,7 +92,7 @@ def test_shipped_models_say_which_rate_they_run_at():
 
 
 def test_trained_model_exports_to_onnx(trained, tmp_path):
-    from slimtrain.export import export_onnx
+    from slimtrain.core.export import export_onnx
 
     m = vad.load(trained / "vad_crnn.pt")
     info = export_onnx(m.model, torch.randn(1, 2400) * 0.1, tmp_path / "vad.onnx")  # 0.15 s: the exporter unrolls the GRU
@@ -142,7 +142,7 @@ def paper_trees(tmp_path_factory):
 
 
 def test_paper_recipe_end_to_end_on_fixtures(paper_trees, tmp_path):
-    from slimtrain.data.fixtures import synthetic_speech
+    from slimtrain.audio.data.fixtures import synthetic_speech
 
     vctk_dir, esc = paper_trees
     rc = main(["vad", "--recipe", "paper", "--vctk", str(vctk_dir), "--esc50", str(esc), "--epochs", "1",
@@ -205,7 +205,7 @@ def test_vctk_080_layout_and_bad_trees_are_named(tmp_path, paper_trees):
 def test_a_torchscript_vad_keeps_its_rate(tmp_path, rate):
     import warnings
 
-    from slimtrain.tasks.vad.models import build_vad_model
+    from slimtrain.apps.vad.models import build_vad_model
 
     m = build_vad_model("crnn", 24, sample_rate=rate, conv1=4, conv2=4, hidden=4).eval()
     with warnings.catch_warnings():

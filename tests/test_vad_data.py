@@ -13,8 +13,8 @@ from hypothesis import strategies as st
 
 from slimtrain import MelFrontend
 from slimtrain.tasks.audio import ASTERISK_VOICES, write_audio
-from slimtrain.tasks.vad.data import (NOISE_TYPES, DataError, VadDataConfig, build_clips, build_vad_data,
-                                      frame_labels, load_vad_data, make_noise, measure_snr, mix_at_snr)
+from slimtrain.tasks.vad.build import build_vad_data
+from slimtrain.tasks.vad.data import (NOISE_TYPES, DataError, VadDataConfig, build_clips, frame_labels, load_vad_data, make_noise, measure_snr, mix_at_snr)
 
 SR, HOP = 8000, 80
 

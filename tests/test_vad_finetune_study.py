@@ -7,7 +7,8 @@ import re
 
 import pytest
 
-from slimtrain.tasks.vad.data import VadDataConfig, build_vad_data
+from slimtrain.tasks.vad.build import build_vad_data
+from slimtrain.tasks.vad.data import VadDataConfig
 from slimtrain.tasks.vad.finetune_study import (COLUMNS, FinetuneStudyConfig, StudyError, format_study_table,
                                                 read_study_csv, run_study, study_sentences, write_study_csv)
 

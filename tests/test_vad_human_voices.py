@@ -13,7 +13,9 @@ import pytest
 
 from slimtrain.cli import main
 from slimtrain.tasks.vad import human_voices as H
-from slimtrain.tasks.vad.data import DataError, VadDataConfig, VadSplit, build_vad_data
+from slimtrain.tasks.vad.build import build_vad_data
+from slimtrain.tasks.vad.unseen import check_training_manifest
+from slimtrain.tasks.vad.data import DataError, VadDataConfig, VadSplit
 from slimtrain.tasks.vad.unseen import HELD_OUT_SPEAKER, UnseenConfig, build_unseen_set, training_voices
 from slimtrain.tasks.vad.unseen_human import (TTS_GROUPS, UnseenHumanConfig, _check_kinds, build_unseen_human_set,
                                               held_out_human_sources, load_split_set)
@@ -146,16 +148,16 @@ def test_held_out_speakers_and_languages_are_in_no_training_source_or_voice():
           "config": {"train_languages": ["en", "es"], "extra_train_speakers": ["es-co"],
                      "human_voices": [s.id for s in H.sources("train", addable=True)]},
           "splits": {"train": {"speakers": ["en_US_f_Allison", "es_MX_f_Allison", "es-co"], "tts_voices": []}}}
-    H.check_training_manifest(ok)
+    check_training_manifest(ok)
     assert {"fillets-cs", "klettres-ru"} <= training_voices(ok)["speakers"]
     leak = json.loads(json.dumps(ok))
     leak["config"]["human_voices"].append("klettres-uk")
     with pytest.raises(H.HumanVoiceError, match="held-out source 'klettres-uk'.*held-out language 'uk'"):
-        H.check_training_manifest(leak)
+        check_training_manifest(leak)
     tts_leak = json.loads(json.dumps(ok))
     tts_leak["splits"]["train"]["tts_voices"] = ["espeak-ng/he+m3"]
     with pytest.raises(H.HumanVoiceError, match="held-out language 'he' is spoken in the training split"):
-        H.check_training_manifest(tts_leak)
+        check_training_manifest(tts_leak)
 
 
 # -- real installed packages (install.sh installs them: apt-packages.txt) ----------------------------------
@@ -199,7 +201,7 @@ def test_extended_corpus_records_the_human_sources_it_trains_on(tmp_path):
     assert in_clips == pytest.approx(hv["totals"]["minutes_in_clips"], abs=1e-3) and in_clips > 0
     kinds = man["splits"]["train"]["speech_minutes_by_kind"]
     assert kinds["human"] > kinds["tts"] and kinds["tts_share"] < 0.5
-    H.check_training_manifest(man)
+    check_training_manifest(man)
     # without human voices the settings (and fingerprint) are those of the corpus before the registry
     assert "human_voices" not in VadDataConfig(corpus="extended").as_dict()
 

@@ -8,9 +8,10 @@ import pytest
 import torch
 
 import slimtrain
-from slimtrain.checkpoint import load_dynamic_model
-from slimtrain.tasks.vad.data import VadDataConfig, build_vad_data, load_vad_data
-from slimtrain.tasks.vad.models import FAMILIES, build_vad_model, scaled_widths
+from slimtrain.train.checkpoint import load_dynamic_model
+from slimtrain.tasks.vad.build import build_vad_data
+from slimtrain.tasks.vad.data import VadDataConfig, load_vad_data
+from slimtrain.apps.vad.models import FAMILIES, build_vad_model, scaled_widths
 from slimtrain.tasks.vad.train import VadRunConfig, evaluate_scores, exported_cost, frame_scores, train_vad
 
 

@@ -8,7 +8,8 @@ import shutil
 import pytest
 
 from slimtrain.cli import main
-from slimtrain.tasks.vad.data import DataError, VadDataConfig, build_vad_data
+from slimtrain.tasks.vad.build import build_vad_data
+from slimtrain.tasks.vad.data import DataError, VadDataConfig
 from slimtrain.tasks.vad.unseen import (HELD_OUT_SPEAKER, UNSEEN_ESPEAK, UNSEEN_FESTIVAL, UnseenConfig,
                                         build_unseen_set, check_held_out, load_unseen_set, training_voices,
                                         unseen_voices)

@@ -14,8 +14,8 @@ from torch.nn.utils import parametrize
 from torch.nn.utils.parametrizations import weight_norm as wn_new
 
 import slimtrain
-from slimtrain.training import make_optimizer
-from slimtrain.weightnorm import cut_weight, weight_norm_dim
+from slimtrain.train.training import make_optimizer
+from slimtrain.core.weightnorm import cut_weight, weight_norm_dim
 
 from _archs import Codec
 from _helpers import count_macs, n_params

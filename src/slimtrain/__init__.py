@@ -7,19 +7,35 @@ Core API::
     small = slimtrain.export(model)
     slimtrain.compact(model, optimizer)   # mid-training: cut to the current widths, train on
 """
-from .compact import CompactError, compact
-from .cost import Cost, layer_costs, model_cost
-from .dcl import DynamicWidth, WidthError
-from .distill import DistillError, Distiller
-from .export import export
-from .frontend import MelFrontend
-from .graph import GraphError, dynamic_widths, get_graph, make_dynamic, plan_widths, settle_widths
-from .loss import LossConfigError, TradeoffLoss
-from .plan import WidthPlan, width_report
-from .modules import DynamicOutput, DynamicRecurrent, MaskedLayerNorm, TransformerBlock
-from .reorder import ReorderError, ReorderReport, channel_scores, reorder_channels
+import sys
+
+from .core.compact import CompactError, compact
+from .core.cost import Cost, layer_costs, model_cost
+from .core.dcl import DynamicWidth, WidthError
+from .core.distill import DistillError, Distiller
+from .core.export import export
+from .audio.frontend import MelFrontend
+from .core.graph import GraphError, dynamic_widths, get_graph, make_dynamic, plan_widths, settle_widths
+from .core.loss import LossConfigError, TradeoffLoss
+from .core.plan import WidthPlan, width_report
+from .core.modules import DynamicOutput, DynamicRecurrent, MaskedLayerNorm, TransformerBlock
+from .core.reorder import ReorderError, ReorderReport, channel_scores, reorder_channels
+
+from . import _legacy
+
+_legacy.install(sys.modules[__name__])  # the old module paths (slimtrain.training, slimtrain.data, ...) keep working
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    """``slimtrain.training``, ``slimtrain.checkpoint``, ``slimtrain.vad``...: the modules of before the layer
+    packages, imported on first use as they were (see :mod:`slimtrain._legacy`)."""
+    if f"{__name__}.{name}" in _legacy.MOVED:
+        import importlib
+
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 __all__ = [
     "CompactError", "Cost", "DistillError", "Distiller", "DynamicOutput", "DynamicRecurrent", "DynamicWidth", "GraphError",
     "LossConfigError",

@@ -108,7 +108,7 @@ def _settle_epochs(text: str) -> int:
 
 
 def add_compact_option(p: argparse.ArgumentParser) -> None:
-    """``--compact-every N`` for a task's training runs (see :func:`slimtrain.training.fit`)."""
+    """``--compact-every N`` for a task's training runs (see :func:`slimtrain.train.training.fit`)."""
     p.add_argument("--compact-every", type=lambda t: _int_at_least(t, "compact-every", 0), default=0, metavar="N",
                    help="DCL runs: cut the model to its current widths (slimtrain.compact) after every N epochs, so "
                         "the later epochs train a smaller, cheaper network; the model is always cut when its widths "
@@ -210,7 +210,7 @@ def add_sweep_engine_arguments(p: argparse.ArgumentParser) -> None:
 
 def sweep_seeds(args) -> list[int]:
     """The seeds a sweep runs (``--seeds``/``--seed-list``, else ``--seed``); checks --address."""
-    from .sweep_engine import seeds_from_args
+    from .train.sweep_engine import seeds_from_args
 
     if args.address is not None and args.engine != "ray":
         raise ValueError("--address applies with --engine ray only")
@@ -248,7 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
             "  model.onnx      ONNX of the exported model, dynamic batch axis where the exporter allows "
             "(onnxruntime; slimtrain not needed)\n"
             "  summary.json    widths, MACs, FLOPs and parameters per example, the recorded metric, the checks, "
-            "the recipe (slimtrain.checkpoint.load_exported(OUT_DIR) rebuilds the model from model_state.pt)",
+            "the recipe (slimtrain.train.checkpoint.load_exported(OUT_DIR) rebuilds the model from model_state.pt)",
             "The TorchScript output is checked against the dynamic model in eval mode on a random input of "
             "the recorded sample shape, and the ONNX file (run with onnxruntime) against the exported model; "
             "exit code 1 if either differs.",
@@ -267,7 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "a while: the exporter unrolls GRU/LSTM layers over the recorded sample length)")
     e.set_defaults(func=_cmd_export)
 
-    from . import report
+    from .tasks import report
 
     r = sub.add_parser(
         "report", help="regenerate the results tables in README.md and docs/*.md and the figures from the CSVs",
@@ -361,7 +361,7 @@ def _cmd_plan(args) -> int:
     import torch
     from torch import nn
 
-    from .graph import plan_widths
+    from .core.graph import plan_widths
 
     factory = _load_factory(args.factory)
     model = factory if isinstance(factory, nn.Module) else factory()
@@ -389,7 +389,7 @@ def load_task_registry() -> None:
 
 def _refuse_sweep_under_torchrun() -> None:
     """Sweeps run their runs in parallel processes of their own; torchrun is for one data-parallel run."""
-    from .distributed import launched
+    from .train.distributed import launched
 
     if launched():
         raise ValueError("--sweep is not data-parallel: run it without torchrun (its --workers run the runs "
@@ -401,10 +401,10 @@ def _cmd_export(args) -> int:
 
     load_task_registry()  # the checkpoint's builder is registered by its task
 
-    from .checkpoint import load_checkpoint, load_dynamic_model
-    from .cost import model_cost
-    from .export import export
-    from .graph import dynamic_widths
+    from .train.checkpoint import load_checkpoint, load_dynamic_model
+    from .core.cost import model_cost
+    from .core.export import export
+    from .core.graph import dynamic_widths
 
     ckpt = load_checkpoint(args.checkpoint)
     model = load_dynamic_model(ckpt).eval()
@@ -428,7 +428,7 @@ def _cmd_export(args) -> int:
     diff = float((y_ref - y_ts).abs().max())
     scale = max(1.0, float(y_ref.abs().max()))
     ok = diff <= args.atol * scale
-    from .export import ExportError, export_onnx
+    from .core.export import ExportError, export_onnx
 
     tmp_state = out / ".model_state.pt.tmp"
     torch.save(small.state_dict(), tmp_state)
@@ -485,19 +485,19 @@ def _cmd_export(args) -> int:
 # -- entry point ------------------------------------------------------------------------------------
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run the ``slimtrain`` command; returns the exit code (0 ok, 1 failure, 2 bad input)."""
-    from .checkpoint import CheckpointError
-    from .dcl import WidthError
-    from .graph import GraphError
-    from .loss import LossConfigError
-    from .sweep_engine import SweepError
-    from .training import TrainingError
+    from .train.checkpoint import CheckpointError
+    from .core.dcl import WidthError
+    from .core.graph import GraphError
+    from .core.loss import LossConfigError
+    from .train.sweep_engine import SweepError
+    from .train.training import TrainingError
 
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
     except SystemExit as e:  # --help, --version and argument errors (already printed)
         return int(e.code) if isinstance(e.code, int) else (0 if e.code is None else 2)
-    from .distributed import shutdown
+    from .train.distributed import shutdown
 
     try:
         return int(args.func(args))

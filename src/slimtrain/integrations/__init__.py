@@ -1,4 +1,4 @@
-"""Callbacks for the training frameworks people use instead of :func:`slimtrain.training.fit`.
+"""Callbacks for the training frameworks people use instead of :func:`slimtrain.train.training.fit`.
 
 * :mod:`slimtrain.integrations.lightning` -- ``DynamicWidthCallback`` for the Lightning ``Trainer``
   (``pip install "slimtrain[lightning]"``);

@@ -15,11 +15,11 @@ from typing import Any, Iterable, Optional, Union
 import torch
 from torch import nn
 
-from ..cost import model_cost
-from ..dcl import DynamicWidth
-from ..export import export
-from ..graph import dynamic_widths, settle_widths
-from ..loss import TradeoffLoss
+from ..core.cost import model_cost
+from ..core.dcl import DynamicWidth
+from ..core.export import export
+from ..core.graph import dynamic_widths, settle_widths
+from ..core.loss import TradeoffLoss
 
 __all__ = ["IntegrationError", "WidthControl", "load_export", "require", "MIN_WIDTH_LR"]
 

@@ -21,7 +21,7 @@ from typing import Any, Optional, Union
 
 from torch import Tensor, nn
 
-from ..loss import TradeoffLoss
+from ..core.loss import TradeoffLoss
 from ._common import IntegrationError, WidthControl, require
 
 _pl = require("lightning.pytorch", "lightning", "slimtrain.integrations.lightning")
@@ -29,7 +29,7 @@ _pl = require("lightning.pytorch", "lightning", "slimtrain.integrations.lightnin
 __all__ = ["DynamicWidthCallback", "IntegrationError"]
 
 _OPT_FIX = ("give the widths their own parameter group in configure_optimizers, e.g. "
-            "return slimtrain.training.make_optimizer(self, lr=1e-3, width_lr=1e-2)")
+            "return slimtrain.train.training.make_optimizer(self, lr=1e-3, width_lr=1e-2)")
 
 
 class DynamicWidthCallback(_pl.Callback):

@@ -4,7 +4,7 @@
 
     model = slimtrain.make_dynamic(model, sample, kappa_min=0.25)
     trainer = Trainer(model=model, args=args, train_dataset=data,
-                      optimizers=(slimtrain.training.make_optimizer(model, lr=1e-4, width_lr=1e-2), None))
+                      optimizers=(slimtrain.train.training.make_optimizer(model, lr=1e-4, width_lr=1e-2), None))
     cb = DynamicWidthCallback(slimtrain.TradeoffLoss(model, alpha=0.3), settle_at=0.5,
                               export_path="out/small").attach(trainer)
     trainer.train()
@@ -33,8 +33,8 @@ from typing import Any, Optional, Union
 
 from torch import nn
 
-from ..dcl import DynamicWidth
-from ..loss import TradeoffLoss
+from ..core.dcl import DynamicWidth
+from ..core.loss import TradeoffLoss
 from ._common import IntegrationError, WidthControl, require
 
 _tf = require("transformers", "hf", "slimtrain.integrations.transformers")
@@ -43,7 +43,7 @@ from transformers.trainer_callback import ExportableState  # noqa: E402
 
 __all__ = ["DynamicWidthCallback", "IntegrationError"]
 
-_OPT_FIX = ("give them their own parameter group, e.g. Trainer(..., optimizers=(slimtrain.training.make_optimizer("
+_OPT_FIX = ("give them their own parameter group, e.g. Trainer(..., optimizers=(slimtrain.train.training.make_optimizer("
             "model, lr=1e-4, width_lr=1e-2), None))")
 
 

@@ -1,7 +1,7 @@
 """Case studies built on the slimtrain core.
 
 Importing this package registers each task's model builder with
-:func:`slimtrain.checkpoint.register_task`, so :func:`slimtrain.checkpoint.load_dynamic_model`
+:func:`slimtrain.train.checkpoint.register_task`, so :func:`slimtrain.train.checkpoint.load_dynamic_model`
 can rebuild their checkpoints.
 
 * :mod:`slimtrain.tasks.synthetic` -- a regression problem whose needed width is known.

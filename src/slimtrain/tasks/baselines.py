@@ -20,9 +20,9 @@ from typing import Callable, Iterable, Optional, Sequence
 import torch
 from torch import Tensor, nn
 
-from ..cost import model_cost
-from ..dcl import DynamicWidth
-from ..frontend import MelFrontend
+from ..core.cost import model_cost
+from ..core.dcl import DynamicWidth
+from ..audio.frontend import MelFrontend
 
 __all__ = [
     "PruneResult", "PruneError", "prune_to_macs", "layer_widths", "HardConcreteGate", "GatedWidth", "add_gates",
@@ -263,7 +263,7 @@ def _prune_once(model: nn.Module, sample, ratio: float, importance: str, round_t
     out = copy.deepcopy(model).eval()
     if ratio <= 0:
         return out
-    from ..graph import _set
+    from ..core.graph import _set
 
     stand_ins = {}
     for n, m in list(out.named_modules()):
@@ -569,7 +569,7 @@ class GatedWidth(DynamicWidth):
 
 def gates(model: nn.Module) -> dict[str, GatedWidth]:
     """Every gated group of a model prepared by :func:`add_gates`, by module name."""
-    from ..graph import get_graph
+    from ..core.graph import get_graph
 
     return {n: model.get_submodule(n) for n in get_graph(model).dcls.values()
             if isinstance(model.get_submodule(n), GatedWidth)}
@@ -588,7 +588,7 @@ def add_gates(model: nn.Module, sample, layers=None, *, exclude: Iterable[str] =
     (``requires_grad=False``); the learnable parameters are the ``log_alpha`` s.
     Returns the same model.
     """
-    from ..graph import make_dynamic
+    from ..core.graph import make_dynamic
 
     make_dynamic(model, sample, layers, exclude=tuple(exclude))
     seen: set[int] = set()
@@ -621,7 +621,7 @@ def gate_parameters(model: nn.Module) -> list[nn.Parameter]:
 def make_gate_optimizer(model: nn.Module, lr: float = 1e-3, gate_lr: float = 1e-2,
                         weight_decay: float = 0.0) -> torch.optim.Optimizer:
     """Adam with a separate learning rate for the gate ``log_alpha`` s (the gated twin of
-    :func:`slimtrain.training.make_optimizer`, which would give them the weights' rate)."""
+    :func:`slimtrain.train.training.make_optimizer`, which would give them the weights' rate)."""
     if lr <= 0 or gate_lr <= 0:
         raise ValueError(f"learning rates must be positive, got lr={lr}, gate_lr={gate_lr}")
     gp = gate_parameters(model)
@@ -636,11 +636,11 @@ def make_gate_optimizer(model: nn.Module, lr: float = 1e-3, gate_lr: float = 1e-
 def expected_cost(model: nn.Module):
     """``(MACs, params)`` per item at the expected number of open gates, differentiable in every ``log_alpha``.
 
-    Evaluates the core's compiled cost polynomial (:mod:`slimtrain.cost`) at the
+    Evaluates the core's compiled cost polynomial (:mod:`slimtrain.core.cost`) at the
     gate widths, so no cost model is duplicated here.
     """
-    from ..cost import _compiled
-    from ..graph import get_graph
+    from ..core.cost import _compiled
+    from ..core.graph import get_graph
 
     g = get_graph(model)
     comp = _compiled(model, g)
@@ -729,7 +729,7 @@ def _expand(p: Tensor, size: int, outer: int, inner: int) -> Tensor:
 
 @torch.no_grad()
 def _permute_layer(model: nn.Module, s, perms: dict[int, Tensor]) -> None:
-    from ..modules import DynamicRecurrent
+    from ..core.modules import DynamicRecurrent
 
     if s.kind == "prod":
         return
@@ -799,8 +799,8 @@ def export_gated(model: nn.Module) -> nn.Module:
     each gate becomes an ordinary DCL with ``K`` = the open count, and
     :func:`slimtrain.export` cuts to it.
     """
-    from ..export import export
-    from ..graph import get_graph
+    from ..core.export import export
+    from ..core.graph import get_graph
 
     g = get_graph(model)
     _resample_gates(model, ())  # drop cached samples (non-leaf tensors cannot be deep-copied)

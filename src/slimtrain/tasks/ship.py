@@ -4,7 +4,7 @@
     python -m slimtrain.tasks.ship spoof runs/spoof/model.ckpt --data runs/spoof/data --command "..."
 
 The checkpoint is cut to its learned widths (:func:`slimtrain.export`), written in the
-:mod:`slimtrain.shipped` format, reloaded through the plain builder and checked against the
+:mod:`slimtrain.apps.shipped` format, reloaded through the plain builder and checked against the
 exported model (the largest difference is recorded). The JSON holds the recipe, the data
 fingerprint, the commands that reproduce the file and the metrics recorded at training.
 """
@@ -21,8 +21,8 @@ import numpy as np
 import torch
 
 from .. import __version__
-from ..checkpoint import load_checkpoint, load_for_inference
-from ..shipped import load_shipped, save_shipped
+from ..train.checkpoint import load_checkpoint, load_for_inference
+from ..apps.shipped import load_shipped, save_shipped
 
 __all__ = ["ship_vad", "ship_spoof", "main"]
 
@@ -65,7 +65,7 @@ def ship_vad(checkpoint: Path, data: Path, out: Path, commands: list[str], name:
 
     ``eval_files``: ``slimtrain vad eval --json`` outputs whose rows for this checkpoint (and Silero's)
     are recorded under ``metrics_by_set``; ``streaming``: measured streaming CPU time, recorded as given."""
-    from ..vad import _build_plain
+    from ..apps.vad import _build_plain
 
     model, _ = load_for_inference(checkpoint, "vad")
     ckpt = load_checkpoint(checkpoint)
@@ -135,7 +135,7 @@ def ship_vad(checkpoint: Path, data: Path, out: Path, commands: list[str], name:
 
 def ship_spoof(checkpoint: Path, data: Path, out: Path, commands: list[str], name: str = "spoof_default") -> Path:
     """Ship a countermeasure checkpoint as ``out/NAME.pt`` + ``.json``; returns the ``.pt`` path."""
-    from ..spoof import _build_plain
+    from ..apps.spoof import _build_plain
 
     model, _ = load_for_inference(checkpoint, "spoof")
     ckpt = load_checkpoint(checkpoint)

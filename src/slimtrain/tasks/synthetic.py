@@ -47,16 +47,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .. import distributed, training
-from ..training import torch_threads
-from ..checkpoint import load_checkpoint, make_recipe, register_task, save_checkpoint
-from ..cost import model_cost
-from ..export import export
-from ..graph import dynamic_widths, make_dynamic
-from ..loss import TradeoffLoss
-from ..record import WidthRecorder
-from ..stats import format_interval, mean_interval, paired_verdict
-from ..sweep_engine import Job, read_sweep_rows, run_jobs
+from ..train import distributed, training
+from ..train.training import torch_threads
+from ..train.checkpoint import load_checkpoint, make_recipe, register_task, save_checkpoint
+from ..core.cost import model_cost
+from ..core.export import export
+from ..core.graph import dynamic_widths, make_dynamic
+from ..core.loss import TradeoffLoss
+from ..train.record import WidthRecorder
+from ..train.stats import format_interval, mean_interval, paired_verdict
+from ..train.sweep_engine import Job, read_sweep_rows, run_jobs
 
 __all__ = [
     "SyntheticConfig", "SyntheticData", "DEFAULT_ALPHAS", "DEFAULT_BASELINE_WIDTHS", "QUICK_ALPHAS",
@@ -231,7 +231,7 @@ register_task(TASK, build_dynamic_student)
 
 # -- training ------------------------------------------------------------------------------------
 def _batches(cfg: SyntheticConfig, data: SyntheticData, optimizer: torch.optim.Optimizer):
-    """``batches(epoch)`` for :func:`slimtrain.training.fit` over the training set (seeded shuffle, cosine decay)."""
+    """``batches(epoch)`` for :func:`slimtrain.train.training.fit` over the training set (seeded shuffle, cosine decay)."""
     return training.shuffled_cosine_batches(data.x_train[:cfg.n_train], data.y_train[:cfg.n_train], optimizer,
                                             batch_size=cfg.batch_size, epochs=cfg.epochs, seed=cfg.seed,
                                             lr_final=cfg.lr_final)
@@ -268,15 +268,15 @@ def train_run(
     trade-off loss at ``alpha`` (method ``"learned"``). ``width=n``: a plain MLP
     of ``n`` hidden units trained on the task loss alone with the same budget
     (method ``"fixed"``). ``checkpoint`` (learned runs only) saves a checkpoint
-    that :func:`slimtrain.checkpoint.load_dynamic_model` and ``slimtrain export`` read.
+    that :func:`slimtrain.train.checkpoint.load_dynamic_model` and ``slimtrain export`` read.
     ``threads`` fixes torch's thread count for the run (1: repeatable results).
     The checkpoint is also written after every epoch; ``resume=True`` continues
     a killed run from it (same final result as an uninterrupted run).
     ``device``: where to train (``"cpu"``, ``"cuda"``, ``"mps"``; see
-    :func:`slimtrain.distributed.resolve_device`); the results are computed on the CPU.
+    :func:`slimtrain.train.distributed.resolve_device`); the results are computed on the CPU.
     ``noise_seed``: reseed torch with it after initialisation, so only the DCL noise
     draws change (the run-to-run spread at fixed data and initial weights).
-    Under ``torchrun`` the run is data-parallel (:func:`slimtrain.training.fit`); every
+    Under ``torchrun`` the run is data-parallel (:func:`slimtrain.train.training.fit`); every
     rank returns the same row and only rank 0 writes the record and the checkpoint.
     """
     cfg.validate()
@@ -404,7 +404,7 @@ def _run_name(kind: str, value, seed: int) -> str:
 
 
 def _sweep_job(job: dict) -> dict:
-    """One (row, seed) of the sweep, run by :mod:`slimtrain.sweep_engine` (in any process)."""
+    """One (row, seed) of the sweep, run by :mod:`slimtrain.train.sweep_engine` (in any process)."""
     cfg = dataclasses.replace(job["cfg"], seed=job["seed"])
     kind, value, records, tensorboard = job["kind"], job["value"], job["records"], job["tensorboard"]
     data = make_data(cfg)
@@ -458,7 +458,7 @@ def run_sweep(
     With ``out_dir``: writes ``sweep.csv`` (one line per row and seed), ``sweep_summary.csv`` (mean
     and 95 % interval over seeds), ``sweep.png``, ``config.json``, each finished row in
     ``out_dir/rows/`` (``resume=True`` skips those) and, in ``out_dir/runs/``, each learned run's
-    width record and checkpoint. ``engine``/``workers``/``address``: see :mod:`slimtrain.sweep_engine`;
+    width record and checkpoint. ``engine``/``workers``/``address``: see :mod:`slimtrain.train.sweep_engine`;
     results do not depend on them. ``device`` is passed to every :func:`train_run`.
     """
     cfg.validate()
@@ -537,7 +537,7 @@ def _group_key(r: dict) -> tuple:
 
 def summarize(rows: Iterable[dict]) -> list[dict]:
     """One entry per sweep row (learned alpha / fixed width): ``n`` seeds, ``seeds`` and, per
-    metric of :data:`SUMMARY_METRICS`, an :class:`slimtrain.stats.Interval` and ``{seed: value}``."""
+    metric of :data:`SUMMARY_METRICS`, an :class:`slimtrain.train.stats.Interval` and ``{seed: value}``."""
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
         groups.setdefault(_group_key(r), []).append(r)

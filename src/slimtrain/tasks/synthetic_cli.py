@@ -120,7 +120,7 @@ def _synthetic_config(args):
 
 
 def _cmd_synthetic(args) -> int:
-    from .. import distributed
+    from ..train import distributed
     from . import synthetic as syn
 
     cfg = _synthetic_config(args)

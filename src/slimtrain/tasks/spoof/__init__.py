@@ -12,6 +12,6 @@ a ResNet34-style countermeasure with dynamic residual stages, EER on unseen atta
 Importing the package registers the ``"spoof"`` checkpoint builder.
 """
 from . import train as _train  # noqa: F401  (registers the "spoof" builder)
-from .models import build_resnet
+from ...apps.spoof.models import build_resnet
 
 __all__ = ["build_resnet"]

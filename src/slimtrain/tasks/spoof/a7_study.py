@@ -32,7 +32,7 @@ __all__ = ["band_statistics", "run_study"]
 def _logmel(clips: np.ndarray, n_mels: int = 32, n_fft: int = 256, hop: int = 160) -> np.ndarray:
     import torch
 
-    from ...frontend import MelFrontend
+    from ...audio.frontend import MelFrontend
 
     fe = MelFrontend(sample_rate=SR, n_fft=n_fft, hop_length=hop, n_mels=n_mels)
     with torch.no_grad():

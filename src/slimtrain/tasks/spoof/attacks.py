@@ -285,7 +285,7 @@ def griffin_lim_copy(x: np.ndarray, sr: int = SR, n_fft: int = 256, hop: int = 6
     clipped at 0) and reconstruct the phase with ``iterations`` Griffin-Lim steps (torch)."""
     import torch
 
-    from ...frontend import mel_filterbank
+    from ...audio.frontend import mel_filterbank
 
     w = torch.hann_window(n_fft, dtype=torch.float64)
     xt = torch.as_tensor(np.asarray(x, dtype=np.float64))

@@ -20,7 +20,7 @@ DEFAULT_OUT = Path("runs/spoof")
 
 
 def _stage_sets(text: str) -> list[tuple[int, ...]]:
-    from .models import parse_stages
+    from ...apps.spoof.models import parse_stages
 
     out = []
     for part in text.split("/"):
@@ -258,7 +258,7 @@ def _cmd_spoof(args) -> int:
     from .sweep import DEFAULT_FIXED_WIDTHS, DEFAULT_KAPPAS, DEFAULT_STAGE_SETS, QUICK_FIXED_WIDTHS, QUICK_KAPPAS
     from .sweep import QUICK_STAGE_SETS, format_summary_table, format_table, run_sweep
     from .train import SpoofConfig, train_run
-    from ... import distributed
+    from ...train import distributed
 
     device = getattr(args, "device", "cpu")
     distributed.resolve_device(device)  # an unavailable device stops here, before any work
@@ -371,10 +371,10 @@ def _cmd_spoof(args) -> int:
 
 
 def _cmd_score(args) -> int:
-    from ... import spoof
-    from ...audio_input import AudioInputError, expand_audio_paths
+    from ...apps import spoof
+    from ...audio.io import AudioInputError, expand_audio_paths
     from ..audio import AudioError, read_audio
-    from ..vad.cli import split_model_arg
+    from ...audio.io import split_model_arg
 
     model_path, paths = split_model_arg(args.model, args.paths)
     cm = spoof.load(model_path)

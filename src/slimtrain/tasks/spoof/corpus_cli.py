@@ -34,8 +34,8 @@ def _eer_line(name: str, r: dict) -> str:
 
 def run_corpus(args) -> int:
     """The corpus branch of ``slimtrain spoof`` (arguments of :func:`slimtrain.tasks.spoof.cli.register`)."""
-    from ...data import SkipReport
-    from ...data.spoof_corpus import asvspoof2019_paths, read_asv_scores, read_spoof_corpus
+    from ...audio.data import SkipReport
+    from ...audio.data.spoof_corpus import asvspoof2019_paths, read_asv_scores, read_spoof_corpus
     from .corpus_train import CorpusOptions, train_on_corpus
     from .train import SpoofConfig
 
@@ -97,7 +97,7 @@ def run_corpus(args) -> int:
         if c is not None and c.sample_rate != rate and args.cache_dir is None:
             print(f"note: {c.protocol.name} is at {c.sample_rate} Hz; every read is resampled to {rate} Hz "
                   "(--cache-dir DIR resamples each file once)", file=sys.stderr)
-    from ... import distributed
+    from ...train import distributed
 
     main = distributed.is_main()
     if args.skip_bad and main:

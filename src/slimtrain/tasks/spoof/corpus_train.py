@@ -1,12 +1,12 @@
 """Train and evaluate the countermeasure on the user's corpus (``slimtrain spoof --train-data ...``).
 
-The audio streams from disk (:class:`slimtrain.data.SpoofCrops` in ``DataLoader`` workers): each
+The audio streams from disk (:class:`slimtrain.audio.data.SpoofCrops` in ``DataLoader`` workers): each
 step reads a random crop of ``crop_seconds`` of every file in the batch, at the run's sample rate
 (8 or 16 kHz; the front-end is built for that rate, see :func:`frontend_for_rate`). The loss is
 binary cross-entropy with the bona fide class weighted by ``n_spoof / n_bona`` (ASVspoof 2019 LA
 has about 9 spoofs per bona fide file), plus the complexity term with dynamic stages, as in
 :func:`slimtrain.tasks.spoof.train.train_run`. Evaluation scores every whole file (the mean logit
-of its clips, :func:`slimtrain.data.spoof_corpus.clips_of`, exactly as
+of its clips, :func:`slimtrain.audio.data.spoof_corpus.clips_of`, exactly as
 :meth:`slimtrain.spoof.Countermeasure.score` does) and reports EER pooled and per attack ID, and
 min t-DCF where ASV scores are given.
 """
@@ -25,16 +25,16 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
-from ... import distributed, training
-from ...checkpoint import make_recipe, save_checkpoint
-from ...cost import model_cost
-from ...data.spoof_corpus import AsvScores, SpoofCorpus, SpoofCrops, SpoofUtterances
-from ...export import export
-from ...graph import dynamic_widths
-from ...loss import TradeoffLoss
-from ...record import WidthRecorder
+from ...train import distributed, training
+from ...train.checkpoint import make_recipe, save_checkpoint
+from ...core.cost import model_cost
+from ...audio.data.spoof_corpus import AsvScores, SpoofCorpus, SpoofCrops, SpoofUtterances
+from ...core.export import export
+from ...core.graph import dynamic_widths
+from ...core.loss import TradeoffLoss
+from ...train.record import WidthRecorder
 from ..metrics import eer_by_group, min_tdcf
-from .models import build_resnet, make_dynamic_stages
+from ...apps.spoof.models import build_resnet, make_dynamic_stages
 from .train import TASK, SpoofConfig
 
 __all__ = ["CorpusOptions", "frontend_for_rate", "train_on_corpus", "score_corpus", "evaluate_scores",
@@ -79,7 +79,7 @@ class CorpusOptions:
 def _cache(opts: CorpusOptions):
     if opts.cache_dir is None:
         return None
-    from ...data import AudioCache
+    from ...audio.data import AudioCache
 
     return AudioCache(opts.cache_dir)
 

@@ -46,6 +46,7 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 
 from ..audio import ASTERISK_VOICES, AudioError, asterisk_prompts, asterisk_transcripts, read_audio
+from ...apps.spoof.preprocess import SAMPLE_RATE, _bandpass, _frame_db, trim_silence  # noqa: F401  (cue removal, shared with scoring)
 from . import attacks as A
 
 __all__ = [
@@ -53,7 +54,7 @@ __all__ = [
     "shortcut_eer", "plan_items", "DataError", "SR", "data_fingerprint", "spoof_fingerprint", "source_inventory",
 ]
 
-SR = 8000
+SR = SAMPLE_RATE
 MANIFEST = "manifest.json"
 FORMAT = "slimtrain-spoof-data"
 VERSION = 1
@@ -137,30 +138,6 @@ class SpoofDataConfig:
 
 
 # -- cue removal -------------------------------------------------------------------------------------
-def _bandpass(x: np.ndarray) -> np.ndarray:
-    from scipy.signal import butter, sosfiltfilt
-
-    sos = butter(4, [100.0, 3600.0], btype="bandpass", fs=SR, output="sos")
-    if len(x) < 40:
-        return x.astype(np.float64)
-    return sosfiltfilt(sos, np.asarray(x, dtype=np.float64))
-
-
-def _frame_db(x: np.ndarray, frame: int = 80) -> np.ndarray:
-    n = max(1, len(x) // frame)
-    e = np.mean(np.square(x[: n * frame].reshape(n, frame) if len(x) >= frame else x[None]), axis=1)
-    return 10 * np.log10(e + 1e-12)
-
-
-def trim_silence(x: np.ndarray, floor_db: float = 40.0, frame: int = 80) -> np.ndarray:
-    """Drop leading and trailing 10 ms frames more than ``floor_db`` below the loudest frame."""
-    db = _frame_db(x, frame)
-    active = np.flatnonzero(db > db.max() - floor_db)
-    if active.size == 0:
-        return x
-    return x[active[0] * frame: (active[-1] + 1) * frame]
-
-
 def condition(x: np.ndarray, rng: np.random.Generator, clip_samples: int) -> np.ndarray:
     """The cue-removal chain applied identically to every clip (see the module docstring) -> int16."""
     y = trim_silence(_bandpass(x))

@@ -15,7 +15,8 @@ import torch
 from torch import nn
 
 from ..audio import read_audio
-from .data import SR, _bandpass, trim_silence
+from ...apps.spoof.preprocess import prepare
+from .data import SR
 
 __all__ = ["load_scorer", "score_files", "prepare"]
 
@@ -25,28 +26,10 @@ PathLike = Union[str, os.PathLike]
 def load_scorer(path: PathLike) -> tuple[nn.Module, int]:
     """A plain scoring model and its clip length in samples, from a slimtrain checkpoint (exported to
     its learned widths) or a TorchScript file written by ``slimtrain export`` (clip length then 1 s)."""
-    from ...checkpoint import load_for_inference
+    from ...train.checkpoint import load_for_inference
 
     model, ckpt = load_for_inference(path, "spoof")
     return model, (int(ckpt["recipe"]["sample_shape"][-1]) if ckpt is not None else SR)
-
-
-def prepare(x: np.ndarray, clip: int) -> np.ndarray:
-    """Clips ``(n, clip)`` of one recording after the deterministic cue removal."""
-    y = trim_silence(_bandpass(x))
-    rms = float(np.sqrt(np.mean(y ** 2))) if len(y) else 0.0
-    if rms > 0:
-        y = y * (10 ** (-24 / 20) / rms)
-    if len(y) <= clip:
-        out = np.zeros(clip)
-        off = (clip - len(y)) // 2
-        out[off:off + len(y)] = y
-        return out[None].astype(np.float32)
-    hop = clip // 2
-    starts = list(range(0, len(y) - clip + 1, hop))
-    if starts[-1] != len(y) - clip:
-        starts.append(len(y) - clip)
-    return np.stack([y[s:s + clip] for s in starts]).astype(np.float32)
 
 
 @torch.no_grad()

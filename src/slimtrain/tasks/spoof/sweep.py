@@ -26,8 +26,8 @@ import time
 from pathlib import Path
 from typing import Iterable, Optional, Sequence
 
-from ...stats import format_interval, paired_verdict, summarize_rows
-from ...sweep_engine import Job, read_sweep_rows, run_jobs
+from ...train.stats import format_interval, paired_verdict, summarize_rows
+from ...train.sweep_engine import Job, read_sweep_rows, run_jobs
 from .attacks import ATTACKS
 from .data import load_split
 from .train import SpoofConfig, train_run
@@ -82,7 +82,7 @@ def pruning_row(cfg: SpoofConfig, data_dir: str, unseen: Sequence[str], target_m
     train, test = load_split(Path(data_dir), "train"), load_split(Path(data_dir), "eval")
     state = None
     if trained is not None and Path(trained).is_file():
-        from ...checkpoint import load_checkpoint
+        from ...train.checkpoint import load_checkpoint
 
         state = load_checkpoint(trained)["state_dict"]
     return train_run(cfg, train, test, unseen, prune_to=target_macs, prune_fn=_prune_fn, init_state=state,
@@ -95,7 +95,7 @@ def data_fingerprint(data_dir: str | Path) -> str:
 
 
 def _job(job: tuple) -> dict:
-    """One (row, seed) of the sweep, run by :mod:`slimtrain.sweep_engine`; a failure becomes a row
+    """One (row, seed) of the sweep, run by :mod:`slimtrain.train.sweep_engine`; a failure becomes a row
     with ``method = "failed"`` and a ``status`` (so ``--resume`` runs it again)."""
     try:
         row = _job_inner(job)
@@ -203,7 +203,7 @@ def run_sweep(data_dir: Path, cfg: SpoofConfig, out_dir: Optional[Path] = None, 
     ``[cfg.seed]``; the data set is the one in ``data_dir`` for all seeds) and write the outputs to
     ``out_dir`` (``sweep.csv`` one line per row and seed, ``sweep_summary.csv`` mean and 95 %
     interval over seeds, ``sweep.png``, ``config.json``; finished rows in ``out_dir/rows``, which
-    ``resume=True`` skips). ``engine``/``workers``/``address``: see :mod:`slimtrain.sweep_engine`.
+    ``resume=True`` skips). ``engine``/``workers``/``address``: see :mod:`slimtrain.train.sweep_engine`.
 
     ``device`` is passed to the DCL and fixed-width runs (the pruning baseline trains on the CPU).
     ``control``: ``"floor"`` (default) trains each DCL row toward its floor (a budget at the cost of every

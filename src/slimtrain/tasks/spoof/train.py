@@ -1,6 +1,6 @@
 """Training and evaluation of one countermeasure (dynamic stages, fixed width, or pruned).
 
-A run trains :func:`~slimtrain.tasks.spoof.models.build_resnet` on the ``train`` split (binary
+A run trains :func:`~slimtrain.apps.spoof.models.build_resnet` on the ``train`` split (binary
 cross-entropy, bona fide = 1) and scores the ``eval`` split. With dynamic stages the loss is
 ``BCE + alpha * FLOPs(K) / FLOPs(full)`` (:class:`slimtrain.TradeoffLoss`), the widths are frozen
 at full size for ``warmup_epochs``, and the model is exported (cut to ``ceil(K)``) before it is
@@ -24,19 +24,19 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ... import distributed, training
-from ...training import torch_threads
-from ...checkpoint import make_recipe, register_task, save_checkpoint
-from ...cost import model_cost
-from ...export import export
-from ...graph import dynamic_widths, make_dynamic
-from ...loss import TradeoffLoss
-from ...record import WidthRecorder
+from ...train import distributed, training
+from ...train.training import torch_threads
+from ...train.checkpoint import make_recipe, register_task, save_checkpoint
+from ...core.cost import model_cost
+from ...core.export import export
+from ...core.graph import dynamic_widths, make_dynamic
+from ...core.loss import TradeoffLoss
+from ...train.record import WidthRecorder
 from ..metrics import eer
 from .attacks import ATTACKS
 from .data import SR, SpoofSplit
 from .aasist import AASIST_CONFIGS, build_aasist
-from .models import (DEFAULT_BLOCKS, DEFAULT_HOP, DEFAULT_N_FFT, DEFAULT_N_MELS, DEFAULT_WIDTH, QUICK_BLOCKS,
+from ...apps.spoof.models import (DEFAULT_BLOCKS, DEFAULT_HOP, DEFAULT_N_FFT, DEFAULT_N_MELS, DEFAULT_WIDTH, QUICK_BLOCKS,
                      build_resnet, make_dynamic_stages)
 
 __all__ = ["SpoofConfig", "train_run", "score_model", "eer_report", "build_spoof_model", "TASK", "model_kwargs",
@@ -218,7 +218,7 @@ def train_run(
     about 1.2 GMAC per second of audio); evaluation always uses the whole clips.
 
     With ``cfg.family`` ``"aasist"``/``"aasist-l"`` any non-empty ``stages`` means DCLs on every width that
-    can carry one (:func:`make_dynamic_aasist`); empty: the plain network. Under ``torchrun`` the training is data-parallel (:func:`slimtrain.training.fit`): every
+    can carry one (:func:`make_dynamic_aasist`); empty: the plain network. Under ``torchrun`` the training is data-parallel (:func:`slimtrain.train.training.fit`): every
     rank returns the same row and only rank 0 writes the width record and the checkpoint.
     """
     cfg.validate()

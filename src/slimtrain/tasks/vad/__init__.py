@@ -5,6 +5,6 @@ shipped VADs as anchors. See ``docs/vad.md``.
 Importing this package registers the ``"vad"`` checkpoint builder.
 """
 from . import train  # noqa: F401  (registers the "vad" builder)
-from .models import FAMILIES, build_vad_model
+from ...apps.vad.models import FAMILIES, build_vad_model
 
 __all__ = ["FAMILIES", "build_vad_model"]

@@ -22,10 +22,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ...checkpoint import load_dynamic_model
-from ...training import make_optimizer, seed_everything
+from ...train.checkpoint import load_dynamic_model
+from ...train.training import make_optimizer, seed_everything
 from .data import VadSplit
-from .models import build_vad_model
+from ...apps.vad.models import build_vad_model
 from .train import SAMPLE_SECONDS, SAMPLE_SHAPE, VadRunConfig, _mel_bands, _plain_widths, evaluate_model, exported_cost, train_loop
 
 __all__ = ["prune_baseline", "gate_baseline"]

@@ -43,7 +43,7 @@ def _human_files(text: str) -> int:
 
 
 def _family(text: str) -> str:
-    from .models import FAMILIES
+    from ...apps.vad.models import FAMILIES
 
     if text not in FAMILIES:
         raise argparse.ArgumentTypeError(f"family must be one of {', '.join(FAMILIES)}, got {text!r}")
@@ -322,7 +322,8 @@ def _cmd_human_voices(args) -> int:
 
 
 def _cmd_data(args) -> int:
-    from .data import VadDataConfig, build_vad_data, load_vad_data
+    from .build import build_vad_data
+    from .data import VadDataConfig, load_vad_data
 
     cfg = VadDataConfig.quick(seed=args.seed) if args.quick else VadDataConfig(seed=args.seed)
     cfg.corpus = args.corpus
@@ -401,8 +402,9 @@ def _cmd_vad(args) -> int:
         return _cmd_predict(args)
     if getattr(args, "vad_command", None) == "eval":
         return _cmd_eval(args)
-    from ... import distributed
-    from .data import VadDataConfig, build_vad_data, load_vad_data
+    from ...train import distributed
+    from .build import build_vad_data
+    from .data import VadDataConfig, load_vad_data
     from .sweep import VadSweepConfig, format_summary_table, format_table, run_sweep
     from .train import VadRunConfig, default_settle_epochs, train_vad
 
@@ -515,7 +517,6 @@ def _cmd_vad(args) -> int:
     return 0
 
 
-MODEL_SUFFIXES = (".pt", ".ckpt", ".pth", ".jit")
 
 
 def _probability(text: str) -> float:
@@ -525,22 +526,17 @@ def _probability(text: str) -> float:
     return v
 
 
-def split_model_arg(model: Path | None, paths: list[Path]) -> tuple[Path | None, list[Path]]:
-    """The old positional form ``MODEL FILE...``: a first path ending in a model suffix is the model."""
-    if model is None and len(paths) >= 2 and paths[0].suffix.lower() in MODEL_SUFFIXES:
-        return paths[0], list(paths[1:])
-    return model, list(paths)
-
-
 def _cmd_predict(args) -> int:
     import sys
 
-    from ... import vad
+    from ...apps import vad
     from ..audio import AudioError, read_audio
-    from ...audio_input import expand_audio_paths
+    from ...audio.io import expand_audio_paths
 
     if args.frames and args.format == "rttm":
         raise ValueError("--frames cannot be written as rttm; use --format text or json")
+    from ...audio.io import split_model_arg
+
     model_path, paths = split_model_arg(args.model, args.paths)
     model = vad.load(model_path)
     thr = model.threshold if args.threshold is None else args.threshold

@@ -163,7 +163,7 @@ def _print_row(row: dict, ckpt: Path, out: Path) -> None:
 
 def cmd_train_corpus(args, run_kwargs: dict, families: list[str]) -> int:
     """One run per family on the user's data (or the paper recipe); writes OUT/vad_FAMILY.pt and result.json."""
-    from ... import distributed
+    from ...train import distributed
     from .corpus import load_corpus_data, train_vad_on_corpus
     from .train import VadRunConfig
 
@@ -213,8 +213,8 @@ def cmd_eval_corpus(args) -> int:
     """``slimtrain vad eval --test-data PATH [--val-data PATH]``: each model on the user's corpus."""
     import math
 
-    from ... import vad
-    from ...data import SkipReport
+    from ...apps import vad
+    from ...audio.data import SkipReport
     from .corpus import corpus_metrics, load_corpus_data
 
     rows = []

@@ -1,10 +1,10 @@
-"""Train and evaluate a VAD on the user's corpus (:mod:`slimtrain.data`), streaming crops from disk.
+"""Train and evaluate a VAD on the user's corpus (:mod:`slimtrain.audio.data`), streaming crops from disk.
 
 The run is :func:`train_vad_on_corpus`: the model of :class:`~slimtrain.tasks.vad.train.VadRunConfig` is
-built at the corpus's sample rate (8 or 16 kHz front-end, :func:`~slimtrain.tasks.vad.models.vad_frontend`),
+built at the corpus's sample rate (8 or 16 kHz front-end, :func:`~slimtrain.apps.vad.models.vad_frontend`),
 made dynamic, and trained with frame BCE (+ the trade-off loss) on batches from a ``DataLoader`` over a
-:class:`~slimtrain.data.VadCropDataset` (workers read the crops; only the crop index is in memory).
-Frames labelled :data:`slimtrain.data.IGNORE` (past the end of a file) are left out of the loss and the
+:class:`~slimtrain.audio.data.VadCropDataset` (workers read the crops; only the crop index is in memory).
+Frames labelled :data:`slimtrain.audio.data.IGNORE` (past the end of a file) are left out of the loss and the
 metrics. The threshold is the EER point on the validation set; EER, ROC-AUC and F1 at that threshold
 are reported on the test set (on the validation set when there is no test set, and the row says so).
 The checkpoint records the sample rate, so ``slimtrain.vad.load(path)`` runs the model at its rate.
@@ -23,15 +23,16 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from ... import export, make_dynamic
-from ...checkpoint import make_recipe, save_checkpoint
-from ...data import IGNORE, AudioCache, NoiseMixer, SkipReport, VadCropDataset, read_vad_corpus
-from ...distributed import is_main, resolve_device
-from ...graph import dynamic_widths
-from ...loss import TradeoffLoss
-from ...training import DataParallel, TrainingError, make_optimizer, seed_everything, torch_threads
+from ...core.export import export
+from ...core.graph import make_dynamic
+from ...train.checkpoint import make_recipe, save_checkpoint
+from ...audio.data import IGNORE, AudioCache, NoiseMixer, SkipReport, VadCropDataset, read_vad_corpus
+from ...train.distributed import is_main, resolve_device
+from ...core.graph import dynamic_widths
+from ...core.loss import TradeoffLoss
+from ...train.training import DataParallel, TrainingError, make_optimizer, seed_everything, torch_threads
 from ..metrics import eer, eer_threshold, f1_at, roc_auc
-from .models import build_vad_model
+from ...apps.vad.models import build_vad_model
 from .train import TASK, VadRunConfig, _mel_bands, _plain, _plain_widths, exported_cost
 
 __all__ = ["CorpusDataConfig", "CorpusData", "load_corpus_data", "train_vad_on_corpus", "corpus_scores",

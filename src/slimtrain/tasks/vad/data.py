@@ -14,7 +14,7 @@ Design (see ``docs/vad.md``):
   a frame is speech when the clean speech level over its hop-long window is within
   ``label_threshold_db`` (35 dB) of the clip's loudest speech frame; the speech regions are then
   widened by ``onset_frames`` (2) before and ``hangover_frames`` (8, i.e. 80 ms) after.
-* Everything comes from one seed; :func:`build_vad_data` writes ``<split>.npz`` and ``manifest.json``
+* Everything comes from one seed; :func:`~slimtrain.tasks.vad.build.build_vad_data` writes ``<split>.npz`` and ``manifest.json``
   into a cache folder and reuses them when the configuration matches.
 """
 from __future__ import annotations
@@ -29,11 +29,12 @@ from typing import Callable, Iterator, Optional, Sequence
 
 import numpy as np
 
+from .errors import DataError
 from ..audio import ASTERISK_VOICES, AudioError, asterisk_prompts, music_on_hold, read_many
 
 __all__ = [
     "VadDataConfig", "VadSplit", "NOISE_TYPES", "SPLITS", "frame_labels", "make_noise", "mix_at_snr",
-    "measure_snr", "build_clips", "build_vad_data", "load_vad_data", "DataError", "CORPORA",
+    "measure_snr", "build_clips", "build_core_vad_data", "load_vad_data", "DataError", "CORPORA",
 ]
 
 SPLITS = ("train", "val", "test")
@@ -50,8 +51,6 @@ _EXTENDED_FIELDS = ("corpus", "tts_utterances", "extra_train_speakers", "augment
 _HUMAN_FIELDS = ("human_voices", "human_files_per_source")
 
 
-class DataError(ValueError):
-    """The VAD data set cannot be built or loaded (the message says why)."""
 
 
 @dataclass
@@ -438,28 +437,30 @@ def read_split_audio(split: str, speech: list, music_files: list, effects: list,
     return speech_read, music_read, effects_read
 
 
-def build_vad_data(cfg: VadDataConfig, cache_dir: str | Path, *, force: bool = False,
-                   progress: bool = False) -> Path:
-    """Build (or reuse) the three splits in ``cache_dir``; returns the manifest path.
+def _read_manifest(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text()) if path.is_file() else {}
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+def splits_complete(cache: Path) -> bool:
+    """True when ``cache`` holds every split file."""
+    return all((cache / f"{s}.npz").is_file() for s in SPLITS)
+
+
+def build_core_vad_data(cfg: VadDataConfig, cache_dir: str | Path, *, force: bool = False,
+                        progress: bool = False) -> Path:
+    """Build (or reuse) the three splits of the core corpus in ``cache_dir``; returns the manifest path
+    (:func:`slimtrain.tasks.vad.build.build_vad_data` chooses between the core and the extended corpus).
 
     Unreadable speech or music files are skipped with one warning (counted in the manifest).
     """
     cfg.validate()
     cache = Path(cache_dir)
     manifest_path = cache / "manifest.json"
-    old: dict = {}
-    if manifest_path.is_file():
-        try:
-            old = json.loads(manifest_path.read_text())
-        except (OSError, json.JSONDecodeError):
-            old = {}
-    complete = all((cache / f"{s}.npz").is_file() for s in SPLITS)
-    if cfg.corpus is None and old.get("corpus", "core") != "core" and complete and not force:
-        return manifest_path  # a folder built with --corpus extended is read as it is
-    if cfg.effective_corpus == "extended":
-        from .extended import build_extended_vad_data
-
-        return build_extended_vad_data(cfg, cache, force=force, progress=progress)
+    old = _read_manifest(manifest_path)
+    complete = splits_complete(cache)
     if not force and old.get("fingerprint") == _fingerprint(cfg) and complete:
         return manifest_path
     cache.mkdir(parents=True, exist_ok=True)
@@ -504,7 +505,7 @@ def build_vad_data(cfg: VadDataConfig, cache_dir: str | Path, *, force: bool = F
 
 
 def load_vad_data(cache_dir: str | Path) -> tuple[dict[str, VadSplit], dict]:
-    """The splits and manifest written by :func:`build_vad_data` (clear error if missing/corrupt)."""
+    """The splits and manifest written by :func:`~slimtrain.tasks.vad.build.build_vad_data` (clear error if missing/corrupt)."""
     cache = Path(cache_dir)
     mpath = cache / "manifest.json"
     if not mpath.is_file():

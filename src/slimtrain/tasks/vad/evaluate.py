@@ -73,7 +73,7 @@ def _load_set(which: str, data_dir: Path, unseen_dir: Optional[Path]):
     rate = data_rate(manifest)
     udir = Path(unseen_dir) if unseen_dir is not None else default_unseen_dir(data_dir, rate)
     if which in ("unseen-human", "unseen-tts"):
-        from .human_voices import check_training_manifest
+        from .unseen import check_training_manifest
         from .unseen_human import load_split_set
 
         check_training_manifest(manifest)
@@ -87,7 +87,7 @@ def _load_set(which: str, data_dir: Path, unseen_dir: Optional[Path]):
 def evaluate_models(models: Sequence[Optional[Path]], which: str, data_dir: Path, *,
                     unseen_dir: Optional[Path] = None, silero: bool = True) -> list[dict]:
     """One row per model (``None`` = the shipped model) and, with ``silero``, one for Silero VAD."""
-    from ... import vad
+    from ...apps import vad
 
     rate = data_rate(load_vad_data(Path(data_dir))[1]) if Path(data_dir, "manifest.json").is_file() else 8000
     loaded = []
@@ -156,9 +156,9 @@ def _recipe_of(model: str) -> dict:
     """Recipe fields of a model row: from the checkpoint's training config or the shipped model's metadata."""
     if model == SILERO:
         return {"label": SILERO, "recipe": "silero_vad wheel (JIT, 8 kHz)"}
-    from ... import vad
-    from ...checkpoint import load_checkpoint
-    from ...shipped import is_shipped
+    from ...apps import vad
+    from ...train.checkpoint import load_checkpoint
+    from ...apps.shipped import is_shipped
 
     p = vad.default_model_path() if model == "shipped" else Path(model)
     if is_shipped(p):

@@ -23,7 +23,7 @@ So the two arms start from one trained model, get the same fine-tuning epochs an
 optimiser (Adam 3e-3; the DCL widths 0.05) and end at the same MACs (the pruning target is the DCL
 result, met within ``tolerance``; the CSV keeps both exported MFLOP/s). The pairing is per seed: the
 paired difference DCL - prune of AUC and EER with its 95 % Student-t interval
-(:func:`slimtrain.stats.compare`) is what :func:`format_study_table` reports.
+(:func:`slimtrain.train.stats.compare`) is what :func:`format_study_table` reports.
 
 Writes ``finetune_study.csv`` (one row per arm, target and seed; :data:`COLUMNS`).
 """
@@ -41,7 +41,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
 
-from .data import VadDataConfig, VadSplit, build_vad_data, load_vad_data
+from .build import build_vad_data
+from .data import VadDataConfig, VadSplit, load_vad_data
 from .sweep import length_tag
 from .train import SNR_BANDS
 
@@ -99,7 +100,7 @@ class FinetuneStudyConfig:
 
 def _full_config(cfg: FinetuneStudyConfig, seed: int):
     """The sweep's ``fixed x1`` run config (same job, so its checkpoint can be reused)."""
-    from .models import scaled_widths
+    from ...apps.vad.models import scaled_widths
     from .train import VadRunConfig
 
     return VadRunConfig(family=cfg.family, kappa_min=None, n_mels=80, widths=scaled_widths(cfg.family, 1.0),
@@ -109,7 +110,7 @@ def _full_config(cfg: FinetuneStudyConfig, seed: int):
 def _full_model(cfg: FinetuneStudyConfig, seed: int, data: dict[str, VadSplit], ckpt: Path):
     """The trained full model of ``seed`` (read from ``ckpt`` when it exists, else trained and saved there)
     and its row."""
-    from ...checkpoint import load_checkpoint, load_dynamic_model
+    from ...train.checkpoint import load_checkpoint, load_dynamic_model
     from .train import _mel_bands, evaluate_model, exported_cost, train_vad
 
     if ckpt.is_file():
@@ -133,8 +134,10 @@ def _dcl_arm(cfg: FinetuneStudyConfig, full, target: float, seed: int, data: dic
     """Reorder + make_dynamic + budget fine-tuning + export of a copy of ``full``."""
     import torch
 
-    from ... import TradeoffLoss, dynamic_widths, export, make_dynamic
-    from ...training import make_optimizer, seed_everything
+    from ...core.export import export
+    from ...core.graph import dynamic_widths, make_dynamic
+    from ...core.loss import TradeoffLoss
+    from ...train.training import make_optimizer, seed_everything
     from .train import (SAMPLE_SECONDS, SAMPLE_SHAPE, _mel_bands, evaluate_model, exported_cost, train_loop)
 
     model = copy.deepcopy(full).train()
@@ -263,7 +266,7 @@ def _pairs(rows: Sequence[dict]) -> dict[float, dict[str, dict[int, dict]]]:
 
 
 def _compare(by: dict[str, dict[int, dict]], metric: str, higher_is_better: bool):
-    from ...stats import compare
+    from ...train.stats import compare
 
     a = {s: r[metric] for s, r in by.get("DCL", {}).items()}
     b = {s: r[metric] for s, r in by.get("prune", {}).items()}
@@ -275,7 +278,7 @@ def _compare(by: dict[str, dict[int, dict]], metric: str, higher_is_better: bool
 def format_study_table(rows: Sequence[dict]) -> str:
     """Markdown: per target and arm, mean ± 95 % half-width of exported MFLOP/s, mel bands, AUC, F1, EER and
     EER below 5 dB; then per target the paired (same-seed) difference DCL - prune of AUC and EER."""
-    from ...stats import format_interval as fi, mean_interval
+    from ...train.stats import format_interval as fi, mean_interval
 
     def iv(rs: list[dict], key: str):
         vals = [r[key] for r in rs if not math.isnan(r[key])]

@@ -7,7 +7,7 @@ role: ``train`` (may be added to the extended corpus's training speech with
 ``slimtrain data vad --corpus extended --human-voices train``), ``val``/``test`` (the core corpus's
 Asterisk voices) or ``held-out`` (never in any training split: the human part of
 ``slimtrain vad eval --set unseen-human``). Held-out sources marked ``language_held_out`` also keep
-their *language* out of training; :func:`check_training_manifest` raises on a leak.
+their *language* out of training; :func:`slimtrain.tasks.vad.unseen.check_training_manifest` raises on a leak.
 
 :func:`measure` counts files and seconds of each source on this machine (``soundfile`` headers; raw GSM
 from its size), :func:`totals` sums speakers, languages, files and minutes per role, and
@@ -25,10 +25,10 @@ from pathlib import Path
 from typing import Iterable, Optional, Sequence
 
 from ..audio import deb_root
-from .data import DataError
+from .errors import DataError
 
 __all__ = ["HumanSource", "HumanVoiceError", "SOURCES", "ROLES", "source", "sources", "package_dir",
-           "source_files", "measure", "totals", "write_csv", "read_csv", "check_training_manifest",
+           "source_files", "measure", "totals", "write_csv", "read_csv", 
            "held_out_languages"]
 
 ROLES = ("train", "val", "test", "held-out")
@@ -258,21 +258,3 @@ def read_csv(path: str | Path) -> list[dict]:
             raise HumanVoiceError(f"{p} line {i}: {e}") from None
         r["language_held_out"] = r["language_held_out"] == "True"
     return rows
-
-
-def check_training_manifest(manifest: dict) -> None:
-    """Raise :class:`HumanVoiceError` if the training split of a VAD corpus manifest uses a held-out human
-    source, or (for held-out languages) any voice, human or TTS, of a held-out language."""
-    from .unseen import training_voices
-
-    tv = training_voices(manifest)
-    used = set(manifest.get("config", {}).get("human_voices", []) or [])
-    problems = []
-    for s in sources("held-out"):
-        if s.id in used or s.id in tv["speakers"]:
-            problems.append(f"held-out source {s.id!r} ({s.package}) is in the training split")
-    for lg in sorted(held_out_languages() & tv["languages"]):
-        problems.append(f"held-out language {lg!r} is spoken in the training split")
-    if problems:
-        raise HumanVoiceError(f"VAD corpus (fingerprint {manifest.get('fingerprint', '?')}) leaks held-out human "
-                              "voices: " + "; ".join(problems))

@@ -22,7 +22,7 @@ of 0.80; ``txt/`` is not needed) mixed with ESC-50 clips (``audio/*.wav`` + ``me
   ESC-50 fold (1-3 train, 4 validation, 5 test), so no test voice or noise clip is heard in training;
 * each item: one utterance (cut to ``crop_seconds - 0.5`` if longer) at a random place in a
   ``crop_seconds`` crop of silence, with an ESC-50 clip at an SNR drawn from ``snr_db`` (-5 to 20 dB) over
-  the speech samples (:class:`slimtrain.data.NoiseMixer`; 10 % of crops hold noise only);
+  the speech samples (:class:`slimtrain.audio.data.NoiseMixer`; 10 % of crops hold noise only);
 * labels, our documented choice (docs/method.md does not say how the paper labelled its frames): the
   project's energy labels on the *clean* speech (:func:`slimtrain.tasks.vad.data.frame_labels`: a frame is
   speech within 35 dB of the crop's loudest frame, widened 2 frames before and 8 after), at the 10 ms hop.
@@ -37,7 +37,7 @@ from typing import Optional, Union
 import numpy as np
 import torch
 
-from ...data import AudioCache, CorpusError, NoiseMixer, SkipReport, audio_info, load_audio
+from ...audio.data import AudioCache, CorpusError, NoiseMixer, SkipReport, audio_info, load_audio
 from .data import frame_labels
 
 __all__ = ["PAPER_WIDTHS", "PAPER_N_MELS", "PAPER_SAMPLE_RATE", "vctk_speakers", "esc50_folds", "VctkEscMixture",

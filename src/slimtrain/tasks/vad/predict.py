@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ...checkpoint import CheckpointError, load_for_inference
+from ...train.checkpoint import CheckpointError, load_for_inference
 from ..audio import read_audio
 
 __all__ = ["load_vad_for_inference", "frames_to_segments", "predict_segments", "PredictError"]

@@ -27,9 +27,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
 
-from ...stats import format_interval, paired_verdict, summarize_rows
-from ...sweep_engine import Job, read_sweep_rows, run_jobs
-from .data import VadDataConfig, VadSplit, build_vad_data, load_vad_data
+from ...train.stats import format_interval, paired_verdict, summarize_rows
+from ...train.sweep_engine import Job, read_sweep_rows, run_jobs
+from .build import build_vad_data
+from .data import VadDataConfig, VadSplit, load_vad_data
 from .train import SNR_BANDS, VadRunConfig, default_settle_epochs, evaluate_scores, train_vad
 
 __all__ = ["VadSweepConfig", "run_sweep", "write_sweep_csv", "write_paper_csvs", "plot_pareto", "format_table",
@@ -239,7 +240,7 @@ def _checkpoint_done(job: Job, row: dict) -> bool:
 
 def _run_jobs(jobs: list[dict], cfg: VadSweepConfig, progress: bool, desc: str, out: Path,
               resume: bool = False) -> list[dict]:
-    """Run ``jobs`` with :func:`slimtrain.sweep_engine.run_jobs` (in order); each finished row is saved
+    """Run ``jobs`` with :func:`slimtrain.train.sweep_engine.run_jobs` (in order); each finished row is saved
     in ``out/rows``. With ``resume`` a job whose saved row (same settings, status ok, and its
     checkpoint present) exists is not run again."""
     return run_jobs([Job(_job_key(j), _job, j) for j in jobs], out / "rows", engine=cfg.engine, workers=cfg.workers,
@@ -308,7 +309,7 @@ def _seed_jobs(cfg: VadSweepConfig, out: Path, seed: int, multi: bool) -> list[d
                          "checkpoint": str(out / "checkpoints" / f"{fam}_dcl_k{k_low:g}_b{b:g}{suffix}"
                                                                   f"{'_atb' if at_budget else ''}{tag}.pt")})
         for s in cfg.fixed_scales:
-            from .models import scaled_widths
+            from ...apps.vad.models import scaled_widths
 
             jobs.append({"kind": "fixed", "label": _label(fam, "fixed", scale=s),
                          "run": {"family": fam, "kappa_min": None, "n_mels": max(1, int(round(80 * s))),
@@ -500,7 +501,7 @@ SUMMARY_METRICS = ("mel_bands", "mflops_per_s", "params", "auc", "f1", "eer",
 
 def summarize(rows: Sequence[dict]) -> list[dict]:
     """One entry per model (family, method, label) with ``n``, ``seeds`` and an interval per
-    :data:`SUMMARY_METRICS` metric over its seeds (see :func:`slimtrain.stats.summarize_rows`)."""
+    :data:`SUMMARY_METRICS` metric over its seeds (see :func:`slimtrain.train.stats.summarize_rows`)."""
     ok = [r for r in rows if r.get("status") == "ok"]
     return summarize_rows(ok, ("family", "method", "label"), SUMMARY_METRICS)
 
@@ -613,10 +614,10 @@ def _front_value(points: Sequence[tuple[float, float]], x: float, higher_is_bett
 
 def front_comparison(rows: Sequence[dict], family: str, metric: str = "auc") -> list[dict]:
     """For every DCL model of ``family`` (one entry per label): its seeds' mean FLOPs and ``metric`` and, per
-    competitor in :data:`FRONT_METHODS`, the paired comparison (:func:`slimtrain.stats.compare`, A = DCL) of
+    competitor in :data:`FRONT_METHODS`, the paired comparison (:func:`slimtrain.train.stats.compare`, A = DCL) of
     the same-seed differences DCL - competitor; ``None`` where no seed has a competitor value (no pruning
     row at that DCL point, or the DCL model is cheaper than every competitor model)."""
-    from ...stats import compare, mean_interval
+    from ...train.stats import compare, mean_interval
 
     hib = metric != "eer" and not metric.startswith("eer ")
     ok = [r for r in rows if r.get("status") == "ok" and r.get("family") == family
@@ -648,7 +649,7 @@ def front_comparison(rows: Sequence[dict], family: str, metric: str = "auc") -> 
 
 def verdict_cell(c, n: int, scale: float, fmt: str) -> str:
     """``above``/``below``/``n.s.`` with the mean difference and its interval (``n=1`` with the value alone)
-    of a :func:`slimtrain.stats.compare` result over ``n`` seeds, values times ``scale``."""
+    of a :func:`slimtrain.train.stats.compare` result over ``n`` seeds, values times ``scale``."""
     if c is None:
         return "-"
     d = c.difference
@@ -662,7 +663,7 @@ def format_front_table(rows: Sequence[dict], family: str) -> str:
     """Markdown: each DCL model of ``family`` against the fixed-width front, pruning to its MACs and the
     gates front -- paired same-seed AUC and EER differences (DCL - competitor), mean [95 % interval];
     ``above``/``below`` only where the interval excludes 0."""
-    from ...stats import format_interval
+    from ...train.stats import format_interval
 
     auc = front_comparison(rows, family, "auc")
     eer = {e["label"]: e for e in front_comparison(rows, family, "eer")}

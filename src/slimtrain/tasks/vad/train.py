@@ -20,16 +20,18 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from ... import export, make_dynamic, model_cost
-from ...checkpoint import make_recipe, register_task, save_checkpoint
-from ...graph import HEAD_MODES, dynamic_widths
-from ...loss import TradeoffLoss
-from ...distributed import is_main, resolve_device
-from ...training import DataParallel, TrainingError, check_settle_epochs, make_optimizer, seed_everything, torch_threads
-from ...frontend import BAND_ORDERS
+from ...core.cost import model_cost
+from ...core.export import export
+from ...core.graph import make_dynamic
+from ...train.checkpoint import make_recipe, register_task, save_checkpoint
+from ...core.graph import HEAD_MODES, dynamic_widths
+from ...core.loss import TradeoffLoss
+from ...train.distributed import is_main, resolve_device
+from ...train.training import DataParallel, TrainingError, check_settle_epochs, make_optimizer, seed_everything, torch_threads
+from ...audio.frontend import BAND_ORDERS
 from ..metrics import eer, eer_threshold, f1_at, roc_auc
 from .data import VadSplit
-from .models import FAMILIES, build_vad_model
+from ...apps.vad.models import FAMILIES, build_vad_model
 
 __all__ = ["VadRunConfig", "default_settle_epochs", "SNR_BANDS", "train_vad", "train_loop", "frame_scores",
            "evaluate_scores",
@@ -195,7 +197,7 @@ def train_loop(model: nn.Module, train: VadSplit, epochs: int, optimizer: torch.
 
     Returns the mean training loss per epoch. Raises :class:`TrainingError` on a non-finite loss.
     ``device``: where to train (``None``: where the model is). Under ``torchrun`` the loop is
-    data-parallel (:class:`slimtrain.training.DataParallel`): every rank draws the same batches and
+    data-parallel (:class:`slimtrain.train.training.DataParallel`): every rank draws the same batches and
     trains on its shard of each; a last batch with fewer clips than processes is skipped.
     """
     gen = torch.Generator().manual_seed(seed)

@@ -33,9 +33,11 @@ import numpy as np
 from ..audio import EXTRA_ASTERISK_SPEAKERS, AudioError, asterisk_transcripts, extra_prompts, package_version
 from .data import DataError, VadDataConfig, VadSplit, read_split_audio
 from .extended import TTS_VOICES, _effects_for, build_extended_clips
+from .human_voices import HumanVoiceError, held_out_languages, sources
 
 __all__ = ["UNSEEN_VERSION", "UNSEEN_ESPEAK", "UNSEEN_FESTIVAL", "HELD_OUT_SPEAKER", "GROUPS", "UnseenConfig",
-           "unseen_voices", "training_voices", "check_held_out", "build_unseen_set", "load_unseen_set"]
+           "unseen_voices", "training_voices", "check_held_out", "check_training_manifest", "build_unseen_set",
+           "load_unseen_set"]
 
 UNSEEN_VERSION = "unseen-v1"
 #: the real speaker kept out of training for this set (an ``EXTRA_ASTERISK_SPEAKERS`` key)
@@ -305,3 +307,19 @@ def load_clip_set(out_dir: str | Path, manifest_name: str, file_name: str, what:
 def load_unseen_set(out_dir: str | Path) -> tuple[VadSplit, list[str], dict]:
     """``(split, group of each clip, manifest)`` written by :func:`build_unseen_set`."""
     return load_clip_set(out_dir, _MANIFEST, _FILE, "unseen VAD set", "--set unseen")
+
+
+def check_training_manifest(manifest: dict) -> None:
+    """Raise :class:`HumanVoiceError` if the training split of a VAD corpus manifest uses a held-out human
+    source, or (for held-out languages) any voice, human or TTS, of a held-out language."""
+    tv = training_voices(manifest)
+    used = set(manifest.get("config", {}).get("human_voices", []) or [])
+    problems = []
+    for s in sources("held-out"):
+        if s.id in used or s.id in tv["speakers"]:
+            problems.append(f"held-out source {s.id!r} ({s.package}) is in the training split")
+    for lg in sorted(held_out_languages() & tv["languages"]):
+        problems.append(f"held-out language {lg!r} is spoken in the training split")
+    if problems:
+        raise HumanVoiceError(f"VAD corpus (fingerprint {manifest.get('fingerprint', '?')}) leaks held-out human "
+                              "voices: " + "; ".join(problems))

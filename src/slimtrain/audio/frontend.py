@@ -1,0 +1,111 @@
+"""Log-mel front-end computed with torch alone (no torchaudio).
+
+Wrapped by :func:`slimtrain.make_dynamic` its number of mel bands becomes a
+dynamic width: the DCL keeps the first ``K`` bands of the ``n_mels``-band
+bank in its channel order, and export slices the filterbank to those bands, so
+the exported front-end computes exactly the bands the downstream layers were
+trained on. The channel order is ``band_order``: ``"low"`` (low to high: the
+first ``K`` bands are the lowest, so a cut lowers the bandwidth, as in the
+paper) or ``"spread"`` (coarse to fine, :func:`spread_order`: the first ``K``
+bands of every ``K`` lie across the whole range, so a cut lowers the resolution).
+"""
+from __future__ import annotations
+
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["MelFrontend", "mel_filterbank", "spread_order", "BAND_ORDERS"]
+
+BAND_ORDERS = ("low", "spread")
+
+
+def _hz_to_mel(f: Tensor) -> Tensor:
+    return 2595.0 * torch.log10(1.0 + f / 700.0)
+
+
+def _mel_to_hz(m: Tensor) -> Tensor:
+    return 700.0 * (10.0 ** (m / 2595.0) - 1.0)
+
+
+def mel_filterbank(n_freqs: int, n_mels: int, sample_rate: int, f_min: float = 0.0, f_max: float | None = None) -> Tensor:
+    """Triangular HTK-mel filterbank, shape ``(n_mels, n_freqs)``."""
+    f_max = sample_rate / 2 if f_max is None else f_max
+    if not 0 <= f_min < f_max <= sample_rate / 2:
+        raise ValueError(f"need 0 <= f_min < f_max <= sample_rate/2, got f_min={f_min}, f_max={f_max}, sr={sample_rate}")
+    freqs = torch.linspace(0, sample_rate / 2, n_freqs, dtype=torch.float64)
+    mels = torch.linspace(_hz_to_mel(torch.tensor(f_min, dtype=torch.float64)).item(),
+                          _hz_to_mel(torch.tensor(f_max, dtype=torch.float64)).item(), n_mels + 2, dtype=torch.float64)
+    pts = _mel_to_hz(mels)
+    lo, ce, hi = pts[:-2, None], pts[1:-1, None], pts[2:, None]
+    up = (freqs[None] - lo) / (ce - lo)
+    down = (hi - freqs[None]) / (hi - ce)
+    return torch.clamp(torch.minimum(up, down), min=0.0).float()
+
+
+def spread_order(n: int) -> list[int]:
+    """A permutation of ``range(n)`` whose every prefix is spread over the whole range (coarse to fine).
+
+    Position ``j`` takes the band nearest to the base-2 van der Corput point of ``j`` (0, 1/2, 1/4, 3/4,
+    1/8, ...) of the ``[0, n)`` range that is still free; so the first 2, 4, 8... bands split the range
+    evenly, and the prefixes in between fill it in, one gap at a time."""
+    out: list[int] = []
+    free = set(range(n))
+    j = 0
+    while free:
+        v, f, k = 0.0, 0.5, j
+        while k:
+            v, k, f = v + f * (k & 1), k >> 1, f / 2
+        target = v * n
+        best = min(free, key=lambda b: (abs(b - target), b))
+        out.append(best)
+        free.discard(best)
+        j += 1
+    return out
+
+
+class MelFrontend(nn.Module):
+    """Waveform ``(batch, samples)`` -> log-mel ``(batch, n_mels, frames)``.
+
+    Frames are centred (``torch.stft(center=True)``), hop ``hop_length``;
+    ``log(mel + 1e-6)``. The filterbank is a buffer, so it travels with the
+    state dict and is sliced at export. ``band_order``: the order of its bands
+    (rows), ``"low"`` (by frequency) or ``"spread"`` (see the module docs).
+    """
+
+    #: how the core traces it (slimtrain.core.trace): its output bands are a width, cut by slicing ``fb``
+    slimtrain_kind = "mel"
+
+    def __init__(self, sample_rate: int = 8000, n_fft: int = 256, hop_length: int = 80, n_mels: int = 80,
+                 f_min: float = 0.0, f_max: float | None = None, band_order: str = "low") -> None:
+        super().__init__()
+        if n_mels < 1 or n_fft < 2 or hop_length < 1:
+            raise ValueError(f"bad MelFrontend settings n_mels={n_mels}, n_fft={n_fft}, hop_length={hop_length}")
+        if band_order not in BAND_ORDERS:
+            raise ValueError(f"band_order must be one of {BAND_ORDERS}, got {band_order!r}")
+        self.sample_rate, self.n_fft, self.hop_length = sample_rate, n_fft, hop_length
+        self.band_order = band_order
+        fb = mel_filterbank(n_fft // 2 + 1, n_mels, sample_rate, f_min, f_max)
+        if band_order == "spread":
+            fb = fb[spread_order(n_mels)]
+        self.register_buffer("fbank", fb)
+        self.register_buffer("window", torch.hann_window(n_fft), persistent=False)
+
+    @property
+    def n_mels(self) -> int:
+        return self.fbank.shape[0]
+
+    @property
+    def n_freqs(self) -> int:
+        return self.fbank.shape[1]
+
+    def frames(self, num_samples: int) -> int:
+        return num_samples // self.hop_length + 1
+
+    def forward(self, wav: Tensor) -> Tensor:
+        if wav.dim() != 2:
+            raise ValueError(f"MelFrontend expects (batch, samples), got shape {tuple(wav.shape)}")
+        spec = torch.stft(wav, self.n_fft, self.hop_length, window=self.window, center=True, return_complex=True)
+        power = spec.real ** 2 + spec.imag ** 2  # (batch, freqs, frames)
+        mel = torch.matmul(self.fbank, power)
+        return torch.log(mel + 1e-6)

@@ -1,0 +1,311 @@
+"""Wrappers that put a :class:`~slimtrain.core.dcl.DynamicWidth` on a layer's output.
+
+* :class:`DynamicOutput` applies a DCL after any module (Linear, conv, BatchNorm...).
+* :class:`DynamicRecurrent` makes the hidden size of a GRU/LSTM dynamic: the
+  recurrent weights that read hidden channel ``c`` are scaled by the channel's
+  signal weight, so in eval mode channels above ``ceil(K)`` never reach the
+  recurrence or the output: exactly a GRU/LSTM with ``ceil(K)`` hidden units.
+  Noise is injected on the output sequence (not inside the recurrence).
+* :class:`MaskedLayerNorm` normalises only over the channels a DCL keeps.
+* :class:`TransformerBlock` is an attention block with plain ``nn.Linear``
+  parts, equivalent to ``nn.TransformerEncoderLayer``, whose model width and
+  feed-forward width can be made dynamic.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.func import functional_call
+
+from .dcl import DynamicWidth
+
+__all__ = ["DynamicOutput", "DynamicRecurrent", "MaskedLayerNorm", "PrunedMultiheadAttention", "TransformerBlock"]
+
+
+class DynamicOutput(nn.Module):
+    """``dcl(module(x))``: the wrapped module's output channels get a learnable width."""
+
+    def __init__(self, module: nn.Module, dcl: DynamicWidth, dim: Optional[int] = None) -> None:
+        super().__init__()
+        self.module = module
+        self.dcl = dcl
+        self.dim = dcl.dim if dim is None else dim
+
+    def forward(self, *args, **kwargs):
+        return self.dcl(self.module(*args, **kwargs), dim=self.dim)
+
+
+class DynamicRecurrent(nn.Module):
+    """A GRU/LSTM whose hidden size is the width of ``dcl``."""
+
+    def __init__(self, rnn: nn.Module, dcl: DynamicWidth) -> None:
+        super().__init__()
+        if not isinstance(rnn, (nn.GRU, nn.LSTM)):
+            raise TypeError(f"DynamicRecurrent wraps nn.GRU or nn.LSTM, got {type(rnn).__name__}")
+        if getattr(rnn, "proj_size", 0):
+            raise TypeError("LSTM with proj_size > 0 is not supported for a dynamic hidden size")
+        if dcl.num_channels != rnn.hidden_size:
+            raise ValueError(f"DCL has {dcl.num_channels} channels but hidden_size is {rnn.hidden_size}")
+        self.rnn = rnn
+        self.dcl = dcl
+
+    def _masked_params(self, mask: Tensor) -> dict[str, Tensor]:
+        params = dict(self.rnn.named_parameters())
+        dirs = 2 if self.rnn.bidirectional else 1
+        for name, p in list(params.items()):
+            if name.startswith("weight_hh"):
+                params[name] = p * mask.to(p.dtype)
+            elif name.startswith("weight_ih") and not name.startswith("weight_ih_l0"):
+                params[name] = p * mask.repeat(dirs).to(p.dtype)
+        return params
+
+    def forward(self, x: Tensor, hx=None):
+        dcl = self.dcl
+        mask = dcl.mask()
+        out, h = functional_call(self.rnn, self._masked_params(mask), (x,) if hx is None else (x, hx))
+        dirs = 2 if self.rnn.bidirectional else 1
+        if dirs == 1:
+            out = dcl(out, dim=-1)
+        else:
+            n = self.rnn.hidden_size
+            out = torch.cat([dcl(out[..., :n], dim=-1), dcl(out[..., n:], dim=-1)], dim=-1)
+        m = mask.to(out.dtype)
+        h = tuple(t * m for t in h) if isinstance(h, tuple) else h * m
+        return out, h
+
+
+def masked_layer_norm(x: Tensor, dcl: DynamicWidth, weight: Optional[Tensor], bias: Optional[Tensor],
+                      eps: float) -> Tensor:
+    """LayerNorm over the last axis whose statistics count channel ``i`` with the weight
+    ``clamp(K - i, 0, 1)`` of ``dcl`` (its hard mask in eval or when frozen); channels outside the
+    width are zero on output."""
+    soft = dcl.training and not dcl.frozen
+    share = dcl.keep_share() if soft else dcl.hard_mask()
+    w = share.to(x.dtype)
+    total = w.sum()
+    mean = (x * w).sum(-1, keepdim=True) / total
+    var = (((x - mean) ** 2) * w).sum(-1, keepdim=True) / total
+    y = (x - mean) / torch.sqrt(var + eps)
+    if weight is not None:
+        y = y * weight
+    if bias is not None:
+        y = y + bias
+    # dcl.mask() from the share already computed (one evaluation of the width per call, not two)
+    return y * (torch.sin(0.5 * math.pi * share).to(x.dtype) if soft else w)
+
+
+class MaskedLayerNorm(nn.LayerNorm):
+    """LayerNorm over the last axis whose statistics use only the kept channels.
+
+    With ``width_source`` unset it is an ordinary LayerNorm. Bound to a DCL
+    (done by :func:`slimtrain.make_dynamic`), channel ``i`` counts with weight
+    ``clamp(K - i, 0, 1)`` (hard width in eval), and channels outside the
+    width are zero on output, so eval mode equals a LayerNorm of ``ceil(K)``.
+    """
+
+    def bind(self, dcl: Optional[DynamicWidth]) -> None:
+        object.__setattr__(self, "_width_source", dcl)
+
+    def forward(self, x: Tensor) -> Tensor:
+        dcl: Optional[DynamicWidth] = getattr(self, "_width_source", None)
+        if dcl is None:
+            return super().forward(x)
+        return masked_layer_norm(x, dcl, self.weight, self.bias, self.eps)
+
+
+class TransformerBlock(nn.Module):
+    """Self-attention + feed-forward block built from plain ``nn.Linear`` layers.
+
+    Same maths as ``nn.TransformerEncoderLayer`` (batch-first, ReLU or GELU,
+    ``norm_first`` selectable; dropout is off in eval). The attention inner
+    width stays ``d_model`` so the number of heads is unaffected by a dynamic
+    model width; see :meth:`from_torch` to convert a PyTorch layer exactly.
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        nhead: int,
+        dim_feedforward: int = 2048,
+        dropout: float = 0.1,
+        activation: str = "relu",
+        norm_first: bool = False,
+        layer_norm_eps: float = 1e-5,
+        attn_dim: Optional[int] = None,
+        causal: bool = False,
+    ) -> None:
+        super().__init__()
+        attn_dim = attn_dim or d_model
+        if attn_dim % nhead:
+            raise ValueError(f"attention width {attn_dim} is not divisible by nhead={nhead}")
+        if activation not in ("relu", "gelu"):
+            raise ValueError(f"activation must be 'relu' or 'gelu', got {activation!r}")
+        self.nhead, self.attn_dim, self.d_model = nhead, attn_dim, d_model
+        # the score divisor sqrt(head_dim) of the model as built: a constant, so that a model whose head
+        # width is cut (make_dynamic(heads="width"), export) computes the same scores as before the cut
+        self.score_div = math.sqrt(attn_dim // nhead)
+        self.q = nn.Linear(d_model, attn_dim)
+        self.k = nn.Linear(d_model, attn_dim)
+        self.v = nn.Linear(d_model, attn_dim)
+        self.out = nn.Linear(attn_dim, d_model)
+        self.ff1 = nn.Linear(d_model, dim_feedforward)
+        self.ff2 = nn.Linear(dim_feedforward, d_model)
+        self.norm1 = MaskedLayerNorm(d_model, eps=layer_norm_eps)
+        self.norm2 = MaskedLayerNorm(d_model, eps=layer_norm_eps)
+        self.dropout = nn.Dropout(dropout)
+        self.activation = activation
+        self.norm_first = norm_first
+        self.causal = causal
+        # a state dict of the nn.TransformerEncoderLayer this block replaces loads too (see _from_torch_keys)
+        self._register_load_state_dict_pre_hook(self._from_torch_keys)
+
+    def _from_torch_keys(self, state_dict, prefix, *args) -> None:
+        """Rename ``nn.TransformerEncoderLayer`` keys (``self_attn.in_proj_weight``...) to this block's."""
+        w = state_dict.pop(prefix + "self_attn.in_proj_weight", None)
+        b = state_dict.pop(prefix + "self_attn.in_proj_bias", None)
+        if w is not None:
+            for i, name in enumerate(("q", "k", "v")):
+                state_dict[f"{prefix}{name}.weight"] = w.chunk(3)[i]
+                if b is not None:
+                    state_dict[f"{prefix}{name}.bias"] = b.chunk(3)[i]
+        for old, new in (("self_attn.out_proj.", "out."), ("linear1.", "ff1."), ("linear2.", "ff2.")):
+            for k in [k for k in state_dict if k.startswith(prefix + old)]:
+                state_dict[prefix + new + k[len(prefix + old):]] = state_dict.pop(k)
+
+    @classmethod
+    def from_torch(cls, layer: nn.TransformerEncoderLayer) -> "TransformerBlock":
+        """An exact copy of a batch-first ``nn.TransformerEncoderLayer``."""
+        if not layer.self_attn.batch_first:
+            raise ValueError("only batch_first=True TransformerEncoderLayer can be converted")
+        act = layer.activation
+        name = "gelu" if act is F.gelu or isinstance(act, nn.GELU) else "relu" if act is F.relu or isinstance(act, nn.ReLU) else None
+        if name is None:
+            raise ValueError(f"unsupported activation {act!r} in TransformerEncoderLayer")
+        d = layer.self_attn.embed_dim
+        blk = cls(d, layer.self_attn.num_heads, layer.linear1.out_features, layer.dropout.p, name,
+                  layer.norm_first, layer.norm1.eps)
+        w, b = layer.self_attn.in_proj_weight, layer.self_attn.in_proj_bias
+        with torch.no_grad():
+            for i, lin in enumerate((blk.q, blk.k, blk.v)):
+                lin.weight.copy_(w[i * d:(i + 1) * d])
+                lin.bias.copy_(b[i * d:(i + 1) * d])
+            blk.out.load_state_dict(layer.self_attn.out_proj.state_dict())
+            blk.ff1.load_state_dict(layer.linear1.state_dict())
+            blk.ff2.load_state_dict(layer.linear2.state_dict())
+            blk.norm1.load_state_dict(layer.norm1.state_dict())
+            blk.norm2.load_state_dict(layer.norm2.state_dict())
+        return blk
+
+    def _attn(self, x: Tensor) -> Tensor:
+        b, t, _ = x.shape
+        h = self.nhead
+        q = self.q(x).view(b, t, h, -1).transpose(1, 2)
+        k = self.k(x).view(b, t, h, -1).transpose(1, 2)
+        v = self.v(x).view(b, t, h, -1).transpose(1, 2)
+        # explicit products (not F.scaled_dot_product_attention) so every FLOP counter sees them
+        div = getattr(self, "score_div", None) or math.sqrt(q.shape[-1])  # (blocks pickled before it existed)
+        scores = torch.matmul(q, k.transpose(-2, -1)) / div
+        if self.causal:
+            future = torch.ones(t, t, dtype=torch.bool, device=x.device).triu(1)
+            scores = scores.masked_fill(future, float("-inf"))
+        a = torch.matmul(torch.softmax(scores, dim=-1), v)
+        return self.dropout(self.out(a.transpose(1, 2).reshape(b, t, -1)))
+
+    def _ff(self, x: Tensor) -> Tensor:
+        act = F.gelu if self.activation == "gelu" else F.relu
+        return self.dropout(self.ff2(self.dropout(act(self.ff1(x)))))
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.dim() != 3:
+            raise ValueError(f"TransformerBlock expects (batch, time, d_model), got shape {tuple(x.shape)}")
+        if self.norm_first:
+            x = x + self._attn(self.norm1(x))
+            return x + self._ff(self.norm2(x))
+        x = self.norm1(x + self._attn(x))
+        return self.norm2(x + self._ff(x))
+
+
+class PrunedMultiheadAttention(nn.MultiheadAttention):
+    """An ``nn.MultiheadAttention`` whose inner width ``num_heads * head_dim`` is below its ``embed_dim``.
+
+    :func:`slimtrain.export` turns an ``nn.MultiheadAttention`` whose heads were cut into this class
+    (``__class__`` swapped: the same parameters, names and state-dict keys; ``in_proj_weight`` holds
+    ``3 * num_heads * head_dim`` rows). ``embed_dim`` stays the query and output width and ``head_dim``
+    the per-head size; torch's ``F.multi_head_attention_forward`` cannot run it because it requires
+    the inner width to equal the query width. The computation is the same as torch's (explicit
+    ``baddbmm``/``bmm`` products, so FLOP counters see them), with ``batch_first``, unbatched inputs,
+    key-padding and attention masks, ``is_causal``, ``bias_k``/``bias_v``, ``add_zero_attn``,
+    separate ``kdim``/``vdim`` and ``need_weights``/``average_attn_weights``.
+    """
+
+    def forward(self, query: Tensor, key: Tensor, value: Tensor, key_padding_mask: Optional[Tensor] = None,
+                need_weights: bool = True, attn_mask: Optional[Tensor] = None, average_attn_weights: bool = True,
+                is_causal: bool = False) -> tuple[Tensor, Optional[Tensor]]:
+        batched = query.dim() == 3
+        if self.batch_first and batched:
+            query, key, value = (t.transpose(0, 1) for t in (query, key, value))
+        if not batched:
+            query, key, value = (t.unsqueeze(1) for t in (query, key, value))
+            if key_padding_mask is not None:
+                key_padding_mask = key_padding_mask.unsqueeze(0)
+        tgt, bsz, _ = query.shape
+        h, hd = self.num_heads, self.head_dim
+        inner = h * hd
+        key_padding_mask = F._canonical_mask(mask=key_padding_mask, mask_name="key_padding_mask",
+                                             other_type=F._none_or_dtype(attn_mask), other_name="attn_mask",
+                                             target_type=query.dtype)
+        if is_causal and attn_mask is None:
+            attn_mask = torch.ones(tgt, key.shape[0], dtype=torch.bool, device=query.device).triu(1)
+        attn_mask = F._canonical_mask(mask=attn_mask, mask_name="attn_mask", other_type=None, other_name="",
+                                      target_type=query.dtype, check_other=False)
+        if self._qkv_same_embed_dim:
+            wq, wk, wv = self.in_proj_weight.split(inner)
+        else:
+            wq, wk, wv = self.q_proj_weight, self.k_proj_weight, self.v_proj_weight
+        bq, bk, bv = self.in_proj_bias.split(inner) if self.in_proj_bias is not None else (None, None, None)
+        q, k, v = F.linear(query, wq, bq), F.linear(key, wk, bk), F.linear(value, wv, bv)
+        if attn_mask is not None:
+            if attn_mask.dim() == 2:
+                attn_mask = attn_mask.unsqueeze(0)
+            elif attn_mask.shape[0] != bsz * h:
+                raise ValueError(f"a 3-d attn_mask needs batch * num_heads = {bsz * h} rows (this attention keeps "
+                                 f"{h} heads after export), got shape {tuple(attn_mask.shape)}")
+        if self.bias_k is not None and self.bias_v is not None:
+            k = torch.cat([k, self.bias_k.repeat(1, bsz, 1)])
+            v = torch.cat([v, self.bias_v.repeat(1, bsz, 1)])
+            attn_mask = F.pad(attn_mask, (0, 1)) if attn_mask is not None else None
+            key_padding_mask = F.pad(key_padding_mask, (0, 1)) if key_padding_mask is not None else None
+        q = q.reshape(tgt, bsz * h, hd).transpose(0, 1)
+        k = k.reshape(k.shape[0], bsz * h, hd).transpose(0, 1)
+        v = v.reshape(v.shape[0], bsz * h, hd).transpose(0, 1)
+        if self.add_zero_attn:
+            k = torch.cat([k, k.new_zeros(bsz * h, 1, hd)], dim=1)
+            v = torch.cat([v, v.new_zeros(bsz * h, 1, hd)], dim=1)
+            attn_mask = F.pad(attn_mask, (0, 1)) if attn_mask is not None else None
+            key_padding_mask = F.pad(key_padding_mask, (0, 1)) if key_padding_mask is not None else None
+        src = k.shape[1]
+        if key_padding_mask is not None:
+            kpm = key_padding_mask.view(bsz, 1, 1, src).expand(-1, h, -1, -1).reshape(bsz * h, 1, src)
+            attn_mask = kpm if attn_mask is None else attn_mask + kpm
+        q = q * math.sqrt(1.0 / float(hd))
+        kt = k.transpose(-2, -1)
+        scores = torch.bmm(q, kt) if attn_mask is None else torch.baddbmm(attn_mask, q, kt)
+        weights = torch.softmax(scores, dim=-1)
+        if self.training and self.dropout > 0.0:
+            weights = F.dropout(weights, p=self.dropout)
+        out = torch.bmm(weights, v).transpose(0, 1).reshape(tgt * bsz, inner)
+        out = F.linear(out, self.out_proj.weight, self.out_proj.bias).view(tgt, bsz, -1)
+        if self.batch_first and batched:
+            out = out.transpose(0, 1)
+        if not batched:
+            out = out.squeeze(1)
+        if not need_weights:
+            return out, None
+        weights = weights.view(bsz, h, tgt, src)
+        if average_attn_weights:
+            weights = weights.mean(dim=1)
+        return out, (weights if batched else weights.squeeze(0))
