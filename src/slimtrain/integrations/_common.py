@@ -20,6 +20,7 @@ from ..core.dcl import DynamicWidth
 from ..core.export import export
 from ..core.graph import dynamic_widths, settle_widths
 from ..core.loss import TradeoffLoss
+from ..train.checkpoint import cut_and_load
 
 __all__ = ["IntegrationError", "WidthControl", "load_export", "require", "MIN_WIDTH_LR"]
 
@@ -240,12 +241,5 @@ def load_export(path: Union[str, os.PathLike], model: nn.Module) -> nn.Module:
         raise IntegrationError(f"'{out / 'export.json'}' has widths the model lacks ({', '.join(unknown[:3]) or 'none'}"
                                f"; the model has {len(dcls)} dynamic widths): make the model dynamic as it was for "
                                "training")
-    for name, k in widths.items():
-        dcls[name].set_width(float(k))
-    small = export(model.eval())
-    try:
-        small.load_state_dict(state, strict=True)
-    except RuntimeError as e:
-        raise IntegrationError(f"'{out / 'model_state.pt'}' does not fit the model cut to the widths of "
-                               f"export.json: {' '.join(str(e).split())[:300]}") from None
-    return small.eval()
+    return cut_and_load(model, widths, state, out / "model_state.pt", "the model cut to the widths of export.json",
+                        IntegrationError)

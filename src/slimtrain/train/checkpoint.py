@@ -300,8 +300,6 @@ def load_exported(out_dir) -> nn.Module:
     """
     import json
 
-    from ..core.export import export
-
     out = Path(out_dir)
     try:
         summary = json.loads((out / "summary.json").read_text())
@@ -309,13 +307,21 @@ def load_exported(out_dir) -> nn.Module:
     except (OSError, ValueError, KeyError) as e:
         raise CheckpointError(f"'{out / 'summary.json'}' is missing or has no recipe/widths: {e}") from None
     model = build_from_recipe(recipe, str(out))
+    state = torch.load(out / "model_state.pt", map_location="cpu", weights_only=True)
+    return cut_and_load(model, widths, state, out / "model_state.pt", "the model of its summary")
+
+
+def cut_and_load(model: nn.Module, widths: dict[str, float], state: dict, where: PathLike, what: str,
+                 error: type[Exception] = CheckpointError) -> nn.Module:
+    """``model`` (dynamic) set to ``widths`` (DCL name -> K), exported, with the exported ``state`` loaded
+    strictly; eval mode. A state that does not fit raises ``error`` naming ``where`` and ``what`` it should fit."""
+    from ..core.export import export
+
     for name, k in widths.items():
         model.get_submodule(name).set_width(float(k))
     small = export(model.eval())
-    state = torch.load(out / "model_state.pt", map_location="cpu", weights_only=True)
     try:
         small.load_state_dict(state, strict=True)
     except RuntimeError as e:
-        raise CheckpointError(f"'{out / 'model_state.pt'}' does not fit the model of its summary: "
-                              f"{' '.join(str(e).split())[:300]}") from None
+        raise error(f"'{where}' does not fit {what}: {' '.join(str(e).split())[:300]}") from None
     return small.eval()
