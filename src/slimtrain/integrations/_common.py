@@ -54,6 +54,21 @@ def _check_settle_at(value: Any) -> None:
         raise IntegrationError(f"settle_at={value!r}: a step number must be >= 1")
 
 
+class WidthControlled:
+    """What both framework callbacks expose of their :class:`WidthControl` (``self.width_control``)."""
+
+    width_control: "WidthControl"
+
+    @property
+    def objective(self) -> TradeoffLoss:
+        return self.width_control.objective
+
+    @property
+    def exported(self) -> Optional[nn.Module]:
+        """The exported model at the end of training (``None`` before, and on ranks other than 0)."""
+        return self.width_control.exported
+
+
 class WidthControl:
     """The framework-free part of a ``DynamicWidthCallback``.
 

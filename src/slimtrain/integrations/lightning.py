@@ -22,7 +22,7 @@ from typing import Any, Optional, Union
 from torch import Tensor, nn
 
 from ..core.loss import TradeoffLoss
-from ._common import IntegrationError, WidthControl, require
+from ._common import IntegrationError, WidthControl, WidthControlled, require
 
 _pl = require("lightning.pytorch", "lightning", "slimtrain.integrations.lightning")
 
@@ -32,7 +32,7 @@ _OPT_FIX = ("give the widths their own parameter group in configure_optimizers, 
             "return slimtrain.train.training.make_optimizer(self, lr=1e-3, width_lr=1e-2)")
 
 
-class DynamicWidthCallback(_pl.Callback):
+class DynamicWidthCallback(_pl.Callback, WidthControlled):
     """Train the widths of a dynamic model inside a LightningModule with the Lightning ``Trainer``.
 
     Args:
@@ -62,15 +62,6 @@ class DynamicWidthCallback(_pl.Callback):
         self._wrapped: Optional[nn.Module] = None
         self._logged_step = -1
         self._steps_at_start: Optional[int] = None
-
-    @property
-    def objective(self) -> TradeoffLoss:
-        return self.width_control.objective
-
-    @property
-    def exported(self) -> Optional[nn.Module]:
-        """The exported model after ``fit`` (``None`` before, and on ranks other than 0)."""
-        return self.width_control.exported
 
     # -- the loss --------------------------------------------------------------------------------
     def setup(self, trainer, pl_module, stage: str) -> None:

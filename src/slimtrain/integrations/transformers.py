@@ -35,7 +35,7 @@ from torch import nn
 
 from ..core.dcl import DynamicWidth
 from ..core.loss import TradeoffLoss
-from ._common import IntegrationError, WidthControl, require
+from ._common import IntegrationError, WidthControl, WidthControlled, require
 
 _tf = require("transformers", "hf", "slimtrain.integrations.transformers")
 from transformers import TrainerCallback  # noqa: E402
@@ -75,7 +75,7 @@ class SlimtrainWidthState(TrainerCallback, ExportableState):
         return {"args": {}, "attributes": {"saved": saved}}
 
 
-class DynamicWidthCallback(TrainerCallback):
+class DynamicWidthCallback(TrainerCallback, WidthControlled):
     """Train the widths of a dynamic model with the transformers ``Trainer``.
 
     Args:
@@ -102,15 +102,6 @@ class DynamicWidthCallback(TrainerCallback):
         self.width_control = WidthControl(objective, settle_at=settle_at, settle_at_budget=settle_at_budget,
                                           export_path=export_path, prefix=prefix)
         self.trainer: Any = None
-
-    @property
-    def objective(self) -> TradeoffLoss:
-        return self.width_control.objective
-
-    @property
-    def exported(self) -> Optional[nn.Module]:
-        """The exported model after ``train`` (``None`` before)."""
-        return self.width_control.exported
 
     # -- attaching -------------------------------------------------------------------------------
     def attach(self, trainer) -> "DynamicWidthCallback":
