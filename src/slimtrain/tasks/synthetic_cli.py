@@ -7,7 +7,7 @@ import os
 import time
 from pathlib import Path
 
-from ..cli import (_alpha, _alpha_list, _check_no_sweep_engine_args, _epochs, _hidden, _kappa, _lr, _paragraphs,
+from .options import (_alpha, _alpha_list, _check_no_sweep_engine_args, _epochs, _hidden, _kappa, _lr, _paragraphs,
                    _refuse_sweep_under_torchrun, _seed, _settle_epochs, _width_list, _workers, add_device_option,
                    add_sweep_engine_arguments, sweep_seeds)
 
@@ -71,7 +71,7 @@ def register(commands, data_commands) -> None:
                    help="the last N epochs train the weights at the fixed width the model is exported with "
                         "(slimtrain.settle_widths), as a pruned model is fine-tuned (default: 0, the width "
                         "learns to the end)")
-    from ..cli import add_compact_option
+    from .options import add_compact_option
 
     add_compact_option(s)
     s.add_argument("--seed", type=_seed, default=0, metavar="S",

@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from ...cli import (_alpha, _check_no_sweep_engine_args, _epochs, _kappa, _paragraphs, _positive_int,
+from ..options import (_alpha, _check_no_sweep_engine_args, _epochs, _kappa, _paragraphs, _positive_int,
                    _refuse_sweep_under_torchrun, _seed, _settle_epochs, _workers, add_device_option,
                    add_sweep_engine_arguments, comma_list, sweep_seeds)
 
@@ -118,7 +118,7 @@ def register(commands, data_commands) -> None:
     s.add_argument("--settle-epochs", type=_settle_epochs, default=0, metavar="N",
                    help="DCL runs: the last N epochs train the weights at the fixed hard widths the model is "
                         "exported with (slimtrain.settle_widths), as a pruned model is fine-tuned (default: 0)")
-    from ...cli import add_compact_option
+    from ..options import add_compact_option
 
     add_compact_option(s)
     s.add_argument("--family", choices=("resnet", "aasist", "aasist-l"), default="resnet",

@@ -7,7 +7,7 @@ import json
 import time
 from pathlib import Path
 
-from ...cli import (_alpha, _alpha_list, _check_no_sweep_engine_args, _epochs, _int_at_least, _kappa, _number,
+from ..options import (_alpha, _alpha_list, _check_no_sweep_engine_args, _epochs, _int_at_least, _kappa, _number,
                    _paragraphs, _positive_float, _refuse_sweep_under_torchrun, _seed, _settle_epochs, _workers, add_device_option,
                    add_sweep_engine_arguments, comma_list, sweep_seeds)
 
@@ -182,7 +182,7 @@ def register(commands, data_commands) -> None:
                    help="DCL runs: the last N epochs train the weights at the fixed hard widths the model is "
                         "exported with (slimtrain.settle_widths), as pruning fine-tunes (default: half of --epochs; "
                         "0: widths learn to the end)")
-    from ...cli import add_compact_option
+    from ..options import add_compact_option
 
     add_compact_option(v)
     v.add_argument("--heads", choices=("count", "width"), default="width",
