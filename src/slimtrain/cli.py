@@ -134,7 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 #: modules with a ``register(commands, data_commands)`` function adding their subcommands
-TASK_COMMAND_MODULES = ("slimtrain.tasks.synthetic_cli", "slimtrain.tasks.vad.cli", "slimtrain.tasks.spoof.cli")
+TASK_COMMAND_MODULES = ("slimtrain.tasks.synthetic_cli", "slimtrain.tasks.vad.cli", "slimtrain.tasks.spoof.cli",
+                        "slimtrain.tasks.kws")
 
 
 def _task_command_registrars():
