@@ -108,6 +108,8 @@ def study_command(study: Study) -> Callable:
             family=dict(choices=fams, help=f"model family (default: {fams[0] if fams else ''})"),
             alphas=dict(help=f"--sweep: the alphas of the DCL rows (default: {_csv(C.SWEEP['alphas'])}; "
                              f"--quick: {_csv(C.QUICK_SWEEP['alphas'])})"),
+            alpha=dict(default=None, help=f"weight of the cost term (FLOPs relative to the full model), >= 0 "
+                                          f"(default: {D.alpha:g})"),
             kappa_min=dict(help=f"smallest relative width K/N, in (0, 1]; a single run takes one (default: "
                                 f"{D.kappa_min:g}), --sweep a list (default: {_csv(C.SWEEP['kappas'])}; --quick: "
                                 f"{_csv(C.QUICK_SWEEP['kappas'])})"),
@@ -123,9 +125,8 @@ def study_command(study: Study) -> Callable:
 
 def config_from_args(study: Study, args) -> StudyConfig:
     """The run's settings from the parsed options (``--quick`` first, then every option given); checked."""
-    over: dict = {"seed": args.seed, "alpha": args.alpha, "settle_epochs": args.settle_epochs,
-                  "compact_every": args.compact_every}
-    for name in ("family", "epochs", "width"):
+    over: dict = {"seed": args.seed, "settle_epochs": args.settle_epochs, "compact_every": args.compact_every}
+    for name in ("family", "epochs", "width", "alpha"):
         if getattr(args, name, None) is not None:
             over[name] = getattr(args, name)
     if args.kappa_min:
