@@ -1,7 +1,8 @@
 """The skeleton every case study shares: a study keeps only its data, models and metrics.
 
 * :mod:`.spec` -- :class:`Study` (what differs between studies) and :class:`Metric` (with its direction);
-* :mod:`.config` -- :class:`StudyConfig`, the shared training settings with named errors;
+* :mod:`.config` -- :class:`TrainConfig` (the training settings every run shares, named errors) and
+  :class:`StudyConfig` (+ width and DCL control, as the skeleton trains);
 * :mod:`.train` -- one run on :func:`slimtrain.training.fit`: DCL or fixed width, export, metrics, checkpoint;
 * :mod:`.sweep` -- (method, alpha/budget, kappa_min) rows x seeds on :mod:`slimtrain.sweep_engine`;
 * :mod:`.cli` -- the shared options (:func:`add_options`) and ``slimtrain NAME [--sweep]`` (:func:`study_command`).
@@ -11,9 +12,9 @@ A new study is one small folder: a :class:`StudyConfig` subclass, ``build_data``
 ``slimtrain.tasks.kws`` and docs/architecture-studies.md).
 """
 from .cli import add_options, study_command
-from .config import StudyConfig, StudyConfigError
+from .config import StudyConfig, StudyConfigError, TrainConfig
 from .spec import Metric, Split, Study, StudyData
 from .train import register_builder, train_run
 
-__all__ = ["Study", "Metric", "Split", "StudyData", "StudyConfig", "StudyConfigError", "add_options",
+__all__ = ["Study", "Metric", "Split", "StudyData", "StudyConfig", "StudyConfigError", "TrainConfig", "add_options",
            "study_command", "train_run", "register_builder"]

@@ -20,7 +20,7 @@ from ...record import WidthRecorder
 from .config import StudyConfig
 from .spec import Study, StudyData
 
-__all__ = ["train_run", "register_builder", "dynamic_model"]
+__all__ = ["train_run", "register_builder", "dynamic_model", "fit_epochs", "exported"]
 
 #: examples in the trace batch of ``make_dynamic`` (taken from the training split)
 SAMPLE_ITEMS = 2
@@ -34,6 +34,30 @@ def dynamic_model(study: Study, kwargs: dict, sample_shape, kappa_min: Optional[
         sample = torch.randn(*sample_shape, generator=torch.Generator().manual_seed(0)) * 0.1
         make_dynamic(model, sample, kappa_min=float(kappa_min))
     return model
+
+
+def fit_epochs(model: nn.Module, cfg, x: torch.Tensor, y: torch.Tensor, task_loss, objective, optimizer,
+               epochs: int, *, recorder: Optional[WidthRecorder] = None, progress: bool = False, desc: str = "train",
+               device=None, settle_epochs: int = 0, **fit_options) -> list:
+    """The training loop of the studies: :func:`slimtrain.training.fit` for ``epochs`` epochs on batches of
+    ``cfg.batch_size`` rows of ``(x, y)``, shuffled by ``(cfg.seed, epoch)``, every learning rate cosine-decayed
+    to ``cfg.lr_final`` times its start; a dynamic model (``objective`` given) is cut every
+    ``cfg.compact_every`` epochs. ``fit_options`` go to ``fit`` (checkpoint, recipe, resume, ...)."""
+    batches = training.shuffled_cosine_batches(x, y, optimizer, batch_size=cfg.batch_size, epochs=epochs,
+                                               seed=cfg.seed, lr_final=cfg.lr_final)
+    return training.fit(model, batches, task_loss, objective, optimizer, epochs, recorder=recorder, progress=progress,
+                        desc=desc, device=device, settle_epochs=settle_epochs,
+                        compact_every=cfg.compact_every if objective is not None else 0, **fit_options)
+
+
+@torch.no_grad()
+def exported(model: nn.Module, probe: torch.Tensor) -> tuple[nn.Module, dict, dict, float]:
+    """``(exported model, hard widths, continuous widths, max |exported - dynamic|)`` of a trained dynamic
+    ``model`` in eval mode; the difference is measured on ``probe`` (a few inputs)."""
+    widths = {k: int(v) for k, v in dynamic_widths(model, hard=True).items()}
+    cont = {k: round(v, 3) for k, v in dynamic_widths(model, hard=False).items()}
+    small = export(model).eval()
+    return small, widths, cont, float((model(probe) - small(probe)).abs().max())
 
 
 def register_builder(study: Study) -> None:
@@ -81,34 +105,26 @@ def train_run(study: Study, cfg: StudyConfig, data: StudyData, *, width: Optiona
             optimizer = training.make_optimizer(model, cfg.lr, cfg.width_lr)
         else:
             optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-        batches = training.shuffled_cosine_batches(train.x, train.y, optimizer, batch_size=min(cfg.batch_size,
-                                                   len(train.y)), epochs=cfg.epochs, seed=cfg.seed,
-                                                   lr_final=cfg.lr_final)
         recorder = WidthRecorder(record_csv, None) if record_csv is not None and cfg.dynamic and main else None
         recipe = make_recipe(study.name, kwargs, list(sample.shape),
                              {"kappa_min": cfg.kappa_min} if cfg.dynamic else {"plain": True})
         try:
-            training.fit(model, batches, study.task_loss, objective, optimizer, cfg.epochs, recorder=recorder,
-                         progress=progress, desc=f"{study.name} {_label(cfg, width)}", device=dev,
-                         checkpoint=checkpoint, recipe=recipe if checkpoint is not None else None, resume=resume,
-                         extra={"config": cfg.as_dict(), "width": width},
-                         settle_epochs=cfg.settle_epochs if cfg.dynamic else 0,
-                         settle_at_budget=cfg.dynamic and cfg.budget is not None and cfg.settle_epochs > 0,
-                         compact_every=cfg.compact_every if cfg.dynamic else 0)
+            fit_epochs(model, cfg, train.x, train.y, study.task_loss, objective, optimizer, cfg.epochs,
+                       recorder=recorder, progress=progress, desc=f"{study.name} {_label(cfg, width)}", device=dev,
+                       settle_epochs=cfg.settle_epochs if cfg.dynamic else 0,
+                       settle_at_budget=cfg.dynamic and cfg.budget is not None and cfg.settle_epochs > 0,
+                       checkpoint=checkpoint, recipe=recipe if checkpoint is not None else None, resume=resume,
+                       extra={"config": cfg.as_dict(), "width": width})
         finally:
             if recorder is not None:
                 recorder.close()
         model.to("cpu").eval()
-        small = export(model).eval() if cfg.dynamic else model
-        with torch.no_grad():
-            probe = test.x[:16]
-            diff = float((model(probe) - small(probe)).abs().max())
+        small, widths, _, diff = exported(model, test.x[:16]) if cfg.dynamic else (model, {}, {}, 0.0)
         cost = model_cost(small, sample)
         metrics = study.evaluate(small, test)
     missing = [m.name for m in study.metrics if m.name not in metrics]
     if missing:
         raise ValueError(f"study {study.name!r}: evaluate() returned no {', '.join(missing)}")
-    widths = {k: int(v) for k, v in dynamic_widths(model, hard=True).items()} if cfg.dynamic else {}
     row = {
         "method": "dcl" if cfg.dynamic else "fixed",
         "family": cfg.family,
