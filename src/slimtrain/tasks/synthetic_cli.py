@@ -101,15 +101,9 @@ def register(commands, data_commands) -> None:
 def _synthetic_config(args):
     from .synthetic import SyntheticConfig
 
-    over = {"seed": args.seed}
-    if args.epochs is not None:
-        over["epochs"] = args.epochs
-    if args.hidden is not None:
-        over["hidden"] = args.hidden
-    if args.lr is not None:
-        over["lr"] = args.lr
-    if args.width_lr is not None:
-        over["width_lr"] = args.width_lr
+    from .study.cli import given
+
+    over = {"seed": args.seed, **given(args, "epochs", "hidden", "lr", "width_lr")}
     over["settle_epochs"] = getattr(args, "settle_epochs", 0)
     over["compact_every"] = getattr(args, "compact_every", 0)
     cfg = SyntheticConfig.quick(**over) if args.quick else SyntheticConfig(**over)

@@ -19,7 +19,7 @@ from ..options import (_alpha, _alpha_list, _check_no_sweep_engine_args, _epochs
 from .config import StudyConfig
 from .spec import Study
 
-__all__ = ["COMMON_OPTIONS", "add_options", "study_command", "config_from_args", "run_command"]
+__all__ = ["COMMON_OPTIONS", "add_options", "given", "study_command", "config_from_args", "run_command"]
 
 _kappa_list = comma_list(_kappa, "0.5,0.25")
 _budget_list = comma_list(lambda t: _positive_float(t, "budget"), "1e4,3e4")
@@ -53,6 +53,10 @@ COMMON_OPTIONS: dict[str, tuple[tuple[str, ...], dict]] = {
     "out": (("--out",), dict(type=Path, metavar="DIR", help="output folder, created if needed (default: %(default)s)")),
     "seed": (("--seed",), dict(type=_seed, default=0, metavar="S", help="seed of the data and the initialisation "
                                                                         "(default: 0)")),
+    "data_seed": (("--seed",), dict(type=_seed, default=0, metavar="S", help="seed of every random choice "
+                                                                             "(default: 0)")),
+    "corpus": (("--corpus",), dict(choices=("core", "extended"), default="core", help="which data set to build")),
+    "force": (("--force",), dict(action="store_true", help="rebuild even if the cache matches")),
     "workers": (("--workers",), dict(type=_workers, default=1, metavar="N",
                                      help="--sweep: processes (or local Ray CPUs), one torch thread each "
                                           "(default: %(default)s)")),
@@ -80,6 +84,11 @@ def add_options(p: argparse.ArgumentParser, names: Iterable[str], **overrides: d
             continue
         flags, kw = COMMON_OPTIONS[name]
         p.add_argument(*flags, **{**kw, **overrides.get(name, {})})
+
+
+def given(args, *names: str) -> dict:
+    """``{name: value}`` of the options ``names`` that were given (not None), to override a config's defaults."""
+    return {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
 
 
 def _csv(values) -> str:
@@ -125,10 +134,8 @@ def study_command(study: Study) -> Callable:
 
 def config_from_args(study: Study, args) -> StudyConfig:
     """The run's settings from the parsed options (``--quick`` first, then every option given); checked."""
-    over: dict = {"seed": args.seed, "settle_epochs": args.settle_epochs, "compact_every": args.compact_every}
-    for name in ("family", "epochs", "width", "alpha"):
-        if getattr(args, name, None) is not None:
-            over[name] = getattr(args, name)
+    over = {"seed": args.seed, "settle_epochs": args.settle_epochs, "compact_every": args.compact_every,
+            **given(args, "family", "epochs", "width", "alpha")}
     if args.kappa_min:
         over["kappa_min"] = args.kappa_min[0]
     if args.budget:
