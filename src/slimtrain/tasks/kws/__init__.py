@@ -28,7 +28,7 @@ class KwsConfig(StudyConfig):
     alpha: float = 0.3
 
     FAMILIES: ClassVar[tuple[str, ...]] = FAMILIES
-    SWEEP: ClassVar[dict] = {"alphas": (0.1, 0.3, 1.0), "kappas": (0.125,), "fixed_widths": (8, 16, 32)}
+    SWEEP: ClassVar[dict] = {"alphas": (0.1, 0.2, 0.3, 1.0), "kappas": (0.125,), "fixed_widths": (8, 16, 32)}
     QUICK: ClassVar[dict] = {"width": 8, "n_mels": 16, "train_per_class": 16, "test_per_class": 8, "epochs": 3,
                              "batch_size": 16}
 

@@ -18,11 +18,12 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from ...stats import summarize_rows
-from ...sweep_engine import Job, run_jobs
+from ...sweep_engine import Job, read_sweep_rows, run_jobs
 from .config import StudyConfig
 from .spec import Study
 
-__all__ = ["sweep_jobs", "run_sweep", "summarize", "format_table", "best_row", "write_csv"]
+__all__ = ["sweep_jobs", "run_sweep", "summarize", "format_table", "markdown_table", "best_row", "write_csv",
+           "read_csv"]
 
 COST_COLUMNS = ("flops", "macs", "params")
 
@@ -140,6 +141,31 @@ def write_csv(rows: Sequence[dict], path: Path) -> Path:
         w.writeheader()
         w.writerows(rows)
     return Path(path)
+
+
+def read_csv(path: Path) -> list[dict]:
+    """The runs of a ``sweep.csv`` written by :func:`run_sweep`, typed as when they were run."""
+    return read_sweep_rows(path, f"{path} is missing: run 'slimtrain STUDY --sweep --out DIR' and copy DIR/sweep.csv",
+                           text=("row_id", "method", "family", "widths", "hostname", "torch_version"),
+                           ints=("seed", "width", "params", "params_exported", "threads"))
+
+
+def markdown_table(study: Study, rows: Sequence[dict]) -> str:
+    """The summary as a Markdown table (mean ± 95 % half-width over seeds), best headline metric in bold."""
+    summary = summarize(study, rows)
+    head = study.headline
+    best = max(s[head.name] for s in summary) if head.higher_is_better else min(s[head.name] for s in summary)
+    out = ["| row | seeds | " + " | ".join(m.name for m in study.metrics) + " | FLOPs per example | params |",
+           "| --- | ---: |" + " ---: |" * len(study.metrics) + " ---: | ---: |"]
+    for s in summary:
+        cells = []
+        for m in study.metrics:
+            v = f"{s[m.name]:{m.fmt}}"
+            if s["n"] > 1:
+                v += f" ± {(s[f'{m.name}_hi'] - s[f'{m.name}_lo']) / 2:{m.fmt}}"
+            cells.append(f"**{v}**" if m is head and s[m.name] == best else v)
+        out.append(f"| {s['row_id']} | {s['n']} | " + " | ".join(cells) + f" | {s['flops']:,.0f} | {s['params']:,.0f} |")
+    return "\n".join(out)
 
 
 def format_table(study: Study, rows: Sequence[dict]) -> str:
