@@ -9,7 +9,6 @@ so ``resume`` runs only the missing ones.
 """
 from __future__ import annotations
 
-import csv
 import functools
 import importlib
 import json
@@ -19,11 +18,12 @@ from typing import Optional, Sequence
 
 from ...stats import summarize_rows
 from ...sweep_engine import Job, read_sweep_rows, run_jobs
+from .tables import write_rows_csv, write_summary_csv
 from .config import StudyConfig
 from .spec import Study
 
 __all__ = ["sweep_jobs", "run_sweep", "summarize", "format_table", "markdown_table", "best_row", "write_csv",
-           "read_csv"]
+           "write_summary", "read_csv"]
 
 COST_COLUMNS = ("flops", "macs", "params")
 
@@ -102,24 +102,29 @@ def run_sweep(study: Study, cfg: StudyConfig, out: Path, *, alphas: Sequence[flo
     rows = run_jobs(jobs, out / "rows", engine=engine, workers=workers, address=address, resume=resume,
                     progress=progress, desc=f"{study.name} sweep", note=lambda r: f"{head.name} {r[head.name]:{head.fmt}}")
     write_csv(rows, out / "sweep.csv")
-    write_csv(summarize(study, rows), out / "sweep_summary.csv")
+    write_summary(study, rows, out / "sweep_summary.csv")
     plot(study, rows, out / "sweep.png")
     return rows
 
 
 def summarize(study: Study, rows: Sequence[dict]) -> list[dict]:
-    """Per row id: the seeds and, per metric and cost column, the mean and its 95 % interval over seeds."""
-    names = [m.name for m in study.metrics] + list(COST_COLUMNS)
-    out = []
-    for s in summarize_rows(rows, ("row_id",), names):
-        line = {"row_id": s["row_id"], "n": s["n"], "seeds": " ".join(map(str, s["seeds"]))}
-        for m in names:
-            iv = s[m]
-            line[m] = iv.mean if iv is not None else math.nan
-            line[f"{m}_lo"] = iv.lo if iv is not None else math.nan
-            line[f"{m}_hi"] = iv.hi if iv is not None else math.nan
-        out.append(line)
-    return out
+    """Per row id (first-seen order): ``n``, ``seeds`` and, per metric and cost column, an
+    :class:`~slimtrain.stats.Interval` over seeds (:func:`slimtrain.stats.summarize_rows`)."""
+    return summarize_rows(rows, ("row_id",), [m.name for m in study.metrics] + list(COST_COLUMNS))
+
+
+def write_summary(study: Study, rows: Sequence[dict], path: Path) -> Path:
+    """``sweep_summary.csv``: row id, n, seeds and mean/lo/hi of every metric and cost column."""
+    lead = {"row_id": lambda e: e["row_id"], "n": lambda e: e["n"], "seeds": lambda e: " ".join(map(str, e["seeds"]))}
+    return write_summary_csv(summarize(study, rows), path, lead, [m.name for m in study.metrics] + list(COST_COLUMNS))
+
+
+def _cell(iv, fmt: str, sep: str = "±") -> str:
+    """``mean±half-width`` (the mean alone for one seed)."""
+    if iv is None:
+        return "-"
+    v = f"{iv.mean:{fmt}}"
+    return v if iv.n < 2 or math.isnan(iv.lo) else f"{v}{sep}{iv.half_width:{fmt}}"
 
 
 def best_row(study: Study, rows: Sequence[dict]) -> dict:
@@ -133,14 +138,11 @@ def best_row(study: Study, rows: Sequence[dict]) -> dict:
 
 
 def write_csv(rows: Sequence[dict], path: Path) -> Path:
+    """``sweep.csv``: one line per run, the columns in first-seen order."""
     cols: list[str] = []
     for r in rows:
         cols += [k for k in r if k not in cols]
-    with Path(path).open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=cols)
-        w.writeheader()
-        w.writerows(rows)
-    return Path(path)
+    return write_rows_csv(rows, path, cols)
 
 
 def read_csv(path: Path) -> list[dict]:
@@ -154,33 +156,27 @@ def markdown_table(study: Study, rows: Sequence[dict]) -> str:
     """The summary as a Markdown table (mean ± 95 % half-width over seeds), best headline metric in bold."""
     summary = summarize(study, rows)
     head = study.headline
-    best = max(s[head.name] for s in summary) if head.higher_is_better else min(s[head.name] for s in summary)
+    means = [e[head.name].mean for e in summary if e[head.name] is not None]
+    best = max(means) if head.higher_is_better else min(means)
     out = ["| row | seeds | " + " | ".join(m.name for m in study.metrics) + " | FLOPs per example | params |",
            "| --- | ---: |" + " ---: |" * len(study.metrics) + " ---: | ---: |"]
-    for s in summary:
+    for e in summary:
         cells = []
         for m in study.metrics:
-            v = f"{s[m.name]:{m.fmt}}"
-            if s["n"] > 1:
-                v += f" ± {(s[f'{m.name}_hi'] - s[f'{m.name}_lo']) / 2:{m.fmt}}"
-            cells.append(f"**{v}**" if m is head and s[m.name] == best else v)
-        out.append(f"| {s['row_id']} | {s['n']} | " + " | ".join(cells) + f" | {s['flops']:,.0f} | {s['params']:,.0f} |")
+            v = _cell(e[m.name], m.fmt, " ± ")
+            cells.append(f"**{v}**" if m is head and e[m.name] is not None and e[m.name].mean == best else v)
+        out.append(f"| {e['row_id']} | {e['n']} | " + " | ".join(cells)
+                   + f" | {e['flops'].mean:,.0f} | {e['params'].mean:,.0f} |")
     return "\n".join(out)
 
 
 def format_table(study: Study, rows: Sequence[dict]) -> str:
     """The summary as a text table: row, seeds, each metric's mean (and interval), FLOPs and params."""
-    summary = summarize(study, rows)
     lines = ["row                          seeds  " + "  ".join(f"{m.name:>16s}" for m in study.metrics)
              + "        FLOPs   params"]
-    for s in summary:
-        cells = []
-        for m in study.metrics:
-            v = f"{s[m.name]:{m.fmt}}"
-            if s["n"] > 1 and not math.isnan(s[f"{m.name}_lo"]):
-                v += f"±{(s[f'{m.name}_hi'] - s[f'{m.name}_lo']) / 2:{m.fmt}}"
-            cells.append(f"{v:>16s}")
-        lines.append(f"{s['row_id']:28s} {s['n']:5d}  " + "  ".join(cells) + f" {s['flops']:12.0f} {s['params']:8.0f}")
+    for e in summarize(study, rows):
+        cells = "  ".join(f"{_cell(e[m.name], m.fmt):>16s}" for m in study.metrics)
+        lines.append(f"{e['row_id']:28s} {e['n']:5d}  {cells} {e['flops'].mean:12.0f} {e['params'].mean:8.0f}")
     return "\n".join(lines)
 
 
