@@ -108,11 +108,28 @@ def test_metric_direction(a, b, higher):
     ("compact_every", -2, "compact-every must be an integer >= 0"),
     ("settle_epochs", 3, "settle-epochs must leave an epoch"),
     ("family", "lstm", "family must be one of cnn, gru, got 'lstm'"),
-    ("n_keywords", 1, "n-keywords is too small"),
+    ("n_keywords", 1, "n-keywords must be an integer >= 2, got 1"),
 ])
 def test_config_errors_name_the_setting(field, value, message):
     with pytest.raises(StudyConfigError, match=message):
         _cfg(**{field: value}).validate()
+
+
+def test_vad_and_spoof_run_configs_share_the_named_checks():
+    from slimtrain.tasks.spoof.train import SpoofConfig
+    from slimtrain.tasks.vad.train import VadRunConfig
+
+    for cls in (VadRunConfig, SpoofConfig):
+        for field, value, message in [("epochs", 0, "epochs must be an integer >= 1, got 0"),
+                                      ("lr", float("inf"), "lr must be a number > 0, got inf"),
+                                      ("compact_every", 1.5, "compact-every must be an integer >= 0"),
+                                      ("family", "lstm", "family must be one of .*got 'lstm'")]:
+            with pytest.raises(StudyConfigError, match=message):
+                cls(**{field: value}).validate()
+    with pytest.raises(StudyConfigError, match="n-fft must be an integer >= 1, got 0"):
+        SpoofConfig(n_fft=0).validate()  # a study's own check, after the shared ones
+    with pytest.raises(StudyConfigError, match="sample_rate must be 8000 or 16000"):
+        VadRunConfig(sample_rate=44100).validate()
 
 
 def test_config_replace_names_an_unknown_setting():

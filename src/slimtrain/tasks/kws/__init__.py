@@ -7,7 +7,8 @@ from typing import ClassVar
 
 import torch.nn.functional as F
 
-from ..study import Metric, Study, StudyConfig, StudyConfigError, register_builder, study_command
+from ..study import Metric, Study, StudyConfig, register_builder, study_command
+from ..study.config import check_ints
 from .data import build_data
 from .models import FAMILIES, build_model, evaluate
 
@@ -33,9 +34,8 @@ class KwsConfig(StudyConfig):
                              "batch_size": 16}
 
     def check(self) -> None:
-        for name in ("n_mels", "n_keywords", "train_per_class", "test_per_class"):
-            if getattr(self, name) < (2 if name == "n_keywords" else 1):
-                raise StudyConfigError(f"{name.replace('_', '-')} is too small: {getattr(self, name)!r}")
+        check_ints(self, ("n_mels", "train_per_class", "test_per_class"), 1)
+        check_ints(self, ("n_keywords",), 2)
 
 
 STUDY = Study(
@@ -45,7 +45,7 @@ STUDY = Study(
     task_loss=F.cross_entropy, metrics=(Metric("accuracy", True), Metric("macro_f1", True)), module=__name__,
     help="the keyword-spotting study: a CNN/GRU on synthetic keywords with learned widths, or --sweep",
     description="Keyword spotting on synthetic keywords (three vowel-like syllables each, random pitch, timing, "
-                "level and noise at 0-20 dB SNR, 8 kHz; plus a no-keyword class), made from --seed with no "
+                "level and noise at -10 to 10 dB SNR, 8 kHz; plus a no-keyword class), made from --seed with no "
                 "download. A log-mel CNN or GRU gets DCLs on the mel bands and every hidden width, trained on "
                 "cross-entropy + alpha * FLOPs(K)/FLOPs(full); metrics: accuracy and macro F1 on the test clips.")
 register_builder(STUDY)

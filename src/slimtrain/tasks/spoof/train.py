@@ -33,7 +33,7 @@ from ...graph import make_dynamic
 from ...loss import TradeoffLoss
 from ...record import WidthRecorder
 from ..metrics import eer
-from ..study.config import StudyConfigError, TrainConfig
+from ..study.config import StudyConfigError, TrainConfig, check_ints
 from ..study.train import exported, fit_epochs
 from .attacks import ATTACKS
 from .data import SR, SpoofSplit
@@ -73,10 +73,7 @@ class SpoofConfig(TrainConfig):
         return cls(**base)
 
     def check(self) -> None:
-        for name in ("width", "n_mels", "hop_length", "n_fft"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or v < 1:
-                raise StudyConfigError(f"{name.replace('_', '-')} must be an integer >= 1, got {v!r}")
+        check_ints(self, ("width", "n_mels", "hop_length", "n_fft"), 1)
         if not self.blocks or any((not isinstance(b, int)) or b < 1 for b in self.blocks):
             raise StudyConfigError(f"blocks must be integers >= 1, got {self.blocks!r}")
         if self.warmup_epochs >= self.epochs:

@@ -8,7 +8,7 @@ from typing import Any, ClassVar, Optional
 
 from ...training import check_settle_epochs
 
-__all__ = ["TrainConfig", "StudyConfig", "StudyConfigError"]
+__all__ = ["TrainConfig", "StudyConfig", "StudyConfigError", "check_ints"]
 
 
 class StudyConfigError(ValueError):
@@ -42,8 +42,8 @@ class TrainConfig:
         """Check every setting; raises :class:`StudyConfigError` naming the first bad one. Returns ``self``."""
         if self.FAMILIES and self.family not in self.FAMILIES:
             raise StudyConfigError(f"family must be one of {', '.join(self.FAMILIES)}, got {self.family!r}")
-        _ints(self, ("epochs", "batch_size"), 1)
-        _ints(self, ("seed", "warmup_epochs", "settle_epochs"), 0)
+        check_ints(self, ("epochs", "batch_size"), 1)
+        check_ints(self, ("seed", "warmup_epochs", "settle_epochs"), 0)
         _positive(self, ("lr", "width_lr"))
         c = self.compact_every
         if c is not None and (isinstance(c, bool) or not isinstance(c, int) or c < 0):
@@ -71,7 +71,8 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
-def _ints(cfg, names, minimum: int) -> None:
+def check_ints(cfg, names, minimum: int) -> None:
+    """Each setting of ``names`` must be an integer ``>= minimum`` (:class:`StudyConfigError` names the first that is not)."""
     for name in names:
         v = getattr(cfg, name)
         if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
@@ -117,7 +118,7 @@ class StudyConfig(TrainConfig):
         return self.kappa_min is not None
 
     def validate(self) -> "StudyConfig":
-        _ints(self, ("width",), 1)
+        check_ints(self, ("width",), 1)
         _positive(self, ("lr_final",))
         if isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float)) or not math.isfinite(self.alpha) \
                 or self.alpha < 0:
