@@ -170,6 +170,11 @@ def test_kws_command_single_run_writes_its_files(tmp_path, capsys):
     assert res["config"]["epochs"] == 2 and res["config"]["width"] == 4 and res["data"]["classes"] == 7
     assert (out / "model.ckpt").is_file() and (out / "widths.csv").is_file()
     assert f"accuracy {res['result']['accuracy']:.4f}" in capsys.readouterr().out
+    # 'slimtrain export' rebuilds the kws checkpoint (its builder is registered by the study) and cuts it
+    assert main(["export", str(out / "model.ckpt"), str(out / "export"), "--no-onnx"]) == 0
+    summary = json.loads((out / "export" / "summary.json").read_text())
+    assert summary["task"] == "kws" and summary["widths"] == json.loads(res["result"]["widths"])
+    assert summary["check"]["passed"]
     # the same settings resume (the run is finished, so it only reports); other settings are refused, named
     assert main(argv + ["--resume"]) == 0
     assert main(argv[:-1] + ["--alpha", "0.5", "--no-progress", "--resume"]) == 2
