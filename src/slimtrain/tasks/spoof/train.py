@@ -64,13 +64,8 @@ class SpoofConfig(TrainConfig):
     family: str = "resnet"  # resnet | aasist | aasist-l (width/blocks/n_mels/hop/n_fft: the ResNet only)
 
     FAMILIES: ClassVar[tuple[str, ...]] = FAMILIES
-
-    @classmethod
-    def quick(cls, **overrides) -> "SpoofConfig":
-        """A tiny network (one block per stage) for tests and ``--quick``."""
-        base = dict(blocks=QUICK_BLOCKS, epochs=4, batch_size=16, warmup_epochs=1)
-        base.update(overrides)
-        return cls(**base)
+    #: ``--quick``: a tiny network (one block per stage)
+    QUICK: ClassVar[dict] = dict(blocks=QUICK_BLOCKS, epochs=4, batch_size=16, warmup_epochs=1)
 
     def check(self) -> None:
         check_ints(self, ("width", "n_mels", "hop_length", "n_fft"), 1)

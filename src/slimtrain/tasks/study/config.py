@@ -37,6 +37,13 @@ class TrainConfig:
 
     #: the model families a study offers (the first is the default); empty: any
     FAMILIES: ClassVar[tuple[str, ...]] = ()
+    #: the settings ``--quick`` changes (tiny, for tests)
+    QUICK: ClassVar[dict] = {}
+
+    @classmethod
+    def quick(cls, **overrides: Any):
+        """The ``--quick`` settings (:attr:`QUICK`), with ``overrides`` on top."""
+        return cls(**{**cls.QUICK, **overrides})
 
     def validate(self):
         """Check every setting; raises :class:`StudyConfigError` naming the first bad one. Returns ``self``."""
@@ -102,16 +109,9 @@ class StudyConfig(TrainConfig):
     budget: Optional[float] = None
     cost_metric: str = "flops"
 
-    #: the settings ``--quick`` changes (tiny, for tests)
-    QUICK: ClassVar[dict] = {}
     #: the grid of ``--sweep`` and of ``--sweep --quick`` (alphas, kappas, fixed base widths)
     SWEEP: ClassVar[dict] = {"alphas": (0.5, 2.0), "kappas": (0.25, 0.0625), "fixed_widths": (4, 8, 16)}
     QUICK_SWEEP: ClassVar[dict] = {"alphas": (1.0,), "kappas": (0.25,), "fixed_widths": (4,)}
-
-    @classmethod
-    def quick(cls, **overrides: Any) -> "StudyConfig":
-        """The ``--quick`` settings, with ``overrides`` on top."""
-        return cls(**{**cls.QUICK, **overrides})
 
     @property
     def dynamic(self) -> bool:
