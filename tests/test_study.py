@@ -59,6 +59,15 @@ def test_kws_trains_widths_move_and_exports_exactly(tmp_path):
         "name": "accuracy", "value": row["accuracy"], "higher_is_better": True}
 
 
+def test_a_budget_replaces_the_alpha_term_and_pulls_the_cost_down():
+    full_cfg = _cfg(kappa_min=None)
+    _, full = train_run(kws.STUDY, full_cfg, kws.build_data(full_cfg))
+    cfg = _cfg(epochs=4, warmup_epochs=0, width_lr=0.3, kappa_min=0.25, budget=0.5 * full["flops"], alpha=3.0)
+    _, row = train_run(kws.STUDY, cfg, kws.build_data(cfg))
+    assert row["alpha"] == 0.0 and row["budget"] == cfg.budget  # the alpha given is not used with a budget
+    assert row["flops"] < full["flops"]
+
+
 def test_fixed_width_run_has_no_dcl_and_uses_the_width():
     cfg = _cfg(kappa_min=None)
     small, row = train_run(kws.STUDY, cfg, kws.build_data(cfg), width=4)
