@@ -7,9 +7,9 @@ import os
 import time
 from pathlib import Path
 
-from ..cli import (_alpha, _alpha_list, _check_no_sweep_engine_args, _epochs, _hidden, _kappa, _lr, _paragraphs,
-                   _refuse_sweep_under_torchrun, _seed, _settle_epochs, _width_list, _workers, add_device_option,
-                   add_sweep_engine_arguments, sweep_seeds)
+from .options import (_check_no_sweep_engine_args, _hidden, _kappa, _lr, _paragraphs, _refuse_sweep_under_torchrun,
+                      _width_list, sweep_seeds)
+from .study.cli import add_options, given
 
 __all__ = ["register"]
 
@@ -41,75 +41,56 @@ def register(commands, data_commands) -> None:
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    s.add_argument("--alpha", type=_alpha, default=2.0, metavar="A",
-                   help="weight of the cost term (FLOPs relative to the full model) for a single run; "
-                        "0 = no pressure on the width; must be >= 0 (default: 2.0)")
-    s.add_argument("--sweep", action="store_true",
-                   help="run the sweep over --alphas and the fixed-width baselines instead of a single run")
-    s.add_argument("--alphas", type=_alpha_list, default=None, metavar="A1,A2,...",
-                   help="comma-separated alphas for --sweep, each >= 0 "
-                        f"(default: {csv_list(DEFAULT_ALPHAS)}; with --quick: {csv_list(QUICK_ALPHAS)})")
+    add_options(
+        s, ["alpha", "sweep", "alphas"],
+        alpha=dict(default=2.0, help="weight of the cost term (FLOPs relative to the full model) for a single run; "
+                                     "0 = no pressure on the width; must be >= 0 (default: 2.0)"),
+        sweep=dict(help="run the sweep over --alphas and the fixed-width baselines instead of a single run"),
+        alphas=dict(help="comma-separated alphas for --sweep, each >= 0 "
+                         f"(default: {csv_list(DEFAULT_ALPHAS)}; with --quick: {csv_list(QUICK_ALPHAS)})"))
     s.add_argument("--baselines", type=_width_list, default=None, metavar="W1,W2,...",
                    help="comma-separated hidden widths of the fixed-width baselines for --sweep, or 'none' "
                         f"(default: {csv_list(DEFAULT_BASELINE_WIDTHS)}; with --quick: {csv_list(QUICK_BASELINE_WIDTHS)})")
-    s.add_argument("--out", type=Path, default=Path("runs/synthetic"), metavar="DIR",
-                   help="output folder, created if needed (default: runs/synthetic)")
-    s.add_argument("--epochs", type=_epochs, default=None, metavar="N",
-                   help=f"training epochs per run, >= 1 (default: {D.epochs}; with --quick: {Q.epochs})")
+    add_options(s, ["out", "epochs"], out=dict(default=Path("runs/synthetic")),
+                epochs=dict(help=f"training epochs per run, >= 1 (default: {D.epochs}; with --quick: {Q.epochs})"))
     s.add_argument("--hidden", type=_hidden, default=None, metavar="N",
                    help=f"hidden width of the student before training (default: {D.hidden}; with --quick: {Q.hidden})")
-    s.add_argument("--kappa-min", type=_kappa, default=None, metavar="F",
-                   help="smallest relative width K/hidden a run may reach, in (0, 1]; K never goes below "
-                        "kappa-min * hidden, which must be >= 1 (default: 1/hidden, so the width can go down to 1)")
+    add_options(s, ["kappa_min"], kappa_min=dict(
+        type=_kappa, metavar="F", help="smallest relative width K/hidden a run may reach, in (0, 1]; K never goes "
+                                       "below kappa-min * hidden, which must be >= 1 (default: 1/hidden, so the "
+                                       "width can go down to 1)"))
     s.add_argument("--lr", type=_lr, default=None, metavar="LR",
                    help="Adam learning rate of the weights, cosine-decayed over training "
                         f"(default: {D.lr:g}; with --quick: {Q.lr:g})")
     s.add_argument("--width-lr", type=_lr, default=None, metavar="LR",
                    help=f"Adam learning rate of the widths, in units of K/hidden, cosine-decayed like --lr "
                         f"(default: {D.width_lr:g})")
-    s.add_argument("--settle-epochs", type=_settle_epochs, default=0, metavar="N",
-                   help="the last N epochs train the weights at the fixed width the model is exported with "
-                        "(slimtrain.settle_widths), as a pruned model is fine-tuned (default: 0, the width "
-                        "learns to the end)")
-    from ..cli import add_compact_option
-
-    add_compact_option(s)
-    s.add_argument("--seed", type=_seed, default=0, metavar="S",
-                   help="seed of the teacher, the data and the initialisation; the same seed gives the same "
-                        "results (default: 0)")
-    s.add_argument("--quick", action="store_true",
-                   help=f"tiny settings for smoke tests: {Q.n_train} training examples, hidden {Q.hidden}, "
+    add_options(
+        s, ["settle_epochs", "compact_every", "seed", "quick", "workers"],
+        settle_epochs=dict(help="the last N epochs train the weights at the fixed width the model is exported with "
+                                "(slimtrain.settle_widths), as a pruned model is fine-tuned (default: 0, the width "
+                                "learns to the end)"),
+        seed=dict(help="seed of the teacher, the data and the initialisation; the same seed gives the same results "
+                       "(default: 0)"),
+        quick=dict(help=f"tiny settings for smoke tests: {Q.n_train} training examples, hidden {Q.hidden}, "
                         f"{Q.epochs} epochs, batch {Q.batch_size}, {len(QUICK_ALPHAS)} alphas and "
-                        f"{len(QUICK_BASELINE_WIDTHS)} baselines (seconds instead of minutes; rougher results)")
-    s.add_argument("--workers", type=_workers, default=None, metavar="N",
-                   help="parallel processes for --sweep, one torch thread each; results do not depend on it "
-                        "(default: the number of CPU cores, at most 2; 1 with --quick)")
+                        f"{len(QUICK_BASELINE_WIDTHS)} baselines (seconds instead of minutes; rougher results)"),
+        workers=dict(default=None, help="parallel processes for --sweep, one torch thread each; results do not "
+                                        "depend on it (default: the number of CPU cores, at most 2; 1 with --quick)"))
     s.add_argument("--tensorboard", action="store_true",
                    help="also log widths, cost and validation error to TensorBoard event files in "
                         "OUT/tensorboard (needs the tensorboard package)")
-    s.add_argument("--resume", action="store_true",
-                   help="single run: continue a killed run from OUT/model.ckpt (written after every epoch) "
-                        "with the same settings; it ends with the same result as an uninterrupted run. "
-                        "Without a checkpoint in OUT the run starts from scratch. --sweep: skip the (row, seed) "
-                        "runs already finished in OUT/rows")
-    add_sweep_engine_arguments(s)
-    s.add_argument("--no-progress", action="store_true", help="hide the progress bars")
-    add_device_option(s)
+    add_options(s, ["resume", "sweep_engine", "no_progress", "device"], resume=dict(
+        help="single run: continue a killed run from OUT/model.ckpt (written after every epoch) with the same "
+             "settings; it ends with the same result as an uninterrupted run. Without a checkpoint in OUT the run "
+             "starts from scratch. --sweep: skip the (row, seed) runs already finished in OUT/rows"))
     s.set_defaults(func=_cmd_synthetic)
 
 
 def _synthetic_config(args):
     from .synthetic import SyntheticConfig
 
-    over = {"seed": args.seed}
-    if args.epochs is not None:
-        over["epochs"] = args.epochs
-    if args.hidden is not None:
-        over["hidden"] = args.hidden
-    if args.lr is not None:
-        over["lr"] = args.lr
-    if args.width_lr is not None:
-        over["width_lr"] = args.width_lr
+    over = {"seed": args.seed, **given(args, "epochs", "hidden", "lr", "width_lr")}
     over["settle_epochs"] = getattr(args, "settle_epochs", 0)
     over["compact_every"] = getattr(args, "compact_every", 0)
     cfg = SyntheticConfig.quick(**over) if args.quick else SyntheticConfig(**over)

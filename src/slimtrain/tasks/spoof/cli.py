@@ -8,9 +8,9 @@ import sys
 import time
 from pathlib import Path
 
-from ...cli import (_alpha, _check_no_sweep_engine_args, _epochs, _kappa, _paragraphs, _positive_int,
-                   _refuse_sweep_under_torchrun, _seed, _settle_epochs, _workers, add_device_option,
-                   add_sweep_engine_arguments, comma_list, sweep_seeds)
+from ..options import (_check_no_sweep_engine_args, _paragraphs, _positive_int, _refuse_sweep_under_torchrun,
+                       sweep_seeds)
+from ..study.cli import add_options, given
 
 __all__ = ["register"]
 
@@ -29,10 +29,6 @@ def _stage_sets(text: str) -> list[tuple[int, ...]]:
         except ValueError as e:
             raise argparse.ArgumentTypeError(str(e)) from None
     return out
-
-
-_kappa_list = comma_list(_kappa, "0.5,0.25")
-_width_list = comma_list(lambda p: _positive_int(p, "fixed widths"), "2,4,8", none_ok=True)
 
 
 def register(commands, data_commands) -> None:
@@ -55,21 +51,18 @@ def register(commands, data_commands) -> None:
             "Writes OUT/train.npz, OUT/eval.npz, OUT/items.csv and OUT/manifest.json (config, counts, "
             "SHA-256 of each file). An existing folder with the same settings is reused unless --force.",
         ), formatter_class=argparse.RawDescriptionHelpFormatter)
-    d.add_argument("--out", type=Path, default=None, metavar="DIR",
-                   help=f"cache folder (default: {DEFAULT_DATA}; with --quick: {DEFAULT_QUICK_DATA})")
-    d.add_argument("--seed", type=_seed, default=0, metavar="S", help="seed of every random choice (default: 0)")
-    d.add_argument("--quick", action="store_true",
-                   help=f"a few dozen clips ({Q.n_bona_train} bona fide + {Q.n_spoof_train_per_attack} per attack for "
-                        f"training) instead of {D.n_bona_train} + {D.n_spoof_train_per_attack} per attack")
-    d.add_argument("--workers", type=_workers, default=2, metavar="N",
-                   help="parallel synthesis jobs; the output does not depend on it (default: 2)")
-    d.add_argument("--corpus", choices=("core", "extended"), default="core",
-                   help="core: the documented data set (default); extended: + bona fide es-CO and fr (Armelle) "
-                        "Asterisk speakers, more espeak-ng accents and voice variants, Czech and Finnish Festival "
-                        "voices (the Finnish ones evaluation-only) (docs/spoof.md). 'slimtrain spoof --data DIR' "
-                        "reads whichever corpus DIR holds")
-    d.add_argument("--force", action="store_true", help="rebuild even if the folder already holds this data set")
-    d.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    add_options(
+        d, ["out", "data_seed", "quick", "workers", "corpus", "force", "no_progress"],
+        out=dict(default=None, help=f"cache folder (default: {DEFAULT_DATA}; with --quick: {DEFAULT_QUICK_DATA})"),
+        quick=dict(help=f"a few dozen clips ({Q.n_bona_train} bona fide + {Q.n_spoof_train_per_attack} per attack "
+                        f"for training) instead of {D.n_bona_train} + {D.n_spoof_train_per_attack} per attack"),
+        workers=dict(default=2, help="parallel synthesis jobs; the output does not depend on it (default: 2)"),
+        corpus=dict(help="core: the documented data set (default); extended: + bona fide es-CO and fr (Armelle) "
+                         "Asterisk speakers, more espeak-ng accents and voice variants, Czech and Finnish Festival "
+                         "voices (the Finnish ones evaluation-only) (docs/spoof.md). 'slimtrain spoof --data DIR' "
+                         "reads whichever corpus DIR holds"),
+        force=dict(help="rebuild even if the folder already holds this data set"),
+        no_progress=dict(help="hide the progress bar"))
     d.set_defaults(func=_cmd_data)
 
     s = commands.add_parser(
@@ -96,36 +89,29 @@ def register(commands, data_commands) -> None:
             "paper's ResNet34 (base width 64, 16 kHz) on --asvspoof-root's train/dev/eval protocols "
             "(docs/spoof.md, 'Train on your own corpus').",
         ), formatter_class=argparse.RawDescriptionHelpFormatter)
-    s.add_argument("--sweep", action="store_true", help="run the whole grid and the baselines instead of one run")
-    s.add_argument("--quick", action="store_true",
-                   help=f"tiny settings: quick data set, blocks {list(MQ.blocks)}, {MQ.epochs} epochs, one kappa-min "
-                        "and the all-stage set only (seconds to a minute)")
+    add_options(s, ["sweep", "quick"], sweep=dict(help="run the whole grid and the baselines instead of one run"),
+                quick=dict(help=f"tiny settings: quick data set, blocks {list(MQ.blocks)}, {MQ.epochs} epochs, one "
+                                "kappa-min and the all-stage set only (seconds to a minute)"))
     s.add_argument("--stages", type=_stage_sets, default=None, metavar="S",
                    help="dynamic stages: one set like '0', '3' or '0,1,2,3' ('all' = 0,1,2,3); with --sweep several "
                         "sets separated by '/', e.g. '0/1/2/3/0,1,2,3' (default: 0,1,2,3; sweep: that list)")
-    s.add_argument("--kappa-min", type=_kappa_list, default=None, metavar="F[,F...]",
-                   help="smallest relative width K/N of every dynamic layer, in (0, 1]; with --sweep a "
-                        "comma-separated list (default: 0.125; sweep: 0.5,0.25,0.125,0.0625; --quick: 0.25)")
-    s.add_argument("--alpha", type=_alpha, default=1.0, metavar="A",
-                   help="weight of the cost term (FLOPs relative to the full model), >= 0 (default: 1.0); "
-                        "with --sweep only for --kappa-control alpha")
+    add_options(s, ["kappa_min", "alpha"],
+                kappa_min=dict(metavar="F[,F...]", help="smallest relative width K/N of every dynamic layer, in "
+                               "(0, 1]; with --sweep a comma-separated list (default: 0.125; sweep: "
+                               "0.5,0.25,0.125,0.0625; --quick: 0.25)"),
+                alpha=dict(help="weight of the cost term (FLOPs relative to the full model), >= 0 (default: 1.0); "
+                                "with --sweep only for --kappa-control alpha"))
     s.add_argument("--kappa-control", choices=("floor", "alpha"), default="floor",
                    help="--sweep: 'floor' (default) trains every DCL row toward its kappa-min floor (a budget at "
                         "the floor cost with a Lagrangian multiplier), so kappa-min sets the widths as in the "
                         "paper; 'alpha' uses the weighted cost term at --alpha, where the floor may not bind")
-    s.add_argument("--epochs", type=_epochs, default=None, metavar="N",
-                   help=f"training epochs per run (default: {M.epochs}; with --quick: {MQ.epochs})")
-    s.add_argument("--settle-epochs", type=_settle_epochs, default=0, metavar="N",
-                   help="DCL runs: the last N epochs train the weights at the fixed hard widths the model is "
-                        "exported with (slimtrain.settle_widths), as a pruned model is fine-tuned (default: 0)")
-    from ...cli import add_compact_option
-
-    add_compact_option(s)
-    s.add_argument("--family", choices=("resnet", "aasist", "aasist-l"), default="resnet",
-                   help="model family (default: resnet): the ResNet34-style log-mel network, or AASIST / AASIST-L "
-                        "(Jung et al. 2022; raw waveform, sinc front end, spectro-temporal graph attention; "
-                        "docs/spoof.md). With aasist/aasist-l DCLs go on every width that can carry one "
-                        "(--stages does not apply); --plain trains the network as it is")
+    add_options(s, ["epochs", "settle_epochs", "compact_every", "family"],
+                epochs=dict(help=f"training epochs per run (default: {M.epochs}; with --quick: {MQ.epochs})"),
+                family=dict(choices=("resnet", "aasist", "aasist-l"), default="resnet", metavar=None,
+                            help="model family (default: resnet): the ResNet34-style log-mel network, or AASIST / "
+                                 "AASIST-L (Jung et al. 2022; raw waveform, sinc front end, spectro-temporal graph "
+                                 "attention; docs/spoof.md). With aasist/aasist-l DCLs go on every width that can "
+                                 "carry one (--stages does not apply); --plain trains the network as it is"))
     s.add_argument("--plain", action="store_true",
                    help="single run: train the network without DCLs (e.g. AASIST-L from scratch)")
     s.add_argument("--params-budget", type=lambda t: _positive_int(t, "params budget"), default=None, metavar="P",
@@ -134,31 +120,25 @@ def register(commands, data_commands) -> None:
     s.add_argument("--train-crop", type=lambda t: _positive_int(t, "train crop"), default=None, metavar="SAMPLES",
                    help="single run: train on random crops of this many samples of each clip (evaluation uses "
                         "whole clips); AASIST costs about 1.2 GMAC per second of audio")
-    s.add_argument("--width", type=lambda t: _positive_int(t, "width"), default=None, metavar="W",
-                   help=f"base channel width of the first stage (the paper's ResNet34: 64; default: {M.width})")
-    s.add_argument("--fixed-widths", type=_width_list, default=None, metavar="W1,W2,...",
-                   help="base widths of the fixed-width baselines for --sweep, or 'none' "
-                        f"(default: {','.join(map(str, DEFAULT_FIXED_WIDTHS))}; --quick: 4,8)")
+    add_options(s, ["width", "fixed_widths"],
+                width=dict(help=f"base channel width of the first stage (the paper's ResNet34: 64; default: "
+                                f"{M.width})"),
+                fixed_widths=dict(help="base widths of the fixed-width baselines for --sweep, or 'none' (default: "
+                                       f"{','.join(map(str, DEFAULT_FIXED_WIDTHS))}; --quick: 4,8)"))
     s.add_argument("--no-pruning", action="store_true", help="skip the torch-pruning baseline in --sweep")
     s.add_argument("--pruning-only", action="store_true",
                    help="with --sweep: only (re)run the pruning baseline and add its rows to an existing "
                         "OUT/sweep.csv and OUT/sweep.png (e.g. after installing torch-pruning)")
     s.add_argument("--data", type=Path, default=None, metavar="DIR",
                    help=f"data folder (default: {DEFAULT_DATA}; with --quick: {DEFAULT_QUICK_DATA})")
-    s.add_argument("--out", type=Path, default=DEFAULT_OUT, metavar="DIR",
-                   help=f"output folder, created if needed (default: {DEFAULT_OUT})")
-    s.add_argument("--seed", type=_seed, default=0, metavar="S",
-                   help="seed of the data set and of the initialisation (default: 0)")
-    s.add_argument("--workers", type=_workers, default=None, metavar="N",
-                   help="parallel processes for --sweep (one torch thread each) and for data synthesis; results "
-                        "do not depend on it (default: 2; 1 with --quick)")
-    add_sweep_engine_arguments(s)
-    s.add_argument("--resume", action="store_true",
-                   help="--sweep: skip the (row, seed) runs already finished in OUT/rows. With --seeds/--seed-list "
-                        "the data set stays the one of --seed; the seeds vary the initialisation and batch order")
-    s.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    add_options(s, ["out", "seed", "workers", "sweep_engine", "resume", "no_progress"], out=dict(default=DEFAULT_OUT),
+                workers=dict(default=None, help="parallel processes for --sweep (one torch thread each) and for data "
+                                                "synthesis; results do not depend on it (default: 2; 1 with --quick)"),
+                resume=dict(help="--sweep: skip the (row, seed) runs already finished in OUT/rows. With --seeds/"
+                                 "--seed-list the data set stays the one of --seed; the seeds vary the initialisation "
+                                 "and batch order"))
     _add_corpus_arguments(s)
-    add_device_option(s)
+    add_options(s, ["device"])
     s.set_defaults(func=_cmd_spoof)
     sub = s.add_subparsers(dest="spoof_command", metavar="{score}")
     sc = sub.add_parser(
@@ -274,11 +254,7 @@ def _cmd_spoof(args) -> int:
         raise ValueError("--skip-bad and --format apply to your corpus (--train-data/--val-data or --recipe paper)")
     if args.sweep:
         _refuse_sweep_under_torchrun()
-    over: dict = {"seed": args.seed}
-    if args.epochs is not None:
-        over["epochs"] = args.epochs
-    if args.width is not None:
-        over["width"] = args.width
+    over: dict = {"seed": args.seed, **given(args, "epochs", "width")}
     over["settle_epochs"] = getattr(args, "settle_epochs", 0)
     over["compact_every"] = getattr(args, "compact_every", 0)
     over["family"] = getattr(args, "family", "resnet")

@@ -16,18 +16,18 @@ gflops (GFLOP per second of audio), eer_percent -- plus per-attack EERs and the 
 """
 from __future__ import annotations
 
-import csv
 import dataclasses
 import hashlib
 import json
 import math
-import os
 import time
 from pathlib import Path
 from typing import Iterable, Optional, Sequence
 
 from ...train.stats import format_interval, paired_verdict, summarize_rows
 from ...train.sweep_engine import Job, read_sweep_rows, run_jobs
+from ..study.tables import fmt_cell, write_rows_csv
+from ..study.tables import write_summary_csv as write_summary
 from .attacks import ATTACKS
 from .data import load_split
 from .train import SpoofConfig, train_run
@@ -332,23 +332,10 @@ def add_pruning_rows(data_dir: Path, cfg: SpoofConfig, out_dir: Path, *, workers
 
 def write_sweep_csv(rows: Iterable[dict], path: Path) -> Path:
     """Write the table (columns :data:`SWEEP_COLUMNS`) atomically."""
-    path = Path(path)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=SWEEP_COLUMNS, extrasaction="ignore")
-        w.writeheader()
-        for r in rows:
-            w.writerow({k: _fmt(v) for k, v in r.items()})
-    os.replace(tmp, path)
-    return path
+    return write_rows_csv(list(rows), path, SWEEP_COLUMNS)
 
 
-def _fmt(v):
-    if isinstance(v, float):
-        if math.isnan(v):
-            return ""
-        return f"{v:.6g}"
-    return v
+_fmt = fmt_cell
 
 
 def format_table(rows: Iterable[dict]) -> str:
@@ -470,20 +457,10 @@ def format_detail_table(rows: Sequence[dict]) -> str:
 
 def write_summary_csv(rows: Sequence[dict], path: Path) -> Path:
     """``sweep_summary.csv``: per row id, ``n`` and mean/lo/hi of every summary metric (lo/hi empty for n = 1)."""
-    path = Path(path)
-    cols = ["row_id", "model", "dynamic_resblock", "min_kappa", "n"] + [
-        f"{m}_{k}" for m in SUMMARY_METRICS for k in ("mean", "lo", "hi")]
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(cols)
-        for e in summarize(rows):
-            r = e["row"]
-            vals = [e["row_id"], r["model"], r["dynamic_resblock"], _fmt(r["min_kappa"]), e["n"]]
-            for m in SUMMARY_METRICS:
-                iv = e[m]
-                vals += ["", "", ""] if iv is None else [_fmt(iv.mean), _fmt(iv.lo), _fmt(iv.hi)]
-            w.writerow(vals)
-    return path
+    lead = {"row_id": lambda e: e["row_id"], "model": lambda e: e["row"]["model"],
+            "dynamic_resblock": lambda e: e["row"]["dynamic_resblock"], "min_kappa": lambda e: e["row"]["min_kappa"],
+            "n": lambda e: e["n"]}
+    return write_summary(summarize(rows), path, lead, SUMMARY_METRICS)
 
 
 def plot_sweep(rows: Sequence[dict], path: Path, cfg: Optional[SpoofConfig] = None) -> Path:

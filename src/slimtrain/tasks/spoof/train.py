@@ -16,6 +16,7 @@ import math
 import time
 import warnings
 from dataclasses import dataclass
+from typing import ClassVar
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
@@ -28,11 +29,12 @@ from ...train import distributed, training
 from ...train.training import torch_threads
 from ...train.checkpoint import make_recipe, register_task, save_checkpoint
 from ...core.cost import model_cost
-from ...core.export import export
-from ...core.graph import dynamic_widths, make_dynamic
+from ...core.graph import make_dynamic
 from ...core.loss import TradeoffLoss
 from ...train.record import WidthRecorder
 from ..metrics import eer
+from ..study.config import StudyConfigError, TrainConfig, check_ints
+from ..study.train import exported, fit_epochs
 from .attacks import ATTACKS
 from .data import SR, SpoofSplit
 from .aasist import AASIST_CONFIGS, build_aasist
@@ -48,8 +50,8 @@ FAMILIES = ("resnet", "aasist", "aasist-l")
 
 
 @dataclass
-class SpoofConfig:
-    """Model and training settings of one run."""
+class SpoofConfig(TrainConfig):
+    """Model and training settings of one run (the shared ones and their checks: :class:`TrainConfig`)."""
 
     width: int = DEFAULT_WIDTH
     blocks: tuple[int, ...] = DEFAULT_BLOCKS
@@ -57,40 +59,21 @@ class SpoofConfig:
     hop_length: int = DEFAULT_HOP
     n_fft: int = DEFAULT_N_FFT
     epochs: int = 4
-    batch_size: int = 32
-    lr: float = 3e-3
     width_lr: float = 0.02
     lr_final: float = 0.05
-    warmup_epochs: int = 1
-    settle_epochs: int = 0  # DCL runs: the last epochs train the weights at fixed hard widths (settle_widths)
-    compact_every: Optional[int] = 0  # DCL runs: cut to the widths (slimtrain.compact) every N epochs (0: at the settle; None: never)
-    seed: int = 0
     family: str = "resnet"  # resnet | aasist | aasist-l (width/blocks/n_mels/hop/n_fft: the ResNet only)
 
-    @classmethod
-    def quick(cls, **overrides) -> "SpoofConfig":
-        """A tiny network (one block per stage) for tests and ``--quick``."""
-        base = dict(blocks=QUICK_BLOCKS, epochs=4, batch_size=16, warmup_epochs=1)
-        base.update(overrides)
-        return cls(**base)
+    FAMILIES: ClassVar[tuple[str, ...]] = FAMILIES
+    #: ``--quick``: a tiny network (one block per stage)
+    QUICK: ClassVar[dict] = dict(blocks=QUICK_BLOCKS, epochs=4, batch_size=16, warmup_epochs=1)
 
-    def validate(self) -> "SpoofConfig":
-        if self.family not in FAMILIES:
-            raise ValueError(f"unknown family {self.family!r}; choose from {', '.join(FAMILIES)}")
-        for name in ("width", "n_mels", "hop_length", "n_fft", "epochs", "batch_size"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or v < 1:
-                raise ValueError(f"{name.replace('_', '-')} must be an integer >= 1, got {v!r}")
+    def check(self) -> None:
+        check_ints(self, ("width", "n_mels", "hop_length", "n_fft"), 1)
         if not self.blocks or any((not isinstance(b, int)) or b < 1 for b in self.blocks):
-            raise ValueError(f"blocks must be integers >= 1, got {self.blocks!r}")
-        for name in ("lr", "width_lr"):
-            v = getattr(self, name)
-            if not (math.isfinite(v) and v > 0):
-                raise ValueError(f"{name.replace('_', '-')} must be a positive number, got {v!r}")
-        if not 0 <= self.warmup_epochs < self.epochs:
-            raise ValueError(f"warmup-epochs must be in [0, epochs), got {self.warmup_epochs} with epochs={self.epochs}")
-        training.check_settle_epochs(self.settle_epochs, self.warmup_epochs, self.epochs)
-        return self
+            raise StudyConfigError(f"blocks must be integers >= 1, got {self.blocks!r}")
+        if self.warmup_epochs >= self.epochs:
+            raise StudyConfigError(f"warmup-epochs must be in [0, epochs), got {self.warmup_epochs} with "
+                                   f"epochs={self.epochs}")
 
     def as_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -141,11 +124,6 @@ def make_dynamic_aasist(model: nn.Module, sample: Tensor, kappa_min: float) -> n
     return model
 
 
-def _batches(cfg: SpoofConfig, x: Tensor, y: Tensor, optimizer: torch.optim.Optimizer, epochs: int):
-    return training.shuffled_cosine_batches(x, y, optimizer, batch_size=cfg.batch_size, epochs=epochs,
-                                            seed=cfg.seed, lr_final=cfg.lr_final)
-
-
 @torch.no_grad()
 def score_model(model: nn.Module, audio: Tensor, batch: int = 256) -> np.ndarray:
     """Bona fide scores (logits) of ``audio`` ``(N, samples)``, model in eval mode."""
@@ -174,9 +152,8 @@ def eer_report(split: SpoofSplit, scores: np.ndarray, unseen: Sequence[str]) -> 
 
 def _fit(model: nn.Module, cfg: SpoofConfig, x: Tensor, y: Tensor, objective, optimizer, epochs: int,
          recorder: Optional[WidthRecorder], progress: bool, desc: str, device=None, settle_epochs: int = 0) -> None:
-    training.fit(model, _batches(cfg, x, y, optimizer, epochs), F.binary_cross_entropy_with_logits, objective,
-                 optimizer, epochs, recorder=recorder, progress=progress, desc=desc, device=device,
-                 settle_epochs=settle_epochs, compact_every=cfg.compact_every if objective is not None else 0)
+    fit_epochs(model, cfg, x, y, F.binary_cross_entropy_with_logits, objective, optimizer, epochs, recorder=recorder,
+               progress=progress, desc=desc, device=device, settle_epochs=settle_epochs)
 
 
 def train_run(
@@ -300,14 +277,7 @@ def train_run(
 
             model = prune_fn(model, sample, float(prune_to), finetune).eval()
             extra["macs_full"] = full_macs
-        if stages:
-            widths = {k: int(v) for k, v in dynamic_widths(model, hard=True).items()}
-            cont = {k: round(v, 3) for k, v in dynamic_widths(model, hard=False).items()}
-            small = export(model).eval()
-            with torch.no_grad():
-                diff = float((model(xt[:16]) - small(xt[:16])).abs().max())
-        else:
-            widths, cont, small, diff = {}, {}, model, 0.0
+        small, widths, cont, diff = exported(model, xt[:16]) if stages else (model, {}, {}, 0.0)
         cost = model_cost(small, xt[:2], seconds=seconds)
         scores = score_model(small, xt)
         eers = eer_report(test, scores, unseen)

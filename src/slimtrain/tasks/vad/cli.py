@@ -7,10 +7,9 @@ import json
 import time
 from pathlib import Path
 
-from ...cli import (_alpha, _alpha_list, _check_no_sweep_engine_args, _epochs, _int_at_least, _kappa, _number,
-                   _paragraphs, _positive_float, _refuse_sweep_under_torchrun, _seed, _settle_epochs, _workers, add_device_option,
-                   add_sweep_engine_arguments, comma_list, sweep_seeds)
-
+from ..options import (_check_no_sweep_engine_args, _int_at_least, _number, _paragraphs, _positive_float,
+                       _refuse_sweep_under_torchrun, comma_list, sweep_seeds)
+from ..study.cli import add_options
 from .cli_corpus import add_data_arguments, add_eval_data_arguments, uses_corpus
 
 __all__ = ["register"]
@@ -76,7 +75,6 @@ def _widths(text: str) -> dict:
     return out
 
 
-_kappa_list = comma_list(_kappa, "0.5,0.25")
 _budget_list = comma_list(_budget, "1.5e6,3e6 (FLOP/s budgets)")
 
 
@@ -97,19 +95,16 @@ def register(commands, data_commands) -> None:
             "Writes OUT/train.npz, OUT/val.npz, OUT/test.npz and OUT/manifest.json (settings, sources of every "
             "clip, skipped files, SNR range). An existing set with the same settings is reused.",
         ), formatter_class=argparse.RawDescriptionHelpFormatter)
-    d.add_argument("--out", type=Path, default=DEFAULT_DATA, metavar="DIR",
-                   help=f"cache folder, created if needed (default: {DEFAULT_DATA})")
-    d.add_argument("--quick", action="store_true",
-                   help=f"tiny set for tests: {Q.train_minutes:g}/{Q.val_minutes:g}/{Q.test_minutes:g} minutes "
-                        f"train/val/test from {Q.max_files_per_language} files per language")
-    d.add_argument("--seed", type=_seed, default=0, metavar="S", help="seed of every random choice (default: 0)")
+    add_options(d, ["out", "quick", "data_seed"], out=dict(default=DEFAULT_DATA),
+                quick=dict(help=f"tiny set for tests: {Q.train_minutes:g}/{Q.val_minutes:g}/{Q.test_minutes:g} "
+                                f"minutes train/val/test from {Q.max_files_per_language} files per language"))
     d.add_argument("--train-minutes", type=_minutes, default=None, metavar="M",
                    help=f"minutes of training audio (default: {D.train_minutes:g}; quick: {Q.train_minutes:g})")
-    d.add_argument("--corpus", choices=("core", "extended"), default="core",
-                   help="core: the documented data set (default); extended: + the es-CO and fr (Armelle) Asterisk "
-                        "speakers and synthetic speech (espeak-ng, flite, Festival) in training, babble, coloured "
-                        "noise and sound effects, reverberation, band-limiting, telephone codecs and clipping "
-                        "(docs/vad.md). Training commands given --data DIR read whichever corpus DIR holds")
+    add_options(d, ["corpus"], corpus=dict(
+        help="core: the documented data set (default); extended: + the es-CO and fr (Armelle) Asterisk speakers and "
+             "synthetic speech (espeak-ng, flite, Festival) in training, babble, coloured noise and sound effects, "
+             "reverberation, band-limiting, telephone codecs and clipping (docs/vad.md). Training commands given "
+             "--data DIR read whichever corpus DIR holds"))
     d.add_argument("--tts-utterances", type=_tts_count, default=None, metavar="N",
                    help=f"--corpus extended: synthetic training utterances (default: {D.tts_utterances}; quick: 40)")
     d.add_argument("--extra-speakers", type=_speaker_list, default=None, metavar="S[,S...]",
@@ -126,8 +121,7 @@ def register(commands, data_commands) -> None:
                    help="rate of the mixtures, 8000 (default) or 16000 (10 ms hop either way): every source is read "
                         "at it; 8 kHz sources (the Asterisk prompts) are upsampled and so hold no band above 4 kHz, the "
                         "manifest records the wideband share of the speech")
-    d.add_argument("--force", action="store_true", help="rebuild even if the cache matches")
-    d.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_options(d, ["force", "no_progress"], no_progress=dict(help="no progress bar"))
     d.set_defaults(func=_cmd_data)
     hv = data_commands.add_parser(
         "human-voices", help="list the recorded human-voice sources (Debian packages) with speakers, languages, minutes",
@@ -158,33 +152,27 @@ def register(commands, data_commands) -> None:
             "Subcommand: 'slimtrain vad predict [--model M] FILE_OR_DIR...' prints speech segments (shipped model by "
             "default).",
         ), formatter_class=argparse.RawDescriptionHelpFormatter)
-    v.add_argument("--sweep", action="store_true", help="run the whole comparison instead of one model")
-    v.add_argument("--quick", action="store_true",
-                   help="CI-sized: tiny data, 3 epochs, one kappa-min, fewer baselines (well under a minute)")
-    v.add_argument("--family", type=_family, default=None, metavar="F",
-                   help="crnn, transformer or marblenet (MarbleNet 3x2x64, Jia et al. 2021: 1-D time-channel "
-                        "separable convolutions, 91 k parameters; docs/vad.md) (single run default: crnn; --sweep "
-                        "default: crnn and transformer)")
-    v.add_argument("--kappa-min", type=_kappa_list, default=None, metavar="K[,K...]",
-                   help="lower bound(s) on every relative width K/N, in (0, 1]; single run: the first "
-                        "(default 0.125); --sweep default: 0.5,0.25,0.125,0.0625 (quick: 0.25)")
-    v.add_argument("--alpha", type=_alpha, default=1.0, metavar="A",
-                   help="weight of the relative FLOPs term, >= 0 (default: 1.0)")
-    v.add_argument("--alphas", type=_alpha_list, default=None, metavar="A1,A2",
-                   help="--sweep only: extra DCL runs at the smallest kappa-min with these alphas "
-                        "(default: 0.25,4; quick: none)")
-    v.add_argument("--budget", type=_budget_list, default=None, metavar="B[,B...]",
-                   help="FLOPs per second of audio: single run uses a hinge budget (alpha then defaults to 0); "
-                        "--sweep adds one DCL budget run per value at the smallest kappa-min (default: 1.5e6; "
-                        "quick: none)")
-    v.add_argument("--epochs", type=_epochs, default=None, metavar="N", help="training epochs per run (default 24; quick 3)")
-    v.add_argument("--settle-epochs", type=_settle_epochs, default=None, metavar="N",
-                   help="DCL runs: the last N epochs train the weights at the fixed hard widths the model is "
-                        "exported with (slimtrain.settle_widths), as pruning fine-tunes (default: half of --epochs; "
-                        "0: widths learn to the end)")
-    from ...cli import add_compact_option
-
-    add_compact_option(v)
+    add_options(
+        v, ["sweep", "quick", "family", "kappa_min", "alpha", "alphas", "budget", "epochs", "settle_epochs",
+            "compact_every"],
+        sweep=dict(help="run the whole comparison instead of one model"),
+        quick=dict(help="CI-sized: tiny data, 3 epochs, one kappa-min, fewer baselines (well under a minute)"),
+        family=dict(type=_family, help="crnn, transformer or marblenet (MarbleNet 3x2x64, Jia et al. 2021: 1-D "
+                                       "time-channel separable convolutions, 91 k parameters; docs/vad.md) (single "
+                                       "run default: crnn; --sweep default: crnn and transformer)"),
+        kappa_min=dict(help="lower bound(s) on every relative width K/N, in (0, 1]; single run: the first "
+                            "(default 0.125); --sweep default: 0.5,0.25,0.125,0.0625 (quick: 0.25)"),
+        alpha=dict(help="weight of the relative FLOPs term, >= 0 (default: 1.0)"),
+        alphas=dict(help="--sweep only: extra DCL runs at the smallest kappa-min with these alphas (default: "
+                         "0.25,4; quick: none)"),
+        budget=dict(type=_budget_list, help="FLOPs per second of audio: single run uses a hinge budget (alpha then "
+                                            "defaults to 0); --sweep adds one DCL budget run per value at the "
+                                            "smallest kappa-min (default: 1.5e6; quick: none)"),
+        epochs=dict(help="training epochs per run (default 24; quick 3)"),
+        settle_epochs=dict(default=None, help="DCL runs: the last N epochs train the weights at the fixed hard "
+                                              "widths the model is exported with (slimtrain.settle_widths), as "
+                                              "pruning fine-tunes (default: half of --epochs; 0: widths learn to "
+                                              "the end)"))
     v.add_argument("--heads", choices=("count", "width"), default="width",
                    help="transformer DCL runs: learn the dimensions per head, the same in every head (width, "
                         "default), or the number of attention heads (count)")
@@ -195,19 +183,14 @@ def register(commands, data_commands) -> None:
     v.add_argument("--widths", type=_widths, default=None, metavar="NAME=N,...",
                    help="single run: full (pre-DCL) widths, e.g. conv1=32,conv2=32,hidden=48 (CRNN: conv1, conv2, "
                         "hidden, n_mels; transformer: d_model, ff, n_mels); default: the documented widths")
-    v.add_argument("--out", type=Path, default=DEFAULT_OUT, metavar="DIR", help=f"output folder (default: {DEFAULT_OUT})")
+    add_options(v, ["out"], out=dict(default=DEFAULT_OUT))
     v.add_argument("--data", type=Path, default=None, metavar="DIR",
                    help="VAD data cache (built if missing; default: OUT/data, quick: OUT/data-quick)")
-    v.add_argument("--seed", type=_seed, default=0, metavar="S", help="training seed (default: 0)")
-    v.add_argument("--workers", type=_workers, default=1, metavar="N",
-                   help="--sweep: processes (or local Ray CPUs), one torch thread each (default: 1)")
-    add_sweep_engine_arguments(v)
+    add_options(v, ["seed", "workers", "sweep_engine"], seed=dict(help="training seed (default: 0)"))
     v.add_argument("--no-anchors", action="store_true", help="--sweep: skip WebRTC VAD and Silero VAD")
-    v.add_argument("--resume", action="store_true",
-                   help="--sweep: reuse the runs already finished in OUT/rows (same settings and data) and run "
-                        "only the missing or failed ones")
-    v.add_argument("--no-progress", action="store_true", help="no progress bars")
-    add_device_option(v)
+    add_options(v, ["resume", "no_progress", "device"],
+                resume=dict(help="--sweep: reuse the runs already finished in OUT/rows (same settings and data) and "
+                                 "run only the missing or failed ones"))
     add_data_arguments(v)
     v.set_defaults(func=_cmd_vad)
     vsub = v.add_subparsers(dest="vad_command", metavar="{predict,eval}")

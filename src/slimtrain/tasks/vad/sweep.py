@@ -28,6 +28,8 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from ...train.stats import format_interval, paired_verdict, summarize_rows
+from ..study.tables import fmt_cell, write_rows_csv
+from ..study.tables import write_summary_csv as write_summary
 from ...train.sweep_engine import Job, read_sweep_rows, run_jobs
 from .build import build_vad_data
 from .data import VadDataConfig, VadSplit, load_vad_data
@@ -407,23 +409,7 @@ COLUMNS = ["family", "method", "label", "status", "kappa_min", "alpha", "budget"
            "seed", "data_fingerprint", "torch_version", "threads", "hostname"]
 
 
-def _fmt(v) -> str:
-    if v is None:
-        return ""
-    if isinstance(v, float):
-        return "" if math.isnan(v) else f"{v:.6g}"
-    return str(v)
-
-
-def write_rows_csv(rows: Sequence[dict], path: str | Path, columns: Sequence[str]) -> Path:
-    """``rows`` as CSV with ``columns`` (floats to 6 significant digits, NaN and None empty)."""
-    path = Path(path)
-    with path.open("w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(columns)
-        for r in rows:
-            w.writerow([_fmt(r.get(c)) for c in columns])
-    return path
+_fmt = fmt_cell
 
 
 def write_sweep_csv(rows: Sequence[dict], path: str | Path) -> Path:
@@ -574,18 +560,8 @@ def format_detail_table(rows: Sequence[dict], family: str) -> str:
 
 def write_summary_csv(rows: Sequence[dict], path: str | Path) -> Path:
     """``sweep_summary.csv``: per model, ``n`` and mean/lo/hi of every summary metric (lo/hi empty for n = 1)."""
-    path = Path(path)
-    cols = ["family", "method", "label", "n"] + [f"{m}_{k}" for m in SUMMARY_METRICS for k in ("mean", "lo", "hi")]
-    with path.open("w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(cols)
-        for e in summarize(rows):
-            vals = [e["family"], e["method"], e["label"], e["n"]]
-            for m in SUMMARY_METRICS:
-                iv = e[m]
-                vals += ["", "", ""] if iv is None else [_fmt(iv.mean), _fmt(iv.lo), _fmt(iv.hi)]
-            w.writerow(vals)
-    return path
+    lead = {k: (lambda e, k=k: e[k]) for k in ("family", "method", "label", "n")}
+    return write_summary(summarize(rows), path, lead, SUMMARY_METRICS)
 
 
 # -- DCL against the other fronts, paired over seeds ----------------------------------------------------

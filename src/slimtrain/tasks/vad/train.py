@@ -12,7 +12,7 @@ import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, ClassVar, Optional
 
 import numpy as np
 import torch
@@ -20,16 +20,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from ...core.cost import model_cost
-from ...core.export import export
-from ...core.graph import make_dynamic
+from ... import export, make_dynamic, model_cost
 from ...train.checkpoint import make_recipe, register_task, save_checkpoint
 from ...core.graph import HEAD_MODES, dynamic_widths
 from ...core.loss import TradeoffLoss
 from ...train.distributed import is_main, resolve_device
-from ...train.training import DataParallel, TrainingError, check_settle_epochs, make_optimizer, seed_everything, torch_threads
+from ...train.training import DataParallel, TrainingError, make_optimizer, seed_everything, torch_threads
 from ...audio.frontend import BAND_ORDERS
 from ..metrics import eer, eer_threshold, f1_at, roc_auc
+from ..study.config import StudyConfigError, TrainConfig
 from .data import VadSplit
 from ...apps.vad.models import FAMILIES, build_vad_model
 
@@ -55,8 +54,9 @@ def default_settle_epochs(epochs: int, warmup_epochs: int = 1) -> int:
 
 
 @dataclass
-class VadRunConfig:
-    """One training run. ``kappa_min=None`` trains a fixed-width model (``widths`` / ``n_mels``)."""
+class VadRunConfig(TrainConfig):
+    """One training run. ``kappa_min=None`` trains a fixed-width model (``widths`` / ``n_mels``). The shared
+    training settings and their checks: :class:`TrainConfig`."""
 
     family: str = "crnn"
     kappa_min: Optional[float] = 0.125
@@ -64,18 +64,9 @@ class VadRunConfig:
     budget: Optional[float] = None  # FLOPs per second of audio
     epochs: int = 6
     batch_size: int = 16
-    lr: float = 3e-3
-    width_lr: float = 0.05
-    warmup_epochs: int = 1
-    #: the last epochs train the weights at fixed hard widths (:func:`slimtrain.settle_widths`); part of ``epochs``
-    settle_epochs: int = 0
     #: with a ``budget``: the widths also settle at the first step whose widths meet it (before the
     #: last ``settle_epochs``), so the run ends at the budget instead of wherever the hinge swung to
     settle_at_budget: bool = False
-    #: cut the model to its widths (:func:`slimtrain.compact`) after every that many epochs (0: only at the
-    #: settle; None: never)
-    compact_every: Optional[int] = 0
-    seed: int = 0
     n_mels: int = 80
     widths: dict = field(default_factory=dict)
     #: attention widths of a dynamic Transformer: "count" (whole heads) or "width" (dimensions per head)
@@ -85,26 +76,19 @@ class VadRunConfig:
     #: the rate the model runs at (8000 or 16000; the data's rate: ``manifest["config"]["sample_rate"]``)
     sample_rate: int = 8000
 
-    def validate(self) -> "VadRunConfig":
+    FAMILIES: ClassVar[tuple[str, ...]] = FAMILIES
+
+    def check(self) -> None:
         if self.sample_rate not in (8000, 16000):
-            raise ValueError(f"sample_rate must be 8000 or 16000, got {self.sample_rate!r}")
-        if self.family not in FAMILIES:
-            raise ValueError(f"unknown VAD family {self.family!r}; choose from {FAMILIES}")
+            raise StudyConfigError(f"sample_rate must be 8000 or 16000, got {self.sample_rate!r}")
         if self.kappa_min is not None and not 0 < self.kappa_min <= 1:
-            raise ValueError(f"kappa_min must be in (0, 1], got {self.kappa_min}")
+            raise StudyConfigError(f"kappa_min must be in (0, 1], got {self.kappa_min}")
         if self.alpha < 0 or (self.budget is not None and self.budget <= 0):
-            raise ValueError(f"alpha must be >= 0 and budget > 0 (got alpha={self.alpha}, budget={self.budget})")
-        if self.epochs < 1 or self.batch_size < 1:
-            raise ValueError(f"epochs and batch_size must be >= 1 (got {self.epochs}, {self.batch_size})")
-        check_settle_epochs(self.settle_epochs, self.warmup_epochs, self.epochs)
-        c = 0 if self.compact_every is None else self.compact_every
-        if isinstance(c, bool) or not isinstance(c, int) or c < 0:
-            raise ValueError(f"compact-every must be an integer >= 0 (or None: never), got {self.compact_every!r}")
+            raise StudyConfigError(f"alpha must be >= 0 and budget > 0 (got alpha={self.alpha}, budget={self.budget})")
         if self.heads not in HEAD_MODES:
-            raise ValueError(f"heads must be 'count' or 'width', got {self.heads!r}")
+            raise StudyConfigError(f"heads must be 'count' or 'width', got {self.heads!r}")
         if self.band_order not in BAND_ORDERS:
-            raise ValueError(f"band_order must be one of {BAND_ORDERS}, got {self.band_order!r}")
-        return self
+            raise StudyConfigError(f"band_order must be one of {BAND_ORDERS}, got {self.band_order!r}")
 
     @property
     def dynamic(self) -> bool:
