@@ -48,8 +48,8 @@ def _synthetic(root: Path) -> str:
 
 
 def _kws(root: Path) -> str:
-    from .tasks.kws import STUDY
-    from .tasks.study import sweep
+    from .kws import STUDY
+    from .study import sweep
 
     rows = sweep.read_csv(root / "docs/kws_sweep.csv")
     return (sweep.markdown_table(STUDY, rows) + "\n\n"
