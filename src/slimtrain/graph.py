@@ -704,7 +704,8 @@ class _Attachments:
             elif ref != self.initial.get(key):  # a DCL the model holds, replaced by its tied width's
                 installs.append(Install("share", key[1].rpartition(".")[0] if key[0] == "module" else key[1], ref))
         attached = frozenset(self.state) | frozenset(("ln", n) for n in self.lns)
-        return AttachPlan(dcls, {r: tuple(ps) for r, ps in tied.items()}, tuple(self.new), dict(bounds),
+        return AttachPlan(dcls, {r: tuple(ps) for r, ps in tied.items()}, tuple(self.new),
+                          {k: v for k, v in bounds.items() if v is not None},
                           tuple(installs), tuple(self.lns.items()), dict(fixed), dict(refused), attached, batch)
 
 
