@@ -22,7 +22,7 @@ from _helpers import ResIdentity
 
 
 class ResLN(nn.Module):
-    """A pre-LN-free transformer-style block: ``norm(h + fc2(relu(fc1(h))))``; ``inp`` and ``fc2`` are one width."""
+    """A post-LN transformer-style block: ``norm(h + fc2(relu(fc1(h))))``; ``inp`` and ``fc2`` are one width."""
 
     def __init__(self):
         super().__init__()
@@ -137,7 +137,8 @@ def test_the_graph_cost_and_export_read_is_the_plans():
     joined = next(r for r, ps in plan.tied.items() if ps == ("inp", "fc2"))
     m.get_submodule(plan.dcls[joined]).set_width(5)
     small = slimtrain.export(m)
-    assert small.inp.out_features == small.fc2.out_features == small.norm.normalized_shape[0] == small.out.in_features == 5
+    assert small.inp.out_features == small.fc2.out_features == small.norm.normalized_shape[0] == 5
+    assert small.out.in_features == 5
     with torch.no_grad():
         assert (small(X_LN) - m.eval()(X_LN)).abs().max().item() <= 1e-5
 

@@ -525,8 +525,8 @@ def _detached(sample: Any) -> Any:
 
 
 def _plan(model: nn.Module, tr: Trace, fixed: dict[int, tuple[str, str]], dcls: dict[int, str]) -> WidthPlan:
-    """The report of every width of the final trace (``fixed`` reasons keyed by the first trace's roots,
-    matched through the producers' names)."""
+    """The report of every width of the trace (``fixed`` reasons keyed by its roots, matched through the
+    producers' names)."""
     by_producer: dict[str, tuple[str, str]] = {}
     first_roots: dict[int, list[str]] = {}
     for gid, grp in tr.groups.items():
