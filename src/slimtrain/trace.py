@@ -12,6 +12,11 @@ The tracer runs a sample forward with module hooks on known layers and a
 :class:`torch.overrides.TorchFunctionMode` for the functional operations
 between them. Operations it does not understand make the tag *opaque*; an
 opaque dynamic group reaching a layer is an error that names the operation.
+
+Whether a tensor's channels outside the width are zero depends on which DCLs
+:func:`slimtrain.make_dynamic` attaches, so the tag holds it as a condition on
+them (:class:`Masked`), and ``Trace.dcl_slots`` lists where each DCL would be
+seen: the plan answers both for its own choice without tracing again.
 """
 from __future__ import annotations
 
@@ -93,7 +98,7 @@ class Tag:
     inner: int = 1
     producer: Optional[str] = None  # set while the tensor comes straight from one layer
     op: Optional[str] = None  # the op that made it opaque
-    masked: Masked = NEVER  # a DCL zeroed the channels outside the width (and no BatchNorm since)
+    masked: Masked = NEVER  # a DCL zeroed the channels outside the width, and no BatchNorm since (a condition)
     # a concatenation along the channel axis: ((group, size), ...) in order; group -1 = a fixed block
     segs: Optional[tuple[tuple[int, int], ...]] = None
 
