@@ -1,30 +1,34 @@
 """Attach dynamic widths to a model and keep the resulting width graph.
 
-:func:`make_dynamic` traces a sample forward pass (:mod:`slimtrain.core.trace`),
-wraps the chosen layers' outputs with :class:`~slimtrain.core.dcl.DynamicWidth`
-(after a BatchNorm that reads the raw output, so the DCL zeroes what the next
-layer sees), ties widths joined by residual adds (one shared DCL, applied on
-every branch), binds LayerNorms over a dynamic width to it, and stores a
-:class:`WidthGraph` on the model that the cost model and export read.
+:func:`make_dynamic` runs four stages:
+
+1. :func:`~slimtrain.core.trace.trace_channels` -- one sample forward pass records the channel flow;
+2. :func:`plan_attachments` -- from that trace alone, as plain data (:class:`~slimtrain.core.plan.AttachPlan`):
+   which layers' outputs get a :class:`~slimtrain.core.dcl.DynamicWidth` (after a BatchNorm that reads the raw
+   output, so the DCL zeroes what the next layer sees), which widths joined by residual adds share one DCL,
+   which LayerNorms are bound to one, which widths stay fixed and why. A width found not to fit is left fixed
+   inside the plan (a fixpoint on the data), not by attaching and retrying;
+3. :func:`attach` -- carries the plan out on the model;
+4. :func:`build_graph` -- the :class:`WidthGraph` of the plan, stored on the model, which the cost model and
+   :func:`slimtrain.export` read.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Iterable, Optional, Union
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable, Iterable, Optional, Union
 
 import torch
 from torch import nn
 
-from .attach import (DCL_CHILD, attach_dcl, attached_dcl, bind_layer_norm, bound_width, detach_all,
-                     install_state_dict_hook, is_dynamic_mha, is_dynamic_rnn, make_mha_dynamic,
-                     make_rnn_dynamic)
+from .attach import (DCL_CHILD, attach_dcl, bind_layer_norm, bound_width, detach_all, install_state_dict_hook,
+                     make_mha_dynamic, make_rnn_dynamic)
 from .dcl import DynamicWidth
-from .plan import _PLAN_ATTR, WidthEntry, WidthPlan
+from .plan import _PLAN_ATTR, AttachPlan, DclRef, Install, WidthEntry, WidthPlan
 from .modules import DynamicOutput, DynamicRecurrent, MaskedLayerNorm, TransformerBlock
 from .trace import CONV_TYPES, GraphError, Tag, Trace, _tensors, trace_channels
 
 __all__ = ["make_dynamic", "plan_widths", "WidthGraph", "LayerSpec", "get_graph", "dynamic_widths", "settle_widths",
-           "GraphError"]
+           "GraphError", "plan_attachments", "attach", "build_graph"]
 
 _ATTR = "_slimtrain_graph"
 
@@ -54,6 +58,7 @@ class WidthGraph:
     layers: list[LayerSpec]
     fixed_macs: float  # MACs of operations between layers (attention products), per sample
     batch: int
+    plan: Optional[AttachPlan] = None  # the plan make_dynamic carried out (None: a read-only graph of cost)
 
     def dcl_modules(self, model: nn.Module) -> dict[int, DynamicWidth]:
         return {r: model.get_submodule(n) for r, n in self.dcls.items()}  # type: ignore[misc]
@@ -138,26 +143,38 @@ def _new_dcl(size: int, kind: str, bounds: dict[str, Any]) -> DynamicWidth:
     return DynamicWidth(size, dim=_dcl_dim(kind), **b)
 
 
-def _wrap(model: nn.Module, tr: Trace, producer: str, kind: str, dcl: DynamicWidth) -> None:
-    """Attach ``dcl`` to ``producer``'s output (after the BatchNorm that reads it, if any), in place."""
-    mod = model.get_submodule(producer)
+def _install_for(tr: Trace, producer: str, kind: str, dcl: DclRef) -> Install:
+    """How ``dcl`` goes onto ``producer``'s output (after the BatchNorm that reads it, if any)."""
     if kind == "mha_heads":  # the head count of an nn.MultiheadAttention
-        make_mha_dynamic(mod, dcl, producer)
-        return
+        return Install("heads", producer, dcl, producer)
     if kind == "rnn":
-        if isinstance(mod, DynamicRecurrent):  # built by hand: share the width
-            mod.dcl = dcl
-        else:
-            make_rnn_dynamic(mod, dcl, producer)
-        return
+        return Install("rnn", producer, dcl, producer)
     at = tr.bn_after.get(producer, producer)
-    host = model.get_submodule(at)
-    if attached_dcl(host) is not None:
-        raise GraphError(f"'{at}' already has a dynamic width")
     use = next((u for u in tr.uses if u.name == producer and u.out_group is not None), None)
     inner = use.extra.get("out_inner", 1) if use is not None and at == producer else 1
     outer = use.extra.get("out_outer", 1) if use is not None and at == producer else 1
-    attach_dcl(host, dcl, 1 if at != producer else _dcl_dim(kind), at, inner=inner, outer=outer)
+    return Install("hook", at, dcl, producer, 1 if at != producer else _dcl_dim(kind), inner, outer)
+
+
+def _holder_key(inst: Install) -> tuple[str, str]:
+    """The trace's name for where an install puts its DCL (see ``Trace.dcl_slots``)."""
+    return ("heads" if inst.how == "heads" else "host", inst.module)
+
+
+def _apply(model: nn.Module, inst: Install, dcl: DynamicWidth) -> None:
+    """Carry out one :class:`~slimtrain.core.plan.Install` with the DCL module ``dcl``, in place."""
+    mod = model.get_submodule(inst.module)
+    if inst.how == "heads":
+        make_mha_dynamic(mod, dcl, inst.module)
+    elif inst.how == "rnn":
+        if isinstance(mod, DynamicRecurrent):  # built by hand: share the width
+            mod.dcl = dcl
+        else:
+            make_rnn_dynamic(mod, dcl, inst.module)
+    elif inst.how == "share":  # the hook (or forward) that applies it stays; only the width is shared
+        mod._modules[DCL_CHILD] = dcl
+    else:
+        attach_dcl(mod, dcl, inst.dim, inst.module, inner=inst.inner, outer=inst.outer)
 
 
 def _user_dcl_roots(tr: Trace) -> dict[int, str]:
@@ -176,7 +193,7 @@ def _select(model: nn.Module, tr: Trace, layers: Optional[Iterable[Union[str, ty
             ) -> tuple[list[tuple[str, str, int]], dict[int, tuple[str, str]]]:
     """``(chosen producers, {root: (category, reason)} for every width left fixed)``."""
     unsafe = _unsafe_roots(model, tr)
-    for p, why in (refused or {}).items():  # found not to fit after attaching (see make_dynamic)
+    for p, why in (refused or {}).items():  # found not to fit by an earlier round of plan_attachments
         for u in tr.uses:
             if u.name == p and u.out_group is not None:
                 unsafe.setdefault(tr.root(u.out_group), why)
@@ -390,26 +407,24 @@ def make_dynamic(
         for m, src in bound:
             m.bind(src)
 
-    refused: dict[str, tuple[str, str]] = {}
-    while True:
-        try:
-            out = _make_dynamic(model, sample, layers, exclude, bounds, strict, refused, heads)
-            if not model.__dict__.pop(_PROBE, False):
-                # torch.compile does not guard on module hooks (``skip_nnmodule_hook_guards``): a graph compiled
-                # from this model before would keep running without the widths just attached
-                torch.compiler.reset()
-            return out
-        except _Refused as e:
-            rollback()
-            user = [d for d in e.dcls if d.rpartition(".")[2] != DCL_CHILD]
-            if layers is not None or (strict and e.category == "unsupported") or user or not e.producers \
-                    or all(p in refused for p in e.producers):
-                raise GraphError(str(e)) from None
-            for p in e.producers:  # leave that width fixed and try again
-                refused.setdefault(p, (e.category, str(e)))
-        except BaseException:
-            rollback()
-            raise
+    try:
+        _convert_transformers(model)
+        tr = trace_channels(model, sample, extended=True, heads=heads)  # the one trace (see AttachPlan.retrace)
+        plan = plan_attachments(model, tr, layers, exclude=exclude, strict=strict, bounds=bounds, batch=_batch(sample))
+        attach(model, plan)
+        graph = build_graph(model, tr, plan)
+        graph.__dict__["_sample"] = _detached(sample)  # export runs it through the cut model
+        model.__dict__[_ATTR] = graph
+        model.__dict__[_PLAN_ATTR] = _plan(model, tr, plan.fixed, graph.dcls)
+        install_state_dict_hook(model)
+        if not model.__dict__.pop(_PROBE, False):
+            # torch.compile does not guard on module hooks (``skip_nnmodule_hook_guards``): a graph compiled
+            # from this model before would keep running without the widths just attached
+            torch.compiler.reset()
+    except BaseException:
+        rollback()
+        raise
+    return model
 
 
 #: what an attention projection split into heads can learn (``make_dynamic(..., heads=)``)
@@ -425,32 +440,80 @@ def _is_compiled_wrapper(model: nn.Module) -> bool:
     return isinstance(model, OptimizedModule)
 
 
-def _make_dynamic(model: nn.Module, sample: Any, layers, exclude, bounds: dict[str, Any], strict: bool,
-                  refused: dict[str, tuple[str, str]], heads: str = "count") -> nn.Module:
-    _convert_transformers(model)
-    tr = trace_channels(model, sample, extended=True, heads=heads)
-    chosen, fixed = _select(model, tr, layers, exclude, strict, refused)
-    if not chosen and not _user_dcl_roots(tr):
-        plan = _plan(model, tr, fixed, {})
-        raise GraphError("no layer to make dynamic: the model has no supported hidden layer (or all were "
-                         f"excluded)\n{plan}")
-    for producer, kind, size in chosen:
-        _wrap(model, tr, producer, kind, _new_dcl(size, kind, bounds))
-    for _ in range(10):
-        tr = trace_channels(model, sample, extended=True, heads=heads)
-        if not _tie(model, tr):
-            break
-    else:  # pragma: no cover - the loop adds at least one wrapper per round
-        raise GraphError("could not settle the residual ties of this model")
+def _batch(sample: Any) -> int:
+    """The batch size of ``sample`` (its first tensor's first axis)."""
     first = _tensors(sample)
     if not first or first[0].dim() == 0:
         raise GraphError("sample must be a batch tensor (or a tuple of inputs whose first is one)")
-    graph = _build(model, tr, int(first[0].shape[0]))
-    graph.__dict__["_sample"] = _detached(sample)  # export runs it through the cut model
-    model.__dict__[_ATTR] = graph
-    model.__dict__[_PLAN_ATTR] = _plan(model, tr, fixed, graph.dcls)
-    install_state_dict_hook(model)
-    return model
+    return int(first[0].shape[0])
+
+
+def plan_attachments(model: nn.Module, tr: Trace, layers: Optional[Iterable[Union[str, type]]] = None, *,
+                     exclude: Iterable[str] = (), strict: bool = False, bounds: Optional[dict[str, Any]] = None,
+                     batch: int = 1) -> AttachPlan:
+    """Stage 2 of :func:`make_dynamic`: every decision, from the trace ``tr`` of ``model`` alone, as plain data.
+
+    Chooses the widths (``layers``/``exclude``/``strict`` as in :func:`make_dynamic`), places their DCLs, gives
+    widths joined by residual adds one DCL and binds LayerNorms, then checks the graph. A chosen width that does
+    not fit (an unsupported op on it, a BatchNorm between its DCL and a reader...) is left fixed with that
+    reason and the plan made again from the same trace, until every check passes; with ``layers`` given,
+    ``strict`` and an unsupported width, or a user's DCL involved, it is a :class:`GraphError` instead.
+    ``model`` is read, never changed.
+    """
+    exclude = tuple(exclude)
+    refused: dict[str, tuple[str, str]] = {}
+    while True:  # each round leaves at least one more layer's width fixed, or raises
+        chosen, fixed = _select(model, tr, layers, exclude, strict, refused)
+        if not chosen and not _user_dcl_roots(tr):
+            plan = _plan(model, tr, fixed, {})
+            raise GraphError("no layer to make dynamic: the model has no supported hidden layer (or all were "
+                             f"excluded)\n{plan}")
+        att = _Attachments(model, tr)
+        att.settle(chosen)
+        found = _check_and_build(model, tr, att.dcls(), att.on, batch)
+        if isinstance(found, WidthGraph):
+            return att.plan(fixed, refused, bounds or {}, batch)
+        user = [d for d in found.dcls if d.rpartition(".")[2] != DCL_CHILD]
+        if layers is not None or (strict and found.category == "unsupported") or user or not found.producers \
+                or all(p in refused for p in found.producers):
+            raise GraphError(found.message)
+        for p in found.producers:  # leave that width fixed and plan again
+            refused.setdefault(p, (found.category, found.message))
+
+
+def attach(model: nn.Module, plan: AttachPlan) -> None:
+    """Stage 3 of :func:`make_dynamic`: carry ``plan`` out on ``model``, in place.
+
+    Creates the plan's new DCLs, installs each (a forward hook, a GRU/LSTM or attention forward, a shared
+    ``dcl`` child) and binds the LayerNorms. Raises :class:`GraphError` if a module cannot take its DCL
+    (``make_dynamic`` then undoes every change)."""
+    # in the model's mode (as ``model.train(model.training)`` would set them; trace_channels ends with that)
+    made = [_new_dcl(size, kind, plan.bounds).train(model.training) for size, kind in plan.new]
+    own = {ref: model.get_submodule(ref) for ref in
+           {i.dcl for i in plan.installs} | {r for _, r in plan.layer_norms} if isinstance(ref, str)}
+
+    def dcl(ref: DclRef) -> DynamicWidth:
+        return made[ref] if isinstance(ref, int) else own[ref]  # type: ignore[return-value]
+
+    for inst in plan.installs:
+        _apply(model, inst, dcl(inst.dcl))
+    for name, ref in plan.layer_norms:
+        ln = model.get_submodule(name)
+        if isinstance(ln, MaskedLayerNorm):
+            ln.bind(dcl(ref))
+        else:
+            bind_layer_norm(ln, dcl(ref))  # type: ignore[arg-type]
+
+
+def build_graph(model: nn.Module, tr: Trace, plan: AttachPlan) -> WidthGraph:
+    """Stage 4 of :func:`make_dynamic`: the :class:`WidthGraph` of ``plan`` (every traced layer with the dynamic
+    width on each side, the fixed MACs between layers), which the cost model and :func:`slimtrain.export` read.
+    ``model`` is read, never changed; the graph keeps ``plan``."""
+    graph = _check_and_build(model, tr, plan.dcls, plan.attached.__contains__, plan.batch)
+    if not isinstance(graph, WidthGraph):  # pragma: no cover - plan_attachments returns only plans that build
+        raise GraphError(f"the width plan does not hold for this trace: {graph.message}")
+    graph.plan = plan
+    return graph
 
 
 def _detached(sample: Any) -> Any:
@@ -462,8 +525,8 @@ def _detached(sample: Any) -> Any:
 
 
 def _plan(model: nn.Module, tr: Trace, fixed: dict[int, tuple[str, str]], dcls: dict[int, str]) -> WidthPlan:
-    """The report of every width of the final trace (``fixed`` reasons keyed by the first trace's roots,
-    matched through the producers' names)."""
+    """The report of every width of the trace (``fixed`` reasons keyed by its roots, matched through the
+    producers' names)."""
     by_producer: dict[str, tuple[str, str]] = {}
     first_roots: dict[int, list[str]] = {}
     for gid, grp in tr.groups.items():
@@ -513,70 +576,164 @@ def plan_widths(model: nn.Module, sample: Any, layers: Optional[Iterable[Union[s
     return probe.__dict__[_PLAN_ATTR]
 
 
-def _tie(model: nn.Module, tr: Trace) -> bool:
-    """Share one DCL per tied group, mask every producer of a dynamic group. True if changed."""
-    canon: dict[int, str] = {}
-    masked: dict[int, set[Optional[str]]] = {}
-    changed = False
-    for dname, g, producer in tr.dcl_claims:
-        r = tr.root(g)
-        masked.setdefault(r, set()).add(producer)
-        if r not in canon:
-            canon[r] = dname
-            continue
-        keep: DynamicWidth = model.get_submodule(canon[r])  # type: ignore[assignment]
-        mine = model.get_submodule(dname)
-        if mine is keep:
-            continue
-        parent, _, attr = dname.rpartition(".")
-        holder = model.get_submodule(parent)
-        ours = attr == DCL_CHILD and (attached_dcl(holder) is not None or is_dynamic_rnn(holder) or is_dynamic_mha(holder)
-                                      or isinstance(holder, (DynamicOutput, DynamicRecurrent)))
-        if not ours:
-            raise GraphError(
-                f"the DynamicWidth modules '{canon[r]}' and '{dname}' sit on widths joined by a "
-                "residual connection; use one module for both"
-            )
-        holder._modules[DCL_CHILD] = keep  # the hook keeps its own axis; only the width is shared
-        changed = True
-    kinds = {u.name: u.kind for u in tr.uses}
-    for gid, grp in tr.groups.items():
-        r = tr.root(gid)
-        if r not in canon:
-            continue
-        for p in grp.producers:
-            if p not in masked.get(r, set()):
-                _wrap(model, tr, p, kinds[p], model.get_submodule(canon[r]))  # type: ignore[arg-type]
-                masked[r].add(p)
-                changed = True
-    for u in tr.uses:
-        if u.kind == "ln" and u.in_tag is not None and u.in_tag.dim is not None and not u.in_tag.segs \
-                and tr.root(u.in_tag.group) in canon:
-            ln = model.get_submodule(u.name)
-            dcl = model.get_submodule(canon[tr.root(u.in_tag.group)])
-            if len(ln.normalized_shape) != 1:
-                raise GraphError(f"LayerNorm '{u.name}' normalises over several axes; only the last axis can be dynamic")
-            if bound_width(ln) is not dcl:
-                if isinstance(ln, MaskedLayerNorm):
-                    ln.bind(dcl)  # type: ignore[arg-type]
-                else:
-                    bind_layer_norm(ln, dcl)  # type: ignore[arg-type]
-                changed = True
-    return changed
+class _Attachments:
+    """Where each DCL of a selection goes, worked out on the trace's data (``model`` is only read).
+
+    It finds what attaching the chosen DCLs and re-tracing would: the DCLs of widths joined by a residual
+    become one (the first in the forward pass), every producer of a dynamic width gets that DCL (after its
+    BatchNorm), LayerNorms over a dynamic width are bound to its DCL. The trace's ``dcl_slots`` say which DCL
+    each attachment makes visible where; it repeats until nothing changes."""
+
+    def __init__(self, model: nn.Module, tr: Trace) -> None:
+        self.model, self.tr = model, tr
+        self._own = {id(m): n for n, m in model.named_modules() if isinstance(m, DynamicWidth)}
+        self.kinds = {u.name: u.kind for u in tr.uses}
+        self.state: dict[tuple[str, str], DclRef] = {}  # DCL holder (see Trace.dcl_slots) -> its DCL
+        for name, _, _, cond, holder in tr.dcl_slots:
+            if cond.now:  # a DCL the model holds already
+                self.state.setdefault(holder, self._own_ref(name))
+        self.initial = dict(self.state)
+        self.wrapped: dict[tuple[str, str], Install] = {}  # holders given a DCL here (the first install)
+        self.new: list[tuple[int, str]] = []
+        self.lns: dict[str, DclRef] = {}
+
+    def _own_ref(self, path: str) -> DclRef:
+        try:
+            return self._own.get(id(self.model.get_submodule(path)), path)
+        except AttributeError:
+            return path
+
+    def on(self, cond: Any) -> bool:
+        """Whether an attachment condition (see :class:`~slimtrain.core.trace.Masked`) is met."""
+        return cond[1] in self.lns if cond[0] == "ln" else cond in self.state
+
+    def claims(self) -> list[tuple[str, int, Optional[str], tuple[str, str]]]:
+        """The trace's claims once these attachments are made: (DCL name, group, producer, holder)."""
+        return [(n, g, p, h) for n, g, p, cond, h in self.tr.dcl_slots if cond.holds(self.on)]
+
+    def dcls(self) -> dict[int, str]:
+        out: dict[int, str] = {}
+        for name, g, _, _ in self.claims():
+            out.setdefault(self.tr.root(g), name)
+        return out
+
+    def wrap(self, producer: str, kind: str, ref: DclRef) -> None:
+        inst = _install_for(self.tr, producer, kind, ref)
+        key = _holder_key(inst)
+        if inst.how == "hook" and key in self.state:
+            raise GraphError(f"'{inst.module}' already has a dynamic width")
+        self.state[key] = ref
+        self.wrapped.setdefault(key, inst)
+
+    def settle(self, chosen: list[tuple[str, str, int]]) -> None:
+        """A new DCL on each chosen producer, then the ties until nothing changes."""
+        for producer, kind, size in chosen:
+            self.new.append((size, kind))
+            self.wrap(producer, kind, len(self.new) - 1)
+        for _ in range(10):
+            if not self._tie():
+                return
+        raise GraphError("could not settle the residual ties of this model")  # pragma: no cover
+
+    def _ours(self, name: str, holder: tuple[str, str]) -> bool:
+        """The DCL at ``holder`` may be replaced by a tied width's (slimtrain's, or a wrapper's child)."""
+        if holder[0] != "module":
+            return True
+        parent, _, attr = name.rpartition(".")
+        if attr != DCL_CHILD or not parent:
+            return False
+        return ("host", parent) in self.state or ("heads", parent) in self.state \
+            or isinstance(self.model.get_submodule(parent), (DynamicOutput, DynamicRecurrent))
+
+    def _tie(self) -> bool:
+        """Share one DCL per tied group, give every producer of a dynamic group it, bind LayerNorms. True if changed."""
+        tr = self.tr
+        canon: dict[int, tuple[str, tuple[str, str]]] = {}
+        masked: dict[int, set[Optional[str]]] = {}
+        changed = False
+        for name, g, producer, holder in self.claims():
+            r = tr.root(g)
+            masked.setdefault(r, set()).add(producer)
+            if r not in canon:
+                canon[r] = (name, holder)
+                continue
+            keep = self.state[canon[r][1]]
+            if self.state[holder] == keep:
+                continue
+            if not self._ours(name, holder):
+                raise GraphError(
+                    f"the DynamicWidth modules '{canon[r][0]}' and '{name}' sit on widths joined by a "
+                    "residual connection; use one module for both"
+                )
+            self.state[holder] = keep  # the hook keeps its own axis; only the width is shared
+            changed = True
+        for gid, grp in tr.groups.items():
+            r = tr.root(gid)
+            if r not in canon:
+                continue
+            for p in grp.producers:
+                if p not in masked[r]:
+                    self.wrap(p, self.kinds[p], self.state[canon[r][1]])
+                    masked[r].add(p)
+                    changed = True
+        for u in tr.uses:
+            if u.kind == "ln" and u.in_tag is not None and u.in_tag.dim is not None and not u.in_tag.segs \
+                    and tr.root(u.in_tag.group) in canon:
+                ln = self.model.get_submodule(u.name)
+                ref = self.state[canon[tr.root(u.in_tag.group)][1]]
+                if len(ln.normalized_shape) != 1:
+                    raise GraphError(f"LayerNorm '{u.name}' normalises over several axes; only the last axis can be dynamic")
+                bound = bound_width(ln)
+                if self.lns.get(u.name, self._own.get(id(bound)) if bound is not None else None) != ref:
+                    self.lns[u.name] = ref
+                    changed = True
+        return changed
+
+    def plan(self, fixed: dict[int, tuple[str, str]], refused: dict[str, tuple[str, str]], bounds: dict[str, Any],
+             batch: int) -> AttachPlan:
+        dcls = self.dcls()
+        tied: dict[int, list[str]] = {}
+        for gid, grp in self.tr.groups.items():
+            if self.tr.root(gid) in dcls:
+                tied.setdefault(self.tr.root(gid), []).extend(p for p in grp.producers
+                                                               if p not in tied.get(self.tr.root(gid), []))
+        installs = []
+        for key, ref in self.state.items():
+            if key in self.wrapped:
+                installs.append(replace(self.wrapped[key], dcl=ref))
+            elif ref != self.initial.get(key):  # a DCL the model holds, replaced by its tied width's
+                installs.append(Install("share", key[1].rpartition(".")[0] if key[0] == "module" else key[1], ref))
+        attached = frozenset(self.state) | frozenset(("ln", n) for n in self.lns)
+        return AttachPlan(dcls, {r: tuple(ps) for r, ps in tied.items()}, tuple(self.new),
+                          {k: v for k, v in bounds.items() if v is not None},
+                          tuple(installs), tuple(self.lns.items()), dict(fixed), dict(refused), attached, batch)
 
 
-class _Refused(GraphError):
-    """A chosen width turned out not to fit (``producers``); the default selection leaves it fixed and retries."""
+@dataclass
+class _Refusal:
+    """A chosen width turned out not to fit (``producers``); the default selection leaves it fixed."""
 
-    def __init__(self, msg: str, producers: list[str], category: str, dcls: list[str]) -> None:
-        super().__init__(msg)
-        self.producers, self.category, self.dcls = producers, category, dcls
+    message: str
+    producers: list[str]
+    category: str
+    dcls: list[str]
 
 
 def _build(model: nn.Module, tr: Trace, batch: int) -> WidthGraph:
+    """The :class:`WidthGraph` of the DCLs ``tr`` saw (none on a plain model: every width fixed)."""
     dcls: dict[int, str] = {}
     for dname, g, _ in tr.dcl_claims:
         dcls.setdefault(tr.root(g), dname)
+    graph = _check_and_build(model, tr, dcls, lambda cond: False, batch)
+    if not isinstance(graph, WidthGraph):
+        raise GraphError(graph.message)
+    return graph
+
+
+def _check_and_build(model: nn.Module, tr: Trace, dcls: dict[int, str], on: Callable[[Any], bool],
+                     batch: int) -> Union[WidthGraph, _Refusal]:
+    """The graph with the dynamic widths ``dcls`` (the attachment conditions ``on`` met), or the first
+    :class:`_Refusal` found: a dynamic width that does not fit."""
     dyn = set(dcls)
 
     def shown(name: str) -> str:  # the user's module path, not the wrapper's inner one
@@ -585,10 +742,10 @@ def _build(model: nn.Module, tr: Trace, batch: int) -> WidthGraph:
             return parent
         return name
 
-    def refuse(category: str, roots: list, msg: str) -> "_Refused":
+    def refuse(category: str, roots: list, msg: str) -> _Refusal:
         names = [shown(p) for r in roots if r is not None
                  for gid, grp in tr.groups.items() if tr.root(gid) == r for p in grp.producers]
-        return _Refused(msg, names, category, [dcls[r] for r in roots if r is not None and r in dcls])
+        return _Refusal(msg, names, category, [dcls[r] for r in roots if r is not None and r in dcls])
 
     def prod_names(root: int) -> str:
         ps = [shown(p) for gid, grp in tr.groups.items() if tr.root(gid) == root for p in grp.producers]
@@ -596,28 +753,28 @@ def _build(model: nn.Module, tr: Trace, batch: int) -> WidthGraph:
 
     for g, where in tr.loose_ties:
         if tr.root(g) in dyn:
-            raise refuse("structure", [tr.root(g)],
+            return refuse("structure", [tr.root(g)],
                 f"the dynamic width of {prod_names(tr.root(g))} is joined by {where} (e.g. the model input "
                 "in a residual); that sum cannot shrink. Exclude those layers or give the shortcut a layer."
             )
     for g, op in tr.opaque:
         if tr.root(g) in dyn:
-            raise refuse("unsupported", [tr.root(g)],
+            return refuse("unsupported", [tr.root(g)],
                 f"operation '{op}' on the dynamic width of {prod_names(tr.root(g))} is not supported "
                 "(supported: elementwise activations, dropout, pooling, reshape/flatten, transpose, residual add)"
             )
     for g, masked, op in tr.contractions:
-        if tr.root(g) in dyn and not masked:
-            raise refuse("unsupported", [tr.root(g)],
+        if tr.root(g) in dyn and not masked.holds(on):
+            return refuse("unsupported", [tr.root(g)],
                 f"'{op}' contracts the width of {prod_names(tr.root(g))} where the channels outside the "
                 "width are not zero (an operation between the projection and the product changes them)"
             )
     for t in tr.output_tags:
         if t is not None and t.segs and any(tr.root(g) in dyn for g in t.groups()):
-            raise refuse("model output", [tr.root(g) for g in t.groups()], "a concatenation of dynamic widths "
+            return refuse("model output", [tr.root(g) for g in t.groups()], "a concatenation of dynamic widths "
                          f"({', '.join(prod_names(tr.root(g)) for g in t.groups())}) is the model's output")
         if t is not None and tr.root(t.group) in dyn:
-            raise refuse("model output", [tr.root(t.group)],
+            return refuse("model output", [tr.root(t.group)],
                 f"the output width of {prod_names(tr.root(t.group))} is the model's output; it cannot be dynamic "
                 "(exclude that layer)"
             )
@@ -628,10 +785,10 @@ def _build(model: nn.Module, tr: Trace, batch: int) -> WidthGraph:
             segs = [(tr.root(g) if g >= 0 and tr.root(g) in dyn else None, n) for g, n in tag.segs]
             bad = [r for r, _ in segs if r is not None]
             if bad and u.kind not in ("linear", "conv", "rnn"):
-                raise refuse("unsupported", bad, f"layer '{shown(u.name)}' ({u.kind}) reads a concatenation of "
+                return refuse("unsupported", bad, f"layer '{shown(u.name)}' ({u.kind}) reads a concatenation of "
                              "dynamic widths along the channel axis; Linear, conv and GRU/LSTM can")
-            if bad and not tag.masked:
-                raise refuse("structure", bad, f"layer '{shown(u.name)}' reads a concatenation whose cut channels "
+            if bad and not tag.masked.holds(on):
+                return refuse("structure", bad, f"layer '{shown(u.name)}' reads a concatenation whose cut channels "
                              "are not zero")
             if u.kind in ("linear", "conv", "rnn"):
                 out_root = tr.root(u.out_group) if u.out_group is not None and tr.root(u.out_group) in dyn else None
@@ -646,12 +803,12 @@ def _build(model: nn.Module, tr: Trace, batch: int) -> WidthGraph:
             assert tag is not None
             src = prod_names(in_root)
             if u.kind == "unknown":
-                raise refuse("unsupported", [in_root],
+                return refuse("unsupported", [in_root],
                     f"unsupported layer '{shown(u.name)}' ({u.extra.get('type')}) reads the dynamic width of {src}; "
                     "supported: Linear, Conv1d, Conv2d, GRU, LSTM, BatchNorm1d/2d, LayerNorm, TransformerBlock"
                 )
             if tag.dim is None:
-                raise refuse("unsupported", [in_root],
+                return refuse("unsupported", [in_root],
                     f"operation '{tag.op}' between {src} and layer '{shown(u.name)}' is not supported on a dynamic "
                     "width (supported: elementwise activations, dropout, pooling, reshape/flatten, transpose, "
                     "residual add)"
@@ -659,17 +816,17 @@ def _build(model: nn.Module, tr: Trace, batch: int) -> WidthGraph:
             nd = len(u.in_shape)
             want = {"linear": nd - 1, "rnn": nd - 1, "ln": nd - 1, "conv": 1, "bn": 1, "dcl": tag.dim}.get(u.kind)
             if want is not None and tag.dim != want:
-                raise refuse("unsupported", [in_root],
+                return refuse("unsupported", [in_root],
                     f"layer '{shown(u.name)}' reads the dynamic width of {src} on axis {tag.dim}, but its channel axis is {want}"
                 )
             if u.kind in ("bn", "conv", "ln") and (tag.outer, tag.inner) != (1, 1):
-                raise refuse("unsupported", [in_root], f"layer '{shown(u.name)}' reads a reshaped dynamic width of {src}; only Linear layers can")
-            if u.kind in ("linear", "conv", "rnn") and not tag.masked:
+                return refuse("unsupported", [in_root], f"layer '{shown(u.name)}' reads a reshaped dynamic width of {src}; only Linear layers can")
+            if u.kind in ("linear", "conv", "rnn") and not tag.masked.holds(on):
                 if tag.op:
-                    raise refuse("unsupported", [in_root],
+                    return refuse("unsupported", [in_root],
                                  f"operation '{tag.op}' on the width of {src} before layer '{shown(u.name)}' makes "
                                  "the channels outside the width non-zero (supported: ops that keep zero at zero)")
-                raise refuse("structure", [in_root],
+                return refuse("structure", [in_root],
                     f"layer '{shown(u.name)}' reads the width of {src} after a BatchNorm that follows its dynamic width; "
                     "put the BatchNorm right after the layer (layer -> BatchNorm -> activation) so cut channels stay zero"
                 )
@@ -682,12 +839,12 @@ def _build(model: nn.Module, tr: Trace, batch: int) -> WidthGraph:
             c = mod
             if c.groups != 1 and (in_root is not None or out_root is not None):
                 if not (c.groups == c.in_channels == c.out_channels and in_root == out_root):
-                    raise refuse("unsupported", [in_root, out_root],
+                    return refuse("unsupported", [in_root, out_root],
                         f"grouped conv '{shown(u.name)}' (groups={c.groups}) can only be dynamic as a depthwise conv "
                         "whose input and output share one width"
                     )
         if u.kind == "mha" and (in_root is not None or out_root is not None):
-            raise refuse("structure", [in_root, out_root], f"nn.MultiheadAttention '{shown(u.name)}' keeps its embed_dim: its input and output "
+            return refuse("structure", [in_root, out_root], f"nn.MultiheadAttention '{shown(u.name)}' keeps its embed_dim: its input and output "
                              "widths cannot be dynamic")
         out_size = tr.groups[u.out_group].size if u.out_group is not None else 0
         if u.kind == "mha":  # the layer's dynamic side is its head count

@@ -4,17 +4,22 @@
 returns it, ``str(plan)`` prints it as a table, :meth:`WidthPlan.to_dict` gives
 plain JSON-ready values, and ``slimtrain plan MODULE:FACTORY --input-shape ...``
 prints it from the command line.
+
+:class:`AttachPlan` is the working form of the same decisions that ``make_dynamic``
+makes from one trace before it changes the model: which DCL goes where, which
+widths share one, which LayerNorms follow one, which widths stay fixed and why
+(see :func:`slimtrain.core.graph.plan_attachments`).
 """
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Optional
+from typing import Optional, Union
 
 from torch import nn
 
 from .errors import GraphError
 
-__all__ = ["WidthEntry", "WidthPlan", "width_report"]
+__all__ = ["WidthEntry", "WidthPlan", "width_report", "AttachPlan", "Install"]
 
 _PLAN_ATTR = "_slimtrain_plan"
 
@@ -73,6 +78,50 @@ class WidthPlan:
         lines.append(f"{'layer':<{w0}}  {'N':>{w1}}  width")
         lines += [f"{a:<{w0}}  {b:>{w1}}  {c}" for a, b, c in rows]
         return "\n".join(lines)
+
+
+#: a DCL of an :class:`AttachPlan`: a new one (its index in ``AttachPlan.new``) or the module path of a
+#: ``DynamicWidth`` the model already holds
+DclRef = Union[int, str]
+
+
+@dataclass(frozen=True)
+class Install:
+    """One change :func:`slimtrain.core.graph.attach` makes to the model.
+
+    ``how``: ``"hook"`` (the DCL becomes ``module.dcl``, applied to its output on axis ``dim`` by a forward hook;
+    ``inner``/``outer`` as for an attention width), ``"rnn"`` (a GRU/LSTM's hidden size), ``"heads"`` (an
+    ``nn.MultiheadAttention``'s head count) or ``"share"`` (the ``dcl`` child ``module`` already holds is
+    replaced, so widths joined by a residual share one DCL). ``producer``: the layer whose width it is."""
+
+    how: str
+    module: str
+    dcl: DclRef
+    producer: str = ""
+    dim: int = -1
+    inner: int = 1
+    outer: int = 1
+
+
+@dataclass(frozen=True)
+class AttachPlan:
+    """Every decision of :func:`slimtrain.make_dynamic`, made from one trace before the model changes.
+
+    Plain data: :func:`slimtrain.core.graph.attach` carries it out, :func:`slimtrain.core.graph.build_graph` turns it
+    into the :class:`~slimtrain.core.graph.WidthGraph` that the cost model and :func:`slimtrain.export` read."""
+
+    dcls: dict[int, str]  # dynamic width (trace group root) -> module path of its DCL
+    tied: dict[int, tuple[str, ...]]  # dynamic width -> the layers whose outputs it is (several: a residual)
+    new: tuple[tuple[int, str], ...]  # (channels, layer kind) of each DCL to create, in order
+    bounds: dict  # kappa_min / min_channels of every new DCL
+    installs: tuple[Install, ...]
+    layer_norms: tuple[tuple[str, DclRef], ...]  # LayerNorm -> the DCL whose kept channels it normalises over
+    fixed: dict[int, tuple[str, str]]  # width -> (category, reason) for the widths left fixed
+    refused: dict[str, tuple[str, str]]  # layer -> (category, reason): chosen, found not to fit, left fixed
+    attached: frozenset  # the conditions (see slimtrain.core.trace.Masked) the installs make true
+    batch: int  # of the traced sample
+    #: why a second trace would be needed ("" : the one trace answers everything, see slimtrain.core.trace.Masked)
+    retrace: str = ""
 
 
 def width_report(model: nn.Module) -> WidthPlan:

@@ -12,12 +12,17 @@ The tracer runs a sample forward with module hooks on known layers and a
 :class:`torch.overrides.TorchFunctionMode` for the functional operations
 between them. Operations it does not understand make the tag *opaque*; an
 opaque dynamic group reaching a layer is an error that names the operation.
+
+Whether a tensor's channels outside the width are zero depends on which DCLs
+:func:`slimtrain.make_dynamic` attaches, so the tag holds it as a condition on
+them (:class:`Masked`), and ``Trace.dcl_slots`` lists where each DCL would be
+seen: the plan answers both for its own choice without tracing again.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Hashable, Optional
 
 import torch
 from torch import Tensor, nn
@@ -27,12 +32,62 @@ from .attach import DCL_CHILD, attached_dcl, bound_width, is_dynamic_mha, is_dyn
 from .errors import GraphError
 from .modules import DynamicRecurrent
 
-__all__ = ["Tag", "Group", "LayerUse", "Trace", "trace_channels", "GraphError", "LEAF_TYPES", "HEAD_COUNT_ATTRS"]
+__all__ = ["Tag", "Group", "LayerUse", "Trace", "trace_channels", "GraphError", "LEAF_TYPES", "HEAD_COUNT_ATTRS",
+           "Masked", "ALWAYS", "NEVER"]
 
 
 #: attributes of an attention module that hold its head count (a literal count in a view that reads one of these
 #: follows a cut; export then updates every size attribute by value, see export._set_head_counts)
 HEAD_COUNT_ATTRS = ("num_attention_heads", "num_heads", "n_heads", "nhead", "num_key_value_heads")
+
+
+@dataclass(frozen=True)
+class Masked:
+    """Whether a DCL zeroed the channels outside a width (and nothing since made them non-zero), as a condition
+    on the DCLs :func:`slimtrain.make_dynamic` will attach: an OR of ANDs of *conditions*, each true when that
+    attachment is made: ``("host", module)`` (slimtrain's DCL on the module's output, or a GRU/LSTM made
+    dynamic), ``("heads", module)`` (an attention's head count made dynamic), ``("ln", module)`` (a LayerNorm
+    bound to a width). One trace of the plain model so answers "zeroed?" for every choice of widths.
+
+    :attr:`now` is the answer for the model as traced (nothing more attached); :meth:`holds` for a given choice.
+    It has no truth value of its own (``bool(m)`` raises), so no reader confuses the condition with an answer."""
+
+    terms: frozenset = frozenset()  # of frozensets of conditions; the empty term is always true
+
+    def __and__(self, other: "Masked") -> "Masked":
+        return Masked(_absorb(frozenset(a | b for a in self.terms for b in other.terms)))
+
+    def __or__(self, other: "Masked") -> "Masked":
+        return Masked(_absorb(self.terms | other.terms))
+
+    def holds(self, attached: Callable[[Hashable], bool]) -> bool:
+        """True if the channels are zero outside the width once exactly the conditions ``attached`` are made."""
+        return any(all(attached(c) for c in t) for t in self.terms)
+
+    @property
+    def now(self) -> bool:
+        """True if the channels are zero outside the width in the model as traced."""
+        return frozenset() in self.terms
+
+    def __bool__(self) -> bool:
+        raise TypeError("Masked is a condition: use .now or .holds(attached)")
+
+
+def _absorb(terms: frozenset) -> frozenset:
+    """Drop the terms that contain another term (``a | (a & b) == a``)."""
+    if len(terms) < 2:
+        return terms
+    return frozenset(t for t in terms if not any(o < t for o in terms))
+
+
+#: zeroed whatever is attached (a DCL the model already holds) / never (an op made the channels non-zero)
+ALWAYS = Masked(frozenset({frozenset()}))
+NEVER = Masked()
+
+
+def when(condition: Hashable) -> Masked:
+    """Zeroed once ``condition`` is attached (see :class:`Masked`)."""
+    return Masked(frozenset({frozenset({condition})}))
 
 
 @dataclass(frozen=True)
@@ -43,7 +98,7 @@ class Tag:
     inner: int = 1
     producer: Optional[str] = None  # set while the tensor comes straight from one layer
     op: Optional[str] = None  # the op that made it opaque
-    masked: bool = False  # a DCL zeroed the channels outside the width (and no BatchNorm since)
+    masked: Masked = NEVER  # a DCL zeroed the channels outside the width, and no BatchNorm since (a condition)
     # a concatenation along the channel axis: ((group, size), ...) in order; group -1 = a fixed block
     segs: Optional[tuple[tuple[int, int], ...]] = None
 
@@ -89,8 +144,12 @@ class Trace:
     group_inner: dict[int, int] = field(default_factory=dict)  # group -> elements per channel (head_dim)
     group_outer: dict[int, int] = field(default_factory=dict)  # group -> heads sharing one head width
     # (group, masked, op) of every product that contracts two activations over a dynamic width (q @ k^T)
-    contractions: list[tuple[int, bool, str]] = field(default_factory=list)
+    contractions: list[tuple[int, Masked, str]] = field(default_factory=list)
     parent: dict[int, int] = field(default_factory=dict)
+    # every place a DCL would be claimed, in the order of the forward pass: (dcl name, group, producer, the
+    # attachment that makes it a claim, as a Masked condition, its holder: ("host"|"heads", module) or ("module",
+    # path of a DynamicWidth the model holds)); ``dcl_claims`` are those true now
+    dcl_slots: list[tuple[str, int, Optional[str], Masked, tuple[str, str]]] = field(default_factory=list)
 
     def root(self, g: int) -> int:
         while self.parent.get(g, g) != g:
@@ -206,7 +265,7 @@ def _map_view(tag: Tag, old: tuple[int, ...], new: tuple[int, ...], n: int) -> T
             if math.prod(new[:j]) and before % math.prod(new[:j]) == 0:
                 inner = after // s_j
                 outer = (s_j * new[j]) // (after * n)
-                return Tag(tag.group, j, outer, inner, tag.producer, op=None if tag.masked else tag.op, masked=tag.masked)
+                return Tag(tag.group, j, outer, inner, tag.producer, op=None if tag.masked.now else tag.op, masked=tag.masked)
     return Tag(tag.group, None, op="reshape")
 
 
@@ -284,7 +343,7 @@ class _Tracer(TorchFunctionMode):
         self.prods: list[tuple[float, int]] = []  # (MACs at full width, group they scale with)
         self.group_inner: dict[int, int] = {}  # group -> elements per channel (a head of head_dim)
         self.group_outer: dict[int, int] = {}  # group -> heads (the width counts dimensions per head)
-        self.contractions: list[tuple[int, bool, str]] = []
+        self.contractions: list[tuple[int, Masked, str]] = []
         self.heads = "count"  # what a (heads, head_dim) split makes dynamic: "count" or "width"
         self.consumed: set[int] = set()  # groups already read by a layer or joined
         self.head_attr: Callable[[str, int], bool] = lambda producer, heads: False
@@ -395,7 +454,7 @@ class _Tracer(TorchFunctionMode):
         if name in _ZERO_KEEPING:
             return tag if out.shape == x.shape else opaque
         if name in _ELEMENTWISE:  # elementwise but f(0) != 0: channels stay, no longer zero outside the width
-            return Tag(tag.group, tag.dim, tag.outer, tag.inner, op=name, masked=False) if out.shape == x.shape else opaque
+            return Tag(tag.group, tag.dim, tag.outer, tag.inner, op=name, masked=NEVER) if out.shape == x.shape else opaque
         if name in _PER_CHANNEL:
             same = out.dim() == x.dim() and out.shape[tag.dim] == x.shape[tag.dim]
             return tag if same and tag.outer == tag.inner == 1 else opaque
@@ -409,7 +468,7 @@ class _Tracer(TorchFunctionMode):
             dim = kwargs.get("dim", args[1] if len(args) > 1 else None)
             if dim is None or dim % x.dim() == tag.dim:
                 return opaque
-            return Tag(tag.group, tag.dim, tag.outer, tag.inner, op=name, masked=False)
+            return Tag(tag.group, tag.dim, tag.outer, tag.inner, op=name, masked=NEVER)
         if name in _PERMUTE:
             return self._permute(name, args, kwargs, x, tag)
         if name in _REDUCE:
@@ -433,7 +492,7 @@ class _Tracer(TorchFunctionMode):
             other = others[0] if others else kwargs.get("other")
             if not isinstance(other, Tensor) or other.dim() == 0:
                 # scaling keeps zeros; adding a constant does not
-                return tag if name in _SCALE else Tag(tag.group, tag.dim, tag.outer, tag.inner, op=name, masked=False)
+                return tag if name in _SCALE else Tag(tag.group, tag.dim, tag.outer, tag.inner, op=name, masked=NEVER)
             otag = self.tag(other)
             if out.shape != x.shape:
                 # x_i * x_j of every node pair: two operands of one width broadcast along other axes
@@ -443,8 +502,8 @@ class _Tracer(TorchFunctionMode):
                     return opaque
                 self.ties.append((tag.group, otag.group, f"'{name}' of outputs of {tag.producer or '?'} and "
                                   f"{otag.producer or '?'}"))
-                both = tag.masked and otag.masked if name in _JOIN else tag.masked or otag.masked
-                return Tag(tag.group, tag.dim, 1, 1, op=None if both else (tag.op or otag.op), masked=both)
+                both = tag.masked & otag.masked if name in _JOIN else tag.masked | otag.masked
+                return Tag(tag.group, tag.dim, 1, 1, op=None if both.now else (tag.op or otag.op), masked=both)
             if otag is not None and otag.dim is not None and other.shape != x.shape and name in _SCALE \
                     and (otag.outer, otag.inner) == (1, 1) and self.sizes.get(otag.group) == 1 \
                     and other.shape[otag.dim] == 1 and x.dim() - tag.dim == other.dim() - otag.dim:
@@ -452,13 +511,13 @@ class _Tracer(TorchFunctionMode):
                 return Tag(tag.group, tag.dim, tag.outer, tag.inner, masked=tag.masked)
             if otag is None:
                 if self._param_operand(other, tag, x, name):  # a learned scale/bias/position embedding
-                    keep = tag.masked and name in _SCALE
-                    return Tag(tag.group, tag.dim, tag.outer, tag.inner, op=None if keep else name, masked=keep)
+                    keep = tag.masked if name in _SCALE else NEVER
+                    return Tag(tag.group, tag.dim, tag.outer, tag.inner, op=None if keep.now else name, masked=keep)
                 if name in _SCALE:
                     return Tag(tag.group, tag.dim, tag.outer, tag.inner, masked=tag.masked)
                 right = x.dim() - tag.dim
                 if other.dim() < right or other.shape[other.dim() - right] == 1:  # e.g. an attention mask
-                    return Tag(tag.group, tag.dim, tag.outer, tag.inner, op=name, masked=False)
+                    return Tag(tag.group, tag.dim, tag.outer, tag.inner, op=name, masked=NEVER)
                 self.loose.append((tag.group, f"'{name}' with a tensor that no layer produced"))
                 return Tag(tag.group, tag.dim, tag.outer, tag.inner)
             if otag.dim is None or (otag.outer, otag.inner) != (tag.outer, tag.inner):
@@ -469,7 +528,7 @@ class _Tracer(TorchFunctionMode):
             elif otag.dim != tag.dim:
                 return opaque
             self.ties.append((tag.group, otag.group, f"'{name}' of outputs of {tag.producer or '?'} and {otag.producer or '?'}"))
-            both = tag.masked and otag.masked if name in _JOIN else tag.masked or otag.masked
+            both = tag.masked & otag.masked if name in _JOIN else tag.masked | otag.masked
             return Tag(tag.group, tag.dim, tag.outer, tag.inner, masked=both)
         return opaque
 
@@ -513,7 +572,7 @@ class _Tracer(TorchFunctionMode):
             return opaque
         ops = [a for a in args[:3 if name == "scaled_dot_product_attention" else 2] if isinstance(a, Tensor)]
         res: Optional[Tag] = None
-        masked_any = False
+        masked_any = NEVER
         contracted: list[Tag] = []
         for i, a in enumerate(ops):
             t = self.tag(a)
@@ -533,13 +592,14 @@ class _Tracer(TorchFunctionMode):
                     continue
             od = out.dim() - right
             if res is None:
-                res = Tag(t.group, od, 1, 1, masked=False)
+                res = Tag(t.group, od, 1, 1, masked=NEVER)
             elif res.dim == od:
                 self.ties.append((res.group, t.group, f"'{name}' of outputs of {tag.producer or '?'} and {t.producer or '?'}"))
             else:
                 return opaque
             # zero outside the width stays zero in the product if the values (sdpa: v) or any factor is zero there
-            masked_any = masked_any or (t.masked and (name != "scaled_dot_product_attention" or i == 2))
+            if name != "scaled_dot_product_attention" or i == 2:
+                masked_any = masked_any | t.masked
         if contracted:
             # both factors carry a width on the contracted axis (q @ k^T over a per-head width): one width for
             # both, and the product has no width left. With one factor only it is a layer written as a product.
@@ -550,7 +610,7 @@ class _Tracer(TorchFunctionMode):
                 self.ties.append((a.group, b.group, f"'{name}' contracting outputs of {a.producer or '?'} and "
                                   f"{b.producer or '?'}"))
             # exact after a cut only if the channels outside the width are zero in a factor
-            return Tag(a.group, None, op=_CONTRACTED, masked=a.masked or b.masked)
+            return Tag(a.group, None, op=_CONTRACTED, masked=a.masked | b.masked)
         if res is None:
             return opaque
         return Tag(res.group, res.dim, 1, 1, masked=masked_any)
@@ -614,21 +674,21 @@ class _Tracer(TorchFunctionMode):
             if any(self.tag(t) is not None and self.tag(t).segs for t in seq):
                 return opaque
             new_dim = tag.dim
-        masked = True
+        masked = ALWAYS
         for t in seq:
             g = self.tag(t)
             if g is None:
                 if self._param_operand(t, tag, x, name):  # e.g. a class token
-                    masked = False
+                    masked = NEVER
                     continue
                 self.loose.append((tag.group, f"'{name}' with a tensor that no layer produced"))
-                masked = False
+                masked = NEVER
                 continue
             if g.dim is None or (g.dim, g.outer, g.inner) != (tag.dim, tag.outer, tag.inner):
                 return opaque
             if g.group != tag.group:
                 self.ties.append((tag.group, g.group, f"'{name}' of outputs of {tag.producer or '?'} and {g.producer or '?'}"))
-            masked = masked and g.masked
+            masked = masked & g.masked
         return Tag(tag.group, new_dim, tag.outer, tag.inner, masked=masked)
 
     def _channel_cat(self, seq, d: int, tag: Tag) -> Tag:
@@ -637,7 +697,7 @@ class _Tracer(TorchFunctionMode):
         if not self.extended:
             return opaque
         segs: list[tuple[int, int]] = []
-        masked = True
+        masked = ALWAYS
         for t in seq:
             g = self.tag(t)
             if g is None:  # a fixed block (the model input, a constant): never cut
@@ -651,7 +711,7 @@ class _Tracer(TorchFunctionMode):
                 segs.append((g.group, int(t.shape[d])))
             else:
                 return opaque
-            masked = masked and g.masked
+            masked = masked & g.masked
         first = next((s for s, _ in segs if s >= 0), tag.group)
         return Tag(first, d, 1, 1, masked=masked, segs=tuple(segs))
 
@@ -712,7 +772,7 @@ def trace_channels(model: nn.Module, sample: Any, *, extended: bool = False, hea
     opaque, as before, so a reader of ``Trace.groups``/``uses`` sees channel counts only."""
     groups: dict[int, Group] = {}
     uses: list[LayerUse] = []
-    claims: list[tuple[str, int, Optional[str]]] = []
+    slots: list[tuple[str, int, Optional[str], Masked, tuple[str, str]]] = []  # see Trace.dcl_slots
     bn_after: dict[str, str] = {}
     sizes: dict[int, int] = {}
     tracer = _Tracer(sizes)
@@ -783,8 +843,8 @@ def trace_channels(model: nn.Module, sample: Any, *, extended: bool = False, hea
             return
         if kind == "dcl":
             if tag is not None and tag.dim is not None:
-                claims.append((name, tag.group, tag.producer))
-                tracer.set(out, Tag(tag.group, tag.dim, tag.outer, tag.inner, tag.producer, masked=True))
+                slots.append((name, tag.group, tag.producer, ALWAYS, ("module", name)))
+                tracer.set(out, Tag(tag.group, tag.dim, tag.outer, tag.inner, tag.producer, masked=ALWAYS))
             else:
                 uses.append(LayerUse(name, "dcl", tag, None, shape, oshape))
             return
@@ -794,10 +854,13 @@ def trace_channels(model: nn.Module, sample: Any, *, extended: bool = False, hea
             if tag is not None:
                 if kind == "bn" and tag.producer is not None:
                     bn_after.setdefault(tag.producer, name)
-                masked = bound_width(mod) is not None if kind == "ln" else False
-                if host is not None and tag.dim is not None:
-                    claims.append((f"{name}.{DCL_CHILD}", tag.group, tag.producer))
-                    masked = True
+                masked = NEVER
+                if kind == "ln":  # normalised over the kept channels: bound now, or once the plan binds it
+                    masked = ALWAYS if bound_width(mod) is not None else when(("ln", name))
+                if tag.dim is not None:  # a DCL here (after the BatchNorm that reads a layer's raw output)
+                    hosted = ALWAYS if host is not None else when(("host", name))
+                    slots.append((f"{name}.{DCL_CHILD}", tag.group, tag.producer, hosted, ("host", name)))
+                    masked = masked | hosted
                 tracer.set(first, Tag(tag.group, tag.dim, tag.outer, tag.inner, tag.producer, masked=masked))
             return
         inner_mod = mod.rnn if isinstance(mod, DynamicRecurrent) else mod
@@ -827,18 +890,18 @@ def trace_channels(model: nn.Module, sample: Any, *, extended: bool = False, hea
         uses.append(LayerUse(name, kind, tag, gid, shape, oshape, extra))
         if kind == "mha":
             uses.append(LayerUse(name, "mha_heads", None, hgid, shape, oshape, {}))
-            if is_dynamic_mha(mod):
-                claims.append((f"{name}.{DCL_CHILD}", hgid, name))
+            slots.append((f"{name}.{DCL_CHILD}", hgid, name, ALWAYS if is_dynamic_mha(mod) else when(("heads", name)),
+                          ("heads", name)))
         if kind == "conv" and tag is not None and tag.dim is not None and \
                 inner_mod.groups == inner_mod.in_channels == inner_mod.out_channels and inner_mod.groups > 1:
             tracer.ties.append((tag.group, gid, f"depthwise conv '{name}'"))  # one width in and out
         wrapped = host is not None or (kind == "rnn" and (isinstance(mod, DynamicRecurrent) or is_dynamic_rnn(mod)))
-        if wrapped:
-            claims.append((f"{name}.{DCL_CHILD}", gid, name))
-        tracer.set(first, Tag(gid, dim, outer, 1, name, masked=wrapped))
+        masked = ALWAYS if wrapped else when(("host", name))
+        slots.append((f"{name}.{DCL_CHILD}", gid, name, masked, ("host", name)))
+        tracer.set(first, Tag(gid, dim, outer, 1, name, masked=masked))
         if kind == "rnn" and isinstance(out, tuple):
             for h in _tensors(out[1]):
-                tracer.set(h, Tag(gid, h.dim() - 1, 1, 1, name, masked=wrapped))
+                tracer.set(h, Tag(gid, h.dim() - 1, 1, 1, name, masked=masked))
 
     leaf_mods = []
     for n, m in model.named_modules():
@@ -893,8 +956,9 @@ def trace_channels(model: nn.Module, sample: Any, *, extended: bool = False, hea
         for h in handles:
             h.remove()
         model.train(was_training)
+    claims = [(n, g, p) for n, g, p, m, _ in slots if m.now]
     tr = Trace(groups, uses, tracer.ties, tracer.loose, claims, bn_after, [tracer.tag(o) for o in _tensors(out)],
-               tracer.fixed_macs, tracer.opaque)
+               tracer.fixed_macs, tracer.opaque, dcl_slots=slots)
     tr.param_uses = tracer.param_uses
     tr.param_reads = tracer.param_reads
     tr.prods = tracer.prods
