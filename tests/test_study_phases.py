@@ -103,3 +103,89 @@ def test_spoof_job_keys_are_those_its_saved_rows_carry():
     assert _key(("dcl", c, "d", (), (2,), 0.0625, 1.0, None, "cpu", "alpha")) == "dcl-stages2-kappa0.0625-seed3"
     assert _key(("fixed", c, "d", (), 8, math.nan, math.nan, None, "cpu")) == "fixed-w8-seed3"
     assert _key(("pruned", c, "d", (), 6313476.4, 0.25, math.nan, None)) == "pruned-kappa0.25-macs6313476-seed3"
+
+
+# -- the VAD sweep's second phase (pruning at the MACs its DCL rows reached), with a stand-in for training ----------
+VAD_CALLS: list[tuple] = []
+
+
+def _vad_row(job: dict) -> dict:
+    """A stand-in for one VAD run: DCL rows reach 1 + seed + kappa_min MFLOP/s; the checkpoint is written."""
+    from pathlib import Path
+
+    from slimtrain.tasks.vad.train import SNR_BANDS
+
+    run, kind = job["run"], job["kind"]
+    VAD_CALLS.append((kind, run["seed"]))
+    mflops = {"DCL": lambda: 1.0 + run["seed"] + run.get("kappa_min", 0), "fixed": lambda: 10.0,
+              "prune": lambda: job["target_mflops"]}[kind]()
+    if job.get("checkpoint"):
+        Path(job["checkpoint"]).parent.mkdir(parents=True, exist_ok=True)
+        Path(job["checkpoint"]).write_bytes(b"x")
+    return {"family": run["family"], "method": kind, "label": job["label"], "status": "ok", "seed": run["seed"],
+            "kappa_min": run.get("kappa_min"), "alpha": run.get("alpha"), "budget": run.get("budget"),
+            "mel_bands": 10, "mflops_per_s": mflops, "params": 100, "auc": 0.9, "f1": 0.8, "eer": 0.1,
+            "epochs": run["epochs"], "checkpoint": job.get("checkpoint"),
+            **{f"eer {b}": 0.1 for b, _, _ in SNR_BANDS}}
+
+
+def test_vad_pruning_rows_target_the_same_seeds_dcl_cost_and_resume_keeps_them(tmp_path, monkeypatch):
+    import slimtrain.tasks.vad.sweep as vs
+
+    def fake_build(data_cfg, cache, progress=True):
+        from pathlib import Path
+        Path(cache).mkdir(parents=True, exist_ok=True)
+        (Path(cache) / "manifest.json").write_text(json.dumps({"fingerprint": "f" * 16}))
+
+    monkeypatch.setattr(vs, "build_vad_data", fake_build)
+    monkeypatch.setattr(vs, "_job", _vad_row)
+    cfg = vs.VadSweepConfig.quick(families=("crnn",), kappas=(0.25,), prune_kappas=(0.25,), gate_intervals=(),
+                                  fixed_scales=(1.0,), anchors=False, seeds=(0, 1))
+    VAD_CALLS.clear()
+    rows = vs.run_sweep(cfg, tmp_path, progress=False)
+    assert VAD_CALLS == [("DCL", 0), ("fixed", 0), ("DCL", 1), ("fixed", 1), ("prune", 0), ("prune", 1)]
+    prune = [r for r in rows if r["method"] == "prune"]
+    assert [(r["seed"], r["mflops_per_s"], r["label"]) for r in prune] == [
+        (0, 1.25, "PCRNNVAD @DCRNNVAD 0.25"), (1, 2.25, "PCRNNVAD @DCRNNVAD 0.25")]
+    assert [r["epochs"] for r in prune] == [1, 1]  # the fine-tuning share of the 3 epochs; the rest pre-trains
+    keys = sorted(p.name.rsplit("-", 1)[0] for p in (tmp_path / "rows").glob("*.json"))
+    assert keys == ["DCL-crnn-DCRNNVAD_0.25-seed0", "DCL-crnn-DCRNNVAD_0.25-seed1", "fixed-crnn-CRNNVAD_baseline-seed0",
+                    "fixed-crnn-CRNNVAD_baseline-seed1", "prune-crnn-PCRNNVAD_DCRNNVAD_0.25-seed0",
+                    "prune-crnn-PCRNNVAD_DCRNNVAD_0.25-seed1"]
+    table = (tmp_path / "sweep.csv").read_text()
+    VAD_CALLS.clear()
+    assert vs.run_sweep(cfg, tmp_path, progress=False, resume=True) and VAD_CALLS == []
+    assert (tmp_path / "sweep.csv").read_text() == table
+    (tmp_path / "checkpoints" / "crnn_dcl_k0.25_spread_e3_seed1.pt").unlink()  # a saved row without its checkpoint
+    VAD_CALLS.clear()
+    vs.run_sweep(cfg, tmp_path, progress=False, resume=True)
+    assert VAD_CALLS == [("DCL", 1)]  # run again; its pruning row (same target) is still found
+
+
+# -- the anti-spoofing sweep's second phase, trained for real (seconds) ---------------------------------------------
+from _spoof_fixtures import spoof_data  # noqa: E402,F401  (fixture)
+
+
+def _no_training(job):
+    raise AssertionError(f"{job[0]} ran again on resume")
+
+
+def test_spoof_pruning_phase_targets_the_dcl_macs_and_resume_runs_nothing(tmp_path, spoof_data, monkeypatch):  # noqa: F811
+    import slimtrain.tasks.spoof.sweep as sp
+    from slimtrain.tasks.spoof.train import SpoofConfig
+
+    if not sp.pruning_available():
+        import pytest
+        pytest.skip("torch-pruning is not installed")
+    cfg = SpoofConfig.quick(epochs=1, warmup_epochs=0)
+    kw = dict(stage_sets=sp.QUICK_STAGE_SETS, kappas=(0.25,), fixed_widths=(cfg.width,), progress=False)
+    rows = sp.run_sweep(spoof_data[0], cfg, tmp_path, **kw)
+    assert [r["method"] for r in rows] == ["fixed", "dcl", "pruned"]
+    dcl, pruned = rows[1], rows[2]
+    assert pruned["target_macs"] == dcl["macs"] and pruned["pruned_at_kappa"] == 0.25
+    assert (tmp_path / "rows" / f"pruned-kappa0.25-macs{dcl['macs']:.0f}-seed{cfg.seed}.json").is_file()
+    table = (tmp_path / "sweep.csv").read_text()
+    monkeypatch.setattr(sp, "_job", _no_training)
+    again = sp.run_sweep(spoof_data[0], cfg, tmp_path, resume=True, **kw)
+    assert [r["macs"] for r in again] == [r["macs"] for r in rows]
+    assert (tmp_path / "sweep.csv").read_text() == table
