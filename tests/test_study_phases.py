@@ -2,11 +2,16 @@
 rows, resume keeping finished rows, a study's failed rows, and the anti-spoofing sweep's keys on them."""
 from __future__ import annotations
 
+import csv
 import json
 import math
 
+import pytest
+
 from slimtrain.tasks.study.sweep import Phase, run_phases
 from slimtrain.train.sweep_engine import Job
+
+from _spoof_fixtures import spoof_data  # noqa: F401  (fixture)
 
 CALLS: list[str] = []
 
@@ -163,9 +168,6 @@ def test_vad_pruning_rows_target_the_same_seeds_dcl_cost_and_resume_keeps_them(t
 
 
 # -- the anti-spoofing sweep's second phase, trained for real (seconds) ---------------------------------------------
-from _spoof_fixtures import spoof_data  # noqa: E402,F401  (fixture)
-
-
 def _no_training(job):
     raise AssertionError(f"{job[0]} ran again on resume")
 
@@ -175,7 +177,6 @@ def test_spoof_pruning_phase_targets_the_dcl_macs_and_resume_runs_nothing(tmp_pa
     from slimtrain.tasks.spoof.train import SpoofConfig
 
     if not sp.pruning_available():
-        import pytest
         pytest.skip("torch-pruning is not installed")
     cfg = SpoofConfig.quick(epochs=1, warmup_epochs=0)
     kw = dict(stage_sets=sp.QUICK_STAGE_SETS, kappas=(0.25,), fixed_widths=(cfg.width,), progress=False)
@@ -189,3 +190,36 @@ def test_spoof_pruning_phase_targets_the_dcl_macs_and_resume_runs_nothing(tmp_pa
     again = sp.run_sweep(spoof_data[0], cfg, tmp_path, resume=True, **kw)
     assert [r["macs"] for r in again] == [r["macs"] for r in rows]
     assert (tmp_path / "sweep.csv").read_text() == table
+
+
+# -- the skeleton's own sweep with a study's extra row kind after the grid -----------------------------------------
+def _half_cost(arg: dict) -> dict:
+    """An extra row kind: 'a model at half the cost the DCL row reached' (a stand-in, no training)."""
+    return {"row_id": f"half of {arg['of']}", "method": "half", "seed": arg["seed"], "flops": arg["flops"] / 2,
+            "macs": arg["flops"] / 4, "params": 1, "accuracy": 0.5, "macro_f1": 0.5}
+
+
+def test_skeleton_sweep_runs_an_extra_phase_made_from_its_dcl_rows(tmp_path):
+    from slimtrain.tasks import kws
+    from slimtrain.tasks.study import sweep as study_sweep
+
+    cfg = kws.KwsConfig.quick(train_per_class=8, test_per_class=4, n_keywords=3, epochs=1, batch_size=8, width=6,
+                              n_mels=8)
+
+    def halves(rows):
+        return [Job(f"half-{r['row_id'].replace(' ', '_')}-seed{r['seed']}", _half_cost,
+                    {"of": r["row_id"], "seed": r["seed"], "flops": r["flops"]}) for r in rows if r["method"] == "dcl"]
+
+    kw = dict(alphas=[1.0], kappas=[0.5], seeds=[0, 1], progress=False, extra=[Phase("halves", halves)])
+    rows = study_sweep.run_sweep(kws.STUDY, cfg, tmp_path, **kw)
+    dcl = [r for r in rows if r["method"] == "dcl"]
+    half = [r for r in rows if r["method"] == "half"]
+    assert [r["flops"] for r in half] == [r["flops"] / 2 for r in dcl] and [r["seed"] for r in half] == [0, 1]
+    assert (tmp_path / "rows" / "half-dcl_kappa=0.5_alpha=1-seed1.json").is_file()
+    with (tmp_path / "sweep_summary.csv").open() as f:
+        summary = {r["row_id"]: r for r in csv.DictReader(f)}
+    assert summary["half of dcl kappa=0.5 alpha=1"]["n"] == "2"
+    assert float(summary["half of dcl kappa=0.5 alpha=1"]["flops_mean"]) == pytest.approx(
+        sum(r["flops"] for r in dcl) / 4, rel=1e-5)
+    again = study_sweep.run_sweep(kws.STUDY, cfg, tmp_path, resume=True, **kw)
+    assert [r["wall_seconds"] for r in again] == [r["wall_seconds"] for r in rows]  # nothing ran again

@@ -27,7 +27,7 @@ from typing import Iterable, Optional, Sequence
 from ...train.stats import format_interval, paired_verdict, summarize_rows
 from ...train.sweep_engine import Job, read_sweep_rows
 from ..study.sweep import Phase, run_phases
-from ..study.tables import fmt_cell, write_rows_csv
+from ..study.tables import write_rows_csv
 from ..study.tables import write_summary_csv as write_summary
 from .attacks import ATTACKS
 from .data import load_split
@@ -200,6 +200,13 @@ def _pruning_targets(rows: Sequence[dict], full: int) -> dict[float, float]:
     return {k: m for m, k in sorted(by_macs.items())}
 
 
+def _pruned_jobs(rows: Sequence[dict], full: int, cfg: SpoofConfig, data_dir, unseen: Sequence[str],
+                 runs_dir: Optional[str]) -> list[Job]:
+    """The pruning jobs of one seed's ``rows`` (:func:`_pruning_targets`), each fine-tuned with ``cfg``."""
+    return _jobs([("pruned", cfg, str(data_dir), tuple(unseen), float(t), float(k), math.nan, runs_dir)
+                  for k, t in _pruning_targets(rows, full).items()])
+
+
 def run_sweep(data_dir: Path, cfg: SpoofConfig, out_dir: Optional[Path] = None, *,
               stage_sets: Sequence[Sequence[int]] = DEFAULT_STAGE_SETS, kappas: Sequence[float] = DEFAULT_KAPPAS,
               alpha: float = 1.0, fixed_widths: Sequence[int] = DEFAULT_FIXED_WIDTHS, pruning: bool = True,
@@ -261,13 +268,9 @@ def run_sweep(data_dir: Path, cfg: SpoofConfig, out_dir: Optional[Path] = None, 
                   "is not available)")
             return []
         full = max(len(s) for s in stage_sets) if stage_sets else 0
-        pj = []
-        for seed in seeds:
-            c = dataclasses.replace(cfg, seed=seed)
-            targets = _pruning_targets([r for r in rows if r["seed"] == seed], full)
-            pj += [("pruned", c, str(data_dir), unseen, float(t), float(k), math.nan, runs_dir(seed))
-                   for k, t in targets.items()]
-        return _jobs(pj)
+        return [j for seed in seeds for j in _pruned_jobs([r for r in rows if r["seed"] == seed], full,
+                                                           dataclasses.replace(cfg, seed=seed), data_dir, unseen,
+                                                           runs_dir(seed))]
 
     t0 = time.perf_counter()
     rows = _phases_run([Phase("spoof sweep", lambda _: _jobs(jobs), after=grid_written),
@@ -335,10 +338,8 @@ def add_pruning_rows(data_dir: Path, cfg: SpoofConfig, out_dir: Path, *, workers
     full = max(len(r["stages"].split(",")) for r in dcl)
     man = json.loads((Path(data_dir) / "manifest.json").read_text())
     unseen = tuple(man.get("unseen_attacks", ()))
-    targets = _pruning_targets(dcl, full)
-    jobs = [("pruned", cfg, str(data_dir), unseen, float(t), float(k), math.nan, str(out / "runs"))
-            for k, t in targets.items()]
-    new = _phases_run([Phase("pruning", lambda _: _jobs(jobs))], out, workers=workers, progress=progress)
+    jobs = _pruned_jobs(dcl, full, cfg, data_dir, unseen, str(out / "runs"))
+    new = _phases_run([Phase("pruning", lambda _: jobs)], out, workers=workers, progress=progress)
     rows += new
     write_sweep_csv(rows, out / "sweep.csv")
     plot_sweep(rows, out / "sweep.png", cfg)
@@ -349,8 +350,6 @@ def write_sweep_csv(rows: Iterable[dict], path: Path) -> Path:
     """Write the table (columns :data:`SWEEP_COLUMNS`) atomically."""
     return write_rows_csv(list(rows), path, SWEEP_COLUMNS)
 
-
-_fmt = fmt_cell
 
 
 def format_table(rows: Iterable[dict]) -> str:
