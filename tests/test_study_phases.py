@@ -223,3 +223,13 @@ def test_skeleton_sweep_runs_an_extra_phase_made_from_its_dcl_rows(tmp_path):
         sum(r["flops"] for r in dcl) / 4, rel=1e-5)
     again = study_sweep.run_sweep(kws.STUDY, cfg, tmp_path, resume=True, **kw)
     assert [r["wall_seconds"] for r in again] == [r["wall_seconds"] for r in rows]  # nothing ran again
+
+
+def test_a_vad_job_that_fails_becomes_a_named_row_that_resume_runs_again():
+    from slimtrain.tasks.vad.sweep import _job
+
+    row = _job({"kind": "DCL", "label": "DCRNNVAD 0.25", "run": {"family": "crnn", "seed": 4},
+                "corpus": {"no_such_setting": 1}, "data_fingerprint": "abc"})
+    assert row["status"].startswith("failed: KeyError: 'noise_snr_db'")  # not "ok": --resume runs it again
+    assert (row["family"], row["method"], row["label"], row["seed"], row["data_fingerprint"]) == (
+        "crnn", "DCL", "DCRNNVAD 0.25", 4, "abc")

@@ -148,24 +148,23 @@ def _job(job: dict) -> dict:
     torch.set_num_threads(1)
     kind = job["kind"]
     t0 = time.time()
-    if job.get("corpus") is not None:
-        return _corpus_job(job, t0)
-    data = _load(job["cache"])
+    data = _load(job["cache"]) if job.get("corpus") is None else None  # (a corpus loads inside: its errors are rows)
     try:
-        if kind in ("DCL", "fixed"):
-            cfg = VadRunConfig(**job["run"])
-            ckpt = job.get("checkpoint")
-            _, row = train_vad(cfg, data, checkpoint=ckpt, device=job.get("device", "cpu"))
-            if ckpt:
-                row["checkpoint"] = ckpt
+        if data is None:
+            row = _corpus_row(job)
+        elif kind in ("DCL", "fixed"):
+            _, row = train_vad(VadRunConfig(**job["run"]), data, checkpoint=job.get("checkpoint"),
+                               device=job.get("device", "cpu"))
         elif kind == "prune":
             row = _prune_row(job, data)
         elif kind == "gates":
             row = _gate_row(job, data)
         else:
             raise ValueError(f"unknown job kind {kind!r}")
+        if job.get("checkpoint"):
+            row["checkpoint"] = job["checkpoint"]
         row.setdefault("status", "ok")
-    except Exception as e:  # noqa: BLE001 - one failed baseline must not lose the sweep
+    except Exception as e:  # noqa: BLE001 - one failed run or baseline must not lose the sweep
         row = {"family": job["run"]["family"], "method": kind, "status": f"failed: {type(e).__name__}: {e}"}
     row["label"] = job["label"]
     row["seed"] = job["run"]["seed"]
@@ -174,28 +173,17 @@ def _job(job: dict) -> dict:
     return row
 
 
-def _corpus_job(job: dict, t0: float) -> dict:
+def _corpus_row(job: dict) -> dict:
     """A DCL or fixed-width row on the user's corpus (:mod:`slimtrain.tasks.vad.corpus`)."""
     from .corpus import CorpusDataConfig, load_corpus_data, train_vad_on_corpus
 
-    try:
-        key = json.dumps(job["corpus"], sort_keys=True) + f"|{job['run']['seed']}"
-        if key not in _DATA:
-            c = dict(job["corpus"])
-            c["noise_snr_db"] = tuple(c["noise_snr_db"])
-            _DATA[key] = load_corpus_data(CorpusDataConfig(**c), seed=job["run"]["seed"])
-        cfg = VadRunConfig(**job["run"])
-        ckpt = job.get("checkpoint")
-        _, row = train_vad_on_corpus(cfg, _DATA[key], checkpoint=ckpt, device=job.get("device", "cpu"))
-        if ckpt:
-            row["checkpoint"] = ckpt
-        row.setdefault("status", "ok")
-    except Exception as e:  # noqa: BLE001 - one failed run must not lose the sweep
-        row = {"family": job["run"]["family"], "method": job["kind"], "status": f"failed: {type(e).__name__}: {e}"}
-    row["label"] = job["label"]
-    row["seed"] = job["run"]["seed"]
-    row["data_fingerprint"] = job.get("data_fingerprint")
-    row["wall_seconds"] = round(time.time() - t0, 1)
+    key = json.dumps(job["corpus"], sort_keys=True) + f"|{job['run']['seed']}"
+    if key not in _DATA:
+        c = dict(job["corpus"])
+        c["noise_snr_db"] = tuple(c["noise_snr_db"])
+        _DATA[key] = load_corpus_data(CorpusDataConfig(**c), seed=job["run"]["seed"])
+    _, row = train_vad_on_corpus(VadRunConfig(**job["run"]), _DATA[key], checkpoint=job.get("checkpoint"),
+                                 device=job.get("device", "cpu"))
     return row
 
 
