@@ -233,3 +233,13 @@ def test_a_vad_job_that_fails_becomes_a_named_row_that_resume_runs_again():
     assert row["status"].startswith("failed: KeyError: 'noise_snr_db'")  # not "ok": --resume runs it again
     assert (row["family"], row["method"], row["label"], row["seed"], row["data_fingerprint"]) == (
         "crnn", "DCL", "DCRNNVAD 0.25", 4, "abc")
+
+
+def test_a_job_key_two_phases_share_is_named(tmp_path):
+    from slimtrain.train.sweep_engine import SweepError
+
+    phases = [Phase("grid", lambda rows: [Job("grid-v1", _grid, {"v": 1})]),
+              Phase("again", lambda rows: [Job("grid-v1", _grid, {"v": 2})])]
+    with pytest.raises(SweepError, match="phase 'again' has a job key of phase 'grid': 'grid-v1'"):
+        run_phases(phases, tmp_path / "rows", progress=False)
+    assert json.loads((tmp_path / "rows" / "grid-v1.json").read_text())["v"] == 1  # the first row is kept

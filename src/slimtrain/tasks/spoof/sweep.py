@@ -173,17 +173,10 @@ def _phases_run(phases: Sequence[Phase], out_dir: Optional[Path], **run) -> list
     """The phases on the skeleton's sweep (:func:`slimtrain.tasks.study.sweep.run_phases`): rows saved in
     ``out_dir/rows`` under :func:`_key`; a failed run is warned about and left out (saved as failed: ``--resume``
     runs it again)."""
-    return run_phases(phases, Path(out_dir) / "rows" if out_dir is not None else None, failed=_failed, note=_note,
-                      **run)
-
-
-def _failed(r: dict) -> Optional[str]:
-    return r["error"] if r.get("method") == "failed" else None
-
-
-def _note(r: dict) -> str:
-    return (r.get("error", "")[:60] if r.get("method") == "failed"
-            else f"{r['model']} {r['dynamic_resblock']} seed={r['seed']} eer={r['eer_percent']:.1f}%")
+    return run_phases(phases, Path(out_dir) / "rows" if out_dir is not None else None, **run,
+                      failed=lambda r: r["error"] if r.get("method") == "failed" else None,
+                      note=lambda r: r.get("error", "")[:60] if r.get("method") == "failed"
+                      else f"{r['model']} {r['dynamic_resblock']} seed={r['seed']} eer={r['eer_percent']:.1f}%")
 
 
 def _jobs(jobs: list[tuple]) -> list[Job]:

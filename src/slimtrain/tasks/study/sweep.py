@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 from ...train.stats import summarize_rows
-from ...train.sweep_engine import Job, read_sweep_rows, run_jobs
+from ...train.sweep_engine import Job, SweepError, read_sweep_rows, run_jobs
 from .tables import write_rows_csv, write_summary_csv
 from .config import StudyConfig
 from .spec import Study
@@ -138,10 +138,15 @@ def run_phases(phases: Sequence[Phase], rows_dir: Optional[str | Path], *, engin
 
     ``failed(row)``: the message of a row that failed (``None`` for a good one); such a row is left out of the
     result with ``slimtrain: warning: MESSAGE`` (a study saves it with a ``status`` other than ``ok``, so
-    ``resume`` runs it again). ``is_done`` and ``note``: as in :func:`~slimtrain.train.sweep_engine.run_jobs`."""
+    ``resume`` runs it again). ``is_done`` and ``note``: as in :func:`~slimtrain.train.sweep_engine.run_jobs`.
+    Two phases with one job key raise :class:`~slimtrain.train.sweep_engine.SweepError` naming it."""
     rows: list[dict] = []
+    keys: dict[str, str] = {}
     for phase in phases:
         jobs = list(phase.jobs(list(rows)))
+        for j in jobs:  # (within a phase the engine checks; across phases a shared key would overwrite a row)
+            if keys.setdefault(j.key, phase.desc) != phase.desc:
+                raise SweepError(f"sweep phase {phase.desc!r} has a job key of phase {keys[j.key]!r}: {j.key!r}")
         if jobs:
             got = run_jobs(jobs, rows_dir, engine=engine, workers=workers, address=address, resume=resume,
                            progress=progress, desc=phase.desc, is_done=is_done, note=note)
