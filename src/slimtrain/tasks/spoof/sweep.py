@@ -25,8 +25,9 @@ from pathlib import Path
 from typing import Iterable, Optional, Sequence
 
 from ...train.stats import format_interval, paired_verdict, summarize_rows
-from ...train.sweep_engine import Job, read_sweep_rows, run_jobs
-from ..study.tables import fmt_cell, write_rows_csv
+from ...train.sweep_engine import Job, read_sweep_rows
+from ..study.sweep import Phase, run_phases
+from ..study.tables import write_rows_csv
 from ..study.tables import write_summary_csv as write_summary
 from .attacks import ATTACKS
 from .data import load_split
@@ -168,19 +169,18 @@ def _key(job: tuple) -> str:
     return f"{head}-seed{cfg.seed}"
 
 
-def _run(jobs: list[tuple], out_dir: Optional[Path], *, engine: str, workers: int, address: Optional[str],
-         resume: bool, progress: bool, desc: str) -> list[dict]:
-    rows = run_jobs([Job(_key(j), _job, j) for j in jobs], Path(out_dir) / "rows" if out_dir is not None else None,
-                    engine=engine, workers=workers, address=address, resume=resume, progress=progress, desc=desc,
-                    note=lambda r: r.get("error", "")[:60] if r.get("method") == "failed"
-                    else f"{r['model']} {r['dynamic_resblock']} seed={r['seed']} eer={r['eer_percent']:.1f}%")
-    good = []
-    for r in rows:
-        if r.get("method") == "failed":
-            print(f"slimtrain: warning: {r['error']}")
-        else:
-            good.append(r)
-    return good
+def _phases_run(phases: Sequence[Phase], out_dir: Optional[Path], **run) -> list[dict]:
+    """The phases on the skeleton's sweep (:func:`slimtrain.tasks.study.sweep.run_phases`): rows saved in
+    ``out_dir/rows`` under :func:`_key`; a failed run is warned about and left out (saved as failed: ``--resume``
+    runs it again)."""
+    return run_phases(phases, Path(out_dir) / "rows" if out_dir is not None else None, **run,
+                      failed=lambda r: r["error"] if r.get("method") == "failed" else None,
+                      note=lambda r: r.get("error", "")[:60] if r.get("method") == "failed"
+                      else f"{r['model']} {r['dynamic_resblock']} seed={r['seed']} eer={r['eer_percent']:.1f}%")
+
+
+def _jobs(jobs: list[tuple]) -> list[Job]:
+    return [Job(_key(j), _job, j) for j in jobs]
 
 
 def _pruning_targets(rows: Sequence[dict], full: int) -> dict[float, float]:
@@ -191,6 +191,13 @@ def _pruning_targets(rows: Sequence[dict], full: int) -> dict[float, float]:
         if r["method"] == "dcl" and len(str(r["stages"]).split(",")) == full:
             by_macs[r["macs"]] = max(by_macs.get(r["macs"], 0.0), float(r["kappa_min"]))
     return {k: m for m, k in sorted(by_macs.items())}
+
+
+def _pruned_jobs(rows: Sequence[dict], full: int, cfg: SpoofConfig, data_dir, unseen: Sequence[str],
+                 runs_dir: Optional[str]) -> list[Job]:
+    """The pruning jobs of one seed's ``rows`` (:func:`_pruning_targets`), each fine-tuned with ``cfg``."""
+    return _jobs([("pruned", cfg, str(data_dir), tuple(unseen), float(t), float(k), math.nan, runs_dir)
+                  for k, t in _pruning_targets(rows, full).items()])
 
 
 def run_sweep(data_dir: Path, cfg: SpoofConfig, out_dir: Optional[Path] = None, *,
@@ -232,7 +239,6 @@ def run_sweep(data_dir: Path, cfg: SpoofConfig, out_dir: Optional[Path] = None, 
         d.mkdir(parents=True, exist_ok=True)
         return str(d)
 
-    run = dict(engine=engine, workers=workers, address=address, resume=resume, progress=progress)
     jobs = []
     for seed in seeds:
         c = dataclasses.replace(cfg, seed=seed)
@@ -240,23 +246,29 @@ def run_sweep(data_dir: Path, cfg: SpoofConfig, out_dir: Optional[Path] = None, 
                  for s in stage_sets for k in kappas]
         jobs += [("fixed", c, str(data_dir), unseen, int(w), math.nan, math.nan, runs_dir(seed), device)
                  for w in fixed_widths]
-    t0 = time.perf_counter()
-    rows = _run(jobs, out_dir, desc="spoof sweep", **run)
-    if out_dir is not None:  # the main grid is safe on disk before the baselines run
-        Path(out_dir).mkdir(parents=True, exist_ok=True)
-        write_sweep_csv(rows, Path(out_dir) / "sweep.csv")
-    if pruning and pruning_available():
+
+    def grid_written(rows: list[dict]) -> None:  # the main grid is safe on disk before the baselines run
+        if out_dir is not None:
+            Path(out_dir).mkdir(parents=True, exist_ok=True)
+            write_sweep_csv(rows, Path(out_dir) / "sweep.csv")
+
+    def pruning_jobs(rows: list[dict]) -> list[Job]:
+        """Second phase: prune to the MACs the same seed's all-stage DCL rows reached."""
+        if not pruning:
+            return []
+        if not pruning_available():
+            print("slimtrain: note: pruning baseline skipped (slimtrain.tasks.baselines.prune_to_macs or torch-pruning "
+                  "is not available)")
+            return []
         full = max(len(s) for s in stage_sets) if stage_sets else 0
-        pj = []
-        for seed in seeds:
-            c = dataclasses.replace(cfg, seed=seed)
-            targets = _pruning_targets([r for r in rows if r["seed"] == seed], full)
-            pj += [("pruned", c, str(data_dir), unseen, float(t), float(k), math.nan, runs_dir(seed))
-                   for k, t in targets.items()]
-        rows += _run(pj, out_dir, desc="spoof pruning", **run)
-    elif pruning:
-        print("slimtrain: note: pruning baseline skipped (slimtrain.tasks.baselines.prune_to_macs or torch-pruning "
-              "is not available)")
+        return [j for seed in seeds for j in _pruned_jobs([r for r in rows if r["seed"] == seed], full,
+                                                           dataclasses.replace(cfg, seed=seed), data_dir, unseen,
+                                                           runs_dir(seed))]
+
+    t0 = time.perf_counter()
+    rows = _phases_run([Phase("spoof sweep", lambda _: _jobs(jobs), after=grid_written),
+                        Phase("spoof pruning", pruning_jobs)], out_dir, engine=engine, workers=workers,
+                       address=address, resume=resume, progress=progress)
     rows.sort(key=_sort_key)
     if out_dir is not None:
         out = Path(out_dir)
@@ -319,11 +331,8 @@ def add_pruning_rows(data_dir: Path, cfg: SpoofConfig, out_dir: Path, *, workers
     full = max(len(r["stages"].split(",")) for r in dcl)
     man = json.loads((Path(data_dir) / "manifest.json").read_text())
     unseen = tuple(man.get("unseen_attacks", ()))
-    targets = _pruning_targets(dcl, full)
-    jobs = [("pruned", cfg, str(data_dir), unseen, float(t), float(k), math.nan, str(out / "runs"))
-            for k, t in targets.items()]
-    new = _run(jobs, out, engine="local", workers=workers, address=None, resume=False, progress=progress,
-               desc="pruning")
+    jobs = _pruned_jobs(dcl, full, cfg, data_dir, unseen, str(out / "runs"))
+    new = _phases_run([Phase("pruning", lambda _: jobs)], out, workers=workers, progress=progress)
     rows += new
     write_sweep_csv(rows, out / "sweep.csv")
     plot_sweep(rows, out / "sweep.png", cfg)
@@ -334,8 +343,6 @@ def write_sweep_csv(rows: Iterable[dict], path: Path) -> Path:
     """Write the table (columns :data:`SWEEP_COLUMNS`) atomically."""
     return write_rows_csv(list(rows), path, SWEEP_COLUMNS)
 
-
-_fmt = fmt_cell
 
 
 def format_table(rows: Iterable[dict]) -> str:

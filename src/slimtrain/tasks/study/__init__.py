@@ -4,7 +4,9 @@
 * :mod:`.config` -- :class:`TrainConfig` (the training settings every run shares, named errors) and
   :class:`StudyConfig` (+ width and DCL control, as the skeleton trains);
 * :mod:`.train` -- one run on :func:`slimtrain.train.training.fit`: DCL or fixed width, export, metrics, checkpoint;
-* :mod:`.sweep` -- (method, alpha/budget, kappa_min) rows x seeds on :mod:`slimtrain.train.sweep_engine`;
+* :mod:`.sweep` -- (method, alpha/budget, kappa_min) rows x seeds on :mod:`slimtrain.train.sweep_engine`, run as
+  phases (:class:`~.sweep.Phase`: a later phase's jobs come from the earlier rows), as the VAD and
+  anti-spoofing sweeps run;
 * :mod:`.cli` -- the shared options (:func:`add_options`) and ``slimtrain NAME [--sweep]`` (:func:`study_command`).
 
 A new study is one small folder: a :class:`StudyConfig` subclass, ``build_data``, ``build_model`` and

@@ -6,6 +6,12 @@ for each fixed base width; each for every seed. The data are those of the sweep'
 ``OUT/sweep_summary.csv`` (per row: seeds, mean and 95 % Student-t interval of each metric), ``OUT/config.json``
 and ``OUT/sweep.png`` (the headline metric against FLOPs per example); ``OUT/rows/`` holds each finished run,
 so ``resume`` runs only the missing ones.
+
+The studies with their own grids (VAD, anti-spoofing) run on the same machinery through two hooks:
+:class:`Phase` (a phase's jobs are made from the rows of the phases before it: pruning to the cost a DCL row
+reached is a second phase) and :func:`run_phases` (the phases in order on the sweep engine, one rows folder, a
+study's ``failed`` rule and a hook after each phase); their job keys stay their own, so ``--resume`` finds the
+rows a sweep saved before.
 """
 from __future__ import annotations
 
@@ -13,17 +19,18 @@ import functools
 import importlib
 import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 from ...train.stats import summarize_rows
-from ...train.sweep_engine import Job, read_sweep_rows, run_jobs
+from ...train.sweep_engine import Job, SweepError, read_sweep_rows, run_jobs
 from .tables import write_rows_csv, write_summary_csv
 from .config import StudyConfig
 from .spec import Study
 
-__all__ = ["sweep_jobs", "run_sweep", "summarize", "format_table", "markdown_table", "best_row", "write_csv",
-           "write_summary", "read_csv"]
+__all__ = ["Phase", "run_phases", "sweep_jobs", "run_sweep", "summarize", "format_table", "markdown_table",
+           "best_row", "write_csv", "write_summary", "read_csv"]
 
 COST_COLUMNS = ("flops", "macs", "params")
 
@@ -88,8 +95,10 @@ def sweep_jobs(study: Study, cfg: StudyConfig, *, alphas: Sequence[float], kappa
 def run_sweep(study: Study, cfg: StudyConfig, out: Path, *, alphas: Sequence[float], kappas: Sequence[float],
               budgets: Sequence[float] = (), fixed_widths: Sequence[int] = (), seeds: Sequence[int] = (0,),
               workers: int = 1, engine: str = "local", address: Optional[str] = None, resume: bool = False,
-              progress: bool = True) -> list[dict]:
-    """Run the sweep and write its files to ``out``; returns one row per run."""
+              progress: bool = True, extra: Sequence[Phase] = ()) -> list[dict]:
+    """Run the sweep and write its files to ``out``; returns one row per run. ``extra``: phases run after the
+    grid, each making its jobs from the rows before it (a study's own row kinds; their rows need the
+    headline metric, ``method``, ``flops`` and a ``row_id``)."""
     if not study.module:
         raise ValueError(f"study {study.name!r} has no module (sweep workers import it to find the study)")
     jobs = sweep_jobs(study, cfg, alphas=alphas, kappas=kappas, budgets=budgets, fixed_widths=fixed_widths, seeds=seeds)
@@ -99,11 +108,56 @@ def run_sweep(study: Study, cfg: StudyConfig, out: Path, *, alphas: Sequence[flo
         "study": study.name, "config": cfg.as_dict(), "alphas": list(alphas), "kappas": list(kappas),
         "budgets": list(budgets), "fixed_widths": list(fixed_widths), "seeds": list(seeds)}, indent=2) + "\n")
     head = study.headline
-    rows = run_jobs(jobs, out / "rows", engine=engine, workers=workers, address=address, resume=resume,
-                    progress=progress, desc=f"{study.name} sweep", note=lambda r: f"{head.name} {r[head.name]:{head.fmt}}")
+    rows = run_phases([Phase(f"{study.name} sweep", lambda _: jobs), *extra], out / "rows", engine=engine,
+                      workers=workers, address=address, resume=resume, progress=progress,
+                      note=lambda r: f"{head.name} {r[head.name]:{head.fmt}}")
     write_csv(rows, out / "sweep.csv")
     write_summary(study, rows, out / "sweep_summary.csv")
     plot(study, rows, out / "sweep.png")
+    return rows
+
+
+@dataclass(frozen=True)
+class Phase:
+    """One phase of a sweep: ``jobs(rows)`` makes its jobs from the rows the phases before it returned (the
+    first phase gets ``[]``); ``desc`` names its progress bar; ``after(rows)``, if given, runs once the phase is
+    done, with every row so far (e.g. to write the table before a slow second phase starts)."""
+
+    desc: str
+    jobs: Callable[[list[dict]], Sequence[Job]]
+    after: Optional[Callable[[list[dict]], None]] = None
+
+
+def run_phases(phases: Sequence[Phase], rows_dir: Optional[str | Path], *, engine: str = "local", workers: int = 1,
+               address: Optional[str] = None, resume: bool = False, progress: bool = True,
+               is_done: Optional[Callable[[Job, dict], bool]] = None, note: Optional[Callable[[dict], str]] = None,
+               failed: Optional[Callable[[dict], Optional[str]]] = None) -> list[dict]:
+    """Run ``phases`` in order with :func:`slimtrain.train.sweep_engine.run_jobs` (every job's row saved in
+    ``rows_dir`` under its key; ``resume`` skips the saved ones, and a later phase is made again from the
+    rows, saved or new) and return the rows of every phase in job order.
+
+    ``failed(row)``: the message of a row that failed (``None`` for a good one); such a row is left out of the
+    result with ``slimtrain: warning: MESSAGE`` (a study saves it with a ``status`` other than ``ok``, so
+    ``resume`` runs it again). ``is_done`` and ``note``: as in :func:`~slimtrain.train.sweep_engine.run_jobs`.
+    Two phases with one job key raise :class:`~slimtrain.train.sweep_engine.SweepError` naming it."""
+    rows: list[dict] = []
+    keys: dict[str, str] = {}
+    for phase in phases:
+        jobs = list(phase.jobs(list(rows)))
+        for j in jobs:  # (within a phase the engine checks; across phases a shared key would overwrite a row)
+            if keys.setdefault(j.key, phase.desc) != phase.desc:
+                raise SweepError(f"sweep phase {phase.desc!r} has a job key of phase {keys[j.key]!r}: {j.key!r}")
+        if jobs:
+            got = run_jobs(jobs, rows_dir, engine=engine, workers=workers, address=address, resume=resume,
+                           progress=progress, desc=phase.desc, is_done=is_done, note=note)
+            for r in got:
+                msg = failed(r) if failed is not None else None
+                if msg is None:
+                    rows.append(r)
+                else:
+                    print(f"slimtrain: warning: {msg}")
+        if phase.after is not None:
+            phase.after(rows)
     return rows
 
 

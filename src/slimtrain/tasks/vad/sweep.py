@@ -30,7 +30,8 @@ from typing import Optional, Sequence
 from ...train.stats import format_interval, paired_verdict, summarize_rows
 from ..study.tables import fmt_cell, write_rows_csv
 from ..study.tables import write_summary_csv as write_summary
-from ...train.sweep_engine import Job, read_sweep_rows, run_jobs
+from ...train.sweep_engine import Job, read_sweep_rows
+from ..study.sweep import Phase, run_phases
 from .build import build_vad_data
 from .data import VadDataConfig, VadSplit, load_vad_data
 from .train import SNR_BANDS, VadRunConfig, default_settle_epochs, evaluate_scores, train_vad
@@ -147,24 +148,23 @@ def _job(job: dict) -> dict:
     torch.set_num_threads(1)
     kind = job["kind"]
     t0 = time.time()
-    if job.get("corpus") is not None:
-        return _corpus_job(job, t0)
-    data = _load(job["cache"])
+    data = _load(job["cache"]) if job.get("corpus") is None else None  # (a corpus loads inside: its errors are rows)
     try:
-        if kind in ("DCL", "fixed"):
-            cfg = VadRunConfig(**job["run"])
-            ckpt = job.get("checkpoint")
-            _, row = train_vad(cfg, data, checkpoint=ckpt, device=job.get("device", "cpu"))
-            if ckpt:
-                row["checkpoint"] = ckpt
+        if data is None:
+            row = _corpus_row(job)
+        elif kind in ("DCL", "fixed"):
+            _, row = train_vad(VadRunConfig(**job["run"]), data, checkpoint=job.get("checkpoint"),
+                               device=job.get("device", "cpu"))
         elif kind == "prune":
             row = _prune_row(job, data)
         elif kind == "gates":
             row = _gate_row(job, data)
         else:
             raise ValueError(f"unknown job kind {kind!r}")
+        if job.get("checkpoint"):
+            row["checkpoint"] = job["checkpoint"]
         row.setdefault("status", "ok")
-    except Exception as e:  # noqa: BLE001 - one failed baseline must not lose the sweep
+    except Exception as e:  # noqa: BLE001 - one failed run or baseline must not lose the sweep
         row = {"family": job["run"]["family"], "method": kind, "status": f"failed: {type(e).__name__}: {e}"}
     row["label"] = job["label"]
     row["seed"] = job["run"]["seed"]
@@ -173,28 +173,17 @@ def _job(job: dict) -> dict:
     return row
 
 
-def _corpus_job(job: dict, t0: float) -> dict:
+def _corpus_row(job: dict) -> dict:
     """A DCL or fixed-width row on the user's corpus (:mod:`slimtrain.tasks.vad.corpus`)."""
     from .corpus import CorpusDataConfig, load_corpus_data, train_vad_on_corpus
 
-    try:
-        key = json.dumps(job["corpus"], sort_keys=True) + f"|{job['run']['seed']}"
-        if key not in _DATA:
-            c = dict(job["corpus"])
-            c["noise_snr_db"] = tuple(c["noise_snr_db"])
-            _DATA[key] = load_corpus_data(CorpusDataConfig(**c), seed=job["run"]["seed"])
-        cfg = VadRunConfig(**job["run"])
-        ckpt = job.get("checkpoint")
-        _, row = train_vad_on_corpus(cfg, _DATA[key], checkpoint=ckpt, device=job.get("device", "cpu"))
-        if ckpt:
-            row["checkpoint"] = ckpt
-        row.setdefault("status", "ok")
-    except Exception as e:  # noqa: BLE001 - one failed run must not lose the sweep
-        row = {"family": job["run"]["family"], "method": job["kind"], "status": f"failed: {type(e).__name__}: {e}"}
-    row["label"] = job["label"]
-    row["seed"] = job["run"]["seed"]
-    row["data_fingerprint"] = job.get("data_fingerprint")
-    row["wall_seconds"] = round(time.time() - t0, 1)
+    key = json.dumps(job["corpus"], sort_keys=True) + f"|{job['run']['seed']}"
+    if key not in _DATA:
+        c = dict(job["corpus"])
+        c["noise_snr_db"] = tuple(c["noise_snr_db"])
+        _DATA[key] = load_corpus_data(CorpusDataConfig(**c), seed=job["run"]["seed"])
+    _, row = train_vad_on_corpus(VadRunConfig(**job["run"]), _DATA[key], checkpoint=job.get("checkpoint"),
+                                 device=job.get("device", "cpu"))
     return row
 
 
@@ -240,14 +229,19 @@ def _checkpoint_done(job: Job, row: dict) -> bool:
     return not ckpt or Path(ckpt).is_file()
 
 
-def _run_jobs(jobs: list[dict], cfg: VadSweepConfig, progress: bool, desc: str, out: Path,
-              resume: bool = False) -> list[dict]:
-    """Run ``jobs`` with :func:`slimtrain.train.sweep_engine.run_jobs` (in order); each finished row is saved
-    in ``out/rows``. With ``resume`` a job whose saved row (same settings, status ok, and its
-    checkpoint present) exists is not run again."""
-    return run_jobs([Job(_job_key(j), _job, j) for j in jobs], out / "rows", engine=cfg.engine, workers=cfg.workers,
-                    address=cfg.address, resume=resume, progress=progress, desc=desc, is_done=_checkpoint_done,
-                    note=lambda r: f"{r.get('label')} seed={r.get('seed')}")
+def _run_phases(phases: Sequence[Phase], cfg: VadSweepConfig, progress: bool, out: Path,
+                resume: bool = False) -> list[dict]:
+    """Run ``phases`` on the skeleton's sweep (:func:`slimtrain.tasks.study.sweep.run_phases`); each finished
+    row is saved in ``out/rows`` under :func:`_job_key`. With ``resume`` a job whose saved row (same settings,
+    status ok, and its checkpoint present) exists is not run again. A failed row stays in the table (its
+    ``status`` says why)."""
+    return run_phases(phases, out / "rows", engine=cfg.engine, workers=cfg.workers, address=cfg.address,
+                      resume=resume, progress=progress, is_done=_checkpoint_done,
+                      note=lambda r: f"{r.get('label')} seed={r.get('seed')}")
+
+
+def _jobs(jobs: Sequence[dict]) -> list[Job]:
+    return [Job(_job_key(j), _job, j) for j in jobs]
 
 
 def _anchor_rows(cfg: VadSweepConfig, data: dict[str, VadSplit]) -> list[dict]:
@@ -347,24 +341,27 @@ def run_sweep(cfg: VadSweepConfig, out: str | Path, *, cache: Optional[str | Pat
     fingerprint = json.loads((Path(cache) / "manifest.json").read_text())["fingerprint"]
     for j in jobs:
         j["data_fingerprint"] = fingerprint
-    rows = _run_jobs(jobs, cfg, progress, "vad sweep", out, resume)
-    # pruning targets the MACs the DCL runs reached
-    prune_jobs = []
-    for seed in cfg.seed_list:
-        for fam in cfg.families:
-            for k in cfg.prune_kappas:
-                match = [r for r in rows if r.get("family") == fam and r.get("method") == "DCL"
-                         and r.get("status") == "ok" and r.get("seed") == seed and r.get("kappa_min") == k
-                         and r.get("budget") is None and r.get("alpha") == cfg.alpha]
-                if not match:
-                    continue
-                pre, ft = cfg.prune_split
-                prune_jobs.append({"kind": "prune", "label": _label(fam, "prune", kappa=k), "cache": cache,
-                                   "target_mflops": match[0]["mflops_per_s"], "mel_bands": match[0]["mel_bands"],
-                                   "run": {"family": fam, "epochs": ft, "pretrain_epochs": pre, "seed": seed}})
-    for j in prune_jobs:
-        j["data_fingerprint"] = fingerprint
-    rows += _run_jobs(prune_jobs, cfg, progress, "vad pruning", out, resume)
+
+    def prune_jobs(rows: list[dict]) -> list[Job]:
+        """Second phase: pruning to the MACs the same seed's DCL runs reached."""
+        pj = []
+        for seed in cfg.seed_list:
+            for fam in cfg.families:
+                for k in cfg.prune_kappas:
+                    match = [r for r in rows if r.get("family") == fam and r.get("method") == "DCL"
+                             and r.get("status") == "ok" and r.get("seed") == seed and r.get("kappa_min") == k
+                             and r.get("budget") is None and r.get("alpha") == cfg.alpha]
+                    if not match:
+                        continue
+                    pre, ft = cfg.prune_split
+                    pj.append({"kind": "prune", "label": _label(fam, "prune", kappa=k), "cache": cache,
+                               "target_mflops": match[0]["mflops_per_s"], "mel_bands": match[0]["mel_bands"],
+                               "run": {"family": fam, "epochs": ft, "pretrain_epochs": pre, "seed": seed},
+                               "data_fingerprint": fingerprint})
+        return _jobs(pj)
+
+    rows = _run_phases([Phase("vad sweep", lambda _: _jobs(jobs)), Phase("vad pruning", prune_jobs)], cfg, progress,
+                       out, resume)
     if cfg.anchors:
         rows += _anchor_rows(cfg, _load(cache))
     return _write_outputs(rows, out)
@@ -385,7 +382,7 @@ def _corpus_sweep(cfg: VadSweepConfig, jobs: list[dict], out: Path, progress: bo
         j["data_fingerprint"] = fingerprint
         if device != "cpu":
             j["device"] = device
-    rows = _run_jobs(jobs, cfg, progress, "vad sweep", out, resume)
+    rows = _run_phases([Phase("vad sweep", lambda _: _jobs(jobs))], cfg, progress, out, resume)
     return _write_outputs(rows, out)
 
 
