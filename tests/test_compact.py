@@ -440,3 +440,31 @@ def test_training_cost_table_ratios_and_interval_verdict():
     rows[-1]["metric"] = rows[-2]["metric"] = rows[-3]["metric"] = 0.95
     assert training_cost_table(rows).splitlines()[2].endswith("| no |")
     assert training_cost_table([r for r in rows if r["seed"] == 0]).splitlines()[2].endswith("| n = 1: no interval |")
+
+
+def test_training_after_cutting_attention_heads_equals_the_uncut_step():
+    """A compacted ``nn.MultiheadAttention`` trains on: its value rows are masked per kept head (the q/k/v
+    blocks are ``num_heads * head_dim`` rows after the cut, no longer ``embed_dim``)."""
+    class Attn(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.mha = nn.MultiheadAttention(16, 4, batch_first=True)
+            self.out = nn.Linear(16, 1)
+
+        def forward(self, x):
+            return self.out(self.mha(x, x, x)[0])
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 5, 16)
+    a = slimtrain.make_dynamic(Attn(), x, kappa_min=0.1)
+    a.mha.dcl.set_width(2.4)
+    b = copy.deepcopy(a)
+    assert compact(a) == {"mha.dcl": 3}
+    losses = []
+    for m in (a, b):
+        m.train()
+        loss = m(x).pow(2).mean()
+        loss.backward()
+        losses.append((loss.detach(), m.mha.dcl.theta.grad))
+    torch.testing.assert_close(losses[0][0], losses[1][0], rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(losses[0][1], losses[1][1], rtol=1e-4, atol=1e-7)

@@ -439,13 +439,34 @@ class DynamicWidth(nn.Module):
         th = self.theta
         if th.device.type != "cpu" or torch.compiler.is_compiling():
             return self.hard_mask().to(device=device, dtype=dtype)
-        key = (float(th.detach()), id(th), dtype, device)
+        return self._hard_cache(dtype, device)[0]
+
+    def _hard_cache(self, dtype: torch.dtype, device: torch.device) -> tuple[Tensor, int]:
+        """``(hard mask in dtype on device, hard width)`` for a CPU ``theta`` outside ``torch.compile``,
+        recomputed only when ``theta``'s value (or the channel count, cut by :func:`slimtrain.compact`) changed."""
+        th = self.theta
+        key = (float(th.detach()), id(th), self.num_channels, dtype, device)
         hit = self.__dict__.get("_hard_mask_cache")
         if hit is not None and hit[0] == key:
-            return hit[1]
+            return hit[1], hit[2]
         m = self.hard_mask().to(device=device, dtype=dtype)
-        self.__dict__["_hard_mask_cache"] = (key, m)
-        return m
+        h = int(self._hard_width_tensor())
+        self.__dict__["_hard_mask_cache"] = (key, m, h)
+        return m, h
+
+    def _host_hard_width(self, x: Tensor) -> Optional[int]:
+        """``hard_width`` when the eval/settled mask of ``x`` can be applied on the host path (eager, CPU,
+        :attr:`host_fast_path`), else ``None`` (then the tensor path applies :meth:`hard_mask`)."""
+        if not self.host_fast_path or x.device.type != "cpu" or self.theta.device.type != "cpu" \
+                or torch.compiler.is_compiling():
+            return None
+        return self._hard_cache(x.dtype, x.device)[1]
+
+    def passes_whole(self, x: Tensor) -> bool:
+        """True when this width leaves ``x`` exactly as it is: eval mode or settled (:attr:`frozen`) at
+        ``hard_width == num_channels`` (e.g. right after :func:`slimtrain.compact`), on the host path.
+        Layers that apply the width to their weights (GRU, attention) then skip the masking."""
+        return (not self.training or self.frozen) and self._host_hard_width(x) == self.num_channels
 
     def mask(self) -> Tensor:
         """The per-channel weight used by the current mode."""
@@ -477,6 +498,8 @@ class DynamicWidth(nn.Module):
         shape[d] = self.num_channels
         n, u = self.num_channels, self.full_channels
         if not self.training or self.frozen:
+            if self.passes_whole(x):  # every channel kept: the mask is all ones, x * 1 is x
+                return x
             return x * self._cached_hard_mask(x.dtype, x.device).view(shape)
         if self.host_fast_path and x.device.type == "cpu" and not torch.compiler.is_compiling():
             cache = self.__dict__.setdefault("_mask_cache", {})
