@@ -98,7 +98,7 @@ def _step_mask(cache: dict, n: int, width: int, dtype: torch.dtype, device: torc
 
     A cached mask is never written to (it is saved for backward as is), so reusing it is safe; the
     cache holds at most a few widths (the width moves slowly during training)."""
-    key = (width, dtype, device, inner)
+    key = (n, width, dtype, device, inner)
     m = cache.get(key)
     if m is None:
         if len(cache) >= 8:
@@ -510,9 +510,15 @@ class DynamicWidth(nn.Module):
         shape[d] = self.num_channels
         n, u = self.num_channels, self.full_channels
         if not self.training or self.frozen:
-            if self.passes_whole(x):  # every channel kept: the mask is all ones, x * 1 is x
+            h = self._host_hard_width(x)
+            if h is None:
+                return x * self._cached_hard_mask(x.dtype, x.device).view(shape)
+            if h >= n:  # every channel kept: the mask is all ones, x * 1 is x
                 return x
-            return x * self._cached_hard_mask(x.dtype, x.device).view(shape)
+            # the hard mask is the step mask of hard_width (1 below it, 0 from it on)
+            inner = math.prod(x.shape[d + 1:]) if x.is_contiguous() else 1
+            return _times_step(x, _step_mask(self.__dict__.setdefault("_mask_cache", {}), n, h, x.dtype, x.device,
+                                             inner), d, n)
         if self.host_fast_path and x.device.type == "cpu" and not torch.compiler.is_compiling():
             cache = self.__dict__.setdefault("_mask_cache", {})
             return _HostBlendFunction.apply(x, self.theta, cache, bool(self._hold), d, self.min_width / u,
