@@ -64,6 +64,7 @@ class SpoofConfig:
     warmup_epochs: int = 1
     settle_epochs: int = 0  # DCL runs: the last epochs train the weights at fixed hard widths (settle_widths)
     compact_every: Optional[int] = 0  # DCL runs: cut to the widths (slimtrain.compact) every N epochs (0: at the settle; None: never)
+    compact_steps: Optional[int] = None  # DCL runs: also cut after every N optimiser steps within the epochs
     seed: int = 0
     family: str = "resnet"  # resnet | aasist | aasist-l (width/blocks/n_mels/hop/n_fft: the ResNet only)
 
@@ -90,6 +91,8 @@ class SpoofConfig:
         if not 0 <= self.warmup_epochs < self.epochs:
             raise ValueError(f"warmup-epochs must be in [0, epochs), got {self.warmup_epochs} with epochs={self.epochs}")
         training.check_settle_epochs(self.settle_epochs, self.warmup_epochs, self.epochs)
+        if self.compact_steps is not None and (not isinstance(self.compact_steps, int) or self.compact_steps < 1):
+            raise ValueError(f"compact-steps must be an integer >= 1 (or unset), got {self.compact_steps!r}")
         return self
 
     def as_dict(self) -> dict:
@@ -176,7 +179,8 @@ def _fit(model: nn.Module, cfg: SpoofConfig, x: Tensor, y: Tensor, objective, op
          recorder: Optional[WidthRecorder], progress: bool, desc: str, device=None, settle_epochs: int = 0) -> None:
     training.fit(model, _batches(cfg, x, y, optimizer, epochs), F.binary_cross_entropy_with_logits, objective,
                  optimizer, epochs, recorder=recorder, progress=progress, desc=desc, device=device,
-                 settle_epochs=settle_epochs, compact_every=cfg.compact_every if objective is not None else 0)
+                 settle_epochs=settle_epochs, compact_every=cfg.compact_every if objective is not None else 0,
+                 compact_steps=cfg.compact_steps if objective is not None else None)
 
 
 def train_run(
