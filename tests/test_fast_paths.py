@@ -170,3 +170,20 @@ def test_host_blend_with_axes_after_the_channel_equals_the_tensor_path(n, inner,
     if layout == "contiguous" or frozen:
         assert torch.allclose(y1, y2, atol=1e-12, rtol=0)
         assert t1 == pytest.approx(t2, rel=1e-9, abs=1e-12)
+
+
+def test_a_subclass_with_its_own_masks_takes_no_shortcut():
+    """The shortcuts read the masks from ``theta``; a subclass that defines its masks otherwise (the gated
+    baseline's open gates) keeps its own masking, even where ``theta`` says every channel is kept."""
+    from slimtrain.dcl import standard_width
+
+    class Odd(DynamicWidth):
+        def hard_mask(self):
+            return (torch.arange(self.num_channels) % 2 == 0).to(self.theta.dtype)
+
+    plain, odd = DynamicWidth(4).eval(), Odd(4).eval()
+    x = torch.ones(2, 4)
+    assert standard_width(plain) and not standard_width(odd)
+    assert plain.passes_whole(x) and not odd.passes_whole(x)
+    y = masked_layer_norm(torch.randn(3, 4), odd, None, None, 1e-5)
+    assert torch.all(y[:, 1::2] == 0)  # the odd channels are masked, not a LayerNorm of all four

@@ -352,6 +352,23 @@ def _resolve_bounds(
     return lo, hi
 
 
+_MASK_API = ("forward", "width", "hard_width", "keep_share", "soft_mask", "hard_mask", "mask", "_hard_width_tensor")
+
+
+def standard_width(d: "DynamicWidth") -> bool:
+    """True when ``d``'s masks are those of :class:`DynamicWidth` itself (a subclass that overrides none of
+    its width or mask methods): the host-path shortcuts that compute the masks from ``theta`` (the masked
+    LayerNorm, the whole-width skips) apply only then."""
+    cls = type(d)
+    ok = _STANDARD.get(cls)
+    if ok is None:
+        ok = _STANDARD[cls] = all(getattr(cls, a) is getattr(DynamicWidth, a) for a in _MASK_API)
+    return ok
+
+
+_STANDARD: dict = {}
+
+
 class DynamicWidth(nn.Module):
     """Make the number of channels of a feature tensor a learnable scalar ``K``.
 
@@ -470,7 +487,7 @@ class DynamicWidth(nn.Module):
         """``hard_width`` when the eval/settled mask of ``x`` can be applied on the host path (eager, CPU,
         :attr:`host_fast_path`), else ``None`` (then the tensor path applies :meth:`hard_mask`)."""
         if not self.host_fast_path or x.device.type != "cpu" or self.theta.device.type != "cpu" \
-                or torch.compiler.is_compiling():
+                or torch.compiler.is_compiling() or not standard_width(self):
             return None
         return self._hard_cache(x.dtype, x.device)[1]
 

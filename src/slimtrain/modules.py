@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from .dcl import DynamicWidth, _width_value, first_order_backward
+from .dcl import DynamicWidth, _width_value, first_order_backward, standard_width
 
 __all__ = ["DynamicOutput", "DynamicRecurrent", "MaskedLayerNorm", "PrunedMultiheadAttention", "TransformerBlock"]
 
@@ -173,7 +173,8 @@ class _HostMaskedLayerNorm(torch.autograd.Function):
 def _host_masked_ln_ok(x: Tensor, dcl: DynamicWidth, weight: Optional[Tensor], bias: Optional[Tensor]) -> bool:
     """The eager-CPU case (float32 or float64 throughout) that :class:`_HostMaskedLayerNorm` and the sliced
     eval form cover."""
-    return (dcl.host_fast_path and x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64)
+    return (dcl.host_fast_path and standard_width(dcl) and x.device.type == "cpu"
+            and x.dtype in (torch.float32, torch.float64)
             and dcl.theta.dtype == x.dtype and dcl.theta.device.type == "cpu" and x.dim() >= 1
             and x.shape[-1] == dcl.num_channels and not torch.compiler.is_compiling()
             and all(p is None or (p.dtype == x.dtype and p.device.type == "cpu") for p in (weight, bias)))
