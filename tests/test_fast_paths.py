@@ -187,3 +187,20 @@ def test_a_subclass_with_its_own_masks_takes_no_shortcut():
     assert plain.passes_whole(x) and not odd.passes_whole(x)
     y = masked_layer_norm(torch.randn(3, 4), odd, None, None, 1e-5)
     assert torch.all(y[:, 1::2] == 0)  # the odd channels are masked, not a LayerNorm of all four
+
+
+@pytest.mark.parametrize("frozen", [False, True])
+def test_an_in_place_op_may_follow_the_width(frozen):
+    """The masked tensor is a tensor of its own, not a view (``ReLU(inplace=True)`` after a BatchNorm's DCL)."""
+    out = []
+    for fast in (True, False):
+        torch.manual_seed(0)
+        d = DynamicWidth(6, dim=1).train()
+        d.set_width(3.6)
+        d.frozen = frozen
+        d.host_fast_path = fast
+        x = torch.randn(2, 6, 4, 5, requires_grad=True)
+        y = torch.relu_(d(x))
+        (y * torch.linspace(-1, 1, y.numel()).view_as(y)).sum().backward()
+        out.append((y.detach(), x.grad))
+    assert torch.allclose(out[0][0], out[1][0], atol=1e-6) and torch.allclose(out[0][1], out[1][1], atol=1e-6)

@@ -117,7 +117,12 @@ def _times_step(x: Tensor, step: Tensor, d: int, n: int) -> Tensor:
     axes after ``d`` are short (a per-head width on ``(B, T, heads, head_dim)``: 7x on head_dim 8)."""
     full = step.numel()
     if x.numel() and x.is_contiguous() and full == n * math.prod(x.shape[d + 1:]):
-        return (x.view(-1, full) * step).view(x.shape)
+        if torch.is_grad_enabled() and (x.requires_grad or step.requires_grad):  # autograd records the view
+            return (x.view(-1, full) * step).view(x.shape)
+        # inside a custom Function: the output must not be a view (an in-place op may follow the width)
+        y = torch.empty_like(x, memory_format=torch.contiguous_format)
+        torch.mul(x.view(-1, full), step, out=y.view(-1, full))
+        return y
     shape = [1] * x.dim()
     shape[d] = n
     return x * step.view(n, -1)[:, 0].view(shape)
