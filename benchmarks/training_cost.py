@@ -8,7 +8,9 @@ with paired seeds (the same seed: the same data order and initialisation stream)
   widths and spread mel bands for the Transformer; anti-spoofing: all four stages, the floor budget),
   never compacted (``compact_every=None``);
 * ``compact``: the same DCL run cut to its widths after every epoch and at the settle point
-  (``compact_every=1``, :func:`slimtrain.compact`).
+  (``compact_every=1``, :func:`slimtrain.compact`); the anti-spoofing run (4 long epochs) also after every
+  8 optimiser steps (``compact_steps=8``). A cut changes no training step (the kept channels compute
+  what they computed), so the two DCL arms differ only in what they cost.
 
 Every run is a fresh subprocess with one torch thread; runs are interleaved (plain, dcl, compact for
 one seed, then the next seed), so a change of load on the shared machine hits the arms alike. Reported
@@ -45,6 +47,7 @@ MODELS = ("vad-crnn", "vad-transformer", "spoof")
 ARMS = ("plain", "dcl", "compact")
 GOAL = 0.8
 KAPPA = 0.25
+COMPACT_STEPS = 8  # anti-spoofing compacted arm: also cut every 8 optimiser steps (fit(compact_steps=8))
 FIELDS = ["model", "arm", "seed", "epochs", "quick", "cpu_seconds", "loop_cpu_seconds", "peak_rss_mib", "train_rss_mib", "metric_name",
           "metric", "mflops_per_s", "params", "widths"]
 
@@ -101,7 +104,9 @@ def run_one(job: dict) -> dict:
         from slimtrain.tasks.spoof.train import SpoofConfig, train_run
 
         _timed(spoof_train, "_fit", loop)
-        over = {"epochs": epochs, "seed": seed, "compact_every": compact_every}
+        over = {"epochs": epochs, "seed": seed, "compact_every": compact_every,
+                # the widths fall inside the first epoch after the warm-up: cut every 8 of its 56 steps
+                "compact_steps": COMPACT_STEPS if arm == "compact" else None}
         cfg = SpoofConfig(**over)  # the sweep's network (ResNet34 blocks, width 8), also with --quick data
         train, test = load_split(Path(data), "train"), load_split(Path(data), "eval")
         unseen = tuple(json.loads((Path(data) / "manifest.json").read_text())["unseen_attacks"])

@@ -319,6 +319,18 @@ def test_fit_compaction_does_not_change_the_run(tmp_path):
     assert slimtrain.dynamic_widths(cut[0]) == pytest.approx(slimtrain.dynamic_widths(plain[0]), abs=1e-3)
 
 
+def test_fit_compacting_within_epochs_does_not_change_the_run(tmp_path):
+    """``compact_steps``: cuts between optimiser steps inside an epoch, still the uncut run's steps."""
+    plain = _run(tmp_path / "a", 3)
+    cut = _run(tmp_path / "b", 3, compact_every=0, compact_steps=2)
+    assert cut[0].fc1.out_features < 12  # cut inside the epochs (compact_every=0: never at their end)
+    assert [r.train_loss for r in cut[2]] == pytest.approx([r.train_loss for r in plain[2]], rel=1e-4)
+    assert slimtrain.dynamic_widths(cut[0]) == pytest.approx(slimtrain.dynamic_widths(plain[0]), abs=1e-3)
+    for bad in (0, -3, 1.5, True):
+        with pytest.raises(ValueError, match="compact_steps must be an integer >= 1"):
+            _run(tmp_path / "c", 1, compact_steps=bad)
+
+
 def test_fit_always_compacts_at_the_settle_point(tmp_path):
     model, opt, res, x = _run(tmp_path, 4, settle_epochs=2)
     assert compacted_sizes(model) == {"bn1.dcl": model.bn1.dcl.hard_width, "fc2.dcl": model.fc2.dcl.hard_width}
@@ -440,3 +452,40 @@ def test_training_cost_table_ratios_and_interval_verdict():
     rows[-1]["metric"] = rows[-2]["metric"] = rows[-3]["metric"] = 0.95
     assert training_cost_table(rows).splitlines()[2].endswith("| no |")
     assert training_cost_table([r for r in rows if r["seed"] == 0]).splitlines()[2].endswith("| n = 1: no interval |")
+
+
+def test_training_after_cutting_attention_heads_equals_the_uncut_step():
+    """A compacted ``nn.MultiheadAttention`` trains on: its value rows are masked per kept head (the q/k/v
+    blocks are ``num_heads * head_dim`` rows after the cut, no longer ``embed_dim``)."""
+    class Attn(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.mha = nn.MultiheadAttention(16, 4, batch_first=True)
+            self.out = nn.Linear(16, 1)
+
+        def forward(self, x):
+            return self.out(self.mha(x, x, x)[0])
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 5, 16)
+    a = slimtrain.make_dynamic(Attn(), x, kappa_min=0.1)
+    a.mha.dcl.set_width(2.4)
+    b = copy.deepcopy(a)
+    assert compact(a) == {"mha.dcl": 3}
+    losses = []
+    for m in (a, b):
+        m.train()
+        loss = m(x).pow(2).mean()
+        loss.backward()
+        losses.append((loss.detach(), m.mha.dcl.theta.grad))
+    torch.testing.assert_close(losses[0][0], losses[1][0], rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(losses[0][1], losses[1][1], rtol=1e-4, atol=1e-7)
+
+
+def test_spoof_config_takes_compact_steps():
+    from slimtrain.tasks.spoof.train import SpoofConfig
+
+    assert SpoofConfig(compact_steps=8).validate().as_dict()["compact_steps"] == 8
+    for bad in (0, -1, 2.5):
+        with pytest.raises(ValueError, match="compact-steps must be an integer >= 1"):
+            SpoofConfig(compact_steps=bad).validate()

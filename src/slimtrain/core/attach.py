@@ -128,6 +128,8 @@ def _dynamic_rnn_forward(self: nn.Module, x: Tensor, hx=None):
     from torch.nn.utils.stateless import _reparametrize_module
 
     dcl: DynamicWidth = self._modules[DCL_CHILD]  # type: ignore[assignment]
+    if dcl.passes_whole(x):  # settled or eval at full width: every weight and output unmasked
+        return type(self).forward(self, x) if hx is None else type(self).forward(self, x, hx)
     mask = dcl.mask()
     with _reparametrize_module(self, _masked_rnn_params(self, mask)):
         out, h = type(self).forward(self, x) if hx is None else type(self).forward(self, x, hx)
@@ -172,10 +174,10 @@ def _replace_forward(module: nn.Module, dcl: DynamicWidth, forward, attached: bo
 def _masked_mha_params(mha: nn.Module, mask: Tensor) -> dict[str, Tensor]:
     """The value projection's rows (and ``bias_v``) scaled by their head's signal weight: a head whose weight is
     0 then adds nothing to the attention output, exactly an attention without that head."""
-    e = mha.embed_dim
     m = mask.repeat_interleave(mha.head_dim).to(mha.out_proj.weight.dtype)
     params: dict[str, Tensor] = {}
-    scale = torch.cat([torch.ones(2 * e, dtype=m.dtype, device=m.device), m])  # q and k rows kept, v rows masked
+    # q and k rows kept, v rows masked; each block is num_heads * head_dim rows (below embed_dim once compacted)
+    scale = torch.cat([torch.ones(2 * m.numel(), dtype=m.dtype, device=m.device), m])
     if mha._qkv_same_embed_dim:
         params["in_proj_weight"] = mha.in_proj_weight * scale[:, None]
     else:
@@ -195,6 +197,8 @@ def _dynamic_mha_forward(self: nn.Module, *args, **kwargs):
     from torch.nn.utils.stateless import _reparametrize_module
 
     dcl: DynamicWidth = self._modules[DCL_CHILD]  # type: ignore[assignment]
+    if args and isinstance(args[0], Tensor) and dcl.passes_whole(args[0]):  # every head kept whole
+        return type(self).forward(self, *args, **kwargs)
     with _reparametrize_module(self, _masked_mha_params(self, dcl.mask())):
         return type(self).forward(self, *args, **kwargs)
 

@@ -92,20 +92,40 @@ def _width_value(t: float, lo: float, hi: float, n: int, dtype: torch.dtype) -> 
     return float(torch.tensor(c, dtype=dtype) * n)
 
 
-def _step_mask(cache: dict, n: int, width: int, dtype: torch.dtype, device: torch.device) -> Tensor:
-    """``[1] * width + [0] * (n - width)`` as a tensor, cached per (width, dtype, device).
+def _step_mask(cache: dict, n: int, width: int, dtype: torch.dtype, device: torch.device, inner: int = 1) -> Tensor:
+    """``[1] * width + [0] * (n - width)`` as a tensor, each entry repeated ``inner`` times (the size of
+    the axes after the channel axis), cached per (width, dtype, device, inner).
 
     A cached mask is never written to (it is saved for backward as is), so reusing it is safe; the
     cache holds at most a few widths (the width moves slowly during training)."""
-    key = (width, dtype, device)
+    key = (n, width, dtype, device, inner)
     m = cache.get(key)
     if m is None:
         if len(cache) >= 8:
             cache.clear()
-        m = torch.zeros(n, dtype=dtype, device=device)
-        m[:width] = 1
+        m = torch.zeros(n * inner, dtype=dtype, device=device)
+        m[:width * inner] = 1
         cache[key] = m
     return m
+
+
+def _times_step(x: Tensor, step: Tensor, d: int, n: int) -> Tensor:
+    """``x`` times the channel mask ``step`` along axis ``d`` (``step`` repeated for the axes after ``d``).
+
+    A contiguous ``x`` is multiplied as ``(rest, n * inner)`` by a vector over its last axis: the same
+    products as broadcasting ``step.view(1, .., n, 1, ..)``, which runs several times slower when the
+    axes after ``d`` are short (a per-head width on ``(B, T, heads, head_dim)``: 7x on head_dim 8)."""
+    full = step.numel()
+    if x.numel() and x.is_contiguous() and full == n * math.prod(x.shape[d + 1:]):
+        if torch.is_grad_enabled() and (x.requires_grad or step.requires_grad):  # autograd records the view
+            return (x.view(-1, full) * step).view(x.shape)
+        # inside a custom Function: the output must not be a view (an in-place op may follow the width)
+        y = torch.empty_like(x, memory_format=torch.contiguous_format)
+        torch.mul(x.view(-1, full), step, out=y.view(-1, full))
+        return y
+    shape = [1] * x.dim()
+    shape[d] = n
+    return x * step.view(n, -1)[:, 0].view(shape)
 
 
 class _HostBlendFunction(torch.autograd.Function):
@@ -140,10 +160,9 @@ class _HostBlendFunction(torch.autograd.Function):
             return x.clone()
         w = k - i
         s, c = math.sin(_HALF_PI * w), math.cos(_HALF_PI * w)
-        shape = [1] * x.dim()
-        shape[d] = n
-        step = _step_mask(cache, n, i, x.dtype, x.device)
-        y = x * step.view(shape)
+        inner = math.prod(x.shape[d + 1:])
+        step = _step_mask(cache, n, i, x.dtype, x.device, inner if x.is_contiguous() else 1)
+        y = _times_step(x, step, d, n)
         xi = x.detach().select(d, i)
         nu = torch.randn_like(xi)
         # statistics in at least float32 (half inputs), in float64 for float64 inputs
@@ -172,9 +191,7 @@ class _HostBlendFunction(torch.autograd.Function):
         grad_x = grad_t = None
         gi = g.select(d, i)
         if ctx.needs_input_grad[0]:
-            shape = [1] * g.dim()
-            shape[d] = n
-            grad_x = g * (step if step.dtype == g.dtype else step.to(g.dtype)).view(shape)
+            grad_x = _times_step(g, step if step.dtype == g.dtype else step.to(g.dtype), d, n)
             grad_x.select(d, i).add_(gi, alpha=ctx.s)
         if ctx.needs_input_grad[1]:
             gt = 0.0 if v is None else float((gi * v).sum()) * (_HALF_PI * ctx.u)
@@ -340,6 +357,23 @@ def _resolve_bounds(
     return lo, hi
 
 
+_MASK_API = ("forward", "width", "hard_width", "keep_share", "soft_mask", "hard_mask", "mask", "_hard_width_tensor")
+
+
+def standard_width(d: "DynamicWidth") -> bool:
+    """True when ``d``'s masks are those of :class:`DynamicWidth` itself (a subclass that overrides none of
+    its width or mask methods): the host-path shortcuts that compute the masks from ``theta`` (the masked
+    LayerNorm, the whole-width skips) apply only then."""
+    cls = type(d)
+    ok = _STANDARD.get(cls)
+    if ok is None:
+        ok = _STANDARD[cls] = all(getattr(cls, a) is getattr(DynamicWidth, a) for a in _MASK_API)
+    return ok
+
+
+_STANDARD: dict = {}
+
+
 class DynamicWidth(nn.Module):
     """Make the number of channels of a feature tensor a learnable scalar ``K``.
 
@@ -439,13 +473,34 @@ class DynamicWidth(nn.Module):
         th = self.theta
         if th.device.type != "cpu" or torch.compiler.is_compiling():
             return self.hard_mask().to(device=device, dtype=dtype)
-        key = (float(th.detach()), id(th), dtype, device)
+        return self._hard_cache(dtype, device)[0]
+
+    def _hard_cache(self, dtype: torch.dtype, device: torch.device) -> tuple[Tensor, int]:
+        """``(hard mask in dtype on device, hard width)`` for a CPU ``theta`` outside ``torch.compile``,
+        recomputed only when ``theta``'s value (or the channel count, cut by :func:`slimtrain.compact`) changed."""
+        th = self.theta
+        key = (float(th.detach()), id(th), self.num_channels, dtype, device)
         hit = self.__dict__.get("_hard_mask_cache")
         if hit is not None and hit[0] == key:
-            return hit[1]
+            return hit[1], hit[2]
         m = self.hard_mask().to(device=device, dtype=dtype)
-        self.__dict__["_hard_mask_cache"] = (key, m)
-        return m
+        h = int(self._hard_width_tensor())
+        self.__dict__["_hard_mask_cache"] = (key, m, h)
+        return m, h
+
+    def _host_hard_width(self, x: Tensor) -> Optional[int]:
+        """``hard_width`` when the eval/settled mask of ``x`` can be applied on the host path (eager, CPU,
+        :attr:`host_fast_path`), else ``None`` (then the tensor path applies :meth:`hard_mask`)."""
+        if not self.host_fast_path or x.device.type != "cpu" or self.theta.device.type != "cpu" \
+                or torch.compiler.is_compiling() or not standard_width(self):
+            return None
+        return self._hard_cache(x.dtype, x.device)[1]
+
+    def passes_whole(self, x: Tensor) -> bool:
+        """True when this width leaves ``x`` exactly as it is: eval mode or settled (:attr:`frozen`) at
+        ``hard_width == num_channels`` (e.g. right after :func:`slimtrain.compact`), on the host path.
+        Layers that apply the width to their weights (GRU, attention) then skip the masking."""
+        return (not self.training or self.frozen) and self._host_hard_width(x) == self.num_channels
 
     def mask(self) -> Tensor:
         """The per-channel weight used by the current mode."""
@@ -477,7 +532,15 @@ class DynamicWidth(nn.Module):
         shape[d] = self.num_channels
         n, u = self.num_channels, self.full_channels
         if not self.training or self.frozen:
-            return x * self._cached_hard_mask(x.dtype, x.device).view(shape)
+            h = self._host_hard_width(x)
+            if h is None:
+                return x * self._cached_hard_mask(x.dtype, x.device).view(shape)
+            if h >= n:  # every channel kept: the mask is all ones, x * 1 is x
+                return x
+            # the hard mask is the step mask of hard_width (1 below it, 0 from it on)
+            inner = math.prod(x.shape[d + 1:]) if x.is_contiguous() else 1
+            return _times_step(x, _step_mask(self.__dict__.setdefault("_mask_cache", {}), n, h, x.dtype, x.device,
+                                             inner), d, n)
         if self.host_fast_path and x.device.type == "cpu" and not torch.compiler.is_compiling():
             cache = self.__dict__.setdefault("_mask_cache", {})
             return _HostBlendFunction.apply(x, self.theta, cache, bool(self._hold), d, self.min_width / u,

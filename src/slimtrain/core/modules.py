@@ -16,12 +16,13 @@ from __future__ import annotations
 import math
 from typing import Optional
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from .dcl import DynamicWidth
+from .dcl import DynamicWidth, _width_value, first_order_backward, standard_width
 
 __all__ = ["DynamicOutput", "DynamicRecurrent", "MaskedLayerNorm", "PrunedMultiheadAttention", "TransformerBlock"]
 
@@ -65,6 +66,8 @@ class DynamicRecurrent(nn.Module):
 
     def forward(self, x: Tensor, hx=None):
         dcl = self.dcl
+        if dcl.passes_whole(x):  # settled or eval at full width: nothing is masked
+            return self.rnn(x) if hx is None else self.rnn(x, hx)
         mask = dcl.mask()
         out, h = functional_call(self.rnn, self._masked_params(mask), (x,) if hx is None else (x, hx))
         dirs = 2 if self.rnn.bidirectional else 1
@@ -78,12 +81,122 @@ class DynamicRecurrent(nn.Module):
         return out, h
 
 
+class _HostMaskedLayerNorm(torch.autograd.Function):
+    """The eager-CPU fast path of :func:`masked_layer_norm` in training: the same values and gradients
+    (to float rounding) in one autograd node with a hand-written backward, instead of the ~15 autograd
+    nodes of the tensor form (a DCL training step of the VAD Transformer spent more in them than in
+    its four LayerNorms' arithmetic).
+
+    With ``w_j = clamp(K - j, 0, 1)`` (``K = N`` while held), ``W = sum w``, ``m_j = sin(pi/2 w_j)``:
+    ``mu = <x, w> / W``, ``var = <(x - mu)^2, w> / W``, ``r = (var + eps)^-1/2``, ``yh = (x - mu) r``,
+    ``y = (yh gamma + beta) m``. Backward with ``gm = g gamma m``, ``S1 = sum_j gm_j``, ``S2 = sum_j gm_j yh_j``:
+    ``dx = r (gm - w / W (S1 + yh S2))``; ``dgamma = sum g yh m``, ``dbeta = sum g m``; and for the width
+    ``dL/dw_j = sum[-yh_j S1 / W - S2 (yh_j^2 - var r^2) / (2W)] + pi/2 cos(pi/2 w_j) sum g_j (yh_j gamma_j + beta_j)``
+    over the channels where the clamp of ``w_j`` passes a gradient (``0 <= K - j <= 1``), ``dL/dtheta = U dL/dK``
+    with the inward-clamp rule of :class:`~slimtrain.core.dcl.DynamicWidth`.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, theta: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
+                dcl: DynamicWidth, eps: float) -> Tensor:  # type: ignore[override]
+        n, u = dcl.num_channels, dcl.full_channels
+        lo, hi = dcl.min_width / u, dcl.max_width / u
+        held = bool(dcl._hold)
+        t = theta.item()
+        k = float(n) if held else _width_value(t, lo, hi, u, theta.dtype)
+        i = min(int(math.floor(k)), n)
+        total = float(n) if held else k  # sum of the shares: i whole channels and k - i of channel i
+        zeros = [0.0] * (n - i - 1)
+        if i < n:  # rows: the shares w, w / total, and the signal weights m = sin(pi/2 w)
+            rows = [[1.0] * i + [k - i] + zeros, [1.0 / total] * i + [(k - i) / total] + zeros,
+                    [1.0] * i + [math.sin(0.5 * math.pi * (k - i))] + zeros]
+        else:
+            rows = [[1.0] * n, [1.0 / total] * n, [1.0] * n]
+        w, wt, m = torch.tensor(rows, dtype=x.dtype).unbind(0)
+        xc = x - torch.matmul(x, wt).unsqueeze(-1)
+        var = torch.matmul(xc * xc, wt)
+        r = (var + eps).rsqrt_().unsqueeze(-1)
+        yh = xc.mul_(r)
+        a = m if weight is None else weight.detach() * m
+        y = yh * a if bias is None else torch.addcmul(bias.detach() * m, yh, a)
+        ctx.save_for_backward(yh, r, var, wt, m, weight, bias)
+        ctx.k, ctx.i, ctx.n, ctx.u, ctx.t, ctx.lo, ctx.hi, ctx.held, ctx.total = k, i, n, u, t, lo, hi, held, total
+        return y
+
+    @staticmethod
+    @first_order_backward
+    def backward(ctx, g: Tensor):  # type: ignore[override]
+        yh, r, var, wt, m, weight, bias = ctx.saved_tensors
+        total, n, k = ctx.total, ctx.n, ctx.k
+        a = m if weight is None else weight * m
+        gx = gt = gw = gb = None
+        need_x, need_t = ctx.needs_input_grad[0], ctx.needs_input_grad[1] and not ctx.held
+        need_w = weight is not None and ctx.needs_input_grad[2]
+        need_b = bias is not None and ctx.needs_input_grad[3]
+        gy = g * yh if need_x or need_w or need_t else None
+        gy_sum = gy.reshape(-1, n).sum(0) if need_w or need_t else None
+        g_sum = g.reshape(-1, n).sum(0) if need_b or need_t else None
+        if need_x or need_t:
+            s1 = torch.matmul(g, a).unsqueeze(-1)
+            s2 = torch.matmul(gy, a).unsqueeze(-1)
+        if need_x:
+            gx = torch.addcmul(g * a, torch.addcmul(s1, yh, s2), wt, value=-1.0).mul_(r)
+        if need_w:
+            gw = gy_sum * m
+        if need_b:
+            gb = g_sum * m
+        if ctx.needs_input_grad[1]:
+            v = 0.0
+            js = [j for j in (ctx.i - 1, ctx.i) if 0 <= j < n and 0.0 <= k - j <= 1.0]  # where the clamp passes
+            if need_t and js:  # the few sums over rows in NumPy (small arrays: less per-call overhead than torch)
+                ys = yh.detach().reshape(-1, n).numpy()
+                s1f, s2f = s1.detach().reshape(-1).numpy(), s2.detach().reshape(-1).numpy()
+                rf = r.detach().reshape(-1).numpy()
+                sr = float(np.dot(s2f, var.detach().numpy().reshape(-1) * rf * rf))  # sum S2 var r^2
+                gys, gs = gy_sum.detach().numpy(), g_sum.detach().numpy()
+                gam = None if weight is None else weight.detach().numpy()
+                bet = None if bias is None else bias.detach().numpy()
+                for j in js:
+                    col = ys[:, j]
+                    wj = min(max(k - j, 0.0), 1.0)
+                    stats = -(float(np.dot(s1f, col)) + 0.5 * (float(np.dot(s2f, col * col)) - sr)) / total
+                    gm = float(gys[j]) * (1.0 if gam is None else float(gam[j])) \
+                        + (0.0 if bet is None else float(gs[j]) * float(bet[j]))
+                    v += stats + 0.5 * math.pi * math.cos(0.5 * math.pi * wj) * gm
+                v *= ctx.u
+                if (ctx.t < ctx.lo and v > 0) or (ctx.t > ctx.hi and v < 0):  # inward clamp rule
+                    v = 0.0
+            gt = torch.tensor(v, dtype=yh.dtype)
+        return gx, gt, gw, gb, None, None
+
+
+def _host_masked_ln_ok(x: Tensor, dcl: DynamicWidth, weight: Optional[Tensor], bias: Optional[Tensor]) -> bool:
+    """The eager-CPU case (float32 or float64 throughout) that :class:`_HostMaskedLayerNorm` and the sliced
+    eval form cover."""
+    return (dcl.host_fast_path and standard_width(dcl) and x.device.type == "cpu"
+            and x.dtype in (torch.float32, torch.float64)
+            and dcl.theta.dtype == x.dtype and dcl.theta.device.type == "cpu" and x.dim() >= 1
+            and x.shape[-1] == dcl.num_channels and not torch.compiler.is_compiling()
+            and all(p is None or (p.dtype == x.dtype and p.device.type == "cpu") for p in (weight, bias)))
+
+
 def masked_layer_norm(x: Tensor, dcl: DynamicWidth, weight: Optional[Tensor], bias: Optional[Tensor],
                       eps: float) -> Tensor:
     """LayerNorm over the last axis whose statistics count channel ``i`` with the weight
     ``clamp(K - i, 0, 1)`` of ``dcl`` (its hard mask in eval or when frozen); channels outside the
     width are zero on output."""
     soft = dcl.training and not dcl.frozen
+    if _host_masked_ln_ok(x, dcl, weight, bias):
+        if soft:
+            return _HostMaskedLayerNorm.apply(x, dcl.theta, weight, bias, dcl, eps)
+        h = dcl._host_hard_width(x)
+        if h is not None:  # a LayerNorm of the first h channels; the channels above are zero
+            n = dcl.num_channels
+            if h >= n:
+                return F.layer_norm(x, (n,), weight, bias, eps)
+            part = F.layer_norm(x[..., :h], (h,), None if weight is None else weight[:h],
+                                None if bias is None else bias[:h], eps)
+            return F.pad(part, (0, n - h))
     share = dcl.keep_share() if soft else dcl.hard_mask()
     w = share.to(x.dtype)
     total = w.sum()

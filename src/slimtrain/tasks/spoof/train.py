@@ -61,6 +61,7 @@ class SpoofConfig(TrainConfig):
     epochs: int = 4
     width_lr: float = 0.02
     lr_final: float = 0.05
+    compact_steps: Optional[int] = None  # DCL runs: also cut after every N optimiser steps within the epochs
     family: str = "resnet"  # resnet | aasist | aasist-l (width/blocks/n_mels/hop/n_fft: the ResNet only)
 
     FAMILIES: ClassVar[tuple[str, ...]] = FAMILIES
@@ -74,6 +75,9 @@ class SpoofConfig(TrainConfig):
         if self.warmup_epochs >= self.epochs:
             raise StudyConfigError(f"warmup-epochs must be in [0, epochs), got {self.warmup_epochs} with "
                                    f"epochs={self.epochs}")
+        if self.compact_steps is not None and (isinstance(self.compact_steps, bool) or not isinstance(self.compact_steps, int)
+                                               or self.compact_steps < 1):
+            raise StudyConfigError(f"compact-steps must be an integer >= 1 (or unset), got {self.compact_steps!r}")
 
     def as_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -153,7 +157,8 @@ def eer_report(split: SpoofSplit, scores: np.ndarray, unseen: Sequence[str]) -> 
 def _fit(model: nn.Module, cfg: SpoofConfig, x: Tensor, y: Tensor, objective, optimizer, epochs: int,
          recorder: Optional[WidthRecorder], progress: bool, desc: str, device=None, settle_epochs: int = 0) -> None:
     fit_epochs(model, cfg, x, y, F.binary_cross_entropy_with_logits, objective, optimizer, epochs, recorder=recorder,
-               progress=progress, desc=desc, device=device, settle_epochs=settle_epochs)
+               progress=progress, desc=desc, device=device, settle_epochs=settle_epochs,
+               compact_steps=cfg.compact_steps if objective is not None else None)
 
 
 def train_run(
