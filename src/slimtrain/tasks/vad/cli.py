@@ -283,6 +283,9 @@ def register(commands, data_commands) -> None:
     ev.add_argument("--csv", type=Path, default=None, metavar="FILE", help="also write the rows to this CSV")
     ev.add_argument("--json", type=Path, default=None, metavar="FILE",
                     help="also write the rows as JSON (for 'python -m slimtrain.tasks.ship --metrics')")
+    ev.add_argument("--by-noise", type=Path, default=None, metavar="FILE",
+                    help="also write frame AUC and EER per noise type x SNR band of every model to FILE (.csv, "
+                         "or JSON for any other suffix; rows 'all' pool a noise type or a band) and print the AUCs")
     ev.add_argument("--no-silero", action="store_true", help="leave Silero VAD out")
     ev.add_argument("--no-progress", action="store_true", help="no progress bars")
     add_eval_data_arguments(ev)
@@ -382,17 +385,23 @@ def _cmd_eval(args) -> int:
         if args.test_data is None:
             raise ValueError("slimtrain vad eval: --val-data chooses thresholds; give the corpus to score with --test-data")
         return cmd_eval_corpus(args)
-    from .evaluate import evaluate_models, format_rows, write_rows
+    from .evaluate import evaluate_models, format_breakdown, format_rows, write_rows
 
     models = [None if str(m) == "shipped" else m for m in (args.model or [None])]
     t0 = time.perf_counter()
-    rows = evaluate_models(models, args.eval_set, args.data, unseen_dir=args.unseen, silero=not args.no_silero)
+    by_noise: "list | None" = [] if args.by_noise is not None else None
+    rows = evaluate_models(models, args.eval_set, args.data, unseen_dir=args.unseen, silero=not args.no_silero,
+                           breakdown=by_noise)
     print(f"# set {args.eval_set} ({rows[0]['clips']} clips, fingerprint {rows[0]['set_fingerprint']}); thresholds "
           f"from the validation split of {args.data} (fingerprint {rows[0]['data_fingerprint']})")
     print(format_rows(rows))
     for path in (args.csv, args.json):
         if path is not None:
             print(f"wrote {write_rows(rows, path)}")
+    if by_noise is not None:
+        print("# frame AUC per noise type x SNR band")
+        print(format_breakdown(by_noise))
+        print(f"wrote {write_rows(by_noise, args.by_noise)}")
     print(f"({time.perf_counter() - t0:.0f}s)")
     return 0
 

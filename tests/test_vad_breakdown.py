@@ -1,0 +1,113 @@
+"""Frame AUC/EER per noise type x SNR band (``slimtrain vad eval --by-noise``): every cell equals the metric
+computed with scikit-learn on the frames of the clips it selects; bad inputs are named; the eval command
+writes the breakdown and its pooled band rows agree with the per-band AUC columns it already reported."""
+from __future__ import annotations
+
+import csv
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+from sklearn.metrics import roc_auc_score, roc_curve
+
+from slimtrain.tasks.vad.breakdown import ALL, BreakdownError, hardest, noise_snr_breakdown
+
+BANDS = {"< 5 dB": (-math.inf, 5), "5-15 dB": (5, 15), "15-25 dB": (15, 25), ">= 25 dB": (25, math.inf)}
+
+
+def _eer_by_hand(y: np.ndarray, s: np.ndarray) -> float:
+    fpr, tpr, _ = roc_curve(y, s)
+    fnr = 1 - tpr
+    i = int(np.flatnonzero(fnr - fpr <= 0)[0])
+    d0, d1 = fnr[i - 1] - fpr[i - 1], fnr[i] - fpr[i]
+    return float(fpr[i - 1] + d0 / (d0 - d1) * (fpr[i] - fpr[i - 1]))
+
+
+def _fixture(rng: np.random.Generator, clips: int, frames: int = 30):
+    labels = (rng.random((clips, frames)) < 0.5).astype(np.uint8)
+    labels[:, 0], labels[:, 1] = 0, 1  # both classes in every clip
+    scores = labels * rng.normal(1.0, 1.0, (clips, frames)) + rng.normal(0, 1.0, (clips, frames))
+    return labels, scores
+
+
+@settings(max_examples=15, deadline=None)
+@given(seed=st.integers(0, 10_000), clips=st.integers(1, 14))
+def test_every_cell_is_sklearn_on_the_frames_of_its_clips(seed, clips):
+    rng = np.random.default_rng(seed)
+    labels, scores = _fixture(rng, clips)
+    snr = rng.choice([-5.0, 4.99, 5.0, 14.0, 15.0, 24.9, 25.0, 60.0], clips)
+    noise = [str(x) for x in rng.choice(["babble", "white", "music"], clips)]
+    rows = noise_snr_breakdown(labels, scores, snr, noise)
+    seen = set()
+    for r in rows:
+        lo, hi = BANDS.get(r["band"], (-math.inf, math.inf))
+        sel = np.array([(r["noise"] in (ALL, k)) and lo <= x < hi for k, x in zip(noise, snr)])
+        y, s = labels[sel].ravel(), scores[sel].ravel()
+        assert r["clips"] == sel.sum() > 0 and r["frames"] == y.size
+        assert r["speech_fraction"] == pytest.approx(y.mean())
+        assert r["auc"] == pytest.approx(roc_auc_score(y, s), abs=1e-12)
+        assert r["eer"] == pytest.approx(_eer_by_hand(y, s), abs=1e-12)
+        seen.add((r["noise"], r["band"]))
+    # every (noise, band) with a clip has exactly one row; every noise and band has an 'all' row
+    cells = {(k, b) for k, x in zip(noise, snr) for b, (lo, hi) in BANDS.items() if lo <= x < hi}
+    assert seen == cells | {(k, ALL) for k in noise} | {(ALL, b) for _, b in cells}
+    assert len(rows) == len(seen)
+    # the band cells of a noise type partition its clips
+    for k in set(noise):
+        assert sum(r["clips"] for r in rows if r["noise"] == k and r["band"] != ALL) == noise.count(k)
+
+
+def test_a_one_class_cell_has_no_auc_and_hardest_ranks_the_rest():
+    labels = np.array([[0, 1, 1, 0], [0, 0, 0, 0], [0, 1, 1, 0], [1, 0, 1, 0]], np.uint8)
+    scores = np.array([[0.1, 0.9, 0.8, 0.2], [0.5, 0.1, 0.2, 0.3], [0.9, 0.1, 0.2, 0.8], [0.6, 0.65, 0.7, 0.1]])
+    rows = noise_snr_breakdown(labels, scores, np.array([0.0, 30.0, 0.0, 0.0]), ["white", "white", "babble", "pink"])
+    cell = {(r["noise"], r["band"]): r for r in rows}
+    assert math.isnan(cell["white", ">= 25 dB"]["auc"]) and cell["white", ">= 25 dB"]["clips"] == 1
+    assert cell["white", "< 5 dB"]["auc"] == 1.0 and cell["babble", "< 5 dB"]["auc"] == 0.0
+    assert hardest(rows, "any", band="< 5 dB") == [("babble", 0.0), ("pink", 0.75), ("white", 1.0)]
+    assert [k for k, _ in hardest(rows, "any", band="< 5 dB", metric="eer", n=1)] == ["babble"]
+    with pytest.raises(BreakdownError, match="no breakdown rows of model 'any' in band '5-15 dB'"):
+        hardest(rows, "any", band="5-15 dB")
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda a: {**a, "scores": a["scores"][:, :-1]}, r"labels \(3, 4\) and scores \(3, 3\)"),
+    (lambda a: {**a, "labels": a["labels"].ravel(), "scores": a["scores"].ravel()},
+     r"labels \(12,\) and scores \(12,\) must both be \(clips, frames\)"),
+    (lambda a: {**a, "snr_db": a["snr_db"][:2]}, "2 SNR values for 3 clips"),
+    (lambda a: {**a, "noise": a["noise"][:2]}, "2 noise types for 3 clips"),
+    (lambda a: {**a, "snr_db": np.array([1.0, np.nan, 3.0])}, r"clip 1 has no SNR \(NaN\)"),
+    (lambda a: {**a, "noise": ["white", "", "pink"]}, "clip 1 has no noise type"),
+    (lambda a: {**a, "scores": np.where(np.arange(12).reshape(3, 4) == 9, np.nan, a["scores"])},
+     "the scores of clip 2 hold NaN or Inf"),
+])
+def test_bad_inputs_are_named(change, message):
+    labels, scores = _fixture(np.random.default_rng(0), 3, 4)
+    args = change({"labels": labels, "scores": scores, "snr_db": np.array([1.0, 2.0, 3.0]),
+                   "noise": ["white", "babble", "pink"]})
+    with pytest.raises(BreakdownError, match="test set, model m: " + message):
+        noise_snr_breakdown(args["labels"], args["scores"], args["snr_db"], args["noise"], what="test set, model m")
+
+
+def test_eval_writes_the_breakdown_and_its_band_rows_match_the_band_columns(tmp_path, capsys):
+    from slimtrain.cli import main
+    from slimtrain.tasks.vad.build import build_vad_data
+    from slimtrain.tasks.vad.data import VadDataConfig, load_vad_data
+
+    data = tmp_path / "data"
+    build_vad_data(VadDataConfig.quick(test_minutes=0.6), data)
+    out, by = tmp_path / "rows.csv", tmp_path / "by_noise.csv"
+    assert main(["vad", "eval", "--set", "test", "--data", str(data), "--no-silero", "--csv", str(out),
+                 "--by-noise", str(by)]) == 0
+    assert "frame AUC per noise type x SNR band" in capsys.readouterr().out
+    row = next(csv.DictReader(out.open()))
+    cells = list(csv.DictReader(by.open()))
+    assert {c["model"] for c in cells} == {"shipped"} and {c["set"] for c in cells} == {"test"}
+    split = load_vad_data(data)[0]["test"]
+    assert {c["noise"] for c in cells} == set(split.noise) | {ALL}
+    for c in cells:
+        if c["noise"] == ALL and not math.isnan(float(c["auc"])):  # the same frames as the band columns
+            assert float(c["auc"]) == pytest.approx(float(row[f"auc {c['band']}"]), abs=1e-9)
+            assert float(c["eer"]) == pytest.approx(float(row[f"eer {c['band']}"]), abs=1e-9)
+    assert sum(int(c["clips"]) for c in cells if c["band"] == ALL and c["noise"] != ALL) == int(row["clips"])
