@@ -111,3 +111,54 @@ def test_eval_writes_the_breakdown_and_its_band_rows_match_the_band_columns(tmp_
             assert float(c["auc"]) == pytest.approx(float(row[f"auc {c['band']}"]), abs=1e-9)
             assert float(c["eer"]) == pytest.approx(float(row[f"eer {c['band']}"]), abs=1e-9)
     assert sum(int(c["clips"]) for c in cells if c["band"] == ALL and c["noise"] != ALL) == int(row["clips"])
+
+
+# -- the generated table (slimtrain report, block vad-noise-snr) ---------------------------------------------
+def _docs_copy(tmp_path):
+    import shutil
+    from pathlib import Path
+
+    from slimtrain.tasks.report import NOISE_SNR_SETS
+
+    src = Path(__file__).resolve().parents[1] / "docs" / "vad_results"
+    dst = tmp_path / "docs" / "vad_results"
+    dst.mkdir(parents=True)
+    for name, _, _ in NOISE_SNR_SETS:
+        shutil.copy(src / name, dst / name)
+    return tmp_path, dst
+
+
+def test_the_report_table_follows_the_breakdown_csvs(tmp_path):
+    from slimtrain.tasks.report import render_block
+
+    root, d = _docs_copy(tmp_path)
+    before = render_block("vad-noise-snr", root)
+    assert "| music | 0.809 / 0.952 (16) |" in before
+    assert "below 5 dB on: music (0.809 against 0.952)" in before
+    path = d / "noise_snr_test_core.csv"
+    rows = list(csv.DictReader(path.open()))
+    for r in rows:  # our music cell below 5 dB now beats Silero's
+        if r["model"] == "shipped" and r["noise"] == "music" and r["band"] == "< 5 dB":
+            r["auc"], r["eer"] = "0.99", "0.02"
+    with path.open("w", newline="") as fh:
+        w = csv.DictWriter(fh, list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    after = render_block("vad-noise-snr", root)
+    assert "| music | **0.990** / 0.952 (16) |" in after and "| music | **2.0** / 10.0 |" in after
+    assert "below 5 dB on: white (0.942 against 0.973)" in after
+
+
+def test_the_report_table_names_a_missing_or_one_model_csv(tmp_path):
+    from slimtrain.tasks.report import ReportError, render_block
+
+    root, d = _docs_copy(tmp_path)
+    path = d / "noise_snr_test_ext.csv"
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join(line for line in lines if not line.startswith("Silero")) + "\n")
+    with pytest.raises(ReportError, match=r"noise_snr_test_ext.csv needs the rows of one model and of Silero VAD"):
+        render_block("vad-noise-snr", root)
+    path.unlink()
+    with pytest.raises(ReportError, match=r"noise_snr_test_ext.csv; run 'slimtrain vad eval --set test --data "
+                                          r"runs/ext48 --by-noise"):
+        render_block("vad-noise-snr", root)
