@@ -162,3 +162,46 @@ def test_the_report_table_names_a_missing_or_one_model_csv(tmp_path):
     with pytest.raises(ReportError, match=r"noise_snr_test_ext.csv; run 'slimtrain vad eval --set test --data "
                                           r"runs/ext48 --by-noise"):
         render_block("vad-noise-snr", root)
+
+
+def _write(path, rows):
+    with path.open("w", newline="") as fh:
+        w = csv.DictWriter(fh, list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+
+
+def test_the_recipe_table_pairs_v2_with_v1_of_the_same_seed(tmp_path):
+    from slimtrain.tasks.report import NOISE_RECIPE_SETS, ReportError, render_block
+
+    d = tmp_path / "docs" / "vad_results"
+    d.mkdir(parents=True)
+    bands = ["< 5 dB", "5-15 dB", "15-25 dB", ">= 25 dB"]
+
+    def row(model, auc, eer):
+        return {"model": model, "clips": 9, "set_fingerprint": "f", "mflops_per_s": 2.0, "auc": auc, "eer": eer,
+                **{f"auc {b}": auc - 0.01 * i for i, b in enumerate(bands)}}
+
+    models = {"runs/noise_v1_seed0/vad_crnn.pt": (0.90, 0.20), "runs/noise_v2_seed0/vad_crnn.pt": (0.93, 0.15),
+              "runs/noise_v1_seed1/vad_crnn.pt": (0.91, 0.20), "runs/noise_v2_seed1/vad_crnn.pt": (0.90, 0.19),
+              "Silero VAD (8 kHz)": (0.88, 0.2)}
+    for key, _, _ in NOISE_RECIPE_SETS:
+        _write(d / f"noise_recipe_{key}.csv", [row(m, *v) for m, v in models.items()])
+        _write(d / f"noise_recipe_{key}_by_noise.csv", [{"model": m, "noise": "music", "band": "< 5 dB", "auc": a}
+                                                         for m, a in zip(models, (0.7, 0.8, 0.7, 0.6, 0.85))])
+    out = render_block("vad-noise-recipe", tmp_path)
+    assert "| recipe v1, seed 0 | 2.00 | 0.9000 | 20.00 | 0.900 | 0.890 | 0.880 | 0.870 | 0.700 |" in out
+    assert "| **v2 - v1, seed 0** | | +0.0300 | -5.00 | +0.030 | +0.030 | +0.030 | +0.030 | +0.100 |" in out
+    assert "| **v2 - v1, seed 1** | | -0.0100 | -1.00 | -0.010 | -0.010 | -0.010 | -0.010 | -0.100 |" in out
+    assert "| **v2 better in (of 2 seeds)** | | 1 | 2 | 1 | 1 | 1 | 1 | 1 |" in out
+    assert out.count("**v2 - v1, seed 0**") == len(NOISE_RECIPE_SETS)
+    path = d / "noise_recipe_unseen_human.csv"
+    _write(path, [row("runs/noise_v1_seed0/vad_crnn.pt", 0.9, 0.2)])
+    with pytest.raises(ReportError, match="noise_recipe_unseen_human.csv needs a v1 and a v2 run of the same seed"):
+        render_block("vad-noise-recipe", tmp_path)
+    _write(path, [row("runs/other.pt", 0.9, 0.2)])
+    with pytest.raises(ReportError, match="model 'runs/other.pt' is neither Silero VAD nor a run folder named"):
+        render_block("vad-noise-recipe", tmp_path)
+    path.unlink()
+    with pytest.raises(ReportError, match="noise_recipe_unseen_human.csv; run 'slimtrain vad eval --set unseen-human"):
+        render_block("vad-noise-recipe", tmp_path)
