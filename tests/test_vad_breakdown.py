@@ -184,17 +184,21 @@ def test_the_recipe_table_pairs_v2_with_v1_of_the_same_seed(tmp_path):
 
     models = {"runs/noise_v1_seed0/vad_crnn.pt": (0.90, 0.20), "runs/noise_v2_seed0/vad_crnn.pt": (0.93, 0.15),
               "runs/noise_v1_seed1/vad_crnn.pt": (0.91, 0.20), "runs/noise_v2_seed1/vad_crnn.pt": (0.90, 0.19),
+              "runs/noise48_v1_seed0/vad_crnn.pt": (0.95, 0.10), "runs/noise48_v2_seed0/vad_crnn.pt": (0.94, 0.11),
               "Silero VAD (8 kHz)": (0.88, 0.2)}
     for key, _, _ in NOISE_RECIPE_SETS:
         _write(d / f"noise_recipe_{key}.csv", [row(m, *v) for m, v in models.items()])
         _write(d / f"noise_recipe_{key}_by_noise.csv", [{"model": m, "noise": "music", "band": "< 5 dB", "auc": a}
-                                                         for m, a in zip(models, (0.7, 0.8, 0.7, 0.6, 0.85))])
+                                                         for m, a in zip(models, (0.7, 0.8, 0.7, 0.6, 0.8, 0.8, 0.85))])
     out = render_block("vad-noise-recipe", tmp_path)
-    assert "| recipe v1, seed 0 | 2.00 | 0.9000 | 20.00 | 0.900 | 0.890 | 0.880 | 0.870 | 0.700 |" in out
-    assert "| **v2 - v1, seed 0** | | +0.0300 | -5.00 | +0.030 | +0.030 | +0.030 | +0.030 | +0.100 |" in out
-    assert "| **v2 - v1, seed 1** | | -0.0100 | -1.00 | -0.010 | -0.010 | -0.010 | -0.010 | -0.100 |" in out
-    assert "| **v2 better in (of 2 seeds)** | | 1 | 2 | 1 | 1 | 1 | 1 | 1 |" in out
-    assert out.count("**v2 - v1, seed 0**") == len(NOISE_RECIPE_SETS)
+    assert "| 16 min, recipe v1, seed 0 | 2.00 | 0.9000 | 20.00 | 0.900 | 0.890 | 0.880 | 0.870 | 0.700 |" in out
+    assert "| **16 min: v2 - v1, seed 0** | | +0.0300 | -5.00 | +0.030 | +0.030 | +0.030 | +0.030 | +0.100 |" in out
+    assert "| **16 min: v2 - v1, seed 1** | | -0.0100 | -1.00 | -0.010 | -0.010 | -0.010 | -0.010 | -0.100 |" in out
+    assert "| **16 min: seeds where v2 is better (of 2)** | | 1 | 2 | 1 | 1 | 1 | 1 | 1 |" in out
+    assert out.count("**16 min: v2 - v1, seed 0**") == len(NOISE_RECIPE_SETS)
+    assert "| 48 min, recipe v2, seed 0 | 2.00 | 0.9400 | 11.00 |" in out
+    assert "| **48 min: v2 - v1, seed 0** | | -0.0100 | +1.00 | -0.010 | -0.010 | -0.010 | -0.010 | +0.000 |" in out
+    assert "48 min: seeds where v2" not in out  # one seed: no count
     path = d / "noise_recipe_unseen_human.csv"
     _write(path, [row("runs/noise_v1_seed0/vad_crnn.pt", 0.9, 0.2)])
     with pytest.raises(ReportError, match="noise_recipe_unseen_human.csv needs a v1 and a v2 run of the same seed"):

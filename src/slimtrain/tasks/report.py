@@ -696,7 +696,7 @@ def _noise_recipe_table(root: Path, key: str, title: str, opts: str) -> list[str
            f"--by-noise docs/vad_results/{by_name}")
     rows = _doc_csv(root, f"vad_results/{csv_name}", cmd)
     cells = _doc_csv(root, f"vad_results/{by_name}", cmd)
-    name = re.compile(r"noise_(v\d+)_seed(\d+)")
+    name = re.compile(r"noise(\d*)_(v\d+)_seed(\d+)")  # noise<minutes>_<recipe>_seed<seed>; no minutes: 16
     types = [t for t in LOW_SNR_TYPES if any(c["noise"] == t for c in cells)]
     bands = [b for b, _, _ in SNR_BANDS]
     low = {(c["model"], c["noise"]): float(c["auc"]) for c in cells if c["band"] == "< 5 dB" and c["noise"] != ALL}
@@ -704,34 +704,40 @@ def _noise_recipe_table(root: Path, key: str, title: str, opts: str) -> list[str
     out = [f"**{title}** ({rows[0]['clips']} clips, set fingerprint {rows[0]['set_fingerprint']})", "",
            "| model | MFLOP/s | AUC | EER % | " + " | ".join(f"AUC {b}" for b in bands) + " | "
            + " | ".join(f"AUC < 5 dB {t}" for t in types) + " |", "| --- |" + " ---: |" * (3 + len(bands) + len(types))]
-    by: dict[tuple[str, int], dict] = {}
+    by: dict[tuple[str, str, int], dict] = {}
     for r in rows:
         m = name.search(r["model"])
         if m:
-            label, mf = f"recipe {m.group(1)}, seed {m.group(2)}", format(float(r["mflops_per_s"]), ".2f")
-            by[(m.group(1), int(m.group(2)))] = {**{k: float(r[k]) for k in keys},
-                                                **{t: low.get((r["model"], t), math.nan) for t in types}}
+            minutes = m.group(1) or "16"
+            label = f"{minutes} min, recipe {m.group(2)}, seed {m.group(3)}"
+            mf = format(float(r["mflops_per_s"]), ".2f")
+            by[(minutes, m.group(2), int(m.group(3)))] = {**{k: float(r[k]) for k in keys},
+                                                         **{t: low.get((r["model"], t), math.nan) for t in types}}
         elif "Silero" in r["model"]:
             label, mf = r["model"], "-"
         else:
             raise ReportError(f"docs/vad_results/{csv_name}: model {r['model']!r} is neither Silero VAD nor a run "
-                              "folder named noise_<recipe>_seed<seed>")
+                              "folder named noise[MINUTES]_<recipe>_seed<seed>")
         vals = [f"{float(r['auc']):.4f}", f"{100 * float(r['eer']):.2f}"] + [f"{float(r[f'auc {b}']):.3f}" for b in bands]
         vals += [f"{low.get((r['model'], t), math.nan):.3f}" for t in types]
         out.append(f"| {label} | {mf} | " + " | ".join(vals) + " |")
-    seeds = sorted({s for v, s in by if v == "v1"} & {s for v, s in by if v == "v2"})
-    if not seeds:
+    pairs = sorted({(mi, s) for mi, v, s in by if v == "v1"} & {(mi, s) for mi, v, s in by if v == "v2"},
+                   key=lambda p: (int(p[0]), p[1]))
+    if not pairs:
         raise ReportError(f"docs/vad_results/{csv_name} needs a v1 and a v2 run of the same seed")
-    diffs = []
-    for s_ in seeds:
-        a, b = by[("v1", s_)], by[("v2", s_)]
-        diffs.append([b[k] - a[k] for k in keys] + [b[t] - a[t] for t in types])
-    for s_, d in zip(seeds, diffs):
-        out.append(f"| **v2 - v1, seed {s_}** | | {d[0]:+.4f} | {100 * d[1]:+.2f} | "
-                   + " | ".join(f"{x:+.3f}" for x in d[2:]) + " |")
-    if len(seeds) > 1:
-        up = [sum(1 for d in diffs if (d[i] < 0 if i == 1 else d[i] > 0)) for i in range(len(diffs[0]))]
-        out.append(f"| **v2 better in (of {len(seeds)} seeds)** | | " + " | ".join(str(u) for u in up) + " |")
+    for minutes in dict.fromkeys(mi for mi, _ in pairs):
+        diffs = []
+        for mi, s_ in pairs:
+            if mi == minutes:
+                a, b = by[(mi, "v1", s_)], by[(mi, "v2", s_)]
+                diffs.append([b[k] - a[k] for k in keys] + [b[t] - a[t] for t in types])
+                d = diffs[-1]
+                out.append(f"| **{mi} min: v2 - v1, seed {s_}** | | {d[0]:+.4f} | {100 * d[1]:+.2f} | "
+                           + " | ".join(f"{x:+.3f}" for x in d[2:]) + " |")
+        if len(diffs) > 1:
+            up = [sum(1 for d in diffs if (d[i] < 0 if i == 1 else d[i] > 0)) for i in range(len(diffs[0]))]
+            out.append(f"| **{minutes} min: seeds where v2 is better (of {len(diffs)})** | | "
+                       + " | ".join(str(u) for u in up) + " |")
     return out
 
 
