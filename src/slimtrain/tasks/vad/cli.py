@@ -407,8 +407,16 @@ def _cmd_eval(args) -> int:
         if path is not None:
             print(f"wrote {write_rows(rows, path)}")
     if by_noise is not None:
+        from .breakdown import BreakdownError, hardest
+
         print("# frame AUC per noise type x SNR band")
         print(format_breakdown(by_noise))
+        for model in dict.fromkeys(r["model"] for r in by_noise):
+            try:
+                worst = hardest(by_noise, model, band="< 5 dB", n=3)
+            except BreakdownError:  # no clip below 5 dB with both classes
+                continue
+            print(f"# hardest below 5 dB for {model}: " + ", ".join(f"{k} (AUC {v:.3f})" for k, v in worst))
         print(f"wrote {write_rows(by_noise, args.by_noise)}")
     print(f"({time.perf_counter() - t0:.0f}s)")
     return 0
