@@ -117,6 +117,10 @@ def register(commands, data_commands) -> None:
                         "Russian Asterisk voice) or source ids; see 'slimtrain data human-voices'. Default: none")
     d.add_argument("--human-files", type=_human_files, default=None, metavar="N",
                    help=f"--human-voices: at most N files per source (default: {D.human_files_per_source})")
+    d.add_argument("--noise-recipe", choices=("v1", "v2"), default=None,
+                   help="--corpus extended: the training split's noise: v1 (default; every extended noise type at "
+                        "-5..30 dB) or v2 (+ generated music; music, white, pink and sound effects at -5..10 dB: the "
+                        "types Silero VAD beat the shipped model on below 5 dB). Validation and test stay v1")
     d.add_argument("--sample-rate", type=int, choices=(8000, 16000), default=8000, metavar="HZ",
                    help="rate of the mixtures, 8000 (default) or 16000 (10 ms hop either way): every source is read "
                         "at it; 8 kHz sources (the Asterisk prompts) are upsampled and so hold no band above 4 kHz, the "
@@ -266,6 +270,9 @@ def register(commands, data_commands) -> None:
     ev.add_argument("--csv", type=Path, default=None, metavar="FILE", help="also write the rows to this CSV")
     ev.add_argument("--json", type=Path, default=None, metavar="FILE",
                     help="also write the rows as JSON (for 'python -m slimtrain.tasks.ship --metrics')")
+    ev.add_argument("--by-noise", type=Path, default=None, metavar="FILE",
+                    help="also write frame AUC and EER per noise type x SNR band of every model to FILE (.csv, "
+                         "or JSON for any other suffix; rows 'all' pool a noise type or a band) and print the AUCs")
     ev.add_argument("--no-silero", action="store_true", help="leave Silero VAD out")
     ev.add_argument("--no-progress", action="store_true", help="no progress bars")
     add_eval_data_arguments(ev)
@@ -330,6 +337,10 @@ def _cmd_data(args) -> int:
             cfg.human_voices = tuple(args.human_voices)
         if args.human_files is not None:
             cfg.human_files_per_source = args.human_files
+    if args.noise_recipe is not None:
+        if args.corpus != "extended":
+            raise ValueError("--noise-recipe only applies with --corpus extended")
+        cfg.noise_recipe = args.noise_recipe
     t0 = time.perf_counter()
     m = build_vad_data(cfg, args.out, force=args.force, progress=not args.no_progress)
     _, manifest = load_vad_data(args.out)
@@ -365,17 +376,31 @@ def _cmd_eval(args) -> int:
         if args.test_data is None:
             raise ValueError("slimtrain vad eval: --val-data chooses thresholds; give the corpus to score with --test-data")
         return cmd_eval_corpus(args)
-    from .evaluate import evaluate_models, format_rows, write_rows
+    from .evaluate import evaluate_models, format_breakdown, format_rows, write_rows
 
     models = [None if str(m) == "shipped" else m for m in (args.model or [None])]
     t0 = time.perf_counter()
-    rows = evaluate_models(models, args.eval_set, args.data, unseen_dir=args.unseen, silero=not args.no_silero)
+    by_noise: "list | None" = [] if args.by_noise is not None else None
+    rows = evaluate_models(models, args.eval_set, args.data, unseen_dir=args.unseen, silero=not args.no_silero,
+                           breakdown=by_noise)
     print(f"# set {args.eval_set} ({rows[0]['clips']} clips, fingerprint {rows[0]['set_fingerprint']}); thresholds "
           f"from the validation split of {args.data} (fingerprint {rows[0]['data_fingerprint']})")
     print(format_rows(rows))
     for path in (args.csv, args.json):
         if path is not None:
             print(f"wrote {write_rows(rows, path)}")
+    if by_noise is not None:
+        from .breakdown import BreakdownError, hardest
+
+        print("# frame AUC per noise type x SNR band")
+        print(format_breakdown(by_noise))
+        for model in dict.fromkeys(r["model"] for r in by_noise):
+            try:
+                worst = hardest(by_noise, model, band="< 5 dB", n=3)
+            except BreakdownError:  # no clip below 5 dB with both classes
+                continue
+            print(f"# hardest below 5 dB for {model}: " + ", ".join(f"{k} (AUC {v:.3f})" for k, v in worst))
+        print(f"wrote {write_rows(by_noise, args.by_noise)}")
     print(f"({time.perf_counter() - t0:.0f}s)")
     return 0
 

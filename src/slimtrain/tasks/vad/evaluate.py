@@ -5,6 +5,7 @@ languages no training split uses). Every model, Silero included, gets its decisi
 EER point of the *validation* split of ``--data`` (as in the sweep); reported per frame: ROC-AUC, EER,
 F1 at that threshold, EER per SNR band and (unseen set) AUC/EER/F1 per voice group. For the unseen
 set the training split of ``--data`` is checked to hold none of its voices (:func:`.unseen.check_held_out`).
+With a ``breakdown`` list, AUC and EER per noise type x SNR band (:mod:`.breakdown`) are added to it.
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from ..metrics import eer, f1_at, roc_auc
 from .data import DataError, load_vad_data
 from .train import evaluate_scores, exported_cost, frame_scores
 
-__all__ = ["EVAL_SETS", "evaluate_models", "write_rows", "format_rows"]
+__all__ = ["EVAL_SETS", "evaluate_models", "write_rows", "format_rows", "format_breakdown"]
 
 EVAL_SETS = ("test", "unseen", "unseen-human", "unseen-tts")
 SILERO = "Silero VAD (8 kHz)"
@@ -85,8 +86,12 @@ def _load_set(which: str, data_dir: Path, unseen_dir: Optional[Path]):
 
 
 def evaluate_models(models: Sequence[Optional[Path]], which: str, data_dir: Path, *,
-                    unseen_dir: Optional[Path] = None, silero: bool = True) -> list[dict]:
-    """One row per model (``None`` = the shipped model) and, with ``silero``, one for Silero VAD."""
+                    unseen_dir: Optional[Path] = None, silero: bool = True,
+                    breakdown: Optional[list] = None) -> list[dict]:
+    """One row per model (``None`` = the shipped model) and, with ``silero``, one for Silero VAD.
+
+    ``breakdown``: a list that gets, per model, its rows of :func:`.breakdown.noise_snr_breakdown` on the set
+    (frame AUC and EER per noise type x SNR band), each with the model, set and fingerprints."""
     from ...apps import vad
 
     rate = data_rate(load_vad_data(Path(data_dir))[1]) if Path(data_dir, "manifest.json").is_file() else 8000
@@ -116,10 +121,15 @@ def evaluate_models(models: Sequence[Optional[Path]], which: str, data_dir: Path
         res.update(_band_auc(test.labels, st, test.snr_db))
         if groups is not None:
             res.update(_group_metrics(test.labels, st, groups, res["threshold"]))
-        rows.append({"model": name, "set": which, "set_fingerprint": info["fingerprint"],
-                     "data_fingerprint": manifest["fingerprint"], "sample_rate": rate, "mflops_per_s": mflops,
-                     "params": params,
+        head = {"model": name, "set": which, "set_fingerprint": info["fingerprint"],
+                "data_fingerprint": manifest["fingerprint"]}
+        rows.append({**head, "sample_rate": rate, "mflops_per_s": mflops, "params": params,
                      "clips": len(test.audio), **res})
+        if breakdown is not None:
+            from .breakdown import noise_snr_breakdown
+
+            breakdown += [{**head, **r} for r in noise_snr_breakdown(test.labels, st, test.snr_db, test.noise,
+                                                                      what=f"{which} set, model {name}")]
     return rows
 
 
@@ -148,6 +158,20 @@ def format_rows(rows: list[dict]) -> str:
         cells = [r["model"], mf, f"{r['auc']:.4f}", f"{100 * r['eer']:.2f}", f"{r['f1']:.4f}"]
         cells += [f"{r[k]:.4f}" if k.startswith("auc") else f"{100 * r[k]:.1f}" for k in extra]
         lines.append("\t".join(cells))
+    return "\n".join(lines)
+
+
+def format_breakdown(rows: list[dict], metric: str = "auc") -> str:
+    """A plain-text table of breakdown rows: one line per noise type x band, ``metric`` of every model."""
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    cells: dict[tuple[str, str], dict[str, dict]] = {}
+    for r in rows:
+        cells.setdefault((r["noise"], r["band"]), {})[r["model"]] = r
+    lines = ["\t".join(["noise", "SNR band", "clips"] + [f"{metric.upper()} {m}" for m in models])]
+    for (noise, band), by in cells.items():
+        vals = [by.get(m, {}).get(metric, math.nan) for m in models]
+        txt = [f"{v:.4f}" if metric == "auc" else f"{100 * v:.1f}" for v in map(float, vals)]
+        lines.append("\t".join([noise, band, str(next(iter(by.values()))["clips"])] + txt))
     return "\n".join(lines)
 
 
