@@ -170,3 +170,26 @@ def test_single_process_world_and_data_parallel_helper(single_process):
     assert got[0] is b[0] and got[1] is b[1]
     assert dp.mean([torch.tensor(1.5), 2.0]) == [1.5, 2.0]
     assert dp.from_main(3.25) == 3.25
+
+
+def test_a_training_step_refuses_a_non_finite_loss_before_any_update(single_process):
+    """DataParallel.step (the step of fit and of the VAD loops): the rank means come back; a NaN loss stops
+    with the place and the hint, and no weight or optimizer state has moved."""
+    from slimtrain.train.training import DataParallel, TrainingError
+
+    torch.manual_seed(0)
+    model = nn.Linear(3, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    dp = DataParallel(model)
+    x = torch.randn(4, 3)
+    loss = model(x).pow(2).mean()
+    task = loss.detach() * 2
+    before = model.weight.detach().clone()
+    values = dp.step(opt, loss, task, where="at epoch 0", hint="lower the learning rate")
+    assert values == pytest.approx([float(loss), float(task)])
+    assert not torch.equal(model.weight, before)
+    moved = model.weight.detach().clone()
+    with pytest.raises(TrainingError, match=r"^loss became nan at epoch 3; lower the learning rate$"):
+        dp.step(opt, model(x).sum() * float("nan"), where="at epoch 3", hint="lower the learning rate")
+    assert torch.equal(model.weight, moved) and model.weight.grad is not None
+    dp.close()

@@ -272,13 +272,8 @@ def fit(
                     loss = loss + distill(x, out)
                 if objective is not None:
                     loss = objective(loss)
-                (value,) = dp.mean([loss])
-                if not math.isfinite(value):
-                    raise TrainingError(f"loss became {value} at epoch {epoch}, batch {step}; "
-                                        f"lower the learning rate or check inputs{ckpt_note}")
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
+                (value,) = dp.step(optimizer, loss, where=f"at epoch {epoch}, batch {step}",
+                                   hint=f"lower the learning rate or check inputs{ckpt_note}")
                 if cuttable and compact_steps and (n + 1) % compact_steps == 0:
                     dp.compact(optimizer, compact_margin)
                 if settle_pending and objective.meets_budget():
@@ -366,6 +361,18 @@ class DataParallel:
                          else torch.tensor(float(v), dtype=torch.float64, device=self._reduce_device)
                          for v in values])
         return [float(v) / self.world.size for v in distributed.sum_over_ranks(t, self._reduce_device)]
+
+    def step(self, optimizer: torch.optim.Optimizer, loss: Tensor, *also: Tensor, where: str, hint: str) -> list[float]:
+        """One optimiser step on ``loss``: the means over ranks of ``loss`` and ``also`` (one all-reduce; a
+        non-finite loss raises :class:`TrainingError` "loss became ... ``where``; ``hint``" before any
+        update), then zero_grad, backward and step. Returns the means."""
+        values = self.mean([loss, *also])
+        if not math.isfinite(values[0]):
+            raise TrainingError(f"loss became {values[0]} {where}; {hint}")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        return values
 
     def from_main(self, value: float) -> float:
         """Rank 0's ``value`` on every rank."""

@@ -30,7 +30,7 @@ from ...audio.data import IGNORE, AudioCache, NoiseMixer, SkipReport, VadCropDat
 from ...train.distributed import is_main, resolve_device
 from ...core.graph import dynamic_widths
 from ...core.loss import TradeoffLoss
-from ...train.training import DataParallel, TrainingError, make_optimizer, seed_everything, torch_threads
+from ...train.training import DataParallel, make_optimizer, seed_everything, torch_threads
 from ..metrics import eer, eer_threshold, f1_at, roc_auc
 from ...apps.vad.models import build_vad_model
 from .train import TASK, VadRunConfig, _mel_bands, _plain, _plain_widths, exported_cost
@@ -218,12 +218,7 @@ def train_vad_on_corpus(cfg: VadRunConfig, data: CorpusData, *, checkpoint: Opti
                     keep = y != IGNORE
                     task = F.binary_cross_entropy_with_logits(logits[keep], y[keep], pos_weight=pos_weight)
                     loss = objective(task) if objective is not None else task
-                    value, task_value = dp.mean([loss, task])
-                    if not math.isfinite(value):
-                        raise TrainingError(f"loss became {value} at epoch {epoch}; lower the learning rate")
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    optimizer.step()
+                    _, task_value = dp.step(optimizer, loss, task, where=f"at epoch {epoch}", hint="lower the learning rate")
                     if at_budget is not None and at_budget():
                         dp.settle()
                         at_budget = None

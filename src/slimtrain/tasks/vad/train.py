@@ -25,7 +25,7 @@ from ...train.checkpoint import make_recipe, register_task, save_checkpoint
 from ...core.graph import HEAD_MODES, dynamic_widths
 from ...core.loss import TradeoffLoss
 from ...train.distributed import is_main, resolve_device
-from ...train.training import DataParallel, TrainingError, make_optimizer, seed_everything, torch_threads
+from ...train.training import DataParallel, make_optimizer, seed_everything, torch_threads
 from ...audio.frontend import BAND_ORDERS
 from ..metrics import eer, eer_threshold, f1_at, roc_auc
 from ..study.config import StudyConfigError, TrainConfig
@@ -211,12 +211,7 @@ def train_loop(model: nn.Module, train: VadSplit, epochs: int, optimizer: torch.
                 logits = dp.forward(x)
                 task = F.binary_cross_entropy_with_logits(logits, y, pos_weight=pos_weight)
                 loss = penalty(task) if penalty is not None else task
-                value, task_value = dp.mean([loss, task])
-                if not math.isfinite(value):
-                    raise TrainingError(f"loss became {value} at epoch {epoch}; lower the learning rate")
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
+                _, task_value = dp.step(optimizer, loss, task, where=f"at epoch {epoch}", hint="lower the learning rate")
                 if settle_when is not None and settle_when():
                     dp.settle()
                     if cuttable:
