@@ -243,29 +243,56 @@ def build_unseen_set(out_dir: str | Path, cfg: Optional[UnseenConfig] = None, *,
     groups["espeak-ng"] = _synth(plan, mix.sample_rate)
     music = [x for _, x in mgood]
     fx = [x for _, x in egood]
-    audio, labels, snrs, noise, sources, group_of, details = [], [], [], [], [], [], []
-    for g, seq in zip(GROUPS, np.random.SeedSequence([cfg.seed, 12]).spawn(len(GROUPS))):
-        rng = np.random.default_rng(seq)
-        utts = [groups[g][j] for j in rng.permutation(len(groups[g]))]
-        split, det = build_extended_clips(utts, music, fx, mix, rng, None)
-        audio.append(split.audio)
-        labels.append(split.labels)
-        snrs.append(split.snr_db)
-        noise += split.noise
-        sources += split.sources
-        group_of += [g] * len(split.audio)
-        details += det
-    out.mkdir(parents=True, exist_ok=True)
-    np.savez(out / _FILE, audio=np.concatenate(audio), labels=np.concatenate(labels), snr_db=np.concatenate(snrs),
-             noise=np.asarray(noise), group=np.asarray(group_of))
+    seqs = np.random.SeedSequence([cfg.seed, 12]).spawn(len(GROUPS))
+    clips = mix_groups([(g, groups[g], seq) for g, seq in zip(GROUPS, seqs)], music, fx, mix)
     manifest = {"set": "unseen", "version": UNSEEN_VERSION, "fingerprint": fp, "config": config_dict(cfg),
-                "mix_config": mix.as_dict(), "voices": inventory, "clips": len(group_of),
-                "clips_by_group": {g: group_of.count(g) for g in GROUPS},
+                "mix_config": mix.as_dict(), "voices": inventory, "clips": len(clips.group),
+                "clips_by_group": {g: clips.group.count(g) for g in GROUPS},
                 "speech_minutes_by_group": {g: round(sum(len(x) for _, x in groups[g]) / mix.sample_rate / 60, 2)
                                             for g in GROUPS},
                 "skipped_files": [f"{p}: {why}" for p, why in skipped],
-                "noise_counts": {k: noise.count(k) for k in sorted(set(noise))},
-                "clip_groups": group_of, "clip_sources": sources, "clip_details": details}
+                "noise_counts": {k: clips.noise.count(k) for k in sorted(set(clips.noise))}}
+    return write_clip_set(out / _FILE, mpath, clips, manifest)
+
+
+@dataclass
+class GroupClips:
+    """The clips of a held-out set, built group by group (a TTS group, a human source)."""
+
+    audio: list
+    labels: list
+    snr_db: list
+    noise: list
+    sources: list
+    group: list
+    details: list
+
+
+def mix_groups(groups: Sequence[tuple[str, list, np.random.SeedSequence]], music: list, fx: list, mix) -> GroupClips:
+    """Every group's utterances ``(name, [(source, audio)], seed)``, shuffled by its seed and mixed into clips
+    (:func:`~slimtrain.tasks.vad.extended.build_extended_clips`) with the test split's music and effects."""
+    clips = GroupClips([], [], [], [], [], [], [])
+    for name, group_utts, seq in groups:
+        rng = np.random.default_rng(seq)
+        utts = [group_utts[j] for j in rng.permutation(len(group_utts))]
+        split, det = build_extended_clips(utts, music, fx, mix, rng, None)
+        clips.audio.append(split.audio)
+        clips.labels.append(split.labels)
+        clips.snr_db.append(split.snr_db)
+        clips.noise += split.noise
+        clips.sources += split.sources
+        clips.group += [name] * len(split.audio)
+        clips.details += det
+    return clips
+
+
+def write_clip_set(file: Path, mpath: Path, clips: GroupClips, manifest: dict) -> Path:
+    """``clips`` to ``file`` (npz) and ``manifest`` plus the per-clip lists to ``mpath``, written atomically;
+    returns ``mpath``."""
+    file.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(file, audio=np.concatenate(clips.audio), labels=np.concatenate(clips.labels),
+             snr_db=np.concatenate(clips.snr_db), noise=np.asarray(clips.noise), group=np.asarray(clips.group))
+    manifest = {**manifest, "clip_groups": clips.group, "clip_sources": clips.sources, "clip_details": clips.details}
     tmp = mpath.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(manifest, indent=1))
     tmp.replace(mpath)

@@ -23,10 +23,10 @@ import numpy as np
 
 from ..audio import AudioError, music_on_hold, sound_effects
 from .data import DataError, VadSplit, read_split_audio
-from .extended import _effects_for, build_extended_clips
+from .extended import _effects_for
 from .human_voices import HumanVoiceError, package_dir, source_files, sources
 from .unseen import (HELD_OUT_SPEAKER, UnseenConfig, _mix_config, build_unseen_set, config_dict, is_built,
-                     load_clip_set, load_unseen_set)
+                     load_clip_set, load_unseen_set, mix_groups, write_clip_set)
 
 __all__ = ["HUMAN_VERSION", "SPLIT_SETS", "TTS_GROUPS", "UnseenHumanConfig", "held_out_human_sources",
            "build_unseen_human_set", "load_split_set", "subset"]
@@ -105,35 +105,18 @@ def build_unseen_human_set(out_dir: str | Path, cfg: Optional[UnseenHumanConfig]
         name = picked[str(p)]
         by_source[name.split("/")[0]].append((f"human/{name}", x))
     music, fx = [x for _, x in mgood], [x for _, x in egood]
-    audio, labels, snrs, noise, clip_sources, group_of, details = [], [], [], [], [], [], []
-    for s, seq in zip(srcs, np.random.SeedSequence([cfg.seed, 22]).spawn(len(srcs))):
-        utts = by_source[s.id]
-        if not utts:
+    seqs = np.random.SeedSequence([cfg.seed, 22]).spawn(len(srcs))
+    for s in srcs:
+        if not by_source[s.id]:
             raise DataError(f"unseen-human set: no readable file of source {s.id!r} ({s.package})")
-        rng = np.random.default_rng(seq)
-        utts = [utts[j] for j in rng.permutation(len(utts))]
-        split, det = build_extended_clips(utts, music, fx, mix, rng, None)
-        audio.append(split.audio)
-        labels.append(split.labels)
-        snrs.append(split.snr_db)
-        noise += split.noise
-        clip_sources += split.sources
-        group_of += [s.id] * len(split.audio)
-        details += det
-    out.mkdir(parents=True, exist_ok=True)
-    np.savez(out / _FILE, audio=np.concatenate(audio), labels=np.concatenate(labels), snr_db=np.concatenate(snrs),
-             noise=np.asarray(noise), group=np.asarray(group_of))
+    clips = mix_groups([(s.id, by_source[s.id], seq) for s, seq in zip(srcs, seqs)], music, fx, mix)
     manifest = {"set": "unseen-human", "version": HUMAN_VERSION, "fingerprint": fp, "config": config_dict(cfg),
-                "mix_config": mix.as_dict(), "sources": inventory, "clips": len(group_of),
-                "clips_by_source": {s.id: group_of.count(s.id) for s in srcs},
+                "mix_config": mix.as_dict(), "sources": inventory, "clips": len(clips.group),
+                "clips_by_source": {s.id: clips.group.count(s.id) for s in srcs},
                 "speech_minutes_by_source": {k: round(sum(len(x) for _, x in v) / mix.sample_rate / 60, 2)
                                              for k, v in by_source.items()},
-                "skipped_files": [f"{p}: {why}" for p, why in skipped],
-                "clip_groups": group_of, "clip_sources": clip_sources, "clip_details": details}
-    tmp = mpath.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(manifest, indent=1))
-    tmp.replace(mpath)
-    return mpath
+                "skipped_files": [f"{p}: {why}" for p, why in skipped]}
+    return write_clip_set(out / _FILE, mpath, clips, manifest)
 
 
 def subset(split: VadSplit, keep: np.ndarray) -> VadSplit:
