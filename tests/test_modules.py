@@ -52,6 +52,54 @@ def test_transformer_block_causal_mask_matches_torch():
         assert (layer(x, src_mask=mask, is_causal=True) - blk(x)).abs().max().item() <= 1e-5
 
 
+@settings(max_examples=25, deadline=None)
+@given(heads=st.sampled_from([1, 2, 4]), head_dim=st.integers(1, 6), t=st.integers(1, 40),
+       causal=st.booleans(), norm_first=st.booleans(), div=st.sampled_from([None, 2.5]), seed=st.integers(0, 99))
+def test_transformer_block_training_kernel_equals_explicit_products(heads, head_dim, t, causal, norm_first, div, seed):
+    """A training step takes torch's fused attention kernel, inference the explicit products: both give the
+    same outputs and the same gradients of the input and every weight (incl. a score divisor kept from a
+    wider head, as a cut head has)."""
+    torch.manual_seed(seed)
+    d = heads * head_dim
+    blk = TransformerBlock(d + 3, heads, 8, dropout=0.0, norm_first=norm_first, attn_dim=d, causal=causal)
+    if div is not None:
+        blk.score_div = div
+    x = torch.randn(2, t, d + 3, dtype=torch.float64)
+    blk.double()
+    grads = []
+    for training in (True, False):
+        blk.train(training)
+        blk.zero_grad()
+        xi = x.clone().requires_grad_(True)
+        y = blk(xi)
+        (y * torch.linspace(-1, 1, y.numel(), dtype=y.dtype).view_as(y)).sum().backward()
+        grads.append((y.detach(), xi.grad, [p.grad.clone() for p in blk.parameters()]))
+    (y1, gx1, gp1), (y2, gx2, gp2) = grads
+    torch.testing.assert_close(y1, y2)
+    torch.testing.assert_close(gx1, gx2)
+    for a, b in zip(gp1, gp2):
+        torch.testing.assert_close(a, b)
+
+
+def test_flop_counter_counts_the_training_attention_kernel():
+    """torch's FLOP counter gives 0 for the CPU fused attention kernel; slimtrain registers torch's own
+    attention formulas for it, so a counted training step holds the products the explicit form has."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    blk = TransformerBlock(16, 2, 32, dropout=0.0, norm_first=True, causal=True)
+    x = torch.randn(3, 20, 16)
+    blk.eval()
+    with FlopCounterMode(display=False) as fc, torch.no_grad():
+        blk(x)
+    explicit = fc.get_total_flops()
+    blk.train()
+    with FlopCounterMode(display=False) as fc:
+        blk(x)
+    assert fc.get_total_flops() == explicit  # forward: q k^T and a v, 2 * 3 * 2 * 20 * 20 * 8 each, + the Linears
+    attn = 2 * (2 * 3 * 2 * 20 * 20 * 8)
+    assert explicit > attn
+
+
 def test_transformer_block_errors():
     with pytest.raises(ValueError, match="batch_first"):
         TransformerBlock.from_torch(nn.TransformerEncoderLayer(8, 2, 16))

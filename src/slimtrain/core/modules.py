@@ -230,6 +230,25 @@ class MaskedLayerNorm(nn.LayerNorm):
         return masked_layer_norm(x, dcl, self.weight, self.bias, self.eps)
 
 
+def _count_cpu_attention() -> None:
+    """Teach ``torch.utils.flop_counter`` the CPU fused attention kernel (it counts the CUDA kernels but
+    gives 0 for ``_scaled_dot_product_flash_attention_for_cpu``), so counting a training step of a
+    :class:`TransformerBlock` sees its attention products on every device. Same formulas as torch's."""
+    from torch.utils import flop_counter as fc
+
+    aten = torch.ops.aten
+    fwd = getattr(aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+    bwd = getattr(aten, "_scaled_dot_product_flash_attention_for_cpu_backward", None)
+    if fwd is not None and fwd.default not in fc.flop_registry and fwd not in fc.flop_registry:
+        fc.register_flop_formula(fwd)(lambda q, k, v, *a, out_shape=None, **kw: fc.sdpa_flop_count(q, k, v))
+    if bwd is not None and bwd.default not in fc.flop_registry and bwd not in fc.flop_registry:
+        fc.register_flop_formula(bwd)(
+            lambda g, q, k, v, *a, out_shape=None, **kw: fc.sdpa_backward_flop_count(g, q, k, v))
+
+
+_count_cpu_attention()
+
+
 class TransformerBlock(nn.Module):
     """Self-attention + feed-forward block built from plain ``nn.Linear`` layers.
 
@@ -319,8 +338,13 @@ class TransformerBlock(nn.Module):
         q = self.q(x).view(b, t, h, -1).transpose(1, 2)
         k = self.k(x).view(b, t, h, -1).transpose(1, 2)
         v = self.v(x).view(b, t, h, -1).transpose(1, 2)
-        # explicit products (not F.scaled_dot_product_attention) so every FLOP counter sees them
         div = getattr(self, "score_div", None) or math.sqrt(q.shape[-1])  # (blocks pickled before it existed)
+        if self.training and torch.is_grad_enabled():
+            # a training step: torch's fused kernel (no T x T tensors kept for backward, causal blocks skipped;
+            # 2-4x faster at T = 400 on CPU, cost falling with the head width as the products' does)
+            a = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal, scale=1.0 / div)
+            return self.dropout(self.out(a.transpose(1, 2).reshape(b, t, -1)))
+        # inference, tracing and cost counting: explicit products, which ONNX export and every FLOP counter read
         scores = torch.matmul(q, k.transpose(-2, -1)) / div
         if self.causal:
             future = torch.ones(t, t, dtype=torch.bool, device=x.device).triu(1)
