@@ -2,6 +2,8 @@
 attacks, checkpoints and scoring."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -132,3 +134,23 @@ def test_pruning_baseline_row_reaches_the_target_macs(spoof_data):  # noqa: F811
     assert row["macs"] == pytest.approx(0.4 * full, rel=0.06)
     assert row["params_exported"] == row["params"] < n_params(build_resnet(width=cfg.width, blocks=cfg.blocks))
     assert 0 <= row["eer_pooled"] <= 100
+
+
+@pytest.mark.parametrize("settle", [False, True])
+def test_floor_run_settles_at_its_budget_and_trains_the_cut_network(spoof_data, tmp_path, settle):  # noqa: F811
+    """``settle_at_budget``: once every width sits at its floor the widths are fixed and the model is cut to
+    them, so the rest of the run trains exactly the exported network (no noise channel above each width);
+    without it a floor run keeps one noise channel per width to the end."""
+    _, man, train, test = spoof_data
+    cfg = SpoofConfig.quick(epochs=6, compact_every=1, settle_at_budget=settle, width_lr=0.5)
+    ckpt = tmp_path / "m.ckpt"
+    row = train_run(cfg, train, test, man["unseen_attacks"], stages=(0, 1, 2, 3), kappa_min=0.25, floor=True,
+                    checkpoint=ckpt, progress=False)
+    model = load_dynamic_model(ckpt)
+    dcls = [d for d in model.modules() if isinstance(d, slimtrain.DynamicWidth)]
+    at_floor = [d.hard_width == math.ceil(d.min_width) for d in dcls]
+    cut_to_width = [d.num_channels == d.hard_width for d in dcls]
+    # settled: every width at its floor and cut to it; not settled: the widths hover at the floor (a Lagrangian
+    # holds them there, some a hair above) and keep their noise channels
+    assert dcls and (all(at_floor) and all(cut_to_width)) == settle, (row["widths"], dcls)
+    assert row["export_max_abs_diff"] < 1e-5

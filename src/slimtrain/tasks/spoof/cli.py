@@ -112,6 +112,10 @@ def register(commands, data_commands) -> None:
                                  "AASIST-L (Jung et al. 2022; raw waveform, sinc front end, spectro-temporal graph "
                                  "attention; docs/spoof.md). With aasist/aasist-l DCLs go on every width that can "
                                  "carry one (--stages does not apply); --plain trains the network as it is"))
+    s.add_argument("--settle-at-budget", action="store_true",
+                   help="budget runs (the floor control, --params-budget): fix the widths at the first step that "
+                        "meets the budget and train the cut network from there on (cheaper; the exported network is "
+                        "the one trained)")
     s.add_argument("--plain", action="store_true",
                    help="single run: train the network without DCLs (e.g. AASIST-L from scratch)")
     s.add_argument("--params-budget", type=lambda t: _positive_int(t, "params budget"), default=None, metavar="P",
@@ -258,6 +262,7 @@ def _cmd_spoof(args) -> int:
     over["settle_epochs"] = getattr(args, "settle_epochs", 0)
     over["compact_every"] = getattr(args, "compact_every", 0)
     over["family"] = getattr(args, "family", "resnet")
+    over["settle_at_budget"] = bool(getattr(args, "settle_at_budget", False))
     if args.sweep and over["family"] != "resnet":
         raise ValueError("--sweep runs the ResNet family; for AASIST use single runs (docs/spoof.md) or "
                          "benchmarks/aasist_vs_aasist_l.py")

@@ -161,7 +161,9 @@ def _paper_columns(row: dict, cfg: SpoofConfig) -> dict:
 def _key(job: tuple) -> str:
     kind, cfg, _, _, value, kappa, _, _, *rest = job
     if kind == "dcl":
-        head = f"dcl-stages{''.join(map(str, value))}-kappa{kappa:g}" + ("-floor" if rest[1:] == ["floor"] else "")
+        floor = rest[1:] == ["floor"]
+        head = f"dcl-stages{''.join(map(str, value))}-kappa{kappa:g}" + ("-floor" if floor else "") + (
+            "-settled" if floor and getattr(cfg, "settle_at_budget", False) else "")  # (old rows keep their keys)
     elif kind == "fixed":
         head = f"fixed-w{value}"
     else:

@@ -62,6 +62,9 @@ class SpoofConfig(TrainConfig):
     width_lr: float = 0.02
     lr_final: float = 0.05
     compact_steps: Optional[int] = None  # DCL runs: also cut after every N optimiser steps within the epochs
+    #: budget runs (``floor`` or ``params_budget``): settle the widths (and cut the model to them) at the first
+    #: optimiser step whose widths meet the budget, and train the weights at them for the rest of the run
+    settle_at_budget: bool = False
     family: str = "resnet"  # resnet | aasist | aasist-l (width/blocks/n_mels/hop/n_fft: the ResNet only)
 
     FAMILIES: ClassVar[tuple[str, ...]] = FAMILIES
@@ -158,7 +161,8 @@ def _fit(model: nn.Module, cfg: SpoofConfig, x: Tensor, y: Tensor, objective, op
          recorder: Optional[WidthRecorder], progress: bool, desc: str, device=None, settle_epochs: int = 0) -> None:
     fit_epochs(model, cfg, x, y, F.binary_cross_entropy_with_logits, objective, optimizer, epochs, recorder=recorder,
                progress=progress, desc=desc, device=device, settle_epochs=settle_epochs,
-               compact_steps=cfg.compact_steps if objective is not None else None)
+               compact_steps=cfg.compact_steps if objective is not None else None,
+               settle_at_budget=bool(cfg.settle_at_budget and getattr(objective, "budget", None) is not None))
 
 
 def train_run(
