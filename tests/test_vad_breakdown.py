@@ -200,10 +200,12 @@ def test_the_recipe_table_pairs_v2_with_v1_of_the_same_seed(tmp_path):
     assert "| **16 min: v2 - v1, seed 0** | | +0.0300 | -5.00 | +0.030 | +0.030 | +0.030 | +0.030 | +0.100 |" in out
     assert "| **16 min: v2 - v1, seed 1** | | -0.0100 | -1.00 | -0.010 | -0.010 | -0.010 | -0.010 | -0.100 |" in out
     assert "| **16 min: seeds where v2 is better (of 2)** | | 1 | 2 | 1 | 1 | 1 | 1 | 1 |" in out
+    # mean of the paired differences with its Student-t interval (t(1) = 12.706, se = 0.02 and 2 points)
+    assert "| **16 min: v2 - v1, mean ± 95 % half-width (2 seeds)** | | +0.0100 ± 0.2541 | -3.00 ± 25.41 |" in out
     assert out.count("**16 min: v2 - v1, seed 0**") == len(NOISE_RECIPE_SETS)
     assert "| 48 min, recipe v2, seed 0 | 2.00 | 0.9400 | 11.00 |" in out
     assert "| **48 min: v2 - v1, seed 0** | | -0.0100 | +1.00 | -0.010 | -0.010 | -0.010 | -0.010 | +0.000 |" in out
-    assert "48 min: seeds where v2" not in out  # one seed: no count
+    assert "48 min: seeds where v2" not in out and "48 min: v2 - v1, mean" not in out  # one seed: no count
     path = d / "noise_recipe_unseen_human.csv"
     _write(path, [row("runs/noise_v1_seed0/vad_crnn.pt", 0.9, 0.2)])
     with pytest.raises(ReportError, match="noise_recipe_unseen_human.csv needs a v1 and a v2 run of the same seed"):

@@ -698,6 +698,7 @@ NOISE_RECIPE_SETS = (
 
 
 def _noise_recipe_table(root: Path, key: str, title: str, opts: str) -> list[str]:
+    from ..train.stats import mean_interval
     from .vad.breakdown import ALL
     from .vad.extended import LOW_SNR_TYPES
     from .vad.train import SNR_BANDS
@@ -749,6 +750,11 @@ def _noise_recipe_table(root: Path, key: str, title: str, opts: str) -> list[str
             up = [sum(1 for d in diffs if (d[i] < 0 if i == 1 else d[i] > 0)) for i in range(len(diffs[0]))]
             out.append(f"| **{minutes} min: seeds where v2 is better (of {len(diffs)})** | | "
                        + " | ".join(str(u) for u in up) + " |")
+            ivs = [mean_interval([d[i] * (100 if i == 1 else 1) for d in diffs]) for i in range(len(diffs[0]))]
+            out.append(f"| **{minutes} min: v2 - v1, mean ± 95 % half-width ({len(diffs)} seeds)** | | "
+                       + " | ".join(f"{iv.mean:{f}} ± {iv.half_width:{f[1:]}}" if iv.n > 1 and not math.isnan(iv.lo)
+                                    else f"{iv.mean:{f}}"
+                                    for iv, f in zip(ivs, ["+.4f", "+.2f"] + ["+.3f"] * (len(ivs) - 2))) + " |")
     return out
 
 
