@@ -50,6 +50,11 @@ def cases():
            lambda y: F.binary_cross_entropy_with_logits(y, torch.zeros_like(y)))
     yield ("VAD Transformer, 16 x 1 s", build_vad_model("transformer"), torch.randn(16, 8000) * 0.1,
            lambda y: F.binary_cross_entropy_with_logits(y, torch.zeros_like(y)))
+    # the sweeps' own training steps: batches of 16 clips of 4 s (docs/vad.md)
+    for fam, label in (("crnn", "CRNN (conv+GRU)"), ("transformer", "Transformer")):
+        torch.manual_seed(0)
+        yield (f"VAD {label}, 16 x 4 s (sweep step)", build_vad_model(fam), torch.randn(16, 32000) * 0.1,
+               lambda y: F.binary_cross_entropy_with_logits(y, torch.zeros_like(y)))
 
 
 def count_syncs(step, device: torch.device, steps: int = 3) -> str:
