@@ -138,8 +138,8 @@ def test_the_report_table_follows_the_breakdown_csvs(tmp_path):
 
     root, d = _docs_copy(tmp_path)
     before = render_block("vad-noise-snr", root)
-    assert "| music | 0.809 / 0.952 (16) |" in before
-    assert "below 5 dB on: music (0.809 against 0.952)" in before
+    assert "| music | 0.834 / 0.952 (16) |" in before
+    assert "below 5 dB on: music (0.834 against 0.952)" in before
     path = d / "noise_snr_test_core.csv"
     rows = list(csv.DictReader(path.open()))
     for r in rows:  # our music cell below 5 dB now beats Silero's
@@ -151,7 +151,7 @@ def test_the_report_table_follows_the_breakdown_csvs(tmp_path):
         w.writerows(rows)
     after = render_block("vad-noise-snr", root)
     assert "| music | **0.990** / 0.952 (16) |" in after and "| music | **2.0** / 10.0 |" in after
-    assert "below 5 dB on: white (0.942 against 0.973)" in after
+    assert "below 5 dB on: pink (0.962 against 0.979)" in after
 
 
 def test_the_report_table_names_a_missing_or_one_model_csv(tmp_path):
@@ -165,7 +165,7 @@ def test_the_report_table_names_a_missing_or_one_model_csv(tmp_path):
         render_block("vad-noise-snr", root)
     path.unlink()
     with pytest.raises(ReportError, match=r"noise_snr_test_ext.csv; run 'slimtrain vad eval --set test --data "
-                                          r"runs/ext48 --by-noise"):
+                                          r"runs/ext48h --by-noise"):
         render_block("vad-noise-snr", root)
 
 
@@ -216,3 +216,34 @@ def test_the_recipe_table_pairs_v2_with_v1_of_the_same_seed(tmp_path):
     path.unlink()
     with pytest.raises(ReportError, match="noise_recipe_unseen_human.csv; run 'slimtrain vad eval --set unseen-human"):
         render_block("vad-noise-recipe", tmp_path)
+
+
+def test_the_human_training_table_summarises_arms_over_seeds_and_pairs_them_with_the_baseline(tmp_path):
+    from slimtrain.tasks.report import HUMAN_TRAINING_SETS, ReportError, render_block
+
+    d = tmp_path / "docs" / "vad_results"
+    d.mkdir(parents=True)
+
+    def row(model, auc, eer, f1=0.8):
+        return {"model": model, "clips": 9, "set_fingerprint": "f", "mflops_per_s": 2.0, "auc": auc, "eer": eer,
+                "f1": f1, "auc < 5 dB": auc - 0.05, "auc fr-x": auc + 0.01}
+
+    rows = [row(f"runs/noise48_v1_seed{s}/vad_crnn.pt", a, 0.20) for s, a in enumerate((0.90, 0.91, 0.92))]
+    rows += [row(f"runs/hv48_v1_seed{s}/vad_crnn.pt", a + 0.02, 0.18) for s, a in enumerate((0.90, 0.91, 0.925))]
+    rows += [row("Silero VAD (8 kHz)", 0.88, 0.25)]
+    for key, _ in HUMAN_TRAINING_SETS:
+        _write(d / f"human_training_{key}.csv", rows)
+    out = render_block("vad-human-training", tmp_path)
+    # mean 0.91, sd 0.01, t(2) = 4.303: half-width 4.303 * 0.01 / sqrt(3) = 0.0248
+    assert "| extended 48 min, noise v1 | 3 | 2.00 | 0.9100 ± 0.0248 | 20.00 ± 0.00 | 0.800 ± 0.000 | 0.860 ± 0.025 | 0.920 ± 0.025 |" in out
+    assert "| Silero VAD (8 kHz) | - | - | 0.8800 | 25.00 | 0.800 | 0.830 | 0.890 |" in out
+    # paired by seed: differences +0.02, +0.02, +0.025: mean +0.0217, interval (+0.0145, +0.0288) excludes 0
+    line = next(ln for ln in out.splitlines() if ln.startswith("| extended 48 min + human voices, noise v1 | better"))
+    assert "better (+0.0217 [+0.0145, +0.0288])" in line and "better (-2.00" in line
+    assert "noise v2 |" not in out  # arms without runs are left out
+    _write(d / "human_training_unseen_human.csv", rows[3:])
+    with pytest.raises(ReportError, match="no noise48_v1_seed<k> run"):
+        render_block("vad-human-training", tmp_path)
+    _write(d / "human_training_unseen_human.csv", [row("runs/other/vad_crnn.pt", 0.9, 0.2)])
+    with pytest.raises(ReportError, match="neither Silero VAD nor a run folder"):
+        render_block("vad-human-training", tmp_path)
