@@ -273,3 +273,36 @@ def test_data_command_corpus_options_are_checked(tmp_path, capsys):
     assert main(["data", "vad", "--corpus", "big", "--out", str(tmp_path / "y")]) == 2
     assert "argument --corpus: invalid choice: 'big'" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+def test_an_utterance_cut_to_its_silence_makes_a_clip_without_speech_not_an_error():
+    """An utterance longer than the clip whose first seconds are silent (a recorded voice with a long lead-in)
+    is cut to silence: that clip has no speech. It is kept as a no-speech clip (labels all 0, SNR NaN, noise
+    where the speech level would have put it), the rest of the split is as before, and the SNR range of the
+    split leaves it out (it failed the whole corpus build with 'cannot set the SNR' before)."""
+    from slimtrain.tasks.vad.data import noise_for_clip, snr_range
+
+    cfg = VadDataConfig(clip_seconds=2.0)
+    rng = np.random.default_rng(3)
+    talk = np.zeros(6000, np.float32)
+    talk[1000:5000] = rng.standard_normal(4000) * 0.1
+    lead_in = np.concatenate([np.zeros(3 * SR, np.float32), rng.standard_normal(SR).astype(np.float32) * 0.1])
+    utts = [("v/a", talk), ("v/lead", lead_in), ("v/b", talk.copy()), ("v/c", talk.copy())]
+    split = build_clips(utts, [], cfg, np.random.default_rng(0), minutes=None, keep_components=True)
+    silent = [i for i, names in enumerate(split.sources) if names == ["v/lead"]]
+    assert len(silent) == 1
+    i = silent[0]
+    assert math.isnan(split.snr_db[i]) and not split.labels[i].any()
+    others = [j for j in range(len(split.audio)) if j != i]
+    assert np.abs(split.noise_audio[i]).max() > 0 and np.isfinite(split.audio[i]).all()
+    noise = make_noise("pink", 2 * SR, np.random.default_rng(4))
+    scaled, has_speech = noise_for_clip(split.speech[i] * 0, noise, 7.0, cfg)  # the level it is mixed at
+    level = 20 * np.log10(np.sqrt(np.mean(scaled.astype(np.float64) ** 2)))
+    assert not has_speech and level == pytest.approx(np.mean(cfg.speech_level_dbfs) - 7.0, abs=1e-3)
+    scaled, has_speech = noise_for_clip(talk.astype(np.float64), noise[:6000], 7.0, cfg)
+    assert has_speech and measure_snr(talk, scaled) == pytest.approx(7.0, abs=0.05)  # with speech: as before
+    assert np.isfinite(split.snr_db[others]).all() and all(split.labels[j].any() for j in others)
+    assert snr_range(split.snr_db) == {"min": float(np.min(split.snr_db[others])),
+                                       "max": float(np.max(split.snr_db[others]))}
+    with pytest.raises(DataError, match="without speech and without noise"):
+        noise_for_clip(np.zeros(SR), np.zeros(SR), 10.0, cfg)

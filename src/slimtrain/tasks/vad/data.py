@@ -259,6 +259,28 @@ def mix_at_snr(speech: np.ndarray, noise: np.ndarray, snr_db: float, hop: int = 
     return (np.asarray(noise, np.float64) * 10 ** ((now - snr_db) / 20)).astype(np.float32)
 
 
+def noise_for_clip(speech: np.ndarray, noise: np.ndarray, snr_db: float, cfg: "VadDataConfig") -> tuple[np.ndarray, bool]:
+    """``(noise scaled for the clip, whether the clip has speech)``: :func:`mix_at_snr` for a clip with
+    speech. A speech track without one active frame (an utterance longer than the clip, cut to a stretch of
+    its silence: digital silence below -90 dBFS) is a clip without speech: its labels are all 0, an SNR is
+    undefined, and its noise is set ``snr_db`` below the middle of ``cfg.speech_level_dbfs``, where the
+    speech would have been (its measured SNR is recorded as NaN)."""
+    if _active_samples(speech, cfg.hop, cfg.label_threshold_db).any():
+        return mix_at_snr(speech, noise, snr_db, cfg.hop, cfg.label_threshold_db), True
+    rms = float(np.sqrt(np.mean(np.asarray(noise, np.float64) ** 2)))
+    if rms <= 0:
+        raise DataError("cannot set the level of a clip without speech and without noise")
+    level = 0.5 * (cfg.speech_level_dbfs[0] + cfg.speech_level_dbfs[1]) - snr_db
+    return (np.asarray(noise, np.float64) * (10 ** (level / 20) / rms)).astype(np.float32), False
+
+
+def snr_range(snr_db: np.ndarray) -> dict:
+    """``{"min", "max"}`` of the measured SNRs of a split's clips, leaving out the clips without speech (NaN)."""
+    ok = np.asarray(snr_db, np.float64)
+    ok = ok[np.isfinite(ok)]
+    return {"min": float(ok.min()), "max": float(ok.max())} if ok.size else {"min": math.nan, "max": math.nan}
+
+
 # -- noise ---------------------------------------------------------------------------------------
 def _colored(rng: np.random.Generator, n: int, exponent: float) -> np.ndarray:
     spec = np.fft.rfft(rng.standard_normal(n))
@@ -376,12 +398,12 @@ def build_clips(utterances: Sequence[tuple[str, np.ndarray]], music: Sequence[np
         kind = kinds_allowed[int(rng.integers(len(kinds_allowed)))]
         noise = make_noise(kind, L, rng, sr, music)
         snr = _draw_snr(kind, cfg, rng)
-        noise = mix_at_snr(speech, noise, snr, hop, cfg.label_threshold_db)
+        noise, has_speech = noise_for_clip(speech, noise, snr, cfg)
         mix = speech + noise
         gain = _limited_gain(mix, cfg, rng)
         audio.append((mix * gain).astype(np.float32))
         labels.append(frame_labels(speech, hop, cfg.label_threshold_db, cfg.onset_frames, cfg.hangover_frames))
-        snrs.append(measure_snr(speech * gain, noise * gain, hop, cfg.label_threshold_db))
+        snrs.append(measure_snr(speech * gain, noise * gain, hop, cfg.label_threshold_db) if has_speech else math.nan)
         targets.append(snr)
         if keep_components:
             comps.append(((speech * gain).astype(np.float32), (noise * gain).astype(np.float32)))
@@ -508,7 +530,7 @@ def build_core_vad_data(cfg: VadDataConfig, cache_dir: str | Path, *, force: boo
             "skipped_files": [f"{p}: {why}" for p, why in list(skipped) + list(mskipped)],
             "music_files": [str(p.name) for p, _ in mgood],
             "noise_counts": {k: data.noise.count(k) for k in NOISE_TYPES},
-            "snr_db": {"min": float(np.min(data.snr_db)), "max": float(np.max(data.snr_db))},
+            "snr_db": snr_range(data.snr_db),
             "clip_sources": data.sources,
         }
     tmp = manifest_path.with_suffix(".json.tmp")

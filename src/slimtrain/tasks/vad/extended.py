@@ -48,7 +48,7 @@ from ..audio import (ASTERISK_VOICES, EXTRA_ASTERISK_SPEAKERS, AudioError, aster
 from ..spoof.attacks import ESPEAK_VARIANTS_EXTENDED
 from .data import (MANIFEST_VERSION, NOISE_TYPES, SPLITS, DataError, VadDataConfig, VadSplit,
                    _clip_speech, _draw_snr, _limited_gain, _prompt_name, _speech_files, frame_labels, make_noise,
-                   measure_snr, mix_at_snr, read_split_audio)
+                   measure_snr, noise_for_clip, read_split_audio, snr_range)
 
 __all__ = ["EXTENDED_VERSION", "EXTENDED_NOISE_TYPES", "NOISE_RECIPES", "LOW_SNR_TYPES", "LOW_SNR_DB", "TTS_VOICES",
            "plan_tts", "extended_fingerprint",
@@ -277,8 +277,9 @@ def build_extended_clips(utterances: Sequence[tuple[str, np.ndarray]], music: Se
         kind = kinds[int(rng.integers(len(kinds)))]
         noise, params = _extended_noise(kind, L, rng, sr, music, babble_pool, effects)
         snr = float(rng.uniform(*recipe["low_snr_db"])) if kind in low else _draw_snr(kind, cfg, rng)
-        noise = mix_at_snr(wet, noise, snr, hop, cfg.label_threshold_db).astype(np.float64)
-        measured = measure_snr(wet, noise, hop, cfg.label_threshold_db)
+        noise, has_speech = noise_for_clip(wet, noise, snr, cfg)
+        noise = noise.astype(np.float64)
+        measured = measure_snr(wet, noise, hop, cfg.label_threshold_db) if has_speech else math.nan
         mix = wet + noise
         if chain["mixture"]:
             mix = G.apply_augmentation(mix, chain["mixture"], sr).astype(np.float64)
@@ -465,7 +466,7 @@ def build_extended_vad_data(cfg: VadDataConfig, cache_dir: str | Path, *, force:
             "noise_counts": {k: data.noise.count(k) for k in NOISE_RECIPES[noise_recipe]["noise_types"]},
             "augment_counts": {op: sum(any(o["op"] == op for o in d["augment"]) for d in details)
                                for op in ("reverb", "band", "codec", "clip")},
-            "snr_db": {"min": float(np.min(data.snr_db)), "max": float(np.max(data.snr_db))},
+            "snr_db": snr_range(data.snr_db),
             "clip_sources": data.sources,
             "clip_details": details,
         }
