@@ -616,8 +616,8 @@ def _vad_real_voices(root: Path) -> str:
 #: the per-noise-type x SNR tables of ``vad-noise-snr``: (CSV under docs/vad_results, title, command that writes it)
 NOISE_SNR_SETS = (
     ("noise_snr_test_core.csv", "Italian test split, core corpus", "--set test --data runs/core"),
-    ("noise_snr_test_ext.csv", "Italian test split, extended corpus", "--set test --data runs/ext48h"),
-    ("noise_snr_unseen_human.csv", "unseen-human", "--set unseen-human --data runs/ext48h --unseen runs/unseen"),
+    ("noise_snr_test_ext.csv", "Italian test split, extended corpus", "--set test --data runs/ext96h"),
+    ("noise_snr_unseen_human.csv", "unseen-human", "--set unseen-human --data runs/ext96h --unseen runs/unseen"),
 )
 
 
@@ -777,6 +777,7 @@ HUMAN_TRAINING_ARMS = {
     "noise48_v2": "extended 48 min, noise v2",
     "hv48_v1": "extended 48 min + human voices, noise v1",
     "hv48_v2": "extended 48 min + human voices, noise v2",
+    "hv96_v1": "extended 96 min + human voices, noise v1",
 }
 HUMAN_TRAINING_SETS = (("unseen_human", "unseen-human: held-out recorded voices"),
                        ("test_core", "Italian test split, core corpus"))
