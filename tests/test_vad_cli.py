@@ -193,3 +193,18 @@ def test_sweep_checkpoint_names_carry_the_run_length(tmp_path):
           if j["run"].get("budget") is not None]
     assert all(j["run"]["settle_at_budget"] for j in at)
     assert {j["checkpoint"] for j in at}.isdisjoint(default) and all("_atb_" in j["checkpoint"] for j in at)
+
+
+def test_an_explicit_data_folder_without_a_corpus_says_which_corpus_it_builds(trained, tmp_path, capsys):
+    """``--data DIR`` without a corpus builds the core one there (the documented cache), and says so: a typo'd
+    path or a stopped ``--corpus extended`` build would otherwise train on a corpus the user did not ask for.
+    A folder that holds a corpus is used without the note."""
+    new = tmp_path / "typo"
+    assert main(["vad", "--quick", "--data", str(new), "--out", str(tmp_path / "o"), "--epochs", "1",
+                 "--no-progress"]) == 0
+    err = capsys.readouterr().err
+    assert f"no corpus in {new} (no manifest.json): building the core corpus there" in err
+    assert "slimtrain data vad --corpus extended --out" in err and (new / "manifest.json").is_file()
+    assert main(["vad", "--quick", "--data", str(trained / "data-quick"), "--out", str(tmp_path / "o2"),
+                 "--epochs", "1", "--no-progress"]) == 0
+    assert "no corpus in" not in capsys.readouterr().err

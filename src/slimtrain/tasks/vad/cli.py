@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+import sys
 from pathlib import Path
 
 from ..options import (_check_no_sweep_engine_args, _int_at_least, _number, _paragraphs, _positive_float,
@@ -491,6 +492,9 @@ def _cmd_vad(args) -> int:
     distributed.init(distributed.resolve_device(device))  # torchrun: the process group, to wait for rank 0's data
     main = distributed.is_main()
     if main:
+        if args.data is not None and not (Path(data_dir) / "manifest.json").is_file():
+            print(f"slimtrain: no corpus in {data_dir} (no manifest.json): building the core corpus there; for "
+                  f"the extended one: slimtrain data vad --corpus extended --out {data_dir}", file=sys.stderr)
         build_vad_data(dcfg, data_dir, progress=progress)
     distributed.barrier()
     data, manifest = load_vad_data(data_dir)
