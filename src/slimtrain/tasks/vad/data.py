@@ -253,7 +253,11 @@ def measure_snr(speech: np.ndarray, noise: np.ndarray, hop: int = 80, threshold_
 def mix_at_snr(speech: np.ndarray, noise: np.ndarray, snr_db: float, hop: int = 80,
                threshold_db: float = 35.0) -> np.ndarray:
     """``noise`` rescaled so that ``measure_snr(speech, scaled) == snr_db``."""
-    now = measure_snr(speech, noise, hop, threshold_db)
+    return _rescaled(noise, measure_snr(speech, noise, hop, threshold_db), snr_db)
+
+
+def _rescaled(noise: np.ndarray, now: float, snr_db: float) -> np.ndarray:
+    """``noise``, now at an SNR of ``now`` dB, rescaled to ``snr_db``."""
     if not math.isfinite(now):
         raise DataError("cannot set the SNR of a clip without speech or without noise")
     return (np.asarray(noise, np.float64) * 10 ** ((now - snr_db) / 20)).astype(np.float32)
@@ -265,8 +269,9 @@ def noise_for_clip(speech: np.ndarray, noise: np.ndarray, snr_db: float, cfg: "V
     its silence: digital silence below -90 dBFS) is a clip without speech: its labels are all 0, an SNR is
     undefined, and its noise is set ``snr_db`` below the middle of ``cfg.speech_level_dbfs``, where the
     speech would have been (its measured SNR is recorded as NaN)."""
-    if _active_samples(speech, cfg.hop, cfg.label_threshold_db).any():
-        return mix_at_snr(speech, noise, snr_db, cfg.hop, cfg.label_threshold_db), True
+    now = measure_snr(speech, noise, cfg.hop, cfg.label_threshold_db)  # -inf: no active speech frame
+    if now != -math.inf:
+        return _rescaled(noise, now, snr_db), True
     rms = float(np.sqrt(np.mean(np.asarray(noise, np.float64) ** 2)))
     if rms <= 0:
         raise DataError("cannot set the level of a clip without speech and without noise")
