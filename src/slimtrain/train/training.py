@@ -244,17 +244,15 @@ def fit(
         if w.parallel:  # the resumed ranks continue their own saved streams, not fresh ones
             _restore_rank_rng(checkpoint, w)
         if was_settled:
-            dp.settle()
-            if cuttable:
-                dp.compact(optimizer)
+            dp.settle(optimizer if cuttable else None)
             settle_pending = False
     ckpt_note = f"; the last good checkpoint is '{checkpoint}'" if checkpoint is not None else ""
     bar = tqdm(range(start, epochs), desc=desc, disable=not (progress and w.main), leave=False, initial=start,
                total=epochs)
     try:
         for epoch in bar:
-            if settle_epochs and epoch >= epochs - settle_epochs and dp.settle() and cuttable:
-                dp.compact(optimizer)  # the settled widths train as the cut network
+            if settle_epochs and epoch >= epochs - settle_epochs:
+                dp.settle(optimizer if cuttable else None)  # the settled widths train as the cut network
             model.train()
             total, n = 0.0, 0
             for step, batch in enumerate(batches(epoch)):
@@ -277,9 +275,7 @@ def fit(
                 if cuttable and compact_steps and (n + 1) % compact_steps == 0:
                     dp.compact(optimizer, compact_margin)
                 if settle_pending and objective.meets_budget():
-                    dp.settle()
-                    if cuttable:
-                        dp.compact(optimizer)
+                    dp.settle(optimizer if cuttable else None)
                     settle_pending = False
                 total += value
                 n += 1
@@ -380,15 +376,19 @@ class DataParallel:
             return value
         return float(distributed.sum_over_ranks([value if self.world.main else 0.0], self._reduce_device)[0])
 
-    def settle(self) -> dict[str, int]:
+    def settle(self, optimizer: Optional[torch.optim.Optimizer] = None) -> dict[str, int]:
         """:func:`slimtrain.settle_widths` on the model, and a new DDP wrapper (the old one still waits
-        for the widths' gradients); returns the settled widths. Does nothing once settled."""
+        for the widths' gradients); returns the settled widths. Does nothing once settled. With ``optimizer``
+        a :attr:`cuttable` model is then cut to the settled widths (:meth:`compact`), so they train as the
+        cut network."""
         if _settled(self.model):
             return {}
         widths = settle_widths(self.model)
         if self.net is not self.model:
             self._drop_net()
             self.net = distributed.wrap(self.model, self.device, **self.options)
+        if optimizer is not None and self.cuttable:
+            self.compact(optimizer)
         return widths
 
     @property

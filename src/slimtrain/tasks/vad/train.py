@@ -197,8 +197,8 @@ def train_loop(model: nn.Module, train: VadSplit, epochs: int, optimizer: torch.
     bar = tqdm(range(epochs), desc=desc, disable=not (progress and dp.world.main), leave=False)
     try:
         for epoch in bar:
-            if settle_epochs and epoch >= epochs - settle_epochs and dp.settle() and cuttable:
-                dp.compact(optimizer)  # the settled widths train as the cut network
+            if settle_epochs and epoch >= epochs - settle_epochs:
+                dp.settle(optimizer if cuttable else None)  # the settled widths train as the cut network
             model.train()
             perm = torch.randperm(n, generator=gen)
             total, k = 0.0, 0
@@ -213,9 +213,7 @@ def train_loop(model: nn.Module, train: VadSplit, epochs: int, optimizer: torch.
                 loss = penalty(task) if penalty is not None else task
                 _, task_value = dp.step(optimizer, loss, task, where=f"at epoch {epoch}", hint="lower the learning rate")
                 if settle_when is not None and settle_when():
-                    dp.settle()
-                    if cuttable:
-                        dp.compact(optimizer)
+                    dp.settle(optimizer if cuttable else None)
                     settle_when = None
                 total += task_value
                 k += 1
