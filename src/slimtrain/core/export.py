@@ -106,23 +106,19 @@ def _cut(model: nn.Module, s: LayerSpec, widths: dict[int, int]) -> None:
         m.in_channels = len(in_idx) if in_idx is not None else m.in_channels
         if depthwise:
             m.groups = m.in_channels
-    elif s.kind == "bn":
+    elif s.kind in ("bn", "ln"):
         if in_idx is None:
             return
-        for k in ("weight", "bias"):
+        for k in ("weight", "bias"):  # the per-channel affine of either norm
             if getattr(m, k) is not None:
                 setattr(m, k, _param(getattr(m, k), getattr(m, k)[in_idx]))
-        for k in ("running_mean", "running_var"):
-            if getattr(m, k) is not None:
-                setattr(m, k, getattr(m, k)[in_idx].clone())
-        m.num_features = len(in_idx)
-    elif s.kind == "ln":
-        if in_idx is None:
-            return
-        for k in ("weight", "bias"):
-            if getattr(m, k) is not None:
-                setattr(m, k, _param(getattr(m, k), getattr(m, k)[in_idx]))
-        m.normalized_shape = (len(in_idx),)
+        if s.kind == "ln":
+            m.normalized_shape = (len(in_idx),)
+        else:
+            for k in ("running_mean", "running_var"):
+                if getattr(m, k) is not None:
+                    setattr(m, k, getattr(m, k)[in_idx].clone())
+            m.num_features = len(in_idx)
     elif s.kind == "emb":
         if out_idx is not None:
             m.weight = _param(m.weight, m.weight.index_select(1, out_idx))
