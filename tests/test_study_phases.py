@@ -108,6 +108,10 @@ def test_spoof_job_keys_are_those_its_saved_rows_carry():
     assert _key(("dcl", c, "d", (), (2,), 0.0625, 1.0, None, "cpu", "alpha")) == "dcl-stages2-kappa0.0625-seed3"
     assert _key(("fixed", c, "d", (), 8, math.nan, math.nan, None, "cpu")) == "fixed-w8-seed3"
     assert _key(("pruned", c, "d", (), 6313476.4, 0.25, math.nan, None)) == "pruned-kappa0.25-macs6313476-seed3"
+    # rows trained with --settle-at-budget are kept apart from the floor rows saved before it
+    s = SpoofConfig(seed=3, settle_at_budget=True)
+    assert _key(("dcl", s, "d", (), (0, 1, 2, 3), 0.25, 1.0, None, "cpu", "floor")) == \
+        "dcl-stages0123-kappa0.25-floor-settled-seed3"
 
 
 # -- the VAD sweep's second phase (pruning at the MACs its DCL rows reached), with a stand-in for training ----------

@@ -795,7 +795,7 @@ def _training_arms_table(root: Path, arms: dict, sets: Sequence[tuple[str, str]]
     out: list[str] = []
     for key, title in sets:
         csv_name = f"{prefix}_{key}.csv"
-        rows = _doc_csv(root, f"vad_results/{csv_name}", f"slimtrain vad eval --set ... --model runs/{next(iter(arms))}_seed0/"
+        rows = _doc_csv(root, f"vad_results/{csv_name}", f"slimtrain vad eval --set ... --model runs/{base}_seed0/"
                         f"vad_crnn.pt ... --csv docs/vad_results/{csv_name}")
         runs, silero = [], None
         for r in rows:

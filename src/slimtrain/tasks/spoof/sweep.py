@@ -163,7 +163,7 @@ def _key(job: tuple) -> str:
     if kind == "dcl":
         floor = rest[1:] == ["floor"]
         head = f"dcl-stages{''.join(map(str, value))}-kappa{kappa:g}" + ("-floor" if floor else "") + (
-            "-settled" if floor and getattr(cfg, "settle_at_budget", False) else "")  # (old rows keep their keys)
+            "-settled" if floor and cfg.settle_at_budget else "")  # (old rows keep their keys)
     elif kind == "fixed":
         head = f"fixed-w{value}"
     else:
