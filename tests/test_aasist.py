@@ -172,6 +172,8 @@ def test_channel_sum_of_a_width_that_is_not_zero_outside_it_stays_fixed():
     (("--family", "aasist", "--sweep"), ("--sweep runs the ResNet family",)),
     (("--family", "aasist-l", "--plain", "--params-budget", "85306"), ("--params-budget needs DCLs",)),
     (("--sweep", "--train-crop", "4000"), ("apply to single runs",)),
+    (("--settle-at-budget",), ("--settle-at-budget needs a budget", "--params-budget")),
+    (("--sweep", "--kappa-control", "alpha", "--settle-at-budget"), ("--settle-at-budget needs a budget",)),
     (("--family", "aasist-xl",), ("invalid choice", "aasist-l")),
 ])
 def test_spoof_command_refuses_family_options_that_do_not_apply(capsys, argv, words):

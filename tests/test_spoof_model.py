@@ -154,3 +154,11 @@ def test_floor_run_settles_at_its_budget_and_trains_the_cut_network(spoof_data, 
     # holds them there, some a hair above) and keep their noise channels
     assert dcls and (all(at_floor) and all(cut_to_width)) == settle, (row["widths"], dcls)
     assert row["export_max_abs_diff"] < 1e-5
+
+
+def test_settle_at_budget_without_a_budget_is_refused_before_training(spoof_data):  # noqa: F811
+    _, man, train, test = spoof_data
+    cfg = SpoofConfig.quick(settle_at_budget=True)
+    with pytest.raises(ValueError, match="settle_at_budget needs a budget: floor=True or params_budget"):
+        train_run(cfg, train, test, man["unseen_attacks"], stages=(0, 1, 2, 3), kappa_min=0.25, alpha=1.0,
+                  progress=False)

@@ -272,6 +272,10 @@ def _cmd_spoof(args) -> int:
         raise ValueError("--plain, --params-budget and --train-crop apply to single runs, not --sweep")
     if args.plain and args.params_budget is not None:
         raise ValueError("--params-budget needs DCLs; drop --plain")
+    if over["settle_at_budget"] and (args.plain or (args.sweep and args.kappa_control != "floor")
+                                     or (not args.sweep and args.params_budget is None)):
+        raise ValueError("--settle-at-budget needs a budget: a single run with --params-budget, or --sweep with "
+                         "--kappa-control floor (the default)")
     cfg = SpoofConfig.quick(**over) if args.quick else SpoofConfig(**over)
     if cfg.warmup_epochs >= cfg.epochs:
         cfg.warmup_epochs = cfg.epochs - 1

@@ -162,7 +162,7 @@ def _fit(model: nn.Module, cfg: SpoofConfig, x: Tensor, y: Tensor, objective, op
     fit_epochs(model, cfg, x, y, F.binary_cross_entropy_with_logits, objective, optimizer, epochs, recorder=recorder,
                progress=progress, desc=desc, device=device, settle_epochs=settle_epochs,
                compact_steps=cfg.compact_steps if objective is not None else None,
-               settle_at_budget=bool(cfg.settle_at_budget and getattr(objective, "budget", None) is not None))
+               settle_at_budget=cfg.settle_at_budget and objective is not None)  # (train_run checked the budget)
 
 
 def train_run(
@@ -217,6 +217,8 @@ def train_run(
     if params_budget is not None and not (math.isfinite(params_budget) and params_budget > 0):
         raise ValueError(f"params budget must be a positive number, got {params_budget!r}")
     aasist = cfg.family != "resnet"
+    if cfg.settle_at_budget and stages and not floor and params_budget is None:
+        raise ValueError("settle_at_budget needs a budget: floor=True or params_budget")
     if aasist and prune_to is not None:
         raise ValueError("the pruning baseline is for the ResNet family")
     t0 = time.perf_counter()
