@@ -1,4 +1,4 @@
-"""The recorded human-voice registry (``slimtrain.tasks.vad.human_voices``), its use in the extended corpus,
+"""The recorded human-voice registry (``slimtrain.tasks.human_voices``), its use in the extended corpus,
 and the ``unseen-human`` / ``unseen-tts`` evaluation sets (``slimtrain.tasks.vad.unseen_human``)."""
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from slimtrain.cli import main
-from slimtrain.tasks.vad import human_voices as H
+from slimtrain.tasks import human_voices as H
 from slimtrain.tasks.vad.build import build_vad_data
 from slimtrain.tasks.vad.unseen import check_training_manifest
 from slimtrain.tasks.vad.data import DataError, VadDataConfig, VadSplit

@@ -545,7 +545,7 @@ def _vad_ship(root: Path) -> str:
 
 def _vad_human_voices(root: Path) -> str:
     """The recorded human-voice sources (registry measured on the machine) and their totals per role."""
-    from .vad import human_voices as H
+    from . import human_voices as H
 
     path = root / "docs/vad_results/human_voices.csv"
     if not path.is_file():

@@ -47,7 +47,7 @@ def _tts_rate(engine: str, voice: str) -> Optional[int]:
 
 @functools.lru_cache(maxsize=None)
 def _human_rate(source_id: str) -> Optional[int]:
-    from .human_voices import HumanVoiceError, source, source_files
+    from ..human_voices import HumanVoiceError, source, source_files
 
     try:
         files = source_files(source(source_id))

@@ -281,7 +281,7 @@ def register(commands, data_commands) -> None:
 
 
 def _human_list(text: str) -> list[str]:
-    from .human_voices import SOURCES, sources
+    from ..human_voices import SOURCES, sources
 
     if text.strip() in ("train", "all"):
         return [s.id for s in sources("train", addable=True)]
@@ -297,7 +297,7 @@ def _human_list(text: str) -> list[str]:
 
 
 def _cmd_human_voices(args) -> int:
-    from . import human_voices as H
+    from .. import human_voices as H
 
     rows = H.measure()
     print("\t".join(("id", "package", "role", "languages", "speakers", "files", "minutes", "speaker count")))

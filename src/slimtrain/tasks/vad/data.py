@@ -139,7 +139,7 @@ class VadDataConfig:
                 problems.append(f"tts_utterances must be an integer >= 0, got {self.tts_utterances!r}")
             if not all(0 <= p <= 1 for p in self.augment_probabilities) or len(self.augment_probabilities) != 4:
                 problems.append(f"augment_probabilities must be 4 numbers in [0, 1], got {self.augment_probabilities}")
-            from .human_voices import SOURCES
+            from ..human_voices import SOURCES
 
             roles = {s.id: s.role for s in SOURCES}
             builtin = {s.id for s in SOURCES if s.builtin}

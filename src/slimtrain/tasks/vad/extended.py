@@ -122,7 +122,7 @@ def source_inventory(cfg: VadDataConfig, effects: Optional[dict[str, list[Path]]
         inv.append({"kind": "speech", "package": package, "version": package_version(package), "speaker": sp,
                     "language": lang, "files": len(extra_prompts(sp))})
     if cfg.human_voices:
-        from .human_voices import source, source_files
+        from ..human_voices import source, source_files
 
         for sid in cfg.human_voices:
             src = source(sid)
@@ -302,7 +302,7 @@ def build_extended_clips(utterances: Sequence[tuple[str, np.ndarray]], music: Se
 def _human_training_files(cfg: VadDataConfig) -> dict[str, str]:
     """Training files of ``cfg.human_voices`` (at most ``human_files_per_source`` each, drawn from their own
     seed stream) -> utterance name ``human/<source id>/<file path in its folder>``."""
-    from .human_voices import HumanVoiceError, package_dir, source, source_files
+    from ..human_voices import HumanVoiceError, package_dir, source, source_files
 
     out: dict[str, str] = {}
     for sid, seq in zip(cfg.human_voices, np.random.SeedSequence([cfg.seed, 8]).spawn(len(cfg.human_voices))):
@@ -332,7 +332,7 @@ def _minutes_by_kind(speech_seconds: dict[str, float]) -> dict[str, float]:
 def _human_manifest(cfg: VadDataConfig, names: dict[str, str], good: Sequence[tuple[Path, np.ndarray]],
                     speech_seconds: dict[str, float]) -> dict:
     """The human-voice sources of the training split: registry fields, files read, minutes in the clips, totals."""
-    from .human_voices import source, source_files
+    from ..human_voices import source, source_files
 
     read = {}
     for p, x in good:

@@ -33,7 +33,7 @@ import numpy as np
 from ..audio import EXTRA_ASTERISK_SPEAKERS, AudioError, asterisk_transcripts, extra_prompts, package_version
 from .data import DataError, VadDataConfig, VadSplit, read_split_audio
 from .extended import TTS_VOICES, _effects_for, build_extended_clips
-from .human_voices import HumanVoiceError, held_out_languages, sources
+from ..human_voices import HumanVoiceError, held_out_languages, sources
 
 __all__ = ["UNSEEN_VERSION", "UNSEEN_ESPEAK", "UNSEEN_FESTIVAL", "HELD_OUT_SPEAKER", "GROUPS", "UnseenConfig",
            "unseen_voices", "training_voices", "check_held_out", "check_training_manifest", "build_unseen_set",
@@ -107,7 +107,7 @@ def training_voices(manifest: dict) -> dict[str, set]:
         speakers.add(sp)
         languages.add(EXTRA_ASTERISK_SPEAKERS[sp][1] if sp in EXTRA_ASTERISK_SPEAKERS else sp)
     if manifest.get("corpus") == "extended":
-        from .human_voices import source
+        from ..human_voices import source
 
         for sid in cfg.get("human_voices", []) or []:
             speakers.add(sid)

@@ -24,7 +24,7 @@ import numpy as np
 from ..audio import AudioError, music_on_hold, sound_effects
 from .data import DataError, VadSplit, read_split_audio
 from .extended import _effects_for
-from .human_voices import HumanVoiceError, package_dir, source_files, sources
+from ..human_voices import HumanVoiceError, package_dir, source_files, sources
 from .unseen import (HELD_OUT_SPEAKER, UnseenConfig, _mix_config, build_unseen_set, config_dict, is_built,
                      load_clip_set, load_unseen_set, mix_groups, write_clip_set)
 

@@ -1,4 +1,4 @@
-"""Registry of the *recorded human* voices in Debian packages that the VAD corpora use (no TTS here).
+"""Registry of the *recorded human* voices in Debian packages that the VAD and anti-spoofing corpora use (no TTS here).
 
 Every source (:data:`SOURCES`) names its Debian package, the folder and file patterns inside it, its
 spoken language(s), how many speakers it holds (and how that count was made: speaker identity is
@@ -24,8 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Optional, Sequence
 
-from ..audio import deb_root
-from .errors import DataError
+from .audio import deb_root
 
 __all__ = ["HumanSource", "HumanVoiceError", "SOURCES", "ROLES", "source", "sources", "package_dir",
            "source_files", "measure", "totals", "write_csv", "read_csv", 
@@ -36,7 +35,7 @@ ROLES = ("train", "val", "test", "held-out")
 _GSM_FRAME_BYTES, _GSM_FRAME_SAMPLES, _GSM_RATE = 33, 160, 8000
 
 
-class HumanVoiceError(DataError):
+class HumanVoiceError(ValueError):
     """A human-voice source that is unknown, not installed, or holds a bad file (the message names it)."""
 
 
@@ -185,7 +184,7 @@ def measure(selection: Optional[Iterable[HumanSource]] = None, root: Optional[st
     package, or a source whose every file is bad, raises :class:`HumanVoiceError` naming it."""
     import warnings
 
-    from ..audio import package_version
+    from .audio import package_version
 
     rows = []
     for s in (SOURCES if selection is None else selection):
