@@ -27,7 +27,7 @@ from typing import Iterable, Optional, Sequence
 from .audio import deb_root
 
 __all__ = ["HumanSource", "HumanVoiceError", "SOURCES", "ROLES", "source", "sources", "package_dir",
-           "source_files", "measure", "totals", "write_csv", "read_csv", 
+           "parse_source_list", "source_files", "usable_files", "measure", "totals", "write_csv", "read_csv", 
            "held_out_languages"]
 
 ROLES = ("train", "val", "test", "held-out")
@@ -131,6 +131,23 @@ def source(source_id: str) -> HumanSource:
     raise HumanVoiceError(f"unknown human-voice source {source_id!r}; known: {', '.join(s.id for s in SOURCES)}")
 
 
+def parse_source_list(text: str, role: str = "train") -> list[str]:
+    """Source ids from a command-line value: ``role`` (or ``all``) for every addable source of that role,
+    ``none`` for none, else comma-separated ids (:class:`HumanVoiceError` naming unknown ones)."""
+    t = text.strip()
+    if t in (role, "all"):
+        return [s.id for s in sources(role, addable=True)]
+    if t == "none":
+        return []
+    ids = [i.strip() for i in t.split(",") if i.strip()]
+    known = {s.id for s in SOURCES}
+    bad = [i for i in ids if i not in known]
+    if bad or not ids:
+        raise HumanVoiceError(f"unknown human-voice source(s) {', '.join(bad) or repr(text)}; use {role!r} or ids "
+                              f"from: {', '.join(s.id for s in sources(role, addable=True))}")
+    return ids
+
+
 def held_out_languages() -> set[str]:
     """Languages that no training split may use (those of held-out sources with ``language_held_out``)."""
     return {lg for s in SOURCES if s.role == "held-out" and s.language_held_out for lg in s.languages}
@@ -176,6 +193,26 @@ def _seconds(path: Path) -> float:
     if info.frames <= 0 or info.samplerate <= 0:
         raise HumanVoiceError(f"{path}: empty audio file ({info.frames} samples)")
     return info.frames / info.samplerate
+
+
+def usable_files(src: HumanSource, root: Optional[str | Path] = None) -> list[Path]:
+    """:func:`source_files` less the empty or unreadable ones (checked from their headers; one warning names
+    them); :class:`HumanVoiceError` when none is left."""
+    import warnings
+
+    files, bad = [], []
+    for f in source_files(src, root):
+        try:
+            _seconds(f)
+            files.append(f)
+        except HumanVoiceError as e:
+            bad.append(str(e))
+    if not files:
+        raise HumanVoiceError(f"human-voice source {src.id!r}: none of its {len(bad)} files is usable; first: {bad[0]}")
+    if bad:
+        warnings.warn(f"human-voice source {src.id!r}: skipped {len(bad)} of {len(bad) + len(files)} files: "
+                      + "; ".join(bad[:3]), stacklevel=2)
+    return files
 
 
 def measure(selection: Optional[Iterable[HumanSource]] = None, root: Optional[str | Path] = None) -> list[dict]:

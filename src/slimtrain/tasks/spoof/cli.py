@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -43,11 +44,16 @@ def register(commands, data_commands) -> None:
         "spoof", help="build the anti-spoofing data set (Asterisk prompts + 7 offline attack families)",
         description=_paragraphs(
             "Build the anti-spoofing data set deterministically from --seed into --out: bona fide Asterisk "
-            "prompts (en/es/it for training, fr_CA as held-out speaker) and spoofs from seven attack families "
+            "prompts (en/es/it for training, fr_CA as held-out speaker) and spoofs from nine attack families "
             "(A1 espeak-ng, A2 flite, A3 Festival diphone, A4 Festival HTS, A5 WORLD copy-synthesis, A6 "
-            "Griffin-Lim from mel, A7 LPC vocoder) on the same texts/recordings. Training uses A1, A2, A3, A5; "
-            "evaluation adds the unseen A4, A6, A7. Every clip gets the same cue removal (band-pass, silence "
-            "trim, random level, fixed length, light noise).",
+            "Griffin-Lim from mel, A7 LPC vocoder, A8 hard splices and A9 smoothed splices of bona fide "
+            "recordings) on the same texts/recordings. Training uses A1, A2, A3, A5, A8; evaluation adds the "
+            "unseen A4, A6, A7, A9. Every clip gets the same cue removal (band-pass, silence trim, random level, "
+            "fixed length, light noise).",
+            "--human-voices adds recorded human voices of Debian packages (KLettres in 15 languages, Fish Fillets "
+            "dialogue, a Russian PBX voice) as bona fide training speakers and sources of the copy and splice "
+            "attacks; --human-heldout adds evaluation-only human speakers (Italian, Lithuanian, Hebrew, "
+            "Malayalam, Ukrainian) whose EERs training reports as eer_heldout*.",
             "Writes OUT/train.npz, OUT/eval.npz, OUT/items.csv and OUT/manifest.json (config, counts, "
             "SHA-256 of each file). An existing folder with the same settings is reused unless --force.",
         ), formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -63,6 +69,15 @@ def register(commands, data_commands) -> None:
                          "reads whichever corpus DIR holds"),
         force=dict(help="rebuild even if the folder already holds this data set"),
         no_progress=dict(help="hide the progress bar"))
+    d.add_argument("--human-voices", type=lambda t: _sources(t, "train"), default=None, metavar="train|ID[,ID...]",
+                   help="recorded human voices as bona fide training speakers: 'train' (every source registered "
+                        "for training) or source ids ('slimtrain data human-voices' lists them). Default: none")
+    d.add_argument("--human-heldout", type=lambda t: _sources(t, "held-out"), default=None,
+                   metavar="held-out|ID[,ID...]",
+                   help="recorded human voices as evaluation-only bona fide speakers: 'held-out' (every held-out "
+                        "source) or ids. Default: 'held-out' with --human-voices, else none")
+    d.add_argument("--human-files", type=lambda t: _positive_int(t, "human files"), default=None, metavar="N",
+                   help="at most N files per human-voice source (default: all)")
     d.set_defaults(func=_cmd_data)
 
     s = commands.add_parser(
@@ -121,6 +136,16 @@ def register(commands, data_commands) -> None:
     s.add_argument("--params-budget", type=lambda t: _positive_int(t, "params budget"), default=None, metavar="P",
                    help="single run with DCLs: a budget on the parameter count (Lagrangian multiplier) instead of "
                         "--alpha, e.g. 85306 (AASIST-L's published size)")
+    kd = s.add_argument_group("distillation while shrinking (single runs; docs/method.md, section 4b)")
+    kd.add_argument("--teacher", type=Path, default=None, metavar="CKPT",
+                    help="a trained countermeasure (checkpoint or TorchScript file, e.g. a --plain full-width run) "
+                         "whose bona fide logits the model imitates while it trains: + W * T^2 * BCE(s/T, "
+                         "sigmoid(t/T)) on the task loss")
+    kd.add_argument("--distill-weight", type=float, default=1.0, metavar="W", help="--teacher: W (default: 1)")
+    kd.add_argument("--distill-temperature", type=float, default=2.0, metavar="T", help="--teacher: T (default: 2)")
+    kd.add_argument("--init-from-teacher", action="store_true",
+                    help="--teacher: start from the teacher's weights (same family and width), as DPHuBERT and "
+                         "CoFi shrink the model they imitate")
     s.add_argument("--train-crop", type=lambda t: _positive_int(t, "train crop"), default=None, metavar="SAMPLES",
                    help="single run: train on random crops of this many samples of each clip (evaluation uses "
                         "whole clips); AASIST costs about 1.2 GMAC per second of audio")
@@ -173,6 +198,17 @@ def _cmd_data(args) -> int:
 
     cfg = SpoofDataConfig.quick(seed=args.seed) if args.quick else SpoofDataConfig(seed=args.seed)
     cfg.corpus = args.corpus
+    if args.human_voices is not None:
+        cfg.human_voices = tuple(args.human_voices)
+    heldout = args.human_heldout
+    if heldout is None and cfg.human_voices:
+        heldout = _sources("held-out", "held-out")
+    if heldout is not None:
+        cfg.human_heldout = tuple(heldout)
+    if args.human_files is not None:
+        if not (cfg.human_voices or cfg.human_heldout):
+            raise ValueError("--human-files only applies with --human-voices or --human-heldout")
+        cfg.human_files_per_source = args.human_files
     out = args.out or (DEFAULT_QUICK_DATA if args.quick else DEFAULT_DATA)
     t0 = time.perf_counter()
     man = build_dataset(out, cfg, workers=args.workers, progress=not args.no_progress, force=args.force)
@@ -180,7 +216,21 @@ def _cmd_data(args) -> int:
     corpus = f"corpus {man.get('corpus', 'core')}" + (f", fingerprint {man['fingerprint']}" if "fingerprint" in man else "")
     print(f"spoofing data in {out} ({corpus}; {time.perf_counter() - t0:.1f}s): {counts}")
     print(f"  unseen attacks (evaluation only): {', '.join(man['unseen_attacks'])}; manifest {out / 'manifest.json'}")
+    for role, t in man.get("human_voices", {}).get("totals", {}).items():
+        if t["sources"]:
+            print(f"  human voices, {role}: {t['sources']} sources, {t['speakers']} speakers, "
+                  f"{len(t['languages'])} languages ({' '.join(t['languages'])}); {t['bona']} bona fide and "
+                  f"{t['spoof']} copy/splice clips")
     return 0
+
+
+def _sources(text: str, role: str) -> list[str]:
+    from ..human_voices import HumanVoiceError, parse_source_list
+
+    try:
+        return parse_source_list(text, role)
+    except HumanVoiceError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _nonneg_int(text: str, what: str) -> int:
@@ -268,8 +318,9 @@ def _cmd_spoof(args) -> int:
                          "benchmarks/aasist_vs_aasist_l.py")
     if over["family"] != "resnet" and (args.width is not None or args.stages is not None):
         raise ValueError("--width and --stages apply to the ResNet family only")
-    if args.sweep and (args.plain or args.params_budget is not None or args.train_crop is not None):
-        raise ValueError("--plain, --params-budget and --train-crop apply to single runs, not --sweep")
+    if args.sweep and (args.plain or args.params_budget is not None or args.train_crop is not None
+                       or args.teacher is not None or args.init_from_teacher):
+        raise ValueError("--plain, --params-budget, --train-crop and --teacher apply to single runs, not --sweep")
     if args.plain and args.params_budget is not None:
         raise ValueError("--params-budget needs DCLs; drop --plain")
     if over["settle_at_budget"] and (args.plain or (args.sweep and args.kappa_control != "floor")
@@ -296,6 +347,13 @@ def _cmd_spoof(args) -> int:
     if not args.sweep:
         if args.fixed_widths is not None or args.no_pruning or args.pruning_only or args.resume:
             raise ValueError("--fixed-widths, --no-pruning, --pruning-only and --resume only apply with --sweep")
+        teacher = None
+        if args.teacher is not None:
+            from ...train.checkpoint import load_for_inference
+
+            teacher = load_for_inference(args.teacher, "spoof")[0]
+        elif args.init_from_teacher:
+            raise ValueError("--init-from-teacher needs --teacher")
         _check_no_sweep_engine_args(args)
         if args.stages is not None and len(args.stages) > 1:
             raise ValueError("give one stage set for a single run (several sets separated by '/' need --sweep)")
@@ -309,7 +367,9 @@ def _cmd_spoof(args) -> int:
         row = train_run(cfg, load_split(data_dir, "train"), load_split(data_dir, "eval"), unseen, stages=stages,
                         kappa_min=kappa, alpha=args.alpha, record_csv=out / "widths.csv",
                         checkpoint=out / "model.ckpt", progress=progress, device=device,
-                        params_budget=args.params_budget, train_crop=args.train_crop)
+                        params_budget=args.params_budget, train_crop=args.train_crop, teacher=teacher,
+                        distill_weight=args.distill_weight, distill_temperature=args.distill_temperature,
+                        init_from_teacher=args.init_from_teacher)
         if not main:
             return 0
         (out / "result.json").write_text(json.dumps({"config": cfg.as_dict(), "data": str(data_dir), "result": row},
@@ -324,6 +384,12 @@ def _cmd_spoof(args) -> int:
               f"({row['gflops_per_second']:.4f} GFLOP/s)")
         print(f"  EER pooled {row['eer_pooled']:.2f}%, unseen attacks ({', '.join(unseen)}) {row['eer_unseen']:.2f}%, "
               + ", ".join(f"{a} {row[f'eer_{a}']:.1f}%" for a in unseen))
+        if math.isfinite(row["eer_heldout"]):
+            from .attacks import ATTACKS
+
+            worst = max(ATTACKS, key=lambda a: row[f"eer_heldout_{a}"] if math.isfinite(row[f"eer_heldout_{a}"]) else -1)
+            print(f"  held-out speakers' bona fide clips against every spoof: EER {row['eer_heldout']:.2f}% "
+                  f"(hardest attack {worst}: {row[f'eer_heldout_{worst}']:.1f}%)")
         print(f"  wrote {out / 'model.ckpt'}, {out / 'widths.csv'}, {out / 'result.json'} in "
               f"{time.perf_counter() - t0:.1f}s")
         return 0

@@ -29,6 +29,15 @@ Everything is drawn from ``seed`` (per item, so parallel generation gives the sa
 ``build_dataset`` writes ``train.npz``, ``eval.npz``, ``items.csv`` and ``manifest.json``
 (config, counts, SHA-256 of each file) into the cache folder and reuses them when the config
 matches.
+
+Recorded human voices (``human_voices`` / ``human_heldout``, source ids of
+:mod:`slimtrain.tasks.human_voices`): the training sources add ``n_bona_train`` more bona fide
+training clips and are recordings for the copy and splice attacks (``n_spoof_train_per_attack // 2``
+more clips per such attack); the held-out sources add ``n_bona_eval_heldout`` evaluation-only bona
+fide clips of speakers (and mostly languages) no split trains on, and ``n_spoof_eval_per_attack // 2``
+copy/splice clips per such attack made of their recordings. Draws pick a speaker first (in proportion
+to each source's speaker count), then one of its files, so a source with thousands of files does not
+drown one with thirty. Every human item has its own random stream: the other clips stay byte-identical.
 """
 from __future__ import annotations
 
@@ -85,6 +94,12 @@ class SpoofDataConfig:
     #: ``"core"`` (documented), ``"extended"`` (more bona fide speakers, voices and variants; see
     #: :data:`EXTENDED_VERSION`) or ``None``: whatever corpus the folder holds (core if none)
     corpus: Optional[str] = None
+    #: recorded human voices added as known bona fide speakers (source ids of role ``train``; see module doc)
+    human_voices: tuple[str, ...] = ()
+    #: recorded human voices added as evaluation-only bona fide speakers (source ids of role ``held-out``)
+    human_heldout: tuple[str, ...] = ()
+    #: at most this many files per human source (``None``: all; for quick builds and tests)
+    human_files_per_source: Optional[int] = None
 
     @classmethod
     def quick(cls, **overrides) -> "SpoofDataConfig":
@@ -127,13 +142,45 @@ class SpoofDataConfig:
             raise DataError(f"clip-seconds must be in [0.25, 10], got {self.clip_seconds!r}")
         if not (0.05 <= self.eval_fraction <= 0.5):
             raise DataError(f"eval-fraction must be in [0.05, 0.5], got {self.eval_fraction!r}")
+        self._validate_human()
         return self
+
+    def _validate_human(self) -> None:
+        from ..human_voices import HumanVoiceError, source
+
+        for field_, role in (("human_voices", "train"), ("human_heldout", "held-out")):
+            ids = getattr(self, field_)
+            if isinstance(ids, str) or len(set(ids)) != len(ids):
+                raise DataError(f"{field_.replace('_', '-')} must be distinct source ids, got {ids!r}")
+            for sid in ids:
+                try:
+                    src = source(sid)
+                except HumanVoiceError as e:
+                    raise DataError(str(e)) from None
+                if src.role != role or src.builtin:
+                    raise DataError(f"{field_.replace('_', '-')}: source {sid!r} has role {src.role!r}"
+                                    f"{' and is an Asterisk voice of the corpus already' if src.builtin else ''}; "
+                                    f"use a {role!r} source (slimtrain data human-voices lists them)")
+        if self.human_files_per_source is not None and (not isinstance(self.human_files_per_source, int)
+                                                         or self.human_files_per_source < 2):
+            raise DataError(f"human-files-per-source must be an integer >= 2 (or unset), got "
+                            f"{self.human_files_per_source!r}")
+
+    @property
+    def heldout_speakers(self) -> tuple[str, ...]:
+        """The ``language`` keys of the evaluation-only bona fide speakers (fr_CA June and ``human_heldout``)."""
+        return (self.heldout_language, *self.human_heldout)
 
     def as_dict(self) -> dict:
         d = dataclasses.asdict(self)
         d["train_attacks"], d["eval_attacks"] = list(self.train_attacks), list(self.eval_attacks)
         if self.effective_corpus == "core":
             d.pop("corpus")  # the core config (and cache check) is exactly the documented one
+        if not (self.human_voices or self.human_heldout):
+            for k in ("human_voices", "human_heldout", "human_files_per_source"):
+                d.pop(k)  # configs without human voices (and their caches) stay as they were
+        else:
+            d["human_voices"], d["human_heldout"] = list(self.human_voices), list(self.human_heldout)
         return d
 
 
@@ -311,7 +358,66 @@ def plan_items(cfg: SpoofDataConfig) -> tuple[list[Item], dict[str, Path]]:
             else:
                 for lg, nm in pick(split, src_langs, n):
                     items.append(Item(split, 0, a, lg, nm, params={"seed": int(rng.integers(0, 2 ** 31))}))
+    items += _human_items(cfg, files)
     return items, files
+
+
+def _human_files(sid: str, cap: Optional[int]) -> dict[str, Path]:
+    """File key -> path of one human-voice source (the first ``cap`` files by name when capped)."""
+    from ..human_voices import HumanVoiceError, package_dir, source, usable_files
+
+    src = source(sid)
+    try:
+        fs = usable_files(src)
+    except HumanVoiceError as e:
+        raise DataError(str(e)) from None
+    root = package_dir(src)
+    fs = fs[:cap] if cap else fs
+    return {str(f.relative_to(root).with_suffix("")): f for f in fs}
+
+
+def _human_items(cfg: SpoofDataConfig, files: dict[str, Path]) -> list[Item]:
+    """The clips of the recorded human voices (module doc): bona fide and copy/splice attacks made of them.
+
+    Each draw takes a speaker in proportion to the sources' speaker counts, then a file of that source,
+    from a random stream of its own (so the other items do not change)."""
+    from ..human_voices import source
+
+    items: list[Item] = []
+    for split, sids, n_bona, attacks, n_spoof in (
+            ("train", cfg.human_voices, cfg.n_bona_train, cfg.train_attacks, cfg.n_spoof_train_per_attack // 2),
+            ("eval", cfg.human_heldout, cfg.n_bona_eval_heldout, cfg.eval_attacks, cfg.n_spoof_eval_per_attack // 2)):
+        if not sids:
+            continue
+        pool = {}
+        for sid in sids:
+            by_name = _human_files(sid, cfg.human_files_per_source)
+            pool[sid] = sorted(by_name)
+            files.update({f"{sid}:{k}": f for k, f in by_name.items()})
+        weight = np.array([source(sid).speakers for sid in sids], dtype=float)
+        weight /= weight.sum()
+        hrng = np.random.default_rng([cfg.seed, 9, 0 if split == "train" else 1])
+
+        def draw() -> tuple[str, str]:
+            sid = sids[int(hrng.choice(len(sids), p=weight))]
+            return sid, pool[sid][int(hrng.integers(len(pool[sid])))]
+
+        for _ in range(n_bona):
+            sid, nm = draw()
+            items.append(Item(split, 1, "bona", sid, nm))
+        for a in attacks:
+            if A.ATTACKS[a].source not in ("audio", "splice"):
+                continue  # text attacks read transcripts, which these recordings do not have
+            for _ in range(n_spoof if n_spoof else 0):
+                sid, nm = draw()
+                if a in A.SPLICE_ATTACKS:
+                    same = pool[sid]
+                    others = [str(same[int(k)]) for k in hrng.choice(len(same), size=A.SPLICE_SOURCES - 1)]
+                    items.append(Item(split, 0, a, sid, nm, params={"seed": int(hrng.integers(0, 2 ** 31)),
+                                                                     "sources": others}))
+                else:
+                    items.append(Item(split, 0, a, sid, nm, params={"seed": int(hrng.integers(0, 2 ** 31))}))
+    return items
 
 
 # -- generation --------------------------------------------------------------------------------------
@@ -389,6 +495,8 @@ class SpoofSplit:
     label: np.ndarray
     attack: np.ndarray
     language: np.ndarray
+    #: bona fide clips of evaluation-only speakers (fr_CA June, held-out human voices); ``None``: not known
+    heldout: Optional[np.ndarray] = None
 
     def __len__(self) -> int:
         return len(self.label)
@@ -400,7 +508,8 @@ class SpoofSplit:
         return torch.from_numpy(self.audio.astype(np.float32) / 32768.0)
 
     def subset(self, mask: np.ndarray) -> "SpoofSplit":
-        return SpoofSplit(self.audio[mask], self.label[mask], self.attack[mask], self.language[mask])
+        return SpoofSplit(self.audio[mask], self.label[mask], self.attack[mask], self.language[mask],
+                          None if self.heldout is None else self.heldout[mask])
 
 
 def _sha256(path: Path) -> str:
@@ -420,7 +529,9 @@ def _adopt(out: Path) -> Optional[dict]:
         man = json.loads(m.read_text())
     except (OSError, json.JSONDecodeError):
         return None
-    if man.get("format") != FORMAT or man.get("corpus", "core") == "core":
+    cfg = man.get("config", {})
+    if man.get("format") != FORMAT or (man.get("corpus", "core") == "core" and not cfg.get("human_voices")
+                                       and not cfg.get("human_heldout")):
         return None
     return man if all((out / f).is_file() for f in man.get("sha256", {})) else None
 
@@ -430,11 +541,14 @@ def source_inventory(items: Sequence["Item"]) -> list[dict]:
     and Festival voices) - what the extended manifest records and its fingerprint covers."""
     from ..audio import EXTRA_ASTERISK_SPEAKERS, package_version
 
+    from ..human_voices import source
+
     used: dict[tuple[str, str], set[str]] = {}
     for it in items:
         if it.attack == "bona":
             pkg = (ASTERISK_VOICES[it.language][1] if it.language in ASTERISK_VOICES
-                   else EXTRA_ASTERISK_SPEAKERS[it.language][0])
+                   else EXTRA_ASTERISK_SPEAKERS[it.language][0] if it.language in EXTRA_ASTERISK_SPEAKERS
+                   else source(it.language).package)
             used.setdefault(("bona fide", pkg), set()).add(it.language)
         elif it.attack == "A1":
             used.setdefault(("A1", "espeak-ng"), set()).add(it.voice)
@@ -527,6 +641,8 @@ def build_dataset(out: Path, cfg: SpoofDataConfig, *, workers: int = 2, progress
                  "fingerprint": spoof_fingerprint(cfg, inventory),
                  "voices": {a: sorted({f"{it.split}:{it.voice}" for it in items if it.attack == a and it.voice})
                             for a in ("A1", "A2", "A3", "A4")}}
+    if cfg.human_voices or cfg.human_heldout:
+        extra["human_voices"] = _human_manifest(cfg, items)
     manifest = {
         "format": FORMAT, "version": VERSION, "config": cfg.as_dict(), **extra, "counts": counts,
         "unseen_attacks": list(cfg.unseen_attacks),
@@ -538,6 +654,30 @@ def build_dataset(out: Path, cfg: SpoofDataConfig, *, workers: int = 2, progress
     tmp.write_text(json.dumps(manifest, indent=2) + "\n")
     tmp.replace(out / MANIFEST)
     return manifest
+
+
+def _human_manifest(cfg: SpoofDataConfig, items: Sequence[Item]) -> dict:
+    """Per human source: package, version, role, languages, speakers, files available and clips per split and
+    kind; with the totals (what ``slimtrain data spoof`` prints and the manifest keeps)."""
+    from ..audio import package_version
+    from ..human_voices import source
+
+    rows = []
+    for sid in (*cfg.human_voices, *cfg.human_heldout):
+        src = source(sid)
+        mine = [it for it in items if it.language == sid]
+        rows.append({"id": sid, "package": src.package, "version": package_version(src.package), "role": src.role,
+                     "languages": list(src.languages), "speakers": src.speakers, "content": src.content,
+                     "files_used": len({it.prompt for it in mine if it.attack == "bona"}),
+                     "bona": sum(it.attack == "bona" for it in mine),
+                     "spoof": sum(it.attack != "bona" for it in mine)})
+    tot = {}
+    for role in ("train", "held-out"):
+        sel = [r for r in rows if r["role"] == role]
+        tot[role] = {"sources": len(sel), "speakers": sum(r["speakers"] for r in sel),
+                     "languages": sorted({lg for r in sel for lg in r["languages"]}),
+                     "bona": sum(r["bona"] for r in sel), "spoof": sum(r["spoof"] for r in sel)}
+    return {"sources": rows, "totals": tot}
 
 
 def data_fingerprint(out: Path) -> str:
@@ -566,6 +706,14 @@ def load_split(out: Path, split: str) -> SpoofSplit:
         raise DataError(f"{f} is missing; rebuild with: slimtrain data spoof --out {out} --force")
     try:
         with np.load(f) as z:
-            return SpoofSplit(z["audio"], z["label"], z["attack"], z["language"])
+            sp = SpoofSplit(z["audio"], z["label"], z["attack"], z["language"])
     except (OSError, ValueError, KeyError) as e:
         raise DataError(f"{f} cannot be read ({e}); rebuild with: slimtrain data spoof --out {out} --force") from None
+    try:
+        conf = json.loads(m.read_text()).get("config", {})
+    except (OSError, json.JSONDecodeError) as e:
+        raise DataError(f"{m} cannot be read ({e}); rebuild with: slimtrain data spoof --out {out} --force") from None
+    if "heldout_language" in conf:
+        keys = [conf["heldout_language"], *conf.get("human_heldout", [])]
+        sp.heldout = (sp.label == 1) & np.isin(sp.language, keys)
+    return sp

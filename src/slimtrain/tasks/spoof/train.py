@@ -140,10 +140,19 @@ def score_model(model: nn.Module, audio: Tensor, batch: int = 256) -> np.ndarray
 
 
 def eer_report(split: SpoofSplit, scores: np.ndarray, unseen: Sequence[str]) -> dict[str, float]:
-    """EER in percent: ``pooled`` (all), ``unseen`` (bona fide vs unseen attacks), ``known`` and one per attack."""
+    """EER in percent: ``pooled`` (all), ``unseen`` (bona fide vs unseen attacks), ``known`` and one per attack;
+    where the split knows its evaluation-only speakers (:attr:`SpoofSplit.heldout`), also ``heldout`` (their
+    bona fide clips alone against every spoof) and ``heldout_<attack>`` (against that attack)."""
     lab, att = split.label, split.attack
     bona = lab == 1
     out: dict[str, float] = {"pooled": 100 * eer(lab, scores)}
+    if split.heldout is not None and split.heldout.any():
+        ho = split.heldout | ~bona
+        out["heldout"] = 100 * eer(lab[ho], scores[ho])
+        for a in ATTACKS:
+            m = split.heldout | (att == a)
+            if np.any(m & ~bona):
+                out[f"heldout_{a}"] = 100 * eer(lab[m], scores[m])
     uns = bona | np.isin(att, list(unseen))
     if np.any(uns & ~bona):
         out["unseen"] = 100 * eer(lab[uns], scores[uns])
@@ -158,11 +167,13 @@ def eer_report(split: SpoofSplit, scores: np.ndarray, unseen: Sequence[str]) -> 
 
 
 def _fit(model: nn.Module, cfg: SpoofConfig, x: Tensor, y: Tensor, objective, optimizer, epochs: int,
-         recorder: Optional[WidthRecorder], progress: bool, desc: str, device=None, settle_epochs: int = 0) -> None:
+         recorder: Optional[WidthRecorder], progress: bool, desc: str, device=None, settle_epochs: int = 0,
+         distill=None) -> None:
     fit_epochs(model, cfg, x, y, F.binary_cross_entropy_with_logits, objective, optimizer, epochs, recorder=recorder,
                progress=progress, desc=desc, device=device, settle_epochs=settle_epochs,
                compact_steps=cfg.compact_steps if objective is not None else None,
-               settle_at_budget=cfg.settle_at_budget and objective is not None)  # (train_run checked the budget)
+               settle_at_budget=cfg.settle_at_budget and objective is not None,  # (train_run checked the budget)
+               distill=distill)
 
 
 def train_run(
@@ -186,6 +197,10 @@ def train_run(
     device: str = "cpu",
     params_budget: Optional[float] = None,
     train_crop: Optional[int] = None,
+    teacher: Optional[nn.Module | Callable[[Tensor], Tensor]] = None,
+    distill_weight: float = 1.0,
+    distill_temperature: float = 2.0,
+    init_from_teacher: bool = False,
 ) -> dict:
     """Train one countermeasure and return its row (cost per second of audio, EERs).
 
@@ -204,7 +219,13 @@ def train_run(
     about 1.2 GMAC per second of audio); evaluation always uses the whole clips.
 
     With ``cfg.family`` ``"aasist"``/``"aasist-l"`` any non-empty ``stages`` means DCLs on every width that
-    can carry one (:func:`make_dynamic_aasist`); empty: the plain network. Under ``torchrun`` the training is data-parallel (:func:`slimtrain.train.training.fit`): every
+    can carry one (:func:`make_dynamic_aasist`); empty: the plain network.
+
+    ``teacher`` (a trained countermeasure of this task, e.g. the full-width model): distillation while
+    training, ``distill_weight * T^2 * BCE(s / T, sigmoid(t / T))`` added to the task loss
+    (:class:`slimtrain.Distiller`, ``output="bce"``, ``T = distill_temperature``); with ``init_from_teacher``
+    the model starts from the teacher's weights (same family and width: the DPHuBERT/CoFi recipe of shrinking
+    the model it imitates). Under ``torchrun`` the training is data-parallel (:func:`slimtrain.train.training.fit`): every
     rank returns the same row and only rank 0 writes the width record and the checkpoint.
     """
     cfg.validate()
@@ -221,6 +242,12 @@ def train_run(
         raise ValueError("settle_at_budget needs a budget: floor=True or params_budget")
     if aasist and prune_to is not None:
         raise ValueError("the pruning baseline is for the ResNet family")
+    if init_from_teacher and teacher is None:
+        raise ValueError("init_from_teacher needs a teacher")
+    if teacher is not None and not (math.isfinite(distill_weight) and distill_weight >= 0
+                                    and math.isfinite(distill_temperature) and distill_temperature > 0):
+        raise ValueError(f"distillation needs a weight >= 0 and a temperature > 0, got {distill_weight!r} and "
+                         f"{distill_temperature!r}")
     t0 = time.perf_counter()
     x, yl = train.waveforms(), torch.from_numpy(train.label.astype(np.float32))
     xt = test.waveforms()
@@ -240,6 +267,24 @@ def train_run(
             off = torch.randint(0, x.shape[1] - train_crop + 1, (len(x),), generator=g)
             x = torch.stack([x[i, o:o + train_crop] for i, o in enumerate(off.tolist())])
         sample = x[: min(8, len(x))]
+        kd = None
+        if teacher is not None:
+            from ...core.distill import Distiller
+
+            if isinstance(teacher, nn.Module):
+                teacher = teacher.to("cpu").eval()
+            if init_from_teacher:
+                try:
+                    model.load_state_dict(teacher.state_dict())
+                except (RuntimeError, AttributeError) as e:
+                    raise ValueError("init_from_teacher: the teacher is not a model of this family and width ("
+                                     + str(e).splitlines()[0] + ")") from None
+            with torch.no_grad():
+                t_out = teacher(sample)
+            if t_out.shape != model(sample).shape:
+                raise ValueError(f"the teacher gives outputs of shape {tuple(t_out.shape)}, the countermeasure "
+                                 f"{tuple(model(sample).shape)}: it must score the same task")
+            kd = Distiller(teacher, output="bce", temperature=distill_temperature, weight=distill_weight)
         recorder = WidthRecorder(record_csv, None) if (record_csv is not None and stages and main) else None
         if stages:
             if aasist:
@@ -270,7 +315,7 @@ def train_run(
                 model.load_state_dict(init_state)
             else:
                 _fit(model, cfg, x, yl, objective, optimizer, cfg.epochs, recorder, progress, desc, dev,
-                     settle_epochs=cfg.settle_epochs if stages else 0)
+                     settle_epochs=cfg.settle_epochs if stages else 0, distill=kd)
         finally:
             if recorder is not None:
                 recorder.close()
@@ -310,7 +355,11 @@ def train_run(
         "eer_unseen": eers.get("unseen", math.nan),
         "eer_known": eers.get("known", math.nan),
         **{f"eer_{a}": eers.get(a, math.nan) for a in ATTACKS},
+        "eer_heldout": eers.get("heldout", math.nan),
+        **{f"eer_heldout_{a}": eers.get(f"heldout_{a}", math.nan) for a in ATTACKS},
         "export_max_abs_diff": diff,
+        "distill_weight": float(distill_weight) if teacher is not None else 0.0,
+        "init_from_teacher": bool(init_from_teacher),
         "widths": json.dumps(widths, sort_keys=True),
         "widths_continuous": json.dumps(cont, sort_keys=True),
         "seconds": round(time.perf_counter() - t0, 1),

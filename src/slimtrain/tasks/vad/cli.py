@@ -281,19 +281,12 @@ def register(commands, data_commands) -> None:
 
 
 def _human_list(text: str) -> list[str]:
-    from ..human_voices import SOURCES, sources
+    from ..human_voices import HumanVoiceError, parse_source_list
 
-    if text.strip() in ("train", "all"):
-        return [s.id for s in sources("train", addable=True)]
-    if text.strip() == "none":
-        return []
-    ids = [t.strip() for t in text.split(",") if t.strip()]
-    known = {s.id for s in SOURCES}
-    bad = [i for i in ids if i not in known]
-    if bad or not ids:
-        raise argparse.ArgumentTypeError(f"unknown human-voice source(s) {', '.join(bad) or repr(text)}; use 'train' "
-                                         f"or ids from: {', '.join(s.id for s in sources('train', addable=True))}")
-    return ids
+    try:
+        return parse_source_list(text, "train")
+    except HumanVoiceError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _cmd_human_voices(args) -> int:
