@@ -13,6 +13,7 @@ human speakers (``eer_heldout*``: those clips alone against every spoof / each a
   BCE at temperature 2, weight 1);
 * ``human+kd-init``: ``human+kd`` starting from the teacher's weights (the DPHuBERT/CoFi recipe).
 
+``--score NAME=MODEL`` scores an existing model (e.g. the shipped one) on the same split instead.
 It writes one row per arm and seed (``--csv``), keeps every model (``--out``/<arm>-seed<s>.ckpt) and prints
 each arm's mean with a 95 % t interval and paired differences against ``core`` and ``human``::
 
@@ -74,6 +75,30 @@ def _chain(job: tuple) -> list[dict]:
     return rows
 
 
+def _scored(spec: str, data: Path) -> dict:
+    """Row of a model scored as it is (no training) on ``data``'s evaluation split."""
+    import torch
+
+    from slimtrain import spoof
+    from slimtrain.core.cost import model_cost
+    from slimtrain.tasks.spoof.data import data_fingerprint, load_split
+    from slimtrain.tasks.spoof.train import eer_report, score_model
+
+    name, _, path = spec.partition("=")
+    if not name or not path:
+        raise SystemExit(f"--score wants NAME=MODEL, got {spec!r}")
+    man = json.loads((data / "manifest.json").read_text())
+    test = load_split(data, "eval")
+    model = spoof.load(path).model
+    torch.set_num_threads(1)
+    x = test.waveforms()
+    eers = eer_report(test, score_model(model, x), man["unseen_attacks"])
+    cost = model_cost(model, x[:2], seconds=x.shape[1] / 8000)
+    return {"arm": name, "seed": 0, "method": "scored", "params": sum(p.numel() for p in model.parameters()),
+            "macs_per_second": float(cost.macs) / (x.shape[1] / 8000), "data_fingerprint": data_fingerprint(data),
+            **{f"eer_{k}": v for k, v in eers.items()}}
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", type=Path, required=True, help="a corpus built with --human-voices")
@@ -84,7 +109,23 @@ def main(argv=None) -> int:
     p.add_argument("--workers", type=int, default=2, help="parallel jobs (one torch thread each)")
     p.add_argument("--out", type=Path, default=Path("runs/spoof_hv_models"), help="folder for the checkpoints")
     p.add_argument("--csv", type=Path, default=Path("runs/spoof_human_voices.csv"))
+    p.add_argument("--score", action="append", default=[], metavar="NAME=MODEL",
+                   help="instead of training: score a trained or shipped countermeasure (checkpoint, TorchScript or "
+                        "shipped .pt) on the evaluation split as row NAME (repeatable), e.g. "
+                        "shipped-before=src/slimtrain/assets/spoof_default.pt")
     a = p.parse_args(argv)
+    if a.score:
+        rows = [_scored(spec, a.data) for spec in a.score]
+        a.csv.parent.mkdir(parents=True, exist_ok=True)
+        with a.csv.open("w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=_columns(), extrasaction="ignore")
+            w.writeheader()
+            w.writerows(rows)
+        for r in rows:
+            print(f"  {r['arm']:14s} MMAC/s {r['macs_per_second'] / 1e6:.2f}; "
+                  + "; ".join(f"{m} {r[m]:.2f}" for m in METRICS))
+        print(f"wrote {a.csv}")
+        return 0
     from slimtrain.train.stats import format_interval, mean_interval, paired_difference
 
     arms = [x for x in a.arms.split(",") if x]

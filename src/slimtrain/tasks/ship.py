@@ -133,6 +133,18 @@ def ship_vad(checkpoint: Path, data: Path, out: Path, commands: list[str], name:
     return pt
 
 
+def _spoof_split_text(manifest: dict) -> str:
+    """What the shipped countermeasure's EERs were measured on, from its corpus manifest."""
+    conf = manifest.get("config", {})
+    held = ["fr_CA_f_June" if conf.get("heldout_language", "fr") == "fr" else conf.get("heldout_language"),
+            *conf.get("human_heldout", [])]
+    unseen = manifest.get("unseen_attacks", [])
+    known = [a for a in conf.get("eval_attacks", []) if a not in unseen]
+    return (f"eval: held-out bona fide speaker(s) {' '.join(map(str, held))}, known attacks {' '.join(known)} and "
+            f"unseen attacks {' '.join(unseen)} (percent EER; eer_heldout*: the held-out speakers' bona fide clips "
+            "alone)")
+
+
 def ship_spoof(checkpoint: Path, data: Path, out: Path, commands: list[str], name: str = "spoof_default") -> Path:
     """Ship a countermeasure checkpoint as ``out/NAME.pt`` + ``.json``; returns the ``.pt`` path."""
     from ..apps.spoof import _build_plain
@@ -156,8 +168,7 @@ def ship_spoof(checkpoint: Path, data: Path, out: Path, commands: list[str], nam
                    "learned_widths": {k: float(v) for k, v in ckpt["widths"].items()}},
         "data": {"fingerprint": _digest(manifest.get("sha256", {})), "file_sha256": manifest.get("sha256", {}),
                  "manifest": man_small},
-        "metrics": {"split": "eval: held-out bona fide speaker fr_CA_f_June, known attacks A1 A2 A3 A5 and unseen "
-                             "attacks A4 A6 A7 (percent EER)",
+        "metrics": {"split": _spoof_split_text(manifest),
                     **{k: v for k, v in res.items() if k.startswith(("eer", "params", "macs", "gflops"))}},
         "commands": commands,
         "versions": _versions(),

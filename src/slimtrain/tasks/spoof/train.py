@@ -279,11 +279,13 @@ def train_run(
                 except (RuntimeError, AttributeError) as e:
                     raise ValueError("init_from_teacher: the teacher is not a model of this family and width ("
                                      + str(e).splitlines()[0] + ")") from None
+            model.eval()  # (a training-mode call would move the BatchNorm statistics)
             with torch.no_grad():
-                t_out = teacher(sample)
-            if t_out.shape != model(sample).shape:
-                raise ValueError(f"the teacher gives outputs of shape {tuple(t_out.shape)}, the countermeasure "
-                                 f"{tuple(model(sample).shape)}: it must score the same task")
+                t_shape, s_shape = tuple(teacher(sample).shape), tuple(model(sample).shape)
+            model.train()
+            if t_shape != s_shape:
+                raise ValueError(f"the teacher gives outputs of shape {t_shape}, the countermeasure {s_shape}: it "
+                                 "must score the same task")
             kd = Distiller(teacher, output="bce", temperature=distill_temperature, weight=distill_weight)
         recorder = WidthRecorder(record_csv, None) if (record_csv is not None and stages and main) else None
         if stages:

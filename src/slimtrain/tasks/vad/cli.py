@@ -188,6 +188,13 @@ def register(commands, data_commands) -> None:
     v.add_argument("--widths", type=_widths, default=None, metavar="NAME=N,...",
                    help="single run: full (pre-DCL) widths, e.g. conv1=32,conv2=32,hidden=48 (CRNN: conv1, conv2, "
                         "hidden, n_mels; transformer: d_model, ff, n_mels); default: the documented widths")
+    kd = v.add_argument_group("distillation while shrinking (single runs; docs/method.md, section 4b)")
+    kd.add_argument("--teacher", type=Path, default=None, metavar="MODEL",
+                    help="a trained VAD of the same rate (checkpoint or TorchScript file, e.g. a full-width run with "
+                         "--kappa-min 1 --alpha 0) whose frame logits the model imitates while it trains: + W * T^2 * "
+                         "BCE(s/T, sigmoid(t/T)) per frame on the task loss")
+    kd.add_argument("--distill-weight", type=float, default=1.0, metavar="W", help="--teacher: W (default: 1)")
+    kd.add_argument("--distill-temperature", type=float, default=2.0, metavar="T", help="--teacher: T (default: 2)")
     add_options(v, ["out"], out=dict(default=DEFAULT_OUT))
     v.add_argument("--data", type=Path, default=None, metavar="DIR",
                    help="VAD data cache (built if missing; default: OUT/data, quick: OUT/data-quick)")
@@ -416,6 +423,8 @@ def _cmd_vad(args) -> int:
     progress = not args.no_progress
     data_dir = args.data or (out / ("data-quick" if args.quick else "data"))
     corpus = uses_corpus(args)
+    if args.teacher is not None and (corpus or args.sweep):
+        raise ValueError("--teacher applies to single runs on a built corpus (not --sweep or --train-data)")
     if not corpus and args.sample_rate not in (None, 8000) and (args.sweep or args.quick or args.data is None):
         raise ValueError(f"--sample-rate {args.sample_rate} with the built-in corpus needs a corpus built at that rate: "
                          f"'slimtrain data vad --sample-rate {args.sample_rate} --out DIR', then --data DIR (a single "
@@ -507,9 +516,15 @@ def _cmd_vad(args) -> int:
                        seed=args.seed, n_mels=widths.pop("n_mels", 80), widths=widths,
                        heads=args.heads if family == "transformer" else "count", band_order=args.band_order,
                        sample_rate=rate)
+    teacher = None
+    if args.teacher is not None:
+        from ...train.checkpoint import load_for_inference
+
+        teacher = load_for_inference(args.teacher, "vad")[0]
     out.mkdir(parents=True, exist_ok=True)
     ckpt = out / f"vad_{family}.pt"
-    _, row = train_vad(run, data, checkpoint=ckpt, progress=progress, device=device)
+    _, row = train_vad(run, data, checkpoint=ckpt, progress=progress, device=device, teacher=teacher,
+                       distill_weight=args.distill_weight, distill_temperature=args.distill_temperature)
     if not main:
         return 0
     (out / "result.json").write_text(json.dumps({"config": run.__dict__, "result": row}, indent=2, default=str) + "\n")

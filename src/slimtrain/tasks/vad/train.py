@@ -171,15 +171,17 @@ def train_loop(model: nn.Module, train: VadSplit, epochs: int, optimizer: torch.
                batch_size: int = 16, seed: int = 0, penalty: Optional[Callable[[Tensor], Tensor]] = None,
                progress: bool = False, desc: str = "vad", device: Optional[str | torch.device] = None,
                settle_epochs: int = 0, settle_when: Optional[Callable[[], bool]] = None,
-               compact_every: Optional[int] = 0) -> list[float]:
+               compact_every: Optional[int] = 0,
+               distill: Optional[Callable[[Tensor, Tensor], Tensor]] = None) -> list[float]:
     """Plain epochs of frame-BCE training; ``penalty(task_loss) -> total loss`` adds a complexity term.
     The last ``settle_epochs`` epochs train at fixed hard widths (:func:`slimtrain.settle_widths`), and so
     does every step after the first one at which ``settle_when()`` is true (asked after each step; it must
     give the same answer on every rank, e.g. from the widths). A dynamic model is cut to its widths
     (:func:`slimtrain.compact`, with ``optimizer``) when they settle and after every ``compact_every`` epochs
-    (``None``: never).
+    (``None``: never). ``distill``: a :class:`slimtrain.Distiller` (or any ``(inputs, logits) -> loss``) whose
+    term is added to the frame BCE before the complexity term.
 
-    Returns the mean training loss per epoch. Raises :class:`TrainingError` on a non-finite loss.
+    Returns the mean training loss per epoch (the frame BCE alone). Raises :class:`TrainingError` on a non-finite loss.
     ``device``: where to train (``None``: where the model is). Under ``torchrun`` the loop is
     data-parallel (:class:`slimtrain.train.training.DataParallel`): every rank draws the same batches and
     trains on its shard of each; a last batch with fewer clips than processes is skipped.
@@ -194,6 +196,8 @@ def train_loop(model: nn.Module, train: VadSplit, epochs: int, optimizer: torch.
     dp = DataParallel(model, penalty, device)
     cuttable = dp.cuttable and compact_every is not None
     pos_weight = pos_weight.to(dp.device)
+    if isinstance(distill, nn.Module):
+        distill.to(dp.device)  # the teacher beside the model
     bar = tqdm(range(epochs), desc=desc, disable=not (progress and dp.world.main), leave=False)
     try:
         for epoch in bar:
@@ -210,7 +214,8 @@ def train_loop(model: nn.Module, train: VadSplit, epochs: int, optimizer: torch.
                 x, y = part
                 logits = dp.forward(x)
                 task = F.binary_cross_entropy_with_logits(logits, y, pos_weight=pos_weight)
-                loss = penalty(task) if penalty is not None else task
+                loss = task if distill is None else task + distill(x, logits)
+                loss = penalty(loss) if penalty is not None else loss
                 _, task_value = dp.step(optimizer, loss, task, where=f"at epoch {epoch}", hint="lower the learning rate")
                 if settle_when is not None and settle_when():
                     dp.settle(optimizer if cuttable else None)
@@ -228,8 +233,14 @@ def train_loop(model: nn.Module, train: VadSplit, epochs: int, optimizer: torch.
 
 
 def train_vad(cfg: VadRunConfig, data: dict[str, VadSplit], *, checkpoint: Optional[str | Path] = None,
-              progress: bool = False, threads: Optional[int] = None, device: str = "cpu") -> tuple[nn.Module, dict]:
+              progress: bool = False, threads: Optional[int] = None, device: str = "cpu",
+              teacher: Optional[nn.Module | Callable[[Tensor], Tensor]] = None, distill_weight: float = 1.0,
+              distill_temperature: float = 2.0) -> tuple[nn.Module, dict]:
     """Train one model; returns ``(exported plain model, result row)``.
+
+    ``teacher``: a trained VAD of the same rate (frame logits of the same shape, e.g. a full-width run) that
+    the model imitates while its widths shrink: ``distill_weight * T^2 * BCE(s / T, sigmoid(t / T))`` per
+    frame is added to the task loss (:class:`slimtrain.Distiller`, ``output="bce"``, ``T = distill_temperature``).
 
     The row holds the settings, learned widths, FLOPs/s and params of the exported model and the
     test metrics (see :func:`evaluate_scores`). ``device``: where to train (cpu, cuda, mps); the
@@ -253,13 +264,14 @@ def train_vad(cfg: VadRunConfig, data: dict[str, VadSplit], *, checkpoint: Optio
                                      budget=None if cfg.budget is None else cfg.budget * SAMPLE_SECONDS,
                                      metric="flops", warmup_steps=cfg.warmup_epochs * steps_per_epoch)
         optimizer = make_optimizer(model, lr=cfg.lr, width_lr=cfg.width_lr)
+        kd = _distiller(model, teacher, distill_weight, distill_temperature, cfg.sample_rate)
         # the widths after each step meet the budget (never during warm-up, when they are held at full size)
         at_budget = objective.meets_budget if objective is not None and cfg.budget is not None and cfg.settle_at_budget \
             else None
         losses = train_loop(model, data["train"], cfg.epochs, optimizer, batch_size=cfg.batch_size, seed=cfg.seed,
                             penalty=objective, progress=progress, desc=f"{cfg.family} k={cfg.kappa_min}",
                             device=dev, settle_epochs=cfg.settle_epochs if cfg.dynamic else 0, settle_when=at_budget,
-                            compact_every=cfg.compact_every if cfg.dynamic else 0)
+                            compact_every=cfg.compact_every if cfg.dynamic else 0, distill=kd)
         model.to("cpu").eval()
         widths = {k: round(v, 3) for k, v in dynamic_widths(model).items()} if cfg.dynamic else {}
         plain = export(model) if cfg.dynamic else model
@@ -281,6 +293,7 @@ def train_vad(cfg: VadRunConfig, data: dict[str, VadSplit], *, checkpoint: Optio
             "params": int(params),
             **metrics,
             "train_loss": losses[-1],
+            "distill_weight": float(distill_weight) if kd is not None else 0.0,
             "epochs": cfg.epochs,
             "seed": cfg.seed,
             "train_seconds": round(time.time() - t0, 1),
@@ -288,6 +301,29 @@ def train_vad(cfg: VadRunConfig, data: dict[str, VadSplit], *, checkpoint: Optio
         if checkpoint is not None and is_main():
             save_checkpoint(checkpoint, model, _recipe(cfg), extra={"metrics": _plain(row), "config": asdict(cfg)})
         return plain, row
+
+
+def _distiller(model: nn.Module, teacher, weight: float, temperature: float, sample_rate: int):
+    """The :class:`slimtrain.Distiller` of a VAD run (``None`` without a teacher); a teacher whose frame logits
+    do not match the model's, or a bad weight or temperature, is a named ``ValueError``."""
+    if teacher is None:
+        return None
+    from ...core.distill import Distiller
+
+    if not (math.isfinite(weight) and weight >= 0 and math.isfinite(temperature) and temperature > 0):
+        raise ValueError(f"distillation needs a weight >= 0 and a temperature > 0, got {weight!r} and {temperature!r}")
+    if isinstance(teacher, nn.Module):
+        teacher = teacher.to("cpu").eval()
+    probe = torch.zeros(2, *_sample_shape(sample_rate)[1:])
+    was = model.training
+    model.eval()  # (a training-mode call would move the BatchNorm statistics)
+    with torch.no_grad():
+        t, s = teacher(probe), model(probe)
+    model.train(was)
+    if t.shape != s.shape:
+        raise ValueError(f"the teacher gives frame logits of shape {tuple(t.shape)} for {probe.shape[-1]} samples, "
+                         f"the model {tuple(s.shape)}: it must be a VAD of the same rate and hop")
+    return Distiller(teacher, output="bce", temperature=temperature, weight=weight)
 
 
 def _plain(row: dict) -> dict:
