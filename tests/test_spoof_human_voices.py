@@ -214,3 +214,50 @@ def test_spoof_command_teacher_options(tmp_path, capsys, spoof_data):  # noqa: F
     assert "--teacher apply to single runs" in capsys.readouterr().err
     assert main([*base, "--teacher", str(tmp_path / "nope.ckpt"), "--out", str(tmp_path / "z")]) == 2
     assert "model file not found" in capsys.readouterr().err
+
+
+# -- codecs on the training clips (--train-codecs) --------------------------------------------------------------
+@pytest.mark.parametrize("codec", ["vorbis", "opus", "mulaw", "alaw", "gsm"])
+def test_codec_roundtrips_keep_length_and_most_of_the_signal(codec):
+    import shutil
+
+    from slimtrain.tasks.augment import codec_roundtrip
+
+    if codec == "gsm" and shutil.which("sox") is None:
+        pytest.skip("sox not installed")
+    t = np.arange(8000) / 8000
+    x = (0.3 * np.sin(2 * np.pi * 440 * t) * (1 + 0.5 * np.sin(2 * np.pi * 3 * t))).astype(np.float32)
+    y = codec_roundtrip(x, 8000, codec, np.random.default_rng(0))
+    assert y.shape == x.shape and y.dtype == np.float32
+    assert np.corrcoef(x[400:-400], y[400:-400])[0, 1] > 0.9
+    assert not np.array_equal(x, y)  # a lossy codec changes the samples
+
+
+def test_bad_codec_settings_are_named():
+    from slimtrain.tasks.augment import AugmentError, codec_roundtrip, ogg_roundtrip
+
+    with pytest.raises(AugmentError, match="unknown codec 'mp3'"):
+        codec_roundtrip(np.zeros(10, np.float32), 8000, "mp3")
+    with pytest.raises(AugmentError, match="Opus runs at 8, 12, 16, 24 or 48 kHz, not 11025 Hz"):
+        ogg_roundtrip(np.zeros(10, np.float32), 11025, "opus")
+    with pytest.raises(DataError, match=r"train-codec-fraction must be a number in \[0, 1\], got 1.5"):
+        SpoofDataConfig(train_codec_fraction=1.5).validate()
+    assert "train_codec_fraction" not in SpoofDataConfig().as_dict()
+
+
+def test_training_codecs_change_only_training_clips_and_are_counted(tmp_path):
+    if programs_missing():
+        pytest.skip("speech synthesisers not installed")
+    small = dict(n_bona_train=6, n_spoof_train_per_attack=2, n_bona_eval_heldout=2, n_bona_eval_known=1,
+                 n_spoof_eval_per_attack=1)
+    build_dataset(tmp_path / "a", SpoofDataConfig(**small), workers=2, progress=False)
+    man = build_dataset(tmp_path / "b", SpoofDataConfig(train_codec_fraction=1.0, **small), workers=2, progress=False)
+    a, b = load_split(tmp_path / "a", "eval"), load_split(tmp_path / "b", "eval")
+    np.testing.assert_array_equal(a.audio, b.audio)  # evaluation clips untouched
+    ta, tb = load_split(tmp_path / "a", "train"), load_split(tmp_path / "b", "train")
+    assert all(not np.array_equal(x, y) for x, y in zip(ta.audio, tb.audio))  # every training clip coded
+    counts = man["train_codecs"]
+    assert sum(c["bona"] for c in counts.values()) == 6 and sum(c["spoof"] for c in counts.values()) == 10
+    assert set(counts) <= {"mulaw", "alaw", "gsm", "vorbis", "opus"}
+    # a default config reads the folder as it is instead of rebuilding over it
+    assert build_dataset(tmp_path / "b", SpoofDataConfig(), progress=False) == man

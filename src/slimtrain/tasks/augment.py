@@ -9,6 +9,8 @@ in), works on mono float arrays and returns float32 of the same length unless sa
 * :func:`mu_law_roundtrip` / :func:`a_law_roundtrip` - G.711 companding + 8-bit quantisation, in numpy;
 * :func:`gsm_roundtrip` - GSM 06.10 full-rate codec through ``sox`` (Debian package ``sox`` +
   ``libsox-fmt-base``); the encode/decode is deterministic;
+* :func:`ogg_roundtrip` - Ogg Vorbis / Opus in memory through ``soundfile``; :func:`codec_roundtrip` picks
+  any of these by name;
 * :func:`synthetic_rir` / :func:`reverberate` - room impulse response = direct path + exponentially
   decaying Gaussian noise whose energy falls 60 dB in ``rt60`` seconds; convolution keeps the length;
 * :func:`coloured_noise` - ``1/f^beta`` noise for any ``beta`` (blue < 0 < pink 1 < brown 2);
@@ -30,7 +32,7 @@ import numpy as np
 
 __all__ = [
     "AugmentError", "apply_gain", "clip_hard", "band_limit", "mu_law_roundtrip", "a_law_roundtrip",
-    "gsm_roundtrip", "synthetic_rir", "reverberate", "measure_rt60", "coloured_noise", "babble",
+    "gsm_roundtrip", "ogg_roundtrip", "codec_roundtrip", "ROUNDTRIP_CODECS", "synthetic_rir", "reverberate", "measure_rt60", "coloured_noise", "babble",
     "synth_music", "draw_augmentation", "apply_augmentation", "chain_summary", "CODECS",
 ]
 
@@ -139,6 +141,51 @@ def gsm_roundtrip(x: np.ndarray, sample_rate: int = 8000, timeout: float = 60.0)
     out = np.zeros(n)
     out[: min(n, len(y))] = y[:n]
     return out.astype(np.float32)
+
+
+def ogg_roundtrip(x: np.ndarray, sample_rate: int, codec: str = "vorbis", quality: float = 0.5) -> np.ndarray:
+    """Ogg Vorbis or Opus encode + decode in memory (``soundfile``/libsndfile); ``quality`` in [0, 1] is
+    libsndfile's compression level (0: best quality, 1: smallest file). Opus needs 8, 12, 16, 24 or 48 kHz.
+    The output is cut or zero-padded to ``len(x)``."""
+    import io
+
+    import soundfile as sf
+
+    if codec not in ("vorbis", "opus"):
+        raise AugmentError(f"ogg_roundtrip: codec must be 'vorbis' or 'opus', got {codec!r}")
+    if not 0.0 <= quality <= 1.0:
+        raise AugmentError(f"ogg_roundtrip: quality must be in [0, 1], got {quality!r}")
+    if codec == "opus" and sample_rate not in (8000, 12000, 16000, 24000, 48000):
+        raise AugmentError(f"ogg_roundtrip: Opus runs at 8, 12, 16, 24 or 48 kHz, not {sample_rate} Hz")
+    xd = np.clip(_f64(x, "ogg_roundtrip"), -1.0, 1.0)
+    n = len(xd)
+    if n == 0:
+        return xd.astype(np.float32)
+    buf = io.BytesIO()
+    sf.write(buf, xd.astype(np.float32), sample_rate, format="OGG", subtype=codec.upper(), compression_level=quality)
+    buf.seek(0)
+    y, _ = sf.read(buf, dtype="float64")
+    out = np.zeros(n)
+    out[: min(n, len(y))] = y[:n]
+    return out.astype(np.float32)
+
+
+#: the codecs of :func:`codec_roundtrip`
+ROUNDTRIP_CODECS = ("mulaw", "alaw", "gsm", "vorbis", "opus")
+
+
+def codec_roundtrip(x: np.ndarray, sample_rate: int, codec: str, rng: Optional[np.random.Generator] = None) -> np.ndarray:
+    """``x`` through one of :data:`ROUNDTRIP_CODECS` and back (Vorbis/Opus at a compression level drawn from
+    ``rng`` in [0.3, 1.0], else 0.5)."""
+    if codec == "mulaw":
+        return mu_law_roundtrip(x)
+    if codec == "alaw":
+        return a_law_roundtrip(x)
+    if codec == "gsm":
+        return gsm_roundtrip(x, sample_rate)
+    if codec in ("vorbis", "opus"):
+        return ogg_roundtrip(x, sample_rate, codec, float(rng.uniform(0.3, 1.0)) if rng is not None else 0.5)
+    raise AugmentError(f"unknown codec {codec!r}; choose from {', '.join(ROUNDTRIP_CODECS)}")
 
 
 # -- reverberation ----------------------------------------------------------------------------------

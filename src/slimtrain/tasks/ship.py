@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import platform
 import sys
 from pathlib import Path
@@ -158,18 +159,22 @@ def ship_spoof(checkpoint: Path, data: Path, out: Path, commands: list[str], nam
     meta = {
         "name": name,
         "description": "ResNet34-style countermeasure (log-mel -> 4 residual stages) whose stage widths were "
-                       "learned with DCL (all stages) and cut to them; 8 kHz input, one bona fide logit per clip.",
+                       "learned with DCL (all stages) and cut to them"
+                       + (", distilled from a full-width teacher" if res.get("distill_weight") else "")
+                       + "; 8 kHz input, one bona fide logit per clip.",
         "sample_rate": 8000,
         "clip_samples": int(recipe["sample_shape"][-1]),
         "score": "mean clip logit after band-pass, silence trim and -24 dBFS; higher = bona fide, 0 = training "
                  "decision boundary",
         "recipe": {"builder_kwargs": recipe["kwargs"], "dynamic": recipe["dynamic"], "alpha": extra.get("alpha"),
-                   "config": extra.get("config"),
+                   "control": res.get("control") or "alpha", "distill_weight": res.get("distill_weight", 0.0),
+                   "init_from_teacher": bool(res.get("init_from_teacher", False)), "config": extra.get("config"),
                    "learned_widths": {k: float(v) for k, v in ckpt["widths"].items()}},
         "data": {"fingerprint": _digest(manifest.get("sha256", {})), "file_sha256": manifest.get("sha256", {}),
                  "manifest": man_small},
         "metrics": {"split": _spoof_split_text(manifest),
-                    **{k: v for k, v in res.items() if k.startswith(("eer", "params", "macs", "gflops"))}},
+                    **{k: v for k, v in res.items() if k.startswith(("eer", "params", "macs", "gflops"))
+                       and not (isinstance(v, float) and not math.isfinite(v))}},  # (NaN: not measured; not JSON)
         "commands": commands,
         "versions": _versions(),
     }

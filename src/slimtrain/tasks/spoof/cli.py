@@ -78,6 +78,10 @@ def register(commands, data_commands) -> None:
                         "source) or ids. Default: 'held-out' with --human-voices, else none")
     d.add_argument("--human-files", type=lambda t: _positive_int(t, "human files"), default=None, metavar="N",
                    help="at most N files per human-voice source (default: all)")
+    d.add_argument("--train-codecs", type=_fraction, default=None, metavar="F",
+                   help="pass this fraction of the training clips, bona fide and spoofed alike, through a random "
+                        "codec (G.711 mu/A-law, GSM, Ogg Vorbis, Opus) so that a recording's codec cannot tell the "
+                        "classes apart (default: 0)")
     d.set_defaults(func=_cmd_data)
 
     s = commands.add_parser(
@@ -116,10 +120,11 @@ def register(commands, data_commands) -> None:
                                "0.5,0.25,0.125,0.0625; --quick: 0.25)"),
                 alpha=dict(help="weight of the cost term (FLOPs relative to the full model), >= 0 (default: 1.0); "
                                 "with --sweep only for --kappa-control alpha"))
-    s.add_argument("--kappa-control", choices=("floor", "alpha"), default="floor",
-                   help="--sweep: 'floor' (default) trains every DCL row toward its kappa-min floor (a budget at "
-                        "the floor cost with a Lagrangian multiplier), so kappa-min sets the widths as in the "
-                        "paper; 'alpha' uses the weighted cost term at --alpha, where the floor may not bind")
+    s.add_argument("--kappa-control", choices=("floor", "alpha"), default=None,
+                   help="'floor' trains every DCL run toward its kappa-min floor (a budget at the floor cost with a "
+                        "Lagrangian multiplier), so kappa-min sets the widths as in the paper; 'alpha' uses the "
+                        "weighted cost term at --alpha, where the floor may not bind. Default: floor with --sweep, "
+                        "alpha for a single run")
     add_options(s, ["epochs", "settle_epochs", "compact_every", "family"],
                 epochs=dict(help=f"training epochs per run (default: {M.epochs}; with --quick: {MQ.epochs})"),
                 family=dict(choices=("resnet", "aasist", "aasist-l"), default="resnet", metavar=None,
@@ -209,6 +214,8 @@ def _cmd_data(args) -> int:
         if not (cfg.human_voices or cfg.human_heldout):
             raise ValueError("--human-files only applies with --human-voices or --human-heldout")
         cfg.human_files_per_source = args.human_files
+    if args.train_codecs is not None:
+        cfg.train_codec_fraction = args.train_codecs
     out = args.out or (DEFAULT_QUICK_DATA if args.quick else DEFAULT_DATA)
     t0 = time.perf_counter()
     man = build_dataset(out, cfg, workers=args.workers, progress=not args.no_progress, force=args.force)
@@ -222,6 +229,16 @@ def _cmd_data(args) -> int:
                   f"{len(t['languages'])} languages ({' '.join(t['languages'])}); {t['bona']} bona fide and "
                   f"{t['spoof']} copy/splice clips")
     return 0
+
+
+def _fraction(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        v = -1.0
+    if not 0.0 <= v <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be a fraction in [0, 1], got {text!r}")
+    return v
 
 
 def _sources(text: str, role: str) -> list[str]:
@@ -323,10 +340,13 @@ def _cmd_spoof(args) -> int:
         raise ValueError("--plain, --params-budget, --train-crop and --teacher apply to single runs, not --sweep")
     if args.plain and args.params_budget is not None:
         raise ValueError("--params-budget needs DCLs; drop --plain")
-    if over["settle_at_budget"] and (args.plain or (args.sweep and args.kappa_control != "floor")
-                                     or (not args.sweep and args.params_budget is None)):
-        raise ValueError("--settle-at-budget needs a budget: a single run with --params-budget, or --sweep with "
-                         "--kappa-control floor (the default)")
+    if args.kappa_control is None:
+        args.kappa_control = "floor" if args.sweep else "alpha"
+    if args.kappa_control == "floor" and not args.sweep and (args.plain or args.params_budget is not None):
+        raise ValueError("--kappa-control floor needs DCLs and no --params-budget (a budget of its own)")
+    if over["settle_at_budget"] and (args.plain or args.kappa_control != "floor" and args.params_budget is None):
+        raise ValueError("--settle-at-budget needs a budget: --kappa-control floor (the default of --sweep) or a "
+                         "single run with --params-budget")
     cfg = SpoofConfig.quick(**over) if args.quick else SpoofConfig(**over)
     if cfg.warmup_epochs >= cfg.epochs:
         cfg.warmup_epochs = cfg.epochs - 1
@@ -365,7 +385,8 @@ def _cmd_spoof(args) -> int:
         kappa = args.kappa_min[0] if args.kappa_min else 0.125
         t0 = time.perf_counter()
         row = train_run(cfg, load_split(data_dir, "train"), load_split(data_dir, "eval"), unseen, stages=stages,
-                        kappa_min=kappa, alpha=args.alpha, record_csv=out / "widths.csv",
+                        kappa_min=kappa, alpha=args.alpha, floor=args.kappa_control == "floor",
+                        record_csv=out / "widths.csv",
                         checkpoint=out / "model.ckpt", progress=progress, device=device,
                         params_budget=args.params_budget, train_crop=args.train_crop, teacher=teacher,
                         distill_weight=args.distill_weight, distill_temperature=args.distill_temperature,
@@ -378,7 +399,8 @@ def _cmd_spoof(args) -> int:
             print(f"{cfg.family}, plain (no DCLs)")
         else:
             what = cfg.family if cfg.family != "resnet" else f"stages {','.join(map(str, stages))}"
-            ctl = f"params budget {args.params_budget}" if args.params_budget else f"alpha {args.alpha:g}"
+            ctl = (f"params budget {args.params_budget}" if args.params_budget else "toward the kappa-min floor"
+                   if args.kappa_control == "floor" else f"alpha {args.alpha:g}")
             print(f"{what}, kappa-min {kappa:g}, {ctl}: learned widths {row['widths']}")
         print(f"  exported: {row['params']} params, {row['macs_per_second'] / 1e6:.2f} MMAC/s "
               f"({row['gflops_per_second']:.4f} GFLOP/s)")

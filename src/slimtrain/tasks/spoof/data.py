@@ -100,6 +100,10 @@ class SpoofDataConfig:
     human_heldout: tuple[str, ...] = ()
     #: at most this many files per human source (``None``: all; for quick builds and tests)
     human_files_per_source: Optional[int] = None
+    #: this fraction of the *training* clips, bona fide and spoofed alike, goes through a codec drawn from
+    #: :data:`slimtrain.tasks.augment.ROUNDTRIP_CODECS` after the cue removal, so that a recording's codec
+    #: (the human voices come as Ogg Vorbis, the prompts as PCM or GSM) cannot tell the classes apart
+    train_codec_fraction: float = 0.0
 
     @classmethod
     def quick(cls, **overrides) -> "SpoofDataConfig":
@@ -143,6 +147,9 @@ class SpoofDataConfig:
         if not (0.05 <= self.eval_fraction <= 0.5):
             raise DataError(f"eval-fraction must be in [0.05, 0.5], got {self.eval_fraction!r}")
         self._validate_human()
+        f = self.train_codec_fraction
+        if isinstance(f, bool) or not isinstance(f, (int, float)) or not 0.0 <= f <= 1.0:
+            raise DataError(f"train-codec-fraction must be a number in [0, 1], got {f!r}")
         return self
 
     def _validate_human(self) -> None:
@@ -176,6 +183,8 @@ class SpoofDataConfig:
         d["train_attacks"], d["eval_attacks"] = list(self.train_attacks), list(self.eval_attacks)
         if self.effective_corpus == "core":
             d.pop("corpus")  # the core config (and cache check) is exactly the documented one
+        if not self.train_codec_fraction:
+            d.pop("train_codec_fraction")  # (configs without it, and their caches, stay as they were)
         if not (self.human_voices or self.human_heldout):
             for k in ("human_voices", "human_heldout", "human_files_per_source"):
                 d.pop(k)  # configs without human voices (and their caches) stay as they were
@@ -521,7 +530,8 @@ def _sha256(path: Path) -> str:
 
 
 def _adopt(out: Path) -> Optional[dict]:
-    """The manifest of a complete extended data set in ``out``, else ``None``."""
+    """The manifest of a complete data set in ``out`` built with other than the core settings (extended corpus,
+    human voices, training codecs), else ``None``."""
     m = out / MANIFEST
     if not m.is_file():
         return None
@@ -531,7 +541,7 @@ def _adopt(out: Path) -> Optional[dict]:
         return None
     cfg = man.get("config", {})
     if man.get("format") != FORMAT or (man.get("corpus", "core") == "core" and not cfg.get("human_voices")
-                                       and not cfg.get("human_heldout")):
+                                       and not cfg.get("human_heldout") and not cfg.get("train_codec_fraction")):
         return None
     return man if all((out / f).is_file() for f in man.get("sha256", {})) else None
 
@@ -610,12 +620,17 @@ def build_dataset(out: Path, cfg: SpoofDataConfig, *, workers: int = 2, progress
     out.mkdir(parents=True, exist_ok=True)
     n = cfg.clip_samples
     clips = np.zeros((len(items), n), dtype=np.int16)
+    used_codecs: dict[str, dict[str, int]] = {}
     for i, (it, x) in enumerate(zip(items, raw)):
         rng = np.random.default_rng([cfg.seed, 2, i])
         try:
             clips[i] = condition(x, rng, n)
         except DataError as e:
             raise DataError(f"item {i} ({it.attack} {it.language}:{it.prompt}): {e}") from None
+        if it.split == "train" and cfg.train_codec_fraction:
+            codec = _train_codec(clips, i, cfg)
+            if codec:
+                used_codecs.setdefault(codec, {"bona": 0, "spoof": 0})["bona" if it.label else "spoof"] += 1
     man_files = {}
     for split in ("train", "eval"):
         idx = [i for i, it in enumerate(items) if it.split == split]
@@ -643,6 +658,8 @@ def build_dataset(out: Path, cfg: SpoofDataConfig, *, workers: int = 2, progress
                             for a in ("A1", "A2", "A3", "A4")}}
     if cfg.human_voices or cfg.human_heldout:
         extra["human_voices"] = _human_manifest(cfg, items)
+    if cfg.train_codec_fraction:
+        extra["train_codecs"] = dict(sorted(used_codecs.items()))
     manifest = {
         "format": FORMAT, "version": VERSION, "config": cfg.as_dict(), **extra, "counts": counts,
         "unseen_attacks": list(cfg.unseen_attacks),
@@ -654,6 +671,20 @@ def build_dataset(out: Path, cfg: SpoofDataConfig, *, workers: int = 2, progress
     tmp.write_text(json.dumps(manifest, indent=2) + "\n")
     tmp.replace(out / MANIFEST)
     return manifest
+
+
+def _train_codec(clips: np.ndarray, i: int, cfg: SpoofDataConfig) -> str:
+    """Pass training clip ``i`` through a random codec with probability ``cfg.train_codec_fraction`` (its own
+    random stream); returns the codec's name, or ``""`` when the clip stays as it is."""
+    from ..augment import ROUNDTRIP_CODECS, codec_roundtrip
+
+    rng = np.random.default_rng([cfg.seed, 10, i])
+    if rng.random() >= cfg.train_codec_fraction:
+        return ""
+    codec = str(rng.choice(ROUNDTRIP_CODECS))
+    y = codec_roundtrip(clips[i].astype(np.float32) / 32768.0, SR, codec, rng)
+    clips[i] = np.clip(np.round(y * 32768.0), -32768, 32767).astype(np.int16)
+    return codec
 
 
 def _human_manifest(cfg: SpoofDataConfig, items: Sequence[Item]) -> dict:
