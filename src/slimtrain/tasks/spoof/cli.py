@@ -11,7 +11,7 @@ from pathlib import Path
 
 from ..options import (_check_no_sweep_engine_args, _paragraphs, _positive_int, _refuse_sweep_under_torchrun,
                        sweep_seeds)
-from ..study.cli import add_options, given
+from ..study.cli import add_distill_options, add_options, given
 
 __all__ = ["register"]
 
@@ -141,13 +141,8 @@ def register(commands, data_commands) -> None:
     s.add_argument("--params-budget", type=lambda t: _positive_int(t, "params budget"), default=None, metavar="P",
                    help="single run with DCLs: a budget on the parameter count (Lagrangian multiplier) instead of "
                         "--alpha, e.g. 85306 (AASIST-L's published size)")
-    kd = s.add_argument_group("distillation while shrinking (single runs; docs/method.md, section 4b)")
-    kd.add_argument("--teacher", type=Path, default=None, metavar="CKPT",
-                    help="a trained countermeasure (checkpoint or TorchScript file, e.g. a --plain full-width run) "
-                         "whose bona fide logits the model imitates while it trains: + W * T^2 * BCE(s/T, "
-                         "sigmoid(t/T)) on the task loss")
-    kd.add_argument("--distill-weight", type=float, default=1.0, metavar="W", help="--teacher: W (default: 1)")
-    kd.add_argument("--distill-temperature", type=float, default=2.0, metavar="T", help="--teacher: T (default: 2)")
+    kd = add_distill_options(s, "a trained countermeasure (checkpoint or TorchScript file, e.g. a --plain "
+                                "full-width run)")
     kd.add_argument("--init-from-teacher", action="store_true",
                     help="--teacher: start from the teacher's weights (same family and width), as DPHuBERT and "
                          "CoFi shrink the model they imitate")

@@ -65,6 +65,20 @@ COMMON_OPTIONS: dict[str, tuple[tuple[str, ...], dict]] = {
                                         "(row, seed) runs already finished in OUT/rows")),
     "no_progress": (("--no-progress",), dict(action="store_true", help="hide the progress bars")),
 }
+def add_distill_options(p: argparse.ArgumentParser, teacher_help: str) -> argparse._ArgumentGroup:
+    """The distillation flags of a study's single runs (``--teacher``, ``--distill-weight``,
+    ``--distill-temperature``) in a group of their own; ``teacher_help`` says what a teacher of the task is."""
+    from pathlib import Path
+
+    kd = p.add_argument_group("distillation while shrinking (single runs; docs/method.md, section 4b)")
+    kd.add_argument("--teacher", type=Path, default=None, metavar="MODEL",
+                    help=teacher_help + ": the model imitates its outputs while it trains, + W * T^2 * BCE(s/T, "
+                                        "sigmoid(t/T)) on the task loss")
+    kd.add_argument("--distill-weight", type=float, default=1.0, metavar="W", help="--teacher: W (default: 1)")
+    kd.add_argument("--distill-temperature", type=float, default=2.0, metavar="T", help="--teacher: T (default: 2)")
+    return kd
+
+
 #: options added by a function of their own (several flags, or shared with the core commands)
 _ADDERS: dict[str, Callable[[argparse.ArgumentParser], None]] = {
     "compact_every": add_compact_option, "device": add_device_option, "sweep_engine": add_sweep_engine_arguments}

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from ..options import (_check_no_sweep_engine_args, _int_at_least, _number, _paragraphs, _positive_float,
                        _refuse_sweep_under_torchrun, comma_list, sweep_seeds)
-from ..study.cli import add_options
+from ..study.cli import add_distill_options, add_options
 from .cli_corpus import add_data_arguments, add_eval_data_arguments, uses_corpus
 
 __all__ = ["register"]
@@ -188,13 +188,8 @@ def register(commands, data_commands) -> None:
     v.add_argument("--widths", type=_widths, default=None, metavar="NAME=N,...",
                    help="single run: full (pre-DCL) widths, e.g. conv1=32,conv2=32,hidden=48 (CRNN: conv1, conv2, "
                         "hidden, n_mels; transformer: d_model, ff, n_mels); default: the documented widths")
-    kd = v.add_argument_group("distillation while shrinking (single runs; docs/method.md, section 4b)")
-    kd.add_argument("--teacher", type=Path, default=None, metavar="MODEL",
-                    help="a trained VAD of the same rate (checkpoint or TorchScript file, e.g. a full-width run with "
-                         "--kappa-min 1 --alpha 0) whose frame logits the model imitates while it trains: + W * T^2 * "
-                         "BCE(s/T, sigmoid(t/T)) per frame on the task loss")
-    kd.add_argument("--distill-weight", type=float, default=1.0, metavar="W", help="--teacher: W (default: 1)")
-    kd.add_argument("--distill-temperature", type=float, default=2.0, metavar="T", help="--teacher: T (default: 2)")
+    add_distill_options(v, "a trained VAD of the same rate (checkpoint or TorchScript file, e.g. a full-width run "
+                           "with --kappa-min 1 --alpha 0), per 10 ms frame")
     add_options(v, ["out"], out=dict(default=DEFAULT_OUT))
     v.add_argument("--data", type=Path, default=None, metavar="DIR",
                    help="VAD data cache (built if missing; default: OUT/data, quick: OUT/data-quick)")
