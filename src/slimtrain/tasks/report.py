@@ -789,29 +789,32 @@ _SPOOF_HV_ARMS = {"core": "DCL, no human voices", "human": "DCL + human voices",
 
 
 def _spoof_human_voices(root: Path) -> str:
-    """The countermeasure trained with and without recorded human voices and a teacher (one corpus, seeds per
-    arm), its EERs pooled and on the held-out speakers' bona fide clips per attack, and paired verdicts."""
+    """The countermeasure trained with and without recorded human voices, a teacher and training codecs (seeds
+    per arm, every arm scored on one evaluation split), its EERs pooled and on the held-out speakers' bona fide
+    clips per attack, and paired verdicts."""
     from ..train.stats import format_interval, paired_verdict, summarize_rows
     from .spoof.attacks import ATTACKS
 
-    cmd = ("python benchmarks/spoof_human_voices.py --data runs/spoof_hv --seeds 3 --epochs {e} "
+    cmd = ("python benchmarks/spoof_human_voices.py --data runs/{d} --seeds 3 --epochs {e} "
            "--csv docs/spoof_results/{f}")
-    files = {"human_voices.csv": 8, "human_voices_16ep.csv": 16}
+    #: file -> (epochs, corpus folder, label suffix)
+    files = {"human_voices.csv": (8, "spoof_hv", ""), "human_voices_16ep.csv": (16, "spoof_hv", ""),
+             "human_voices_codecs_16ep.csv": (16, "spoof_hvc", ", training codecs")}
     metrics = ["macs_per_second", "eer_pooled", "eer_heldout", "eer_unseen", *[f"eer_heldout_{a}" for a in ATTACKS]]
-    entries = []
-    for f, e in files.items():
-        rows = [{**r, "seed": int(r["seed"])} for r in _doc_csv(root, f"spoof_results/{f}", cmd.format(e=e, f=f))]
+    entries, fps = [], {}
+    for f, (e, d, _) in files.items():
+        rows = [{**r, "seed": int(r["seed"])} for r in _doc_csv(root, f"spoof_results/{f}", cmd.format(e=e, f=f, d=d))]
         for r in rows:
             if r["arm"] not in _SPOOF_HV_ARMS:
                 raise ReportError(f"docs/spoof_results/{f}: unknown arm {r['arm']!r}")
+        fps[f] = sorted({r["data_fingerprint"] for r in rows})
         entries += [{**x, "file": f} for x in summarize_rows(rows, ["arm", "epochs"], metrics)]
     shipped = _doc_csv(root, "spoof_results/human_voices_shipped.csv", "python benchmarks/spoof_human_voices.py --data "
                        "runs/spoof_hv --score shipped-before=src/slimtrain/assets/spoof_default.pt --csv "
                        "docs/spoof_results/human_voices_shipped.csv")
-    fps = {r["data_fingerprint"] for f in (*files, "human_voices_shipped.csv")
-           for r in _doc_csv(root, f"spoof_results/{f}", "")}
-    if len(fps) != 1:
-        raise ReportError(f"docs/spoof_results/human_voices*.csv come from different corpora ({sorted(fps)})")
+
+    def label(e: dict) -> str:
+        return _SPOOF_HV_ARMS[e["arm"]] + files[e["file"]][2]
 
     def pct(iv) -> str:
         return format_interval(iv, ".1f") if iv is not None else "-"
@@ -819,37 +822,43 @@ def _spoof_human_voices(root: Path) -> str:
     out = ["| countermeasure | epochs | seeds | MMAC/s | EER pooled % | EER held-out speakers % | "
            + " | ".join(ATTACKS) + " |", "| --- | ---: | ---: | ---: | --- | --- |" + " --- |" * len(ATTACKS)]
     for e in entries:
-        out.append(f"| {_SPOOF_HV_ARMS[e['arm']]} | {e['epochs']} | {e['n']} | {e['macs_per_second'].mean / 1e6:.2f} | "
+        out.append(f"| {label(e)} | {e['epochs']} | {e['n']} | {e['macs_per_second'].mean / 1e6:.2f} | "
                    f"{pct(e['eer_pooled'])} | {pct(e['eer_heldout'])} | "
                    + " | ".join(pct(e[f"eer_heldout_{a}"]) for a in ATTACKS) + " |")
     for r in shipped:
         def cell(k: str) -> str:
             return f"{float(r[k]):.1f}" if r.get(k) not in ("", None) else "-"
-        out.append(f"| `{r['arm']}`: the countermeasure shipped before, scored as it is | - | - | {float(r['macs_per_second']) / 1e6:.2f} | "
-                   f"{cell('eer_pooled')} | {cell('eer_heldout')} | " + " | ".join(cell(f"eer_heldout_{a}") for a in ATTACKS)
-                   + " |")
+        out.append(f"| `{r['arm']}`: the countermeasure shipped before, scored as it is | - | - | "
+                   f"{float(r['macs_per_second']) / 1e6:.2f} | {cell('eer_pooled')} | {cell('eer_heldout')} | "
+                   + " | ".join(cell(f"eer_heldout_{a}") for a in ATTACKS) + " |")
     out += ["", "Paired by seed (difference in EER points [95 % interval]; negative: the first is better):", "",
             "| comparison | epochs | EER pooled | EER held-out speakers |", "| --- | ---: | --- | --- |"]
+    by = {(e["file"], e["arm"]): e for e in entries}
+    pairs = []
     for f in files:
-        by = {e["arm"]: e for e in entries if e["file"] == f}
-        pairs = [("human", "core"), *[(a, "human") for a in ("full", "human+kd", "human+kd-init")],
-                 ("human+kd", "full"), ("human+kd-init", "full")]
-        for a, b in pairs:
-            if a in by and b in by:
-                out.append(f"| {_SPOOF_HV_ARMS[a]} vs {_SPOOF_HV_ARMS[b]} | {by[a]['epochs']} | "
-                           + " | ".join(paired_verdict(by[a][f"{m}_by_seed"], by[b][f"{m}_by_seed"],
-                                                       higher_is_better=False, fmt="+.2f")
-                                        for m in ("eer_pooled", "eer_heldout")) + " |")
-    out += ["", "_One corpus (`slimtrain data spoof --human-voices train --out runs/spoof_hv`, fingerprint "
-            f"{fps.pop()}); every arm scored on its evaluation split. A1-A9: EER of the held-out speakers' bona fide "
-            "clips (fr_CA June and the six held-out human voices) against that attack; mean ± 95 % half-width over "
-            "seeds. DCL rows: all four stages toward the kappa-min 0.5 floor. Generated by `slimtrain report` from "
-            + ", ".join(f"[docs/spoof_results/{f}](spoof_results/{f})" for f in (*files, "human_voices_shipped.csv"))
-            + "._"]
+        pairs += [((f, a), (f, b)) for a, b in (("human", "core"), ("full", "human"), ("human+kd", "human"),
+                                                ("human+kd-init", "human"), ("human+kd", "full"),
+                                                ("human+kd-init", "full"))]
+    pairs += [(("human_voices_codecs_16ep.csv", a), ("human_voices_16ep.csv", a)) for a in _SPOOF_HV_ARMS]
+    for ka, kb in pairs:
+        if ka in by and kb in by:
+            a, b = by[ka], by[kb]
+            out.append(f"| {label(a)} vs {label(b)} | {a['epochs']} | "
+                       + " | ".join(paired_verdict(a[f"{m}_by_seed"], b[f"{m}_by_seed"], higher_is_better=False,
+                                                   fmt="+.2f") for m in ("eer_pooled", "eer_heldout")) + " |")
+    out += ["", "_Every arm scored on the same evaluation split (byte-identical in both corpora): `slimtrain data spoof "
+            "--human-voices train --out runs/spoof_hv` (fingerprint " + ", ".join(fps["human_voices.csv"]) + "), and with "
+            "`--train-codecs 0.5` `runs/spoof_hvc` (" + ", ".join(fps["human_voices_codecs_16ep.csv"]) + "; half the "
+            "training clips, both classes, through G.711, GSM, Vorbis or Opus). A1-A9: EER of the held-out speakers' "
+            "bona fide clips (fr_CA June and the six held-out human voices) against that attack; mean ± 95 % "
+            "half-width over seeds. DCL rows: all four stages toward the kappa-min 0.5 floor. Generated by `slimtrain "
+            "report` from " + ", ".join(f"[docs/spoof_results/{f}](spoof_results/{f})"
+                                        for f in (*files, "human_voices_shipped.csv")) + "._"]
     return "\n".join(out)
 
 
-def _training_arms_table(root: Path, arms: dict, sets: Sequence[tuple[str, str]], prefix: str) -> str:
+def _training_arms_table(root: Path, arms: dict, sets: Sequence[tuple[str, str]], prefix: str,
+                         what: str = "training corpus") -> str:
     """One recipe trained on several corpora (``arms``: run-folder prefix -> label; folders
     ``<prefix>_seed<k>``), seeds each: mean ± 95 % half-width per arm on each of ``sets`` (read from
     ``docs/vad_results/<prefix>_<key>.csv``), the per-source AUC where a set has sources, and every arm paired
@@ -879,7 +888,7 @@ def _training_arms_table(root: Path, arms: dict, sets: Sequence[tuple[str, str]]
         if base not in summary:
             raise ReportError(f"docs/vad_results/{csv_name} has no {base}_seed<k> run (the baseline arm)")
         out += [f"**{title}** ({rows[0]['clips']} clips, set fingerprint {rows[0]['set_fingerprint']})", "",
-                "| training corpus | seeds | MFLOP/s | AUC | EER % | F1 | AUC < 5 dB |"
+                f"| {what} | seeds | MFLOP/s | AUC | EER % | F1 | AUC < 5 dB |"
                 + "".join(f" AUC {g} |" for g in groups),
                 "| --- | ---: | ---: | --- | --- | --- | --- |" + " --- |" * len(groups)]
         for arm, label in arms.items():
@@ -895,7 +904,7 @@ def _training_arms_table(root: Path, arms: dict, sets: Sequence[tuple[str, str]]
                        f"{float(silero['f1']):.3f} | {float(silero['auc < 5 dB']):.3f} |"
                        + "".join(f" {float(silero[f'auc {g}']):.3f} |" for g in groups))
         out += ["", f"Paired by seed against {arms[base]} (difference [95 % interval]):", "",
-                "| training corpus | AUC | EER | F1 |", "| --- | --- | --- | --- |"]
+                f"| {what} | AUC | EER | F1 |", "| --- | --- | --- | --- |"]
         b = summary[base]
         for arm, label in arms.items():
             if arm == base or arm not in summary:
@@ -925,6 +934,19 @@ HUMAN_TRAINING_16K_ARMS = {
 }
 HUMAN_TRAINING_16K_SETS = (("unseen_human", "unseen-human at 16 kHz: held-out recorded voices"),
                            ("test_ext", "Italian test split, extended corpus, 16 kHz"))
+
+
+#: the arms of ``vad-distill``: the shipped 8 kHz recipe without and with a full-width teacher
+DISTILL_ARMS = {
+    "hv96_v1": "shipped recipe (no teacher)",
+    "hv96_full": "full width 32/32/48, 80 mel bands (the teacher)",
+    "hv96kd_v1": "shipped recipe + distillation from the full-width model",
+}
+
+
+def _vad_distill(root: Path) -> str:
+    """The shipped VAD recipe trained with and without its full-width teacher, three seeds each."""
+    return _training_arms_table(root, DISTILL_ARMS, HUMAN_TRAINING_SETS, "distill", what="model")
 
 
 def _vad_human_training_16k(root: Path) -> str:
@@ -1220,6 +1242,7 @@ BLOCKS: dict[str, Callable[[Path], str]] = {
     "vad-human-training": _vad_human_training,
     "vad-human-training-16k": _vad_human_training_16k,
     "spoof-human-voices": _spoof_human_voices,
+    "vad-distill": _vad_distill,
 }
 
 
