@@ -261,3 +261,29 @@ def test_training_codecs_change_only_training_clips_and_are_counted(tmp_path):
     assert set(counts) <= {"mulaw", "alaw", "gsm", "vorbis", "opus"}
     # a default config reads the folder as it is instead of rebuilding over it
     assert build_dataset(tmp_path / "b", SpoofDataConfig(), progress=False) == man
+
+
+# -- A10, the harmonic-plus-noise vocoder -------------------------------------------------------------------------
+def test_hnm_vocoder_is_deterministic_keeps_level_and_discards_the_phase():
+    from slimtrain.tasks.spoof.attacks import hnm_copy
+
+    sr, t = 8000, np.arange(8000) / 8000
+    f0 = 120 + 30 * t  # a gliding voiced sound with a few formant-like harmonics, then silence
+    x = sum(np.sin(2 * np.pi * k * np.cumsum(f0) / sr) / k for k in range(1, 20)) * 0.1
+    x = np.concatenate([x, np.zeros(2000)]).astype(np.float32)
+    a, b, c = hnm_copy(x, seed=1), hnm_copy(x, seed=1), hnm_copy(x, seed=2)
+    assert a.shape == x.shape and np.array_equal(a, b) and not np.array_equal(a, c)
+    rms = lambda v: float(np.sqrt(np.mean(v ** 2)))  # noqa: E731
+    assert 0.7 < rms(a[:8000]) / rms(x[:8000]) < 1.3  # frame energies follow the recording
+    assert rms(a[8400:]) < 1e-3  # silence stays silent
+    assert abs(np.corrcoef(x[:8000], a[:8000])[0, 1]) < 0.5  # the waveform (its phase) is not copied
+
+
+def test_a_family_added_to_training_leaves_every_other_clip_as_it_was():
+    _needs()
+    base, _ = plan_items(_cfg())
+    more, _ = plan_items(_cfg(train_attacks=("A1", "A2", "A3", "A5", "A8", "A10")))
+    key = lambda it: (it.split, it.attack, it.language, it.prompt, json.dumps(it.params, sort_keys=True))  # noqa: E731
+    assert [key(i) for i in more[:len(base)]] == [key(i) for i in base]  # same clips at the same indices
+    q = SpoofDataConfig.quick()
+    assert sum(i.attack == "A10" for i in more) == q.n_spoof_train_per_attack + q.n_spoof_train_per_attack // 2

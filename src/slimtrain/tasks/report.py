@@ -816,6 +816,8 @@ def _spoof_human_voices(root: Path) -> str:
     def label(e: dict) -> str:
         return _SPOOF_HV_ARMS[e["arm"]] + files[e["file"]][2]
 
+    ATTACKS = [a for a in ATTACKS if any(e[f"eer_heldout_{a}"] is not None for e in entries)]  # measured ones
+
     def pct(iv) -> str:
         return format_interval(iv, ".1f") if iv is not None else "-"
 

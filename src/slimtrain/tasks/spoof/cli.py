@@ -78,6 +78,9 @@ def register(commands, data_commands) -> None:
                         "source) or ids. Default: 'held-out' with --human-voices, else none")
     d.add_argument("--human-files", type=lambda t: _positive_int(t, "human files"), default=None, metavar="N",
                    help="at most N files per human-voice source (default: all)")
+    d.add_argument("--train-attacks", type=_attack_list, default=None, metavar="A1,A2,...",
+                   help=f"the attack families of the training split (default: {','.join(D.train_attacks)}); "
+                        "evaluation keeps its own list, so a family added here is no longer unseen there")
     d.add_argument("--train-codecs", type=_fraction, default=None, metavar="F",
                    help="pass this fraction of the training clips, bona fide and spoofed alike, through a random "
                         "codec (G.711 mu/A-law, GSM, Ogg Vorbis, Opus) so that a recording's codec cannot tell the "
@@ -211,6 +214,8 @@ def _cmd_data(args) -> int:
         cfg.human_files_per_source = args.human_files
     if args.train_codecs is not None:
         cfg.train_codec_fraction = args.train_codecs
+    if args.train_attacks is not None:
+        cfg.train_attacks = tuple(args.train_attacks)
     out = args.out or (DEFAULT_QUICK_DATA if args.quick else DEFAULT_DATA)
     t0 = time.perf_counter()
     man = build_dataset(out, cfg, workers=args.workers, progress=not args.no_progress, force=args.force)
@@ -224,6 +229,17 @@ def _cmd_data(args) -> int:
                   f"{len(t['languages'])} languages ({' '.join(t['languages'])}); {t['bona']} bona fide and "
                   f"{t['spoof']} copy/splice clips")
     return 0
+
+
+def _attack_list(text: str) -> list[str]:
+    from .attacks import ATTACKS
+
+    ids = [a.strip().upper() for a in text.split(",") if a.strip()]
+    bad = [a for a in ids if a not in ATTACKS]
+    if bad or not ids:
+        raise argparse.ArgumentTypeError(f"unknown attack(s) {', '.join(bad) or repr(text)}; choose from "
+                                         f"{', '.join(ATTACKS)}")
+    return ids
 
 
 def _fraction(text: str) -> float:

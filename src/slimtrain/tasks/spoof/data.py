@@ -72,6 +72,10 @@ EXTENDED_VERSION = "extended-v1"
 EXTENDED_BONA_SPEAKERS = ("es-co", "fr-armelle")
 
 
+#: the attack families of the first corpora, in their plan order; later ones are planned after every one of these
+_FIRST_FAMILIES = ("bona", "A1", "A2", "A3", "A4", "A5", "A6", "A7", "A8", "A9")
+
+
 class DataError(ValueError):
     """Bad data settings or an unusable cache folder (the message names it)."""
 
@@ -364,10 +368,19 @@ def plan_items(cfg: SpoofDataConfig) -> tuple[list[Item], dict[str, Path]]:
                     others = [str(same[int(k)]) for k in srng.choice(len(same), size=A.SPLICE_SOURCES - 1)]
                     items.append(Item(split, 0, a, lg, nm, params={"seed": int(srng.integers(0, 2 ** 31)),
                                                                      "sources": others}))
-            else:
+            elif a in ("A5", "A6", "A7"):
                 for lg, nm in pick(split, src_langs, n):
                     items.append(Item(split, 0, a, lg, nm, params={"seed": int(rng.integers(0, 2 ** 31))}))
+            else:  # families added later draw from a stream of their own: the other items stay as they were
+                arng = np.random.default_rng([cfg.seed, 11, int(a[1:]), 0 if split == "train" else 1])
+                cands = [(lg, nm) for lg in src_langs for nm in pool.get((split, lg), [])]
+                for c in arng.choice(len(cands), size=n, replace=n > len(cands)):
+                    lg, nm = cands[int(c)]
+                    items.append(Item(split, 0, a, lg, nm, params={"seed": int(arng.integers(0, 2 ** 31))}))
     items += _human_items(cfg, files)
+    # families added after A9 go last: every clip's cue removal draws from its index, so the clips of a
+    # corpus without them keep their indices (and bytes) when they are added
+    items.sort(key=lambda it: it.attack not in _FIRST_FAMILIES)
     return items, files
 
 
@@ -452,6 +465,8 @@ def _synthesise(items: list[Item], files: dict[str, Path], workers: int,
             raw[i] = A.griffin_lim_copy(bona(it.language, it.prompt), seed=it.params["seed"])
         elif it.attack == "A7":
             raw[i] = A.lpc_copy(bona(it.language, it.prompt), seed=it.params["seed"])
+        elif it.attack == "A10":
+            raw[i] = A.hnm_copy(bona(it.language, it.prompt), seed=it.params["seed"])
         elif it.attack in A.SPLICE_ATTACKS:
             from .splice import splice
 
