@@ -68,3 +68,20 @@ def test_vad_command_trains_a_student_from_a_full_width_teacher(quick, tmp_path,
 
     s = frame_scores(load_for_inference(tmp_path / "s" / "vad_crnn.pt", "vad")[0], data["test"].audio[:8])
     assert s.shape[0] == 8 and np.isfinite(s).all()
+
+
+def test_silero_teacher_serves_its_cached_logits_for_training_clips_only(quick, tmp_path):
+    pytest.importorskip("silero_vad")
+    from slimtrain.tasks.vad.anchors import AnchorError, silero_scores, silero_teacher
+
+    cache, data = quick
+    audio = data["train"].audio[:6]
+    teacher = silero_teacher(audio)
+    out = teacher(torch.from_numpy(audio[[4, 1]]))
+    p = np.clip(silero_scores(audio[[4, 1]]), 1e-4, 1 - 1e-4)
+    np.testing.assert_allclose(torch.sigmoid(out).numpy(), p, rtol=1e-4, atol=1e-6)
+    with pytest.raises(AnchorError, match="has no labels for"):
+        teacher(torch.from_numpy(audio[:1] * 0.5))
+    assert main(["vad", "--data", str(cache), "--epochs", "1", "--no-progress", "--kappa-min", "0.25",
+                 "--teacher", "silero", "--out", str(tmp_path / "s")]) == 0
+    assert json.loads((tmp_path / "s" / "result.json").read_text())["result"]["distill_weight"] == 1.0

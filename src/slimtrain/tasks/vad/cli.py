@@ -189,7 +189,8 @@ def register(commands, data_commands) -> None:
                    help="single run: full (pre-DCL) widths, e.g. conv1=32,conv2=32,hidden=48 (CRNN: conv1, conv2, "
                         "hidden, n_mels; transformer: d_model, ff, n_mels); default: the documented widths")
     add_distill_options(v, "a trained VAD of the same rate (checkpoint or TorchScript file, e.g. a full-width run "
-                           "with --kappa-min 1 --alpha 0), per 10 ms frame")
+                           "with --kappa-min 1 --alpha 0), per 10 ms frame, or 'silero': Silero VAD (its "
+                           "MIT-licensed weights in the silero-vad wheel) labels the training clips once")
     add_options(v, ["out"], out=dict(default=DEFAULT_OUT))
     v.add_argument("--data", type=Path, default=None, metavar="DIR",
                    help="VAD data cache (built if missing; default: OUT/data, quick: OUT/data-quick)")
@@ -512,7 +513,11 @@ def _cmd_vad(args) -> int:
                        heads=args.heads if family == "transformer" else "count", band_order=args.band_order,
                        sample_rate=rate)
     teacher = None
-    if args.teacher is not None:
+    if args.teacher is not None and str(args.teacher) == "silero":
+        from .anchors import silero_teacher
+
+        teacher = silero_teacher(data["train"].audio, rate, int(manifest["config"].get("hop", rate // 100)))
+    elif args.teacher is not None:
         from ...train.checkpoint import load_for_inference
 
         teacher = load_for_inference(args.teacher, "vad")[0]

@@ -264,7 +264,8 @@ def train_vad(cfg: VadRunConfig, data: dict[str, VadSplit], *, checkpoint: Optio
                                      budget=None if cfg.budget is None else cfg.budget * SAMPLE_SECONDS,
                                      metric="flops", warmup_steps=cfg.warmup_epochs * steps_per_epoch)
         optimizer = make_optimizer(model, lr=cfg.lr, width_lr=cfg.width_lr)
-        kd = _distiller(model, teacher, distill_weight, distill_temperature, cfg.sample_rate)
+        kd = _distiller(model, teacher, distill_weight, distill_temperature,
+                        torch.from_numpy(np.ascontiguousarray(data["train"].audio[:2])))
         # the widths after each step meet the budget (never during warm-up, when they are held at full size)
         at_budget = objective.meets_budget if objective is not None and cfg.budget is not None and cfg.settle_at_budget \
             else None
@@ -303,9 +304,10 @@ def train_vad(cfg: VadRunConfig, data: dict[str, VadSplit], *, checkpoint: Optio
         return plain, row
 
 
-def _distiller(model: nn.Module, teacher, weight: float, temperature: float, sample_rate: int):
+def _distiller(model: nn.Module, teacher, weight: float, temperature: float, probe: Tensor):
     """The :class:`slimtrain.Distiller` of a VAD run (``None`` without a teacher); a teacher whose frame logits
-    do not match the model's, or a bad weight or temperature, is a named ``ValueError``."""
+    on ``probe`` (two training clips) do not match the model's, or a bad weight or temperature, is a named
+    ``ValueError``."""
     if teacher is None:
         return None
     from ...core.distill import Distiller
@@ -314,7 +316,6 @@ def _distiller(model: nn.Module, teacher, weight: float, temperature: float, sam
         raise ValueError(f"distillation needs a weight >= 0 and a temperature > 0, got {weight!r} and {temperature!r}")
     if isinstance(teacher, nn.Module):
         teacher = teacher.to("cpu").eval()
-    probe = torch.zeros(2, *_sample_shape(sample_rate)[1:])
     was = model.training
     model.eval()  # (a training-mode call would move the BatchNorm statistics)
     with torch.no_grad():
