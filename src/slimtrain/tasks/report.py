@@ -946,6 +946,7 @@ DISTILL_ARMS = {
     "hv96_v1": "shipped recipe (no teacher)",
     "hv96_full": "full width 32/32/48, 80 mel bands (the teacher)",
     "hv96kd_v1": "shipped recipe + distillation from the full-width model",
+    "hv96sil_v1": "shipped recipe + distillation from Silero VAD (its labels of the training clips)",
 }
 
 
