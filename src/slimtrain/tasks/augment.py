@@ -32,7 +32,8 @@ import numpy as np
 
 __all__ = [
     "AugmentError", "apply_gain", "clip_hard", "band_limit", "mu_law_roundtrip", "a_law_roundtrip",
-    "gsm_roundtrip", "ogg_roundtrip", "codec_roundtrip", "ROUNDTRIP_CODECS", "synthetic_rir", "reverberate", "measure_rt60", "coloured_noise", "babble",
+    "gsm_roundtrip", "ogg_roundtrip", "codec_roundtrip", "ROUNDTRIP_CODECS", "synthetic_rir", "reverberate",
+    "measure_rt60", "coloured_noise", "babble",
     "synth_music", "draw_augmentation", "apply_augmentation", "chain_summary", "CODECS",
 ]
 
@@ -174,7 +175,8 @@ def ogg_roundtrip(x: np.ndarray, sample_rate: int, codec: str = "vorbis", qualit
 ROUNDTRIP_CODECS = ("mulaw", "alaw", "gsm", "vorbis", "opus")
 
 
-def codec_roundtrip(x: np.ndarray, sample_rate: int, codec: str, rng: Optional[np.random.Generator] = None) -> np.ndarray:
+def codec_roundtrip(x: np.ndarray, sample_rate: int, codec: str,
+                    rng: Optional[np.random.Generator] = None) -> np.ndarray:
     """``x`` through one of :data:`ROUNDTRIP_CODECS` and back (Vorbis/Opus at a compression level drawn from
     ``rng`` in [0.3, 1.0], else 0.5)."""
     if codec == "mulaw":

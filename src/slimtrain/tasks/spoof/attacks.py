@@ -23,7 +23,7 @@ A9     splice, smoothed joins               the same, each join aligned by wavef
 =====  ===================================  ===============================================================
 
 A1-A4 synthesise text (the transcripts of the bona fide prompts, so content is shared by both
-classes); A5-A7 resynthesise bona fide recordings; A8-A9 are made of bona fide samples themselves (what a
+classes); A5-A7 and A10 resynthesise bona fide recordings; A8-A9 are made of bona fide samples themselves (what a
 unit-selection synthesiser does). No neural vocoder: every registry package that offers one (e.g. a HiFi-GAN
 or WaveGlow) needs pretrained weights downloaded at run time, which this project does not do. Every generator is deterministic given its
 arguments (the random choices are drawn by the caller from a seeded generator and passed in).
@@ -78,8 +78,9 @@ ATTACKS: dict[str, Attack] = {a.id: a for a in [
     Attack("A7", "lpc", "audio", "LPC-10-style vocoder: order-10 LPC, pulse/noise excitation"),
     Attack("A8", "splice", "splice", "syllable-like units of bona fide recordings, butt-joined"),
     Attack("A9", "splice-smooth", "splice", "syllable-like units of bona fide recordings, aligned and crossfaded"),
-    Attack("A10", "hnm", "audio", "harmonic-plus-noise vocoder: harmonics of the F0 read off the spectral envelope "
-                                  "(WORLD's DIO/CheapTrick analysis), envelope-shaped noise above 3 kHz and when unvoiced"),
+    Attack("A10", "hnm", "audio", "harmonic-plus-noise vocoder: harmonics of the F0 read off the spectral "
+                                  "envelope (WORLD's DIO/CheapTrick analysis), envelope-shaped noise above 3 kHz "
+                                  "and when unvoiced"),
 ]}
 SPLICE_ATTACKS = tuple(a for a, v in ATTACKS.items() if v.source == "splice")
 #: recordings of one speaker a splice draws its units from, and the crossfade of A9
