@@ -94,6 +94,8 @@ def test_projection_maps_a_narrower_student_to_the_teacher():
     ({"output": "ce"}, "output must be one of"),
     ({"temperature": 0}, "temperature must be > 0"),
     ({"weight": -1}, "weight must be a number >= 0"),
+    ({"temperature": float("inf")}, r"temperature must be > 0 \(and finite\), got inf"),
+    ({"weight": float("nan")}, r"weight must be a number >= 0 \(and finite\), got nan"),
     ({"output": None}, "nothing to distil"),
     ({"hidden": {"0": "0"}}, "hidden= needs the student"),
     ({"hidden": {"0": "9"}, "student": "S"}, "the teacher has no module named '9'"),

@@ -28,6 +28,7 @@ the inputs to outputs of the student's shape may be a teacher (e.g. a labeller o
 """
 from __future__ import annotations
 
+import math
 from typing import Callable, Mapping, Optional
 
 import torch
@@ -142,11 +143,11 @@ class Distiller(nn.Module):
         super().__init__()
         if output is not None and output not in OUTPUT_KINDS:
             raise DistillError(f"output must be one of {OUTPUT_KINDS} or None, got {output!r}")
-        if not (isinstance(temperature, (int, float)) and temperature > 0):
-            raise DistillError(f"temperature must be > 0, got {temperature!r}")
+        if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature > 0):
+            raise DistillError(f"temperature must be > 0 (and finite), got {temperature!r}")
         for name, v in (("weight", weight), ("hidden_weight", hidden_weight)):
-            if not (isinstance(v, (int, float)) and v >= 0):
-                raise DistillError(f"{name} must be a number >= 0, got {v!r}")
+            if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
+                raise DistillError(f"{name} must be a number >= 0 (and finite), got {v!r}")
         hidden = dict(hidden or {})
         if output is None and not hidden:
             raise DistillError("nothing to distil: give output= or hidden=")

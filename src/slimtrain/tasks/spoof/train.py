@@ -34,7 +34,7 @@ from ...core.loss import TradeoffLoss
 from ...train.record import WidthRecorder
 from ..metrics import eer
 from ..study.config import StudyConfigError, TrainConfig, check_ints
-from ..study.train import exported, fit_epochs
+from ..study.train import exported, fit_epochs, output_distiller
 from .attacks import ATTACKS
 from .data import SR, SpoofSplit
 from .aasist import AASIST_CONFIGS, build_aasist
@@ -244,10 +244,6 @@ def train_run(
         raise ValueError("the pruning baseline is for the ResNet family")
     if init_from_teacher and teacher is None:
         raise ValueError("init_from_teacher needs a teacher")
-    if teacher is not None and not (math.isfinite(distill_weight) and distill_weight >= 0
-                                    and math.isfinite(distill_temperature) and distill_temperature > 0):
-        raise ValueError(f"distillation needs a weight >= 0 and a temperature > 0, got {distill_weight!r} and "
-                         f"{distill_temperature!r}")
     t0 = time.perf_counter()
     x, yl = train.waveforms(), torch.from_numpy(train.label.astype(np.float32))
     xt = test.waveforms()
@@ -269,24 +265,13 @@ def train_run(
         sample = x[: min(8, len(x))]
         kd = None
         if teacher is not None:
-            from ...core.distill import Distiller
-
-            if isinstance(teacher, nn.Module):
-                teacher = teacher.to("cpu").eval()
             if init_from_teacher:
                 try:
                     model.load_state_dict(teacher.state_dict())
                 except (RuntimeError, AttributeError) as e:
                     raise ValueError("init_from_teacher: the teacher is not a model of this family and width ("
                                      + str(e).splitlines()[0] + ")") from None
-            model.eval()  # (a training-mode call would move the BatchNorm statistics)
-            with torch.no_grad():
-                t_shape, s_shape = tuple(teacher(sample).shape), tuple(model(sample).shape)
-            model.train()
-            if t_shape != s_shape:
-                raise ValueError(f"the teacher gives outputs of shape {t_shape}, the countermeasure {s_shape}: it "
-                                 "must score the same task")
-            kd = Distiller(teacher, output="bce", temperature=distill_temperature, weight=distill_weight)
+            kd = output_distiller(model, teacher, sample, weight=distill_weight, temperature=distill_temperature)
         recorder = WidthRecorder(record_csv, None) if (record_csv is not None and stages and main) else None
         if stages:
             if aasist:

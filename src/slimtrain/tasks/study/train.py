@@ -20,10 +20,30 @@ from ...train.record import WidthRecorder
 from .config import StudyConfig
 from .spec import Study, StudyData
 
-__all__ = ["train_run", "register_builder", "dynamic_model", "fit_epochs", "exported"]
+__all__ = ["train_run", "register_builder", "dynamic_model", "fit_epochs", "exported", "output_distiller"]
 
 #: examples in the trace batch of ``make_dynamic`` (taken from the training split)
 SAMPLE_ITEMS = 2
+
+
+def output_distiller(model: nn.Module, teacher, probe: torch.Tensor, *, weight: float = 1.0,
+                     temperature: float = 2.0, outputs: str = "outputs", hint: str = "it must score the same task"):
+    """A :class:`slimtrain.Distiller` on ``model``'s logits (``output="bce"``), with a teacher whose outputs on
+    ``probe`` (a few training inputs) have ``model``'s shape; a teacher that does not is a named ``ValueError``
+    (``outputs`` and ``hint`` say what the task's outputs are), a bad weight or temperature a ``DistillError``.
+    The probe runs in eval mode: a training-mode call would move the model's BatchNorm statistics."""
+    from ...core.distill import Distiller
+
+    kd = Distiller(teacher, output="bce", temperature=temperature, weight=weight).to("cpu")
+    was = model.training
+    model.eval()
+    with torch.no_grad():
+        t, s = tuple(kd.teacher_output(probe).shape), tuple(model(probe).shape)
+    model.train(was)
+    if t != s:
+        raise ValueError(f"the teacher gives {outputs} of shape {t} for {probe.shape[-1]} samples, the model {s}: "
+                         f"{hint}")
+    return kd
 
 
 def dynamic_model(study: Study, kwargs: dict, sample_shape, kappa_min: Optional[float]) -> nn.Module:

@@ -29,6 +29,7 @@ from ...train.training import DataParallel, make_optimizer, seed_everything, tor
 from ...audio.frontend import BAND_ORDERS
 from ..metrics import eer, eer_threshold, f1_at, roc_auc
 from ..study.config import StudyConfigError, TrainConfig
+from ..study.train import output_distiller
 from .data import VadSplit
 from ...apps.vad.models import FAMILIES, build_vad_model
 
@@ -264,8 +265,9 @@ def train_vad(cfg: VadRunConfig, data: dict[str, VadSplit], *, checkpoint: Optio
                                      budget=None if cfg.budget is None else cfg.budget * SAMPLE_SECONDS,
                                      metric="flops", warmup_steps=cfg.warmup_epochs * steps_per_epoch)
         optimizer = make_optimizer(model, lr=cfg.lr, width_lr=cfg.width_lr)
-        kd = _distiller(model, teacher, distill_weight, distill_temperature,
-                        torch.from_numpy(np.ascontiguousarray(data["train"].audio[:2])))
+        kd = None if teacher is None else output_distiller(
+            model, teacher, torch.from_numpy(np.ascontiguousarray(data["train"].audio[:2])), weight=distill_weight,
+            temperature=distill_temperature, outputs="frame logits", hint="it must be a VAD of the same rate and hop")
         # the widths after each step meet the budget (never during warm-up, when they are held at full size)
         at_budget = objective.meets_budget if objective is not None and cfg.budget is not None and cfg.settle_at_budget \
             else None
@@ -302,29 +304,6 @@ def train_vad(cfg: VadRunConfig, data: dict[str, VadSplit], *, checkpoint: Optio
         if checkpoint is not None and is_main():
             save_checkpoint(checkpoint, model, _recipe(cfg), extra={"metrics": _plain(row), "config": asdict(cfg)})
         return plain, row
-
-
-def _distiller(model: nn.Module, teacher, weight: float, temperature: float, probe: Tensor):
-    """The :class:`slimtrain.Distiller` of a VAD run (``None`` without a teacher); a teacher whose frame logits
-    on ``probe`` (two training clips) do not match the model's, or a bad weight or temperature, is a named
-    ``ValueError``."""
-    if teacher is None:
-        return None
-    from ...core.distill import Distiller
-
-    if not (math.isfinite(weight) and weight >= 0 and math.isfinite(temperature) and temperature > 0):
-        raise ValueError(f"distillation needs a weight >= 0 and a temperature > 0, got {weight!r} and {temperature!r}")
-    if isinstance(teacher, nn.Module):
-        teacher = teacher.to("cpu").eval()
-    was = model.training
-    model.eval()  # (a training-mode call would move the BatchNorm statistics)
-    with torch.no_grad():
-        t, s = teacher(probe), model(probe)
-    model.train(was)
-    if t.shape != s.shape:
-        raise ValueError(f"the teacher gives frame logits of shape {tuple(t.shape)} for {probe.shape[-1]} samples, "
-                         f"the model {tuple(s.shape)}: it must be a VAD of the same rate and hop")
-    return Distiller(teacher, output="bce", temperature=temperature, weight=weight)
 
 
 def _plain(row: dict) -> dict:
