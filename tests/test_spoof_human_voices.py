@@ -127,6 +127,10 @@ def test_data_command_options(tmp_path, capsys):
     assert "unknown human-voice source(s) klettres-xx" in capsys.readouterr().err
     assert main(["data", "spoof", "--quick", "--human-files", "3", "--out", str(tmp_path / "d")]) == 2
     assert "--human-files only applies with --human-voices" in capsys.readouterr().err
+    assert main(["data", "spoof", "--quick", "--train-attacks", "A1,A99", "--out", str(tmp_path / "d")]) == 2
+    assert "unknown attack 'A99'; choose from A1, A2" in capsys.readouterr().err
+    assert main(["data", "spoof", "--quick", "--train-codecs", "1.5", "--out", str(tmp_path / "d")]) == 2
+    assert "must be a fraction in [0, 1], got '1.5'" in capsys.readouterr().err
     assert not (tmp_path / "d").exists()
     _needs()
     assert main(["data", "spoof", "--quick", "--human-voices", ",".join(TRAIN_IDS), "--human-files", "3",

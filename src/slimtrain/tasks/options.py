@@ -13,7 +13,7 @@ import math
 import textwrap
 from typing import Callable, TypeVar
 
-__all__ = ["comma_list", "add_compact_option", "add_device_option", "add_sweep_engine_arguments", "sweep_seeds"]
+__all__ = ["comma_list", "human_source_list", "add_compact_option", "add_device_option", "add_sweep_engine_arguments", "sweep_seeds"]
 
 T = TypeVar("T")
 
@@ -51,6 +51,20 @@ def comma_list(parse: Callable[[str], T], example: str, *, none_ok: bool = False
         return [parse(p) for p in parts]
 
     return parse_list
+
+
+def human_source_list(role: str) -> Callable[[str], list[str]]:
+    """An argparse type for recorded human-voice sources (:func:`slimtrain.tasks.human_voices.parse_source_list`):
+    ``role`` for every addable source of that role, ``none``, or comma-separated ids."""
+    def parse(text: str) -> list[str]:
+        from .human_voices import HumanVoiceError, parse_source_list
+
+        try:
+            return parse_source_list(text, role)
+        except HumanVoiceError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+
+    return parse
 
 
 def _alpha_list(text: str) -> list[float]:

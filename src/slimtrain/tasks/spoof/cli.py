@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from ..options import (_check_no_sweep_engine_args, _paragraphs, _positive_int, _refuse_sweep_under_torchrun,
-                       sweep_seeds)
+                       comma_list, human_source_list, sweep_seeds)
 from ..study.cli import add_distill_options, add_options, given
 
 __all__ = ["register"]
@@ -69,16 +69,16 @@ def register(commands, data_commands) -> None:
                          "reads whichever corpus DIR holds"),
         force=dict(help="rebuild even if the folder already holds this data set"),
         no_progress=dict(help="hide the progress bar"))
-    d.add_argument("--human-voices", type=lambda t: _sources(t, "train"), default=None, metavar="train|ID[,ID...]",
+    d.add_argument("--human-voices", type=human_source_list("train"), default=None, metavar="train|ID[,ID...]",
                    help="recorded human voices as bona fide training speakers: 'train' (every source registered "
                         "for training) or source ids ('slimtrain data human-voices' lists them). Default: none")
-    d.add_argument("--human-heldout", type=lambda t: _sources(t, "held-out"), default=None,
+    d.add_argument("--human-heldout", type=human_source_list("held-out"), default=None,
                    metavar="held-out|ID[,ID...]",
                    help="recorded human voices as evaluation-only bona fide speakers: 'held-out' (every held-out "
                         "source) or ids. Default: 'held-out' with --human-voices, else none")
     d.add_argument("--human-files", type=lambda t: _positive_int(t, "human files"), default=None, metavar="N",
                    help="at most N files per human-voice source (default: all)")
-    d.add_argument("--train-attacks", type=_attack_list, default=None, metavar="A1,A2,...",
+    d.add_argument("--train-attacks", type=comma_list(_attack, "A1,A2,A3,A5,A8"), default=None, metavar="A1,A2,...",
                    help=f"the attack families of the training split (default: {','.join(D.train_attacks)}); "
                         "evaluation keeps its own list, so a family added here is no longer unseen there")
     d.add_argument("--train-codecs", type=_fraction, default=None, metavar="F",
@@ -205,7 +205,9 @@ def _cmd_data(args) -> int:
         cfg.human_voices = tuple(args.human_voices)
     heldout = args.human_heldout
     if heldout is None and cfg.human_voices:
-        heldout = _sources("held-out", "held-out")
+        from ..human_voices import sources
+
+        heldout = [src.id for src in sources("held-out", addable=True)]
     if heldout is not None:
         cfg.human_heldout = tuple(heldout)
     if args.human_files is not None:
@@ -231,15 +233,13 @@ def _cmd_data(args) -> int:
     return 0
 
 
-def _attack_list(text: str) -> list[str]:
+def _attack(text: str) -> str:
     from .attacks import ATTACKS
 
-    ids = [a.strip().upper() for a in text.split(",") if a.strip()]
-    bad = [a for a in ids if a not in ATTACKS]
-    if bad or not ids:
-        raise argparse.ArgumentTypeError(f"unknown attack(s) {', '.join(bad) or repr(text)}; choose from "
-                                         f"{', '.join(ATTACKS)}")
-    return ids
+    a = text.strip().upper()
+    if a not in ATTACKS:
+        raise argparse.ArgumentTypeError(f"unknown attack {text!r}; choose from {', '.join(ATTACKS)}")
+    return a
 
 
 def _fraction(text: str) -> float:
@@ -250,15 +250,6 @@ def _fraction(text: str) -> float:
     if not 0.0 <= v <= 1.0:
         raise argparse.ArgumentTypeError(f"must be a fraction in [0, 1], got {text!r}")
     return v
-
-
-def _sources(text: str, role: str) -> list[str]:
-    from ..human_voices import HumanVoiceError, parse_source_list
-
-    try:
-        return parse_source_list(text, role)
-    except HumanVoiceError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _nonneg_int(text: str, what: str) -> int:

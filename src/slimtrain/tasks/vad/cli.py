@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from ..options import (_check_no_sweep_engine_args, _int_at_least, _number, _paragraphs, _positive_float,
-                       _refuse_sweep_under_torchrun, comma_list, sweep_seeds)
+                       _refuse_sweep_under_torchrun, comma_list, human_source_list, sweep_seeds)
 from ..study.cli import add_distill_options, add_options
 from .cli_corpus import add_data_arguments, add_eval_data_arguments, uses_corpus
 
@@ -112,7 +112,7 @@ def register(commands, data_commands) -> None:
                    help=f"--corpus extended: the extra real training speakers (default: "
                         f"{','.join(D.extra_train_speakers)}); 'es-co' keeps fr-armelle out for the unseen-voices "
                         "set of 'slimtrain vad eval --set unseen'")
-    d.add_argument("--human-voices", type=_human_list, default=None, metavar="train|ID[,ID...]",
+    d.add_argument("--human-voices", type=human_source_list("train"), default=None, metavar="train|ID[,ID...]",
                    help="--corpus extended: recorded human-voice sources added to the training speech: 'train' (every "
                         "source registered for training: KLettres in 15 languages, Fish Fillets cs/nl dialogue, the "
                         "Russian Asterisk voice) or source ids; see 'slimtrain data human-voices'. Default: none")
@@ -281,15 +281,6 @@ def register(commands, data_commands) -> None:
     ev.add_argument("--no-progress", action="store_true", help="no progress bars")
     add_eval_data_arguments(ev)
     ev.set_defaults(func=_cmd_eval)
-
-
-def _human_list(text: str) -> list[str]:
-    from ..human_voices import HumanVoiceError, parse_source_list
-
-    try:
-        return parse_source_list(text, "train")
-    except HumanVoiceError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _cmd_human_voices(args) -> int:
