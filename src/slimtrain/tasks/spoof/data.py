@@ -177,11 +177,6 @@ class SpoofDataConfig:
             raise DataError(f"human-files-per-source must be an integer >= 2 (or unset), got "
                             f"{self.human_files_per_source!r}")
 
-    @property
-    def heldout_speakers(self) -> tuple[str, ...]:
-        """The ``language`` keys of the evaluation-only bona fide speakers (fr_CA June and ``human_heldout``)."""
-        return (self.heldout_language, *self.human_heldout)
-
     def as_dict(self) -> dict:
         d = dataclasses.asdict(self)
         d["train_attacks"], d["eval_attacks"] = list(self.train_attacks), list(self.eval_attacks)
