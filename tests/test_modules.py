@@ -231,6 +231,20 @@ def test_mel_filterbank_is_triangular_and_ordered():
         mel_filterbank(129, 20, 8000, f_min=5000)
 
 
+def test_linear_filterbank_has_equal_band_spacing():
+    fb = mel_filterbank(257, 31, 8000, scale="linear")
+    centres = torch.linspace(0, 4000, 257)[fb.argmax(1)]
+    gaps = centres.diff()
+    assert torch.all((gaps - 125.0).abs() <= 4000 / 256 + 1e-3)  # 4000 / 32 Hz apart, to one FFT bin
+    mel = mel_filterbank(257, 31, 8000)
+    mel_gaps = torch.linspace(0, 4000, 257)[mel.argmax(1)].diff()
+    assert mel_gaps[-1] > 3 * mel_gaps[0]  # mel bands widen with frequency, linear ones do not
+    fe = MelFrontend(n_mels=31, n_fft=512, scale="linear")
+    assert torch.equal(fe.fbank, fb) and fe.scale == "linear"
+    with pytest.raises(ValueError, match="scale must be one of"):
+        mel_filterbank(129, 20, 8000, scale="bark")
+
+
 def test_mel_frontend_errors():
     with pytest.raises(ValueError, match="expects \\(batch, samples\\)"):
         MelFrontend()(torch.randn(100))

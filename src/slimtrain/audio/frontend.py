@@ -15,9 +15,12 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-__all__ = ["MelFrontend", "mel_filterbank", "spread_order", "BAND_ORDERS"]
+__all__ = ["MelFrontend", "mel_filterbank", "spread_order", "BAND_ORDERS", "FREQUENCY_SCALES"]
 
 BAND_ORDERS = ("low", "spread")
+#: how the band edges are spaced: ``"mel"`` (HTK mel) or ``"linear"`` (equal widths in Hz, the
+#: filterbank of LFCCs: the fine high-frequency resolution that synthetic-speech detectors use)
+FREQUENCY_SCALES = ("mel", "linear")
 
 
 def _hz_to_mel(f: Tensor) -> Tensor:
@@ -28,15 +31,23 @@ def _mel_to_hz(m: Tensor) -> Tensor:
     return 700.0 * (10.0 ** (m / 2595.0) - 1.0)
 
 
-def mel_filterbank(n_freqs: int, n_mels: int, sample_rate: int, f_min: float = 0.0, f_max: float | None = None) -> Tensor:
-    """Triangular HTK-mel filterbank, shape ``(n_mels, n_freqs)``."""
+def mel_filterbank(n_freqs: int, n_mels: int, sample_rate: int, f_min: float = 0.0, f_max: float | None = None,
+                   scale: str = "mel") -> Tensor:
+    """Triangular filterbank, shape ``(n_mels, n_freqs)``: HTK-mel spaced (``scale="mel"``) or equally spaced
+    in Hz (``scale="linear"``, the filterbank of LFCCs)."""
     f_max = sample_rate / 2 if f_max is None else f_max
     if not 0 <= f_min < f_max <= sample_rate / 2:
         raise ValueError(f"need 0 <= f_min < f_max <= sample_rate/2, got f_min={f_min}, f_max={f_max}, sr={sample_rate}")
+    if scale not in FREQUENCY_SCALES:
+        raise ValueError(f"scale must be one of {FREQUENCY_SCALES}, got {scale!r}")
     freqs = torch.linspace(0, sample_rate / 2, n_freqs, dtype=torch.float64)
-    mels = torch.linspace(_hz_to_mel(torch.tensor(f_min, dtype=torch.float64)).item(),
-                          _hz_to_mel(torch.tensor(f_max, dtype=torch.float64)).item(), n_mels + 2, dtype=torch.float64)
-    pts = _mel_to_hz(mels)
+    if scale == "linear":
+        pts = torch.linspace(f_min, f_max, n_mels + 2, dtype=torch.float64)
+    else:
+        mels = torch.linspace(_hz_to_mel(torch.tensor(f_min, dtype=torch.float64)).item(),
+                              _hz_to_mel(torch.tensor(f_max, dtype=torch.float64)).item(), n_mels + 2,
+                              dtype=torch.float64)
+        pts = _mel_to_hz(mels)
     lo, ce, hi = pts[:-2, None], pts[1:-1, None], pts[2:, None]
     up = (freqs[None] - lo) / (ce - lo)
     down = (hi - freqs[None]) / (hi - ce)
@@ -70,22 +81,23 @@ class MelFrontend(nn.Module):
     Frames are centred (``torch.stft(center=True)``), hop ``hop_length``;
     ``log(mel + 1e-6)``. The filterbank is a buffer, so it travels with the
     state dict and is sliced at export. ``band_order``: the order of its bands
-    (rows), ``"low"`` (by frequency) or ``"spread"`` (see the module docs).
+    (rows), ``"low"`` (by frequency) or ``"spread"`` (see the module docs). ``scale``: ``"mel"`` or
+    ``"linear"`` band spacing (:func:`mel_filterbank`; linear bands make it a log linear-filterbank front end).
     """
 
     #: how the core traces it (slimtrain.core.trace): its output bands are a width, cut by slicing ``fb``
     slimtrain_kind = "mel"
 
     def __init__(self, sample_rate: int = 8000, n_fft: int = 256, hop_length: int = 80, n_mels: int = 80,
-                 f_min: float = 0.0, f_max: float | None = None, band_order: str = "low") -> None:
+                 f_min: float = 0.0, f_max: float | None = None, band_order: str = "low", scale: str = "mel") -> None:
         super().__init__()
         if n_mels < 1 or n_fft < 2 or hop_length < 1:
             raise ValueError(f"bad MelFrontend settings n_mels={n_mels}, n_fft={n_fft}, hop_length={hop_length}")
         if band_order not in BAND_ORDERS:
             raise ValueError(f"band_order must be one of {BAND_ORDERS}, got {band_order!r}")
         self.sample_rate, self.n_fft, self.hop_length = sample_rate, n_fft, hop_length
-        self.band_order = band_order
-        fb = mel_filterbank(n_fft // 2 + 1, n_mels, sample_rate, f_min, f_max)
+        self.band_order, self.scale = band_order, scale
+        fb = mel_filterbank(n_fft // 2 + 1, n_mels, sample_rate, f_min, f_max, scale)
         if band_order == "spread":
             fb = fb[spread_order(n_mels)]
         self.register_buffer("fbank", fb)

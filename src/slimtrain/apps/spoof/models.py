@@ -62,14 +62,16 @@ class SpoofResNet(nn.Module):
     """Waveform ``(batch, samples)`` -> bona fide logit ``(batch,)``."""
 
     def __init__(self, width: int = DEFAULT_WIDTH, blocks: Sequence[int] = DEFAULT_BLOCKS, n_mels: int = DEFAULT_N_MELS,
-                 sample_rate: int = 8000, n_fft: int = DEFAULT_N_FFT, hop_length: int = DEFAULT_HOP) -> None:
+                 sample_rate: int = 8000, n_fft: int = DEFAULT_N_FFT, hop_length: int = DEFAULT_HOP,
+                 freq_scale: str = "mel") -> None:
         super().__init__()
         if not isinstance(width, int) or width < 1:
             raise ValueError(f"width must be an integer >= 1, got {width!r}")
         blocks = tuple(int(b) for b in blocks)
         if not blocks or any(b < 1 for b in blocks):
             raise ValueError(f"blocks must be a non-empty list of integers >= 1, got {blocks!r}")
-        self.frontend = MelFrontend(sample_rate=sample_rate, n_fft=n_fft, hop_length=hop_length, n_mels=n_mels)
+        self.frontend = MelFrontend(sample_rate=sample_rate, n_fft=n_fft, hop_length=hop_length, n_mels=n_mels,
+                                    scale=freq_scale)
         self.stem = nn.Conv2d(1, width, 3, 1, 1, bias=False)
         self.stem_bn = nn.BatchNorm2d(width)
         stages = []
@@ -94,12 +96,14 @@ class SpoofResNet(nn.Module):
 
 
 def build_resnet(width: int = DEFAULT_WIDTH, blocks: Sequence[int] = DEFAULT_BLOCKS, n_mels: int = DEFAULT_N_MELS,
-                 sample_rate: int = 8000, n_fft: int = DEFAULT_N_FFT, hop_length: int = DEFAULT_HOP) -> SpoofResNet:
+                 sample_rate: int = 8000, n_fft: int = DEFAULT_N_FFT, hop_length: int = DEFAULT_HOP,
+                 freq_scale: str = "mel") -> SpoofResNet:
     """The plain (non-dynamic) countermeasure: waveform ``(B, samples)`` -> logit ``(B,)``, bona fide positive.
 
     ``blocks=(3, 4, 6, 3)`` is ResNet34; ``width`` is the first stage's channel count (the paper: 64).
+    ``freq_scale``: the spacing of the ``n_mels`` log filterbank bands, ``"mel"`` or ``"linear"`` (LFCC's).
     """
-    return SpoofResNet(width, blocks, n_mels, sample_rate, n_fft, hop_length)
+    return SpoofResNet(width, blocks, n_mels, sample_rate, n_fft, hop_length, freq_scale)
 
 
 def parse_stages(spec: "str | Iterable[int]", n_stages: int = 4) -> tuple[int, ...]:
