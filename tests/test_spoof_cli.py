@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from slimtrain.cli import build_parser, main
 from slimtrain.tasks.audio import asterisk_prompts, write_audio
@@ -46,6 +47,10 @@ def test_help_explains_every_option(capsys, path):
     (["spoof", "--kappa-min", "0"], ["kappa-min"]),
     (["spoof", "--alpha", "-1"], ["alpha"]),
     (["spoof", "--fixed-widths", "4"], ["--sweep"]),
+    (["spoof", "--rawboost-p", "0.5"], ["--rawboost-p needs --rawboost"]),
+    (["spoof", "--rawboost", "4"], ["--rawboost", "invalid choice"]),
+    (["spoof", "--n-mels", "0"], ["n-mels"]),
+    (["spoof", "--family", "aasist", "--n-mels", "64"], ["--n-mels", "ResNet family only"]),
 ])
 def test_bad_values_give_one_line_errors(capsys, tmp_path, spoof_data, argv, words):  # noqa: F811
     data = spoof_data[0]
@@ -84,6 +89,30 @@ def test_quick_run_export_and_score(capsys, tmp_path, spoof_data):  # noqa: F811
     _one_line_error(code, err, "bad.wav")
     code, _, err = _run(capsys, "spoof", "score", tmp_path / "missing.ckpt", wavs[0])
     _one_line_error(code, err, "missing.ckpt")
+
+
+def test_front_end_and_rawboost_options_reach_the_model(capsys, tmp_path, spoof_data):  # noqa: F811
+    from slimtrain.audio.frontend import mel_filterbank
+    from slimtrain.train.checkpoint import load_checkpoint, load_dynamic_model
+
+    data = spoof_data[0]
+    rows = {}
+    for name, extra in [("plain", []), ("rb", ["--rawboost", "1+2+3", "--rawboost-p", "0.5"])]:
+        o = tmp_path / name
+        code, out, err = _run(capsys, "spoof", "--quick", "--data", data, "--out", o, "--epochs", "2", "--no-progress",
+                              "--n-mels", "24", "--freq-scale", "linear", *extra)
+        assert code == 0, err
+        rows[name] = json.loads((o / "result.json").read_text())["result"]
+        assert rows[name]["export_max_abs_diff"] < 1e-5
+    ckpt = load_checkpoint(tmp_path / "rb" / "model.ckpt")
+    assert ckpt["recipe"]["kwargs"]["n_mels"] == 24 and ckpt["recipe"]["kwargs"]["freq_scale"] == "linear"
+    assert ckpt["extra"]["config"]["rawboost"] == "1+2+3" and ckpt["extra"]["config"]["rawboost_p"] == 0.5
+    model = load_dynamic_model(tmp_path / "rb" / "model.ckpt")
+    assert model.frontend.n_mels == 24  # (the quick DCL run keeps the bands; it cuts channels)
+    assert torch.equal(model.frontend.fbank, mel_filterbank(129, 24, 8000, scale="linear"))
+    # same seed, same data: the augmentation alone changed what was learned
+    assert rows["plain"]["eer_pooled"] != rows["rb"]["eer_pooled"] or rows["plain"]["widths_continuous"] != \
+        rows["rb"]["widths_continuous"]
 
 
 def test_quick_sweep_writes_the_paper_columns_and_the_plot(capsys, tmp_path, spoof_data):  # noqa: F811

@@ -135,8 +135,13 @@ def test_vad_and_spoof_run_configs_share_the_named_checks():
                                       ("family", "lstm", "family must be one of .*got 'lstm'")]:
             with pytest.raises(StudyConfigError, match=message):
                 cls(**{field: value}).validate()
-    with pytest.raises(StudyConfigError, match="n-fft must be an integer >= 1, got 0"):
+    with pytest.raises(StudyConfigError, match="n-fft must be an integer >= 2, got 0"):
         SpoofConfig(n_fft=0).validate()  # a study's own check, after the shared ones
+    for kw, message in [({"rawboost": "9"}, "rawboost must be one of 1, 2, 3, 1\\+2, 1\\+2\\+3"),
+                        ({"rawboost": "3", "rawboost_p": 2.0}, "rawboost-p must be in \\[0, 1\\], got 2.0"),
+                        ({"freq_scale": "bark"}, "freq-scale must be one of mel, linear, got 'bark'")]:
+        with pytest.raises(StudyConfigError, match=message):
+            SpoofConfig(**kw).validate()
     with pytest.raises(StudyConfigError, match="sample_rate must be 8000 or 16000"):
         VadRunConfig(sample_rate=44100).validate()
 

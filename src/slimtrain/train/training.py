@@ -21,7 +21,7 @@ from ..core.graph import settle_widths
 from ..core.loss import TradeoffLoss  # noqa: F401  (the usual objective; kept importable from here)
 from .record import WidthRecorder
 
-__all__ = ["seed_everything", "make_optimizer", "fit", "TrainingError", "EpochResult", "rng_state", "set_rng_state",
+__all__ = ["seed_everything", "step_generator", "make_optimizer", "fit", "TrainingError", "EpochResult", "rng_state", "set_rng_state",
            "torch_threads", "shuffled_cosine_batches", "DataParallel"]
 
 
@@ -42,10 +42,13 @@ def torch_threads(n: Optional[int]) -> Iterator[None]:
 
 
 def shuffled_cosine_batches(x: Tensor, y: Tensor, optimizer: torch.optim.Optimizer, *, batch_size: int,
-                            epochs: int, seed: int, lr_final: float) -> Callable[[int], Iterable[tuple[Tensor, Tensor]]]:
+                            epochs: int, seed: int, lr_final: float,
+                            augment: Optional[Callable[[Tensor, torch.Generator], Tensor]] = None,
+                            ) -> Callable[[int], Iterable[tuple[Tensor, Tensor]]]:
     """``batches(epoch)`` for :func:`fit`: a shuffle seeded by ``(seed, epoch)`` (so a resumed epoch sees
     the same batches) and a per-step cosine decay of every group's learning rate to ``lr_final`` times
-    its start value. The last incomplete batch is dropped."""
+    its start value. The last incomplete batch is dropped. ``augment(inputs, generator)``, if given,
+    transforms each batch's inputs, drawing from a generator seeded by ``(seed, epoch, step)``."""
     n = len(y)
     steps = max(1, n // batch_size)
     total = steps * epochs
@@ -59,9 +62,18 @@ def shuffled_cosine_batches(x: Tensor, y: Tensor, optimizer: torch.optim.Optimiz
             for grp, lr in zip(optimizer.param_groups, base):
                 grp["lr"] = lr * scale
             idx = perm[i * batch_size:(i + 1) * batch_size]
-            yield x[idx], y[idx]
+            xb = x[idx]
+            if augment is not None:
+                xb = augment(xb, step_generator(seed, epoch, i))
+            yield xb, y[idx]
 
     return batches
+
+
+def step_generator(seed: int, epoch: int, step: int) -> torch.Generator:
+    """A CPU generator seeded by ``(seed, epoch, step)``: per-batch random augmentation that a resumed
+    epoch repeats exactly."""
+    return torch.Generator().manual_seed((seed * 1_000_003 + epoch) * 100_003 + step)
 
 
 def seed_everything(seed: int) -> None:

@@ -36,6 +36,7 @@ def register(commands, data_commands) -> None:
     """Add ``slimtrain data spoof`` and ``slimtrain spoof`` (with ``score``) to the CLI."""
     from .data import SpoofDataConfig
     from .sweep import DEFAULT_FIXED_WIDTHS, DEFAULT_KAPPAS
+    from ..rawboost import RAWBOOST_ALGORITHMS
     from .train import SpoofConfig
 
     D, Q = SpoofDataConfig(), SpoofDataConfig.quick()
@@ -157,6 +158,21 @@ def register(commands, data_commands) -> None:
                                 f"{M.width})"),
                 fixed_widths=dict(help="base widths of the fixed-width baselines for --sweep, or 'none' (default: "
                                        f"{','.join(map(str, DEFAULT_FIXED_WIDTHS))}; --quick: 4,8)"))
+    fe = s.add_argument_group("front end (ResNet family) and augmentation")
+    fe.add_argument("--n-mels", type=lambda t: _positive_int(t, "n-mels"), default=None, metavar="N",
+                    help=f"log filterbank bands of the ResNet's front end (default: {M.n_mels}; the shipped "
+                         "countermeasure: 64, docs/spoof.md 'Front end')")
+    fe.add_argument("--n-fft", type=lambda t: _positive_int(t, "n-fft"), default=None, metavar="N",
+                    help=f"FFT size (window) of the front end, >= 2 (default: {M.n_fft}; 64 bands at 8 kHz want 512, "
+                         "or the lowest bands are narrower than an FFT bin)")
+    fe.add_argument("--freq-scale", choices=("mel", "linear"), default=None,
+                    help="band spacing: mel (default) or linear (LFCC's filterbank)")
+    fe.add_argument("--rawboost", choices=RAWBOOST_ALGORITHMS, default=None, metavar="ALG",
+                    help="RawBoost on every training batch (Tak et al. 2022): 1 = linear and non-linear "
+                         "convolutive noise, 2 = impulsive signal-dependent noise, 3 = stationary coloured noise at "
+                         "10-40 dB SNR, 1+2 / 1+2+3 in series (default: off)")
+    fe.add_argument("--rawboost-p", type=_fraction, default=None, metavar="P",
+                    help="--rawboost: the share of training clips it augments (default: 1)")
     s.add_argument("--no-pruning", action="store_true", help="skip the torch-pruning baseline in --sweep")
     s.add_argument("--pruning-only", action="store_true",
                    help="with --sweep: only (re)run the pruning baseline and add its rows to an existing "
@@ -327,7 +343,10 @@ def _cmd_spoof(args) -> int:
         raise ValueError("--skip-bad and --format apply to your corpus (--train-data/--val-data or --recipe paper)")
     if args.sweep:
         _refuse_sweep_under_torchrun()
-    over: dict = {"seed": args.seed, **given(args, "epochs", "width")}
+    over: dict = {"seed": args.seed, **given(args, "epochs", "width", "n_mels", "n_fft", "freq_scale", "rawboost",
+                                             "rawboost_p")}
+    if getattr(args, "rawboost_p", None) is not None and args.rawboost is None:
+        raise ValueError("--rawboost-p needs --rawboost")
     over["settle_epochs"] = getattr(args, "settle_epochs", 0)
     over["compact_every"] = getattr(args, "compact_every", 0)
     over["family"] = getattr(args, "family", "resnet")
@@ -335,8 +354,10 @@ def _cmd_spoof(args) -> int:
     if args.sweep and over["family"] != "resnet":
         raise ValueError("--sweep runs the ResNet family; for AASIST use single runs (docs/spoof.md) or "
                          "benchmarks/aasist_vs_aasist_l.py")
-    if over["family"] != "resnet" and (args.width is not None or args.stages is not None):
-        raise ValueError("--width and --stages apply to the ResNet family only")
+    if over["family"] != "resnet" and (args.width is not None or args.stages is not None
+                                       or args.n_mels is not None or args.n_fft is not None
+                                       or args.freq_scale is not None):
+        raise ValueError("--width, --stages, --n-mels, --n-fft and --freq-scale apply to the ResNet family only")
     if args.sweep and (args.plain or args.params_budget is not None or args.train_crop is not None
                        or args.teacher is not None or args.init_from_teacher):
         raise ValueError("--plain, --params-budget, --train-crop and --teacher apply to single runs, not --sweep")

@@ -6,6 +6,8 @@ import sys
 import time
 from pathlib import Path
 
+from ..study.cli import given
+
 __all__ = ["run_corpus", "PAPER", "PAPER_EPOCHS"]
 
 #: the paper's countermeasure: ResNet34 (3, 4, 6, 3 basic blocks), base width 64, 16 kHz, every stage dynamic
@@ -70,12 +72,16 @@ def run_corpus(args) -> int:
         over["width"] = args.width
     if args.batch_size is not None:
         over["batch_size"] = args.batch_size
+    over.update(given(args, "rawboost", "rawboost_p"))
+    if getattr(args, "rawboost_p", None) is not None and args.rawboost is None:
+        raise ValueError("--rawboost-p needs --rawboost")
     cfg = SpoofConfig.quick(**over) if args.quick else SpoofConfig(**over)
     if cfg.warmup_epochs >= cfg.epochs:
         cfg.warmup_epochs = cfg.epochs - 1
     cfg.validate()
     opts = CorpusOptions(sample_rate=rate, crop_seconds=args.crop_seconds if args.crop_seconds is not None else 4.0,
-                         workers=args.loader_workers or 0, cache_dir=args.cache_dir).validate()
+                         workers=args.loader_workers or 0, cache_dir=args.cache_dir, n_mels=args.n_mels, n_fft=args.n_fft,
+                         freq_scale=args.freq_scale or "mel").validate()
     if args.stages is not None and len(args.stages) > 1:
         raise ValueError("give one stage set (several sets separated by '/' need --sweep, built-in corpus only)")
     if args.kappa_min is not None and len(args.kappa_min) > 1:

@@ -28,6 +28,7 @@ from torch.utils.data import DataLoader
 from ...train import distributed, training
 from ...train.checkpoint import make_recipe, save_checkpoint
 from ...core.cost import model_cost
+from ...audio.frontend import FREQUENCY_SCALES
 from ...audio.data.spoof_corpus import AsvScores, SpoofCorpus, SpoofCrops, SpoofUtterances
 from ...core.export import export
 from ...core.graph import dynamic_widths
@@ -35,6 +36,7 @@ from ...core.loss import TradeoffLoss
 from ...train.record import WidthRecorder
 from ..metrics import eer_by_group, min_tdcf
 from ...apps.spoof.models import build_resnet, make_dynamic_stages
+from ..rawboost import rawboost
 from .train import TASK, SpoofConfig
 
 __all__ = ["CorpusOptions", "frontend_for_rate", "train_on_corpus", "score_corpus", "evaluate_scores",
@@ -62,6 +64,22 @@ class CorpusOptions:
     crop_seconds: float = 4.0
     workers: int = 0
     cache_dir: Optional[Path] = None
+    #: filterbank bands and FFT size (None: :func:`frontend_for_rate`'s) and the bands' spacing (mel | linear)
+    n_mels: Optional[int] = None
+    n_fft: Optional[int] = None
+    freq_scale: str = "mel"
+
+    @property
+    def frontend(self) -> dict:
+        """The ResNet's front-end settings: :func:`frontend_for_rate` with this run's bands and spacing."""
+        fe = frontend_for_rate(self.sample_rate)
+        if self.n_mels is not None:
+            fe["n_mels"] = int(self.n_mels)
+        if self.n_fft is not None:
+            fe["n_fft"] = int(self.n_fft)
+        if self.freq_scale != "mel":
+            fe["freq_scale"] = self.freq_scale
+        return fe
 
     @property
     def crop_samples(self) -> int:
@@ -73,6 +91,12 @@ class CorpusOptions:
             raise ValueError(f"crop-seconds must be a positive number, got {self.crop_seconds!r}")
         if not isinstance(self.workers, int) or self.workers < 0:
             raise ValueError(f"workers must be an integer >= 0, got {self.workers!r}")
+        for name, low in (("n_mels", 1), ("n_fft", 2)):
+            v = getattr(self, name)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < low):
+                raise ValueError(f"{name.replace('_', '-')} must be an integer >= {low}, got {v!r}")
+        if self.freq_scale not in FREQUENCY_SCALES:
+            raise ValueError(f"freq-scale must be one of {', '.join(FREQUENCY_SCALES)}, got {self.freq_scale!r}")
         return self
 
 
@@ -153,7 +177,7 @@ def train_on_corpus(
         raise ValueError(f"alpha must be a finite number >= 0, got {alpha!r}")
     t0 = time.perf_counter()
     crop = opts.crop_samples
-    fe = frontend_for_rate(opts.sample_rate)
+    fe = opts.frontend
     kwargs = {"width": cfg.width, "blocks": list(cfg.blocks), "sample_rate": opts.sample_rate, **fe}
     cache = _cache(opts)
     train_ds = SpoofCrops(train, opts.sample_rate, crop, seed=cfg.seed, cache=cache)
@@ -191,6 +215,9 @@ def train_on_corpus(
                 scale = cfg.lr_final + (1 - cfg.lr_final) * 0.5 * (1 + math.cos(math.pi * t))
                 for grp, lr in zip(optimizer.param_groups, base):
                     grp["lr"] = lr * scale
+                if cfg.rawboost is not None:
+                    x = rawboost(x, training.step_generator(cfg.seed, epoch, i), opts.sample_rate, cfg.rawboost,
+                                 cfg.rawboost_p)
                 yield x, y
 
         desc = f"stages={','.join(map(str, stages))} kappa={kappa_min:g}" if stages else f"width={cfg.width}"

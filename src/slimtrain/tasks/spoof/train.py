@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ...audio.frontend import FREQUENCY_SCALES
 from ...train import distributed, training
 from ...train.training import torch_threads
 from ...train.checkpoint import make_recipe, register_task, save_checkpoint
@@ -33,6 +34,7 @@ from ...core.graph import make_dynamic
 from ...core.loss import TradeoffLoss
 from ...train.record import WidthRecorder
 from ..metrics import eer
+from ..rawboost import RAWBOOST_ALGORITHMS, rawboost
 from ..study.config import StudyConfigError, TrainConfig, check_ints
 from ..study.train import exported, fit_epochs, output_distiller
 from .attacks import ATTACKS
@@ -58,6 +60,7 @@ class SpoofConfig(TrainConfig):
     n_mels: int = DEFAULT_N_MELS
     hop_length: int = DEFAULT_HOP
     n_fft: int = DEFAULT_N_FFT
+    freq_scale: str = "mel"  # the ResNet's filterbank spacing: mel | linear
     epochs: int = 4
     width_lr: float = 0.02
     lr_final: float = 0.05
@@ -66,13 +69,25 @@ class SpoofConfig(TrainConfig):
     #: optimiser step whose widths meet the budget, and train the weights at them for the rest of the run
     settle_at_budget: bool = False
     family: str = "resnet"  # resnet | aasist | aasist-l (width/blocks/n_mels/hop/n_fft: the ResNet only)
+    #: RawBoost on every training batch (:func:`slimtrain.tasks.rawboost.rawboost`: "1", "2", "3", "1+2", "1+2+3";
+    #: None: off) and the fraction of clips it augments
+    rawboost: Optional[str] = None
+    rawboost_p: float = 1.0
 
     FAMILIES: ClassVar[tuple[str, ...]] = FAMILIES
     #: ``--quick``: a tiny network (one block per stage)
     QUICK: ClassVar[dict] = dict(blocks=QUICK_BLOCKS, epochs=4, batch_size=16, warmup_epochs=1)
 
     def check(self) -> None:
-        check_ints(self, ("width", "n_mels", "hop_length", "n_fft"), 1)
+        check_ints(self, ("width", "n_mels", "hop_length"), 1)
+        check_ints(self, ("n_fft",), 2)
+        if self.rawboost is not None and self.rawboost not in RAWBOOST_ALGORITHMS:
+            raise StudyConfigError(f"rawboost must be one of {', '.join(RAWBOOST_ALGORITHMS)} (or unset), got "
+                                   f"{self.rawboost!r}")
+        if not (isinstance(self.rawboost_p, (int, float)) and 0.0 <= self.rawboost_p <= 1.0):
+            raise StudyConfigError(f"rawboost-p must be in [0, 1], got {self.rawboost_p!r}")
+        if self.freq_scale not in FREQUENCY_SCALES:
+            raise StudyConfigError(f"freq-scale must be one of {', '.join(FREQUENCY_SCALES)}, got {self.freq_scale!r}")
         if not self.blocks or any((not isinstance(b, int)) or b < 1 for b in self.blocks):
             raise StudyConfigError(f"blocks must be integers >= 1, got {self.blocks!r}")
         if self.warmup_epochs >= self.epochs:
@@ -93,8 +108,11 @@ def model_kwargs(cfg: SpoofConfig, width: Optional[int] = None) -> dict:
     (plain values, stored in checkpoint recipes)."""
     if cfg.family != "resnet":
         return {"family": cfg.family, "sample_rate": SR}
-    return {"width": int(width or cfg.width), "blocks": list(cfg.blocks), "n_mels": cfg.n_mels, "sample_rate": SR,
-            "n_fft": cfg.n_fft, "hop_length": cfg.hop_length}
+    kw = {"width": int(width or cfg.width), "blocks": list(cfg.blocks), "n_mels": cfg.n_mels, "sample_rate": SR,
+          "n_fft": cfg.n_fft, "hop_length": cfg.hop_length}
+    if cfg.freq_scale != "mel":  # (recipes of mel models stay as they were)
+        kw["freq_scale"] = cfg.freq_scale
+    return kw
 
 
 def build_spoof_model(recipe: dict) -> nn.Module:
@@ -169,8 +187,14 @@ def eer_report(split: SpoofSplit, scores: np.ndarray, unseen: Sequence[str]) -> 
 def _fit(model: nn.Module, cfg: SpoofConfig, x: Tensor, y: Tensor, objective, optimizer, epochs: int,
          recorder: Optional[WidthRecorder], progress: bool, desc: str, device=None, settle_epochs: int = 0,
          distill=None) -> None:
+    augment = None
+    if cfg.rawboost is not None:
+        algorithm, p = cfg.rawboost, float(cfg.rawboost_p)
+
+        def augment(xb: Tensor, g: torch.Generator) -> Tensor:
+            return rawboost(xb, g, SR, algorithm, p)
     fit_epochs(model, cfg, x, y, F.binary_cross_entropy_with_logits, objective, optimizer, epochs, recorder=recorder,
-               progress=progress, desc=desc, device=device, settle_epochs=settle_epochs,
+               progress=progress, desc=desc, device=device, settle_epochs=settle_epochs, augment=augment,
                compact_steps=cfg.compact_steps if objective is not None else None,
                settle_at_budget=cfg.settle_at_budget and objective is not None,  # (train_run checked the budget)
                distill=distill)

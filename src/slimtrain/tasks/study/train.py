@@ -58,13 +58,14 @@ def dynamic_model(study: Study, kwargs: dict, sample_shape, kappa_min: Optional[
 
 def fit_epochs(model: nn.Module, cfg, x: torch.Tensor, y: torch.Tensor, task_loss, objective, optimizer,
                epochs: int, *, recorder: Optional[WidthRecorder] = None, progress: bool = False, desc: str = "train",
-               device=None, settle_epochs: int = 0, **fit_options) -> list:
+               device=None, settle_epochs: int = 0, augment=None, **fit_options) -> list:
     """The training loop of the studies: :func:`slimtrain.train.training.fit` for ``epochs`` epochs on batches of
     ``cfg.batch_size`` rows of ``(x, y)``, shuffled by ``(cfg.seed, epoch)``, every learning rate cosine-decayed
     to ``cfg.lr_final`` times its start; a dynamic model (``objective`` given) is cut every
-    ``cfg.compact_every`` epochs. ``fit_options`` go to ``fit`` (checkpoint, recipe, resume, ...)."""
+    ``cfg.compact_every`` epochs; ``augment(inputs, generator)`` transforms every training batch (seeded per
+    step). ``fit_options`` go to ``fit`` (checkpoint, recipe, resume, ...)."""
     batches = training.shuffled_cosine_batches(x, y, optimizer, batch_size=cfg.batch_size, epochs=epochs,
-                                               seed=cfg.seed, lr_final=cfg.lr_final)
+                                               seed=cfg.seed, lr_final=cfg.lr_final, augment=augment)
     return training.fit(model, batches, task_loss, objective, optimizer, epochs, recorder=recorder, progress=progress,
                         desc=desc, device=device, settle_epochs=settle_epochs,
                         compact_every=cfg.compact_every if objective is not None else 0, **fit_options)
