@@ -41,14 +41,15 @@ METRICS = ("eer_pooled", "eer_heldout", "eer_unseen", "eer_known")
 def _columns() -> list[str]:
     from slimtrain.tasks.spoof.attacks import ATTACKS
 
-    return ["arm", "seed", "epochs", "kappa_min", "method", "params", "macs_per_second", *METRICS,
+    return ["arm", "seed", "epochs", "kappa_min", "n_mels", "n_fft", "rawboost", "method", "params", "macs_per_second",
+            *METRICS,
             *[f"eer_heldout_{a}" for a in ATTACKS], *[f"eer_{a}" for a in ATTACKS], "distill_weight",
             "init_from_teacher", "export_max_abs_diff", "seconds", "data_fingerprint", "widths"]
 
 
 def _chain(job: tuple) -> list[dict]:
     """Run the arms of one job in order (a ``human+kd*`` arm uses the ``full`` model trained before it)."""
-    arms, seed, data, epochs, kappa, out = job
+    arms, seed, data, epochs, kappa, out, model_over = job
     import numpy as np
 
     from slimtrain.train.checkpoint import load_for_inference
@@ -62,7 +63,7 @@ def _chain(job: tuple) -> list[dict]:
     rows = []
     for arm in arms:
         tr = train.subset(~np.isin(train.language, list(human))) if arm == "core" else train
-        cfg = SpoofConfig(epochs=epochs, seed=seed)
+        cfg = SpoofConfig(epochs=epochs, seed=seed, **model_over)
         kw: dict = {}
         if arm.startswith("human+kd"):
             kw = {"teacher": load_for_inference(out / f"full-seed{seed}.ckpt", "spoof")[0],
@@ -71,6 +72,7 @@ def _chain(job: tuple) -> list[dict]:
         row = train_run(cfg, tr, test, man["unseen_attacks"], stages=stages, kappa_min=kappa, floor=bool(stages),
                         checkpoint=out / f"{arm}-seed{seed}.ckpt", progress=False, **kw)
         rows.append({"arm": arm, "seed": seed, "epochs": epochs, "kappa_min": kappa if stages else math.nan,
+                     "n_mels": cfg.n_mels, "n_fft": cfg.n_fft, "rawboost": cfg.rawboost or "",
                      "data_fingerprint": data_fingerprint(data), **row})
     return rows
 
@@ -105,6 +107,9 @@ def main(argv=None) -> int:
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--epochs", type=int, default=8)
     p.add_argument("--kappa-min", type=float, default=0.5)
+    p.add_argument("--n-mels", type=int, default=None, help="filterbank bands of every arm (default: the ResNet's 32)")
+    p.add_argument("--n-fft", type=int, default=None, help="FFT size of every arm (default: 256)")
+    p.add_argument("--rawboost", default=None, help="RawBoost algorithm on every arm's training batches (default: off)")
     p.add_argument("--arms", default=",".join(ARMS), help=f"comma-separated subset of {','.join(ARMS)}")
     p.add_argument("--workers", type=int, default=2, help="parallel jobs (one torch thread each)")
     p.add_argument("--out", type=Path, default=Path("runs/spoof_hv_models"), help="folder for the checkpoints")
@@ -136,13 +141,14 @@ def main(argv=None) -> int:
     if not man["config"].get("human_voices"):
         p.error(f"{a.data} holds no human voices; build it with: slimtrain data spoof --human-voices train --out {a.data}")
     a.out.mkdir(parents=True, exist_ok=True)
+    over = {k: v for k, v in (("n_mels", a.n_mels), ("n_fft", a.n_fft), ("rawboost", a.rawboost)) if v is not None}
     jobs = []
     for s in range(a.seeds):
         kd = [x for x in arms if x.startswith("human+kd")]
         if kd:
             jobs.append((["full", *kd] if "full" in arms or not (a.out / f"full-seed{s}.ckpt").is_file() else kd,
-                         s, str(a.data), a.epochs, a.kappa_min, str(a.out)))
-        jobs += [([x], s, str(a.data), a.epochs, a.kappa_min, str(a.out))
+                         s, str(a.data), a.epochs, a.kappa_min, str(a.out), over))
+        jobs += [([x], s, str(a.data), a.epochs, a.kappa_min, str(a.out), over)
                  for x in arms if x in ("core", "human") or (x == "full" and not kd)]
     jobs.sort(key=lambda j: -len(j[0]))  # the long chains first
     t0 = time.perf_counter()

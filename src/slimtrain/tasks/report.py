@@ -788,6 +788,11 @@ _SPOOF_HV_ARMS = {"core": "DCL, no human voices", "human": "DCL + human voices",
                   "from the teacher's weights"}
 
 
+#: the countermeasures shipped before (rows of docs/spoof_results/human_voices_shipped.csv)
+_SHIPPED_BEFORE = {"shipped-before": "the first shipped file (fdf890e: 3 voices, 7 attack families)",
+                   "shipped-mel32-kd": "the file shipped from f5e5fc8 (32 mel bands, distilled, 16 epochs)"}
+
+
 def _spoof_human_voices(root: Path) -> str:
     """The countermeasure trained with and without recorded human voices, a teacher and training codecs (seeds
     per arm, every arm scored on one evaluation split), its EERs pooled and on the held-out speakers' bona fide
@@ -795,24 +800,27 @@ def _spoof_human_voices(root: Path) -> str:
     from ..train.stats import format_interval, paired_verdict, summarize_rows
     from .spoof.attacks import ATTACKS
 
-    cmd = ("python benchmarks/spoof_human_voices.py --data runs/{d} --seeds 3 --epochs {e} "
+    cmd = ("python benchmarks/spoof_human_voices.py --data runs/{d} --seeds 3 --epochs {e}{x} "
            "--csv docs/spoof_results/{f} (README of docs/spoof.md, 'Recorded human voices and distillation')")
-    #: file -> (epochs, corpus folder, label suffix)
-    files = {"human_voices.csv": (8, "spoof_hv", ""), "human_voices_16ep.csv": (16, "spoof_hv", ""),
-             "human_voices_codecs_16ep.csv": (16, "spoof_hvc", ", training codecs"),
-             "human_voices_a10_16ep.csv": (16, "spoof_hv10", ", A10 in training")}
+    #: file -> (epochs, corpus folder, label suffix, the benchmark's extra arguments)
+    files = {"human_voices.csv": (8, "spoof_hv", "", ""), "human_voices_16ep.csv": (16, "spoof_hv", "", ""),
+             "human_voices_codecs_16ep.csv": (16, "spoof_hvc", ", training codecs", ""),
+             "human_voices_a10_16ep.csv": (16, "spoof_hv10", ", A10 in training", ""),
+             "human_voices_mel64_16ep.csv": (16, "spoof_hv", ", 64 mel bands, n_fft 512 (DCL: kappa-min 0.35)",
+                                             " --n-mels 64 --n-fft 512 --kappa-min 0.35 --out runs/spoof_hv_mel64")}
     metrics = ["macs_per_second", "eer_pooled", "eer_heldout", "eer_unseen", *[f"eer_heldout_{a}" for a in ATTACKS]]
     entries, fps = [], {}
-    for f, (e, d, _) in files.items():
-        rows = [{**r, "seed": int(r["seed"])} for r in _doc_csv(root, f"spoof_results/{f}", cmd.format(e=e, f=f, d=d))]
+    for f, (e, d, _, x) in files.items():
+        rows = [{**r, "seed": int(r["seed"])} for r in _doc_csv(root, f"spoof_results/{f}", cmd.format(e=e, f=f, d=d, x=x))]
         for r in rows:
             if r["arm"] not in _SPOOF_HV_ARMS:
                 raise ReportError(f"docs/spoof_results/{f}: unknown arm {r['arm']!r}")
         fps[f] = sorted({r["data_fingerprint"] for r in rows})
         entries += [{**x, "file": f} for x in summarize_rows(rows, ["arm", "epochs"], metrics)]
     shipped = _doc_csv(root, "spoof_results/human_voices_shipped.csv", "python benchmarks/spoof_human_voices.py --data "
-                       "runs/spoof_hv --score shipped-before=src/slimtrain/assets/spoof_default.pt --csv "
-                       "docs/spoof_results/human_voices_shipped.csv")
+                       "runs/spoof_hv --score shipped-before=fdf890e.pt --score shipped-mel32-kd=f5e5fc8.pt --csv "
+                       "docs/spoof_results/human_voices_shipped.csv (COMMIT.pt: git show "
+                       "COMMIT:src/slimtrain/assets/spoof_default.pt)")
 
     def label(e: dict) -> str:
         return _SPOOF_HV_ARMS[e["arm"]] + files[e["file"]][2]
@@ -831,7 +839,8 @@ def _spoof_human_voices(root: Path) -> str:
     for r in shipped:
         def cell(k: str) -> str:
             return f"{float(r[k]):.1f}" if r.get(k) not in ("", None) else "-"
-        out.append(f"| `{r['arm']}`: the countermeasure shipped before, scored as it is | - | - | "
+        out.append(f"| `{r['arm']}`: {_SHIPPED_BEFORE.get(r['arm'], 'a countermeasure shipped before')}, scored as "
+                   "it is | - | - | "
                    f"{float(r['macs_per_second']) / 1e6:.2f} | {cell('eer_pooled')} | {cell('eer_heldout')} | "
                    + " | ".join(cell(f"eer_heldout_{a}") for a in ATTACKS) + " |")
     out += ["", "Paired by seed (difference in EER points [95 % interval]; negative: the first is better):", "",
@@ -843,7 +852,10 @@ def _spoof_human_voices(root: Path) -> str:
                                                 ("human+kd-init", "human"), ("human+kd", "full"),
                                                 ("human+kd-init", "full"))]
     pairs += [((f, a), ("human_voices_16ep.csv", a)) for f in ("human_voices_codecs_16ep.csv",
-                                                                 "human_voices_a10_16ep.csv") for a in _SPOOF_HV_ARMS]
+                                                                 "human_voices_a10_16ep.csv",
+                                                                 "human_voices_mel64_16ep.csv") for a in _SPOOF_HV_ARMS]
+    # the recipe shipped since the 64-band study against the one shipped before it
+    pairs.append((("human_voices_mel64_16ep.csv", "human"), ("human_voices_16ep.csv", "human+kd-init")))
     for ka, kb in pairs:
         if ka in by and kb in by:
             a, b = by[ka], by[kb]
@@ -856,9 +868,56 @@ def _spoof_human_voices(root: Path) -> str:
             "training clips, both classes, through G.711, GSM, Vorbis or Opus), and with `--train-attacks "
             "A1,A2,A3,A5,A8,A10` `runs/spoof_hv10` (" + ", ".join(fps["human_voices_a10_16ep.csv"]) + "). A1-A9: EER of the held-out speakers' "
             "bona fide clips (fr_CA June and the six held-out human voices) against that attack; mean ± 95 % "
-            "half-width over seeds. DCL rows: all four stages toward the kappa-min 0.5 floor. Generated by `slimtrain "
+            "half-width over seeds. DCL rows: all four stages toward the kappa-min 0.5 floor unless the row says "
+            "otherwise (32 mel bands, n_fft 256 unless it says 64). Generated by `slimtrain "
             "report` from " + ", ".join(f"[docs/spoof_results/{f}](spoof_results/{f})"
                                         for f in (*files, "human_voices_shipped.csv")) + "._"]
+    return "\n".join(out)
+
+
+def _spoof_front_end(root: Path) -> str:
+    """The front-end and augmentation screen of the countermeasure (benchmarks/spoof_front_end.py): per arm its
+    settings, cost and EERs (held-out speakers per attack), and the paired difference against ``mel32``."""
+    from ..train.stats import format_interval, paired_verdict, summarize_rows
+    from .spoof.attacks import ATTACKS
+
+    rows = [{**r, "seed": int(r["seed"])} for r in _doc_csv(
+        root, "spoof_results/front_end.csv", "python benchmarks/spoof_front_end.py --data runs/spoof_hv --arms ARMS "
+        "--seeds 3 --csv docs/spoof_results/front_end.csv")]
+    metrics = ["macs_per_second", "eer_pooled", "eer_heldout", *[f"eer_heldout_{a}" for a in ATTACKS]]
+    setting = ["arm", "epochs", "n_mels", "n_fft", "hop_length", "freq_scale", "rawboost", "kappa_min"]
+    entries = summarize_rows(rows, setting, metrics)
+    attacks = [a for a in ATTACKS if any(e[f"eer_heldout_{a}"] is not None for e in entries)]
+    base = {e["epochs"]: e for e in entries if e["arm"] == "mel32"}
+
+    def pct(iv) -> str:
+        return format_interval(iv, ".1f") if iv is not None else "-"
+
+    plain = {tuple(e[k] for k in setting[1:] if k != "rawboost"): e for e in entries if not e["rawboost"]}
+
+    def verdict(e: dict, b: Optional[dict]) -> str:
+        return "-" if b is None or b is e else paired_verdict(e["eer_heldout_by_seed"], b["eer_heldout_by_seed"],
+                                                              higher_is_better=False, fmt="+.2f")
+
+    out = ["| arm | bands | n_fft | hop | RawBoost | kappa-min | seeds | MMAC/s | EER pooled % | EER held-out % | "
+           "held-out vs mel32 | held-out vs no RawBoost | " + " | ".join(attacks) + " |",
+           "| --- | --- | ---: | ---: | --- | ---: | ---: | ---: | --- | --- | --- | --- |" + " --- |" * len(attacks)]
+    for e in entries:
+        twin = plain.get(tuple(e[k] for k in setting[1:] if k != "rawboost")) if e["rawboost"] else None
+        out.append(f"| {e['arm']} | {e['n_mels']} {e['freq_scale']} | {e['n_fft']} | {int(e['hop_length']) / 8:g} ms | "
+                   f"{e['rawboost'] or '-'} | {e['kappa_min']} | {e['n']} | {e['macs_per_second'].mean / 1e6:.2f} | "
+                   f"{pct(e['eer_pooled'])} | {pct(e['eer_heldout'])} | {verdict(e, base.get(e['epochs']))} | "
+                   f"{verdict(e, twin)} | " + " | ".join(pct(e[f"eer_heldout_{a}"]) for a in attacks) + " |")
+    fps = sorted({r["data_fingerprint"] for r in rows})
+    epochs = sorted({int(r["epochs"]) for r in rows})
+    out += ["", f"_{'/'.join(map(str, epochs))} epochs, DCLs on all four stages toward the kappa-min floor, every "
+            "training clip of `slimtrain data spoof --human-voices train --out runs/spoof_hv` (fingerprint "
+            + ", ".join(fps) + "), no teacher. EER held-out: the held-out speakers' bona fide clips (fr_CA June and "
+            "the six held-out human voices) against every spoof; A1-A9 against that attack; mean ± 95 % half-width "
+            "over seeds. 'held-out vs mel32': paired by seed (better/worse when the 95 % interval of the difference "
+            "excludes 0; n=1 for a single seed, a screen, not a result). Generated by `slimtrain report` from "
+            "[docs/spoof_results/front_end.csv](spoof_results/front_end.csv) (`python benchmarks/spoof_front_end.py "
+            "--data runs/spoof_hv --arms ... --seeds N --csv docs/spoof_results/front_end.csv`)._"]
     return "\n".join(out)
 
 
@@ -967,6 +1026,11 @@ def _spoof_how(recipe: dict) -> str:
         f"alpha {recipe['alpha']:g}, kappa_min {k:g}"
     if recipe.get("distill_weight"):
         how += ", distilled from the full-width model" + (" it started from" if recipe.get("init_from_teacher") else "")
+    fe = recipe.get("builder_kwargs", {})
+    if fe.get("n_mels", 32) != 32 or fe.get("freq_scale", "mel") != "mel":
+        how += f"; {fe['n_mels']} {fe.get('freq_scale', 'mel')} bands, n_fft {fe.get('n_fft', 256)}"
+    if recipe.get("config", {}).get("rawboost"):
+        how += f"; RawBoost {recipe['config']['rawboost']}"
     return how
 
 
@@ -1248,6 +1312,7 @@ BLOCKS: dict[str, Callable[[Path], str]] = {
     "vad-human-training": _vad_human_training,
     "vad-human-training-16k": _vad_human_training_16k,
     "spoof-human-voices": _spoof_human_voices,
+    "spoof-front-end": _spoof_front_end,
     "vad-distill": _vad_distill,
 }
 

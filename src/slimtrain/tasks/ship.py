@@ -158,8 +158,9 @@ def ship_spoof(checkpoint: Path, data: Path, out: Path, commands: list[str], nam
     man_small = {k: v for k, v in manifest.items() if k not in ("files", "sha256")}
     meta = {
         "name": name,
-        "description": "ResNet34-style countermeasure (log-mel -> 4 residual stages) whose stage widths were "
-                       "learned with DCL (all stages) and cut to them"
+        "description": f"ResNet34-style countermeasure (log-mel, {recipe['kwargs'].get('n_mels', 32)} "
+                       f"{recipe['kwargs'].get('freq_scale', 'mel')} bands, n_fft {recipe['kwargs'].get('n_fft', 256)} "
+                       "-> 4 residual stages) whose stage widths were learned with DCL (all stages) and cut to them"
                        + (", distilled from a full-width teacher" if res.get("distill_weight") else "")
                        + "; 8 kHz input, one bona fide logit per clip.",
         "sample_rate": 8000,
