@@ -168,7 +168,7 @@ def test_channel_sum_of_a_width_that_is_not_zero_outside_it_stays_fixed():
 
 
 @pytest.mark.parametrize("argv,words", [
-    (("--family", "aasist", "--width", "4"), ("--width and --stages", "ResNet")),
+    (("--family", "aasist", "--width", "4"), ("--width, --stages", "ResNet")),
     (("--family", "aasist", "--sweep"), ("--sweep runs the ResNet family",)),
     (("--family", "aasist-l", "--plain", "--params-budget", "85306"), ("--params-budget needs DCLs",)),
     (("--sweep", "--train-crop", "4000"), ("apply to single runs",)),
