@@ -807,7 +807,8 @@ def _spoof_human_voices(root: Path) -> str:
              "human_voices_codecs_16ep.csv": (16, "spoof_hvc", ", training codecs", ""),
              "human_voices_a10_16ep.csv": (16, "spoof_hv10", ", A10 in training", ""),
              "human_voices_mel64_16ep.csv": (16, "spoof_hv", ", 64 mel bands, n_fft 512 (DCL: kappa-min 0.35)",
-                                             " --n-mels 64 --n-fft 512 --kappa-min 0.35 --out runs/spoof_hv_mel64")}
+                                             " --n-mels 64 --n-fft 512 --kappa-min 0.35 --arms full,human,human+kd,human+kd-init "
+                                             "--out runs/spoof_hv_mel64")}
     metrics = ["macs_per_second", "eer_pooled", "eer_heldout", "eer_unseen", *[f"eer_heldout_{a}" for a in ATTACKS]]
     entries, fps = [], {}
     for f, (e, d, _, x) in files.items():
