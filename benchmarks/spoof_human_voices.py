@@ -104,7 +104,7 @@ def _scored(spec: str, data: Path) -> dict:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", type=Path, required=True, help="a corpus built with --human-voices")
-    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--seeds", default="3", help="a count N (seeds 0..N-1) or a comma-separated list, e.g. 3,4")
     p.add_argument("--epochs", type=int, default=8)
     p.add_argument("--kappa-min", type=float, default=0.5)
     p.add_argument("--n-mels", type=int, default=None, help="filterbank bands of every arm (default: the ResNet's 32)")
@@ -143,7 +143,8 @@ def main(argv=None) -> int:
     a.out.mkdir(parents=True, exist_ok=True)
     over = {k: v for k, v in (("n_mels", a.n_mels), ("n_fft", a.n_fft), ("rawboost", a.rawboost)) if v is not None}
     jobs = []
-    for s in range(a.seeds):
+    seeds = list(range(int(a.seeds))) if "," not in a.seeds else [int(x) for x in a.seeds.split(",")]
+    for s in seeds:
         kd = [x for x in arms if x.startswith("human+kd")]
         if kd:
             jobs.append((["full", *kd] if "full" in arms or not (a.out / f"full-seed{s}.ckpt").is_file() else kd,
@@ -161,7 +162,7 @@ def main(argv=None) -> int:
         w.writeheader()
         w.writerows(rows)
     print(f"{len(rows)} runs in {time.perf_counter() - t0:.0f}s; data {a.data}, {a.epochs} epochs, seeds "
-          f"0..{a.seeds - 1}; wrote {a.csv}")
+          f"{','.join(map(str, seeds))}; wrote {a.csv}")
     by = {arm: {r["seed"]: r for r in rows if r["arm"] == arm} for arm in arms}
     for arm, rs in by.items():
         cells = [f"MMAC/s {format_interval(mean_interval([r['macs_per_second'] / 1e6 for r in rs.values()]), '.2f')}"]
