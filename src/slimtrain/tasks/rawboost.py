@@ -115,7 +115,8 @@ def stationary_noise(x: Tensor, g: torch.Generator, sample_rate: int, snr_db: tu
     (the SNR of the clip's whole energy; a silent clip stays silent)."""
     _check(x)
     b, n = x.shape
-    noise = _filter(torch.randn((b, n), generator=g, dtype=torch.float64), band_response(b, n // 2 + 1, sample_rate, g, n_bands))
+    white = torch.randn((b, n), generator=g, dtype=torch.float64)
+    noise = _filter(white, band_response(b, n // 2 + 1, sample_rate, g, n_bands))
     xd = x.double()
     px = xd.pow(2).mean(dim=-1, keepdim=True)
     pn = noise.pow(2).mean(dim=-1, keepdim=True).clamp_min(1e-20)

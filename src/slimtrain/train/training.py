@@ -21,8 +21,8 @@ from ..core.graph import settle_widths
 from ..core.loss import TradeoffLoss  # noqa: F401  (the usual objective; kept importable from here)
 from .record import WidthRecorder
 
-__all__ = ["seed_everything", "step_generator", "make_optimizer", "fit", "TrainingError", "EpochResult", "rng_state", "set_rng_state",
-           "torch_threads", "shuffled_cosine_batches", "DataParallel"]
+__all__ = ["seed_everything", "step_generator", "make_optimizer", "fit", "TrainingError", "EpochResult", "rng_state",
+           "set_rng_state", "torch_threads", "shuffled_cosine_batches", "DataParallel"]
 
 
 class TrainingError(RuntimeError):

@@ -36,7 +36,6 @@ from ...core.loss import TradeoffLoss
 from ...train.record import WidthRecorder
 from ..metrics import eer_by_group, min_tdcf
 from ...apps.spoof.models import build_resnet, make_dynamic_stages
-from ..rawboost import rawboost
 from .train import TASK, SpoofConfig
 
 __all__ = ["CorpusOptions", "frontend_for_rate", "train_on_corpus", "score_corpus", "evaluate_scores",
@@ -202,6 +201,7 @@ def train_on_corpus(
             optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
         base = [g["lr"] for g in optimizer.param_groups]
         total = steps * cfg.epochs
+        augment = cfg.augmenter(opts.sample_rate)
 
         def batches(epoch: int):
             from tqdm.auto import tqdm
@@ -215,9 +215,8 @@ def train_on_corpus(
                 scale = cfg.lr_final + (1 - cfg.lr_final) * 0.5 * (1 + math.cos(math.pi * t))
                 for grp, lr in zip(optimizer.param_groups, base):
                     grp["lr"] = lr * scale
-                if cfg.rawboost is not None:
-                    x = rawboost(x, training.step_generator(cfg.seed, epoch, i), opts.sample_rate, cfg.rawboost,
-                                 cfg.rawboost_p)
+                if augment is not None:
+                    x = augment(x, training.step_generator(cfg.seed, epoch, i))
                 yield x, y
 
         desc = f"stages={','.join(map(str, stages))} kappa={kappa_min:g}" if stages else f"width={cfg.width}"

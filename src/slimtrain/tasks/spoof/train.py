@@ -97,6 +97,13 @@ class SpoofConfig(TrainConfig):
                                                or self.compact_steps < 1):
             raise StudyConfigError(f"compact-steps must be an integer >= 1 (or unset), got {self.compact_steps!r}")
 
+    def augmenter(self, sample_rate: int) -> Optional[Callable[[Tensor, torch.Generator], Tensor]]:
+        """``augment(batch, generator)`` applying this run's RawBoost at ``sample_rate`` (None when off)."""
+        if self.rawboost is None:
+            return None
+        algorithm, p = self.rawboost, float(self.rawboost_p)
+        return lambda xb, g: rawboost(xb, g, sample_rate, algorithm, p)
+
     def as_dict(self) -> dict:
         d = dataclasses.asdict(self)
         d["blocks"] = list(self.blocks)
@@ -187,14 +194,8 @@ def eer_report(split: SpoofSplit, scores: np.ndarray, unseen: Sequence[str]) -> 
 def _fit(model: nn.Module, cfg: SpoofConfig, x: Tensor, y: Tensor, objective, optimizer, epochs: int,
          recorder: Optional[WidthRecorder], progress: bool, desc: str, device=None, settle_epochs: int = 0,
          distill=None) -> None:
-    augment = None
-    if cfg.rawboost is not None:
-        algorithm, p = cfg.rawboost, float(cfg.rawboost_p)
-
-        def augment(xb: Tensor, g: torch.Generator) -> Tensor:
-            return rawboost(xb, g, SR, algorithm, p)
     fit_epochs(model, cfg, x, y, F.binary_cross_entropy_with_logits, objective, optimizer, epochs, recorder=recorder,
-               progress=progress, desc=desc, device=device, settle_epochs=settle_epochs, augment=augment,
+               progress=progress, desc=desc, device=device, settle_epochs=settle_epochs, augment=cfg.augmenter(SR),
                compact_steps=cfg.compact_steps if objective is not None else None,
                settle_at_budget=cfg.settle_at_budget and objective is not None,  # (train_run checked the budget)
                distill=distill)
