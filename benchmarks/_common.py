@@ -119,6 +119,21 @@ def interleaved(fns: dict[str, Callable[[], object]], repeats: int, warmup: int 
     return times
 
 
+def seed_list(text: str) -> list[int]:
+    """``--seeds`` of a study script: a count ``N`` (seeds 0..N-1) or a comma-separated list such as ``3,4``
+    (checked by :func:`slimtrain.train.sweep_engine.seeds_from_args`)."""
+    import argparse
+
+    from slimtrain.train.sweep_engine import seeds_from_args
+
+    try:
+        if "," in text:
+            return seeds_from_args(None, [int(s) for s in text.split(",")])
+        return seeds_from_args(int(text), None)
+    except ValueError as e:  # (an argparse type: the message reaches the user as one line)
+        raise argparse.ArgumentTypeError(f"{e} (--seeds N or --seeds 3,4)") from None
+
+
 def median(xs: Sequence[float]) -> float:
     return statistics.median(xs)
 

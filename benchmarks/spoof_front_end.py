@@ -22,7 +22,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-from _common import ROOT  # noqa: F401  (puts src/ on the path)
+from _common import ROOT, seed_list  # noqa: F401  (ROOT: puts src/ on the path)
 
 #: arm -> (SpoofConfig overrides, kappa_min); 32 mel bands, n_fft 256, hop 20 ms, kappa-min 0.5 unless given
 ARMS: dict[str, tuple[dict, float]] = {
@@ -46,8 +46,8 @@ COLUMNS = ["arm", "seed", "epochs", "kappa_min", "n_mels", "n_fft", "hop_length"
 
 
 def _run(job: tuple) -> dict:
+    """One arm and seed: its row (the CSV keeps :data:`COLUMNS` and the per-attack EERs)."""
     arm, seed, data, epochs = job
-    from slimtrain.tasks.spoof.attacks import ATTACKS
     from slimtrain.tasks.spoof.data import data_fingerprint, load_split
     from slimtrain.tasks.spoof.train import SpoofConfig, train_run
 
@@ -57,18 +57,16 @@ def _run(job: tuple) -> dict:
     cfg = SpoofConfig(epochs=epochs, seed=seed, **over)
     row = train_run(cfg, load_split(data, "train"), load_split(data, "eval"), man["unseen_attacks"],
                     stages=(0, 1, 2, 3), kappa_min=kappa, floor=True, progress=False)
-    return {"arm": arm, "seed": seed, "epochs": epochs, "kappa_min": kappa, "n_mels": cfg.n_mels, "n_fft": cfg.n_fft,
-            "hop_length": cfg.hop_length, "freq_scale": cfg.freq_scale, "rawboost": cfg.rawboost or "",
-            "data_fingerprint": data_fingerprint(data), **{k: row[k] for k in row if k in COLUMNS or
-                                                          k.startswith("eer_heldout_") or k in
-                                                          [f"eer_{a}" for a in ATTACKS] or k == "seconds"}}
+    return {**row, "arm": arm, "seed": seed, "epochs": epochs, "kappa_min": kappa, "n_mels": cfg.n_mels,
+            "n_fft": cfg.n_fft, "hop_length": cfg.hop_length, "freq_scale": cfg.freq_scale,
+            "rawboost": cfg.rawboost or "", "data_fingerprint": data_fingerprint(data)}
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", type=Path, required=True, help="a corpus built with --human-voices")
     p.add_argument("--arms", default="mel32", help=f"comma-separated subset of {', '.join(ARMS)}")
-    p.add_argument("--seeds", default="3", help="a count N (seeds 0..N-1) or a comma-separated list")
+    p.add_argument("--seeds", type=seed_list, default="3", help="a count N (seeds 0..N-1) or a comma-separated list")
     p.add_argument("--epochs", type=int, default=8)
     p.add_argument("--workers", type=int, default=2, help="parallel runs (one torch thread each)")
     p.add_argument("--csv", type=Path, default=Path("runs/spoof_front_end.csv"),
@@ -78,7 +76,7 @@ def main(argv=None) -> int:
     bad = [x for x in arms if x not in ARMS]
     if bad:
         p.error(f"unknown arm(s) {bad}; choose from {', '.join(ARMS)}")
-    seeds = list(range(int(a.seeds))) if "," not in a.seeds else [int(s) for s in a.seeds.split(",")]
+    seeds = a.seeds
     from slimtrain.tasks.spoof.attacks import ATTACKS
     from slimtrain.train.stats import format_interval, mean_interval, paired_difference
 

@@ -32,7 +32,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-from _common import ROOT  # noqa: F401  (puts src/ on the path)
+from _common import ROOT, seed_list  # noqa: F401  (ROOT: puts src/ on the path)
 
 ARMS = ("core", "human", "full", "human+kd", "human+kd-init")
 METRICS = ("eer_pooled", "eer_heldout", "eer_unseen", "eer_known")
@@ -104,7 +104,8 @@ def _scored(spec: str, data: Path) -> dict:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", type=Path, required=True, help="a corpus built with --human-voices")
-    p.add_argument("--seeds", default="3", help="a count N (seeds 0..N-1) or a comma-separated list, e.g. 3,4")
+    p.add_argument("--seeds", type=seed_list, default="3",
+                   help="a count N (seeds 0..N-1) or a comma-separated list, e.g. 3,4")
     p.add_argument("--epochs", type=int, default=8)
     p.add_argument("--kappa-min", type=float, default=0.5)
     p.add_argument("--n-mels", type=int, default=None, help="filterbank bands of every arm (default: the ResNet's 32)")
@@ -143,7 +144,7 @@ def main(argv=None) -> int:
     a.out.mkdir(parents=True, exist_ok=True)
     over = {k: v for k, v in (("n_mels", a.n_mels), ("n_fft", a.n_fft), ("rawboost", a.rawboost)) if v is not None}
     jobs = []
-    seeds = list(range(int(a.seeds))) if "," not in a.seeds else [int(x) for x in a.seeds.split(",")]
+    seeds = a.seeds
     for s in seeds:
         kd = [x for x in arms if x.startswith("human+kd")]
         if kd:

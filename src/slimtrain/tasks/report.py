@@ -881,6 +881,7 @@ def _spoof_front_end(root: Path) -> str:
     settings, cost and EERs (held-out speakers per attack), and the paired difference against ``mel32``."""
     from ..train.stats import format_interval, paired_verdict, summarize_rows
     from .spoof.attacks import ATTACKS
+    from .spoof.data import SR
 
     rows = [{**r, "seed": int(r["seed"])} for r in _doc_csv(
         root, "spoof_results/front_end.csv", "python benchmarks/spoof_front_end.py --data runs/spoof_hv --arms ARMS "
@@ -905,7 +906,7 @@ def _spoof_front_end(root: Path) -> str:
            "| --- | --- | ---: | ---: | --- | ---: | ---: | ---: | --- | --- | --- | --- |" + " --- |" * len(attacks)]
     for e in entries:
         twin = plain.get(tuple(e[k] for k in setting[1:] if k != "rawboost")) if e["rawboost"] else None
-        out.append(f"| {e['arm']} | {e['n_mels']} {e['freq_scale']} | {e['n_fft']} | {int(e['hop_length']) / 8:g} ms | "
+        out.append(f"| {e['arm']} | {e['n_mels']} {e['freq_scale']} | {e['n_fft']} | {1000 * int(e['hop_length']) / SR:g} ms | "
                    f"{e['rawboost'] or '-'} | {e['kappa_min']} | {e['n']} | {e['macs_per_second'].mean / 1e6:.2f} | "
                    f"{pct(e['eer_pooled'])} | {pct(e['eer_heldout'])} | {verdict(e, base.get(e['epochs']))} | "
                    f"{verdict(e, twin)} | " + " | ".join(pct(e[f"eer_heldout_{a}"]) for a in attacks) + " |")
