@@ -86,6 +86,10 @@ def register(commands, data_commands) -> None:
                    help="pass this fraction of the training clips, bona fide and spoofed alike, through a random "
                         "codec (G.711 mu/A-law, GSM, Ogg Vorbis, Opus) so that a recording's codec cannot tell the "
                         "classes apart (default: 0)")
+    d.add_argument("--train-scale", type=lambda t: _positive_int(t, "train scale"), default=None, metavar="K",
+                   help="draw the training split K times: K times the training clips, in new crops, texts, voices "
+                        "and splices of the same speakers and attack families; the evaluation split stays "
+                        "byte-identical (default: 1)")
     d.set_defaults(func=_cmd_data)
 
     s = commands.add_parser(
@@ -223,7 +227,7 @@ def _cmd_data(args) -> int:
     if heldout is None and cfg.human_voices:
         from ..human_voices import sources
 
-        heldout = [src.id for src in sources("held-out", addable=True)]
+        heldout = [src.id for src in sources("held-out", addable=True, collection="core")]
     if heldout is not None:
         cfg.human_heldout = tuple(heldout)
     if args.human_files is not None:
@@ -234,6 +238,8 @@ def _cmd_data(args) -> int:
         cfg.train_codec_fraction = args.train_codecs
     if args.train_attacks is not None:
         cfg.train_attacks = tuple(args.train_attacks)
+    if args.train_scale is not None:
+        cfg.train_scale = args.train_scale
     out = args.out or (DEFAULT_QUICK_DATA if args.quick else DEFAULT_DATA)
     t0 = time.perf_counter()
     man = build_dataset(out, cfg, workers=args.workers, progress=not args.no_progress, force=args.force)

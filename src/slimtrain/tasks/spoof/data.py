@@ -108,6 +108,11 @@ class SpoofDataConfig:
     #: :data:`slimtrain.tasks.augment.ROUNDTRIP_CODECS` after the cue removal, so that a recording's codec
     #: (the human voices come as Ogg Vorbis, the prompts as PCM or GSM) cannot tell the classes apart
     train_codec_fraction: float = 0.0
+    #: draw the training split this many times (an integer >= 1): draw ``k`` repeats the plan of the training
+    #: clips with random streams of its own (same prompt split, speakers, attack families and counts), so
+    #: the training split grows ``k``-fold in new crops, texts, voices and splices while the evaluation split,
+    #: and the first draw, stay byte-identical
+    train_scale: int = 1
 
     @classmethod
     def quick(cls, **overrides) -> "SpoofDataConfig":
@@ -154,6 +159,9 @@ class SpoofDataConfig:
         f = self.train_codec_fraction
         if isinstance(f, bool) or not isinstance(f, (int, float)) or not 0.0 <= f <= 1.0:
             raise DataError(f"train-codec-fraction must be a number in [0, 1], got {f!r}")
+        k = self.train_scale
+        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= 64:
+            raise DataError(f"train-scale must be an integer in [1, 64], got {k!r}")
         return self
 
     def _validate_human(self) -> None:
@@ -184,6 +192,8 @@ class SpoofDataConfig:
             d.pop("corpus")  # the core config (and cache check) is exactly the documented one
         if not self.train_codec_fraction:
             d.pop("train_codec_fraction")  # (configs without it, and their caches, stay as they were)
+        if self.train_scale == 1:
+            d.pop("train_scale")  # (likewise)
         if not (self.human_voices or self.human_heldout):
             for k in ("human_voices", "human_heldout", "human_files_per_source"):
                 d.pop(k)  # configs without human voices (and their caches) stay as they were
@@ -290,10 +300,23 @@ def _extra_corpus(speaker: str) -> dict[str, Path]:
 
 
 def plan_items(cfg: SpoofDataConfig) -> tuple[list[Item], dict[str, Path]]:
-    """The deterministic list of clips for ``cfg`` and the map prompt key -> bona fide file."""
+    """The deterministic list of clips for ``cfg`` and the map prompt key -> bona fide file.
+
+    With ``cfg.train_scale = k`` the training clips of draws 1..k-1 follow those of the plain plan (whose
+    items, and so indices and bytes, do not change)."""
     cfg.validate()
+    items, files = _plan(cfg, 0)
+    for draw in range(1, cfg.train_scale):
+        items += [it for it in _plan(cfg, draw)[0] if it.split == "train"]
+    return items, files
+
+
+def _plan(cfg: SpoofDataConfig, draw: int) -> tuple[list[Item], dict[str, Path]]:
+    """One draw of the plan: draw 0 is the corpus as documented, draw ``k`` the same plan from random streams
+    of its own (the prompt split, which follows ``cfg.seed`` alone, is the same in every draw)."""
+    tail = (13, draw) if draw else ()  # (draw 0 keeps the streams every existing corpus was built from)
     extended = cfg.effective_corpus == "extended"
-    rng = np.random.default_rng([cfg.seed, 1])
+    rng = np.random.default_rng([cfg.seed, 1, *tail])
     langs = sorted(ASTERISK_VOICES) + (sorted(EXTENDED_BONA_SPEAKERS) if extended else [])
     known = [lg for lg in langs if lg != cfg.heldout_language]
     text_langs = sorted(ASTERISK_VOICES)  # languages with transcripts (the text attacks read these)
@@ -355,7 +378,7 @@ def plan_items(cfg: SpoofDataConfig) -> tuple[list[Item], dict[str, Path]]:
                     items.append(Item(split, 0, a, lg, nm, texts[f"{lg}:{nm}"], str(rng.choice(voices[lg]))))
             elif a in A.SPLICE_ATTACKS:
                 # its own random stream, so adding splices leaves every other item as it was
-                srng = np.random.default_rng([cfg.seed, 8, int(a[1:]), 0 if split == "train" else 1])
+                srng = np.random.default_rng([cfg.seed, 8, int(a[1:]), 0 if split == "train" else 1, *tail])
                 cands = [(lg, nm) for lg in src_langs for nm in pool.get((split, lg), [])]
                 for c in srng.choice(len(cands), size=n, replace=n > len(cands)):
                     lg, nm = cands[int(c)]
@@ -367,12 +390,12 @@ def plan_items(cfg: SpoofDataConfig) -> tuple[list[Item], dict[str, Path]]:
                 for lg, nm in pick(split, src_langs, n):
                     items.append(Item(split, 0, a, lg, nm, params={"seed": int(rng.integers(0, 2 ** 31))}))
             else:  # families added later draw from a stream of their own: the other items stay as they were
-                arng = np.random.default_rng([cfg.seed, 11, int(a[1:]), 0 if split == "train" else 1])
+                arng = np.random.default_rng([cfg.seed, 11, int(a[1:]), 0 if split == "train" else 1, *tail])
                 cands = [(lg, nm) for lg in src_langs for nm in pool.get((split, lg), [])]
                 for c in arng.choice(len(cands), size=n, replace=n > len(cands)):
                     lg, nm = cands[int(c)]
                     items.append(Item(split, 0, a, lg, nm, params={"seed": int(arng.integers(0, 2 ** 31))}))
-    items += _human_items(cfg, files)
+    items += _human_items(cfg, files, tail)
     # families added after A9 go last: every clip's cue removal draws from its index, so the clips of a
     # corpus without them keep their indices (and bytes) when they are added
     items.sort(key=lambda it: it.attack not in _FIRST_FAMILIES)
@@ -393,7 +416,7 @@ def _human_files(sid: str, cap: Optional[int]) -> dict[str, Path]:
     return {str(f.relative_to(root).with_suffix("")): f for f in fs}
 
 
-def _human_items(cfg: SpoofDataConfig, files: dict[str, Path]) -> list[Item]:
+def _human_items(cfg: SpoofDataConfig, files: dict[str, Path], tail: tuple[int, ...] = ()) -> list[Item]:
     """The clips of the recorded human voices (module doc): bona fide and copy/splice attacks made of them.
 
     Each draw takes a speaker in proportion to the sources' speaker counts, then a file of that source,
@@ -413,7 +436,7 @@ def _human_items(cfg: SpoofDataConfig, files: dict[str, Path]) -> list[Item]:
             files.update({f"{sid}:{k}": f for k, f in by_name.items()})
         weight = np.array([source(sid).speakers for sid in sids], dtype=float)
         weight /= weight.sum()
-        hrng = np.random.default_rng([cfg.seed, 9, 0 if split == "train" else 1])
+        hrng = np.random.default_rng([cfg.seed, 9, 0 if split == "train" else 1, *tail])
 
         def draw() -> tuple[str, str]:
             sid = sids[int(hrng.choice(len(sids), p=weight))]
