@@ -139,7 +139,7 @@ def test_data_command_options(tmp_path, capsys):
     assert "human voices, train: 2 sources, 3 speakers" in out
     # --human-heldout defaults to every held-out source with --human-voices
     conf = json.loads((tmp_path / "h" / "manifest.json").read_text())["config"]
-    assert conf["human_heldout"] == [s.id for s in H.sources("held-out", addable=True)]
+    assert conf["human_heldout"] == [s.id for s in H.sources("held-out", addable=True, collection="core")]
 
 
 # -- distillation while shrinking (train_run(teacher=...), slimtrain spoof --teacher) ----------------------------
@@ -291,3 +291,55 @@ def test_a_family_added_to_training_leaves_every_other_clip_as_it_was():
     assert [key(i) for i in more[:len(base)]] == [key(i) for i in base]  # same clips at the same indices
     q = SpoofDataConfig.quick()
     assert sum(i.attack == "A10" for i in more) == q.n_spoof_train_per_attack + q.n_spoof_train_per_attack // 2
+
+
+# -- train_scale: more draws of the training split ------------------------------------------------------------------
+def test_train_scale_adds_new_training_draws_and_leaves_the_plan_as_it_was():
+    _needs()
+    base, _ = plan_items(_cfg())
+    more, _ = plan_items(_cfg(train_scale=3))
+    key = lambda it: (it.split, it.attack, it.language, it.prompt, it.voice, json.dumps(it.params, sort_keys=True))  # noqa: E731
+    assert [key(i) for i in more[:len(base)]] == [key(i) for i in base]  # same clips at the same indices
+    extra = more[len(base):]
+    assert {i.split for i in extra} == {"train"}
+    count = lambda items: {a: sum(i.attack == a for i in items) for a in {i.attack for i in items}}  # noqa: E731
+    train = [i for i in base if i.split == "train"]
+    assert count(extra) == {a: 2 * n for a, n in count(train).items()}  # two more draws of every family
+    assert len({key(i) for i in extra} - {key(i) for i in train}) > len(extra) // 2  # new clips, not copies
+    # the extra draws respect the prompt split and the held-out speakers: nothing of evaluation in training
+    ev = {(i.language, p) for i in base if i.split == "eval" for p in (i.prompt, *i.params.get("sources", ()))}
+    tr = {(i.language, p) for i in more if i.split == "train" for p in (i.prompt, *i.params.get("sources", ()))}
+    assert not ev & tr
+    assert not {i.language for i in extra} & (set(HELD_IDS) | {"fr"})
+
+
+def test_train_scale_keeps_the_evaluation_split_and_first_draw_byte_identical(tmp_path):
+    if programs_missing():
+        pytest.skip("speech synthesisers not installed")
+    small = dict(n_bona_train=4, n_spoof_train_per_attack=2, n_bona_eval_heldout=2, n_bona_eval_known=1,
+                 n_spoof_eval_per_attack=2, train_attacks=("A1", "A8"), eval_attacks=("A1", "A8", "A9"))
+    build_dataset(tmp_path / "a", SpoofDataConfig(**small), workers=2, progress=False)
+    man = build_dataset(tmp_path / "b", SpoofDataConfig(train_scale=2, **small), workers=2, progress=False)
+    assert man["counts"]["train"] == {"bona": 8, "A1": 4, "A8": 4} and man["config"]["train_scale"] == 2
+    assert (tmp_path / "a" / "eval.npz").read_bytes() == (tmp_path / "b" / "eval.npz").read_bytes()
+    ta, tb = load_split(tmp_path / "a", "train"), load_split(tmp_path / "b", "train")
+    np.testing.assert_array_equal(tb.audio[:len(ta)], ta.audio)
+    assert not any(np.array_equal(x, y) for x in tb.audio[len(ta):] for y in ta.audio)
+    assert "train_scale" not in SpoofDataConfig().as_dict()  # configs without it (and their caches) unchanged
+
+
+@pytest.mark.parametrize("bad", [0, 65, 1.5, True])
+def test_bad_train_scale_is_named(bad):
+    with pytest.raises(DataError, match=r"train-scale must be an integer in \[1, 64\]"):
+        SpoofDataConfig(train_scale=bad).validate()
+
+
+def test_train_scale_option_reaches_the_corpus_and_refuses_zero(tmp_path, capsys):
+    assert main(["data", "spoof", "--train-scale", "0", "--out", str(tmp_path)]) == 2
+    assert "train scale must be >= 1, got 0" in capsys.readouterr().err
+    if programs_missing():
+        pytest.skip("speech synthesisers not installed")
+    assert main(["data", "spoof", "--quick", "--train-scale", "2", "--out", str(tmp_path / "d"), "--no-progress"]) == 0
+    man = json.loads((tmp_path / "d" / "manifest.json").read_text())
+    q = SpoofDataConfig.quick()
+    assert man["config"]["train_scale"] == 2 and man["counts"]["train"]["bona"] == 2 * q.n_bona_train

@@ -220,10 +220,12 @@ def split_sets(tmp_path_factory):
         pytest.skip(str(e))
     tmp = tmp_path_factory.mktemp("split_sets")
     fake = tmp / "debs"
-    _fake_tree(fake, held_out_human_sources(), np.random.default_rng(3), per_source=2)
+    _fake_tree(fake, held_out_human_sources() + held_out_human_sources("expressive"), np.random.default_rng(3),
+               per_source=2)
     udir = tmp / "unseen"
     build_unseen_set(udir, UnseenConfig(human_utterances=3, festival_utterances=2, espeak_utterances=4))
     build_unseen_human_set(udir, UnseenHumanConfig(utterances_per_source=2), root=fake)
+    build_unseen_human_set(udir, UnseenHumanConfig(utterances_per_source=2), root=fake, which="unseen-expressive")
     return tmp, udir
 
 
@@ -231,7 +233,7 @@ def test_unseen_human_holds_only_held_out_human_voices_and_unseen_tts_only_synth
     _, udir = split_sets
     human, hgroups, hinfo = load_split_set("unseen-human", udir, build=False)
     tts, tgroups, tinfo = load_split_set("unseen-tts", udir, build=False)
-    held = {s.id for s in H.sources("held-out")}
+    held = {s.id for s in H.sources("held-out", collection="core")}
     assert set(hgroups) == held and len(hgroups) == len(human.audio) == len(human.sources)
     train_ids = {s.id for s in H.SOURCES if s.role == "train"} | {"en_US_f_Allison", "es_MX_f_Allison"}
     for g, names in zip(hgroups, human.sources):
@@ -249,6 +251,19 @@ def test_unseen_human_holds_only_held_out_human_voices_and_unseen_tts_only_synth
                                             [["fr-armelle/x"]]), tgroups[:1])
 
 
+def test_unseen_expressive_holds_the_held_out_voice_packs_only(split_sets):
+    _, udir = split_sets
+    ex, groups, info = load_split_set("unseen-expressive", udir, build=False)
+    _, _, hinfo = load_split_set("unseen-human", udir, build=False)
+    packs = {s.id for s in H.sources("held-out", collection="expressive")}
+    assert set(groups) == packs and len(packs) >= 3 and len(groups) == len(ex.audio)
+    assert all(n.startswith("human/hedgewars-") for c in ex.sources for n in c)  # no TTS, no core voice
+    assert not packs & {s.id for s in H.SOURCES if s.role == "train"}
+    assert info["set"] == "unseen-expressive" and info["fingerprint"] != hinfo["fingerprint"]
+    with pytest.raises(DataError, match="unknown held-out human set 'unseen-x'"):
+        build_unseen_human_set(udir, which="unseen-x")
+
+
 def test_eval_reports_per_source_and_per_snr_band_numbers_on_both_split_sets(split_sets, monkeypatch, capsys):
     pytest.importorskip("silero_vad")
     from slimtrain.tasks.vad import unseen_human as U
@@ -258,7 +273,9 @@ def test_eval_reports_per_source_and_per_snr_band_numbers_on_both_split_sets(spl
     monkeypatch.setattr(U, "build_unseen_human_set", lambda *a, **k: None)
     data_dir = tmp / "data"
     build_vad_data(VadDataConfig.quick(test_minutes=0.2), data_dir)
-    for which, groups in (("unseen-human", {s.id for s in H.sources("held-out")}), ("unseen-tts", set(TTS_GROUPS))):
+    for which, groups in (("unseen-human", {s.id for s in H.sources("held-out", collection="core")}),
+                          ("unseen-tts", set(TTS_GROUPS)),
+                          ("unseen-expressive", {s.id for s in H.sources("held-out", collection="expressive")})):
         out = tmp / f"{which}.csv"
         assert main(["vad", "eval", "--set", which, "--data", str(data_dir), "--unseen", str(udir),
                      "--csv", str(out)]) == 0
@@ -306,3 +323,25 @@ def test_human_voices_command_names_a_package_that_is_not_there(tmp_path, monkey
     err = capsys.readouterr().err.strip()
     assert "human-voice source 'es-co'" in err and "apt-get download asterisk-prompt-es-co" in err
     assert "\n" not in err and not (tmp_path / "x.csv").exists()
+
+
+def test_role_keywords_name_the_core_sources_and_expressive_names_the_voice_packs():
+    core = [s.id for s in H.sources("train", addable=True, collection="core")]
+    packs = [s.id for s in H.sources("train", addable=True, collection="expressive")]
+    assert packs and all(i.startswith("hedgewars-") for i in packs) and not set(core) & set(packs)
+    assert H.parse_source_list("train") == core  # the documented corpora's commands rebuild the same corpora
+    assert H.parse_source_list("expressive") == packs
+    assert H.parse_source_list("train,expressive") == core + packs == H.parse_source_list("all")
+    assert H.parse_source_list(f"{packs[0]},train,{packs[0]}") == [packs[0]] + core  # order kept, no duplicates
+    assert H.parse_source_list("expressive", "held-out") == [s.id for s in H.sources("held-out", collection="expressive")]
+    assert H.parse_source_list("none") == []
+    with pytest.raises(H.HumanVoiceError, match="unknown human-voice source.*hedgewars-robot"):
+        H.parse_source_list("train,hedgewars-robot")  # the processed Robot pack is not registered
+    with pytest.raises(H.HumanVoiceError, match="unknown collection 'x'"):
+        H.sources(collection="x")
+    # a held-out pack in a training split is a leak like any other held-out source
+    man = {"corpus": "extended", "fingerprint": "f" * 16,
+           "config": {"train_languages": ["en"], "extra_train_speakers": [], "human_voices": ["hedgewars-default-pl"]},
+           "splits": {"train": {"speakers": ["en_US_f_Allison"], "tts_voices": []}}}
+    with pytest.raises(H.HumanVoiceError, match="held-out source 'hedgewars-default-pl'"):
+        check_training_manifest(man)

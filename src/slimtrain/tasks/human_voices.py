@@ -27,8 +27,8 @@ from typing import Iterable, Optional, Sequence
 from .audio import deb_root
 
 __all__ = ["HumanSource", "HumanVoiceError", "SOURCES", "ROLES", "source", "sources", "package_dir",
-           "parse_source_list", "source_files", "usable_files", "measure", "totals", "write_csv", "read_csv", 
-           "held_out_languages"]
+           "parse_source_list", "source_files", "usable_files", "measure", "totals", "write_csv", "read_csv",
+           "held_out_languages", "COLLECTIONS"]
 
 ROLES = ("train", "val", "test", "held-out")
 #: bytes per 160-sample frame of raw GSM 06.10 at 8 kHz (Asterisk's .gsm prompts)
@@ -58,6 +58,10 @@ class HumanSource:
     #: already a voice of the corpora (an Asterisk voice of a split or an extra speaker), so not added again
     #: through ``human_voices``
     builtin: bool = False
+    #: ``core``: the sources of the documented corpora, which the role keywords (``train``, ``held-out``) name;
+    #: ``expressive``: the Hedgewars voice packs (short acted lines), named by the keyword ``expressive`` or by
+    #: id, so that the documented commands still rebuild the same corpora and sets
+    collection: str = "core"
 
     @property
     def speaker_ids(self) -> tuple[str, ...]:
@@ -78,6 +82,20 @@ _KLETTRES = {
 }
 _FILLETS_NOTE = ("the two lead characters only (files *-m-* small fish, *-v-* big fish), one actor each "
                  "assumed; other characters left out")
+
+_HEDGEWARS_NOTE = ("one speaker per voice pack assumed (the packs credit no speaker); the English accent packs "
+                   "may share actors, so every held-out pack is in another language; Robot (processed), Singer "
+                   "(sung) and Russian / Russian_pl (language undocumented) left out")
+#: Hedgewars voice pack -> (language, role): the English packs and the Russian one train, the Spanish, Polish and
+#: Ukrainian ones are held out
+_HEDGEWARS = {
+    "Default": ("en", "train"), "British": ("en", "train"), "Classic": ("en", "train"), "HillBilly": ("en", "train"),
+    "Mobster": ("en", "train"), "Pirate": ("en", "train"), "Surfer": ("en", "train"), "Default_ru": ("ru", "train"),
+    "Default_es": ("es", "held-out"), "Default_pl": ("pl", "held-out"), "Default_uk": ("uk", "held-out"),
+}
+#: languages of the held-out KLettres speakers, which no training split may speak (a held-out pack in one of
+#: them holds its language out too)
+_HELD_OUT_LANGUAGES = {lang for lang, role in _KLETTRES.values() if role == "held-out"}
 
 SOURCES: tuple[HumanSource, ...] = (
     # the Asterisk voices of the core corpus (one professional speaker per voice folder)
@@ -112,15 +130,27 @@ SOURCES: tuple[HumanSource, ...] = (
                   (f"*/{lang}/*-m-*.ogg", f"*/{lang}/*-v-*.ogg"), (lang,), 2, _FILLETS_NOTE, "acted game dialogue",
                   "GPL-2+ (Debian copyright)", "train")
       for lang in ("cs", "nl")),
+    # Hedgewars: voice packs of short acted lines ("Incoming!", "Missed", laughs and grunts), one pack per folder
+    *(HumanSource(f"hedgewars-{pack.lower().replace('_', '-')}", "hedgewars-data",
+                  f"usr/share/games/hedgewars/Data/Sounds/voices/{pack}", ("*.ogg",), (lang,), 1, _HEDGEWARS_NOTE, "short acted game lines", "GFDL-1.3 (Debian copyright)",
+                  role, language_held_out=lang in _HELD_OUT_LANGUAGES, unpacked=True, collection="expressive")
+      for pack, (lang, role) in _HEDGEWARS.items()),
 )
 
 
-def sources(role: Optional[str] = None, *, addable: bool = False) -> list[HumanSource]:
-    """The registered sources, optionally only those of one role; ``addable``: only those that
-    ``human_voices`` can add (not :attr:`HumanSource.builtin`)."""
+COLLECTIONS = ("core", "expressive")
+
+
+def sources(role: Optional[str] = None, *, addable: bool = False,
+            collection: Optional[str] = None) -> list[HumanSource]:
+    """The registered sources, optionally only those of one role and/or one :data:`COLLECTIONS` entry;
+    ``addable``: only those that ``human_voices`` can add (not :attr:`HumanSource.builtin`)."""
     if role is not None and role not in ROLES:
         raise HumanVoiceError(f"unknown role {role!r}; choose from {', '.join(ROLES)}")
-    return [s for s in SOURCES if (role is None or s.role == role) and not (addable and s.builtin)]
+    if collection is not None and collection not in COLLECTIONS:
+        raise HumanVoiceError(f"unknown collection {collection!r}; choose from {', '.join(COLLECTIONS)}")
+    return [s for s in SOURCES if (role is None or s.role == role) and not (addable and s.builtin)
+            and (collection is None or s.collection == collection)]
 
 
 def source(source_id: str) -> HumanSource:
@@ -132,20 +162,30 @@ def source(source_id: str) -> HumanSource:
 
 
 def parse_source_list(text: str, role: str = "train") -> list[str]:
-    """Source ids from a command-line value: ``role`` (or ``all``) for every addable source of that role,
-    ``none`` for none, else comma-separated ids (:class:`HumanVoiceError` naming unknown ones)."""
+    """Source ids from a command-line value: ``none``, or comma-separated items, each ``role`` (every addable
+    core source of that role: what the documented corpora use), ``expressive`` (every addable source of that
+    role in the expressive collection), ``all`` (both) or a source id (:class:`HumanVoiceError` naming unknown
+    ones). Ids keep the order given, duplicates dropped."""
     t = text.strip()
-    if t in (role, "all"):
-        return [s.id for s in sources(role, addable=True)]
     if t == "none":
         return []
-    ids = [i.strip() for i in t.split(",") if i.strip()]
+    keywords = {role: "core", "expressive": "expressive", "all": None}
     known = {s.id for s in SOURCES}
-    bad = [i for i in ids if i not in known]
+    ids: list[str] = []
+    bad: list[str] = []
+    for item in (i.strip() for i in t.split(",")):
+        if not item:
+            continue
+        if item in keywords:
+            ids += [s.id for s in sources(role, addable=True, collection=keywords[item])]
+        elif item in known:
+            ids.append(item)
+        else:
+            bad.append(item)
     if bad or not ids:
-        raise HumanVoiceError(f"unknown human-voice source(s) {', '.join(bad) or repr(text)}; use {role!r} or ids "
-                              f"from: {', '.join(s.id for s in sources(role, addable=True))}")
-    return ids
+        raise HumanVoiceError(f"unknown human-voice source(s) {', '.join(bad) or repr(text)}; use {role!r}, "
+                              f"'expressive', 'all' or ids from: {', '.join(s.id for s in sources(role, addable=True))}")
+    return list(dict.fromkeys(ids))
 
 
 def held_out_languages() -> set[str]:

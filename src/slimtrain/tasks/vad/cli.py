@@ -257,11 +257,13 @@ def register(commands, data_commands) -> None:
             "--set unseen-human: only recorded human voices: the unseen set's fr Armelle clips plus held-out human "
             "sources (a second Italian PBX voice; KLettres speakers of Italian, Lithuanian, Hebrew, Malayalam, "
             "Ukrainian), built into --unseen on first use; per-source AUC/EER/F1. --set unseen-tts: the unseen "
-            "set's synthetic clips only (Festival, espeak-ng). Both also report AUC per SNR band; the training "
-            "split of --data must hold no held-out human source or language (checked).",
+            "set's synthetic clips only (Festival, espeak-ng). --set unseen-expressive: short acted game lines "
+            "(laughs and grunts too) of the held-out Hedgewars voice packs (Spanish, Polish, Ukrainian), mixed the "
+            "same way. All three also report AUC per SNR band; the training split of --data must hold no held-out "
+            "human source or language (checked).",
         ), formatter_class=argparse.RawDescriptionHelpFormatter)
-    ev.add_argument("--set", dest="eval_set", choices=("test", "unseen", "unseen-human", "unseen-tts"), default="unseen",
-                    help="evaluation set (default: unseen)")
+    ev.add_argument("--set", dest="eval_set", default="unseen",
+                    choices=("test", "unseen", "unseen-human", "unseen-tts", "unseen-expressive"), help="evaluation set (default: unseen)")
     ev.add_argument("--model", "-m", type=Path, action="append", default=None, metavar="M",
                     help="model to score (repeatable; shipped .pt, checkpoint or export folder; default: the shipped "
                          "VAD); 'shipped' names the shipped VAD next to others")

@@ -23,7 +23,7 @@ from .train import evaluate_scores, exported_cost, frame_scores
 
 __all__ = ["EVAL_SETS", "evaluate_models", "write_rows", "format_rows", "format_breakdown"]
 
-EVAL_SETS = ("test", "unseen", "unseen-human", "unseen-tts")
+EVAL_SETS = ("test", "unseen", "unseen-human", "unseen-tts", "unseen-expressive")
 SILERO = "Silero VAD (8 kHz)"
 
 
@@ -73,7 +73,7 @@ def _load_set(which: str, data_dir: Path, unseen_dir: Optional[Path]):
     check_held_out([manifest])
     rate = data_rate(manifest)
     udir = Path(unseen_dir) if unseen_dir is not None else default_unseen_dir(data_dir, rate)
-    if which in ("unseen-human", "unseen-tts"):
+    if which in ("unseen-human", "unseen-tts", "unseen-expressive"):
         from .unseen import check_training_manifest
         from .unseen_human import load_split_set
 

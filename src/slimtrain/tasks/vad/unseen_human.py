@@ -32,10 +32,15 @@ __all__ = ["HUMAN_VERSION", "SPLIT_SETS", "TTS_GROUPS", "UnseenHumanConfig", "he
            "build_unseen_human_set", "load_split_set", "subset"]
 
 HUMAN_VERSION = "unseen-human-v1"
-SPLIT_SETS = ("unseen-human", "unseen-tts")
+EXPRESSIVE_VERSION = "unseen-expressive-v1"
+SPLIT_SETS = ("unseen-human", "unseen-tts", "unseen-expressive")
 TTS_GROUPS = ("festival", "espeak-ng")
 _FILE = "unseen_human.npz"
 _MANIFEST = "unseen_human_manifest.json"
+#: held-out human clip sets: name -> (collection of :mod:`..human_voices`, clips file, manifest, version)
+_HUMAN_SETS = {"unseen-human": ("core", _FILE, _MANIFEST, HUMAN_VERSION),
+               "unseen-expressive": ("expressive", "unseen_expressive.npz", "unseen_expressive_manifest.json",
+                                     EXPRESSIVE_VERSION)}
 
 
 @dataclass
@@ -56,38 +61,43 @@ class UnseenHumanConfig:
         return self
 
 
-def held_out_human_sources() -> list:
-    """Held-out human-voice sources other than fr Armelle (whose clips come from the unseen set)."""
-    return [s for s in sources("held-out") if s.id != HELD_OUT_SPEAKER]
+def held_out_human_sources(collection: str = "core") -> list:
+    """Held-out human-voice sources of ``collection`` other than fr Armelle (whose clips come from the unseen
+    set): ``core`` makes ``--set unseen-human``, ``expressive`` ``--set unseen-expressive``."""
+    return [s for s in sources("held-out", collection=collection) if s.id != HELD_OUT_SPEAKER]
 
 
-def _fingerprint(cfg: UnseenHumanConfig, inventory: list[dict]) -> str:
-    blob = json.dumps({"version": HUMAN_VERSION, "config": config_dict(cfg),
+def _fingerprint(cfg: UnseenHumanConfig, inventory: list[dict], version: str = HUMAN_VERSION) -> str:
+    blob = json.dumps({"version": version, "config": config_dict(cfg),
                        "mix": _mix_config(UnseenConfig(seed=cfg.seed, sample_rate=cfg.sample_rate)).as_dict(),
                        "sources": inventory}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 def build_unseen_human_set(out_dir: str | Path, cfg: Optional[UnseenHumanConfig] = None, *, force: bool = False,
-                           root: Optional[str | Path] = None) -> Path:
-    """Build (or reuse) the held-out human clips in ``out_dir``; returns the manifest path. A missing
-    package is a :class:`DataError` naming it (``root``: a folder with one sub-folder per package)."""
+                           root: Optional[str | Path] = None, which: str = "unseen-human") -> Path:
+    """Build (or reuse) the held-out human clips of set ``which`` (``unseen-human``: the core collection's
+    held-out sources; ``unseen-expressive``: the Hedgewars packs) in ``out_dir``; returns the manifest path.
+    A missing package is a :class:`DataError` naming it (``root``: a folder with one sub-folder per package)."""
     from ..audio import package_version
 
     cfg = (cfg or UnseenHumanConfig()).validate()
+    if which not in _HUMAN_SETS:
+        raise DataError(f"unknown held-out human set {which!r}; choose from {', '.join(_HUMAN_SETS)}")
+    collection, file_name, manifest_name, version = _HUMAN_SETS[which]
     out = Path(out_dir)
-    mpath = out / _MANIFEST
-    srcs = held_out_human_sources()
+    mpath = out / manifest_name
+    srcs = held_out_human_sources(collection)
     try:
         files = {s.id: source_files(s, root) for s in srcs}
         effects = sound_effects()
         music_files = music_on_hold()
     except (HumanVoiceError, AudioError) as e:
-        raise DataError(f"unseen-human set: {e}") from None
+        raise DataError(f"{which} set: {e}") from None
     inventory = [{"id": s.id, "package": s.package, "version": "" if root else package_version(s.package),
                   "languages": list(s.languages), "speakers": s.speakers, "files": len(files[s.id])} for s in srcs]
-    fp = _fingerprint(cfg, inventory)
-    if not force and is_built(mpath, out / _FILE, fp):
+    fp = _fingerprint(cfg, inventory, version)
+    if not force and is_built(mpath, out / file_name, fp):
         return mpath
     mix = _mix_config(UnseenConfig(seed=cfg.seed, sample_rate=cfg.sample_rate))
     picked: dict[str, str] = {}
@@ -108,15 +118,15 @@ def build_unseen_human_set(out_dir: str | Path, cfg: Optional[UnseenHumanConfig]
     seqs = np.random.SeedSequence([cfg.seed, 22]).spawn(len(srcs))
     for s in srcs:
         if not by_source[s.id]:
-            raise DataError(f"unseen-human set: no readable file of source {s.id!r} ({s.package})")
+            raise DataError(f"{which} set: no readable file of source {s.id!r} ({s.package})")
     clips = mix_groups([(s.id, by_source[s.id], seq) for s, seq in zip(srcs, seqs)], music, fx, mix)
-    manifest = {"set": "unseen-human", "version": HUMAN_VERSION, "fingerprint": fp, "config": config_dict(cfg),
+    manifest = {"set": which, "version": version, "fingerprint": fp, "config": config_dict(cfg),
                 "mix_config": mix.as_dict(), "sources": inventory, "clips": len(clips.group),
                 "clips_by_source": {s.id: clips.group.count(s.id) for s in srcs},
                 "speech_minutes_by_source": {k: round(sum(len(x) for _, x in v) / mix.sample_rate / 60, 2)
                                              for k, v in by_source.items()},
                 "skipped_files": [f"{p}: {why}" for p, why in skipped]}
-    return write_clip_set(out / _FILE, mpath, clips, manifest)
+    return write_clip_set(out / file_name, mpath, clips, manifest)
 
 
 def subset(split: VadSplit, keep: np.ndarray) -> VadSplit:
@@ -151,14 +161,19 @@ def load_split_set(which: str, unseen_dir: str | Path, *, build: bool = True,
         fp = hashlib.sha256(f"{um['fingerprint']}/tts".encode()).hexdigest()[:16]
         info = {"set": which, "fingerprint": fp, "sources": list(TTS_GROUPS)}
     else:
+        _, file_name, manifest_name, _ = _HUMAN_SETS[which]
         if build:
-            build_unseen_human_set(udir, UnseenHumanConfig(sample_rate=sample_rate))
-        extra, extra_groups, hm = load_clip_set(udir, _MANIFEST, _FILE, "unseen-human set", "--set unseen-human")
-        keep = g == "human"
-        out = _concat(subset(split, keep), extra)
-        out_groups = [HELD_OUT_SPEAKER] * int(keep.sum()) + extra_groups
-        fp = hashlib.sha256(f"{um['fingerprint']}/{hm['fingerprint']}".encode()).hexdigest()[:16]
-        info = {"set": which, "fingerprint": fp, "sources": [HELD_OUT_SPEAKER] + [s["id"] for s in hm["sources"]]}
+            build_unseen_human_set(udir, UnseenHumanConfig(sample_rate=sample_rate), which=which)
+        extra, extra_groups, hm = load_clip_set(udir, manifest_name, file_name, f"{which} set", f"--set {which}")
+        if which == "unseen-human":  # + the unseen set's human clips (fr Armelle)
+            keep = g == "human"
+            out = _concat(subset(split, keep), extra)
+            out_groups = [HELD_OUT_SPEAKER] * int(keep.sum()) + extra_groups
+            fp = hashlib.sha256(f"{um['fingerprint']}/{hm['fingerprint']}".encode()).hexdigest()[:16]
+            names = [HELD_OUT_SPEAKER] + [s["id"] for s in hm["sources"]]
+        else:
+            out, out_groups, fp, names = extra, extra_groups, hm["fingerprint"], [s["id"] for s in hm["sources"]]
+        info = {"set": which, "fingerprint": fp, "sources": names}
     _check_kinds(which, out, out_groups)
     return out, out_groups, info
 
@@ -167,7 +182,7 @@ def _check_kinds(which: str, split: VadSplit, groups: list[str]) -> None:
     """Every utterance of a clip must be of the set's kind (``tts/`` names for unseen-tts, none for unseen-human)."""
     for i, names in enumerate(split.sources):
         tts = [n for n in names if str(n).startswith("tts/")]
-        if which == "unseen-human" and tts:
+        if which != "unseen-tts" and tts:
             raise DataError(f"unseen-human clip {i} ({groups[i]}) holds synthetic speech: {tts[0]}")
         if which == "unseen-tts" and len(tts) != len(names):
             human = [n for n in names if not str(n).startswith("tts/")]
