@@ -790,7 +790,8 @@ _SPOOF_HV_ARMS = {"core": "DCL, no human voices", "human": "DCL + human voices",
 
 #: the countermeasures shipped before (rows of docs/spoof_results/human_voices_shipped.csv)
 _SHIPPED_BEFORE = {"shipped-before": "the first shipped file (fdf890e: 3 voices, 7 attack families)",
-                   "shipped-mel32-kd": "the file shipped from f5e5fc8 (32 mel bands, distilled, 16 epochs)"}
+                   "shipped-mel32-kd": "the file shipped from f5e5fc8 (32 mel bands, distilled, 16 epochs)",
+                   "shipped-mel64": "the file shipped from dcc2cef (64 mel bands, one draw, 16 epochs)"}
 
 
 def _spoof_human_voices(root: Path) -> str:
@@ -823,7 +824,8 @@ def _spoof_human_voices(root: Path) -> str:
         fps[f] = sorted({r["data_fingerprint"] for r in rows})
         entries += [{**x, "file": f} for x in summarize_rows(rows, ["arm", "epochs"], metrics)]
     shipped = _doc_csv(root, "spoof_results/human_voices_shipped.csv", "python benchmarks/spoof_human_voices.py --data "
-                       "runs/spoof_hv --score shipped-before=fdf890e.pt --score shipped-mel32-kd=f5e5fc8.pt --csv "
+                       "runs/spoof_hv --score shipped-before=fdf890e.pt --score shipped-mel32-kd=f5e5fc8.pt --score "
+                       "shipped-mel64=dcc2cef.pt --csv "
                        "docs/spoof_results/human_voices_shipped.csv (COMMIT.pt: git show "
                        "COMMIT:src/slimtrain/assets/spoof_default.pt)")
 
