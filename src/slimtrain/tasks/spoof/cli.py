@@ -71,12 +71,14 @@ def register(commands, data_commands) -> None:
         force=dict(help="rebuild even if the folder already holds this data set"),
         no_progress=dict(help="hide the progress bar"))
     d.add_argument("--human-voices", type=human_source_list("train"), default=None, metavar="train|ID[,ID...]",
-                   help="recorded human voices as bona fide training speakers: 'train' (every source registered "
-                        "for training) or source ids ('slimtrain data human-voices' lists them). Default: none")
+                   help="recorded human voices as bona fide training speakers, comma-separated: 'train' (every core "
+                        "source registered for training), 'expressive' (the Hedgewars training packs), 'all', or "
+                        "source ids ('slimtrain data human-voices' lists them). Default: none")
     d.add_argument("--human-heldout", type=human_source_list("held-out"), default=None,
                    metavar="held-out|ID[,ID...]",
                    help="recorded human voices as evaluation-only bona fide speakers: 'held-out' (every held-out "
-                        "source) or ids. Default: 'held-out' with --human-voices, else none")
+                        "core source), 'expressive' (the held-out Hedgewars packs), 'all', or ids. Default: 'held-out' "
+                        "with --human-voices, else none")
     d.add_argument("--human-files", type=lambda t: _positive_int(t, "human files"), default=None, metavar="N",
                    help="at most N files per human-voice source (default: all)")
     d.add_argument("--train-attacks", type=comma_list(_attack, "A1,A2,A3,A5,A8"), default=None, metavar="A1,A2,...",

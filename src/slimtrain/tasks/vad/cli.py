@@ -113,9 +113,11 @@ def register(commands, data_commands) -> None:
                         f"{','.join(D.extra_train_speakers)}); 'es-co' keeps fr-armelle out for the unseen-voices "
                         "set of 'slimtrain vad eval --set unseen'")
     d.add_argument("--human-voices", type=human_source_list("train"), default=None, metavar="train|ID[,ID...]",
-                   help="--corpus extended: recorded human-voice sources added to the training speech: 'train' (every "
-                        "source registered for training: KLettres in 15 languages, Fish Fillets cs/nl dialogue, the "
-                        "Russian Asterisk voice) or source ids; see 'slimtrain data human-voices'. Default: none")
+                   help="--corpus extended: recorded human-voice sources added to the training speech, "
+                        "comma-separated: 'train' (every core source registered for training: KLettres in 15 "
+                        "languages, Fish Fillets cs/nl dialogue, the Russian Asterisk voice), 'expressive' (the "
+                        "Hedgewars training packs: short acted lines), 'all', or source ids; see 'slimtrain data "
+                        "human-voices'. Default: none")
     d.add_argument("--human-files", type=_human_files, default=None, metavar="N",
                    help=f"--human-voices: at most N files per source (default: {D.human_files_per_source})")
     d.add_argument("--noise-recipe", choices=("v1", "v2"), default=None,
