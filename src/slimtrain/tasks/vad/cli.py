@@ -81,7 +81,7 @@ _budget_list = comma_list(_budget, "1.5e6,3e6 (FLOP/s budgets)")
 
 def register(commands, data_commands) -> None:
     """Add ``slimtrain data vad`` and ``slimtrain vad`` (with ``predict``) to the CLI."""
-    from .data import VadDataConfig
+    from .data import EVAL_SETS, VadDataConfig
 
     D, Q = VadDataConfig(), VadDataConfig.quick()
     d = data_commands.add_parser(
@@ -264,8 +264,7 @@ def register(commands, data_commands) -> None:
             "same way. All three also report AUC per SNR band; the training split of --data must hold no held-out "
             "human source or language (checked).",
         ), formatter_class=argparse.RawDescriptionHelpFormatter)
-    ev.add_argument("--set", dest="eval_set", default="unseen",
-                    choices=("test", "unseen", "unseen-human", "unseen-tts", "unseen-expressive"), help="evaluation set (default: unseen)")
+    ev.add_argument("--set", dest="eval_set", default="unseen", choices=EVAL_SETS, help="evaluation set (default: unseen)")
     ev.add_argument("--model", "-m", type=Path, action="append", default=None, metavar="M",
                     help="model to score (repeatable; shipped .pt, checkpoint or export folder; default: the shipped "
                          "VAD); 'shipped' names the shipped VAD next to others")

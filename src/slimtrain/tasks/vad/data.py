@@ -34,10 +34,12 @@ from ..audio import ASTERISK_VOICES, AudioError, asterisk_prompts, music_on_hold
 
 __all__ = [
     "VadDataConfig", "VadSplit", "NOISE_TYPES", "SPLITS", "frame_labels", "make_noise", "mix_at_snr",
-    "measure_snr", "build_clips", "build_core_vad_data", "load_vad_data", "DataError", "CORPORA",
+    "measure_snr", "build_clips", "build_core_vad_data", "load_vad_data", "DataError", "CORPORA", "EVAL_SETS",
 ]
 
 SPLITS = ("train", "val", "test")
+#: the sets ``slimtrain vad eval --set`` scores on (:mod:`.evaluate`; the unseen ones: :mod:`.unseen`, :mod:`.unseen_human`)
+EVAL_SETS = ("test", "unseen", "unseen-human", "unseen-tts", "unseen-expressive")
 NOISE_TYPES = ("music", "white", "pink", "brown", "modulated", "clicks", "silence")
 #: music-on-hold files per split (by index in the sorted list of 5)
 _MUSIC_SPLIT = {"train": (0, 1, 2), "val": (3,), "test": (4,)}

@@ -18,12 +18,11 @@ from typing import Optional, Sequence
 import numpy as np
 
 from ..metrics import eer, f1_at, roc_auc
-from .data import DataError, load_vad_data
+from .data import EVAL_SETS, DataError, load_vad_data
 from .train import evaluate_scores, exported_cost, frame_scores
 
 __all__ = ["EVAL_SETS", "evaluate_models", "write_rows", "format_rows", "format_breakdown"]
 
-EVAL_SETS = ("test", "unseen", "unseen-human", "unseen-tts", "unseen-expressive")
 SILERO = "Silero VAD (8 kHz)"
 
 

@@ -144,46 +144,52 @@ def _concat(a: VadSplit, b: VadSplit) -> VadSplit:
                     np.concatenate([a.snr_db, b.snr_db]), a.noise + b.noise, list(a.sources) + list(b.sources))
 
 
+def _human_clip_set(which: str, udir: Path, build: bool, sample_rate: int) -> tuple[VadSplit, list[str], dict]:
+    """``(clips, source of each, manifest)`` of the held-out human clip set ``which`` (built first when ``build``)."""
+    _, file_name, manifest_name, _ = _HUMAN_SETS[which]
+    if build:
+        build_unseen_human_set(udir, UnseenHumanConfig(sample_rate=sample_rate), which=which)
+    return load_clip_set(udir, manifest_name, file_name, f"{which} set", f"--set {which}")
+
+
 def load_split_set(which: str, unseen_dir: str | Path, *, build: bool = True,
                    sample_rate: int = 8000) -> tuple[VadSplit, list[str], dict]:
-    """``(split, source group of each clip, info)`` of ``unseen-human`` or ``unseen-tts`` (built into
-    ``unseen_dir`` at ``sample_rate`` when ``build``); ``info`` has the set name, fingerprint and sources."""
+    """``(split, source group of each clip, info)`` of ``unseen-human``, ``unseen-tts`` or ``unseen-expressive``
+    (built into ``unseen_dir`` at ``sample_rate`` when ``build``); ``info`` has the set name, fingerprint and
+    sources."""
     if which not in SPLIT_SETS:
         raise DataError(f"unknown evaluation set {which!r}; choose from {', '.join(SPLIT_SETS)}")
     udir = Path(unseen_dir)
-    if build:
-        build_unseen_set(udir, UnseenConfig(sample_rate=sample_rate))
-    split, groups, um = load_unseen_set(udir)
-    g = np.asarray(groups)
-    if which == "unseen-tts":
-        keep = np.isin(g, TTS_GROUPS)
-        out, out_groups = subset(split, keep), [x for x in groups if x in TTS_GROUPS]
-        fp = hashlib.sha256(f"{um['fingerprint']}/tts".encode()).hexdigest()[:16]
-        info = {"set": which, "fingerprint": fp, "sources": list(TTS_GROUPS)}
+    if which == "unseen-expressive":  # its own clips only: the unseen set is neither built nor read
+        out, out_groups, hm = _human_clip_set(which, udir, build, sample_rate)
+        info = {"set": which, "fingerprint": hm["fingerprint"], "sources": [s["id"] for s in hm["sources"]]}
     else:
-        _, file_name, manifest_name, _ = _HUMAN_SETS[which]
         if build:
-            build_unseen_human_set(udir, UnseenHumanConfig(sample_rate=sample_rate), which=which)
-        extra, extra_groups, hm = load_clip_set(udir, manifest_name, file_name, f"{which} set", f"--set {which}")
-        if which == "unseen-human":  # + the unseen set's human clips (fr Armelle)
-            keep = g == "human"
+            build_unseen_set(udir, UnseenConfig(sample_rate=sample_rate))
+        split, groups, um = load_unseen_set(udir)
+        if which == "unseen-tts":
+            keep = np.isin(np.asarray(groups), TTS_GROUPS)
+            out, out_groups = subset(split, keep), [x for x in groups if x in TTS_GROUPS]
+            fp = hashlib.sha256(f"{um['fingerprint']}/tts".encode()).hexdigest()[:16]
+            names = list(TTS_GROUPS)
+        else:  # unseen-human: the unseen set's human clips (fr Armelle) + the held-out human clip set
+            extra, extra_groups, hm = _human_clip_set(which, udir, build, sample_rate)
+            keep = np.asarray(groups) == "human"
             out = _concat(subset(split, keep), extra)
             out_groups = [HELD_OUT_SPEAKER] * int(keep.sum()) + extra_groups
             fp = hashlib.sha256(f"{um['fingerprint']}/{hm['fingerprint']}".encode()).hexdigest()[:16]
             names = [HELD_OUT_SPEAKER] + [s["id"] for s in hm["sources"]]
-        else:
-            out, out_groups, fp, names = extra, extra_groups, hm["fingerprint"], [s["id"] for s in hm["sources"]]
         info = {"set": which, "fingerprint": fp, "sources": names}
     _check_kinds(which, out, out_groups)
     return out, out_groups, info
 
 
 def _check_kinds(which: str, split: VadSplit, groups: list[str]) -> None:
-    """Every utterance of a clip must be of the set's kind (``tts/`` names for unseen-tts, none for unseen-human)."""
+    """Every utterance of a clip must be of the set's kind (``tts/`` names for unseen-tts, none for the human sets)."""
     for i, names in enumerate(split.sources):
         tts = [n for n in names if str(n).startswith("tts/")]
         if which != "unseen-tts" and tts:
-            raise DataError(f"unseen-human clip {i} ({groups[i]}) holds synthetic speech: {tts[0]}")
+            raise DataError(f"{which} clip {i} ({groups[i]}) holds synthetic speech: {tts[0]}")
         if which == "unseen-tts" and len(tts) != len(names):
             human = [n for n in names if not str(n).startswith("tts/")]
             raise DataError(f"unseen-tts clip {i} ({groups[i]}) holds a human voice: {human[0]}")
