@@ -48,6 +48,7 @@ def test_help_explains_every_option(capsys, path):
     (["spoof", "--alpha", "-1"], ["alpha"]),
     (["spoof", "--fixed-widths", "4"], ["--sweep"]),
     (["spoof", "--rawboost-p", "0.5"], ["--rawboost-p needs --rawboost"]),
+    (["spoof", "--train-data", "no.csv", "--rawboost-p", "0.5"], ["--rawboost-p needs --rawboost"]),  # your corpus
     (["spoof", "--rawboost", "4"], ["--rawboost", "invalid choice"]),
     (["spoof", "--n-mels", "0"], ["n-mels"]),
     (["spoof", "--family", "aasist", "--n-mels", "64"], ["--n-mels", "ResNet family only"]),

@@ -132,8 +132,8 @@ SOURCES: tuple[HumanSource, ...] = (
       for lang in ("cs", "nl")),
     # Hedgewars: voice packs of short acted lines ("Incoming!", "Missed", laughs and grunts), one pack per folder
     *(HumanSource(f"hedgewars-{pack.lower().replace('_', '-')}", "hedgewars-data",
-                  f"usr/share/games/hedgewars/Data/Sounds/voices/{pack}", ("*.ogg",), (lang,), 1, _HEDGEWARS_NOTE, "short acted game lines", "GFDL-1.3 (Debian copyright)",
-                  role, language_held_out=lang in _HELD_OUT_LANGUAGES, unpacked=True, collection="expressive")
+                  f"usr/share/games/hedgewars/Data/Sounds/voices/{pack}", ("*.ogg",), (lang,), 1, _HEDGEWARS_NOTE,
+                  "short acted game lines", "GFDL-1.3 (Debian copyright)", role, language_held_out=lang in _HELD_OUT_LANGUAGES, unpacked=True, collection="expressive")
       for pack, (lang, role) in _HEDGEWARS.items()),
 )
 

@@ -339,6 +339,8 @@ def _cmd_spoof(args) -> int:
 
     device = getattr(args, "device", "cpu")
     distributed.resolve_device(device)  # an unavailable device stops here, before any work
+    if getattr(args, "rawboost_p", None) is not None and args.rawboost is None:  # (both corpus paths)
+        raise ValueError("--rawboost-p needs --rawboost")
     if _corpus_mode(args):
         from .corpus_cli import run_corpus
 
@@ -353,8 +355,6 @@ def _cmd_spoof(args) -> int:
         _refuse_sweep_under_torchrun()
     over: dict = {"seed": args.seed, **given(args, "epochs", "width", "n_mels", "n_fft", "freq_scale", "rawboost",
                                              "rawboost_p")}
-    if getattr(args, "rawboost_p", None) is not None and args.rawboost is None:
-        raise ValueError("--rawboost-p needs --rawboost")
     over["settle_epochs"] = getattr(args, "settle_epochs", 0)
     over["compact_every"] = getattr(args, "compact_every", 0)
     over["family"] = getattr(args, "family", "resnet")

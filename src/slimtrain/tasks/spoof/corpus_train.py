@@ -35,6 +35,7 @@ from ...core.graph import dynamic_widths
 from ...core.loss import TradeoffLoss
 from ...train.record import WidthRecorder
 from ..metrics import eer_by_group, min_tdcf
+from ..study.config import check_ints
 from ...apps.spoof.models import build_resnet, make_dynamic_stages
 from .train import TASK, SpoofConfig
 
@@ -91,9 +92,8 @@ class CorpusOptions:
         if not isinstance(self.workers, int) or self.workers < 0:
             raise ValueError(f"workers must be an integer >= 0, got {self.workers!r}")
         for name, low in (("n_mels", 1), ("n_fft", 2)):
-            v = getattr(self, name)
-            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < low):
-                raise ValueError(f"{name.replace('_', '-')} must be an integer >= {low}, got {v!r}")
+            if getattr(self, name) is not None:  # (None: the rate's default)
+                check_ints(self, (name,), low)
         if self.freq_scale not in FREQUENCY_SCALES:
             raise ValueError(f"freq-scale must be one of {', '.join(FREQUENCY_SCALES)}, got {self.freq_scale!r}")
         return self
