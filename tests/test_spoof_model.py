@@ -26,13 +26,16 @@ def _wav(n: int = 4, seed: int = 0) -> torch.Tensor:
     return 0.1 * torch.randn(n, 4000, generator=torch.Generator().manual_seed(seed))
 
 
-def test_model_maps_waveform_to_one_logit_and_cost_counts_match_torch():
-    m = build_resnet(width=4, blocks=BLOCKS, n_mels=16).eval()
+@pytest.mark.parametrize("phase", [(), ("gd",), ("gd", "if")])
+def test_model_maps_waveform_to_one_logit_and_cost_counts_match_torch(phase):
+    m = build_resnet(width=4, blocks=BLOCKS, n_mels=16, phase=phase).eval()
     x = _wav()
     assert m(x).shape == (4,)
+    assert m.stem.in_channels == 1 + len(phase)
     c = slimtrain.model_cost(m, x)
     assert int(c.params) == n_params(m)
-    assert float(c.macs) == pytest.approx(count_macs(m, x) / 4, rel=1e-6)  # torch counts the same products
+    # torch counts the same products: a phase feature's two filterbank products included
+    assert float(c.macs) == pytest.approx(count_macs(m, x) / 4, rel=1e-6)
 
 
 def test_parse_stages():
@@ -64,10 +67,11 @@ def test_residual_widths_of_a_stage_share_one_dcl_and_other_stages_stay_full(sta
 
 
 @settings(max_examples=25)
-@given(st.integers(0, 2 ** 31 - 1), st.sampled_from([(0,), (1,), (2,), (3,), (0, 1, 2, 3)]))
-def test_export_equals_the_dynamic_model_at_random_widths(seed, stages):
+@given(st.integers(0, 2 ** 31 - 1), st.sampled_from([(0,), (1,), (2,), (3,), (0, 1, 2, 3)]),
+       st.sampled_from([(), ("gd",), ("if", "gd")]))
+def test_export_equals_the_dynamic_model_at_random_widths(seed, stages, phase):
     torch.manual_seed(seed)
-    m = build_resnet(width=4, blocks=BLOCKS, n_mels=16)
+    m = build_resnet(width=4, blocks=BLOCKS, n_mels=16, phase=phase)
     x = _wav(seed=seed)
     make_dynamic_stages(m, x, stages, 0.25)
     g = torch.Generator().manual_seed(seed)
@@ -83,7 +87,8 @@ def test_export_equals_the_dynamic_model_at_random_widths(seed, stages):
         assert torch.allclose(m(x), small(x), atol=1e-5, rtol=0)
     cost = slimtrain.model_cost(m, hard=True)
     assert int(round(float(cost.params))) == n_params(small)
-    assert n_params(small) <= n_params(build_resnet(width=4, blocks=BLOCKS, n_mels=16))
+    assert n_params(small) <= n_params(build_resnet(width=4, blocks=BLOCKS, n_mels=16, phase=phase))
+    assert [f.feature for f in small.phase] == list(phase)
 
 
 def test_tiny_model_beats_chance_on_unseen_attacks_and_round_trips(spoof_data, tmp_path):  # noqa: F811

@@ -15,12 +15,16 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-__all__ = ["MelFrontend", "mel_filterbank", "spread_order", "BAND_ORDERS", "FREQUENCY_SCALES"]
+__all__ = ["MelFrontend", "BandReassignment", "mel_filterbank", "spread_order", "parse_phase_features", "BAND_ORDERS",
+           "FREQUENCY_SCALES", "PHASE_FEATURES"]
 
 BAND_ORDERS = ("low", "spread")
 #: how the band edges are spaced: ``"mel"`` (HTK mel) or ``"linear"`` (equal widths in Hz, the
 #: filterbank of LFCCs: the fine high-frequency resolution that synthetic-speech detectors use)
 FREQUENCY_SCALES = ("mel", "linear")
+#: the phase features of :class:`BandReassignment`: ``"gd"`` (group delay: where in the window a band's energy
+#: sits) and ``"if"`` (instantaneous frequency: where between its bins a band's energy sits)
+PHASE_FEATURES = ("gd", "if")
 
 
 def _hz_to_mel(f: Tensor) -> Tensor:
@@ -121,3 +125,71 @@ class MelFrontend(nn.Module):
         power = spec.real ** 2 + spec.imag ** 2  # (batch, freqs, frames)
         mel = torch.matmul(self.fbank, power)
         return torch.log(mel + 1e-6)
+
+
+def parse_phase_features(spec: "str | None") -> tuple[str, ...]:
+    """``None``/``""``/``"none"`` -> ``()``; ``"gd"``, ``"if"``, ``"gd+if"`` -> the features in that order
+    (``ValueError`` naming a bad or repeated one)."""
+    if spec is None or spec.strip().lower() in ("", "none"):
+        return ()
+    parts = tuple(p.strip().lower() for p in spec.split("+"))
+    for p in parts:
+        if p not in PHASE_FEATURES:
+            raise ValueError(f"phase feature {p!r} is unknown: use {', '.join(PHASE_FEATURES)}, 'gd+if' or 'none'")
+    if len(set(parts)) != len(parts):
+        raise ValueError(f"phase feature listed twice in {spec!r}")
+    return parts
+
+
+class BandReassignment(MelFrontend):
+    """Waveform ``(batch, samples)`` -> a phase feature per filterbank band ``(batch, n_mels, frames)``.
+
+    A log-mel spectrogram keeps each bin's power and drops its phase, where vocoders and joins leave traces
+    (an inconsistent Griffin-Lim phase, a pulse excitation without dispersion, a jump at a join). This module
+    keeps the part of the phase that a short-time spectrum can read stably: the STFT's reassignment operators
+    (Auger and Flandrin, IEEE TSP 1995), each bin's offset of its energy from the frame's centre,
+
+    * ``"gd"``: in time, the bin's group delay ``Re(X_t conj X) / |X|^2`` (``X_t``: the STFT with the window
+      ``n h(n)``), in units of half a window: where in the window the bin's energy sits;
+    * ``"if"``: in frequency, ``-Im(X_d conj X) / |X|^2`` (``X_d``: with the window's derivative), in bins:
+      where between its bins the bin's energy sits (its instantaneous frequency).
+
+    Each band's value is the power-weighted mean over its bins, ``(fbank @ (offset * |X|^2)) / (fbank @ |X|^2)``,
+    so bins without energy do not count and the value stays bounded (clamped to ``[-1, 1]`` after the scaling;
+    a band without energy gives 0). Two filterbank products per frame: :attr:`pooled_spectra` tells the cost
+    model so. The filterbank and its band order are the :class:`MelFrontend`'s, so a model can stack this
+    module's output on its log-mel bands as a second input plane, band for band.
+    """
+
+    #: filterbank products per frame (the weighted offsets and the power), for slimtrain.core.cost
+    pooled_spectra = 2
+    #: ``"if"`` offsets beyond this many bins are clamped (a band's energy sits within a bin or two of a harmonic)
+    IF_RANGE_BINS = 2.0
+
+    def __init__(self, feature: str = "gd", sample_rate: int = 8000, n_fft: int = 256, hop_length: int = 80,
+                 n_mels: int = 80, f_min: float = 0.0, f_max: float | None = None, band_order: str = "low",
+                 scale: str = "mel") -> None:
+        super().__init__(sample_rate, n_fft, hop_length, n_mels, f_min, f_max, band_order, scale)
+        if feature not in PHASE_FEATURES:
+            raise ValueError(f"feature must be one of {PHASE_FEATURES}, got {feature!r}")
+        self.feature = feature
+        n = torch.arange(n_fft, dtype=torch.float64)
+        if feature == "gd":  # n h(n), n from the window's centre (torch.stft centres frame t at sample t * hop)
+            aux = (n - n_fft // 2) * torch.hann_window(n_fft, dtype=torch.float64)
+        else:  # dh/dn of the periodic Hann window 0.5 - 0.5 cos(2 pi n / N)
+            aux = (torch.pi / n_fft) * torch.sin(2 * torch.pi * n / n_fft)
+        self.register_buffer("aux_window", aux.float(), persistent=False)
+
+    def forward(self, wav: Tensor) -> Tensor:
+        if wav.dim() != 2:
+            raise ValueError(f"BandReassignment expects (batch, samples), got shape {tuple(wav.shape)}")
+        x = torch.stft(wav, self.n_fft, self.hop_length, window=self.window, center=True, return_complex=True)
+        y = torch.stft(wav, self.n_fft, self.hop_length, window=self.aux_window, center=True, return_complex=True)
+        power = x.real ** 2 + x.imag ** 2
+        if self.feature == "gd":  # samples -> half windows
+            weighted = (y.real * x.real + y.imag * x.imag) / (self.n_fft / 2)
+        else:  # rad/sample -> bins -> the clamp range
+            weighted = (y.real * x.imag - y.imag * x.real) * (self.n_fft / (2 * torch.pi) / self.IF_RANGE_BINS)
+        num = torch.matmul(self.fbank, weighted)
+        den = torch.matmul(self.fbank, power)
+        return torch.clamp(num / (den + 1e-6), -1.0, 1.0)

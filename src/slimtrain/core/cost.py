@@ -14,7 +14,7 @@ Every layer's cost is a polynomial in the effective width of its input
 * GRU/LSTM: per step, layer and direction ``gates * (in*H + H*H)`` MACs with
   gates = 3/4; params ``gates*(H*in + H*H + 2H)``;
 * BatchNorm/LayerNorm: ``2K`` params, no MACs; mel front-end: ``frames *
-  n_freqs * K`` MACs; attention products ``Tq*Tk*(d_k + d_v)`` per head.
+  n_freqs * K`` MACs per pooled spectrum (``pooled_spectra``, default 1); attention products ``Tq*Tk*(d_k + d_v)`` per head.
 
 MACs count multiply-accumulates of matrix products and convolutions, the same
 operations :class:`torch.utils.flop_counter.FlopCounterMode` counts
@@ -127,8 +127,8 @@ def _layer_cost(model: nn.Module, s: LayerSpec, k_in: Tensor, k_out: Tensor, bat
         return zero, n_aff * k_out
     if s.kind == "mel":
         inner = m.module if hasattr(m, "module") else m
-        frames = s.out_shape[-1]
-        return s.out_shape[0] * frames * inner.n_freqs * k_out, zero
+        frames = s.out_shape[-1]  # a front end that pools more than the power spectrum says how many it pools
+        return s.out_shape[0] * frames * inner.n_freqs * k_out * getattr(inner, "pooled_spectra", 1), zero
     if s.kind == "mha":  # q/k/v projections, the two attention products, out_proj; k_out heads of head_dim
         return _mha_cost(m, s, k_out * m.head_dim, zero)
     return zero, zero

@@ -6,7 +6,8 @@ width 64; ours defaults to :data:`DEFAULT_WIDTH` (8) and a coarser spectrogram (
 :data:`DEFAULT_N_MELS` bands at 8 kHz). The spectrogram front-end (:class:`slimtrain.MelFrontend`)
 is part of the model, so a model (and its export) maps raw audio ``(batch, samples)`` to one logit
 per clip (bona fide = positive). Each utterance's log-mel is mean-normalised over time, which
-removes the overall gain.
+removes the overall gain. With ``phase`` features (:class:`slimtrain.audio.frontend.BandReassignment`: group
+delay, instantaneous frequency) each is one more input plane of the stem, band for band with the log-mel.
 
 DCLs (:func:`make_dynamic_stages`) go on the channel width of the chosen residual stages: the
 residual stream of a stage (all the convolutions whose outputs meet in the stage's residual
@@ -22,7 +23,7 @@ from typing import Iterable, Optional, Sequence
 import torch
 from torch import Tensor, nn
 
-from ...audio.frontend import MelFrontend
+from ...audio.frontend import BandReassignment, MelFrontend
 from ...core.graph import make_dynamic
 
 __all__ = [
@@ -63,7 +64,7 @@ class SpoofResNet(nn.Module):
 
     def __init__(self, width: int = DEFAULT_WIDTH, blocks: Sequence[int] = DEFAULT_BLOCKS, n_mels: int = DEFAULT_N_MELS,
                  sample_rate: int = 8000, n_fft: int = DEFAULT_N_FFT, hop_length: int = DEFAULT_HOP,
-                 freq_scale: str = "mel") -> None:
+                 freq_scale: str = "mel", phase: Sequence[str] = ()) -> None:
         super().__init__()
         if not isinstance(width, int) or width < 1:
             raise ValueError(f"width must be an integer >= 1, got {width!r}")
@@ -72,7 +73,12 @@ class SpoofResNet(nn.Module):
             raise ValueError(f"blocks must be a non-empty list of integers >= 1, got {blocks!r}")
         self.frontend = MelFrontend(sample_rate=sample_rate, n_fft=n_fft, hop_length=hop_length, n_mels=n_mels,
                                     scale=freq_scale)
-        self.stem = nn.Conv2d(1, width, 3, 1, 1, bias=False)
+        phase = tuple(phase)
+        if len(set(phase)) != len(phase):
+            raise ValueError(f"phase feature listed twice in {phase!r}")
+        self.phase = nn.ModuleList(BandReassignment(f, sample_rate, n_fft, hop_length, n_mels, scale=freq_scale)
+                                   for f in phase)
+        self.stem = nn.Conv2d(1 + len(self.phase), width, 3, 1, 1, bias=False)
         self.stem_bn = nn.BatchNorm2d(width)
         stages = []
         c = width
@@ -88,7 +94,8 @@ class SpoofResNet(nn.Module):
 
     def forward(self, wav: Tensor) -> Tensor:
         x = self.frontend(wav)  # (B, mels, frames)
-        x = (x - x.mean(dim=-1, keepdim=True)).unsqueeze(1)
+        x = x - x.mean(dim=-1, keepdim=True)
+        x = torch.stack([x] + [m(wav) for m in self.phase], 1) if len(self.phase) else x.unsqueeze(1)
         x = torch.relu(self.stem_bn(self.stem(x)))
         for stage in self.stages:
             x = stage(x)
@@ -97,13 +104,15 @@ class SpoofResNet(nn.Module):
 
 def build_resnet(width: int = DEFAULT_WIDTH, blocks: Sequence[int] = DEFAULT_BLOCKS, n_mels: int = DEFAULT_N_MELS,
                  sample_rate: int = 8000, n_fft: int = DEFAULT_N_FFT, hop_length: int = DEFAULT_HOP,
-                 freq_scale: str = "mel") -> SpoofResNet:
+                 freq_scale: str = "mel", phase: Sequence[str] = ()) -> SpoofResNet:
     """The plain (non-dynamic) countermeasure: waveform ``(B, samples)`` -> logit ``(B,)``, bona fide positive.
 
     ``blocks=(3, 4, 6, 3)`` is ResNet34; ``width`` is the first stage's channel count (the paper: 64).
     ``freq_scale``: the spacing of the ``n_mels`` log filterbank bands, ``"mel"`` or ``"linear"`` (LFCC's).
+    ``phase``: phase features stacked on the log-mel as more input planes (``("gd",)``, ``("gd", "if")``; see
+    :class:`slimtrain.audio.frontend.BandReassignment`).
     """
-    return SpoofResNet(width, blocks, n_mels, sample_rate, n_fft, hop_length, freq_scale)
+    return SpoofResNet(width, blocks, n_mels, sample_rate, n_fft, hop_length, freq_scale, phase)
 
 
 def parse_stages(spec: "str | Iterable[int]", n_stages: int = 4) -> tuple[int, ...]:

@@ -79,7 +79,7 @@ def run_corpus(args) -> int:
     cfg.validate()
     opts = CorpusOptions(sample_rate=rate, crop_seconds=args.crop_seconds if args.crop_seconds is not None else 4.0,
                          workers=args.loader_workers or 0, cache_dir=args.cache_dir, n_mels=args.n_mels, n_fft=args.n_fft,
-                         freq_scale=args.freq_scale or "mel").validate()
+                         freq_scale=args.freq_scale or "mel", phase=args.phase).validate()
     if args.stages is not None and len(args.stages) > 1:
         raise ValueError("give one stage set (several sets separated by '/' need --sweep, built-in corpus only)")
     if args.kappa_min is not None and len(args.kappa_min) > 1:

@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader
 from ...train import distributed, training
 from ...train.checkpoint import make_recipe, save_checkpoint
 from ...core.cost import model_cost
-from ...audio.frontend import FREQUENCY_SCALES
+from ...audio.frontend import FREQUENCY_SCALES, parse_phase_features
 from ...audio.data.spoof_corpus import AsvScores, SpoofCorpus, SpoofCrops, SpoofUtterances
 from ...core.export import export
 from ...core.graph import dynamic_widths
@@ -68,6 +68,8 @@ class CorpusOptions:
     n_mels: Optional[int] = None
     n_fft: Optional[int] = None
     freq_scale: str = "mel"
+    #: phase features stacked on the log-mel ("gd", "if", "gd+if"; None: none)
+    phase: Optional[str] = None
 
     @property
     def frontend(self) -> dict:
@@ -79,6 +81,8 @@ class CorpusOptions:
             fe["n_fft"] = int(self.n_fft)
         if self.freq_scale != "mel":
             fe["freq_scale"] = self.freq_scale
+        if parse_phase_features(self.phase):
+            fe["phase"] = list(parse_phase_features(self.phase))
         return fe
 
     @property
@@ -96,6 +100,7 @@ class CorpusOptions:
                 check_ints(self, (name,), low)
         if self.freq_scale not in FREQUENCY_SCALES:
             raise ValueError(f"freq-scale must be one of {', '.join(FREQUENCY_SCALES)}, got {self.freq_scale!r}")
+        parse_phase_features(self.phase)
         return self
 
 

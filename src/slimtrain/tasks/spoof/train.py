@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ...audio.frontend import FREQUENCY_SCALES
+from ...audio.frontend import FREQUENCY_SCALES, parse_phase_features
 from ...train import distributed, training
 from ...train.training import torch_threads
 from ...train.checkpoint import make_recipe, register_task, save_checkpoint
@@ -61,6 +61,9 @@ class SpoofConfig(TrainConfig):
     hop_length: int = DEFAULT_HOP
     n_fft: int = DEFAULT_N_FFT
     freq_scale: str = "mel"  # the ResNet's filterbank spacing: mel | linear
+    #: phase features stacked on the ResNet's log-mel (``"gd"``, ``"if"``, ``"gd+if"``; None: none), see
+    #: :class:`slimtrain.audio.frontend.BandReassignment`
+    phase: Optional[str] = None
     epochs: int = 4
     width_lr: float = 0.02
     lr_final: float = 0.05
@@ -88,6 +91,11 @@ class SpoofConfig(TrainConfig):
             raise StudyConfigError(f"rawboost-p must be in [0, 1], got {self.rawboost_p!r}")
         if self.freq_scale not in FREQUENCY_SCALES:
             raise StudyConfigError(f"freq-scale must be one of {', '.join(FREQUENCY_SCALES)}, got {self.freq_scale!r}")
+        try:
+            parse_phase_features(self.phase)
+        except (ValueError, AttributeError) as e:
+            raise StudyConfigError(f"phase: {e}" if isinstance(e, ValueError) else
+                                   f"phase must be a string like 'gd' or 'gd+if', got {self.phase!r}") from None
         if not self.blocks or any((not isinstance(b, int)) or b < 1 for b in self.blocks):
             raise StudyConfigError(f"blocks must be integers >= 1, got {self.blocks!r}")
         if self.warmup_epochs >= self.epochs:
@@ -119,6 +127,8 @@ def model_kwargs(cfg: SpoofConfig, width: Optional[int] = None) -> dict:
           "n_fft": cfg.n_fft, "hop_length": cfg.hop_length}
     if cfg.freq_scale != "mel":  # (recipes of mel models stay as they were)
         kw["freq_scale"] = cfg.freq_scale
+    if parse_phase_features(cfg.phase):
+        kw["phase"] = list(parse_phase_features(cfg.phase))
     return kw
 
 
