@@ -41,7 +41,7 @@ METRICS = ("eer_pooled", "eer_heldout", "eer_unseen", "eer_known")
 def _columns() -> list[str]:
     from slimtrain.tasks.spoof.attacks import ATTACKS
 
-    return ["arm", "seed", "epochs", "kappa_min", "n_mels", "n_fft", "rawboost", "phase", "method", "params", "macs_per_second",
+    return ["arm", "seed", "epochs", "kappa_min", "n_mels", "n_fft", "rawboost", "phase", "head", "method", "params", "macs_per_second",
             *METRICS,
             *[f"eer_heldout_{a}" for a in ATTACKS], *[f"eer_{a}" for a in ATTACKS], "distill_weight",
             "init_from_teacher", "export_max_abs_diff", "seconds", "data_fingerprint", "widths"]
@@ -73,7 +73,7 @@ def _chain(job: tuple) -> list[dict]:
                         checkpoint=out / f"{arm}-seed{seed}.ckpt", progress=False, **kw)
         rows.append({"arm": arm, "seed": seed, "epochs": epochs, "kappa_min": kappa if stages else math.nan,
                      "n_mels": cfg.n_mels, "n_fft": cfg.n_fft, "rawboost": cfg.rawboost or "",
-                     "phase": cfg.phase or "", "data_fingerprint": data_fingerprint(data), **row})
+                     "phase": cfg.phase or "", "head": cfg.head, "data_fingerprint": data_fingerprint(data), **row})
     return rows
 
 
@@ -112,6 +112,7 @@ def main(argv=None) -> int:
     p.add_argument("--n-fft", type=int, default=None, help="FFT size of every arm (default: 256)")
     p.add_argument("--rawboost", default=None, help="RawBoost algorithm on every arm's training batches (default: off)")
     p.add_argument("--phase", default=None, help="phase features of every arm: gd, if or gd+if (default: none)")
+    p.add_argument("--head", default=None, choices=("linear", "one-class"), help="output head of every arm")
     p.add_argument("--arms", default=",".join(ARMS), help=f"comma-separated subset of {','.join(ARMS)}")
     p.add_argument("--workers", type=int, default=2, help="parallel jobs (one torch thread each)")
     p.add_argument("--out", type=Path, default=Path("runs/spoof_hv_models"), help="folder for the checkpoints")
@@ -143,7 +144,8 @@ def main(argv=None) -> int:
     if not man["config"].get("human_voices"):
         p.error(f"{a.data} holds no human voices; build it with: slimtrain data spoof --human-voices train --out {a.data}")
     a.out.mkdir(parents=True, exist_ok=True)
-    over = {k: v for k, v in (("n_mels", a.n_mels), ("n_fft", a.n_fft), ("rawboost", a.rawboost), ("phase", a.phase))
+    over = {k: v for k, v in (("n_mels", a.n_mels), ("n_fft", a.n_fft), ("rawboost", a.rawboost), ("phase", a.phase),
+                                           ("head", a.head))
             if v is not None}
     jobs = []
     seeds = a.seeds

@@ -101,18 +101,20 @@ def test_front_end_and_rawboost_options_reach_the_model(capsys, tmp_path, spoof_
     for name, extra in [("plain", []), ("rb", ["--rawboost", "1+2+3", "--rawboost-p", "0.5"])]:
         o = tmp_path / name
         code, out, err = _run(capsys, "spoof", "--quick", "--data", data, "--out", o, "--epochs", "2", "--no-progress",
-                              "--n-mels", "24", "--freq-scale", "linear", "--phase", "gd+if", *extra)
+                              "--n-mels", "24", "--freq-scale", "linear", "--phase", "gd+if", "--head", "one-class",
+                              *extra)
         assert code == 0, err
         rows[name] = json.loads((o / "result.json").read_text())["result"]
         assert rows[name]["export_max_abs_diff"] < 1e-5
     ckpt = load_checkpoint(tmp_path / "rb" / "model.ckpt")
     assert ckpt["recipe"]["kwargs"]["n_mels"] == 24 and ckpt["recipe"]["kwargs"]["freq_scale"] == "linear"
-    assert ckpt["recipe"]["kwargs"]["phase"] == ["gd", "if"]
+    assert ckpt["recipe"]["kwargs"]["phase"] == ["gd", "if"] and ckpt["recipe"]["kwargs"]["head"] == "one-class"
     assert ckpt["extra"]["config"]["rawboost"] == "1+2+3" and ckpt["extra"]["config"]["rawboost_p"] == 0.5
     model = load_dynamic_model(tmp_path / "rb" / "model.ckpt")
     assert model.frontend.n_mels == 24  # (the quick DCL run keeps the bands; it cuts channels)
     assert torch.equal(model.frontend.fbank, mel_filterbank(129, 24, 8000, scale="linear"))
     assert [f.feature for f in model.phase] == ["gd", "if"] and model.stem.in_channels == 3
+    assert model.head == "one-class" and not hasattr(model, "fc")
     assert all(torch.equal(f.fbank, model.frontend.fbank) for f in model.phase)  # band for band
     # same seed, same data: the augmentation alone changed what was learned
     assert rows["plain"]["eer_pooled"] != rows["rb"]["eer_pooled"] or rows["plain"]["widths_continuous"] != \

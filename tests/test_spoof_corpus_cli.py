@@ -176,13 +176,15 @@ def test_front_end_and_rawboost_options_on_your_corpus(tmp_path):
     data = make_plain_csv(tmp_path / "csv", n_bona=8, n_per_attack=4, seconds=(0.3, 0.6))
     out = tmp_path / "run"
     rc = main(["spoof", "--quick", "--train-data", str(data), "--val-data", str(data), "--sample-rate", "8000",
-               "--n-mels", "40", "--n-fft", "512", "--freq-scale", "linear", "--phase", "gd", "--rawboost", "1+2",
+               "--n-mels", "40", "--n-fft", "512", "--freq-scale", "linear", "--phase", "gd", "--head", "one-class",
+               "--rawboost", "1+2",
                "--out", str(out), *TINY])
     assert rc == 0
     cm = spoof.load(out / "model.ckpt")
     fe = cm.model.frontend
     assert (fe.n_fft, fe.scale, fe.hop_length) == (512, "linear", 160) and fe.fbank.shape == (40, 257)
     assert [f.feature for f in cm.model.phase] == ["gd"] and cm.model.phase[0].fbank.shape == (40, 257)
+    assert cm.model.head == "one-class"
     assert load_checkpoint(out / "model.ckpt")["extra"]["config"]["rawboost"] == "1+2"
     assert CorpusOptions(sample_rate=16000).frontend == {"n_fft": 512, "hop_length": 320, "n_mels": 64}
     with pytest.raises(ValueError, match="n-fft must be an integer >= 2"):

@@ -13,7 +13,8 @@ from hypothesis import strategies as st
 import slimtrain
 from slimtrain.core.attach import attached_dcl
 from slimtrain.train.checkpoint import load_dynamic_model
-from slimtrain.apps.spoof.models import build_resnet, make_dynamic_stages, parse_stages, stage_layers
+from slimtrain.apps.spoof.models import (HEADS, ONE_CLASS, build_resnet, make_dynamic_stages, margin_bce, parse_stages,
+                                         stage_layers)
 from slimtrain.tasks.spoof.train import SpoofConfig, train_run
 
 from _helpers import count_macs, n_params
@@ -26,9 +27,9 @@ def _wav(n: int = 4, seed: int = 0) -> torch.Tensor:
     return 0.1 * torch.randn(n, 4000, generator=torch.Generator().manual_seed(seed))
 
 
-@pytest.mark.parametrize("phase", [(), ("gd",), ("gd", "if")])
-def test_model_maps_waveform_to_one_logit_and_cost_counts_match_torch(phase):
-    m = build_resnet(width=4, blocks=BLOCKS, n_mels=16, phase=phase).eval()
+@pytest.mark.parametrize("phase,head", [((), "linear"), (("gd",), "linear"), (("gd", "if"), "one-class")])
+def test_model_maps_waveform_to_one_logit_and_cost_counts_match_torch(phase, head):
+    m = build_resnet(width=4, blocks=BLOCKS, n_mels=16, phase=phase, head=head).eval()
     x = _wav()
     assert m(x).shape == (4,)
     assert m.stem.in_channels == 1 + len(phase)
@@ -36,6 +37,36 @@ def test_model_maps_waveform_to_one_logit_and_cost_counts_match_torch(phase):
     assert int(c.params) == n_params(m)
     # torch counts the same products: a phase feature's two filterbank products included
     assert float(c.macs) == pytest.approx(count_macs(m, x) / 4, rel=1e-6)
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.tuples(st.floats(-1.0, 1.0), st.integers(0, 1)), min_size=1, max_size=16))
+def test_one_class_head_trained_with_margin_bce_is_oc_softmax(batch):
+    """The one-class head's logit is ``alpha (cos - (m_bona + m_spoof) / 2)`` and ``margin_bce`` with its margin is
+    OC-softmax's ``log(1 + exp(alpha (m_y - cos) (-1)^y))`` (bona fide: ``m_bona``, sign +; spoof: ``m_spoof``, -)."""
+    cos = torch.tensor([c for c, _ in batch], dtype=torch.float64)
+    y = torch.tensor([float(t) for _, t in batch], dtype=torch.float64)
+    a, mb, ms = ONE_CLASS["alpha"], ONE_CLASS["m_bona"], ONE_CLASS["m_spoof"]
+    logits = a * (cos - (mb + ms) / 2)
+    model = build_resnet(width=2, blocks=(1, 1, 1, 1), n_mels=8, head="one-class")
+    want = torch.where(y == 1, torch.nn.functional.softplus(a * (mb - cos)),
+                       torch.nn.functional.softplus(a * (cos - ms))).mean()
+    assert torch.allclose(margin_bce(logits, y, model.margin), want, rtol=1e-9, atol=1e-9)
+    assert margin_bce(logits, y, 0.0) == torch.nn.functional.binary_cross_entropy_with_logits(logits, y)
+
+
+def test_one_class_logit_is_a_scaled_cosine():
+    m = build_resnet(width=4, blocks=BLOCKS, n_mels=16, head="one-class").eval()
+    x = _wav(16, seed=3)
+    with torch.no_grad():
+        out = m(x)
+        a, mid = ONE_CLASS["alpha"], (ONE_CLASS["m_bona"] + ONE_CLASS["m_spoof"]) / 2
+        assert bool(((out >= a * (-1 - mid) - 1e-4) & (out <= a * (1 - mid) + 1e-4)).all())
+        m.center.weight.mul_(7.0)  # the direction's length does not matter, only the cosine
+        assert torch.allclose(m(x), out, atol=1e-4)
+    assert build_resnet(width=4, blocks=BLOCKS, n_mels=16).margin == 0.0 and m.margin == pytest.approx(7.0)
+    with pytest.raises(ValueError, match="head must be one of"):
+        build_resnet(head="softmax")
 
 
 def test_parse_stages():
@@ -68,10 +99,10 @@ def test_residual_widths_of_a_stage_share_one_dcl_and_other_stages_stay_full(sta
 
 @settings(max_examples=25)
 @given(st.integers(0, 2 ** 31 - 1), st.sampled_from([(0,), (1,), (2,), (3,), (0, 1, 2, 3)]),
-       st.sampled_from([(), ("gd",), ("if", "gd")]))
-def test_export_equals_the_dynamic_model_at_random_widths(seed, stages, phase):
+       st.sampled_from([(), ("gd",), ("if", "gd")]), st.sampled_from(HEADS))
+def test_export_equals_the_dynamic_model_at_random_widths(seed, stages, phase, head):
     torch.manual_seed(seed)
-    m = build_resnet(width=4, blocks=BLOCKS, n_mels=16, phase=phase)
+    m = build_resnet(width=4, blocks=BLOCKS, n_mels=16, phase=phase, head=head)
     x = _wav(seed=seed)
     make_dynamic_stages(m, x, stages, 0.25)
     g = torch.Generator().manual_seed(seed)
@@ -87,7 +118,7 @@ def test_export_equals_the_dynamic_model_at_random_widths(seed, stages, phase):
         assert torch.allclose(m(x), small(x), atol=1e-5, rtol=0)
     cost = slimtrain.model_cost(m, hard=True)
     assert int(round(float(cost.params))) == n_params(small)
-    assert n_params(small) <= n_params(build_resnet(width=4, blocks=BLOCKS, n_mels=16, phase=phase))
+    assert n_params(small) <= n_params(build_resnet(width=4, blocks=BLOCKS, n_mels=16, phase=phase, head=head))
     assert [f.feature for f in small.phase] == list(phase)
 
 

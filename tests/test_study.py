@@ -141,7 +141,8 @@ def test_vad_and_spoof_run_configs_share_the_named_checks():
                         ({"rawboost": "3", "rawboost_p": 2.0}, "rawboost-p must be in \\[0, 1\\], got 2.0"),
                         ({"freq_scale": "bark"}, "freq-scale must be one of mel, linear, got 'bark'"),
                         ({"phase": "gd+gd"}, "phase: phase feature listed twice in 'gd\\+gd'"),
-                        ({"phase": 3}, "phase must be a string like 'gd' or 'gd\\+if', got 3")]:
+                        ({"phase": 3}, "phase must be a string like 'gd' or 'gd\\+if', got 3"),
+                        ({"head": "softmax"}, "head must be one of linear, one-class, got 'softmax'")]:
         with pytest.raises(StudyConfigError, match=message):
             SpoofConfig(**kw).validate()
     with pytest.raises(StudyConfigError, match="sample_rate must be 8000 or 16000"):

@@ -21,6 +21,7 @@ import warnings
 from typing import Iterable, Optional, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ...audio.frontend import BandReassignment, MelFrontend
@@ -28,7 +29,8 @@ from ...core.graph import make_dynamic
 
 __all__ = [
     "BasicBlock", "SpoofResNet", "build_resnet", "stage_layers", "make_dynamic_stages", "parse_stages",
-    "DEFAULT_WIDTH", "DEFAULT_BLOCKS", "DEFAULT_N_MELS", "DEFAULT_HOP", "QUICK_BLOCKS",
+    "DEFAULT_WIDTH", "DEFAULT_BLOCKS", "DEFAULT_N_MELS", "DEFAULT_HOP", "QUICK_BLOCKS", "HEADS", "ONE_CLASS",
+    "margin_bce",
 ]
 
 DEFAULT_WIDTH = 8
@@ -37,6 +39,22 @@ QUICK_BLOCKS: tuple[int, ...] = (1, 1, 1, 1)  # tests and --quick
 DEFAULT_N_MELS = 32
 DEFAULT_HOP = 160  # 20 ms at 8 kHz
 DEFAULT_N_FFT = 256
+
+
+#: output heads: ``"linear"`` (a logit from the pooled features) or ``"one-class"`` (OC-softmax, :data:`ONE_CLASS`)
+HEADS = ("linear", "one-class")
+#: OC-softmax (Zhang, Jiang and Duan, IEEE SPL 2021) as published: embedding size, scale ``alpha`` and the
+#: cosine margins of the two classes
+ONE_CLASS = {"embed_dim": 32, "alpha": 20.0, "m_bona": 0.9, "m_spoof": 0.2}
+
+
+def margin_bce(logits: Tensor, target: Tensor, margin: float = 0.0, pos_weight: Optional[Tensor] = None) -> Tensor:
+    """Binary cross-entropy with a margin on each side: bona fide (1) logits pushed above ``margin``, spoofs
+    below ``-margin``. With a one-class head's :attr:`SpoofResNet.margin` it is the OC-softmax loss
+    ``log(1 + exp(alpha (m_y - cos) (-1)^y))``; with ``margin=0`` plain BCE."""
+    if margin:
+        logits = logits - margin * (2 * target - 1)
+    return F.binary_cross_entropy_with_logits(logits, target, pos_weight=pos_weight)
 
 
 class BasicBlock(nn.Module):
@@ -64,8 +82,10 @@ class SpoofResNet(nn.Module):
 
     def __init__(self, width: int = DEFAULT_WIDTH, blocks: Sequence[int] = DEFAULT_BLOCKS, n_mels: int = DEFAULT_N_MELS,
                  sample_rate: int = 8000, n_fft: int = DEFAULT_N_FFT, hop_length: int = DEFAULT_HOP,
-                 freq_scale: str = "mel", phase: Sequence[str] = ()) -> None:
+                 freq_scale: str = "mel", phase: Sequence[str] = (), head: str = "linear") -> None:
         super().__init__()
+        if head not in HEADS:
+            raise ValueError(f"head must be one of {HEADS}, got {head!r}")
         if not isinstance(width, int) or width < 1:
             raise ValueError(f"width must be an integer >= 1, got {width!r}")
         blocks = tuple(int(b) for b in blocks)
@@ -90,7 +110,20 @@ class SpoofResNet(nn.Module):
                 c = c_out
             stages.append(nn.Sequential(*layers))
         self.stages = nn.ModuleList(stages)
-        self.fc = nn.Linear(c, 1)
+        self.head = head
+        if head == "linear":
+            self.fc = nn.Linear(c, 1)
+        else:  # an embedding of fixed size (the pooled width may shrink), its cosine with a learned direction
+            self.embed = nn.Linear(c, ONE_CLASS["embed_dim"])
+            self.center = nn.Linear(ONE_CLASS["embed_dim"], 1, bias=False)
+
+    @property
+    def margin(self) -> float:
+        """The logit margin of each class for :func:`margin_bce` (0 for the linear head; for the one-class head
+        ``alpha * (m_bona - m_spoof) / 2``, the OC-softmax margins around the logit's zero)."""
+        if self.head == "linear":
+            return 0.0
+        return ONE_CLASS["alpha"] * (ONE_CLASS["m_bona"] - ONE_CLASS["m_spoof"]) / 2
 
     def forward(self, wav: Tensor) -> Tensor:
         x = self.frontend(wav)  # (B, mels, frames)
@@ -99,20 +132,27 @@ class SpoofResNet(nn.Module):
         x = torch.relu(self.stem_bn(self.stem(x)))
         for stage in self.stages:
             x = stage(x)
-        return self.fc(x.mean(dim=(2, 3))).squeeze(-1)
+        pooled = x.mean(dim=(2, 3))
+        if self.head == "linear":
+            return self.fc(pooled).squeeze(-1)
+        z = self.embed(pooled)
+        cos = self.center(z / z.norm(dim=1, keepdim=True).clamp_min(1e-8)).squeeze(-1) / \
+            self.center.weight.norm().clamp_min(1e-8)
+        return ONE_CLASS["alpha"] * (cos - (ONE_CLASS["m_bona"] + ONE_CLASS["m_spoof"]) / 2)
 
 
 def build_resnet(width: int = DEFAULT_WIDTH, blocks: Sequence[int] = DEFAULT_BLOCKS, n_mels: int = DEFAULT_N_MELS,
                  sample_rate: int = 8000, n_fft: int = DEFAULT_N_FFT, hop_length: int = DEFAULT_HOP,
-                 freq_scale: str = "mel", phase: Sequence[str] = ()) -> SpoofResNet:
+                 freq_scale: str = "mel", phase: Sequence[str] = (), head: str = "linear") -> SpoofResNet:
     """The plain (non-dynamic) countermeasure: waveform ``(B, samples)`` -> logit ``(B,)``, bona fide positive.
 
     ``blocks=(3, 4, 6, 3)`` is ResNet34; ``width`` is the first stage's channel count (the paper: 64).
     ``freq_scale``: the spacing of the ``n_mels`` log filterbank bands, ``"mel"`` or ``"linear"`` (LFCC's).
     ``phase``: phase features stacked on the log-mel as more input planes (``("gd",)``, ``("gd", "if")``; see
-    :class:`slimtrain.audio.frontend.BandReassignment`).
+    :class:`slimtrain.audio.frontend.BandReassignment`). ``head``: ``"linear"`` or ``"one-class"`` (OC-softmax:
+    train it with :func:`margin_bce` and the model's :attr:`~SpoofResNet.margin`).
     """
-    return SpoofResNet(width, blocks, n_mels, sample_rate, n_fft, hop_length, freq_scale, phase)
+    return SpoofResNet(width, blocks, n_mels, sample_rate, n_fft, hop_length, freq_scale, phase, head)
 
 
 def parse_stages(spec: "str | Iterable[int]", n_stages: int = 4) -> tuple[int, ...]:

@@ -173,6 +173,9 @@ def register(commands, data_commands) -> None:
                          "or the lowest bands are narrower than an FFT bin)")
     fe.add_argument("--freq-scale", choices=("mel", "linear"), default=None,
                     help="band spacing: mel (default) or linear (LFCC's filterbank)")
+    fe.add_argument("--head", choices=("linear", "one-class"), default=None,
+                    help="output head: linear (default) or one-class (OC-softmax, Zhang et al. 2021: bona fide "
+                         "embeddings gathered around one direction, spoofs pushed away; for attacks never trained on)")
     fe.add_argument("--phase", default=None, metavar="gd|if|gd+if",
                     help="phase features stacked on the log-mel, band for band: gd = group delay, if = "
                          "instantaneous frequency (the STFT's reassignment operators; docs/spoof.md 'Phase features'; "
@@ -358,7 +361,7 @@ def _cmd_spoof(args) -> int:
     if args.sweep:
         _refuse_sweep_under_torchrun()
     over: dict = {"seed": args.seed, **given(args, "epochs", "width", "n_mels", "n_fft", "freq_scale", "phase",
-                                             "rawboost", "rawboost_p")}
+                                             "head", "rawboost", "rawboost_p")}
     over["settle_epochs"] = getattr(args, "settle_epochs", 0)
     over["compact_every"] = getattr(args, "compact_every", 0)
     over["family"] = getattr(args, "family", "resnet")
@@ -368,9 +371,10 @@ def _cmd_spoof(args) -> int:
                          "benchmarks/aasist_vs_aasist_l.py")
     if over["family"] != "resnet" and (args.width is not None or args.stages is not None
                                        or args.n_mels is not None or args.n_fft is not None
-                                       or args.freq_scale is not None or args.phase is not None):
-        raise ValueError("--width, --stages, --n-mels, --n-fft, --freq-scale and --phase apply to the ResNet family "
-                         "only")
+                                       or args.freq_scale is not None or args.phase is not None
+                                       or args.head is not None):
+        raise ValueError("--width, --stages, --n-mels, --n-fft, --freq-scale, --phase and --head apply to the ResNet "
+                         "family only")
     if args.sweep and (args.plain or args.params_budget is not None or args.train_crop is not None
                        or args.teacher is not None or args.init_from_teacher):
         raise ValueError("--plain, --params-budget, --train-crop and --teacher apply to single runs, not --sweep")

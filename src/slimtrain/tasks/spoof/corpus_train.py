@@ -36,7 +36,7 @@ from ...core.loss import TradeoffLoss
 from ...train.record import WidthRecorder
 from ..metrics import eer_by_group, min_tdcf
 from ..study.config import check_ints
-from ...apps.spoof.models import build_resnet, make_dynamic_stages
+from ...apps.spoof.models import build_resnet, make_dynamic_stages, margin_bce
 from .train import TASK, SpoofConfig
 
 __all__ = ["CorpusOptions", "frontend_for_rate", "train_on_corpus", "score_corpus", "evaluate_scores",
@@ -142,11 +142,12 @@ def evaluate_scores(corpus: SpoofCorpus, scores: np.ndarray, asv: Optional[AsvSc
     return out
 
 
-def _bce(pos_weight: float):
+def _bce(pos_weight: float, margin: float = 0.0):
+    """The class-weighted loss of a corpus run (:func:`margin_bce`: plain BCE, or OC-softmax's margins)."""
     w = torch.tensor(float(pos_weight))
 
     def loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return F.binary_cross_entropy_with_logits(logits, y, pos_weight=w.to(logits.device))
+        return margin_bce(logits, y, margin, pos_weight=w.to(logits.device))
 
     return loss
 
@@ -183,6 +184,8 @@ def train_on_corpus(
     crop = opts.crop_samples
     fe = opts.frontend
     kwargs = {"width": cfg.width, "blocks": list(cfg.blocks), "sample_rate": opts.sample_rate, **fe}
+    if cfg.head != "linear":
+        kwargs["head"] = cfg.head
     cache = _cache(opts)
     train_ds = SpoofCrops(train, opts.sample_rate, crop, seed=cfg.seed, cache=cache)
     n_bona = int(train.labels.sum())
@@ -195,6 +198,7 @@ def train_on_corpus(
         warnings.filterwarnings("ignore", message="TF32 acceleration")
         training.seed_everything(cfg.seed)
         model = build_resnet(**{**kwargs, "blocks": tuple(cfg.blocks)})
+        margin = model.margin
         sample = torch.stack([train_ds[i][0] for i in range(min(8, len(train_ds)))])
         recorder = WidthRecorder(record_csv, None) if (record_csv is not None and stages and main) else None
         if stages:
@@ -226,7 +230,7 @@ def train_on_corpus(
 
         desc = f"stages={','.join(map(str, stages))} kappa={kappa_min:g}" if stages else f"width={cfg.width}"
         try:
-            training.fit(model, batches, _bce(pos_weight), objective, optimizer, cfg.epochs, recorder=recorder,
+            training.fit(model, batches, _bce(pos_weight, margin), objective, optimizer, cfg.epochs, recorder=recorder,
                          progress=progress, desc=desc, device=dev, settle_epochs=cfg.settle_epochs if stages else 0)
         finally:
             if recorder is not None:

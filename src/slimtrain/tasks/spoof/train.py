@@ -11,6 +11,7 @@ attack (bona fide evaluation clips against that attack's clips).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import time
@@ -40,8 +41,8 @@ from ..study.train import exported, fit_epochs, output_distiller
 from .attacks import ATTACKS
 from .data import SR, SpoofSplit
 from .aasist import AASIST_CONFIGS, build_aasist
-from ...apps.spoof.models import (DEFAULT_BLOCKS, DEFAULT_HOP, DEFAULT_N_FFT, DEFAULT_N_MELS, DEFAULT_WIDTH, QUICK_BLOCKS,
-                     build_resnet, make_dynamic_stages)
+from ...apps.spoof.models import (DEFAULT_BLOCKS, DEFAULT_HOP, DEFAULT_N_FFT, DEFAULT_N_MELS, DEFAULT_WIDTH, HEADS,
+                                  QUICK_BLOCKS, build_resnet, make_dynamic_stages, margin_bce)
 
 __all__ = ["SpoofConfig", "train_run", "score_model", "eer_report", "build_spoof_model", "TASK", "model_kwargs",
            "FAMILIES", "make_dynamic_aasist"]
@@ -64,6 +65,8 @@ class SpoofConfig(TrainConfig):
     #: phase features stacked on the ResNet's log-mel (``"gd"``, ``"if"``, ``"gd+if"``; None: none), see
     #: :class:`slimtrain.audio.frontend.BandReassignment`
     phase: Optional[str] = None
+    #: the ResNet's output head: "linear" or "one-class" (OC-softmax, trained with its margins)
+    head: str = "linear"
     epochs: int = 4
     width_lr: float = 0.02
     lr_final: float = 0.05
@@ -96,6 +99,8 @@ class SpoofConfig(TrainConfig):
         except (ValueError, AttributeError) as e:
             raise StudyConfigError(f"phase: {e}" if isinstance(e, ValueError) else
                                    f"phase must be a string like 'gd' or 'gd+if', got {self.phase!r}") from None
+        if self.head not in HEADS:
+            raise StudyConfigError(f"head must be one of {', '.join(HEADS)}, got {self.head!r}")
         if not self.blocks or any((not isinstance(b, int)) or b < 1 for b in self.blocks):
             raise StudyConfigError(f"blocks must be integers >= 1, got {self.blocks!r}")
         if self.warmup_epochs >= self.epochs:
@@ -129,6 +134,8 @@ def model_kwargs(cfg: SpoofConfig, width: Optional[int] = None) -> dict:
         kw["freq_scale"] = cfg.freq_scale
     if parse_phase_features(cfg.phase):
         kw["phase"] = list(parse_phase_features(cfg.phase))
+    if cfg.head != "linear":
+        kw["head"] = cfg.head
     return kw
 
 
@@ -204,7 +211,8 @@ def eer_report(split: SpoofSplit, scores: np.ndarray, unseen: Sequence[str]) -> 
 def _fit(model: nn.Module, cfg: SpoofConfig, x: Tensor, y: Tensor, objective, optimizer, epochs: int,
          recorder: Optional[WidthRecorder], progress: bool, desc: str, device=None, settle_epochs: int = 0,
          distill=None) -> None:
-    fit_epochs(model, cfg, x, y, F.binary_cross_entropy_with_logits, objective, optimizer, epochs, recorder=recorder,
+    loss = functools.partial(margin_bce, margin=float(getattr(model, "margin", 0.0)))  # (0: plain BCE)
+    fit_epochs(model, cfg, x, y, loss, objective, optimizer, epochs, recorder=recorder,
                progress=progress, desc=desc, device=device, settle_epochs=settle_epochs, augment=cfg.augmenter(SR),
                compact_steps=cfg.compact_steps if objective is not None else None,
                settle_at_budget=cfg.settle_at_budget and objective is not None,  # (train_run checked the budget)
