@@ -41,8 +41,8 @@ METRICS = ("eer_pooled", "eer_heldout", "eer_unseen", "eer_known")
 def _columns() -> list[str]:
     from slimtrain.tasks.spoof.attacks import ATTACKS
 
-    return ["arm", "seed", "epochs", "kappa_min", "n_mels", "n_fft", "rawboost", "phase", "head", "method", "params", "macs_per_second",
-            *METRICS,
+    return ["arm", "seed", "epochs", "kappa_min", "n_mels", "n_fft", "rawboost", "phase", "head", "method", "params",
+            "macs_per_second", *METRICS,
             *[f"eer_heldout_{a}" for a in ATTACKS], *[f"eer_{a}" for a in ATTACKS], "distill_weight",
             "init_from_teacher", "export_max_abs_diff", "seconds", "data_fingerprint", "widths"]
 
@@ -144,9 +144,8 @@ def main(argv=None) -> int:
     if not man["config"].get("human_voices"):
         p.error(f"{a.data} holds no human voices; build it with: slimtrain data spoof --human-voices train --out {a.data}")
     a.out.mkdir(parents=True, exist_ok=True)
-    over = {k: v for k, v in (("n_mels", a.n_mels), ("n_fft", a.n_fft), ("rawboost", a.rawboost), ("phase", a.phase),
-                                           ("head", a.head))
-            if v is not None}
+    over = {k: v for k, v in (("n_mels", a.n_mels), ("n_fft", a.n_fft), ("rawboost", a.rawboost),
+                              ("phase", a.phase), ("head", a.head)) if v is not None}
     jobs = []
     seeds = a.seeds
     for s in seeds:

@@ -8,6 +8,9 @@ trained on. The channel order is ``band_order``: ``"low"`` (low to high: the
 first ``K`` bands are the lowest, so a cut lowers the bandwidth, as in the
 paper) or ``"spread"`` (coarse to fine, :func:`spread_order`: the first ``K``
 bands of every ``K`` lie across the whole range, so a cut lowers the resolution).
+
+:class:`BandReassignment` pools the STFT's phase (group delay, instantaneous frequency) in the same bands,
+for models that stack it on the log-mel (the countermeasure's ``--phase``).
 """
 from __future__ import annotations
 
@@ -15,8 +18,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-__all__ = ["MelFrontend", "BandReassignment", "mel_filterbank", "spread_order", "parse_phase_features", "BAND_ORDERS",
-           "FREQUENCY_SCALES", "PHASE_FEATURES"]
+__all__ = ["MelFrontend", "BandReassignment", "mel_filterbank", "spread_order", "parse_phase_features",
+           "BAND_ORDERS", "FREQUENCY_SCALES", "PHASE_FEATURES"]
 
 BAND_ORDERS = ("low", "spread")
 #: how the band edges are spaced: ``"mel"`` (HTK mel) or ``"linear"`` (equal widths in Hz, the
