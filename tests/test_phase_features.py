@@ -63,5 +63,10 @@ def test_parse_and_bad_settings_are_named():
             parse_phase_features(bad)
     with pytest.raises(ValueError, match="feature must be one of"):
         BandReassignment("phase")
+    from slimtrain.apps.spoof.models import build_resnet
+
+    for bad, msg in ((("gd", "gd"), "listed twice"), (("gd", "mgd"), "phase feature 'mgd' is unknown")):
+        with pytest.raises(ValueError, match=msg):
+            build_resnet(width=2, blocks=(1, 1, 1, 1), n_mels=8, phase=bad)
     with pytest.raises(ValueError, match="expects \\(batch, samples\\)"):
         BandReassignment("gd")(torch.zeros(8000))

@@ -802,6 +802,8 @@ _SPOOF_X4_VARIANTS = {
     "a10": ("spoof_hv4a10", ", A10 in training", ""),
     "exp": ("spoof_hv4e", ", + the Hedgewars training packs as bona fide", ""),
 }
+#: (draws of the training split, epochs) of the runs of the 64-band recipe on more draws (human_voices_x{k}_{e}ep.csv)
+_SPOOF_DRAW_RUNS = ((4, 4), (4, 8), (8, 8), (8, 12))
 #: the 8-draw recipe at a higher width floor (more of the 1/3-of-MACs budget): CSV suffix -> (kappa-min, label)
 _SPOOF_X8_FLOORS = {"k50": (0.5, ", 64 mel bands, n_fft 512, 8 draws of the training split (DCL: kappa-min 0.5)")}
 
@@ -825,7 +827,7 @@ def _spoof_human_voices(root: Path) -> str:
              **{f"human_voices_x{k}_{e}ep.csv": (e, f"spoof_hv{k}", f", 64 mel bands, n_fft 512, {k} draws of the "
                                                  "training split (DCL: kappa-min 0.35)", " --n-mels 64 --n-fft 512 "
                                                  f"--kappa-min 0.35 --arms human --out runs/spoof_hv{k}_e{e}")
-                for k, e in ((4, 4), (4, 8), (8, 8), (8, 12))},
+                for k, e in _SPOOF_DRAW_RUNS},
              # one change each to the 4-draw, 8-epoch recipe (docs/spoof.md 'What did not carry to unseen attacks')
              **{f"human_voices_x4_8ep_{v}.csv": (8, d, ", 64 mel bands, n_fft 512, 4 draws of the training split"
                                                  f"{what} (DCL: kappa-min 0.35)", " --n-mels 64 --n-fft 512 --kappa-min "
@@ -886,7 +888,7 @@ def _spoof_human_voices(root: Path) -> str:
     pairs += [((f"human_voices_x8_8ep_{v}.csv", "human"), ("human_voices_x8_8ep.csv", "human")) for v in _SPOOF_X8_FLOORS]
     # more draws of the training split against the 64-band recipe on one draw
     pairs += [((f"human_voices_x{k}_{e}ep.csv", "human"), ("human_voices_mel64_16ep.csv", "human"))
-              for k, e in ((4, 4), (4, 8), (8, 8), (8, 12))]
+              for k, e in _SPOOF_DRAW_RUNS]
     pairs.append((("human_voices_x8_12ep.csv", "human"), ("human_voices_x8_8ep.csv", "human")))
     # the recipe shipped since the 64-band study against the one shipped before it
     pairs.append((("human_voices_mel64_16ep.csv", "human"), ("human_voices_16ep.csv", "human+kd-init")))

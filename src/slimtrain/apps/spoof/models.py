@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ...audio.frontend import BandReassignment, MelFrontend
+from ...audio.frontend import BandReassignment, MelFrontend, parse_phase_features
 from ...core.graph import make_dynamic
 
 __all__ = [
@@ -93,9 +93,7 @@ class SpoofResNet(nn.Module):
             raise ValueError(f"blocks must be a non-empty list of integers >= 1, got {blocks!r}")
         self.frontend = MelFrontend(sample_rate=sample_rate, n_fft=n_fft, hop_length=hop_length, n_mels=n_mels,
                                     scale=freq_scale)
-        phase = tuple(phase)
-        if len(set(phase)) != len(phase):
-            raise ValueError(f"phase feature listed twice in {phase!r}")
+        phase = parse_phase_features("+".join(phase))  # (names an unknown or repeated feature)
         self.phase = nn.ModuleList(BandReassignment(f, sample_rate, n_fft, hop_length, n_mels, scale=freq_scale)
                                    for f in phase)
         self.stem = nn.Conv2d(1 + len(self.phase), width, 3, 1, 1, bias=False)
