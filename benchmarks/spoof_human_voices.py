@@ -41,7 +41,7 @@ METRICS = ("eer_pooled", "eer_heldout", "eer_unseen", "eer_known")
 def _columns() -> list[str]:
     from slimtrain.tasks.spoof.attacks import ATTACKS
 
-    return ["arm", "seed", "epochs", "kappa_min", "n_mels", "n_fft", "rawboost", "phase", "head", "method", "params",
+    return ["arm", "seed", "epochs", "kappa_min", "n_mels", "n_fft", "rawboost", "phase", "head", "freq_mask", "method", "params",
             "macs_per_second", *METRICS,
             *[f"eer_heldout_{a}" for a in ATTACKS], *[f"eer_{a}" for a in ATTACKS], "distill_weight",
             "init_from_teacher", "export_max_abs_diff", "seconds", "data_fingerprint", "widths"]
@@ -73,7 +73,8 @@ def _chain(job: tuple) -> list[dict]:
                         checkpoint=out / f"{arm}-seed{seed}.ckpt", progress=False, **kw)
         rows.append({"arm": arm, "seed": seed, "epochs": epochs, "kappa_min": kappa if stages else math.nan,
                      "n_mels": cfg.n_mels, "n_fft": cfg.n_fft, "rawboost": cfg.rawboost or "",
-                     "phase": cfg.phase or "", "head": cfg.head, "data_fingerprint": data_fingerprint(data), **row})
+                     "phase": cfg.phase or "", "head": cfg.head,
+                     "freq_mask": f"{cfg.freq_mask}x{cfg.freq_masks}" if cfg.freq_mask else "", "data_fingerprint": data_fingerprint(data), **row})
     return rows
 
 
@@ -113,6 +114,8 @@ def main(argv=None) -> int:
     p.add_argument("--rawboost", default=None, help="RawBoost algorithm on every arm's training batches (default: off)")
     p.add_argument("--phase", default=None, help="phase features of every arm: gd, if or gd+if (default: none)")
     p.add_argument("--head", default=None, choices=("linear", "one-class"), help="output head of every arm")
+    p.add_argument("--freq-mask", type=int, default=None, help="training frequency masks of every arm: max width")
+    p.add_argument("--freq-masks", type=int, default=None, help="--freq-mask: masks per clip (default: 1)")
     p.add_argument("--arms", default=",".join(ARMS), help=f"comma-separated subset of {','.join(ARMS)}")
     p.add_argument("--workers", type=int, default=2, help="parallel jobs (one torch thread each)")
     p.add_argument("--out", type=Path, default=Path("runs/spoof_hv_models"), help="folder for the checkpoints")
@@ -145,7 +148,8 @@ def main(argv=None) -> int:
         p.error(f"{a.data} holds no human voices; build it with: slimtrain data spoof --human-voices train --out {a.data}")
     a.out.mkdir(parents=True, exist_ok=True)
     over = {k: v for k, v in (("n_mels", a.n_mels), ("n_fft", a.n_fft), ("rawboost", a.rawboost),
-                              ("phase", a.phase), ("head", a.head)) if v is not None}
+                              ("phase", a.phase), ("head", a.head), ("freq_mask", a.freq_mask),
+                              ("freq_masks", a.freq_masks)) if v is not None}
     jobs = []
     seeds = a.seeds
     for s in seeds:

@@ -52,6 +52,10 @@ def test_help_explains_every_option(capsys, path):
     (["spoof", "--rawboost", "4"], ["--rawboost", "invalid choice"]),
     (["spoof", "--n-mels", "0"], ["n-mels"]),
     (["spoof", "--family", "aasist", "--n-mels", "64"], ["--n-mels", "ResNet family only"]),
+    (["spoof", "--family", "aasist", "--freq-mask", "4"], ["--freq-mask", "ResNet family only"]),
+    (["spoof", "--freq-mask", "-1"], ["freq-mask", ">= 0"]),
+    (["spoof", "--freq-mask", "4", "--freq-masks", "0"], ["freq-masks", ">= 1"]),
+    (["spoof", "--freq-masks", "2"], ["--freq-masks needs --freq-mask"]),
 ])
 def test_bad_values_give_one_line_errors(capsys, tmp_path, spoof_data, argv, words):  # noqa: F811
     data = spoof_data[0]
@@ -98,7 +102,8 @@ def test_front_end_and_rawboost_options_reach_the_model(capsys, tmp_path, spoof_
 
     data = spoof_data[0]
     rows = {}
-    for name, extra in [("plain", []), ("rb", ["--rawboost", "1+2+3", "--rawboost-p", "0.5"])]:
+    for name, extra in [("plain", []), ("rb", ["--rawboost", "1+2+3", "--rawboost-p", "0.5", "--freq-mask", "3",
+                                               "--freq-masks", "2"])]:
         o = tmp_path / name
         code, out, err = _run(capsys, "spoof", "--quick", "--data", data, "--out", o, "--epochs", "2", "--no-progress",
                               "--n-mels", "24", "--freq-scale", "linear", "--phase", "gd+if", "--head", "one-class",
@@ -110,6 +115,8 @@ def test_front_end_and_rawboost_options_reach_the_model(capsys, tmp_path, spoof_
     assert ckpt["recipe"]["kwargs"]["n_mels"] == 24 and ckpt["recipe"]["kwargs"]["freq_scale"] == "linear"
     assert ckpt["recipe"]["kwargs"]["phase"] == ["gd", "if"] and ckpt["recipe"]["kwargs"]["head"] == "one-class"
     assert ckpt["extra"]["config"]["rawboost"] == "1+2+3" and ckpt["extra"]["config"]["rawboost_p"] == 0.5
+    assert ckpt["recipe"]["kwargs"]["freq_mask"] == [3, 2] and "freq_mask" not in \
+        load_checkpoint(tmp_path / "plain" / "model.ckpt")["recipe"]["kwargs"]
     model = load_dynamic_model(tmp_path / "rb" / "model.ckpt")
     assert model.frontend.n_mels == 24  # (the quick DCL run keeps the bands; it cuts channels)
     assert torch.equal(model.frontend.fbank, mel_filterbank(129, 24, 8000, scale="linear"))

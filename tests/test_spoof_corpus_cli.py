@@ -177,7 +177,7 @@ def test_front_end_and_rawboost_options_on_your_corpus(tmp_path):
     out = tmp_path / "run"
     rc = main(["spoof", "--quick", "--train-data", str(data), "--val-data", str(data), "--sample-rate", "8000",
                "--n-mels", "40", "--n-fft", "512", "--freq-scale", "linear", "--phase", "gd", "--head", "one-class",
-               "--rawboost", "1+2",
+               "--rawboost", "1+2", "--freq-mask", "6", "--freq-masks", "2",
                "--out", str(out), *TINY])
     assert rc == 0
     cm = spoof.load(out / "model.ckpt")
@@ -185,6 +185,7 @@ def test_front_end_and_rawboost_options_on_your_corpus(tmp_path):
     assert (fe.n_fft, fe.scale, fe.hop_length) == (512, "linear", 160) and fe.fbank.shape == (40, 257)
     assert [f.feature for f in cm.model.phase] == ["gd"] and cm.model.phase[0].fbank.shape == (40, 257)
     assert cm.model.head == "one-class"
+    assert (cm.model.freq_mask.max_width, cm.model.freq_mask.count) == (6, 2)
     assert load_checkpoint(out / "model.ckpt")["extra"]["config"]["rawboost"] == "1+2"
     assert CorpusOptions(sample_rate=16000).frontend == {"n_fft": 512, "hop_length": 320, "n_mels": 64}
     with pytest.raises(ValueError, match="n-fft must be an integer >= 2"):

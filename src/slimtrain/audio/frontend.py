@@ -11,6 +11,9 @@ bands of every ``K`` lie across the whole range, so a cut lowers the resolution)
 
 :class:`BandReassignment` pools the STFT's phase (group delay, instantaneous frequency) in the same bands,
 for models that stack it on the log-mel (the countermeasure's ``--phase``).
+
+:class:`FrequencyMask` is a training-time augmentation of such features (SpecAugment's frequency masks; Chen et al.
+2020's "FreqAugment" for spoofing countermeasures): identity in evaluation mode, so it costs nothing at inference.
 """
 from __future__ import annotations
 
@@ -18,7 +21,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-__all__ = ["MelFrontend", "BandReassignment", "mel_filterbank", "spread_order", "parse_phase_features",
+__all__ = ["MelFrontend", "BandReassignment", "FrequencyMask", "mel_filterbank", "spread_order", "parse_phase_features",
            "BAND_ORDERS", "FREQUENCY_SCALES", "PHASE_FEATURES"]
 
 BAND_ORDERS = ("low", "spread")
@@ -196,3 +199,40 @@ class BandReassignment(MelFrontend):
         num = torch.matmul(self.fbank, weighted)
         den = torch.matmul(self.fbank, power)
         return torch.clamp(num / (den + 1e-6), -1.0, 1.0)
+
+
+class FrequencyMask(nn.Module):
+    """Training-time frequency masking of filterbank features (SpecAugment, Park et al. 2019; "FreqAugment" for
+    spoofing countermeasures, Chen et al. 2020).
+
+    In training mode each example gets ``count`` masks; each mask sets ``w`` consecutive bands to 0, ``w`` drawn
+    uniformly from ``0..max_width`` and its first band uniformly from the ``n_bands - w + 1`` places (torch's global
+    generator, so ``torch.manual_seed`` repeats a run). 0 is the band's mean for features normalised to zero mean
+    over time, which is how the countermeasure uses it. The same bands are masked in every plane of a
+    ``(batch, planes, bands, frames)`` input. In evaluation mode it returns its input unchanged.
+    """
+
+    def __init__(self, max_width: int, count: int = 1) -> None:
+        super().__init__()
+        for name, v in (("max_width", max_width), ("count", count)):
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"FrequencyMask {name} must be an integer >= 1, got {v!r}")
+        self.max_width, self.count = max_width, count
+
+    def extra_repr(self) -> str:
+        return f"max_width={self.max_width}, count={self.count}"
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.training:
+            return x
+        if x.dim() not in (3, 4):
+            raise ValueError(f"FrequencyMask expects (batch, bands, frames) or (batch, planes, bands, frames), "
+                             f"got shape {tuple(x.shape)}")
+        batch, bands = x.shape[0], x.shape[-2]
+        width = torch.randint(0, min(self.max_width, bands) + 1, (batch, self.count))
+        start = (torch.rand(batch, self.count) * (bands - width + 1)).floor().long()
+        band = torch.arange(bands)
+        masked = ((band >= start[..., None]) & (band < (start + width)[..., None])).any(dim=1)  # (batch, bands)
+        masked = masked.to(x.device)
+        shape = (batch, 1, bands, 1) if x.dim() == 4 else (batch, bands, 1)
+        return x.masked_fill(masked.view(shape), 0.0)

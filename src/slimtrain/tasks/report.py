@@ -801,6 +801,8 @@ _SPOOF_X4_VARIANTS = {
     "oc": ("spoof_hv4", ", one-class head (`--head one-class`)", " --head one-class"),
     "a10": ("spoof_hv4a10", ", A10 in training", ""),
     "exp": ("spoof_hv4e", ", + the Hedgewars training packs as bona fide", ""),
+    "fm": ("spoof_hv4", ", frequency masks (`--freq-mask 8 --freq-masks 2`)", " --freq-mask 8 --freq-masks 2"),
+    "fm16": ("spoof_hv4", ", frequency masks (`--freq-mask 16 --freq-masks 2`)", " --freq-mask 16 --freq-masks 2"),
 }
 #: (draws of the training split, epochs) of the runs of the 64-band recipe on more draws (human_voices_x{k}_{e}ep.csv)
 _SPOOF_DRAW_RUNS = ((4, 4), (4, 8), (8, 8), (8, 12))

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ...audio.frontend import BandReassignment, MelFrontend, parse_phase_features
+from ...audio.frontend import BandReassignment, FrequencyMask, MelFrontend, parse_phase_features
 from ...core.graph import make_dynamic
 
 __all__ = [
@@ -82,7 +82,8 @@ class SpoofResNet(nn.Module):
 
     def __init__(self, width: int = DEFAULT_WIDTH, blocks: Sequence[int] = DEFAULT_BLOCKS, n_mels: int = DEFAULT_N_MELS,
                  sample_rate: int = 8000, n_fft: int = DEFAULT_N_FFT, hop_length: int = DEFAULT_HOP,
-                 freq_scale: str = "mel", phase: Sequence[str] = (), head: str = "linear") -> None:
+                 freq_scale: str = "mel", phase: Sequence[str] = (), head: str = "linear",
+                 freq_mask: Sequence[int] = ()) -> None:
         super().__init__()
         if head not in HEADS:
             raise ValueError(f"head must be one of {HEADS}, got {head!r}")
@@ -96,6 +97,8 @@ class SpoofResNet(nn.Module):
         phase = parse_phase_features("+".join(phase))  # (names an unknown or repeated feature)
         self.phase = nn.ModuleList(BandReassignment(f, sample_rate, n_fft, hop_length, n_mels, scale=freq_scale)
                                    for f in phase)
+        # training only (identity in eval mode): (max_width, count) frequency masks on the stacked features
+        self.freq_mask = FrequencyMask(*[int(v) for v in freq_mask]) if len(freq_mask) else None
         self.stem = nn.Conv2d(1 + len(self.phase), width, 3, 1, 1, bias=False)
         self.stem_bn = nn.BatchNorm2d(width)
         stages = []
@@ -127,6 +130,8 @@ class SpoofResNet(nn.Module):
         x = self.frontend(wav)  # (B, mels, frames)
         x = x - x.mean(dim=-1, keepdim=True)
         x = torch.stack([x] + [m(wav) for m in self.phase], 1) if len(self.phase) else x.unsqueeze(1)
+        if self.freq_mask is not None:
+            x = self.freq_mask(x)
         x = torch.relu(self.stem_bn(self.stem(x)))
         for stage in self.stages:
             x = stage(x)
@@ -141,16 +146,19 @@ class SpoofResNet(nn.Module):
 
 def build_resnet(width: int = DEFAULT_WIDTH, blocks: Sequence[int] = DEFAULT_BLOCKS, n_mels: int = DEFAULT_N_MELS,
                  sample_rate: int = 8000, n_fft: int = DEFAULT_N_FFT, hop_length: int = DEFAULT_HOP,
-                 freq_scale: str = "mel", phase: Sequence[str] = (), head: str = "linear") -> SpoofResNet:
+                 freq_scale: str = "mel", phase: Sequence[str] = (), head: str = "linear",
+                 freq_mask: Sequence[int] = ()) -> SpoofResNet:
     """The plain (non-dynamic) countermeasure: waveform ``(B, samples)`` -> logit ``(B,)``, bona fide positive.
 
     ``blocks=(3, 4, 6, 3)`` is ResNet34; ``width`` is the first stage's channel count (the paper: 64).
     ``freq_scale``: the spacing of the ``n_mels`` log filterbank bands, ``"mel"`` or ``"linear"`` (LFCC's).
     ``phase``: phase features stacked on the log-mel as more input planes (``("gd",)``, ``("gd", "if")``; see
     :class:`slimtrain.audio.frontend.BandReassignment`). ``head``: ``"linear"`` or ``"one-class"`` (OC-softmax:
-    train it with :func:`margin_bce` and the model's :attr:`~SpoofResNet.margin`).
+    train it with :func:`margin_bce` and the model's :attr:`~SpoofResNet.margin`). ``freq_mask``:
+    ``(max_width, count)`` frequency masks on the features in training mode only
+    (:class:`slimtrain.audio.frontend.FrequencyMask`; ``()``: none).
     """
-    return SpoofResNet(width, blocks, n_mels, sample_rate, n_fft, hop_length, freq_scale, phase, head)
+    return SpoofResNet(width, blocks, n_mels, sample_rate, n_fft, hop_length, freq_scale, phase, head, freq_mask)
 
 
 def parse_stages(spec: "str | Iterable[int]", n_stages: int = 4) -> tuple[int, ...]:

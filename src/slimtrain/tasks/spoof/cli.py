@@ -9,8 +9,8 @@ import sys
 import time
 from pathlib import Path
 
-from ..options import (_check_no_sweep_engine_args, _paragraphs, _positive_int, _refuse_sweep_under_torchrun,
-                       comma_list, human_source_list, sweep_seeds)
+from ..options import (_check_no_sweep_engine_args, _int_at_least, _paragraphs, _positive_int,
+                       _refuse_sweep_under_torchrun, comma_list, human_source_list, sweep_seeds)
 from ..study.cli import add_distill_options, add_options, given
 
 __all__ = ["register"]
@@ -180,6 +180,11 @@ def register(commands, data_commands) -> None:
                     help="phase features stacked on the log-mel, band for band: gd = group delay, if = "
                          "instantaneous frequency (the STFT's reassignment operators; docs/spoof.md 'Phase features'; "
                          "default: none)")
+    fe.add_argument("--freq-mask", type=lambda t: _int_at_least(t, "freq-mask", 0), default=None, metavar="W",
+                    help="training only: mask up to W consecutive filterbank bands of each clip (SpecAugment's "
+                         "frequency masks, 'FreqAugment'; docs/spoof.md 'Frequency masking'; default: 0 = off)")
+    fe.add_argument("--freq-masks", type=lambda t: _int_at_least(t, "freq-masks", 1), default=None, metavar="N",
+                    help="--freq-mask: masks per clip (default: 1)")
     fe.add_argument("--rawboost", choices=RAWBOOST_ALGORITHMS, default=None, metavar="ALG",
                     help="RawBoost on every training batch (Tak et al. 2022): 1 = linear and non-linear "
                          "convolutive noise, 2 = impulsive signal-dependent noise, 3 = stationary coloured noise at "
@@ -348,6 +353,8 @@ def _cmd_spoof(args) -> int:
     distributed.resolve_device(device)  # an unavailable device stops here, before any work
     if getattr(args, "rawboost_p", None) is not None and args.rawboost is None:  # (both corpus paths)
         raise ValueError("--rawboost-p needs --rawboost")
+    if getattr(args, "freq_masks", None) is not None and not getattr(args, "freq_mask", None):
+        raise ValueError("--freq-masks needs --freq-mask W (W >= 1)")
     if _corpus_mode(args):
         from .corpus_cli import run_corpus
 
@@ -361,7 +368,7 @@ def _cmd_spoof(args) -> int:
     if args.sweep:
         _refuse_sweep_under_torchrun()
     over: dict = {"seed": args.seed, **given(args, "epochs", "width", "n_mels", "n_fft", "freq_scale", "phase",
-                                             "head", "rawboost", "rawboost_p")}
+                                             "head", "rawboost", "rawboost_p", "freq_mask", "freq_masks")}
     over["settle_epochs"] = getattr(args, "settle_epochs", 0)
     over["compact_every"] = getattr(args, "compact_every", 0)
     over["family"] = getattr(args, "family", "resnet")
@@ -372,9 +379,9 @@ def _cmd_spoof(args) -> int:
     if over["family"] != "resnet" and (args.width is not None or args.stages is not None
                                        or args.n_mels is not None or args.n_fft is not None
                                        or args.freq_scale is not None or args.phase is not None
-                                       or args.head is not None):
-        raise ValueError("--width, --stages, --n-mels, --n-fft, --freq-scale, --phase and --head apply to the ResNet "
-                         "family only")
+                                       or args.head is not None or args.freq_mask is not None):
+        raise ValueError("--width, --stages, --n-mels, --n-fft, --freq-scale, --phase, --head and --freq-mask apply to "
+                         "the ResNet family only")
     if args.sweep and (args.plain or args.params_budget is not None or args.train_crop is not None
                        or args.teacher is not None or args.init_from_teacher):
         raise ValueError("--plain, --params-budget, --train-crop and --teacher apply to single runs, not --sweep")

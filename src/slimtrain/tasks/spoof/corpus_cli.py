@@ -72,7 +72,7 @@ def run_corpus(args) -> int:
         over["width"] = args.width
     if args.batch_size is not None:
         over["batch_size"] = args.batch_size
-    over.update(given(args, "rawboost", "rawboost_p", "head"))  # (_cmd_spoof checked --rawboost-p against --rawboost)
+    over.update(given(args, "rawboost", "rawboost_p", "head", "freq_mask", "freq_masks"))  # (_cmd_spoof checked --rawboost-p against --rawboost)
     cfg = SpoofConfig.quick(**over) if args.quick else SpoofConfig(**over)
     if cfg.warmup_epochs >= cfg.epochs:
         cfg.warmup_epochs = cfg.epochs - 1

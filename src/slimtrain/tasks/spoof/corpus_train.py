@@ -186,6 +186,8 @@ def train_on_corpus(
     kwargs = {"width": cfg.width, "blocks": list(cfg.blocks), "sample_rate": opts.sample_rate, **fe}
     if cfg.head != "linear":
         kwargs["head"] = cfg.head
+    if cfg.freq_mask:
+        kwargs["freq_mask"] = [int(cfg.freq_mask), int(cfg.freq_masks)]
     cache = _cache(opts)
     train_ds = SpoofCrops(train, opts.sample_rate, crop, seed=cfg.seed, cache=cache)
     n_bona = int(train.labels.sum())

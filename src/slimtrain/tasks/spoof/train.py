@@ -79,6 +79,10 @@ class SpoofConfig(TrainConfig):
     #: None: off) and the fraction of clips it augments
     rawboost: Optional[str] = None
     rawboost_p: float = 1.0
+    #: frequency masks on the ResNet's features in training (``FrequencyMask``): up to ``freq_mask`` consecutive
+    #: bands per mask (0: off), ``freq_masks`` masks per clip
+    freq_mask: int = 0
+    freq_masks: int = 1
 
     FAMILIES: ClassVar[tuple[str, ...]] = FAMILIES
     #: ``--quick``: a tiny network (one block per stage)
@@ -87,6 +91,10 @@ class SpoofConfig(TrainConfig):
     def check(self) -> None:
         check_ints(self, ("width", "n_mels", "hop_length"), 1)
         check_ints(self, ("n_fft",), 2)
+        check_ints(self, ("freq_mask",), 0)
+        check_ints(self, ("freq_masks",), 1)
+        if self.freq_mask and self.family != "resnet":
+            raise StudyConfigError(f"freq-mask applies to the ResNet family, not {self.family!r}")
         if self.rawboost is not None and self.rawboost not in RAWBOOST_ALGORITHMS:
             raise StudyConfigError(f"rawboost must be one of {', '.join(RAWBOOST_ALGORITHMS)} (or unset), got "
                                    f"{self.rawboost!r}")
@@ -136,6 +144,8 @@ def model_kwargs(cfg: SpoofConfig, width: Optional[int] = None) -> dict:
         kw["phase"] = list(parse_phase_features(cfg.phase))
     if cfg.head != "linear":
         kw["head"] = cfg.head
+    if cfg.freq_mask:
+        kw["freq_mask"] = [int(cfg.freq_mask), int(cfg.freq_masks)]
     return kw
 
 
