@@ -41,7 +41,8 @@ METRICS = ("eer_pooled", "eer_heldout", "eer_unseen", "eer_known")
 def _columns() -> list[str]:
     from slimtrain.tasks.spoof.attacks import ATTACKS
 
-    return ["arm", "seed", "epochs", "kappa_min", "n_mels", "n_fft", "rawboost", "phase", "head", "freq_mask", "method", "params",
+    return ["arm", "seed", "epochs", "kappa_min", "macs_budget", "n_mels", "n_fft", "rawboost", "phase", "head",
+            "freq_mask", "method", "params",
             "macs_per_second", *METRICS,
             *[f"eer_heldout_{a}" for a in ATTACKS], *[f"eer_{a}" for a in ATTACKS], "distill_weight",
             "init_from_teacher", "export_max_abs_diff", "seconds", "data_fingerprint", "widths"]
@@ -49,7 +50,7 @@ def _columns() -> list[str]:
 
 def _chain(job: tuple) -> list[dict]:
     """Run the arms of one job in order (a ``human+kd*`` arm uses the ``full`` model trained before it)."""
-    arms, seed, data, epochs, kappa, out, model_over = job
+    arms, seed, data, epochs, kappa, out, model_over, macs_budget = job
     import numpy as np
 
     from slimtrain.train.checkpoint import load_for_inference
@@ -69,9 +70,13 @@ def _chain(job: tuple) -> list[dict]:
             kw = {"teacher": load_for_inference(out / f"full-seed{seed}.ckpt", "spoof")[0],
                   "init_from_teacher": arm.endswith("init")}
         stages = () if arm == "full" else (0, 1, 2, 3)
-        row = train_run(cfg, tr, test, man["unseen_attacks"], stages=stages, kappa_min=kappa, floor=bool(stages),
-                        checkpoint=out / f"{arm}-seed{seed}.ckpt", progress=False, **kw)
+        if stages and macs_budget is not None:
+            kw["macs_budget"] = macs_budget
+        row = train_run(cfg, tr, test, man["unseen_attacks"], stages=stages, kappa_min=kappa,
+                        floor=bool(stages) and macs_budget is None, checkpoint=out / f"{arm}-seed{seed}.ckpt",
+                        progress=False, **kw)
         rows.append({"arm": arm, "seed": seed, "epochs": epochs, "kappa_min": kappa if stages else math.nan,
+                     "macs_budget": macs_budget if stages and macs_budget is not None else "",
                      "n_mels": cfg.n_mels, "n_fft": cfg.n_fft, "rawboost": cfg.rawboost or "",
                      "phase": cfg.phase or "", "head": cfg.head,
                      "freq_mask": f"{cfg.freq_mask}x{cfg.freq_masks}" if cfg.freq_mask else "", "data_fingerprint": data_fingerprint(data), **row})
@@ -109,11 +114,17 @@ def main(argv=None) -> int:
                    help="a count N (seeds 0..N-1) or a comma-separated list, e.g. 3,4")
     p.add_argument("--epochs", type=int, default=8)
     p.add_argument("--kappa-min", type=float, default=0.5)
+    p.add_argument("--macs-budget", type=float, default=None,
+                   help="DCL arms: a budget on the MACs per second of audio (e.g. 9.15e6) instead of training toward "
+                        "the kappa-min floor; kappa-min stays each width's lower bound")
     p.add_argument("--n-mels", type=int, default=None, help="filterbank bands of every arm (default: the ResNet's 32)")
     p.add_argument("--n-fft", type=int, default=None, help="FFT size of every arm (default: 256)")
     p.add_argument("--rawboost", default=None, help="RawBoost algorithm on every arm's training batches (default: off)")
     p.add_argument("--phase", default=None, help="phase features of every arm: gd, if or gd+if (default: none)")
     p.add_argument("--head", default=None, choices=("linear", "one-class"), help="output head of every arm")
+    p.add_argument("--settle-at-budget", action="store_true",
+                   help="with --macs-budget: fix the widths at the first step that meets the budget and train the cut "
+                        "network from there on (without it the multiplier can carry the widths well below the budget)")
     p.add_argument("--freq-mask", type=int, default=None, help="training frequency masks of every arm: max width")
     p.add_argument("--freq-masks", type=int, default=None, help="--freq-mask: masks per clip (default: 1)")
     p.add_argument("--arms", default=",".join(ARMS), help=f"comma-separated subset of {','.join(ARMS)}")
@@ -150,14 +161,18 @@ def main(argv=None) -> int:
     over = {k: v for k, v in (("n_mels", a.n_mels), ("n_fft", a.n_fft), ("rawboost", a.rawboost),
                               ("phase", a.phase), ("head", a.head), ("freq_mask", a.freq_mask),
                               ("freq_masks", a.freq_masks)) if v is not None}
+    if a.settle_at_budget:
+        if a.macs_budget is None:
+            p.error("--settle-at-budget needs --macs-budget")
+        over["settle_at_budget"] = True
     jobs = []
     seeds = a.seeds
     for s in seeds:
         kd = [x for x in arms if x.startswith("human+kd")]
         if kd:
             jobs.append((["full", *kd] if "full" in arms or not (a.out / f"full-seed{s}.ckpt").is_file() else kd,
-                         s, str(a.data), a.epochs, a.kappa_min, str(a.out), over))
-        jobs += [([x], s, str(a.data), a.epochs, a.kappa_min, str(a.out), over)
+                         s, str(a.data), a.epochs, a.kappa_min, str(a.out), over, a.macs_budget))
+        jobs += [([x], s, str(a.data), a.epochs, a.kappa_min, str(a.out), over, a.macs_budget)
                  for x in arms if x in ("core", "human") or (x == "full" and not kd)]
     jobs.sort(key=lambda j: -len(j[0]))  # the long chains first
     t0 = time.perf_counter()

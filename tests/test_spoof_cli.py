@@ -56,6 +56,10 @@ def test_help_explains_every_option(capsys, path):
     (["spoof", "--freq-mask", "-1"], ["freq-mask", ">= 0"]),
     (["spoof", "--freq-mask", "4", "--freq-masks", "0"], ["freq-masks", ">= 1"]),
     (["spoof", "--freq-masks", "2"], ["--freq-masks needs --freq-mask"]),
+    (["spoof", "--macs-budget", "0"], ["--macs-budget", "positive number"]),
+    (["spoof", "--macs-budget", "1e6", "--plain"], ["--macs-budget", "drop"]),
+    (["spoof", "--macs-budget", "1e6", "--params-budget", "1000"], ["--macs-budget", "drop"]),
+    (["spoof", "--macs-budget", "1e6", "--kappa-control", "floor"], ["--macs-budget", "drop"]),
 ])
 def test_bad_values_give_one_line_errors(capsys, tmp_path, spoof_data, argv, words):  # noqa: F811
     data = spoof_data[0]

@@ -200,3 +200,28 @@ def test_resamples_says_what_score_does(run):
     cm = spoof.load(run[0] / "model.ckpt")
     assert (cm.resamples(16000), cm.resamples(48000), cm.resamples(8000)) == (None, "down", "up")
     assert spoof.load().resamples(16000) == "down"  # the shipped model runs at 8 kHz
+
+
+def test_macs_budget_on_your_corpus_replaces_alpha(tmp_path):
+    """--macs-budget on your corpus replaces --alpha (recorded in result.json): a budget above the full network's
+    cost leaves every width whole (the hinge is inactive; --alpha 1 alone would shrink them), and one of 1 MAC/s
+    pulls the exported network below it."""
+    import slimtrain
+    from slimtrain.apps.spoof.models import build_resnet
+    from slimtrain.audio.data.spoof_fixtures import make_plain_csv
+    from slimtrain.train.checkpoint import load_checkpoint
+
+    data = make_plain_csv(tmp_path / "csv", n_bona=8, n_per_attack=4, seconds=(0.3, 0.6))
+    res = {}
+    for budget in ("1e12", "1"):
+        out = tmp_path / budget
+        rc = main(["spoof", "--quick", "--train-data", str(data), "--val-data", str(data), "--sample-rate", "8000",
+                   "--macs-budget", budget, "--out", str(out), *TINY, "--epochs", "6"])
+        assert rc == 0
+        res[budget] = json.loads((out / "result.json").read_text())["result"]
+        assert res[budget]["macs_budget"] == float(budget) and res[budget]["alpha"] is None
+    kw = load_checkpoint(tmp_path / "1" / "model.ckpt")["recipe"]["kwargs"]
+    full = float(slimtrain.model_cost(build_resnet(**{**kw, "blocks": tuple(kw["blocks"])}),
+                                      torch.zeros(1, 4000)).macs) / 0.5  # (0.5 s crops)
+    assert res["1e12"]["macs_per_second"] == full
+    assert res["1"]["macs_per_second"] < 0.95 * full

@@ -195,6 +195,28 @@ def test_floor_run_settles_at_its_budget_and_trains_the_cut_network(spoof_data, 
 def test_settle_at_budget_without_a_budget_is_refused_before_training(spoof_data):  # noqa: F811
     _, man, train, test = spoof_data
     cfg = SpoofConfig.quick(settle_at_budget=True)
-    with pytest.raises(ValueError, match="settle_at_budget needs a budget: floor=True or params_budget"):
+    with pytest.raises(ValueError, match="settle_at_budget needs a budget: floor=True, params_budget or macs_budget"):
         train_run(cfg, train, test, man["unseen_attacks"], stages=(0, 1, 2, 3), kappa_min=0.25, alpha=1.0,
                   progress=False)
+
+
+def test_macs_budget_run_ends_at_its_budget_above_the_floor(spoof_data):  # noqa: F811
+    """``macs_budget`` (MACs per second of audio) with ``settle_at_budget``: the widths shrink until the network
+    costs the budget (half the full network here) and are fixed there, far above the kappa-min floor; the exported
+    cost is the budget up to rounding each width up to a whole channel."""
+    _, man, train, test = spoof_data
+    cfg = SpoofConfig.quick(epochs=6, settle_at_budget=True, width_lr=0.1)
+    seconds = train.waveforms().shape[1] / 8000
+    full = float(slimtrain.model_cost(build_resnet(width=cfg.width, blocks=cfg.blocks), test.waveforms()[:1]).macs)
+    budget = 0.5 * full / seconds
+    row = train_run(cfg, train, test, man["unseen_attacks"], stages=(0, 1, 2, 3), kappa_min=0.125,
+                    macs_budget=budget, progress=False)
+    assert row["control"] == "macs-budget" and row["macs_budget"] == budget
+    assert budget * 0.95 <= row["macs_per_second"] <= budget * 1.12
+    floor = float(slimtrain.model_cost(build_resnet(width=1, blocks=cfg.blocks), test.waveforms()[:1]).macs)
+    assert row["macs"] > 2 * floor  # far above what every width at its floor would cost
+    assert row["export_max_abs_diff"] < 1e-5
+    for bad in (dict(macs_budget=0.0), dict(macs_budget=float("nan")), dict(macs_budget=1e6, params_budget=1e4),
+                dict(macs_budget=1e6, floor=True)):
+        with pytest.raises(ValueError, match="budget"):
+            train_run(cfg, train, test, man["unseen_attacks"], stages=(0, 1, 2, 3), progress=False, **bad)

@@ -794,20 +794,37 @@ _SHIPPED_BEFORE = {"shipped-before": "the first shipped file (fdf890e: 3 voices,
                    "shipped-mel64": "the file shipped from dcc2cef (64 mel bands, one draw, 16 epochs)"}
 
 
-#: one change each to the 4-draw recipe: CSV suffix -> (corpus folder, label, the benchmark's extra arguments)
+#: one change each to the 4-draw recipe: CSV suffix -> (corpus folder, label, the benchmark's extra arguments,
+#: DCL control: the kappa-min floor, or the MACs-budget arguments)
+_MACS_BUDGET = " --kappa-min 0.125 --macs-budget 8.7e6 --settle-at-budget"
 _SPOOF_X4_VARIANTS = {
-    "gd": ("spoof_hv4", ", + group delay (`--phase gd`)", " --phase gd"),
-    "gdif": ("spoof_hv4", ", + group delay and instantaneous frequency (`--phase gd+if`)", " --phase gd+if"),
-    "oc": ("spoof_hv4", ", one-class head (`--head one-class`)", " --head one-class"),
-    "a10": ("spoof_hv4a10", ", A10 in training", ""),
-    "exp": ("spoof_hv4e", ", + the Hedgewars training packs as bona fide", ""),
-    "fm": ("spoof_hv4", ", frequency masks (`--freq-mask 8 --freq-masks 2`)", " --freq-mask 8 --freq-masks 2"),
-    "fm16": ("spoof_hv4", ", frequency masks (`--freq-mask 16 --freq-masks 2`)", " --freq-mask 16 --freq-masks 2"),
+    "gd": ("spoof_hv4", ", + group delay (`--phase gd`)", " --phase gd", " --kappa-min 0.35"),
+    "gdif": ("spoof_hv4", ", + group delay and instantaneous frequency (`--phase gd+if`)", " --phase gd+if",
+             " --kappa-min 0.35"),
+    "oc": ("spoof_hv4", ", one-class head (`--head one-class`)", " --head one-class", " --kappa-min 0.35"),
+    "a10": ("spoof_hv4a10", ", A10 in training", "", " --kappa-min 0.35"),
+    "exp": ("spoof_hv4e", ", + the Hedgewars training packs as bona fide", "", " --kappa-min 0.35"),
+    "fm": ("spoof_hv4", ", frequency masks (`--freq-mask 8 --freq-masks 2`)", " --freq-mask 8 --freq-masks 2",
+           " --kappa-min 0.35"),
+    "fm16": ("spoof_hv4", ", frequency masks (`--freq-mask 16 --freq-masks 2`)", " --freq-mask 16 --freq-masks 2",
+             " --kappa-min 0.35"),
+    "mbs": ("spoof_hv4", "", "", _MACS_BUDGET),
 }
+
+
+def _dcl_control(args: str) -> str:
+    """The label of a DCL control given as the benchmark's arguments (" --kappa-min K" or a MACs budget)."""
+    if "--macs-budget" in args:
+        budget = args.split("--macs-budget ")[1].split()[0]
+        settle = ", settled at it" if "--settle-at-budget" in args else ""
+        return f"DCL: MACs budget {float(budget) / 1e6:g} M/s{settle}, kappa-min {args.split('--kappa-min ')[1].split()[0]}"
+    return f"DCL: kappa-min {args.split('--kappa-min ')[1].split()[0]}"
+
+
 #: (draws of the training split, epochs) of the runs of the 64-band recipe on more draws (human_voices_x{k}_{e}ep.csv)
 _SPOOF_DRAW_RUNS = ((4, 4), (4, 8), (8, 8), (8, 12))
-#: the 8-draw recipe at a higher width floor (more of the 1/3-of-MACs budget): CSV suffix -> (kappa-min, label)
-_SPOOF_X8_FLOORS = {"k50": (0.5, ", 64 mel bands, n_fft 512, 8 draws of the training split (DCL: kappa-min 0.5)")}
+#: the 8-draw recipe under another DCL control (a higher floor, a MACs budget): CSV suffix -> its arguments
+_SPOOF_X8_CONTROLS = {"k50": " --kappa-min 0.5", "mbs": _MACS_BUDGET}
 
 
 def _spoof_human_voices(root: Path) -> str:
@@ -832,12 +849,13 @@ def _spoof_human_voices(root: Path) -> str:
                 for k, e in _SPOOF_DRAW_RUNS},
              # one change each to the 4-draw, 8-epoch recipe (docs/spoof.md 'What did not carry to unseen attacks')
              **{f"human_voices_x4_8ep_{v}.csv": (8, d, ", 64 mel bands, n_fft 512, 4 draws of the training split"
-                                                 f"{what} (DCL: kappa-min 0.35)", " --n-mels 64 --n-fft 512 --kappa-min "
-                                                 f"0.35 --arms human{x} --out runs/spoof_hv4_e8_{v}")
-                for v, (d, what, x) in _SPOOF_X4_VARIANTS.items()},
-             **{f"human_voices_x8_8ep_{v}.csv": (8, "spoof_hv8", what, f" --n-mels 64 --n-fft 512 --kappa-min {kappa:g} "
+                                                 f"{what} ({_dcl_control(ctl)})", f" --n-mels 64 --n-fft 512{ctl} "
+                                                 f"--arms human{x} --out runs/spoof_hv4_e8_{v}")
+                for v, (d, what, x, ctl) in _SPOOF_X4_VARIANTS.items()},
+             **{f"human_voices_x8_8ep_{v}.csv": (8, "spoof_hv8", ", 64 mel bands, n_fft 512, 8 draws of the training "
+                                                 f"split ({_dcl_control(ctl)})", f" --n-mels 64 --n-fft 512{ctl} "
                                                  f"--arms human --out runs/spoof_hv8_e8_{v}")
-                for v, (kappa, what) in _SPOOF_X8_FLOORS.items()}}
+                for v, ctl in _SPOOF_X8_CONTROLS.items()}}
     metrics = ["macs_per_second", "eer_pooled", "eer_heldout", "eer_unseen", *[f"eer_heldout_{a}" for a in ATTACKS]]
     entries, fps = [], {}
     for f, (e, d, _, x) in files.items():
@@ -887,7 +905,7 @@ def _spoof_human_voices(root: Path) -> str:
                                                                  "human_voices_mel64_16ep.csv") for a in _SPOOF_HV_ARMS]
     # one change to the 4-draw recipe against that recipe
     pairs += [((f"human_voices_x4_8ep_{v}.csv", "human"), ("human_voices_x4_8ep.csv", "human")) for v in _SPOOF_X4_VARIANTS]
-    pairs += [((f"human_voices_x8_8ep_{v}.csv", "human"), ("human_voices_x8_8ep.csv", "human")) for v in _SPOOF_X8_FLOORS]
+    pairs += [((f"human_voices_x8_8ep_{v}.csv", "human"), ("human_voices_x8_8ep.csv", "human")) for v in _SPOOF_X8_CONTROLS]
     # more draws of the training split against the 64-band recipe on one draw
     pairs += [((f"human_voices_x{k}_{e}ep.csv", "human"), ("human_voices_mel64_16ep.csv", "human"))
               for k, e in _SPOOF_DRAW_RUNS]

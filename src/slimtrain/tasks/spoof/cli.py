@@ -151,6 +151,10 @@ def register(commands, data_commands) -> None:
     s.add_argument("--params-budget", type=lambda t: _positive_int(t, "params budget"), default=None, metavar="P",
                    help="single run with DCLs: a budget on the parameter count (Lagrangian multiplier) instead of "
                         "--alpha, e.g. 85306 (AASIST-L's published size)")
+    s.add_argument("--macs-budget", type=_positive_float, default=None, metavar="M",
+                   help="single run with DCLs (also on your corpus): a budget on the MACs per second of audio "
+                        "(Lagrangian multiplier) instead of --alpha, e.g. 9.15e6; the widths spend it where the task "
+                        "gains most, down to --kappa-min each (docs/spoof.md 'A MACs budget')")
     kd = add_distill_options(s, "a trained countermeasure (checkpoint or TorchScript file, e.g. a --plain "
                                 "full-width run)")
     kd.add_argument("--init-from-teacher", action="store_true",
@@ -278,6 +282,16 @@ def _attack(text: str) -> str:
     return a
 
 
+def _positive_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        v = math.nan
+    if not (math.isfinite(v) and v > 0):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}")
+    return v
+
+
 def _fraction(text: str) -> float:
     try:
         v = float(text)
@@ -355,6 +369,10 @@ def _cmd_spoof(args) -> int:
         raise ValueError("--rawboost-p needs --rawboost")
     if getattr(args, "freq_masks", None) is not None and not getattr(args, "freq_mask", None):
         raise ValueError("--freq-masks needs --freq-mask W (W >= 1)")
+    if getattr(args, "macs_budget", None) is not None:
+        if args.sweep or args.plain or args.params_budget is not None or args.kappa_control == "floor":
+            raise ValueError("--macs-budget is a budget of its own for a single run with DCLs: drop --sweep, "
+                             "--plain, --params-budget and --kappa-control floor")
     if _corpus_mode(args):
         from .corpus_cli import run_corpus
 
@@ -391,9 +409,10 @@ def _cmd_spoof(args) -> int:
         args.kappa_control = "floor" if args.sweep else "alpha"
     if args.kappa_control == "floor" and not args.sweep and (args.plain or args.params_budget is not None):
         raise ValueError("--kappa-control floor needs DCLs and no --params-budget (a budget of its own)")
-    if over["settle_at_budget"] and (args.plain or args.kappa_control != "floor" and args.params_budget is None):
+    if over["settle_at_budget"] and (args.plain or args.kappa_control != "floor" and args.params_budget is None
+                                     and args.macs_budget is None):
         raise ValueError("--settle-at-budget needs a budget: --kappa-control floor (the default of --sweep) or a "
-                         "single run with --params-budget")
+                         "single run with --params-budget or --macs-budget")
     cfg = SpoofConfig.quick(**over) if args.quick else SpoofConfig(**over)
     if cfg.warmup_epochs >= cfg.epochs:
         cfg.warmup_epochs = cfg.epochs - 1
@@ -435,7 +454,8 @@ def _cmd_spoof(args) -> int:
                         kappa_min=kappa, alpha=args.alpha, floor=args.kappa_control == "floor",
                         record_csv=out / "widths.csv",
                         checkpoint=out / "model.ckpt", progress=progress, device=device,
-                        params_budget=args.params_budget, train_crop=args.train_crop, teacher=teacher,
+                        params_budget=args.params_budget, macs_budget=args.macs_budget, train_crop=args.train_crop,
+                        teacher=teacher,
                         distill_weight=args.distill_weight, distill_temperature=args.distill_temperature,
                         init_from_teacher=args.init_from_teacher)
         if not main:
@@ -446,7 +466,8 @@ def _cmd_spoof(args) -> int:
             print(f"{cfg.family}, plain (no DCLs)")
         else:
             what = cfg.family if cfg.family != "resnet" else f"stages {','.join(map(str, stages))}"
-            ctl = (f"params budget {args.params_budget}" if args.params_budget else "toward the kappa-min floor"
+            ctl = (f"params budget {args.params_budget}" if args.params_budget else
+                   f"MACs budget {args.macs_budget / 1e6:g} M/s" if args.macs_budget else "toward the kappa-min floor"
                    if args.kappa_control == "floor" else f"alpha {args.alpha:g}")
             print(f"{what}, kappa-min {kappa:g}, {ctl}: learned widths {row['widths']}")
         print(f"  exported: {row['params']} params, {row['macs_per_second'] / 1e6:.2f} MMAC/s "

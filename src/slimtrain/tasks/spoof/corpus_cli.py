@@ -110,8 +110,8 @@ def run_corpus(args) -> int:
     print(f"data ({time.perf_counter() - t0:.1f}s): train {len(train)} files {train.counts()}; val {len(val)}"
           + (f"; test {len(test)}" if test is not None else ""))
     row = train_on_corpus(cfg, opts, train, val, test, asv=asv, stages=stages, kappa_min=kappa, alpha=args.alpha,
-                          checkpoint=out / "model.ckpt", record_csv=out / "widths.csv", progress=progress,
-                          device=getattr(args, "device", "cpu"))
+                          macs_budget=getattr(args, "macs_budget", None), checkpoint=out / "model.ckpt",
+                          record_csv=out / "widths.csv", progress=progress, device=getattr(args, "device", "cpu"))
     if not main:  # torchrun: rank 0 writes and prints
         return 0
     doc = {"recipe": args.recipe, "config": cfg.as_dict(),

@@ -163,6 +163,7 @@ def train_on_corpus(
     stages: Sequence[int] = (0, 1, 2, 3),
     kappa_min: float = 0.125,
     alpha: float = 1.0,
+    macs_budget: Optional[float] = None,
     checkpoint: Optional[Path] = None,
     record_csv: Optional[Path] = None,
     progress: bool = True,
@@ -171,7 +172,8 @@ def train_on_corpus(
     """Train one countermeasure on ``train`` and evaluate it on ``val`` (and ``test``); returns the result
     (cost per second of audio, learned widths, EER per attack and pooled in percent, min t-DCF on ``test``
     -- or ``val`` without a test set -- where ``asv`` is given, seconds). ``stages`` empty: a plain
-    model of ``cfg.width``. The checkpoint holds the model (with its DCLs) and its input settings."""
+    model of ``cfg.width``. ``macs_budget``: a budget on the MACs per second of audio (Lagrangian multiplier)
+    instead of ``alpha``. The checkpoint holds the model (with its DCLs) and its input settings."""
     cfg.validate()
     opts.validate()
     dev = distributed.resolve_device(device)
@@ -180,6 +182,9 @@ def train_on_corpus(
         raise ValueError(f"kappa-min must be in (0, 1], got {kappa_min!r}")
     if alpha < 0 or not math.isfinite(alpha):
         raise ValueError(f"alpha must be a finite number >= 0, got {alpha!r}")
+    if macs_budget is not None and not (isinstance(macs_budget, (int, float)) and math.isfinite(macs_budget)
+                                        and macs_budget > 0):
+        raise ValueError(f"MACs budget must be a positive number, got {macs_budget!r}")
     t0 = time.perf_counter()
     crop = opts.crop_samples
     fe = opts.frontend
@@ -205,7 +210,12 @@ def train_on_corpus(
         recorder = WidthRecorder(record_csv, None) if (record_csv is not None and stages and main) else None
         if stages:
             make_dynamic_stages(model, sample, stages, kappa_min)
-            objective = TradeoffLoss(model, alpha=float(alpha), metric="flops", warmup_steps=cfg.warmup_epochs * steps)
+            if macs_budget is not None:  # (the loss counts MACs per item: one training crop)
+                objective = TradeoffLoss(model, budget=float(macs_budget) * opts.crop_seconds, lagrangian=True,
+                                         lr_mu=0.5, metric="macs", warmup_steps=cfg.warmup_epochs * steps)
+            else:
+                objective = TradeoffLoss(model, alpha=float(alpha), metric="flops",
+                                         warmup_steps=cfg.warmup_epochs * steps)
             optimizer = training.make_optimizer(model, cfg.lr, cfg.width_lr)
         else:
             objective = None
@@ -245,7 +255,9 @@ def train_on_corpus(
             widths, small = {}, model
         cost = model_cost(small, sample, seconds=opts.crop_seconds)
         result: dict = {"stages": list(stages), "kappa_min": float(kappa_min) if stages else None,
-                        "alpha": float(alpha) if stages else None, "widths": widths,
+                        "alpha": float(alpha) if stages and macs_budget is None else None,
+                        "macs_budget": float(macs_budget) if stages and macs_budget is not None else None,
+                        "widths": widths,
                         "sample_rate": opts.sample_rate, "crop_seconds": opts.crop_seconds,
                         "macs_per_second": float(cost.macs) / opts.crop_seconds,
                         "gflops_per_second": float(cost.flops) / opts.crop_seconds / 1e9,

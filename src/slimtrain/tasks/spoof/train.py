@@ -249,6 +249,7 @@ def train_run(
     threads: Optional[int] = 1,
     device: str = "cpu",
     params_budget: Optional[float] = None,
+    macs_budget: Optional[float] = None,
     train_crop: Optional[int] = None,
     teacher: Optional[nn.Module | Callable[[Tensor], Tensor]] = None,
     distill_weight: float = 1.0,
@@ -268,7 +269,8 @@ def train_run(
 
     ``device``: where to train (cpu, cuda, mps); pruning, fine-tuning, export and scoring run on the
     CPU. ``params_budget``: with DCLs, a budget on the parameter count (Lagrangian multiplier) instead of
-    ``alpha``. ``train_crop``: train on random crops of this many samples (AASIST at full clip length costs
+    ``alpha``; ``macs_budget``: the same on the MACs per second of audio (e.g. ``9.15e6``), so the widths
+    spend a fixed inference cost where the task gains most instead of all sitting at one floor. ``train_crop``: train on random crops of this many samples (AASIST at full clip length costs
     about 1.2 GMAC per second of audio); evaluation always uses the whole clips.
 
     With ``cfg.family`` ``"aasist"``/``"aasist-l"`` any non-empty ``stages`` means DCLs on every width that
@@ -288,11 +290,17 @@ def train_run(
         raise ValueError(f"alpha must be a finite number >= 0, got {alpha!r}")
     if not 0 < kappa_min <= 1:
         raise ValueError(f"kappa-min must be in (0, 1], got {kappa_min!r}")
-    if params_budget is not None and not (math.isfinite(params_budget) and params_budget > 0):
-        raise ValueError(f"params budget must be a positive number, got {params_budget!r}")
+    for what, b in (("params", params_budget), ("MACs", macs_budget)):
+        if b is not None and not (isinstance(b, (int, float)) and math.isfinite(b) and b > 0):
+            raise ValueError(f"{what} budget must be a positive number, got {b!r}")
+    if params_budget is not None and macs_budget is not None:
+        raise ValueError("give one budget: params or MACs, not both")
+    budget_given = params_budget is not None or macs_budget is not None
+    if floor and budget_given:
+        raise ValueError("floor=True is a budget of its own (the floor cost); drop it or the params/MACs budget")
     aasist = cfg.family != "resnet"
-    if cfg.settle_at_budget and stages and not floor and params_budget is None:
-        raise ValueError("settle_at_budget needs a budget: floor=True or params_budget")
+    if cfg.settle_at_budget and stages and not floor and not budget_given:
+        raise ValueError("settle_at_budget needs a budget: floor=True, params_budget or macs_budget")
     if aasist and prune_to is not None:
         raise ValueError("the pruning baseline is for the ResNet family")
     if init_from_teacher and teacher is None:
@@ -334,6 +342,9 @@ def train_run(
             if params_budget is not None:
                 objective = TradeoffLoss(model, budget=float(params_budget), lagrangian=True, lr_mu=0.5,
                                          metric="params", warmup_steps=cfg.warmup_epochs * steps)
+            elif macs_budget is not None:  # (the loss counts MACs per item: a training clip or crop)
+                objective = TradeoffLoss(model, budget=float(macs_budget) * sample.shape[1] / SR, lagrangian=True,
+                                         lr_mu=0.5, metric="macs", warmup_steps=cfg.warmup_epochs * steps)
             elif floor:
                 objective = TradeoffLoss(model, budget="floor", lagrangian=True, lr_mu=0.5, metric="flops",
                                          warmup_steps=cfg.warmup_epochs * steps)
@@ -383,8 +394,10 @@ def train_run(
         "stages": ",".join(map(str, stages)) if stages else "-",
         "kappa_min": float(kappa_min) if stages else math.nan,
         "alpha": (0.0 if floor else float(alpha)) if stages else math.nan,
-        "control": ("params-budget" if params_budget is not None else "floor" if floor else "alpha") if stages else "",
+        "control": ("params-budget" if params_budget is not None else "macs-budget" if macs_budget is not None
+                    else "floor" if floor else "alpha") if stages else "",
         "params_budget": float(params_budget) if params_budget is not None else math.nan,
+        "macs_budget": float(macs_budget) if macs_budget is not None else math.nan,
         "width": int(width or cfg.width),
         "macs": float(cost.macs),
         "macs_per_second": float(cost.macs) / seconds,
