@@ -823,8 +823,9 @@ def _dcl_control(args: str) -> str:
 
 #: (draws of the training split, epochs) of the runs of the 64-band recipe on more draws (human_voices_x{k}_{e}ep.csv)
 _SPOOF_DRAW_RUNS = ((4, 4), (4, 8), (8, 8), (8, 12))
-#: the 8-draw recipe under another DCL control (a higher floor, a MACs budget): CSV suffix -> its arguments
-_SPOOF_X8_CONTROLS = {"k50": " --kappa-min 0.5", "mbs": _MACS_BUDGET}
+#: the 64-band recipe on K draws under another DCL control (a higher floor, a MACs budget):
+#: (K, CSV suffix) -> its arguments
+_SPOOF_CONTROL_RUNS = {(8, "k50"): " --kappa-min 0.5", (8, "mbs"): _MACS_BUDGET, (16, "mbs"): _MACS_BUDGET}
 
 
 def _spoof_human_voices(root: Path) -> str:
@@ -852,10 +853,10 @@ def _spoof_human_voices(root: Path) -> str:
                                                  f"{what} ({_dcl_control(ctl)})", f" --n-mels 64 --n-fft 512{ctl} "
                                                  f"--arms human{x} --out runs/spoof_hv4_e8_{v}")
                 for v, (d, what, x, ctl) in _SPOOF_X4_VARIANTS.items()},
-             **{f"human_voices_x8_8ep_{v}.csv": (8, "spoof_hv8", ", 64 mel bands, n_fft 512, 8 draws of the training "
-                                                 f"split ({_dcl_control(ctl)})", f" --n-mels 64 --n-fft 512{ctl} "
-                                                 f"--arms human --out runs/spoof_hv8_e8_{v}")
-                for v, ctl in _SPOOF_X8_CONTROLS.items()}}
+             **{f"human_voices_x{k}_8ep_{v}.csv": (8, f"spoof_hv{k}", f", 64 mel bands, n_fft 512, {k} draws of the "
+                                                   f"training split ({_dcl_control(ctl)})", f" --n-mels 64 --n-fft 512"
+                                                   f"{ctl} --arms human --out runs/spoof_hv{k}_e8_{v}")
+                for (k, v), ctl in _SPOOF_CONTROL_RUNS.items()}}
     metrics = ["macs_per_second", "eer_pooled", "eer_heldout", "eer_unseen", *[f"eer_heldout_{a}" for a in ATTACKS]]
     entries, fps = [], {}
     for f, (e, d, _, x) in files.items():
@@ -905,7 +906,13 @@ def _spoof_human_voices(root: Path) -> str:
                                                                  "human_voices_mel64_16ep.csv") for a in _SPOOF_HV_ARMS]
     # one change to the 4-draw recipe against that recipe
     pairs += [((f"human_voices_x4_8ep_{v}.csv", "human"), ("human_voices_x4_8ep.csv", "human")) for v in _SPOOF_X4_VARIANTS]
-    pairs += [((f"human_voices_x8_8ep_{v}.csv", "human"), ("human_voices_x8_8ep.csv", "human")) for v in _SPOOF_X8_CONTROLS]
+    # another control against the floor on the same draws and (more draws) against 8 draws, floor and this control
+    for k, v in _SPOOF_CONTROL_RUNS:
+        this = f"human_voices_x{k}_8ep_{v}.csv"
+        others = [f"human_voices_x{k}_8ep.csv", "human_voices_x8_8ep.csv", f"human_voices_x8_8ep_{v}.csv"]
+        for other in dict.fromkeys(others):
+            if other != this:
+                pairs.append(((this, "human"), (other, "human")))
     # more draws of the training split against the 64-band recipe on one draw
     pairs += [((f"human_voices_x{k}_{e}ep.csv", "human"), ("human_voices_mel64_16ep.csv", "human"))
               for k, e in _SPOOF_DRAW_RUNS]
