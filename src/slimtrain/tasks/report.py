@@ -791,7 +791,8 @@ _SPOOF_HV_ARMS = {"core": "DCL, no human voices", "human": "DCL + human voices",
 #: the countermeasures shipped before (rows of docs/spoof_results/human_voices_shipped.csv)
 _SHIPPED_BEFORE = {"shipped-before": "the first shipped file (fdf890e: 3 voices, 7 attack families)",
                    "shipped-mel32-kd": "the file shipped from f5e5fc8 (32 mel bands, distilled, 16 epochs)",
-                   "shipped-mel64": "the file shipped from dcc2cef (64 mel bands, one draw, 16 epochs)"}
+                   "shipped-mel64": "the file shipped from dcc2cef (64 mel bands, one draw, 16 epochs)",
+                   "shipped-x8": "the file shipped from df94bfb (8 draws, the kappa-min 0.35 floor, 8 epochs)"}
 
 
 #: one change each to the 4-draw recipe: CSV suffix -> (corpus folder, label, the benchmark's extra arguments,
@@ -868,7 +869,7 @@ def _spoof_human_voices(root: Path) -> str:
         entries += [{**x, "file": f} for x in summarize_rows(rows, ["arm", "epochs"], metrics)]
     shipped = _doc_csv(root, "spoof_results/human_voices_shipped.csv", "python benchmarks/spoof_human_voices.py --data "
                        "runs/spoof_hv --score shipped-before=fdf890e.pt --score shipped-mel32-kd=f5e5fc8.pt --score "
-                       "shipped-mel64=dcc2cef.pt --csv "
+                       "shipped-mel64=dcc2cef.pt --score shipped-x8=df94bfb.pt --csv "
                        "docs/spoof_results/human_voices_shipped.csv (COMMIT.pt: git show "
                        "COMMIT:src/slimtrain/assets/spoof_default.pt)")
 
@@ -943,12 +944,13 @@ def _spoof_human_voices(root: Path) -> str:
 
 
 def _spoof_by_speaker(root: Path) -> str:
-    """The shipped countermeasure's EER per bona fide voice of the evaluation split, and of the 8-draw recipe at the
-    kappa-min 0.5 floor (benchmarks/spoof_by_speaker.py)."""
+    """The shipped countermeasure's EER per bona fide voice of the evaluation split, and of the file before it and
+    the 8-draw recipe at the kappa-min 0.5 floor (benchmarks/spoof_by_speaker.py)."""
     from .spoof.attacks import ATTACKS
 
     cmd = ("python benchmarks/spoof_by_speaker.py --data runs/spoof_hv --model shipped=src/slimtrain/assets/spoof_default.pt "
-           "--model kappa-min-0.5=runs/spoof_hv8_e8_k50/human-seed0.ckpt --csv docs/spoof_results/by_speaker.csv")
+           "--model shipped-x8=df94bfb.pt --model kappa-min-0.5=runs/spoof_hv8_e8_k50/human-seed0.ckpt --csv "
+           "docs/spoof_results/by_speaker.csv (df94bfb.pt: git show df94bfb:src/slimtrain/assets/spoof_default.pt)")
     rows = _doc_csv(root, "spoof_results/by_speaker.csv", cmd)
     attacks = [a for a in ATTACKS if any(r.get(f"eer_{a}") not in ("", "nan", None) for r in rows)]
 
@@ -1176,8 +1178,13 @@ def _vad_human_training_16k(root: Path) -> str:
 def _spoof_how(recipe: dict) -> str:
     """How the shipped countermeasure's widths were controlled (and distilled), from its JSON recipe."""
     k = recipe["dynamic"]["kappa_min"]
-    how = f"toward the kappa_min {k:g} floor" if recipe.get("control") == "floor" else \
-        f"alpha {recipe['alpha']:g}, kappa_min {k:g}"
+    if recipe.get("control") == "floor":
+        how = f"toward the kappa_min {k:g} floor"
+    elif recipe.get("control") == "macs-budget":
+        how = "to a MACs budget" + (", settled at it" if recipe.get("config", {}).get("settle_at_budget") else "") + \
+            f", kappa_min {k:g}"
+    else:
+        how = f"alpha {recipe['alpha']:g}, kappa_min {k:g}"
     if recipe.get("distill_weight"):
         how += ", distilled from the full-width model" + (" it started from" if recipe.get("init_from_teacher") else "")
     fe = recipe.get("builder_kwargs", {})
