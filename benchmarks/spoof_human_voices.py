@@ -79,7 +79,8 @@ def _chain(job: tuple) -> list[dict]:
                      "macs_budget": macs_budget if stages and macs_budget is not None else "",
                      "n_mels": cfg.n_mels, "n_fft": cfg.n_fft, "rawboost": cfg.rawboost or "",
                      "phase": cfg.phase or "", "head": cfg.head,
-                     "freq_mask": f"{cfg.freq_mask}x{cfg.freq_masks}" if cfg.freq_mask else "", "data_fingerprint": data_fingerprint(data), **row})
+                     "freq_mask": f"{cfg.freq_mask}x{cfg.freq_masks}" if cfg.freq_mask else "",
+                     "data_fingerprint": data_fingerprint(data), **row})
     return rows
 
 

@@ -795,38 +795,45 @@ _SHIPPED_BEFORE = {"shipped-before": "the first shipped file (fdf890e: 3 voices,
                    "shipped-x8": "the file shipped from df94bfb (8 draws, the kappa-min 0.35 floor, 8 epochs)"}
 
 
+#: a DCL control of the countermeasure studies: (kappa-min, MACs budget per second of audio or None: toward the
+#: kappa-min floor). A budget run settles at its budget (--settle-at-budget).
+_FLOOR_035 = (0.35, None)
+_MACS_BUDGET = (0.125, 8.7e6)
+
+
+def _control_args(control: tuple) -> str:
+    """The benchmark's arguments for a DCL control (see ``_FLOOR_035``)."""
+    kappa, budget = control
+    return f" --kappa-min {kappa:g}" + (f" --macs-budget {budget / 1e6:g}e6 --settle-at-budget" if budget else "")
+
+
+def _control_label(control: tuple) -> str:
+    """The table label of a DCL control (see ``_FLOOR_035``)."""
+    kappa, budget = control
+    return (f"DCL: MACs budget {budget / 1e6:g} M/s, settled at it, kappa-min {kappa:g}" if budget
+            else f"DCL: kappa-min {kappa:g}")
+
+
 #: one change each to the 4-draw recipe: CSV suffix -> (corpus folder, label, the benchmark's extra arguments,
-#: DCL control: the kappa-min floor, or the MACs-budget arguments)
-_MACS_BUDGET = " --kappa-min 0.125 --macs-budget 8.7e6 --settle-at-budget"
+#: DCL control)
 _SPOOF_X4_VARIANTS = {
-    "gd": ("spoof_hv4", ", + group delay (`--phase gd`)", " --phase gd", " --kappa-min 0.35"),
+    "gd": ("spoof_hv4", ", + group delay (`--phase gd`)", " --phase gd", _FLOOR_035),
     "gdif": ("spoof_hv4", ", + group delay and instantaneous frequency (`--phase gd+if`)", " --phase gd+if",
-             " --kappa-min 0.35"),
-    "oc": ("spoof_hv4", ", one-class head (`--head one-class`)", " --head one-class", " --kappa-min 0.35"),
-    "a10": ("spoof_hv4a10", ", A10 in training", "", " --kappa-min 0.35"),
-    "exp": ("spoof_hv4e", ", + the Hedgewars training packs as bona fide", "", " --kappa-min 0.35"),
+             _FLOOR_035),
+    "oc": ("spoof_hv4", ", one-class head (`--head one-class`)", " --head one-class", _FLOOR_035),
+    "a10": ("spoof_hv4a10", ", A10 in training", "", _FLOOR_035),
+    "exp": ("spoof_hv4e", ", + the Hedgewars training packs as bona fide", "", _FLOOR_035),
     "fm": ("spoof_hv4", ", frequency masks (`--freq-mask 8 --freq-masks 2`)", " --freq-mask 8 --freq-masks 2",
-           " --kappa-min 0.35"),
+           _FLOOR_035),
     "fm16": ("spoof_hv4", ", frequency masks (`--freq-mask 16 --freq-masks 2`)", " --freq-mask 16 --freq-masks 2",
-             " --kappa-min 0.35"),
+             _FLOOR_035),
     "mbs": ("spoof_hv4", "", "", _MACS_BUDGET),
 }
-
-
-def _dcl_control(args: str) -> str:
-    """The label of a DCL control given as the benchmark's arguments (" --kappa-min K" or a MACs budget)."""
-    if "--macs-budget" in args:
-        budget = args.split("--macs-budget ")[1].split()[0]
-        settle = ", settled at it" if "--settle-at-budget" in args else ""
-        return f"DCL: MACs budget {float(budget) / 1e6:g} M/s{settle}, kappa-min {args.split('--kappa-min ')[1].split()[0]}"
-    return f"DCL: kappa-min {args.split('--kappa-min ')[1].split()[0]}"
-
-
 #: (draws of the training split, epochs) of the runs of the 64-band recipe on more draws (human_voices_x{k}_{e}ep.csv)
 _SPOOF_DRAW_RUNS = ((4, 4), (4, 8), (8, 8), (8, 12))
 #: the 64-band recipe on K draws under another DCL control (a higher floor, a MACs budget):
-#: (K, CSV suffix) -> its arguments
-_SPOOF_CONTROL_RUNS = {(8, "k50"): " --kappa-min 0.5", (8, "mbs"): _MACS_BUDGET, (16, "mbs"): _MACS_BUDGET}
+#: (K, CSV suffix) -> the control
+_SPOOF_CONTROL_RUNS = {(8, "k50"): (0.5, None), (8, "mbs"): _MACS_BUDGET, (16, "mbs"): _MACS_BUDGET}
 
 
 def _spoof_human_voices(root: Path) -> str:
@@ -851,12 +858,13 @@ def _spoof_human_voices(root: Path) -> str:
                 for k, e in _SPOOF_DRAW_RUNS},
              # one change each to the 4-draw, 8-epoch recipe (docs/spoof.md 'What did not carry to unseen attacks')
              **{f"human_voices_x4_8ep_{v}.csv": (8, d, ", 64 mel bands, n_fft 512, 4 draws of the training split"
-                                                 f"{what} ({_dcl_control(ctl)})", f" --n-mels 64 --n-fft 512{ctl} "
+                                                 f"{what} ({_control_label(ctl)})", " --n-mels 64 --n-fft 512"
+                                                 f"{_control_args(ctl)} "
                                                  f"--arms human{x} --out runs/spoof_hv4_e8_{v}")
                 for v, (d, what, x, ctl) in _SPOOF_X4_VARIANTS.items()},
              **{f"human_voices_x{k}_8ep_{v}.csv": (8, f"spoof_hv{k}", f", 64 mel bands, n_fft 512, {k} draws of the "
-                                                   f"training split ({_dcl_control(ctl)})", f" --n-mels 64 --n-fft 512"
-                                                   f"{ctl} --arms human --out runs/spoof_hv{k}_e8_{v}")
+                                                   f"training split ({_control_label(ctl)})", " --n-mels 64 --n-fft "
+                                                   f"512{_control_args(ctl)} --arms human --out runs/spoof_hv{k}_e8_{v}")
                 for (k, v), ctl in _SPOOF_CONTROL_RUNS.items()}}
     metrics = ["macs_per_second", "eer_pooled", "eer_heldout", "eer_unseen", *[f"eer_heldout_{a}" for a in ATTACKS]]
     entries, fps = [], {}

@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from ..options import (_check_no_sweep_engine_args, _int_at_least, _paragraphs, _positive_int,
+from ..options import (_check_no_sweep_engine_args, _int_at_least, _paragraphs, _positive_float, _positive_int,
                        _refuse_sweep_under_torchrun, comma_list, human_source_list, sweep_seeds)
 from ..study.cli import add_distill_options, add_options, given
 
@@ -151,7 +151,7 @@ def register(commands, data_commands) -> None:
     s.add_argument("--params-budget", type=lambda t: _positive_int(t, "params budget"), default=None, metavar="P",
                    help="single run with DCLs: a budget on the parameter count (Lagrangian multiplier) instead of "
                         "--alpha, e.g. 85306 (AASIST-L's published size)")
-    s.add_argument("--macs-budget", type=_positive_float, default=None, metavar="M",
+    s.add_argument("--macs-budget", type=lambda t: _positive_float(t, "macs-budget"), default=None, metavar="M",
                    help="single run with DCLs (also on your corpus): a budget on the MACs per second of audio "
                         "(Lagrangian multiplier) instead of --alpha, e.g. 9.15e6; the widths spend it where the task "
                         "gains most, down to --kappa-min each (docs/spoof.md 'A MACs budget')")
@@ -280,16 +280,6 @@ def _attack(text: str) -> str:
     if a not in ATTACKS:
         raise argparse.ArgumentTypeError(f"unknown attack {text!r}; choose from {', '.join(ATTACKS)}")
     return a
-
-
-def _positive_float(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        v = math.nan
-    if not (math.isfinite(v) and v > 0):
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}")
-    return v
 
 
 def _fraction(text: str) -> float:

@@ -72,7 +72,8 @@ def run_corpus(args) -> int:
         over["width"] = args.width
     if args.batch_size is not None:
         over["batch_size"] = args.batch_size
-    over.update(given(args, "rawboost", "rawboost_p", "head", "freq_mask", "freq_masks"))  # (_cmd_spoof checked --rawboost-p against --rawboost)
+    # (_cmd_spoof checked --rawboost-p against --rawboost and --freq-masks against --freq-mask)
+    over.update(given(args, "rawboost", "rawboost_p", "head", "freq_mask", "freq_masks"))
     cfg = SpoofConfig.quick(**over) if args.quick else SpoofConfig(**over)
     if cfg.warmup_epochs >= cfg.epochs:
         cfg.warmup_epochs = cfg.epochs - 1

@@ -37,7 +37,7 @@ from ...train.record import WidthRecorder
 from ..metrics import eer_by_group, min_tdcf
 from ..study.config import check_ints
 from ...apps.spoof.models import build_resnet, make_dynamic_stages, margin_bce
-from .train import TASK, SpoofConfig
+from .train import TASK, SpoofConfig, check_budget, head_and_mask_kwargs, macs_budget_loss
 
 __all__ = ["CorpusOptions", "frontend_for_rate", "train_on_corpus", "score_corpus", "evaluate_scores",
            "PREPROCESS"]
@@ -182,17 +182,12 @@ def train_on_corpus(
         raise ValueError(f"kappa-min must be in (0, 1], got {kappa_min!r}")
     if alpha < 0 or not math.isfinite(alpha):
         raise ValueError(f"alpha must be a finite number >= 0, got {alpha!r}")
-    if macs_budget is not None and not (isinstance(macs_budget, (int, float)) and math.isfinite(macs_budget)
-                                        and macs_budget > 0):
-        raise ValueError(f"MACs budget must be a positive number, got {macs_budget!r}")
+    check_budget("MACs", macs_budget)
     t0 = time.perf_counter()
     crop = opts.crop_samples
     fe = opts.frontend
-    kwargs = {"width": cfg.width, "blocks": list(cfg.blocks), "sample_rate": opts.sample_rate, **fe}
-    if cfg.head != "linear":
-        kwargs["head"] = cfg.head
-    if cfg.freq_mask:
-        kwargs["freq_mask"] = [int(cfg.freq_mask), int(cfg.freq_masks)]
+    kwargs = {"width": cfg.width, "blocks": list(cfg.blocks), "sample_rate": opts.sample_rate, **fe,
+              **head_and_mask_kwargs(cfg)}
     cache = _cache(opts)
     train_ds = SpoofCrops(train, opts.sample_rate, crop, seed=cfg.seed, cache=cache)
     n_bona = int(train.labels.sum())
@@ -210,9 +205,8 @@ def train_on_corpus(
         recorder = WidthRecorder(record_csv, None) if (record_csv is not None and stages and main) else None
         if stages:
             make_dynamic_stages(model, sample, stages, kappa_min)
-            if macs_budget is not None:  # (the loss counts MACs per item: one training crop)
-                objective = TradeoffLoss(model, budget=float(macs_budget) * opts.crop_seconds, lagrangian=True,
-                                         lr_mu=0.5, metric="macs", warmup_steps=cfg.warmup_epochs * steps)
+            if macs_budget is not None:  # (items: the training crops)
+                objective = macs_budget_loss(model, macs_budget, opts.crop_seconds, cfg.warmup_epochs * steps)
             else:
                 objective = TradeoffLoss(model, alpha=float(alpha), metric="flops",
                                          warmup_steps=cfg.warmup_epochs * steps)

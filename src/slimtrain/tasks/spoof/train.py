@@ -142,11 +142,32 @@ def model_kwargs(cfg: SpoofConfig, width: Optional[int] = None) -> dict:
         kw["freq_scale"] = cfg.freq_scale
     if parse_phase_features(cfg.phase):
         kw["phase"] = list(parse_phase_features(cfg.phase))
+    return {**kw, **head_and_mask_kwargs(cfg)}
+
+
+def head_and_mask_kwargs(cfg: SpoofConfig) -> dict:
+    """The ResNet's output head and training frequency masks of ``cfg`` as :func:`build_resnet` keyword
+    arguments, each only where it is not the default (so recipes of older models stay as they were)."""
+    kw: dict = {}
     if cfg.head != "linear":
         kw["head"] = cfg.head
     if cfg.freq_mask:
         kw["freq_mask"] = [int(cfg.freq_mask), int(cfg.freq_masks)]
     return kw
+
+
+def check_budget(what: str, budget: Optional[float]) -> None:
+    """A budget of a run is unset or a finite number > 0 (``ValueError`` naming ``what`` otherwise)."""
+    if budget is not None and not (isinstance(budget, (int, float)) and not isinstance(budget, bool)
+                                   and math.isfinite(budget) and budget > 0):
+        raise ValueError(f"{what} budget must be a positive number, got {budget!r}")
+
+
+def macs_budget_loss(model: nn.Module, macs_per_second: float, item_seconds: float, warmup_steps: int) -> TradeoffLoss:
+    """The trade-off loss of a MACs budget given per second of audio, for a model traced on items of
+    ``item_seconds`` (the loss counts MACs per item): Lagrangian multiplier, as the floor and params budgets."""
+    return TradeoffLoss(model, budget=float(macs_per_second) * item_seconds, lagrangian=True, lr_mu=0.5,
+                        metric="macs", warmup_steps=warmup_steps)
 
 
 def build_spoof_model(recipe: dict) -> nn.Module:
@@ -290,9 +311,8 @@ def train_run(
         raise ValueError(f"alpha must be a finite number >= 0, got {alpha!r}")
     if not 0 < kappa_min <= 1:
         raise ValueError(f"kappa-min must be in (0, 1], got {kappa_min!r}")
-    for what, b in (("params", params_budget), ("MACs", macs_budget)):
-        if b is not None and not (isinstance(b, (int, float)) and math.isfinite(b) and b > 0):
-            raise ValueError(f"{what} budget must be a positive number, got {b!r}")
+    check_budget("params", params_budget)
+    check_budget("MACs", macs_budget)
     if params_budget is not None and macs_budget is not None:
         raise ValueError("give one budget: params or MACs, not both")
     budget_given = params_budget is not None or macs_budget is not None
@@ -342,9 +362,8 @@ def train_run(
             if params_budget is not None:
                 objective = TradeoffLoss(model, budget=float(params_budget), lagrangian=True, lr_mu=0.5,
                                          metric="params", warmup_steps=cfg.warmup_epochs * steps)
-            elif macs_budget is not None:  # (the loss counts MACs per item: a training clip or crop)
-                objective = TradeoffLoss(model, budget=float(macs_budget) * sample.shape[1] / SR, lagrangian=True,
-                                         lr_mu=0.5, metric="macs", warmup_steps=cfg.warmup_epochs * steps)
+            elif macs_budget is not None:  # (items: the training clips or crops)
+                objective = macs_budget_loss(model, macs_budget, sample.shape[1] / SR, cfg.warmup_epochs * steps)
             elif floor:
                 objective = TradeoffLoss(model, budget="floor", lagrangian=True, lr_mu=0.5, metric="flops",
                                          warmup_steps=cfg.warmup_epochs * steps)
