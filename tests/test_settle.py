@@ -222,3 +222,47 @@ def test_fit_settles_at_the_budget_and_a_resume_stays_settled(tmp_path):
     with pytest.raises(ValueError, match="settle_at_budget needs an objective with a budget"):
         fit(_model(), lambda e: iter(()), F.mse_loss, slimtrain.TradeoffLoss(_model(), alpha=1.0),
             make_optimizer(_model()), 2, progress=False, settle_at_budget=True)
+
+
+def _hard_macs(model: nn.Module) -> float:
+    """MACs of the network ``export`` cuts, counted on the exported model (not by the trade-off loss)."""
+    return float(slimtrain.model_cost(slimtrain.export(copy.deepcopy(model).eval()), torch.randn(2, 6)).macs)
+
+
+@settings(max_examples=30, deadline=None)
+@given(k1=st.floats(2.5, 24.0), k2=st.floats(2.5, 24.0), share=st.floats(0.2, 0.95))
+def test_fill_budget_spends_the_budget_up_to_the_next_channel(k1, k2, share):
+    """``fill_budget`` (what a settle at the budget does first): the exported network costs at most the budget,
+    one more channel step of the common scale would cost more, and the widths keep their learned ratio."""
+    model = _model()
+    obj = slimtrain.TradeoffLoss(model, alpha=0.0, budget=1.0, metric="macs")
+    dcls = _dcls(model)
+    for d in dcls:
+        d.set_width(d.min_width)
+    floor_cost = obj.current_cost()
+    obj.budget = floor_cost + share * (obj.full - floor_cost)
+    for d, k in zip(dcls, (k1, k2)):
+        d.set_width(k)
+    learned = [float(d.width) for d in dcls]
+    s = obj.fill_budget()
+    widths = [d.hard_width for d in dcls]
+    assert widths == [min(max(math.ceil(k * s - 1e-6), math.ceil(d.min_width)), int(d.max_width))
+                      for k, d in zip(learned, dcls)]
+    assert _hard_macs(model) <= obj.budget + 1e-6
+    growable = [(w / k, i) for i, (w, k, d) in enumerate(zip(widths, learned, dcls)) if w < d.max_width]
+    if growable:  # the next step of the common scale adds a channel to some width: over the budget
+        s_next = min(growable)[0] * (1 + 1e-5)
+        for d, k in zip(dcls, learned):
+            d.set_width(min(max(math.ceil(k * s_next - 1e-6), math.ceil(d.min_width)), d.max_width))
+        assert _hard_macs(model) > obj.budget
+
+
+def test_fill_budget_leaves_widths_alone_without_a_reachable_budget():
+    model = _model()
+    dcls = _dcls(model)
+    for d, k in zip(dcls, (7.3, 11.6)):
+        d.set_width(k)
+    assert slimtrain.TradeoffLoss(model, alpha=1.0).fill_budget() == 1.0  # no budget
+    obj = slimtrain.TradeoffLoss(model, alpha=0.0, budget=1.0)  # below what the lower bounds cost
+    assert obj.fill_budget() == 1.0
+    assert [round(float(d.width), 4) for d in dcls] == [7.3, 11.6]

@@ -203,7 +203,7 @@ def test_settle_at_budget_without_a_budget_is_refused_before_training(spoof_data
 def test_macs_budget_run_ends_at_its_budget_above_the_floor(spoof_data):  # noqa: F811
     """``macs_budget`` (MACs per second of audio) with ``settle_at_budget``: the widths shrink until the network
     costs the budget (half the full network here) and are fixed there, far above the kappa-min floor; the exported
-    cost is the budget up to rounding each width up to a whole channel."""
+    cost is at most the budget and within a channel step of it (the settle fills the budget from below)."""
     _, man, train, test = spoof_data
     cfg = SpoofConfig.quick(epochs=6, settle_at_budget=True, width_lr=0.1)
     seconds = train.waveforms().shape[1] / 8000
@@ -212,7 +212,7 @@ def test_macs_budget_run_ends_at_its_budget_above_the_floor(spoof_data):  # noqa
     row = train_run(cfg, train, test, man["unseen_attacks"], stages=(0, 1, 2, 3), kappa_min=0.125,
                     macs_budget=budget, progress=False)
     assert row["control"] == "macs-budget" and row["macs_budget"] == budget
-    assert budget * 0.95 <= row["macs_per_second"] <= budget * 1.12
+    assert budget * 0.95 <= row["macs_per_second"] <= budget
     floor = float(slimtrain.model_cost(build_resnet(width=1, blocks=cfg.blocks), test.waveforms()[:1]).macs)
     assert row["macs"] > 2 * floor  # far above what every width at its floor would cost
     assert row["export_max_abs_diff"] < 1e-5

@@ -210,7 +210,9 @@ def fit(
     hard width (:func:`slimtrain.settle_widths`: eval-mode masks, no noise, widths no longer
     trained), so training ends on exactly the network that is exported. They count in ``epochs``.
     ``settle_at_budget=True`` (an ``objective`` with a budget): the widths settle as soon as they
-    meet the budget (checked after every optimiser step with ``objective.current_cost()``) and the
+    meet the budget (checked after every optimiser step with ``objective.current_cost()``), first
+    scaled by one common factor so that the settled (hard) widths spend the budget as fully as they can
+    without exceeding it (:meth:`TradeoffLoss.fill_budget`: the crossing step overshoots), and the
     weights train at them for the rest of the run; a budget hinge otherwise swings the widths past
     the budget and back. The checkpoint records the settle, so a resume continues settled.
 
@@ -287,6 +289,7 @@ def fit(
                 if cuttable and compact_steps and (n + 1) % compact_steps == 0:
                     dp.compact(optimizer, compact_margin)
                 if settle_pending and objective.meets_budget():
+                    objective.fill_budget()  # the crossing step overshoots: settle in the last step below the budget
                     dp.settle(optimizer if cuttable else None)
                     settle_pending = False
                 total += value
