@@ -2,6 +2,8 @@
 settings errors, the settle schedule, the logged values and load_export."""
 from __future__ import annotations
 
+import copy
+
 import importlib
 import subprocess
 import sys
@@ -92,6 +94,9 @@ def test_schedule_settles_at_the_step_or_when_the_budget_is_met():
         if isinstance(m, slimtrain.DynamicWidth):
             m.set_width(m.min_width)
     assert c.after_step(2) and c.settled
+    # it settled filled: the exported network spends the budget up to one channel step, not the lower bounds
+    exported = float(slimtrain.model_cost(slimtrain.export(copy.deepcopy(model).eval()), torch.randn(1, 6)).flops)
+    assert 0.75 * full * 0.6 < exported <= 0.6 * full + 1e-6
     widths = slimtrain.dynamic_widths(model)
     assert all(not m.theta.requires_grad for m in model.modules() if isinstance(m, slimtrain.DynamicWidth))
     # a resume past the step settles at the start; the logged values follow the model

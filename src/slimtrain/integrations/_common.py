@@ -77,7 +77,8 @@ class WidthControl:
         settle_at: fix the widths (:func:`slimtrain.settle_widths`) after this many optimizer steps (an
             int), or after this share of the run's optimizer steps (a float in (0, 1)); ``None``: never
             on a schedule. The remaining steps train the weights of exactly the network that is exported.
-        settle_at_budget: settle after the first optimizer step whose widths meet the objective's budget.
+        settle_at_budget: settle after the first optimizer step whose widths meet the objective's budget, with
+            the widths first scaled to fill it (:meth:`slimtrain.TradeoffLoss.fill_budget`).
         export_path: a folder to write the exported model to at the end: ``model_state.pt`` (its state
             dict; :func:`load_export` rebuilds the model from it), ``export.json`` (widths and costs) and,
             where torch can pickle the module (not with ``weight_norm``), ``model.pt`` (the whole module on
@@ -161,8 +162,11 @@ class WidthControl:
         """After optimizer step number ``step`` (1-based): settle if due; True if it settled now."""
         if self.settled:
             return False
-        if (self.settle_step is not None and step >= self.settle_step) or \
-                (self.settle_at_budget and self.objective.meets_budget()):
+        if self.settle_step is not None and step >= self.settle_step:
+            self.settle()
+            return True
+        if self.settle_at_budget and self.objective.meets_budget():
+            self.objective.fill_budget()  # as fit(settle_at_budget=True): the last channel step below the budget
             self.settle()
             return True
         return False

@@ -143,9 +143,9 @@ def register(commands, data_commands) -> None:
                                  "attention; docs/spoof.md). With aasist/aasist-l DCLs go on every width that can "
                                  "carry one (--stages does not apply); --plain trains the network as it is"))
     s.add_argument("--settle-at-budget", action="store_true",
-                   help="budget runs (the floor control, --params-budget): fix the widths at the first step that "
-                        "meets the budget and train the cut network from there on (cheaper; the exported network is "
-                        "the one trained)")
+                   help="budget runs (the floor control, --params-budget, --macs-budget): fix the widths at the first step "
+                        "that meets the budget, scaled by one factor to the last channel step below it, and train the "
+                        "cut network from there on (cheaper; the exported network is the one trained)")
     s.add_argument("--plain", action="store_true",
                    help="single run: train the network without DCLs (e.g. AASIST-L from scratch)")
     s.add_argument("--params-budget", type=lambda t: _positive_int(t, "params budget"), default=None, metavar="P",

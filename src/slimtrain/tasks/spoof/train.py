@@ -71,8 +71,9 @@ class SpoofConfig(TrainConfig):
     width_lr: float = 0.02
     lr_final: float = 0.05
     compact_steps: Optional[int] = None  # DCL runs: also cut after every N optimiser steps within the epochs
-    #: budget runs (``floor`` or ``params_budget``): settle the widths (and cut the model to them) at the first
-    #: optimiser step whose widths meet the budget, and train the weights at them for the rest of the run
+    #: budget runs (``floor``, ``params_budget`` or ``macs_budget``): settle the widths (and cut the model to them)
+    #: at the first optimiser step whose widths meet the budget, scaled to fill it (``TradeoffLoss.fill_budget``),
+    #: and train the weights at them for the rest of the run
     settle_at_budget: bool = False
     family: str = "resnet"  # resnet | aasist | aasist-l (width/blocks/n_mels/hop/n_fft: the ResNet only)
     #: RawBoost on every training batch (:func:`slimtrain.tasks.rawboost.rawboost`: "1", "2", "3", "1+2", "1+2+3";
