@@ -126,6 +126,9 @@ def main(argv=None) -> int:
     p.add_argument("--settle-at-budget", action="store_true",
                    help="with --macs-budget: fix the widths at the first step that meets the budget and train the cut "
                         "network from there on (without it the multiplier can carry the widths well below the budget)")
+    p.add_argument("--fill-budget", action="store_true",
+                   help="with --settle-at-budget: settle at the last channel step below the budget "
+                        "(TradeoffLoss.fill_budget) instead of where the crossing step left the widths")
     p.add_argument("--freq-mask", type=int, default=None, help="training frequency masks of every arm: max width")
     p.add_argument("--freq-masks", type=int, default=None, help="--freq-mask: masks per clip (default: 1)")
     p.add_argument("--arms", default=",".join(ARMS), help=f"comma-separated subset of {','.join(ARMS)}")
@@ -166,6 +169,10 @@ def main(argv=None) -> int:
         if a.macs_budget is None:
             p.error("--settle-at-budget needs --macs-budget")
         over["settle_at_budget"] = True
+    if a.fill_budget:
+        if not a.settle_at_budget:
+            p.error("--fill-budget needs --settle-at-budget")
+        over["fill_budget"] = True
     jobs = []
     seeds = a.seeds
     for s in seeds:

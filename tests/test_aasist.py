@@ -174,6 +174,7 @@ def test_channel_sum_of_a_width_that_is_not_zero_outside_it_stays_fixed():
     (("--sweep", "--train-crop", "4000"), ("apply to single runs",)),
     (("--settle-at-budget",), ("--settle-at-budget needs a budget", "--params-budget")),
     (("--sweep", "--kappa-control", "alpha", "--settle-at-budget"), ("--settle-at-budget needs a budget",)),
+    (("--macs-budget", "1e6", "--fill-budget"), ("--fill-budget fills the budget", "add --settle-at-budget")),
     (("--family", "aasist-xl",), ("invalid choice", "aasist-l")),
 ])
 def test_spoof_command_refuses_family_options_that_do_not_apply(capsys, argv, words):

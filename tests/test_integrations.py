@@ -62,6 +62,8 @@ def test_other_bad_settings_are_named():
         WidthControl(model)
     with pytest.raises(IntegrationError, match=r"settle_at_budget=True needs an objective with a budget"):
         WidthControl(slimtrain.TradeoffLoss(model, alpha=1.0), settle_at_budget=True)
+    with pytest.raises(IntegrationError, match=r"fill_budget=True fills the budget .* needs settle_at_budget=True"):
+        WidthControl(slimtrain.TradeoffLoss(model, budget=1e3), fill_budget=True)
     c = WidthControl(slimtrain.TradeoffLoss(model, alpha=1.0), settle_at=0.5)
     with pytest.raises(IntegrationError, match=r"settle_at=0\.5 is a fraction.*not known.*step number"):
         c.start(float("inf"), 0)
@@ -87,7 +89,7 @@ def test_schedule_settles_at_the_step_or_when_the_budget_is_met():
     model = _mlp()
     full = float(slimtrain.model_cost(model, full=True).flops)
     objective = slimtrain.TradeoffLoss(model, budget=0.6 * full)
-    c = WidthControl(objective, settle_at_budget=True)
+    c = WidthControl(objective, settle_at_budget=True, fill_budget=True)
     c.start(10, 0)
     assert not c.after_step(1)  # full width: over the budget
     for m in model.modules():

@@ -183,7 +183,7 @@ def test_spoof_config_names_a_settle_phase_that_leaves_no_width_learning():
     assert SpoofConfig(settle_epochs=2).validate().as_dict()["settle_epochs"] == 2
 
 
-def _budget_fit(tmp_path, crash_at=None, resume=False, epochs=4):
+def _budget_fit(tmp_path, crash_at=None, resume=False, epochs=4, fill=False):
     seed_everything(0)
     model = _model(hidden=32)
     g = torch.Generator().manual_seed(1)
@@ -202,7 +202,7 @@ def _budget_fit(tmp_path, crash_at=None, resume=False, epochs=4):
 
     try:
         fit(model, batches, F.mse_loss, obj, opt, epochs, progress=False, settle_at_budget=True,
-            checkpoint=tmp_path / "c.ckpt", resume=resume)
+            fill_budget=fill, checkpoint=tmp_path / "c.ckpt", resume=resume)
     except RuntimeError as e:
         assert str(e) == "crash"
     return model, obj, costs
@@ -266,3 +266,18 @@ def test_fill_budget_leaves_widths_alone_without_a_reachable_budget():
     obj = slimtrain.TradeoffLoss(model, alpha=0.0, budget=1.0)  # below what the lower bounds cost
     assert obj.fill_budget() == 1.0
     assert [round(float(d.width), 4) for d in dcls] == [7.3, 11.6]
+
+
+def test_fit_fills_the_budget_when_asked_and_only_with_a_settle_at_it(tmp_path):
+    """``fill_budget=True``: the same run settles at the same step but at the widths that spend the budget up to a
+    channel step (counted on the exported network); without it the crossing step's widths stay, below that."""
+    first, obj, _ = _budget_fit(tmp_path / "a")
+    filled, obj_f, _ = _budget_fit(tmp_path / "b", fill=True)
+    budget = obj.budget
+    x = torch.randn(2, 6)
+    cost = [float(slimtrain.model_cost(slimtrain.export(copy.deepcopy(m).eval()), x).macs) for m in (first, filled)]
+    assert cost[0] < cost[1] <= budget + 1e-6
+    assert all(d.frozen for d in _dcls(filled))
+    with pytest.raises(ValueError, match="fill_budget .* needs settle_at_budget=True"):
+        fit(_model(), lambda e: iter(()), F.mse_loss, slimtrain.TradeoffLoss(_model(), budget=1e3),
+            make_optimizer(_model()), 2, progress=False, fill_budget=True)

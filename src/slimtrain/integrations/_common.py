@@ -77,8 +77,9 @@ class WidthControl:
         settle_at: fix the widths (:func:`slimtrain.settle_widths`) after this many optimizer steps (an
             int), or after this share of the run's optimizer steps (a float in (0, 1)); ``None``: never
             on a schedule. The remaining steps train the weights of exactly the network that is exported.
-        settle_at_budget: settle after the first optimizer step whose widths meet the objective's budget, with
-            the widths first scaled to fill it (:meth:`slimtrain.TradeoffLoss.fill_budget`).
+        settle_at_budget: settle after the first optimizer step whose widths meet the objective's budget.
+        fill_budget: with ``settle_at_budget``, first scale the widths by one factor to the last channel step
+            below the budget (:meth:`slimtrain.TradeoffLoss.fill_budget`; the crossing step can overshoot).
         export_path: a folder to write the exported model to at the end: ``model_state.pt`` (its state
             dict; :func:`load_export` rebuilds the model from it), ``export.json`` (widths and costs) and,
             where torch can pickle the module (not with ``weight_norm``), ``model.pt`` (the whole module on
@@ -87,8 +88,8 @@ class WidthControl:
     """
 
     def __init__(self, objective: TradeoffLoss, *, settle_at: Union[int, float, None] = None,
-                 settle_at_budget: bool = False, export_path: Union[str, os.PathLike, None] = None,
-                 prefix: str = "slimtrain/") -> None:
+                 settle_at_budget: bool = False, fill_budget: bool = False,
+                 export_path: Union[str, os.PathLike, None] = None, prefix: str = "slimtrain/") -> None:
         if not isinstance(objective, TradeoffLoss):
             raise IntegrationError(f"objective must be a slimtrain.TradeoffLoss built on the dynamic model, got "
                                    f"{type(objective).__name__}: objective = slimtrain.TradeoffLoss(model, alpha=...)")
@@ -96,10 +97,14 @@ class WidthControl:
         if settle_at_budget and objective.budget is None:
             raise IntegrationError("settle_at_budget=True needs an objective with a budget "
                                    "(slimtrain.TradeoffLoss(model, budget=...))")
+        if fill_budget and not settle_at_budget:
+            raise IntegrationError("fill_budget=True fills the budget when the widths settle at it: it needs "
+                                   "settle_at_budget=True")
         self.objective = objective
         self.model: nn.Module = objective.model[0]
         self.settle_at = settle_at
         self.settle_at_budget = bool(settle_at_budget)
+        self.fill_budget = bool(fill_budget)
         self.settle_step: Optional[int] = settle_at if isinstance(settle_at, int) else None
         self.export_path = Path(export_path) if export_path is not None else None
         self.prefix = str(prefix)
@@ -166,7 +171,8 @@ class WidthControl:
             self.settle()
             return True
         if self.settle_at_budget and self.objective.meets_budget():
-            self.objective.fill_budget()  # as fit(settle_at_budget=True): the last channel step below the budget
+            if self.fill_budget:  # as fit(fill_budget=True): the last channel step below the budget
+                self.objective.fill_budget()
             self.settle()
             return True
         return False

@@ -41,6 +41,8 @@ class DynamicWidthCallback(_pl.Callback, WidthControlled):
         settle_at: fix the widths after this many optimizer steps (int) or this share of the run's
             optimizer steps (float in (0, 1), of ``trainer.estimated_stepping_batches``).
         settle_at_budget: settle after the first optimizer step whose widths meet the budget.
+        fill_budget: with ``settle_at_budget``, first scale the widths to the last channel step below the
+            budget (:meth:`slimtrain.TradeoffLoss.fill_budget`).
         export_path: folder for ``slimtrain.export(model)`` at the end of ``fit`` (global rank 0):
             ``model.pt``, ``model_state.pt``, ``export.json``. The exported model is also ``.exported``.
         prefix: prefix of the logged keys.
@@ -54,11 +56,11 @@ class DynamicWidthCallback(_pl.Callback, WidthControlled):
     """
 
     def __init__(self, objective: TradeoffLoss, *, settle_at: Union[int, float, None] = None,
-                 settle_at_budget: bool = False, export_path: Union[str, os.PathLike, None] = None,
-                 prefix: str = "slimtrain/") -> None:
+                 settle_at_budget: bool = False, fill_budget: bool = False,
+                 export_path: Union[str, os.PathLike, None] = None, prefix: str = "slimtrain/") -> None:
         super().__init__()
         self.width_control = WidthControl(objective, settle_at=settle_at, settle_at_budget=settle_at_budget,
-                                          export_path=export_path, prefix=prefix)
+                                          fill_budget=fill_budget, export_path=export_path, prefix=prefix)
         self._wrapped: Optional[nn.Module] = None
         self._logged_step = -1
         self._steps_at_start: Optional[int] = None

@@ -84,6 +84,8 @@ class DynamicWidthCallback(TrainerCallback, WidthControlled):
         settle_at: fix the widths after this many optimizer steps (int) or this share of the
             run's optimizer steps (float in (0, 1), of ``state.max_steps``).
         settle_at_budget: settle after the first optimizer step whose widths meet the budget.
+        fill_budget: with ``settle_at_budget``, first scale the widths to the last channel step below the
+            budget (:meth:`slimtrain.TradeoffLoss.fill_budget`).
         export_path: folder for ``slimtrain.export(model)`` at the end of ``train`` (written by the
             process that saves): ``model.pt``, ``model_state.pt``, ``export.json``. The exported model
             is also ``.exported``. (The transformers config still holds the old sizes, so save the
@@ -97,10 +99,10 @@ class DynamicWidthCallback(TrainerCallback, WidthControlled):
     """
 
     def __init__(self, objective: TradeoffLoss, *, settle_at: Union[int, float, None] = None,
-                 settle_at_budget: bool = False, export_path: Union[str, os.PathLike, None] = None,
-                 prefix: str = "slimtrain/") -> None:
+                 settle_at_budget: bool = False, fill_budget: bool = False,
+                 export_path: Union[str, os.PathLike, None] = None, prefix: str = "slimtrain/") -> None:
         self.width_control = WidthControl(objective, settle_at=settle_at, settle_at_budget=settle_at_budget,
-                                          export_path=export_path, prefix=prefix)
+                                          fill_budget=fill_budget, export_path=export_path, prefix=prefix)
         self.trainer: Any = None
 
     # -- attaching -------------------------------------------------------------------------------

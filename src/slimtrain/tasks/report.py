@@ -797,8 +797,7 @@ _SHIPPED_BEFORE = {"shipped-before": "the first shipped file (fdf890e: 3 voices,
 
 #: a DCL control of the countermeasure studies: (kappa-min, MACs budget per second of audio or None: toward the
 #: kappa-min floor, filled: whether the settle filled the budget). A budget run settles at its budget
-#: (--settle-at-budget); runs before 8ef35fb settled at the first step that met it, later ones fill it first
-#: (TradeoffLoss.fill_budget): the same command, different code.
+#: (--settle-at-budget) at the first step that met it, with --fill-budget scaled to the last channel step below it.
 _FLOOR_035 = (0.35, None, False)
 _MACS_BUDGET = (0.125, 8.7e6, False)
 _MACS_BUDGET_FILLED = (0.125, 8.7e6, True)
@@ -806,8 +805,9 @@ _MACS_BUDGET_FILLED = (0.125, 8.7e6, True)
 
 def _control_args(control: tuple) -> str:
     """The benchmark's arguments for a DCL control (see ``_FLOOR_035``)."""
-    kappa, budget, _ = control
-    return f" --kappa-min {kappa:g}" + (f" --macs-budget {budget / 1e6:g}e6 --settle-at-budget" if budget else "")
+    kappa, budget, filled = control
+    return f" --kappa-min {kappa:g}" + (f" --macs-budget {budget / 1e6:g}e6 --settle-at-budget" if budget else "") \
+        + (" --fill-budget" if filled else "")
 
 
 def _control_label(control: tuple) -> str:
@@ -837,7 +837,10 @@ _SPOOF_DRAW_RUNS = ((4, 4), (4, 8), (8, 8), (8, 12))
 #: the 64-band recipe on K draws under another DCL control (a higher floor, a MACs budget):
 #: (K, CSV suffix) -> the control
 _SPOOF_CONTROL_RUNS = {(8, "k50"): (0.5, None, False), (8, "mbs"): _MACS_BUDGET, (16, "mbs"): _MACS_BUDGET,
-                       (16, "mbf"): _MACS_BUDGET_FILLED}
+                       (16, "mbr"): _MACS_BUDGET, (16, "mbf"): _MACS_BUDGET_FILLED}
+#: runs on a second build of a corpus (WORLD's A5 clips differ between builds; the evaluation file is the same):
+#: CSV suffix -> the label's note
+_SPOOF_REBUILT = {"mbr": ", second build", "mbf": ", second build"}
 
 
 def _spoof_human_voices(root: Path) -> str:
@@ -867,7 +870,8 @@ def _spoof_human_voices(root: Path) -> str:
                                                  f"--arms human{x} --out runs/spoof_hv4_e8_{v}")
                 for v, (d, what, x, ctl) in _SPOOF_X4_VARIANTS.items()},
              **{f"human_voices_x{k}_8ep_{v}.csv": (8, f"spoof_hv{k}", f", 64 mel bands, n_fft 512, {k} draws of the "
-                                                   f"training split ({_control_label(ctl)})", " --n-mels 64 --n-fft "
+                                                   f"training split{_SPOOF_REBUILT.get(v, '')} "
+                                                   f"({_control_label(ctl)})", " --n-mels 64 --n-fft "
                                                    f"512{_control_args(ctl)} --arms human --out runs/spoof_hv{k}_e8_{v}")
                 for (k, v), ctl in _SPOOF_CONTROL_RUNS.items()}}
     metrics = ["macs_per_second", "eer_pooled", "eer_heldout", "eer_unseen", *[f"eer_heldout_{a}" for a in ATTACKS]]
@@ -922,11 +926,13 @@ def _spoof_human_voices(root: Path) -> str:
     # another control against the floor on the same draws and (more draws) against 8 draws, floor and this control
     for k, v in _SPOOF_CONTROL_RUNS:
         this = f"human_voices_x{k}_8ep_{v}.csv"
-        others = [f"human_voices_x{k}_8ep.csv", "human_voices_x8_8ep.csv", f"human_voices_x8_8ep_{v}.csv",
-                  *([f"human_voices_x{k}_8ep_mbs.csv"] if v == "mbf" else [])]  # filled against first crossing
+        others = [f"human_voices_x{k}_8ep.csv", "human_voices_x8_8ep.csv", f"human_voices_x8_8ep_{v}.csv"]
         for other in dict.fromkeys(others):
             if other != this:
                 pairs.append(((this, "human"), (other, "human")))
+    # the budget filled against the first crossing on the same build; that build against the first one
+    pairs += [(("human_voices_x16_8ep_mbf.csv", "human"), ("human_voices_x16_8ep_mbr.csv", "human")),
+              (("human_voices_x16_8ep_mbr.csv", "human"), ("human_voices_x16_8ep_mbs.csv", "human"))]
     # more draws of the training split against the 64-band recipe on one draw
     pairs += [((f"human_voices_x{k}_{e}ep.csv", "human"), ("human_voices_mel64_16ep.csv", "human"))
               for k, e in _SPOOF_DRAW_RUNS]
@@ -947,7 +953,10 @@ def _spoof_human_voices(root: Path) -> str:
             "4` / `8` `runs/spoof_hv4` / `runs/spoof_hv8` (their evaluation file replaced by that of `runs/spoof_hv`, "
             "whose A5 clips a rebuild does not reproduce; see 'Attack generators'), and with `--train-scale 4 "
             "--train-attacks A1,A2,A3,A5,A8,A10` `runs/spoof_hv4a10` and `--train-scale 4 --human-voices train,expressive` "
-            "`runs/spoof_hv4e` (the same evaluation file). A1-A9: EER of the held-out speakers' "
+            "`runs/spoof_hv4e` (the same evaluation file); rows 'second build': `runs/spoof_hv16` built again by the "
+            "same command (" + ", ".join(fps["human_voices_x16_8ep_mbr.csv"]) + " against " + ", ".join(
+                fps["human_voices_x16_8ep_mbs.csv"]) + ": WORLD's A5 training clips differ between builds), the same "
+            "evaluation file copied in. A1-A9: EER of the held-out speakers' "
             "bona fide clips (fr_CA June and the six held-out human voices) against that attack; mean ± 95 % "
             "half-width over seeds. DCL rows: all four stages toward the kappa-min 0.5 floor unless the row says "
             "otherwise (32 mel bands, n_fft 256 unless it says 64). Generated by `slimtrain "

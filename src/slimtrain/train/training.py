@@ -165,6 +165,7 @@ def fit(
     ddp_options: Optional[dict] = None,
     settle_epochs: int = 0,
     settle_at_budget: bool = False,
+    fill_budget: bool = False,
     distill: Optional[Callable[[Tensor, Tensor], Tensor]] = None,
     compact_every: Optional[int] = 0,
     compact_margin: int = 0,
@@ -210,11 +211,11 @@ def fit(
     hard width (:func:`slimtrain.settle_widths`: eval-mode masks, no noise, widths no longer
     trained), so training ends on exactly the network that is exported. They count in ``epochs``.
     ``settle_at_budget=True`` (an ``objective`` with a budget): the widths settle as soon as they
-    meet the budget (checked after every optimiser step with ``objective.current_cost()``), first
-    scaled by one common factor so that the settled (hard) widths spend the budget as fully as they can
-    without exceeding it (:meth:`TradeoffLoss.fill_budget`: the crossing step overshoots), and the
+    meet the budget (checked after every optimiser step with ``objective.current_cost()``) and the
     weights train at them for the rest of the run; a budget hinge otherwise swings the widths past
-    the budget and back. The checkpoint records the settle, so a resume continues settled.
+    the budget and back. The crossing step can overshoot the budget by far; ``fill_budget=True`` first
+    scales the widths by one common factor so that the settled (hard) widths spend the budget as fully as
+    they can without exceeding it (:meth:`TradeoffLoss.fill_budget`). The checkpoint records the settle, so a resume continues settled.
 
     ``distill``: a :class:`slimtrain.Distiller` (or any ``(inputs, outputs) -> loss``); its term is
     added to the task loss of every batch, before the complexity term, so the model shrinks while it
@@ -236,6 +237,8 @@ def fit(
         raise ValueError(f"settle_epochs must be in [0, epochs={epochs}), got {settle_epochs}")
     if settle_at_budget and getattr(objective, "budget", None) is None:
         raise ValueError("settle_at_budget needs an objective with a budget (TradeoffLoss(budget=...))")
+    if fill_budget and not settle_at_budget:
+        raise ValueError("fill_budget fills the budget when the widths settle at it: it needs settle_at_budget=True")
     if resume and checkpoint is None:
         raise ValueError("resume=True needs the checkpoint path to resume from")
     for name, v in (("compact_every", 0 if compact_every is None else compact_every), ("compact_margin", compact_margin)):
@@ -289,7 +292,8 @@ def fit(
                 if cuttable and compact_steps and (n + 1) % compact_steps == 0:
                     dp.compact(optimizer, compact_margin)
                 if settle_pending and objective.meets_budget():
-                    objective.fill_budget()  # the crossing step overshoots: settle in the last step below the budget
+                    if fill_budget:  # the crossing step overshoots: settle in the last channel step below the budget
+                        objective.fill_budget()
                     dp.settle(optimizer if cuttable else None)
                     settle_pending = False
                 total += value

@@ -144,8 +144,11 @@ def register(commands, data_commands) -> None:
                                  "carry one (--stages does not apply); --plain trains the network as it is"))
     s.add_argument("--settle-at-budget", action="store_true",
                    help="budget runs (the floor control, --params-budget, --macs-budget): fix the widths at the first step "
-                        "that meets the budget, scaled by one factor to the last channel step below it, and train the "
-                        "cut network from there on (cheaper; the exported network is the one trained)")
+                        "that meets the budget and train the cut network from there on (cheaper; the exported network "
+                        "is the one trained)")
+    s.add_argument("--fill-budget", action="store_true",
+                   help="with --settle-at-budget: first scale the widths by one factor to the last channel step below "
+                        "the budget (the step that meets it can overshoot: 7.15 M MAC/s for a budget of 8.7)")
     s.add_argument("--plain", action="store_true",
                    help="single run: train the network without DCLs (e.g. AASIST-L from scratch)")
     s.add_argument("--params-budget", type=lambda t: _positive_int(t, "params budget"), default=None, metavar="P",
@@ -381,6 +384,9 @@ def _cmd_spoof(args) -> int:
     over["compact_every"] = getattr(args, "compact_every", 0)
     over["family"] = getattr(args, "family", "resnet")
     over["settle_at_budget"] = bool(getattr(args, "settle_at_budget", False))
+    over["fill_budget"] = bool(getattr(args, "fill_budget", False))
+    if over["fill_budget"] and not over["settle_at_budget"]:
+        raise ValueError("--fill-budget fills the budget when the widths settle at it: add --settle-at-budget")
     if args.sweep and over["family"] != "resnet":
         raise ValueError("--sweep runs the ResNet family; for AASIST use single runs (docs/spoof.md) or "
                          "benchmarks/aasist_vs_aasist_l.py")

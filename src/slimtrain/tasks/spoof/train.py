@@ -72,9 +72,11 @@ class SpoofConfig(TrainConfig):
     lr_final: float = 0.05
     compact_steps: Optional[int] = None  # DCL runs: also cut after every N optimiser steps within the epochs
     #: budget runs (``floor``, ``params_budget`` or ``macs_budget``): settle the widths (and cut the model to them)
-    #: at the first optimiser step whose widths meet the budget, scaled to fill it (``TradeoffLoss.fill_budget``),
-    #: and train the weights at them for the rest of the run
+    #: at the first optimiser step whose widths meet the budget, and train the weights at them for the rest of the run
     settle_at_budget: bool = False
+    #: with ``settle_at_budget``: first scale the widths to the last channel step below the budget
+    #: (``TradeoffLoss.fill_budget``; the crossing step can overshoot it by a fifth)
+    fill_budget: bool = False
     family: str = "resnet"  # resnet | aasist | aasist-l (width/blocks/n_mels/hop/n_fft: the ResNet only)
     #: RawBoost on every training batch (:func:`slimtrain.tasks.rawboost.rawboost`: "1", "2", "3", "1+2", "1+2+3";
     #: None: off) and the fraction of clips it augments
@@ -248,7 +250,7 @@ def _fit(model: nn.Module, cfg: SpoofConfig, x: Tensor, y: Tensor, objective, op
                progress=progress, desc=desc, device=device, settle_epochs=settle_epochs, augment=cfg.augmenter(SR),
                compact_steps=cfg.compact_steps if objective is not None else None,
                settle_at_budget=cfg.settle_at_budget and objective is not None,  # (train_run checked the budget)
-               distill=distill)
+               fill_budget=cfg.fill_budget and cfg.settle_at_budget and objective is not None, distill=distill)
 
 
 def train_run(
