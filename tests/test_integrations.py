@@ -3,7 +3,6 @@ settings errors, the settle schedule, the logged values and load_export."""
 from __future__ import annotations
 
 import copy
-
 import importlib
 import subprocess
 import sys

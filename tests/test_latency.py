@@ -145,6 +145,8 @@ def test_latency_budget_moves_widths_down(measured, tmp_path):
     after = slimtrain.dynamic_widths(m)
     assert all(after[n] < before[n] for n in before), (before, after)
     assert loss.last["cost"] > loss.budget and loss.current_cost() < loss.full
+    loss.fill_budget()  # the widths a settle at this latency budget would keep: within it
+    assert loss.current_cost() <= loss.budget
 
 
 def test_latency_floor_budget_and_per_second(measured):

@@ -181,6 +181,9 @@ def test_spoof_config_names_a_settle_phase_that_leaves_no_width_learning():
     with pytest.raises(ValueError, match="settle-epochs=3, warmup-epochs=1, epochs=4"):
         SpoofConfig(settle_epochs=3).validate()
     assert SpoofConfig(settle_epochs=2).validate().as_dict()["settle_epochs"] == 2
+    with pytest.raises(ValueError, match="fill-budget fills the budget .* needs settle-at-budget"):
+        SpoofConfig(fill_budget=True).validate()  # refused, not silently ignored
+    assert SpoofConfig(fill_budget=True, settle_at_budget=True).validate().fill_budget
 
 
 def _budget_fit(tmp_path, crash_at=None, resume=False, epochs=4, fill=False):

@@ -184,8 +184,7 @@ class TradeoffLoss(nn.Module):
         a budget, and when even the lower bounds cost more than the budget. The widths are left at integers."""
         if self.budget is None:
             return 1.0
-        dcls = self._cost_parts()[1] if self.latency is None else list(
-            get_graph(self.model[0]).dcl_modules(self.model[0]).values())
+        dcls = self._cost_parts()[1]  # every DCL of the model (the latency profile reads the same ones)
         if not dcls:
             return 1.0
         k0 = [float(d.width) for d in dcls]

@@ -215,7 +215,8 @@ def fit(
     weights train at them for the rest of the run; a budget hinge otherwise swings the widths past
     the budget and back. The crossing step can overshoot the budget by far; ``fill_budget=True`` first
     scales the widths by one common factor so that the settled (hard) widths spend the budget as fully as
-    they can without exceeding it (:meth:`TradeoffLoss.fill_budget`). The checkpoint records the settle, so a resume continues settled.
+    they can without exceeding it (:meth:`TradeoffLoss.fill_budget`). The checkpoint records the settle,
+    so a resume continues settled.
 
     ``distill``: a :class:`slimtrain.Distiller` (or any ``(inputs, outputs) -> loss``); its term is
     added to the task loss of every batch, before the complexity term, so the model shrinks while it

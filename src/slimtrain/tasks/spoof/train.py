@@ -117,6 +117,9 @@ class SpoofConfig(TrainConfig):
         if self.warmup_epochs >= self.epochs:
             raise StudyConfigError(f"warmup-epochs must be in [0, epochs), got {self.warmup_epochs} with "
                                    f"epochs={self.epochs}")
+        if self.fill_budget and not self.settle_at_budget:
+            raise StudyConfigError("fill-budget fills the budget when the widths settle at it: it needs "
+                                   "settle-at-budget")
         if self.compact_steps is not None and (isinstance(self.compact_steps, bool) or not isinstance(self.compact_steps, int)
                                                or self.compact_steps < 1):
             raise StudyConfigError(f"compact-steps must be an integer >= 1 (or unset), got {self.compact_steps!r}")
@@ -250,7 +253,7 @@ def _fit(model: nn.Module, cfg: SpoofConfig, x: Tensor, y: Tensor, objective, op
                progress=progress, desc=desc, device=device, settle_epochs=settle_epochs, augment=cfg.augmenter(SR),
                compact_steps=cfg.compact_steps if objective is not None else None,
                settle_at_budget=cfg.settle_at_budget and objective is not None,  # (train_run checked the budget)
-               fill_budget=cfg.fill_budget and cfg.settle_at_budget and objective is not None, distill=distill)
+               fill_budget=cfg.fill_budget and objective is not None, distill=distill)
 
 
 def train_run(
