@@ -42,10 +42,10 @@ def _windows(x: np.ndarray, w: int) -> set[bytes]:
 
 
 @settings(max_examples=15, deadline=None)
-@given(st.integers(0, 2 ** 31 - 1), st.sampled_from([0.0, 5.0, 10.0]))
-def test_every_sample_window_outside_the_crossfades_comes_from_a_source_recording(seed, smooth_ms):
+@given(st.integers(0, 2 ** 31 - 1), st.sampled_from([0.0, 5.0, 10.0]), st.sampled_from([0.0, 30.0, 500.0]))
+def test_every_sample_window_outside_the_crossfades_comes_from_a_source_recording(seed, smooth_ms, pause_ms):
     srcs = [_syllables(seed + k, n=4) for k in range(3)]
-    r = splice(srcs, seed, seconds=0.8, smooth_ms=smooth_ms)
+    r = splice(srcs, seed, seconds=0.8, smooth_ms=smooth_ms, max_pause_ms=pause_ms)
     ov = int(round(smooth_ms * SR / 1000))
     # provenance: consecutive units tile the output; outside a crossfade each is a verbatim copy
     starts = [o for _, _, _, o in r.provenance]
@@ -91,6 +91,42 @@ def test_smoothing_removes_the_join_discontinuity_on_real_speech():
     assert np.mean(soft) < 1.5 * np.mean(base)  # smoothed joins: like any other point of the speech
 
 
+def _density(clip: np.ndarray) -> float:
+    from slimtrain.tasks.spoof.data import cue_features
+
+    return float(cue_features(clip)[3])
+
+
+def test_pauses_make_a_splice_as_dense_as_the_speech_it_is_made_of():
+    """Butt-joined units are speech from end to end; with the pauses after them (``max_pause_ms``) a splice's
+    share of active frames, after the corpus' conditioning, is that of its source recordings."""
+    from slimtrain.tasks.spoof.data import condition
+
+    xs = _speech_sources()
+    rng = np.random.default_rng(0)
+    bona, dense, paused = [], [], []
+    for i in range(12):
+        srcs = [xs[int(j)] for j in rng.choice(len(xs), 4, replace=False)]
+        bona.append(_density(condition(srcs[0], np.random.default_rng(i), SR)))
+        dense.append(_density(condition(splice(srcs, i).audio, np.random.default_rng(i), SR)))
+        p = splice(srcs, i, max_pause_ms=500.0)
+        paused.append(_density(condition(p.audio, np.random.default_rng(i), SR)))
+        # a pause is the source's own: the samples after a unit, never more than 500 ms of them
+        assert all(b - a <= len(srcs[k]) for k, a, b, _ in p.provenance)
+    assert np.median(dense) > np.median(bona) + 0.1
+    assert abs(np.median(paused) - np.median(bona)) < 0.1
+
+
+def test_splice_pause_after_a_unit_stops_at_the_next_unit_and_the_cap():
+    x = _syllables(3, n=4)
+    units = syllable_units(x)
+    r = splice([x], 0, seconds=3.0, max_pause_ms=20.0)
+    starts = {a: nxt for (a, _), nxt in zip(units, [a for a, _ in units[1:]] + [len(x)])}
+    ends = dict(units)
+    for _, a, b, _ in r.provenance:
+        assert b == max(ends[a], min(starts[a], ends[a] + 160))  # 20 ms at 8 kHz, never into the next unit
+
+
 def test_bad_splice_input_is_named():
     with pytest.raises(SpliceError, match="at least one source"):
         splice([], 0)
@@ -98,6 +134,25 @@ def test_bad_splice_input_is_named():
         splice([np.zeros(100)], 0)
     with pytest.raises(SpliceError, match="smooth_ms"):
         splice([_syllables(0)], 0, smooth_ms=-1)
+    with pytest.raises(SpliceError, match="max_pause_ms"):
+        splice([_syllables(0)], 0, max_pause_ms=-5)
+
+
+def test_splices_like_their_source_touch_only_the_splices_of_the_chosen_splits():
+    from slimtrain.tasks.spoof.data import DataError
+
+    base, _ = plan_items(SpoofDataConfig.quick())
+    for mode, splits in (("train", {"train"}), ("all", {"train", "eval"})):
+        cfg = SpoofDataConfig.quick(splice_like_source=mode)
+        assert cfg.as_dict()["splice_like_source"] == mode
+        items, _ = plan_items(cfg)
+        assert [(i.split, i.attack, i.prompt) for i in items] == [(i.split, i.attack, i.prompt) for i in base]
+        for i, b in zip(items, base):
+            paused = i.attack in ("A8", "A9") and i.split in splits
+            assert i.params == ({**b.params, "like_source": True} if paused else b.params)
+    assert "splice_like_source" not in SpoofDataConfig.quick().as_dict()  # documented corpora keep their config
+    with pytest.raises(DataError, match="splice-like-source must be one of none, train, all, got 'some'"):
+        SpoofDataConfig(splice_like_source="some").validate()
 
 
 def test_smoothed_splice_is_unseen_and_splices_never_cross_the_split():
@@ -119,3 +174,26 @@ def test_smoothed_splice_is_unseen_and_splices_never_cross_the_split():
                                               eval_attacks=("A1", "A2", "A3", "A4", "A5", "A6", "A7")))
     assert [(i.split, i.attack, i.prompt, i.params) for i in old] == \
         [(i.split, i.attack, i.prompt, i.params) for i in items if i.attack not in ("A8", "A9")]
+
+
+def test_splices_like_their_source_lose_the_length_and_density_cues(tmp_path):
+    """The plain splices fill the clip with speech (no silence around or inside them); built like their
+    source they are as long and as dense as the bona fide clips, by the corpus' own cue features."""
+    from slimtrain.tasks.audio import AudioError, asterisk_prompts
+    from slimtrain.tasks.spoof.data import build_dataset, cue_features, load_split
+
+    try:
+        asterisk_prompts("en")
+    except AudioError as e:
+        pytest.skip(f"Asterisk prompts not installed: {e}")
+    tiny = dict(n_bona_train=4, n_spoof_train_per_attack=4, n_bona_eval_heldout=12, n_bona_eval_known=12,
+                n_spoof_eval_per_attack=24, train_attacks=("A8",), eval_attacks=("A8", "A9"))
+    gap = {}
+    for mode in ("none", "all"):
+        build_dataset(tmp_path / mode, SpoofDataConfig(splice_like_source=mode, **tiny), workers=1, progress=False)
+        ev = load_split(tmp_path / mode, "eval")
+        f = np.stack([cue_features(a) for a in ev.audio])
+        splices = np.isin(ev.attack, ["A8", "A9"])
+        gap[mode] = f[splices].mean(0) - f[ev.label == 1].mean(0)  # duration, level, lead, density
+    assert gap["none"][0] > 0.1 and gap["none"][3] > 0.1  # 1.6 s of speech without a pause
+    assert abs(gap["all"][0]) < 0.1 and abs(gap["all"][3]) < 0.1

@@ -79,13 +79,15 @@ def test_condition_gives_fixed_length_and_repeats_for_a_seed(seed, n):
         assert level > -30.5
 
 
-def test_cue_features_measure_duration_level_and_leading_silence():
+def test_cue_features_measure_duration_level_leading_silence_and_density():
     x = np.zeros(8000)
     x[2000:6000] = 0.1 * np.sin(np.arange(4000) * 0.3)
-    dur, rms, lead = cue_features(x)
+    x[3000:4000] = 0  # a 125 ms pause inside the speech: same span, lower density
+    dur, rms, lead, density = cue_features(x)
+    assert density == pytest.approx(3000 / 8000, abs=0.011)
     assert dur == pytest.approx(0.5, abs=0.011)
     assert lead == pytest.approx(0.25, abs=0.011)
-    assert rms == pytest.approx(20 * np.log10(0.1 / np.sqrt(2) * np.sqrt(0.5)), abs=0.2)
+    assert rms == pytest.approx(20 * np.log10(0.1 / np.sqrt(2) * np.sqrt(3000 / 8000)), abs=0.2)
 
 
 # -- protocol, cache, manifest -------------------------------------------------------------------------
@@ -133,9 +135,13 @@ def test_dataset_manifest_counts_hashes_and_cache_reuse(spoof_data):  # noqa: F8
 
 
 def test_shortcut_cues_alone_stay_near_chance(spoof_data):  # noqa: F811
-    """Duration, RMS and leading silence must not separate bona fide from spoof (EER >= 35%)."""
+    """Duration, RMS, leading silence and density must not separate bona fide from spoof (EER >= 35%)."""
     _, _, train, test = spoof_data
     assert shortcut_eer(train, test) >= 0.35
+    # one family at a time: a family missing from a split is named, not scored on an empty set
+    assert 0.0 <= shortcut_eer(train, test, attack="A1") <= 1.0
+    with pytest.raises(DataError, match="attack 'A9' has no clip in this split .*A8"):
+        shortcut_eer(train, test, attack="A9")
 
 
 @needs_tts

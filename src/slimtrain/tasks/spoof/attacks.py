@@ -86,6 +86,10 @@ SPLICE_ATTACKS = tuple(a for a, v in ATTACKS.items() if v.source == "splice")
 #: recordings of one speaker a splice draws its units from, and the crossfade of A9
 SPLICE_SOURCES = 4
 SPLICE_SMOOTH_MS = 10.0
+#: ``SpoofDataConfig.splice_like_source``: the longest pause a splice unit brings from its source (a sentence-internal
+#: pause; longer silences of the prompts are breaks between sentences) and the shortest splice (a few syllables)
+SPLICE_MAX_PAUSE_MS = 500.0
+SPLICE_MIN_SECONDS = 0.3
 TEXT_ATTACKS = tuple(a for a, v in ATTACKS.items() if v.source == "text")
 COPY_ATTACKS = tuple(a for a, v in ATTACKS.items() if v.source == "audio")
 

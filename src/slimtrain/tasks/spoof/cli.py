@@ -92,6 +92,11 @@ def register(commands, data_commands) -> None:
                    help="draw the training split K times: K times the training clips, in new crops, texts, voices "
                         "and splices of the same speakers and attack families; the evaluation split stays "
                         "byte-identical (default: 1)")
+    d.add_argument("--splice-like-source", choices=("none", "train", "all"), default=None,
+                   help="splices (A8, A9) as long as the recording they stand in for, whose units keep the pause "
+                        "after them in their source (up to 0.5 s), so that neither length nor speech density tells "
+                        "a splice from a recording: train (training splices only; the evaluation split stays "
+                        "byte-identical) or all (default: none: 1.6 s of speech without a pause)")
     d.set_defaults(func=_cmd_data)
 
     s = commands.add_parser(
@@ -261,6 +266,8 @@ def _cmd_data(args) -> int:
         cfg.train_attacks = tuple(args.train_attacks)
     if args.train_scale is not None:
         cfg.train_scale = args.train_scale
+    if args.splice_like_source is not None:
+        cfg.splice_like_source = args.splice_like_source
     out = args.out or (DEFAULT_QUICK_DATA if args.quick else DEFAULT_DATA)
     t0 = time.perf_counter()
     man = build_dataset(out, cfg, workers=args.workers, progress=not args.no_progress, force=args.force)

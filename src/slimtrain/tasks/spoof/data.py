@@ -22,8 +22,8 @@ Cue removal (:func:`condition`, identical for every clip of both classes): band-
 100-3600 Hz, trim leading/trailing silence (frames 40 dB below the loudest), random level
 (-30..-18 dBFS RMS), a fixed clip length (random crop of longer utterances, random placement
 of shorter ones in silence), white noise 30-50 dB below the speech level, 16-bit quantisation.
-:func:`shortcut_eer` checks that duration, level and leading silence alone do not separate the
-classes.
+:func:`shortcut_eer` checks that duration, level, leading silence and speech density alone do not
+separate the classes (pooled, or bona fide against one family).
 
 Everything is drawn from ``seed`` (per item, so parallel generation gives the same bytes);
 ``build_dataset`` writes ``train.npz``, ``eval.npz``, ``items.csv`` and ``manifest.json``
@@ -66,6 +66,8 @@ __all__ = [
 SR = SAMPLE_RATE
 MANIFEST = "manifest.json"
 FORMAT = "slimtrain-spoof-data"
+#: values of :attr:`SpoofDataConfig.splice_like_source`
+SPLICE_LIKE_SOURCE = ("none", "train", "all")
 VERSION = 1
 EXTENDED_VERSION = "extended-v1"
 #: bona fide speakers added by the extended corpus (known speakers: split by prompt name like en/es/it)
@@ -113,6 +115,12 @@ class SpoofDataConfig:
     #: the training split grows ``k``-fold in new crops, texts, voices and splices while the evaluation split,
     #: and the first draw, stay byte-identical
     train_scale: int = 1
+    #: splices (A8, A9) shaped like their source recording: as long as it (after trimming its silence) and with
+    #: the pause after each unit in its source (up to :data:`~slimtrain.tasks.spoof.attacks.SPLICE_MAX_PAUSE_MS`),
+    #: so that neither the length nor the speech density of a clip tells a splice from a recording (the plain
+    #: splices are 1.6 s of speech without a pause): ``"none"`` (every documented corpus), ``"train"`` (training
+    #: splices only: the evaluation split stays byte-identical) or ``"all"``
+    splice_like_source: str = "none"
 
     @classmethod
     def quick(cls, **overrides) -> "SpoofDataConfig":
@@ -162,6 +170,9 @@ class SpoofDataConfig:
         k = self.train_scale
         if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= 64:
             raise DataError(f"train-scale must be an integer in [1, 64], got {k!r}")
+        if self.splice_like_source not in SPLICE_LIKE_SOURCE:
+            raise DataError(f"splice-like-source must be one of {', '.join(SPLICE_LIKE_SOURCE)}, got "
+                            f"{self.splice_like_source!r}")
         return self
 
     def _validate_human(self) -> None:
@@ -194,6 +205,8 @@ class SpoofDataConfig:
             d.pop("train_codec_fraction")  # (configs without it, and their caches, stay as they were)
         if self.train_scale == 1:
             d.pop("train_scale")  # (likewise)
+        if self.splice_like_source == "none":
+            d.pop("splice_like_source")  # (likewise)
         if not (self.human_voices or self.human_heldout):
             for k in ("human_voices", "human_heldout", "human_files_per_source"):
                 d.pop(k)  # configs without human voices (and their caches) stay as they were
@@ -223,32 +236,45 @@ def condition(x: np.ndarray, rng: np.random.Generator, clip_samples: int) -> np.
 
 
 def cue_features(x: np.ndarray) -> np.ndarray:
-    """Trivial cues of a clip: [active duration (s), RMS (dBFS), leading-silence length (s)],
-    activity = 10 ms frames within 30 dB of the loudest."""
+    """Trivial cues of a clip: [active duration (s), RMS (dBFS), leading-silence length (s), speech density],
+    activity = 10 ms frames within 30 dB of the loudest; speech density = the share of active frames (a
+    clip without pauses is dense: 0.96 for the splices of the documented corpus, 0.48 for held-out voices)."""
     x = np.asarray(x, dtype=np.float64)
     if x.dtype.kind == "i" or np.abs(x).max(initial=0) > 1.5:
         x = x / 32768.0
     db = _frame_db(x)
-    active = np.flatnonzero(db > db.max() - 30.0)
+    on = db > db.max() - 30.0
+    active = np.flatnonzero(on)
     dur = (active[-1] - active[0] + 1) * 0.01 if active.size else 0.0
     lead = active[0] * 0.01 if active.size else len(x) / SR
     rms = 10 * math.log10(float(np.mean(x ** 2)) + 1e-12)
-    return np.array([dur, rms, lead])
+    return np.array([dur, rms, lead, float(on.mean()) if on.size else 0.0])
 
 
-def shortcut_eer(train: "SpoofSplit", test: "SpoofSplit") -> float:
+def shortcut_eer(train: "SpoofSplit", test: "SpoofSplit", attack: Optional[str] = None) -> float:
     """EER on ``test`` of a logistic regression trained on ``train`` with :func:`cue_features` alone
-    (standardised). Near 0.5 = the cues carry no class information."""
+    (standardised). Near 0.5 = the cues carry no class information. ``attack``: bona fide against that
+    family only, in both splits (a cue of one family, such as the density of splices, can hide in the pool)."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
     from ..metrics import eer
 
-    ftr = np.stack([cue_features(a) for a in train.audio])
-    fte = np.stack([cue_features(a) for a in test.audio])
-    clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000)).fit(ftr, train.label)
-    return eer(test.label, clf.decision_function(fte))
+    def keep(split: "SpoofSplit") -> np.ndarray:
+        if attack is None:
+            return np.ones(len(split), dtype=bool)
+        k = (split.label == 1) | (np.asarray(split.attack) == attack)
+        if not (k & (split.label == 0)).any():
+            raise DataError(f"attack {attack!r} has no clip in this split (it has: "
+                            f"{', '.join(sorted(set(split.attack) - {'bona'}))})")
+        return k
+
+    ktr, kte = keep(train), keep(test)
+    ftr = np.stack([cue_features(a) for a in train.audio[ktr]])
+    fte = np.stack([cue_features(a) for a in test.audio[kte]])
+    clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000)).fit(ftr, train.label[ktr])
+    return eer(test.label[kte], clf.decision_function(fte))
 
 
 # -- protocol --------------------------------------------------------------------------------------
@@ -308,6 +334,10 @@ def plan_items(cfg: SpoofDataConfig) -> tuple[list[Item], dict[str, Path]]:
     items, files = _plan(cfg, 0)
     for draw in range(1, cfg.train_scale):
         items += [it for it in _plan(cfg, draw)[0] if it.split == "train"]
+    if cfg.splice_like_source != "none":  # (a parameter of its own: the other items and their streams stay as they were)
+        for it in items:
+            if it.attack in A.SPLICE_ATTACKS and (cfg.splice_like_source == "all" or it.split == "train"):
+                it.params["like_source"] = True
     return items, files
 
 
@@ -490,7 +520,12 @@ def _synthesise(items: list[Item], files: dict[str, Path], workers: int,
 
             srcs = [bona(it.language, p) for p in (it.prompt, *it.params["sources"])]
             smooth = A.SPLICE_SMOOTH_MS if it.attack == "A9" else 0.0
-            raw[i] = splice(srcs, it.params["seed"], smooth_ms=smooth).audio
+            if it.params.get("like_source"):  # as long as the recording it stands in for, pausing like its speaker
+                seconds = max(len(trim_silence(_bandpass(srcs[0]))) / SR, A.SPLICE_MIN_SECONDS)
+                raw[i] = splice(srcs, it.params["seed"], seconds=seconds, smooth_ms=smooth,
+                                max_pause_ms=A.SPLICE_MAX_PAUSE_MS).audio
+            else:
+                raw[i] = splice(srcs, it.params["seed"], smooth_ms=smooth).audio
         return 1
 
     def festival(key: tuple[str, str], idx: list[int]) -> int:
