@@ -218,7 +218,7 @@ def register(commands, data_commands) -> None:
     _add_corpus_arguments(s)
     add_options(s, ["device"])
     s.set_defaults(func=_cmd_spoof)
-    sub = s.add_subparsers(dest="spoof_command", metavar="{score}")
+    sub = s.add_subparsers(dest="spoof_command", metavar="{score,audit}")
     sc = sub.add_parser(
         "score", help="print a bona fide score per audio file, with the shipped countermeasure by default",
         description=_paragraphs(
@@ -240,6 +240,27 @@ def register(commands, data_commands) -> None:
                     help="model file (default: the shipped model, slimtrain/assets/spoof_default.pt)")
     sc.add_argument("--format", choices=("text", "json"), default="text", help="output format: text (default) or json")
     sc.set_defaults(func=_cmd_score)
+    au = sub.add_parser(
+        "audit", help="does your corpus give its labels away? the EER of trivial cues alone, per attack",
+        description=_paragraphs(
+            "Measure six trivial cues of every utterance of a corpus (length, active span, level, leading and "
+            "trailing silence, speech density: 10 ms frames within 30 dB of the loudest are active) and the EER of "
+            "a logistic regression on them alone, pooled and per attack: trained on --train-data and scored on "
+            "--test-data, or cross-validated (5 folds) on --train-data alone. An attack whose cue-only EER is "
+            "below 30 % is flagged: a countermeasure can score it without listening to the speech (ASVspoof "
+            "2019 LA's silences are the known case). Formats as for training: ASVspoof protocols, In-the-Wild "
+            "meta.csv, path,label,attack CSV.",
+        ), formatter_class=argparse.RawDescriptionHelpFormatter)
+    au.add_argument("--train-data", type=Path, required=True, metavar="PROTOCOL", help="the protocol to train on")
+    au.add_argument("--test-data", type=Path, default=None, metavar="PROTOCOL",
+                    help="the protocol to score (default: cross-validate on --train-data)")
+    au.add_argument("--audio-dir", type=Path, default=None, metavar="DIR",
+                    help="folder of the audio files (default: found next to the protocol, as for training)")
+    au.add_argument("--format", choices=("auto", "asvspoof", "itw", "csv"), default="auto", help="protocol format")
+    au.add_argument("--skip-bad", action="store_true", help="skip missing or unreadable files instead of stopping")
+    au.add_argument("--json", action="store_true", help="print one JSON document instead of the table")
+    au.add_argument("--no-progress", action="store_true", help="no progress bar")
+    au.set_defaults(func=_cmd_audit)
 
 
 def _cmd_data(args) -> int:
@@ -511,6 +532,44 @@ def _cmd_spoof(args) -> int:
     print(format_table(rows) if len(seeds) == 1 else format_summary_table(rows))
     print(f"sweep of {len(rows)} runs ({len(seeds)} seed(s)) took {time.perf_counter() - t0:.0f}s; wrote "
           f"{out / 'sweep.csv'}, {out / 'sweep_summary.csv'} and {out / 'sweep.png'}")
+    return 0
+
+
+def _cmd_audit(args) -> int:
+    from tqdm.auto import tqdm
+
+    from ...audio.data.spoof_corpus import read_spoof_corpus
+    from .shortcuts import CUE_NAMES, SHORTCUT_WARN_EER, audit_corpus
+
+    def read(p: Path):
+        return read_spoof_corpus(p, format=args.format, audio_dir=args.audio_dir, skip_bad=args.skip_bad,
+                                 progress=not args.no_progress, allow_mixed_rates=True)
+
+    train = read(args.train_data)
+    test = read(args.test_data) if args.test_data is not None else None
+    with tqdm(total=len(train) + (len(test) if test is not None else 0), desc="cues", unit="file",
+              disable=args.no_progress) as bar:
+        res = audit_corpus(train, test, progress=bar.update)
+    how = (f"trained on {args.train_data}, scored on {args.test_data}" if test is not None
+           else f"5-fold cross-validation on {args.train_data}")
+    flagged = [a for a, v in res["eer"].items() if a != "pooled" and v < SHORTCUT_WARN_EER]
+    if args.json:
+        print(json.dumps({**res, "how": how, "flagged": flagged, "warn_below": SHORTCUT_WARN_EER}))
+        return 0
+    print(f"cue-only EER ({', '.join(CUE_NAMES)}; {how}):")
+    cols = ("length_s", "lead_s", "trail_s", "density")
+    print(f"  {'family':12s} {'items':>6s} {'EER %':>6s}  " + " ".join(f"{c:>9s}" for c in cols))
+    for fam, n in res["counts"].items():
+        e = res["eer"].get("pooled" if fam == "bonafide" else fam)
+        cell = "-" if fam == "bonafide" or e is None else f"{e:.1f}"
+        m = res["means"][fam]
+        print(f"  {fam:12s} {n:6d} {cell:>6s}  " + " ".join(f"{m[c]:9.3f}" for c in cols))
+    if "pooled" in res["eer"]:
+        print(f"  pooled EER on the cues alone: {res['eer']['pooled']:.1f} %")
+    for a in flagged:
+        print(f"warning: {a}: the cues alone reach {res['eer'][a]:.1f} % EER (< {SHORTCUT_WARN_EER:g} %); a model can "
+              f"score it without the speech (trim or pad the silences, or check how the attack was made)",
+              file=sys.stderr)
     return 0
 
 

@@ -238,17 +238,15 @@ def condition(x: np.ndarray, rng: np.random.Generator, clip_samples: int) -> np.
 def cue_features(x: np.ndarray) -> np.ndarray:
     """Trivial cues of a clip: [active duration (s), RMS (dBFS), leading-silence length (s), speech density],
     activity = 10 ms frames within 30 dB of the loudest; speech density = the share of active frames (a
-    clip without pauses is dense: 0.96 for the splices of the documented corpus, 0.48 for held-out voices)."""
-    x = np.asarray(x, dtype=np.float64)
-    if x.dtype.kind == "i" or np.abs(x).max(initial=0) > 1.5:
+    clip without pauses is dense: 0.91 for the plain splices of the documented corpus, 0.66 for its bona
+    fide clips). The clip's columns of :func:`slimtrain.tasks.spoof.shortcuts.utterance_cues`."""
+    from .shortcuts import utterance_cues
+
+    a = np.asarray(x)
+    x = a.astype(np.float64)
+    if a.dtype.kind == "i" or np.abs(x).max(initial=0) > 1.5:  # int16 PCM (or its values as floats)
         x = x / 32768.0
-    db = _frame_db(x)
-    on = db > db.max() - 30.0
-    active = np.flatnonzero(on)
-    dur = (active[-1] - active[0] + 1) * 0.01 if active.size else 0.0
-    lead = active[0] * 0.01 if active.size else len(x) / SR
-    rms = 10 * math.log10(float(np.mean(x ** 2)) + 1e-12)
-    return np.array([dur, rms, lead, float(on.mean()) if on.size else 0.0])
+    return utterance_cues(x, SR)[[1, 2, 3, 5]]
 
 
 def shortcut_eer(train: "SpoofSplit", test: "SpoofSplit", attack: Optional[str] = None) -> float:
