@@ -253,11 +253,7 @@ def shortcut_eer(train: "SpoofSplit", test: "SpoofSplit", attack: Optional[str] 
     """EER on ``test`` of a logistic regression trained on ``train`` with :func:`cue_features` alone
     (standardised). Near 0.5 = the cues carry no class information. ``attack``: bona fide against that
     family only, in both splits (a cue of one family, such as the density of splices, can hide in the pool)."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    from ..metrics import eer
+    from .shortcuts import cue_eers
 
     def keep(split: "SpoofSplit") -> np.ndarray:
         if attack is None:
@@ -271,8 +267,7 @@ def shortcut_eer(train: "SpoofSplit", test: "SpoofSplit", attack: Optional[str] 
     ktr, kte = keep(train), keep(test)
     ftr = np.stack([cue_features(a) for a in train.audio[ktr]])
     fte = np.stack([cue_features(a) for a in test.audio[kte]])
-    clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000)).fit(ftr, train.label[ktr])
-    return eer(test.label[kte], clf.decision_function(fte))
+    return cue_eers(ftr, train.label[ktr], fte, test.label[kte])["pooled"] / 100
 
 
 # -- protocol --------------------------------------------------------------------------------------
