@@ -1029,6 +1029,7 @@ def _spoof_shortcuts(root: Path) -> str:
     import re
 
     from ..train.stats import format_interval, mean_interval, paired_verdict
+    from .spoof.attacks import SPLICE_ATTACKS
 
     rows = _doc_csv(root, "spoof_results/shortcuts.csv", SHORTCUTS_CMD)
     arms: dict[str, dict[int, str]] = {}
@@ -1060,8 +1061,6 @@ def _spoof_shortcuts(root: Path) -> str:
            "EER on the cues alone % | " + " | ".join(label[a] for a in arms) + "".join(f" | {a} vs {b}" for a, b in pairs)
            + " |",
            "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: |" + " ---: |" * len(arms) + " --- |" * len(pairs)]
-    from .spoof.attacks import SPLICE_ATTACKS
-
     first = rows[0]["corpus"]
     for r in rows:
         if r["corpus"] != first and r["family"] not in ("all", *SPLICE_ATTACKS):

@@ -34,7 +34,7 @@ def _stage_sets(text: str) -> list[tuple[int, ...]]:
 
 def register(commands, data_commands) -> None:
     """Add ``slimtrain data spoof`` and ``slimtrain spoof`` (with ``score``) to the CLI."""
-    from .data import SpoofDataConfig
+    from .data import SPLICE_LIKE_SOURCE, SpoofDataConfig
     from .sweep import DEFAULT_FIXED_WIDTHS, DEFAULT_KAPPAS
     from ..rawboost import RAWBOOST_ALGORITHMS
     from .train import SpoofConfig
@@ -92,7 +92,7 @@ def register(commands, data_commands) -> None:
                    help="draw the training split K times: K times the training clips, in new crops, texts, voices "
                         "and splices of the same speakers and attack families; the evaluation split stays "
                         "byte-identical (default: 1)")
-    d.add_argument("--splice-like-source", choices=("none", "train", "all"), default=None,
+    d.add_argument("--splice-like-source", choices=SPLICE_LIKE_SOURCE, default=None,
                    help="splices (A8, A9) as long as the recording they stand in for, whose units keep the pause "
                         "after them in their source (up to 0.5 s), so that neither length nor speech density tells "
                         "a splice from a recording: train (training splices only; the evaluation split stays "
@@ -560,8 +560,8 @@ def _cmd_audit(args) -> int:
     cols = ("length_s", "lead_s", "trail_s", "density")
     print(f"  {'family':12s} {'items':>6s} {'EER %':>6s}  " + " ".join(f"{c:>9s}" for c in cols))
     for fam, n in res["counts"].items():
-        e = res["eer"].get("pooled" if fam == "bonafide" else fam)
-        cell = "-" if fam == "bonafide" or e is None else f"{e:.1f}"
+        e = res["eer"].get(fam)  # (attacks only: bona fide is what each is scored against)
+        cell = "-" if e is None else f"{e:.1f}"
         m = res["means"][fam]
         print(f"  {fam:12s} {n:6d} {cell:>6s}  " + " ".join(f"{m[c]:9.3f}" for c in cols))
     if "pooled" in res["eer"]:

@@ -55,7 +55,7 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 
 from ..audio import ASTERISK_VOICES, AudioError, asterisk_prompts, asterisk_transcripts, read_audio
-from ...apps.spoof.preprocess import SAMPLE_RATE, _bandpass, _frame_db, trim_silence  # noqa: F401  (cue removal, shared with scoring)
+from ...apps.spoof.preprocess import SAMPLE_RATE, _bandpass, trim_silence  # (cue removal, shared with scoring)
 from . import attacks as A
 
 __all__ = [

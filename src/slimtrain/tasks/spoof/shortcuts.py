@@ -15,6 +15,8 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
+from ...apps.spoof.preprocess import _frame_db
+
 __all__ = ["CUE_NAMES", "utterance_cues", "cue_eers", "audit_corpus", "SHORTCUT_WARN_EER"]
 
 #: the cues of :func:`utterance_cues`, in order
@@ -34,7 +36,7 @@ def utterance_cues(x: np.ndarray, sample_rate: int, floor_db: float = 30.0) -> n
     level = 10 * np.log10(float(np.mean(x ** 2)) + 1e-12) if len(x) else -120.0
     if n == 0:
         return np.array([length, 0.0, level, length, 0.0, 0.0])
-    db = 10 * np.log10(np.mean(np.square(x[: n * frame].reshape(n, frame)), axis=1) + 1e-12)
+    db = _frame_db(x, frame)
     on = db > db.max() - floor_db
     act = np.flatnonzero(on)
     if act.size == 0:

@@ -26,6 +26,8 @@ from typing import Sequence
 
 import numpy as np
 
+from ...apps.spoof.preprocess import _frame_db
+
 __all__ = ["syllable_units", "splice", "SpliceResult", "join_discontinuity", "SpliceError"]
 
 SR = 8000
@@ -43,12 +45,6 @@ class SpliceResult:
     audio: np.ndarray
     joins: list[int]
     provenance: list[tuple[int, int, int, int]]
-
-
-def _frame_db(x: np.ndarray, frame: int) -> np.ndarray:
-    n = len(x) // frame
-    e = np.mean(np.square(x[: n * frame].reshape(n, frame)), axis=1)
-    return 10 * np.log10(e + 1e-12)
 
 
 def syllable_units(x: np.ndarray, sr: int = SR, floor_db: float = 35.0, valley_db: float = 3.0,
@@ -103,8 +99,7 @@ def splice(sources: Sequence[np.ndarray], seed: int, *, seconds: float = 1.6, sm
                           f"{align_ms}, {max_pause_ms}, {seconds}")
     srcs = [np.asarray(s, dtype=np.float64) for s in sources]
     pause = int(round(max_pause_ms * sr / 1000))
-    pool = [(k, a, b) for k, s in enumerate(srcs)
-            for a, b in (_with_pauses(syllable_units(s, sr), len(s), pause) if pause else syllable_units(s, sr))]
+    pool = [(k, a, b) for k, s in enumerate(srcs) for a, b in _with_pauses(syllable_units(s, sr), len(s), pause)]
     if not pool:
         raise SpliceError("no syllable-like unit found in the source recordings (silent or too short)")
     rng = np.random.default_rng(seed)
