@@ -98,3 +98,16 @@ def test_audit_command_flags_the_attack_the_silences_give_away(tmp_path, capsys)
     assert "warning: A01: the cues alone reach" in cap.err and "A02" not in cap.err
     assert main(["spoof", "audit", "--train-data", str(tmp_path / "missing.csv"), "--no-progress"]) != 0
     assert "missing.csv" in capsys.readouterr().err
+
+
+def test_audit_names_a_broken_file_and_skips_it_only_when_asked(tmp_path, capsys):
+    train = _csv_corpus(tmp_path / "c", 10, 2)
+    (tmp_path / "c" / "audio" / "A02_3.flac").write_bytes(b"not audio")  # a corrupt file in the corpus
+    assert main(["spoof", "audit", "--train-data", str(train), "--no-progress"]) != 0
+    err = capsys.readouterr().err
+    assert "A02_3.flac" in err and "line" in err  # the file and its protocol line, no traceback
+    assert main(["spoof", "audit", "--train-data", str(train), "--skip-bad", "--json", "--no-progress"]) == 0
+    cap = capsys.readouterr()
+    out = json.loads(cap.out)
+    assert out["counts"]["A02"] == 9 and out["skipped"]["skipped"] == 1
+    assert "A02_3.flac" in cap.err  # the skip summary names it

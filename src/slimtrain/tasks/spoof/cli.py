@@ -538,11 +538,14 @@ def _cmd_spoof(args) -> int:
 def _cmd_audit(args) -> int:
     from tqdm.auto import tqdm
 
+    from ...audio.data import SkipReport
     from ...audio.data.spoof_corpus import read_spoof_corpus
     from .shortcuts import CUE_NAMES, SHORTCUT_WARN_EER, audit_corpus
 
+    report = SkipReport(args.skip_bad)  # one for both protocols, as training keeps it
+
     def read(p: Path):
-        return read_spoof_corpus(p, format=args.format, audio_dir=args.audio_dir, skip_bad=args.skip_bad,
+        return read_spoof_corpus(p, format=args.format, audio_dir=args.audio_dir, report=report,
                                  progress=not args.no_progress, allow_mixed_rates=True)
 
     train = read(args.train_data)
@@ -553,8 +556,11 @@ def _cmd_audit(args) -> int:
     how = (f"trained on {args.train_data}, scored on {args.test_data}" if test is not None
            else f"5-fold cross-validation on {args.train_data}")
     flagged = [a for a, v in res["eer"].items() if a != "pooled" and v < SHORTCUT_WARN_EER]
+    if args.skip_bad:
+        report.print_summary()
     if args.json:
-        print(json.dumps({**res, "how": how, "flagged": flagged, "warn_below": SHORTCUT_WARN_EER}))
+        print(json.dumps({**res, "how": how, "flagged": flagged, "warn_below": SHORTCUT_WARN_EER,
+                          "skipped": report.counts()}))
         return 0
     print(f"cue-only EER ({', '.join(CUE_NAMES)}; {how}):")
     cols = ("length_s", "lead_s", "trail_s", "density")
