@@ -1,4 +1,4 @@
-"""Spoofing attack generators: seven families, all offline (Debian programs, PyPI packages, torch).
+"""Spoofing attack generators: eleven families, all offline (Debian programs, PyPI packages, torch).
 
 =====  ===================================  ===============================================================
 id     family                               generator
@@ -20,9 +20,12 @@ A8     splice, hard joins                   syllable-like units (energy segmenta
                                             recordings of one speaker, butt-joined (:mod:`.splice`)
 A9     splice, smoothed joins               the same, each join aligned by waveform similarity (within
                                             5 ms, about a pitch period) and crossfaded over 10 ms
+A10    harmonic-plus-noise vocoder          :func:`hnm_copy` (opt-in)
+A11    Festival unit selection (clunits)    ``festival`` voice msu_ru_nsh_clunits (Russian) reading Russian
+                                            game messages (:mod:`.unit_selection`; opt-in)
 =====  ===================================  ===============================================================
 
-A1-A4 synthesise text (the transcripts of the bona fide prompts, so content is shared by both
+A1-A4 and A11 synthesise text (A1-A4 the transcripts of the bona fide prompts, so content is shared by both
 classes); A5-A7 and A10 resynthesise bona fide recordings; A8-A9 are made of bona fide samples themselves (what a
 unit-selection synthesiser does). No neural vocoder: every registry package that offers one (e.g. a HiFi-GAN
 or WaveGlow) needs pretrained weights downloaded at run time, which this project does not do. Every generator is deterministic given its
@@ -48,7 +51,7 @@ __all__ = [
     "espeak", "flite", "festival_batch", "world_copy", "world_copy_batch", "griffin_lim_copy", "lpc_copy",
     "text_for_tts", "ESPEAK_VOICES", "FLITE_VOICES", "FESTIVAL_DIPHONE_VOICES", "FESTIVAL_HTS_VOICES",
     "ESPEAK_VOICES_EXTENDED", "ESPEAK_VARIANTS_EXTENDED", "FESTIVAL_DIPHONE_VOICES_EXTENDED",
-    "FESTIVAL_EVAL_ONLY_VOICES", "festival_package",
+    "FESTIVAL_EVAL_ONLY_VOICES", "FESTIVAL_UTF8_VOICES", "festival_package",
 ]
 
 SR = 8000
@@ -81,6 +84,8 @@ ATTACKS: dict[str, Attack] = {a.id: a for a in [
     Attack("A10", "hnm", "audio", "harmonic-plus-noise vocoder: harmonics of the F0 read off the spectral "
                                   "envelope (WORLD's DIO/CheapTrick analysis), envelope-shaped noise above 3 kHz "
                                   "and when unvoiced"),
+    Attack("A11", "unit-selection", "text", "Festival unit selection (clunits), voice msu_ru_nsh (Russian), "
+                                            "reading Russian sentences"),
 ]}
 SPLICE_ATTACKS = tuple(a for a, v in ATTACKS.items() if v.source == "splice")
 #: recordings of one speaker a splice draws its units from, and the crossfade of A9
@@ -127,8 +132,10 @@ _FESTIVAL_VOICE_PACKAGES = {
     "pc_diphone": "festvox-itapc16k", "cmu_us_slt_arctic_hts": "festvox-us-slt-hts",
     "upc_ca_ona_hts": "festvox-ca-ona-hts", "czech_dita": "festvox-czech-dita", "czech_krb": "festvox-czech-krb",
     "czech_machac": "festvox-czech-machac", "czech_ph": "festvox-czech-ph", "hy_fi_mv_diphone": "festvox-suopuhe-mv",
-    "suo_fi_lj_diphone": "festvox-suopuhe-lj",
+    "suo_fi_lj_diphone": "festvox-suopuhe-lj", "msu_ru_nsh_clunits": "festvox-ru",
 }
+#: Festival voices whose text front end reads UTF-8 (Cyrillic): their texts are not folded to ASCII
+FESTIVAL_UTF8_VOICES = ("msu_ru_nsh_clunits",)
 
 
 def festival_package(voice: str) -> str:
@@ -183,17 +190,19 @@ def flite(text: str, voice: str, sample_rate: int = SR) -> np.ndarray:
         return _read(out, f"flite (voice {voice})", sample_rate)
 
 
-def _scheme_string(text: str) -> str:
-    """Festival reads Latin-1 and its letter-to-sound rules reject many accented letters: fold to ASCII."""
+def _scheme_string(text: str, fold: bool = True) -> str:
+    """A Scheme string of ``text`` (letters, digits and sentence punctuation). ``fold``: to ASCII, as Festival's
+    Latin-script voices read Latin-1 and their letter-to-sound rules reject many accented letters; the voices
+    of :data:`FESTIVAL_UTF8_VOICES` read their script as UTF-8."""
     import unicodedata
 
-    folded = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode("ascii")
+    folded = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode("ascii") if fold else text
     keep = "".join(c if (c.isalnum() or c in " .,;:?!'-") else " " for c in folded)
     return '"' + (" ".join(keep.split()) or "a") + '"'
 
 
 def festival_batch(texts: Sequence[str], voice: str, timeout: float = 600.0, sample_rate: int = SR) -> list[np.ndarray]:
-    """A3/A4: synthesise many texts with one Festival voice in a single ``festival -b`` process
+    """A3/A4/A11: synthesise many texts with one Festival voice in a single ``festival -b`` process
     (start-up costs ~0.3 s, so batching matters) -> list of float32 arrays at ``sample_rate`` (default 8 kHz), in order."""
     exe = require_program("festival")
     if not texts:
@@ -201,7 +210,8 @@ def festival_batch(texts: Sequence[str], voice: str, timeout: float = 600.0, sam
     with tempfile.TemporaryDirectory(prefix="slimtrain-festival-") as d:
         lines = [f"(voice_{voice})"]
         for i, t in enumerate(texts):
-            lines.append(f"(utt.save.wave (utt.synth (Utterance Text {_scheme_string(t)})) \"{d}/{i}.wav\" 'riff)")
+            text = _scheme_string(t, fold=voice not in FESTIVAL_UTF8_VOICES)
+            lines.append(f"(utt.save.wave (utt.synth (Utterance Text {text})) \"{d}/{i}.wav\" 'riff)")
         script = Path(d) / "run.scm"
         script.write_text("\n".join(lines) + "\n", encoding="utf-8")
         try:

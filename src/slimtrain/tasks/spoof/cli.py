@@ -42,14 +42,15 @@ def register(commands, data_commands) -> None:
     D, Q = SpoofDataConfig(), SpoofDataConfig.quick()
     M, MQ = SpoofConfig(), SpoofConfig.quick()
     d = data_commands.add_parser(
-        "spoof", help="build the anti-spoofing data set (Asterisk prompts + 7 offline attack families)",
+        "spoof", help="build the anti-spoofing data set (Asterisk prompts + offline attack families)",
         description=_paragraphs(
             "Build the anti-spoofing data set deterministically from --seed into --out: bona fide Asterisk "
             "prompts (en/es/it for training, fr_CA as held-out speaker) and spoofs from nine attack families "
             "(A1 espeak-ng, A2 flite, A3 Festival diphone, A4 Festival HTS, A5 WORLD copy-synthesis, A6 "
             "Griffin-Lim from mel, A7 LPC vocoder, A8 hard splices and A9 smoothed splices of bona fide "
             "recordings) on the same texts/recordings. Training uses A1, A2, A3, A5, A8; evaluation adds the "
-            "unseen A4, A6, A7, A9. Every clip gets the same cue removal (band-pass, silence trim, random level, "
+            "unseen A4, A6, A7, A9. Opt-in (--train-attacks, --eval-attacks): A10 harmonic-plus-noise vocoder, "
+            "A11 unit selection (Festival's Russian clunits voice reading Russian sentences). Every clip gets the same cue removal (band-pass, silence trim, random level, "
             "fixed length, light noise).",
             "--human-voices adds recorded human voices of Debian packages (KLettres in 15 languages, Fish Fillets "
             "dialogue, a Russian PBX voice) as bona fide training speakers and sources of the copy and splice "
@@ -84,6 +85,11 @@ def register(commands, data_commands) -> None:
     d.add_argument("--train-attacks", type=comma_list(_attack, "A1,A2,A3,A5,A8"), default=None, metavar="A1,A2,...",
                    help=f"the attack families of the training split (default: {','.join(D.train_attacks)}); "
                         "evaluation keeps its own list, so a family added here is no longer unseen there")
+    d.add_argument("--eval-attacks", type=comma_list(_attack, "A1,A2,A3,A4,A5,A6,A7,A8,A9"), default=None,
+                   metavar="A1,A2,...",
+                   help=f"the attack families of the evaluation split (default: {','.join(D.eval_attacks)}); the "
+                        "ones not in --train-attacks are the unseen families. A family added here (A10, A11 unit "
+                        "selection) adds its clips after the others, which stay byte-identical")
     d.add_argument("--train-codecs", type=_fraction, default=None, metavar="F",
                    help="pass this fraction of the training clips, bona fide and spoofed alike, through a random "
                         "codec (G.711 mu/A-law, GSM, Ogg Vorbis, Opus) so that a recording's codec cannot tell the "
@@ -285,6 +291,8 @@ def _cmd_data(args) -> int:
         cfg.train_codec_fraction = args.train_codecs
     if args.train_attacks is not None:
         cfg.train_attacks = tuple(args.train_attacks)
+    if args.eval_attacks is not None:
+        cfg.eval_attacks = tuple(args.eval_attacks)
     if args.train_scale is not None:
         cfg.train_scale = args.train_scale
     if args.splice_like_source is not None:

@@ -57,6 +57,7 @@ import numpy as np
 from ..audio import ASTERISK_VOICES, AudioError, asterisk_prompts, asterisk_transcripts, read_audio
 from ...apps.spoof.preprocess import SAMPLE_RATE, _bandpass, trim_silence  # (cue removal, shared with scoring)
 from . import attacks as A
+from . import unit_selection as U
 
 __all__ = [
     "SpoofDataConfig", "SpoofSplit", "build_dataset", "load_split", "condition", "cue_features",
@@ -409,6 +410,12 @@ def _plan(cfg: SpoofDataConfig, draw: int) -> tuple[list[Item], dict[str, Path]]
                     others = [str(same[int(k)]) for k in srng.choice(len(same), size=A.SPLICE_SOURCES - 1)]
                     items.append(Item(split, 0, a, lg, nm, params={"seed": int(srng.integers(0, 2 ** 31)),
                                                                      "sources": others}))
+            elif a == "A11":  # Russian sentences of their own (unit_selection), split by key like the prompts
+                ru = _unit_selection_texts(cfg, split)
+                urng = np.random.default_rng([cfg.seed, 12, 0 if split == "train" else 1, *tail])
+                for c in urng.choice(len(ru), size=n, replace=n > len(ru)):
+                    key, text = ru[int(c)]
+                    items.append(Item(split, 0, a, U.LANGUAGE, key, text, U.VOICE))
             elif a in ("A5", "A6", "A7"):
                 for lg, nm in pick(split, src_langs, n):
                     items.append(Item(split, 0, a, lg, nm, params={"seed": int(rng.integers(0, 2 ** 31))}))
@@ -423,6 +430,16 @@ def _plan(cfg: SpoofDataConfig, draw: int) -> tuple[list[Item], dict[str, Path]]
     # corpus without them keep their indices (and bytes) when they are added
     items.sort(key=lambda it: it.attack not in _FIRST_FAMILIES)
     return items, files
+
+
+def _unit_selection_texts(cfg: SpoofDataConfig, split: str) -> list[tuple[str, str]]:
+    """(key, text) of A11's Russian sentences of ``split`` (keys hashed into splits as :func:`_prompt_split`)."""
+    try:
+        texts = U.russian_texts()
+    except U.UnitSelectionError as e:
+        raise DataError(str(e)) from None
+    tr, ev = _prompt_split(sorted(texts), cfg.eval_fraction, cfg.seed)
+    return [(k, texts[k]) for k in (tr if split == "train" else ev)]
 
 
 def _human_files(sid: str, cap: Optional[int]) -> dict[str, Path]:
@@ -539,7 +556,7 @@ def _synthesise(items: list[Item], files: dict[str, Path], workers: int,
     for i, it in enumerate(items):
         if it.attack == "A5":
             continue
-        if it.attack in ("A3", "A4"):
+        if it.attack in ("A3", "A4", "A11"):
             fest.setdefault((it.split, it.voice), []).append(i)
         else:
             simple.append(i)
@@ -625,8 +642,10 @@ def source_inventory(items: Sequence["Item"]) -> list[dict]:
             used.setdefault(("A1", "espeak-ng"), set()).add(it.voice)
         elif it.attack == "A2":
             used.setdefault(("A2", "flite"), set()).add(it.voice)
-        elif it.attack in ("A3", "A4"):
+        elif it.attack in ("A3", "A4", "A11"):
             used.setdefault((it.attack, A.festival_package(it.voice)), set()).add(it.voice)
+            if it.attack == "A11":
+                used.setdefault(("A11 texts", U.TEXT_PACKAGE), set()).add(U.TEXT_FILE)
     return [{"use": use, "package": pkg, "version": package_version(pkg), "voices": sorted(v)}
             for (use, pkg), v in sorted(used.items())]
 
@@ -719,6 +738,13 @@ def build_dataset(out: Path, cfg: SpoofDataConfig, *, workers: int = 2, progress
                             for a in ("A1", "A2", "A3", "A4")}}
     if cfg.human_voices or cfg.human_heldout:
         extra["human_voices"] = _human_manifest(cfg, items)
+    if "A11" in (*cfg.train_attacks, *cfg.eval_attacks):
+        from ..audio import package_version
+
+        extra["unit_selection"] = {
+            "voice": U.VOICE, "package": U.VOICE_PACKAGE, "version": package_version(U.VOICE_PACKAGE),
+            "texts": U.TEXT_FILE, "text_package": U.TEXT_PACKAGE, "text_version": package_version(U.TEXT_PACKAGE),
+            "texts_per_split": {sp: len(_unit_selection_texts(cfg, sp)) for sp in ("train", "eval")}}
     if cfg.train_codec_fraction:
         extra["train_codecs"] = dict(sorted(used_codecs.items()))
     manifest = {
