@@ -116,3 +116,14 @@ def test_the_epochs_block_sets_one_length_against_the_12_epoch_sweep(tmp_path):
     write_sweep_csv(rows, root / "docs" / "vad_results" / "sweep.csv")
     with pytest.raises(ReportError, match="rows of one length"):
         render_block("vad-epochs", root)
+
+
+def test_the_shortcut_table_shows_only_the_rows_a_later_corpus_changes():
+    text = render_block("spoof-shortcuts", ROOT)
+    rows = [line.split(" | ")[:2] for line in text.splitlines() if line.startswith("| ")]
+    later = {(c.strip("| "), f) for c, f in rows if c.strip("| ") in ("like-source", "unit-selection")}
+    # its pooled row, the splices it builds otherwise, the family the first corpus lacks; nothing else again
+    assert later == {("like-source", "all"), ("like-source", "A8"), ("like-source", "A9"),
+                     ("unit-selection", "all"), ("unit-selection", "A11")}
+    # each change is paired against the recipe it changes, not against every other arm
+    assert "| x16ls vs x16 | x16ls256 vs x16ls | x16u vs x16 |" in text and "x16u vs x16ls" not in text
