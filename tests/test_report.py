@@ -127,3 +127,14 @@ def test_the_shortcut_table_shows_only_the_rows_a_later_corpus_changes():
                      ("unit-selection", "all"), ("unit-selection", "A11")}
     # each change is paired against the recipe it changes, not against every other arm
     assert "| x16ls vs x16 | x16ls256 vs x16ls | x16u vs x16 |" in text and "x16u vs x16ls" not in text
+
+
+def test_the_a11_voice_table_pools_seeds_and_lists_only_held_out_voices():
+    import csv
+
+    text = render_block("spoof-by-speaker-a11", ROOT)
+    rows = list(csv.DictReader((ROOT / "docs" / "spoof_results" / "by_speaker_a11.csv").open()))
+    held = sorted({r["source"] for r in rows if r["heldout"] == "True"})
+    assert len(held) < len({r["source"] for r in rows})  # the CSV holds training voices too
+    assert [line.split(" | ")[0][2:] for line in text.splitlines()[2:2 + len(held)]] == held
+    assert "EER vs A11 x16u (3 seeds) %" in text and "x16u-seed" not in text.split("\n\n")[0]
