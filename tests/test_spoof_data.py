@@ -224,6 +224,38 @@ def test_a_folder_holding_the_extended_corpus_is_read_not_rebuilt_by_training_co
     assert os.stat(tmp_path / "train.npz").st_mtime_ns == before
 
 
+def _fake_corpus(folder, cfg: SpoofDataConfig) -> dict:
+    from slimtrain.tasks.spoof.data import FORMAT, VERSION
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for f in ("train.npz", "eval.npz", "items.csv"):
+        (folder / f).write_bytes(b"x")
+    man = {"format": FORMAT, "version": VERSION, "config": cfg.as_dict(), "unseen_attacks": list(cfg.unseen_attacks),
+           "sha256": {"train.npz": "-", "eval.npz": "-", "items.csv": "-"}}
+    (folder / "manifest.json").write_text(json.dumps(man))
+    return man
+
+
+@pytest.mark.parametrize("recipe", [dict(eval_attacks=("A1", "A4", "A11")), dict(train_attacks=("A1", "A10")),
+                                    dict(train_scale=2), dict(splice_like_source="train")],
+                         ids=["eval-attacks", "train-attacks", "train-scale", "like-source"])
+def test_training_reads_a_folder_of_another_recipe_and_the_data_command_rebuilds_it(tmp_path, recipe):
+    from slimtrain.cli import main
+    from slimtrain.tasks.spoof.data import _adopt
+
+    man = _fake_corpus(tmp_path / "d", SpoofDataConfig.quick(**recipe))
+    # a training command (default config, corpus unspecified) reads it as it is, not building the default over it
+    assert build_dataset(tmp_path / "d", SpoofDataConfig(), progress=False) == man
+    _fake_corpus(tmp_path / "plain", SpoofDataConfig.quick(seed=3))
+    assert _adopt(tmp_path / "plain") is None and _adopt(tmp_path / "d") == man  # sizes and seed are no recipe
+    if programs_missing():
+        pytest.skip("speech synthesisers not installed")
+    if recipe == dict(eval_attacks=("A1", "A4", "A11")):  # (one rebuild is enough to show it)
+        # 'slimtrain data spoof' builds what it is asked, also over a folder of another recipe
+        assert main(["data", "spoof", "--quick", "--out", str(tmp_path / "d"), "--no-progress"]) == 0
+        assert json.loads((tmp_path / "d" / "manifest.json").read_text())["config"] == SpoofDataConfig.quick().as_dict()
+
+
 def test_data_fingerprint_of_a_folder(tmp_path, spoof_data):  # noqa: F811
     from slimtrain.tasks.spoof.data import data_fingerprint
 

@@ -299,7 +299,8 @@ def _cmd_data(args) -> int:
         cfg.splice_like_source = args.splice_like_source
     out = args.out or (DEFAULT_QUICK_DATA if args.quick else DEFAULT_DATA)
     t0 = time.perf_counter()
-    man = build_dataset(out, cfg, workers=args.workers, progress=not args.no_progress, force=args.force)
+    # (the data command builds what it is asked: a folder of another recipe is rebuilt, not read as it is)
+    man = build_dataset(out, cfg, workers=args.workers, progress=not args.no_progress, force=args.force, adopt=False)
     counts = "; ".join(f"{sp}: " + ", ".join(f"{a} {n}" for a, n in c.items()) for sp, c in man["counts"].items())
     corpus = f"corpus {man.get('corpus', 'core')}" + (f", fingerprint {man['fingerprint']}" if "fingerprint" in man else "")
     print(f"spoofing data in {out} ({corpus}; {time.perf_counter() - t0:.1f}s): {counts}")

@@ -607,9 +607,19 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+#: settings of a data set that only scale it (sizes and seed); every other setting is its recipe
+_SCALE_KEYS = ("seed", "n_bona_train", "n_spoof_train_per_attack", "n_bona_eval_heldout", "n_bona_eval_known",
+               "n_spoof_eval_per_attack", "human_files_per_source")
+
+
+def _recipe(config: dict) -> dict:
+    return {k: v for k, v in config.items() if k not in _SCALE_KEYS}
+
+
 def _adopt(out: Path) -> Optional[dict]:
-    """The manifest of a complete data set in ``out`` built with other than the core settings (extended corpus,
-    human voices, training codecs), else ``None``."""
+    """The manifest of a complete data set in ``out`` built with another recipe than the core default (extended
+    corpus, human voices, training codecs, other attack families, more draws, like-source splices), else
+    ``None``: a training command reads such a folder as it is instead of building the default over it."""
     m = out / MANIFEST
     if not m.is_file():
         return None
@@ -617,9 +627,9 @@ def _adopt(out: Path) -> Optional[dict]:
         man = json.loads(m.read_text())
     except (OSError, json.JSONDecodeError):
         return None
-    cfg = man.get("config", {})
-    if man.get("format") != FORMAT or (man.get("corpus", "core") == "core" and not cfg.get("human_voices")
-                                       and not cfg.get("human_heldout") and not cfg.get("train_codec_fraction")):
+    default = _recipe(SpoofDataConfig().as_dict())
+    if man.get("format") != FORMAT or (man.get("corpus", "core") == "core"
+                                       and _recipe(man.get("config", {})) == default):
         return None
     return man if all((out / f).is_file() for f in man.get("sha256", {})) else None
 
@@ -674,8 +684,10 @@ def _cache_ok(out: Path, cfg: SpoofDataConfig) -> bool:
 
 
 def build_dataset(out: Path, cfg: SpoofDataConfig, *, workers: int = 2, progress: bool = True,
-                  force: bool = False) -> dict:
-    """Generate (or reuse) the data set for ``cfg`` in ``out``; returns the manifest dict."""
+                  force: bool = False, adopt: bool = True) -> dict:
+    """Generate (or reuse) the data set for ``cfg`` in ``out``; returns the manifest dict. With ``adopt`` (training
+    commands) and ``cfg.corpus`` unset, a complete data set of another recipe in ``out`` is returned as it is;
+    ``adopt=False`` (``slimtrain data spoof``) builds ``cfg`` over it."""
     from tqdm.auto import tqdm
 
     cfg.validate()
@@ -684,7 +696,7 @@ def build_dataset(out: Path, cfg: SpoofDataConfig, *, workers: int = 2, progress
         raise DataError(f"data folder {out} is a file")
     if not force and _cache_ok(out, cfg):
         return json.loads((out / MANIFEST).read_text())
-    if not force and cfg.corpus is None:  # a folder built with --corpus extended is read as it is
+    if not force and cfg.corpus is None and adopt:  # a folder built with another recipe is read as it is
         adopted = _adopt(out)
         if adopted is not None:
             return adopted
