@@ -1023,6 +1023,19 @@ def _spoof_by_speaker(root: Path) -> str:
     return "\n".join(out)
 
 
+def _seed_arms(names) -> dict[str, dict[int, str]]:
+    """Model names -> ``{arm: {seed: name}}``: ``<arm>-seed<k>`` names are seed ``k`` of ``arm``, any other name
+    is an arm of its own (seed 0)."""
+    import re
+
+    arms: dict[str, dict[int, str]] = {}
+    for name in names:
+        m = re.fullmatch(r"(.+)-seed(\d+)", name)
+        arm, seed = (m.group(1), int(m.group(2))) if m else (name, 0)
+        arms.setdefault(arm, {})[seed] = name
+    return arms
+
+
 #: the command that writes docs/spoof_results/by_speaker_a11.csv
 BY_SPEAKER_A11_CMD = ("python benchmarks/spoof_by_speaker.py --data runs/spoof_hv_a11 --model "
                       "shipped=src/slimtrain/assets/spoof_default.pt "
@@ -1035,14 +1048,10 @@ def _spoof_by_speaker_a11(root: Path) -> str:
     """Each held-out bona fide voice against the unit-selection family A11: per model arm (``<arm>-seed<k>``
     columns pooled over seeds, mean ± 95 % half-width) its median score and EER (benchmarks/spoof_by_speaker.py
     on ``runs/spoof_hv_a11``)."""
-    import re
-
     from ..train.stats import format_interval, mean_interval
 
     rows = [r for r in _doc_csv(root, "spoof_results/by_speaker_a11.csv", BY_SPEAKER_A11_CMD) if r["heldout"] == "True"]
-    arms: dict[str, list[str]] = {}
-    for m in dict.fromkeys(r["model"] for r in rows):
-        arms.setdefault(re.sub(r"-seed\d+$", "", m), []).append(m)
+    arms = {a: list(by_seed.values()) for a, by_seed in _seed_arms(dict.fromkeys(r["model"] for r in rows)).items()}
     by = {(r["model"], r["source"]): r for r in rows}
 
     def cell(models: list[str], src: str, key: str, fmt: str) -> str:
@@ -1086,20 +1095,14 @@ _SHORTCUT_PAIRS = (("x16ls", "x16"), ("x16ls256", "x16ls"), ("x16u", "x16"))
 def _spoof_shortcuts(root: Path) -> str:
     """Per family: the trivial cues, the EER of a classifier on them alone, and each model's held-out EER, on the
     documented corpus and on one whose splices are shaped like their source (benchmarks/spoof_shortcuts.py).
-    Models named ``<arm>-seed<k>`` are one column per arm (mean ± 95 % half-width over seeds), and every pair of
-    such arms gets a paired verdict per row."""
-    import re
-
+    Models named ``<arm>-seed<k>`` are one column per arm (mean ± 95 % half-width over seeds), and the pairs of
+    :data:`_SHORTCUT_PAIRS` get a paired verdict per row."""
     from ..train.stats import format_interval, mean_interval, paired_verdict
     from .spoof.attacks import SPLICE_ATTACKS
 
     rows = _doc_csv(root, "spoof_results/shortcuts.csv", SHORTCUTS_CMD)
-    arms: dict[str, dict[int, str]] = {}
-    for k in rows[0]:
-        if k.startswith("eer_"):
-            m = re.fullmatch(r"(.+)-seed(\d+)", k[4:])
-            arm, seed = (m.group(1), int(m.group(2))) if m else (k[4:], 0)
-            arms.setdefault(arm, {})[seed] = k
+    arms = {a: {seed: f"eer_{name}" for seed, name in by_seed.items()}
+            for a, by_seed in _seed_arms(k[4:] for k in rows[0] if k.startswith("eer_")).items()}
     seeded = [a for a, by in arms.items() if len(by) > 1]
     pairs = [(a, b) for a, b in _SHORTCUT_PAIRS if a in seeded and b in seeded]
 

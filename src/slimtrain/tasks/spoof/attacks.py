@@ -51,7 +51,7 @@ __all__ = [
     "espeak", "flite", "festival_batch", "world_copy", "world_copy_batch", "griffin_lim_copy", "lpc_copy",
     "text_for_tts", "ESPEAK_VOICES", "FLITE_VOICES", "FESTIVAL_DIPHONE_VOICES", "FESTIVAL_HTS_VOICES",
     "ESPEAK_VOICES_EXTENDED", "ESPEAK_VARIANTS_EXTENDED", "FESTIVAL_DIPHONE_VOICES_EXTENDED",
-    "FESTIVAL_EVAL_ONLY_VOICES", "FESTIVAL_UTF8_VOICES", "festival_package",
+    "FESTIVAL_EVAL_ONLY_VOICES", "FESTIVAL_ATTACKS", "FESTIVAL_UTF8_VOICES", "festival_package",
 ]
 
 SR = 8000
@@ -134,6 +134,8 @@ _FESTIVAL_VOICE_PACKAGES = {
     "czech_machac": "festvox-czech-machac", "czech_ph": "festvox-czech-ph", "hy_fi_mv_diphone": "festvox-suopuhe-mv",
     "suo_fi_lj_diphone": "festvox-suopuhe-lj", "msu_ru_nsh_clunits": "festvox-ru",
 }
+#: the families Festival synthesises (one process per voice and batch of texts)
+FESTIVAL_ATTACKS = ("A3", "A4", "A11")
 #: Festival voices whose text front end reads UTF-8 (Cyrillic): their texts are not folded to ASCII
 FESTIVAL_UTF8_VOICES = ("msu_ru_nsh_clunits",)
 

@@ -50,8 +50,8 @@ def register(commands, data_commands) -> None:
             "Griffin-Lim from mel, A7 LPC vocoder, A8 hard splices and A9 smoothed splices of bona fide "
             "recordings) on the same texts/recordings. Training uses A1, A2, A3, A5, A8; evaluation adds the "
             "unseen A4, A6, A7, A9. Opt-in (--train-attacks, --eval-attacks): A10 harmonic-plus-noise vocoder, "
-            "A11 unit selection (Festival's Russian clunits voice reading Russian sentences). Every clip gets the same cue removal (band-pass, silence trim, random level, "
-            "fixed length, light noise).",
+            "A11 unit selection (Festival's Russian clunits voice reading Russian sentences). Every clip gets the "
+            "same cue removal (band-pass, silence trim, random level, fixed length, light noise).",
             "--human-voices adds recorded human voices of Debian packages (KLettres in 15 languages, Fish Fillets "
             "dialogue, a Russian PBX voice) as bona fide training speakers and sources of the copy and splice "
             "attacks; --human-heldout adds evaluation-only human speakers (Italian, Lithuanian, Hebrew, "

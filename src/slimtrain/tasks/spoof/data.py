@@ -556,7 +556,7 @@ def _synthesise(items: list[Item], files: dict[str, Path], workers: int,
     for i, it in enumerate(items):
         if it.attack == "A5":
             continue
-        if it.attack in ("A3", "A4", "A11"):
+        if it.attack in A.FESTIVAL_ATTACKS:
             fest.setdefault((it.split, it.voice), []).append(i)
         else:
             simple.append(i)
@@ -652,7 +652,7 @@ def source_inventory(items: Sequence["Item"]) -> list[dict]:
             used.setdefault(("A1", "espeak-ng"), set()).add(it.voice)
         elif it.attack == "A2":
             used.setdefault(("A2", "flite"), set()).add(it.voice)
-        elif it.attack in ("A3", "A4", "A11"):
+        elif it.attack in A.FESTIVAL_ATTACKS:
             used.setdefault((it.attack, A.festival_package(it.voice)), set()).add(it.voice)
             if it.attack == "A11":
                 used.setdefault(("A11 texts", U.TEXT_PACKAGE), set()).add(U.TEXT_FILE)

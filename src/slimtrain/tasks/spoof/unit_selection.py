@@ -20,8 +20,8 @@ import re
 from pathlib import Path
 from typing import Optional
 
-__all__ = ["VOICE", "VOICE_PACKAGE", "TEXT_PACKAGE", "TEXT_FILE", "LANGUAGE", "russian_texts", "text_file",
-           "clean_text"]
+__all__ = ["VOICE", "VOICE_PACKAGE", "TEXT_PACKAGE", "TEXT_FILE", "LANGUAGE", "UnitSelectionError", "russian_texts",
+           "text_file", "clean_text"]
 
 VOICE = "msu_ru_nsh_clunits"
 VOICE_PACKAGE = "festvox-ru"
