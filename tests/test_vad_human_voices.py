@@ -345,3 +345,24 @@ def test_role_keywords_name_the_core_sources_and_expressive_names_the_voice_pack
            "splits": {"train": {"speakers": ["en_US_f_Allison"], "tts_voices": []}}}
     with pytest.raises(H.HumanVoiceError, match="held-out source 'hedgewars-default-pl'"):
         check_training_manifest(man)
+
+
+def test_package_path_prefers_root_then_installed_then_unpacked(tmp_path, monkeypatch):
+    """One lookup serves the human-voice folders and the unit-selection texts: ``root`` wins, an installed
+    file comes before the unpacked one unless the source is unpack-only, and a path found nowhere is the
+    installed one (the path an error names)."""
+    from slimtrain.tasks.audio import package_path
+
+    monkeypatch.setenv("SLIMTRAIN_DEB_DIR", str(tmp_path / "debs"))
+    assert package_path("pkg", "usr/share/x", tmp_path / "r") == tmp_path / "r/pkg/usr/share/x"
+    assert package_path("pkg", "usr/share/slimtrain-nowhere") == Path("/usr/share/slimtrain-nowhere")
+    unpacked = tmp_path / "debs/pkg/usr/share/slimtrain-nowhere"
+    unpacked.mkdir(parents=True)
+    assert package_path("pkg", "usr/share/slimtrain-nowhere") == unpacked
+    # /usr exists on every machine: installed first, unless the source is only ever unpacked
+    (tmp_path / "debs/pkg/usr").mkdir(exist_ok=True)
+    assert package_path("pkg", "usr") == Path("/usr")
+    assert package_path("pkg", "usr", installed_first=False) == tmp_path / "debs/pkg/usr"
+    # the unit-selection texts use it
+    from slimtrain.tasks.spoof.unit_selection import TEXT_FILE, TEXT_PACKAGE, text_file
+    assert text_file(tmp_path / "r") == tmp_path / "r" / TEXT_PACKAGE / TEXT_FILE

@@ -226,6 +226,20 @@ def deb_root() -> Path:
     return Path(os.environ.get("SLIMTRAIN_DEB_DIR", "/opt/slimtrain/debs"))
 
 
+def package_path(package: str, path: str | Path, root: Optional[PathLike] = None, *, installed_first: bool = True) -> Path:
+    """Where ``path`` (a path inside Debian ``package``, e.g. ``usr/share/...``) lies: ``root/<package>/<path>``
+    when ``root`` is given (one folder per unpacked package), else the installed ``/<path>`` when it exists and
+    ``installed_first``, else ``deb_root()/<package>/<path>`` when it exists (unpacked by install.sh,
+    ``apt-unpack.txt``), else the installed path (for the error that names it)."""
+    if root is not None:
+        return Path(root) / package / path
+    installed = Path("/") / path
+    if installed_first and installed.exists():
+        return installed
+    unpacked = deb_root() / package / path
+    return unpacked if unpacked.exists() else installed
+
+
 def extra_prompts(speaker: str, root: Optional[PathLike] = None) -> list[Path]:
     """Sorted GSM prompt files of an extra Asterisk speaker (``"es-co"``, ``"fr-armelle"``), unpacked
     under ``root`` (default :func:`deb_root`) as ``<package>/usr/share/asterisk/sounds/<folder>``."""

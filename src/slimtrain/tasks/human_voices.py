@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Optional, Sequence
 
-from .audio import deb_root
+from .audio import deb_root, package_path
 
 __all__ = ["HumanSource", "HumanVoiceError", "SOURCES", "ROLES", "source", "sources", "package_dir",
            "parse_source_list", "source_files", "usable_files", "measure", "totals", "write_csv", "read_csv",
@@ -196,13 +196,7 @@ def held_out_languages() -> set[str]:
 def package_dir(src: HumanSource, root: Optional[str | Path] = None) -> Path:
     """The folder of ``src``'s files: ``root/<package>/<folder>`` when ``root`` is given (one folder per
     package, like an unpacked tree), else the installed ``/<folder>``, else ``deb_root()/<package>/<folder>``."""
-    if root is not None:
-        return Path(root) / src.package / src.folder
-    installed = Path("/") / src.folder
-    if not src.unpacked and installed.is_dir():
-        return installed
-    unpacked = deb_root() / src.package / src.folder
-    return unpacked if unpacked.is_dir() else installed
+    return package_path(src.package, src.folder, root, installed_first=not src.unpacked)
 
 
 def source_files(src: HumanSource, root: Optional[str | Path] = None) -> list[Path]:

@@ -46,12 +46,9 @@ class UnitSelectionError(RuntimeError):
 def text_file(root: Optional[Path] = None) -> Path:
     """``ru.txt`` of ``hedgewars-data``: under ``root`` (one folder per unpacked package) when given, else the
     installed file, else the one unpacked by install.sh (``apt-unpack.txt``) under the project's deb folder."""
-    from ..audio import deb_root
+    from ..audio import package_path
 
-    if root is not None:
-        return Path(root) / TEXT_PACKAGE / TEXT_FILE
-    installed = Path("/") / TEXT_FILE
-    return installed if installed.is_file() else deb_root() / TEXT_PACKAGE / TEXT_FILE
+    return package_path(TEXT_PACKAGE, TEXT_FILE, root)
 
 
 def clean_text(text: str) -> str:
