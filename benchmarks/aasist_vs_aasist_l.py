@@ -31,24 +31,38 @@ from pathlib import Path
 from _common import ROOT  # noqa: F401  (puts src/ on the path)
 
 AASIST_L_PARAMS = 85_306
-COLUMNS = ("arm", "seed", "family", "method", "params", "params_exported", "macs_per_second", "eer_pooled",
-           "eer_unseen", "eer_known", "export_max_abs_diff", "seconds", "widths")
+METRICS = ("eer_pooled", "eer_heldout", "eer_unseen", "eer_known")
+COLUMNS = ("arm", "seed", "family", "method", "epochs", "train_crop", "settle_at_budget", "params", "params_exported",
+           "macs_per_second", *METRICS, "export_max_abs_diff", "seconds", "data_fingerprint", "widths")
 
 
 def _one(job: tuple) -> dict:
-    arm, seed, data, epochs, crop, width_lr, budget, kappa, device = job
-    from slimtrain.tasks.spoof.data import load_split
+    arm, seed, data, epochs, crop, width_lr, budget, kappa, device, settle, out = job
+    from slimtrain.tasks.spoof.attacks import ATTACKS
+    from slimtrain.tasks.spoof.data import data_fingerprint, load_split
     from slimtrain.tasks.spoof.train import SpoofConfig, train_run
     import json
 
     man = json.loads((Path(data) / "manifest.json").read_text())
-    family = "aasist" if arm == "dcl-aasist" else "aasist-l"
-    cfg = SpoofConfig(family=family, epochs=epochs, batch_size=16, warmup_epochs=1, seed=seed, width_lr=width_lr)
+    dcl = arm == "dcl-aasist"
+    family = "aasist" if dcl else "aasist-l"
+    cfg = SpoofConfig(family=family, epochs=epochs, batch_size=16, warmup_epochs=1, seed=seed, width_lr=width_lr,
+                      settle_at_budget=settle and dcl)
     row = train_run(cfg, load_split(data, "train"), load_split(data, "eval"), man["unseen_attacks"],
-                    stages=(0,) if arm == "dcl-aasist" else (), kappa_min=kappa,
-                    params_budget=budget if arm == "dcl-aasist" else None, train_crop=crop, progress=False,
-                    device=device)
-    return {"arm": arm, "seed": seed, **{k: row[k] for k in COLUMNS if k in row}}
+                    stages=(0,) if dcl else (), kappa_min=kappa, params_budget=budget if dcl else None,
+                    train_crop=crop, progress=False, device=device,
+                    checkpoint=None if out is None else Path(out) / f"{arm}-seed{seed}.ckpt")
+    keep = (*COLUMNS, *(f"eer_heldout_{a}" for a in ATTACKS), *(f"eer_{a}" for a in ATTACKS))
+    return {**{k: row[k] for k in keep if k in row}, "arm": arm, "seed": seed, "epochs": epochs,
+            "train_crop": crop or "", "settle_at_budget": bool(settle and dcl), "data_fingerprint": data_fingerprint(data)}
+
+
+def _write(path: Path, rows: list[dict]) -> None:
+    extra = sorted({k for r in rows for k in r} - set(COLUMNS), key=lambda k: (not k.startswith("eer_heldout"), k))
+    with path.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=[*COLUMNS, *extra], extrasaction="ignore", restval="")
+        w.writeheader()
+        w.writerows(rows)
 
 
 def main(argv=None) -> int:
@@ -63,6 +77,9 @@ def main(argv=None) -> int:
     p.add_argument("--budget", type=int, default=AASIST_L_PARAMS)
     p.add_argument("--workers", type=int, default=2, help="parallel runs (one torch thread each)")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--settle-at-budget", action="store_true",
+                   help="DCL arm: settle the widths (and cut the model) at the first step within the budget")
+    p.add_argument("--out", type=Path, default=None, help="keep each model as <out>/<arm>-seed<s>.ckpt")
     p.add_argument("--csv", type=Path, default=Path("runs/aasist_vs_aasist_l.csv"))
     a = p.parse_args(argv)
     from slimtrain.train.stats import format_interval, mean_interval, paired_difference
@@ -70,27 +87,32 @@ def main(argv=None) -> int:
 
     data = a.data or Path("runs/spoof/data-quick" if a.quick else "runs/spoof/data")
     build_dataset(data, SpoofDataConfig.quick() if a.quick else SpoofDataConfig(), progress=False)
-    jobs = [(arm, s, str(data), a.epochs, a.train_crop, a.width_lr, a.budget, a.kappa_min, a.device)
+    jobs = [(arm, s, str(data), a.epochs, a.train_crop, a.width_lr, a.budget, a.kappa_min, a.device,
+             a.settle_at_budget, None if a.out is None else str(a.out))
             for s in range(a.seeds) for arm in ("dcl-aasist", "aasist-l")]
     t0 = time.perf_counter()
-    with ProcessPoolExecutor(max_workers=a.workers) as ex:
-        rows = list(ex.map(_one, jobs))
+    if a.out is not None:
+        a.out.mkdir(parents=True, exist_ok=True)
     a.csv.parent.mkdir(parents=True, exist_ok=True)
-    with a.csv.open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
-        w.writeheader()
-        w.writerows(rows)
+    rows: list[dict] = []
+    with ProcessPoolExecutor(max_workers=a.workers) as ex:
+        for row in ex.map(_one, jobs):  # the CSV is rewritten after every run: a late failure keeps the rest
+            rows.append(row)
+            _write(a.csv, rows)
     print(f"{len(rows)} runs in {time.perf_counter() - t0:.0f}s; data {data}, {a.epochs} epochs, train crop "
           f"{a.train_crop or 'none'}, seeds 0..{a.seeds - 1}; wrote {a.csv}")
     by = {arm: {r["seed"]: r for r in rows if r["arm"] == arm} for arm in ("dcl-aasist", "aasist-l")}
     for arm, rs in by.items():
         cells = [f"params {format_interval(mean_interval([r['params_exported'] for r in rs.values()]), '.0f')}",
                  f"MMAC/s {format_interval(mean_interval([r['macs_per_second'] / 1e6 for r in rs.values()]), '.1f')}"]
-        for m in ("eer_pooled", "eer_unseen"):
+        for m in METRICS:
             vals = [r[m] for r in rs.values() if not math.isnan(r[m])]
-            cells.append(f"{m} {format_interval(mean_interval(vals), '.2f')} %")
+            if vals:
+                cells.append(f"{m} {format_interval(mean_interval(vals), '.2f')} %")
         print(f"  {arm:11s} " + "; ".join(cells))
-    for m in ("eer_pooled", "eer_unseen"):
+    for m in METRICS:
+        if all(math.isnan(r[m]) for rs in by.values() for r in rs.values()):
+            continue  # (eer_heldout: a corpus without held-out speakers)
         d = paired_difference({s: r[m] for s, r in by["dcl-aasist"].items()},
                               {s: r[m] for s, r in by["aasist-l"].items()})
         print(f"  {m} DCL-AASIST - AASIST-L (paired, 95 % t interval): {d.mean:+.2f} [{d.lo:+.2f}, {d.hi:+.2f}] "
