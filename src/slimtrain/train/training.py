@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from .allocator import keep_freed_memory
 from . import distributed
 from ..core.dcl import DynamicWidth
 from ..core.graph import settle_widths
@@ -231,9 +232,14 @@ def fit(
     (a cut changes no step: each computes what the uncut one did on the kept channels; one with nothing
     to cut costs a few microseconds per width). The eval-mode model is unchanged by a cut. Under DDP every rank cuts alike and the DDP wrapper is made again; a checkpoint
     written after a cut records the sizes, so a resume cuts the fresh model to them first.
+
+    On Linux/glibc, fit keeps freed memory in the process for the next step
+    (:func:`slimtrain.train.allocator.keep_freed_memory`; ``SLIMTRAIN_KEEP_FREED_MEMORY=0`` leaves the
+    allocator alone): a CPU step then stops page-faulting its activations in again.
     """
     if epochs < 1:
         raise ValueError(f"epochs must be >= 1, got {epochs}")
+    keep_freed_memory()
     if not 0 <= settle_epochs < epochs:
         raise ValueError(f"settle_epochs must be in [0, epochs={epochs}), got {settle_epochs}")
     if settle_at_budget and getattr(objective, "budget", None) is None:
