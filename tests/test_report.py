@@ -138,3 +138,34 @@ def test_the_a11_voice_table_pools_seeds_and_lists_only_held_out_voices():
     assert len(held) < len({r["source"] for r in rows})  # the CSV holds training voices too
     assert [line.split(" | ")[0][2:] for line in text.splitlines()[2:2 + len(held)]] == held
     assert "EER vs A11 x16u (3 seeds) %" in text and "x16u-seed" not in text.split("\n\n")[0]
+
+
+def test_the_aasist_table_pairs_dcl_with_aasist_l_by_seed(tmp_path):
+    """Each run of AASIST_RUNS gets both arms (mean ± half-width) and a paired row; a CSV without the
+    held-out column (the quick run's) shows '-' there, and a consistent same-seed gap is a verdict."""
+    import csv
+
+    from slimtrain.tasks.report import AASIST_RUNS
+
+    (quick, *_), (hv, *_) = AASIST_RUNS[0], AASIST_RUNS[1]
+    for name, heldout in ((quick, False), (hv, True)):
+        path = tmp_path / "docs" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        cols = ["arm", "seed", "params_exported", "macs_per_second", "eer_pooled", "eer_unseen", "eer_known"]
+        cols += ["eer_heldout"] if heldout else []
+        with path.open("w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=cols)
+            w.writeheader()
+            for s in range(3):
+                for arm, eer, params in (("dcl-aasist", 10 + s, 80000 + s), ("aasist-l", 5 + s + 0.1 * s, 85178)):
+                    w.writerow({"arm": arm, "seed": s, "params_exported": params, "macs_per_second": 2e8,
+                                "eer_pooled": eer, "eer_unseen": eer, "eer_known": 7.0 + (s if arm == "dcl-aasist" else -s),
+                                **({"eer_heldout": eer} if heldout else {})})
+    text = render_block("spoof-aasist", tmp_path)
+    paired = [line for line in text.splitlines() if "paired by seed" in line]
+    assert len(paired) == 2
+    quick_cells = paired[0].rstrip(" |").split(" | ")[-4:]
+    assert quick_cells[0].startswith("worse (+4.9 [") and quick_cells[1] == "-"
+    assert quick_cells[3].startswith("n.s. (")  # +-2 around 0
+    assert paired[1].rstrip(" |").split(" | ")[-3].startswith("worse (")
+    assert "| 3 | 80,001 ± 2 | 200 |" in text  # seeds, parameters 80,000-80,002, MMAC/s
