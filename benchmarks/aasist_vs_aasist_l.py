@@ -65,6 +65,25 @@ def _write(path: Path, rows: list[dict]) -> None:
         w.writerows(rows)
 
 
+def _read(path: Path) -> list[dict]:
+    """The rows of an earlier run (numbers as floats, seeds as ints) to go on from."""
+    rows = []
+    with path.open(newline="") as f:
+        for r in csv.DictReader(f):
+            row: dict = {}
+            for k, v in r.items():
+                row[k] = v
+                if k not in ("arm", "family", "method", "widths", "data_fingerprint"):
+                    for kind in (int, float):
+                        try:
+                            row[k] = kind(v)
+                            break
+                        except ValueError:
+                            pass
+            rows.append(row)
+    return rows
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="the quick corpus (runs/spoof/data-quick)")
@@ -81,6 +100,8 @@ def main(argv=None) -> int:
                    help="DCL arm: settle the widths (and cut the model) at the first step within the budget")
     p.add_argument("--out", type=Path, default=None, help="keep each model as <out>/<arm>-seed<s>.ckpt")
     p.add_argument("--csv", type=Path, default=Path("runs/aasist_vs_aasist_l.csv"))
+    p.add_argument("--resume", action="store_true",
+                   help="keep the runs already in --csv (same data and epochs) and run only the missing arm/seed pairs")
     a = p.parse_args(argv)
     from slimtrain.train.stats import format_interval, mean_interval, paired_difference
     from slimtrain.tasks.spoof.data import SpoofDataConfig, build_dataset
@@ -90,16 +111,28 @@ def main(argv=None) -> int:
     jobs = [(arm, s, str(data), a.epochs, a.train_crop, a.width_lr, a.budget, a.kappa_min, a.device,
              a.settle_at_budget, None if a.out is None else str(a.out))
             for s in range(a.seeds) for arm in ("dcl-aasist", "aasist-l")]
+    rows: list[dict] = []
+    if a.resume and a.csv.is_file():
+        from slimtrain.tasks.spoof.data import data_fingerprint
+
+        rows = _read(a.csv)
+        fp = data_fingerprint(data)
+        for r in rows:
+            if r.get("data_fingerprint") != fp or int(r.get("epochs", -1)) != a.epochs:
+                raise SystemExit(f"--resume: {a.csv} holds a run on other data or epochs ({r.get('data_fingerprint')}, "
+                                 f"{r.get('epochs')} epochs; now {fp}, {a.epochs}); give another --csv")
+        done = {(r["arm"], r["seed"]) for r in rows}
+        jobs = [j for j in jobs if (j[0], j[1]) not in done]
+        print(f"--resume: {len(rows)} runs kept from {a.csv}, {len(jobs)} to run")
     t0 = time.perf_counter()
     if a.out is not None:
         a.out.mkdir(parents=True, exist_ok=True)
     a.csv.parent.mkdir(parents=True, exist_ok=True)
-    rows: list[dict] = []
     with ProcessPoolExecutor(max_workers=a.workers) as ex:
         for row in ex.map(_one, jobs):  # the CSV is rewritten after every run: a late failure keeps the rest
             rows.append(row)
             _write(a.csv, rows)
-    print(f"{len(rows)} runs in {time.perf_counter() - t0:.0f}s; data {data}, {a.epochs} epochs, train crop "
+    print(f"{len(rows)} runs ({len(jobs)} now) in {time.perf_counter() - t0:.0f}s; data {data}, {a.epochs} epochs, train crop "
           f"{a.train_crop or 'none'}, seeds 0..{a.seeds - 1}; wrote {a.csv}")
     by = {arm: {r["seed"]: r for r in rows if r["arm"] == arm} for arm in ("dcl-aasist", "aasist-l")}
     for arm, rs in by.items():
