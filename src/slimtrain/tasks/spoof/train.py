@@ -28,6 +28,7 @@ from torch import Tensor, nn
 
 from ...audio.frontend import FREQUENCY_SCALES, parse_phase_features
 from ...train import distributed, training
+from ...train.allocator import keep_freed_memory
 from ...train.training import torch_threads
 from ...train.checkpoint import make_recipe, register_task, save_checkpoint
 from ...core.cost import model_cost
@@ -212,7 +213,9 @@ def make_dynamic_aasist(model: nn.Module, sample: Tensor, kappa_min: float) -> n
 
 @torch.no_grad()
 def score_model(model: nn.Module, audio: Tensor, batch: int = 256) -> np.ndarray:
-    """Bona fide scores (logits) of ``audio`` ``(N, samples)``, model in eval mode."""
+    """Bona fide scores (logits) of ``audio`` ``(N, samples)``, model in eval mode (freed batch buffers kept for
+    the next batch: :func:`slimtrain.train.allocator.keep_freed_memory`)."""
+    keep_freed_memory()
     model.eval()
     out = [model(audio[i:i + batch]).reshape(-1) for i in range(0, len(audio), batch)]
     return torch.cat(out).numpy().astype(np.float64) if out else np.zeros(0)
