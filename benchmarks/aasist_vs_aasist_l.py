@@ -89,7 +89,8 @@ def main(argv=None) -> int:
     p.add_argument("--quick", action="store_true", help="the quick corpus (runs/spoof/data-quick)")
     p.add_argument("--data", type=Path, default=None, help="data folder (built with 'slimtrain data spoof')")
     p.add_argument("--epochs", type=int, default=6)
-    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--seeds", type=int, default=3, help="run seeds --first-seed .. SEEDS-1")
+    p.add_argument("--first-seed", type=int, default=0)
     p.add_argument("--train-crop", type=int, default=None, help="train on random crops of this many samples")
     p.add_argument("--width-lr", type=float, default=0.1)
     p.add_argument("--kappa-min", type=float, default=0.125)
@@ -110,7 +111,7 @@ def main(argv=None) -> int:
     build_dataset(data, SpoofDataConfig.quick() if a.quick else SpoofDataConfig(), progress=False)
     jobs = [(arm, s, str(data), a.epochs, a.train_crop, a.width_lr, a.budget, a.kappa_min, a.device,
              a.settle_at_budget, None if a.out is None else str(a.out))
-            for s in range(a.seeds) for arm in ("dcl-aasist", "aasist-l")]
+            for s in range(a.first_seed, a.seeds) for arm in ("dcl-aasist", "aasist-l")]
     rows: list[dict] = []
     if a.resume and a.csv.is_file():
         from slimtrain.tasks.spoof.data import data_fingerprint
@@ -133,7 +134,7 @@ def main(argv=None) -> int:
             rows.append(row)
             _write(a.csv, rows)
     print(f"{len(rows)} runs ({len(jobs)} now) in {time.perf_counter() - t0:.0f}s; data {data}, {a.epochs} epochs, train crop "
-          f"{a.train_crop or 'none'}, seeds 0..{a.seeds - 1}; wrote {a.csv}")
+          f"{a.train_crop or 'none'}, seeds {a.first_seed}..{a.seeds - 1}; wrote {a.csv}")
     by = {arm: {r["seed"]: r for r in rows if r["arm"] == arm} for arm in ("dcl-aasist", "aasist-l")}
     for arm, rs in by.items():
         cells = [f"params {format_interval(mean_interval([r['params_exported'] for r in rs.values()]), '.0f')}",

@@ -147,8 +147,10 @@ def test_the_aasist_table_pairs_dcl_with_aasist_l_by_seed(tmp_path):
 
     from slimtrain.tasks.report import AASIST_RUNS
 
-    (quick, *_), (hv, *_) = AASIST_RUNS[0], AASIST_RUNS[1]
-    for name, heldout in ((quick, False), (hv, True)):
+    files = [(name, i > 0) for i, (_, run, _) in enumerate(AASIST_RUNS) for name, _ in run]
+    assert len(files) > 2  # the human-voice run's seeds lie in two files
+    for k, (name, heldout) in enumerate(files):
+        seeds = range(3) if k < 2 else range(3, 5)  # (more seeds in the second file than recorded: any count)
         path = tmp_path / "docs" / name
         path.parent.mkdir(parents=True, exist_ok=True)
         cols = ["arm", "seed", "params_exported", "macs_per_second", "eer_pooled", "eer_unseen", "eer_known"]
@@ -156,16 +158,26 @@ def test_the_aasist_table_pairs_dcl_with_aasist_l_by_seed(tmp_path):
         with path.open("w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=cols)
             w.writeheader()
-            for s in range(3):
+            for s in seeds:
                 for arm, eer, params in (("dcl-aasist", 10 + s, 80000 + s), ("aasist-l", 5 + s + 0.1 * s, 85178)):
                     w.writerow({"arm": arm, "seed": s, "params_exported": params, "macs_per_second": 2e8,
                                 "eer_pooled": eer, "eer_unseen": eer, "eer_known": 7.0 + (s if arm == "dcl-aasist" else -s),
                                 **({"eer_heldout": eer} if heldout else {})})
+    for k, (name, _) in enumerate(AASIST_RUNS[1][2]):  # the same models scored on the unit-selection corpus
+        path = tmp_path / "docs" / name
+        with path.open("w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=["arm", "seed", "eer_heldout_A11"])
+            w.writeheader()
+            for s in (range(3) if k == 0 else range(3, 5)):
+                w.writerow({"arm": f"dcl-aasist-seed{s}", "seed": 0, "eer_heldout_A11": 20 + s})
+                w.writerow({"arm": f"aasist-l-seed{s}", "seed": 0, "eer_heldout_A11": 30 + s})
     text = render_block("spoof-aasist", tmp_path)
     paired = [line for line in text.splitlines() if "paired by seed" in line]
     assert len(paired) == 2
-    quick_cells = paired[0].rstrip(" |").split(" | ")[-4:]
-    assert quick_cells[0].startswith("worse (+4.9 [") and quick_cells[1] == "-"
+    quick_cells = paired[0].rstrip(" |").split(" | ")[-5:]
+    assert quick_cells[0].startswith("worse (+4.9 [") and quick_cells[1] == "-" and quick_cells[4] == "-"
     assert quick_cells[3].startswith("n.s. (")  # +-2 around 0
-    assert paired[1].rstrip(" |").split(" | ")[-3].startswith("worse (")
+    assert paired[1].rstrip(" |").split(" | ")[-4].startswith("worse (")
+    assert paired[1].rstrip(" |").split(" | ")[-1] == "better (-10.0 [-10.0, -10.0])"  # A11: 20+s against 30+s
+    assert "| DCL-shrunk AASIST, budget 85,306 params | 5 |" in text  # seeds 0-2 and 3-4 of one run
     assert "| 3 | 80,001 ± 2 | 200 |" in text  # seeds, parameters 80,000-80,002, MMAC/s

@@ -1075,15 +1075,28 @@ def _spoof_by_speaker_a11(root: Path) -> str:
     return "\n".join(out)
 
 
-#: the runs of benchmarks/aasist_vs_aasist_l.py in docs/spoof.md: (result file under docs/, what it was, command)
+#: the runs of benchmarks/aasist_vs_aasist_l.py in docs/spoof.md: (what it was, ((result file under docs/, command),
+#: ...), ((file of the same models scored on the unit-selection corpus, command), ...)); a run's files hold its
+#: seeds between them
+_HV_AASIST = ("python benchmarks/aasist_vs_aasist_l.py --data runs/spoof_hv --epochs 5 --train-crop 4000 --width-lr 0.02 "
+              "--settle-at-budget --out runs/aasist/hv")
+
+
+def _a11_scores(seeds: range, name: str) -> tuple[str, str]:
+    return (f"spoof_results/{name}", "python benchmarks/spoof_human_voices.py --data runs/spoof_hv_a11 "
+            + " ".join(f"--score {arm}-seed{k}=runs/aasist/hv/{arm}-seed{k}.ckpt" for k in seeds
+                       for arm in ("dcl-aasist", "aasist-l")) + f" --csv docs/spoof_results/{name}")
+
+
 AASIST_RUNS = (
-    ("aasist_vs_aasist_l.csv", "quick corpus (96 training clips), 6 epochs, width lr 0.1",
-     "python benchmarks/aasist_vs_aasist_l.py --quick --epochs 6 --seeds 3 --train-crop 4000 "
-     "--csv docs/aasist_vs_aasist_l.csv"),
-    ("spoof_results/aasist_vs_aasist_l_hv.csv", "human-voice corpus (2,800 training clips), 5 epochs, width lr 0.02, "
-     "settled at the budget",
-     "python benchmarks/aasist_vs_aasist_l.py --data runs/spoof_hv --epochs 5 --seeds 3 --train-crop 4000 "
-     "--width-lr 0.02 --settle-at-budget --out runs/aasist/hv --csv docs/spoof_results/aasist_vs_aasist_l_hv.csv"),
+    ("quick corpus (96 training clips), 6 epochs, width lr 0.1",
+     (("aasist_vs_aasist_l.csv", "python benchmarks/aasist_vs_aasist_l.py --quick --epochs 6 --seeds 3 --train-crop 4000 "
+       "--csv docs/aasist_vs_aasist_l.csv"),), ()),
+    ("human-voice corpus (2,800 training clips), 5 epochs, width lr 0.02, settled at the budget",
+     (("spoof_results/aasist_vs_aasist_l_hv.csv", _HV_AASIST + " --seeds 3 --csv docs/spoof_results/aasist_vs_aasist_l_hv.csv"),
+      ("spoof_results/aasist_vs_aasist_l_hv_s3.csv", _HV_AASIST + " --first-seed 3 --seeds 4 --csv "
+       "docs/spoof_results/aasist_vs_aasist_l_hv_s3.csv")),
+     (_a11_scores(range(3), "aasist_a11_s012.csv"), _a11_scores(range(3, 4), "aasist_a11_s3.csv"))),
 )
 _AASIST_ARMS = (("dcl-aasist", "DCL-shrunk AASIST, budget 85,306 params"), ("aasist-l", "AASIST-L from scratch"))
 
@@ -1095,7 +1108,7 @@ def _spoof_aasist(root: Path) -> str:
     from ..train.stats import format_interval, mean_interval, paired_verdict
 
     metrics = (("eer_pooled", "pooled"), ("eer_heldout", "held-out voices"), ("eer_unseen", "unseen families"),
-               ("eer_known", "training families"))
+               ("eer_known", "training families"), ("eer_heldout_A11", "held-out voices vs A11 (unit selection)"))
 
     def vals(rs: list[dict], key: str) -> dict[int, float]:
         return {int(r["seed"]): float(r[key]) for r in rs if r.get(key) not in (None, "", "nan")}
@@ -1107,8 +1120,15 @@ def _spoof_aasist(root: Path) -> str:
     out = ["| run | model | seeds | parameters | MMAC/s | " + " | ".join(f"EER {m} %" for _, m in metrics) + " |",
            "| --- | --- | ---: | ---: | ---: |" + " ---: |" * len(metrics)]
     sources = []
-    for name, label, cmd in AASIST_RUNS:
-        rows = _doc_csv(root, name, cmd)
+    for label, files, a11_files in AASIST_RUNS:
+        rows = [r for name, cmd in files for r in _doc_csv(root, name, cmd)]
+        a11 = {}  # (arm, seed) -> the EER of that model's held-out voices against A11
+        for name, cmd in a11_files:
+            scored = _doc_csv(root, name, cmd)
+            for arm, by_seed in _seed_arms(r["arm"] for r in scored).items():
+                for seed, model in by_seed.items():
+                    a11[(arm, seed)] = next(r["eer_heldout_A11"] for r in scored if r["arm"] == model)
+        rows = [{**r, "eer_heldout_A11": a11.get((r["arm"], int(r["seed"])), "")} for r in rows]
         by = {arm: [r for r in rows if r["arm"] == arm] for arm, _ in _AASIST_ARMS}
         for arm, title in _AASIST_ARMS:
             rs = by[arm]
@@ -1119,7 +1139,9 @@ def _spoof_aasist(root: Path) -> str:
                                    fmt="+.1f") if vals(by["dcl-aasist"], k) else "-" for k, _ in metrics]
         out.append("| " + " | ".join([label, "DCL - AASIST-L, paired by seed", "", "", "", *verdicts]) + " |")
         fps = sorted({r.get("data_fingerprint") or "not recorded" for r in rows})
-        sources.append(f"[docs/{name}]({name}) (`{cmd}`; data fingerprint {', '.join(fps)})")
+        sources.append(" and ".join(f"[docs/{name}]({name}) (`{cmd}`)" for name, cmd in files)
+                       + f" (data fingerprint {', '.join(fps)})"
+                       + "".join(f", A11 column from [docs/{name}]({name}) (`{cmd}`)" for name, cmd in a11_files))
     out += ["", "_Mean ± 95 % half-width over seeds; the paired rows: 'better'/'worse' when the 95 % interval of "
             "the same-seed difference excludes 0, else n.s. Evaluated on each corpus' whole evaluation clips. "
             "Generated by `slimtrain report` from " + "; ".join(sources) + "._"]
