@@ -185,3 +185,24 @@ def test_spoof_command_refuses_family_options_that_do_not_apply(capsys, argv, wo
     assert code == 2 and err.count("\n") == 1, err
     for w in words:
         assert w in err, (w, err)
+
+
+def test_a_split_is_scored_in_small_batches_with_the_same_scores():
+    """AASIST's activations are ~200 MB per clip-second: ``score_model`` feeds it ``score_batch`` clips at a
+    time (a batch of 256 took GBs and got a run OOM-killed), and the scores do not depend on the batching."""
+    import numpy as np
+    import torch
+
+    from slimtrain.tasks.spoof.aasist import build_aasist
+    from slimtrain.tasks.spoof.train import score_model
+
+    torch.manual_seed(0)
+    model = build_aasist("aasist-l", 8000).eval()
+    sizes = []
+    model.register_forward_pre_hook(lambda m, args: sizes.append(args[0].shape[0]))
+    audio = torch.randn(37, 2400)
+    with torch.no_grad():
+        scores = score_model(model, audio)
+        whole = score_model(model, audio, batch=37)
+    assert max(sizes[:-1]) == model.score_batch and sum(sizes[:-1]) == 37 and sizes[-1] == 37
+    np.testing.assert_allclose(scores, whole, rtol=1e-4, atol=1e-5)

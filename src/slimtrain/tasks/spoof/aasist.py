@@ -239,6 +239,10 @@ class GraphPool(nn.Module):
 class AASIST(nn.Module):
     """Waveform ``(batch, samples)`` -> bona fide logit ``(batch,)`` (see the module docstring)."""
 
+    #: clips per forward pass when a whole split is scored (``score_model``): its activations are about 200 MB
+    #: per clip-second (the encoder's 32 x 23 x T/3 maps), so the ResNet's 256 needed GBs per batch
+    score_batch = 16
+
     def __init__(self, cfg: AASISTConfig = AASISTConfig(), sample_rate: int = 16000) -> None:
         super().__init__()
         cfg.validate()

@@ -212,10 +212,12 @@ def make_dynamic_aasist(model: nn.Module, sample: Tensor, kappa_min: float) -> n
 
 
 @torch.no_grad()
-def score_model(model: nn.Module, audio: Tensor, batch: int = 256) -> np.ndarray:
-    """Bona fide scores (logits) of ``audio`` ``(N, samples)``, model in eval mode (freed batch buffers kept for
-    the next batch: :func:`slimtrain.train.allocator.keep_freed_memory`)."""
+def score_model(model: nn.Module, audio: Tensor, batch: Optional[int] = None) -> np.ndarray:
+    """Bona fide scores (logits) of ``audio`` ``(N, samples)``, model in eval mode, ``batch`` clips per forward
+    pass (default: the model's ``score_batch`` if it has one, else 256; freed batch buffers are kept for the
+    next batch: :func:`slimtrain.train.allocator.keep_freed_memory`)."""
     keep_freed_memory()
+    batch = batch or getattr(model, "score_batch", 256)
     model.eval()
     out = [model(audio[i:i + batch]).reshape(-1) for i in range(0, len(audio), batch)]
     return torch.cat(out).numpy().astype(np.float64) if out else np.zeros(0)
