@@ -119,7 +119,7 @@ def main(argv=None) -> int:
         rows = _read(a.csv)
         fp = data_fingerprint(data)
         for r in rows:
-            if r.get("data_fingerprint") != fp or int(r.get("epochs", -1)) != a.epochs:
+            if r.get("data_fingerprint") != fp or r.get("epochs") != a.epochs:  # (a CSV before these columns: no)
                 raise SystemExit(f"--resume: {a.csv} holds a run on other data or epochs ({r.get('data_fingerprint')}, "
                                  f"{r.get('epochs')} epochs; now {fp}, {a.epochs}); give another --csv")
         done = {(r["arm"], r["seed"]) for r in rows}

@@ -1124,10 +1124,9 @@ def _spoof_aasist(root: Path) -> str:
         rows = [r for name, cmd in files for r in _doc_csv(root, name, cmd)]
         a11 = {}  # (arm, seed) -> the EER of that model's held-out voices against A11
         for name, cmd in a11_files:
-            scored = _doc_csv(root, name, cmd)
-            for arm, by_seed in _seed_arms(r["arm"] for r in scored).items():
-                for seed, model in by_seed.items():
-                    a11[(arm, seed)] = next(r["eer_heldout_A11"] for r in scored if r["arm"] == model)
+            scored = {r["arm"]: r["eer_heldout_A11"] for r in _doc_csv(root, name, cmd)}  # model name -> EER
+            a11.update({(arm, seed): scored[model] for arm, by_seed in _seed_arms(scored).items()
+                        for seed, model in by_seed.items()})
         rows = [{**r, "eer_heldout_A11": a11.get((r["arm"], int(r["seed"])), "")} for r in rows]
         by = {arm: [r for r in rows if r["arm"] == arm] for arm, _ in _AASIST_ARMS}
         for arm, title in _AASIST_ARMS:

@@ -239,7 +239,6 @@ def fit(
     """
     if epochs < 1:
         raise ValueError(f"epochs must be >= 1, got {epochs}")
-    keep_freed_memory()
     if not 0 <= settle_epochs < epochs:
         raise ValueError(f"settle_epochs must be in [0, epochs={epochs}), got {settle_epochs}")
     if settle_at_budget and getattr(objective, "budget", None) is None:
@@ -255,6 +254,7 @@ def fit(
                                       or compact_steps < 1):
         raise ValueError(f"compact_steps must be an integer >= 1 (optimiser steps between cuts) or None, "
                          f"got {compact_steps!r}")
+    keep_freed_memory()
     dp = DataParallel(model, objective, device, ddp_options)
     if isinstance(distill, nn.Module):
         distill.to(dp.device)  # the teacher (and any projections) beside the model
